@@ -1,0 +1,124 @@
+"""Client authentication at the token endpoint (RFC 6749 §2.3).
+
+The host asks every enabled ``ClientAuthenticator`` listener, in order, and keeps the answer
+of the one that engaged. Listeners answer in three ways: ``None`` (no credential of mine),
+``AuthenticatedClient`` (this client, by this method) or ``InvalidClientError`` (my kind of
+credential, but wrong).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import kdf
+from .errors import InvalidClientError, InvalidRequestError, OAuth2Error
+from .listeners import ListenerSet
+from .storage import Client, Storage
+
+__all__ = ["ClientAuthRequest", "AuthenticatedClient", "authenticate_client"]
+
+AUTHENTICATOR = "ClientAuthenticator"
+_SCHEME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+@dataclass(frozen=True)
+class AuthenticatedClient:
+    """An authenticator's positive answer: *client*, authenticated by *method* (RFC 7591 name).
+
+    ``certificate`` is the DER of the TLS client certificate the client proved it holds, when
+    the method is certificate-based; tokens issued to it are bound to it (RFC 8705 §3).
+    """
+
+    client: Client
+    method: str
+    certificate: bytes | None = None
+
+
+class ClientAuthRequest:
+    """What an authenticator sees of one request."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        form: Mapping[str, str],
+        authorization: str | None,
+        client_cert_chain: tuple[bytes, ...] = (),
+        remote_addr: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
+        self._storage = storage
+        #: The body parameters (RFC 6749 §3.2), each present at most once, none empty.
+        self.form = form
+        #: The ``Authorization`` header, or None.
+        self.authorization = authorization
+        #: DER of the certificates the client sent in this connection's TLS handshake, leaf
+        #: first; empty when it sent none.
+        self.client_cert_chain = client_cert_chain
+        self.remote_addr = remote_addr
+        self.headers: Mapping[str, str] = headers or {}
+
+    def get_client(self, client_id: str) -> Client | None:
+        """The registered client *client_id*, or None."""
+        return self._storage.get_client(client_id)
+
+    async def check_secret(self, client_id: str, secret: str) -> Client:
+        """Return client *client_id* if *secret* is its secret; raise ``InvalidClientError``.
+
+        An unknown client, a client without a secret and a wrong secret take the same time
+        and give the same error, so that responses do not tell which client ids exist. The
+        slow KDF runs in a thread, off the event loop.
+        """
+        client = self._storage.get_client(client_id)
+        stored = client.secret_hash if client is not None else None
+        if await asyncio.to_thread(kdf.verify_or_waste, secret, stored) and client is not None:
+            return client
+        raise InvalidClientError("client authentication failed")
+
+
+async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest) -> AuthenticatedClient:
+    """Run the enabled authenticators over *request* and return the one client they agree on."""
+    engaged: list[tuple[str, AuthenticatedClient | OAuth2Error]] = []
+    for listener in listeners.enabled(AUTHENTICATOR):
+        try:
+            result = await listeners.call(
+                listener, "authenticate_client", request=request, listener=listener
+            )
+        except InvalidClientError as exc:
+            engaged.append((listener.name, exc))
+            continue
+        if result is None:
+            continue
+        if not isinstance(result, AuthenticatedClient):
+            listeners.fail(listener, "authenticate_client", f"returned {type(result).__name__}")
+        if result.method not in listeners.methods(listener):
+            listeners.fail(
+                listener, "authenticate_client", f"answered for undeclared method {result.method!r}"
+            )
+        engaged.append((listener.name, result))
+
+    if len(engaged) > 1:
+        raise InvalidRequestError(
+            "more than one client authentication method was used"
+            f" ({', '.join(name for name, _ in engaged)})"
+        )
+    if not engaged:
+        raise InvalidClientError("no client authentication was presented")
+    _, outcome = engaged[0]
+    if isinstance(outcome, OAuth2Error):
+        raise outcome
+    if outcome.client.token_endpoint_auth_method != outcome.method:
+        raise InvalidClientError("the client is not registered for this authentication method")
+    return outcome
+
+
+def challenge(authorization: str | None, realm: str) -> dict[str, str]:
+    """The WWW-Authenticate header for a 401 (RFC 6749 §5.2), matching the client's scheme."""
+    if authorization is None:
+        return {}
+    scheme = authorization.split(" ", 1)[0]
+    if not _SCHEME.match(scheme):
+        scheme = "Basic"
+    return {"WWW-Authenticate": f'{scheme} realm="{realm}"'}

@@ -1,0 +1,197 @@
+"""tokensmith's configuration: ``conf/server.xml`` and ``conf/identity.xml``.
+
+``server.xml`` says where and how to listen (connectors, keystore, database, dropins);
+``identity.xml`` says what the server does (event listeners and OAuth settings), as WSO2
+Identity Server's files of the same names do. Relative paths are relative to the file that
+names them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lxml import etree
+
+from .xmlconf import ConfigError, attr_bool, attr_int, parse_xml, where
+
+__all__ = [
+    "Config",
+    "Connector",
+    "ServerSettings",
+    "IdentitySettings",
+    "ListenerEntry",
+    "load_config",
+    "load_identity",
+    "ConfigError",
+]
+
+CLIENT_AUTH_MODES = ("want", "need", "false")
+
+
+@dataclass(frozen=True)
+class Connector:
+    """One HTTPS listening socket (``<Connector>``)."""
+
+    address: str
+    port: int
+    client_auth: str = "want"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    path: Path
+    connectors: tuple[Connector, ...]
+    certificate_file: Path
+    key_file: Path
+    key_password: str | None
+    database: Path
+    dropins: Path
+
+
+@dataclass(frozen=True)
+class ListenerEntry:
+    """One ``<EventListener>`` of identity.xml, as written (None where an attribute is absent)."""
+
+    type: str
+    name: str
+    order_id: int | None
+    enabled: bool
+    properties: dict[str, str] = field(default_factory=dict)
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    path: Path
+    listeners: tuple[ListenerEntry, ...]
+    realm: str = "tokensmith"
+    access_token_lifetime: int = 3600
+    max_body_bytes: int = 64 * 1024
+    listener_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    conf_dir: Path
+    server: ServerSettings
+    identity: IdentitySettings
+
+
+def load_config(conf_dir: str | Path) -> Config:
+    """Read ``server.xml`` and ``identity.xml`` from *conf_dir*; raise ``ConfigError``."""
+    conf = Path(conf_dir).resolve()
+    if not conf.is_dir():
+        raise ConfigError(f"{conf}: configuration directory not found")
+    return Config(conf, load_server(conf / "server.xml"), load_identity(conf / "identity.xml"))
+
+
+def _path(base: Path, raw: str) -> Path:
+    return (base.parent / os.path.expanduser(raw)).resolve()
+
+
+def load_server(path: Path) -> ServerSettings:
+    root = parse_xml(path)
+    if root.tag != "Server":
+        raise ConfigError(f"{where(path, root)}: root element must be <Server>, not <{root.tag}>")
+    connectors = []
+    for el in root.iter("Connector"):
+        client_auth = el.get("clientAuth", "want")
+        if client_auth not in CLIENT_AUTH_MODES:
+            raise ConfigError(
+                f"{where(path, el)}: clientAuth={client_auth!r} must be one of"
+                f" {', '.join(CLIENT_AUTH_MODES)}"
+            )
+        protocol = el.get("sslProtocol", "TLS")
+        if protocol not in ("TLS", "TLSv1.2", "TLSv1.3"):
+            raise ConfigError(
+                f"{where(path, el)}: sslProtocol={protocol!r}: only TLS 1.2 and newer are served"
+            )
+        port = attr_int(path, el, "port", 9443, maximum=65535)
+        assert port is not None
+        connectors.append(Connector(el.get("address", "127.0.0.1"), port, client_auth))
+    if not connectors:
+        raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
+
+    keystore = root.find("Keystore")
+    if keystore is None:
+        raise ConfigError(f"{where(path, root)}: <Keystore certificateFile= keyFile=> is needed")
+    for required in ("certificateFile", "keyFile"):
+        if not keystore.get(required):
+            raise ConfigError(f"{where(path, keystore)}: <Keystore> needs {required}=")
+
+    database = os.environ.get("TOKENSMITH_DB") or _text_attr(root, "Database", "path")
+    dropins = _text_attr(root, "Dropins", "path") or "../dropins"
+    return ServerSettings(
+        path=path,
+        connectors=tuple(connectors),
+        certificate_file=_path(path, keystore.get("certificateFile", "")),
+        key_file=_path(path, keystore.get("keyFile", "")),
+        key_password=keystore.get("password"),
+        database=_path(path, database or "../var/tokensmith.db"),
+        dropins=_path(path, dropins),
+    )
+
+
+def _text_attr(root: etree._Element, tag: str, attr: str) -> str | None:
+    el = root.find(tag)
+    return el.get(attr) if el is not None else None
+
+
+def load_identity(path: Path) -> IdentitySettings:
+    root = parse_xml(path)
+    if root.tag != "Identity":
+        raise ConfigError(
+            f"{where(path, root)}: root element must be <Identity>, not <{root.tag}>"
+        )
+    entries: list[ListenerEntry] = []
+    seen: dict[tuple[str, str], int] = {}
+    for el in root.iterfind("EventListeners/EventListener"):
+        type_, name = el.get("type"), el.get("name")
+        if not type_ or not name:
+            raise ConfigError(f"{where(path, el)}: <EventListener> needs type= and name=")
+        if (type_, name) in seen:
+            raise ConfigError(
+                f"{where(path, el)}: listener {type_}/{name} is already listed on line"
+                f" {seen[type_, name]}"
+            )
+        seen[type_, name] = el.sourceline or 0
+        properties = {}
+        for prop in el.iterfind("Property"):
+            if not prop.get("name"):
+                raise ConfigError(f"{where(path, prop)}: <Property> needs name=")
+            properties[prop.get("name", "")] = (prop.text or "").strip()
+        entries.append(
+            ListenerEntry(
+                type=type_,
+                name=name,
+                order_id=attr_int(path, el, "orderId", None),
+                enabled=attr_bool(path, el, "enable", True),
+                properties=properties,
+                line=el.sourceline or 0,
+            )
+        )
+    oauth = root.find("OAuth")
+    settings: dict[str, object] = {}
+    if oauth is not None:
+        for tag, key, cast in (
+            ("Realm", "realm", str),
+            ("AccessTokenLifetime", "access_token_lifetime", int),
+            ("MaxRequestBodyBytes", "max_body_bytes", int),
+            ("ListenerTimeoutSeconds", "listener_timeout", float),
+        ):
+            el = oauth.find(tag)
+            if el is None:
+                continue
+            text = (el.text or "").strip()
+            try:
+                value = cast(text)
+            except ValueError:
+                raise ConfigError(f"{where(path, el)}: <{tag}> {text!r} is not valid") from None
+            if cast is not str and value <= 0:  # type: ignore[operator]
+                raise ConfigError(f"{where(path, el)}: <{tag}> must be positive")
+            if cast is str and not value:
+                raise ConfigError(f"{where(path, el)}: <{tag}> must not be empty")
+            settings[key] = value
+    return IdentitySettings(path=path, listeners=tuple(entries), **settings)  # type: ignore[arg-type]

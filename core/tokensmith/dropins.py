@@ -1,0 +1,237 @@
+"""Loading plugin wheels from ``dropins/``.
+
+Each ``*.whl`` is checked before anything in it is imported: it must be a well-formed wheel
+(PEP 427) for this interpreter, every file must be listed in its RECORD with a matching
+SHA-256 and size, no path may leave the wheel's root, and its Requires-Dist must already be
+satisfied here (nothing is ever installed at load time). A wheel that fails any check stops
+the load with one line naming the file: a security component must not start with part of its
+authenticators silently missing. Accepted wheels are unpacked into a private directory that
+is put on ``sys.path``, so that wheels with compiled modules work too.
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import csv
+import hashlib
+import importlib
+import importlib.metadata
+import io
+import re
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from email.parser import HeaderParser
+from pathlib import Path, PurePosixPath
+from types import ModuleType
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.tags import parse_tag, sys_tags
+from packaging.utils import canonicalize_name
+
+from .xmlconf import ConfigError
+
+__all__ = ["PluginSource", "WheelInfo", "WheelError", "check_wheel", "load_dropins", "ENTRY_POINT_GROUP"]
+
+ENTRY_POINT_GROUP = "tokensmith"
+_WHEEL_NAME = re.compile(
+    r"^(?P<dist>[A-Za-z0-9_.]+)-(?P<version>[^-]+)(-(?P<build>\d[^-]*))?"
+    r"-(?P<tag>[^-]+-[^-]+-[^-]+)\.whl$"
+)
+_MAX_MEMBERS = 10_000
+_MAX_UNPACKED = 256 * 1024 * 1024
+
+
+class WheelError(ConfigError):
+    """A dropped-in wheel was refused; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class WheelInfo:
+    path: Path
+    distribution: str
+    version: str
+    sha256: str
+    entry_points: dict[str, str]  # entry-point name -> "module[:attr]"
+    data: bytes = field(repr=False, default=b"")  # the checked bytes: unpack these, not the file
+
+
+@dataclass(frozen=True)
+class PluginSource:
+    """One entry point of the ``tokensmith`` group, from one checked wheel."""
+
+    name: str
+    module: ModuleType | object
+    wheel: Path
+    distribution: str
+    version: str
+    sha256: str
+
+
+def _refuse(path: Path, reason: str) -> WheelError:
+    return WheelError(f"{path}: refused: {reason}")
+
+
+def _record_digest(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode().rstrip("=")
+
+
+def check_wheel(path: Path) -> WheelInfo:
+    """Check the wheel at *path* as the module docstring says; raise ``WheelError``."""
+    match = _WHEEL_NAME.match(path.name)
+    if not match:
+        raise _refuse(path, "the file name is not a wheel name (PEP 427)")
+    if not any(tag in set(sys_tags()) for tag in parse_tag(match["tag"])):
+        raise _refuse(path, f"built for {match['tag']}, which this Python cannot load")
+    raw = path.read_bytes()
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+    except zipfile.BadZipFile:
+        raise _refuse(path, "not a zip archive") from None
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) > _MAX_MEMBERS or sum(m.file_size for m in members) > _MAX_UNPACKED:
+            raise _refuse(path, "too large")
+        names = [m.filename for m in members]
+        for name in names:
+            pure = PurePosixPath(name)
+            if pure.is_absolute() or ".." in pure.parts or "\\" in name:
+                raise _refuse(path, f"unsafe path {name!r}")
+        dist_infos = {n.split("/", 1)[0] for n in names if n.split("/", 1)[0].endswith(".dist-info")}
+        if len(dist_infos) != 1:
+            raise _refuse(path, "needs exactly one .dist-info directory")
+        dist_info = dist_infos.pop()
+        if canonicalize_name(dist_info[: -len(".dist-info")].rsplit("-", 1)[0]) != canonicalize_name(match["dist"]):
+            raise _refuse(path, f"{dist_info} does not match the file name")
+
+        def read(member: str) -> bytes:
+            try:
+                return archive.read(member)
+            except KeyError:
+                raise _refuse(path, f"{member} is missing") from None
+
+        wheel_meta = HeaderParser().parsestr(read(f"{dist_info}/WHEEL").decode("utf-8", "replace"))
+        if not (wheel_meta.get("Wheel-Version") or "").startswith("1."):
+            raise _refuse(path, "unsupported Wheel-Version")
+
+        record_name = f"{dist_info}/RECORD"
+        listed: dict[str, tuple[str, str]] = {}
+        try:
+            for row in csv.reader(io.StringIO(read(record_name).decode("utf-8"))):
+                if row:
+                    listed[row[0]] = (row[1], row[2]) if len(row) >= 3 else ("", "")
+        except (UnicodeDecodeError, csv.Error):
+            raise _refuse(path, "RECORD is not readable") from None
+        for name in names:
+            if name == record_name or name.startswith(f"{dist_info}/RECORD."):
+                continue
+            if name not in listed:
+                raise _refuse(path, f"{name} is not listed in RECORD")
+            digest, size = listed[name]
+            data = archive.read(name)
+            if not digest.startswith("sha256="):
+                raise _refuse(path, f"RECORD has no sha256 for {name}")
+            if digest != _record_digest(data) or (size and size != str(len(data))):
+                raise _refuse(path, f"{name} does not match its RECORD hash")
+        for name in listed:
+            if name != record_name and name not in names:
+                raise _refuse(path, f"{name} is listed in RECORD but missing")
+
+        metadata = HeaderParser().parsestr(read(f"{dist_info}/METADATA").decode("utf-8", "replace"))
+        for requirement in metadata.get_all("Requires-Dist") or []:
+            _check_requirement(path, requirement)
+
+        entry_points: dict[str, str] = {}
+        ep_file = f"{dist_info}/entry_points.txt"
+        if ep_file in names:
+            parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+            parser.optionxform = str  # type: ignore[assignment,method-assign]
+            try:
+                parser.read_string(archive.read(ep_file).decode("utf-8"))
+            except (configparser.Error, UnicodeDecodeError):
+                raise _refuse(path, "entry_points.txt is not readable") from None
+            if parser.has_section(ENTRY_POINT_GROUP):
+                entry_points = dict(parser.items(ENTRY_POINT_GROUP))
+    return WheelInfo(
+        path=path,
+        distribution=metadata.get("Name", match["dist"]),
+        version=metadata.get("Version", match["version"]),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        entry_points=entry_points,
+        data=raw,
+    )
+
+
+def _check_requirement(path: Path, text: str) -> None:
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement:
+        raise _refuse(path, f"invalid Requires-Dist {text!r}") from None
+    if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+        return
+    try:
+        installed = importlib.metadata.version(requirement.name)
+    except importlib.metadata.PackageNotFoundError:
+        raise _refuse(path, f"requires {text}, which is not installed") from None
+    if not requirement.specifier.contains(installed, prereleases=True):
+        raise _refuse(path, f"requires {text}, but {requirement.name} {installed} is installed")
+
+
+def scan_dropins(directory: Path) -> list[WheelInfo]:
+    """Check every wheel in *directory*; refuse two wheels that export the same plugin name."""
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: dropins directory not found")
+    wheels = [check_wheel(p) for p in sorted(directory.glob("*.whl"))]
+    owners: dict[str, Path] = {}
+    for info in wheels:
+        for name in info.entry_points:
+            if name in owners:
+                raise WheelError(
+                    f"{info.path}: refused: plugin name {name!r} is also exported by"
+                    f" {owners[name].name}"
+                )
+            owners[name] = info.path
+    return wheels
+
+
+def load_dropins(directory: Path, unpack_to: Path | None = None) -> list[PluginSource]:
+    """Check, unpack and import every plugin wheel in *directory*.
+
+    Wheels are unpacked below *unpack_to* (a fresh temporary directory when None), which is
+    put on ``sys.path``. Importing is the first time any code from a wheel runs.
+    """
+    wheels = scan_dropins(directory)
+    root = unpack_to or Path(tempfile.mkdtemp(prefix="tokensmith-dropins-"))
+    sources: list[PluginSource] = []
+    for info in wheels:
+        target = root / f"{canonicalize_name(info.distribution)}-{info.sha256[:16]}"
+        if not target.exists():
+            staging = Path(tempfile.mkdtemp(dir=root))
+            with zipfile.ZipFile(io.BytesIO(info.data)) as archive:
+                archive.extractall(staging)
+            staging.rename(target)
+        if str(target) not in sys.path:
+            sys.path.insert(0, str(target))
+        for name, value in info.entry_points.items():
+            module_name, _, attr = (part.strip() for part in value.partition(":"))
+            try:
+                module = importlib.import_module(module_name)
+                for part in filter(None, attr.split(".")):
+                    module = getattr(module, part)
+            except Exception as exc:  # a plugin's import error must name the plugin
+                raise WheelError(
+                    f"{info.path}: plugin {name!r}: loading {value} failed:"
+                    f" {type(exc).__name__}: {exc}"
+                ) from None
+            sources.append(
+                PluginSource(name, module, info.path, info.distribution, info.version, info.sha256)
+            )
+    return sources
+
+
+def discard(unpacked: Path) -> None:
+    """Remove a directory made by ``load_dropins``."""
+    shutil.rmtree(unpacked, ignore_errors=True)

@@ -1,0 +1,71 @@
+"""Slow, salted hashing of client secrets and user passwords (RFC 6819 §5.1.4.1.3).
+
+scrypt from the standard library (OpenSSL), stored as a self-describing string so that its
+cost can be raised later without breaking stored hashes. Verification is constant-time, and
+``verify_or_waste`` spends the same work when there is no stored hash, so an unknown client
+costs as much as a known client with a wrong secret (RFC 6749 §10.10 is about guessing;
+timing must not tell which client ids exist).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+_N, _R, _P = 2**14, 8, 1
+_SALT_BYTES = 16
+_KEY_BYTES = 32
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _derive(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(
+        secret.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=0, dklen=_KEY_BYTES
+    )
+
+
+def hash_secret(secret: str) -> str:
+    """Return ``scrypt$n$r$p$salt$key`` for *secret*, with a fresh random salt."""
+    salt = secrets.token_bytes(_SALT_BYTES)
+    key = _derive(secret, salt, _N, _R, _P)
+    return f"scrypt${_N}${_R}${_P}${_b64(salt)}${_b64(key)}"
+
+
+def verify_secret(secret: str, encoded: str) -> bool:
+    """Whether *secret* matches the stored *encoded* hash, compared in constant time."""
+    try:
+        scheme, n, r, p, salt, key = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = _unb64(key)
+        actual = _derive(secret, _unb64(salt), int(n), int(r), int(p))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+# A hash of a random secret that nobody knows, so that checking against it costs the same as a
+# real check and always fails.
+_DECOY = hash_secret(secrets.token_urlsafe(32))
+
+
+def verify_or_waste(secret: str, encoded: str | None) -> bool:
+    """Like ``verify_secret``, but with *encoded* None it does the same work and returns False."""
+    if encoded is None:
+        verify_secret(secret, _DECOY)
+        return False
+    return verify_secret(secret, encoded)
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 of an issued token, hex: tokens carry >= 128 random bits, so no KDF is needed."""
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()

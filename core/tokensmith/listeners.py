@@ -1,0 +1,244 @@
+"""The listener registry: plugins from dropins/, ordered and enabled by identity.xml.
+
+pluggy validates hook implementations against ``hookspecs`` when a plugin registers, but it
+calls implementations last-registered-first. The host therefore owns the order: for each
+listener type it keeps the enabled listeners sorted by (orderId, name) and calls their
+implementations one at a time, awaiting coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .config import IdentitySettings
+from .dropins import PluginSource
+from .errors import OAuth2Error, ServerError
+from .xmlconf import ConfigError
+
+__all__ = ["Listener", "ListenerSet", "build_listeners", "FAMILIES", "DEFAULT_ORDER"]
+
+log = logging.getLogger("tokensmith.listeners")
+
+DEFAULT_ORDER = 1000
+
+#: Listener types and the hooks that make a plugin one of them.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "ClientAuthenticator": ("client_auth_methods", "authenticate_client"),
+}
+_COMMON_HOOKS = ("listener_default_order", "listener_configure")
+
+
+@dataclass
+class Listener:
+    """One listener: a plugin serving one listener type, with its place and properties."""
+
+    type: str
+    name: str
+    order_id: int
+    enabled: bool
+    properties: Mapping[str, str]
+    source: PluginSource
+    configured_in: str | None = None  # "identity.xml:LINE" when an entry names it
+    #: Free for the plugin to keep its state in; fresh on every (re)load.
+    stash: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "name": self.name,
+            "orderId": self.order_id,
+            "enabled": self.enabled,
+            "wheel": self.source.wheel.name,
+            "version": self.source.version,
+            "sha256": self.source.sha256,
+        }
+
+
+class ListenerSet:
+    """The loaded listeners of one configuration, and the way to call their hooks."""
+
+    def __init__(self, pm: pluggy.PluginManager, listeners: list[Listener], timeout: float):
+        self.pm = pm
+        self.timeout = timeout
+        self._all = sorted(listeners, key=lambda item: (item.type, item.order_id, item.name))
+        self._enabled = {
+            family: [item for item in self._all if item.type == family and item.enabled]
+            for family in FAMILIES
+        }
+        self._impls: dict[tuple[str, str], Any] = {}
+        for hook_name in (*_COMMON_HOOKS, *(h for hooks in FAMILIES.values() for h in hooks)):
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                self._impls[impl.plugin_name, hook_name] = impl
+        self._methods = {
+            item.name: tuple(self._call_sync(item, "client_auth_methods", listener=item) or ())
+            for item in self._enabled["ClientAuthenticator"]
+        }
+
+    def __iter__(self):
+        return iter(self._all)
+
+    def enabled(self, family: str) -> list[Listener]:
+        """The enabled listeners of *family*, in calling order."""
+        return self._enabled[family]
+
+    def methods(self, listener: Listener) -> tuple[str, ...]:
+        """The RFC 7591 method names an enabled authenticator declared."""
+        return self._methods.get(listener.name, ())
+
+    def auth_methods_supported(self) -> list[str]:
+        """Every method of every enabled authenticator, in calling order, without repeats."""
+        return list(dict.fromkeys(m for ms in self._methods.values() for m in ms))
+
+    def implements(self, listener: Listener, hook_name: str) -> bool:
+        return (listener.source.name, hook_name) in self._impls
+
+    def fail(self, listener: Listener, hook_name: str, what: str) -> None:
+        """Log a listener's misbehaviour with its name and raise ``ServerError``."""
+        log.error("listener %s/%s failed in %s: %s", listener.type, listener.name, hook_name, what)
+        raise ServerError("an internal error occurred")
+
+    def _args(self, impl: Any, kwargs: dict[str, Any]) -> list[Any]:
+        return [kwargs[name] for name in impl.argnames]
+
+    def _call_sync(self, listener: Listener, hook_name: str, /, **kwargs: Any) -> Any:
+        impl = self._impls.get((listener.source.name, hook_name))
+        if impl is None:
+            return None
+        result = impl.function(*self._args(impl, kwargs))
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise ConfigError(
+                f"plugin {listener.name!r} ({listener.source.wheel.name}): hook {hook_name}"
+                " must not be a coroutine"
+            )
+        return result
+
+    async def call(self, listener: Listener, hook_name: str, /, **kwargs: Any) -> Any:
+        """Call *listener*'s implementation of *hook_name* and await it, bounded in time.
+
+        OAuth errors raised by the plugin pass through; anything else is logged with the
+        plugin's name and becomes ``server_error`` for this request only.
+        """
+        impl = self._impls.get((listener.source.name, hook_name))
+        if impl is None:
+            return None
+        try:
+            result = impl.function(*self._args(impl, kwargs))
+            if inspect.isawaitable(result):
+                result = await asyncio.wait_for(result, self.timeout)
+        except OAuth2Error:
+            raise
+        except asyncio.TimeoutError:
+            self.fail(listener, hook_name, f"no answer within {self.timeout:g} s")
+        except Exception:
+            log.exception("listener %s/%s raised in %s", listener.type, listener.name, hook_name)
+            raise ServerError("an internal error occurred") from None
+        return result
+
+
+def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings) -> ListenerSet:
+    """Register *sources* with a fresh plugin manager and order them by *identity*."""
+    pm = pluggy.PluginManager("tokensmith")
+    pm.add_hookspecs(hookspecs)
+    by_name: dict[str, PluginSource] = {}
+    for source in sources:
+        try:
+            pm.register(source.module, name=source.name)
+        except pluggy.PluginValidationError as exc:
+            raise ConfigError(f"{source.wheel}: plugin {source.name!r}: {exc}") from None
+        by_name[source.name] = source
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(f"plugin {exc.plugin!r}: {exc}") from None
+
+    def families_of(name: str) -> list[str]:
+        return [
+            family
+            for family, hooks in FAMILIES.items()
+            if any(pm.get_plugin(name) in [i.plugin for i in getattr(pm.hook, h).get_hookimpls()]
+                   for h in hooks)
+        ]
+
+    path = identity.path
+    entries = {(e.type, e.name): e for e in identity.listeners}
+    for entry in identity.listeners:
+        if entry.type not in FAMILIES:
+            raise ConfigError(
+                f"{path}:{entry.line}: unknown listener type {entry.type!r};"
+                f" known types: {', '.join(FAMILIES)}"
+            )
+        source = by_name.get(entry.name)
+        if source is None or entry.type not in families_of(entry.name):
+            if not entry.enabled:
+                continue
+            available = sorted(n for n in by_name if entry.type in families_of(n))
+            raise ConfigError(
+                f"{path}:{entry.line}: no {entry.type} plugin named {entry.name!r} in dropins;"
+                f" available: {', '.join(available) or 'none'}"
+            )
+
+    listeners: list[Listener] = []
+    for name, source in sorted(by_name.items()):
+        families = families_of(name)
+        if not families:
+            raise ConfigError(
+                f"{source.wheel}: plugin {name!r} implements no listener hooks"
+                f" ({', '.join(h for hooks in FAMILIES.values() for h in hooks)})"
+            )
+        default = _default_order(pm, source)
+        for family in families:
+            entry = entries.get((family, name))
+            listeners.append(
+                Listener(
+                    type=family,
+                    name=name,
+                    order_id=entry.order_id if entry and entry.order_id is not None else default,
+                    enabled=entry.enabled if entry else True,
+                    properties=MappingProxyType(dict(entry.properties) if entry else {}),
+                    source=source,
+                    configured_in=f"{path}:{entry.line}" if entry else None,
+                )
+            )
+
+    timeout = identity.listener_timeout
+    result = ListenerSet(pm, listeners, timeout)
+    for listener in result:
+        if not listener.enabled:
+            continue
+        try:
+            result._call_sync(listener, "listener_configure", listener=listener)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            at = listener.configured_in or str(path)
+            raise ConfigError(f"{at}: listener {listener.name!r}: {exc}") from None
+        except Exception as exc:
+            raise ConfigError(
+                f"{listener.source.wheel}: listener {listener.name!r}: listener_configure"
+                f" raised {type(exc).__name__}: {exc}"
+            ) from None
+    return result
+
+
+def _default_order(pm: pluggy.PluginManager, source: PluginSource) -> int:
+    for impl in pm.hook.listener_default_order.get_hookimpls():
+        if impl.plugin_name == source.name:
+            value = impl.function()
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(
+                    f"{source.wheel}: plugin {source.name!r}: listener_default_order must"
+                    f" return an int, not {type(value).__name__}"
+                )
+            return value
+    return DEFAULT_ORDER

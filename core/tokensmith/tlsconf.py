@@ -1,0 +1,48 @@
+"""The TLS policy of every connector.
+
+TLS 1.2 is the minimum and OpenSSL negotiates 1.3 whenever the client offers it. TLS 1.2
+suites are ECDHE with AES-GCM or ChaCha20-Poly1305 only (forward secrecy, AEAD);
+client-initiated renegotiation is off. ALPN offers h2 and http/1.1 (RFC 7540 §9.2 requires
+TLS 1.2+ and no compression for h2, which this policy gives).
+
+Client certificates: ``want`` requests one and lets the handshake finish without it, ``need``
+fails a handshake without one, ``false`` never asks. Whatever the client sends is accepted at
+this layer once it proves the private key; trust is decided by the authenticators (see
+``tls_accept``), which keeps handshakes independent of the number of registered clients.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from .config import Connector, ServerSettings
+from .tls_accept import accept_any_client_certificate
+from .xmlconf import ConfigError
+
+__all__ = ["server_context", "TLS12_CIPHERS"]
+
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384"
+
+
+def server_context(settings: ServerSettings, connector: Connector) -> ssl.SSLContext:
+    """A server ``SSLContext`` for *connector* with the keystore of *settings*."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    try:
+        context.load_cert_chain(
+            settings.certificate_file, settings.key_file, password=settings.key_password
+        )
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{settings.path}: keystore file {exc.filename} not found") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"{settings.path}: cannot load keystore {settings.certificate_file} /"
+            f" {settings.key_file}: {exc}"
+        ) from None
+    if connector.client_auth != "false":
+        accept_any_client_certificate(context, required=connector.client_auth == "need")
+    return context
