@@ -31,7 +31,7 @@ def issue(cn: str, issuer: Issued | None = None, *, ca: bool = False) -> Issued:
     """A fresh P-256 key and a certificate for it, self-signed unless ``issuer`` is given."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -125,18 +125,18 @@ def connect(server: ssl.SSLContext, client: ssl.SSLContext,
                 outcome.server_version = tls.version()
                 outcome.server_resumed = tls.session_reused
                 tls.sendall(b"ok")
-        except Exception as exc:  # the test inspects it; the thread must not die noisily
+        except (ssl.SSLError, OSError) as exc:  # the test inspects it
             outcome.server_error = exc
 
     thread = threading.Thread(target=serve, name="tls-accept-test-server")
     thread.start()
     try:
-        with socket.create_connection(listener.getsockname(), timeout=TIMEOUT) as raw:
-            with client.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
-                # TLS 1.3 clients finish before the server has judged their certificate, so
-                # only the server's reply (or its alert) tells whether it accepted.
-                outcome.client_reply = tls.recv(2)
-                outcome.client_session = tls.session
+        with (socket.create_connection(listener.getsockname(), timeout=TIMEOUT) as raw,
+              client.wrap_socket(raw, server_hostname="localhost", session=session) as tls):
+            # TLS 1.3 clients finish before the server has judged their certificate, so
+            # only the server's reply (or its alert) tells whether it accepted.
+            outcome.client_reply = tls.recv(2)
+            outcome.client_session = tls.session
     except (ssl.SSLError, OSError) as exc:
         outcome.client_error = exc
     finally:
@@ -192,7 +192,7 @@ def test_need_accepts_self_signed_client_certificate(server_context, client_cont
 
 
 def test_same_subject_certificates_each_reach_the_server(server_context, client_context) -> None:
-    """Two self-signed certificates with the same subject DN each connect and arrive as their own."""
+    """Two self-signed certificates with one subject DN each connect and arrive as their own."""
     first, second = issue("localhost"), issue("localhost")
     assert first[0].subject == second[0].subject and der(first[0]) != der(second[0])
     server = server_context()
@@ -213,7 +213,8 @@ def test_chain_is_leaf_then_intermediate(server_context, client_context) -> None
 
 
 @pytest.mark.parametrize("version", TLS_VERSIONS, ids=lambda v: v.name)
-def test_accepts_in_tls_1_2_and_1_3(server_context, client_context, version: ssl.TLSVersion) -> None:
+def test_accepts_in_tls_1_2_and_1_3(
+        server_context, client_context, version: ssl.TLSVersion) -> None:
     """The accept-any callback works, and the leaf arrives, in both TLS 1.2 and TLS 1.3."""
     cert, key = issue("client-1")
     server = server_context()
@@ -240,7 +241,7 @@ def test_resumed_session_still_yields_the_leaf_first(server_context, client_cont
 
 
 def test_callback_survives_later_verify_settings(server_context, client_context) -> None:
-    """load_verify_locations and a verify_mode change after the call do not bring back chain checks."""
+    """Later load_verify_locations and verify_mode changes do not bring back chain checks."""
     cert, key = issue("client-1")
     server = server_context()
     accept_any_client_certificate(server, required=False)
@@ -251,7 +252,7 @@ def test_callback_survives_later_verify_settings(server_context, client_context)
 
 
 def test_plain_context_rejects_the_same_client(server_context, client_context) -> None:
-    """Control: without accept_any_client_certificate OpenSSL rejects an unknown self-signed cert."""
+    """Control: without accept_any_client_certificate an unknown self-signed cert is rejected."""
     cert, key = issue("client-1")
     server = server_context()
     server.verify_mode = ssl.CERT_OPTIONAL

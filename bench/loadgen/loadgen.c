@@ -51,48 +51,40 @@ enum pstate { P_HEAD, P_BODY_CL, P_BODY_EOF, P_CHUNK_SIZE, P_CHUNK_DATA, P_CHUNK
 enum io { IO_WAIT, IO_EOF, IO_RESET, IO_TLS };
 
 struct conn {
-    int fd;
+    int fd, ctx;           /* ctx: index into G.ctx, i.e. which client certificate */
     SSL *ssl;
-    int ctx;               /* index into G.ctx: which client certificate */
     enum cstate state;
     uint32_t events;       /* epoll interest currently registered */
     int tls_up;            /* handshake done, no fatal error: SSL_shutdown allowed */
     int in_req, measured;  /* attempt in flight; started inside the measured window */
     uint64_t t_conn, t_req, deadline, retry_at;
     size_t woff;           /* bytes of G.req already written */
-    /* response parser */
-    char *buf;
+    char *buf;             /* response bytes not yet consumed by the parser */
     size_t cap, len, pos;
     enum pstate ps;
     int status, close_after;
-    uint64_t remaining;
+    uint64_t remaining;    /* body or chunk bytes still expected */
 };
 
 struct vec { uint64_t *v; size_t n, cap; };
 
 static struct {
     const char *url, *method, *body_file, *cert, *key, *cert_list, *cacert;
-    char *body;
-    size_t body_len;
-    char *headers;         /* user headers, each ending in CRLF */
-    size_t headers_len;
-    int user_host, user_conn;
-    int conns, insecure, new_conn, tls_ver, expect, json;
+    char *body, *headers;  /* headers: the -H values, each ending in CRLF */
+    size_t body_len, headers_len;
+    int user_host, user_conn, conns, insecure, new_conn, tls_ver, expect, json;
     double duration, warmup, timeout;
     long long total;
 } O = {.method = "POST", .conns = 32, .timeout = 10.0};
 
 static struct {
-    char host[256], port[8], *path;
-    int is_ip, is_head;
+    char host[256], port[8], *path, *req;
+    size_t reqlen;
+    int is_ip, is_head, ep, nctx, next_ctx;
     struct sockaddr_storage addr;
     socklen_t addrlen;
     SSL_CTX **ctx;
-    char **certs, **keys;  /* parallel to ctx; NULL when no client certificate */
-    int nctx, next_ctx;
-    char *req;
-    size_t reqlen;
-    int ep;
+    char **certs;          /* parallel to ctx, for messages; NULL without client certificate */
     struct conn *c;
     volatile sig_atomic_t interrupted;
     int running, measuring, ever_ok;
@@ -111,9 +103,7 @@ static void do_read(struct conn *c);
 
 /* ---------- small helpers ---------- */
 
-static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-static void die(int code, const char *fmt, ...)
-{
+__attribute__((format(printf, 2, 3), noreturn)) static void die(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fputs("loadgen: ", stderr);
@@ -123,23 +113,20 @@ static void die(int code, const char *fmt, ...)
     exit(code);
 }
 
-static void *xrealloc(void *p, size_t n)
-{
+static void *xrealloc(void *p, size_t n) {
     p = realloc(p, n);
     if (!p)
         die(1, "out of memory");
     return p;
 }
 
-static uint64_t now_ns(void)
-{
+static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * NS + (uint64_t)ts.tv_nsec;
 }
 
-static void vec_push(struct vec *v, uint64_t x)
-{
+static void vec_push(struct vec *v, uint64_t x) {
     if (v->n == v->cap) {
         v->cap = v->cap ? v->cap * 2 : 65536;
         v->v = xrealloc(v->v, v->cap * sizeof *v->v);
@@ -147,27 +134,21 @@ static void vec_push(struct vec *v, uint64_t x)
     v->v[v->n++] = x;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
+static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
 }
 
 /* Nearest-rank percentile in ms of a sorted vector; NAN when empty. */
-static double pct_ms(const struct vec *v, double p)
-{
+static double pct_ms(const struct vec *v, double p) {
     if (!v->n)
         return NAN;
     size_t i = (size_t)ceil(p / 100.0 * (double)v->n);
-    i = i ? i - 1 : 0;
-    if (i >= v->n)
-        i = v->n - 1;
-    return (double)v->v[i] / 1e6;
+    return (double)v->v[i ? (i > v->n ? v->n : i) - 1 : 0] / 1e6;
 }
 
 /* Last OpenSSL error as text; clears the queue so later SSL_get_error is reliable. */
-static const char *ssl_reason(SSL *ssl)
-{
+static const char *ssl_reason(SSL *ssl) {
     static char buf[256];
     unsigned long e = ERR_peek_last_error();
     long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
@@ -181,8 +162,7 @@ static const char *ssl_reason(SSL *ssl)
     return buf;
 }
 
-static double parse_num(const char *s, const char *what, double min)
-{
+static double parse_num(const char *s, const char *what, double min) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
@@ -193,8 +173,7 @@ static double parse_num(const char *s, const char *what, double min)
 
 /* ---------- connection bookkeeping ---------- */
 
-static void set_events(struct conn *c, uint32_t ev)
-{
+static void set_events(struct conn *c, uint32_t ev) {
     if (c->events == ev)
         return;
     struct epoll_event e = {.events = ev, .data.ptr = c};
@@ -203,14 +182,12 @@ static void set_events(struct conn *c, uint32_t ev)
     c->events = ev;
 }
 
-static int can_start(void)
-{
+static int can_start(void) {
     return G.running && !(O.total && G.measuring && G.attempts >= O.total);
 }
 
 /* An attempt is one request; only attempts that start after warmup are measured. */
-static void begin_attempt(struct conn *c, uint64_t t)
-{
+static void begin_attempt(struct conn *c, uint64_t t) {
     c->in_req = 1;
     c->measured = G.measuring;
     c->t_req = t;
@@ -221,15 +198,13 @@ static void begin_attempt(struct conn *c, uint64_t t)
     }
 }
 
-static void end_attempt(struct conn *c)
-{
+static void end_attempt(struct conn *c) {
     if (c->in_req && c->measured)
         G.inflight--;
     c->in_req = c->measured = 0;
 }
 
-static void close_conn(struct conn *c)
-{
+static void close_conn(struct conn *c) {
     if (c->ssl) {
         if (c->tls_up) /* polite close_notify; non-blocking, result irrelevant */
             SSL_shutdown(c->ssl);
@@ -246,8 +221,7 @@ static void close_conn(struct conn *c)
 }
 
 /* Keep-alive mode: the server or an error ended a connection, open another. */
-static void reopen(struct conn *c)
-{
+static void reopen(struct conn *c) {
     if (!can_start())
         return;
     if (G.measuring && !O.new_conn)
@@ -255,15 +229,14 @@ static void reopen(struct conn *c)
     start_conn(c);
 }
 
-static void fail(struct conn *c, enum err_kind kind, const char *why)
-{
+static void fail(struct conn *c, enum err_kind kind, const char *why) {
     /* Until one response has arrived, a connect/TLS failure means we cannot
      * talk to the server at all: stop at once with a readable reason. */
     if (!G.ever_ok && (kind == E_CONNECT || kind == E_TLS || kind == E_CLOSED)) {
         const char *cert = G.certs[c->ctx];
-        die(1, "cannot connect to %s: %s%s%s%s%s", O.url,
-            kind == E_TLS ? "TLS: " : "", why,
-            cert ? " (client cert " : "", cert ? cert : "", cert ? ")" : "");
+        die(1, "cannot connect to %s: %s%s%s%s%s", O.url, kind == E_TLS ? "TLS: " : "", why,
+            kind == E_CLOSED ? " (client certificate rejected?)" : "",
+            cert ? " using client cert " : "", cert ? cert : "");
     }
     if (G.measuring)
         G.errors[kind]++;
@@ -278,15 +251,10 @@ static void fail(struct conn *c, enum err_kind kind, const char *why)
 }
 
 /* Classify a failed SSL_* call. WANT_READ/WANT_WRITE only change what we wait for. */
-static enum io ssl_io(struct conn *c, int r)
-{
+static enum io ssl_io(struct conn *c, int r) {
     int e = SSL_get_error(c->ssl, r);
-    if (e == SSL_ERROR_WANT_READ) {
-        set_events(c, EPOLLIN);
-        return IO_WAIT;
-    }
-    if (e == SSL_ERROR_WANT_WRITE) {
-        set_events(c, EPOLLOUT);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        set_events(c, e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT);
         return IO_WAIT;
     }
     c->tls_up = 0; /* SSL_shutdown must not follow a fatal error */
@@ -299,8 +267,7 @@ static enum io ssl_io(struct conn *c, int r)
 
 /* ---------- connection state machine ---------- */
 
-static void start_conn(struct conn *c)
-{
+static void start_conn(struct conn *c) {
     uint64_t t = now_ns();
     c->state = S_CONNECTING;
     c->t_conn = t;
@@ -326,22 +293,19 @@ static void start_conn(struct conn *c)
         fail(c, E_CONNECT, strerror(errno));
 }
 
-static void finish_connect(struct conn *c)
-{
+static void finish_connect(struct conn *c) {
     int err = 0;
     socklen_t len = sizeof err;
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
-    if (err) {
+    if (err)
         fail(c, E_CONNECT, strerror(err));
-        return;
-    }
-    do_handshake(c);
+    else
+        do_handshake(c);
 }
 
 /* Keep-alive: send the next request on this connection, or park it. */
-static void next_request(struct conn *c)
-{
+static void next_request(struct conn *c) {
     if (!can_start()) {
         c->state = S_IDLE;
         set_events(c, 0); /* still reports HUP/ERR, which simply closes it */
@@ -351,8 +315,7 @@ static void next_request(struct conn *c)
     do_write(c);
 }
 
-static void do_handshake(struct conn *c)
-{
+static void do_handshake(struct conn *c) {
     if (!c->ssl) {
         c->state = S_HANDSHAKE;
         c->ssl = SSL_new(G.ctx[c->ctx]);
@@ -387,8 +350,7 @@ static void do_handshake(struct conn *c)
     }
 }
 
-static void do_write(struct conn *c)
-{
+static void do_write(struct conn *c) {
     if (c->state != S_WRITING) {
         c->state = S_WRITING;
         c->woff = 0;
@@ -404,42 +366,31 @@ static void do_write(struct conn *c)
             continue;
         }
         enum io s = ssl_io(c, r);
-        if (s == IO_WAIT)
-            return;
-        fail(c, s == IO_TLS ? E_TLS : E_CLOSED, ssl_reason(c->ssl));
+        if (s != IO_WAIT)
+            fail(c, s == IO_TLS ? E_TLS : E_CLOSED, ssl_reason(c->ssl));
         return;
     }
     c->state = S_READING;
     set_events(c, EPOLLIN);
 }
 
-static int has_token(const char *v, size_t n, const char *tok)
-{
-    size_t tl = strlen(tok), i = 0;
-    while (i < n) {
-        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        size_t s = i;
-        while (i < n && v[i] != ',')
-            i++;
-        size_t e = i;
-        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-            e--;
-        if (e - s == tl && !strncasecmp(v + s, tok, tl))
+/* Is tok one of the comma-separated tokens of header value v (case-insensitive)? */
+static int has_token(const char *v, size_t n, const char *tok) {
+    size_t tl = strlen(tok);
+    for (size_t i = 0; i + tl <= n; i++)
+        if (!strncasecmp(v + i, tok, tl) && (i == 0 || memchr(" \t,", v[i - 1], 3)) &&
+            (i + tl == n || memchr(" \t,;", v[i + tl], 4)))
             return 1;
-    }
     return 0;
 }
 
-static int name_is(const char *name, size_t n, const char *want)
-{
+static int name_is(const char *name, size_t n, const char *want) {
     return n == strlen(want) && !strncasecmp(name, want, n);
 }
 
 /* Parse a status line plus headers (h .. h+n, n includes the last header's CRLF).
  * Returns -1 malformed, 0 complete without body, 1 body follows, 2 interim 1xx. */
-static int parse_head(struct conn *c, const char *h, size_t n)
-{
+static int parse_head(struct conn *c, const char *h, size_t n) {
     if (n < 14 || memcmp(h, "HTTP/1.", 7) || (h[7] != '0' && h[7] != '1') || h[8] != ' ' ||
         !isdigit((unsigned char)h[9]) || !isdigit((unsigned char)h[10]) ||
         !isdigit((unsigned char)h[11]) || (h[12] != ' ' && h[12] != '\r'))
@@ -463,14 +414,10 @@ static int parse_head(struct conn *c, const char *h, size_t n)
         size_t nl = (size_t)(colon - l), vl = (size_t)(ve - v);
         if (name_is(l, nl, "content-length")) {
             long long x = 0;
-            if (!vl || vl > 15)
-                return -1;
-            for (size_t i = 0; i < vl; i++) {
-                if (!isdigit((unsigned char)v[i]))
-                    return -1;
-                x = x * 10 + (v[i] - '0');
-            }
-            if (cl >= 0 && cl != x) /* conflicting lengths: refuse, as RFC 9112 says */
+            for (size_t i = 0; i < vl && x >= 0; i++)
+                x = isdigit((unsigned char)v[i]) ? x * 10 + (v[i] - '0') : -1;
+            /* junk, absurd size or conflicting lengths: refuse, as RFC 9112 says */
+            if (!vl || vl > 15 || x < 0 || (cl >= 0 && cl != x))
                 return -1;
             cl = x;
         } else if (name_is(l, nl, "transfer-encoding")) {
@@ -508,8 +455,7 @@ static int parse_head(struct conn *c, const char *h, size_t n)
 
 /* Consume buffered bytes. Returns 1 when the response is complete, 0 to wait
  * for more, -1 on a malformed response. Body bytes are counted, not kept. */
-static int parse(struct conn *c)
-{
+static int parse(struct conn *c) {
     for (;;) {
         char *p = c->buf + c->pos;
         size_t avail = c->len - c->pos, take;
@@ -541,11 +487,9 @@ static int parse(struct conn *c)
         case P_CHUNK_SIZE: {
             if (!(e = memmem(p, avail, "\r\n", 2)))
                 return avail > MAX_LINE ? -1 : 0;
-            uint64_t sz = 0;
-            int digits = 0;
-            for (const char *q = p; q < e && isxdigit((unsigned char)*q); q++, digits++)
-                sz = sz * 16 + (uint64_t)(isdigit((unsigned char)*q) ? *q - '0' : (tolower((unsigned char)*q) - 'a' + 10));
-            if (!digits || digits > 15) /* anything after the digits is a chunk extension */
+            char *q; /* hex size; whatever follows (";ext=...") is a chunk extension */
+            uint64_t sz = isxdigit((unsigned char)*p) ? strtoull(p, &q, 16) : 0;
+            if (!isxdigit((unsigned char)*p) || q - p > 15 || (*q != ';' && *q != '\r' && *q != ' '))
                 return -1;
             c->pos += (size_t)(e - p) + 2;
             c->remaining = sz;
@@ -571,8 +515,7 @@ static int parse(struct conn *c)
     }
 }
 
-static void response_done(struct conn *c, int eof)
-{
+static void response_done(struct conn *c, int eof) {
     uint64_t t = now_ns();
     int leftover = c->len > c->pos; /* bytes nobody asked for: framing is off */
     G.ever_ok = 1;
@@ -597,21 +540,16 @@ static void response_done(struct conn *c, int eof)
     }
 }
 
-static void do_read(struct conn *c)
-{
+static void do_read(struct conn *c) {
     for (;;) {
-        if (c->pos == c->len)
-            c->pos = c->len = 0;
+        if (c->pos) { /* drop consumed bytes: what remains is at most a partial line */
+            memmove(c->buf, c->buf + c->pos, c->len - c->pos);
+            c->len -= c->pos;
+            c->pos = 0;
+        }
         if (c->cap - c->len < 4096) {
-            if (c->pos) { /* drop consumed bytes before growing */
-                memmove(c->buf, c->buf + c->pos, c->len - c->pos);
-                c->len -= c->pos;
-                c->pos = 0;
-            }
-            if (c->cap - c->len < 4096) {
-                c->cap = c->cap ? c->cap * 2 : BUF_INIT;
-                c->buf = xrealloc(c->buf, c->cap);
-            }
+            c->cap = c->cap ? c->cap * 2 : BUF_INIT;
+            c->buf = xrealloc(c->buf, c->cap);
         }
         errno = 0;
         int r = SSL_read(c->ssl, c->buf + c->len, (int)(c->cap - c->len));
@@ -626,27 +564,18 @@ static void do_read(struct conn *c)
                 return;
             continue;
         }
-        switch (ssl_io(c, r)) {
-        case IO_WAIT:
-            return;
-        case IO_EOF:
-            if (c->ps == P_BODY_EOF)
-                response_done(c, 1);
-            else
-                fail(c, E_CLOSED, "server closed the connection before a complete response");
-            return;
-        case IO_RESET:
-            fail(c, E_CLOSED, strerror(errno));
-            return;
-        case IO_TLS:
-            fail(c, E_TLS, ssl_reason(c->ssl));
-            return;
-        }
+        enum io s = ssl_io(c, r);
+        if (s == IO_EOF && c->ps == P_BODY_EOF)
+            response_done(c, 1); /* the close is what ends this body */
+        else if (s == IO_EOF)
+            fail(c, E_CLOSED, "server closed the connection before a complete response");
+        else if (s != IO_WAIT)
+            fail(c, s == IO_TLS ? E_TLS : E_CLOSED, ssl_reason(c->ssl));
+        return;
     }
 }
 
-static void on_event(struct conn *c)
-{
+static void on_event(struct conn *c) {
     switch (c->state) {
     case S_CONNECTING: finish_connect(c); break;
     case S_HANDSHAKE: do_handshake(c); break;
@@ -658,8 +587,7 @@ static void on_event(struct conn *c)
 }
 
 /* Phase changes (warmup -> measuring -> done), timeouts and backoff retries. */
-static void tick(uint64_t t)
-{
+static void tick(uint64_t t) {
     static uint64_t next_scan;
     if (!G.measuring && t >= G.t_measure_at) {
         G.measuring = 1;
@@ -689,8 +617,7 @@ static void tick(uint64_t t)
 
 /* ---------- setup ---------- */
 
-static void usage(FILE *f)
-{
+static void usage(FILE *f) {
     fputs("usage: loadgen --url https://HOST:PORT/PATH [--method POST] [--body STR | --body-file F]\n"
           "               [-H 'Name: value']... [--cert C --key K | --cert-list FILE]\n"
           "               [--cacert CA | --insecure] [-c CONNS] [-d SECONDS] [-n REQUESTS]\n"
@@ -698,28 +625,20 @@ static void usage(FILE *f)
           "               [--expect-status CODE] [--json]\n", f);
 }
 
-static char *read_file(const char *path, size_t *len)
-{
+static char *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
-    if (!f)
+    long n = -1;
+    if (!f || fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET))
         die(2, "cannot read %s: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t n = 0, cap = 0, r;
-    do {
-        if (cap - n < 65536)
-            buf = xrealloc(buf, cap = cap * 2 + 65536);
-        r = fread(buf + n, 1, cap - n, f);
-        n += r;
-    } while (r > 0);
-    if (ferror(f))
+    char *buf = xrealloc(NULL, (size_t)n + 1);
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n)
         die(2, "cannot read %s", path);
     fclose(f);
-    *len = n;
+    *len = (size_t)n;
     return buf;
 }
 
-static void add_header(const char *h)
-{
+static void add_header(const char *h) {
     const char *colon = strchr(h, ':');
     if (!colon || colon == h || strpbrk(h, "\r\n"))
         die(2, "bad header '%s' (expected 'Name: value')", h);
@@ -734,25 +653,13 @@ static void add_header(const char *h)
     O.headers_len += n + 2;
 }
 
-static void parse_url(void)
-{
-    const char *u = O.url, *p;
-    if (strncmp(u, "https://", 8))
+static void parse_url(void) {
+    if (strncmp(O.url, "https://", 8))
         die(2, "--url must start with https://");
-    u += 8;
-    const char *hend;
-    if (*u == '[') { /* IPv6 literal */
-        if (!(hend = strchr(u, ']')))
-            die(2, "bad --url host");
-        u++;
-        p = hend + 1;
-    } else {
-        hend = u + strcspn(u, ":/?");
-        p = hend;
-    }
-    size_t hl = (size_t)(hend - u);
-    if (!hl || hl >= sizeof G.host || memchr(u, '@', hl))
-        die(2, "bad --url host");
+    const char *u = O.url + 8, *p = u + strcspn(u, ":/?");
+    size_t hl = (size_t)(p - u);
+    if (!hl || hl >= sizeof G.host || memchr(u, '@', hl) || *u == '[')
+        die(2, "bad --url host (IPv4 address or name expected)");
     memcpy(G.host, u, hl);
     snprintf(G.port, sizeof G.port, "443");
     if (*p == ':') {
@@ -768,19 +675,19 @@ static void parse_url(void)
     G.path = xrealloc(NULL, strlen(p) + 2); /* "https://h:1" and "https://h:1?q" get a "/" */
     sprintf(G.path, "%s%s", *p == '/' ? "" : "/", p);
 
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *res;
+    /* IPv4 only: "localhost" must not turn into ::1 when the server listens on 127.0.0.1 */
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res;
     int e = getaddrinfo(G.host, G.port, &hints, &res);
     if (e)
         die(1, "cannot resolve %s: %s", G.host, gai_strerror(e));
     memcpy(&G.addr, res->ai_addr, res->ai_addrlen);
     G.addrlen = res->ai_addrlen;
     freeaddrinfo(res);
-    struct in6_addr tmp;
-    G.is_ip = inet_pton(AF_INET, G.host, &tmp) == 1 || inet_pton(AF_INET6, G.host, &tmp) == 1;
+    struct in_addr tmp;
+    G.is_ip = inet_pton(AF_INET, G.host, &tmp) == 1;
 }
 
-static SSL_CTX *make_ctx(const char *cert, const char *key)
-{
+static SSL_CTX *make_ctx(const char *cert, const char *key) {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx)
         die(1, "SSL_CTX_new: %s", ssl_reason(NULL));
@@ -815,19 +722,15 @@ static SSL_CTX *make_ctx(const char *cert, const char *key)
     return ctx;
 }
 
-static void add_ctx(const char *cert, const char *key)
-{
+static void add_ctx(const char *cert, const char *key) {
     G.ctx = xrealloc(G.ctx, (size_t)(G.nctx + 1) * sizeof *G.ctx);
     G.certs = xrealloc(G.certs, (size_t)(G.nctx + 1) * sizeof *G.certs);
-    G.keys = xrealloc(G.keys, (size_t)(G.nctx + 1) * sizeof *G.keys);
     G.ctx[G.nctx] = make_ctx(cert, key);
     G.certs[G.nctx] = cert ? strdup(cert) : NULL;
-    G.keys[G.nctx] = key ? strdup(key) : NULL;
     G.nctx++;
 }
 
-static void load_cert_list(const char *path)
-{
+static void load_cert_list(const char *path) {
     FILE *f = fopen(path, "r");
     if (!f)
         die(2, "cannot read %s: %s", path, strerror(errno));
@@ -850,16 +753,12 @@ static void load_cert_list(const char *path)
         die(2, "%s: no certificate pairs", path);
 }
 
-static void build_request(void)
-{
+static void build_request(void) {
     int has_body = O.body_len || !strcasecmp(O.method, "POST") || !strcasecmp(O.method, "PUT") ||
                    !strcasecmp(O.method, "PATCH");
     char host[300], clen[64] = "";
-    int v6 = strchr(G.host, ':') != NULL;
-    if (!strcmp(G.port, "443"))
-        snprintf(host, sizeof host, v6 ? "[%s]" : "%s", G.host);
-    else
-        snprintf(host, sizeof host, v6 ? "[%s]:%s" : "%s:%s", G.host, G.port);
+    snprintf(host, sizeof host, "%s%s%s", G.host, strcmp(G.port, "443") ? ":" : "",
+             strcmp(G.port, "443") ? G.port : "");
     if (has_body)
         snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", O.body_len);
     size_t cap = strlen(O.method) + strlen(G.path) + sizeof host + O.headers_len + O.body_len + 200;
@@ -872,8 +771,7 @@ static void build_request(void)
     G.reqlen = (size_t)n + O.body_len;
 }
 
-static void parse_args(int argc, char **argv)
-{
+static void parse_args(int argc, char **argv) {
     enum { O_URL = 256, O_METHOD, O_BODY, O_BODYF, O_CERT, O_KEY, O_CLIST, O_CA, O_INSEC,
            O_WARM, O_NEWC, O_T12, O_T13, O_EXP, O_TMO, O_JSON };
     static const struct option lo[] = {
@@ -925,31 +823,25 @@ static void parse_args(int argc, char **argv)
         die(2, "unexpected argument '%s' (see --help)", argv[optind]);
     if (!O.url)
         die(2, "--url is required (see --help)");
-    if (O.body_file && O.body)
-        die(2, "use either --body or --body-file");
+    if ((O.body_file && O.body) || (O.cert && O.cert_list) || (O.insecure && O.cacert))
+        die(2, "use only one of --body/--body-file, --cert/--cert-list, --cacert/--insecure");
     if (!O.cert != !O.key)
         die(2, "--cert and --key go together");
-    if (O.cert && O.cert_list)
-        die(2, "use either --cert/--key or --cert-list");
-    if (O.insecure && O.cacert)
-        die(2, "use either --cacert or --insecure");
     if (O.expect > 599 || O.conns > 100000)
         die(2, "value out of range");
     if (O.duration <= 0 && !O.total)
         O.duration = 10;
     if (O.body_file)
         O.body = read_file(O.body_file, &O.body_len);
+    G.is_head = !strcasecmp(O.method, "HEAD");
 }
 
 /* ---------- report ---------- */
 
-static void report(void)
-{
+static void report(void) {
     double dur = (double)(G.t_end - G.t_mstart) / 1e9;
-    double us = (double)(G.ru1.ru_utime.tv_sec - G.ru0.ru_utime.tv_sec) +
-                (double)(G.ru1.ru_utime.tv_usec - G.ru0.ru_utime.tv_usec) / 1e6;
-    double sy = (double)(G.ru1.ru_stime.tv_sec - G.ru0.ru_stime.tv_sec) +
-                (double)(G.ru1.ru_stime.tv_usec - G.ru0.ru_stime.tv_usec) / 1e6;
+#define TV(a, b) ((double)((a).tv_sec - (b).tv_sec) + (double)((a).tv_usec - (b).tv_usec) / 1e6)
+    double us = TV(G.ru1.ru_utime, G.ru0.ru_utime), sy = TV(G.ru1.ru_stime, G.ru0.ru_stime);
     double rps = dur > 0 ? (double)G.requests / dur : 0, cpu = dur > 0 ? (us + sy) / dur * 100 : 0;
     long long errs = 0;
     qsort(G.lat.v, G.lat.n, sizeof *G.lat.v, cmp_u64);
@@ -991,17 +883,14 @@ static void report(void)
     printf("loadgen cpu  user %.2f s + sys %.2f s = %.1f%% of one core\n", us, sy, cpu);
 }
 
-static void on_sigint(int sig)
-{
+static void on_sigint(int sig) {
     (void)sig;
     G.interrupted = 1;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     parse_args(argc, argv);
     parse_url();
-    G.is_head = !strcasecmp(O.method, "HEAD");
     build_request();
     if (O.cert_list)
         load_cert_list(O.cert_list);
@@ -1055,16 +944,11 @@ int main(int argc, char **argv)
     }
     report();
 
-    for (int i = 0; i < O.conns; i++) {
-        close_conn(&G.c[i]);
-        free(G.c[i].buf);
-    }
-    for (int i = 0; i < G.nctx; i++) {
-        SSL_CTX_free(G.ctx[i]);
-        free(G.certs[i]);
-        free(G.keys[i]);
-    }
-    free(G.ctx); free(G.certs); free(G.keys); free(G.c); free(G.req); free(G.path);
+    for (int i = 0; i < O.conns; i++)
+        close_conn(&G.c[i]), free(G.c[i].buf);
+    for (int i = 0; i < G.nctx; i++)
+        SSL_CTX_free(G.ctx[i]), free(G.certs[i]);
+    free(G.ctx); free(G.certs); free(G.c); free(G.req); free(G.path);
     free(G.lat.v); free(G.hs.v); free(O.body); free(O.headers);
     close(G.ep);
     if (!G.requests) {

@@ -106,7 +106,7 @@ def accept_any_client_certificate(context: ssl.SSLContext, *, required: bool) ->
     callback survives that and ``load_verify_locations`` (which it makes irrelevant), but it is
     per ``SSL_CTX``: a context switched to from ``sni_callback`` needs this call too.
 
-    Before touching ``context`` this runs a loopback handshake on a throwaway context with
+    Before touching ``context`` this runs an in-memory handshake on a throwaway context with
     throwaway certificates, and afterwards checks ``context``'s verify mode through OpenSSL.
     Raises ``RuntimeError`` if the mechanism does not work on this CPython/OpenSSL.
     """
@@ -149,7 +149,7 @@ def _self_test() -> None:
 
     def cert(name: str, key: ec.EllipticCurvePrivateKey, issuer_name: str,
              issuer_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cn = x509.NameOID.COMMON_NAME
         return (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(cn, name)]))
@@ -175,7 +175,7 @@ def _self_test() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for context, items in ((server, (server_cert, keys[0])), (client, (leaf, middle, keys[2]))):
             with open(path := os.path.join(tmp, "chain.pem"), "wb") as f:
-                f.write(b"".join(map(pem, items)))
+                f.write(b"".join(pem(item) for item in items))
             context.load_cert_chain(path)
     _configure(server, required=True)
     s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))

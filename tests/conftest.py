@@ -1,0 +1,231 @@
+"""Shared fixtures: real plugin wheels, real configuration directories, the real server.
+
+The server is started as a user starts it, ``tokensmith serve --conf DIR``, in a subprocess,
+bound to 127.0.0.1 on a port the kernel picks; every fixture stops what it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tokensmith.keystore import generate_dev_keystore
+from tokensmith.wheelbuild import build_plugin
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENSMITH = str(Path(sys.executable).with_name("tokensmith"))
+BUNDLED = ("basic_auth", "post_body_auth")
+
+SERVER_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<Server>
+    <Keystore certificateFile="security/server.crt" keyFile="security/server.key"/>
+    {connectors}
+    <Database path="../var/tokensmith.db"/>
+    <Dropins path="../dropins"/>
+</Server>
+"""
+
+IDENTITY_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<Identity>
+    <OAuth>{oauth}</OAuth>
+    <EventListeners>
+{listeners}
+    </EventListeners>
+</Identity>
+"""
+
+DEFAULT_LISTENERS = """\
+        <EventListener type="ClientAuthenticator" name="basic_auth" orderId="100" enable="true"/>
+        <EventListener type="ClientAuthenticator" name="post_body_auth" orderId="110" enable="true"/>"""
+
+
+@pytest.fixture(scope="session")
+def wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled plugins, built into wheels for real once per test session."""
+    out = tmp_path_factory.mktemp("bundled-wheels")
+    for name in BUNDLED:
+        build_plugin(ROOT / "plugins" / name, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def keystore(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A development keystore, generated once per session."""
+    directory = tmp_path_factory.mktemp("keystore")
+    generate_dev_keystore(directory / "server.crt", directory / "server.key")
+    return directory
+
+
+@dataclass
+class Deployment:
+    """A tokensmith installation in a temporary directory: conf/, dropins/, var/."""
+
+    root: Path
+    keystore: Path
+    connectors: str = '<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
+    listeners: str = DEFAULT_LISTENERS
+    oauth: str = ""
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "conf"
+
+    @property
+    def dropins(self) -> Path:
+        return self.root / "dropins"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "var" / "tokensmith.db"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.conf / "security" / "server.crt"
+
+    def write(self) -> None:
+        (self.conf / "security").mkdir(parents=True, exist_ok=True)
+        self.dropins.mkdir(exist_ok=True)
+        for name in ("server.crt", "server.key"):
+            target = self.conf / "security" / name
+            if not target.exists():
+                shutil.copy(self.keystore / name, target)
+        (self.conf / "server.xml").write_text(SERVER_XML.format(connectors=self.connectors))
+        (self.conf / "identity.xml").write_text(
+            IDENTITY_XML.format(oauth=self.oauth, listeners=self.listeners)
+        )
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``tokensmith ARGS --conf CONF`` as a user would."""
+        result = subprocess.run(
+            [TOKENSMITH, *args, "--conf", str(self.conf)],
+            capture_output=True, text=True, input=input, timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"tokensmith {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def add_client(self, *args: str) -> dict[str, object]:
+        return json.loads(self.cli("sp", "add", *args).stdout)
+
+
+def new_deployment(root: Path, keystore: Path, wheel_cache: Path, **settings: str) -> Deployment:
+    """A deployment under *root* with the bundled plugin wheels in its dropins/."""
+    dep = Deployment(root, keystore, **settings)
+    dep.write()
+    for wheel in wheel_cache.glob("*.whl"):
+        shutil.copy(wheel, dep.dropins)
+    return dep
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, keystore: Path, wheel_cache: Path) -> Deployment:
+    """A deployment with the bundled plugin wheels in its dropins/."""
+    return new_deployment(tmp_path / "ts", keystore, wheel_cache)
+
+
+@dataclass
+class Server:
+    """A running ``tokensmith serve`` process."""
+
+    process: subprocess.Popen[str]
+    urls: list[str]
+    deployment: Deployment
+    stdout_lines: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+    reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        context = ssl.create_default_context(cafile=str(self.deployment.server_cert))
+        return httpx.Client(base_url=self.url, verify=context, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        assert self.log_path is not None
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.reader is not None:
+            self.reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+
+class StartupFailed(Exception):
+    """The server exited before it served; ``args[0]`` is its stderr."""
+
+
+def start_server(dep: Deployment, timeout: float = 30) -> Server:
+    """Start ``tokensmith serve`` for *dep* and wait until it prints its URLs."""
+    log_path = dep.root / f"server-{time.monotonic_ns()}.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [TOKENSMITH, "serve", "--conf", str(dep.conf)],
+        stdout=subprocess.PIPE, stderr=log, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log.close()
+    server = Server(process, [], dep, log_path=log_path)
+    assert process.stdout is not None
+    ready = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            server.stdout_lines.append(line.rstrip("\n"))
+            if line.startswith("tokensmith serving "):
+                server.urls.append(line.split()[2].removesuffix("/oauth2/token"))
+                if len(server.urls) == dep.connectors.count("<Connector"):
+                    ready.set()
+        ready.set()
+
+    server.reader = threading.Thread(target=read, daemon=True)
+    server.reader.start()
+    if not ready.wait(timeout) or process.poll() is not None or not server.urls:
+        server.stop()
+        raise StartupFailed(log_path.read_text())
+    return server
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    """Start servers for deployments; stop them all at the end of the test."""
+    started: list[Server] = []
+
+    def _serve(dep: Deployment) -> Server:
+        server = start_server(dep)
+        started.append(server)
+        return server
+
+    yield _serve
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(deployment: Deployment, serve) -> Server:  # noqa: ANN001
+    """The server of the default deployment, running."""
+    return serve(deployment)
