@@ -229,3 +229,44 @@ def serve() -> Iterator:
 def server(deployment: Deployment, serve) -> Server:  # noqa: ANN001
     """The server of the default deployment, running."""
     return serve(deployment)
+
+
+PLUGIN_PYPROJECT = """[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "{dist}"
+version = "{version}"
+requires-python = ">=3.11"
+dependencies = {dependencies}
+
+[project.entry-points.tokensmith]
+{entry_points}
+
+[tool.setuptools]
+py-modules = ["{module}"]
+"""
+
+
+@pytest.fixture(scope="session")
+def make_wheel(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """Build a third-party plugin wheel for real from a module's source text."""
+    counter = iter(range(10_000))
+
+    def _make(module: str, code: str, *, entry_points: dict[str, str] | None = None,
+              dist: str | None = None, version: str = "1.0",
+              dependencies: tuple[str, ...] = ("tokensmith",)) -> Path:
+        source = tmp_path_factory.mktemp("plugin-src") / f"src{next(counter)}"
+        source.mkdir()
+        eps = entry_points or {module: module}
+        (source / "pyproject.toml").write_text(PLUGIN_PYPROJECT.format(
+            dist=dist or module.replace("_", "-"), version=version, module=module,
+            dependencies=json.dumps(list(dependencies)),
+            entry_points="\n".join(f'{k} = "{v}"' for k, v in eps.items()),
+        ))
+        (source / f"{module}.py").write_text(code)
+        wheel, _ = build_plugin(source, tmp_path_factory.mktemp("plugin-wheel"))
+        return wheel
+
+    return _make

@@ -68,7 +68,7 @@ struct conn {
 
 struct vec { uint64_t *v; size_t n, cap; };
 
-static struct {
+static struct { /* command-line options */
     const char *url, *method, *body_file, *cert, *key, *cert_list, *cacert;
     char *body, *headers;  /* headers: the -H values, each ending in CRLF */
     size_t body_len, headers_len;
@@ -77,8 +77,8 @@ static struct {
     long long total;
 } O = {.method = "POST", .conns = 32, .timeout = 10.0};
 
-static struct {
-    char host[256], port[8], *path, *req;
+static struct { /* everything else: target, TLS contexts, connections, counters */
+    char host[256], port[24], *path, *req;
     size_t reqlen;
     int is_ip, is_head, ep, nctx, next_ctx;
     struct sockaddr_storage addr;
@@ -87,7 +87,7 @@ static struct {
     char **certs;          /* parallel to ctx, for messages; NULL without client certificate */
     struct conn *c;
     volatile sig_atomic_t interrupted;
-    int running, measuring, ever_ok;
+    int running, measuring, ever_ok, early_fails;
     uint64_t t_measure_at, t_mstart, t_stop_at, t_end;
     long long attempts, inflight, requests, handshakes, reconnects;
     long long errors[E_KINDS];
@@ -99,7 +99,6 @@ static struct {
 static void start_conn(struct conn *c);
 static void do_handshake(struct conn *c);
 static void do_write(struct conn *c);
-static void do_read(struct conn *c);
 
 /* ---------- small helpers ---------- */
 
@@ -192,10 +191,8 @@ static void begin_attempt(struct conn *c, uint64_t t) {
     c->measured = G.measuring;
     c->t_req = t;
     c->deadline = t + (uint64_t)(O.timeout * NS);
-    if (c->measured) {
-        G.attempts++;
-        G.inflight++;
-    }
+    if (c->measured)
+        G.attempts++, G.inflight++;
 }
 
 static void end_attempt(struct conn *c) {
@@ -230,9 +227,10 @@ static void reopen(struct conn *c) {
 }
 
 static void fail(struct conn *c, enum err_kind kind, const char *why) {
-    /* Until one response has arrived, a connect/TLS failure means we cannot
-     * talk to the server at all: stop at once with a readable reason. */
-    if (!G.ever_ok && (kind == E_CONNECT || kind == E_TLS || kind == E_CLOSED)) {
+    /* As many connect/TLS failures as connections and not one response yet:
+     * we cannot talk to the server at all, so stop with a readable reason. */
+    if (!G.ever_ok && (kind == E_CONNECT || kind == E_TLS || kind == E_CLOSED) &&
+        ++G.early_fails >= O.conns) {
         const char *cert = G.certs[c->ctx];
         die(1, "cannot connect to %s: %s%s%s%s%s", O.url, kind == E_TLS ? "TLS: " : "", why,
             kind == E_CLOSED ? " (client certificate rejected?)" : "",
@@ -337,16 +335,14 @@ static void do_handshake(struct conn *c) {
     c->tls_up = 1;
     if (!G.tls_version[0])
         snprintf(G.tls_version, sizeof G.tls_version, "%s", SSL_get_version(c->ssl));
-    if (O.new_conn) {
-        if (c->measured) {
-            G.handshakes++;
-            vec_push(&G.hs, now_ns() - c->t_conn);
-        }
-        do_write(c);
-    } else {
-        if (G.measuring)
-            G.handshakes++;
+    if (O.new_conn ? c->measured : G.measuring)
+        G.handshakes++;
+    if (!O.new_conn)
         next_request(c);
+    else {
+        if (c->measured) /* handshake time: connect start to TLS established */
+            vec_push(&G.hs, now_ns() - c->t_conn);
+        do_write(c);
     }
 }
 
@@ -661,17 +657,12 @@ static void parse_url(void) {
     if (!hl || hl >= sizeof G.host || memchr(u, '@', hl) || *u == '[')
         die(2, "bad --url host (IPv4 address or name expected)");
     memcpy(G.host, u, hl);
-    snprintf(G.port, sizeof G.port, "443");
-    if (*p == ':') {
-        size_t pl = strspn(p + 1, "0123456789");
-        if (!pl || pl > 5 || atoi(p + 1) < 1 || atoi(p + 1) > 65535)
-            die(2, "bad --url port");
-        memcpy(G.port, p + 1, pl);
-        G.port[pl] = 0;
-        p += 1 + pl;
-    }
-    if (*p && *p != '/' && *p != '?')
+    long port = 443;
+    if (*p == ':' && (!isdigit((unsigned char)p[1]) || (port = strtol(p + 1, (char **)&p, 10)) > 65535))
+        die(2, "bad --url port");
+    if (!port || (*p && *p != '/' && *p != '?'))
         die(2, "bad --url");
+    snprintf(G.port, sizeof G.port, "%ld", port);
     G.path = xrealloc(NULL, strlen(p) + 2); /* "https://h:1" and "https://h:1?q" get a "/" */
     sprintf(G.path, "%s%s", *p == '/' ? "" : "/", p);
 
@@ -767,7 +758,8 @@ static void build_request(void) {
                      O.user_host ? "" : "Host: ", O.user_host ? "" : host, O.user_host ? "" : "\r\n",
                      (int)O.headers_len, O.headers ? O.headers : "", clen,
                      O.new_conn && !O.user_conn ? "Connection: close\r\n" : "");
-    memcpy(G.req + n, O.body, O.body_len);
+    if (O.body_len)
+        memcpy(G.req + n, O.body, O.body_len);
     G.reqlen = (size_t)n + O.body_len;
 }
 
@@ -787,16 +779,8 @@ static void parse_args(int argc, char **argv) {
     while ((o = getopt_long(argc, argv, ":c:d:n:H:h", lo, NULL)) != -1) {
         switch (o) {
         case O_URL: O.url = optarg; break;
-        case O_METHOD:
-            if (!*optarg || optarg[strcspn(optarg, " \t\r\n")])
-                die(2, "bad --method '%s'", optarg);
-            O.method = optarg;
-            break;
-        case O_BODY:
-            free(O.body);
-            O.body = strdup(optarg);
-            O.body_len = strlen(optarg);
-            break;
+        case O_METHOD: O.method = optarg; break;
+        case O_BODY: free(O.body); O.body = strdup(optarg); O.body_len = strlen(optarg); break;
         case O_BODYF: O.body_file = optarg; break;
         case 'H': add_header(optarg); break;
         case O_CERT: O.cert = optarg; break;
@@ -823,6 +807,8 @@ static void parse_args(int argc, char **argv) {
         die(2, "unexpected argument '%s' (see --help)", argv[optind]);
     if (!O.url)
         die(2, "--url is required (see --help)");
+    if (!*O.method || O.method[strcspn(O.method, " \t\r\n")])
+        die(2, "bad --method '%s'", O.method);
     if ((O.body_file && O.body) || (O.cert && O.cert_list) || (O.insecure && O.cacert))
         die(2, "use only one of --body/--body-file, --cert/--cert-list, --cacert/--insecure");
     if (!O.cert != !O.key)
@@ -844,8 +830,9 @@ static void report(void) {
     double us = TV(G.ru1.ru_utime, G.ru0.ru_utime), sy = TV(G.ru1.ru_stime, G.ru0.ru_stime);
     double rps = dur > 0 ? (double)G.requests / dur : 0, cpu = dur > 0 ? (us + sy) / dur * 100 : 0;
     long long errs = 0;
-    qsort(G.lat.v, G.lat.n, sizeof *G.lat.v, cmp_u64);
-    qsort(G.hs.v, G.hs.n, sizeof *G.hs.v, cmp_u64);
+    for (struct vec *v = &G.lat; v; v = v == &G.lat ? &G.hs : NULL)
+        if (v->n)
+            qsort(v->v, v->n, sizeof *v->v, cmp_u64);
     double p50 = pct_ms(&G.lat, 50), p90 = pct_ms(&G.lat, 90), p99 = pct_ms(&G.lat, 99),
            mx = pct_ms(&G.lat, 100), h50 = pct_ms(&G.hs, 50), h99 = pct_ms(&G.hs, 99);
     const char *mode = O.new_conn ? "new-conn" : "keep-alive";

@@ -24,10 +24,10 @@ stats = {"connections": 0, "resumed": 0, "tls_versions": collections.Counter(),
          "paths": collections.Counter(), "clients": collections.Counter(), "bad_body": 0}
 
 
-def response(status, body, extra=""):
+def response(status, body, extra="", head=False):
     reason = {200: "OK", 503: "Service Unavailable"}.get(status, "X")
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + (b"" if head else body)
 
 
 async def handle(reader, writer):
@@ -79,7 +79,7 @@ async def handle(reader, writer):
                 out = json.dumps(stats).encode()
                 writer.write(response(200, out, "Content-Type: application/json\r\n"))
             else:
-                writer.write(response(200, b"ok %d\n" % len(body)))
+                writer.write(response(200, b"ok %d\n" % len(body), head=method == "HEAD"))
             await writer.drain()
             if client_close:
                 break

@@ -1,0 +1,90 @@
+"""Configuration files: safe parsing and errors that name the file and the line."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokensmith.config import load_config
+from tokensmith.xmlconf import ConfigError
+
+XXE = """<?xml version="1.0"?>
+<!DOCTYPE Identity [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<Identity><OAuth><Realm>&xxe;</Realm></OAuth></Identity>
+"""
+
+LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
+<Identity><OAuth><Realm>&lol3;</Realm></OAuth></Identity>
+"""
+
+NETWORK = """<?xml version="1.0"?>
+<!DOCTYPE Identity SYSTEM "http://127.0.0.1:9/evil.dtd">
+<Identity/>
+"""
+
+
+@pytest.mark.parametrize("document", [XXE, LAUGHS, NETWORK], ids=["xxe", "billion-laughs", "external-dtd"])
+def test_doctype_and_entities_are_refused(deployment, document) -> None:  # noqa: ANN001
+    """A document with a DTD, entities or a network reference is refused, naming the file."""
+    path = deployment.conf / "identity.xml"
+    path.write_text(document)
+    with pytest.raises(ConfigError, match=r"identity\.xml:\d+: DOCTYPE declarations are not allowed"):
+        load_config(deployment.conf)
+
+
+@pytest.mark.parametrize(("attribute", "expected"), [
+    ('orderId="soon"', "orderId='soon' on <EventListener> is not a whole number"),
+    ('orderId="-3"', "orderId=-3 on <EventListener> is outside 0..2147483647"),
+    ('enable="yes"', "enable='yes' on <EventListener> must be true or false"),
+])
+def test_bad_listener_attributes_name_the_line(deployment, attribute, expected) -> None:  # noqa: ANN001
+    """A bad orderId or enable value is reported with identity.xml's path and line."""
+    deployment.listeners = f'        <EventListener type="ClientAuthenticator" name="basic_auth" {attribute}/>'
+    deployment.write()
+    with pytest.raises(ConfigError) as error:
+        load_config(deployment.conf)
+    assert str(error.value) == f"{deployment.conf / 'identity.xml'}:5: {expected}"
+
+
+def test_broken_xml_names_the_line(deployment) -> None:  # noqa: ANN001
+    """XML that is not well-formed is reported with the line of the fault."""
+    (deployment.conf / "server.xml").write_text("<Server>\n  <Connector port='1'>\n</Server>\n")
+    with pytest.raises(ConfigError, match=r"server\.xml:3: not well-formed XML"):
+        load_config(deployment.conf)
+
+
+def test_bad_client_auth_mode(deployment) -> None:  # noqa: ANN001
+    """clientAuth accepts only want, need and false."""
+    deployment.connectors = '<Connector address="127.0.0.1" port="0" clientAuth="maybe"/>'
+    deployment.write()
+    with pytest.raises(ConfigError, match=r"server\.xml:\d+: clientAuth='maybe' must be one of want, need, false"):
+        load_config(deployment.conf)
+
+
+def test_old_tls_protocol_is_refused(deployment) -> None:  # noqa: ANN001
+    """A connector asking for TLS older than 1.2 is a configuration error."""
+    deployment.connectors = '<Connector address="127.0.0.1" port="0" sslProtocol="TLSv1.1"/>'
+    deployment.write()
+    with pytest.raises(ConfigError, match="only TLS 1.2 and newer"):
+        load_config(deployment.conf)
+
+
+def test_duplicate_listener_entry(deployment) -> None:  # noqa: ANN001
+    """The same listener listed twice is an error naming both lines."""
+    deployment.listeners = "\n".join(
+        ['        <EventListener type="ClientAuthenticator" name="basic_auth"/>'] * 2)
+    deployment.write()
+    with pytest.raises(ConfigError, match=r"identity\.xml:6: listener ClientAuthenticator/basic_auth is already listed on line 5"):
+        load_config(deployment.conf)
+
+
+def test_defaults_of_the_shipped_files(tmp_path) -> None:  # noqa: ANN001
+    """The shipped conf/ loads: one want connector on 127.0.0.1:9443 and both secret authenticators."""
+    from conftest import ROOT
+
+    config = load_config(ROOT / "conf")
+    assert [(c.address, c.port, c.client_auth) for c in config.server.connectors] == [("127.0.0.1", 9443, "want")]
+    assert [(e.name, e.order_id, e.enabled) for e in config.identity.listeners] == [
+        ("basic_auth", 100, True), ("post_body_auth", 110, True)]
+    assert config.server.database == (ROOT / "var" / "tokensmith.db")

@@ -1,0 +1,203 @@
+"""Listeners through the real server: order, enablement, properties and plugin faults."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+import pytest
+
+from conftest import DEFAULT_LISTENERS, StartupFailed, start_server
+
+TRACER = textwrap.dedent('''
+    from pathlib import Path
+    from tokensmith import hookimpl
+
+    @hookimpl
+    def listener_default_order():
+        return {order}
+
+    @hookimpl
+    def client_auth_methods():
+        return ["{name}_method"]
+
+    @hookimpl
+    def listener_configure(listener):
+        if "trace" not in listener.properties:
+            raise ValueError("the trace property is required")
+
+    @hookimpl
+    async def authenticate_client(request, listener):
+        with open(listener.properties["trace"], "a") as out:
+            out.write("{name}\\n")
+        return None
+''')
+
+
+@pytest.fixture
+def tracers(make_wheel):  # noqa: ANN001
+    """Two third-party authenticators that write their name to a trace file when asked."""
+    return [make_wheel(name, TRACER.format(name=name, order=order))
+            for name, order in (("tracer_a", 50), ("tracer_b", 60))]
+
+
+def line_of(path, text: str) -> int:  # noqa: ANN001
+    """The 1-based line of *path* that contains *text*."""
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def token_request(server, client):  # noqa: ANN001, ANN201
+    with server.client() as http:
+        return http.post("/oauth2/token", auth=(client["client_id"], client["client_secret"]),
+                         data={"grant_type": "client_credentials"})
+
+
+def basic_client(deployment):  # noqa: ANN001, ANN201
+    return deployment.add_client("demo", "--grant-type", "client_credentials",
+                                 "--auth-method", "client_secret_basic")
+
+
+def test_basic_auth_disabled_in_identity_xml(deployment, serve) -> None:  # noqa: ANN001
+    """With basic_auth enable="false", Basic gets 401 invalid_client and post still works."""
+    deployment.listeners = DEFAULT_LISTENERS.replace(
+        'name="basic_auth" orderId="100" enable="true"', 'name="basic_auth" orderId="100" enable="false"')
+    deployment.write()
+    basic = basic_client(deployment)
+    post = deployment.add_client("post", "--grant-type", "client_credentials",
+                                 "--auth-method", "client_secret_post")
+    server = serve(deployment)
+    assert any("basic_auth" in line and "disabled" in line for line in server.stdout_lines)
+    response = token_request(server, basic)
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+    assert response.headers["www-authenticate"] == 'Basic realm="tokensmith"'
+    with server.client() as http:
+        ok = http.post("/oauth2/token", data={"grant_type": "client_credentials",
+                                              "client_id": post["client_id"],
+                                              "client_secret": post["client_secret"]})
+    assert ok.status_code == 200
+
+
+def test_calls_follow_order_id_not_defaults(deployment, serve, tracers, tmp_path) -> None:  # noqa: ANN001
+    """identity.xml's orderId decides the calling order, overriding the plugins' defaults."""
+    for wheel in tracers:
+        shutil.copy(wheel, deployment.dropins)
+    trace = tmp_path / "trace"
+    deployment.listeners = DEFAULT_LISTENERS + f"""
+        <EventListener type="ClientAuthenticator" name="tracer_a" orderId="90">
+            <Property name="trace">{trace}</Property>
+        </EventListener>
+        <EventListener type="ClientAuthenticator" name="tracer_b" orderId="20">
+            <Property name="trace">{trace}</Property>
+        </EventListener>"""
+    deployment.write()
+    server = serve(deployment)
+    assert token_request(server, basic_client(deployment)).status_code == 200
+    assert trace.read_text().split() == ["tracer_b", "tracer_a"]
+
+
+def test_equal_order_ids_are_ordered_by_name(deployment, serve, tracers, tmp_path) -> None:  # noqa: ANN001
+    """Two listeners with the same orderId run in the order of their names."""
+    for wheel in tracers:
+        shutil.copy(wheel, deployment.dropins)
+    trace = tmp_path / "trace"
+    deployment.listeners = DEFAULT_LISTENERS + "".join(f"""
+        <EventListener type="ClientAuthenticator" name="{name}" orderId="7">
+            <Property name="trace">{trace}</Property>
+        </EventListener>""" for name in ("tracer_b", "tracer_a"))
+    deployment.write()
+    server = serve(deployment)
+    token_request(server, basic_client(deployment))
+    assert trace.read_text().split() == ["tracer_a", "tracer_b"]
+
+
+def test_disabled_listener_is_not_called(deployment, serve, tracers, tmp_path) -> None:  # noqa: ANN001
+    """A listener with enable="false" is never called."""
+    for wheel in tracers:
+        shutil.copy(wheel, deployment.dropins)
+    trace = tmp_path / "trace"
+    deployment.listeners = DEFAULT_LISTENERS + f"""
+        <EventListener type="ClientAuthenticator" name="tracer_a" enable="false"/>
+        <EventListener type="ClientAuthenticator" name="tracer_b">
+            <Property name="trace">{trace}</Property>
+        </EventListener>"""
+    deployment.write()
+    server = serve(deployment)
+    assert token_request(server, basic_client(deployment)).status_code == 200
+    assert trace.read_text().split() == ["tracer_b"]
+
+
+def test_missing_plugin_is_a_startup_error_naming_file_and_line(deployment) -> None:  # noqa: ANN001
+    """An enabled entry naming an absent plugin stops startup with file, line and what exists."""
+    deployment.listeners = DEFAULT_LISTENERS + """
+        <EventListener type="ClientAuthenticator" name="mutual_tlz" orderId="158"/>"""
+    deployment.write()
+    with pytest.raises(StartupFailed) as failure:
+        start_server(deployment)
+    message = failure.value.args[0]
+    identity = deployment.conf / "identity.xml"
+    assert f"{identity}:{line_of(identity, 'mutual_tlz')}:" in message
+    assert "mutual_tlz" in message and "basic_auth, post_body_auth" in message
+    assert "Traceback" not in message
+
+
+def test_disabled_entry_for_missing_plugin_is_fine(deployment, serve) -> None:  # noqa: ANN001
+    """An entry that names an absent plugin but says enable="false" does not stop startup."""
+    deployment.listeners = DEFAULT_LISTENERS + """
+        <EventListener type="ClientAuthenticator" name="not_installed" enable="false"/>"""
+    deployment.write()
+    server = serve(deployment)
+    assert server.urls
+
+
+def test_unknown_listener_type_is_an_error(deployment) -> None:  # noqa: ANN001
+    """An unknown type= is a startup error naming the line and the known types."""
+    deployment.listeners = DEFAULT_LISTENERS + """
+        <EventListener type="ClientAuthenticatr" name="basic_auth"/>"""
+    deployment.write()
+    with pytest.raises(StartupFailed) as failure:
+        start_server(deployment)
+    line = line_of(deployment.conf / "identity.xml", "ClientAuthenticatr")
+    assert f"identity.xml:{line}: unknown listener type 'ClientAuthenticatr'" in failure.value.args[0]
+
+
+def test_listener_configure_error_names_the_entry(deployment, tracers) -> None:  # noqa: ANN001
+    """A ValueError from listener_configure stops startup naming identity.xml and the line."""
+    shutil.copy(tracers[0], deployment.dropins)
+    deployment.listeners = DEFAULT_LISTENERS + """
+        <EventListener type="ClientAuthenticator" name="tracer_a" orderId="5"/>"""
+    deployment.write()
+    with pytest.raises(StartupFailed) as failure:
+        start_server(deployment)
+    line = line_of(deployment.conf / "identity.xml", 'name="tracer_a"')
+    assert f"identity.xml:{line}: listener 'tracer_a': the trace property is required" in failure.value.args[0]
+
+
+def test_plugin_that_raises_gives_server_error_and_is_logged(deployment, serve, make_wheel) -> None:  # noqa: ANN001
+    """A plugin exception is server_error for that request, logged with its name; the server goes on."""
+    wheel = make_wheel("flaky_auth", textwrap.dedent('''
+        from tokensmith import hookimpl
+
+        @hookimpl
+        def client_auth_methods():
+            return ["flaky"]
+
+        @hookimpl
+        def authenticate_client(request):
+            if request.form.get("boom"):
+                raise RuntimeError("kaboom")
+            return None
+    '''))
+    shutil.copy(wheel, deployment.dropins)
+    client = basic_client(deployment)
+    server = serve(deployment)
+    with server.client() as http:
+        auth = (client["client_id"], client["client_secret"])
+        failed = http.post("/oauth2/token", auth=auth, data={"grant_type": "client_credentials", "boom": "1"})
+        assert failed.status_code == 500
+        assert failed.json() == {"error": "server_error", "error_description": "an internal error occurred"}
+        assert "kaboom" not in failed.text
+        after = http.post("/oauth2/token", auth=auth, data={"grant_type": "client_credentials"})
+        assert after.status_code == 200
+    assert "ClientAuthenticator/flaky_auth raised in authenticate_client" in server.log()
+    assert "RuntimeError: kaboom" in server.log()
