@@ -138,6 +138,11 @@ static int cmp_u64(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+static void vec_sort(struct vec *v) {
+    if (v->n) /* qsort(NULL, 0, ...) is undefined */
+        qsort(v->v, v->n, sizeof *v->v, cmp_u64);
+}
+
 /* Nearest-rank percentile in ms of a sorted vector; NAN when empty. */
 static double pct_ms(const struct vec *v, double p) {
     if (!v->n)
@@ -233,7 +238,7 @@ static void fail(struct conn *c, enum err_kind kind, const char *why) {
         ++G.early_fails >= O.conns) {
         const char *cert = G.certs[c->ctx];
         die(1, "cannot connect to %s: %s%s%s%s%s", O.url, kind == E_TLS ? "TLS: " : "", why,
-            kind == E_CLOSED ? " (client certificate rejected?)" : "",
+            kind == E_CLOSED ? " (client certificate missing or rejected?)" : "",
             cert ? " using client cert " : "", cert ? cert : "");
     }
     if (G.measuring)
@@ -830,9 +835,8 @@ static void report(void) {
     double us = TV(G.ru1.ru_utime, G.ru0.ru_utime), sy = TV(G.ru1.ru_stime, G.ru0.ru_stime);
     double rps = dur > 0 ? (double)G.requests / dur : 0, cpu = dur > 0 ? (us + sy) / dur * 100 : 0;
     long long errs = 0;
-    for (struct vec *v = &G.lat; v; v = v == &G.lat ? &G.hs : NULL)
-        if (v->n)
-            qsort(v->v, v->n, sizeof *v->v, cmp_u64);
+    vec_sort(&G.lat);
+    vec_sort(&G.hs);
     double p50 = pct_ms(&G.lat, 50), p90 = pct_ms(&G.lat, 90), p99 = pct_ms(&G.lat, 99),
            mx = pct_ms(&G.lat, 100), h50 = pct_ms(&G.hs, 50), h99 = pct_ms(&G.hs, 99);
     const char *mode = O.new_conn ? "new-conn" : "keep-alive";
@@ -860,8 +864,9 @@ static void report(void) {
            G.tls_version[0] ? G.tls_version : "no TLS session", O.conns);
     printf("duration     %.2f s (after %.1f s warmup)\n", dur, O.warmup);
     printf("requests     %lld  (%.1f req/s)\n", G.requests, rps);
-    printf("latency ms   p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", p50, p90, p99, mx);
-    if (O.new_conn)
+    if (G.lat.n)
+        printf("latency ms   p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", p50, p90, p99, mx);
+    if (O.new_conn && G.hs.n)
         printf("handshake ms p50 %.3f  p99 %.3f  (connect start to TLS established)\n", h50, h99);
     printf("errors       %lld:", errs);
     for (int k = 0; k < E_KINDS; k++)

@@ -1,0 +1,53 @@
+"""README's walkthroughs, run exactly as written against a real server."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def walkthrough(name: str) -> str:
+    """The sh block that follows ``<!-- walkthrough: NAME -->`` in README.md."""
+    match = re.search(rf"<!-- walkthrough: {name} -->\n```sh\n(.*?)```", README, re.S)
+    assert match, f"README.md has no walkthrough {name!r}"
+    return match.group(1)
+
+
+def run_walkthrough(name: str, server, cwd: Path) -> str:  # noqa: ANN001
+    """Run the walkthrough with bash in *cwd*, pointed at *server*'s port, and return stdout."""
+    port = server.url.rsplit(":", 1)[1]
+    script = walkthrough(name).replace(":9443", f":{port}")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    """README.md opens with exactly two commands: make run and make test."""
+    first_block = re.search(r"```sh\n(.*?)```", README, re.S)
+    assert first_block and README.index(first_block.group(0)) < README.index("\n## ")
+    commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines()]
+    assert commands == ["make run", "make test"]
+
+
+def test_ci_runs_make_test() -> None:
+    """.ci/run runs the README's test command."""
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_first_token_walkthrough(deployment, serve) -> None:  # noqa: ANN001
+    """The 'Your first token' commands give a Bearer token."""
+    server = serve(deployment)
+    out = run_walkthrough("first-token", server, deployment.root)
+    assert '"token_type":"Bearer"' in out and '"access_token":' in out
