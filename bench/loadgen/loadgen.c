@@ -334,7 +334,7 @@ static void do_handshake(struct conn *c) {
     if (r != 1) {
         enum io s = ssl_io(c, r);
         if (s != IO_WAIT)
-            fail(c, s == IO_RESET ? E_CLOSED : E_TLS, ssl_reason(c->ssl));
+            fail(c, E_TLS, ssl_reason(c->ssl)); /* any failed handshake */
         return;
     }
     c->tls_up = 1;
@@ -401,7 +401,7 @@ static int parse_head(struct conn *c, const char *h, size_t n) {
     long long cl = -1;
     c->close_after = 0;
 
-    const char *end = h + n, *l = memmem(h, n, "\r\n", 2) + 2;
+    const char *end = h + n, *l = (const char *)memmem(h, n, "\r\n", 2) + 2;
     while (l < end) {
         const char *e = memmem(l, (size_t)(end - l), "\r\n", 2);
         const char *colon = memchr(l, ':', (size_t)(e - l));

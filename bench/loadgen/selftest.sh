@@ -11,7 +11,10 @@ lg=$here/loadgen
 tmp=$(mktemp -d)
 server_pid=
 cleanup() {
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true # status 143: it was terminated, as intended
+    fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
