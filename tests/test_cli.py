@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from conftest import ROOT, TOKENSMITH, start_server
 
 SUBCOMMANDS = [[], ["serve"], ["sp"], ["sp", "add"], ["sp", "list"], ["sp", "remove"],
-               ["plugins"], ["plugins", "build"], ["plugins", "list"],
+               ["plugins"], ["plugins", "build"], ["plugins", "list"], ["plugins", "pin"],
                ["keystore"], ["keystore", "init"], ["keystore", "export"]]
 
 

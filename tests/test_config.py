@@ -34,9 +34,9 @@ def test_doctype_and_entities_are_refused(deployment, document) -> None:  # noqa
 
 
 @pytest.mark.parametrize(("attribute", "expected"), [
-    ('orderId="soon"', "orderId='soon' on <EventListener> is not a whole number"),
-    ('orderId="-3"', "orderId=-3 on <EventListener> is outside 0..2147483647"),
-    ('enable="yes"', "enable='yes' on <EventListener> must be true or false"),
+    ('orderId="soon"', "attribute 'orderId': 'soon' is not a valid value"),
+    ('orderId="-3"', "attribute 'orderId': [facet 'minInclusive'] The value '-3' is less than"),
+    ('enable="yes"', "attribute 'enable': [facet 'enumeration'] The value 'yes' is not an element of the set {'true', 'false'}"),
 ])
 def test_bad_listener_attributes_name_the_line(deployment, attribute, expected) -> None:  # noqa: ANN001
     """A bad orderId or enable value is reported with identity.xml's path and line."""
@@ -44,7 +44,8 @@ def test_bad_listener_attributes_name_the_line(deployment, attribute, expected) 
     deployment.write()
     with pytest.raises(ConfigError) as error:
         load_config(deployment.conf)
-    assert str(error.value) == f"{deployment.conf / 'identity.xml'}:5: {expected}"
+    assert str(error.value).startswith(f"{deployment.conf / 'identity.xml'}:5: Element 'EventListener', ")
+    assert expected in str(error.value) and str(error.value).endswith("(see identity.xsd)")
 
 
 def test_broken_xml_names_the_line(deployment) -> None:  # noqa: ANN001
@@ -58,7 +59,7 @@ def test_bad_client_auth_mode(deployment) -> None:  # noqa: ANN001
     """clientAuth accepts only want, need and false."""
     deployment.connectors = '<Connector address="127.0.0.1" port="0" clientAuth="maybe"/>'
     deployment.write()
-    with pytest.raises(ConfigError, match=r"server\.xml:\d+: clientAuth='maybe' must be one of want, need, false"):
+    with pytest.raises(ConfigError, match=r"server\.xml:\d+: .*attribute 'clientAuth'.*The value 'maybe' is not an element of the set"):
         load_config(deployment.conf)
 
 
@@ -88,3 +89,22 @@ def test_defaults_of_the_shipped_files(tmp_path) -> None:  # noqa: ANN001
     assert [(e.name, e.order_id, e.enabled) for e in config.identity.listeners] == [
         ("basic_auth", 100, True), ("post_body_auth", 110, True)]
     assert config.server.database == (ROOT / "var" / "tokensmith.db")
+
+
+def test_misspelt_element_says_what_was_expected(deployment) -> None:  # noqa: ANN001
+    """A misspelt element is refused with its line and the elements that may stand there."""
+    deployment.listeners = '        <EventListner type="ClientAuthenticator" name="basic_auth"/>'
+    deployment.write()
+    with pytest.raises(ConfigError) as error:
+        load_config(deployment.conf)
+    message = str(error.value)
+    assert message.startswith(f"{deployment.conf / 'identity.xml'}:5: Element 'EventListner'")
+    assert "Expected is ( EventListener )" in message
+
+
+def test_unsafe_realm_is_refused(deployment) -> None:  # noqa: ANN001
+    """A realm that could break the WWW-Authenticate header is refused by the schema."""
+    deployment.oauth = '<Realm>a"b</Realm>'
+    deployment.write()
+    with pytest.raises(ConfigError, match=r"identity\.xml:3: Element 'Realm'"):
+        load_config(deployment.conf)

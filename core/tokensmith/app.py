@@ -1,47 +1,55 @@
-"""The Quart application: ``create_app(config)`` builds one, with its own plugin manager."""
+"""The Quart application: ``create_app(config)`` builds one, with its own plugin manager.
+
+Everything a request needs is in one immutable ``Runtime`` that a view takes once, at its
+start. A reload (SIGHUP) builds a new Runtime from identity.xml and dropins/ and swaps it in:
+new requests see the new listeners, requests in flight finish with the ones they started
+with, and an invalid configuration leaves the running one in place.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import ssl
 from dataclasses import dataclass
-from pathlib import Path
 
-from quart import Quart, Response, request
+from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
-from .clientauth import ClientAuthRequest, authenticate_client, challenge
-from .config import Config
-from .dropins import load_dropins
-from .errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, TemporarilyUnavailableError
-from .forms import check_content_type, parse_form
-from .grants import check_grant_type, grant
+from .config import Config, IdentitySettings, load_identity
+from .dropins import DropinLoader
+from .errors import OAuth2Error, ServerError, TemporarilyUnavailableError
 from .listeners import ListenerSet, build_listeners
 from .sqlite_store import SQLiteStorage
 from .storage import Storage, StorageError
 from .tokens import TokenIssuer
+from .xmlconf import ConfigError
 
-__all__ = ["create_app", "Runtime", "runtime"]
+__all__ = ["create_app", "reload_app", "inspect_listeners", "Runtime", "runtime", "json_response", "NO_STORE"]
 
 log = logging.getLogger("tokensmith")
 
 #: RFC 6749 §5.1: token responses "MUST include ... Cache-Control: no-store ... Pragma: no-cache".
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
+_RUNTIME = "tokensmith"
+_LOADER = "tokensmith.loader"
 
-@dataclass
+
+@dataclass(frozen=True)
 class Runtime:
-    """Everything one app instance serves with; lives in ``app.extensions["tokensmith"]``."""
+    """Everything one generation of the configuration serves with."""
 
     config: Config
+    identity: IdentitySettings
     storage: Storage
     listeners: ListenerSet
     issuer: TokenIssuer
+    generation: int
 
 
 def runtime(app: Quart) -> Runtime:
-    return app.extensions["tokensmith"]
+    """The app's current Runtime; a view reads it once and keeps it for the whole request."""
+    return app.extensions[_RUNTIME]
 
 
 def json_response(body: dict[str, object], status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -53,22 +61,35 @@ def json_response(body: dict[str, object], status: int = 200, headers: dict[str,
     )
 
 
-def create_app(config: Config, *, unpack_dir: Path | None = None) -> Quart:
+def _build_runtime(config: Config, identity: IdentitySettings, loader: DropinLoader,
+                   storage: Storage, generation: int) -> Runtime:
+    listeners = build_listeners(loader.load(identity.allowed_wheels), identity)
+    issuer = TokenIssuer(storage, listeners, identity.access_token_lifetime)
+    return Runtime(config, identity, storage, listeners, issuer, generation)
+
+
+def create_app(config: Config) -> Quart:
     """Build the app for *config*: storage, plugins from dropins/ and the listener order."""
-    sources = load_dropins(config.server.dropins, unpack_dir)
-    listeners = build_listeners(sources, config.identity)
-    storage = SQLiteStorage(config.server.database)
-    identity = config.identity
+    from .endpoints import oauth
+
+    loader = DropinLoader(config.server.dropins)
+    try:
+        storage = SQLiteStorage(config.server.database)
+        first = _build_runtime(config, config.identity, loader, storage, 1)
+    except BaseException:
+        loader.close()
+        raise
 
     app = Quart("tokensmith")
-    app.config["MAX_CONTENT_LENGTH"] = identity.max_body_bytes
-    app.extensions["tokensmith"] = Runtime(
-        config, storage, listeners, TokenIssuer(storage, identity.access_token_lifetime)
-    )
+    app.config["MAX_CONTENT_LENGTH"] = config.identity.max_body_bytes
+    app.extensions[_RUNTIME] = first
+    app.extensions[_LOADER] = loader
+    app.register_blueprint(oauth)
 
     @app.after_serving
-    async def close_storage() -> None:
-        storage.close()
+    async def close() -> None:
+        runtime(app).storage.close()
+        loader.close()
 
     @app.errorhandler(OAuth2Error)
     async def oauth_error(error: OAuth2Error) -> Response:
@@ -84,9 +105,7 @@ def create_app(config: Config, *, unpack_dir: Path | None = None) -> Quart:
         status = error.code or 400
         headers = {}
         if status == 405:
-            headers["Allow"] = ", ".join(
-                sorted(set(getattr(error, "valid_methods", None) or ["POST"]))
-            )
+            headers["Allow"] = ", ".join(sorted(set(getattr(error, "valid_methods", None) or ["POST"])))
         code = "invalid_request" if status < 500 else "server_error"
         return json_response({"error": code, "error_description": error.name}, status, headers)
 
@@ -95,38 +114,38 @@ def create_app(config: Config, *, unpack_dir: Path | None = None) -> Quart:
         log.exception("unexpected error")
         return await oauth_error(ServerError("an internal error occurred"))
 
-    @app.post("/oauth2/token")
-    async def token() -> Response:
-        """The token endpoint (RFC 6749 §3.2)."""
-        authorization = request.headers.get("Authorization")
-        try:
-            if request.query_string:
-                # §2.3.1: client credentials "MUST NOT be included in the request URI".
-                raise InvalidRequestError("parameters must be sent in the request body")
-            check_content_type(request.headers.get("Content-Type"))
-            form = parse_form(await request.get_data(cache=False))
-            check_grant_type(form)
-            auth = await authenticate_client(
-                listeners,
-                ClientAuthRequest(
-                    storage,
-                    form,
-                    authorization,
-                    client_cert_chain(request.scope),
-                    request.remote_addr,
-                    request.headers,
-                ),
-            )
-            issued = grant(runtime(app).issuer, auth, form)
-        except InvalidClientError as error:
-            error.headers.update(challenge(authorization, identity.realm))
-            raise
-        return json_response(issued.response())
-
     return app
 
 
-def client_cert_chain(scope: dict) -> tuple[bytes, ...]:
-    """DER of the TLS client certificates in *scope* (the ASGI TLS extension), leaf first."""
-    tls = scope.get("extensions", {}).get("tls") or {}
-    return tuple(ssl.PEM_cert_to_DER_cert(pem) for pem in tls.get("client_cert_chain") or ())
+def inspect_listeners(config: Config, identity: IdentitySettings | None = None) -> ListenerSet:
+    """Load dropins/ and order the listeners as a server would, without serving.
+
+    Used to check a configuration (``plugins list``, and the supervisor before it tells its
+    workers to reload). The plugins are imported into this process.
+    """
+    identity = identity or config.identity
+    loader = DropinLoader(config.server.dropins)
+    try:
+        return build_listeners(loader.load(identity.allowed_wheels), identity)
+    finally:
+        loader.close()
+
+
+def reload_app(app: Quart) -> bool:
+    """Re-read identity.xml and dropins/ and swap the result in; keep the old one on error.
+
+    Safe to call from a thread: the only shared write is one dict assignment.
+    """
+    current = runtime(app)
+    try:
+        identity = load_identity(current.identity.path)
+        new = _build_runtime(current.config, identity, app.extensions[_LOADER], current.storage,
+                             current.generation + 1)
+    except ConfigError as exc:
+        log.error("reload refused, still serving configuration %d: %s", current.generation, exc)
+        return False
+    app.config["MAX_CONTENT_LENGTH"] = identity.max_body_bytes
+    app.extensions[_RUNTIME] = new
+    log.info("reloaded: configuration %d with %d listeners", new.generation,
+             sum(1 for item in new.listeners if item.enabled))
+    return True

@@ -42,9 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    commands.add_parser("serve", parents=[common], help="run the server",
-                        description="Run the HTTPS server on the connectors of server.xml."
-                        " Ctrl-C or SIGTERM stops it.")
+    serve = commands.add_parser("serve", parents=[common], help="run the server",
+                                description="Run the HTTPS server on the connectors of"
+                                " server.xml. Ctrl-C or SIGTERM stops it; SIGHUP reloads"
+                                " identity.xml and dropins/ without a restart.")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes sharing the sockets (default: 1)")
 
     sp = commands.add_parser("sp", help="manage service providers (OAuth clients)",
                              description="Register, list and remove service providers.")
@@ -85,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
                                        description="Load dropins/ as the server would and list"
                                        " every listener in calling order.")
     plist.add_argument("--json", action="store_true", help="print JSON")
+    plugin_commands.add_parser("pin", parents=[common], help="print pins for the current wheels",
+                               description="Check every wheel in dropins/ and print its SHA-256"
+                               " in sha256sum's format, for an <AllowedWheelsFile> in"
+                               " identity.xml.")
 
     keystore = commands.add_parser("keystore", help="manage the server keystore",
                                    description="Create or export the server's certificate.")
@@ -119,21 +126,32 @@ def _listener_lines(listeners) -> list[str]:  # noqa: ANN001
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import create_app, runtime
-    from .server import serve
+    from .app import create_app, inspect_listeners, reload_app, runtime
+    from .server import bind, serve
 
+    if not 1 <= args.workers <= 64:
+        raise CLIError(f"--workers {args.workers}: use 1 to 64")
     config = load_config(args.conf)
-    app = create_app(config)
-    for line in _listener_lines(runtime(app).listeners):
-        print(line)
 
     def ready(urls: list[str]) -> None:
         for url in urls:
             print(f"tokensmith serving {url}/oauth2/token", flush=True)
 
-    asyncio.run(serve(app, config, ready=ready))
+    if args.workers > 1:
+        from .supervisor import check_reload, supervise
+
+        for line in _listener_lines(inspect_listeners(config)):
+            print(line)
+        status = supervise(config, args.workers, check_reload, ready)
+    else:
+        app = create_app(config)
+        for line in _listener_lines(runtime(app).listeners):
+            print(line)
+        sockets = bind(config)
+        asyncio.run(serve(app, config, sockets=sockets, ready=ready, reload=lambda: reload_app(app)))
+        status = 0
     print("tokensmith stopped", flush=True)
-    return 0
+    return status
 
 
 def cmd_sp_add(args: argparse.Namespace) -> int:
@@ -203,16 +221,22 @@ def cmd_plugins_build(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins_list(args: argparse.Namespace) -> int:
-    from .dropins import load_dropins
-    from .listeners import build_listeners
+    from .app import inspect_listeners
 
-    config = load_config(args.conf)
-    listeners = build_listeners(load_dropins(config.server.dropins), config.identity)
+    listeners = inspect_listeners(load_config(args.conf))
     if args.json:
         print(json.dumps([item.describe() for item in listeners], indent=2))
     else:
         for line in _listener_lines(listeners):
             print(line)
+    return 0
+
+
+def cmd_plugins_pin(args: argparse.Namespace) -> int:
+    from .dropins import scan_dropins
+
+    for info in scan_dropins(load_config(args.conf).server.dropins):
+        print(f"{info.sha256}  {info.path.name}")
     return 0
 
 
@@ -248,6 +272,7 @@ COMMANDS = {
     ("sp", "remove"): cmd_sp_remove,
     ("plugins", "build"): cmd_plugins_build,
     ("plugins", "list"): cmd_plugins_list,
+    ("plugins", "pin"): cmd_plugins_pin,
     ("keystore", "init"): cmd_keystore_init,
     ("keystore", "export"): cmd_keystore_export,
 }

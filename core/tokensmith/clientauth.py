@@ -9,9 +9,12 @@ credential, but wrong).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 from . import kdf
 from .errors import InvalidClientError, InvalidRequestError, OAuth2Error
@@ -112,6 +115,20 @@ async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest
     if outcome.client.token_endpoint_auth_method != outcome.method:
         raise InvalidClientError("the client is not registered for this authentication method")
     return outcome
+
+
+def claimed_client_id(form: Mapping[str, str], authorization: str | None) -> str | None:
+    """The client id a request claims (body or Basic user name), for logs and events only."""
+    if "client_id" in form:
+        return form["client_id"]
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            user = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")[0]
+            return unquote_plus(user) or None
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return None
 
 
 def challenge(authorization: str | None, realm: str) -> dict[str, str]:

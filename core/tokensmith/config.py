@@ -70,6 +70,8 @@ class IdentitySettings:
     access_token_lifetime: int = 3600
     max_body_bytes: int = 64 * 1024
     listener_timeout: float = 5.0
+    #: SHA-256 (hex) of the wheels allowed in dropins/; None when pinning is off.
+    allowed_wheels: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def _path(base: Path, raw: str) -> Path:
 
 
 def load_server(path: Path) -> ServerSettings:
-    root = parse_xml(path)
+    root = parse_xml(path, "server.xsd")
     if root.tag != "Server":
         raise ConfigError(f"{where(path, root)}: root element must be <Server>, not <{root.tag}>")
     connectors = []
@@ -140,7 +142,7 @@ def _text_attr(root: etree._Element, tag: str, attr: str) -> str | None:
 
 
 def load_identity(path: Path) -> IdentitySettings:
-    root = parse_xml(path)
+    root = parse_xml(path, "identity.xsd")
     if root.tag != "Identity":
         raise ConfigError(
             f"{where(path, root)}: root element must be <Identity>, not <{root.tag}>"
@@ -194,4 +196,27 @@ def load_identity(path: Path) -> IdentitySettings:
             if cast is str and not value:
                 raise ConfigError(f"{where(path, el)}: <{tag}> must not be empty")
             settings[key] = value
+    pins = root.find("Dropins")
+    if pins is not None:
+        settings["allowed_wheels"] = _allowed_wheels(path, pins)
     return IdentitySettings(path=path, listeners=tuple(entries), **settings)  # type: ignore[arg-type]
+
+
+def _allowed_wheels(path: Path, dropins: etree._Element) -> frozenset[str]:
+    """The pinned wheel hashes: ``<AllowedWheel sha256>`` and the lines of each listed file."""
+    allowed = {el.get("sha256", "").lower() for el in dropins.iterfind("AllowedWheel")}
+    for el in dropins.iterfind("AllowedWheelsFile"):
+        pin_file = _path(path, (el.text or "").strip())
+        try:
+            lines = pin_file.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{where(path, el)}: cannot read {pin_file}: {exc.strerror or exc}") from None
+        for number, line in enumerate(lines, 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            digest = text.split()[0].lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ConfigError(f"{pin_file}:{number}: expected a SHA-256 in hex, as sha256sum prints")
+            allowed.add(digest)
+    return frozenset(allowed)

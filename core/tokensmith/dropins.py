@@ -34,7 +34,15 @@ from packaging.utils import canonicalize_name
 
 from .xmlconf import ConfigError
 
-__all__ = ["PluginSource", "WheelInfo", "WheelError", "check_wheel", "load_dropins", "ENTRY_POINT_GROUP"]
+__all__ = [
+    "PluginSource",
+    "WheelInfo",
+    "WheelError",
+    "DropinLoader",
+    "check_wheel",
+    "scan_dropins",
+    "ENTRY_POINT_GROUP",
+]
 
 ENTRY_POINT_GROUP = "tokensmith"
 _WHEEL_NAME = re.compile(
@@ -180,11 +188,21 @@ def _check_requirement(path: Path, text: str) -> None:
         raise _refuse(path, f"requires {text}, but {requirement.name} {installed} is installed")
 
 
-def scan_dropins(directory: Path) -> list[WheelInfo]:
-    """Check every wheel in *directory*; refuse two wheels that export the same plugin name."""
+def scan_dropins(directory: Path, allowed: frozenset[str] | None = None) -> list[WheelInfo]:
+    """Check every wheel in *directory*; refuse two wheels that export the same plugin name.
+
+    With *allowed* (pinning on), a wheel whose SHA-256 is not in it is refused.
+    """
     if not directory.is_dir():
         raise ConfigError(f"{directory}: dropins directory not found")
     wheels = [check_wheel(p) for p in sorted(directory.glob("*.whl"))]
+    if allowed is not None:
+        for info in wheels:
+            if info.sha256 not in allowed:
+                raise WheelError(
+                    f"{info.path}: refused: sha256 {info.sha256} is not pinned in identity.xml"
+                    " <Dropins>"
+                )
     owners: dict[str, Path] = {}
     for info in wheels:
         for name in info.entry_points:
@@ -197,24 +215,72 @@ def scan_dropins(directory: Path) -> list[WheelInfo]:
     return wheels
 
 
-def load_dropins(directory: Path, unpack_to: Path | None = None) -> list[PluginSource]:
-    """Check, unpack and import every plugin wheel in *directory*.
+def top_level_names(info: WheelInfo) -> frozenset[str]:
+    """The importable top-level names a wheel provides (modules, packages, extensions)."""
+    names = set()
+    with zipfile.ZipFile(io.BytesIO(info.data)) as archive:
+        for member in archive.namelist():
+            first = member.split("/", 1)[0]
+            if first.endswith((".dist-info", ".data")):
+                continue
+            names.add(first.split(".", 1)[0])
+    return frozenset(names)
 
-    Wheels are unpacked below *unpack_to* (a fresh temporary directory when None), which is
-    put on ``sys.path``. Importing is the first time any code from a wheel runs.
+
+@dataclass
+class _Loaded:
+    target: Path
+    names: frozenset[str]
+    sources: list[PluginSource]
+
+
+class DropinLoader:
+    """Loads the wheels of one dropins/ directory, again on every reload.
+
+    A wheel already loaded (same SHA-256) keeps its modules. A new or changed wheel is
+    unpacked into its own directory under a private root; modules of an older wheel that
+    provided the same top-level names are dropped from ``sys.modules`` first, so the new code
+    is what gets imported. Listeners that still run old code keep their module objects until
+    their requests finish.
     """
-    wheels = scan_dropins(directory)
-    root = unpack_to or Path(tempfile.mkdtemp(prefix="tokensmith-dropins-"))
-    sources: list[PluginSource] = []
-    for info in wheels:
-        target = root / f"{canonicalize_name(info.distribution)}-{info.sha256[:16]}"
+
+    def __init__(self, directory: Path, unpack_root: Path | None = None):
+        self.directory = directory
+        self.root = unpack_root or Path(tempfile.mkdtemp(prefix="tokensmith-dropins-"))
+        self._loaded: dict[str, _Loaded] = {}
+
+    def load(self, allowed: frozenset[str] | None = None) -> list[PluginSource]:
+        """Check every wheel, then import the new ones; raise ``ConfigError`` on any refusal."""
+        wheels = scan_dropins(self.directory, allowed)
+        sources: list[PluginSource] = []
+        for info in wheels:
+            loaded = self._loaded.get(info.sha256) or self._import(info)
+            self._loaded[info.sha256] = loaded
+            sources.extend(loaded.sources)
+        current = {info.sha256 for info in wheels}
+        for sha in [sha for sha in self._loaded if sha not in current]:
+            gone = self._loaded.pop(sha)
+            if str(gone.target) in sys.path:
+                sys.path.remove(str(gone.target))
+        return sources
+
+    def _import(self, info: WheelInfo) -> _Loaded:
+        names = top_level_names(info)
+        target = self.root / f"{canonicalize_name(info.distribution)}-{info.sha256[:16]}"
         if not target.exists():
-            staging = Path(tempfile.mkdtemp(dir=root))
+            staging = Path(tempfile.mkdtemp(dir=self.root))
             with zipfile.ZipFile(io.BytesIO(info.data)) as archive:
                 archive.extractall(staging)
             staging.rename(target)
-        if str(target) not in sys.path:
-            sys.path.insert(0, str(target))
+        for other in self._loaded.values():
+            if other.names & names and str(other.target) in sys.path:
+                sys.path.remove(str(other.target))
+        for module_name in list(sys.modules):
+            if module_name.split(".", 1)[0] in names:
+                del sys.modules[module_name]
+        sys.path.insert(0, str(target))
+        importlib.invalidate_caches()
+        sources = []
         for name, value in info.entry_points.items():
             module_name, _, attr = (part.strip() for part in value.partition(":"))
             try:
@@ -229,9 +295,8 @@ def load_dropins(directory: Path, unpack_to: Path | None = None) -> list[PluginS
             sources.append(
                 PluginSource(name, module, info.path, info.distribution, info.version, info.sha256)
             )
-    return sources
+        return _Loaded(target, names, sources)
 
-
-def discard(unpacked: Path) -> None:
-    """Remove a directory made by ``load_dropins``."""
-    shutil.rmtree(unpacked, ignore_errors=True)
+    def close(self) -> None:
+        """Remove the unpacked wheels."""
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -38,15 +38,15 @@ def check_grant_type(form: Mapping[str, str]) -> str:
     return grant_type
 
 
-def grant(issuer: TokenIssuer, auth: AuthenticatedClient, form: Mapping[str, str]) -> IssuedToken:
+async def grant(issuer: TokenIssuer, auth: AuthenticatedClient, form: Mapping[str, str]) -> IssuedToken:
     """Dispatch on ``grant_type`` and issue the token."""
     grant_type = check_grant_type(form)
     if grant_type not in auth.client.grant_types:
         raise UnauthorizedClientError("the client is not registered for this grant_type")
-    return client_credentials(issuer, auth, form)
+    return await client_credentials(issuer, auth, form)
 
 
-def client_credentials(issuer: TokenIssuer, auth: AuthenticatedClient, form: Mapping[str, str]) -> IssuedToken:
+async def client_credentials(issuer: TokenIssuer, auth: AuthenticatedClient, form: Mapping[str, str]) -> IssuedToken:
     """RFC 6749 §4.4: the client asks for a token on its own behalf; no refresh token (§4.4.3)."""
     scope = resolve_scope(form.get("scope"), auth.client.scopes)
-    return issuer.issue_access_token(auth.client, scope)
+    return await issuer.issue_access_token(auth.client, scope, grant_type="client_credentials")

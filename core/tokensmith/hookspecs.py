@@ -12,12 +12,13 @@ Implementations may accept any subset of a spec's arguments.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Awaitable
+from typing import TYPE_CHECKING, Any, Awaitable
 
 import pluggy
 
 if TYPE_CHECKING:
     from .clientauth import AuthenticatedClient, ClientAuthRequest
+    from .events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
     from .listeners import Listener
 
 hookspec = pluggy.HookspecMarker("tokensmith")
@@ -83,4 +84,62 @@ def authenticate_client(
     raises), the request is refused with ``invalid_request`` (RFC 6749 §2.3: a client MUST
     NOT use more than one authentication method per request). The method returned must be the
     client's registered ``token_endpoint_auth_method``, or the request gets ``invalid_client``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# OAuthEventInterceptor: sees, and before the fact may refuse or enrich, token events
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def pre_token_issue(event: TokenIssueEvent, listener: Listener) -> dict[str, Any] | None | Awaitable[dict[str, Any] | None]:
+    """Called before a token is issued; may refuse it or add claims to it.
+
+    :param event: the grant type, the client, the scopes, the username (password grant) and
+        the claims the token will carry so far (``event.claims``, read-only).
+    :return: ``None``, or a dict of extra claims. Extra claims from all interceptors are
+        merged in calling order; introspection (and JWT access tokens) carry them. Registered
+        claims (``iss``, ``sub``, ``exp``, ``iat``, ``client_id``, ``scope``, ``cnf``, ...)
+        cannot be set this way: trying is a plugin error (``server_error``).
+    :raises OAuth2Error: refuses the request with that error (e.g. ``InvalidScopeError``).
+    """
+
+
+@hookspec
+def post_token_issue(event: TokenIssueEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called after a token was issued and stored, with its final claims.
+
+    The token value itself is never passed. Cannot change the outcome: anything raised is
+    logged with the listener's name and the client still gets its token.
+    """
+
+
+@hookspec
+def pre_token_revoke(event: TokenRevokeEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called before a token is revoked (RFC 7009).
+
+    :raises OAuth2Error: refuses the revocation with that error; the token stays valid.
+    """
+
+
+@hookspec
+def post_token_revoke(event: TokenRevokeEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called after a token (and, for a refresh token, its grant's tokens) was revoked.
+
+    Cannot change the outcome: anything raised is logged with the listener's name.
+    """
+
+
+@hookspec
+def client_auth_success(event: ClientAuthEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called when a client authenticated at an endpoint; cannot change the outcome."""
+
+
+@hookspec
+def client_auth_failure(event: ClientAuthEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called when client authentication failed; cannot change the outcome.
+
+    ``event.client_id`` is the identifier the request claimed, if any; ``event.error`` the
+    OAuth error code the client receives. No secret is ever passed.
     """

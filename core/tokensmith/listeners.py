@@ -24,7 +24,7 @@ from .dropins import PluginSource
 from .errors import OAuth2Error, ServerError
 from .xmlconf import ConfigError
 
-__all__ = ["Listener", "ListenerSet", "build_listeners", "FAMILIES", "DEFAULT_ORDER"]
+__all__ = ["Listener", "ListenerSet", "build_listeners", "FAMILIES", "DEFAULT_ORDER", "INTERCEPTOR"]
 
 log = logging.getLogger("tokensmith.listeners")
 
@@ -33,7 +33,16 @@ DEFAULT_ORDER = 1000
 #: Listener types and the hooks that make a plugin one of them.
 FAMILIES: dict[str, tuple[str, ...]] = {
     "ClientAuthenticator": ("client_auth_methods", "authenticate_client"),
+    "OAuthEventInterceptor": (
+        "pre_token_issue",
+        "post_token_issue",
+        "pre_token_revoke",
+        "post_token_revoke",
+        "client_auth_success",
+        "client_auth_failure",
+    ),
 }
+INTERCEPTOR = "OAuthEventInterceptor"
 _COMMON_HOOKS = ("listener_default_order", "listener_configure")
 
 
@@ -144,6 +153,28 @@ class ListenerSet:
             log.exception("listener %s/%s raised in %s", listener.type, listener.name, hook_name)
             raise ServerError("an internal error occurred") from None
         return result
+
+
+    async def intercept(self, hook_name: str, /, **kwargs: Any) -> list[tuple[Listener, Any]]:
+        """Call every enabled interceptor's *hook_name* in order; OAuth errors refuse."""
+        results = []
+        for listener in self._enabled[INTERCEPTOR]:
+            if self.implements(listener, hook_name):
+                results.append((listener, await self.call(listener, hook_name, listener=listener, **kwargs)))
+        return results
+
+    async def notify(self, hook_name: str, /, **kwargs: Any) -> None:
+        """Call every enabled interceptor's *hook_name*; failures are logged, never raised."""
+        for listener in self._enabled[INTERCEPTOR]:
+            if not self.implements(listener, hook_name):
+                continue
+            try:
+                await self.call(listener, hook_name, listener=listener, **kwargs)
+            except ServerError:
+                pass  # call() logged it with the listener's name
+            except OAuth2Error as error:
+                log.error("listener %s/%s raised %s in %s, which cannot change the outcome",
+                          listener.type, listener.name, error.error, hook_name)
 
 
 def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings) -> ListenerSet:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,8 +27,9 @@ from hypercorn.config import Config as HypercornConfig
 from .config import Config
 from .tls_accept import peer_certificate_chain
 from .tlsconf import server_context
+from .xmlconf import ConfigError
 
-__all__ = ["serve", "tls_extension"]
+__all__ = ["serve", "bind", "urls", "tls_extension"]
 
 log = logging.getLogger("tokensmith.server")
 
@@ -73,17 +75,45 @@ def _hypercorn_config() -> HypercornConfig:
     return hc
 
 
+def bind(config: Config) -> list[socket.socket]:
+    """One listening socket per connector, in order (bound before any worker starts)."""
+    sockets = []
+    try:
+        for connector in config.server.connectors:
+            family = socket.AF_INET6 if ":" in connector.address else socket.AF_INET
+            sockets.append(socket.create_server((connector.address, connector.port), family=family,
+                                                backlog=1024, reuse_port=False))
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ConfigError(f"{config.server.path}: cannot listen on {connector.address}:"
+                          f"{connector.port}: {exc.strerror or exc}") from None
+    return sockets
+
+
+def urls(sockets: list[socket.socket]) -> list[str]:
+    """The https URLs of *sockets* (with the real port where the connector said 0)."""
+    result = []
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        result.append(f"https://{f'[{host}]' if ':' in host else host}:{port}")
+    return result
+
+
 async def serve(
     app: Any,
     config: Config,
     *,
+    sockets: list[socket.socket] | None = None,
     ready: Callable[[list[str]], None] | None = None,
+    reload: Callable[[], object] | None = None,
     shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
 ) -> None:
     """Serve *app* on every connector of *config* until SIGINT/SIGTERM or *shutdown_trigger*.
 
-    *ready* is called with the URLs once every socket listens (the real port when a
-    connector says ``port="0"``).
+    *sockets* are the connectors' listening sockets (``bind`` makes them when None). *ready*
+    is called with the URLs once every socket accepts. On SIGHUP, *reload* runs in a thread,
+    one at a time, while requests go on being served.
     """
     loop = asyncio.get_running_loop()
     hc = _hypercorn_config()
@@ -91,6 +121,22 @@ async def serve(
     if shutdown_trigger is None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+    if reload is not None:
+        reload_lock = asyncio.Lock()
+        reloads: set[asyncio.Task] = set()
+
+        async def run_reload() -> None:
+            async with reload_lock:
+                await asyncio.to_thread(reload)
+
+        def on_hangup() -> None:
+            task = loop.create_task(run_reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    if sockets is None:
+        sockets = bind(config)
 
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(ASGIWrapper(app), hc, loop, lifespan_state)
@@ -111,24 +157,16 @@ async def serve(
         await TCPServer(ASGIWrapper(_WithTLS(app, tls)), loop, hc, context, lifespan_state, reader, writer)
 
     servers: list[asyncio.Server] = []
-    urls: list[str] = []
     try:
-        for connector in config.server.connectors:
-            server = await asyncio.start_server(
+        for connector, sock in zip(config.server.connectors, sockets):
+            servers.append(await asyncio.start_server(
                 on_connection,
-                host=connector.address,
-                port=connector.port,
+                sock=sock,
                 ssl=server_context(config.server, connector),
                 ssl_handshake_timeout=hc.ssl_handshake_timeout,
-                backlog=hc.backlog,
-                reuse_address=True,
-            )
-            servers.append(server)
-            host, port = server.sockets[0].getsockname()[:2]
-            shown = f"[{host}]" if ":" in host else host
-            urls.append(f"https://{shown}:{port}")
+            ))
         if ready is not None:
-            ready(urls)
+            ready(urls(sockets))
         await (shutdown_trigger() if shutdown_trigger is not None else stop.wait())
     finally:
         await context.terminated.set()

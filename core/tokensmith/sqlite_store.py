@@ -126,6 +126,16 @@ class SQLiteStorage:
             return None
         return TokenRecord(*row[:9], revoked=bool(row[9]), claims=json.loads(row[10]))
 
+    def revoke_token(self, token_hash: str) -> bool:
+        cursor = self._run("UPDATE tokens SET revoked = 1 WHERE token_hash = ? AND revoked = 0",
+                           (token_hash,))
+        return cursor.rowcount > 0
+
+    def revoke_grant(self, grant_id: str) -> int:
+        cursor = self._run("UPDATE tokens SET revoked = 1 WHERE grant_id = ? AND revoked = 0",
+                           (grant_id,))
+        return cursor.rowcount
+
     def close(self) -> None:
         self._db.close()
 

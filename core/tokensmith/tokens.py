@@ -1,19 +1,26 @@
 """Issuing tokens: the one place where access tokens are made and stored.
 
 Opaque tokens carry 256 random bits (RFC 6749 §10.10 asks for at most 2^-128 odds of a guess;
-RFC 6819 §5.1.4.2.2) and are stored only as their SHA-256.
+RFC 6819 §5.1.4.2.2) and are stored only as their SHA-256. OAuthEventInterceptor listeners
+are called before (may refuse or add claims) and after (told) every issue.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any
 
+from .events import REGISTERED_CLAIMS, TokenIssueEvent
 from .kdf import token_hash
+from .listeners import ListenerSet
 from .storage import Client, Storage, TokenRecord
 
-__all__ = ["TokenIssuer", "IssuedToken"]
+__all__ = ["TokenIssuer", "IssuedToken", "token_claims"]
 
 
 @dataclass(frozen=True)
@@ -36,18 +43,36 @@ class IssuedToken:
         return body
 
 
-class TokenIssuer:
-    """Makes access tokens and writes them to storage."""
+def token_claims(record: TokenRecord) -> dict[str, Any]:
+    """The claims a stored token carries: ours, then those interceptors added."""
+    claims: dict[str, Any] = {
+        "client_id": record.client_id,
+        "scope": record.scope,
+        "iat": record.issued_at,
+        "exp": record.expires_at,
+        "token_type": "Bearer",
+    }
+    if record.username is not None:
+        claims["username"] = record.username
+    if record.cnf_x5t_s256 is not None:
+        claims["cnf"] = {"x5t#S256": record.cnf_x5t_s256}
+    return {**record.claims, **claims}
 
-    def __init__(self, storage: Storage, access_token_lifetime: int):
+
+class TokenIssuer:
+    """Makes access tokens, runs the interceptors around it and writes them to storage."""
+
+    def __init__(self, storage: Storage, listeners: ListenerSet, access_token_lifetime: int):
         self.storage = storage
+        self.listeners = listeners
         self.access_token_lifetime = access_token_lifetime
 
-    def issue_access_token(
+    async def issue_access_token(
         self,
         client: Client,
         scope: str,
         *,
+        grant_type: str,
         username: str | None = None,
         cnf_x5t_s256: str | None = None,
         grant_id: str | None = None,
@@ -66,5 +91,31 @@ class TokenIssuer:
             cnf_x5t_s256=cnf_x5t_s256,
             grant_id=grant_id,
         )
+        event = TokenIssueEvent(
+            grant_type=grant_type,
+            client=client,
+            scopes=tuple(scope.split()),
+            token_kind="access_token",
+            username=username,
+            claims=MappingProxyType(token_claims(record)),
+        )
+        extra: dict[str, Any] = {}
+        for listener, result in await self.listeners.intercept("pre_token_issue", event=event):
+            if result is None:
+                continue
+            if not isinstance(result, Mapping) or not all(isinstance(k, str) for k in result):
+                self.listeners.fail(listener, "pre_token_issue", "must return None or a dict")
+            taken = sorted(set(result) & REGISTERED_CLAIMS)
+            if taken:
+                self.listeners.fail(listener, "pre_token_issue", f"tried to set registered claims {taken}")
+            try:
+                json.dumps(dict(result))
+            except (TypeError, ValueError):
+                self.listeners.fail(listener, "pre_token_issue", "returned claims that are not JSON")
+            extra.update(result)
+        record = replace(record, claims=extra)
         self.storage.add_token(record)
+        await self.listeners.notify(
+            "post_token_issue", event=replace(event, claims=MappingProxyType(token_claims(record)))
+        )
         return IssuedToken(value, self.access_token_lifetime, scope, record)

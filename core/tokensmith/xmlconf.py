@@ -8,6 +8,8 @@ Every error names the file and the line.
 
 from __future__ import annotations
 
+import functools
+from importlib import resources
 from pathlib import Path
 
 from lxml import etree
@@ -24,8 +26,18 @@ def where(path: Path, element: etree._Element | None = None) -> str:
     return f"{path}:{line}"
 
 
-def parse_xml(path: Path) -> etree._Element:
-    """Parse *path* safely and return its root element, or raise ``ConfigError``."""
+@functools.cache
+def _schema(name: str) -> etree.XMLSchema:
+    text = resources.files("tokensmith").joinpath(name).read_bytes()
+    return etree.XMLSchema(etree.fromstring(text, etree.XMLParser(resolve_entities=False, no_network=True)))
+
+
+def parse_xml(path: Path, schema: str | None = None) -> etree._Element:
+    """Parse *path* safely and return its root element, or raise ``ConfigError``.
+
+    With *schema* (a file name in this package, e.g. ``identity.xsd``) the document must also
+    be valid against it; the first violation is reported with its line.
+    """
     parser = etree.XMLParser(
         resolve_entities=False,
         no_network=True,
@@ -47,6 +59,11 @@ def parse_xml(path: Path) -> etree._Element:
         raise ConfigError(
             f"{path}:1: DOCTYPE declarations are not allowed (DTDs and entities are refused)"
         )
+    if schema is not None:
+        validator = _schema(schema)
+        if not validator.validate(root):
+            error = validator.error_log[0]
+            raise ConfigError(f"{path}:{error.line or 1}: {error.message} (see {schema})")
     return root
 
 

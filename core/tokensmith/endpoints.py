@@ -1,0 +1,124 @@
+"""The OAuth endpoints: token (RFC 6749 §3.2), introspection (RFC 7662), revocation (RFC 7009)."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Mapping
+
+from quart import Blueprint, Response, current_app, request
+
+from .app import Runtime, json_response, runtime
+from .clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_client, challenge, claimed_client_id
+from .errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
+from .events import ClientAuthEvent, TokenRevokeEvent
+from .forms import check_content_type, parse_form
+from .grants import check_grant_type, grant
+from .kdf import token_hash
+from .tokens import token_claims
+
+__all__ = ["oauth", "client_cert_chain"]
+
+oauth = Blueprint("oauth", __name__)
+
+
+def client_cert_chain(scope: Mapping) -> tuple[bytes, ...]:
+    """DER of the TLS client certificates in *scope* (the ASGI TLS extension), leaf first."""
+    tls = scope.get("extensions", {}).get("tls") or {}
+    return tuple(ssl.PEM_cert_to_DER_cert(pem) for pem in tls.get("client_cert_chain") or ())
+
+
+async def read_form() -> Mapping[str, str]:
+    """The request's form parameters, checked as RFC 6749 §3.2 and Appendix B require."""
+    if request.query_string:
+        # §2.3.1: client credentials "MUST NOT be included in the request URI"; we take no
+        # parameter from the URI at all, so that none can be smuggled past the body checks.
+        raise InvalidRequestError("parameters must be sent in the request body")
+    check_content_type(request.headers.get("Content-Type"))
+    return parse_form(await request.get_data(cache=False))
+
+
+async def authenticate(rt: Runtime, form: Mapping[str, str], endpoint: str) -> AuthenticatedClient:
+    """Authenticate the calling client and tell the interceptors how it went."""
+    authorization = request.headers.get("Authorization")
+    auth_request = ClientAuthRequest(
+        rt.storage, form, authorization, client_cert_chain(request.scope),
+        request.remote_addr, request.headers,
+    )
+    try:
+        auth = await authenticate_client(rt.listeners, auth_request)
+    except OAuth2Error as error:
+        if not isinstance(error, ServerError):
+            await rt.listeners.notify("client_auth_failure", event=ClientAuthEvent(
+                endpoint, claimed_client_id(form, authorization), error=error.error,
+                remote_addr=request.remote_addr))
+        if isinstance(error, InvalidClientError):
+            error.headers.update(challenge(authorization, rt.identity.realm))
+        raise
+    await rt.listeners.notify("client_auth_success", event=ClientAuthEvent(
+        endpoint, auth.client.client_id, method=auth.method, remote_addr=request.remote_addr))
+    return auth
+
+
+@oauth.post("/oauth2/token")
+async def token() -> Response:
+    """The token endpoint (RFC 6749 §3.2)."""
+    rt = runtime(current_app)
+    form = await read_form()
+    check_grant_type(form)
+    auth = await authenticate(rt, form, "token")
+    issued = await grant(rt.issuer, auth, form)
+    return json_response(issued.response())
+
+
+@oauth.post("/oauth2/introspect")
+async def introspect() -> Response:
+    """Token introspection (RFC 7662 §2): any authenticated client may ask.
+
+    "If the introspection call is properly authorized but the token is not active, does not
+    exist on this server, or the protected resource is not allowed to introspect this
+    particular token, then the authorization server MUST return an introspection response
+    with the "active" field set to "false"" and nothing else (§2.2).
+    """
+    rt = runtime(current_app)
+    form = await read_form()
+    value = form.get("token")
+    await authenticate(rt, form, "introspect")
+    if value is None:
+        raise InvalidRequestError("token is missing")
+    record = rt.storage.get_token(token_hash(value))
+    if record is None or record.revoked or record.expires_at <= _now():
+        return json_response({"active": False})
+    return json_response({"active": True, **token_claims(record)})
+
+
+@oauth.post("/oauth2/revoke")
+async def revoke() -> Response:
+    """Token revocation (RFC 7009 §2).
+
+    The client may revoke only tokens issued to it (§2.1); an unknown or invalid token gets
+    200 all the same (§2.2). Revoking a refresh token revokes the access tokens of its grant.
+    """
+    rt = runtime(current_app)
+    form = await read_form()
+    value = form.get("token")
+    auth = await authenticate(rt, form, "revoke")
+    if value is None:
+        raise InvalidRequestError("token is missing")
+    record = rt.storage.get_token(token_hash(value))
+    if record is None or record.revoked:
+        return Response("", 200, headers={"Cache-Control": "no-store"})
+    if record.client_id != auth.client.client_id:
+        raise UnauthorizedClientError("the token was not issued to this client")
+    kind = "refresh_token" if record.kind == "refresh" else "access_token"
+    event = TokenRevokeEvent(auth.client, kind, token_claims(record))
+    await rt.listeners.intercept("pre_token_revoke", event=event)
+    rt.storage.revoke_token(record.token_hash)
+    if record.kind == "refresh" and record.grant_id:
+        rt.storage.revoke_grant(record.grant_id)
+    await rt.listeners.notify("post_token_revoke", event=event)
+    return Response("", 200, headers={"Cache-Control": "no-store"})
+
+
+def _now() -> int:
+    return int(time.time())

@@ -1,0 +1,535 @@
+"""Certificate facts for OAuth 2.0 mutual-TLS client authentication (RFC 8705).
+
+What the token endpoint needs to know about a client certificate, whoever obtained it:
+
+- ``x5t_s256``: the thumbprint that binds tokens to the certificate (RFC 8705 §3.1).
+- ``load_pem_certificates``: certificates an administrator hands us, refused with one line.
+- ``normalize_dn``, ``dn_matches`` and ``san_matches``: the ``tls_client_auth`` registration
+  checks (RFC 8705 §2.1.2); distinguished names are RFC 4514 text.
+- ``validity_problem`` and ``verify_chain``: PKI validation against trust anchors (§2.1).
+- ``parse_forwarded_certificate``: a certificate forwarded by a TLS-terminating proxy
+  (RFC 9440, RFC 8705 §6.5). Whether that proxy is trusted is the caller's decision.
+
+Every function refuses bad certificate input with ``CertificateError`` and nothing else, and
+bounds its work before parsing (RFC 8705 §7.5 warns about X.509 parsing complexity).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from urllib.parse import unquote_to_bytes
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+__all__ = [
+    "CertificateError",
+    "MAX_CERTIFICATE_BYTES",
+    "MAX_INTERMEDIATES",
+    "MAX_HEADER_CHARS",
+    "SAN_KINDS",
+    "FORWARDED_FORMATS",
+    "x5t_s256",
+    "load_pem_certificates",
+    "normalize_dn",
+    "dn_matches",
+    "san_matches",
+    "validity_problem",
+    "verify_chain",
+    "parse_forwarded_certificate",
+]
+
+# A client certificate with an RSA-4096 key and a handful of SANs is about 2 KiB. 16 KiB
+# leaves eight times that for long SAN lists while capping the DER parsing, hashing and
+# name-matching work an unauthenticated client can ask of us per certificate.
+MAX_CERTIFICATE_BYTES = 16 * 1024
+# Path building tries candidate issuers; capping the chain a client may send (and the depth
+# the verifier will build) keeps that search small. Real client PKIs use one or two.
+MAX_INTERMEDIATES = 8
+# One PEM certificate of MAX_CERTIFICATE_BYTES, percent-encoded, stays below this.
+MAX_HEADER_CHARS = 64 * 1024
+# A truststore bundle (even a full public root store) is a few hundred KiB.
+MAX_PEM_INPUT_BYTES = 1024 * 1024
+
+SAN_KINDS = ("san_dns", "san_uri", "san_ip", "san_email")
+FORWARDED_FORMATS = ("rfc9440", "nginx", "pem", "base64-der", "auto")
+
+
+class CertificateError(ValueError):
+    """A certificate, chain, distinguished name or forwarded header was refused; one line."""
+
+
+# --- thumbprint --------------------------------------------------------------------------
+
+def x5t_s256(der: bytes) -> str:
+    """RFC 8705 §3.1 ``x5t#S256``: base64url of SHA-256 over the certificate DER, unpadded."""
+    digest = hashlib.sha256(der).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+# --- loading -----------------------------------------------------------------------------
+
+def _parse_der(der: bytes, source: str) -> x509.Certificate:
+    """One DER certificate, fully parsed, or CertificateError."""
+    if not der:
+        raise CertificateError(f"{source}: empty certificate")
+    if len(der) > MAX_CERTIFICATE_BYTES:
+        raise CertificateError(f"{source}: certificate is {len(der)} bytes; "
+                               f"at most {MAX_CERTIFICATE_BYTES} are accepted")
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        # cryptography parses names and extensions lazily; read them now so that malformed
+        # ones fail here, once, rather than later in a matcher.
+        _ = (cert.subject, cert.issuer, cert.extensions,
+             cert.not_valid_before_utc, cert.not_valid_after_utc)
+    except Exception as exc:  # noqa: BLE001 - untrusted input: one error class whatever the cause
+        raise CertificateError(f"{source}: not a valid X.509 certificate (malformed ASN.1)") from exc
+    return cert
+
+
+def _pem_blocks(text: str, source: str) -> list[tuple[str, str]]:
+    """The (label, body) of each PEM block in *text*, scanned in linear time."""
+    blocks: list[tuple[str, str]] = []
+    pos = 0
+    while (start := text.find("-----BEGIN ", pos)) != -1:
+        close = text.find("-----", start + 11)
+        label = text[start + 11:close] if close != -1 else ""
+        if not re.fullmatch(r"[A-Z0-9]+(?: [A-Z0-9]+){0,5}", label):
+            raise CertificateError(f"{source}: malformed PEM '-----BEGIN' line")
+        end_line = f"-----END {label}-----"
+        end = text.find(end_line, close + 5)
+        if end == -1:
+            raise CertificateError(f"{source}: '-----BEGIN {label}-----' has no END line")
+        blocks.append((label, text[close + 5:end]))
+        pos = end + len(end_line)
+    return blocks
+
+
+def _b64decode(text: str, source: str) -> bytes:
+    """Standard base64, '=' padding optional (RFC 8941 §4.2.7 asks parsers to tolerate it)."""
+    if not re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", text):
+        raise CertificateError(f"{source}: not base64")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise CertificateError(f"{source}: not base64") from None
+
+
+def _certificate_blocks(text: str, source: str) -> list[bytes]:
+    """The DER of each CERTIFICATE block; a private key anywhere is refused outright."""
+    if "PRIVATE KEY-----" in text:
+        raise CertificateError(f"{source}: contains a private key, not a certificate: never share it")
+    ders = []
+    for label, body in _pem_blocks(text, source):
+        if label != "CERTIFICATE":
+            raise CertificateError(f"{source}: contains a {label}, not a CERTIFICATE")
+        # Proxies and copy-paste turn newlines into spaces or into the two characters '\n'.
+        ders.append(_b64decode("".join(re.sub(r"\\[nrt]", " ", body).split()), source))
+    return ders
+
+
+def _is_der_private_key(data: bytes) -> bool:
+    try:
+        serialization.load_der_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
+    except TypeError:  # an encrypted private key: still a key
+        return True
+    except Exception:  # noqa: BLE001 - anything else simply is not a key
+        return False
+    return True
+
+
+def load_pem_certificates(data: bytes, *, source: str) -> list[x509.Certificate]:
+    """Every certificate in a PEM file, in order; *source* names the file in errors.
+
+    As a convenience a single DER certificate is accepted too, since ``keytool -export`` and
+    many CA portals hand those out. Text around PEM blocks (``openssl x509 -text`` output,
+    bag attributes) is ignored. Any private key in the input is refused, with a warning,
+    even next to certificates. Raises only ``CertificateError``, whatever the bytes.
+    """
+    data = bytes(data)
+    if len(data) > MAX_PEM_INPUT_BYTES:
+        raise CertificateError(f"{source}: {len(data)} bytes is too large for a certificate file")
+    if not data.strip():
+        raise CertificateError(f"{source}: empty file")
+    text = data.decode("latin-1")  # never fails; PEM itself is ASCII
+    ders = _certificate_blocks(text, source)
+    if ders:
+        many = len(ders) > 1
+        return [_parse_der(der, f"{source}: certificate {n}" if many else source)
+                for n, der in enumerate(ders, 1)]
+    if "-----BEGIN" not in text and data[:1] == b"\x30":  # an ASN.1 SEQUENCE: maybe DER
+        try:
+            return [_parse_der(data, source)]
+        except CertificateError:
+            if _is_der_private_key(data):
+                raise CertificateError(
+                    f"{source}: contains a private key, not a certificate: never share it") from None
+            raise
+    raise CertificateError(
+        f"{source}: not a certificate: expected PEM ('-----BEGIN CERTIFICATE-----') or DER")
+
+
+# --- distinguished names (RFC 4514) ------------------------------------------------------
+
+# RFC 4514 §3 names these; the rest are the labels OpenSSL, Java and Windows print.
+_LABELS: dict[str, x509.ObjectIdentifier] = {
+    "CN": NameOID.COMMON_NAME, "L": NameOID.LOCALITY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "S": NameOID.STATE_OR_PROVINCE_NAME, "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME, "C": NameOID.COUNTRY_NAME,
+    "STREET": NameOID.STREET_ADDRESS, "DC": NameOID.DOMAIN_COMPONENT, "UID": NameOID.USER_ID,
+    "SERIALNUMBER": NameOID.SERIAL_NUMBER, "E": NameOID.EMAIL_ADDRESS,
+    "EMAILADDRESS": NameOID.EMAIL_ADDRESS, "SN": NameOID.SURNAME, "SURNAME": NameOID.SURNAME,
+    "GN": NameOID.GIVEN_NAME, "GIVENNAME": NameOID.GIVEN_NAME, "T": NameOID.TITLE,
+    "TITLE": NameOID.TITLE, "INITIALS": NameOID.INITIALS, "PSEUDONYM": NameOID.PSEUDONYM,
+    "DNQUALIFIER": NameOID.DN_QUALIFIER, "POSTALCODE": NameOID.POSTAL_CODE,
+    "BUSINESSCATEGORY": NameOID.BUSINESS_CATEGORY,
+    "ORGANIZATIONIDENTIFIER": NameOID.ORGANIZATION_IDENTIFIER,
+}
+_TYPE = re.compile(r"\s*(?:(?:OID\.)?((?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+)|([A-Za-z][A-Za-z0-9-]*))"
+                   r"\s*=\s*", re.IGNORECASE)
+_ESCAPABLE = ' "#+,;<=>\\'
+_HEX_VALUE = re.compile(r"#((?:[0-9A-Fa-f]{2})+)\s*")
+# ASN.1 string types a '#' hex value may carry (RFC 4514 §2.4), and how their octets read.
+_STRING_TAGS = {0x0C: "utf-8", 0x13: "latin-1", 0x16: "latin-1", 0x14: "latin-1",
+                0x1A: "latin-1", 0x12: "latin-1", 0x1E: "utf-16-be", 0x1C: "utf-32-be"}
+
+_Value = str | bytes
+
+
+def _ber_value(octets: bytes) -> _Value:
+    """The value of a BER-encoded '#hex' attribute value: text for string types, else octets."""
+    if len(octets) < 2:
+        raise CertificateError("malformed '#' value in distinguished name")
+    tag, length, rest = octets[0], octets[1], octets[2:]
+    if length & 0x80:  # long form: the next (length & 0x7f) octets hold the length
+        size = length & 0x7F
+        if not 1 <= size <= 3 or len(rest) < size:
+            raise CertificateError("malformed '#' value in distinguished name")
+        length, rest = int.from_bytes(rest[:size], "big"), rest[size:]
+    if length != len(rest):
+        raise CertificateError("malformed '#' value in distinguished name")
+    if tag not in _STRING_TAGS:
+        return bytes(rest)
+    try:
+        return rest.decode(_STRING_TAGS[tag])
+    except UnicodeDecodeError:
+        raise CertificateError("malformed '#' value in distinguished name") from None
+
+
+def _read_value(text: str, i: int) -> tuple[_Value, int]:
+    """The attribute value starting at *i* (RFC 4514 §3) and the index after it."""
+    if text.startswith("#", i):
+        m = _HEX_VALUE.match(text, i)
+        if not m or (m.end() < len(text) and text[m.end()] not in ",;+"):
+            raise CertificateError("malformed '#' value in distinguished name")
+        return _ber_value(bytes.fromhex(m.group(1))), m.end()
+    out = bytearray()
+    while i < len(text) and text[i] not in ",;+":
+        c = text[i]
+        if c == "\\":
+            pair = text[i + 1:i + 3]
+            if pair[:1] and pair[0] in _ESCAPABLE:
+                out += pair[0].encode()
+                i += 2
+                continue
+            if re.fullmatch(r"[0-9A-Fa-f]{2}", pair):
+                out.append(int(pair, 16))  # escaped UTF-8 octet, e.g. \C3\A9
+                i += 3
+                continue
+            raise CertificateError("bad escape in distinguished name")
+        if c in '"<>\x00':
+            raise CertificateError(f"distinguished name value has an unescaped {c!r}")
+        out += c.encode()
+        i += 1
+    try:
+        return out.decode("utf-8"), i
+    except UnicodeDecodeError:
+        raise CertificateError("distinguished name escapes are not UTF-8") from None
+
+
+def _parse_rfc4514(text: str) -> list[list[tuple[str, _Value]]]:
+    """RDNs in written (RFC 4514) order; spaces around separators are tolerated."""
+    if text.startswith("/"):
+        raise CertificateError("looks like OpenSSL's '/C=../CN=..' form; "
+                               "write the distinguished name as RFC 4514 'CN=..,O=..,C=..'")
+    if not text.strip():
+        return []
+    rdns: list[list[tuple[str, _Value]]] = [[]]
+    i = 0
+    while True:
+        m = _TYPE.match(text, i)
+        if not m:
+            raise CertificateError(f"bad distinguished name at character {i + 1}")
+        if m.group(1):
+            oid = m.group(1)
+        elif (known := _LABELS.get(m.group(2).upper())) is not None:
+            oid = known.dotted_string
+        else:
+            raise CertificateError(f"unknown attribute type {m.group(2)!r}; write its dotted OID")
+        value, i = _read_value(text, m.end())
+        rdns[-1].append((oid, value))
+        if i == len(text):
+            return rdns
+        if text[i] in ",;":
+            rdns.append([])
+        i += 1
+
+
+def _comparable(value: _Value) -> str:
+    """RFC 4518-like preparation: case fold, NFKC, insignificant spaces collapsed."""
+    if isinstance(value, bytes):
+        return "#" + value.hex()
+    prepared = " ".join(unicodedata.normalize("NFKC", value.casefold()).split())
+    escaped = re.sub(r"([\\,+=])", r"\\\1", prepared)
+    return "\\" + escaped if escaped.startswith("#") else escaped
+
+
+def normalize_dn(text_or_name: str | x509.Name) -> str:
+    """A comparison form of a distinguished name; equal forms mean matching names.
+
+    RDNs keep their order (RFC 4514 order, most specific first). Attribute types become
+    dotted OIDs, so ``CN``, ``cn`` and ``2.5.4.3`` agree; a multi-valued RDN is a set, so
+    ``CN=a+O=b`` equals ``O=b+CN=a``; string values are compared case-insensitively with
+    whitespace collapsed, close to RFC 4517 caseIgnoreMatch. Non-string values (``#hex`` of
+    a non-string type) compare as raw octets. Bad text raises ``CertificateError``.
+    """
+    if isinstance(text_or_name, x509.Name):
+        try:
+            # Name.rdns is in ASN.1 order, the reverse of RFC 4514 text (RFC 4514 §2.1).
+            rdns = [[(a.oid.dotted_string, a.value) for a in rdn]
+                    for rdn in reversed(text_or_name.rdns)]
+        except Exception as exc:  # noqa: BLE001 - a malformed name from an untrusted certificate
+            raise CertificateError("malformed distinguished name in certificate") from exc
+    else:
+        rdns = _parse_rfc4514(text_or_name)
+    return ",".join("+".join(sorted({f"{oid}={_comparable(v)}" for oid, v in rdn})) for rdn in rdns)
+
+
+def dn_matches(registered: str, cert: x509.Certificate) -> bool:
+    """Whether *cert*'s subject is the registered ``tls_client_auth_subject_dn`` (§2.1.2).
+
+    An empty registration is refused rather than allowed to match an empty subject.
+    """
+    expected = normalize_dn(registered)
+    if not expected:
+        raise CertificateError("registered subject DN is empty")
+    return normalize_dn(cert.subject) == expected
+
+
+# --- subject alternative names -----------------------------------------------------------
+
+def _ascii_lower(text: str) -> str:
+    # DNS names and mail domains are case-insensitive in ASCII only (RFC 4343 §2).
+    return text.translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"))
+
+
+def san_matches(kind: str, value: str, cert: x509.Certificate) -> bool:
+    """Whether *cert* has a subjectAltName entry matching a registration (RFC 8705 §2.1.2).
+
+    *kind* is ``san_dns`` (ASCII case-insensitive, exact: ``*.example.com`` matches only
+    that literal entry), ``san_uri`` (exact), ``san_ip`` (address equality, so ``::1``
+    equals ``0:0::1``) or ``san_email`` (local part exact, domain case-insensitive).
+    A malformed registration or certificate raises ``CertificateError``.
+    """
+    if kind not in SAN_KINDS:
+        raise CertificateError(f"unknown SAN kind {kind!r}; expected one of {', '.join(SAN_KINDS)}")
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    except Exception as exc:  # noqa: BLE001 - a malformed extension in an untrusted certificate
+        raise CertificateError("malformed subjectAltName in certificate") from exc
+    if kind == "san_dns":
+        return any(_ascii_lower(name) == _ascii_lower(value)
+                   for name in san.get_values_for_type(x509.DNSName))
+    if kind == "san_uri":
+        return value in san.get_values_for_type(x509.UniformResourceIdentifier)
+    if kind == "san_ip":
+        try:
+            # Certificates carry bare octets; a zone index ('%eth0') can never match.
+            wanted = ipaddress.ip_address(value) if "%" not in value else None
+        except ValueError:
+            wanted = None
+        if wanted is None:
+            raise CertificateError(f"registered san_ip {value!r} is not an IP address")
+        return wanted in san.get_values_for_type(x509.IPAddress)
+    local, at, domain = value.rpartition("@")
+    if not (local and at and domain):
+        raise CertificateError(f"registered san_email {value!r} is not an email address")
+    for mailbox in san.get_values_for_type(x509.RFC822Name):
+        cert_local, cert_at, cert_domain = mailbox.rpartition("@")
+        if cert_at and cert_local == local and _ascii_lower(cert_domain) == _ascii_lower(domain):
+            return True
+    return False
+
+
+# --- validity and chain validation -------------------------------------------------------
+
+def _utc(now: datetime) -> datetime:
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now.astimezone(timezone.utc)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def validity_problem(cert: x509.Certificate, now: datetime) -> str | None:
+    """``"expired on ..."``, ``"not valid before ..."``, or None inside the validity period.
+
+    Both bounds are inclusive (RFC 5280 §4.1.2.5). *now* must be timezone-aware.
+    """
+    now = _utc(now)
+    if now > cert.not_valid_after_utc:
+        return f"expired on {_stamp(cert.not_valid_after_utc)}"
+    if now < cert.not_valid_before_utc:
+        return f"not valid before {_stamp(cert.not_valid_before_utc)}"
+    return None
+
+
+def _client_policy() -> ExtensionPolicy:
+    """cryptography's WebPKI end-entity profile, minus two CA/Browser Forum requirements.
+
+    A subjectAltName is optional because ``tls_client_auth`` clients are often registered
+    by subject DN alone, with certificates that carry no SAN. An authorityKeyIdentifier is
+    optional because RFC 5280 path validation (§6) never needs it, and private CAs omit it.
+    """
+    return (ExtensionPolicy.webpki_defaults_ee()
+            .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+            .may_be_present(x509.AuthorityKeyIdentifier, Criticality.NON_CRITICAL, None))
+
+
+def _printable(text: str) -> str:
+    # Verifier messages can quote certificate content; keep them to RFC 6749 §5.2 characters.
+    return re.sub(r'[^\x20-\x21\x23-\x5b\x5d-\x7e]', "?", text)[:200]
+
+
+def _reason(message: str) -> str:
+    core = re.sub(r"\s*\(encountered processing .*\)\s*$", "", message, flags=re.S)
+    core = re.sub(r"^(?:validation failed: )?(?:candidates exhausted: )*", "", core)
+    if "required EKU not found" in core:
+        return "client certificate lacks the clientAuth extended key usage"
+    if "all candidates exhausted with no interior errors" in core:
+        return "client certificate does not chain to a trusted CA"
+    if "not valid at validation time" in core:
+        return "a CA certificate in the chain is expired or not yet valid"
+    return "client certificate chain refused: " + _printable(" ".join(core.split()))
+
+
+def verify_chain(chain_der: Sequence[bytes], anchors: Sequence[x509.Certificate],
+                 now: datetime) -> x509.Certificate:
+    """Validate a ``tls_client_auth`` chain (RFC 8705 §2.1) and return its leaf.
+
+    *chain_der* is the client's chain, leaf first, as the TLS layer or a trusted proxy gave
+    it; *anchors* are the truststore's CA certificates. cryptography's client verifier
+    checks signatures, validity dates of every certificate (anchors included), basic
+    constraints, key usage, the clientAuth extended key usage when an EKU is present,
+    critical extensions and name constraints. Refusals raise ``CertificateError`` with a
+    short reason that is safe to put in an OAuth ``error_description``.
+    """
+    now = _utc(now)
+    if not chain_der:
+        raise CertificateError("no client certificate")
+    if len(chain_der) - 1 > MAX_INTERMEDIATES:
+        raise CertificateError(f"client sent {len(chain_der) - 1} intermediate certificates; "
+                               f"at most {MAX_INTERMEDIATES} are accepted")
+    leaf = _parse_der(chain_der[0], "client certificate")
+    intermediates = [_parse_der(der, f"intermediate certificate {n}")
+                     for n, der in enumerate(chain_der[1:], 1)]
+    if not anchors:
+        raise CertificateError("no trust anchors are configured for tls_client_auth")
+    # Checked first so the common refusal gets a precise message with the date.
+    if (problem := validity_problem(leaf, now)) is not None:
+        raise CertificateError(f"client certificate {problem}")
+    verifier = (PolicyBuilder()
+                .store(Store(list(anchors)))
+                .time(now)
+                .max_chain_depth(MAX_INTERMEDIATES)
+                .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(),
+                                    ee_policy=_client_policy())
+                .build_client_verifier())
+    try:
+        verifier.verify(leaf, intermediates)
+    except (VerificationError, ValueError) as exc:
+        raise CertificateError(_reason(str(exc))) from None
+    return leaf
+
+
+# --- certificates forwarded by a proxy ---------------------------------------------------
+
+def _percent_decode(value: str) -> str:
+    """Strict percent-decoding that keeps '+' (a base64 character), unlike form decoding."""
+    if re.search(r"%(?![0-9A-Fa-f]{2})", value):
+        raise CertificateError("forwarded certificate: bad percent-encoding")
+    try:
+        return unquote_to_bytes(value).decode("ascii")
+    except UnicodeDecodeError:
+        raise CertificateError("forwarded certificate: not ASCII after percent-decoding") from None
+
+
+def _one_pem_certificate(text: str) -> bytes:
+    ders = _certificate_blocks(text, "forwarded certificate")
+    if len(ders) != 1:
+        raise CertificateError("forwarded certificate: expected exactly one PEM CERTIFICATE, "
+                               f"found {len(ders)}")
+    return ders[0]
+
+
+def parse_forwarded_certificate(value: str, fmt: str) -> bytes:
+    """The DER of the leaf certificate in a proxy's header *value*, in format *fmt*.
+
+    - ``rfc9440``: the ``Client-Cert`` field, an RFC 8941 Byte Sequence ``:BASE64-DER:``
+      (RFC 9440 §2.1, §2.2); parameters are not accepted.
+    - ``nginx``: ``$ssl_client_escaped_cert``, percent-encoded PEM. Decoded strictly, and a
+      literal '+' stays '+' (form decoding would turn it into a space and break base64).
+    - ``pem``: PEM whose newlines a proxy turned into spaces, or into literal ``\\n``; any
+      whitespace and ``\\n``, ``\\r``, ``\\t`` escapes inside the base64 are ignored.
+    - ``base64-der``: the DER in standard base64 (HAProxy's ``ssl_c_der,base64``).
+    - ``auto``: ``rfc9440`` if it starts with ':', ``nginx`` if it contains '%', ``pem`` if
+      it contains '-----BEGIN', else ``base64-der``; these never overlap.
+
+    The value must hold exactly one certificate that parses. Anything else, or more than
+    ``MAX_HEADER_CHARS`` characters, raises ``CertificateError``.
+    """
+    if fmt not in FORWARDED_FORMATS:
+        raise CertificateError(f"unknown forwarded-certificate format {fmt!r}; "
+                               f"expected one of {', '.join(FORWARDED_FORMATS)}")
+    if len(value) > MAX_HEADER_CHARS:
+        raise CertificateError(f"forwarded certificate: header longer than {MAX_HEADER_CHARS}")
+    if not value.isascii():
+        raise CertificateError("forwarded certificate: not ASCII")
+    value = value.strip(" \t")
+    if not value:
+        raise CertificateError("forwarded certificate: empty header")
+    if fmt == "auto":
+        fmt = ("rfc9440" if value.startswith(":") else "nginx" if "%" in value
+               else "pem" if "-----BEGIN" in value else "base64-der")
+    if fmt == "rfc9440":
+        m = re.fullmatch(r":([^:]*):", value)
+        if not m:
+            raise CertificateError("forwarded certificate: not an RFC 8941 byte sequence ':...:'")
+        der = _b64decode(m.group(1), "forwarded certificate")
+    elif fmt == "nginx":
+        der = _one_pem_certificate(_percent_decode(value))
+    elif fmt == "pem":
+        der = _one_pem_certificate(value)
+    else:
+        der = _b64decode(value, "forwarded certificate")
+    _parse_der(der, "forwarded certificate")
+    return der
