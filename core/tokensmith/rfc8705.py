@@ -24,34 +24,19 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from types import MappingProxyType
 from urllib.parse import unquote_to_bytes
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
+    Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError)
 
 __all__ = [
-    "CertificateError",
-    "MAX_CERTIFICATE_BYTES",
-    "MAX_INTERMEDIATES",
-    "MAX_HEADER_CHARS",
-    "SAN_KINDS",
-    "FORWARDED_FORMATS",
-    "x5t_s256",
-    "load_pem_certificates",
-    "normalize_dn",
-    "dn_matches",
-    "san_matches",
-    "validity_problem",
-    "verify_chain",
-    "parse_forwarded_certificate",
+    "CertificateError", "MAX_CERTIFICATE_BYTES", "MAX_INTERMEDIATES", "MAX_HEADER_CHARS",
+    "SAN_KINDS", "FORWARDED_FORMATS", "x5t_s256", "load_pem_certificates", "normalize_dn",
+    "dn_matches", "san_matches", "validity_problem", "verify_chain", "parse_forwarded_certificate",
 ]
 
 # A client certificate with an RSA-4096 key and a handful of SANs is about 2 KiB. 16 KiB
@@ -109,7 +94,7 @@ def _pem_blocks(text: str, source: str) -> list[tuple[str, str]]:
     while (start := text.find("-----BEGIN ", pos)) != -1:
         close = text.find("-----", start + 11)
         label = text[start + 11:close] if close != -1 else ""
-        if not re.fullmatch(r"[A-Z0-9]+(?: [A-Z0-9]+){0,5}", label):
+        if len(label) > 40 or not re.fullmatch(r"[A-Z0-9]+(?: [A-Z0-9]+){0,5}", label):
             raise CertificateError(f"{source}: malformed PEM '-----BEGIN' line")
         end_line = f"-----END {label}-----"
         end = text.find(end_line, close + 5)
@@ -187,7 +172,7 @@ def load_pem_certificates(data: bytes, *, source: str) -> list[x509.Certificate]
 # --- distinguished names (RFC 4514) ------------------------------------------------------
 
 # RFC 4514 §3 names these; the rest are the labels OpenSSL, Java and Windows print.
-_LABELS: dict[str, x509.ObjectIdentifier] = {
+_LABELS = MappingProxyType({
     "CN": NameOID.COMMON_NAME, "L": NameOID.LOCALITY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME,
     "S": NameOID.STATE_OR_PROVINCE_NAME, "O": NameOID.ORGANIZATION_NAME,
     "OU": NameOID.ORGANIZATIONAL_UNIT_NAME, "C": NameOID.COUNTRY_NAME,
@@ -199,14 +184,16 @@ _LABELS: dict[str, x509.ObjectIdentifier] = {
     "DNQUALIFIER": NameOID.DN_QUALIFIER, "POSTALCODE": NameOID.POSTAL_CODE,
     "BUSINESSCATEGORY": NameOID.BUSINESS_CATEGORY,
     "ORGANIZATIONIDENTIFIER": NameOID.ORGANIZATION_IDENTIFIER,
-}
-_TYPE = re.compile(r"\s*(?:(?:OID\.)?((?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+)|([A-Za-z][A-Za-z0-9-]*))"
-                   r"\s*=\s*", re.IGNORECASE)
+})
+# An attribute type: a numeric OID (optionally 'OID.'-prefixed) or a descriptor (RFC 4512 §1.4).
+_TYPE = re.compile(r"\s*(?:(?:OID\.)?((?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+)"
+                   r"|([A-Za-z][A-Za-z0-9-]*))\s*=\s*", re.IGNORECASE)
 _ESCAPABLE = ' "#+,;<=>\\'
 _HEX_VALUE = re.compile(r"#((?:[0-9A-Fa-f]{2})+)\s*")
 # ASN.1 string types a '#' hex value may carry (RFC 4514 §2.4), and how their octets read.
-_STRING_TAGS = {0x0C: "utf-8", 0x13: "latin-1", 0x16: "latin-1", 0x14: "latin-1",
-                0x1A: "latin-1", 0x12: "latin-1", 0x1E: "utf-16-be", 0x1C: "utf-32-be"}
+_STRING_TAGS = MappingProxyType({
+    0x0C: "utf-8", 0x12: "latin-1", 0x13: "latin-1", 0x14: "latin-1", 0x16: "latin-1",
+    0x1A: "latin-1", 0x1C: "utf-32-be", 0x1E: "utf-16-be"})
 
 _Value = str | bytes
 
@@ -328,14 +315,19 @@ def dn_matches(registered: str, cert: x509.Certificate) -> bool:
     expected = normalize_dn(registered)
     if not expected:
         raise CertificateError("registered subject DN is empty")
-    return normalize_dn(cert.subject) == expected
+    try:
+        subject = cert.subject
+    except Exception as exc:  # noqa: BLE001 - a malformed name from an untrusted certificate
+        raise CertificateError("malformed subject in certificate") from exc
+    return normalize_dn(subject) == expected
 
 
 # --- subject alternative names -----------------------------------------------------------
 
 def _ascii_lower(text: str) -> str:
-    # DNS names and mail domains are case-insensitive in ASCII only (RFC 4343 §2).
-    return text.translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"))
+    # DNS names and mail domains are case-insensitive in ASCII only (RFC 4343 §2), and
+    # bytes.lower() touches only ASCII letters.
+    return text.encode("utf-8", "surrogatepass").lower().decode("utf-8", "surrogatepass")
 
 
 def san_matches(kind: str, value: str, cert: x509.Certificate) -> bool:

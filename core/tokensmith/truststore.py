@@ -13,6 +13,7 @@ whenever a file in it was added, removed or replaced, which one ``scandir`` dete
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import os
@@ -22,7 +23,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .rfc8705 import CertificateError, load_pem_certificates, validity_problem
 
-__all__ = ["Truststore", "TrustedCertificate", "TruststoreError", "ALIAS_PATTERN"]
+__all__ = ["Truststore", "TrustedCertificate", "TruststoreError", "ALIAS_PATTERN", "anchor_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class _Entry:
 
 
 _Stamp = tuple[tuple[str, int, int, int], ...]
+_E = TypeVar("_E", bound=x509.ExtensionType)
 
 
 def _check_alias(alias: str) -> None:
@@ -71,7 +73,7 @@ def _check_alias(alias: str) -> None:
                               "starting with a letter or digit")
 
 
-def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension | None:
+def _extension(cert: x509.Certificate, kind: type[_E]) -> x509.Extension[_E] | None:
     try:
         return cert.extensions.get_extension_for_class(kind)
     except x509.ExtensionNotFound:
@@ -93,7 +95,9 @@ def _key_problem(cert: x509.Certificate) -> str | None:
     except (ValueError, UnsupportedAlgorithm):
         return "its public key algorithm is not supported"
     if isinstance(key, rsa.RSAPublicKey):
-        return None if key.key_size >= 2048 else f"its {key.key_size}-bit RSA key is too weak (2048 minimum)"
+        if key.key_size < 2048:
+            return f"its {key.key_size}-bit RSA key is too weak (2048 minimum)"
+        return None
     if isinstance(key, ec.EllipticCurvePublicKey):
         return None if isinstance(key.curve, _CURVES) else f"the curve {key.curve.name} is not accepted"
     return "only RSA and ECDSA P-256/P-384/P-521 keys can anchor a chain"
@@ -115,7 +119,8 @@ def anchor_problem(cert: x509.Certificate, now: datetime, *, allow_non_ca: bool 
         if usage is None or not usage.value.key_cert_sign:
             return "it is a CA certificate without keyUsage keyCertSign"
     elif not allow_non_ca:
-        return "not a CA certificate (basicConstraints cA is not set); allow_non_ca trusts a self-signed client certificate directly"
+        return ("not a CA certificate (basicConstraints cA is not set); "
+                "allow_non_ca trusts a self-signed client certificate directly")
     elif not _self_signed(cert):
         return "neither a CA certificate nor self-signed, so it cannot anchor anything"
     if (problem := _key_problem(cert)) is not None:
@@ -160,7 +165,8 @@ class Truststore:
         source = f"certificate for alias {alias!r}"
         certs = load_pem_certificates(pem, source=source)
         if len(certs) != 1:
-            raise CertificateError(f"{source}: contains {len(certs)} certificates; import one per alias")
+            raise CertificateError(
+                f"{source}: contains {len(certs)} certificates; import one per alias")
         cert = certs[0]
         problem = anchor_problem(cert, datetime.now(timezone.utc), allow_non_ca=allow_non_ca)
         if problem is not None:
@@ -206,9 +212,10 @@ class Truststore:
 
     def list(self) -> list[TrustedCertificate]:
         """Every valid anchor, by alias: subject, SHA-256 fingerprint (hex), expiry."""
-        return [TrustedCertificate(entry.alias, entry.cert.subject.rfc4514_string(),
-                                   hashlib.sha256(entry.cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
-                                   entry.cert.not_valid_after_utc)
+        return [TrustedCertificate(
+                    entry.alias, entry.cert.subject.rfc4514_string(),
+                    hashlib.sha256(entry.cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+                    entry.cert.not_valid_after_utc)
                 for entry in self._entries()]
 
     def remove(self, alias: str) -> bool:
@@ -221,7 +228,8 @@ class Truststore:
         self._cache = None
         return True
 
-    def anchors(self) -> list[x509.Certificate]:
+    # builtins.list: inside the class body, plain ``list`` is the method above.
+    def anchors(self) -> builtins.list[x509.Certificate]:
         """The anchor certificates as of now, re-read only when the directory changed."""
         return [entry.cert for entry in self._entries()]
 
@@ -232,12 +240,13 @@ class Truststore:
             with os.scandir(self.directory) as entries:
                 for item in entries:
                     alias = item.name[:-len(_SUFFIX)]
-                    if not (item.name.endswith(_SUFFIX) and ALIAS_PATTERN.fullmatch(alias)):
+                    if not (item.name.endswith(_SUFFIX) and ALIAS_PATTERN.fullmatch(alias)
+                            and item.is_file()):
                         continue
                     with suppress(FileNotFoundError):  # removed while we looked
                         st = item.stat()
                         found.append((item.name, st.st_ino, st.st_size, st.st_mtime_ns))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return ()
         return tuple(sorted(found))
 
@@ -253,6 +262,9 @@ class Truststore:
                 certs = load_pem_certificates(path.read_bytes(), source=str(path))
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # unreadable: skip it like a bad certificate
+                log.warning("truststore: skipping %s: %s", path, exc)
+                continue
             except CertificateError as exc:
                 log.warning("truststore: skipping %s", exc)
                 continue
@@ -262,5 +274,5 @@ class Truststore:
             entries.append(_Entry(name[:-len(_SUFFIX)], certs[0]))
         # Read after stat: the contents are at least as new as the stamp, and any later change
         # alters the stamp and forces another read.
-        self._cache = (stamp, tuple(entries))
+        self._cache = (stamp, tuple(sorted(entries, key=lambda entry: entry.alias)))
         return self._cache[1]
