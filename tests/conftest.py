@@ -13,6 +13,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +47,33 @@ IDENTITY_XML = """<?xml version="1.0" encoding="UTF-8"?>
     </EventListeners>
 </Identity>
 """
+
+#: A third-party authenticator that appends its name to the file in its ``trace`` property
+#: whenever it is asked, and never engages. Format with name= and order=.
+TRACER = textwrap.dedent('''
+    from pathlib import Path
+    from tokensmith import hookimpl
+
+    @hookimpl
+    def listener_default_order():
+        return {order}
+
+    @hookimpl
+    def client_auth_methods():
+        return ["{name}_method"]
+
+    @hookimpl
+    def listener_configure(listener):
+        if "trace" not in listener.properties:
+            raise ValueError("the trace property is required")
+
+    @hookimpl
+    async def authenticate_client(request, listener):
+        with open(listener.properties["trace"], "a") as out:
+            out.write("{name}\\n")
+        return None
+''')
+
 
 DEFAULT_LISTENERS = """\
         <EventListener type="ClientAuthenticator" name="basic_auth" orderId="100" enable="true"/>
@@ -159,6 +187,14 @@ class Server:
         assert self.log_path is not None
         return self.log_path.read_text()
 
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 30) -> None:
+        """Wait until *text* appears *count* times in the server's log."""
+        deadline = time.monotonic() + timeout
+        while self.log().count(text) < count:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise AssertionError(f"{text!r} x{count} not logged; log:\n{self.log()}")
+            time.sleep(0.05)
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
@@ -178,12 +214,12 @@ class StartupFailed(Exception):
     """The server exited before it served; ``args[0]`` is its stderr."""
 
 
-def start_server(dep: Deployment, timeout: float = 30) -> Server:
-    """Start ``tokensmith serve`` for *dep* and wait until it prints its URLs."""
+def start_server(dep: Deployment, *args: str, timeout: float = 30) -> Server:
+    """Start ``tokensmith serve ARGS`` for *dep* and wait until it prints its URLs."""
     log_path = dep.root / f"server-{time.monotonic_ns()}.log"
     log = log_path.open("w")
     process = subprocess.Popen(
-        [TOKENSMITH, "serve", "--conf", str(dep.conf)],
+        [TOKENSMITH, "serve", "--conf", str(dep.conf), *args],
         stdout=subprocess.PIPE, stderr=log, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -215,8 +251,8 @@ def serve() -> Iterator:
     """Start servers for deployments; stop them all at the end of the test."""
     started: list[Server] = []
 
-    def _serve(dep: Deployment) -> Server:
-        server = start_server(dep)
+    def _serve(dep: Deployment, *args: str) -> Server:
+        server = start_server(dep, *args)
         started.append(server)
         return server
 

@@ -101,6 +101,9 @@ def test_plugins_list(deployment) -> None:  # noqa: ANN001
     assert [(item["name"], item["orderId"], item["enabled"]) for item in listed] == [
         ("basic_auth", 100, True), ("post_body_auth", 110, True)]
     assert all(len(item["sha256"]) == 64 and item["wheel"].endswith(".whl") for item in listed)
+    text = deployment.cli("plugins", "list").stdout.splitlines()
+    assert text[0].split()[:4] == ["listener", "ClientAuthenticator", "basic_auth", "orderId=100"]
+    assert f"version=0.1.0 sha256={listed[0]['sha256']}" in text[0]
 
 
 def test_keystore_init_makes_a_p256_localhost_certificate(deployment) -> None:  # noqa: ANN001

@@ -131,3 +131,104 @@ def test_server_refuses_to_start_with_a_tampered_wheel(deployment, harmless, tmp
     assert message.count("\n") == 1 and "Traceback" not in message
     assert f"{deployment.dropins / harmless.name}: refused: harmless_auth.py does not match" in message
     assert not list(Path("/tmp").glob("tokensmith-dropins-*/harmless*/IMPORTED"))
+
+
+def pin_deployment(deployment, pins: str) -> None:  # noqa: ANN001
+    identity = deployment.conf / "identity.xml"
+    identity.write_text(identity.read_text().replace("</Identity>", f"<Dropins>{pins}</Dropins></Identity>"))
+
+
+def test_pinned_wheels_load_and_unpinned_are_refused(deployment, harmless) -> None:  # noqa: ANN001
+    """With pinning on, the wheels in the pin file start; an extra wheel stops startup."""
+    pins = deployment.cli("plugins", "pin").stdout
+    assert len(pins.splitlines()) == 2
+    (deployment.conf / "dropins.sha256").write_text(pins)
+    pin_deployment(deployment, "<AllowedWheelsFile>dropins.sha256</AllowedWheelsFile>")
+    server = start_server(deployment)
+    server.stop()
+    shutil.copy(harmless, deployment.dropins)
+    with pytest.raises(StartupFailed) as failure:
+        start_server(deployment)
+    assert f"{harmless.name}: refused: sha256 " in failure.value.args[0]
+    assert "is not pinned in identity.xml <Dropins>" in failure.value.args[0]
+
+
+def test_pinned_inline_hash(deployment, harmless) -> None:  # noqa: ANN001
+    """An <AllowedWheel sha256> entry admits exactly that wheel."""
+    hashes = "".join(f'<AllowedWheel sha256="{check_wheel(w).sha256}"/>' for w in deployment.dropins.glob("*.whl"))
+    pin_deployment(deployment, hashes)
+    shutil.copy(harmless, deployment.dropins)
+    listed = deployment.cli("plugins", "list", check=False)
+    assert listed.returncode == 1 and "harmless_auth-1.0-py3-none-any.whl: refused" in listed.stderr
+    deployment.write()
+    pin_deployment(deployment, hashes + f'<AllowedWheel sha256="{check_wheel(harmless).sha256}"/>')
+    assert "harmless_auth" in deployment.cli("plugins", "list").stdout
+
+
+def test_bad_pin_file_line_is_named(deployment) -> None:  # noqa: ANN001
+    """A pin file line that is not a SHA-256 is reported with the file and line."""
+    (deployment.conf / "pins").write_text("# pins\nnot-a-hash  x.whl\n")
+    pin_deployment(deployment, "<AllowedWheelsFile>pins</AllowedWheelsFile>")
+    result = deployment.cli("plugins", "list", check=False)
+    assert result.returncode == 1
+    assert f"{deployment.conf / 'pins'}:2: expected a SHA-256" in result.stderr
+
+
+COMPILED_SETUP = '''
+from setuptools import Extension, setup
+setup(ext_modules=[Extension("fastcheck", ["fastcheck.c"])])
+'''
+
+COMPILED_C = r'''
+#include <Python.h>
+static PyObject *answer(PyObject *self, PyObject *args) { return PyLong_FromLong(42); }
+static PyMethodDef methods[] = {{"answer", answer, METH_NOARGS, "42"}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "fastcheck", NULL, -1, methods};
+PyMODINIT_FUNC PyInit_fastcheck(void) { return PyModule_Create(&module); }
+'''
+
+COMPILED_PLUGIN = '''
+import fastcheck
+from tokensmith import hookimpl
+
+@hookimpl
+def listener_configure(listener):
+    if fastcheck.answer() != 42:
+        raise ValueError("the compiled module did not load")
+    with open(listener.properties["trace"], "w") as out:
+        out.write(f"compiled {fastcheck.answer()}")
+
+@hookimpl
+def client_auth_methods():
+    return ["compiled"]
+
+@hookimpl
+def authenticate_client(request):
+    return None
+'''
+
+
+def test_wheel_with_a_compiled_module_loads(deployment, serve, tmp_path) -> None:  # noqa: ANN001
+    """A platform wheel with a C extension passes the checks and its extension imports."""
+    from conftest import PLUGIN_PYPROJECT
+    from tokensmith.wheelbuild import build_plugin
+
+    source = tmp_path / "compiled"
+    source.mkdir()
+    (source / "pyproject.toml").write_text(PLUGIN_PYPROJECT.format(
+        dist="compiled-auth", version="1.0", module="compiled_auth", dependencies='["tokensmith"]',
+        entry_points='compiled_auth = "compiled_auth"'))
+    (source / "setup.py").write_text(COMPILED_SETUP)
+    (source / "fastcheck.c").write_text(COMPILED_C)
+    (source / "compiled_auth.py").write_text(COMPILED_PLUGIN)
+    wheel, _ = build_plugin(source, tmp_path / "out")
+    assert "-cp311-" in wheel.name or "-cp3" in wheel.name
+    shutil.copy(wheel, deployment.dropins)
+    trace = tmp_path / "trace"
+    identity = deployment.conf / "identity.xml"
+    identity.write_text(identity.read_text().replace("</EventListeners>", f"""
+        <EventListener type="ClientAuthenticator" name="compiled_auth">
+            <Property name="trace">{trace}</Property>
+        </EventListener></EventListeners>"""))
+    serve(deployment)
+    assert trace.read_text() == "compiled 42"

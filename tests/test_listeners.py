@@ -7,31 +7,8 @@ import textwrap
 
 import pytest
 
-from conftest import DEFAULT_LISTENERS, StartupFailed, start_server
+from conftest import DEFAULT_LISTENERS, TRACER, StartupFailed, start_server
 
-TRACER = textwrap.dedent('''
-    from pathlib import Path
-    from tokensmith import hookimpl
-
-    @hookimpl
-    def listener_default_order():
-        return {order}
-
-    @hookimpl
-    def client_auth_methods():
-        return ["{name}_method"]
-
-    @hookimpl
-    def listener_configure(listener):
-        if "trace" not in listener.properties:
-            raise ValueError("the trace property is required")
-
-    @hookimpl
-    async def authenticate_client(request, listener):
-        with open(listener.properties["trace"], "a") as out:
-            out.write("{name}\\n")
-        return None
-''')
 
 
 @pytest.fixture

@@ -116,13 +116,15 @@ def _storage(config: Config):  # noqa: ANN202 - the concrete store
     return SQLiteStorage(config.server.database)
 
 
-def _listener_lines(listeners) -> list[str]:  # noqa: ANN001
-    rows = [item.describe() for item in listeners]
-    return [
-        f"listener {r['type']:<22} {r['name']:<18} orderId={r['orderId']:<5}"
-        f" {'enabled ' if r['enabled'] else 'disabled'} {r['wheel']}"
-        for r in rows
-    ]
+def _listener_lines(listeners, *, detail: bool = False) -> list[str]:  # noqa: ANN001
+    lines = []
+    for r in (item.describe() for item in listeners):
+        line = (f"listener {r['type']:<22} {r['name']:<18} orderId={r['orderId']:<5}"
+                f" {'enabled ' if r['enabled'] else 'disabled'} {r['wheel']}")
+        if detail:
+            line += f" version={r['version']} sha256={r['sha256']}"
+        lines.append(line)
+    return lines
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -227,7 +229,7 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([item.describe() for item in listeners], indent=2))
     else:
-        for line in _listener_lines(listeners):
+        for line in _listener_lines(listeners, detail=True):
             print(line)
     return 0
 
