@@ -48,6 +48,7 @@ class ServerSettings:
     key_password: str | None
     database: Path
     dropins: Path
+    truststore: Path
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ def load_server(path: Path) -> ServerSettings:
         key_password=keystore.get("password"),
         database=_path(path, database or "../var/tokensmith.db"),
         dropins=_path(path, dropins),
+        truststore=_path(path, _text_attr(root, "Truststore", "path") or "security/truststore"),
     )
 
 

@@ -7,13 +7,14 @@ the last transactions. Every write is one short transaction.
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 from pathlib import Path
 
-from .storage import Client, StorageError, TokenRecord
+from .storage import Client, RegisteredCertificate, StorageError, TokenRecord
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -24,7 +25,9 @@ CREATE TABLE IF NOT EXISTS clients (
     scopes TEXT NOT NULL,
     secret_hash TEXT,
     bind_tokens INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    certificates TEXT NOT NULL DEFAULT '[]',
+    tls_subject TEXT
 );
 CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY,
@@ -41,6 +44,14 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE INDEX IF NOT EXISTS tokens_grant ON tokens(grant_id);
 """
+
+#: Schema upgrades, by the version they lead to; each runs once, in one transaction.
+_MIGRATIONS = {
+    2: """
+ALTER TABLE clients ADD COLUMN certificates TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE clients ADD COLUMN tls_subject TEXT;
+""",
+}
 
 
 class SQLiteStorage:
@@ -60,7 +71,11 @@ class SQLiteStorage:
                     f"{self.path}: database schema {version} is newer than this tokensmith"
                     f" ({_SCHEMA_VERSION})"
                 )
-            self._db.executescript(_SCHEMA)
+            if version == 0:
+                self._db.executescript(_SCHEMA)
+            else:
+                for target in range(version + 1, _SCHEMA_VERSION + 1):
+                    self._db.executescript(f"BEGIN; {_MIGRATIONS[target]} COMMIT;")
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
@@ -77,18 +92,18 @@ class SQLiteStorage:
 
     def add_client(self, client: Client) -> None:
         self._run(
-            "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                client.client_id,
-                client.name,
-                client.token_endpoint_auth_method,
-                json.dumps(list(client.grant_types)),
-                json.dumps(list(client.scopes)),
-                client.secret_hash,
-                int(client.bind_tokens),
-                client.created_at,
-            ),
+            "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _client_row(client)
         )
+
+    def update_client(self, client: Client) -> bool:
+        row = _client_row(client)
+        cursor = self._run(
+            "UPDATE clients SET name = ?, token_endpoint_auth_method = ?, grant_types = ?,"
+            " scopes = ?, secret_hash = ?, bind_tokens = ?, created_at = ?, certificates = ?,"
+            " tls_subject = ? WHERE client_id = ?",
+            (*row[1:], row[0]),
+        )
+        return cursor.rowcount > 0
 
     def get_client(self, client_id: str) -> Client | None:
         row = self._run("SELECT * FROM clients WHERE client_id = ?", (client_id,)).fetchone()
@@ -140,6 +155,21 @@ class SQLiteStorage:
         self._db.close()
 
 
+def _client_row(client: Client) -> tuple[object, ...]:
+    return (
+        client.client_id,
+        client.name,
+        client.token_endpoint_auth_method,
+        json.dumps(list(client.grant_types)),
+        json.dumps(list(client.scopes)),
+        client.secret_hash,
+        int(client.bind_tokens),
+        client.created_at,
+        json.dumps([{**c.view(), "der": base64.b64encode(c.der).decode()} for c in client.certificates]),
+        json.dumps(list(client.tls_subject)) if client.tls_subject else None,
+    )
+
+
 def _client(row: tuple) -> Client:
     return Client(
         client_id=row[0],
@@ -150,4 +180,10 @@ def _client(row: tuple) -> Client:
         secret_hash=row[5],
         bind_tokens=bool(row[6]),
         created_at=row[7],
+        certificates=tuple(
+            RegisteredCertificate(c["sha256"], c["subject"], c["not_before"], c["not_after"],
+                                  base64.b64decode(c["der"]))
+            for c in json.loads(row[8])
+        ),
+        tls_subject=tuple(json.loads(row[9])) if row[9] else None,  # type: ignore[arg-type]
     )

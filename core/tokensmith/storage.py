@@ -10,11 +10,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Client", "TokenRecord", "Storage", "StorageError"]
+__all__ = ["Client", "RegisteredCertificate", "TokenRecord", "Storage", "StorageError", "TLS_SUBJECT_KINDS"]
+
+#: RFC 8705 §2.1.2 client metadata: the one subject attribute a tls_client_auth client
+#: registers, and the certificate field it is matched against.
+TLS_SUBJECT_KINDS = (
+    "tls_client_auth_subject_dn",
+    "tls_client_auth_san_dns",
+    "tls_client_auth_san_uri",
+    "tls_client_auth_san_ip",
+    "tls_client_auth_san_email",
+)
 
 
 class StorageError(Exception):
     """Storage could not answer (unavailable, locked, full); requests fail closed with 503."""
+
+
+@dataclass(frozen=True)
+class RegisteredCertificate:
+    """A certificate registered for a self_signed_tls_client_auth client (RFC 8705 §2.2)."""
+
+    sha256: str  # hex SHA-256 of the DER
+    subject: str  # RFC 4514, for people
+    not_before: int  # Unix time
+    not_after: int
+    der: bytes = field(default=b"", repr=False)
+
+    def view(self) -> dict[str, object]:
+        return {"sha256": self.sha256, "subject": self.subject,
+                "not_before": self.not_before, "not_after": self.not_after}
 
 
 @dataclass(frozen=True)
@@ -29,10 +54,14 @@ class Client:
     secret_hash: str | None = field(default=None, repr=False)
     bind_tokens: bool = False
     created_at: int = 0
+    #: self_signed_tls_client_auth: the registered certificates (several, for rotation).
+    certificates: tuple[RegisteredCertificate, ...] = ()
+    #: tls_client_auth: (one of TLS_SUBJECT_KINDS, value), e.g. the subject DN.
+    tls_subject: tuple[str, str] | None = None
 
     def public_view(self) -> dict[str, object]:
         """What ``sp list`` shows: everything but the secret hash."""
-        return {
+        view: dict[str, object] = {
             "client_id": self.client_id,
             "name": self.name,
             "token_endpoint_auth_method": self.token_endpoint_auth_method,
@@ -41,6 +70,11 @@ class Client:
             "bind_tokens": self.bind_tokens,
             "created_at": self.created_at,
         }
+        if self.certificates:
+            view["certificates"] = [c.view() for c in self.certificates]
+        if self.tls_subject is not None:
+            view[self.tls_subject[0]] = self.tls_subject[1]
+        return view
 
 
 @dataclass(frozen=True)
@@ -70,6 +104,8 @@ class Storage(Protocol):
     def list_clients(self) -> list[Client]: ...
 
     def remove_client(self, client_id: str) -> bool: ...
+
+    def update_client(self, client: Client) -> bool: ...
 
     def add_token(self, token: TokenRecord) -> None: ...
 
