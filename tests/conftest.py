@@ -28,7 +28,7 @@ from tokensmith.wheelbuild import build_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENSMITH = str(Path(sys.executable).with_name("tokensmith"))
-BUNDLED = ("basic_auth", "post_body_auth")
+BUNDLED = ("basic_auth", "post_body_auth", "mutual_tls")
 
 SERVER_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <Server>
@@ -77,7 +77,8 @@ TRACER = textwrap.dedent('''
 
 DEFAULT_LISTENERS = """\
         <EventListener type="ClientAuthenticator" name="basic_auth" orderId="100" enable="true"/>
-        <EventListener type="ClientAuthenticator" name="post_body_auth" orderId="110" enable="true"/>"""
+        <EventListener type="ClientAuthenticator" name="post_body_auth" orderId="110" enable="true"/>
+        <EventListener type="ClientAuthenticator" name="mutual_tls" orderId="158" enable="true"/>"""
 
 
 @pytest.fixture(scope="session")

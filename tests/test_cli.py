@@ -99,7 +99,7 @@ def test_plugins_list(deployment) -> None:  # noqa: ANN001
     """plugins list shows each listener with its order, state, wheel, version and sha256."""
     listed = json.loads(deployment.cli("plugins", "list", "--json").stdout)
     assert [(item["name"], item["orderId"], item["enabled"]) for item in listed] == [
-        ("basic_auth", 100, True), ("post_body_auth", 110, True)]
+        ("basic_auth", 100, True), ("post_body_auth", 110, True), ("mutual_tls", 158, True)]
     assert all(len(item["sha256"]) == 64 and item["wheel"].endswith(".whl") for item in listed)
     text = deployment.cli("plugins", "list").stdout.splitlines()
     assert text[0].split()[:4] == ["listener", "ClientAuthenticator", "basic_auth", "orderId=100"]
@@ -137,7 +137,7 @@ def test_serve_prints_listeners_and_url_and_stops_on_ctrl_c(deployment) -> None:
     server = start_server(deployment)
     try:
         listener_lines = [line for line in server.stdout_lines if line.startswith("listener ")]
-        assert len(listener_lines) == 2
+        assert len(listener_lines) == 3
         assert "basic_auth" in listener_lines[0] and "orderId=100" in listener_lines[0]
         assert "tokensmith_basic_auth-0.1.0-py3-none-any.whl" in listener_lines[0]
         assert server.url.startswith("https://127.0.0.1:")

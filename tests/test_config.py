@@ -87,7 +87,7 @@ def test_defaults_of_the_shipped_files(tmp_path) -> None:  # noqa: ANN001
     config = load_config(ROOT / "conf")
     assert [(c.address, c.port, c.client_auth) for c in config.server.connectors] == [("127.0.0.1", 9443, "want")]
     assert [(e.name, e.order_id, e.enabled) for e in config.identity.listeners] == [
-        ("basic_auth", 100, True), ("post_body_auth", 110, True)]
+        ("basic_auth", 100, True), ("post_body_auth", 110, True), ("mutual_tls", 158, True)]
     assert config.server.database == (ROOT / "var" / "tokensmith.db")
 
 

@@ -141,7 +141,7 @@ def pin_deployment(deployment, pins: str) -> None:  # noqa: ANN001
 def test_pinned_wheels_load_and_unpinned_are_refused(deployment, harmless) -> None:  # noqa: ANN001
     """With pinning on, the wheels in the pin file start; an extra wheel stops startup."""
     pins = deployment.cli("plugins", "pin").stdout
-    assert len(pins.splitlines()) == 2
+    assert len(pins.splitlines()) == 3
     (deployment.conf / "dropins.sha256").write_text(pins)
     pin_deployment(deployment, "<AllowedWheelsFile>dropins.sha256</AllowedWheelsFile>")
     server = start_server(deployment)

@@ -114,7 +114,7 @@ def test_missing_plugin_is_a_startup_error_naming_file_and_line(deployment) -> N
     message = failure.value.args[0]
     identity = deployment.conf / "identity.xml"
     assert f"{identity}:{line_of(identity, 'mutual_tlz')}:" in message
-    assert "mutual_tlz" in message and "basic_auth, post_body_auth" in message
+    assert "mutual_tlz" in message and "basic_auth, mutual_tls, post_body_auth" in message
     assert "Traceback" not in message
 
 

@@ -16,16 +16,39 @@ from .errors import (
     ServerError,
     UnauthorizedClientError,
 )
+from .events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
 from .hookspecs import hookimpl
 from .listeners import Listener
-from .storage import Client
+from .rfc8705 import (
+    FORWARDED_FORMATS,
+    CertificateError,
+    dn_matches,
+    parse_forwarded_certificate,
+    san_matches,
+    validity_problem,
+    verify_chain,
+    x5t_s256,
+)
+from .storage import Client, RegisteredCertificate
 
 __all__ = [
     "hookimpl",
     "AuthenticatedClient",
     "ClientAuthRequest",
     "Client",
+    "RegisteredCertificate",
     "Listener",
+    "TokenIssueEvent",
+    "TokenRevokeEvent",
+    "ClientAuthEvent",
+    "CertificateError",
+    "FORWARDED_FORMATS",
+    "x5t_s256",
+    "dn_matches",
+    "san_matches",
+    "validity_problem",
+    "verify_chain",
+    "parse_forwarded_certificate",
     "OAuth2Error",
     "InvalidRequestError",
     "InvalidClientError",

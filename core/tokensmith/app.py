@@ -22,6 +22,7 @@ from .listeners import ListenerSet, build_listeners
 from .sqlite_store import SQLiteStorage
 from .storage import Storage, StorageError
 from .tokens import TokenIssuer
+from .truststore import Truststore
 from .xmlconf import ConfigError
 
 __all__ = ["create_app", "reload_app", "inspect_listeners", "Runtime", "runtime", "json_response", "NO_STORE"]
@@ -44,6 +45,7 @@ class Runtime:
     storage: Storage
     listeners: ListenerSet
     issuer: TokenIssuer
+    truststore: Truststore
     generation: int
 
 
@@ -62,10 +64,10 @@ def json_response(body: dict[str, object], status: int = 200, headers: dict[str,
 
 
 def _build_runtime(config: Config, identity: IdentitySettings, loader: DropinLoader,
-                   storage: Storage, generation: int) -> Runtime:
+                   storage: Storage, truststore: Truststore, generation: int) -> Runtime:
     listeners = build_listeners(loader.load(identity.allowed_wheels), identity)
     issuer = TokenIssuer(storage, listeners, identity.access_token_lifetime)
-    return Runtime(config, identity, storage, listeners, issuer, generation)
+    return Runtime(config, identity, storage, listeners, issuer, truststore, generation)
 
 
 def create_app(config: Config) -> Quart:
@@ -75,7 +77,8 @@ def create_app(config: Config) -> Quart:
     loader = DropinLoader(config.server.dropins)
     try:
         storage = SQLiteStorage(config.server.database)
-        first = _build_runtime(config, config.identity, loader, storage, 1)
+        first = _build_runtime(config, config.identity, loader, storage,
+                               Truststore(config.server.truststore), 1)
     except BaseException:
         loader.close()
         raise
@@ -140,7 +143,7 @@ def reload_app(app: Quart) -> bool:
     try:
         identity = load_identity(current.identity.path)
         new = _build_runtime(current.config, identity, app.extensions[_LOADER], current.storage,
-                             current.generation + 1)
+                             current.truststore, current.generation + 1)
     except ConfigError as exc:
         log.error("reload refused, still serving configuration %d: %s", current.generation, exc)
         return False

@@ -16,10 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from cryptography import x509
+
 from . import kdf
 from .errors import InvalidClientError, InvalidRequestError, OAuth2Error
 from .listeners import ListenerSet
 from .storage import Client, Storage
+from .truststore import Truststore
 
 __all__ = ["ClientAuthRequest", "AuthenticatedClient", "authenticate_client"]
 
@@ -51,8 +54,10 @@ class ClientAuthRequest:
         client_cert_chain: tuple[bytes, ...] = (),
         remote_addr: str | None = None,
         headers: Mapping[str, str] | None = None,
+        truststore: Truststore | None = None,
     ):
         self._storage = storage
+        self._truststore = truststore
         #: The body parameters (RFC 6749 §3.2), each present at most once, none empty.
         self.form = form
         #: The ``Authorization`` header, or None.
@@ -66,6 +71,10 @@ class ClientAuthRequest:
     def get_client(self, client_id: str) -> Client | None:
         """The registered client *client_id*, or None."""
         return self._storage.get_client(client_id)
+
+    def trust_anchors(self) -> list[x509.Certificate]:
+        """The truststore's CA certificates, for ``tls_client_auth`` (current, no restart)."""
+        return self._truststore.anchors() if self._truststore is not None else []
 
     async def check_secret(self, client_id: str, secret: str) -> Client:
         """Return client *client_id* if *secret* is its secret; raise ``InvalidClientError``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 from quart import Blueprint, Response, current_app, request
 
@@ -41,9 +42,9 @@ async def read_form() -> Mapping[str, str]:
 async def authenticate(rt: Runtime, form: Mapping[str, str], endpoint: str) -> AuthenticatedClient:
     """Authenticate the calling client and tell the interceptors how it went."""
     authorization = request.headers.get("Authorization")
+    chain = client_cert_chain(request.scope)
     auth_request = ClientAuthRequest(
-        rt.storage, form, authorization, client_cert_chain(request.scope),
-        request.remote_addr, request.headers,
+        rt.storage, form, authorization, chain, request.remote_addr, request.headers, rt.truststore,
     )
     try:
         auth = await authenticate_client(rt.listeners, auth_request)
@@ -57,6 +58,10 @@ async def authenticate(rt: Runtime, form: Mapping[str, str], endpoint: str) -> A
         raise
     await rt.listeners.notify("client_auth_success", event=ClientAuthEvent(
         endpoint, auth.client.client_id, method=auth.method, remote_addr=request.remote_addr))
+    if auth.certificate is None and auth.client.bind_tokens and chain:
+        # RFC 8705 §3: a client that authenticates otherwise still gets tokens bound to the
+        # certificate of this connection; presenting it is not a second authentication.
+        auth = replace(auth, certificate=chain[0])
     return auth
 
 

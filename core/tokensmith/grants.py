@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from .clientauth import AuthenticatedClient
 from .errors import InvalidRequestError, InvalidScopeError, UnauthorizedClientError, UnsupportedGrantTypeError
+from .rfc8705 import x5t_s256
 from .tokens import IssuedToken, TokenIssuer
 
 __all__ = ["GRANT_TYPES", "check_grant_type", "grant", "resolve_scope"]
@@ -49,4 +50,10 @@ async def grant(issuer: TokenIssuer, auth: AuthenticatedClient, form: Mapping[st
 async def client_credentials(issuer: TokenIssuer, auth: AuthenticatedClient, form: Mapping[str, str]) -> IssuedToken:
     """RFC 6749 §4.4: the client asks for a token on its own behalf; no refresh token (§4.4.3)."""
     scope = resolve_scope(form.get("scope"), auth.client.scopes)
-    return await issuer.issue_access_token(auth.client, scope, grant_type="client_credentials")
+    return await issuer.issue_access_token(auth.client, scope, grant_type="client_credentials",
+                                           cnf_x5t_s256=binding(auth))
+
+
+def binding(auth: AuthenticatedClient) -> str | None:
+    """The ``x5t#S256`` a token for *auth* is bound to (RFC 8705 §3.1), or None."""
+    return x5t_s256(auth.certificate) if auth.certificate is not None else None
