@@ -180,9 +180,13 @@ class Server:
     def url(self) -> str:
         return self.urls[0]
 
-    def client(self, **kwargs: object) -> httpx.Client:
+    def client(self, cert: tuple[Path, Path] | None = None, url: str | None = None,
+               **kwargs: object) -> httpx.Client:
+        """An HTTPS client that trusts the server, presenting *cert* (PEM, key) if given."""
         context = ssl.create_default_context(cafile=str(self.deployment.server_cert))
-        return httpx.Client(base_url=self.url, verify=context, timeout=10, **kwargs)  # type: ignore[arg-type]
+        if cert is not None:
+            context.load_cert_chain(*cert)
+        return httpx.Client(base_url=url or self.url, verify=context, timeout=10, **kwargs)  # type: ignore[arg-type]
 
     def log(self) -> str:
         assert self.log_path is not None

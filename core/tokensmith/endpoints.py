@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import time
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from .clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_cli
 from .errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
 from .events import ClientAuthEvent, TokenRevokeEvent
 from .forms import check_content_type, parse_form
-from .grants import check_grant_type, grant
+from .grants import GRANT_TYPES, check_grant_type, grant
 from .kdf import token_hash
 from .tokens import token_claims
 
@@ -127,3 +128,38 @@ async def revoke() -> Response:
 
 def _now() -> int:
     return int(time.time())
+
+
+@oauth.get("/.well-known/oauth-authorization-server")
+async def metadata() -> Response:
+    """Authorization server metadata (RFC 8414 §2, RFC 8705 §3.3 and §5).
+
+    The issuer is the URL of the first connector. ``mtls_endpoint_aliases`` names the
+    endpoints on the first connector that requires client certificates (``need``), when the
+    first connector does not.
+    """
+    rt = runtime(current_app)
+    bound: list[str] = current_app.extensions.get("tokensmith.urls") or []
+    connectors = rt.config.server.connectors
+    issuer = bound[0] if bound else f"https://{connectors[0].address}:{connectors[0].port}"
+    methods = rt.listeners.auth_methods_supported()
+    body: dict[str, object] = {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/oauth2/token",
+        "introspection_endpoint": f"{issuer}/oauth2/introspect",
+        "revocation_endpoint": f"{issuer}/oauth2/revoke",
+        "grant_types_supported": list(GRANT_TYPES),
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": methods,
+        "introspection_endpoint_auth_methods_supported": methods,
+        "revocation_endpoint_auth_methods_supported": methods,
+        "tls_client_certificate_bound_access_tokens": True,
+    }
+    need = [url for url, c in zip(bound, connectors) if c.client_auth == "need"]
+    if need and connectors[0].client_auth != "need":
+        body["mtls_endpoint_aliases"] = {
+            "token_endpoint": f"{need[0]}/oauth2/token",
+            "introspection_endpoint": f"{need[0]}/oauth2/introspect",
+            "revocation_endpoint": f"{need[0]}/oauth2/revoke",
+        }
+    return Response(json.dumps(body, separators=(",", ":")), content_type="application/json")

@@ -165,6 +165,9 @@ async def serve(
                 ssl=server_context(config.server, connector),
                 ssl_handshake_timeout=hc.ssl_handshake_timeout,
             ))
+        extensions = getattr(app, "extensions", None)
+        if isinstance(extensions, dict):
+            extensions["tokensmith.urls"] = urls(sockets)  # for the metadata's issuer
         if ready is not None:
             ready(urls(sockets))
         await (shutdown_trigger() if shutdown_trigger is not None else stop.wait())

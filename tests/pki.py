@@ -1,0 +1,105 @@
+"""Certificates for tests, made with cryptography: CAs, client leaves, self-signed clients."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+DAY = datetime.timedelta(days=1)
+
+
+@dataclass
+class Pair:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    chain: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def der(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def x5t_s256(self) -> str:
+        """RFC 8705 §3.1, computed here independently of tokensmith."""
+        return base64.urlsafe_b64encode(hashlib.sha256(self.der).digest()).decode().rstrip("=")
+
+    def write(self, directory: Path, name: str) -> tuple[Path, Path]:
+        """Write NAME.pem (leaf, then chain) and NAME.key; return their paths."""
+        directory.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+        cert_path.write_bytes(self.pem + b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in self.chain))
+        key_path.write_bytes(self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        return cert_path, key_path
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def ca(cn: str = "Test Root CA") -> Pair:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(cn, "tokensmith tests")
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - DAY).not_valid_after(NOW + 365 * DAY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    return Pair(cert, key)
+
+
+def issue(issuer: Pair, cn: str, *, org: str | None = None, dns: tuple[str, ...] = (),
+          uris: tuple[str, ...] = (), ips: tuple[str, ...] = (), emails: tuple[str, ...] = (),
+          not_before: datetime.datetime | None = None,
+          not_after: datetime.datetime | None = None) -> Pair:
+    """A client certificate (clientAuth EKU) signed by *issuer*."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (x509.CertificateBuilder().subject_name(_name(cn, org)).issuer_name(issuer.cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(not_before or NOW - DAY).not_valid_after(not_after or NOW + 30 * DAY)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+                              critical=False))
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    names += [x509.UniformResourceIdentifier(u) for u in uris]
+    names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    names += [x509.RFC822Name(e) for e in emails]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return Pair(builder.sign(issuer.key, hashes.SHA256()), key)
+
+
+def self_signed(cn: str = "localhost", *, not_before: datetime.datetime | None = None,
+                not_after: datetime.datetime | None = None) -> Pair:
+    """A self-signed client certificate, as `openssl req -x509` makes them."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(cn)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(not_before or NOW - DAY).not_valid_after(not_after or NOW + 30 * DAY)
+            .sign(key, hashes.SHA256()))
+    return Pair(cert, key)
