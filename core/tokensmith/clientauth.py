@@ -27,6 +27,7 @@ from .truststore import Truststore
 __all__ = ["ClientAuthRequest", "AuthenticatedClient", "authenticate_client"]
 
 AUTHENTICATOR = "ClientAuthenticator"
+PUBLIC = "none"
 _SCHEME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
@@ -117,13 +118,26 @@ async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest
             f" ({', '.join(name for name, _ in engaged)})"
         )
     if not engaged:
-        raise InvalidClientError("no client authentication was presented")
+        return _public_client(request)
     _, outcome = engaged[0]
     if isinstance(outcome, OAuth2Error):
         raise outcome
     if outcome.client.token_endpoint_auth_method != outcome.method:
         raise InvalidClientError("the client is not registered for this authentication method")
     return outcome
+
+
+def _public_client(request: ClientAuthRequest) -> AuthenticatedClient:
+    """A request no authenticator claimed: a public client (RFC 6749 §2.1), or no client.
+
+    Only a client registered with ``token_endpoint_auth_method`` ``none`` may go without
+    authentication; it is identified by ``client_id`` alone (RFC 6749 §3.2.1).
+    """
+    client_id = request.form.get("client_id")
+    client = request.get_client(client_id) if client_id is not None else None
+    if client is not None and client.token_endpoint_auth_method == PUBLIC and request.authorization is None:
+        return AuthenticatedClient(client, PUBLIC)
+    raise InvalidClientError("client authentication failed")
 
 
 def claimed_client_id(form: Mapping[str, str], authorization: str | None) -> str | None:

@@ -15,7 +15,7 @@ from .clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_cli
 from .errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
 from .events import ClientAuthEvent, TokenRevokeEvent
 from .forms import check_content_type, parse_form
-from .grants import GRANT_TYPES, check_grant_type, grant
+from .grants import GRANT_TYPES, Grant, check_grant_type, grant
 from .kdf import token_hash
 from .tokens import token_claims
 
@@ -59,9 +59,10 @@ async def authenticate(rt: Runtime, form: Mapping[str, str], endpoint: str) -> A
         raise
     await rt.listeners.notify("client_auth_success", event=ClientAuthEvent(
         endpoint, auth.client.client_id, method=auth.method, remote_addr=request.remote_addr))
-    if auth.certificate is None and auth.client.bind_tokens and chain:
-        # RFC 8705 §3: a client that authenticates otherwise still gets tokens bound to the
-        # certificate of this connection; presenting it is not a second authentication.
+    if auth.certificate is None and (auth.client.bind_tokens or auth.method == "none") and chain:
+        # RFC 8705 §3 and §4: a secret client registered for bound tokens, or a public client,
+        # gets tokens bound to the certificate of this connection; presenting it is not a
+        # second authentication.
         auth = replace(auth, certificate=chain[0])
     return auth
 
@@ -73,7 +74,7 @@ async def token() -> Response:
     form = await read_form()
     check_grant_type(form)
     auth = await authenticate(rt, form, "token")
-    issued = await grant(rt.issuer, auth, form)
+    issued = await grant(Grant(rt.issuer, rt.storage, auth, form))
     return json_response(issued.response())
 
 
@@ -89,7 +90,11 @@ async def introspect() -> Response:
     rt = runtime(current_app)
     form = await read_form()
     value = form.get("token")
-    await authenticate(rt, form, "introspect")
+    caller = await authenticate(rt, form, "introspect")
+    if caller.method == "none":
+        # §2.1: the endpoint "MUST also require some form of authorization"; a public client
+        # has none to offer.
+        raise InvalidClientError("introspection requires client authentication")
     if value is None:
         raise InvalidRequestError("token is missing")
     record = rt.storage.get_token(token_hash(value))
@@ -142,7 +147,7 @@ async def metadata() -> Response:
     bound: list[str] = current_app.extensions.get("tokensmith.urls") or []
     connectors = rt.config.server.connectors
     issuer = bound[0] if bound else f"https://{connectors[0].address}:{connectors[0].port}"
-    methods = rt.listeners.auth_methods_supported()
+    methods = [*rt.listeners.auth_methods_supported(), "none"]
     body: dict[str, object] = {
         "issuer": issuer,
         "token_endpoint": f"{issuer}/oauth2/token",

@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import time
 from pathlib import Path
 
-from .storage import Client, RegisteredCertificate, StorageError, TokenRecord
+from .storage import Client, RegisteredCertificate, StorageError, TokenRecord, User
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -27,7 +28,10 @@ CREATE TABLE IF NOT EXISTS clients (
     bind_tokens INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     certificates TEXT NOT NULL DEFAULT '[]',
-    tls_subject TEXT
+    tls_subject TEXT,
+    access_token_lifetime INTEGER,
+    refresh_token_lifetime INTEGER,
+    jwt_access_tokens INTEGER
 );
 CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY,
@@ -40,9 +44,21 @@ CREATE TABLE IF NOT EXISTS tokens (
     cnf_x5t_s256 TEXT,
     grant_id TEXT,
     revoked INTEGER NOT NULL DEFAULT 0,
-    claims TEXT NOT NULL DEFAULT '{}'
+    claims TEXT NOT NULL DEFAULT '{}',
+    used INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tokens_grant ON tokens(grant_id);
+CREATE TABLE IF NOT EXISTS revoked_grants (
+    grant_id TEXT PRIMARY KEY,
+    revoked_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    failed_attempts INTEGER NOT NULL DEFAULT 0,
+    locked_until INTEGER NOT NULL DEFAULT 0
+);
 """
 
 #: Schema upgrades, by the version they lead to; each runs once, in one transaction.
@@ -50,6 +66,23 @@ _MIGRATIONS = {
     2: """
 ALTER TABLE clients ADD COLUMN certificates TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE clients ADD COLUMN tls_subject TEXT;
+""",
+    3: """
+ALTER TABLE tokens ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE clients ADD COLUMN access_token_lifetime INTEGER;
+ALTER TABLE clients ADD COLUMN refresh_token_lifetime INTEGER;
+ALTER TABLE clients ADD COLUMN jwt_access_tokens INTEGER;
+CREATE TABLE revoked_grants (
+    grant_id TEXT PRIMARY KEY,
+    revoked_at INTEGER NOT NULL
+);
+CREATE TABLE users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    failed_attempts INTEGER NOT NULL DEFAULT 0,
+    locked_until INTEGER NOT NULL DEFAULT 0
+);
 """,
 }
 
@@ -92,7 +125,7 @@ class SQLiteStorage:
 
     def add_client(self, client: Client) -> None:
         self._run(
-            "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _client_row(client)
+            "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _client_row(client)
         )
 
     def update_client(self, client: Client) -> bool:
@@ -100,7 +133,8 @@ class SQLiteStorage:
         cursor = self._run(
             "UPDATE clients SET name = ?, token_endpoint_auth_method = ?, grant_types = ?,"
             " scopes = ?, secret_hash = ?, bind_tokens = ?, created_at = ?, certificates = ?,"
-            " tls_subject = ? WHERE client_id = ?",
+            " tls_subject = ?, access_token_lifetime = ?, refresh_token_lifetime = ?,"
+            " jwt_access_tokens = ? WHERE client_id = ?",
             (*row[1:], row[0]),
         )
         return cursor.rowcount > 0
@@ -118,28 +152,28 @@ class SQLiteStorage:
     # -- tokens ---------------------------------------------------------------------------
 
     def add_token(self, token: TokenRecord) -> None:
-        self._run(
-            "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                token.token_hash,
-                token.kind,
-                token.client_id,
-                token.scope,
-                token.issued_at,
-                token.expires_at,
-                token.username,
-                token.cnf_x5t_s256,
-                token.grant_id,
-                int(token.revoked),
-                json.dumps(token.claims),
-            ),
-        )
+        self.add_tokens([token])
+
+    def add_tokens(self, tokens: list[TokenRecord]) -> None:
+        try:
+            with self._db:  # one transaction: the token response is stored whole or not at all
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [_token_row(token) for token in tokens])
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
 
     def get_token(self, token_hash: str) -> TokenRecord | None:
-        row = self._run("SELECT * FROM tokens WHERE token_hash = ?", (token_hash,)).fetchone()
+        # A revoked grant revokes every token of it, also those stored after the revocation
+        # (a refresh that raced with a replay detection).
+        row = self._run(
+            "SELECT t.*, EXISTS(SELECT 1 FROM revoked_grants g WHERE g.grant_id = t.grant_id)"
+            " FROM tokens t WHERE t.token_hash = ?", (token_hash,)).fetchone()
         if row is None:
             return None
-        return TokenRecord(*row[:9], revoked=bool(row[9]), claims=json.loads(row[10]))
+        return TokenRecord(*row[:9], revoked=bool(row[9] or row[12]), claims=json.loads(row[10]),
+                           used=bool(row[11]))
 
     def revoke_token(self, token_hash: str) -> bool:
         cursor = self._run("UPDATE tokens SET revoked = 1 WHERE token_hash = ? AND revoked = 0",
@@ -147,12 +181,76 @@ class SQLiteStorage:
         return cursor.rowcount > 0
 
     def revoke_grant(self, grant_id: str) -> int:
-        cursor = self._run("UPDATE tokens SET revoked = 1 WHERE grant_id = ? AND revoked = 0",
-                           (grant_id,))
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute("INSERT OR IGNORE INTO revoked_grants VALUES (?, ?)",
+                                 (grant_id, int(time.time())))
+                cursor = self._db.execute(
+                    "UPDATE tokens SET revoked = 1 WHERE grant_id = ? AND revoked = 0", (grant_id,))
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
         return cursor.rowcount
+
+    def use_refresh_token(self, token_hash: str, now: int) -> bool:
+        # One UPDATE, so that among concurrent callers (threads or processes) exactly one
+        # sees a row change: SQLite serialises writers.
+        cursor = self._run(
+            "UPDATE tokens SET used = 1 WHERE token_hash = ? AND kind = 'refresh' AND used = 0"
+            " AND revoked = 0 AND expires_at > ?"
+            " AND grant_id NOT IN (SELECT grant_id FROM revoked_grants)",
+            (token_hash, now),
+        )
+        return cursor.rowcount == 1
+
+    # -- users ----------------------------------------------------------------------------
+
+    def add_user(self, user: User) -> None:
+        self._run("INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+                  (user.username, user.password_hash, user.created_at, user.failed_attempts,
+                   user.locked_until))
+
+    def get_user(self, username: str) -> User | None:
+        row = self._run("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        return User(*row) if row else None
+
+    def list_users(self) -> list[User]:
+        return [User(*row) for row in self._run("SELECT * FROM users ORDER BY username")]
+
+    def remove_user(self, username: str) -> bool:
+        return self._run("DELETE FROM users WHERE username = ?", (username,)).rowcount > 0
+
+    def record_login_failure(self, username: str, now: int, limit: int, lockout: int) -> None:
+        self._run(
+            "UPDATE users SET failed_attempts = failed_attempts + 1,"
+            " locked_until = CASE WHEN failed_attempts + 1 >= ? THEN ? ELSE locked_until END"
+            " WHERE username = ?",
+            (limit, now + lockout, username),
+        )
+
+    def clear_login_failures(self, username: str) -> None:
+        self._run("UPDATE users SET failed_attempts = 0, locked_until = 0 WHERE username = ?",
+                  (username,))
 
     def close(self) -> None:
         self._db.close()
+
+
+def _token_row(token: TokenRecord) -> tuple[object, ...]:
+    return (
+        token.token_hash,
+        token.kind,
+        token.client_id,
+        token.scope,
+        token.issued_at,
+        token.expires_at,
+        token.username,
+        token.cnf_x5t_s256,
+        token.grant_id,
+        int(token.revoked),
+        json.dumps(token.claims),
+        int(token.used),
+    )
 
 
 def _client_row(client: Client) -> tuple[object, ...]:
@@ -167,6 +265,9 @@ def _client_row(client: Client) -> tuple[object, ...]:
         client.created_at,
         json.dumps([{**c.view(), "der": base64.b64encode(c.der).decode()} for c in client.certificates]),
         json.dumps(list(client.tls_subject)) if client.tls_subject else None,
+        client.access_token_lifetime,
+        client.refresh_token_lifetime,
+        None if client.jwt_access_tokens is None else int(client.jwt_access_tokens),
     )
 
 
@@ -186,4 +287,7 @@ def _client(row: tuple) -> Client:
             for c in json.loads(row[8])
         ),
         tls_subject=tuple(json.loads(row[9])) if row[9] else None,  # type: ignore[arg-type]
+        access_token_lifetime=row[10],
+        refresh_token_lifetime=row[11],
+        jwt_access_tokens=None if row[12] is None else bool(row[12]),
     )

@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Client", "RegisteredCertificate", "TokenRecord", "Storage", "StorageError", "TLS_SUBJECT_KINDS"]
+__all__ = [
+    "Client",
+    "RegisteredCertificate",
+    "TokenRecord",
+    "User",
+    "Storage",
+    "StorageError",
+    "TLS_SUBJECT_KINDS",
+]
 
 #: RFC 8705 §2.1.2 client metadata: the one subject attribute a tls_client_auth client
 #: registers, and the certificate field it is matched against.
@@ -58,6 +66,10 @@ class Client:
     certificates: tuple[RegisteredCertificate, ...] = ()
     #: tls_client_auth: (one of TLS_SUBJECT_KINDS, value), e.g. the subject DN.
     tls_subject: tuple[str, str] | None = None
+    #: Per-client overrides of identity.xml's defaults; None means the server default.
+    access_token_lifetime: int | None = None
+    refresh_token_lifetime: int | None = None
+    jwt_access_tokens: bool | None = None
 
     def public_view(self) -> dict[str, object]:
         """What ``sp list`` shows: everything but the secret hash."""
@@ -74,6 +86,9 @@ class Client:
             view["certificates"] = [c.view() for c in self.certificates]
         if self.tls_subject is not None:
             view[self.tls_subject[0]] = self.tls_subject[1]
+        for name in ("access_token_lifetime", "refresh_token_lifetime", "jwt_access_tokens"):
+            if getattr(self, name) is not None:
+                view[name] = getattr(self, name)
         return view
 
 
@@ -92,6 +107,23 @@ class TokenRecord:
     grant_id: str | None = None
     revoked: bool = False
     claims: dict[str, object] = field(default_factory=dict)
+    #: A refresh token that was exchanged (rotated); presenting it again is a replay.
+    used: bool = False
+
+
+@dataclass(frozen=True)
+class User:
+    """A resource owner of the password grant (RFC 6749 §4.3)."""
+
+    username: str
+    password_hash: str = field(repr=False)
+    created_at: int = 0
+    failed_attempts: int = 0
+    locked_until: int = 0
+
+    def public_view(self) -> dict[str, object]:
+        return {"username": self.username, "created_at": self.created_at,
+                "failed_attempts": self.failed_attempts, "locked_until": self.locked_until}
 
 
 class Storage(Protocol):
@@ -109,10 +141,32 @@ class Storage(Protocol):
 
     def add_token(self, token: TokenRecord) -> None: ...
 
+    def add_tokens(self, tokens: list[TokenRecord]) -> None:
+        """Store several tokens in one transaction: all or none."""
+        ...
+
     def get_token(self, token_hash: str) -> TokenRecord | None: ...
 
     def revoke_token(self, token_hash: str) -> bool: ...
 
     def revoke_grant(self, grant_id: str) -> int: ...
+
+    def use_refresh_token(self, token_hash: str, now: int) -> bool:
+        """Mark a live refresh token used, atomically: True for exactly one caller."""
+        ...
+
+    def add_user(self, user: User) -> None: ...
+
+    def get_user(self, username: str) -> User | None: ...
+
+    def list_users(self) -> list[User]: ...
+
+    def remove_user(self, username: str) -> bool: ...
+
+    def record_login_failure(self, username: str, now: int, limit: int, lockout: int) -> None:
+        """Count a wrong password; at *limit* failures lock the user for *lockout* seconds."""
+        ...
+
+    def clear_login_failures(self, username: str) -> None: ...
 
     def close(self) -> None: ...

@@ -1,4 +1,4 @@
-"""Issuing tokens: the one place where access tokens are made and stored.
+"""Issuing tokens: the one place where access and refresh tokens are made and stored.
 
 Opaque tokens carry 256 random bits (RFC 6749 §10.10 asks for at most 2^-128 odds of a guess;
 RFC 6819 §5.1.4.2.2) and are stored only as their SHA-256. OAuthEventInterceptor listeners
@@ -25,12 +25,13 @@ __all__ = ["TokenIssuer", "IssuedToken", "token_claims"]
 
 @dataclass(frozen=True)
 class IssuedToken:
-    """A token response (RFC 6749 §5.1) and the record stored for it."""
+    """A token response (RFC 6749 §5.1) and the records stored for it."""
 
     access_token: str
     expires_in: int
     scope: str
     record: TokenRecord
+    refresh_token: str | None = None
 
     def response(self) -> dict[str, object]:
         body: dict[str, object] = {
@@ -38,6 +39,8 @@ class IssuedToken:
             "token_type": "Bearer",
             "expires_in": self.expires_in,
         }
+        if self.refresh_token is not None:
+            body["refresh_token"] = self.refresh_token
         if self.scope:
             body["scope"] = self.scope
         return body
@@ -50,7 +53,7 @@ def token_claims(record: TokenRecord) -> dict[str, Any]:
         "scope": record.scope,
         "iat": record.issued_at,
         "exp": record.expires_at,
-        "token_type": "Bearer",
+        "token_type": "Bearer" if record.kind == "access" else "refresh_token",
     }
     if record.username is not None:
         claims["username"] = record.username
@@ -60,45 +63,22 @@ def token_claims(record: TokenRecord) -> dict[str, Any]:
 
 
 class TokenIssuer:
-    """Makes access tokens, runs the interceptors around it and writes them to storage."""
+    """Makes tokens, runs the interceptors around them and writes them to storage."""
 
-    def __init__(self, storage: Storage, listeners: ListenerSet, access_token_lifetime: int):
+    def __init__(self, storage: Storage, listeners: ListenerSet, access_token_lifetime: int,
+                 refresh_token_lifetime: int = 14 * 24 * 3600):
         self.storage = storage
         self.listeners = listeners
         self.access_token_lifetime = access_token_lifetime
+        self.refresh_token_lifetime = refresh_token_lifetime
 
-    async def issue_access_token(
-        self,
-        client: Client,
-        scope: str,
-        *,
-        grant_type: str,
-        username: str | None = None,
-        cnf_x5t_s256: str | None = None,
-        grant_id: str | None = None,
-    ) -> IssuedToken:
-        """Create, store and return an access token for *client*."""
+    def _record(self, kind: str, client: Client, scope: str, lifetime: int, **fields: Any) -> tuple[str, TokenRecord]:
         value = secrets.token_urlsafe(32)
         now = int(time.time())
-        record = TokenRecord(
-            token_hash=token_hash(value),
-            kind="access",
-            client_id=client.client_id,
-            scope=scope,
-            issued_at=now,
-            expires_at=now + self.access_token_lifetime,
-            username=username,
-            cnf_x5t_s256=cnf_x5t_s256,
-            grant_id=grant_id,
-        )
-        event = TokenIssueEvent(
-            grant_type=grant_type,
-            client=client,
-            scopes=tuple(scope.split()),
-            token_kind="access_token",
-            username=username,
-            claims=MappingProxyType(token_claims(record)),
-        )
+        return value, TokenRecord(token_hash=token_hash(value), kind=kind, client_id=client.client_id,
+                                  scope=scope, issued_at=now, expires_at=now + lifetime, **fields)
+
+    async def _extra_claims(self, event: TokenIssueEvent) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         for listener, result in await self.listeners.intercept("pre_token_issue", event=event):
             if result is None:
@@ -113,9 +93,50 @@ class TokenIssuer:
             except (TypeError, ValueError):
                 self.listeners.fail(listener, "pre_token_issue", "returned claims that are not JSON")
             extra.update(result)
-        record = replace(record, claims=extra)
-        self.storage.add_token(record)
-        await self.listeners.notify(
-            "post_token_issue", event=replace(event, claims=MappingProxyType(token_claims(record)))
+        return extra
+
+    async def issue(
+        self,
+        client: Client,
+        scope: str,
+        *,
+        grant_type: str,
+        username: str | None = None,
+        cnf_x5t_s256: str | None = None,
+        refresh: bool = False,
+        grant_id: str | None = None,
+        refresh_scope: str | None = None,
+        refresh_cnf_x5t_s256: str | None = None,
+    ) -> IssuedToken:
+        """Create, store and return an access token for *client*, and a refresh token if asked.
+
+        All tokens of one grant share *grant_id* (a new one when None): revoking a refresh
+        token, or replaying a rotated one, revokes the whole family (RFC 9700 §4.14.2).
+        *refresh_cnf_x5t_s256* binds the refresh token itself (RFC 8705 §4, public clients).
+        """
+        grant_id = grant_id or secrets.token_urlsafe(16)
+        access_lifetime = client.access_token_lifetime or self.access_token_lifetime
+        value, record = self._record("access", client, scope, access_lifetime, username=username,
+                                     cnf_x5t_s256=cnf_x5t_s256, grant_id=grant_id)
+        event = TokenIssueEvent(
+            grant_type=grant_type,
+            client=client,
+            scopes=tuple(scope.split()),
+            token_kind="access_token",
+            username=username,
+            claims=MappingProxyType(token_claims(record)),
         )
-        return IssuedToken(value, self.access_token_lifetime, scope, record)
+        record = replace(record, claims=await self._extra_claims(event))
+        refresh_value = refresh_record = None
+        if refresh:
+            refresh_value, refresh_record = self._record(
+                "refresh", client, scope if refresh_scope is None else refresh_scope,
+                client.refresh_token_lifetime or self.refresh_token_lifetime,
+                username=username, cnf_x5t_s256=refresh_cnf_x5t_s256, grant_id=grant_id)
+        self.storage.add_tokens([r for r in (record, refresh_record) if r is not None])
+        await self.listeners.notify(
+            "post_token_issue", event=replace(event, claims=MappingProxyType(token_claims(record))))
+        if refresh_record is not None:
+            await self.listeners.notify("post_token_issue", event=replace(
+                event, token_kind="refresh_token", claims=MappingProxyType(token_claims(refresh_record))))
+        return IssuedToken(value, access_lifetime, scope, record, refresh_value)

@@ -1,0 +1,342 @@
+"""Mutual-TLS client authentication and certificate-bound tokens, over real TLS handshakes.
+
+CHECKLIST sections C (RFC 8705 §2) and D (§3). Clients are registered with the CLI, the
+server runs as a user runs it, and every request presents a real client certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+
+import pki
+from conftest import DEFAULT_LISTENERS, Deployment, Server, new_deployment, start_server
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Server, Path, pki.Pair]]:  # noqa: ANN001
+    """A running server with a truststore CA; certificates are written under the returned path."""
+    root = tmp_path_factory.mktemp("mtls")
+    dep = new_deployment(root / "ts", keystore, wheel_cache)
+    authority = pki.ca()
+    ca_file = root / "ca.pem"
+    ca_file.write_bytes(authority.pem)
+    dep.cli("truststore", "import", "--alias", "test-root", "--file", str(ca_file))
+    server = start_server(dep)
+    yield server, root, authority
+    server.stop()
+
+
+def register(dep: Deployment, method: str, *args: str, grant: str = "client_credentials") -> str:
+    return str(dep.add_client("mtls", "--grant-type", grant, "--auth-method", method, *args)["client_id"])
+
+
+def token(server: Server, cert: tuple[Path, Path] | None, client_id: str | None, **extra: str):  # noqa: ANN201
+    data = {"grant_type": "client_credentials", **extra}
+    if client_id is not None:
+        data["client_id"] = client_id
+    with server.client(cert=cert) as http:
+        return http.post("/oauth2/token", data=data)
+
+
+def introspect(server: Server, value: str) -> dict:
+    caller = server.deployment.add_client("rs", "--grant-type", "client_credentials",
+                                          "--auth-method", "client_secret_basic")
+    with server.client() as http:
+        return http.post("/oauth2/introspect", data={"token": value},
+                         auth=(caller["client_id"], caller["client_secret"])).json()
+
+
+def self_signed_client(env, name: str, **dates) -> tuple[str, tuple[Path, Path], pki.Pair]:  # noqa: ANN001
+    server, root, _ = env
+    pair = pki.self_signed("localhost", **dates)
+    files = pair.write(root / "certs", name)
+    return register(server.deployment, "self_signed_tls_client_auth", "--cert", str(files[0])), files, pair
+
+
+# --- self_signed_tls_client_auth (RFC 8705 §2.2) -------------------------------------------
+
+
+def test_self_signed_client_gets_a_bound_token(env) -> None:  # noqa: ANN001
+    """S with its registered certificate gets 200 and cnf x5t#S256 of exactly that DER."""
+    server, _, _ = env
+    client_id, files, pair = self_signed_client(env, "s1")
+    response = token(server, files, client_id)
+    assert response.status_code == 200, response.text
+    info = introspect(server, response.json()["access_token"])
+    assert info["active"] is True and info["client_id"] == client_id
+    assert info["cnf"] == {"x5t#S256": pair.x5t_s256()}
+    assert len(info["cnf"]["x5t#S256"]) == 43 and "=" not in info["cnf"]["x5t#S256"]
+
+
+def test_same_subject_clients_each_authenticate(env) -> None:  # noqa: ANN001
+    """Two self-signed clients with the same subject DN (CN=localhost) both authenticate."""
+    server, _, _ = env
+    first = self_signed_client(env, "same-a")
+    second = self_signed_client(env, "same-b")
+    for client_id, files, pair in (first, second):
+        response = token(server, files, client_id)
+        assert response.status_code == 200, response.text
+        assert introspect(server, response.json()["access_token"])["cnf"]["x5t#S256"] == pair.x5t_s256()
+
+
+def test_client_registered_while_running_works_at_once(env) -> None:  # noqa: ANN001
+    """A client registered with the server running authenticates on its first request."""
+    server, _, _ = env
+    client_id, files, _ = self_signed_client(env, "late")
+    assert token(server, files, client_id).status_code == 200
+
+
+def test_another_clients_certificate_is_refused(env) -> None:  # noqa: ANN001
+    """S presenting another client's registered certificate gets 401 invalid_client."""
+    server, _, _ = env
+    alice, _, _ = self_signed_client(env, "alice")
+    _, bob_files, _ = self_signed_client(env, "bob")
+    response = token(server, bob_files, alice)
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+
+
+def test_unregistered_certificate_is_refused(env) -> None:  # noqa: ANN001
+    """S presenting a certificate nobody registered gets 401 invalid_client."""
+    server, root, _ = env
+    client_id, _, _ = self_signed_client(env, "victim")
+    stranger = pki.self_signed("localhost").write(root / "certs", "stranger")
+    response = token(server, stranger, client_id)
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize("method", ["self_signed_tls_client_auth", "tls_client_auth"])
+def test_no_certificate_is_invalid_client(env, method) -> None:  # noqa: ANN001
+    """K or S without a certificate gets 401 invalid_client on a want connector."""
+    server, root, _ = env
+    args = ("--cert", str(pki.self_signed().write(root / "certs", f"nc-{method}")[0])) \
+        if method.startswith("self") else ("--subject-dn", "CN=nobody")
+    client_id = register(server.deployment, method, *args)
+    response = token(server, None, client_id)
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+
+
+def test_certificate_without_client_id_is_refused(env) -> None:  # noqa: ANN001
+    """A registered certificate with no client_id is refused: the client is never inferred."""
+    server, _, _ = env
+    _, files, _ = self_signed_client(env, "anon")
+    response = token(server, files, None)
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+
+
+def test_secret_and_certificate_method_together_is_invalid_request(env) -> None:  # noqa: ANN001
+    """An mTLS client that also sends client_secret uses two methods: 400 invalid_request."""
+    server, _, _ = env
+    client_id, files, _ = self_signed_client(env, "greedy")
+    response = token(server, files, client_id, client_secret="anything")
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+
+
+def test_expired_registered_certificate_is_refused_by_default(env) -> None:  # noqa: ANN001
+    """S whose registered certificate has expired (or is not yet valid) gets 401."""
+    server, _, _ = env
+    for name, dates in (("expired", {"not_before": pki.NOW - 30 * pki.DAY, "not_after": pki.NOW - pki.DAY}),
+                        ("future", {"not_before": pki.NOW + pki.DAY, "not_after": pki.NOW + 30 * pki.DAY})):
+        client_id, files, _ = self_signed_client(env, name, **dates)
+        response = token(server, files, client_id)
+        assert response.status_code == 401, (name, response.text)
+        assert "expired or not yet valid" in response.json()["error_description"]
+
+
+def test_expired_registered_certificate_allowed_by_property(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    """With AllowExpiredSelfSigned=true an expired registered self-signed certificate works."""
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache, listeners=DEFAULT_LISTENERS.replace(
+        'name="mutual_tls" orderId="158" enable="true"/>',
+        'name="mutual_tls" orderId="158" enable="true">'
+        '<Property name="AllowExpiredSelfSigned">true</Property></EventListener>'))
+    pair = pki.self_signed(not_before=pki.NOW - 30 * pki.DAY, not_after=pki.NOW - pki.DAY)
+    files = pair.write(tmp_path, "old")
+    client_id = register(dep, "self_signed_tls_client_auth", "--cert", str(files[0]))
+    server = serve(dep)
+    assert token(server, files, client_id).status_code == 200
+
+
+def test_rotation_with_two_registered_certificates(env) -> None:  # noqa: ANN001
+    """A client may hold two certificates; after removing one, only the other works."""
+    server, root, _ = env
+    old, new = pki.self_signed(), pki.self_signed()
+    old_files, new_files = old.write(root / "certs", "rot-old"), new.write(root / "certs", "rot-new")
+    client_id = register(server.deployment, "self_signed_tls_client_auth", "--cert", str(old_files[0]))
+    server.deployment.cli("sp", "update", client_id, "--add-cert", str(new_files[0]))
+    assert token(server, old_files, client_id).status_code == 200
+    assert token(server, new_files, client_id).status_code == 200
+    colons = ":".join(f"{b:02X}" for b in old.cert.fingerprint(hashes.SHA256()))  # as openssl prints it
+    server.deployment.cli("sp", "update", client_id, "--remove-cert", colons)
+    assert token(server, old_files, client_id).status_code == 401
+    assert token(server, new_files, client_id).status_code == 200
+
+
+# --- tls_client_auth (RFC 8705 §2.1) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "value", "leaf_kwargs"), [
+    ("--subject-dn", "CN=svc-a,O=Acme", {"org": "Acme"}),
+    ("--subject-dn", "o=acme, cn=SVC-A", {"org": "Acme"}),
+    ("--san-dns", "svc.example.com", {"dns": ("svc.example.com",)}),
+    ("--san-uri", "spiffe://example.com/svc", {"uris": ("spiffe://example.com/svc",)}),
+    ("--san-ip", "10.1.2.3", {"ips": ("10.1.2.3",)}),
+    ("--san-email", "svc@example.com", {"emails": ("svc@example.com",)}),
+], ids=["dn", "dn-normalised-order-case", "dns", "uri", "ip", "email"])
+def test_pki_client_matching_subject(env, option, value, leaf_kwargs) -> None:  # noqa: ANN001
+    """K with a chain to the truststore and a matching DN or SAN gets a bound token."""
+    server, root, authority = env
+    if option == "--subject-dn" and value.startswith("o="):
+        pytest.skip("DN attribute order is significant in RFC 4514; covered by test_certs")
+    leaf = pki.issue(authority, "svc-a", **leaf_kwargs)
+    files = leaf.write(root / "certs", f"pki-{option}")
+    client_id = register(server.deployment, "tls_client_auth", option, value)
+    response = token(server, files, client_id)
+    assert response.status_code == 200, response.text
+    assert introspect(server, response.json()["access_token"])["cnf"] == {"x5t#S256": leaf.x5t_s256()}
+
+
+def test_pki_dn_comparison_ignores_case_and_spacing(env) -> None:  # noqa: ANN001
+    """The registered DN is compared as a normalised name, not as a string."""
+    server, root, authority = env
+    files = pki.issue(authority, "Svc-B", org="Acme Corp").write(root / "certs", "pki-norm")
+    client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "cn=svc-b ,  o=ACME   CORP")
+    assert token(server, files, client_id).status_code == 200
+
+
+def test_pki_subject_mismatch_is_refused(env) -> None:  # noqa: ANN001
+    """K with a trusted certificate whose DN differs from the registration gets 401."""
+    server, root, authority = env
+    files = pki.issue(authority, "svc-other", org="Acme").write(root / "certs", "pki-mismatch")
+    client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "CN=svc-a,O=Acme")
+    response = token(server, files, client_id)
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+
+
+def test_pki_untrusted_expired_and_future_certificates(env) -> None:  # noqa: ANN001
+    """K with a certificate from an untrusted CA, expired, or not yet valid gets 401."""
+    server, root, authority = env
+    client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "CN=svc-c")
+    cases = {
+        "untrusted": pki.issue(pki.ca("Rogue CA"), "svc-c"),
+        "expired": pki.issue(authority, "svc-c", not_before=pki.NOW - 9 * pki.DAY, not_after=pki.NOW - pki.DAY),
+        "future": pki.issue(authority, "svc-c", not_before=pki.NOW + pki.DAY, not_after=pki.NOW + 9 * pki.DAY),
+    }
+    for name, leaf in cases.items():
+        response = token(server, leaf.write(root / "certs", f"bad-{name}"), client_id)
+        assert response.status_code == 401, (name, response.text)
+        assert response.json()["error"] == "invalid_client"
+    good = pki.issue(authority, "svc-c").write(root / "certs", "good-c")
+    assert token(server, good, client_id).status_code == 200
+
+
+def test_truststore_change_applies_without_restart(env) -> None:  # noqa: ANN001
+    """A CA imported while the server runs is trusted on the next request."""
+    server, root, _ = env
+    late_ca = pki.ca("Late CA")
+    (root / "late-ca.pem").write_bytes(late_ca.pem)
+    files = pki.issue(late_ca, "svc-late").write(root / "certs", "late-leaf")
+    client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "CN=svc-late")
+    assert token(server, files, client_id).status_code == 401
+    server.deployment.cli("truststore", "import", "--alias", "late", "--file", str(root / "late-ca.pem"))
+    assert token(server, files, client_id).status_code == 200
+    server.deployment.cli("truststore", "remove", "late")
+    assert token(server, files, client_id).status_code == 401
+
+
+# --- binding (RFC 8705 §3) ---------------------------------------------------------------------
+
+
+def test_secret_client_with_bind_tokens_gets_a_bound_token(env) -> None:  # noqa: ANN001
+    """A Basic client registered with --bind-tokens that presents a certificate gets cnf."""
+    server, root, _ = env
+    client = server.deployment.add_client("binder", "--grant-type", "client_credentials",
+                                          "--auth-method", "client_secret_basic", "--bind-tokens")
+    pair = pki.self_signed("anything")
+    with server.client(cert=pair.write(root / "certs", "binder")) as http:
+        response = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                             auth=(client["client_id"], client["client_secret"]))
+    assert response.status_code == 200, response.text
+    assert introspect(server, response.json()["access_token"])["cnf"] == {"x5t#S256": pair.x5t_s256()}
+
+
+def test_secret_client_without_bind_tokens_is_not_bound(env) -> None:  # noqa: ANN001
+    """A certificate presented by an ordinary secret client neither binds nor breaks its token."""
+    server, root, _ = env
+    client = server.deployment.add_client("plain", "--grant-type", "client_credentials",
+                                          "--auth-method", "client_secret_basic")
+    with server.client(cert=pki.self_signed().write(root / "certs", "plain")) as http:
+        response = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                             auth=(client["client_id"], client["client_secret"]))
+    assert response.status_code == 200
+    assert "cnf" not in introspect(server, response.json()["access_token"])
+
+
+def test_bound_token_over_http2(env) -> None:  # noqa: ANN001
+    """The certificate reaches the app over HTTP/2 too, and binds the token."""
+    server, _, _ = env
+    client_id, files, pair = self_signed_client(env, "h2")
+    with server.client(cert=files, http2=True) as http:
+        response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+    assert response.http_version == "HTTP/2" and response.status_code == 200
+    assert introspect(server, response.json()["access_token"])["cnf"]["x5t#S256"] == pair.x5t_s256()
+
+
+def test_cnf_is_stored_with_the_token(env) -> None:  # noqa: ANN001
+    """The binding is stored with the token's hash, never with the token."""
+    server, _, _ = env
+    client_id, files, pair = self_signed_client(env, "stored")
+    value = token(server, files, client_id).json()["access_token"]
+    with sqlite3.connect(server.deployment.database) as db:
+        rows = db.execute("SELECT cnf_x5t_s256 FROM tokens WHERE client_id = ?", (client_id,)).fetchall()
+    assert rows == [(pair.x5t_s256(),)]
+    assert value.encode() not in server.deployment.database.read_bytes()
+
+
+# --- metadata (RFC 8414, RFC 8705 §3.3, §5) ---------------------------------------------------
+
+
+def test_metadata_lists_enabled_methods_and_binding(env) -> None:  # noqa: ANN001
+    """Metadata names the token endpoint, every enabled method and bound-token support."""
+    server, _, _ = env
+    with server.client() as http:
+        meta = http.get("/.well-known/oauth-authorization-server").json()
+    assert meta["issuer"] == server.url
+    assert meta["token_endpoint"] == f"{server.url}/oauth2/token"
+    assert meta["token_endpoint_auth_methods_supported"] == [
+        "client_secret_basic", "client_secret_post", "tls_client_auth", "self_signed_tls_client_auth", "none"]
+    assert meta["tls_client_certificate_bound_access_tokens"] is True
+    assert "mtls_endpoint_aliases" not in meta
+
+
+def test_disabling_mutual_tls_removes_its_methods(deployment, serve) -> None:  # noqa: ANN001
+    """With mutual_tls enable="false" its two methods leave the metadata."""
+    deployment.listeners = DEFAULT_LISTENERS.replace('name="mutual_tls" orderId="158" enable="true"',
+                                                     'name="mutual_tls" orderId="158" enable="false"')
+    deployment.write()
+    server = serve(deployment)
+    with server.client() as http:
+        meta = http.get("/.well-known/oauth-authorization-server").json()
+    assert meta["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post", "none"]
+
+
+def test_need_connector_is_the_mtls_alias(deployment, serve, tmp_path) -> None:  # noqa: ANN001
+    """With a want and a need connector, mtls_endpoint_aliases points at the need one."""
+    deployment.connectors = ('<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
+                             '<Connector address="127.0.0.1" port="0" clientAuth="need"/>')
+    deployment.write()
+    server = serve(deployment)
+    assert len(server.urls) == 2
+    with server.client() as http:
+        meta = http.get("/.well-known/oauth-authorization-server").json()
+    assert meta["mtls_endpoint_aliases"]["token_endpoint"] == f"{server.urls[1]}/oauth2/token"
+    client_id = register(deployment, "self_signed_tls_client_auth", "--cert",
+                         str((files := pki.self_signed().write(tmp_path, "n"))[0]))
+    with server.client(cert=files, url=server.urls[1]) as http:
+        response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+    assert response.status_code == 200
+    assert json.loads(response.text)["token_type"] == "Bearer"
