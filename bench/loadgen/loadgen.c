@@ -58,7 +58,7 @@ struct conn {
     int tls_up;            /* handshake done, no fatal error: SSL_shutdown allowed */
     int in_req, measured;  /* attempt in flight; started inside the measured window */
     uint64_t t_conn, t_req, deadline, retry_at;
-    size_t woff;           /* bytes of G.req already written */
+    size_t woff;           /* bytes of G.req[ctx] already written */
     char *buf;             /* response bytes not yet consumed by the parser */
     size_t cap, len, pos;
     enum pstate ps;
@@ -69,7 +69,7 @@ struct conn {
 struct vec { uint64_t *v; size_t n, cap; };
 
 static struct { /* command-line options */
-    const char *url, *method, *body_file, *cert, *key, *cert_list, *cacert;
+    const char *url, *method, *body_file, *cert, *key, *cert_list, *cacert, *client_id;
     char *body, *headers;  /* headers: the -H values, each ending in CRLF */
     size_t body_len, headers_len;
     int user_host, user_conn, conns, insecure, new_conn, tls_ver, expect, json;
@@ -78,13 +78,15 @@ static struct { /* command-line options */
 } O = {.method = "POST", .conns = 32, .timeout = 10.0};
 
 static struct { /* everything else: target, TLS contexts, connections, counters */
-    char host[256], port[24], *path, *req;
-    size_t reqlen;
+    char host[256], port[24], *path;
+    char **req;            /* the request bytes, one per TLS context (the body may differ) */
+    size_t *reqlen;
     int is_ip, is_head, ep, nctx, next_ctx;
     struct sockaddr_storage addr;
     socklen_t addrlen;
     SSL_CTX **ctx;
     char **certs;          /* parallel to ctx, for messages; NULL without client certificate */
+    char **ids;            /* parallel to ctx: the client_id for {client_id}, or NULL */
     struct conn *c;
     volatile sig_atomic_t interrupted;
     int running, measuring, ever_ok, early_fails;
@@ -358,10 +360,12 @@ static void do_write(struct conn *c) {
         c->ps = P_HEAD;
         c->len = c->pos = 0;
     }
-    while (c->woff < G.reqlen) {
+    const char *req = G.req[c->ctx];
+    size_t reqlen = G.reqlen[c->ctx];
+    while (c->woff < reqlen) {
         /* after WANT_*, OpenSSL requires the retry with the same buffer and length */
         errno = 0;
-        int r = SSL_write(c->ssl, G.req + c->woff, (int)(G.reqlen - c->woff));
+        int r = SSL_write(c->ssl, req + c->woff, (int)(reqlen - c->woff));
         if (r > 0) {
             c->woff += (size_t)r;
             continue;
@@ -620,7 +624,7 @@ static void tick(uint64_t t) {
 
 static void usage(FILE *f) {
     fputs("usage: loadgen --url https://HOST:PORT/PATH [--method POST] [--body STR | --body-file F]\n"
-          "               [-H 'Name: value']... [--cert C --key K | --cert-list FILE]\n"
+          "               [-H 'Name: value']... [--cert C --key K [--client-id ID] | --cert-list FILE]\n"
           "               [--cacert CA | --insecure] [-c CONNS] [-d SECONDS] [-n REQUESTS]\n"
           "               [--warmup SECONDS] [--timeout SECONDS] [--new-conn] [--tls1.2 | --tls1.3]\n"
           "               [--expect-status CODE] [--json]\n", f);
@@ -718,11 +722,13 @@ static SSL_CTX *make_ctx(const char *cert, const char *key) {
     return ctx;
 }
 
-static void add_ctx(const char *cert, const char *key) {
+static void add_ctx(const char *cert, const char *key, const char *id) {
     G.ctx = xrealloc(G.ctx, (size_t)(G.nctx + 1) * sizeof *G.ctx);
     G.certs = xrealloc(G.certs, (size_t)(G.nctx + 1) * sizeof *G.certs);
+    G.ids = xrealloc(G.ids, (size_t)(G.nctx + 1) * sizeof *G.ids);
     G.ctx[G.nctx] = make_ctx(cert, key);
     G.certs[G.nctx] = cert ? strdup(cert) : NULL;
+    G.ids[G.nctx] = id ? strdup(id) : NULL;
     G.nctx++;
 }
 
@@ -739,9 +745,13 @@ static void load_cert_list(const char *path) {
         if (!cert || *cert == '#')
             continue;
         char *key = strtok_r(NULL, " \t\r\n", &save);
-        if (!key || strtok_r(NULL, " \t\r\n", &save))
-            die(2, "%s:%d: expected 'certpath keypath'", path, lineno);
-        add_ctx(cert, key);
+        char *id = key ? strtok_r(NULL, " \t\r\n", &save) : NULL; /* optional client_id */
+        char *more = id && *id != '#' ? strtok_r(NULL, " \t\r\n", &save) : NULL;
+        if (id && *id == '#') /* '#' starts a comment, also after the fields */
+            id = NULL;
+        if (!key || *key == '#' || (more && *more != '#'))
+            die(2, "%s:%d: expected 'certpath keypath [client_id]'", path, lineno);
+        add_ctx(cert, key, id);
     }
     free(line);
     fclose(f);
@@ -749,28 +759,61 @@ static void load_cert_list(const char *path) {
         die(2, "%s: no certificate pairs", path);
 }
 
-static void build_request(void) {
+#define ID_VAR "{client_id}"
+
+/* The body for context i: every ID_VAR in the --body template replaced by its client_id,
+ * verbatim (not URL-encoded). Returns a malloc'd buffer; *len gets its length. */
+static char *expand_body(int i, size_t *len) {
+    size_t vl = strlen(ID_VAR), n = 0;
+    for (const char *p = O.body; p && (p = memmem(p, O.body_len - (size_t)(p - O.body), ID_VAR, vl)); p += vl)
+        n++;
+    if (n && !G.ids[i])
+        die(2, "--body has %s but %s has no client_id (a third column in --cert-list, or"
+            " --client-id with --cert)", ID_VAR, G.certs[i] ? G.certs[i] : "the connection");
+    size_t il = n ? strlen(G.ids[i]) : 0;
+    char *out = xrealloc(NULL, O.body_len + n * il + 1), *w = out;
+    const char *r = O.body, *end = O.body + O.body_len, *hit;
+    while (r && r < end && (hit = memmem(r, (size_t)(end - r), ID_VAR, vl))) {
+        memcpy(w, r, (size_t)(hit - r)), w += hit - r;
+        memcpy(w, G.ids[i], il), w += il;
+        r = hit + vl;
+    }
+    if (r && r < end)
+        memcpy(w, r, (size_t)(end - r)), w += end - r;
+    *len = (size_t)(w - out);
+    return out;
+}
+
+/* One request per TLS context: they differ only when the body names {client_id}. */
+static void build_requests(void) {
     int has_body = O.body_len || !strcasecmp(O.method, "POST") || !strcasecmp(O.method, "PUT") ||
                    !strcasecmp(O.method, "PATCH");
-    char host[300], clen[64] = "";
+    char host[300];
     snprintf(host, sizeof host, "%s%s%s", G.host, strcmp(G.port, "443") ? ":" : "",
              strcmp(G.port, "443") ? G.port : "");
-    if (has_body)
-        snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", O.body_len);
-    size_t cap = strlen(O.method) + strlen(G.path) + sizeof host + O.headers_len + O.body_len + 200;
-    G.req = xrealloc(NULL, cap);
-    int n = snprintf(G.req, cap, "%s %s HTTP/1.1\r\n%s%s%s%.*s%s%s\r\n", O.method, G.path,
-                     O.user_host ? "" : "Host: ", O.user_host ? "" : host, O.user_host ? "" : "\r\n",
-                     (int)O.headers_len, O.headers ? O.headers : "", clen,
-                     O.new_conn && !O.user_conn ? "Connection: close\r\n" : "");
-    if (O.body_len)
-        memcpy(G.req + n, O.body, O.body_len);
-    G.reqlen = (size_t)n + O.body_len;
+    G.req = xrealloc(NULL, (size_t)G.nctx * sizeof *G.req);
+    G.reqlen = xrealloc(NULL, (size_t)G.nctx * sizeof *G.reqlen);
+    for (int i = 0; i < G.nctx; i++) {
+        size_t body_len;
+        char *body = expand_body(i, &body_len), clen[64] = "";
+        if (has_body)
+            snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", body_len);
+        size_t cap = strlen(O.method) + strlen(G.path) + sizeof host + O.headers_len + body_len + 200;
+        G.req[i] = xrealloc(NULL, cap);
+        int n = snprintf(G.req[i], cap, "%s %s HTTP/1.1\r\n%s%s%s%.*s%s%s\r\n", O.method, G.path,
+                         O.user_host ? "" : "Host: ", O.user_host ? "" : host, O.user_host ? "" : "\r\n",
+                         (int)O.headers_len, O.headers ? O.headers : "", clen,
+                         O.new_conn && !O.user_conn ? "Connection: close\r\n" : "");
+        if (body_len)
+            memcpy(G.req[i] + n, body, body_len);
+        G.reqlen[i] = (size_t)n + body_len;
+        free(body);
+    }
 }
 
 static void parse_args(int argc, char **argv) {
     enum { O_URL = 256, O_METHOD, O_BODY, O_BODYF, O_CERT, O_KEY, O_CLIST, O_CA, O_INSEC,
-           O_WARM, O_NEWC, O_T12, O_T13, O_EXP, O_TMO, O_JSON };
+           O_WARM, O_NEWC, O_T12, O_T13, O_EXP, O_TMO, O_JSON, O_CID };
     static const struct option lo[] = {
         {"url", 1, 0, O_URL}, {"method", 1, 0, O_METHOD}, {"body", 1, 0, O_BODY},
         {"body-file", 1, 0, O_BODYF}, {"header", 1, 0, 'H'}, {"cert", 1, 0, O_CERT},
@@ -778,7 +821,8 @@ static void parse_args(int argc, char **argv) {
         {"insecure", 0, 0, O_INSEC}, {"connections", 1, 0, 'c'}, {"duration", 1, 0, 'd'},
         {"requests", 1, 0, 'n'}, {"warmup", 1, 0, O_WARM}, {"new-conn", 0, 0, O_NEWC},
         {"tls1.2", 0, 0, O_T12}, {"tls1.3", 0, 0, O_T13}, {"expect-status", 1, 0, O_EXP},
-        {"timeout", 1, 0, O_TMO}, {"json", 0, 0, O_JSON}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"timeout", 1, 0, O_TMO}, {"json", 0, 0, O_JSON}, {"client-id", 1, 0, O_CID},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int o;
     opterr = 0;
     while ((o = getopt_long(argc, argv, ":c:d:n:H:h", lo, NULL)) != -1) {
@@ -790,6 +834,7 @@ static void parse_args(int argc, char **argv) {
         case 'H': add_header(optarg); break;
         case O_CERT: O.cert = optarg; break;
         case O_KEY: O.key = optarg; break;
+        case O_CID: O.client_id = optarg; break;
         case O_CLIST: O.cert_list = optarg; break;
         case O_CA: O.cacert = optarg; break;
         case O_INSEC: O.insecure = 1; break;
@@ -818,6 +863,8 @@ static void parse_args(int argc, char **argv) {
         die(2, "use only one of --body/--body-file, --cert/--cert-list, --cacert/--insecure");
     if (!O.cert != !O.key)
         die(2, "--cert and --key go together");
+    if (O.client_id && O.cert_list)
+        die(2, "--client-id is for --cert; with --cert-list give a third column");
     if (O.expect > 599 || O.conns > 100000)
         die(2, "value out of range");
     if (O.duration <= 0 && !O.total)
@@ -883,11 +930,11 @@ static void on_sigint(int sig) {
 int main(int argc, char **argv) {
     parse_args(argc, argv);
     parse_url();
-    build_request();
     if (O.cert_list)
         load_cert_list(O.cert_list);
     else
-        add_ctx(O.cert, O.key);
+        add_ctx(O.cert, O.key, O.client_id);
+    build_requests();
 
     /* each connection needs one descriptor; raise the soft limit if we can */
     struct rlimit rl;
@@ -939,8 +986,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < O.conns; i++)
         close_conn(&G.c[i]), free(G.c[i].buf);
     for (int i = 0; i < G.nctx; i++)
-        SSL_CTX_free(G.ctx[i]), free(G.certs[i]);
-    free(G.ctx); free(G.certs); free(G.c); free(G.req); free(G.path);
+        SSL_CTX_free(G.ctx[i]), free(G.certs[i]), free(G.ids[i]), free(G.req[i]);
+    free(G.ctx); free(G.certs); free(G.ids); free(G.c); free(G.req); free(G.reqlen); free(G.path);
     free(G.lat.v); free(G.hs.v); free(O.body); free(O.headers);
     close(G.ep);
     if (!G.requests) {

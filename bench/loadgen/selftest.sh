@@ -102,6 +102,18 @@ python3 -c 'import json,sys; a,b=json.loads(sys.argv[1]),json.loads(sys.argv[2])
 d={k: b["clients"][k]-a["clients"].get(k,0) for k in ("client1","client2","client3")}
 print("PASS " if all(90 <= v <= 110 for v in d.values()) else "FAIL ", "cert-round-robin      ", d)
 sys.exit(not all(90 <= v <= 110 for v in d.values()))' "$before" "$(stats)" || fails=$((fails + 1))
+# {client_id} in the body: each connection sends its own certificate's client_id (the CN here)
+printf 'client1.crt client1.key client1\nclient2.crt client2.key client2 # comment\nclient3.crt client3.key client3\n' > ids.txt
+idbody='grant_type=client_credentials&client_id={client_id}&x={client_id}'
+check client-id-body "$ok and j[\"ok\"] == 300" -- --url "$url/client-id" --cacert ca.crt --cert-list ids.txt \
+    -n 300 -c 3 --body "$idbody" --expect-status 200
+check client-id-new-conn "$ok" -- --url "$url/client-id" --cacert ca.crt --cert-list ids.txt \
+    -d 1 -c 4 --new-conn --body "$idbody" --expect-status 200
+check client-id-single "$ok" -- --url "$url/client-id" "${auth[@]}" --client-id client1 -n 50 -c 2 \
+    --body "$idbody" --expect-status 200
+check client-id-wrong "rc == 0 and j[\"errors\"][\"status\"] == j[\"requests\"] > 0" \
+    -- --url "$url/client-id" "${auth[@]}" --client-id client2 -n 20 -c 2 --body "$idbody" --expect-status 200
+expect_fail client-id-missing 2 -- --url "$url/ok" --cacert ca.crt --cert-list certs.txt --body "$idbody"
 expect_fail rogue-client-cert 1 -- --url "$url/ok" --cacert ca.crt --cert rogue.crt --key rogue.key -d 1
 expect_fail untrusted-server 1 -- --url "$url/ok" --cacert rogue.crt --cert client1.crt --key client1.key -d 1
 expect_fail refused      1 -- --url "https://127.0.0.1:1/" --insecure -d 1

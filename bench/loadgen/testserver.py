@@ -12,6 +12,7 @@ Client certificates must be signed by --ca.  Paths:
   /flaky      every 4th request 503, otherwise 200
   /slow       answers after 2 s
   /garbage    not HTTP
+  /client-id  200 if the form body's client_id equals the client certificate's CN, else 400
   /stats      JSON counters (connections, resumed sessions, requests by path and client CN)
 """
 import argparse
@@ -75,6 +76,9 @@ async def handle(reader, writer):
                 writer.write(response(200, b"slow"))
             elif path == "/garbage":
                 writer.write(b"SPDY/9 what\r\n\r\n")
+            elif path == "/client-id":
+                form = dict(p.split("=", 1) for p in body.decode().split("&") if "=" in p)
+                writer.write(response(200 if form.get("client_id") == cn else 400, b"id"))
             elif path == "/stats":
                 out = json.dumps(stats).encode()
                 writer.write(response(200, out, "Content-Type: application/json\r\n"))
