@@ -100,12 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     ks_commands.required = True
     ks_commands.add_parser("init", parents=[common], help="create a development keystore",
                            description="Create a self-signed ECDSA P-256 certificate for"
-                           " localhost and 127.0.0.1 where server.xml's <Keystore> points,"
-                           " unless it exists.")
+                           " localhost and 127.0.0.1 where server.xml's <Keystore> points (PEM"
+                           " files, or a PKCS#12 file for type=\"PKCS12\"; encrypted with its"
+                           " password= if set), unless it exists.")
     export = ks_commands.add_parser("export", parents=[common],
                                     help="write the server certificate (PEM)",
-                                    description="Write the server's public certificate, for"
-                                    " clients to trust (keytool -export).")
+                                    description="Write the server's public certificate (PEM),"
+                                    " from PEM or PKCS#12 keystores, for clients to trust"
+                                    " (keytool -export).")
     export.add_argument("--out", type=Path, required=True, metavar="FILE")
     return parser
 
@@ -129,11 +131,14 @@ def _listener_lines(listeners, *, detail: bool = False) -> list[str]:  # noqa: A
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app, inspect_listeners, reload_app, runtime
+    from .keystore import load_keystore
     from .server import bind, serve
 
     if not 1 <= args.workers <= 64:
         raise CLIError(f"--workers {args.workers}: use 1 to 64")
     config = load_config(args.conf)
+    # Before any plugin loads or socket binds: a wrong keystore password is one clear line.
+    load_keystore(config.server.keystore)
 
     def ready(urls: list[str]) -> None:
         for url in urls:
@@ -243,27 +248,40 @@ def cmd_plugins_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_keystore_init(args: argparse.Namespace) -> int:
-    from .keystore import generate_dev_keystore
+    from .keystore import generate_dev_keystore, generate_dev_pkcs12
 
-    server = load_config(args.conf).server
+    settings = load_config(args.conf).server.keystore
     try:
-        made = generate_dev_keystore(server.certificate_file, server.key_file)
-    except (FileNotFoundError, PermissionError) as exc:
+        if settings.type == "PKCS12":
+            assert settings.file is not None
+            target, made = settings.file, generate_dev_pkcs12(settings.file, settings.password)
+        else:
+            assert settings.certificate_file is not None and settings.key_file is not None
+            target = settings.certificate_file
+            made = generate_dev_keystore(settings.certificate_file, settings.key_file,
+                                         settings.password)
+    except OSError as exc:
         raise CLIError(str(exc)) from None
-    print(f"{'created' if made else 'kept existing'} keystore {server.certificate_file}")
+    print(f"{'created' if made else 'kept existing'} keystore {target}")
     return 0
 
 
 def cmd_keystore_export(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     from .keystore import export_certificate
 
-    server = load_config(args.conf).server
+    pem = export_certificate(load_config(args.conf).server.keystore)
     try:
-        pem = export_certificate(server.certificate_file)
         args.out.write_bytes(pem)
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot export {server.certificate_file}: {exc}") from None
-    print(f"wrote {args.out}")
+    except OSError as exc:
+        raise CLIError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    cert = x509.load_pem_x509_certificate(pem)
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    print(f"wrote {args.out}: {cert.subject.rfc4514_string()} sha256={digest}")
     return 0
 
 
@@ -287,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command, action](args)
     except (CLIError, ConfigError, StorageError) as exc:
-        print(f"tokensmith: error: {exc}", file=sys.stderr)
+        # One line whatever the message holds (OpenSSL and OS errors can span lines).
+        print(f"tokensmith: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -19,6 +19,7 @@ from .xmlconf import ConfigError, attr_bool, attr_int, parse_xml, where
 __all__ = [
     "Config",
     "Connector",
+    "KeystoreSettings",
     "ServerSettings",
     "IdentitySettings",
     "ListenerEntry",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 CLIENT_AUTH_MODES = ("want", "need", "false")
+KEYSTORE_TYPES = ("PEM", "PKCS12")
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,27 @@ class Connector:
 
 
 @dataclass(frozen=True)
+class KeystoreSettings:
+    """``<Keystore>``: the server's certificate and key, as PEM files or one PKCS#12 file.
+
+    ``type="PEM"`` (the default) names ``certificateFile`` and ``keyFile`` (they may be the
+    same file); ``type="PKCS12"`` names ``file``. ``password`` decrypts the PEM key or the
+    PKCS#12 file. ``where`` is ``server.xml:LINE``, for errors.
+    """
+
+    type: str
+    certificate_file: Path | None = None
+    key_file: Path | None = None
+    file: Path | None = None
+    password: str | None = field(default=None, repr=False)
+    where: str = ""
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     path: Path
     connectors: tuple[Connector, ...]
-    certificate_file: Path
-    key_file: Path
-    key_password: str | None
+    keystore: KeystoreSettings
     database: Path
     dropins: Path
     truststore: Path
@@ -117,25 +134,50 @@ def load_server(path: Path) -> ServerSettings:
     if not connectors:
         raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
 
-    keystore = root.find("Keystore")
-    if keystore is None:
-        raise ConfigError(f"{where(path, root)}: <Keystore certificateFile= keyFile=> is needed")
-    for required in ("certificateFile", "keyFile"):
-        if not keystore.get(required):
-            raise ConfigError(f"{where(path, keystore)}: <Keystore> needs {required}=")
-
     database = os.environ.get("TOKENSMITH_DB") or _text_attr(root, "Database", "path")
     dropins = _text_attr(root, "Dropins", "path") or "../dropins"
     return ServerSettings(
         path=path,
         connectors=tuple(connectors),
-        certificate_file=_path(path, keystore.get("certificateFile", "")),
-        key_file=_path(path, keystore.get("keyFile", "")),
-        key_password=keystore.get("password"),
+        keystore=_keystore(path, root),
         database=_path(path, database or "../var/tokensmith.db"),
         dropins=_path(path, dropins),
         truststore=_path(path, _text_attr(root, "Truststore", "path") or "security/truststore"),
     )
+
+
+def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:
+    """The one ``<Keystore>``; XSD 1.0 cannot say which attributes go together, so we do."""
+    found = root.findall("Keystore")
+    if not found:
+        raise ConfigError(f"{where(path, root)}: a <Keystore> is needed: certificateFile= and"
+                          ' keyFile= (PEM), or type="PKCS12" file=')
+    if len(found) > 1:
+        raise ConfigError(f"{where(path, found[1])}: only one <Keystore> is allowed; the first"
+                          f" is on line {found[0].sourceline}")
+    el = found[0]
+    at = where(path, el)
+    kind = el.get("type", "PEM")
+    if kind not in KEYSTORE_TYPES:  # the schema already refuses it; kept for direct callers
+        raise ConfigError(f"{at}: <Keystore type={kind!r}> must be PEM or PKCS12")
+    if kind == "PKCS12":
+        for pem_only in ("certificateFile", "keyFile"):
+            if el.get(pem_only) is not None:
+                raise ConfigError(f'{at}: <Keystore type="PKCS12"> takes file=, not {pem_only}='
+                                  ' (which is for type="PEM")')
+        if not el.get("file"):
+            raise ConfigError(f'{at}: <Keystore type="PKCS12"> needs file=')
+        return KeystoreSettings("PKCS12", file=_path(path, el.get("file", "")),
+                                password=el.get("password"), where=at)
+    if el.get("file") is not None:
+        raise ConfigError(f'{at}: <Keystore file=> is for a PKCS#12 keystore: add type="PKCS12",'
+                          " or name certificateFile= and keyFile= for PEM files")
+    for required in ("certificateFile", "keyFile"):
+        if not el.get(required):
+            raise ConfigError(f"{at}: <Keystore> needs {required}= (or type=\"PKCS12\" file=)")
+    return KeystoreSettings("PEM", certificate_file=_path(path, el.get("certificateFile", "")),
+                            key_file=_path(path, el.get("keyFile", "")),
+                            password=el.get("password"), where=at)
 
 
 def _text_attr(root: etree._Element, tag: str, attr: str) -> str | None:

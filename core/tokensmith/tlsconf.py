@@ -16,8 +16,8 @@ from __future__ import annotations
 import ssl
 
 from .config import Connector, ServerSettings
+from .keystore import load_into
 from .tls_accept import accept_any_client_certificate
-from .xmlconf import ConfigError
 
 __all__ = ["server_context", "TLS12_CIPHERS"]
 
@@ -25,24 +25,17 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384
 
 
 def server_context(settings: ServerSettings, connector: Connector) -> ssl.SSLContext:
-    """A server ``SSLContext`` for *connector* with the keystore of *settings*."""
+    """A server ``SSLContext`` for *connector* with the keystore of *settings* (PEM or PKCS#12).
+
+    An unusable keystore raises ``ConfigError`` naming server.xml's line and the file.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     context.set_alpn_protocols(["h2", "http/1.1"])
-    try:
-        context.load_cert_chain(
-            settings.certificate_file, settings.key_file, password=settings.key_password
-        )
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{settings.path}: keystore file {exc.filename} not found") from None
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
-            f"{settings.path}: cannot load keystore {settings.certificate_file} /"
-            f" {settings.key_file}: {exc}"
-        ) from None
+    load_into(context, settings.keystore)
     if connector.client_auth != "false":
         accept_any_client_certificate(context, required=connector.client_auth == "need")
     return context
