@@ -21,11 +21,12 @@ from .errors import OAuth2Error, ServerError, TemporarilyUnavailableError
 from .listeners import ListenerSet, build_listeners
 from .sqlite_store import SQLiteStorage
 from .storage import Storage, StorageError
-from .tokens import TokenIssuer
+from .signing import SigningKeys
+from .tokens import JWTSettings, TokenIssuer
 from .truststore import Truststore
 from .xmlconf import ConfigError
 
-__all__ = ["create_app", "reload_app", "inspect_listeners", "Runtime", "runtime", "json_response", "NO_STORE"]
+__all__ = ["create_app", "reload_app", "inspect_listeners", "issuer_url", "Runtime", "runtime", "json_response", "NO_STORE"]
 
 log = logging.getLogger("tokensmith")
 
@@ -34,6 +35,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 _RUNTIME = "tokensmith"
 _LOADER = "tokensmith.loader"
+_URLS = "tokensmith.urls"  # set by server.serve once the sockets listen
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Runtime:
     listeners: ListenerSet
     issuer: TokenIssuer
     truststore: Truststore
+    signing: SigningKeys
     generation: int
 
 
@@ -63,27 +66,43 @@ def json_response(body: dict[str, object], status: int = 200, headers: dict[str,
     )
 
 
-def _build_runtime(config: Config, identity: IdentitySettings, loader: DropinLoader,
-                   storage: Storage, truststore: Truststore, generation: int) -> Runtime:
+def issuer_url(app: Quart) -> str:
+    """The issuer (RFC 8414 §2): identity.xml's <Issuer>, else the first connector's URL."""
+    rt = runtime(app)
+    if rt.identity.issuer:
+        return rt.identity.issuer.rstrip("/")
+    bound = app.extensions.get(_URLS)
+    if bound:
+        return bound[0]
+    first = rt.config.server.connectors[0]
+    return f"https://{first.address}:{first.port}"
+
+
+def _build_runtime(app: Quart, config: Config, identity: IdentitySettings, loader: DropinLoader,
+                   storage: Storage, truststore: Truststore, signing: SigningKeys,
+                   generation: int) -> Runtime:
     listeners = build_listeners(loader.load(identity.allowed_wheels), identity)
-    issuer = TokenIssuer(storage, listeners, identity.access_token_lifetime)
-    return Runtime(config, identity, storage, listeners, issuer, truststore, generation)
+    jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
+    issuer = TokenIssuer(storage, listeners, identity.access_token_lifetime,
+                         identity.refresh_token_lifetime, jwt)
+    return Runtime(config, identity, storage, listeners, issuer, truststore, signing, generation)
 
 
 def create_app(config: Config) -> Quart:
     """Build the app for *config*: storage, plugins from dropins/ and the listener order."""
     from .endpoints import oauth
 
+    app = Quart("tokensmith")
     loader = DropinLoader(config.server.dropins)
     try:
         storage = SQLiteStorage(config.server.database)
-        first = _build_runtime(config, config.identity, loader, storage,
-                               Truststore(config.server.truststore), 1)
+        first = _build_runtime(app, config, config.identity, loader, storage,
+                               Truststore(config.server.truststore),
+                               SigningKeys(config.conf_dir / "security" / "signing"), 1)
     except BaseException:
         loader.close()
         raise
 
-    app = Quart("tokensmith")
     app.config["MAX_CONTENT_LENGTH"] = config.identity.max_body_bytes
     app.extensions[_RUNTIME] = first
     app.extensions[_LOADER] = loader
@@ -142,8 +161,9 @@ def reload_app(app: Quart) -> bool:
     current = runtime(app)
     try:
         identity = load_identity(current.identity.path)
-        new = _build_runtime(current.config, identity, app.extensions[_LOADER], current.storage,
-                             current.truststore, current.generation + 1)
+        new = _build_runtime(app, current.config, identity, app.extensions[_LOADER],
+                             current.storage, current.truststore, current.signing,
+                             current.generation + 1)
     except ConfigError as exc:
         log.error("reload refused, still serving configuration %d: %s", current.generation, exc)
         return False

@@ -85,9 +85,17 @@ class IdentitySettings:
     path: Path
     listeners: tuple[ListenerEntry, ...]
     realm: str = "tokensmith"
+    #: The issuer URL (RFC 8414 §2); None: the first connector's URL.
+    issuer: str | None = None
     access_token_lifetime: int = 3600
+    refresh_token_lifetime: int = 14 * 24 * 3600
+    #: "opaque" (the default) or "jwt" (RFC 9068) for clients that do not choose.
+    access_token_format: str = "opaque"
     max_body_bytes: int = 64 * 1024
     listener_timeout: float = 5.0
+    #: Password grant: wrong passwords in a row before the user is locked, and for how long.
+    max_failed_logins: int = 5
+    lockout_seconds: int = 300
     #: SHA-256 (hex) of the wheels allowed in dropins/; None when pinning is off.
     allowed_wheels: frozenset[str] | None = None
 
@@ -223,9 +231,14 @@ def load_identity(path: Path) -> IdentitySettings:
     if oauth is not None:
         for tag, key, cast in (
             ("Realm", "realm", str),
+            ("Issuer", "issuer", str),
             ("AccessTokenLifetime", "access_token_lifetime", int),
+            ("RefreshTokenLifetime", "refresh_token_lifetime", int),
+            ("AccessTokenFormat", "access_token_format", str),
             ("MaxRequestBodyBytes", "max_body_bytes", int),
             ("ListenerTimeoutSeconds", "listener_timeout", float),
+            ("MaxFailedLogins", "max_failed_logins", int),
+            ("LockoutSeconds", "lockout_seconds", int),
         ):
             el = oauth.find(tag)
             if el is None:

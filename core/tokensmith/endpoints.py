@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from quart import Blueprint, Response, current_app, request
 
-from .app import Runtime, json_response, runtime
+from .app import Runtime, issuer_url, json_response, runtime
 from .clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_client, challenge, claimed_client_id
 from .errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
 from .events import ClientAuthEvent, TokenRevokeEvent
@@ -74,7 +74,8 @@ async def token() -> Response:
     form = await read_form()
     check_grant_type(form)
     auth = await authenticate(rt, form, "token")
-    issued = await grant(Grant(rt.issuer, rt.storage, auth, form))
+    issued = await grant(Grant(rt.issuer, rt.storage, auth, form, rt.identity.max_failed_logins,
+                               rt.identity.lockout_seconds))
     return json_response(issued.response())
 
 
@@ -146,15 +147,18 @@ async def metadata() -> Response:
     rt = runtime(current_app)
     bound: list[str] = current_app.extensions.get("tokensmith.urls") or []
     connectors = rt.config.server.connectors
-    issuer = bound[0] if bound else f"https://{connectors[0].address}:{connectors[0].port}"
+    issuer = issuer_url(current_app)
+    base = bound[0] if bound else issuer
     methods = [*rt.listeners.auth_methods_supported(), "none"]
     body: dict[str, object] = {
         "issuer": issuer,
-        "token_endpoint": f"{issuer}/oauth2/token",
-        "introspection_endpoint": f"{issuer}/oauth2/introspect",
-        "revocation_endpoint": f"{issuer}/oauth2/revoke",
+        "token_endpoint": f"{base}/oauth2/token",
+        "introspection_endpoint": f"{base}/oauth2/introspect",
+        "revocation_endpoint": f"{base}/oauth2/revoke",
+        "jwks_uri": f"{base}/oauth2/jwks",
         "grant_types_supported": list(GRANT_TYPES),
         "response_types_supported": [],
+        "scopes_supported": rt.storage.scopes_in_use(),
         "token_endpoint_auth_methods_supported": methods,
         "introspection_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_methods_supported": methods,
@@ -168,3 +172,10 @@ async def metadata() -> Response:
             "revocation_endpoint": f"{need[0]}/oauth2/revoke",
         }
     return Response(json.dumps(body, separators=(",", ":")), content_type="application/json")
+
+
+@oauth.get("/oauth2/jwks")
+async def jwks() -> Response:
+    """The public keys that sign JWT access tokens (RFC 7517 §5), active and previous."""
+    keys = runtime(current_app).signing.jwks()
+    return Response(json.dumps(keys, separators=(",", ":")), content_type="application/jwk-set+json")

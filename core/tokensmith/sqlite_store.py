@@ -146,6 +146,11 @@ class SQLiteStorage:
     def list_clients(self) -> list[Client]:
         return [_client(r) for r in self._run("SELECT * FROM clients ORDER BY created_at, name")]
 
+    def scopes_in_use(self) -> list[str]:
+        rows = self._run("SELECT DISTINCT s.value FROM clients, json_each(clients.scopes) s"
+                         " ORDER BY s.value")
+        return [row[0] for row in rows]
+
     def remove_client(self, client_id: str) -> bool:
         return self._run("DELETE FROM clients WHERE client_id = ?", (client_id,)).rowcount > 0
 

@@ -139,6 +139,10 @@ class Storage(Protocol):
 
     def update_client(self, client: Client) -> bool: ...
 
+    def scopes_in_use(self) -> list[str]:
+        """Every scope some client is registered for, sorted (for ``scopes_supported``)."""
+        ...
+
     def add_token(self, token: TokenRecord) -> None: ...
 
     def add_tokens(self, tokens: list[TokenRecord]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
@@ -18,9 +18,11 @@ from typing import Any
 from .events import REGISTERED_CLAIMS, TokenIssueEvent
 from .kdf import token_hash
 from .listeners import ListenerSet
+from .rfc9068 import access_token_claims, encode_access_token
+from .signing import SigningKeys
 from .storage import Client, Storage, TokenRecord
 
-__all__ = ["TokenIssuer", "IssuedToken", "token_claims"]
+__all__ = ["TokenIssuer", "IssuedToken", "JWTSettings", "token_claims"]
 
 
 @dataclass(frozen=True)
@@ -62,15 +64,48 @@ def token_claims(record: TokenRecord) -> dict[str, Any]:
     return {**record.claims, **claims}
 
 
+@dataclass(frozen=True)
+class JWTSettings:
+    """How JWT access tokens (RFC 9068) are made: by whom, for whom, signed with what."""
+
+    keys: SigningKeys
+    issuer: Callable[[], str]
+    default: bool = False  # JWT for clients that do not choose; opaque otherwise
+    audience: str | None = None  # None: the issuer
+
+
 class TokenIssuer:
     """Makes tokens, runs the interceptors around them and writes them to storage."""
 
     def __init__(self, storage: Storage, listeners: ListenerSet, access_token_lifetime: int,
-                 refresh_token_lifetime: int = 14 * 24 * 3600):
+                 refresh_token_lifetime: int = 14 * 24 * 3600, jwt: JWTSettings | None = None):
         self.storage = storage
         self.listeners = listeners
         self.access_token_lifetime = access_token_lifetime
         self.refresh_token_lifetime = refresh_token_lifetime
+        self.jwt = jwt
+
+    def _wants_jwt(self, client: Client) -> bool:
+        if self.jwt is None:
+            return False
+        return self.jwt.default if client.jwt_access_tokens is None else client.jwt_access_tokens
+
+    def _as_jwt(self, record: TokenRecord) -> tuple[str, TokenRecord]:
+        """Sign *record* as an RFC 9068 JWT; the stored hash is then the JWT's own hash.
+
+        Storing it lets introspection and revocation treat JWTs like opaque tokens, while
+        resource servers may verify them offline against the JWKS.
+        """
+        assert self.jwt is not None
+        issuer = self.jwt.issuer()
+        claims = access_token_claims(
+            issuer=issuer, client_id=record.client_id, scope=record.scope, iat=record.issued_at,
+            exp=record.expires_at, subject=record.username, audience=self.jwt.audience or issuer,
+            cnf_x5t_s256=record.cnf_x5t_s256,
+            extra={k: v for k, v in record.claims.items() if k not in REGISTERED_CLAIMS},
+        )
+        value = encode_access_token(claims, self.jwt.keys.ensure())
+        return value, replace(record, token_hash=token_hash(value))
 
     def _record(self, kind: str, client: Client, scope: str, lifetime: int, **fields: Any) -> tuple[str, TokenRecord]:
         value = secrets.token_urlsafe(32)
@@ -127,6 +162,8 @@ class TokenIssuer:
             claims=MappingProxyType(token_claims(record)),
         )
         record = replace(record, claims=await self._extra_claims(event))
+        if self._wants_jwt(client):
+            value, record = self._as_jwt(record)
         refresh_value = refresh_record = None
         if refresh:
             refresh_value, refresh_record = self._record(
