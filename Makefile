@@ -29,3 +29,30 @@ keystore: $(STAMP)
 
 clean:
 	rm -rf $(VENV) dropins/*.whl dropins/.*.source
+
+# Benchmarks (bench/README.md): not part of `make test`. `make bench` takes about 20 minutes;
+# `make bench-smoke` about 30 seconds. Extra options go in BENCH_ARGS (see bench/run.py --help).
+LOADGEN  := bench/loadgen/loadgen
+NODE_OIDC_STAMP := bench/peers/node-oidc/node_modules/.package-lock.json
+BENCH_ARGS ?=
+
+.PHONY: bench bench-smoke soak
+
+$(LOADGEN): bench/loadgen/loadgen.c
+	$(MAKE) -C bench/loadgen
+
+# npm ci writes node_modules/.package-lock.json: reinstall only when the lock file changes.
+$(NODE_OIDC_STAMP): bench/peers/node-oidc/package-lock.json
+	bench/peers/node-oidc/setup.sh
+
+bench: setup $(LOADGEN) $(NODE_OIDC_STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# node-oidc is optional here: without node or npm the smoke run skips it and says so.
+bench-smoke: setup $(LOADGEN)
+	@$(MAKE) --no-print-directory $(NODE_OIDC_STAMP) || echo "bench-smoke: node-oidc setup failed; running without it"
+	$(BIN)/python bench/run.py --smoke $(BENCH_ARGS)
+
+# 10 minutes of mixed load on one server, sampling RSS and open descriptors (SOAK_ARGS).
+soak: setup $(LOADGEN)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
