@@ -26,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from conftest import TOKENSMITH
 from tokensmith import tlsconf
 from tokensmith.config import Connector, load_config
+from tokensmith.keystore import load_keystore
 from tokensmith.xmlconf import ConfigError
 
 PASSWORD = "s3cret-Ünïcode"
@@ -142,13 +143,11 @@ def test_a_different_certificate_does_not_verify(deployment, serve, tmp_path) ->
             http.post("/oauth2/token", data={"grant_type": "client_credentials"})
 
 
-def test_pkcs12_chain_is_served_leaf_first(deployment) -> None:  # noqa: ANN001
+def test_pkcs12_extra_certificates_follow_the_leaf(deployment) -> None:  # noqa: ANN001
     """Extra certificates in a PKCS#12 file are loaded after the leaf, which stays first."""
     pair, ca = server_pair("ec"), server_pair("ec", "Example CA")
     (deployment.conf / "security" / "server.p12").write_bytes(pair.pkcs12(PASSWORD, (ca.cert,)))
     use_keystore(deployment, f'<Keystore type="PKCS12" file="security/server.p12" password="{PASSWORD}"/>')
-    from tokensmith.keystore import load_keystore
-
     loaded = load_keystore(load_config(deployment.conf).server.keystore)
     assert [c.subject for c in loaded.chain] == [pair.cert.subject, ca.cert.subject]
 
