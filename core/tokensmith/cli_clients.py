@@ -1,0 +1,233 @@
+"""``tokensmith sp``: register, update, list and remove service providers (OAuth clients).
+
+Mutual-TLS clients (RFC 8705 §2) are registered here as WSO2's console does it: a
+``self_signed_tls_client_auth`` client with its "Application Certificate" (``--cert``), a
+``tls_client_auth`` client with the one subject attribute its CA-issued certificate must carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import kdf
+from .cli_base import CLIError, Parser, open_storage, warn
+from .config import load_config
+from .registration import (
+    certificates_from_file, change_certificates, parse_fingerprint, tls_subject, validity_warnings)
+from .storage import Client, RegisteredCertificate
+
+__all__ = ["add_commands", "SECRET_METHODS", "KNOWN_METHODS"]
+
+SECRET_METHODS = ("client_secret_basic", "client_secret_post")
+SELF_SIGNED = "self_signed_tls_client_auth"
+PKI = "tls_client_auth"
+KNOWN_METHODS = (*SECRET_METHODS, PKI, SELF_SIGNED, "none")
+#: --option -> Client.tls_subject kind (RFC 8705 §2.1.2 metadata names).
+SUBJECT_OPTIONS = {
+    "subject_dn": "tls_client_auth_subject_dn",
+    "san_dns": "tls_client_auth_san_dns",
+    "san_uri": "tls_client_auth_san_uri",
+    "san_ip": "tls_client_auth_san_ip",
+    "san_email": "tls_client_auth_san_email",
+}
+
+Command = Callable[[argparse.Namespace], int]
+
+ADD_DESCRIPTION = """\
+Register a service provider and print its credentials as JSON. A client secret is shown only
+once. Mutual-TLS clients (RFC 8705) get no secret:
+self_signed_tls_client_auth registers the client's own certificate with --cert FILE (the
+"Application Certificate"); every certificate in a PEM file is registered, and --cert may be
+repeated, so a client can hold its current and its next certificate. tls_client_auth
+registers exactly one attribute that the client's CA-issued certificate must carry:
+--subject-dn, --san-dns, --san-uri, --san-ip or --san-email (its CA goes into the truststore:
+tokensmith truststore import)."""
+
+UPDATE_DESCRIPTION = """\
+Rotate the certificates of a self_signed_tls_client_auth client and print the updated client
+as JSON. --add-cert registers every certificate in FILE; --remove-cert takes a SHA-256
+fingerprint as `openssl x509 -noout -fingerprint -sha256` or `sp list --json` prints it
+(colons and case do not matter). Both may be repeated and combined; removing the last
+certificate is refused."""
+
+
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict[tuple[str, str], Command]:
+    """Add ``sp`` and its actions to *commands*; return their implementations."""
+    sp = commands.add_parser("sp", help="manage service providers (OAuth clients)",
+                             description="Register, update, list and remove service providers.")
+    actions = sp.add_subparsers(dest="sp_command", metavar="ACTION", parser_class=Parser)
+    actions.required = True
+
+    add = actions.add_parser("add", parents=[common], help="register a service provider",
+                             description=ADD_DESCRIPTION)
+    add.add_argument("name", help="a name for people to recognise the client by")
+    add.add_argument("--grant-type", action="append", dest="grant_types", required=True,
+                     metavar="GRANT", help="a grant type the client may use (repeatable),"
+                     " e.g. client_credentials")
+    add.add_argument("--auth-method", required=True, metavar="METHOD",
+                     help="token_endpoint_auth_method (RFC 7591): " + ", ".join(KNOWN_METHODS))
+    add.add_argument("--scope", action="append", dest="scopes", default=[], metavar="SCOPE",
+                     help="a scope the client may ask for (repeatable)")
+    add.add_argument("--cert", action="append", dest="certs", default=[], type=Path,
+                     metavar="FILE", help="self_signed_tls_client_auth: a PEM (or DER) file with"
+                     " the client's certificate; every certificate in it is registered"
+                     " (repeatable)")
+    subject = add.add_mutually_exclusive_group()
+    subject.add_argument("--subject-dn", metavar="DN", help="tls_client_auth: the certificate's"
+                         " subject DN, RFC 4514, e.g. 'CN=client,O=Example,C=SE'")
+    subject.add_argument("--san-dns", metavar="NAME", help="tls_client_auth: a dNSName SAN")
+    subject.add_argument("--san-uri", metavar="URI", help="tls_client_auth: a URI SAN")
+    subject.add_argument("--san-ip", metavar="ADDRESS", help="tls_client_auth: an iPAddress SAN"
+                         " (IPv4 or IPv6)")
+    subject.add_argument("--san-email", metavar="ADDRESS", help="tls_client_auth: an"
+                         " rfc822Name SAN")
+    add.add_argument("--bind-tokens", action="store_true",
+                     help="client_secret_basic/post: bind the tokens to the TLS client"
+                     " certificate when the client presents one (RFC 8705 §3); mutual-TLS"
+                     " clients' tokens are always bound")
+
+    listing = actions.add_parser("list", parents=[common], help="list service providers",
+                                 description="List the registered service providers; --json"
+                                 " includes their certificates and subjects.")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    update = actions.add_parser("update", parents=[common],
+                                help="add or remove a client's certificates",
+                                description=UPDATE_DESCRIPTION)
+    update.add_argument("client_id", help="the client to change")
+    update.add_argument("--add-cert", action="append", dest="add_certs", default=[], type=Path,
+                        metavar="FILE", help="register the certificates in FILE (repeatable)")
+    update.add_argument("--remove-cert", action="append", dest="remove_certs", default=[],
+                        metavar="SHA256", help="unregister the certificate with this SHA-256"
+                        " fingerprint (repeatable)")
+
+    remove = actions.add_parser("remove", parents=[common], help="remove a service provider",
+                                description="Remove a service provider by client_id.")
+    remove.add_argument("client_id")
+    return {("sp", "add"): cmd_sp_add, ("sp", "list"): cmd_sp_list,
+            ("sp", "update"): cmd_sp_update, ("sp", "remove"): cmd_sp_remove}
+
+
+def _certificates(files: list[Path]) -> list[RegisteredCertificate]:
+    """Every certificate in *files*, each once; the same certificate twice is a mistake."""
+    found: dict[str, RegisteredCertificate] = {}
+    for path in files:
+        for cert in certificates_from_file(path):
+            if cert.sha256 in found:
+                raise CLIError(f"{path}: certificate {cert.sha256} ({cert.subject}) is given twice")
+            found[cert.sha256] = cert
+    return list(found.values())
+
+
+def _check_method_options(args: argparse.Namespace) -> tuple[str, str] | None:
+    """Refuse options that do not fit --auth-method; the chosen subject option, if any."""
+    method = args.auth_method
+    if method not in KNOWN_METHODS:
+        raise CLIError(f"unknown --auth-method {method!r}; use one of {', '.join(KNOWN_METHODS)}")
+    chosen = next(((option, getattr(args, option)) for option in SUBJECT_OPTIONS
+                   if getattr(args, option) is not None), None)
+    flag = f"--{chosen[0].replace('_', '-')}" if chosen else ""
+    if args.certs and method != SELF_SIGNED:
+        raise CLIError(f"--cert is for {SELF_SIGNED} clients, not {method}"
+                       + ("; a tls_client_auth client registers its subject instead" if method == PKI
+                          else ""))
+    if method == SELF_SIGNED and not args.certs:
+        raise CLIError(f"{SELF_SIGNED} needs the client's certificate: --cert FILE")
+    if chosen and method != PKI:
+        raise CLIError(f"{flag} is for {PKI} clients, not {method}")
+    if method == PKI and not chosen:
+        raise CLIError(f"{PKI} needs the subject its certificate must carry: one of --subject-dn,"
+                       " --san-dns, --san-uri, --san-ip, --san-email")
+    if args.bind_tokens and method not in SECRET_METHODS:
+        reason = ("its tokens are always bound to its certificate" if method in (PKI, SELF_SIGNED)
+                  else "it is for client_secret_basic and client_secret_post")
+        raise CLIError(f"--bind-tokens does not apply to a {method} client: {reason}")
+    return (SUBJECT_OPTIONS[chosen[0]], chosen[1]) if chosen else None
+
+
+def cmd_sp_add(args: argparse.Namespace) -> int:
+    subject = _check_method_options(args)
+    config = load_config(args.conf)
+    certificates = _certificates(args.certs)
+    method = args.auth_method
+    secret = secrets.token_urlsafe(32) if method in SECRET_METHODS else None
+    client = Client(
+        client_id=secrets.token_urlsafe(18),
+        name=args.name,
+        token_endpoint_auth_method=method,
+        grant_types=tuple(dict.fromkeys(args.grant_types)),
+        scopes=tuple(dict.fromkeys(args.scopes)),
+        secret_hash=kdf.hash_secret(secret) if secret else None,
+        bind_tokens=args.bind_tokens,
+        created_at=int(time.time()),
+        certificates=tuple(certificates),
+        tls_subject=tls_subject(*subject) if subject else None,
+    )
+    store = open_storage(config)
+    try:
+        store.add_client(client)
+    finally:
+        store.close()
+    for line in validity_warnings(certificates):
+        warn(line)
+    shown = client.public_view()
+    if secret is not None:
+        shown["client_secret"] = secret
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def cmd_sp_update(args: argparse.Namespace) -> int:
+    if not args.add_certs and not args.remove_certs:
+        raise CLIError("nothing to change: give --add-cert FILE or --remove-cert SHA256")
+    remove = [parse_fingerprint(text) for text in args.remove_certs]
+    config = load_config(args.conf)
+    added = _certificates(args.add_certs)
+    store = open_storage(config)
+    try:
+        client = store.get_client(args.client_id)
+        if client is None:
+            raise CLIError(f"no service provider with client_id {args.client_id!r}")
+        if client.token_endpoint_auth_method != SELF_SIGNED:
+            raise CLIError(f"client {client.client_id} uses {client.token_endpoint_auth_method};"
+                           f" certificates are registered only for {SELF_SIGNED} clients")
+        updated = change_certificates(client, added, remove)
+        if not store.update_client(updated):
+            raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
+    finally:
+        store.close()
+    for line in validity_warnings(added):
+        warn(line)
+    print(json.dumps(updated.public_view(), indent=2))
+    return 0
+
+
+def cmd_sp_list(args: argparse.Namespace) -> int:
+    store = open_storage(load_config(args.conf))
+    try:
+        clients = store.list_clients()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([c.public_view() for c in clients], indent=2))
+    else:
+        for c in clients:
+            print(f"{c.client_id}  {c.token_endpoint_auth_method:<28} {','.join(c.grant_types):<24} {c.name}")
+    return 0
+
+
+def cmd_sp_remove(args: argparse.Namespace) -> int:
+    store = open_storage(load_config(args.conf))
+    try:
+        removed = store.remove_client(args.client_id)
+    finally:
+        store.close()
+    if not removed:
+        raise CLIError(f"no service provider with client_id {args.client_id!r}")
+    print(f"removed {args.client_id}")
+    return 0
