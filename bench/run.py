@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    " disturbed by other processes (default 3; smoke 0)")
     p.add_argument("--calm-wait", type=float, metavar="SECONDS",
                    help="before each round, wait up to this long for other processes to go below"
-                   " --disturbed (default 60; smoke 0), within a total of 10 minutes")
+                   " --disturbed (default 30; smoke 0), within a total of 10 minutes")
     p.add_argument("--disturbed", type=float, default=15.0, metavar="PCT",
                    help="other processes' CPU, in %% of one core, that makes a round disturbed (15)")
     p.add_argument("--sizes", help="registered mutual-TLS clients, comma-separated (default"
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     smoke = args.smoke
     args.rounds = args.rounds or (1 if smoke else 3)
     args.retries = args.retries if args.retries is not None else (0 if smoke else 3)
-    args.calm_wait = args.calm_wait if args.calm_wait is not None else (0.0 if smoke else 60.0)
+    args.calm_wait = args.calm_wait if args.calm_wait is not None else (0.0 if smoke else 30.0)
     args.duration = args.duration or (1.0 if smoke else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (0.3 if smoke else 2.0)
     try:
@@ -124,50 +124,68 @@ class Run:
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    def measure(self, start, clients: Clients, keys: list[str], *, settings: Settings | None = None,
-                after=None) -> dict:  # noqa: ANN001
-        """Start a server, check it issues a bound token, run *keys*, measure memory, stop it."""
-        settings = settings or self.settings
+    def start(self, label: str, start, clients: Clients) -> tuple[Server, str, dict]:  # noqa: ANN001
+        """Start a server and check that it issues a bound token and serves client_secret_basic;
+        the server, a token for scenario 4 and its results entry."""
         server: Server = start()
+        server.name = label
         entry: dict = {"url": server.base, "startup_s": round(server.startup_s, 3),
                        "rss_ready_mb": round(server.rss_ready_mb, 1), "scenarios": {}}
         entry.update(server.extra)
-        self.log(f"  {server.name}: ready in {server.startup_s:.2f} s, RSS {server.rss_ready_mb:.0f} MiB")
+        self.log(f"  {label}: ready in {server.startup_s:.2f} s, RSS {server.rss_ready_mb:.0f} MiB")
+        token = fetch_token(server, clients)
+        info = introspect(server, clients, token)
+        expected = json.loads((clients.dir / "clients.jsonl").open().readline())["x5t#S256"]
+        cnf = info.get("cnf")
+        got = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+        entry["bound"] = None if label == "bare-hypercorn" else (info.get("active") is True
+                                                                 and got == expected)
+        status, data = post(server.base, "/oauth2/token", {"grant_type": "client_credentials"},
+                            cafile=clients.server_cert, basic=server.basic)
+        if status != 200:
+            raise RuntimeError(f"{label}: client_secret_basic token request got {status} {data}")
+        return server, token, entry
+
+    def measure(self, starters: dict, clients: Clients, keys: list[str], *,
+                settings: Settings | None = None, after: dict | None = None) -> dict[str, dict]:
+        """Start every server of *starters* (label: start function), run *keys* on them with
+        the rounds interleaved, measure memory, run *after[label]*, stop them; their entries."""
+        settings = settings or self.settings
+        running: list[tuple[Server, str]] = []
+        entries: dict[str, dict] = {}
         try:
-            token = fetch_token(server, clients)
-            info = introspect(server, clients, token)
-            expected = json.loads((clients.dir / "clients.jsonl").open().readline())["x5t#S256"]
-            got = (info.get("cnf") or {}).get("x5t#S256") if isinstance(info.get("cnf"), dict) else None
-            entry["bound"] = None if server.name == "bare-hypercorn" else (info.get("active") is True
-                                                                          and got == expected)
-            status, data = post(server.base, "/oauth2/token", {"grant_type": "client_credentials"},
-                                cafile=clients.server_cert, basic=server.basic)
-            if status != 200:
-                raise RuntimeError(f"{server.name}: client_secret_basic token request got {status} {data}")
+            for label, start in starters.items():
+                server, token, entries[label] = self.start(label, start, clients)
+                running.append((server, token))
             for key in keys:
-                self.log(f"  {server.name}: scenario {key[1]} ({SCENARIOS[key].title})")
-                summary = run_scenario(SCENARIOS[key], server, clients, settings, token, log=print)
-                entry["scenarios"][key] = summary
-                if summary.get("rounds_without_responses"):
-                    self.note(f"{server.name} scenario {key[1]} (N={clients.count:,}):"
-                              f" {summary['rounds_without_responses']} round(s) had no response"
-                              f" complete within the {settings.duration} s window, so their rps"
-                              " is 0: each response took longer than the window.")
-                if summary.get("medians_include_disturbed"):
-                    self.note(f"{server.name} scenario {key[1]} (N={clients.count:,}): other"
-                              f" processes used up to {summary['other_cpu_pct_max']:.0f}% of a CPU"
-                              " during the rounds behind this figure (no undisturbed round in"
-                              f" {settings.rounds + settings.retries} tries): treat it with care.")
-                if loadgen_bound(summary):
-                    self.note(f"{server.name} scenario {key[1]} (N={clients.count:,}): loadgen"
-                              f" used {summary['loadgen_cpu_pct_max']:.0f}% of a core, so it may"
-                              " have been the bottleneck; that figure is a lower bound.")
-            entry["rss_after_mb"] = round(server.proc.rss_mb(), 1)
-            if after is not None:
-                after(server)
+                self.log(f"  scenario {key[1]} ({SCENARIOS[key].title})")
+                summaries = run_scenario(SCENARIOS[key], running, clients, settings, log=print)
+                for label, summary in summaries.items():
+                    entries[label]["scenarios"][key] = summary
+                    self.flag(label, key, clients.count, summary, settings)
+            for server, _ in running:
+                entries[server.name]["rss_after_mb"] = round(server.proc.rss_mb(), 1)
+                if after and server.name in after:
+                    after[server.name](server)
         finally:
-            self.procs.stop(server.proc)
-        return entry
+            for server, _ in running:
+                self.procs.stop(server.proc)
+        return entries
+
+    def flag(self, label: str, key: str, size: int, summary: dict, settings: Settings) -> None:
+        """Notes for figures to read with care."""
+        where = f"{label} scenario {key[1]} (N={size:,})"
+        if summary.get("rounds_without_responses"):
+            self.note(f"{where}: {summary['rounds_without_responses']} round(s) had no response"
+                      f" complete within the {settings.duration} s window, so their rps is 0:"
+                      " each response took longer than the window.")
+        if summary.get("medians_include_disturbed"):
+            self.note(f"{where}: other processes used up to {summary['other_cpu_pct_max']:.0f}%"
+                      " of a CPU during the rounds behind this figure (no undisturbed round in"
+                      f" {settings.rounds + settings.retries} tries): treat it with care.")
+        if loadgen_bound(summary):
+            self.note(f"{where}: loadgen used {summary['loadgen_cpu_pct_max']:.0f}% of a core, so"
+                      " it may have been the bottleneck; that figure is a lower bound.")
 
     def note(self, text: str) -> None:
         if text not in self.results["notes"]:
@@ -219,30 +237,35 @@ class Run:
             self.log(f"  registered {dep.registered:,} clients through the storage API in"
                      f" {dep.registration_s:.1f} s (not timed in the results)")
             cert, key = Path(fresh_lines[index][0]), Path(fresh_lines[index][1])
-            entry = self.measure(
-                lambda: start_tokensmith(self.procs, dep, work, cpus=SERVER_CPUS), clients, keys,
-                after=lambda server: self.registration(dep, server, cert, key, size))
-            entry.update(registered=dep.registered, bulk_registration_s=round(dep.registration_s, 2))
-            servers.setdefault("tokensmith", {})[str(size)] = entry
+            starters = {"tokensmith": lambda: start_tokensmith(self.procs, dep, work, cpus=SERVER_CPUS)}
             if not node_skip:
-                servers.setdefault("node-oidc", {})[str(size)] = self.measure(
-                    lambda: start_node(self.procs, clients, work, adapter=args.node_adapter,
-                                       cpus=SERVER_CPUS), clients, keys)
+                starters["node-oidc"] = lambda: start_node(self.procs, clients, work,
+                                                           adapter=args.node_adapter, cpus=SERVER_CPUS)
             if index == 0:
-                servers["bare-hypercorn"] = {str(size): self.measure(
-                    lambda: start_bare(self.procs, clients, work, cpus=SERVER_CPUS), clients, keys)}
+                starters["bare-hypercorn"] = lambda: start_bare(self.procs, clients, work, cpus=SERVER_CPUS)
+            entries = self.measure(starters, clients, keys, after={
+                "tokensmith": lambda server: self.registration(dep, server, cert, key, size)})
+            entries["tokensmith"].update(registered=dep.registered,
+                                         bulk_registration_s=round(dep.registration_s, 2))
+            for label, entry in entries.items():
+                servers.setdefault(label, {})[str(size)] = entry
+            if index == 0:
                 first_dep, first_clients = dep, clients
             else:
                 shutil.rmtree(dep.root, ignore_errors=True)
                 shutil.rmtree(clients.dir, ignore_errors=True)
         if not args.skip_workers and first_dep is not None:
+            self.log("tokensmith --workers 1 and --workers 2, whole machine (no pinning)")
             whole = Settings(args.rounds, args.duration, args.warmup, args.connections, None,
                              args.retries, args.disturbed, self.calm)
-            for workers in (1, 2):
-                self.log(f"tokensmith --workers {workers}, whole machine (no pinning)")
-                self.results["workers"][str(workers)] = self.measure(
-                    lambda: start_tokensmith(self.procs, first_dep, work, workers=workers, cpus=None),
-                    first_clients, ["s1", "s2"], settings=whole)
+            entries = self.measure({
+                "tokensmith-1-worker": lambda: start_tokensmith(self.procs, first_dep, work, workers=1,
+                                                                cpus=None),
+                "tokensmith-2-workers": lambda: start_tokensmith(self.procs, first_dep, work, workers=2,
+                                                                 cpus=None),
+            }, first_clients, ["s1", "s2"], settings=whole)
+            self.results["workers"] = {"1": entries["tokensmith-1-worker"],
+                                       "2": entries["tokensmith-2-workers"]}
 
 
 def standing_notes(run: Run) -> None:

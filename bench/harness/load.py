@@ -1,8 +1,9 @@
 """The four scenarios, run with bench/loadgen, and their medians over rounds.
 
 Each round is one loadgen process (pinned with ``taskset`` unless told otherwise) that reports
-JSON: rps, p50/p99, errors and its own CPU. A scenario's result is the median of each figure
-over its rounds, and the highest loadgen CPU of any round, so a loadgen-bound round shows.
+JSON: rps, p50/p99, errors and its own CPU. Rounds are interleaved across the servers being
+compared. A scenario's result is the median of each figure over its rounds, and the highest
+loadgen CPU of any round, so a loadgen-bound round shows.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from .servers import ROOT, Clients, Server
 
-__all__ = ["LOADGEN", "Calm", "Scenario", "SCENARIOS", "Settings", "loadgen_argv", "run_scenario", "loadgen_bound"]
+__all__ = ["LOADGEN", "Calm", "Scenario", "SCENARIOS", "Settings", "loadgen_argv", "run_scenario",
+           "summarize", "loadgen_bound"]
 
 LOADGEN = ROOT / "bench" / "loadgen" / "loadgen"
 FORM = "Content-Type: application/x-www-form-urlencoded"
@@ -161,36 +163,44 @@ def _median(rounds: list[dict[str, object]], key: str) -> float | None:
     return round(statistics.median(values), 3) if values else None  # type: ignore[arg-type]
 
 
-def run_scenario(scenario: Scenario, server: Server, clients: Clients, settings: Settings,
-                 token: str | None = None, log=print) -> dict[str, object]:  # noqa: ANN001
-    """Run *settings.rounds* rounds; the medians, the loadgen CPU peak and every round.
+def run_scenario(scenario: Scenario, targets: list[tuple[Server, str | None]], clients: Clients,
+                 settings: Settings, log=print) -> dict[str, dict[str, object]]:  # noqa: ANN001
+    """Run *settings.rounds* rounds on each server of *targets* (server, token for scenario 4),
+    interleaved: round 1 on every server, then round 2, and so on, so that whatever else the
+    machine does falls on all of them alike. Per server: the medians, the CPU peaks, every round.
 
     The machine may be shared: a round during which other processes used more than
-    *settings.disturbed_pct* of a CPU is marked disturbed and, up to *settings.retries* times,
-    run again. The medians use the undisturbed rounds if there are any.
+    *settings.disturbed_pct* of a CPU is marked disturbed and, up to *settings.retries* extra
+    rounds, run again. The medians use the undisturbed rounds if there are any.
     """
-    argv = loadgen_argv(scenario, server, clients, settings, token)
-    rounds: list[dict[str, object]] = []
-    calm = 0
+    argvs = {server.name: loadgen_argv(scenario, server, clients, settings, token)
+             for server, token in targets}
+    rounds: dict[str, list[dict[str, object]]] = {name: [] for name in argvs}
+    calm = dict.fromkeys(argvs, 0)
     for number in range(settings.rounds + settings.retries):
-        if calm >= settings.rounds or (number >= settings.rounds and "failed" in rounds[-1]):
-            break
-        waited = settings.calm.wait(server, settings.disturbed_pct)
-        result = run_round(argv, settings, server)
-        result["calm_wait_s"] = waited
-        rounds.append(result)
-        if "failed" not in result:
+        pending = [server for server, _ in targets if calm[server.name] < settings.rounds
+                   and not (number >= settings.rounds and "failed" in rounds[server.name][-1])]
+        for server in pending:
+            waited = settings.calm.wait(server, settings.disturbed_pct)
+            result = run_round(argvs[server.name], settings, server)
+            result["calm_wait_s"] = waited
+            rounds[server.name].append(result)
+            if "failed" in result:
+                log(f"    {server.name} round {number + 1}: FAILED: {result['failed']}")
+                continue
             result["disturbed"] = float(result["other_cpu_pct"]) > settings.disturbed_pct  # type: ignore[arg-type]
-            calm += not result["disturbed"]
-        if "failed" in result:
-            log(f"    round {number + 1}: FAILED: {result['failed']}")
-        else:
-            log(f"    round {number + 1}: {result['rps']:.0f} rps, p50 {result['p50_ms']} ms,"
+            calm[server.name] += not result["disturbed"]
+            log(f"    {server.name} round {number + 1}: {result['rps']:.0f} rps, p50 {result['p50_ms']} ms,"
                 f" p99 {result['p99_ms']} ms, errors {result['errors']['total']},"  # type: ignore[index]
                 f" loadgen cpu {result['cpu_pct']:.0f}%, server cpu {result['server_cpu_pct']:.0f}%,"
                 f" other {result['other_cpu_pct']:.0f}%"
+                + (f", waited {waited:.0f} s for calm" if waited >= 2 else "")
                 + (" (no response completed in the window)" if result.get("no_responses") else "")
                 + (" DISTURBED" if result["disturbed"] else ""))
+    return {name: summarize(scenario, rounds[name], argvs[name]) for name in argvs}
+
+
+def summarize(scenario: Scenario, rounds: list[dict[str, object]], argv: list[str]) -> dict[str, object]:
     ok = [r for r in rounds if "failed" not in r]
     good = [r for r in ok if not r["disturbed"]] or ok
     for r in good:

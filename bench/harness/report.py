@@ -106,7 +106,7 @@ def markdown(results: dict) -> str:
     has_node = NODE in results["servers"]
     out = [f"Run: **{meta['mode']}**, {meta['started']}, took {meta.get('duration_s', 0) / 60:.1f} min"
            f" ({results.get('status', '?')}; {meta.get('calm_waited_s', 0):.0f} s spent waiting for other"
-           " processes to quiet down). Each figure is the median of {st['rounds']} round(s)"
+           f" processes to quiet down). Each figure is the median of {st['rounds']} round(s)"
            f" of {st['duration']} s after {st['warmup']} s warmup, {st['connections']} connections."
            f" Servers pinned to CPU {st['server_cpus']}, loadgen to CPU {st['loadgen_cpus']}"
            " (`taskset`). rps = requests/s; latency in ms; err = failed requests (median per"
