@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import TOKENSMITH
+from tokensmith import cli_clients
 
 NEW_SUBCOMMANDS = [["sp", "update"], ["truststore"], ["truststore", "import"],
                    ["truststore", "list"], ["truststore", "remove"]]
@@ -348,3 +349,10 @@ def test_truststore_import_can_trust_a_self_signed_client_directly(deployment, t
     deployment.cli("truststore", "import", "--alias", "client", "--allow-non-ca",
                    "--file", str(write(tmp_path, "client.pem", pem(client))))
     assert [a["sha256"] for a in json.loads(deployment.cli("truststore", "list", "--json").stdout)] == [sha256(client)]
+
+
+def test_client_ids_never_start_with_a_dash(monkeypatch) -> None:  # noqa: ANN001
+    """A generated client_id starting with '-' is drawn again, so that sp update can name it."""
+    drawn = iter(["-looks-like-an-option", "_fine-id"])
+    monkeypatch.setattr(cli_clients.secrets, "token_urlsafe", lambda size: next(drawn))
+    assert cli_clients.new_client_id() == "_fine-id"

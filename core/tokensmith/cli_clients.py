@@ -150,6 +150,17 @@ def _check_method_options(args: argparse.Namespace) -> tuple[str, str] | None:
     return (SUBJECT_OPTIONS[chosen[0]], chosen[1]) if chosen else None
 
 
+def new_client_id() -> str:
+    """A random client_id (144 bits) that never starts with '-'.
+
+    A leading '-' (1 in 64 of token_urlsafe's outputs) would make every later command line
+    that names the client (sp update, sp remove) read it as an option.
+    """
+    while (client_id := secrets.token_urlsafe(18)).startswith("-"):
+        pass
+    return client_id
+
+
 def cmd_sp_add(args: argparse.Namespace) -> int:
     subject = _check_method_options(args)
     config = load_config(args.conf)
@@ -157,7 +168,7 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
     method = args.auth_method
     secret = secrets.token_urlsafe(32) if method in SECRET_METHODS else None
     client = Client(
-        client_id=secrets.token_urlsafe(18),
+        client_id=new_client_id(),
         name=args.name,
         token_endpoint_auth_method=method,
         grant_types=tuple(dict.fromkeys(args.grant_types)),
