@@ -75,10 +75,13 @@ def test_database_path_can_be_overridden(deployment, tmp_path) -> None:  # noqa:
     assert other.exists() and not deployment.database.exists()
 
 
-def test_mtls_client_gets_no_secret(deployment) -> None:  # noqa: ANN001
+def test_mtls_client_gets_no_secret(deployment, tmp_path) -> None:  # noqa: ANN001
     """A certificate-based client is registered without a client secret."""
+    import pki
+
+    cert, _ = pki.self_signed().write(tmp_path, "m")
     added = deployment.add_client("m", "--grant-type", "client_credentials",
-                                  "--auth-method", "self_signed_tls_client_auth")
+                                  "--auth-method", "self_signed_tls_client_auth", "--cert", str(cert))
     assert "client_secret" not in added
 
 

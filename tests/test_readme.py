@@ -51,3 +51,11 @@ def test_first_token_walkthrough(deployment, serve) -> None:  # noqa: ANN001
     server = serve(deployment)
     out = run_walkthrough("first-token", server, deployment.root)
     assert '"token_type":"Bearer"' in out and '"access_token":' in out
+
+
+def test_mutual_tls_walkthrough(deployment, serve) -> None:  # noqa: ANN001
+    """'Mutual TLS in five minutes' gives a token to the registered certificate and 401 to another."""
+    server = serve(deployment)
+    out = run_walkthrough("mutual-tls", server, deployment.root)
+    assert '"token_type":"Bearer"' in out
+    assert out.strip().splitlines()[-1] == "401"

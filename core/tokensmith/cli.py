@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Sequence
 
-from . import cli_clients, cli_security
+from . import cli_clients, cli_security, cli_users
 from .cli_base import CLIError, Parser, common_options
 from .config import ConfigError, load_config
 from .registration import RegistrationError
@@ -72,6 +72,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
     handlers.update({("plugins", "build"): cmd_plugins_build, ("plugins", "list"): cmd_plugins_list,
                      ("plugins", "pin"): cmd_plugins_pin})
     handlers.update(cli_security.add_commands(commands, common))
+    handlers.update(cli_users.add_commands(commands, common))
     return parser, handlers
 
 

@@ -1,0 +1,285 @@
+"""The TLS layer of the real server: protocol policy, client certificate modes, proxies."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pki
+from conftest import DEFAULT_LISTENERS, Server, new_deployment, start_server
+from tokensmith.config import load_config
+from tokensmith.tlsconf import server_context
+
+
+def host_port(server: Server, index: int = 0) -> tuple[str, int]:
+    parsed = urllib.parse.urlsplit(server.urls[index])
+    return parsed.hostname or "", parsed.port or 0
+
+
+def handshake(server: Server, *, index: int = 0, minimum=None, maximum=None, ciphers=None,  # noqa: ANN001
+              cert: tuple[Path, Path] | None = None) -> ssl.SSLSocket:
+    """Complete a TLS handshake with the server (or raise) and return the socket."""
+    context = ssl.create_default_context(cafile=str(server.deployment.server_cert))
+    context.minimum_version = minimum or ssl.TLSVersion.MINIMUM_SUPPORTED
+    if maximum:
+        context.maximum_version = maximum
+    if ciphers:
+        context.set_ciphers(ciphers)
+    if cert:
+        context.load_cert_chain(*cert)
+    raw = socket.create_connection(host_port(server, index), timeout=10)
+    tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    return tls
+
+
+def roundtrip(tls: ssl.SSLSocket) -> bytes:
+    """Send one HTTP/1.1 request on an open TLS socket and read the status line."""
+    tls.sendall(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while b"\r\n" not in data:
+        chunk = tls.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, keystore, wheel_cache) -> Iterator[Server]:  # noqa: ANN001
+    dep = new_deployment(tmp_path_factory.mktemp("tls") / "ts", keystore, wheel_cache)
+    dep.connectors = ('<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
+                      '<Connector address="127.0.0.1" port="0" clientAuth="need"/>'
+                      '<Connector address="127.0.0.1" port="0" clientAuth="false"/>')
+    dep.write()
+    running = start_server(dep)
+    yield running
+    running.stop()
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize("version", ["TLSv1", "TLSv1_1"])
+def test_old_tls_versions_are_refused(server, version) -> None:  # noqa: ANN001
+    """TLS 1.0 and 1.1 are offered by the client and refused by the server."""
+    old = getattr(ssl.TLSVersion, version)
+    with pytest.raises(ssl.SSLError) as refused:
+        handshake(server, minimum=old, maximum=old, ciphers="DEFAULT:@SECLEVEL=0").close()
+    # Refused by the server (an alert, or the connection closed on the ClientHello), not the
+    # client failing to offer the version (NO_PROTOCOLS_AVAILABLE).
+    assert refused.value.reason in {"UNEXPECTED_EOF_WHILE_READING", "TLSV1_ALERT_PROTOCOL_VERSION",
+                                    "UNSUPPORTED_PROTOCOL"}, refused.value
+
+
+def test_tls12_is_accepted_with_ecdhe_aead_only(server) -> None:  # noqa: ANN001
+    """TLS 1.2 works with ECDHE-AES-GCM; a CBC-only client is refused."""
+    with handshake(server, maximum=ssl.TLSVersion.TLSv1_2) as tls:
+        assert tls.version() == "TLSv1.2"
+        name = tls.cipher()[0]
+        assert name.startswith("ECDHE-") and ("GCM" in name or "CHACHA20" in name)
+        assert roundtrip(tls).startswith(b"HTTP/1.1 200")
+    with pytest.raises(ssl.SSLError):
+        handshake(server, maximum=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA")
+
+
+def test_tls13_is_preferred(server) -> None:  # noqa: ANN001
+    """A client that offers 1.2 and 1.3 gets 1.3."""
+    with handshake(server) as tls:
+        assert tls.version() == "TLSv1.3"
+
+
+def test_want_completes_without_a_certificate(server) -> None:  # noqa: ANN001
+    """On a want connector a client without a certificate is served."""
+    with handshake(server, index=0) as tls:
+        assert roundtrip(tls).startswith(b"HTTP/1.1 200")
+
+
+def test_need_refuses_a_client_without_a_certificate(server, tmp_path) -> None:  # noqa: ANN001
+    """On a need connector a client without a certificate is refused; with one it is served."""
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        with handshake(server, index=1) as tls:  # TLS 1.3: the refusal arrives after the handshake
+            roundtrip(tls)
+            raise ssl.SSLError("served without a certificate")
+    cert = pki.self_signed().write(tmp_path, "need")
+    with handshake(server, index=1, cert=cert) as tls:
+        assert roundtrip(tls).startswith(b"HTTP/1.1 200")
+
+
+def test_false_connector_never_asks(server, tmp_path) -> None:  # noqa: ANN001
+    """On a clientAuth="false" connector no certificate is requested, so none is sent."""
+    client_id = str(server.deployment.add_client("f", "--grant-type", "client_credentials", "--auth-method",
+                    "self_signed_tls_client_auth", "--cert",
+                    str((files := pki.self_signed().write(tmp_path, "f"))[0]))["client_id"])
+    with server.client(cert=files, url=server.urls[2]) as http:
+        response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+    assert response.status_code == 401
+    with server.client(cert=files, url=server.urls[0]) as http:
+        response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+    assert response.status_code == 200
+
+
+def test_handshake_state_does_not_grow_with_clients(tmp_path, keystore, wheel_cache) -> None:  # noqa: ANN001
+    """The connector's context holds no client or CA certificates, however many clients exist."""
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
+    config = load_config(dep.conf)
+    for name in ("a", "b", "c"):
+        dep.add_client(name, "--grant-type", "client_credentials", "--auth-method",
+                       "self_signed_tls_client_auth", "--cert", str(pki.self_signed().write(tmp_path, name)[0]))
+    context = server_context(config.server, config.server.connectors[0])
+    assert context.cert_store_stats() == {"crl": 0, "x509": 0, "x509_ca": 0}
+    assert context.verify_mode == ssl.CERT_OPTIONAL
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+# --- proxies ---------------------------------------------------------------------------------
+
+
+def proxied_deployment(tmp_path, keystore, wheel_cache, proxies: str, fmt: str = "auto"):  # noqa: ANN001, ANN201
+    return new_deployment(tmp_path / "ts", keystore, wheel_cache, listeners=DEFAULT_LISTENERS.replace(
+        'name="mutual_tls" orderId="158" enable="true"/>',
+        'name="mutual_tls" orderId="158" enable="true">'
+        '<Property name="CertificateHeader">X-Client-Cert</Property>'
+        f'<Property name="CertificateHeaderFormat">{fmt}</Property>'
+        f'<Property name="TrustedProxies">{proxies}</Property></EventListener>'))
+
+
+def nginx_escaped(pem: bytes) -> str:
+    """nginx's $ssl_client_escaped_cert: the PEM, percent-encoded ('+' encoded as %2B)."""
+    return urllib.parse.quote(pem.decode(), safe="")
+
+
+def rfc9440(der: bytes) -> str:
+    import base64
+
+    return f":{base64.b64encode(der).decode()}:"
+
+
+@pytest.mark.parametrize("fmt", ["nginx", "rfc9440", "pem", "base64-der"])
+def test_header_from_trusted_proxy_is_used(tmp_path, keystore, wheel_cache, serve, fmt) -> None:  # noqa: ANN001
+    """A certificate header from a trusted proxy authenticates the client and binds the token."""
+    import base64
+
+    dep = proxied_deployment(tmp_path, keystore, wheel_cache, "127.0.0.0/8", fmt)
+    pair = pki.self_signed()
+    while fmt == "nginx" and b"+" not in pair.pem:  # prove that '+' survives
+        pair = pki.self_signed()
+    files = pair.write(tmp_path, "proxied")
+    client_id = str(dep.add_client("p", "--grant-type", "client_credentials", "--auth-method",
+                                   "self_signed_tls_client_auth", "--cert", str(files[0]))["client_id"])
+    value = {"nginx": nginx_escaped(pair.pem), "rfc9440": rfc9440(pair.der),
+             "pem": pair.pem.decode().replace("\n", " ").strip(),
+             "base64-der": base64.b64encode(pair.der).decode()}[fmt]
+    server = serve(dep)
+    with server.client() as http:
+        response = http.post("/oauth2/token", headers={"X-Client-Cert": value},
+                             data={"grant_type": "client_credentials", "client_id": client_id})
+    assert response.status_code == 200, response.text
+
+
+def test_header_from_untrusted_address_is_ignored_and_logged(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    """From an address outside TrustedProxies the header is ignored, and that is logged."""
+    dep = proxied_deployment(tmp_path, keystore, wheel_cache, "10.0.0.0/8")
+    pair = pki.self_signed()
+    client_id = str(dep.add_client("p", "--grant-type", "client_credentials", "--auth-method",
+                                   "self_signed_tls_client_auth", "--cert",
+                                   str(pair.write(tmp_path, "u")[0]))["client_id"])
+    server = serve(dep)
+    with server.client() as http:
+        response = http.post("/oauth2/token", headers={"X-Client-Cert": nginx_escaped(pair.pem)},
+                             data={"grant_type": "client_credentials", "client_id": client_id})
+    assert response.status_code == 401
+    assert "ignored a X-Client-Cert header from 127.0.0.1, which is not a trusted proxy" in server.log()
+
+
+def test_tls_certificate_wins_over_header(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    """When the handshake has a certificate, a header naming another one is not used."""
+    dep = proxied_deployment(tmp_path, keystore, wheel_cache, "127.0.0.0/8")
+    mine, theirs = pki.self_signed(), pki.self_signed()
+    mine_files = mine.write(tmp_path, "mine")
+    client_id = str(dep.add_client("p", "--grant-type", "client_credentials", "--auth-method",
+                                   "self_signed_tls_client_auth", "--cert", str(mine_files[0]))["client_id"])
+    other_id = str(dep.add_client("q", "--grant-type", "client_credentials", "--auth-method",
+                                  "self_signed_tls_client_auth", "--cert",
+                                  str(theirs.write(tmp_path, "theirs")[0]))["client_id"])
+    server = serve(dep)
+    with server.client(cert=mine_files) as http:
+        spoofed = http.post("/oauth2/token", headers={"X-Client-Cert": nginx_escaped(theirs.pem)},
+                            data={"grant_type": "client_credentials", "client_id": other_id})
+        honest = http.post("/oauth2/token", headers={"X-Client-Cert": nginx_escaped(theirs.pem)},
+                           data={"grant_type": "client_credentials", "client_id": client_id})
+    assert spoofed.status_code == 401
+    assert honest.status_code == 200
+
+
+class Forwarder:
+    """A plain TCP forwarder on 127.0.0.1: TLS passthrough, as the seed's SSL tunnelling."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.port = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        finally:
+            for stream in (writer, up_writer):
+                stream.close()
+            self.tasks.discard(task)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.tasks: set[asyncio.Task] = set()
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+        server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*self.tasks, return_exceptions=True))
+        self.loop.run_until_complete(server.wait_closed())
+        self.loop.close()
+
+    def __enter__(self) -> Forwarder:
+        self.thread.start()
+        self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_tls_passthrough_needs_nothing_special(server, tmp_path) -> None:  # noqa: ANN001
+    """Through a plain TCP forwarder the client's own handshake authenticates it."""
+    pair = pki.self_signed()
+    files = pair.write(tmp_path, "tunnel")
+    client_id = str(server.deployment.add_client("t", "--grant-type", "client_credentials", "--auth-method",
+                                                 "self_signed_tls_client_auth", "--cert", str(files[0]))["client_id"])
+    with Forwarder(host_port(server)) as forwarder:
+        with server.client(cert=files, url=f"https://127.0.0.1:{forwarder.port}") as http:
+            response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+    assert response.status_code == 200, response.text
