@@ -119,3 +119,16 @@ def test_tampered_jwt_fails_independent_verification(tmp_path, keystore, wheel_c
     except InvalidSignature:
         return
     raise AssertionError("a forged token verified")
+
+
+def test_signing_cli_rotate_list_retire(deployment) -> None:  # noqa: ANN001
+    """signing rotate makes the active key, list shows it first, retire removes an old one."""
+    first = deployment.cli("signing", "rotate").stdout.split()[0]
+    second = deployment.cli("signing", "rotate", "--algorithm", "RS256").stdout.split()[0]
+    lines = deployment.cli("signing", "list").stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [second, first]
+    assert lines[0].split()[1] == "RS256" and lines[0].endswith("active")
+    refused = deployment.cli("signing", "retire", second, check=False)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    deployment.cli("signing", "retire", first)
+    assert [k["kid"] for k in json.loads(deployment.cli("signing", "list", "--json").stdout)["keys"]] == [second]

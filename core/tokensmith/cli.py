@@ -15,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Sequence
 
-from . import cli_clients, cli_security, cli_users
+from . import cli_clients, cli_security, cli_signing, cli_users
 from .cli_base import CLIError, Parser, common_options
 from .config import ConfigError, load_config
 from .registration import RegistrationError
 from .rfc8705 import CertificateError
+from .signing import SigningKeyError
 from .storage import StorageError
 from .truststore import TruststoreError
 
@@ -28,7 +29,7 @@ __all__ = ["main", "CLIError"]
 Command = Callable[[argparse.Namespace], int]
 #: Errors whose message is meant for the user as it stands: one line, exit status 1.
 USER_ERRORS = (CLIError, ConfigError, StorageError, RegistrationError, CertificateError,
-               TruststoreError)
+               TruststoreError, SigningKeyError)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Command]]:
@@ -73,6 +74,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
                      ("plugins", "pin"): cmd_plugins_pin})
     handlers.update(cli_security.add_commands(commands, common))
     handlers.update(cli_users.add_commands(commands, common))
+    handlers.update(cli_signing.add_commands(commands, common))
     return parser, handlers
 
 
