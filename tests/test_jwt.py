@@ -132,3 +132,22 @@ def test_signing_cli_rotate_list_retire(deployment) -> None:  # noqa: ANN001
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
     deployment.cli("signing", "retire", first)
     assert [k["kid"] for k in json.loads(deployment.cli("signing", "list", "--json").stdout)["keys"]] == [second]
+
+
+def test_per_client_token_format_and_lifetime(deployment, serve) -> None:  # noqa: ANN001
+    """A client registered with --token-format jwt and --access-token-lifetime gets exactly that."""
+    jwt_client = deployment.add_client("j", "--grant-type", "client_credentials", "--auth-method",
+                                       "client_secret_basic", "--token-format", "jwt",
+                                       "--access-token-lifetime", "120")
+    plain = deployment.add_client("o", "--grant-type", "client_credentials", "--auth-method",
+                                  "client_secret_basic")
+    server = serve(deployment)
+    with server.client() as http:
+        issued = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                           auth=(jwt_client["client_id"], jwt_client["client_secret"])).json()
+        other = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                          auth=(plain["client_id"], plain["client_secret"])).json()
+        jwks = http.get("/oauth2/jwks").json()
+    _, claims = verify_es256(issued["access_token"], jwks)
+    assert issued["expires_in"] == 120 and claims["exp"] - claims["iat"] == 120
+    assert "." not in other["access_token"] and other["expires_in"] == 3600

@@ -59,3 +59,25 @@ def test_mutual_tls_walkthrough(deployment, serve) -> None:  # noqa: ANN001
     out = run_walkthrough("mutual-tls", server, deployment.root)
     assert '"token_type":"Bearer"' in out
     assert out.strip().splitlines()[-1] == "401"
+
+
+def test_seed_password_request_walkthrough(deployment, serve) -> None:  # noqa: ANN001
+    """The seed's own password-grant curl, after the mutual-TLS steps, returns 200 and a token."""
+    server = serve(deployment)
+    run_walkthrough("mutual-tls", server, deployment.root)
+    out = run_walkthrough("seed-password", server, deployment.root)
+    assert re.search(r"^HTTP/\S+ 200", out, re.M) and '"access_token":' in out
+
+
+def test_endpoints_walkthrough(deployment, serve) -> None:  # noqa: ANN001
+    """Every endpoint example in README works as written and gives what the text says."""
+    server = serve(deployment)
+    out = run_walkthrough("endpoints", server, deployment.root)
+    lines = out.strip().splitlines()
+    assert lines[0] == '{"username": "alice"}'
+    active, revoked_status, inactive, metadata, jwks = lines[1:]
+    assert '"active":true' in active and '"username":"alice"' in active and '"scope":"read"' in active
+    assert revoked_status == "200"
+    assert inactive == '{"active":false}'
+    assert '"issuer":"https://127.0.0.1:' in metadata and '"mtls_endpoint_aliases"' not in metadata
+    assert jwks == '{"keys":[]}'

@@ -90,6 +90,13 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                      help="client_secret_basic/post: bind the tokens to the TLS client"
                      " certificate when the client presents one (RFC 8705 §3); mutual-TLS"
                      " clients' tokens are always bound")
+    add.add_argument("--token-format", choices=("opaque", "jwt"), metavar="FORMAT",
+                     help="opaque or jwt (RFC 9068) access tokens for this client; default:"
+                     " identity.xml's <AccessTokenFormat>")
+    add.add_argument("--access-token-lifetime", type=_seconds, metavar="SECONDS",
+                     help="override identity.xml's <AccessTokenLifetime> for this client")
+    add.add_argument("--refresh-token-lifetime", type=_seconds, metavar="SECONDS",
+                     help="override identity.xml's <RefreshTokenLifetime> for this client")
 
     listing = actions.add_parser("list", parents=[common], help="list service providers",
                                  description="List the registered service providers; --json"
@@ -150,6 +157,17 @@ def _check_method_options(args: argparse.Namespace) -> tuple[str, str] | None:
     return (SUBJECT_OPTIONS[chosen[0]], chosen[1]) if chosen else None
 
 
+def _seconds(text: str) -> int:
+    """A positive number of seconds, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if not 1 <= value <= 10 * 365 * 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1..315360000 seconds")
+    return value
+
+
 def new_client_id() -> str:
     """A random client_id (144 bits) that never starts with '-'.
 
@@ -178,6 +196,9 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
         created_at=int(time.time()),
         certificates=tuple(certificates),
         tls_subject=tls_subject(*subject) if subject else None,
+        access_token_lifetime=args.access_token_lifetime,
+        refresh_token_lifetime=args.refresh_token_lifetime,
+        jwt_access_tokens=None if args.token_format is None else args.token_format == "jwt",
     )
     store = open_storage(config)
     try:

@@ -14,14 +14,14 @@ import time
 from collections.abc import Callable
 
 from . import kdf
-from .cli_base import CLIError, Parser, open_storage
+from .cli_base import CLIError, Parser, open_storage, warn
 from .config import load_config
 from .storage import User
 
 __all__ = ["add_commands"]
 
 Command = Callable[[argparse.Namespace], int]
-MIN_PASSWORD = 8
+SHORT_PASSWORD = 8
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict[tuple[str, str], Command]:
@@ -32,8 +32,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     actions.required = True
     add = actions.add_parser("add", parents=[common], help="add a user",
                              description="Add a user. The password is asked for at a prompt,"
-                             f" or read from the first line of standard input with"
-                             f" --password-stdin; at least {MIN_PASSWORD} characters.")
+                             " or read from the first line of standard input with"
+                             " --password-stdin.")
     add.add_argument("username")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from standard input instead of a prompt")
@@ -56,8 +56,10 @@ def _read_password(from_stdin: bool) -> str:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
             raise CLIError("the passwords differ")
-    if len(password) < MIN_PASSWORD:
-        raise CLIError(f"the password must have at least {MIN_PASSWORD} characters")
+    if not password:
+        raise CLIError("the password is empty")
+    if len(password) < SHORT_PASSWORD:
+        warn(f"a password of {len(password)} characters is easy to guess")
     return password
 
 
