@@ -315,3 +315,17 @@ def test_no_secret_or_token_in_clear_in_store_or_log(env) -> None:  # noqa: ANN0
         data = path.read_bytes()
         for value in seen:
             assert value.encode() not in data, f"{value[:6]}... in clear in {path.name}"
+
+
+def test_expired_access_token_is_inactive(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    """A token past its exp introspects as {"active": false}."""
+    import time
+
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache, oauth="<AccessTokenLifetime>1</AccessTokenLifetime>")
+    client = dep.add_client("e", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+    server = serve(dep)
+    auth = (client["client_id"], client["client_secret"])
+    with server.client() as http:
+        value = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).json()["access_token"]
+        time.sleep(2.1)
+        assert http.post("/oauth2/introspect", data={"token": value}, auth=auth).json() == {"active": False}

@@ -81,3 +81,22 @@ def test_endpoints_walkthrough(deployment, serve) -> None:  # noqa: ANN001
     assert inactive == '{"active":false}'
     assert '"issuer":"https://127.0.0.1:' in metadata and '"mtls_endpoint_aliases"' not in metadata
     assert jwks == '{"keys":[]}'
+
+
+def test_configuration_examples_are_valid() -> None:
+    """The server.xml and identity.xml examples in README.md validate against the shipped schemas."""
+    from lxml import etree
+
+    from tokensmith.xmlconf import _schema
+
+    blocks = re.findall(r"```xml\n(.*?)```", README, re.S)
+    checked = 0
+    for block in blocks:
+        root = block.lstrip().split(">", 1)[0]
+        schema = {"<Server": "server.xsd", "<Identity": "identity.xsd"}.get(root.split()[0])
+        if schema is None:
+            continue
+        document = etree.fromstring(block.encode())
+        assert _schema(schema).validate(document), (schema, _schema(schema).error_log)
+        checked += 1
+    assert checked == 2
