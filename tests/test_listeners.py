@@ -178,3 +178,32 @@ def test_plugin_that_raises_gives_server_error_and_is_logged(deployment, serve, 
         assert after.status_code == 200
     assert "ClientAuthenticator/flaky_auth raised in authenticate_client" in server.log()
     assert "RuntimeError: kaboom" in server.log()
+
+
+def test_hanging_plugin_times_out_with_server_error(deployment, serve, make_wheel) -> None:  # noqa: ANN001
+    """A listener slower than ListenerTimeoutSeconds gets server_error, logged; others go on."""
+    wheel = make_wheel("sleepy_auth", textwrap.dedent('''
+        import asyncio
+        from tokensmith import hookimpl
+
+        @hookimpl
+        def client_auth_methods():
+            return ["sleepy"]
+
+        @hookimpl
+        async def authenticate_client(request):
+            if request.form.get("sleep"):
+                await asyncio.sleep(30)
+            return None
+    '''))
+    shutil.copy(wheel, deployment.dropins)
+    deployment.oauth = "<ListenerTimeoutSeconds>0.5</ListenerTimeoutSeconds>"
+    deployment.write()
+    client = basic_client(deployment)
+    server = serve(deployment)
+    auth = (client["client_id"], client["client_secret"])
+    with server.client() as http:
+        slow = http.post("/oauth2/token", auth=auth, data={"grant_type": "client_credentials", "sleep": "1"})
+        assert slow.status_code == 500 and slow.json()["error"] == "server_error"
+        assert http.post("/oauth2/token", auth=auth, data={"grant_type": "client_credentials"}).status_code == 200
+    assert "ClientAuthenticator/sleepy_auth failed in authenticate_client: no answer within 0.5 s" in server.log()

@@ -319,3 +319,14 @@ def test_declared_oversize_body_is_refused_before_it_is_sent(env) -> None:  # no
             tls.settimeout(15)
             answer = tls.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:60]
+
+
+def test_cached_secret_still_refuses_a_wrong_one(env, http) -> None:  # noqa: ANN001
+    """After a secret verified (and was remembered), a wrong secret is still refused."""
+    _, client, _ = env
+    good = http.post("/oauth2/token", auth=basic(client), data={"grant_type": "client_credentials"})
+    again = http.post("/oauth2/token", auth=basic(client), data={"grant_type": "client_credentials"})
+    wrong = http.post("/oauth2/token", auth=basic(client, str(client["client_secret"])[:-1] + "x"),
+                      data={"grant_type": "client_credentials"})
+    assert good.status_code == again.status_code == 200
+    assert wrong.status_code == 401

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
+from .asgi import NO_STORE, OAuthEndpoints
 from .config import Config, IdentitySettings, load_identity
 from .dropins import DropinLoader
 from .errors import OAuth2Error, ServerError, TemporarilyUnavailableError
+from .kdf import VerifiedSecrets
 from .listeners import ListenerSet, build_listeners
+from .signing import SigningKeys
 from .sqlite_store import SQLiteStorage
 from .storage import Storage, StorageError
-from .signing import SigningKeys
 from .tokens import JWTSettings, TokenIssuer
 from .truststore import Truststore
 from .xmlconf import ConfigError
@@ -30,8 +32,6 @@ __all__ = ["create_app", "reload_app", "inspect_listeners", "issuer_url", "Runti
 
 log = logging.getLogger("tokensmith")
 
-#: RFC 6749 §5.1: token responses "MUST include ... Cache-Control: no-store ... Pragma: no-cache".
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 _RUNTIME = "tokensmith"
 _LOADER = "tokensmith.loader"
@@ -49,6 +49,7 @@ class Runtime:
     issuer: TokenIssuer
     truststore: Truststore
     signing: SigningKeys
+    verified_secrets: VerifiedSecrets
     generation: int
 
 
@@ -80,17 +81,18 @@ def issuer_url(app: Quart) -> str:
 
 def _build_runtime(app: Quart, config: Config, identity: IdentitySettings, loader: DropinLoader,
                    storage: Storage, truststore: Truststore, signing: SigningKeys,
-                   generation: int) -> Runtime:
+                   verified: VerifiedSecrets, generation: int) -> Runtime:
     listeners = build_listeners(loader.load(identity.allowed_wheels), identity)
     jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
     issuer = TokenIssuer(storage, listeners, identity.access_token_lifetime,
                          identity.refresh_token_lifetime, jwt)
-    return Runtime(config, identity, storage, listeners, issuer, truststore, signing, generation)
+    return Runtime(config, identity, storage, listeners, issuer, truststore, signing, verified,
+                   generation)
 
 
 def create_app(config: Config) -> Quart:
     """Build the app for *config*: storage, plugins from dropins/ and the listener order."""
-    from .endpoints import oauth
+    from .endpoints import POST_ENDPOINTS, oauth
 
     app = Quart("tokensmith")
     loader = DropinLoader(config.server.dropins)
@@ -98,7 +100,8 @@ def create_app(config: Config) -> Quart:
         storage = SQLiteStorage(config.server.database)
         first = _build_runtime(app, config, config.identity, loader, storage,
                                Truststore(config.server.truststore),
-                               SigningKeys(config.conf_dir / "security" / "signing"), 1)
+                               SigningKeys(config.conf_dir / "security" / "signing"),
+                               VerifiedSecrets(), 1)
     except BaseException:
         loader.close()
         raise
@@ -107,6 +110,9 @@ def create_app(config: Config) -> Quart:
     app.extensions[_RUNTIME] = first
     app.extensions[_LOADER] = loader
     app.register_blueprint(oauth)
+    app.asgi_app = OAuthEndpoints(  # type: ignore[method-assign]
+        POST_ENDPOINTS, lambda: runtime(app), lambda: runtime(app).identity.max_body_bytes,
+        app.asgi_app)
 
     @app.after_serving
     async def close() -> None:
@@ -163,7 +169,7 @@ def reload_app(app: Quart) -> bool:
         identity = load_identity(current.identity.path)
         new = _build_runtime(app, current.config, identity, app.extensions[_LOADER],
                              current.storage, current.truststore, current.signing,
-                             current.generation + 1)
+                             current.verified_secrets, current.generation + 1)
     except ConfigError as exc:
         log.error("reload refused, still serving configuration %d: %s", current.generation, exc)
         return False

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
@@ -56,9 +57,11 @@ class ClientAuthRequest:
         remote_addr: str | None = None,
         headers: Mapping[str, str] | None = None,
         truststore: Truststore | None = None,
+        verified: kdf.VerifiedSecrets | None = None,
     ):
         self._storage = storage
         self._truststore = truststore
+        self._verified = verified
         #: The body parameters (RFC 6749 §3.2), each present at most once, none empty.
         self.form = form
         #: The ``Authorization`` header, or None.
@@ -86,7 +89,12 @@ class ClientAuthRequest:
         """
         client = self._storage.get_client(client_id)
         stored = client.secret_hash if client is not None else None
+        now = time.monotonic()
+        if stored is not None and self._verified is not None and self._verified.known(stored, secret, now):
+            return client  # type: ignore[return-value]
         if await asyncio.to_thread(kdf.verify_or_waste, secret, stored) and client is not None:
+            if stored is not None and self._verified is not None:
+                self._verified.remember(stored, secret, now)
             return client
         raise InvalidClientError("client authentication failed")
 

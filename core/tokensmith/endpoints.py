@@ -8,9 +8,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, current_app
 
-from .app import Runtime, issuer_url, json_response, runtime
+from .app import Runtime, issuer_url, runtime
+from .asgi import DER_KEY, Answer, HttpRequest
 from .clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_client, challenge, claimed_client_id
 from .errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
 from .events import ClientAuthEvent, TokenRevokeEvent
@@ -19,7 +20,7 @@ from .grants import GRANT_TYPES, Grant, check_grant_type, grant
 from .kdf import token_hash
 from .tokens import token_claims
 
-__all__ = ["oauth", "client_cert_chain"]
+__all__ = ["oauth", "client_cert_chain", "POST_ENDPOINTS"]
 
 oauth = Blueprint("oauth", __name__)
 
@@ -27,25 +28,29 @@ oauth = Blueprint("oauth", __name__)
 def client_cert_chain(scope: Mapping) -> tuple[bytes, ...]:
     """DER of the TLS client certificates in *scope* (the ASGI TLS extension), leaf first."""
     tls = scope.get("extensions", {}).get("tls") or {}
+    der = tls.get(DER_KEY)
+    if der is not None:
+        return der
     return tuple(ssl.PEM_cert_to_DER_cert(pem) for pem in tls.get("client_cert_chain") or ())
 
 
-async def read_form() -> Mapping[str, str]:
+def read_form(request: HttpRequest) -> Mapping[str, str]:
     """The request's form parameters, checked as RFC 6749 §3.2 and Appendix B require."""
     if request.query_string:
         # §2.3.1: client credentials "MUST NOT be included in the request URI"; we take no
         # parameter from the URI at all, so that none can be smuggled past the body checks.
         raise InvalidRequestError("parameters must be sent in the request body")
-    check_content_type(request.headers.get("Content-Type"))
-    return parse_form(await request.get_data(cache=False))
+    check_content_type(request.headers.get("content-type"))
+    return parse_form(request.body)
 
 
-async def authenticate(rt: Runtime, form: Mapping[str, str], endpoint: str) -> AuthenticatedClient:
+async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str], endpoint: str) -> AuthenticatedClient:
     """Authenticate the calling client and tell the interceptors how it went."""
-    authorization = request.headers.get("Authorization")
+    authorization = request.headers.get("authorization")
     chain = client_cert_chain(request.scope)
     auth_request = ClientAuthRequest(
         rt.storage, form, authorization, chain, request.remote_addr, request.headers, rt.truststore,
+        rt.verified_secrets,
     )
     try:
         auth = await authenticate_client(rt.listeners, auth_request)
@@ -67,20 +72,17 @@ async def authenticate(rt: Runtime, form: Mapping[str, str], endpoint: str) -> A
     return auth
 
 
-@oauth.post("/oauth2/token")
-async def token() -> Response:
+async def token(rt: Runtime, request: HttpRequest) -> Answer:
     """The token endpoint (RFC 6749 §3.2)."""
-    rt = runtime(current_app)
-    form = await read_form()
+    form = read_form(request)
     check_grant_type(form)
-    auth = await authenticate(rt, form, "token")
+    auth = await authenticate(rt, request, form, "token")
     issued = await grant(Grant(rt.issuer, rt.storage, auth, form, rt.identity.max_failed_logins,
                                rt.identity.lockout_seconds))
-    return json_response(issued.response())
+    return Answer(200, issued.response())
 
 
-@oauth.post("/oauth2/introspect")
-async def introspect() -> Response:
+async def introspect(rt: Runtime, request: HttpRequest) -> Answer:
     """Token introspection (RFC 7662 §2): any authenticated client may ask.
 
     "If the introspection call is properly authorized but the token is not active, does not
@@ -88,10 +90,9 @@ async def introspect() -> Response:
     particular token, then the authorization server MUST return an introspection response
     with the "active" field set to "false"" and nothing else (§2.2).
     """
-    rt = runtime(current_app)
-    form = await read_form()
+    form = read_form(request)
     value = form.get("token")
-    caller = await authenticate(rt, form, "introspect")
+    caller = await authenticate(rt, request, form, "introspect")
     if caller.method == "none":
         # §2.1: the endpoint "MUST also require some form of authorization"; a public client
         # has none to offer.
@@ -99,27 +100,25 @@ async def introspect() -> Response:
     if value is None:
         raise InvalidRequestError("token is missing")
     record = rt.storage.get_token(token_hash(value))
-    if record is None or record.revoked or record.expires_at <= _now():
-        return json_response({"active": False})
-    return json_response({"active": True, **token_claims(record)})
+    if record is None or record.revoked or record.expires_at <= int(time.time()):
+        return Answer(200, {"active": False})
+    return Answer(200, {"active": True, **token_claims(record)})
 
 
-@oauth.post("/oauth2/revoke")
-async def revoke() -> Response:
+async def revoke(rt: Runtime, request: HttpRequest) -> Answer:
     """Token revocation (RFC 7009 §2).
 
     The client may revoke only tokens issued to it (§2.1); an unknown or invalid token gets
     200 all the same (§2.2). Revoking a refresh token revokes the access tokens of its grant.
     """
-    rt = runtime(current_app)
-    form = await read_form()
+    form = read_form(request)
     value = form.get("token")
-    auth = await authenticate(rt, form, "revoke")
+    auth = await authenticate(rt, request, form, "revoke")
     if value is None:
         raise InvalidRequestError("token is missing")
     record = rt.storage.get_token(token_hash(value))
     if record is None or record.revoked:
-        return Response("", 200, headers={"Cache-Control": "no-store"})
+        return Answer(200, None)
     if record.client_id != auth.client.client_id:
         raise UnauthorizedClientError("the token was not issued to this client")
     kind = "refresh_token" if record.kind == "refresh" else "access_token"
@@ -129,11 +128,16 @@ async def revoke() -> Response:
     if record.kind == "refresh" and record.grant_id:
         rt.storage.revoke_grant(record.grant_id)
     await rt.listeners.notify("post_token_revoke", event=event)
-    return Response("", 200, headers={"Cache-Control": "no-store"})
+    return Answer(200, None)
 
 
-def _now() -> int:
-    return int(time.time())
+#: The endpoints served by ``asgi.OAuthEndpoints`` rather than by Quart: they are the hot
+#: path, and a form-in, JSON-out exchange needs none of a framework's request machinery.
+POST_ENDPOINTS = {
+    "/oauth2/token": token,
+    "/oauth2/introspect": introspect,
+    "/oauth2/revoke": revoke,
+}
 
 
 @oauth.get("/.well-known/oauth-authorization-server")

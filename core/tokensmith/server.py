@@ -24,6 +24,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
+from .asgi import DER_KEY
 from .config import Config
 from .tls_accept import peer_certificate_chain
 from .tlsconf import server_context
@@ -40,9 +41,11 @@ def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
     """The ASGI TLS extension dict for one connection, read once after the handshake."""
     if ssl_object is None:
         return None
+    chain = tuple(peer_certificate_chain(ssl_object))
     return {
+        DER_KEY: chain,
         "server_cert": None,
-        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der) for der in peer_certificate_chain(ssl_object)],
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der) for der in chain],
         "client_cert_name": None,
         "client_cert_error": None,
         "tls_version": _TLS_VERSIONS.get(ssl_object.version() or ""),
