@@ -5,13 +5,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PLUGIN_DIRS := $(wildcard plugins/*)
 
-.PHONY: run test setup plugins keystore clean
+.PHONY: run test fuzz setup plugins keystore clean
 
 run: setup
 	$(BIN)/tokensmith serve
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The property-based tests with many more examples (HYPOTHESIS_PROFILE=fuzz; see tests/test_fuzz.py).
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
 
 setup: plugins keystore
 

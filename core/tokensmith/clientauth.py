@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import re
 import time
 from collections.abc import Mapping
@@ -157,7 +156,7 @@ def claimed_client_id(form: Mapping[str, str], authorization: str | None) -> str
         try:
             user = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")[0]
             return unquote_plus(user) or None
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, non-ASCII input, UnicodeDecodeError
             return None
     return None
 

@@ -8,7 +8,6 @@ using the same algorithm and used as the password."
 from __future__ import annotations
 
 import base64
-import binascii
 from urllib.parse import unquote_plus
 
 from tokensmith import AuthenticatedClient, ClientAuthRequest, InvalidClientError, hookimpl
@@ -40,7 +39,7 @@ async def authenticate_client(request: ClientAuthRequest) -> AuthenticatedClient
         client_id, colon, secret = decoded.partition(":")
         client_id = unquote_plus(client_id, errors="strict")
         secret = unquote_plus(secret, errors="strict")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, non-ASCII input, UnicodeDecodeError
         raise InvalidClientError("malformed Basic credentials") from None
     if not colon or not client_id:
         raise InvalidClientError("malformed Basic credentials")
