@@ -9,6 +9,7 @@ paths itself and passes everything else (metadata, JWKS, lifespan, 404s) to Quar
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -18,13 +19,15 @@ from typing import Any
 from .errors import InvalidRequestError, OAuth2Error, ServerError, TemporarilyUnavailableError
 from .storage import StorageError
 
-__all__ = ["OAuthEndpoints", "HttpRequest", "Headers", "Answer", "DER_KEY", "NO_STORE"]
+__all__ = ["OAuthEndpoints", "HttpRequest", "Headers", "Answer", "DER_KEY", "TIMEOUT_KEY", "NO_STORE"]
 
 log = logging.getLogger("tokensmith")
 
 #: Where server.py puts the DER of the client's certificates, next to the ASGI TLS
 #: extension's PEM, so that no request converts them again.
 DER_KEY = "tokensmith.client_cert_der"
+#: Where server.py puts the connector's connectionTimeout (seconds), in scope["extensions"].
+TIMEOUT_KEY = "tokensmith.timeout"
 
 #: RFC 6749 §5.1: token responses "MUST include ... Cache-Control: no-store ... Pragma: no-cache".
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -107,11 +110,16 @@ class OAuthEndpoints:
                                            "error_description": "use POST"}, {"Allow": "POST"}))
             return
         headers = Headers(scope["headers"])
+        timeout = scope.get("extensions", {}).get(TIMEOUT_KEY, 10.0)
         try:
-            body = await _read_body(receive, headers, self.max_body())
+            try:
+                async with asyncio.timeout(timeout):  # slow bodies are cut off, as slow headers are
+                    body = await _read_body(receive, headers, self.max_body())
+            except TimeoutError:
+                raise _Refused(408, "the request body did not arrive in time") from None
             answer = await endpoint(self.runtime(), HttpRequest(scope, headers, body))
-        except _TooLarge:
-            answer = Answer(413, {"error": "invalid_request", "error_description": "the request body is too large"},
+        except _Refused as refused:
+            answer = Answer(refused.status, {"error": "invalid_request", "error_description": refused.reason},
                             {"Connection": "close"})
         except OAuth2Error as error:
             answer = Answer(error.status_code, error.body(), error.headers)
@@ -125,8 +133,12 @@ class OAuthEndpoints:
         await _send(send, answer)
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """The request is refused before it reaches an endpoint; the connection is closed."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 async def _read_body(receive: Callable, headers: Headers, limit: int) -> bytes:
@@ -136,7 +148,7 @@ async def _read_body(receive: Callable, headers: Headers, limit: int) -> bytes:
         if not declared.isdigit():
             raise InvalidRequestError("Content-Length is not a number")
         if int(declared) > limit:
-            raise _TooLarge
+            raise _Refused(413, "the request body is too large")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -146,7 +158,7 @@ async def _read_body(receive: Callable, headers: Headers, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _TooLarge
+            raise _Refused(413, "the request body is too large")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

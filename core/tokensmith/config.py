@@ -39,6 +39,9 @@ class Connector:
     address: str
     port: int
     client_auth: str = "want"
+    #: Seconds a client has for its TLS handshake, for a request's headers once it has
+    #: started one, and for a request's body (Tomcat's connectionTimeout, in seconds here).
+    connection_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,9 @@ def load_server(path: Path) -> ServerSettings:
             )
         port = attr_int(path, el, "port", 9443, maximum=65535)
         assert port is not None
-        connectors.append(Connector(el.get("address", "127.0.0.1"), port, client_auth))
+        timeout_ms = attr_int(path, el, "connectionTimeout", 10_000, minimum=100, maximum=600_000)
+        assert timeout_ms is not None
+        connectors.append(Connector(el.get("address", "127.0.0.1"), port, client_auth, timeout_ms / 1000))
     if not connectors:
         raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
 

@@ -11,6 +11,7 @@ ASGI TLS extension: ``scope["extensions"]["tls"]["client_cert_chain"]``, PEM, le
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -24,7 +25,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
-from .asgi import DER_KEY
+from .asgi import DER_KEY, TIMEOUT_KEY
 from .config import Config
 from .tls_accept import peer_certificate_chain
 from .tlsconf import server_context
@@ -53,19 +54,43 @@ def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
     }
 
 
-class _WithTLS:
-    """The app as one connection sees it: every scope gets that connection's TLS details."""
+class _Connection:
+    """The app as one connection sees it, and a watchdog for requests that never complete.
 
-    __slots__ = ("app", "tls")
+    Every HTTP scope of the connection gets the connection's TLS details and timeout.
+    Hypercorn closes connections idle between requests (keep-alive) and times reads out,
+    but a client that trickles a request's headers a byte at a time (slowloris) is never
+    idle and never finishes: the watchdog aborts a connection on which no request has
+    reached the app for ``timeout`` seconds while none is being served.
+    """
 
-    def __init__(self, app: Any, tls: dict[str, Any] | None):
-        self.app = app
-        self.tls = tls
+    __slots__ = ("app", "tls", "timeout", "active", "last", "loop")
+
+    def __init__(self, app: Any, tls: dict[str, Any] | None, timeout: float,
+                 loop: asyncio.AbstractEventLoop):
+        self.app, self.tls, self.timeout, self.loop = app, tls, timeout, loop
+        self.active = 0
+        self.last = loop.time()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if self.tls is not None and scope["type"] in ("http", "websocket"):
-            scope.setdefault("extensions", {})["tls"] = self.tls
-        await self.app(scope, receive, send)
+        if scope["type"] in ("http", "websocket"):
+            extensions = scope.setdefault("extensions", {})
+            if self.tls is not None:
+                extensions["tls"] = self.tls
+            extensions[TIMEOUT_KEY] = self.timeout
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            self.last = self.loop.time()
+
+    async def watch(self, writer: asyncio.StreamWriter) -> None:
+        while not writer.is_closing():
+            await asyncio.sleep(min(1.0, self.timeout / 2))
+            if self.active == 0 and self.loop.time() - self.last > self.timeout:
+                writer.transport.abort()
+                return
 
 
 def _hypercorn_config() -> HypercornConfig:
@@ -151,22 +176,27 @@ async def serve(
     context = WorkerContext(None)
     connections: set[asyncio.Task] = set()
 
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                               timeout: float) -> None:
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
         task.add_done_callback(connections.discard)
-        tls = tls_extension(writer.get_extra_info("ssl_object"))
-        await TCPServer(ASGIWrapper(_WithTLS(app, tls)), loop, hc, context, lifespan_state, reader, writer)
+        connection = _Connection(app, tls_extension(writer.get_extra_info("ssl_object")), timeout, loop)
+        watchdog = loop.create_task(connection.watch(writer))
+        try:
+            await TCPServer(ASGIWrapper(connection), loop, hc, context, lifespan_state, reader, writer)
+        finally:
+            watchdog.cancel()
 
     servers: list[asyncio.Server] = []
     try:
         for connector, sock in zip(config.server.connectors, sockets):
             servers.append(await asyncio.start_server(
-                on_connection,
+                functools.partial(serve_connection, timeout=connector.connection_timeout),
                 sock=sock,
                 ssl=server_context(config.server, connector),
-                ssl_handshake_timeout=hc.ssl_handshake_timeout,
+                ssl_handshake_timeout=connector.connection_timeout,
             ))
         extensions = getattr(app, "extensions", None)
         if isinstance(extensions, dict):
