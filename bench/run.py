@@ -118,6 +118,7 @@ class Run:
         self.calm = Calm(args.calm_wait, 600.0)
         self.settings = Settings(args.rounds, args.duration, args.warmup, args.connections,
                                  LOADGEN_CPUS, args.retries, args.disturbed, self.calm)
+        self.code_seen: dict[str, list[str]] = {}
         self.results: dict = {"servers": {}, "registration": {}, "workers": {}, "notes": [],
                               "sizes": args.sizes, "status": "running"}
 
@@ -127,10 +128,14 @@ class Run:
     def start(self, label: str, start, clients: Clients) -> tuple[Server, str, dict]:  # noqa: ANN001
         """Start a server and check that it issues a bound token and serves client_secret_basic;
         the server, a token for scenario 4 and its results entry."""
+        code = sysinfo.code_fingerprint(self.args.dropins) if label.startswith("tokensmith") else None
         server: Server = start()
         server.name = label
         entry: dict = {"url": server.base, "startup_s": round(server.startup_s, 3),
                        "rss_ready_mb": round(server.rss_ready_mb, 1), "scenarios": {}}
+        if code is not None:
+            entry["code"] = code
+            self.code_seen.setdefault(code, []).append(f"{label} (N={clients.count:,})")
         entry.update(server.extra)
         self.log(f"  {label}: ready in {server.startup_s:.2f} s, RSS {server.rss_ready_mb:.0f} MiB")
         token = fetch_token(server, clients)
@@ -327,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(exc, file=sys.stderr)
         finally:
             results["meta"]["duration_s"] = round(time.time() - started, 1)
+            results["meta"]["tokensmith_code"] = run.code_seen
+            if len(run.code_seen) > 1:
+                run.note("**tokensmith's sources changed during the run** (the tree is edited"
+                         " concurrently), so its servers did not all run the same code; by code"
+                         " fingerprint: " + "; ".join(f"{code}: {', '.join(labels)}"
+                                                      for code, labels in run.code_seen.items()))
             results["meta"]["calm_waited_s"] = round(run.calm.waited_s, 1)
             results["meta"]["loadavg_at_end"] = os.getloadavg()
             results["targets"] = report.targets(results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from .servers import PEERS, ROOT, VENV_BIN
 
-__all__ = ["machine", "versions", "git_state"]
+__all__ = ["machine", "versions", "git_state", "code_fingerprint"]
 
 
 def _run(argv: list[str], cwd: Path | None = None) -> str | None:
@@ -92,3 +93,18 @@ def git_state() -> dict[str, object]:
         "uncommitted_files": len(changed),
         "uncommitted_outside_bench": sorted(p for p in changed if not p.startswith("bench/")),
     }
+
+
+def code_fingerprint(dropins: Path) -> str:
+    """A short hash of tokensmith's sources (an editable install: what a server imports when it
+    starts) and of the plugin wheels deployed. Other engineers edit the tree while a run goes on;
+    servers started with different fingerprints did not run the same code."""
+    digest = hashlib.sha256()
+    files = sorted((ROOT / "core" / "tokensmith").rglob("*.py")) + sorted(dropins.glob("*.whl"))
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:12]
