@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .storage import Client, RegisteredCertificate, StorageError, TokenRecord, User
 
-_SCHEMA_VERSION = 3
+_SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -52,6 +52,14 @@ CREATE TABLE IF NOT EXISTS revoked_grants (
     grant_id TEXT PRIMARY KEY,
     revoked_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('clients_version', 0);
+CREATE TRIGGER IF NOT EXISTS clients_inserted AFTER INSERT ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
+CREATE TRIGGER IF NOT EXISTS clients_updated AFTER UPDATE ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
+CREATE TRIGGER IF NOT EXISTS clients_deleted AFTER DELETE ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
 CREATE TABLE IF NOT EXISTS users (
     username TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -61,11 +69,23 @@ CREATE TABLE IF NOT EXISTS users (
 );
 """
 
+_CLIENT_CACHE = 200_000
+
 #: Schema upgrades, by the version they lead to; each runs once, in one transaction.
 _MIGRATIONS = {
     2: """
 ALTER TABLE clients ADD COLUMN certificates TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE clients ADD COLUMN tls_subject TEXT;
+""",
+    4: """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('clients_version', 0);
+CREATE TRIGGER IF NOT EXISTS clients_inserted AFTER INSERT ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
+CREATE TRIGGER IF NOT EXISTS clients_updated AFTER UPDATE ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
+CREATE TRIGGER IF NOT EXISTS clients_deleted AFTER DELETE ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
 """,
     3: """
 ALTER TABLE tokens ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
@@ -92,6 +112,8 @@ class SQLiteStorage:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._clients: dict[str, Client] = {}
+        self._clients_version = -1
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -140,8 +162,24 @@ class SQLiteStorage:
         return cursor.rowcount > 0
 
     def get_client(self, client_id: str) -> Client | None:
-        row = self._run("SELECT * FROM clients WHERE client_id = ?", (client_id,)).fetchone()
-        return _client(row) if row else None
+        # Clients are read on every request and change rarely: they are cached, and the cache
+        # is dropped whenever clients_version moves. Triggers bump it on any change to
+        # clients, from this process, another worker or the CLI, so a client registered or
+        # rotated while the server runs is seen on the next request.
+        version = self._run("SELECT value FROM meta WHERE key = 'clients_version'").fetchone()[0]
+        if version != self._clients_version:
+            self._clients.clear()
+            self._clients_version = version
+        client = self._clients.get(client_id)
+        if client is None:
+            row = self._run("SELECT * FROM clients WHERE client_id = ?", (client_id,)).fetchone()
+            if row is None:
+                return None  # unknown ids are not cached: anyone can make up millions
+            client = _client(row)
+            if len(self._clients) >= _CLIENT_CACHE:
+                self._clients.clear()
+            self._clients[client_id] = client
+        return client
 
     def list_clients(self) -> list[Client]:
         return [_client(r) for r in self._run("SELECT * FROM clients ORDER BY created_at, name")]

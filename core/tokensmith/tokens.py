@@ -153,6 +153,8 @@ class TokenIssuer:
         access_lifetime = client.access_token_lifetime or self.access_token_lifetime
         value, record = self._record("access", client, scope, access_lifetime, username=username,
                                      cnf_x5t_s256=cnf_x5t_s256, grant_id=grant_id)
+        # Events are made only when an interceptor will see them: this is the hot path.
+        listening = self.listeners.has_interceptors("pre_token_issue", "post_token_issue")
         event = TokenIssueEvent(
             grant_type=grant_type,
             client=client,
@@ -160,8 +162,9 @@ class TokenIssuer:
             token_kind="access_token",
             username=username,
             claims=MappingProxyType(token_claims(record)),
-        )
-        record = replace(record, claims=await self._extra_claims(event))
+        ) if listening else None
+        if event is not None and self.listeners.has_interceptors("pre_token_issue"):
+            record = replace(record, claims=await self._extra_claims(event))
         if self._wants_jwt(client):
             value, record = self._as_jwt(record)
         refresh_value = refresh_record = None
@@ -171,6 +174,8 @@ class TokenIssuer:
                 client.refresh_token_lifetime or self.refresh_token_lifetime,
                 username=username, cnf_x5t_s256=refresh_cnf_x5t_s256, grant_id=grant_id)
         self.storage.add_tokens([r for r in (record, refresh_record) if r is not None])
+        if event is None:
+            return IssuedToken(value, access_lifetime, scope, record, refresh_value)
         await self.listeners.notify(
             "post_token_issue", event=replace(event, claims=MappingProxyType(token_claims(record))))
         if refresh_record is not None:
