@@ -10,12 +10,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +189,16 @@ class Server:
         if cert is not None:
             context.load_cert_chain(*cert)
         return httpx.Client(base_url=url or self.url, verify=context, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def raw_tls(self, cert: tuple[Path, Path] | None = None, timeout: float = 20) -> ssl.SSLSocket:
+        """A TLS socket to the first connector speaking HTTP/1.1, for requests no client sends."""
+        parsed = urllib.parse.urlsplit(self.url)
+        context = ssl.create_default_context(cafile=str(self.deployment.server_cert))
+        context.set_alpn_protocols(["http/1.1"])
+        if cert is not None:
+            context.load_cert_chain(*cert)
+        raw = socket.create_connection((parsed.hostname, parsed.port), timeout=timeout)
+        return context.wrap_socket(raw, server_hostname="127.0.0.1")
 
     def log(self) -> str:
         assert self.log_path is not None

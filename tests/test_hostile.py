@@ -59,16 +59,6 @@ class Steady:
         assert set(self.statuses) == {200} and self.statuses[200] > 0, self.statuses
 
 
-def tls_socket(server: Server, cert: tuple | None = None) -> ssl.SSLSocket:
-    parsed = urllib.parse.urlsplit(server.url)
-    context = ssl.create_default_context(cafile=str(server.deployment.server_cert))
-    context.set_alpn_protocols(["http/1.1"])
-    if cert:
-        context.load_cert_chain(*cert)
-    raw = socket.create_connection((parsed.hostname, parsed.port), timeout=20)
-    return context.wrap_socket(raw, server_hostname="127.0.0.1")
-
-
 def closed_within(sock: socket.socket, seconds: float) -> bool:
     """Whether the peer closes *sock* within *seconds* (reading and discarding what comes)."""
     sock.settimeout(seconds)
@@ -87,7 +77,7 @@ def test_slow_headers_are_cut_off(env) -> None:  # noqa: ANN001
     well before Hypercorn's own 5 s idle timeout would; others are served meanwhile."""
     server, client = env
     with Steady(server, client):
-        with tls_socket(server) as slow:
+        with server.raw_tls() as slow:
             slow.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n")
             started = time.monotonic()
             cut = False
@@ -108,7 +98,7 @@ def test_slow_headers_are_cut_off(env) -> None:  # noqa: ANN001
 def test_slow_body_gets_408(env) -> None:  # noqa: ANN001
     """A body that does not arrive within connectionTimeout gets 408 and the connection closes."""
     server, client = env
-    with Steady(server, client), tls_socket(server) as slow:
+    with Steady(server, client), server.raw_tls() as slow:
         slow.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant")
         slow.settimeout(10)

@@ -279,45 +279,26 @@ def test_http1_and_http2_both_serve(env) -> None:  # noqa: ANN001
 
 def test_content_length_mismatch_is_refused_without_5xx(env) -> None:  # noqa: ANN001
     """A body shorter than its Content-Length gets a 4xx (or a closed connection), never a 5xx."""
-    import socket
     import ssl
-    import urllib.parse
 
-    server, client, _ = env
-    parsed = urllib.parse.urlsplit(server.url)
-    context = ssl.create_default_context(cafile=str(server.deployment.server_cert))
-    context.set_alpn_protocols(["http/1.1"])
-    with socket.create_connection((parsed.hostname, parsed.port), timeout=15) as raw:
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            body = b"grant_type=client_credentials"
-            tls.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n"
-                        b"Content-Type: application/x-www-form-urlencoded\r\n"
-                        b"Content-Length: 500\r\n\r\n" + body)
-            tls.settimeout(15)
-            try:
-                answer = tls.recv(4096)
-            except (TimeoutError, ssl.SSLError, ConnectionError):
-                answer = b""
+    with env[0].raw_tls() as tls:
+        tls.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/x-www-form-urlencoded\r\n"
+                    b"Content-Length: 500\r\n\r\ngrant_type=client_credentials")
+        try:
+            answer = tls.recv(4096)
+        except (TimeoutError, ssl.SSLError, ConnectionError):
+            answer = b""
     assert not answer.startswith(b"HTTP/1.1 5")
 
 
 def test_declared_oversize_body_is_refused_before_it_is_sent(env) -> None:  # noqa: ANN001
     """A Content-Length over the cap gets 413 at once, without the server waiting for the body."""
-    import socket
-    import ssl
-    import urllib.parse
-
-    server, _, _ = env
-    parsed = urllib.parse.urlsplit(server.url)
-    context = ssl.create_default_context(cafile=str(server.deployment.server_cert))
-    context.set_alpn_protocols(["http/1.1"])
-    with socket.create_connection((parsed.hostname, parsed.port), timeout=15) as raw:
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            tls.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n"
-                        b"Content-Type: application/x-www-form-urlencoded\r\n"
-                        b"Content-Length: 10000000\r\n\r\ngrant_type=")
-            tls.settimeout(15)
-            answer = tls.recv(4096)
+    with env[0].raw_tls() as tls:
+        tls.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/x-www-form-urlencoded\r\n"
+                    b"Content-Length: 10000000\r\n\r\ngrant_type=")
+        answer = tls.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:60]
 
 

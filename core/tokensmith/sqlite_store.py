@@ -17,6 +17,18 @@ from .storage import Client, RegisteredCertificate, StorageError, TokenRecord, U
 
 _SCHEMA_VERSION = 4
 
+#: Any change to clients, from any connection, bumps clients_version (see get_client).
+_CLIENTS_VERSION = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('clients_version', 0);
+CREATE TRIGGER IF NOT EXISTS clients_inserted AFTER INSERT ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
+CREATE TRIGGER IF NOT EXISTS clients_updated AFTER UPDATE ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
+CREATE TRIGGER IF NOT EXISTS clients_deleted AFTER DELETE ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
+"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
     client_id TEXT PRIMARY KEY,
@@ -52,14 +64,7 @@ CREATE TABLE IF NOT EXISTS revoked_grants (
     grant_id TEXT PRIMARY KEY,
     revoked_at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('clients_version', 0);
-CREATE TRIGGER IF NOT EXISTS clients_inserted AFTER INSERT ON clients
-    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
-CREATE TRIGGER IF NOT EXISTS clients_updated AFTER UPDATE ON clients
-    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
-CREATE TRIGGER IF NOT EXISTS clients_deleted AFTER DELETE ON clients
-    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
+""" + _CLIENTS_VERSION + """
 CREATE TABLE IF NOT EXISTS users (
     username TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -76,16 +81,6 @@ _MIGRATIONS = {
     2: """
 ALTER TABLE clients ADD COLUMN certificates TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE clients ADD COLUMN tls_subject TEXT;
-""",
-    4: """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('clients_version', 0);
-CREATE TRIGGER IF NOT EXISTS clients_inserted AFTER INSERT ON clients
-    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
-CREATE TRIGGER IF NOT EXISTS clients_updated AFTER UPDATE ON clients
-    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
-CREATE TRIGGER IF NOT EXISTS clients_deleted AFTER DELETE ON clients
-    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
 """,
     3: """
 ALTER TABLE tokens ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
@@ -104,6 +99,7 @@ CREATE TABLE users (
     locked_until INTEGER NOT NULL DEFAULT 0
 );
 """,
+    4: _CLIENTS_VERSION,
 }
 
 
