@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--update-docs", action="store_true",
                    help=f"rewrite the results section of {DOC.relative_to(ROOT)} (not with --smoke)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory")
+    p.add_argument("--render", type=Path, metavar="JSON", help="measure nothing: rewrite the"
+                   " Markdown (and, with --update-docs, the docs) from a results JSON file")
     args = p.parse_args(argv)
     smoke = args.smoke
     args.rounds = args.rounds or (1 if smoke else 3)
@@ -301,6 +303,13 @@ def standing_notes(run: Run) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        results = json.loads(args.render.read_text())
+        results["targets"] = report.targets(results)
+        args.name = args.render.stem.split("-2")[0] if args.name in ("latest", "smoke") else args.name
+        args.out.mkdir(parents=True, exist_ok=True)
+        write(results, args, archive=False)
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that every server is stopped
     if not LOADGEN.exists():
         subprocess.run(["make", "-s", "-C", str(LOADGEN.parent)], check=True)
@@ -347,12 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if results["status"] == "complete" else 1
 
 
-def write(results: dict, args: argparse.Namespace) -> None:
+def write(results: dict, args: argparse.Namespace, archive: bool = True) -> None:
     md = report.markdown(results)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     text = json.dumps(results, indent=1) + "\n"
     (args.out / f"{args.name}.json").write_text(text)
-    (args.out / f"{args.name}-{stamp}.json").write_text(text)
+    if archive:
+        (args.out / f"{args.name}-{stamp}.json").write_text(text)
     (args.out / f"{args.name}.md").write_text(md)
     print("\n" + md)
     print(f"results: {args.out / (args.name + '.json')}, {args.out / (args.name + '.md')}"

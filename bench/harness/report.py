@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .load import LOADGEN_BOUND_PCT, SCENARIOS
 
-__all__ = ["targets", "markdown", "update_docs", "BEGIN", "END"]
+__all__ = ["targets", "observations", "markdown", "update_docs", "BEGIN", "END"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 TS, NODE, BARE = "tokensmith", "node-oidc", "bare-hypercorn"
@@ -71,6 +71,22 @@ def targets(results: dict) -> list[dict[str, object]]:
         add("2 workers vs 1 (scenario 1, whole machine)", ">= 1.8x", r,
             r is not None and r >= 1.8, "x")
     return rows
+
+
+def observations(results: dict) -> list[str]:
+    """What the figures themselves say about where the time goes (derived, not measured)."""
+    found = []
+    for server, by_size in results["servers"].items():
+        for size, entry in by_size.items():
+            for key, summary in entry.get("scenarios", {}).items():
+                cpu, lg = summary.get("server_cpu_pct"), summary.get("loadgen_cpu_pct_max")
+                if (cpu is not None and cpu < 80 and lg is not None and lg < LOADGEN_BOUND_PCT
+                        and summary.get("rps") and not summary.get("medians_include_disturbed")):
+                    found.append(f"{server} scenario {key[1]} (N={int(size):,}): the server used"
+                                 f" only {cpu:.0f}% of its CPU and loadgen {lg:.0f}% of its own,"
+                                 f" at p50 {summary.get('p50_ms')} ms: its throughput is limited by"
+                                 " waiting, not by computation.")
+    return found
 
 
 def _f(value: object, digits: int = 1) -> str:
@@ -190,6 +206,9 @@ def markdown(results: dict) -> str:
             f" loadgen (system) {v.get('system_openssl')}",
             f"- tokensmith commit {str(g.get('commit'))[:12]}, {g.get('uncommitted_files')} uncommitted"
             f" file(s) in the working tree ({len(g.get('uncommitted_outside_bench', []))} outside bench/)"]
+    seen = observations(results)
+    if seen:
+        out += ["", "### Observations (derived from the figures)", ""] + [f"- {o}" for o in seen]
     if results.get("notes"):
         out += ["", "### Notes", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(out) + "\n"
