@@ -283,3 +283,20 @@ def test_tls_passthrough_needs_nothing_special(server, tmp_path) -> None:  # noq
         with server.client(cert=files, url=f"https://127.0.0.1:{forwarder.port}") as http:
             response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
     assert response.status_code == 200, response.text
+
+
+def test_accepted_connections_get_tcp_nodelay(tmp_path, keystore, wheel_cache) -> None:  # noqa: ANN001
+    """A connection accepted from the connector's socket has Nagle's algorithm turned off."""
+    from tokensmith.server import bind, no_delay
+
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
+    (listening,) = bind(load_config(dep.conf))
+    try:
+        client = socket.create_connection(listening.getsockname()[:2], timeout=5)
+        accepted, _ = listening.accept()
+        with client, accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # what asyncio leaves
+            no_delay(accepted)
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        listening.close()

@@ -31,7 +31,7 @@ from .tls_accept import peer_certificate_chain
 from .tlsconf import server_context
 from .xmlconf import ConfigError
 
-__all__ = ["serve", "bind", "urls", "tls_extension"]
+__all__ = ["serve", "bind", "urls", "no_delay", "tls_extension"]
 
 log = logging.getLogger("tokensmith.server")
 
@@ -119,6 +119,18 @@ def bind(config: Config) -> list[socket.socket]:
     return sockets
 
 
+def no_delay(sock: Any) -> None:
+    """Turn Nagle's algorithm off on an accepted connection.
+
+    asyncio does it only for sockets whose proto is IPPROTO_TCP, and sockets accepted from
+    socket.create_server's have proto 0. Without it, Nagle held the second write of every
+    response (headers, then body) until the client's delayed ACK: 40 ms a keep-alive
+    request, which capped 32 connections at about 700 requests/s in the benchmark.
+    """
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def urls(sockets: list[socket.socket]) -> list[str]:
     """The https URLs of *sockets* (with the real port where the connector said 0)."""
     result = []
@@ -182,6 +194,7 @@ async def serve(
         assert task is not None
         connections.add(task)
         task.add_done_callback(connections.discard)
+        no_delay(writer.get_extra_info("socket"))
         connection = _Connection(app, tls_extension(writer.get_extra_info("ssl_object")), timeout, loop)
         watchdog = loop.create_task(connection.watch(writer))
         try:
