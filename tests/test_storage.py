@@ -51,3 +51,17 @@ def test_client_cache_sees_changes_from_another_connection(tmp_path) -> None:  #
     finally:
         server.close()
         cli.close()
+
+
+def test_purge_removes_only_expired_tokens(tmp_path) -> None:  # noqa: ANN001
+    """purge_expired deletes tokens past their expiry and keeps live ones."""
+    from tokensmith.storage import TokenRecord
+
+    store = SQLiteStorage(tmp_path / "store.db")
+    try:
+        store.add_tokens([TokenRecord("dead", "access", "c", "", 0, 100),
+                          TokenRecord("live", "access", "c", "", 0, 10_000)])
+        assert store.purge_expired(5_000) == 1
+        assert store.get_token("dead") is None and store.get_token("live") is not None
+    finally:
+        store.close()

@@ -8,8 +8,10 @@ with, and an invalid configuration leaves the running one in place.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 from quart import Quart, Response
@@ -114,8 +116,16 @@ def create_app(config: Config) -> Quart:
         POST_ENDPOINTS, lambda: runtime(app), lambda: runtime(app).identity.max_body_bytes,
         app.asgi_app)
 
+    purging: list[asyncio.Task] = []
+
+    @app.before_serving
+    async def start_purging() -> None:
+        purging.append(asyncio.get_running_loop().create_task(_purge_expired(app)))
+
     @app.after_serving
     async def close() -> None:
+        for task in purging:
+            task.cancel()
         runtime(app).storage.close()
         loader.close()
 
@@ -143,6 +153,22 @@ def create_app(config: Config) -> Quart:
         return await oauth_error(ServerError("an internal error occurred"))
 
     return app
+
+
+PURGE_INTERVAL = 60.0
+
+
+async def _purge_expired(app: Quart) -> None:
+    """Delete expired tokens once a minute, so the store does not grow without bound."""
+    while True:
+        await asyncio.sleep(PURGE_INTERVAL)
+        try:
+            removed = runtime(app).storage.purge_expired(int(time.time()))
+        except StorageError as exc:
+            log.warning("purging expired tokens failed: %s", exc)
+            continue
+        if removed:
+            log.info("purged %d expired tokens", removed)
 
 
 def inspect_listeners(config: Config, identity: IdentitySettings | None = None) -> ListenerSet:
