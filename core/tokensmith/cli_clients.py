@@ -200,11 +200,8 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
         refresh_token_lifetime=args.refresh_token_lifetime,
         jwt_access_tokens=None if args.token_format is None else args.token_format == "jwt",
     )
-    store = open_storage(config)
-    try:
+    with open_storage(config) as store:
         store.add_client(client)
-    finally:
-        store.close()
     for line in validity_warnings(certificates):
         warn(line)
     shown = client.public_view()
@@ -220,8 +217,7 @@ def cmd_sp_update(args: argparse.Namespace) -> int:
     remove = [parse_fingerprint(text) for text in args.remove_certs]
     config = load_config(args.conf)
     added = _certificates(args.add_certs)
-    store = open_storage(config)
-    try:
+    with open_storage(config) as store:
         client = store.get_client(args.client_id)
         if client is None:
             raise CLIError(f"no service provider with client_id {args.client_id!r}")
@@ -231,8 +227,6 @@ def cmd_sp_update(args: argparse.Namespace) -> int:
         updated = change_certificates(client, added, remove)
         if not store.update_client(updated):
             raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
-    finally:
-        store.close()
     for line in validity_warnings(added):
         warn(line)
     print(json.dumps(updated.public_view(), indent=2))
@@ -240,11 +234,8 @@ def cmd_sp_update(args: argparse.Namespace) -> int:
 
 
 def cmd_sp_list(args: argparse.Namespace) -> int:
-    store = open_storage(load_config(args.conf))
-    try:
+    with open_storage(load_config(args.conf)) as store:
         clients = store.list_clients()
-    finally:
-        store.close()
     if args.json:
         print(json.dumps([c.public_view() for c in clients], indent=2))
     else:
@@ -254,11 +245,8 @@ def cmd_sp_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sp_remove(args: argparse.Namespace) -> int:
-    store = open_storage(load_config(args.conf))
-    try:
+    with open_storage(load_config(args.conf)) as store:
         removed = store.remove_client(args.client_id)
-    finally:
-        store.close()
     if not removed:
         raise CLIError(f"no service provider with client_id {args.client_id!r}")
     print(f"removed {args.client_id}")

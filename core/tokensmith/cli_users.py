@@ -70,23 +70,17 @@ def cmd_add(args: argparse.Namespace) -> int:
                        " leading or trailing spaces")
     config = load_config(args.conf)
     password = _read_password(args.password_stdin)
-    store = open_storage(config)
-    try:
+    with open_storage(config) as store:
         if store.get_user(username) is not None:
             raise CLIError(f"user {username!r} exists already")
         store.add_user(User(username, kdf.hash_secret(password), int(time.time())))
-    finally:
-        store.close()
     print(json.dumps({"username": username}))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store = open_storage(load_config(args.conf))
-    try:
+    with open_storage(load_config(args.conf)) as store:
         users = store.list_users()
-    finally:
-        store.close()
     if args.json:
         print(json.dumps([u.public_view() for u in users], indent=2))
     else:
@@ -98,11 +92,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    store = open_storage(load_config(args.conf))
-    try:
+    with open_storage(load_config(args.conf)) as store:
         removed = store.remove_user(args.username)
-    finally:
-        store.close()
     if not removed:
         raise CLIError(f"no user {args.username!r}")
     print(f"removed {args.username}")

@@ -280,6 +280,12 @@ class SQLiteStorage:
     def close(self) -> None:
         self._db.close()
 
+    def __enter__(self) -> SQLiteStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _token_row(token: TokenRecord) -> tuple[object, ...]:
     return (
