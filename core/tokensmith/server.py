@@ -27,6 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from .asgi import DER_KEY, TIMEOUT_KEY
 from .config import Config
+from .http1 import Http1Connection, no_delay
 from .tls_accept import peer_certificate_chain
 from .tlsconf import server_context
 from .xmlconf import ConfigError
@@ -119,18 +120,6 @@ def bind(config: Config) -> list[socket.socket]:
     return sockets
 
 
-def no_delay(sock: Any) -> None:
-    """Turn Nagle's algorithm off on an accepted connection.
-
-    asyncio does it only for sockets whose proto is IPPROTO_TCP, and sockets accepted from
-    socket.create_server's have proto 0. Without it, Nagle held the second write of every
-    response (headers, then body) until the client's delayed ACK: 40 ms a keep-alive
-    request, which capped 32 connections at about 700 requests/s in the benchmark.
-    """
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def urls(sockets: list[socket.socket]) -> list[str]:
     """The https URLs of *sockets* (with the real port where the connector said 0)."""
     result = []
@@ -187,6 +176,7 @@ async def serve(
 
     context = WorkerContext(None)
     connections: set[asyncio.Task] = set()
+    http1: set[Http1Connection] = set()
 
     async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                                timeout: float) -> None:
@@ -194,7 +184,6 @@ async def serve(
         assert task is not None
         connections.add(task)
         task.add_done_callback(connections.discard)
-        no_delay(writer.get_extra_info("socket"))
         connection = _Connection(app, tls_extension(writer.get_extra_info("ssl_object")), timeout, loop)
         watchdog = loop.create_task(connection.watch(writer))
         try:
@@ -202,14 +191,31 @@ async def serve(
         finally:
             watchdog.cancel()
 
+    def to_hypercorn(transport: asyncio.BaseTransport, timeout: float) -> None:
+        # An HTTP/2 connection: the same streams asyncio.start_server would have made.
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(
+            reader, functools.partial(serve_connection, timeout=timeout), loop=loop)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+    def connection_factory(timeout: float) -> Callable[[], Http1Connection]:
+        hand_over = functools.partial(to_hypercorn, timeout=timeout)
+
+        def make() -> Http1Connection:
+            return Http1Connection(app, timeout=timeout, tls=tls_extension, hand_over=hand_over,
+                                   connections=http1, state=lifespan_state, loop=loop)
+        return make
+
     servers: list[asyncio.Server] = []
     try:
         for connector, sock in zip(config.server.connectors, sockets):
-            servers.append(await asyncio.start_server(
-                functools.partial(serve_connection, timeout=connector.connection_timeout),
+            servers.append(await loop.create_server(
+                connection_factory(connector.connection_timeout),
                 sock=sock,
                 ssl=server_context(config.server, connector),
                 ssl_handshake_timeout=connector.connection_timeout,
+                ssl_shutdown_timeout=connector.connection_timeout,
             ))
         extensions = getattr(app, "extensions", None)
         if isinstance(extensions, dict):
@@ -221,6 +227,15 @@ async def serve(
         await context.terminated.set()
         for server in servers:
             server.close()
+        # Requests being answered finish; idle connections get a TLS close_notify but no
+        # wait for the client's: a client that never reads must not hold up the stop.
+        for http1_connection in list(http1):
+            http1_connection.shutdown()
+        deadline = loop.time() + hc.graceful_timeout
+        while any(c.busy for c in http1) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for http1_connection in list(http1):
+            http1_connection.transport.abort()
         if connections:
             await asyncio.wait(connections, timeout=hc.graceful_timeout)
         for task in connections:
