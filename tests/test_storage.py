@@ -1,11 +1,13 @@
-"""The SQLite store: schema upgrades and the client cache."""
+"""The SQLite store: schema upgrades, the client cache, group commit and checkpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
-from tokensmith.sqlite_store import SQLiteStorage
-from tokensmith.storage import Client
+from tokensmith.groupcommit import GroupCommit
+from tokensmith.sqlite_store import _RESTART_FRAMES, SQLiteStorage
+from tokensmith.storage import Client, StorageError, TokenRecord
 
 # The first schema tokensmith shipped (user_version 1).
 SCHEMA_1 = """
@@ -55,13 +57,95 @@ def test_client_cache_sees_changes_from_another_connection(tmp_path) -> None:  #
 
 def test_purge_removes_only_expired_tokens(tmp_path) -> None:  # noqa: ANN001
     """purge_expired deletes tokens past their expiry and keeps live ones."""
-    from tokensmith.storage import TokenRecord
-
     store = SQLiteStorage(tmp_path / "store.db")
     try:
         store.add_tokens([TokenRecord("dead", "access", "c", "", 0, 100),
                           TokenRecord("live", "access", "c", "", 0, 10_000)])
         assert store.purge_expired(5_000) == 1
         assert store.get_token("dead") is None and store.get_token("live") is not None
+    finally:
+        store.close()
+
+
+def _token(name: str) -> TokenRecord:
+    return TokenRecord(name, "access", "c", "", 0, 10_000)
+
+
+def test_concurrent_token_writes_share_one_transaction(tmp_path) -> None:  # noqa: ANN001
+    """Tokens stored in the same event-loop turn are committed together, each caller returns
+    once they are stored (groupcommit.GroupCommit)."""
+    store = SQLiteStorage(tmp_path / "store.db")
+    transactions: list[int] = []
+
+    def add_tokens(records: list[TokenRecord]) -> None:
+        transactions.append(len(records))
+        store.add_tokens(records)
+
+    commits = GroupCommit(add_tokens)
+
+    async def issue(name: str) -> bool:
+        await commits.add([_token(name)])
+        return store.get_token(name) is not None  # stored by the time add() returns
+
+    async def run() -> list[bool]:
+        first = await asyncio.gather(*(issue(f"t{i}") for i in range(20)))
+        return [*first, await issue("later")]
+
+    try:
+        assert all(asyncio.run(run()))
+        assert transactions == [20, 1]
+    finally:
+        store.close()
+
+
+def test_a_failed_group_commit_fails_every_caller_and_stores_none(tmp_path) -> None:  # noqa: ANN001
+    """When the shared transaction fails, every request in it gets the StorageError (503):
+    none is told its token exists, and none of the batch is stored."""
+    store = SQLiteStorage(tmp_path / "store.db")
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
+                    " BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    commits = GroupCommit(store.add_tokens)
+
+    async def outcome(name: str) -> str:
+        try:
+            await commits.add([_token(name)])
+        except StorageError as exc:
+            return f"error: {exc}"
+        return "stored"
+
+    async def run() -> list[str]:
+        return await asyncio.gather(*(outcome(n) for n in ("a", "poison", "b")))
+
+    try:
+        results = asyncio.run(run())
+        assert all(r.startswith("error:") and "refused" in r for r in results), results
+        assert [store.get_token(n) for n in ("a", "poison", "b")] == [None, None, None]
+        assert asyncio.run(outcome("c")) == "stored"
+    finally:
+        store.close()
+
+
+def _wal_frames(path) -> int:  # noqa: ANN001
+    with sqlite3.connect(path) as db:
+        return db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+
+
+def test_serving_store_leaves_checkpoints_to_checkpoint(tmp_path) -> None:  # noqa: ANN001
+    """A serving store runs no checkpoint inside a commit; checkpoint() copies the WAL and
+    restarts a long one, so the WAL does not grow without bound under steady writes."""
+    path = tmp_path / "store.db"
+    store = SQLiteStorage(path)
+    try:
+        store.serving()
+        for i in range(3000):
+            store.add_tokens([_token(f"t{i}")])
+        wal = path.with_name(path.name + "-wal")
+        frames = (wal.stat().st_size - 32) // (4096 + 24)  # WAL header, then frames
+        assert frames > _RESTART_FRAMES  # SQLite alone would have checkpointed at 1,000
+        store.checkpoint()
+        store.add_tokens([_token("after")])
+        assert _wal_frames(path) < 10  # the WAL started over
+        assert store.get_token("t0") is not None and store.get_token("after") is not None
     finally:
         store.close()

@@ -119,8 +119,9 @@ def create_app(config: Config) -> Quart:
     purging: list[asyncio.Task] = []
 
     @app.before_serving
-    async def start_purging() -> None:
-        purging.append(asyncio.get_running_loop().create_task(_purge_expired(app)))
+    async def start_maintenance() -> None:
+        runtime(app).storage.serving()
+        purging.append(asyncio.get_running_loop().create_task(_maintain(app)))
 
     @app.after_serving
     async def close() -> None:
@@ -155,15 +156,27 @@ def create_app(config: Config) -> Quart:
     return app
 
 
+CHECKPOINT_INTERVAL = 1.0
 PURGE_INTERVAL = 60.0
 
 
-async def _purge_expired(app: Quart) -> None:
-    """Delete expired tokens once a minute, so the store does not grow without bound."""
+async def _maintain(app: Quart) -> None:
+    """Checkpoint the store every second (in a thread), and delete expired tokens every
+    minute, so that the store does not grow without bound."""
+    loop = asyncio.get_running_loop()
+    next_purge = loop.time() + PURGE_INTERVAL
     while True:
-        await asyncio.sleep(PURGE_INTERVAL)
+        await asyncio.sleep(CHECKPOINT_INTERVAL)
+        storage = runtime(app).storage
         try:
-            removed = runtime(app).storage.purge_expired(int(time.time()))
+            await asyncio.to_thread(storage.checkpoint)
+        except StorageError as exc:
+            log.warning("checkpoint failed: %s", exc)
+        if loop.time() < next_purge:
+            continue
+        next_purge = loop.time() + PURGE_INTERVAL
+        try:
+            removed = storage.purge_expired(int(time.time()))
         except StorageError as exc:
             log.warning("purging expired tokens failed: %s", exc)
             continue

@@ -3,6 +3,11 @@
 WAL with ``synchronous=NORMAL``: a committed transaction survives the process being killed
 (the WAL is in the OS page cache and replayed on the next open); only a power loss can undo
 the last transactions. Every write is one short transaction.
+
+A serving process (``serving()``) turns SQLite's automatic checkpoints off: one of them ran
+inside whichever request's commit pushed the WAL past 1,000 pages, copying pages and calling
+fsync on the event loop's thread. ``checkpoint()`` does that work on its own connection
+instead, which the server calls from a worker thread once a second.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -76,6 +82,10 @@ CREATE TABLE IF NOT EXISTS users (
 """
 
 _CLIENT_CACHE = 200_000
+#: After a checkpoint, a WAL larger than this is truncated to it.
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
+#: A WAL longer than this (4 KiB frames) is restarted by the next checkpoint.
+_RESTART_FRAMES = 4096
 
 #: Schema upgrades, by the version they lead to; each runs once, in one transaction.
 _MIGRATIONS = {
@@ -111,12 +121,15 @@ class SQLiteStorage:
         self.path = Path(path)
         self._clients: dict[str, Client] = {}
         self._clients_version = -1
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
                 raise StorageError(
@@ -131,6 +144,32 @@ class SQLiteStorage:
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
+
+    def serving(self) -> None:
+        """Leave checkpoints to ``checkpoint()``: no request's commit runs one."""
+        self._run("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file; safe to call from another thread.
+
+        A PASSIVE checkpoint never waits for readers or writers; what it cannot copy yet, the
+        next call does (a long WAL is restarted, see below). It runs on a connection of its own, so the requests' connection is
+        not held while it copies and syncs.
+        """
+        with self._checkpoint_lock:
+            try:
+                if self._checkpointer is None:
+                    self._checkpointer = sqlite3.connect(self.path, isolation_level=None,
+                                                         check_same_thread=False)
+                    self._checkpointer.execute("PRAGMA busy_timeout=1000")
+                _, frames, _ = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames > _RESTART_FRAMES:
+                    # Under steady writes a passive checkpoint never catches up with the
+                    # last commit, and the WAL only starts over once one has. RESTART holds
+                    # writers for the few frames left since the passive one, then it does.
+                    self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: checkpoint: {exc}") from exc
 
     def _run(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         try:
@@ -278,6 +317,10 @@ class SQLiteStorage:
                   (username,))
 
     def close(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
         self._db.close()
 
     def __enter__(self) -> SQLiteStorage:

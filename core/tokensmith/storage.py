@@ -177,4 +177,13 @@ class Storage(Protocol):
 
     def clear_login_failures(self, username: str) -> None: ...
 
+    def serving(self) -> None:
+        """The store is about to serve requests: defer housekeeping to ``checkpoint``."""
+        ...
+
+    def checkpoint(self) -> None:
+        """Housekeeping off the request path; the server calls it from a worker thread
+        once a second while it serves. May do nothing."""
+        ...
+
     def close(self) -> None: ...

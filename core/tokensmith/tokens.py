@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .events import REGISTERED_CLAIMS, TokenIssueEvent
+from .groupcommit import GroupCommit
 from .kdf import token_hash
 from .listeners import ListenerSet
 from .rfc9068 import access_token_claims, encode_access_token
@@ -80,6 +81,7 @@ class TokenIssuer:
     def __init__(self, storage: Storage, listeners: ListenerSet, access_token_lifetime: int,
                  refresh_token_lifetime: int = 14 * 24 * 3600, jwt: JWTSettings | None = None):
         self.storage = storage
+        self.commits = GroupCommit(storage.add_tokens)
         self.listeners = listeners
         self.access_token_lifetime = access_token_lifetime
         self.refresh_token_lifetime = refresh_token_lifetime
@@ -145,11 +147,15 @@ class TokenIssuer:
     ) -> IssuedToken:
         """Create, store and return an access token for *client*, and a refresh token if asked.
 
-        All tokens of one grant share *grant_id* (a new one when None): revoking a refresh
-        token, or replaying a rotated one, revokes the whole family (RFC 9700 §4.14.2).
+        All tokens of one grant share *grant_id* (a new one when None and *refresh*): revoking
+        a refresh token, or replaying a rotated one, revokes the whole family (RFC 9700
+        §4.14.2).
         *refresh_cnf_x5t_s256* binds the refresh token itself (RFC 8705 §4, public clients).
         """
-        grant_id = grant_id or secrets.token_urlsafe(16)
+        if grant_id is None and refresh:
+            # Only a grant with a refresh token is a family to revoke; an access token alone
+            # keeps no grant id (its index entry then lands beside the others, not at random).
+            grant_id = secrets.token_urlsafe(16)
         access_lifetime = client.access_token_lifetime or self.access_token_lifetime
         value, record = self._record("access", client, scope, access_lifetime, username=username,
                                      cnf_x5t_s256=cnf_x5t_s256, grant_id=grant_id)
@@ -173,7 +179,7 @@ class TokenIssuer:
                 "refresh", client, scope if refresh_scope is None else refresh_scope,
                 client.refresh_token_lifetime or self.refresh_token_lifetime,
                 username=username, cnf_x5t_s256=refresh_cnf_x5t_s256, grant_id=grant_id)
-        self.storage.add_tokens([r for r in (record, refresh_record) if r is not None])
+        await self.commits.add([record] if refresh_record is None else [record, refresh_record])
         if event is None:
             return IssuedToken(value, access_lifetime, scope, record, refresh_value)
         await self.listeners.notify(
