@@ -93,6 +93,21 @@ def test_tls13_is_preferred(server) -> None:  # noqa: ANN001
         assert tls.version() == "TLSv1.3"
 
 
+def test_no_session_tickets_every_connection_is_a_full_handshake(server, tmp_path) -> None:  # noqa: ANN001
+    """The server issues no TLS 1.3 session tickets, so a client offering its previous
+    session gets a full handshake that proves its key again (tlsconf's docstring)."""
+    context = ssl.create_default_context(cafile=str(server.deployment.server_cert))
+    context.load_cert_chain(*pki.self_signed("ticket-client").write(tmp_path, "ticket"))
+    session = None
+    for attempt in range(2):
+        raw = socket.create_connection(host_port(server), timeout=10)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls:
+            assert roundtrip(tls).startswith(b"HTTP/1.1 200")  # tickets would come by now
+            assert not tls.session_reused
+            session = tls.session
+            assert session is not None and not session.has_ticket, attempt
+
+
 def test_want_completes_without_a_certificate(server) -> None:  # noqa: ANN001
     """On a want connector a client without a certificate is served."""
     with handshake(server, index=0) as tls:
