@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+
+import pytest
 
 from tokensmith.groupcommit import GroupCommit
 from tokensmith.sqlite_store import _RESTART_FRAMES, SQLiteStorage
@@ -149,3 +152,33 @@ def test_serving_store_leaves_checkpoints_to_checkpoint(tmp_path) -> None:  # no
         assert store.get_token("t0") is not None and store.get_token("after") is not None
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("existing", [None, SCHEMA_1], ids=["fresh", "version-1"])
+def test_stores_opened_together_create_or_upgrade_the_schema_once(tmp_path, existing) -> None:  # noqa: ANN001
+    """Workers open the database at the same moment: one creates (or upgrades) the schema,
+    the others wait for it, and none fails with 'database is locked' or a duplicate column."""
+    path = tmp_path / "store.db"
+    if existing is not None:
+        with sqlite3.connect(path) as db:
+            db.executescript(existing)
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def open_store() -> None:
+        barrier.wait()
+        try:
+            SQLiteStorage(path).close()
+        except StorageError as exc:
+            outcomes.append(str(exc))
+        else:
+            outcomes.append("ok")
+
+    threads = [threading.Thread(target=open_store) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert outcomes == ["ok"] * 6
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4

@@ -126,24 +126,35 @@ class SQLiteStorage:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=5000")  # first: workers open it together
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+            self._upgrade()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def _upgrade(self) -> None:
+        """Create or upgrade the schema, in one transaction that holds the write lock, so that
+        workers starting together do it once and a crash midway leaves the old schema."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
                 raise StorageError(
                     f"{self.path}: database schema {version} is newer than this tokensmith"
                     f" ({_SCHEMA_VERSION})"
                 )
-            if version == 0:
-                self._db.executescript(_SCHEMA)
-            else:
-                for target in range(version + 1, _SCHEMA_VERSION + 1):
-                    self._db.executescript(f"BEGIN; {_MIGRATIONS[target]} COMMIT;")
+            scripts = [_SCHEMA] if version == 0 else [
+                _MIGRATIONS[target] for target in range(version + 1, _SCHEMA_VERSION + 1)]
+            for script in scripts:
+                for statement in _statements(script):
+                    self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-        except (sqlite3.Error, OSError) as exc:
-            raise StorageError(f"{self.path}: {exc}") from exc
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def serving(self) -> None:
         """Leave checkpoints to ``checkpoint()``: no request's commit runs one."""
@@ -153,8 +164,8 @@ class SQLiteStorage:
         """Copy committed WAL pages into the database file; safe to call from another thread.
 
         A PASSIVE checkpoint never waits for readers or writers; what it cannot copy yet, the
-        next call does (a long WAL is restarted, see below). It runs on a connection of its own, so the requests' connection is
-        not held while it copies and syncs.
+        next call does (a long WAL is restarted, see below). It runs on a connection of its
+        own, so the requests' connection is not held while it copies and syncs.
         """
         with self._checkpoint_lock:
             try:
@@ -328,6 +339,18 @@ class SQLiteStorage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of *script* (``executescript`` would commit the open transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    assert not current.strip(), f"incomplete SQL: {current!r}"
+    return statements
 
 
 def _token_row(token: TokenRecord) -> tuple[object, ...]:
