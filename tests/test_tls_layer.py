@@ -305,7 +305,7 @@ def test_accepted_connections_get_tcp_nodelay(tmp_path, keystore, wheel_cache) -
     from tokensmith.server import bind, no_delay
 
     dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
-    (listening,) = bind(load_config(dep.conf))
+    ((listening,),) = bind(load_config(dep.conf))
     try:
         client = socket.create_connection(listening.getsockname()[:2], timeout=5)
         accepted, _ = listening.accept()

@@ -114,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(config)
         for line in _listener_lines(runtime(app).listeners):
             print(line)
-        sockets = bind(config)
+        sockets = bind(config)[0]
         asyncio.run(serve(app, config, sockets=sockets, ready=ready, reload=lambda: reload_app(app)))
         status = 0
     print("tokensmith stopped", flush=True)

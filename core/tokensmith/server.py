@@ -104,20 +104,33 @@ def _hypercorn_config() -> HypercornConfig:
     return hc
 
 
-def bind(config: Config) -> list[socket.socket]:
-    """One listening socket per connector, in order (bound before any worker starts)."""
-    sockets = []
+def bind(config: Config, copies: int = 1) -> list[list[socket.socket]]:
+    """*copies* lists of listening sockets, one socket per connector in order.
+
+    With several copies (``--workers N``: one list per worker) each connector's sockets
+    share its address through SO_REUSEPORT, and the kernel spreads new connections over
+    them. Workers sharing one socket did not share the load: whichever was idle when the
+    connections arrived accepted them all, and kept them (keep-alive).
+    """
+    many = copies > 1
+    lists: list[list[socket.socket]] = [[] for _ in range(copies)]
+    connector = None
     try:
         for connector in config.server.connectors:
             family = socket.AF_INET6 if ":" in connector.address else socket.AF_INET
-            sockets.append(socket.create_server((connector.address, connector.port), family=family,
-                                                backlog=1024, reuse_port=False))
+            address: tuple[str, int] = (connector.address, connector.port)
+            for sockets in lists:
+                sock = socket.create_server(address, family=family, backlog=1024, reuse_port=many)
+                sockets.append(sock)
+                address = sock.getsockname()[:2]  # port 0: the copies take the port the first got
     except OSError as exc:
-        for sock in sockets:
-            sock.close()
+        for sockets in lists:
+            for sock in sockets:
+                sock.close()
+        assert connector is not None
         raise ConfigError(f"{config.server.path}: cannot listen on {connector.address}:"
                           f"{connector.port}: {exc.strerror or exc}") from None
-    return sockets
+    return lists
 
 
 def urls(sockets: list[socket.socket]) -> list[str]:
@@ -165,7 +178,7 @@ async def serve(
 
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
     if sockets is None:
-        sockets = bind(config)
+        sockets = bind(config)[0]
 
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(ASGIWrapper(app), hc, loop, lifespan_state)

@@ -1,13 +1,15 @@
 """Several worker processes on the same sockets: ``tokensmith serve --workers N``.
 
-The supervisor binds every connector's socket, checks the configuration, and forks the
-workers, which inherit the sockets and each build their own app (SQLite connections and
+The supervisor binds every connector's sockets, one per worker (SO_REUSEPORT, so that the
+kernel spreads connections over the workers), checks the configuration, and forks the
+workers, which inherit their sockets and each build their own app (SQLite connections and
 plugin modules are never shared across a fork). It then only handles signals:
 
 - SIGINT/SIGTERM: stop the workers gracefully, then exit;
 - SIGHUP: check the new identity.xml and dropins/ first; if they are valid, tell every worker
   to reload, otherwise log why and leave the workers as they are;
-- a worker that dies is replaced.
+- a worker that dies is replaced, on the same sockets (connections queued on them wait for
+  the replacement).
 """
 
 from __future__ import annotations
@@ -56,27 +58,27 @@ def supervise(config: Config, workers: int, check: Callable[[Config], None],
     """
     from .server import bind, urls
 
-    sockets = bind(config)
+    worker_sockets = bind(config, workers)
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     context = multiprocessing.get_context("fork")
     started = context.SimpleQueue()
     processes: list[multiprocessing.process.BaseProcess] = []
 
-    def start() -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_worker, args=(config.conf_dir, sockets, started),
+    def start(index: int) -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker, args=(config.conf_dir, worker_sockets[index], started),
                                   name="tokensmith-worker", daemon=False)
         process.start()
         return process
 
     try:
-        for _ in range(workers):
-            processes.append(start())
+        for index in range(workers):
+            processes.append(start(index))
         for _ in range(workers):
             problem = started.get()
             if problem is not None:
                 print(f"tokensmith: error: {problem}", file=sys.stderr)
                 return 1
-        ready(urls(sockets))
+        ready(urls(worker_sockets[0]))
         while True:
             info = signal.sigwaitinfo(_SIGNALS)
             if info.si_signo in (signal.SIGINT, signal.SIGTERM):
@@ -95,7 +97,7 @@ def supervise(config: Config, workers: int, check: Callable[[Config], None],
                 if not process.is_alive():
                     process.join()
                     log.error("worker %d exited with %s; starting another", process.pid, process.exitcode)
-                    processes[index] = start()
+                    processes[index] = start(index)
                     if started.get() is not None:
                         log.error("the replacement worker could not start")
     finally:
@@ -107,8 +109,9 @@ def supervise(config: Config, workers: int, check: Callable[[Config], None],
             if process.is_alive():
                 process.kill()
                 process.join()
-        for sock in sockets:
-            sock.close()
+        for sockets in worker_sockets:
+            for sock in sockets:
+                sock.close()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
 
