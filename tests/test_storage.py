@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from tokensmith import groupcommit
 from tokensmith.groupcommit import GroupCommit
 from tokensmith.sqlite_store import _RESTART_FRAMES, SQLiteStorage
 from tokensmith.storage import Client, StorageError, TokenRecord
@@ -80,11 +81,11 @@ def test_concurrent_token_writes_share_one_transaction(tmp_path) -> None:  # noq
     store = SQLiteStorage(tmp_path / "store.db")
     transactions: list[int] = []
 
-    def add_tokens(records: list[TokenRecord]) -> None:
+    def try_add_tokens(records: list[TokenRecord]) -> bool:
         transactions.append(len(records))
-        store.add_tokens(records)
+        return store.try_add_tokens(records)
 
-    commits = GroupCommit(add_tokens)
+    commits = GroupCommit(try_add_tokens)
 
     async def issue(name: str) -> bool:
         await commits.add([_token(name)])
@@ -108,7 +109,7 @@ def test_a_failed_group_commit_fails_every_caller_and_stores_none(tmp_path) -> N
     with sqlite3.connect(tmp_path / "store.db") as db:
         db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
                     " BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    commits = GroupCommit(store.add_tokens)
+    commits = GroupCommit(store.try_add_tokens)
 
     async def outcome(name: str) -> str:
         try:
@@ -126,6 +127,66 @@ def test_a_failed_group_commit_fails_every_caller_and_stores_none(tmp_path) -> N
         assert [store.get_token(n) for n in ("a", "poison", "b")] == [None, None, None]
         assert asyncio.run(outcome("c")) == "stored"
     finally:
+        store.close()
+
+
+def test_a_busy_store_is_waited_for_without_blocking_the_loop(tmp_path) -> None:  # noqa: ANN001
+    """While another connection holds the write lock, the batch waits on a timer: the event
+    loop goes on running (a ticker keeps ticking), requests arriving meanwhile join the
+    batch, and all are stored once the lock is released."""
+    path = tmp_path / "store.db"
+    store = SQLiteStorage(path)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    transactions: list[int] = []
+
+    def try_add_tokens(records: list[TokenRecord]) -> bool:
+        stored = store.try_add_tokens(records)
+        transactions.append(len(records) if stored else 0)
+        return stored
+
+    commits = GroupCommit(try_add_tokens)
+
+    async def run() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        other.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.2, other.execute, "COMMIT")
+        first = asyncio.create_task(commits.add([_token("first")]))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(first, commits.add([_token("joined")]))
+        ticking.cancel()
+        return ticks
+
+    try:
+        assert asyncio.run(run()) >= 50  # about 200 in 0.2 s; a blocked loop gives ~0
+        assert transactions[-1] == 2 and set(transactions[:-1]) == {0}
+        assert store.get_token("first") and store.get_token("joined")
+    finally:
+        other.close()
+        store.close()
+
+
+def test_a_store_busy_for_too_long_fails_the_batch(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A store locked for longer than BUSY_TIMEOUT gives StorageError (503), storing nothing."""
+    monkeypatch.setattr(groupcommit, "BUSY_TIMEOUT", 0.1)
+    path = tmp_path / "store.db"
+    store = SQLiteStorage(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageError, match="locked"):
+            asyncio.run(GroupCommit(store.try_add_tokens).add([_token("late")]))
+        other.execute("ROLLBACK")
+        assert store.get_token("late") is None
+    finally:
+        other.close()
         store.close()
 
 

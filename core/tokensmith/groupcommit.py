@@ -8,6 +8,11 @@ Requests that reach the store in the same turn of the event loop now share one t
 and so share the pages they touch in common; each still waits for the commit before its
 response goes out, so a 200 still means the token is stored, and a failed commit fails
 every request of the batch with the same ``StorageError`` (503, fail closed).
+
+While another writer holds the store (another worker, a checkpoint), the batch waits on a
+timer instead of in SQLite's busy handler, which would sleep on the event loop's thread;
+requests arriving meanwhile join it. After ``BUSY_TIMEOUT`` seconds it fails with 503, as
+SQLite's own busy timeout did.
 """
 
 from __future__ import annotations
@@ -15,17 +20,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from .storage import TokenRecord
+from .storage import StorageError, TokenRecord
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "BUSY_TIMEOUT"]
+
+#: How long a batch waits for a busy store before its requests get 503.
+BUSY_TIMEOUT = 5.0
+_FIRST_RETRY = 0.0005
+_MAX_RETRY = 0.01
 
 
 class GroupCommit:
-    """Batches calls to *write* (``Storage.add_tokens``) made in the same event-loop turn."""
+    """Batches calls to *write* (``Storage.try_add_tokens``) made in the same event-loop turn.
 
-    def __init__(self, write: Callable[[list[TokenRecord]], None]):
+    *write* stores a list of records in one transaction and returns True, returns False
+    when the store is busy (nothing stored), or raises ``StorageError``.
+    """
+
+    def __init__(self, write: Callable[[list[TokenRecord]], bool]):
         self._write = write
         self._pending: list[tuple[list[TokenRecord], asyncio.Future[None]]] = []
+        self._busy_since: float | None = None
+        self._retry = _FIRST_RETRY
 
     async def add(self, records: list[TokenRecord]) -> None:
         """Store *records* (one token response: all or none); return once they are committed."""
@@ -39,14 +55,32 @@ class GroupCommit:
         await committed
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, []
+        batch = self._pending
         try:
-            self._write([record for records, _ in batch for record in records])
+            stored = self._write([record for records, _ in batch for record in records])
         except Exception as exc:  # noqa: BLE001 - every waiter gets the store's error
-            for _, committed in batch:
-                if not committed.done():
-                    committed.set_exception(exc)
+            self._settle(exc)
             return
+        if stored:
+            self._settle(None)
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._busy_since is None:
+            self._busy_since = now
+        elif now - self._busy_since > BUSY_TIMEOUT:
+            self._settle(StorageError("the store stayed locked by another writer"))
+            return
+        loop.call_later(self._retry, self._flush)  # later arrivals join this batch
+        self._retry = min(self._retry * 2, _MAX_RETRY)
+
+    def _settle(self, error: BaseException | None) -> None:
+        batch, self._pending = self._pending, []
+        self._busy_since, self._retry = None, _FIRST_RETRY
         for _, committed in batch:
-            if not committed.done():
+            if committed.done():
+                continue  # its request was cancelled
+            if error is None:
                 committed.set_result(None)
+            else:
+                committed.set_exception(error)

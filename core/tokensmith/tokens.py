@@ -81,7 +81,7 @@ class TokenIssuer:
     def __init__(self, storage: Storage, listeners: ListenerSet, access_token_lifetime: int,
                  refresh_token_lifetime: int = 14 * 24 * 3600, jwt: JWTSettings | None = None):
         self.storage = storage
-        self.commits = GroupCommit(storage.add_tokens)
+        self.commits = GroupCommit(storage.try_add_tokens)
         self.listeners = listeners
         self.access_token_lifetime = access_token_lifetime
         self.refresh_token_lifetime = refresh_token_lifetime
