@@ -222,6 +222,34 @@ def test_bad_requests_get_a_json_error_and_a_close(env, request_bytes, status) -
         assert reader.response()[0] == 200
 
 
+def test_a_large_head_arriving_in_pieces_is_accepted(env) -> None:  # noqa: ANN001
+    """A 12 KiB head (under the 16 KiB limit) sent 1 KiB at a time is served: the limit
+    counts each byte once, however the head is split."""
+    server, auth = env
+    sock, reader = connect(server)
+    with sock:
+        request = token_request(auth, extra=b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(12)))
+        assert 12_000 < request.index(b"\r\n\r\n") < 16_000
+        for start in range(0, len(request), 1024):
+            sock.sendall(request[start:start + 1024])
+            time.sleep(0.005)
+        status, _, body = reader.response()
+        assert status == 200 and "access_token" in json.loads(body)
+
+
+def test_an_unfinished_header_field_is_cut_off_at_the_limit(env) -> None:  # noqa: ANN001
+    """One header field that never ends is refused with 431 once the head passes 16 KiB,
+    without waiting for its end."""
+    server, _ = env
+    sock, reader = connect(server)
+    with sock:
+        sock.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        for _ in range(20):
+            sock.sendall(b"e" * 1024)
+        status, headers, _ = reader.response()
+        assert status == 431 and headers["connection"] == "close"
+
+
 def test_requests_before_a_malformed_one_are_answered(env) -> None:  # noqa: ANN001
     """A good request pipelined before garbage is answered; then the connection closes."""
     server, auth = env

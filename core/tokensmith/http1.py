@@ -237,7 +237,7 @@ class Http1Connection(asyncio.Protocol):
         self.lost = self.closing = self.draining = False
         self.write_paused = self.read_paused = False
         self.in_head = False
-        self.head_bytes = 0
+        self.head_bytes = self.raw_head_bytes = 0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.deadline = 0.0
@@ -272,8 +272,10 @@ class Http1Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
             if self.in_head:
-                self.head_bytes += len(data)
-                if self.head_bytes > MAX_HEAD_BYTES:
+                # httptools holds an unfinished header field until its end arrives, which
+                # the callbacks' count cannot see: count the bytes of an unfinished head.
+                self.raw_head_bytes += len(data)
+                if self.raw_head_bytes > MAX_HEAD_BYTES:
                     raise _Refusal(431, "the request header fields are too large")
         except _Refusal as refusal:
             self._refuse(refusal)
@@ -310,7 +312,7 @@ class Http1Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_head = True
-        self.head_bytes = 0
+        self.head_bytes = self.raw_head_bytes = 0
         self.url = b""
         self.headers = []
         if not self.queue:
