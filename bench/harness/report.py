@@ -200,7 +200,8 @@ def markdown(results: dict) -> str:
             f"- {m.get('nproc')} CPUs ({m.get('cpu_model')}), {m.get('memory_gib')} GiB, kernel"
             f" {m.get('kernel')}, {m.get('os')}; load average at start {m.get('loadavg_at_start')}",
             f"- Python {v.get('python')}, Hypercorn {v.get('hypercorn')}, Quart {v.get('quart')},"
-            f" h11 {v.get('h11')}, cryptography {v.get('cryptography')}, tokensmith {v.get('tokensmith')}",
+            f" h11 {v.get('h11')}, httptools {v.get('httptools', '–')}, cryptography {v.get('cryptography')},"
+            f" tokensmith {v.get('tokensmith')}",
             f"- Node {v.get('node', '–')}, oidc-provider {v.get('oidc_provider', '–')}",
             f"- OpenSSL: Python {v.get('python_openssl')}; Node {v.get('node_openssl', '–')};"
             f" loadgen (system) {v.get('system_openssl')}",

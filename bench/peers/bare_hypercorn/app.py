@@ -1,4 +1,4 @@
-"""The limit of our stack: a bare ASGI app (no framework) on Hypercorn over TLS.
+"""The limit of the stack tokensmith started on: a bare ASGI app (no framework) on Hypercorn over TLS.
 
 POST /oauth2/token       reads the body and returns one fixed token response
 POST /oauth2/introspect  reads the body and returns one fixed "active" introspection response
