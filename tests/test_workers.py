@@ -1,15 +1,19 @@
-"""``tokensmith serve --workers N``: the workers share the load, and a dead one is replaced."""
+"""``tokensmith serve --workers N``: the workers share the load, a dead one is replaced, and
+one that dies while starting is reported."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import ssl
 import time
 from pathlib import Path
 
-from conftest import Server
+import pytest
+
+from conftest import Server, StartupFailed, start_server
 
 
 def workers_of(server: Server) -> list[int]:
@@ -70,3 +74,38 @@ def test_a_killed_worker_is_replaced_on_its_sockets(deployment, serve) -> None: 
         for _ in range(20):
             response = http.get("/oauth2/jwks", headers={"Connection": "close"})
             assert response.status_code == 200
+
+
+CRASH_IN_WORKER = '''
+import multiprocessing
+import os
+
+from tokensmith import hookimpl
+
+
+@hookimpl
+def listener_default_order():
+    return 500
+
+
+@hookimpl
+def client_auth_methods():
+    return ["crash_method"]
+
+
+@hookimpl
+def listener_configure(listener):
+    if multiprocessing.parent_process() is not None:  # in a worker, not in the supervisor
+        os._exit(3)
+'''
+
+
+def test_a_worker_that_dies_before_it_is_ready_is_reported(deployment, make_wheel) -> None:  # noqa: ANN001
+    """A worker that dies while starting (here a plugin exits the process) makes the
+    supervisor exit 1 with one line, instead of waiting for it forever."""
+    shutil.copy(make_wheel("crash_in_worker", CRASH_IN_WORKER), deployment.dropins)
+    started = time.monotonic()
+    with pytest.raises(StartupFailed) as failed:
+        start_server(deployment, "--workers", "2")
+    assert "tokensmith: error: the worker exited before it was ready" in str(failed.value)
+    assert time.monotonic() - started < 20

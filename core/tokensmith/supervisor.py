@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from .config import Config, load_config, load_identity
@@ -33,7 +34,7 @@ log = logging.getLogger("tokensmith.supervisor")
 _SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
 
 
-def _worker(conf_dir: Path, sockets: list[socket.socket], ready: multiprocessing.queues.SimpleQueue) -> None:  # type: ignore[name-defined]
+def _worker(conf_dir: Path, sockets: list[socket.socket], ready: Connection) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     import asyncio
 
@@ -44,10 +45,25 @@ def _worker(conf_dir: Path, sockets: list[socket.socket], ready: multiprocessing
         config = load_config(conf_dir)
         app = create_app(config)
     except Exception as exc:  # reported by the supervisor, in one line
-        ready.put(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc))
+        ready.send(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc))
+        ready.close()
         return
-    asyncio.run(serve(app, config, sockets=sockets, ready=lambda _: ready.put(None),
-                      reload=lambda: reload_app(app)))
+
+    def announce(_: list[str]) -> None:
+        ready.send(None)
+        ready.close()
+
+    asyncio.run(serve(app, config, sockets=sockets, ready=announce, reload=lambda: reload_app(app)))
+
+
+def _wait_ready(receiver: Connection) -> str | None:
+    """None once the worker serves, or why it will not."""
+    try:
+        return receiver.recv()  # type: ignore[no-any-return]
+    except EOFError:
+        return "the worker exited before it was ready"
+    finally:
+        receiver.close()
 
 
 def supervise(config: Config, workers: int, check: Callable[[Config], None],
@@ -61,20 +77,27 @@ def supervise(config: Config, workers: int, check: Callable[[Config], None],
     worker_sockets = bind(config, workers)
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     context = multiprocessing.get_context("fork")
-    started = context.SimpleQueue()
     processes: list[multiprocessing.process.BaseProcess] = []
 
-    def start(index: int) -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_worker, args=(config.conf_dir, worker_sockets[index], started),
+    def start(index: int) -> Connection:
+        # A pipe per worker, not one queue for all: a worker killed while it held a shared
+        # queue's lock would leave its replacement blocked forever on that lock. The worker
+        # holds the only sending end, so its death reads as EOF here.
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_worker, args=(config.conf_dir, worker_sockets[index], sender),
                                   name="tokensmith-worker", daemon=False)
         process.start()
-        return process
+        sender.close()
+        if index < len(processes):
+            processes[index] = process
+        else:
+            processes.append(process)
+        return receiver
 
     try:
-        for index in range(workers):
-            processes.append(start(index))
-        for _ in range(workers):
-            problem = started.get()
+        starting = [start(index) for index in range(workers)]
+        for receiver in starting:
+            problem = _wait_ready(receiver)
             if problem is not None:
                 print(f"tokensmith: error: {problem}", file=sys.stderr)
                 return 1
@@ -97,9 +120,9 @@ def supervise(config: Config, workers: int, check: Callable[[Config], None],
                 if not process.is_alive():
                     process.join()
                     log.error("worker %d exited with %s; starting another", process.pid, process.exitcode)
-                    processes[index] = start(index)
-                    if started.get() is not None:
-                        log.error("the replacement worker could not start")
+                    problem = _wait_ready(start(index))
+                    if problem is not None:
+                        log.error("the replacement worker could not start: %s", problem)
     finally:
         for process in processes:
             if process.is_alive() and process.pid is not None:
