@@ -11,11 +11,14 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 import pki
 from conftest import Server, new_deployment, start_server
@@ -193,6 +196,106 @@ def test_twenty_deep_chain_is_refused(env, tmp_path) -> None:  # noqa: ANN001
         response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
     assert response.status_code == 401
     assert "intermediate" in response.json()["error_description"]
+
+
+#: Extension values that are not DER, in certificates OpenSSL still loads and sends: its
+#: decoder takes BER and does not check every extension, while the server's (cryptography's)
+#: is strict. Values OpenSSL itself refuses to load (a truncated subjectAltName or
+#: basicConstraints in the leaf) cannot be sent by an OpenSSL client at all.
+MALFORMED_LEAF = {
+    "san-ber-long-form-length": (ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x81\x0b\x82\x09bad.local"),
+    "san-indefinite-length": (ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x80\x82\x09bad.local\x00\x00"),
+    "san-trailing-bytes": (ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x0b\x82\x09bad.local\x00"),
+    "san-dns-name-not-ascii": (ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x0b\x82\x09bad\xff.loca"),
+    "basic-constraints-ber-boolean": (ExtensionOID.BASIC_CONSTRAINTS, b"\x30\x03\x01\x01\x01"),
+    "authority-info-access-truncated": (ExtensionOID.AUTHORITY_INFORMATION_ACCESS, b"\x30\x05\x30\x03\x06\x01"),
+    "certificate-policies-truncated": (ExtensionOID.CERTIFICATE_POLICIES, b"\x30\x03\x30\x01"),
+}
+#: Malformed extensions in an intermediate CA certificate, which OpenSSL sends unexamined.
+MALFORMED_INTERMEDIATE = {
+    "basic-constraints-truncated": (ExtensionOID.BASIC_CONSTRAINTS, b"\x30\x03\x01\x01"),
+    "san-garbage": (ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\xff\xff"),
+}
+
+
+def malformed(cn: str, oid: x509.ObjectIdentifier, value: bytes, issuer: pki.Pair | None = None,
+              *, ca: bool = False) -> pki.Pair:
+    """A certificate for *cn* whose extension *oid* carries the raw *value*; self-signed
+    unless *issuer* is given. Its signature is valid: only the extension is malformed."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)])
+    builder = (x509.CertificateBuilder().subject_name(name)
+               .issuer_name(issuer.cert.subject if issuer else name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(pki.NOW - pki.DAY).not_valid_after(pki.NOW + pki.DAY)
+               .add_extension(x509.UnrecognizedExtension(oid, value), critical=False))
+    if oid != ExtensionOID.BASIC_CONSTRAINTS:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    if not ca:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
+    with pytest.raises(ValueError):
+        _ = cert.extensions  # really malformed, for a strict DER parser
+    return pki.Pair(cert, key)
+
+
+@pytest.fixture(scope="module")
+def mtls_clients(env, tmp_path_factory) -> tuple[pki.Pair, str, str]:  # noqa: ANN001
+    """A trusted root, and the ids of a self-signed client (registered with a well-formed
+    certificate) and of a tls_client_auth client registered for CN=malformed-leaf."""
+    server, _ = env
+    directory = tmp_path_factory.mktemp("malformed")
+    root = pki.ca("Malformed Test Root")
+    (directory / "root.pem").write_bytes(root.pem)
+    server.deployment.cli("truststore", "import", "--alias", "malformed", "--file", str(directory / "root.pem"))
+    registered = pki.self_signed("malformed-leaf").write(directory, "registered")
+    self_signed = server.deployment.add_client("ss", "--grant-type", "client_credentials", "--auth-method",
+                                               "self_signed_tls_client_auth", "--cert", str(registered[0]))
+    by_subject = server.deployment.add_client("pk", "--grant-type", "client_credentials", "--auth-method",
+                                              "tls_client_auth", "--subject-dn", "CN=malformed-leaf")
+    return root, str(self_signed["client_id"]), str(by_subject["client_id"])
+
+
+def refused_over_tls(server: Server, files: tuple[Path, Path], client_id: str) -> str:
+    """Present *files* in a real handshake for *client_id*; the answer must be 401
+    invalid_client (not a 500, not a dropped connection). Returns its error_description."""
+    with server.client(cert=files) as http:
+        response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+    assert response.status_code == 401, (response.status_code, response.text)
+    assert response.json()["error"] == "invalid_client"
+    return response.json()["error_description"]
+
+
+@pytest.mark.parametrize("case", MALFORMED_LEAF)
+def test_malformed_client_certificate_is_401(env, mtls_clients, tmp_path, case) -> None:  # noqa: ANN001
+    """A client certificate with a malformed extension, sent in a real handshake, gets 401
+    invalid_client from a self-signed and from a PKI client, and cannot be registered."""
+    server, client = env
+    root, self_signed, by_subject = mtls_clients
+    oid, value = MALFORMED_LEAF[case]
+    with Steady(server, client):
+        own = malformed("malformed-leaf", oid, value).write(tmp_path, "self-signed")
+        assert "not registered" in refused_over_tls(server, own, self_signed)
+        issued = malformed("malformed-leaf", oid, value, root).write(tmp_path, "issued")
+        assert "malformed ASN.1" in refused_over_tls(server, issued, by_subject)
+        added = server.deployment.cli("sp", "add", "bad", "--grant-type", "client_credentials", "--auth-method",
+                                      "self_signed_tls_client_auth", "--cert", str(own[0]), check=False)
+    assert added.returncode == 1 and "malformed ASN.1" in added.stderr, added.stderr
+    assert "Traceback" not in added.stderr and len(added.stderr.strip().splitlines()) == 1
+    assert server.process.poll() is None
+
+
+@pytest.mark.parametrize("case", MALFORMED_INTERMEDIATE)
+def test_malformed_intermediate_is_401(env, mtls_clients, tmp_path, case) -> None:  # noqa: ANN001
+    """A tls_client_auth chain whose intermediate has a malformed extension gets 401."""
+    server, client = env
+    root, _, by_subject = mtls_clients
+    oid, value = MALFORMED_INTERMEDIATE[case]
+    intermediate = malformed("Malformed Intermediate", oid, value, root, ca=True)
+    leaf = pki.issue(intermediate, "malformed-leaf")
+    leaf.chain = (intermediate.cert,)
+    with Steady(server, client):
+        assert "malformed ASN.1" in refused_over_tls(server, leaf.write(tmp_path, "chain"), by_subject)
 
 
 def test_locked_storage_fails_closed_with_503(env) -> None:  # noqa: ANN001

@@ -19,14 +19,34 @@ client certificate included (about 17% of the server's CPU in the new-connection
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 from .config import Connector, ServerSettings
 from .keystore import load_into
 from .tls_accept import accept_any_client_certificate
 
-__all__ = ["server_context", "TLS12_CIPHERS"]
+__all__ = ["server_context", "TLS12_CIPHERS", "DerPeerCertObject"]
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384"
+
+
+class DerPeerCertObject(ssl.SSLObject):
+    """An ``SSLObject`` that never decodes the peer's certificate into text.
+
+    asyncio asks every connection for ``getpeercert()`` after its handshake (the transport's
+    ``peercert``), which nothing here reads: the authenticators parse the DER themselves and
+    refuse a malformed certificate with 401. CPython's decoding raised on a dNSName that is
+    not UTF-8, and left an error on OpenSSL's queue for a truncated authorityInfoAccess that
+    failed the connection's first read: either way the client got a dropped connection
+    instead of an answer. The text form is now ``{}`` when there is a certificate (as for
+    any certificate the context did not verify) and ``None`` when there is none.
+    """
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        der = super().getpeercert(True)
+        if binary_form or der is None:
+            return der
+        return {}
 
 
 def server_context(settings: ServerSettings, connector: Connector) -> ssl.SSLContext:
@@ -35,6 +55,7 @@ def server_context(settings: ServerSettings, connector: Connector) -> ssl.SSLCon
     An unusable keystore raises ``ConfigError`` naming server.xml's line and the file.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sslobject_class = DerPeerCertObject
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
