@@ -44,7 +44,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
                                 " server.xml. Ctrl-C or SIGTERM stops it; SIGHUP reloads"
                                 " identity.xml and dropins/ without a restart.")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="worker processes sharing the sockets (default: 1)")
+                       help="worker processes, each with its own socket per connector on the"
+                       " same address (SO_REUSEPORT); the kernel spreads connections (default: 1)")
 
     handlers: dict[tuple[str, str | None], Command] = {("serve", None): cmd_serve}
     handlers.update(cli_clients.add_commands(commands, common))

@@ -1,11 +1,13 @@
-"""Serving the app with Hypercorn, one TLS context per connector.
+"""Serving the app over HTTPS, one TLS context per connector.
 
 Hypercorn's own ``serve`` gives every socket the same ``SSLContext`` and does not put the
 client certificate into the ASGI scope (its issues #62 and #324). This module starts one
-``asyncio`` server per ``<Connector>`` with that connector's context and hands each
-connection to Hypercorn's ``TCPServer`` (the per-connection protocol driver, tested with
-Hypercorn 0.18), wrapping the app so that every HTTP scope of the connection carries the
-ASGI TLS extension: ``scope["extensions"]["tls"]["client_cert_chain"]``, PEM, leaf first.
+``asyncio`` server per ``<Connector>`` with that connector's context. Each connection starts
+as an ``http1.Http1Connection``, which serves HTTP/1.1 itself; one that negotiated ``h2``
+is handed to Hypercorn's ``TCPServer`` (the per-connection protocol driver, tested with
+Hypercorn 0.18), with the app wrapped so that every HTTP scope of the connection carries
+the ASGI TLS extension: ``scope["extensions"]["tls"]["client_cert_chain"]``, PEM, leaf first.
+Hypercorn also runs the app's lifespan.
 """
 
 from __future__ import annotations
