@@ -9,9 +9,10 @@ and so share the pages they touch in common; each still waits for the commit bef
 response goes out, so a 200 still means the token is stored, and a failed commit fails
 every request of the batch with the same ``StorageError`` (503, fail closed).
 
-While another writer holds the store (another worker, a checkpoint), the batch waits on a
-timer instead of in SQLite's busy handler, which would sleep on the event loop's thread;
-requests arriving meanwhile join it. After ``BUSY_TIMEOUT`` seconds it fails with 503, as
+While another writer holds the store (another worker, a checkpoint), the batch tries again
+on the next turns of the event loop for up to 2 ms, then on a timer, instead of waiting in
+SQLite's busy handler, which would sleep on the event loop's thread; requests arriving
+meanwhile join it. After ``BUSY_TIMEOUT`` seconds it fails with 503, as
 SQLite's own busy timeout did.
 """
 
@@ -26,7 +27,8 @@ __all__ = ["GroupCommit", "BUSY_TIMEOUT"]
 
 #: How long a batch waits for a busy store before its requests get 503.
 BUSY_TIMEOUT = 5.0
-_FIRST_RETRY = 0.0005
+_SPIN = 0.002
+_FIRST_RETRY = 0.001
 _MAX_RETRY = 0.01
 
 
@@ -70,6 +72,12 @@ class GroupCommit:
             self._busy_since = now
         elif now - self._busy_since > BUSY_TIMEOUT:
             self._settle(StorageError("the store stayed locked by another writer"))
+            return
+        if now - self._busy_since < _SPIN:
+            # Another worker's commit holds the lock for a fraction of a millisecond, less
+            # than the loop's shortest timer (epoll counts in ms): try again on the next
+            # turn of the loop, after the I/O that is ready, which costs a few microseconds.
+            loop.call_soon(self._flush)
             return
         loop.call_later(self._retry, self._flush)  # later arrivals join this batch
         self._retry = min(self._retry * 2, _MAX_RETRY)
