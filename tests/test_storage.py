@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -218,28 +219,31 @@ def test_serving_store_leaves_checkpoints_to_checkpoint(tmp_path) -> None:  # no
 @pytest.mark.parametrize("existing", [None, SCHEMA_1], ids=["fresh", "version-1"])
 def test_stores_opened_together_create_or_upgrade_the_schema_once(tmp_path, existing) -> None:  # noqa: ANN001
     """Workers open the database at the same moment: one creates (or upgrades) the schema,
-    the others wait for it, and none fails with 'database is locked' or a duplicate column."""
-    path = tmp_path / "store.db"
-    if existing is not None:
+    the others wait for it, and none fails with 'database is locked' or a duplicate column.
+    Twenty rounds of six: the switch to WAL lost this race a few times in a hundred."""
+    for attempt in range(20):
+        path = tmp_path / f"store-{attempt}.db"
+        if existing is not None:
+            with sqlite3.connect(path) as db:
+                db.executescript(existing)
+        barrier = threading.Barrier(6)
+        outcomes: list[str] = []
+
+        def open_store(path: Path = path, barrier: threading.Barrier = barrier,
+                       outcomes: list[str] = outcomes) -> None:
+            barrier.wait()
+            try:
+                SQLiteStorage(path).close()
+            except StorageError as exc:
+                outcomes.append(str(exc))
+            else:
+                outcomes.append("ok")
+
+        threads = [threading.Thread(target=open_store) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert outcomes == ["ok"] * 6, (attempt, outcomes)
         with sqlite3.connect(path) as db:
-            db.executescript(existing)
-    barrier = threading.Barrier(6)
-    outcomes: list[str] = []
-
-    def open_store() -> None:
-        barrier.wait()
-        try:
-            SQLiteStorage(path).close()
-        except StorageError as exc:
-            outcomes.append(str(exc))
-        else:
-            outcomes.append("ok")
-
-    threads = [threading.Thread(target=open_store) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert outcomes == ["ok"] * 6
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 4

@@ -128,12 +128,26 @@ class SQLiteStorage:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=5000")  # first: workers open it together
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._wal()
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
             self._upgrade()
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
+
+    def _wal(self) -> None:
+        """Switch a new database to WAL. The switch needs the exclusive lock, and SQLite
+        answers 'database is locked' at once, without waiting, when waiting could deadlock
+        (another connection is upgrading its own lock): so wait here, up to 5 s."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _upgrade(self) -> None:
         """Create or upgrade the schema, in one transaction that holds the write lock, so that
