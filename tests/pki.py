@@ -103,3 +103,16 @@ def self_signed(cn: str = "localhost", *, not_before: datetime.datetime | None =
             .not_valid_before(not_before or NOW - DAY).not_valid_after(not_after or NOW + 30 * DAY)
             .sign(key, hashes.SHA256()))
     return Pair(cert, key)
+
+
+def big_self_signed(size: int, cn: str = "big") -> Pair:
+    """A self-signed client certificate of about *size* bytes (many subjectAltName entries)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(cn)
+    names = [x509.DNSName(f"host-{i:06d}.{'a' * 40}.example") for i in range(size // 60)]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - DAY).not_valid_after(NOW + DAY)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(key, hashes.SHA256()))
+    return Pair(cert, key)

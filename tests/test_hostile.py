@@ -123,31 +123,17 @@ def test_stalled_handshakes_are_dropped(env) -> None:  # noqa: ANN001
             sock.close()
 
 
-def big_certificate(tmp_path, size: int) -> tuple:  # noqa: ANN001
-    """A self-signed client certificate of about *size* bytes (many SAN entries)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "huge")])
-    names = [x509.DNSName(f"host-{i:06d}.{'a' * 40}.example") for i in range(size // 60)]
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .sign(key, hashes.SHA256()))
-    return pki.Pair(cert, key).write(tmp_path, f"huge-{size}")
-
-
 def test_huge_client_certificate_is_refused_cleanly(env, tmp_path) -> None:  # noqa: ANN001
     """A 100 KB client certificate is refused (at the handshake or with 401); others are served."""
     server, client = env
-    files = big_certificate(tmp_path, 100_000)
+    files = pki.big_self_signed(100_000, "huge").write(tmp_path, "huge-100000")
     assert files[0].stat().st_size > 100_000
     with Steady(server, client):
         try:
             with server.client(cert=files) as http:
                 response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": "x"})
             assert response.status_code == 401
-        except (ssl.SSLError, OSError, __import__("httpx").HTTPError):
+        except (ssl.SSLError, OSError, httpx.HTTPError):
             pass  # refused at the handshake: OpenSSL's 100 KiB certificate-list limit
     assert server.process.poll() is None
 

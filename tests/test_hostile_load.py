@@ -11,7 +11,6 @@ figures, which docs/reliability.md records.
 
 from __future__ import annotations
 
-import datetime
 import os
 import select
 import socket
@@ -26,9 +25,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 
 import pki
 from conftest import Server, new_deployment, start_server
@@ -193,20 +189,6 @@ class Normal:
                         self.ask(fresh)
 
 
-def big_certificate(directory: Path, size: int) -> tuple[Path, Path]:
-    """A self-signed client certificate of about *size* bytes (many subjectAltName entries)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "big")])
-    names = [x509.DNSName(f"host-{i:05d}.{'b' * 40}.example") for i in range(size // 60)]
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .sign(key, hashes.SHA256()))
-    return pki.Pair(cert, key).write(directory, "big")
-
-
 def present_big_certificates(server: Server, files: tuple[Path, Path], client_id: str,
                              outcomes: list[int | str], stop: threading.Event) -> None:
     """Handshake with the big certificate and ask for a token, ten times a second."""
@@ -283,7 +265,7 @@ def figures(tmp_path_factory, keystore, wheel_cache) -> Figures:  # noqa: ANN001
     registered = pki.self_signed("registered").write(root, "registered")
     mtls_id = str(dep.add_client("mtls", "--grant-type", "client_credentials", "--auth-method",
                                  "self_signed_tls_client_auth", "--cert", str(registered[0]))["client_id"])
-    big = big_certificate(root, 50_000)
+    big = pki.big_self_signed(50_000).write(root, "big")
     assert big[0].stat().st_size > 50_000
     server = start_server(dep)
     sampler, attack = Sampler(server.process.pid), Attack(server)
