@@ -247,3 +247,17 @@ def test_stores_opened_together_create_or_upgrade_the_schema_once(tmp_path, exis
         assert outcomes == ["ok"] * 6, (attempt, outcomes)
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+
+
+def test_a_store_that_is_not_serving_checkpoints_by_itself(tmp_path) -> None:  # noqa: ANN001
+    """Without serving() (the CLI, an embedding program) SQLite's own checkpoints stay on,
+    for token writes too, so the WAL does not grow without bound when nobody calls
+    checkpoint()."""
+    path = tmp_path / "store.db"
+    store = SQLiteStorage(path)
+    try:
+        for i in range(1500):
+            assert store.try_add_tokens([_token(f"t{i}")])
+        assert _wal_frames(path) < 1500  # restarted after SQLite's checkpoint at 1,000 pages
+    finally:
+        store.close()

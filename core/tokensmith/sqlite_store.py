@@ -123,6 +123,7 @@ class SQLiteStorage:
         self._clients_version = -1
         self._checkpointer: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
+        self._serving = False
         self._checkpoint_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +174,10 @@ class SQLiteStorage:
 
     def serving(self) -> None:
         """Leave checkpoints to ``checkpoint()``: no request's commit runs one."""
+        self._serving = True
         self._run("PRAGMA wal_autocheckpoint=0")
+        if self._writer is not None:
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")
 
     def checkpoint(self) -> None:
         """Copy committed WAL pages into the database file; safe to call from another thread.
@@ -293,7 +297,8 @@ class SQLiteStorage:
                 self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                                timeout=0)
                 self._writer.execute("PRAGMA synchronous=NORMAL")
-                self._writer.execute("PRAGMA wal_autocheckpoint=0")
+                if self._serving:
+                    self._writer.execute("PRAGMA wal_autocheckpoint=0")
                 self._writer.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.path}: {exc}") from exc
