@@ -6,12 +6,14 @@
 One tokensmith (one worker, pinned to CPU 0) with --clients registered mutual-TLS clients.
 Four loadgen processes (pinned to CPU 1) run for the whole --duration at once: scenario 1
 (keep-alive mutual TLS, 16 connections), scenario 2 (new connection per request, 4),
-scenario 3 (client_secret_basic, 2) and scenario 4 (introspection, 2). Every --interval
+scenario 3 (client_secret_basic, 2) and scenario 4 (introspection, 2). Beside them a thread
+runs the refresh_token grant: a password grant, then refresh after refresh on a new TLS
+connection each, always with the refresh token the last answer rotated in. Every --interval
 seconds it samples the server's resident memory, open file descriptors and database size.
 
 It reports the samples, the RSS growth from the first sample after --settle seconds to the
 last, and each loadgen's totals, in bench/results/soak.json and soak.md. Exit status 1 if the
-server died, a loadgen failed, or the open descriptors kept growing (leak suspected);
+server died, a loadgen failed, a refresh failed, or the open descriptors kept growing (leak suspected);
 otherwise 0. RSS growth is reported, not judged: caches legitimately fill up.
 """
 
@@ -23,7 +25,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,9 +35,62 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.load import SCENARIOS, Settings, loadgen_argv  # noqa: E402
 from harness.procs import Procs  # noqa: E402
-from harness.servers import ROOT, Clients, Deployment, fetch_token, start_tokensmith  # noqa: E402
+from harness.servers import (  # noqa: E402
+    ROOT, TOKENSMITH, Clients, Deployment, Server, fetch_token, post, start_tokensmith)
 
 MIX = {"s1": 16, "s2": 4, "s3": 2, "s4": 2}  # connections per scenario
+PASSWORD = "soak-password-not-secret"
+
+
+class RefreshLoop(threading.Thread):
+    """The refresh_token grant in the mix, one request at a time (RFC 6749 §6): each answer's
+    new refresh token is the next request's, so a single failure would break the chain; it
+    is counted, and the chain starts again from a password grant."""
+
+    def __init__(self, server: Server, cafile: Path, client: tuple[str, str], seconds: float):
+        super().__init__(daemon=True)
+        self.server, self.cafile, self.client, self.seconds = server, cafile, client, seconds
+        self.latencies_ms: list[float] = []
+        self.errors: list[str] = []
+
+    def _token(self, form: dict[str, str]) -> str | None:
+        started = time.monotonic()
+        try:
+            status, data = post(self.server.base, "/oauth2/token", form, cafile=self.cafile,
+                                basic=self.client, timeout=30)
+        except OSError as exc:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            return None
+        if status != 200 or "refresh_token" not in data:
+            self.errors.append(f"{status} {data}")
+            return None
+        self.latencies_ms.append((time.monotonic() - started) * 1000)
+        return str(data["refresh_token"])
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        refresh = None
+        while time.monotonic() < deadline:
+            if refresh is None:
+                refresh = self._token({"grant_type": "password", "username": "soak", "password": PASSWORD})
+            else:
+                refresh = self._token({"grant_type": "refresh_token", "refresh_token": refresh})
+
+    def report(self) -> dict[str, object]:
+        done = sorted(self.latencies_ms)
+        return {"requests": len(done) + len(self.errors), "rps": len(done) / self.seconds,
+                "p50_ms": round(statistics.median(done), 3) if done else None,
+                "p99_ms": round(done[int(0.99 * (len(done) - 1))], 3) if done else None,
+                "errors": {"total": len(self.errors), "first": self.errors[:3]}}
+
+
+def register_refresh_client(dep: Deployment) -> tuple[str, str]:
+    """A password and refresh_token client, and the user it signs in, with the CLI."""
+    shown = json.loads(dep.cli("sp", "add", "soak-refresh", "--grant-type", "password", "--grant-type",
+                               "refresh_token", "--auth-method", "client_secret_basic"))
+    subprocess.run([str(TOKENSMITH), "user", "add", "soak", "--password-stdin", "--conf", str(dep.conf)],
+                   input=PASSWORD + "\n", capture_output=True, text=True, timeout=120, check=True)
+    return shown["client_id"], shown["client_secret"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             dep = Deployment.create(work / "tokensmith", clients, args.dropins)
             dep.register_bulk(clients)
             dep.register_basic()
+            refresh_client = register_refresh_client(dep)
             server = start_tokensmith(procs, dep, work, cpus="0")
             token = fetch_token(server, clients)
             started = time.monotonic()
+            refreshing = RefreshLoop(server, clients.server_cert, refresh_client, args.duration)
+            refreshing.start()
             for key, conns in MIX.items():
                 settings = Settings(1, args.duration, 0, conns, "1")
                 argv = loadgen_argv(SCENARIOS[key], server, clients, settings, token)
@@ -98,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                     result["loadgen"][key] = {"failed": f"{type(exc).__name__}"}
                 if "failed" in result["loadgen"][key]:
                     result["problems"].append(f"loadgen {key} failed: {result['loadgen'][key]['failed']}")
+            refreshing.join(max(1, deadline - time.monotonic()))
+            result["loadgen"]["refresh"] = refreshing.report()
+            if refreshing.errors:
+                result["problems"].append(f"refresh: {len(refreshing.errors)} failed, first {refreshing.errors[0]}")
             if server.proc.alive():
                 result["samples"].append(sample(server, dep.root / "var" / "tokensmith.db", started))
     finally:
@@ -135,10 +199,11 @@ def markdown(result: dict) -> str:
            f" connections {result['mix']}.", "",
            "| scenario | requests | rps | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
     for key, r in result["loadgen"].items():
+        name = key[1:] if key in MIX else key
         if "failed" in r:
-            out.append(f"| {key[1]} | failed: {r['failed']} | | | | |")
+            out.append(f"| {name} | failed: {r['failed']} | | | | |")
         else:
-            out.append(f"| {key[1]} | {r['requests']:,} | {r['rps']:.0f} | {r['p50_ms']} |"
+            out.append(f"| {name} | {r['requests']:,} | {r['rps']:.0f} | {r['p50_ms']} |"
                        f" {r['p99_ms']} | {r['errors']['total']} |")
     out += ["", "| t (s) | RSS (MiB) | open fds | database (MiB) | server CPU (s) |",
             "|---:|---:|---:|---:|---:|"]
