@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS users (
 """
 
 _CLIENT_CACHE = 200_000
+_INSERT_TOKEN = "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 #: After a checkpoint, a WAL larger than this is truncated to it.
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 #: A WAL longer than this (4 KiB frames) is restarted by the next checkpoint.
@@ -278,9 +279,7 @@ class SQLiteStorage:
         try:
             with self._db:  # one transaction: the token response is stored whole or not at all
                 self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_token_row(token) for token in tokens])
+                self._db.executemany(_INSERT_TOKEN, [_token_row(token) for token in tokens])
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
@@ -309,8 +308,7 @@ class SQLiteStorage:
                 return False
             raise StorageError(f"{self.path}: {exc}") from exc
         try:
-            self._writer.executemany("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                     [_token_row(token) for token in tokens])
+            self._writer.executemany(_INSERT_TOKEN, [_token_row(token) for token in tokens])
             self._writer.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._writer.in_transaction:
