@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 CLIENT_AUTH_MODES = ("want", "need", "false")
+#: Who serves HTTP/1.1 on a connector: Hypercorn (h11), or tokensmith's own llhttp lane.
+HTTP1_LANES = ("hypercorn", "llhttp")
 KEYSTORE_TYPES = ("PEM", "PKCS12")
 
 
@@ -42,6 +44,10 @@ class Connector:
     #: Seconds a client has for its TLS handshake, for a request's headers once it has
     #: started one, and for a request's body (Tomcat's connectionTimeout, in seconds here).
     connection_timeout: float = 10.0
+    #: ``hypercorn`` (the default) serves HTTP/1.1 through Hypercorn and h11; ``llhttp`` through
+    #: tokensmith's own protocol over httptools (http1.py), faster and opt-in. HTTP/2 is always
+    #: Hypercorn's.
+    http1: str = "hypercorn"
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,11 @@ def load_server(path: Path) -> ServerSettings:
         assert port is not None
         timeout_ms = attr_int(path, el, "connectionTimeout", 10_000, minimum=100, maximum=600_000)
         assert timeout_ms is not None
-        connectors.append(Connector(el.get("address", "127.0.0.1"), port, client_auth, timeout_ms / 1000))
+        http1 = el.get("http1", "hypercorn")
+        if http1 not in HTTP1_LANES:
+            raise ConfigError(f"{where(path, el)}: http1={http1!r} must be one of {', '.join(HTTP1_LANES)}")
+        connectors.append(Connector(el.get("address", "127.0.0.1"), port, client_auth, timeout_ms / 1000,
+                                    http1))
     if not connectors:
         raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
 

@@ -1,22 +1,31 @@
-"""HTTP/1.1 on the HTTPS connectors: a small ASGI server protocol over asyncio's TLS transport.
+"""HTTP/1.1 on the HTTPS connectors that ask for it: an ASGI server protocol over asyncio's TLS
+transport, opted into per connector with ``http1="llhttp"``.
 
-Hypercorn serves HTTP/2 (``server.py`` hands it every connection that negotiated ``h2``).
-HTTP/1.1, which is what almost every OAuth client speaks, is served here: llhttp (through
-``httptools``) parses, and one ``asyncio.Protocol`` per connection calls the ASGI app. The
-benchmark (docs/benchmarks.md) found Hypercorn's HTTP/1.1 path, with its streams, task group,
-h11 events and timers, cost about 240 µs a request on this hardware before the app ran: more
-than our whole token path. This protocol costs a few tens of microseconds and keeps what the
-token endpoint needs of a server:
+Hypercorn (h11) serves HTTP/1.1 by default, and HTTP/2 always (``server.py`` hands every
+connection that negotiated ``h2`` to it). This lane parses with llhttp (through ``httptools``)
+and calls the ASGI app from one ``asyncio.Protocol`` per connection, with no task group, h11
+events or per-request timers: much less CPU per request than Hypercorn's HTTP/1.1 path
+(docs/benchmarks.md has the figures). What it trades is a second HTTP/1.1 implementation to
+keep right, so it is held to Hypercorn's behaviour by a differential test
+(tests/test_lanes.py) over one corpus of requests; the differences that remain are listed there,
+each with its reason. It keeps what the token endpoint needs of a server:
 
-- keep-alive and pipelining (requests answered in order, reading paused past
-  ``_MAX_PIPELINE`` queued requests), ``Connection: close`` and HTTP/1.0 (RFC 9112 §9);
-- request bodies by ``Content-Length`` or chunked, ``Expect: 100-continue`` (RFC 9110 §10.1.1),
-  and a connection closed after a response sent before its request body ended;
-- limits: the request line and headers together at most ``MAX_HEAD_BYTES`` (431, RFC 6585 §5),
-  at most ``MAX_HEADERS`` fields, malformed requests 400 (RFC 9112 §2.2), upgrades refused;
+- keep-alive and pipelining (requests answered in order; reading pauses past ``_MAX_PIPELINE``
+  queued requests, the input being parsed in slices so that one large read cannot queue
+  more), ``Connection: close`` and HTTP/1.0 (RFC 9112 §9);
+- request bodies by ``Content-Length`` or chunked, trailer fields dropped (RFC 9110 §6.5.1: none
+  of ours may be merged into the header section), ``Expect: 100-continue`` for HTTP/1.1 only
+  (RFC 9110 §10.1.1), and a connection closed after a response sent before its request body
+  ended;
+- what h11 refuses, refused alike: versions other than 1.0 and 1.1, a missing or repeated Host
+  (RFC 9112 §3.2), transfer codings other than chunked (501, RFC 9112 §6.1), malformed heads and
+  chunks (400), upgrades; plus limits: the request line and headers together at most
+  ``MAX_HEAD_BYTES`` and at most ``MAX_HEADERS`` fields (431, RFC 6585 §5), which server.py
+  applies on Hypercorn's lane too;
 - deadlines, each the connector's ``connectionTimeout`` (Tomcat's keepAliveTimeout defaults
-  to it too): for a request's head from its first byte (slowloris), and for the next request
-  on an idle connection; the app enforces the body deadline (``asgi.TIMEOUT_KEY``).
+  to it too): for a request's head from its first byte (slowloris), for the next request on
+  an idle connection, and for every write that waits for a client that does not read; the app
+  enforces the body deadline (``asgi.TIMEOUT_KEY``).
 
 Every scope carries the ASGI TLS extension of its connection, as server.py's adapter does
 for Hypercorn.
@@ -27,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import http
-import json
 import logging
 import socket
 import time
@@ -51,6 +59,9 @@ MAX_HEADERS = 100
 _MAX_PIPELINE = 8
 #: Request body bytes buffered ahead of the app before reading pauses.
 _MAX_BUFFERED_BODY = 256 * 1024
+#: Input is parsed this many bytes at a time, so that reading can pause between requests: a
+#: read holding thousands of small pipelined requests queues at most a slice's worth more.
+_SLICE = 4096
 
 _STATUS_LINES = {int(s): f"HTTP/1.1 {int(s)} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -76,13 +87,10 @@ def _date() -> bytes:
     return _now_date[1]
 
 
-def _error_response(status: int, reason: str) -> bytes:
-    body = json.dumps({"error": "invalid_request", "error_description": reason}).encode()
-    return b"".join([
-        _STATUS_LINES.get(status, b"HTTP/1.1 %d \r\n" % status), b"date: ", _date(),
-        b"\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close"
-        b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n\r\n", body,
-    ])
+def refusal_response(status: int) -> bytes:
+    """What Hypercorn's h11 lane answers a request it cannot serve: the status, no body, close."""
+    return b"".join([_STATUS_LINES.get(status, b"HTTP/1.1 %d \r\n" % status), b"date: ", _date(),
+                     b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"])
 
 
 def no_delay(sock: Any) -> None:
@@ -102,7 +110,7 @@ class _Exchange:
 
     __slots__ = ("conn", "scope", "chunks", "buffered", "complete", "body_sent", "waiter",
                  "broken", "keep_alive", "expect_continue", "head_only", "http10", "started",
-                 "finished", "chunked", "pending")
+                 "finished", "chunked", "pending", "dropped")
 
     def __init__(self, conn: Http1Connection, scope: dict[str, Any], keep_alive: bool,
                  expect_continue: bool):
@@ -118,7 +126,7 @@ class _Exchange:
         self.expect_continue = expect_continue
         self.head_only = scope["method"] == "HEAD"
         self.http10 = scope["http_version"] == "1.0"
-        self.started = self.finished = self.chunked = False
+        self.started = self.finished = self.chunked = self.dropped = False
         self.pending = b""
 
     def wake(self) -> None:
@@ -148,6 +156,8 @@ class _Exchange:
             self.waiter = None
 
     async def send(self, message: dict[str, Any]) -> None:
+        if self.dropped:
+            return  # the request was refused on the wire; the app's answer goes nowhere
         kind = message["type"]
         if kind == "http.response.start":
             if self.started:
@@ -236,7 +246,10 @@ class Http1Connection(asyncio.Protocol):
         self.queue: collections.deque[_Exchange] = collections.deque()
         self.lost = self.closing = self.draining = False
         self.write_paused = self.read_paused = False
-        self.in_head = False
+        self.in_head = self.began = False
+        self.backlog = b""
+        #: A status to answer once the requests read before a malformed one are answered.
+        self.refusal_after = 0
         self.head_bytes = self.raw_head_bytes = 0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -269,21 +282,41 @@ class Http1Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.backlog:
+            self.backlog += data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse *data* a slice at a time, keeping what is left once reading pauses."""
+        start = 0
         try:
-            self.parser.feed_data(data)
-            if self.in_head:
-                # httptools holds an unfinished header field until its end arrives, which
-                # the callbacks' count cannot see: count the bytes of an unfinished head.
-                self.raw_head_bytes += len(data)
-                if self.raw_head_bytes > MAX_HEAD_BYTES:
-                    raise _Refusal(431, "the request header fields are too large")
+            while start < len(data):
+                if self.read_paused:
+                    self.backlog = data[start:]
+                    return
+                piece = data[start:start + _SLICE]
+                start += len(piece)
+                self.began = False
+                self.parser.feed_data(piece)
+                if self.in_head and not self.began:
+                    # httptools holds an unfinished header field until its end arrives, which
+                    # the callbacks' count cannot see: count the bytes of an unfinished head,
+                    # from the first slice after the one it began in (that one's callbacks
+                    # counted what it held of the head, up to a slice's worth of slack).
+                    self.raw_head_bytes += len(piece)
+                    if self.raw_head_bytes > MAX_HEAD_BYTES:
+                        raise _Refusal(431, "the request header fields are too large")
         except _Refusal as refusal:
             self._refuse(refusal)
         except httptools.HttpParserUpgrade:
             self._refuse(_Refusal(400, "protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
             cause = exc.__context__
-            self._refuse(cause if isinstance(cause, _Refusal) else _Refusal(400, "malformed HTTP request"))
+            if not isinstance(cause, _Refusal):
+                version = "HTTP version" in str(exc)  # h11 answers an unknown version 505 too
+                cause = _Refusal(505, "unsupported HTTP version") if version else _Refusal(400, "malformed HTTP request")
+            self._refuse(cause)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = self.closing = True
@@ -308,14 +341,22 @@ class Http1Connection(asyncio.Protocol):
             self.drained.set_result(None)
 
     async def drain(self) -> None:
+        """Wait until the client has taken enough of what was written, for connectionTimeout
+        at most: a client that does not read its responses loses the connection."""
         if self.write_paused and not self.lost:
             self.drained = self.loop.create_future()
-            await self.drained
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self.drained
+            except TimeoutError:
+                self.closing = True
+                if self.transport is not None:
+                    self.transport.abort()
 
     # -- the parser's callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.in_head = True
+        self.in_head = self.began = True
         self.head_bytes = self.raw_head_bytes = 0
         self.url = b""
         self.headers = []
@@ -327,6 +368,11 @@ class Http1Connection(asyncio.Protocol):
         self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            # A trailer field (llhttp reports them through this callback too). RFC 9110
+            # §6.5.1: trailers must not be merged into the header section unless the field
+            # allows it, and none that we read does; the app never sees them, as with h11.
+            return
         self.headers.append((name.lower(), value))
         self._count(len(name) + len(value) + 4)
         if len(self.headers) > MAX_HEADERS:
@@ -344,7 +390,23 @@ class Http1Connection(asyncio.Protocol):
         raw_path = url.path or b"/"
         method = parser.get_method().decode("ascii")
         version = parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            # HTTP/0.9's bare request line is malformed to h11; another version in an
+            # HTTP/1.x request line is one this lane does not speak (RFC 9110 §15.6.6).
+            raise _Refusal(400 if version == "0.9" else 505, "unsupported HTTP version")
         headers = self.headers
+        hosts = 0
+        expect = False
+        for name, value in headers:
+            if name == b"host":
+                hosts += 1
+            elif name == b"expect":
+                expect = value.lower() == b"100-continue" and version == "1.1"
+            elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                # RFC 9112 §6.1: a coding the server does not understand is 501, as h11 does.
+                raise _Refusal(501, "unsupported transfer coding")
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            raise _Refusal(400, "a request needs exactly one Host field")  # RFC 9112 §3.2
         scope = {
             "type": "http",
             "asgi": _ASGI,
@@ -362,10 +424,6 @@ class Http1Connection(asyncio.Protocol):
         }
         if self.state:
             scope["state"] = dict(self.state)
-        expect = False
-        for name, value in headers:
-            if name == b"expect" and value.lower() == b"100-continue":
-                expect = True
         keep_alive = parser.should_keep_alive() and version != "1.0" and not self.draining
         exchange = _Exchange(self, scope, keep_alive, expect)
         self.queue.append(exchange)
@@ -396,11 +454,10 @@ class Http1Connection(asyncio.Protocol):
         except Exception:
             log.exception("unexpected error serving %s %s", exchange.scope["method"], exchange.scope["path"])
             if not exchange.started and not self.lost:
-                body = json.dumps({"error": "server_error"}).encode()
-                exchange.keep_alive = False
-                await exchange.send({"type": "http.response.start", "status": 500, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-                await exchange.send({"type": "http.response.body", "body": body})
+                exchange.keep_alive = False  # as Hypercorn: an empty 500, then close
+                await exchange.send({"type": "http.response.start", "status": 500,
+                                     "headers": [(b"content-length", b"0")]})
+                await exchange.send({"type": "http.response.body", "body": b""})
         finally:
             self._finished(exchange)
 
@@ -411,6 +468,9 @@ class Http1Connection(asyncio.Protocol):
         if not exchange.finished:
             exchange.keep_alive = False  # the app returned in the middle of a response
         if not exchange.keep_alive or (self.closing and not self.queue):
+            if exchange.keep_alive and self.refusal_after:
+                # h11 reads the next request only now, and answers it with the refusal.
+                self.transport.write(refusal_response(self.refusal_after))
             self.closing = True
             self.transport.close()
             return
@@ -444,6 +504,9 @@ class Http1Connection(asyncio.Protocol):
                 and all(e.buffered <= _MAX_BUFFERED_BODY for e in self.queue)):
             self.read_paused = False
             self.transport.resume_reading()
+            if self.backlog:
+                backlog, self.backlog = self.backlog, b""
+                self._feed(backlog)
 
     def _count(self, size: int) -> None:
         self.head_bytes += size
@@ -474,17 +537,26 @@ class Http1Connection(asyncio.Protocol):
     def _refuse(self, refusal: _Refusal) -> None:
         self.closing = True
         self._pause()
+        self.backlog = b""
         if self.queue:
             # The requests read before the bad one are answered, then the connection closes
-            # (see _finished); a request whose body was malformed is not.
+            # (see _finished). One whose body was malformed is answered with the refusal
+            # if its response has not started (what h11 does), and the app sees the client go.
             last = self.queue[-1]
             if not last.complete:
                 if last is self.queue[0]:
                     last.broken = True
+                    if not last.started:
+                        last.dropped = True
+                        self.transport.write(refusal_response(refusal.status))
+                        self.transport.close()
                     last.wake()
                 else:
                     self.queue.pop()
+                    self.refusal_after = refusal.status
+            else:
+                self.refusal_after = refusal.status
             return
         self._disarm()
-        self.transport.write(_error_response(refusal.status, refusal.reason))
+        self.transport.write(refusal_response(refusal.status))
         self.transport.close()

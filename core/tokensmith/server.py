@@ -2,21 +2,29 @@
 
 Hypercorn's own ``serve`` gives every socket the same ``SSLContext`` and does not put the
 client certificate into the ASGI scope (its issues #62 and #324). This module starts one
-``asyncio`` server per ``<Connector>`` with that connector's context. Each connection starts
-as an ``http1.Http1Connection``, which serves HTTP/1.1 itself; one that negotiated ``h2``
-is handed to Hypercorn's ``TCPServer`` (the per-connection protocol driver, tested with
-Hypercorn 0.18), with the app wrapped so that every HTTP scope of the connection carries
-the ASGI TLS extension: ``scope["extensions"]["tls"]["client_cert_chain"]``, PEM, leaf first.
-Hypercorn also runs the app's lifespan.
+``asyncio`` server per ``<Connector>`` with that connector's context, and drives Hypercorn's
+``TCPServer`` (the per-connection protocol driver, tested with Hypercorn 0.18) for each
+connection, HTTP/1.1 (h11) and HTTP/2 alike, with the app wrapped so that every HTTP scope of
+the connection carries the ASGI TLS extension:
+``scope["extensions"]["tls"]["client_cert_chain"]``, PEM, leaf first. A connector with
+``http1="llhttp"`` serves HTTP/1.1 through ``http1.Http1Connection`` instead and hands only the
+connections that negotiated ``h2`` to Hypercorn. Hypercorn also runs the app's lifespan.
+
+Every step of a request has a deadline, the connector's ``connectionTimeout``: the handshake
+(asyncio), a request head once started and an idle HTTP/2 connection (the watchdog below), a
+body (the OAuth endpoints), and every write of a response, whether it waits for a client that
+does not read or for HTTP/2 flow control that never opens (the watchdog again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import signal
 import socket
+import urllib.parse
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,8 +36,8 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
 from .asgi import DER_KEY, TIMEOUT_KEY
-from .config import Config
-from .http1 import Http1Connection, no_delay
+from .config import Config, Connector
+from .http1 import MAX_HEAD_BYTES, MAX_HEADERS, Http1Connection, no_delay
 from .tls_accept import peer_certificate_chain
 from .tlsconf import server_context
 from .xmlconf import ConfigError
@@ -58,29 +66,50 @@ def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
 
 
 class _Connection:
-    """The app as one connection sees it, and a watchdog for requests that never complete.
+    """The app as one Hypercorn connection sees it, and a watchdog for what never completes.
 
     Every HTTP scope of the connection gets the connection's TLS details and timeout.
-    Hypercorn closes connections idle between requests (keep-alive) and times reads out,
-    but a client that trickles a request's headers a byte at a time (slowloris) is never
-    idle and never finishes: the watchdog aborts a connection on which no request has
-    reached the app for ``timeout`` seconds while none is being served.
+    Hypercorn closes connections idle between requests (keep-alive), but nothing of its own
+    bounds a client that trickles a request's headers a byte at a time (slowloris), an HTTP/2
+    client that keeps the connection busy with PINGs, or a response write that waits forever:
+    on a client that never reads (Hypercorn awaits the socket's drain) or on an HTTP/2 flow
+    control window that never opens (it awaits the stream's buffer). The watchdog aborts the
+    connection when one of the app's sends has waited ``timeout`` seconds, or when no request
+    has been inside the app for ``timeout`` seconds.
     """
 
-    __slots__ = ("app", "tls", "timeout", "active", "last", "loop")
+    __slots__ = ("app", "tls", "timeout", "active", "last", "loop", "sending", "ids", "writer")
 
-    def __init__(self, app: Any, tls: dict[str, Any] | None, timeout: float,
+    def __init__(self, app: Any, writer: asyncio.StreamWriter, timeout: float,
                  loop: asyncio.AbstractEventLoop):
-        self.app, self.tls, self.timeout, self.loop = app, tls, timeout, loop
+        self.app, self.writer, self.timeout, self.loop = app, writer, timeout, loop
+        self.tls = tls_extension(writer.get_extra_info("ssl_object"))
         self.active = 0
         self.last = loop.time()
+        #: When each send in progress started, oldest first (dicts keep insertion order).
+        self.sending: dict[int, float] = {}
+        self.ids = itertools.count()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] in ("http", "websocket"):
+        if scope["type"] == "websocket":
+            # No endpoint speaks WebSocket; refused as the llhttp lane refuses upgrades.
+            await send({"type": "websocket.http.response.start", "status": 400,
+                        "headers": [(b"content-length", b"0"), (b"connection", b"close")]})
+            await send({"type": "websocket.http.response.body", "body": b""})
+            self.writer.close()  # Hypercorn would keep the connection; the llhttp lane closes it
+            return
+        if scope["type"] == "http":
+            status = refused(scope)
+            if status:
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [(b"content-length", b"0"), (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": b""})
+                return
             extensions = scope.setdefault("extensions", {})
             if self.tls is not None:
                 extensions["tls"] = self.tls
             extensions[TIMEOUT_KEY] = self.timeout
+            send = self._timed(send)
         self.active += 1
         try:
             await self.app(scope, receive, send)
@@ -88,21 +117,75 @@ class _Connection:
             self.active -= 1
             self.last = self.loop.time()
 
-    async def watch(self, writer: asyncio.StreamWriter) -> None:
+    def _timed(self, send: Callable[[dict], Awaitable[None]]) -> Callable[[dict], Awaitable[None]]:
+        sending, ids, loop = self.sending, self.ids, self.loop
+
+        async def timed_send(message: dict) -> None:
+            key = next(ids)
+            sending[key] = loop.time()
+            try:
+                await send(message)
+            finally:
+                del sending[key]
+        return timed_send
+
+    async def watch(self) -> None:
+        writer = self.writer
         while not writer.is_closing():
             await asyncio.sleep(min(1.0, self.timeout / 2))
-            if self.active == 0 and self.loop.time() - self.last > self.timeout:
+            now = self.loop.time()
+            stuck = self.sending and now - next(iter(self.sending.values())) > self.timeout
+            if stuck or (self.active == 0 and now - self.last > self.timeout):
                 writer.transport.abort()
                 return
 
 
-def _hypercorn_config() -> HypercornConfig:
+def refused(scope: dict[str, Any]) -> int:
+    """The status h11 lets through that the llhttp lane refuses, for one HTTP scope; 0 if none.
+
+    Both lanes hold the head to ``MAX_HEAD_BYTES`` and ``MAX_HEADERS`` (h11 caps only a head
+    that has not ended, so a whole one in a single read could be of any size), and both refuse
+    an HTTP/1.x request line naming another version (RFC 9110 §15.6.6) and a request with both
+    Content-Length and Transfer-Encoding, which h11 passes on.
+    A request target in absolute form (RFC 9112 §3.2.2) becomes its path, as llhttp reports it.
+    """
+    version = scope["http_version"]
+    if version not in ("1.0", "1.1", "2"):
+        return 505
+    headers = scope["headers"]
+    if len(headers) > MAX_HEADERS:
+        return 431
+    if version != "2":
+        size = len(scope["raw_path"]) + len(scope["query_string"])
+        framing = 0
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if name in (b"content-length", b"transfer-encoding"):
+                framing |= 1 if name == b"content-length" else 2
+        if size > MAX_HEAD_BYTES:
+            return 431
+        if framing == 3:
+            # RFC 9112 §6.1: a server may refuse a request framed both ways and must close the
+            # connection after it in any case; h11 reads it chunked and keeps the connection.
+            # Refused, as llhttp refuses it: the request smuggling defence.
+            return 400
+        raw_path = scope["raw_path"]
+        if raw_path[:1] != b"/":
+            path = urllib.parse.urlsplit(raw_path).path or b"/"
+            scope["raw_path"] = path
+            scope["path"] = urllib.parse.unquote(path.decode("latin-1"))
+    return 0
+
+
+def _hypercorn_config(keep_alive: float = 5.0) -> HypercornConfig:
     hc = HypercornConfig()
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.keep_alive_timeout = 5
+    # Tomcat's keepAliveTimeout defaults to connectionTimeout; so does ours.
+    hc.keep_alive_timeout = keep_alive
     hc.ssl_handshake_timeout = 5
     hc.graceful_timeout = 5
+    hc.include_server_header = False  # no product and version for scanners
     return hc
 
 
@@ -191,42 +274,55 @@ async def serve(
 
     context = WorkerContext(None)
     connections: set[asyncio.Task] = set()
+    hypercorn: set[tuple[_Connection, asyncio.StreamWriter]] = set()
     http1: set[Http1Connection] = set()
 
     async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                               timeout: float) -> None:
+                               connector_hc: HypercornConfig) -> None:
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
         task.add_done_callback(connections.discard)
-        connection = _Connection(app, tls_extension(writer.get_extra_info("ssl_object")), timeout, loop)
-        watchdog = loop.create_task(connection.watch(writer))
+        no_delay(writer.get_extra_info("socket"))
+        connection = _Connection(app, writer, connector_hc.keep_alive_timeout, loop)
+        watchdog = loop.create_task(connection.watch())
+        hypercorn.add(entry := (connection, writer))
         try:
-            await TCPServer(ASGIWrapper(connection), loop, hc, context, lifespan_state, reader, writer)
+            await TCPServer(ASGIWrapper(connection), loop, connector_hc, context, lifespan_state,
+                            reader, writer)
         finally:
+            hypercorn.discard(entry)
             watchdog.cancel()
 
-    def to_hypercorn(transport: asyncio.BaseTransport, timeout: float) -> None:
-        # An HTTP/2 connection: the same streams asyncio.start_server would have made.
-        reader = asyncio.StreamReader(loop=loop)
-        protocol = asyncio.StreamReaderProtocol(
-            reader, functools.partial(serve_connection, timeout=timeout), loop=loop)
+    def hypercorn_protocol(connector_hc: HypercornConfig) -> asyncio.StreamReaderProtocol:
+        # What asyncio.start_server makes for each connection, with our callback.
+        return asyncio.StreamReaderProtocol(
+            asyncio.StreamReader(loop=loop),
+            functools.partial(serve_connection, connector_hc=connector_hc), loop=loop)
+
+    def to_hypercorn(transport: asyncio.BaseTransport, connector_hc: HypercornConfig) -> None:
+        # An HTTP/2 connection on an llhttp connector, handed over after the handshake.
+        protocol = hypercorn_protocol(connector_hc)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
 
-    def connection_factory(timeout: float) -> Callable[[], Http1Connection]:
-        hand_over = functools.partial(to_hypercorn, timeout=timeout)
+    def connection_factory(connector: Connector) -> Callable[[], asyncio.Protocol]:
+        connector_hc = _hypercorn_config(keep_alive=connector.connection_timeout)
+        if connector.http1 != "llhttp":
+            return functools.partial(hypercorn_protocol, connector_hc)
+        hand_over = functools.partial(to_hypercorn, connector_hc=connector_hc)
 
         def make() -> Http1Connection:
-            return Http1Connection(app, timeout=timeout, tls=tls_extension, hand_over=hand_over,
-                                   connections=http1, state=lifespan_state, loop=loop)
+            return Http1Connection(app, timeout=connector.connection_timeout, tls=tls_extension,
+                                   hand_over=hand_over, connections=http1, state=lifespan_state,
+                                   loop=loop)
         return make
 
     servers: list[asyncio.Server] = []
     try:
         for connector, sock in zip(config.server.connectors, sockets):
             servers.append(await loop.create_server(
-                connection_factory(connector.connection_timeout),
+                connection_factory(connector),
                 sock=sock,
                 ssl=server_context(config.server, connector),
                 ssl_handshake_timeout=connector.connection_timeout,
@@ -247,10 +343,13 @@ async def serve(
         for http1_connection in list(http1):
             http1_connection.shutdown()
         deadline = loop.time() + hc.graceful_timeout
-        while any(c.busy for c in http1) and loop.time() < deadline:
+        while ((any(c.busy for c in http1) or any(c.active for c, _ in hypercorn))
+               and loop.time() < deadline):
             await asyncio.sleep(0.05)
         for http1_connection in list(http1):
             http1_connection.transport.abort()
+        for _, writer in list(hypercorn):
+            writer.transport.abort()
         if connections:
             await asyncio.wait(connections, timeout=hc.graceful_timeout)
         for task in connections:
