@@ -97,6 +97,11 @@ def create_app(config: Config) -> Quart:
     from .endpoints import POST_ENDPOINTS, oauth
 
     app = Quart("tokensmith")
+    # Routing never redirects: Werkzeug's redirects for merged or trailing slashes are built
+    # from the request's Host, which the client chooses (and a cacheable 308 to another host
+    # is an open redirect). A path that does not match exactly is a 404.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     loader = DropinLoader(config.server.dropins)
     try:
         storage = SQLiteStorage(config.server.database)

@@ -7,6 +7,13 @@ self-signed certificates that share a subject DN collide in it, and loading thou
 slow (DESIGN.md, "Certificates at the TLS layer"). So the handshake only proves possession of the
 key (CertificateVerify) and the application decides trust from :func:`peer_certificate_chain`.
 
+Accepting any certificate would let an anonymous client choose what the server's CPU verifies:
+OpenSSL checks CertificateVerify with whatever key the leaf holds, and an RSA key with a
+public exponent thousands of bits long makes each handshake several times as expensive. So the
+callback, which OpenSSL runs on the Certificate message before it reads CertificateVerify,
+refuses a leaf whose key no client needs (:func:`acceptable_key`); the handshake then fails
+with a bad_certificate alert.
+
 Python's ``ssl`` has no verify-callback API. We set OpenSSL's ``SSL_CTX_set_cert_verify_callback``
 through ``ctypes`` on the ``SSL_CTX`` that CPython's ``_ssl`` owns, using the libssl that ``_ssl``
 itself is linked with, and check at configuration time that it took effect, so that a change in
@@ -34,9 +41,48 @@ _SSL_VERIFY_PEER, _SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 0x01, 0x02
 _CertVerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
 
+#: EVP_PKEY base ids (OpenSSL's NIDs) and the EC groups whose keys a client may hold.
+_EVP_PKEY_RSA, _EVP_PKEY_RSA_PSS, _EVP_PKEY_EC, _EVP_PKEY_ED25519, _EVP_PKEY_ED448 = 6, 912, 408, 1087, 1088
+_CURVES = (b"prime256v1", b"secp384r1", b"secp521r1")
+#: The largest RSA modulus accepted: the cost of a signature check grows with it.
+MAX_RSA_BITS = 4096
+_X509_V_ERR_CERT_REJECTED = 28
+
+
+def acceptable_key(lib: ctypes.CDLL, pkey: int) -> bool:
+    """Whether a client's leaf key is one a client needs: RSA up to ``MAX_RSA_BITS`` with the
+    public exponent 65537 (what every CA and key generator uses), ECDSA on P-256, P-384 or P-521,
+    Ed25519 or Ed448. Anything else could only make the handshake's signature check costly."""
+    kind = lib.EVP_PKEY_get_base_id(pkey)
+    if kind in (_EVP_PKEY_RSA, _EVP_PKEY_RSA_PSS):
+        if lib.EVP_PKEY_get_bits(pkey) > MAX_RSA_BITS:
+            return False
+        exponent = ctypes.c_void_p()
+        if lib.EVP_PKEY_get_bn_param(pkey, b"e", ctypes.byref(exponent)) != 1:
+            return False
+        try:
+            return lib.BN_num_bits(exponent) <= 17 and lib.BN_get_word(exponent) == 65537
+        finally:
+            lib.BN_free(exponent)
+    if kind == _EVP_PKEY_EC:
+        name = ctypes.create_string_buffer(64)
+        size = ctypes.c_size_t()
+        if lib.EVP_PKEY_get_group_name(pkey, name, len(name), ctypes.byref(size)) != 1:
+            return False
+        return name.value in _CURVES
+    return kind in (_EVP_PKEY_ED25519, _EVP_PKEY_ED448)
+
+
 def _accept(store_ctx: int | None, arg: int | None) -> int:
-    # The store context's error stays X509_V_OK, so SSL_get_verify_result() reports success.
-    return 1
+    # 1 accepts the chain: the store context's error stays X509_V_OK, so SSL_get_verify_result()
+    # reports success. Only the leaf's key is looked at (see acceptable_key).
+    lib = _libssl()
+    leaf = lib.X509_STORE_CTX_get0_cert(store_ctx)
+    pkey = lib.X509_get0_pubkey(leaf) if leaf else None
+    if pkey and acceptable_key(lib, pkey):
+        return 1
+    lib.X509_STORE_CTX_set_error(store_ctx, _X509_V_ERR_CERT_REJECTED)
+    return 0
 
 
 # One thunk for the whole process, never freed. An SSL_CTX is reference-counted in C and can
@@ -63,7 +109,19 @@ def _libssl() -> ctypes.CDLL:
                 ("SSL_CTX_get_options", ctypes.c_uint64, [ctypes.c_void_p]),  # OpenSSL 3.x
                 ("SSL_CTX_get_verify_mode", ctypes.c_int, [ctypes.c_void_p]),
                 ("SSL_CTX_set_cert_verify_callback", None,
-                 [ctypes.c_void_p, _CertVerifyCallback, ctypes.c_void_p])):
+                 [ctypes.c_void_p, _CertVerifyCallback, ctypes.c_void_p]),
+                ("X509_STORE_CTX_get0_cert", ctypes.c_void_p, [ctypes.c_void_p]),
+                ("X509_STORE_CTX_set_error", None, [ctypes.c_void_p, ctypes.c_int]),
+                ("X509_get0_pubkey", ctypes.c_void_p, [ctypes.c_void_p]),
+                ("EVP_PKEY_get_base_id", ctypes.c_int, [ctypes.c_void_p]),
+                ("EVP_PKEY_get_bits", ctypes.c_int, [ctypes.c_void_p]),
+                ("EVP_PKEY_get_bn_param", ctypes.c_int,
+                 [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
+                ("EVP_PKEY_get_group_name", ctypes.c_int,
+                 [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]),
+                ("BN_num_bits", ctypes.c_int, [ctypes.c_void_p]),
+                ("BN_get_word", ctypes.c_ulong, [ctypes.c_void_p]),
+                ("BN_free", None, [ctypes.c_void_p])):
             getattr(lib, name).restype, getattr(lib, name).argtypes = restype, argtypes
     except (OSError, AttributeError) as exc:
         raise RuntimeError(f"tls_accept: cannot reach OpenSSL through {path}: {exc}") from exc

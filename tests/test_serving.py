@@ -1,0 +1,262 @@
+"""The serving layer under the attacks a review found, against the real server on both lanes.
+
+Each test is one finding: trailers that would carry credentials, a client that never reads
+its responses, an HTTP/2 client that never opens its flow-control window, a pipelined request
+lost at a read boundary, redirects built from the Host header, and client keys chosen to make
+the handshake expensive.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+import pki
+from conftest import Server, new_deployment, start_server
+from test_http1 import connect, token_request
+
+LANES = ["hypercorn", "llhttp"]
+TIMEOUT_MS = 1500
+
+
+@pytest.fixture(scope="module", params=LANES)
+def env(request, tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Server, bytes, str]]:  # noqa: ANN001
+    """A server on one lane with a proxy certificate header trusted from 127.0.0.1, a Basic
+    client, and a self-signed mTLS client; yields (server, Basic header line, mTLS client_id)."""
+    root = tmp_path_factory.mktemp("serving")
+    dep = new_deployment(root / "ts", keystore, wheel_cache)
+    dep.connectors = (f'<Connector address="127.0.0.1" port="0" clientAuth="want" '
+                      f'connectionTimeout="{TIMEOUT_MS}" http1="{request.param}"/>')
+    dep.listeners = dep.listeners.replace(
+        '<EventListener type="ClientAuthenticator" name="mutual_tls" orderId="158" enable="true"/>',
+        '<EventListener type="ClientAuthenticator" name="mutual_tls" orderId="158" enable="true">'
+        '<Property name="CertificateHeader">X-Client-Cert</Property>'
+        '<Property name="TrustedProxies">127.0.0.1</Property></EventListener>')
+    dep.write()
+    basic = dep.add_client("b", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+    header = b"Authorization: Basic " + base64.b64encode(
+        f"{basic['client_id']}:{basic['client_secret']}".encode()) + b"\r\n"
+    pair = pki.self_signed("serving-victim")
+    cert_path, _ = pair.write(root, "victim")
+    victim = dep.add_client("v", "--grant-type", "client_credentials", "--auth-method",
+                            "self_signed_tls_client_auth", "--cert", str(cert_path))
+    server = start_server(dep)
+    server.victim_pem = pair.pem  # type: ignore[attr-defined]
+    yield server, header, str(victim["client_id"])
+    server.stop()
+
+
+def chunked_token_request(headers: bytes, trailer: bytes, body: bytes) -> bytes:
+    return (b"POST /oauth2/token HTTP/1.1\r\nHost: localhost\r\n" + headers
+            + b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n0\r\n" % (len(body), body) + trailer + b"\r\n")
+
+
+def test_authorization_in_a_trailer_is_not_used(env) -> None:  # noqa: ANN001
+    """A bogus Authorization header with a valid one in the trailer gets 401, not a token
+    (RFC 9110 §6.5.1: trailers are not merged into the header section)."""
+    server, valid, _ = env
+    sock, reader = connect(server)
+    with sock:
+        sock.sendall(chunked_token_request(b"Authorization: Basic Ym9ndXM6Ym9ndXM=\r\n", valid,
+                                           b"grant_type=client_credentials"))
+        status, headers, _ = reader.response()
+    assert status == 401 and headers["www-authenticate"].startswith("Basic")
+
+
+def test_certificate_in_a_trailer_is_not_used(env) -> None:  # noqa: ANN001
+    """A registered client's public certificate in a trailer, from the trusted proxy address,
+    does not authenticate it: without a certificate in the header section there is none."""
+    server, _, victim = env
+    escaped = server.victim_pem.decode().replace("\n", "%0A").replace(" ", "%20").encode()
+    sock, reader = connect(server)
+    with sock:
+        sock.sendall(chunked_token_request(b"", b"X-Client-Cert: " + escaped + b"\r\n",
+                                           b"grant_type=client_credentials&client_id=" + victim.encode()))
+        status, _, _ = reader.response()
+    assert status in (400, 401)
+    # The same certificate in the header section, from the same trusted address, does work:
+    # the test above failed for the right reason.
+    sock, reader = connect(server)
+    with sock:
+        body = b"grant_type=client_credentials&client_id=" + victim.encode()
+        sock.sendall(token_request(b"X-Client-Cert: " + escaped + b"\r\n", body=body))
+        assert reader.response()[0] == 200
+
+
+def test_a_client_that_never_reads_is_cut_off(env) -> None:  # noqa: ANN001
+    """Thousands of pipelined requests whose answers are never read: the server stops
+    reading, its writes wait at most connectionTimeout, then it drops the connection. Only a
+    bounded part of the requests was ever answered."""
+    server, _, _ = env
+    sent = 20_000
+    request = b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n\r\n"
+    sock = server.raw_tls(timeout=2)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        payload = request * sent
+        started = time.monotonic()
+        try:
+            sock.sendall(payload)  # blocks once the server stops reading: that is the point
+        except (TimeoutError, ConnectionError, ssl.SSLError):
+            pass
+        time.sleep(TIMEOUT_MS / 1000 + 2.5)
+        answered, closed = 0, False
+        sock.settimeout(3)
+        try:
+            while data := sock.recv(1 << 20):
+                answered += data.count(b"HTTP/1.1 200")
+            closed = True
+        except (ConnectionError, ssl.SSLError, OSError):
+            closed = True
+        except TimeoutError:
+            pass
+    assert closed, f"still open after {time.monotonic() - started:.1f} s"
+    assert answered < sent / 4
+
+
+def test_http2_window_that_never_opens_is_cut_off(env) -> None:  # noqa: ANN001
+    """An HTTP/2 client that sets its initial window to 0, opens 20 streams and only answers
+    PINGs loses the connection once a response has waited connectionTimeout for flow control."""
+    server, _, _ = env
+    host, port = server.url.removeprefix("https://").rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(server.deployment.server_cert))
+    context.set_alpn_protocols(["h2"])
+    raw = socket.create_connection((host, int(port)), timeout=1)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        assert sock.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        for _ in range(20):
+            stream = conn.get_next_available_stream_id()
+            conn.send_headers(stream, [(":method", "GET"), (":scheme", "https"), (":authority", "x"),
+                                       (":path", "/oauth2/jwks")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < TIMEOUT_MS / 1000 + 6:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                data = None
+            except (ConnectionError, ssl.SSLError, OSError):
+                closed = True
+                break
+            if data == b"":
+                closed = True
+                break
+            if data:
+                conn.receive_data(data)  # headers arrive; DATA cannot (window 0)
+            conn.ping(b"12345678")
+            try:
+                sock.sendall(conn.data_to_send())
+            except (ConnectionError, ssl.SSLError, OSError):
+                closed = True
+                break
+    assert closed
+    assert time.monotonic() - started < TIMEOUT_MS / 1000 + 4
+
+
+def test_pipelined_request_split_at_a_read_boundary_is_answered(env) -> None:  # noqa: ANN001
+    """One read holding complete requests plus the start of another head, then the rest of
+    that head: every request is answered (the head limit counts the last head only)."""
+    server, auth, _ = env
+    sock, reader = connect(server)
+    with sock:
+        whole = token_request(auth) * 3
+        last = token_request(auth, extra=b"X-Pad: " + b"p" * 12_000 + b"\r\n")
+        sock.sendall(whole + last[:600])
+        time.sleep(0.2)
+        sock.sendall(last[600:])
+        statuses = [reader.response()[0] for _ in range(4)]
+    assert statuses == [200, 200, 200, 200]
+
+
+def test_no_redirect_is_built_from_the_host_header(env) -> None:  # noqa: ANN001
+    """`GET //oauth2//jwks` with a foreign Host gets no redirect to that host (it is not our
+    path: 404), and a request without Host, or with two, is 400 (RFC 9112 §3.2)."""
+    server, _, _ = env
+    sock, reader = connect(server)
+    with sock:
+        sock.sendall(b"GET //oauth2//jwks HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        status, headers, _ = reader.response()
+    assert status == 404 and "location" not in headers
+    for head in (b"GET /oauth2/jwks HTTP/1.1\r\n\r\n", b"GET /oauth2/jwks HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"):
+        sock, reader = connect(server)
+        with sock:
+            sock.sendall(head)
+            assert reader.response()[0] == 400
+
+
+# -- client keys that would make the handshake expensive -------------------------------------
+
+def rsa_with_exponent(bits: int, exponent_bits: int) -> rsa.RSAPrivateKey:
+    """An RSA key whose public exponent is an odd number of *exponent_bits* bits, which no key
+    generator makes: the server's check of its signatures costs that many squarings."""
+    base = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_numbers()
+    p, q = base.p, base.q
+    phi = (p - 1) * (q - 1)
+    e = (1 << (exponent_bits - 1)) | 1
+    while True:
+        try:
+            d = pow(e, -1, phi)
+            break
+        except ValueError:
+            e += 2
+    numbers = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p),
+                                    rsa.RSAPublicNumbers(e, p * q))
+    return numbers.private_key()
+
+
+def self_signed_with(key, directory: Path, name: str) -> tuple[Path, Path]:  # noqa: ANN001
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=9)).sign(key, algorithm))
+    return pki.Pair(cert, key).write(directory, name)
+
+
+def handshake_ok(server: Server, files: tuple[Path, Path]) -> bool:
+    """Whether a request over a connection with this client certificate is answered. (With
+    TLS 1.3 the client finishes its side of the handshake before the server has seen its
+    certificate, so a refusal shows at the first read.)"""
+    try:
+        with server.raw_tls(cert=files, timeout=10) as sock:
+            sock.sendall(b"GET /oauth2/jwks HTTP/1.1\r\nHost: x\r\n\r\n")
+            return sock.recv(65536).startswith(b"HTTP/1.1 200")
+    except (ssl.SSLError, ConnectionError):
+        return False
+
+
+@pytest.mark.parametrize("make, accepted", [
+    (lambda: rsa_with_exponent(2048, 2040), False),
+    (lambda: rsa_with_exponent(2048, 2), False),  # e = 3
+    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=4096 + 1024), False),
+    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), True),
+    (lambda: ec.generate_private_key(ec.SECP384R1()), True),
+    (lambda: ec.generate_private_key(ec.SECP521R1()), True),
+    (lambda: ed25519.Ed25519PrivateKey.generate(), True),
+], ids=["rsa-huge-exponent", "rsa-e3", "rsa-5120", "rsa-2048", "p384", "p521", "ed25519"])
+def test_client_keys_no_client_needs_are_refused_in_the_handshake(env, tmp_path, make, accepted) -> None:  # noqa: ANN001
+    """Only client keys a client needs get through the handshake; the others are refused
+    before the server checks a signature with them (tls_accept.acceptable_key)."""
+    server, _, _ = env
+    assert handshake_ok(server, self_signed_with(make(), tmp_path, "k")) is accepted
