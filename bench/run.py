@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Benchmark tokensmith's token endpoint against node-oidc-provider and a bare Hypercorn app.
+"""Benchmark tokensmith's token endpoint, on both HTTP/1.1 lanes, against node-oidc-provider
+and a bare Hypercorn app.
 
     .venv/bin/python bench/run.py            # the full run (make bench)
     .venv/bin/python bench/run.py --smoke    # about 30 s: every scenario once (make bench-smoke)
 
 For each number of registered mutual-TLS clients (--sizes), it generates the clients
 (bench/peers/gen_clients.py), registers them in a fresh tokensmith deployment and in node-oidc,
-starts each server pinned to CPU 0 and drives it with bench/loadgen pinned to CPU 1:
+starts each server pinned to CPU 0 and drives it with bench/loadgen pinned to CPU 1. tokensmith
+runs twice on the same deployment: "tokensmith" is the default lane (Hypercorn's h11 serves
+HTTP/1.1) and "tokensmith-llhttp" the opt-in lane (http1="llhttp" on the connector):
 
   1. client_credentials, self_signed_tls_client_auth, keep-alive
   2. the same with a new TLS connection (full handshake, client certificate) per request
@@ -39,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import report, sysinfo  # noqa: E402
 from harness.load import LOADGEN, SCENARIOS, Calm, Settings, loadgen_bound, run_scenario  # noqa: E402
 from harness.procs import Procs, StartupError  # noqa: E402
-from harness.servers import (PEERS, ROOT, Clients, Deployment, Server, fetch_token,  # noqa: E402
-                             introspect, post, start_bare, start_node, start_tokensmith)
+from harness.servers import (LANES, PEERS, ROOT, Clients, Deployment, Server,  # noqa: E402
+                             fetch_token, introspect, post, start_bare, start_node,
+                             start_tokensmith)
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -70,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--node-adapter", choices=("map", "memory"), default="map",
                    help="node-oidc token storage: map keeps every token (default), memory is"
                    " oidc-provider's 1000-entry LRU")
+    p.add_argument("--llhttp", choices=("all", "first"), default="all",
+                   help="sizes at which the llhttp lane (tokensmith-llhttp) runs beside the"
+                   " default lane: all (default) or only the first (saves about 5 minutes of a"
+                   " full run)")
     p.add_argument("--skip-node", action="store_true", help="do not run node-oidc")
     p.add_argument("--skip-workers", action="store_true", help="skip 1 vs 2 workers")
     p.add_argument("--dropins", type=Path, default=ROOT / "dropins",
@@ -122,7 +130,8 @@ class Run:
                                  LOADGEN_CPUS, args.retries, args.disturbed, self.calm)
         self.code_seen: dict[str, list[str]] = {}
         self.results: dict = {"servers": {}, "registration": {}, "workers": {}, "notes": [],
-                              "sizes": args.sizes, "status": "running"}
+                              "sizes": args.sizes, "status": "running",
+                              "lanes": {label: lane for lane, label in LANES.items()}}
 
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -245,6 +254,9 @@ class Run:
                      f" {dep.registration_s:.1f} s (not timed in the results)")
             cert, key = Path(fresh_lines[index][0]), Path(fresh_lines[index][1])
             starters = {"tokensmith": lambda: start_tokensmith(self.procs, dep, work, cpus=SERVER_CPUS)}
+            if index == 0 or args.llhttp == "all":
+                starters["tokensmith-llhttp"] = lambda: start_tokensmith(
+                    self.procs, dep, work, lane="llhttp", cpus=SERVER_CPUS)
             if not node_skip:
                 starters["node-oidc"] = lambda: start_node(self.procs, clients, work,
                                                            adapter=args.node_adapter, cpus=SERVER_CPUS)
@@ -252,8 +264,10 @@ class Run:
                 starters["bare-hypercorn"] = lambda: start_bare(self.procs, clients, work, cpus=SERVER_CPUS)
             entries = self.measure(starters, clients, keys, after={
                 "tokensmith": lambda server: self.registration(dep, server, cert, key, size)})
-            entries["tokensmith"].update(registered=dep.registered,
-                                         bulk_registration_s=round(dep.registration_s, 2))
+            for label in LANES.values():
+                if label in entries:
+                    entries[label].update(registered=dep.registered,
+                                          bulk_registration_s=round(dep.registration_s, 2))
             for label, entry in entries.items():
                 servers.setdefault(label, {})[str(size)] = entry
             if index == 0:
@@ -278,6 +292,15 @@ class Run:
 def standing_notes(run: Run) -> None:
     args = run.args
     first = args.sizes[0]
+    llhttp_sizes = "every size" if args.llhttp == "all" else f"the first size ({first:,})"
+    run.note("Two tokensmith lanes, one deployment: **tokensmith** is the default lane, HTTP/1.1"
+             " served by Hypercorn (h11); **tokensmith-llhttp** is the opt-in lane, the same"
+             ' conf with http1="llhttp" on the connector (tokensmith\'s own HTTP/1.1 protocol over'
+             " httptools/llhttp). Both serve the same database, dropins and keys, so each lane's"
+             " tokens go into the same table; they are loaded in turn, never at once."
+             f" tokensmith-llhttp runs at {llhttp_sizes}. The targets are the default lane's"
+             " unless they name the llhttp lane; `sp add` to first token and the workers"
+             " comparison use the default lane only.")
     run.note("tokensmith clients are registered in bulk through the storage API"
              " (SQLiteStorage.add_client, one autocommit insert per client), not with the CLI,"
              " and that registration is not timed in the targets; `sp add` is timed on its own.")
@@ -297,7 +320,7 @@ def standing_notes(run: Run) -> None:
              f" disturbed and replaced, up to {args.retries} extra round(s) per scenario; the"
              " medians use undisturbed rounds when there are any.")
     if not args.skip_workers:
-        run.note("Workers comparison: server and loadgen share both CPUs (no pinning), so"
+        run.note("Workers comparison (default lane): server and loadgen share both CPUs (no pinning), so"
                  " loadgen's CPU is taken from the server's budget.")
 
 

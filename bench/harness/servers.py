@@ -1,8 +1,14 @@
-"""The three servers of the benchmark, and one-off HTTPS requests to check them.
+"""The servers of the benchmark, and one-off HTTPS requests to check them.
 
 - tokensmith: a deployment directory as the tests build one (tests/conftest.py): conf/server.xml
   with ``port="0"`` on 127.0.0.1, conf/identity.xml with the three bundled authenticators,
-  the plugin wheels in dropins/, the benchmark's server certificate as its keystore.
+  the plugin wheels in dropins/, the benchmark's server certificate as its keystore. Served on
+  the default HTTP/1.1 lane (Hypercorn's h11), labelled "tokensmith".
+- tokensmith-llhttp: the same deployment started from conf-llhttp/, whose server.xml differs
+  only by ``http1="llhttp"`` on the connector (tokensmith's own protocol over httptools). Paths
+  in server.xml are relative to the file, and conf-llhttp/ sits beside conf/, so ``../var`` and
+  ``../dropins`` are the same database and dropins; its security/ is a symlink to conf/security,
+  so the keystore, truststore and signing keys are the same too.
 - node-oidc: bench/peers/node-oidc/server.js with gen_clients.py's client metadata.
 - bare-hypercorn: bench/peers/bare_hypercorn/run.sh, TLS_MODE=accept-any (tokensmith's own TLS
   policy and certificate handling, so that the handshake costs the same).
@@ -26,7 +32,7 @@ from pathlib import Path
 
 from .procs import Proc, Procs
 
-__all__ = ["ROOT", "Clients", "Deployment", "Server", "start_tokensmith", "start_node",
+__all__ = ["ROOT", "LANES", "Clients", "Deployment", "Server", "start_tokensmith", "start_node",
            "start_bare", "post", "fetch_token", "introspect"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,10 +40,14 @@ VENV_BIN = ROOT / ".venv" / "bin"
 TOKENSMITH = VENV_BIN / "tokensmith"
 PEERS = ROOT / "bench" / "peers"
 
+#: HTTP/1.1 lane (the <Connector http1=> value) -> the label of its results. "hypercorn" is the
+#: default, so its server.xml leaves the attribute out, as a user's would.
+LANES = {"hypercorn": "tokensmith", "llhttp": "tokensmith-llhttp"}
+
 SERVER_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <Server>
     <Keystore certificateFile="security/server.crt" keyFile="security/server.key"/>
-    <Connector address="127.0.0.1" port="0" clientAuth="want"/>
+    <Connector address="127.0.0.1" port="0" clientAuth="want"{http1}/>
     <Database path="../var/tokensmith.db"/>
     <Dropins path="../dropins"/>
 </Server>
@@ -89,7 +99,7 @@ class Clients:
 
 @dataclass
 class Deployment:
-    """A tokensmith installation: conf/, dropins/, var/ under *root*."""
+    """A tokensmith installation: conf/, conf-llhttp/, dropins/, var/ under *root*."""
 
     root: Path
     basic_id: str = ""
@@ -99,7 +109,13 @@ class Deployment:
 
     @property
     def conf(self) -> Path:
+        """The default lane's configuration, the one the CLI is run with."""
         return self.root / "conf"
+
+    def conf_for(self, lane: str) -> Path:
+        if lane not in LANES:
+            raise ValueError(f"unknown HTTP/1.1 lane {lane!r}: one of {', '.join(LANES)}")
+        return self.conf if lane == "hypercorn" else self.root / f"conf-{lane}"
 
     @classmethod
     def create(cls, root: Path, clients: Clients, dropins: Path) -> Deployment:
@@ -109,8 +125,18 @@ class Deployment:
         (root / "var").mkdir()
         shutil.copy(clients.server_cert, dep.conf / "security" / "server.crt")
         shutil.copy(clients.server_key, dep.conf / "security" / "server.key")
-        (dep.conf / "server.xml").write_text(SERVER_XML)
+        (dep.conf / "server.xml").write_text(SERVER_XML.format(http1=""))
         (dep.conf / "identity.xml").write_text(IDENTITY_XML)
+        for lane in LANES:
+            conf = dep.conf_for(lane)
+            if conf == dep.conf:
+                continue
+            conf.mkdir()
+            # one security/ for both lanes: the server key, the truststore and the signing keys
+            # (always conf_dir/security/signing) must be the same for tokens to mean the same
+            (conf / "security").symlink_to(Path("..") / "conf" / "security", target_is_directory=True)
+            (conf / "server.xml").write_text(SERVER_XML.format(http1=f' http1="{lane}"'))
+            (conf / "identity.xml").write_text(IDENTITY_XML)
         wheels = sorted(dropins.glob("*.whl"))
         if not wheels:
             raise RuntimeError(f"no plugin wheels in {dropins}: run `make setup` first")
@@ -179,15 +205,26 @@ def _ready(proc: Proc, pattern: str, timeout: float) -> tuple[str, float, float]
     return match.group(1), elapsed, proc.rss_mb()
 
 
-def start_tokensmith(procs: Procs, dep: Deployment, work: Path, *, workers: int = 1,
-                     cpus: str | None = "0", timeout: float = 60) -> Server:
-    args = [str(TOKENSMITH), "serve", "--conf", str(dep.conf)]
+def start_tokensmith(procs: Procs, dep: Deployment, work: Path, *, lane: str = "hypercorn",
+                     workers: int = 1, cpus: str | None = "0", timeout: float = 60) -> Server:
+    """`tokensmith serve` on *lane*'s conf directory; the server is labelled LANES[lane]."""
+    from tokensmith.config import load_config
+
+    conf = dep.conf_for(lane)
+    label = LANES[lane]
+    # the lane as tokensmith itself reads it, so that a label never names the wrong lane
+    parsed = {c.http1 for c in load_config(conf).server.connectors}
+    if parsed != {lane}:
+        raise RuntimeError(f"{conf / 'server.xml'}: connectors serve HTTP/1.1 on {parsed}, not {lane}")
+    args = [str(TOKENSMITH), "serve", "--conf", str(conf)]
     if workers != 1:
         args += ["--workers", str(workers)]
-    proc = procs.start(f"tokensmith-w{workers}", args, log=work / f"tokensmith-{time.time_ns()}.log",
+    proc = procs.start(f"{label}-w{workers}", args, log=work / f"{label}-{time.time_ns()}.log",
                        cpus=cpus)
     url, startup, rss = _ready(proc, r"^tokensmith serving (https://\S+)/oauth2/token", timeout)
-    return Server("tokensmith", url, proc, startup, rss, (dep.basic_id, dep.basic_secret))
+    server = Server(label, url, proc, startup, rss, (dep.basic_id, dep.basic_secret))
+    server.extra["lane"] = lane
+    return server
 
 
 def start_node(procs: Procs, clients: Clients, work: Path, *, adapter: str,
