@@ -3,7 +3,7 @@
 and a bare Hypercorn app.
 
     .venv/bin/python bench/run.py            # the full run (make bench)
-    .venv/bin/python bench/run.py --smoke    # about 30 s: every scenario once (make bench-smoke)
+    .venv/bin/python bench/run.py --smoke    # about a minute: every scenario once (make bench-smoke)
 
 For each number of registered mutual-TLS clients (--sizes), it generates the clients
 (bench/peers/gen_clients.py), registers them in a fresh tokensmith deployment and in node-oidc,
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="See bench/README.md for what each scenario measures.")
     p.add_argument("--smoke", action="store_true",
-                   help="about 30 s: 1 round of 1 s, sizes 1 and 100, every scenario once;"
+                   help="about a minute: 1 round of 1 s, sizes 1 and 100, every scenario once;"
                    " node-oidc is skipped with a note if it is not set up")
     p.add_argument("--rounds", type=int, help="rounds per scenario (default 3; smoke 1)")
     p.add_argument("--duration", type=float, help="measured seconds per round (default 10; smoke 1)")
