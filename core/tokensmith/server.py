@@ -19,6 +19,7 @@ does not read or for HTTP/2 flow control that never opens (the watchdog again).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import itertools
 import logging
@@ -73,9 +74,10 @@ class _Connection:
     bounds a client that trickles a request's headers a byte at a time (slowloris), an HTTP/2
     client that keeps the connection busy with PINGs, or a response write that waits forever:
     on a client that never reads (Hypercorn awaits the socket's drain) or on an HTTP/2 flow
-    control window that never opens (it awaits the stream's buffer). The watchdog aborts the
-    connection when one of the app's sends has waited ``timeout`` seconds, or when no request
-    has been inside the app for ``timeout`` seconds.
+    control window that never opens (it awaits the stream's buffer). The server's watchdog, one
+    sweep over every connection rather than a timer each, aborts the connection when one of
+    the app's sends has waited ``timeout`` seconds, or when no request has been inside the app
+    for ``timeout`` seconds.
     """
 
     __slots__ = ("app", "tls", "timeout", "active", "last", "loop", "sending", "ids", "writer")
@@ -129,15 +131,12 @@ class _Connection:
                 del sending[key]
         return timed_send
 
-    async def watch(self) -> None:
-        writer = self.writer
-        while not writer.is_closing():
-            await asyncio.sleep(min(1.0, self.timeout / 2))
-            now = self.loop.time()
-            stuck = self.sending and now - next(iter(self.sending.values())) > self.timeout
-            if stuck or (self.active == 0 and now - self.last > self.timeout):
-                writer.transport.abort()
-                return
+    def expired(self, now: float) -> bool:
+        """Whether a send has waited, or the connection has gone without a request in the
+        app, for longer than the timeout."""
+        if self.sending and now - next(iter(self.sending.values())) > self.timeout:
+            return True
+        return self.active == 0 and now - self.last > self.timeout
 
 
 def refused(scope: dict[str, Any]) -> int:
@@ -175,6 +174,39 @@ def refused(scope: dict[str, Any]) -> int:
             scope["raw_path"] = path
             scope["path"] = urllib.parse.unquote(path.decode("latin-1"))
     return 0
+
+
+#: glibc's mallopt parameters (malloc.h).
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
+#: asyncio's TLS read buffer per connection: two full TLS records (RFC 8446 §5.2).
+TLS_READ_BUFFER = 32 * 1024
+
+
+def trim_memory() -> None:
+    """Keep the server's resident memory proportional to what it holds, not what it served.
+
+    - asyncio gives every TLS connection a 256 KiB read buffer, zero-filled and so resident
+      from the start, and reads each record into a fresh bytes object of that size: idle
+      keep-alive connections and slowloris clients cost a quarter of a MiB each. Every read
+      returns at most what arrived, and a TLS record holds at most 16 KiB, so a smaller buffer
+      loses nothing but a few more reads for large bodies. ``SSLProtocol.max_size`` is the one
+      place asyncio (3.11 to 3.13) takes the size from.
+    - glibc raises its mmap threshold each time a large block is freed, after which such
+      blocks come from the heap, where small objects allocated between them pin the freed
+      space. A fixed threshold keeps them in mmap, returned to the kernel when freed; two
+      arenas serve the event loop and the maintenance and reload threads.
+    """
+    from asyncio import sslproto
+
+    if getattr(sslproto.SSLProtocol, "max_size", None) is not None:
+        sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return  # not glibc
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    mallopt(_M_ARENA_MAX, 2)
 
 
 def _hypercorn_config(keep_alive: float = 5.0) -> HypercornConfig:
@@ -242,6 +274,7 @@ async def serve(
     is called with the URLs once every socket accepts. On SIGHUP, *reload* runs in a thread,
     one at a time, while requests go on being served.
     """
+    trim_memory()
     loop = asyncio.get_running_loop()
     hc = _hypercorn_config()
     stop = asyncio.Event()
@@ -285,14 +318,21 @@ async def serve(
         task.add_done_callback(connections.discard)
         no_delay(writer.get_extra_info("socket"))
         connection = _Connection(app, writer, connector_hc.keep_alive_timeout, loop)
-        watchdog = loop.create_task(connection.watch())
         hypercorn.add(entry := (connection, writer))
         try:
             await TCPServer(ASGIWrapper(connection), loop, connector_hc, context, lifespan_state,
                             reader, writer)
         finally:
             hypercorn.discard(entry)
-            watchdog.cancel()
+
+    async def watchdog() -> None:
+        period = min(1.0, min(c.connection_timeout for c in config.server.connectors) / 2)
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for connection, writer in list(hypercorn):
+                if connection.expired(now) and not writer.is_closing():
+                    writer.transport.abort()
 
     def hypercorn_protocol(connector_hc: HypercornConfig) -> asyncio.StreamReaderProtocol:
         # What asyncio.start_server makes for each connection, with our callback.
@@ -319,6 +359,7 @@ async def serve(
         return make
 
     servers: list[asyncio.Server] = []
+    sweeper = loop.create_task(watchdog())
     try:
         for connector, sock in zip(config.server.connectors, sockets):
             servers.append(await loop.create_server(
@@ -335,6 +376,7 @@ async def serve(
             ready(urls(sockets))
         await (shutdown_trigger() if shutdown_trigger is not None else stop.wait())
     finally:
+        sweeper.cancel()
         await context.terminated.set()
         for server in servers:
             server.close()
