@@ -343,8 +343,8 @@ def test_cpu_stays_bounded_and_returns_to_rest(figures) -> None:  # noqa: ANN001
 
 def test_memory_stays_bounded(figures) -> None:  # noqa: ANN001
     """RSS grows by what the open connections hold (about 150 hostile ones at a time, each
-    with asyncio's 256 KiB TLS read buffer), and not with the number of connections served:
-    it is flat over the second half of the attack.
+    with its TLS state and read buffer), and not with the number of connections served: it is
+    flat over the second half of the attack.
 
     It is not required to fall back afterwards: glibc keeps freed memory for reuse.
     """
