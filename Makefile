@@ -34,8 +34,8 @@ keystore: $(STAMP)
 clean:
 	rm -rf $(VENV) dropins/*.whl dropins/.*.source
 
-# Benchmarks (bench/README.md): not part of `make test`. `make bench` takes about 20 minutes;
-# `make bench-smoke` about 30 seconds. Extra options go in BENCH_ARGS (see bench/run.py --help).
+# Benchmarks (bench/README.md): not part of `make test`. `make bench` takes about 25 minutes;
+# `make bench-smoke` about a minute. Extra options go in BENCH_ARGS (see bench/run.py --help).
 LOADGEN  := bench/loadgen/loadgen
 NODE_OIDC_STAMP := bench/peers/node-oidc/node_modules/.package-lock.json
 BENCH_ARGS ?=
