@@ -17,7 +17,7 @@ from typing import Sequence
 
 from . import cli_clients, cli_security, cli_signing, cli_users
 from .cli_base import CLIError, Parser, common_options
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, public_urls
 from .registration import RegistrationError
 from .rfc8705 import CertificateError
 from .signing import SigningKeyError
@@ -91,7 +91,7 @@ def _listener_lines(listeners, *, detail: bool = False) -> list[str]:  # noqa: A
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import create_app, inspect_listeners, reload_app, runtime
+    from .app import bound_ports, create_app, inspect_listeners, reload_app, runtime
     from .keystore import load_keystore
     from .server import bind, serve
 
@@ -102,8 +102,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     load_keystore(config.server.keystore)
 
     def ready(urls: list[str]) -> None:
-        for url in urls:
-            print(f"tokensmith serving {url}/oauth2/token", flush=True)
+        # The URLs clients can use: a wildcard address is named, and the issuer and the mTLS
+        # aliases are said with the reason they were chosen (RFC 8414 §2, RFC 8705 §5).
+        public = public_urls(config.server, config.identity, bound_ports(urls))
+        for url, named in zip(urls, public.connectors):
+            listening = f" (listening on {url.removeprefix('https://')})" if named != url else ""
+            print(f"tokensmith serving {named}/oauth2/token{listening}", flush=True)
+        for reason in public.reasons:
+            print(f"tokensmith: {reason}", flush=True)
 
     if args.workers > 1:
         from .supervisor import check_reload, supervise

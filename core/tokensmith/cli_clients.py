@@ -17,6 +17,7 @@ from pathlib import Path
 from . import kdf
 from .cli_base import CLIError, Parser, open_storage, warn
 from .config import load_config
+from .grants import GRANT_TYPES, check_registration
 from .registration import (
     certificates_from_file, change_certificates, parse_fingerprint, tls_subject, validity_warnings)
 from .storage import Client, RegisteredCertificate
@@ -67,8 +68,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                              description=ADD_DESCRIPTION)
     add.add_argument("name", help="a name for people to recognise the client by")
     add.add_argument("--grant-type", action="append", dest="grant_types", required=True,
-                     metavar="GRANT", help="a grant type the client may use (repeatable),"
-                     " e.g. client_credentials")
+                     metavar="GRANT", help="a grant type the client may use (repeatable): "
+                     + ", ".join(GRANT_TYPES) + "; a public client (--auth-method none) may not"
+                     " use client_credentials")
     add.add_argument("--auth-method", required=True, metavar="METHOD",
                      help="token_endpoint_auth_method (RFC 7591): " + ", ".join(KNOWN_METHODS))
     add.add_argument("--scope", action="append", dest="scopes", default=[], metavar="SCOPE",
@@ -181,6 +183,7 @@ def new_client_id() -> str:
 
 def cmd_sp_add(args: argparse.Namespace) -> int:
     subject = _check_method_options(args)
+    check_registration(args.auth_method, args.grant_types)
     config = load_config(args.conf)
     certificates = _certificates(args.certs)
     method = args.auth_method
