@@ -146,12 +146,15 @@ def create_app(config: Config) -> Quart:
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        status = error.code or 400
-        headers = {}
+        # Only the OAuth POST endpoints answer with RFC 6749 §5.2 error JSON (asgi.py serves
+        # them, never this handler). Anything else is plain HTTP: a 404 is a 404, and a 405
+        # says in Allow which methods the resource has (RFC 9110 §15.5.6).
+        status = error.code or 500
+        headers = {"Cache-Control": "no-store"}
         if status == 405:
-            headers["Allow"] = ", ".join(sorted(set(getattr(error, "valid_methods", None) or ["POST"])))
-        code = "invalid_request" if status < 500 else "server_error"
-        return json_response({"error": code, "error_description": error.name}, status, headers)
+            headers["Allow"] = ", ".join(sorted(set(getattr(error, "valid_methods", None) or ["GET"])))
+        return Response(f"{status} {error.name}\n", status=status, headers=headers,
+                        content_type="text/plain; charset=utf-8")
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
