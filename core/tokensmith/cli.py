@@ -36,6 +36,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
     common = common_options()
     parser = Parser(prog="tokensmith", description="An OAuth 2.0 token server with pluggable"
                      " client authentication and mutual TLS (RFC 8705).")
+    parser.add_argument("--version", action="version", version=f"tokensmith {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
 
@@ -77,6 +78,16 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
     handlers.update(cli_users.add_commands(commands, common))
     handlers.update(cli_signing.add_commands(commands, common))
     return parser, handlers
+
+
+def _version() -> str:
+    """The installed distribution's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokensmith")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _listener_lines(listeners, *, detail: bool = False) -> list[str]:  # noqa: ANN001
@@ -166,7 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     action = getattr(args, f"{args.command}_command", None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return handlers[args.command, action](args)
+        status = handlers[args.command, action](args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`tokensmith sp list | head -1`): normal for a command-line
+        # tool. Nothing more can be written; point stdout at /dev/null so that the
+        # interpreter's last flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
     except USER_ERRORS as exc:
         # One line whatever the message holds (OpenSSL and OS errors can span lines).
         print(f"tokensmith: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
