@@ -109,7 +109,12 @@ async def introspect(rt: Runtime, request: HttpRequest) -> Answer:
     record = rt.storage.get_token(token_hash(value))
     if record is None or record.revoked or record.expires_at <= int(time.time()):
         return Answer(200, {"active": False})
-    return Answer(200, {"active": True, **token_claims(record)})
+    claims = token_claims(record)
+    if not claims.get("scope"):
+        # §2.2: "scope" is OPTIONAL; a token granted no scope has no value to report, and ""
+        # is not one (RFC 6749 §3.3 needs at least one scope token). Plugins still see it.
+        claims.pop("scope", None)
+    return Answer(200, {"active": True, **claims})
 
 
 async def revoke(rt: Runtime, request: HttpRequest) -> Answer:

@@ -50,19 +50,14 @@ class IssuedToken:
 
 
 def token_claims(record: TokenRecord) -> dict[str, Any]:
-    """The claims a stored token carries: ours, then those interceptors added.
-
-    A token granted no scope has no ``scope`` member: RFC 7662 §2.2 makes it optional, and an
-    empty string would be no scope value at all (RFC 6749 §3.3 needs one or more).
-    """
-    claims: dict[str, Any] = {"client_id": record.client_id}
-    if record.scope:
-        claims["scope"] = record.scope
-    claims.update({
+    """The claims a stored token carries: ours, then those interceptors added."""
+    claims: dict[str, Any] = {
+        "client_id": record.client_id,
+        "scope": record.scope,
         "iat": record.issued_at,
         "exp": record.expires_at,
         "token_type": "Bearer" if record.kind == "access" else "refresh_token",
-    })
+    }
     if record.username is not None:
         claims["username"] = record.username
     if record.cnf_x5t_s256 is not None:
