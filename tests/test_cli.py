@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import ROOT, TOKENSMITH, start_server
 
-SUBCOMMANDS = [[], ["serve"], ["sp"], ["sp", "add"], ["sp", "list"], ["sp", "remove"],
+SUBCOMMANDS = [[], ["serve"], ["sp"], ["sp", "add"], ["sp", "list"], ["sp", "remove"], ["sp", "show"],
+               ["sp", "reset-secret"],
                ["plugins"], ["plugins", "build"], ["plugins", "list"], ["plugins", "pin"],
                ["keystore"], ["keystore", "init"], ["keystore", "export"]]
 
@@ -149,3 +150,113 @@ def test_serve_prints_listeners_and_url_and_stops_on_ctrl_c(deployment) -> None:
         assert server.process.wait(timeout=15) == 0
         server.stop()
     assert "Traceback" not in server.log()
+
+
+# --- what a new user meets (issue 15) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("grant", ["bogus", "authorization_code", "implicit"])
+def test_sp_add_refuses_grant_types_not_served(deployment, grant) -> None:  # noqa: ANN001
+    """A grant type the token endpoint does not serve is refused at registration, in one line
+    that lists those it serves; nothing is stored."""
+    result = deployment.cli("sp", "add", "x", "--grant-type", "client_credentials", "--grant-type", grant,
+                            "--auth-method", "client_secret_basic", check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and repr(grant) in result.stderr
+    assert "client_credentials, password, refresh_token" in result.stderr
+    assert json.loads(deployment.cli("sp", "list", "--json").stdout) == []
+
+
+def test_sp_output_says_what_happens_to_the_tokens(deployment, tmp_path) -> None:  # noqa: ANN001
+    """A self-signed client's tokens carry cnf, so sp add, show and list say bind_tokens true;
+    a secret client without --bind-tokens says false; a public client's are bound when it
+    presents a certificate (RFC 8705 §3, §4)."""
+    import pki
+
+    cert, _ = pki.self_signed().write(tmp_path, "b")
+    added = deployment.add_client("m", "--grant-type", "client_credentials",
+                                  "--auth-method", "self_signed_tls_client_auth", "--cert", str(cert))
+    assert added["bind_tokens"] is True and added["token_binding"].startswith("always")
+    shown = json.loads(deployment.cli("sp", "show", str(added["client_id"])).stdout)
+    assert shown["bind_tokens"] is True
+    secret = deployment.add_client("s", "--grant-type", "client_credentials", "--auth-method", "client_secret_post")
+    public = deployment.add_client("p", "--grant-type", "password", "--auth-method", "none")
+    listed = {c["client_id"]: c for c in json.loads(deployment.cli("sp", "list", "--json").stdout)}
+    assert listed[added["client_id"]]["bind_tokens"] is True
+    assert listed[secret["client_id"]]["bind_tokens"] is False
+    assert listed[public["client_id"]]["bind_tokens"] is True
+    assert "when the client presents one" in listed[public["client_id"]]["token_binding"]
+
+
+def test_version() -> None:
+    """tokensmith --version prints the installed version and exits 0."""
+    from importlib.metadata import version
+
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout == f"tokensmith {version('tokensmith')}\n"
+
+
+def test_sp_show(deployment) -> None:  # noqa: ANN001
+    """sp show prints one client as JSON without its secret; an unknown id is one line, exit 1."""
+    added = deployment.add_client("demo", "--grant-type", "client_credentials",
+                                  "--auth-method", "client_secret_basic", "--scope", "read")
+    shown = json.loads(deployment.cli("sp", "show", str(added["client_id"])).stdout)
+    assert shown["client_id"] == added["client_id"] and shown["name"] == "demo" and shown["scopes"] == ["read"]
+    assert "client_secret" not in shown and "secret_hash" not in shown
+    missing = deployment.cli("sp", "show", "nobody", check=False)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+
+
+def test_reset_secret_replaces_it_at_once(deployment, serve) -> None:  # noqa: ANN001
+    """sp reset-secret prints a new secret once; on the running server the old one is refused
+    at once and the new one works."""
+    added = deployment.add_client("demo", "--grant-type", "client_credentials",
+                                  "--auth-method", "client_secret_basic")
+    server = serve(deployment)
+    old = (str(added["client_id"]), str(added["client_secret"]))
+
+    def token(auth: tuple[str, str]) -> int:
+        with server.client() as http:
+            return http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).status_code
+
+    assert token(old) == 200  # and now it sits in the server's cache of verified secrets
+    reset = json.loads(deployment.cli("sp", "reset-secret", old[0]).stdout)
+    assert reset["client_id"] == old[0] and reset["client_secret"] != old[1]
+    assert token(old) == 401
+    assert token((old[0], reset["client_secret"])) == 200
+    assert "client_secret" not in json.loads(deployment.cli("sp", "show", old[0]).stdout)
+
+
+def test_reset_secret_refuses_clients_without_one(deployment, tmp_path) -> None:  # noqa: ANN001
+    """A certificate or public client has no secret to reset: one line, exit 1."""
+    public = deployment.add_client("p", "--grant-type", "password", "--auth-method", "none")
+    result = deployment.cli("sp", "reset-secret", str(public["client_id"]), check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no secret" in result.stderr
+
+
+def test_closed_pipe_is_a_quiet_exit(deployment) -> None:  # noqa: ANN001
+    """A reader that closes the pipe (sp list | head -1) gets no error message."""
+    for n in range(3):
+        deployment.add_client(f"c{n}", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+    for args in (["sp", "list"], ["sp", "list", "--json"]):
+        process = subprocess.Popen([TOKENSMITH, *args, "--conf", str(deployment.conf)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # before the command writes anything
+        stderr = process.stderr.read()
+        process.stderr.close()
+        assert process.wait(timeout=60) == 0
+        assert stderr == ""
+
+
+def test_sp_list_columns_stay_in_line(deployment) -> None:  # noqa: ANN001
+    """Every column of sp list starts at the same place on every line, whatever the values."""
+    deployment.add_client("one", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+    deployment.add_client("many", "--grant-type", "password", "--grant-type", "refresh_token",
+                          "--grant-type", "client_credentials", "--auth-method", "client_secret_post")
+    deployment.add_client("pub", "--grant-type", "password", "--auth-method", "none")
+    lines = deployment.cli("sp", "list").stdout.splitlines()
+    assert lines[0].split() == ["CLIENT_ID", "AUTH_METHOD", "GRANT_TYPES", "NAME"]
+    starts = {tuple(i for i in range(1, len(line)) if line[i - 1] == " " and line[i] != " "
+                    and line[i - 2:i] == "  ") for line in lines}
+    assert len(starts) == 1 and len(next(iter(starts))) == 3, lines

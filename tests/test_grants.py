@@ -1,7 +1,7 @@
 """Password and refresh-token grants, introspection and revocation, over real TLS.
 
-CHECKLIST sections E (RFC 6749 §6, RFC 8705 §3-4, RFC 9700 §4.14), F (RFC 7662, RFC 7009)
-and G (storage and logs).
+RFC 6749 §6, RFC 8705 §3-4, RFC 9700 §4.14, RFC 7662, RFC 7009, and what the store and the
+log keep.
 """
 
 from __future__ import annotations

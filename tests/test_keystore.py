@@ -203,7 +203,7 @@ def test_unusable_keystore_is_one_line_naming_the_file(deployment, element, expe
     ('<Keystore type="PKCS12" password="x"/>', '<Keystore type="PKCS12"> needs file='),
     ('<Keystore file="a.p12" password="x"/>', 'add type="PKCS12"'),
     ('<Keystore certificateFile="a.crt"/>', "<Keystore> needs keyFile="),
-    ('<Keystore type="JKS" file="a.jks"/>', "attribute 'type': [facet 'enumeration'] The value 'JKS'"),
+    ('<Keystore type="JKS" file="a.jks"/>', "attribute 'type': The value 'JKS' is not an element of the set {'PEM', 'PKCS12'}"),
 ], ids=["p12-with-certificateFile", "p12-with-keyFile", "p12-without-file", "file-without-type",
         "pem-without-key", "unknown-type"])
 def test_wrong_keystore_attributes_are_refused_with_the_line(deployment, element, expected) -> None:  # noqa: ANN001

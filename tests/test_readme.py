@@ -1,36 +1,78 @@
-"""README's walkthroughs, run exactly as written against a real server."""
+"""README.md as a new user meets it: every block run as written, in order, from a fresh clone.
+
+The README stands on its own (it names no file outside the repository), its walkthroughs
+leave nothing git would pick up, curl's output ends in a newline and shows no progress
+meter, and its configuration examples are the shipped files.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
-from conftest import ROOT
+from conftest import ROOT, Deployment, start_server
 
 README = (ROOT / "README.md").read_text()
+MARK = "@@ readme block"
 
 
-def walkthrough(name: str) -> str:
-    """The sh block that follows ``<!-- walkthrough: NAME -->`` in README.md."""
-    match = re.search(rf"<!-- walkthrough: {name} -->\n```sh\n(.*?)```", README, re.S)
-    assert match, f"README.md has no walkthrough {name!r}"
-    return match.group(1)
+def sh_blocks() -> list[tuple[str | None, str]]:
+    """Every sh block of README.md in order, with the walkthrough name in the comment
+    ``<!-- walkthrough: NAME -->`` just before it, if any."""
+    return [(name or None, body) for name, body in
+            re.findall(r"(?:<!-- walkthrough: ([\w-]+) -->\n)?```sh\n(.*?)```", README, re.S)]
 
 
-def run_walkthrough(name: str, server, cwd: Path) -> str:  # noqa: ANN001
-    """Run the walkthrough with bash in *cwd*, pointed at *server*'s port, and return stdout."""
-    port = server.url.rsplit(":", 1)[1]
-    script = walkthrough(name).replace(":9443", f":{port}")
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=readme", "-c", "user.email=readme@example.com", *args],
+                          cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(tmp_path_factory: pytest.TempPathFactory, keystore: Path, wheel_cache: Path) -> Deployment:
+    """The repository as a fresh clone holds it (the tracked files, as they are in this work
+    tree, committed to a new repository), set up as ``make run`` sets it up: plugin wheels
+    in dropins/ and a development keystore. The shipped server.xml listens on port 9443; here
+    it listens on a port the kernel picks."""
+    clone = tmp_path_factory.mktemp("clone") / "tokensmith"
+    clone.mkdir()
+    for name in git(ROOT, "ls-files", "-z").split("\0"):
+        source = ROOT / name
+        if name and source.is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, clone / name)
+    git(clone, "init", "-q")
+    git(clone, "add", "-A")
+    git(clone, "commit", "-q", "-m", "clone")
+    for wheel in wheel_cache.glob("*.whl"):
+        shutil.copy(wheel, clone / "dropins")
+    subprocess.run([str(Path(sys.executable).with_name("tokensmith")), "keystore", "init"], cwd=clone,
+                   check=True, capture_output=True)
+    server_xml = clone / "conf" / "server.xml"
+    server_xml.write_text(server_xml.read_text().replace('port="9443"', 'port="0"'))
+    return Deployment(clone, keystore)
+
+
+def run_readme(clone: Deployment, port: int) -> tuple[dict[str, str], subprocess.CompletedProcess[str]]:
+    """Run every sh block after the first (make run, which the fixture stands in for) in one
+    bash, as one terminal would, in the clone; return each walkthrough's output by name."""
+    blocks = sh_blocks()[1:]
+    script = "".join(f"echo '{MARK} {name}'\n{body}" for name, body in blocks).replace(":9443", f":{port}")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=clone.root, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # A marker that does not start a line follows output with no final newline.
+    assert result.stdout.count(f"\n{MARK} ") == len(blocks) - 1 and result.stdout.startswith(MARK), result.stdout
+    parts = re.split(rf"^{MARK} (\S+)\n", result.stdout, flags=re.M)[1:]
+    return dict(zip(parts[::2], parts[1::2])), result
 
 
 def test_readme_starts_with_the_two_commands() -> None:
@@ -46,47 +88,86 @@ def test_ci_runs_make_test() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_first_token_walkthrough(deployment, serve) -> None:  # noqa: ANN001
-    """The 'Your first token' commands give a Bearer token."""
-    server = serve(deployment)
-    out = run_walkthrough("first-token", server, deployment.root)
-    assert '"token_type":"Bearer"' in out and '"access_token":' in out
+def test_every_block_is_a_named_walkthrough() -> None:
+    """Every sh block after the first is a walkthrough the test below runs, each name once."""
+    names = [name for name, _ in sh_blocks()[1:]]
+    assert None not in names and len(set(names)) == len(names)
+    assert names == ["first-token", "client-secret-post", "mutual-tls", "wso2-password", "endpoints"]
 
 
-def test_mutual_tls_walkthrough(deployment, serve) -> None:  # noqa: ANN001
-    """'Mutual TLS in five minutes' gives a token to the registered certificate and 401 to another."""
-    server = serve(deployment)
-    out = run_walkthrough("mutual-tls", server, deployment.root)
-    assert '"token_type":"Bearer"' in out
-    assert out.strip().splitlines()[-1] == "401"
+def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) -> None:
+    """Every block, run as written and in order from a fresh clone, gives what the text says;
+    curl shows no progress meter; and the repository has no new file git would add."""
+    server = start_server(fresh_clone)
+    try:
+        port = int(server.url.rsplit(":", 1)[1])
+        out, result = run_readme(fresh_clone, port)
+    finally:
+        server.stop()
+    assert '"token_type":"Bearer"' in out["first-token"] and '"access_token":' in out["first-token"]
+    assert '"token_type":"Bearer"' in out["client-secret-post"]
+    assert '"token_type":"Bearer"' in out["mutual-tls"]
+    assert out["mutual-tls"].strip().splitlines()[-1] == "401"
+    assert re.search(r"^HTTP/\S+ 200", out["wso2-password"], re.M) and '"access_token":' in out["wso2-password"]
 
-
-def test_seed_password_request_walkthrough(deployment, serve) -> None:  # noqa: ANN001
-    """The seed's own password-grant curl, after the mutual-TLS steps, returns 200 and a token."""
-    server = serve(deployment)
-    run_walkthrough("mutual-tls", server, deployment.root)
-    out = run_walkthrough("seed-password", server, deployment.root)
-    assert re.search(r"^HTTP/\S+ 200", out, re.M) and '"access_token":' in out
-
-
-def test_endpoints_walkthrough(deployment, serve) -> None:  # noqa: ANN001
-    """Every endpoint example in README works as written and gives what the text says."""
-    server = serve(deployment)
-    out = run_walkthrough("endpoints", server, deployment.root)
-    lines = out.strip().splitlines()
+    lines = out["endpoints"].strip().splitlines()
     assert lines[0] == '{"username": "alice"}'
     active, revoked_status, inactive, metadata, jwks = lines[1:]
     assert '"active":true' in active and '"username":"alice"' in active and '"scope":"read"' in active
     assert revoked_status == "200"
     assert inactive == '{"active":false}'
-    assert '"issuer":"https://127.0.0.1:' in metadata and '"mtls_endpoint_aliases"' not in metadata
+    assert f'"issuer":"https://127.0.0.1:{port}"' in metadata and '"mtls_endpoint_aliases"' not in metadata
     assert jwks == '{"keys":[]}'
+
+    assert "% Total" not in result.stderr, result.stderr
+    # (The server's log is this test's own: start_server writes it into the deployment's root.)
+    untracked = [line for line in git(fresh_clone.root, "status", "--porcelain", "--untracked-files=all").splitlines()
+                 if line.startswith("??") and not re.fullmatch(r"\?\? server-\d+\.log", line)]
+    assert untracked == []
+    assert {p.name for p in (fresh_clone.root / "scratch").iterdir()} >= {"client.key", "demo.json", "tokens.json"}
+
+
+def test_curl_lines_end_their_output_and_stay_quiet() -> None:
+    """Every curl in the README is silent about progress (-s) but not errors (-S), and one that
+    prints to the terminal ends its output with a newline (-w '...\\n')."""
+    curls = [line for _, body in sh_blocks() for line in body.splitlines() if line.startswith("curl ")]
+    assert len(curls) >= 10
+    for line in curls:
+        assert " -sS " in line, line
+        if " > " not in line:
+            assert re.search(r"""-w "[^"]*\\n" """, line), line
+
+
+def test_readme_names_nothing_outside_the_repository() -> None:
+    """No tracked file points at files that are not in the repository."""
+    forbidden = re.compile(r"\.\./shared|\bshared/|CHECKLIST|DESIGN\.md")
+    this = Path(__file__).resolve()
+    offenders = []
+    for name in git(ROOT, "ls-files").splitlines():
+        path = ROOT / name
+        if path.resolve() == this or not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        offenders += [f"{name}: {match.group(0)}" for match in forbidden.finditer(text)]
+    assert offenders == []
+
+
+def _canonical(element: etree._Element) -> list[tuple[str, dict[str, str]]]:
+    return [(child.tag, dict(child.attrib)) for child in element if isinstance(child.tag, str)]
+
+
+def test_server_xml_example_is_the_shipped_file() -> None:
+    """The README's server.xml is the shipped conf/server.xml: same elements and attributes."""
+    block = next(b for b in re.findall(r"```xml\n(.*?)```", README, re.S) if b.lstrip().startswith("<Server"))
+    shipped = etree.parse(str(ROOT / "conf" / "server.xml")).getroot()
+    assert _canonical(etree.fromstring(block.encode())) == _canonical(shipped)
 
 
 def test_configuration_examples_are_valid() -> None:
     """The server.xml and identity.xml examples in README.md validate against the shipped schemas."""
-    from lxml import etree
-
     from tokensmith.xmlconf import _schema
 
     blocks = re.findall(r"```xml\n(.*?)```", README, re.S)

@@ -1,6 +1,6 @@
 """The token endpoint over real TLS: client_credentials with the bundled authenticators.
 
-CHECKLIST sections A and B, as far as the walking skeleton serves them.
+RFC 6749 §2.3 (client authentication) and §3.2 (the endpoint's requests and errors).
 """
 
 from __future__ import annotations

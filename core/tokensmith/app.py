@@ -12,13 +12,14 @@ import asyncio
 import json
 import logging
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
 from .asgi import NO_STORE, OAuthEndpoints
-from .config import Config, IdentitySettings, load_identity
+from .config import Config, IdentitySettings, PublicUrls, load_identity, public_urls
 from .dropins import DropinLoader
 from .errors import OAuth2Error, ServerError, TemporarilyUnavailableError
 from .kdf import VerifiedSecrets
@@ -30,7 +31,7 @@ from .tokens import JWTSettings, TokenIssuer
 from .truststore import Truststore
 from .xmlconf import ConfigError
 
-__all__ = ["create_app", "reload_app", "inspect_listeners", "issuer_url", "Runtime", "runtime", "json_response", "NO_STORE"]
+__all__ = ["create_app", "reload_app", "inspect_listeners", "issuer_url", "public_urls_of", "bound_ports", "Runtime", "runtime", "json_response", "NO_STORE"]
 
 log = logging.getLogger("tokensmith")
 
@@ -69,16 +70,20 @@ def json_response(body: dict[str, object], status: int = 200, headers: dict[str,
     )
 
 
+def bound_ports(urls: list[str] | None) -> list[int] | None:
+    """The ports in *urls*, the https URLs of the listening sockets, or None."""
+    return [urllib.parse.urlsplit(url).port or 443 for url in urls] if urls else None
+
+
+def public_urls_of(app: Quart) -> PublicUrls:
+    """The app's public URLs (RFC 8414 §2) under its current identity.xml."""
+    rt = runtime(app)
+    return public_urls(rt.config.server, rt.identity, bound_ports(app.extensions.get(_URLS)))
+
+
 def issuer_url(app: Quart) -> str:
     """The issuer (RFC 8414 §2): identity.xml's <Issuer>, else the first connector's URL."""
-    rt = runtime(app)
-    if rt.identity.issuer:
-        return rt.identity.issuer.rstrip("/")
-    bound = app.extensions.get(_URLS)
-    if bound:
-        return bound[0]
-    first = rt.config.server.connectors[0]
-    return f"https://{first.address}:{first.port}"
+    return public_urls_of(app).issuer
 
 
 def _build_runtime(app: Quart, config: Config, identity: IdentitySettings, loader: DropinLoader,
@@ -146,12 +151,15 @@ def create_app(config: Config) -> Quart:
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        status = error.code or 400
-        headers = {}
+        # Only the OAuth POST endpoints answer with RFC 6749 §5.2 error JSON (asgi.py serves
+        # them, never this handler). Anything else is plain HTTP: a 404 is a 404, and a 405
+        # says in Allow which methods the resource has (RFC 9110 §15.5.6).
+        status = error.code or 500
+        headers = {"Cache-Control": "no-store"}
         if status == 405:
-            headers["Allow"] = ", ".join(sorted(set(getattr(error, "valid_methods", None) or ["POST"])))
-        code = "invalid_request" if status < 500 else "server_error"
-        return json_response({"error": code, "error_description": error.name}, status, headers)
+            headers["Allow"] = ", ".join(sorted(set(getattr(error, "valid_methods", None) or ["GET"])))
+        return Response(f"{status} {error.name}\n", status=status, headers=headers,
+                        content_type="text/plain; charset=utf-8")
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:

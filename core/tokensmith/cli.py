@@ -17,7 +17,7 @@ from typing import Sequence
 
 from . import cli_clients, cli_security, cli_signing, cli_users
 from .cli_base import CLIError, Parser, common_options
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, public_urls
 from .registration import RegistrationError
 from .rfc8705 import CertificateError
 from .signing import SigningKeyError
@@ -36,6 +36,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
     common = common_options()
     parser = Parser(prog="tokensmith", description="An OAuth 2.0 token server with pluggable"
                      " client authentication and mutual TLS (RFC 8705).")
+    parser.add_argument("--version", action="version", version=f"tokensmith {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
 
@@ -79,6 +80,16 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
     return parser, handlers
 
 
+def _version() -> str:
+    """The installed distribution's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokensmith")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def _listener_lines(listeners, *, detail: bool = False) -> list[str]:  # noqa: ANN001
     lines = []
     for r in (item.describe() for item in listeners):
@@ -91,7 +102,7 @@ def _listener_lines(listeners, *, detail: bool = False) -> list[str]:  # noqa: A
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import create_app, inspect_listeners, reload_app, runtime
+    from .app import bound_ports, create_app, inspect_listeners, reload_app, runtime
     from .keystore import load_keystore
     from .server import bind, serve
 
@@ -102,8 +113,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     load_keystore(config.server.keystore)
 
     def ready(urls: list[str]) -> None:
-        for url in urls:
-            print(f"tokensmith serving {url}/oauth2/token", flush=True)
+        # The URLs clients can use: a wildcard address is named, and the issuer and the mTLS
+        # aliases are said with the reason they were chosen (RFC 8414 §2, RFC 8705 §5).
+        public = public_urls(config.server, config.identity, bound_ports(urls))
+        for url, named in zip(urls, public.connectors):
+            listening = f" (listening on {url.removeprefix('https://')})" if named != url else ""
+            print(f"tokensmith serving {named}/oauth2/token{listening}", flush=True)
+        for reason in public.reasons:
+            print(f"tokensmith: {reason}", flush=True)
 
     if args.workers > 1:
         from .supervisor import check_reload, supervise
@@ -160,7 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     action = getattr(args, f"{args.command}_command", None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return handlers[args.command, action](args)
+        status = handlers[args.command, action](args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`tokensmith sp list | head -1`): normal for a command-line
+        # tool. Nothing more can be written; point stdout at /dev/null so that the
+        # interpreter's last flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
     except USER_ERRORS as exc:
         # One line whatever the message holds (OpenSSL and OS errors can span lines).
         print(f"tokensmith: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)

@@ -12,16 +12,22 @@ import json
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import kdf
 from .cli_base import CLIError, Parser, open_storage, warn
 from .config import load_config
+from .grants import GRANT_TYPES, check_registration
 from .registration import (
     certificates_from_file, change_certificates, parse_fingerprint, tls_subject, validity_warnings)
 from .storage import Client, RegisteredCertificate
 
-__all__ = ["add_commands", "SECRET_METHODS", "KNOWN_METHODS"]
+if TYPE_CHECKING:
+    from .sqlite_store import SQLiteStorage
+
+__all__ = ["add_commands", "client_view", "SECRET_METHODS", "KNOWN_METHODS"]
 
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 SELF_SIGNED = "self_signed_tls_client_auth"
@@ -67,8 +73,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                              description=ADD_DESCRIPTION)
     add.add_argument("name", help="a name for people to recognise the client by")
     add.add_argument("--grant-type", action="append", dest="grant_types", required=True,
-                     metavar="GRANT", help="a grant type the client may use (repeatable),"
-                     " e.g. client_credentials")
+                     metavar="GRANT", help="a grant type the client may use (repeatable): "
+                     + ", ".join(GRANT_TYPES) + "; a public client (--auth-method none) may not"
+                     " use client_credentials")
     add.add_argument("--auth-method", required=True, metavar="METHOD",
                      help="token_endpoint_auth_method (RFC 7591): " + ", ".join(KNOWN_METHODS))
     add.add_argument("--scope", action="append", dest="scopes", default=[], metavar="SCOPE",
@@ -113,11 +120,43 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                         metavar="SHA256", help="unregister the certificate with this SHA-256"
                         " fingerprint (repeatable)")
 
+    show = actions.add_parser("show", parents=[common], help="show one service provider",
+                              description="Print one service provider as JSON, as sp list --json"
+                              " does (never its secret).")
+    show.add_argument("client_id")
+
+    reset = actions.add_parser("reset-secret", parents=[common],
+                               help="give a client a new secret",
+                               description="Replace the client secret of a client_secret_basic or"
+                               " client_secret_post client and print the client with its new"
+                               " secret as JSON, once. The old secret stops working at once, also"
+                               " on a running server.")
+    reset.add_argument("client_id")
+
     remove = actions.add_parser("remove", parents=[common], help="remove a service provider",
                                 description="Remove a service provider by client_id.")
     remove.add_argument("client_id")
     return {("sp", "add"): cmd_sp_add, ("sp", "list"): cmd_sp_list,
-            ("sp", "update"): cmd_sp_update, ("sp", "remove"): cmd_sp_remove}
+            ("sp", "update"): cmd_sp_update, ("sp", "remove"): cmd_sp_remove,
+            ("sp", "show"): cmd_sp_show, ("sp", "reset-secret"): cmd_sp_reset_secret}
+
+
+def client_view(client: Client) -> dict[str, object]:
+    """What the sp commands print of *client*: its public view, with ``bind_tokens`` saying
+    what happens to its tokens (RFC 8705 §3, §4) rather than only the registered flag."""
+    view = client.public_view()
+    method = client.token_endpoint_auth_method
+    if method in (PKI, SELF_SIGNED):
+        view["bind_tokens"] = True
+        view["token_binding"] = "always: bound to the certificate the client authenticates with"
+    elif method in SECRET_METHODS and not client.bind_tokens:
+        view["bind_tokens"] = False
+        view["token_binding"] = "never: bearer tokens"
+    else:
+        view["bind_tokens"] = True
+        view["token_binding"] = ("bound to the TLS client certificate when the client presents"
+                                 " one; bearer tokens when it does not")
+    return view
 
 
 def _certificates(files: list[Path]) -> list[RegisteredCertificate]:
@@ -181,6 +220,7 @@ def new_client_id() -> str:
 
 def cmd_sp_add(args: argparse.Namespace) -> int:
     subject = _check_method_options(args)
+    check_registration(args.auth_method, args.grant_types)
     config = load_config(args.conf)
     certificates = _certificates(args.certs)
     method = args.auth_method
@@ -204,7 +244,7 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
         store.add_client(client)
     for line in validity_warnings(certificates):
         warn(line)
-    shown = client.public_view()
+    shown = client_view(client)
     if secret is not None:
         shown["client_secret"] = secret
     print(json.dumps(shown, indent=2))
@@ -229,7 +269,7 @@ def cmd_sp_update(args: argparse.Namespace) -> int:
             raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
     for line in validity_warnings(added):
         warn(line)
-    print(json.dumps(updated.public_view(), indent=2))
+    print(json.dumps(client_view(updated), indent=2))
     return 0
 
 
@@ -237,10 +277,47 @@ def cmd_sp_list(args: argparse.Namespace) -> int:
     with open_storage(load_config(args.conf)) as store:
         clients = store.list_clients()
     if args.json:
-        print(json.dumps([c.public_view() for c in clients], indent=2))
-    else:
-        for c in clients:
-            print(f"{c.client_id}  {c.token_endpoint_auth_method:<28} {','.join(c.grant_types):<24} {c.name}")
+        print(json.dumps([client_view(c) for c in clients], indent=2))
+        return 0
+    rows = [("CLIENT_ID", "AUTH_METHOD", "GRANT_TYPES", "NAME")]
+    rows += [(c.client_id, c.token_endpoint_auth_method, ",".join(c.grant_types), c.name) for c in clients]
+    # Columns as wide as their widest cell, so that they stay in line whatever the values.
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    return 0
+
+
+def _client(store: SQLiteStorage, client_id: str) -> Client:
+    client = store.get_client(client_id)
+    if client is None:
+        raise CLIError(f"no service provider with client_id {client_id!r} (sp list shows them)")
+    return client
+
+
+def cmd_sp_show(args: argparse.Namespace) -> int:
+    with open_storage(load_config(args.conf)) as store:
+        client = _client(store, args.client_id)
+    print(json.dumps(client_view(client), indent=2))
+    return 0
+
+
+def cmd_sp_reset_secret(args: argparse.Namespace) -> int:
+    config = load_config(args.conf)
+    secret = secrets.token_urlsafe(32)
+    with open_storage(config) as store:
+        client = _client(store, args.client_id)
+        if client.token_endpoint_auth_method not in SECRET_METHODS:
+            raise CLIError(f"client {client.client_id} uses {client.token_endpoint_auth_method},"
+                           f" which has no secret; secrets are for {' and '.join(SECRET_METHODS)}")
+        # A new hash: the server's client cache follows the store's change counter, and its
+        # cache of verified secrets is keyed by the stored hash, so the old secret stops at once.
+        updated = replace(client, secret_hash=kdf.hash_secret(secret))
+        if not store.update_client(updated):
+            raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
+    shown = client_view(updated)
+    shown["client_secret"] = secret
+    print(json.dumps(shown, indent=2))
     return 0
 
 

@@ -8,7 +8,10 @@ names them.
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +29,8 @@ __all__ = [
     "load_config",
     "load_identity",
     "ConfigError",
+    "PublicUrls",
+    "public_urls",
 ]
 
 CLIENT_AUTH_MODES = ("want", "need", "false")
@@ -96,6 +101,8 @@ class IdentitySettings:
     realm: str = "tokensmith"
     #: The issuer URL (RFC 8414 §2); None: the first connector's URL.
     issuer: str | None = None
+    #: The base URL of mtls_endpoint_aliases (RFC 8705 §5); None: the first need connector.
+    mtls_base_url: str | None = None
     access_token_lifetime: int = 3600
     refresh_token_lifetime: int = 14 * 24 * 3600
     #: "opaque" (the default) or "jwt" (RFC 9068) for clients that do not choose.
@@ -247,6 +254,7 @@ def load_identity(path: Path) -> IdentitySettings:
         for tag, key, cast in (
             ("Realm", "realm", str),
             ("Issuer", "issuer", str),
+            ("MtlsBaseUrl", "mtls_base_url", str),
             ("AccessTokenLifetime", "access_token_lifetime", int),
             ("RefreshTokenLifetime", "refresh_token_lifetime", int),
             ("AccessTokenFormat", "access_token_format", str),
@@ -292,3 +300,87 @@ def _allowed_wheels(path: Path, dropins: etree._Element) -> frozenset[str]:
                 raise ConfigError(f"{pin_file}:{number}: expected a SHA-256 in hex, as sha256sum prints")
             allowed.add(digest)
     return frozenset(allowed)
+
+
+#: Connector addresses that listen on every interface: no client can use them as a host.
+WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::", ""})
+
+
+@functools.cache
+def this_host() -> str:
+    """This machine's name, for URLs of connectors bound to every address (looked up once)."""
+    name = socket.getfqdn()
+    return name if name and name not in WILDCARD_ADDRESSES else "localhost"
+
+
+def _https(host: str, port: int) -> str:
+    return f"https://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+@dataclass(frozen=True)
+class PublicUrls:
+    """The URLs the server tells clients (RFC 8414 §2, RFC 8705 §5), and why they were chosen.
+
+    ``issuer`` is the public base URL: every endpoint URL in the metadata is under it.
+    ``mtls`` is the base of ``mtls_endpoint_aliases``, or None when there are none.
+    ``connectors`` is each connector's own URL, with a name for a wildcard address.
+    ``reasons`` says in words what was chosen and why, for the startup output.
+    """
+
+    issuer: str
+    mtls: str | None
+    connectors: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+
+def public_urls(server: ServerSettings, identity: IdentitySettings,
+                ports: Sequence[int] | None = None) -> PublicUrls:
+    """The public URLs of *server* under *identity*'s settings.
+
+    *ports* are the ports the connectors actually listen on (a connector may say port 0).
+    ``<Issuer>`` wins; otherwise the first connector's URL is the issuer. A connector bound to
+    a wildcard address (0.0.0.0, ::) is named by this machine's fully qualified name, since a
+    client can do nothing with the wildcard. ``mtls_endpoint_aliases`` come from
+    ``<MtlsBaseUrl>``, else from the first ``need`` connector when the issuer's is not one.
+    Behind a proxy (``<Issuer>`` set) a local connector's URL is not what clients reach, so
+    then only ``<MtlsBaseUrl>`` gives aliases.
+    """
+    connectors = server.connectors
+    ports = list(ports) if ports else [c.port for c in connectors]
+    own = tuple(_https(this_host() if c.address in WILDCARD_ADDRESSES else c.address, port)
+                for c, port in zip(connectors, ports))
+    file = identity.path.name if identity.path else "identity.xml"
+
+    def wildcard_note(index: int) -> str:
+        address = connectors[index].address or "every address"
+        return (f" (connector {address}:{ports[index]} listens on every address, so the URL names"
+                f" this machine, {this_host()}; set <Issuer> in {file} to the URL clients use)")
+
+    reasons = []
+    if identity.issuer:
+        issuer = identity.issuer.rstrip("/")
+        reasons.append(f"issuer {issuer}: <Issuer> in {file}")
+    else:
+        issuer = own[0]
+        reasons.append(f"issuer {issuer}: the first connector's URL"
+                       + (wildcard_note(0) if connectors[0].address in WILDCARD_ADDRESSES else
+                          f"; <Issuer> in {file} sets the public URL"))
+    mtls = None
+    need = next((i for i, c in enumerate(connectors) if c.client_auth == "need"), None)
+    if identity.mtls_base_url:
+        mtls = identity.mtls_base_url.rstrip("/")
+        reasons.append(f"mtls_endpoint_aliases under {mtls}: <MtlsBaseUrl> in {file}")
+    elif need is not None and need > 0:
+        if identity.issuer:
+            reasons.append(f"no mtls_endpoint_aliases: with <Issuer> set, the need connector's own"
+                           f" URL {own[need]} may not be what clients reach; set <MtlsBaseUrl> in"
+                           f" {file}")
+        else:
+            mtls = own[need]
+            reasons.append(f"mtls_endpoint_aliases under {mtls}: the first connector with"
+                           ' clientAuth="need"'
+                           + (wildcard_note(need) if connectors[need].address in WILDCARD_ADDRESSES
+                              else ""))
+    if mtls == issuer:
+        mtls = None
+    return PublicUrls(issuer, mtls, own, tuple(reasons))

@@ -10,19 +10,27 @@ from dataclasses import replace
 
 from quart import Blueprint, Response, current_app
 
-from .app import Runtime, issuer_url, runtime
+from .app import Runtime, public_urls_of, runtime
 from .asgi import DER_KEY, Answer, HttpRequest
 from .clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_client, challenge, claimed_client_id
 from .errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
 from .events import ClientAuthEvent, TokenRevokeEvent
 from .forms import check_content_type, parse_form
-from .grants import GRANT_TYPES, Grant, check_grant_type, grant
+from .grants import GRANT_TYPES, PUBLIC, Grant, check_grant_type, grant
 from .kdf import token_hash
 from .tokens import token_claims
 
-__all__ = ["oauth", "client_cert_chain", "POST_ENDPOINTS"]
+__all__ = ["oauth", "client_cert_chain", "POST_ENDPOINTS", "PUBLIC_CLIENTS_ALLOWED", "ENDPOINT_PATHS"]
 
 oauth = Blueprint("oauth", __name__)
+
+#: Whether each endpoint serves a public client (RFC 6749 §2.1: token_endpoint_auth_method
+#: "none", no credentials). The token endpoint does, for the grants that allow it
+#: (``grants.PUBLIC_CLIENT_GRANTS``); introspection "MUST also require some form of
+#: authorization" (RFC 7662 §2.1), which a public client cannot give; revocation takes a
+#: public client's own tokens (RFC 7009 §2.1 validates credentials only "in case of a
+#: confidential client").
+PUBLIC_CLIENTS_ALLOWED = {"token": True, "introspect": False, "revoke": True}
 
 
 def client_cert_chain(scope: Mapping) -> tuple[bytes, ...]:
@@ -54,6 +62,9 @@ async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str
     )
     try:
         auth = await authenticate_client(rt.listeners, auth_request)
+        if auth.method == PUBLIC and not PUBLIC_CLIENTS_ALLOWED[endpoint]:
+            raise InvalidClientError(f"{endpoint} requires client authentication; a public client"
+                                     " has none")
     except OAuth2Error as error:
         if not isinstance(error, ServerError):
             await rt.listeners.notify("client_auth_failure", event=ClientAuthEvent(
@@ -92,17 +103,18 @@ async def introspect(rt: Runtime, request: HttpRequest) -> Answer:
     """
     form = read_form(request)
     value = form.get("token")
-    caller = await authenticate(rt, request, form, "introspect")
-    if caller.method == "none":
-        # §2.1: the endpoint "MUST also require some form of authorization"; a public client
-        # has none to offer.
-        raise InvalidClientError("introspection requires client authentication")
+    await authenticate(rt, request, form, "introspect")
     if value is None:
         raise InvalidRequestError("token is missing")
     record = rt.storage.get_token(token_hash(value))
     if record is None or record.revoked or record.expires_at <= int(time.time()):
         return Answer(200, {"active": False})
-    return Answer(200, {"active": True, **token_claims(record)})
+    claims = token_claims(record)
+    if not claims.get("scope"):
+        # §2.2: "scope" is OPTIONAL; a token granted no scope has no value to report, and ""
+        # is not one (RFC 6749 §3.3 needs at least one scope token). Plugins still see it.
+        claims.pop("scope", None)
+    return Answer(200, {"active": True, **claims})
 
 
 async def revoke(rt: Runtime, request: HttpRequest) -> Answer:
@@ -140,41 +152,46 @@ POST_ENDPOINTS = {
 }
 
 
+#: The metadata names of the endpoints (RFC 8414 §2) and their paths under the issuer.
+ENDPOINT_PATHS = {
+    "token_endpoint": "/oauth2/token",
+    "introspection_endpoint": "/oauth2/introspect",
+    "revocation_endpoint": "/oauth2/revoke",
+}
+
+
+def auth_methods_supported(rt: Runtime, endpoint: str) -> list[str]:
+    """The client authentication methods *endpoint* accepts: those of the enabled
+    authenticators, and ``none`` where ``PUBLIC_CLIENTS_ALLOWED`` lets public clients in. The
+    metadata lists exactly this, so that it says what the endpoint enforces."""
+    methods = list(rt.listeners.auth_methods_supported())
+    return [*methods, PUBLIC] if PUBLIC_CLIENTS_ALLOWED[endpoint] else methods
+
+
 @oauth.get("/.well-known/oauth-authorization-server")
 async def metadata() -> Response:
     """Authorization server metadata (RFC 8414 §2, RFC 8705 §3.3 and §5).
 
-    The issuer is the URL of the first connector. ``mtls_endpoint_aliases`` names the
-    endpoints on the first connector that requires client certificates (``need``), when the
-    first connector does not.
+    The issuer is the public base URL and every endpoint URL is under it (``config.public_urls``
+    says how it is chosen). ``mtls_endpoint_aliases`` names the same endpoints under the mTLS
+    base URL, when there is one.
     """
     rt = runtime(current_app)
-    bound: list[str] = current_app.extensions.get("tokensmith.urls") or []
-    connectors = rt.config.server.connectors
-    issuer = issuer_url(current_app)
-    base = bound[0] if bound else issuer
-    methods = [*rt.listeners.auth_methods_supported(), "none"]
-    body: dict[str, object] = {
-        "issuer": issuer,
-        "token_endpoint": f"{base}/oauth2/token",
-        "introspection_endpoint": f"{base}/oauth2/introspect",
-        "revocation_endpoint": f"{base}/oauth2/revoke",
-        "jwks_uri": f"{base}/oauth2/jwks",
+    urls = public_urls_of(current_app)
+    body: dict[str, object] = {"issuer": urls.issuer}
+    body.update({name: f"{urls.issuer}{path}" for name, path in ENDPOINT_PATHS.items()})
+    body.update({
+        "jwks_uri": f"{urls.issuer}/oauth2/jwks",
         "grant_types_supported": list(GRANT_TYPES),
         "response_types_supported": [],
         "scopes_supported": rt.storage.scopes_in_use(),
-        "token_endpoint_auth_methods_supported": methods,
-        "introspection_endpoint_auth_methods_supported": methods,
-        "revocation_endpoint_auth_methods_supported": methods,
+        "token_endpoint_auth_methods_supported": auth_methods_supported(rt, "token"),
+        "introspection_endpoint_auth_methods_supported": auth_methods_supported(rt, "introspect"),
+        "revocation_endpoint_auth_methods_supported": auth_methods_supported(rt, "revoke"),
         "tls_client_certificate_bound_access_tokens": True,
-    }
-    need = [url for url, c in zip(bound, connectors) if c.client_auth == "need"]
-    if need and connectors[0].client_auth != "need":
-        body["mtls_endpoint_aliases"] = {
-            "token_endpoint": f"{need[0]}/oauth2/token",
-            "introspection_endpoint": f"{need[0]}/oauth2/introspect",
-            "revocation_endpoint": f"{need[0]}/oauth2/revoke",
-        }
+    })
+    if urls.mtls is not None:
+        body["mtls_endpoint_aliases"] = {name: f"{urls.mtls}{path}" for name, path in ENDPOINT_PATHS.items()}
     return Response(json.dumps(body, separators=(",", ":")), content_type="application/json")
 
 

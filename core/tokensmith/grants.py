@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import kdf
@@ -17,15 +17,25 @@ from .errors import (
     UnauthorizedClientError,
     UnsupportedGrantTypeError,
 )
+from .registration import RegistrationError
 from .rfc8705 import x5t_s256
 from .storage import Storage
 from .tokens import IssuedToken, TokenIssuer
 
-__all__ = ["GRANT_TYPES", "Grant", "check_grant_type", "grant", "resolve_scope", "binding"]
+__all__ = ["GRANT_TYPES", "PUBLIC_CLIENT_GRANTS", "Grant", "check_grant_type", "check_registration", "grant",
+           "resolve_scope", "binding"]
 
 log = logging.getLogger("tokensmith.grants")
 
 GRANT_TYPES = ("client_credentials", "password", "refresh_token")
+
+#: The token_endpoint_auth_method of a public client (RFC 6749 §2.1): it has no credentials.
+PUBLIC = "none"
+#: The grants a public client may use. The client credentials grant "MUST only be used by
+#: confidential clients" (RFC 6749 §4.4); the password grant (§4.3) and refresh (§6) allow
+#: public clients, whose refresh tokens rotate and, when the client presents a certificate,
+#: are bound to it (RFC 8705 §4, RFC 9700 §4.14.2).
+PUBLIC_CLIENT_GRANTS = ("password", "refresh_token")
 
 
 @dataclass(frozen=True)
@@ -70,11 +80,31 @@ def check_grant_type(form: Mapping[str, str]) -> str:
     return grant_type
 
 
+def check_registration(method: str, grant_types: Sequence[str]) -> None:
+    """Refuse, in one line, grant types this server does not serve and grants that the
+    client type may not use (RFC 6749 §2.1, §4.4); ``sp add`` calls it before storing."""
+    for grant_type in grant_types:
+        if grant_type not in GRANT_TYPES:
+            raise RegistrationError(f"--grant-type {grant_type!r} is not served here; use one or"
+                                    f" more of {', '.join(GRANT_TYPES)}")
+        if method == PUBLIC and grant_type not in PUBLIC_CLIENT_GRANTS:
+            raise RegistrationError(f"--grant-type {grant_type} is for confidential clients only"
+                                    " (RFC 6749 §4.4): a public client (--auth-method none) may use"
+                                    f" {' and '.join(PUBLIC_CLIENT_GRANTS)}")
+
+
 async def grant(request: Grant) -> IssuedToken:
-    """Dispatch on ``grant_type`` and issue the token."""
+    """Dispatch on ``grant_type`` and issue the token.
+
+    The client type is checked on every request, not only at registration, so that a client
+    stored before the rule existed (or written to the store by other means) is refused too.
+    """
     grant_type = check_grant_type(request.form)
     if grant_type not in request.auth.client.grant_types:
         raise UnauthorizedClientError("the client is not registered for this grant_type")
+    if request.auth.method == PUBLIC and grant_type not in PUBLIC_CLIENT_GRANTS:
+        raise UnauthorizedClientError(f"{grant_type} is for confidential clients only; a public"
+                                      " client cannot use it")
     return await _HANDLERS[grant_type](request)
 
 

@@ -4,7 +4,7 @@ RFC 8705 §2 leaves trust to the authorization server: a PKI client (``tls_clien
 checked against its registered subject, a self-signed one (``self_signed_tls_client_auth``)
 against its registered certificates. OpenSSL's verify store cannot make that per-client decision:
 self-signed certificates that share a subject DN collide in it, and loading thousands of them is
-slow (DESIGN.md, "Certificates at the TLS layer"). So the handshake only proves possession of the
+slow. So the handshake only proves possession of the
 key (CertificateVerify) and the application decides trust from :func:`peer_certificate_chain`.
 
 Accepting any certificate would let an anonymous client choose what the server's CPU verifies:

@@ -9,6 +9,7 @@ Every error names the file and the line.
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -63,8 +64,85 @@ def parse_xml(path: Path, schema: str | None = None) -> etree._Element:
         validator = _schema(schema)
         if not validator.validate(root):
             error = validator.error_log[0]
-            raise ConfigError(f"{path}:{error.line or 1}: {error.message} (see {schema})")
+            raise ConfigError(f"{path}:{error.line or 1}: {explain(schema, error.message, error.path or '')}")
     return root
+
+
+_XS = "{http://www.w3.org/2001/XMLSchema}"
+
+
+@functools.cache
+def _schema_document(name: str) -> etree._Element:
+    text = resources.files("tokensmith").joinpath(name).read_bytes()
+    return etree.fromstring(text, etree.XMLParser(resolve_entities=False, no_network=True))
+
+
+def _owner(node: etree._Element) -> etree._Element | None:
+    """The element declaration *node* (an attribute or element declaration) belongs to."""
+    parent = node.getparent()
+    while parent is not None and parent.tag != f"{_XS}element":
+        parent = parent.getparent()
+    return parent
+
+
+def _declaration(schema: str, path: str) -> etree._Element | None:
+    """The schema's declaration of the element at *path* (``/Server/Connector[2]``)."""
+    declaration: etree._Element | None = _schema_document(schema)
+    for step in path.strip("/").split("/"):
+        name = step.split("[", 1)[0]
+        assert declaration is not None
+        declaration = next((d for d in declaration.iter(f"{_XS}element")
+                            if d.get("name") == name and d is not declaration), None)
+        if declaration is None:
+            return None
+    return declaration
+
+
+def _parts(declaration: etree._Element, kind: str) -> list[etree._Element]:
+    """The attribute or child element declarations of *declaration* itself."""
+    return [d for d in declaration.iter(f"{_XS}{kind}") if d is not declaration and _owner(d) is declaration]
+
+
+def _value_words(schema: str, declaration: etree._Element) -> str | None:
+    """The documentation of a declaration's simple type: what its value may be, in words."""
+    simple = declaration.find(f"{_XS}simpleType")
+    type_name = declaration.get("type", "")
+    if simple is None and type_name and not type_name.startswith("xs:"):
+        simple = next((t for t in _schema_document(schema).iter(f"{_XS}simpleType")
+                       if t.get("name") == type_name), None)
+    text = simple.findtext(f"{_XS}annotation/{_XS}documentation") if simple is not None else None
+    return " ".join(text.split()) if text else None
+
+
+def explain(schema: str, message: str, path: str) -> str:
+    """*message*, a schema validator's, with what is allowed said in words.
+
+    The schema files are not where a user can see them, so the message names the allowed
+    attributes, child elements or value instead of pointing at the schema.
+    """
+    message = re.sub(r"\[facet '\w+'\] ", "", message)
+    named = re.match(r"Element '([^']+)'(?:, attribute '([^']+)')?", message)
+    declaration = _declaration(schema, path)
+    element, attribute = (named.group(1), named.group(2)) if named else (None, None)
+    if ("is not accepted by the pattern" in message or "atomic type" in message) and declaration is not None:
+        target = declaration
+        if attribute is not None:
+            target = next((a for a in _parts(declaration, "attribute") if a.get("name") == attribute), declaration)
+        words = _value_words(schema, target)
+        if words:
+            message = re.sub(r" is not (accepted by the pattern |a valid value of the (local )?atomic type).*$",
+                             f" is not {words}.", message)
+    elif "is not allowed" in message and attribute is not None and declaration is not None:
+        names = [a.get("name", "") for a in _parts(declaration, "attribute")]
+        message += (f" <{element}> takes {', '.join(names)}." if names
+                    else f" <{element}> takes no attributes.")
+    elif "is not expected" in message and "Expected is" not in message:
+        parent_path = path.rstrip("/").rsplit("/", 1)[0]
+        parent = _declaration(schema, parent_path) if parent_path else None
+        if parent is not None:
+            children = [f"<{c.get('name')}>" for c in _parts(parent, "element")]
+            message += f" <{parent.get('name')}> may contain {', '.join(children)}."
+    return message
 
 
 def attr_int(path: Path, element: etree._Element, name: str, default: int | None,
