@@ -74,10 +74,10 @@ def ca(cn: str = "Test Root CA") -> Pair:
 def issue(issuer: Pair, cn: str, *, org: str | None = None, dns: tuple[str, ...] = (),
           uris: tuple[str, ...] = (), ips: tuple[str, ...] = (), emails: tuple[str, ...] = (),
           not_before: datetime.datetime | None = None,
-          not_after: datetime.datetime | None = None) -> Pair:
-    """A client certificate (clientAuth EKU) signed by *issuer*."""
+          not_after: datetime.datetime | None = None, subject: x509.Name | None = None) -> Pair:
+    """A client certificate (clientAuth EKU) signed by *issuer*; *subject* replaces CN and O."""
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = (x509.CertificateBuilder().subject_name(_name(cn, org)).issuer_name(issuer.cert.subject)
+    builder = (x509.CertificateBuilder().subject_name(subject or _name(cn, org)).issuer_name(issuer.cert.subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(not_before or NOW - DAY).not_valid_after(not_after or NOW + 30 * DAY)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 
 import pki
 from conftest import DEFAULT_LISTENERS, Deployment, Server, new_deployment, start_server
@@ -200,12 +202,72 @@ def test_pki_client_matching_subject(env, option, value, leaf_kwargs) -> None:  
     assert introspect(server, response.json()["access_token"])["cnf"] == {"x5t#S256": leaf.x5t_s256()}
 
 
-def test_pki_dn_comparison_ignores_case_and_spacing(env) -> None:  # noqa: ANN001
-    """The registered DN is compared as a normalised name, not as a string."""
+def test_pki_dn_comparison_is_exact_by_default(env) -> None:  # noqa: ANN001
+    """By default a registered DN matches only the same text: case and inner spacing count."""
     server, root, authority = env
     files = pki.issue(authority, "Svc-B", org="Acme Corp").write(root / "certs", "pki-norm")
-    client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "cn=svc-b ,  o=ACME   CORP")
-    assert token(server, files, client_id).status_code == 200
+    loose = register(server.deployment, "tls_client_auth", "--subject-dn", "cn=svc-b ,  o=ACME   CORP")
+    exact = register(server.deployment, "tls_client_auth", "--subject-dn", "cn=Svc-B , o=Acme Corp")
+    assert token(server, files, loose).status_code == 401
+    assert token(server, files, exact).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def env_rfc4518(tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Server, Path, pki.Pair]]:  # noqa: ANN001
+    """Like ``env``, with the mutual_tls listener's SubjectDNMatching set to rfc4518."""
+    root = tmp_path_factory.mktemp("mtls4518")
+    dep = new_deployment(root / "ts", keystore, wheel_cache, listeners=DEFAULT_LISTENERS.replace(
+        'name="mutual_tls" orderId="158" enable="true"/>',
+        'name="mutual_tls" orderId="158" enable="true">'
+        '<Property name="SubjectDNMatching">rfc4518</Property></EventListener>'))
+    authority = pki.ca()
+    (root / "ca.pem").write_bytes(authority.pem)
+    dep.cli("truststore", "import", "--alias", "test-root", "--file", str(root / "ca.pem"))
+    server = start_server(dep)
+    yield server, root, authority
+    server.stop()
+
+
+def subject(*rdns: list[tuple[x509.ObjectIdentifier, str]]) -> x509.Name:
+    """A name from RDNs written most specific first, as RFC 4514 text is."""
+    return x509.Name([x509.RelativeDistinguishedName([x509.NameAttribute(oid, value) for oid, value in rdn])
+                      for rdn in reversed(rdns)])
+
+
+CN, O = NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME
+
+
+@pytest.mark.parametrize("mode", ["exact", "rfc4518"])
+def test_a_repeated_attribute_in_one_rdn_is_not_collapsed(request, mode) -> None:  # noqa: ANN001
+    """CN=svc+CN=SVC,O=Acme (or O=ACME+O=Acme) is not CN=svc,O=Acme: RFC 4517 §4.2.15 counts values."""
+    server, root, authority = request.getfixturevalue("env" if mode == "exact" else "env_rfc4518")
+    client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "CN=svc,O=Acme")
+    for n, name in enumerate((subject([(CN, "svc"), (CN, "SVC")], [(O, "Acme")]),
+                              subject([(CN, "svc")], [(O, "ACME"), (O, "Acme")]))):
+        files = pki.issue(authority, "x", subject=name).write(root / "certs", f"repeat-{mode}-{n}")
+        response = token(server, files, client_id)
+        assert response.status_code == 401, (name.rfc4514_string(), response.text)
+    good = pki.issue(authority, "svc", org="Acme").write(root / "certs", f"repeat-{mode}-good")
+    assert token(server, good, client_id).status_code == 200
+
+
+LOOK_ALIKES = {
+    "upper": subject([(CN, "SVC")], [(O, "ACME")]),
+    "long-s": subject([(CN, "\u017fvc")], [(O, "Acme")]),
+    "fullwidth": subject([(CN, "\uff53\uff56\uff43")], [(O, "\uff21\uff43\uff4d\uff45")]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOOK_ALIKES))
+def test_look_alike_subjects_are_refused_by_default(request, case) -> None:  # noqa: ANN001
+    """CN=SVC,O=ACME, CN=\u017fvc and fullwidth letters do not match CN=svc,O=Acme unless
+    SubjectDNMatching is rfc4518, which asks the CA to keep such names apart."""
+    for mode in ("env", "env_rfc4518"):
+        server, root, authority = request.getfixturevalue(mode)
+        files = pki.issue(authority, "x", subject=LOOK_ALIKES[case]).write(root / "certs", f"alike-{case}")
+        client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "CN=svc,O=Acme")
+        expected = 401 if mode == "env" else 200
+        assert token(server, files, client_id).status_code == expected, mode
 
 
 def test_pki_subject_mismatch_is_refused(env) -> None:  # noqa: ANN001

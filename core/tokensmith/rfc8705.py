@@ -29,13 +29,14 @@ from urllib.parse import unquote_to_bytes
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import (
     Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError)
 
 __all__ = [
     "CertificateError", "MAX_CERTIFICATE_BYTES", "MAX_INTERMEDIATES", "MAX_HEADER_CHARS",
-    "SAN_KINDS", "FORWARDED_FORMATS", "x5t_s256", "load_pem_certificates", "normalize_dn",
+    "SAN_KINDS", "FORWARDED_FORMATS", "DN_MATCHING", "x5t_s256", "load_pem_certificates", "normalize_dn",
     "dn_matches", "san_matches", "validity_problem", "verify_chain", "parse_forwarded_certificate",
 ]
 
@@ -219,23 +220,30 @@ def _ber_value(octets: bytes) -> _Value:
 
 
 def _read_value(text: str, i: int) -> tuple[_Value, int]:
-    """The attribute value starting at *i* (RFC 4514 §3) and the index after it."""
+    """The attribute value starting at *i* (RFC 4514 §3) and the index after it.
+
+    Unescaped spaces before a separator are dropped: RFC 4514 §2.4 requires a value's own
+    trailing space to be escaped ('\\ '), so an unescaped one is layout, not value.
+    """
     if text.startswith("#", i):
         m = _HEX_VALUE.match(text, i)
         if not m or (m.end() < len(text) and text[m.end()] not in ",;+"):
             raise CertificateError("malformed '#' value in distinguished name")
         return _ber_value(bytes.fromhex(m.group(1))), m.end()
     out = bytearray()
+    kept = 0  # octets up to the last escaped one are never trimmed
     while i < len(text) and text[i] not in ",;+":
         c = text[i]
         if c == "\\":
             pair = text[i + 1:i + 3]
             if pair[:1] and pair[0] in _ESCAPABLE:
                 out += pair[0].encode()
+                kept = len(out)
                 i += 2
                 continue
             if re.fullmatch(r"[0-9A-Fa-f]{2}", pair):
                 out.append(int(pair, 16))  # escaped UTF-8 octet, e.g. \C3\A9
+                kept = len(out)
                 i += 3
                 continue
             raise CertificateError("bad escape in distinguished name")
@@ -243,6 +251,8 @@ def _read_value(text: str, i: int) -> tuple[_Value, int]:
             raise CertificateError(f"distinguished name value has an unescaped {c!r}")
         out += c.encode()
         i += 1
+    while len(out) > kept and out[-1:] == b" ":
+        del out[-1]
     try:
         return out.decode("utf-8"), i
     except UnicodeDecodeError:
@@ -277,49 +287,97 @@ def _parse_rfc4514(text: str) -> list[list[tuple[str, _Value]]]:
         i += 1
 
 
-def _comparable(value: _Value) -> str:
-    """RFC 4518-like preparation: case fold, NFKC, insignificant spaces collapsed."""
+#: How attribute values are compared: ``exact`` (the default) or ``rfc4518``.
+DN_MATCHING = ("exact", "rfc4518")
+
+# The ASN.1 string types a certificate's attribute value may have (RFC 5280 §4.1.2.4,
+# DirectoryString plus the IA5String of emailAddress and domainComponent, PrintableString
+# of countryName and serialNumber, NumericString, VisibleString). cryptography also hands
+# out OCTET STRING, UTCTime and other non-string values as text; those are refused.
+_STRING_TYPES = frozenset({
+    _ASN1Type.UTF8String, _ASN1Type.PrintableString, _ASN1Type.IA5String, _ASN1Type.T61String,
+    _ASN1Type.BMPString, _ASN1Type.UniversalString, _ASN1Type.VisibleString,
+    _ASN1Type.NumericString})
+# x500UniqueIdentifier is a BIT STRING by definition (RFC 4519 §2.39); it compares as octets.
+_BIT_STRING_OIDS = frozenset({"2.5.4.45"})
+
+
+def _comparable(value: _Value, matching: str) -> str:
+    """The value in a form whose equality is the chosen matching rule.
+
+    ``exact``: the text itself, so two values match only if they are the same characters
+    (a PrintableString and a UTF8String of the same text do match: both are decoded first).
+    ``rfc4518``: close to RFC 4518 caseIgnoreMatch: case folded, NFKC, insignificant spaces
+    collapsed. Non-string values compare as their octets in both.
+    """
     if isinstance(value, bytes):
         return "#" + value.hex()
-    prepared = " ".join(unicodedata.normalize("NFKC", value.casefold()).split())
-    escaped = re.sub(r"([\\,+=])", r"\\\1", prepared)
+    if matching == "rfc4518":
+        value = " ".join(unicodedata.normalize("NFKC", value.casefold()).split())
+    escaped = re.sub(r"([\\,+=])", r"\\\1", value)
     return "\\" + escaped if escaped.startswith("#") else escaped
 
 
-def normalize_dn(text_or_name: str | x509.Name) -> str:
+def _certificate_rdns(name: x509.Name) -> list[list[tuple[str, _Value]]]:
+    """The RDNs of a certificate name in RFC 4514 order; non-string values are refused."""
+    try:
+        # Name.rdns is in ASN.1 order, the reverse of RFC 4514 text (RFC 4514 §2.1).
+        rdns = [list(rdn) for rdn in reversed(name.rdns)]
+    except Exception as exc:  # noqa: BLE001 - a malformed name from an untrusted certificate
+        raise CertificateError("malformed distinguished name in certificate") from exc
+    out = []
+    for rdn in rdns:
+        values: list[tuple[str, _Value]] = []
+        for attribute in rdn:
+            oid = attribute.oid.dotted_string
+            kind = getattr(attribute, "_type", None)
+            if oid in _BIT_STRING_OIDS and isinstance(attribute.value, bytes):
+                values.append((oid, attribute.value))
+                continue
+            if kind not in _STRING_TYPES or not isinstance(attribute.value, str):
+                label = getattr(kind, "name", "unknown type")
+                raise CertificateError(f"certificate name attribute {oid} is an ASN.1 {label}, "
+                                       "not a string; such names are refused")
+            values.append((oid, attribute.value))
+        out.append(values)
+    return out
+
+
+def normalize_dn(text_or_name: str | x509.Name, matching: str = "exact") -> str:
     """A comparison form of a distinguished name; equal forms mean matching names.
 
-    RDNs keep their order (RFC 4514 order, most specific first). Attribute types become
-    dotted OIDs, so ``CN``, ``cn`` and ``2.5.4.3`` agree; a multi-valued RDN is a set, so
-    ``CN=a+O=b`` equals ``O=b+CN=a``; string values are compared case-insensitively with
-    whitespace collapsed, close to RFC 4517 caseIgnoreMatch. Non-string values (``#hex`` of
-    a non-string type) compare as raw octets. Bad text raises ``CertificateError``.
+    RFC 4517 §4.2.15 distinguishedNameMatch: the same number of RDNs in the same order
+    (RFC 4514 order, most specific first), and each RDN holding the same attribute values,
+    counted: a multi-valued RDN is a multiset, so ``CN=a+O=b`` equals ``O=b+CN=a`` but
+    ``CN=a+CN=A`` never equals ``CN=a``. Attribute types become dotted OIDs, so ``CN``,
+    ``cn`` and ``2.5.4.3`` agree. Values compare by *matching* (see ``_comparable``); a
+    certificate attribute that is not an ASN.1 string type is refused. Bad text or an
+    unknown *matching* raises ``CertificateError``.
     """
+    if matching not in DN_MATCHING:
+        raise CertificateError(f"unknown DN matching {matching!r}; expected one of {', '.join(DN_MATCHING)}")
     if isinstance(text_or_name, x509.Name):
-        try:
-            # Name.rdns is in ASN.1 order, the reverse of RFC 4514 text (RFC 4514 §2.1).
-            rdns = [[(a.oid.dotted_string, a.value) for a in rdn]
-                    for rdn in reversed(text_or_name.rdns)]
-        except Exception as exc:  # noqa: BLE001 - a malformed name from an untrusted certificate
-            raise CertificateError("malformed distinguished name in certificate") from exc
+        rdns = _certificate_rdns(text_or_name)
     else:
         rdns = _parse_rfc4514(text_or_name)
-    return ",".join("+".join(sorted({f"{oid}={_comparable(v)}" for oid, v in rdn})) for rdn in rdns)
+    return ",".join("+".join(sorted(f"{oid}={_comparable(v, matching)}" for oid, v in rdn))
+                    for rdn in rdns)
 
 
-def dn_matches(registered: str, cert: x509.Certificate) -> bool:
+def dn_matches(registered: str, cert: x509.Certificate, matching: str = "exact") -> bool:
     """Whether *cert*'s subject is the registered ``tls_client_auth_subject_dn`` (§2.1.2).
 
-    An empty registration is refused rather than allowed to match an empty subject.
+    *matching* is ``exact`` (default) or ``rfc4518``; see ``normalize_dn``. An empty
+    registration is refused rather than allowed to match an empty subject.
     """
-    expected = normalize_dn(registered)
+    expected = normalize_dn(registered, matching)
     if not expected:
         raise CertificateError("registered subject DN is empty")
     try:
         subject = cert.subject
     except Exception as exc:  # noqa: BLE001 - a malformed name from an untrusted certificate
         raise CertificateError("malformed subject in certificate") from exc
-    return normalize_dn(subject) == expected
+    return normalize_dn(subject, matching) == expected
 
 
 # --- subject alternative names -----------------------------------------------------------

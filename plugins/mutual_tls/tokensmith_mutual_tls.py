@@ -20,7 +20,13 @@ Properties (identity.xml ``<Property name=...>``):
 - ``CertificateHeader``: the header a proxy puts the client certificate in (none by default);
 - ``CertificateHeaderFormat``: ``auto`` (default), ``rfc9440``, ``nginx``, ``pem`` or
   ``base64-der``;
-- ``TrustedProxies``: addresses or networks, comma-separated, whose header is believed.
+- ``TrustedProxies``: addresses or networks, comma-separated, whose header is believed;
+- ``SubjectDNMatching``: how a registered ``tls_client_auth`` subject DN is compared with the
+  certificate's subject: ``exact`` (default: the same RDNs in the same order, the same
+  attribute types, the same number of values, values the same text) or ``rfc4518`` (values
+  compared case-insensitively after NFKC and space folding, RFC 4518). ``rfc4518`` is only
+  safe with CAs that refuse to issue a subject that differs from another client's only in
+  case, compatibility characters or spacing.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from tokensmith import (
+    DN_MATCHING,
     FORWARDED_FORMATS,
     AuthenticatedClient,
     CertificateError,
@@ -62,6 +69,7 @@ class Settings:
     header: str | None = None
     header_format: str = "auto"
     trusted_proxies: tuple[Network, ...] = ()
+    dn_matching: str = "exact"
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -84,7 +92,7 @@ def client_auth_methods() -> list[str]:
 def listener_configure(listener: Listener) -> None:
     props = listener.properties
     unknown = set(props) - {"AllowExpiredSelfSigned", "CertificateHeader",
-                            "CertificateHeaderFormat", "TrustedProxies"}
+                            "CertificateHeaderFormat", "TrustedProxies", "SubjectDNMatching"}
     if unknown:
         raise ValueError(f"unknown properties: {', '.join(sorted(unknown))}")
     header_format = props.get("CertificateHeaderFormat", "auto")
@@ -96,6 +104,9 @@ def listener_configure(listener: Listener) -> None:
             proxies.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
             raise ValueError(f"TrustedProxies: {item!r} is not an address or network") from None
+    dn_matching = props.get("SubjectDNMatching", "exact")
+    if dn_matching not in DN_MATCHING:
+        raise ValueError(f"SubjectDNMatching must be one of {', '.join(DN_MATCHING)}, not {dn_matching!r}")
     header = props.get("CertificateHeader") or None
     if proxies and header is None:
         raise ValueError("TrustedProxies is set but CertificateHeader is not")
@@ -104,6 +115,7 @@ def listener_configure(listener: Listener) -> None:
         header=header,
         header_format=header_format,
         trusted_proxies=tuple(proxies),
+        dn_matching=dn_matching,
     )
 
 
@@ -165,7 +177,7 @@ async def authenticate_client(request: ClientAuthRequest, listener: Listener) ->
         leaf = verify_chain(chain, request.trust_anchors(), datetime.fromtimestamp(now, timezone.utc))
         kind, value = client.tls_subject
         if kind == "tls_client_auth_subject_dn":
-            matched = dn_matches(value, leaf)
+            matched = dn_matches(value, leaf, settings.dn_matching)
         else:
             matched = san_matches(kind.removeprefix("tls_client_auth_"), value, leaf)
     except CertificateError as exc:
