@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -11,7 +10,9 @@ from dataclasses import replace
 from quart import Blueprint, Response, current_app
 
 from .app import Runtime, issuer_url, runtime
-from .asgi import DER_KEY, Answer, HttpRequest
+from .asgi import Answer, HttpRequest
+from .clientcert import client_certificates
+from .clientcert import handshake_chain as client_cert_chain
 from .clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_client, challenge, claimed_client_id
 from .errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
 from .events import ClientAuthEvent, TokenRevokeEvent
@@ -25,15 +26,6 @@ __all__ = ["oauth", "client_cert_chain", "POST_ENDPOINTS"]
 oauth = Blueprint("oauth", __name__)
 
 
-def client_cert_chain(scope: Mapping) -> tuple[bytes, ...]:
-    """DER of the TLS client certificates in *scope* (the ASGI TLS extension), leaf first."""
-    tls = scope.get("extensions", {}).get("tls") or {}
-    der = tls.get(DER_KEY)
-    if der is not None:
-        return der
-    return tuple(ssl.PEM_cert_to_DER_cert(pem) for pem in tls.get("client_cert_chain") or ())
-
-
 def read_form(request: HttpRequest) -> Mapping[str, str]:
     """The request's form parameters, checked as RFC 6749 §3.2 and Appendix B require."""
     if request.query_string:
@@ -45,14 +37,20 @@ def read_form(request: HttpRequest) -> Mapping[str, str]:
 
 
 async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str], endpoint: str) -> AuthenticatedClient:
-    """Authenticate the calling client and tell the interceptors how it went."""
+    """Authenticate the calling client and tell the interceptors how it went.
+
+    The client's certificate is decided here, once, before any listener runs: every
+    authenticator and the token binding see the same one (see ``clientcert``).
+    """
     authorization = request.headers.get("authorization")
-    chain = client_cert_chain(request.scope)
-    auth_request = ClientAuthRequest(
-        rt.storage, form, authorization, chain, request.remote_addr, request.headers, rt.truststore,
-        rt.verified_secrets,
-    )
+    chain: tuple[bytes, ...] = ()
     try:
+        chain, source = client_certificates(request.scope, request.remote_addr,
+                                            rt.identity.forwarded_certificates)
+        auth_request = ClientAuthRequest(
+            rt.storage, form, authorization, chain, request.remote_addr, request.headers, rt.truststore,
+            rt.verified_secrets, client_cert_source=source,
+        )
         auth = await authenticate_client(rt.listeners, auth_request)
     except OAuth2Error as error:
         if not isinstance(error, ServerError):
@@ -66,8 +64,8 @@ async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str
         endpoint, auth.client.client_id, method=auth.method, remote_addr=request.remote_addr))
     if auth.certificate is None and (auth.client.bind_tokens or auth.method == "none") and chain:
         # RFC 8705 §3 and §4: a secret client registered for bound tokens, or a public client,
-        # gets tokens bound to the certificate of this connection; presenting it is not a
-        # second authentication.
+        # gets tokens bound to the certificate of this request (its handshake's, or the one a
+        # trusted proxy forwarded); presenting it is not a second authentication.
         auth = replace(auth, certificate=chain[0])
     return auth
 

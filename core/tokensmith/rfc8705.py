@@ -7,8 +7,9 @@ What the token endpoint needs to know about a client certificate, whoever obtain
 - ``normalize_dn``, ``dn_matches`` and ``san_matches``: the ``tls_client_auth`` registration
   checks (RFC 8705 §2.1.2); distinguished names are RFC 4514 text.
 - ``validity_problem`` and ``verify_chain``: PKI validation against trust anchors (§2.1).
-- ``parse_forwarded_certificate``: a certificate forwarded by a TLS-terminating proxy
-  (RFC 9440, RFC 8705 §6.5). Whether that proxy is trusted is the caller's decision.
+- ``parse_forwarded_certificate`` and ``parse_forwarded_chain``: a certificate and its chain
+  forwarded by a TLS-terminating proxy (RFC 9440, RFC 8705 §6.5). Whether that proxy is
+  trusted is the caller's decision.
 
 Every function refuses bad certificate input with ``CertificateError`` and nothing else, and
 bounds its work before parsing (RFC 8705 §7.5 warns about X.509 parsing complexity).
@@ -38,6 +39,7 @@ __all__ = [
     "CertificateError", "MAX_CERTIFICATE_BYTES", "MAX_INTERMEDIATES", "MAX_HEADER_CHARS",
     "SAN_KINDS", "FORWARDED_FORMATS", "DN_MATCHING", "x5t_s256", "load_pem_certificates", "normalize_dn",
     "dn_matches", "san_matches", "validity_problem", "verify_chain", "parse_forwarded_certificate",
+    "parse_forwarded_chain",
 ]
 
 # A client certificate with an RSA-4096 key and a handful of SANs is about 2 KiB. 16 KiB
@@ -583,3 +585,32 @@ def parse_forwarded_certificate(value: str, fmt: str) -> bytes:
         der = _b64decode(value, "forwarded certificate")
     _parse_der(der, "forwarded certificate")
     return der
+
+
+def parse_forwarded_chain(value: str) -> list[bytes]:
+    """The DER of each certificate in an RFC 9440 §2.3 ``Client-Cert-Chain`` *value*.
+
+    The field is an RFC 8941 List of Byte Sequences (§3.1, §3.3.5), the issuer of the leaf
+    first; several field lines are one list joined with ',' (RFC 9110 §5.3). Parameters are
+    not accepted. At most ``MAX_INTERMEDIATES`` certificates, as in a TLS handshake; each
+    must parse. Anything else raises ``CertificateError``.
+    """
+    if len(value) > MAX_INTERMEDIATES * MAX_HEADER_CHARS:
+        raise CertificateError("forwarded certificate chain: header too long")
+    if not value.isascii():
+        raise CertificateError("forwarded certificate chain: not ASCII")
+    members = [member.strip(" \t") for member in value.split(",")]
+    if members == [""]:
+        return []
+    if len(members) > MAX_INTERMEDIATES:
+        raise CertificateError(f"forwarded certificate chain: {len(members)} certificates; "
+                               f"at most {MAX_INTERMEDIATES} are accepted")
+    ders = []
+    for n, member in enumerate(members, 1):
+        m = re.fullmatch(r":([^:]*):", member)
+        if not m:
+            raise CertificateError("forwarded certificate chain: not an RFC 8941 list of byte sequences")
+        der = _b64decode(m.group(1), f"forwarded chain certificate {n}")
+        _parse_der(der, f"forwarded chain certificate {n}")
+        ders.append(der)
+    return ders
