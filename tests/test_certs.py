@@ -76,7 +76,8 @@ def issue(subject: str | x509.Name, issuer: Issued | None = None, *, ca: bool = 
           sans: tuple[x509.GeneralName, ...] = (),
           eku: tuple[x509.ObjectIdentifier, ...] | None = CLIENT_AUTH,
           not_before: datetime = NOW - timedelta(days=1), not_after: datetime = NOW + timedelta(days=30),
-          key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None) -> Issued:
+          key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
+          constraints: x509.NameConstraints | None = None) -> Issued:
     """A certificate for *subject*, signed by *issuer* (self-signed without one)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     name = subject if isinstance(subject, x509.Name) else x509.Name.from_rfc4514_string(subject)
@@ -103,6 +104,8 @@ def issue(subject: str | x509.Name, issuer: Issued | None = None, *, ca: bool = 
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    if constraints is not None:
+        builder = builder.add_extension(constraints, critical=True)
     return Issued(builder.sign(signer, hashes.SHA256()), key)
 
 
@@ -481,6 +484,40 @@ def test_verify_chain_refuses(case: str, expected: str, ca: Issued, intermediate
     with pytest.raises(CertificateError) as excinfo:
         verify_chain(chains[case](), [ca.cert], NOW)
     assert expected in one_line_error(excinfo)
+
+
+def _constrained(ca: Issued, *permitted: x509.GeneralName) -> Issued:
+    return issue("CN=Constrained CA", ca, ca=True, eku=None,
+                 constraints=x509.NameConstraints(permitted_subtrees=list(permitted), excluded_subtrees=None))
+
+
+@pytest.mark.parametrize(("constraint", "email", "ok"), [
+    ("svc@partner.example", "svc@partner.example", True),  # one mailbox
+    ("svc@partner.example", "other@partner.example", False),
+    ("partner.example", "svc@PARTNER.example", True),  # one host, ASCII case-insensitive
+    ("partner.example", "svc@a.partner.example", False),
+    (".partner.example", "svc@a.partner.example", True),  # any host in the domain
+    (".partner.example", "svc@partner.example", False),
+    ("partner.example", "no-at-sign", False),
+])
+def test_email_constraints_on_the_subject(ca: Issued, constraint: str, email: str, ok: bool) -> None:
+    """rfc822Name subtrees apply to the subject's emailAddress as RFC 5280 §4.2.1.10 defines them."""
+    sub = _constrained(ca, x509.RFC822Name(constraint))
+    name = x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, email), x509.NameAttribute(NameOID.COMMON_NAME, "svc")])
+    client = issue(name, sub)
+    if ok:
+        assert verify_chain([client.der, sub.der], [ca.cert], NOW) == client.cert
+    else:
+        with pytest.raises(CertificateError, match="name constraints"):
+            verify_chain([client.der, sub.der], [ca.cert], NOW)
+
+
+def test_a_uri_constraint_refuses_a_uri_san_with_a_reason(ca: Issued) -> None:
+    """URI constraints cannot be checked; a certificate with a URI SAN under one is refused, saying why."""
+    sub = _constrained(ca, x509.UniformResourceIdentifier(".partner.example"))
+    client = issue("CN=svc", sub, sans=(x509.UniformResourceIdentifier("https://a.partner.example/x"),))
+    with pytest.raises(CertificateError, match="name constraint of a kind that cannot be checked"):
+        verify_chain([client.der, sub.der], [ca.cert], NOW)
 
 
 def test_verify_chain_bounds_work_before_parsing(leaf: Issued, intermediate: Issued, ca: Issued) -> None:

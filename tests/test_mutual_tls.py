@@ -296,6 +296,60 @@ def test_pki_untrusted_expired_and_future_certificates(env) -> None:  # noqa: AN
     assert token(server, good, client_id).status_code == 200
 
 
+EMAIL = NameOID.EMAIL_ADDRESS
+
+
+def constrained_leaf(authority: pki.Pair, constraints: x509.NameConstraints, name: x509.Name,
+                     critical: bool = True) -> pki.Pair:
+    """A leaf issued by a sub-CA of *authority* that carries *constraints*, with its chain."""
+    sub = pki.ca("Constrained CA", issuer=authority, constraints=constraints, critical=critical)
+    leaf = pki.issue(sub, "x", subject=name)
+    return pki.Pair(leaf.cert, leaf.key, chain=(sub.cert,))
+
+
+PARTNER_ONLY = x509.NameConstraints(
+    permitted_subtrees=[x509.RFC822Name("partner.example"), x509.DNSName("partner.example")],
+    excluded_subtrees=None)
+
+
+@pytest.mark.parametrize(("constraints", "email", "expected"), [
+    (PARTNER_ONLY, "svc@example.com", 401),
+    (PARTNER_ONLY, "svc@partner.example", 200),
+    (x509.NameConstraints(permitted_subtrees=None, excluded_subtrees=[x509.RFC822Name(".example.com")]),
+     "svc@mail.example.com", 401),
+], ids=["outside-permitted", "inside-permitted", "excluded"])
+def test_email_name_constraints_apply_to_the_subject(env, constraints, email, expected) -> None:  # noqa: ANN001
+    """RFC 5280 §4.2.1.10: a sub-CA limited to partner.example mail cannot issue E=svc@example.com
+    in the subject of a certificate without SANs."""
+    server, root, authority = env
+    pair = constrained_leaf(authority, constraints, subject([(CN, "svc")], [(EMAIL, email)]))
+    files = pair.write(root / "certs", f"nc-email-{email}-{expected}")
+    client_id = register(server.deployment, "tls_client_auth", "--subject-dn", f"CN=svc,E={email}")
+    response = token(server, files, client_id)
+    assert response.status_code == expected, response.text
+    if expected == 401:
+        assert "name constraints" in response.json()["error_description"]
+
+
+def test_directory_name_constraints_apply_to_the_subject(env) -> None:  # noqa: ANN001
+    """A non-critical directoryName constraint is applied, not ignored; a critical one, which the
+    chain verifier cannot check, refuses the chain with a reason in the log."""
+    server, root, authority = env
+    acme = x509.NameConstraints(permitted_subtrees=[x509.DirectoryName(subject([(O, "Acme")]))],
+                                excluded_subtrees=None)
+    cases = [("inside", False, subject([(CN, "svc")], [(O, "Acme")]), "CN=svc,O=Acme", 200),
+             ("outside", False, subject([(CN, "svc")], [(O, "Evil")]), "CN=svc,O=Evil", 401),
+             ("critical", True, subject([(CN, "svc")], [(O, "Acme")]), "CN=svc,O=Acme", 401)]
+    for label, critical, name, registered, expected in cases:
+        files = constrained_leaf(authority, acme, name, critical).write(root / "certs", f"nc-dir-{label}")
+        client_id = register(server.deployment, "tls_client_auth", "--subject-dn", registered)
+        response = token(server, files, client_id)
+        assert response.status_code == expected, (label, response.text)
+    assert "directoryName name constraint" in response.json()["error_description"]
+    server.wait_for_log(f"refused the certificate chain of client {client_id}: a CA in the chain has a "
+                        "critical directoryName name constraint")
+
+
 def test_truststore_change_applies_without_restart(env) -> None:  # noqa: ANN001
     """A CA imported while the server runs is trusted on the next request."""
     server, root, _ = env

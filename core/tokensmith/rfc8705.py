@@ -477,6 +477,12 @@ def _reason(message: str) -> str:
     core = re.sub(r"^(?:validation failed: )?(?:candidates exhausted: )*", "", core)
     if "required EKU not found" in core:
         return "client certificate lacks the clientAuth extended key usage"
+    if "unsupported directoryName constraint" in core:
+        return ("a CA in the chain has a critical directoryName name constraint, which cannot be "
+                "checked here; the chain is refused")
+    if "unsupported name constraint" in core:
+        return ("a CA in the chain has a name constraint of a kind that cannot be checked against "
+                "this certificate's subjectAltName (such as a URI constraint); the chain is refused")
     if "all candidates exhausted with no interior errors" in core:
         return "client certificate does not chain to a trusted CA"
     if "not valid at validation time" in core:
@@ -492,8 +498,12 @@ def verify_chain(chain_der: Sequence[bytes], anchors: Sequence[x509.Certificate]
     it; *anchors* are the truststore's CA certificates. cryptography's client verifier
     checks signatures, validity dates of every certificate (anchors included), basic
     constraints, key usage, the clientAuth extended key usage when an EKU is present,
-    critical extensions and name constraints. Refusals raise ``CertificateError`` with a
-    short reason that is safe to put in an OAuth ``error_description``.
+    critical extensions and name constraints on subjectAltName entries; ``_check_subject``
+    then applies what that verifier leaves out (RFC 5280 §4.2.1.10): rfc822Name constraints
+    to the subject's emailAddress and directoryName constraints to the subject. A chain whose
+    constraints cannot be checked (a critical directoryName constraint, a URI constraint
+    with a URI SAN) is refused. Refusals raise ``CertificateError`` with a short reason
+    that is safe to put in an OAuth ``error_description``.
     """
     now = _utc(now)
     if not chain_der:
@@ -517,10 +527,78 @@ def verify_chain(chain_der: Sequence[bytes], anchors: Sequence[x509.Certificate]
                                     ee_policy=_client_policy())
                 .build_client_verifier())
     try:
-        verifier.verify(leaf, intermediates)
+        verified = verifier.verify(leaf, intermediates)
     except (VerificationError, ValueError) as exc:
         raise CertificateError(_reason(str(exc))) from None
+    _check_subject(leaf, verified.chain[1:])
     return leaf
+
+
+def _email_within(address: str, constraint: str) -> bool | None:
+    """Whether a mailbox is inside an rfc822Name subtree (RFC 5280 §4.2.1.10); None: malformed."""
+    local, at, domain = address.rpartition("@")
+    if not (local and at and domain):
+        return None
+    if "@" in constraint:  # one particular mailbox
+        c_local, _, c_domain = constraint.rpartition("@")
+        return local == c_local and _ascii_lower(domain) == _ascii_lower(c_domain)
+    if constraint.startswith("."):  # any host in that domain, not the domain itself
+        return _ascii_lower(domain).endswith(_ascii_lower(constraint))
+    return _ascii_lower(domain) == _ascii_lower(constraint)  # all mailboxes on that host
+
+
+def _rdn_keys(name: x509.Name) -> list[str]:
+    """Each RDN of *name*, in ASN.1 order, in RFC 4518 comparison form (RFC 5280 §7.1)."""
+    return [normalize_dn(x509.Name([rdn]), "rfc4518") for rdn in name.rdns]
+
+
+def _dn_within(name: x509.Name, base: x509.Name) -> bool:
+    """Whether *name* is inside the directoryName subtree *base*: *base*'s RDNs lead it."""
+    keys, base_keys = _rdn_keys(name), _rdn_keys(base)
+    return keys[:len(base_keys)] == base_keys
+
+
+def _check_subject(leaf: x509.Certificate, cas: Sequence[x509.Certificate]) -> None:
+    """Apply the CAs' name constraints to what cryptography's verifier does not check.
+
+    RFC 5280 §4.2.1.10: rfc822Name constraints apply to the subject's emailAddress when there
+    is no subjectAltName; they are applied here whether or not there is one, because the
+    subject is what a registered subject DN is matched against. directoryName constraints
+    apply to a non-empty subject and to directoryName SANs; they reach this point only when
+    the extension is not critical (the verifier refuses critical ones) and would otherwise
+    be ignored. Anchors' constraints count too, as the verifier counts them.
+    """
+    emails = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)]
+    names = [leaf.subject] if len(leaf.subject) else []
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += san.get_values_for_type(x509.DirectoryName)
+    except x509.ExtensionNotFound:
+        pass
+    for ca in cas:
+        try:
+            constraints = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+        except x509.ExtensionNotFound:
+            continue
+        permitted = constraints.permitted_subtrees or []
+        excluded = constraints.excluded_subtrees or []
+        allowed = [g.value for g in permitted if isinstance(g, x509.RFC822Name)]
+        denied = [g.value for g in excluded if isinstance(g, x509.RFC822Name)]
+        for email in emails:
+            if not isinstance(email, str):
+                raise CertificateError("client certificate subject emailAddress is not a string")
+            inside = [_email_within(email, c) for c in allowed]
+            outside = [_email_within(email, c) for c in denied]
+            if None in inside or None in outside or (allowed and not any(inside)) or any(outside):
+                raise CertificateError("client certificate subject emailAddress is outside the "
+                                       "name constraints of the CA that issued it")
+        allowed_dn = [g.value for g in permitted if isinstance(g, x509.DirectoryName)]
+        denied_dn = [g.value for g in excluded if isinstance(g, x509.DirectoryName)]
+        for name in names:
+            if (allowed_dn and not any(_dn_within(name, b) for b in allowed_dn)) \
+                    or any(_dn_within(name, b) for b in denied_dn):
+                raise CertificateError("client certificate subject is outside the directoryName "
+                                       "name constraints of the CA that issued it")
 
 
 # --- certificates forwarded by a proxy ---------------------------------------------------

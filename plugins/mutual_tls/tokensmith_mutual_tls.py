@@ -134,6 +134,9 @@ async def authenticate_client(request: ClientAuthRequest, listener: Listener) ->
         else:
             matched = san_matches(kind.removeprefix("tls_client_auth_"), value, leaf)
     except CertificateError as exc:
+        if "name constraint" in str(exc):
+            # The CA's set-up, not the client, decides this one: the operator needs to know.
+            log.warning("tls_client_auth: refused the certificate chain of client %s: %s", client_id, exc)
         raise InvalidClientError(f"the client certificate was refused: {exc}") from None
     if not matched:
         raise InvalidClientError("the client certificate does not match the registered subject")
