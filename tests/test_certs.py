@@ -369,6 +369,8 @@ def test_dn_matches_the_registered_subject(leaf: Issued) -> None:
     ("san_uri", "spiffe://example.com/client/one", True),
     ("san_uri", "spiffe://example.com/client/ONE", False),
     ("san_uri", "spiffe://example.com/client/one/", False),
+    ("san_uri", "SPIFFE://EXAMPLE.com/client/one", True),  # RFC 5280 §7.4: scheme and host
+    ("san_uri", "spiffe://user@example.com/client/one", False),
     ("san_ip", "0:0::1", True),
     ("san_ip", "0000:0000:0000:0000:0000:0000:0000:0001", True),
     ("san_ip", "192.0.2.7", True),

@@ -350,6 +350,20 @@ def test_directory_name_constraints_apply_to_the_subject(env) -> None:  # noqa: 
                         "critical directoryName name constraint")
 
 
+@pytest.mark.parametrize(("certified", "expected"), [
+    ("HTTPS://SVC.example.com/client", 200),
+    ("https://svc.EXAMPLE.COM:8443/client", 401),  # another port is another URI
+    ("https://svc.example.com/CLIENT", 401),  # the path stays case-sensitive
+])
+def test_san_uri_scheme_and_host_are_case_insensitive(env, certified, expected) -> None:  # noqa: ANN001
+    """RFC 5280 §7.4: a registered https://svc.example.com/client matches HTTPS://SVC.example.com/client."""
+    server, root, authority = env
+    files = pki.issue(authority, "svc-uri", uris=(certified,)).write(root / "certs", f"uri-{expected}-{len(certified)}")
+    client_id = register(server.deployment, "tls_client_auth", "--san-uri", "https://svc.example.com/client")
+    response = token(server, files, client_id)
+    assert response.status_code == expected, response.text
+
+
 def test_truststore_change_applies_without_restart(env) -> None:  # noqa: ANN001
     """A CA imported while the server runs is trusted on the next request."""
     server, root, _ = env

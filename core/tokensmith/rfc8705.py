@@ -390,11 +390,35 @@ def _ascii_lower(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").lower().decode("utf-8", "surrogatepass")
 
 
+_URI_PARTS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(?://([^/?#]*))?(.*)", re.S)
+
+
+def _uri_key(uri: str) -> str:
+    """*uri* with its scheme and host lower-cased and nothing else changed.
+
+    RFC 5280 §7.4: "conforming implementations MUST compare the scheme and host without case
+    sensitivity, but assume the remainder of the scheme-specific-part is case sensitive".
+    No percent-decoding, default ports or dot segments are normalised: a CA is expected to
+    issue a URI as the client registered it, and looser rules would only widen the match.
+    """
+    m = _URI_PARTS.fullmatch(uri)
+    if m is None:
+        return uri  # not an absolute URI: compared as it is
+    scheme, authority, rest = m.group(1), m.group(2), m.group(3)
+    if authority is None:
+        return f"{_ascii_lower(scheme)}:{rest}"
+    userinfo, at, hostport = authority.rpartition("@")
+    end = hostport.find("]") + 1 if hostport.startswith("[") else len(hostport.partition(":")[0])
+    host, port = hostport[:end], hostport[end:]
+    return f"{_ascii_lower(scheme)}://{userinfo}{at}{_ascii_lower(host)}{port}{rest}"
+
+
 def san_matches(kind: str, value: str, cert: x509.Certificate) -> bool:
     """Whether *cert* has a subjectAltName entry matching a registration (RFC 8705 §2.1.2).
 
     *kind* is ``san_dns`` (ASCII case-insensitive, exact: ``*.example.com`` matches only
-    that literal entry), ``san_uri`` (exact), ``san_ip`` (address equality, so ``::1``
+    that literal entry), ``san_uri`` (scheme and host ASCII case-insensitive, the rest
+    exact, RFC 5280 §7.4), ``san_ip`` (address equality, so ``::1``
     equals ``0:0::1``) or ``san_email`` (local part exact, domain case-insensitive).
     A malformed registration or certificate raises ``CertificateError``.
     """
@@ -410,7 +434,8 @@ def san_matches(kind: str, value: str, cert: x509.Certificate) -> bool:
         return any(_ascii_lower(name) == _ascii_lower(value)
                    for name in san.get_values_for_type(x509.DNSName))
     if kind == "san_uri":
-        return value in san.get_values_for_type(x509.UniformResourceIdentifier)
+        wanted = _uri_key(value)
+        return any(_uri_key(uri) == wanted for uri in san.get_values_for_type(x509.UniformResourceIdentifier))
     if kind == "san_ip":
         try:
             # Certificates carry bare octets; a zone index ('%eth0') can never match.
