@@ -1,6 +1,6 @@
 """Mutual-TLS client authentication and certificate-bound tokens, over real TLS handshakes.
 
-CHECKLIST sections C (RFC 8705 §2) and D (§3). Clients are registered with the CLI, the
+Authentication (RFC 8705 §2) and binding (§3). Clients are registered with the CLI, the
 server runs as a user runs it, and every request presents a real client certificate.
 """
 
