@@ -216,3 +216,44 @@ def test_fields_from_an_untrusted_address_are_ignored(tmp_path, keystore, wheel_
     assert response.status_code == 200, response.text
     assert "cnf" not in introspect(server, response.json()["access_token"])
     assert "ignored a Client-Cert header from 127.0.0.1, which is not a trusted proxy" in server.log()
+
+
+AUDIT = """
+import json
+from tokensmith import hookimpl
+
+@hookimpl
+def client_auth_success(event, listener):
+    with open(listener.properties["trace"], "a") as out:
+        out.write(json.dumps([event.client_id, event.x5t_s256, event.certificate_source]) + "\\n")
+"""
+
+
+def test_events_name_the_certificate_that_was_used(tmp_path, keystore, wheel_cache, serve, make_wheel) -> None:  # noqa: ANN001
+    """client_auth_success carries the thumbprint and source of the certificate that was bound."""
+    import json
+    import shutil
+
+    trace = tmp_path / "trace.jsonl"
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache, oauth=(
+        '<ClientCertificateHeader name="Client-Cert" format="rfc9440" trustedProxies="127.0.0.0/8"/>'),
+        listeners=DEFAULT_LISTENERS + f"""
+        <EventListener type="OAuthEventInterceptor" name="audit_cert" orderId="10">
+            <Property name="trace">{trace}</Property>
+        </EventListener>""")
+    shutil.copy(make_wheel("audit_cert", AUDIT), dep.dropins)
+    client = dep.add_client("binder", "--grant-type", "client_credentials",
+                            "--auth-method", "client_secret_basic", "--bind-tokens")
+    server = serve(dep)
+    pair = pki.self_signed()
+    credentials = (str(client["client_id"]), str(client["client_secret"]))
+    assert post(server, "/oauth2/token", {"grant_type": "client_credentials"},
+                [("Client-Cert", item(pair.der))], credentials).status_code == 200
+    with server.client(cert=pair.write(tmp_path, "direct")) as http:
+        assert http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                         auth=credentials).status_code == 200
+    assert post(server, "/oauth2/token", {"grant_type": "client_credentials"}, [], credentials).status_code == 200
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert lines == [[client["client_id"], pair.x5t_s256(), "proxy"],
+                     [client["client_id"], pair.x5t_s256(), "tls"],
+                     [client["client_id"], None, None]]

@@ -19,6 +19,7 @@ from .events import ClientAuthEvent, TokenRevokeEvent
 from .forms import check_content_type, parse_form
 from .grants import GRANT_TYPES, Grant, check_grant_type, grant
 from .kdf import token_hash
+from .rfc8705 import x5t_s256
 from .tokens import token_claims
 
 __all__ = ["oauth", "client_cert_chain", "POST_ENDPOINTS"]
@@ -36,6 +37,12 @@ def read_form(request: HttpRequest) -> Mapping[str, str]:
     return parse_form(request.body)
 
 
+def _certificate_fields(chain: tuple[bytes, ...], source: str | None) -> dict[str, str | None]:
+    """What the events say about the request's certificate: its thumbprint and source."""
+    return {"x5t_s256": x5t_s256(chain[0]) if chain else None,
+            "certificate_source": source if chain else None}
+
+
 async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str], endpoint: str) -> AuthenticatedClient:
     """Authenticate the calling client and tell the interceptors how it went.
 
@@ -44,6 +51,7 @@ async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str
     """
     authorization = request.headers.get("authorization")
     chain: tuple[bytes, ...] = ()
+    source: str | None = None
     try:
         chain, source = client_certificates(request.scope, request.remote_addr,
                                             rt.identity.forwarded_certificates)
@@ -56,12 +64,13 @@ async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str
         if not isinstance(error, ServerError):
             await rt.listeners.notify("client_auth_failure", event=ClientAuthEvent(
                 endpoint, claimed_client_id(form, authorization), error=error.error,
-                remote_addr=request.remote_addr))
+                remote_addr=request.remote_addr, **_certificate_fields(chain, source)))
         if isinstance(error, InvalidClientError):
             error.headers.update(challenge(authorization, rt.identity.realm))
         raise
     await rt.listeners.notify("client_auth_success", event=ClientAuthEvent(
-        endpoint, auth.client.client_id, method=auth.method, remote_addr=request.remote_addr))
+        endpoint, auth.client.client_id, method=auth.method, remote_addr=request.remote_addr,
+        **_certificate_fields(chain, source)))
     if auth.certificate is None and (auth.client.bind_tokens or auth.method == "none") and chain:
         # RFC 8705 §3 and §4: a secret client registered for bound tokens, or a public client,
         # gets tokens bound to the certificate of this request (its handshake's, or the one a
