@@ -41,8 +41,8 @@ def item(der: bytes) -> str:
 
 
 def post(server: Server, path: str, data: dict[str, str], headers: list[tuple[str, str]],
-         auth: tuple[str, str] | None = None):  # noqa: ANN201
-    with server.client() as http:
+         auth: tuple[str, str] | None = None, http2: bool = False):  # noqa: ANN201
+    with server.client(http2=http2) as http:
         return http.post(path, data=data, headers=headers, auth=auth)
 
 
@@ -108,9 +108,10 @@ def test_forwarded_certificate_authenticates_and_binds_an_mtls_client(env) -> No
 # --- finding 5: one certificate field (RFC 9440 §2.2) ------------------------------------------
 
 
-@pytest.mark.parametrize("order", ["attacker-first", "victim-first"])
+@pytest.mark.parametrize("order", ["attacker-first", "victim-first", "other-case", "http2"])
 def test_two_certificate_fields_are_invalid_request(env, order) -> None:  # noqa: ANN001
-    """Client-Cert twice is refused with 400 invalid_request, whichever comes first."""
+    """Client-Cert twice is refused with 400 invalid_request, whichever comes first, however
+    the second is spelt, over HTTP/1.1 and HTTP/2."""
     server, root, _ = env
     victim, attacker = pki.self_signed(), pki.self_signed()
     client_id = str(server.deployment.add_client("v", "--grant-type", "client_credentials", "--auth-method",
@@ -119,7 +120,11 @@ def test_two_certificate_fields_are_invalid_request(env, order) -> None:  # noqa
     fields = [("Client-Cert", item(attacker.der)), ("Client-Cert", item(victim.der))]
     if order == "victim-first":
         fields.reverse()
-    response = post(server, "/oauth2/token", {"grant_type": "client_credentials", "client_id": client_id}, fields)
+    if order == "other-case":
+        fields[1] = ("client-CERT", fields[1][1])
+    response = post(server, "/oauth2/token", {"grant_type": "client_credentials", "client_id": client_id}, fields,
+                    http2=order == "http2")
+    assert response.http_version == ("HTTP/2" if order == "http2" else "HTTP/1.1")
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "invalid_request"
 
