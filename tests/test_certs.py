@@ -340,7 +340,7 @@ def test_normalize_dn_of_a_certificate_name_equals_its_text() -> None:
 
 @pytest.mark.parametrize("text", [
     "garbage", "CN", "=x", "CN=a,,O=b", "CN=a,", "foo=bar", "/C=US/O=Example/CN=x",
-    "CN=#zz", "CN=#0c05466f6f", "CN=x\\zz", 'CN="quoted"', "CN=a<b", "CN=\\ff", "1.2.=x",
+    "CN=#zz", "CN=#0c05466f6f", "CN=#0403737663", "CN=x\\zz", 'CN="quoted"', "CN=a<b", "CN=\\ff", "1.2.=x",
 ])
 def test_normalize_dn_refuses_bad_text(text: str) -> None:
     """Text that is not an RFC 4514 distinguished name raises CertificateError."""

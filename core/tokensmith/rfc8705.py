@@ -362,6 +362,10 @@ def normalize_dn(text_or_name: str | x509.Name, matching: str = "exact") -> str:
         rdns = _certificate_rdns(text_or_name)
     else:
         rdns = _parse_rfc4514(text_or_name)
+        for oid, value in (pair for rdn in rdns for pair in rdn):
+            if isinstance(value, bytes) and oid not in _BIT_STRING_OIDS:
+                # Certificates with such values are refused, so this could never match.
+                raise CertificateError(f"the '#' value of {oid} is not an ASN.1 string type")
     return ",".join("+".join(sorted(f"{oid}={_comparable(v, matching)}" for oid, v in rdn))
                     for rdn in rdns)
 
