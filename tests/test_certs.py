@@ -514,6 +514,26 @@ def test_email_constraints_on_the_subject(ca: Issued, constraint: str, email: st
             verify_chain([client.der, sub.der], [ca.cert], NOW)
 
 
+def test_an_anchors_non_critical_directory_name_constraint_is_applied() -> None:
+    """A directoryName constraint is applied wherever it sits in the path, the anchor included."""
+    acme = x509.NameConstraints(permitted_subtrees=[x509.DirectoryName(x509.Name.from_rfc4514_string("O=Acme"))],
+                                excluded_subtrees=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name.from_rfc4514_string("CN=Acme Root,O=Acme")
+    root = Issued(issue(name, ca=True, eku=None, key=key).cert, key)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(NOW - timedelta(days=1))
+               .not_valid_after(NOW + timedelta(days=30)))
+    for extension in root.cert.extensions:
+        builder = builder.add_extension(extension.value, critical=extension.critical)
+    root = Issued(builder.add_extension(acme, critical=False).sign(key, hashes.SHA256()), key)
+    inside = issue("CN=svc,O=Acme", root)
+    outside = issue("CN=svc,O=Evil", root)
+    assert verify_chain([inside.der], [root.cert], NOW) == inside.cert
+    with pytest.raises(CertificateError, match="directoryName name constraints"):
+        verify_chain([outside.der], [root.cert], NOW)
+
+
 def test_a_uri_constraint_refuses_a_uri_san_with_a_reason(ca: Issued) -> None:
     """URI constraints cannot be checked; a certificate with a URI SAN under one is refused, saying why."""
     sub = _constrained(ca, x509.UniformResourceIdentifier(".partner.example"))
