@@ -55,29 +55,37 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def ca(cn: str = "Test Root CA") -> Pair:
+def ca(cn: str = "Test Root CA", issuer: Pair | None = None,
+       constraints: x509.NameConstraints | None = None, critical: bool = True) -> Pair:
+    """A root CA, or with *issuer* an intermediate CA, optionally with name *constraints*."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = _name(cn, "tokensmith tests")
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - DAY).not_valid_after(NOW + 365 * DAY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    return Pair(cert, key)
+    signer = issuer.key if issuer is not None else key
+    builder = (x509.CertificateBuilder().subject_name(name)
+               .issuer_name(issuer.cert.subject if issuer is not None else name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(NOW - DAY).not_valid_after(NOW + 365 * DAY)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                            content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False,
+                                            encipher_only=False, decipher_only=False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+    if constraints is not None:
+        builder = builder.add_extension(constraints, critical=critical)
+    return Pair(builder.sign(signer, hashes.SHA256()), key)
 
 
 def issue(issuer: Pair, cn: str, *, org: str | None = None, dns: tuple[str, ...] = (),
           uris: tuple[str, ...] = (), ips: tuple[str, ...] = (), emails: tuple[str, ...] = (),
           not_before: datetime.datetime | None = None,
-          not_after: datetime.datetime | None = None) -> Pair:
-    """A client certificate (clientAuth EKU) signed by *issuer*."""
+          not_after: datetime.datetime | None = None, subject: x509.Name | None = None) -> Pair:
+    """A client certificate (clientAuth EKU) signed by *issuer*; *subject* replaces CN and O."""
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = (x509.CertificateBuilder().subject_name(_name(cn, org)).issuer_name(issuer.cert.subject)
+    builder = (x509.CertificateBuilder().subject_name(subject or _name(cn, org)).issuer_name(issuer.cert.subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(not_before or NOW - DAY).not_valid_after(not_after or NOW + 30 * DAY)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

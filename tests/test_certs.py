@@ -20,6 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tokensmith.rfc8705 import (
@@ -75,7 +76,8 @@ def issue(subject: str | x509.Name, issuer: Issued | None = None, *, ca: bool = 
           sans: tuple[x509.GeneralName, ...] = (),
           eku: tuple[x509.ObjectIdentifier, ...] | None = CLIENT_AUTH,
           not_before: datetime = NOW - timedelta(days=1), not_after: datetime = NOW + timedelta(days=30),
-          key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None) -> Issued:
+          key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
+          constraints: x509.NameConstraints | None = None) -> Issued:
     """A certificate for *subject*, signed by *issuer* (self-signed without one)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     name = subject if isinstance(subject, x509.Name) else x509.Name.from_rfc4514_string(subject)
@@ -102,6 +104,8 @@ def issue(subject: str | x509.Name, issuer: Issued | None = None, *, ca: bool = 
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    if constraints is not None:
+        builder = builder.add_extension(constraints, critical=True)
     return Issued(builder.sign(signer, hashes.SHA256()), key)
 
 
@@ -255,22 +259,25 @@ def test_load_pem_raises_only_certificate_error_for_damaged_input(leaf: Issued, 
 
 # --- distinguished names -----------------------------------------------------------------
 
+@pytest.mark.parametrize("matching", ["exact", "rfc4518"])
 @pytest.mark.parametrize(("left", "right"), [
-    ("CN=Foo,O=Bar", "cn=foo, o=bar"),
-    ("CN=Foo,O=Bar", "2.5.4.3=FOO,OID.2.5.4.10=bar"),
-    ("CN=Foo   Bar,O=Bar", "CN= foo bar ,O=BAR"),
-    ("CN=a+O=b,C=US", "o=B + cn=A,c=us"),
+    ("CN=Foo,O=Bar", "cn=Foo, o=Bar"),
+    ("CN=Foo,O=Bar", "2.5.4.3=Foo,OID.2.5.4.10=Bar"),
+    ("CN=Foo Bar,O=Bar", "CN= Foo Bar ,O=Bar  "),  # unescaped spaces around separators are layout
+    ("CN=a+O=b,C=US", "o=b + cn=a,c=US"),
     ("CN=Foo", "CN=#0c03466f6f"),  # RFC 4514 §2.4 hex of a BER UTF8String
-    ("E=client@example.com,CN=x", "1.2.840.113549.1.9.1=#1612636c69656e74406578616d706c652e636f6d,CN=X"),
+    ("CN=Foo", "CN=#1303466f6f"),  # ...and of a PrintableString: the same text
+    ("E=client@example.com,CN=x", "1.2.840.113549.1.9.1=#1612636c69656e74406578616d706c652e636f6d,CN=x"),
     ("CN=a\\,b", "CN=a\\2cb"),
-    ("CN=\\C3\\89cole", "CN=école"),
+    ("CN=\\C3\\A9cole", "CN=\u00e9cole"),
     ("CN=Foo;O=Bar", "CN=Foo,O=Bar"),
 ])
-def test_normalize_dn_equates_equivalent_names(left: str, right: str) -> None:
-    """Label case, spacing, labels vs OIDs, multi-valued RDN order, hex and escaped forms do not matter."""
-    assert normalize_dn(left) == normalize_dn(right)
+def test_normalize_dn_equates_equivalent_names(left: str, right: str, matching: str) -> None:
+    """Label case, layout spaces, labels vs OIDs, multi-valued RDN order, string type, hex and escaped forms do not matter."""
+    assert normalize_dn(left, matching) == normalize_dn(right, matching)
 
 
+@pytest.mark.parametrize("matching", ["exact", "rfc4518"])
 @pytest.mark.parametrize(("left", "right"), [
     ("CN=Foo,O=Bar", "O=Bar,CN=Foo"),  # RDN order is significant
     ("CN=Foo,O=Bar", "CN=Foo,OU=Bar"),  # another attribute type
@@ -278,10 +285,46 @@ def test_normalize_dn_equates_equivalent_names(left: str, right: str) -> None:
     ("CN=Foo Bar", "CN=FooBar"),  # whitespace is collapsed, not removed
     ("CN=a+O=b", "CN=a,O=b"),  # one multi-valued RDN is not two RDNs
     ("CN=a\\,O=b", "CN=a,O=b"),  # an escaped comma is part of the value
+    ("CN=svc+CN=svc,O=Acme", "CN=svc,O=Acme"),  # an RDN is a multiset (RFC 4517 §4.2.15)
+    ("CN=svc,O=Acme+O=Acme", "CN=svc,O=Acme"),
 ])
-def test_normalize_dn_distinguishes_different_names(left: str, right: str) -> None:
+def test_normalize_dn_distinguishes_different_names(left: str, right: str, matching: str) -> None:
     """Names that differ in RDN order, attribute types, values or RDN structure stay different."""
+    assert normalize_dn(left, matching) != normalize_dn(right, matching)
+
+
+@pytest.mark.parametrize(("left", "right"), [
+    ("CN=svc,O=Acme", "CN=SVC,O=ACME"),
+    ("CN=svc", "CN=\u017fvc"),  # LATIN SMALL LETTER LONG S, which case folds to 's'
+    ("CN=svc,O=Acme", "CN=\uff53\uff56\uff43,O=\uff21\uff43\uff4d\uff45"),  # fullwidth: NFKC
+    ("CN=Foo Bar", "CN=Foo   Bar"),
+    ("CN=Foo\\ ", "CN=Foo"),  # an escaped trailing space is part of the value, but insignificant
+])
+def test_look_alikes_match_only_under_rfc4518(left: str, right: str) -> None:
+    """Case, compatibility forms and inner spacing differ by default and match under rfc4518."""
     assert normalize_dn(left) != normalize_dn(right)
+    assert normalize_dn(left, "exact") != normalize_dn(right, "exact")
+    assert normalize_dn(left, "rfc4518") == normalize_dn(right, "rfc4518")
+
+
+def test_a_repeated_attribute_is_not_collapsed_under_rfc4518() -> None:
+    """CN=svc+CN=SVC holds two values; it never matches a one-value CN=svc RDN."""
+    assert normalize_dn("CN=svc+CN=SVC,O=Acme", "rfc4518") != normalize_dn("CN=svc,O=Acme", "rfc4518")
+    assert normalize_dn("CN=svc,O=ACME+O=Acme", "rfc4518") != normalize_dn("CN=svc,O=Acme", "rfc4518")
+
+
+@pytest.mark.parametrize("kind", [_ASN1Type.OctetString, _ASN1Type.UTCTime, _ASN1Type.GeneralizedTime])
+def test_a_certificate_attribute_that_is_not_a_string_is_refused(kind: _ASN1Type) -> None:
+    """A CN held in an OCTET STRING or a time type is refused, not read as the text it holds."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "svc", _type=kind)])
+    cert = x509.load_der_x509_certificate(issue(subject).der)
+    with pytest.raises(CertificateError, match="not a string"):
+        dn_matches("CN=svc", cert)
+
+
+def test_normalize_dn_refuses_an_unknown_matching() -> None:
+    with pytest.raises(CertificateError, match="matching"):
+        normalize_dn("CN=a", "loose")
 
 
 def test_normalize_dn_of_a_certificate_name_equals_its_text() -> None:
@@ -291,13 +334,13 @@ def test_normalize_dn_of_a_certificate_name_equals_its_text() -> None:
         x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
                                         x509.NameAttribute(NameOID.COMMON_NAME, "Client")]),
     ])
-    assert normalize_dn(name) == normalize_dn("cn=client + o=example, c=us")
+    assert normalize_dn(name) == normalize_dn("cn=Client + o=Example, c=US")
     assert normalize_dn(name) == normalize_dn(name.rfc4514_string())
 
 
 @pytest.mark.parametrize("text", [
     "garbage", "CN", "=x", "CN=a,,O=b", "CN=a,", "foo=bar", "/C=US/O=Example/CN=x",
-    "CN=#zz", "CN=#0c05466f6f", "CN=x\\zz", 'CN="quoted"', "CN=a<b", "CN=\\ff", "1.2.=x",
+    "CN=#zz", "CN=#0c05466f6f", "CN=#0403737663", "CN=x\\zz", 'CN="quoted"', "CN=a<b", "CN=\\ff", "1.2.=x",
 ])
 def test_normalize_dn_refuses_bad_text(text: str) -> None:
     """Text that is not an RFC 4514 distinguished name raises CertificateError."""
@@ -306,8 +349,10 @@ def test_normalize_dn_refuses_bad_text(text: str) -> None:
 
 
 def test_dn_matches_the_registered_subject(leaf: Issued) -> None:
-    """A registration matches the subject regardless of case and spacing, and only that subject."""
-    assert dn_matches("cn=client one, ou=payments, o=example corp, c=us", leaf.cert)
+    """A registration matches the subject exactly by default, regardless of case under rfc4518."""
+    assert dn_matches("CN=Client One, OU=Payments, O=Example Corp, C=US", leaf.cert)
+    assert not dn_matches("cn=client one, ou=payments, o=example corp, c=us", leaf.cert)
+    assert dn_matches("cn=client one, ou=payments, o=example corp, c=us", leaf.cert, "rfc4518")
     assert not dn_matches("CN=Client Two,OU=Payments,O=Example Corp,C=US", leaf.cert)
     assert not dn_matches("CN=Client One,OU=Payments,O=Example Corp", leaf.cert)
     with pytest.raises(CertificateError, match="empty"):
@@ -324,6 +369,8 @@ def test_dn_matches_the_registered_subject(leaf: Issued) -> None:
     ("san_uri", "spiffe://example.com/client/one", True),
     ("san_uri", "spiffe://example.com/client/ONE", False),
     ("san_uri", "spiffe://example.com/client/one/", False),
+    ("san_uri", "SPIFFE://EXAMPLE.com/client/one", True),  # RFC 5280 §7.4: scheme and host
+    ("san_uri", "spiffe://user@example.com/client/one", False),
     ("san_ip", "0:0::1", True),
     ("san_ip", "0000:0000:0000:0000:0000:0000:0000:0001", True),
     ("san_ip", "192.0.2.7", True),
@@ -439,6 +486,60 @@ def test_verify_chain_refuses(case: str, expected: str, ca: Issued, intermediate
     with pytest.raises(CertificateError) as excinfo:
         verify_chain(chains[case](), [ca.cert], NOW)
     assert expected in one_line_error(excinfo)
+
+
+def _constrained(ca: Issued, *permitted: x509.GeneralName) -> Issued:
+    return issue("CN=Constrained CA", ca, ca=True, eku=None,
+                 constraints=x509.NameConstraints(permitted_subtrees=list(permitted), excluded_subtrees=None))
+
+
+@pytest.mark.parametrize(("constraint", "email", "ok"), [
+    ("svc@partner.example", "svc@partner.example", True),  # one mailbox
+    ("svc@partner.example", "other@partner.example", False),
+    ("partner.example", "svc@PARTNER.example", True),  # one host, ASCII case-insensitive
+    ("partner.example", "svc@a.partner.example", False),
+    (".partner.example", "svc@a.partner.example", True),  # any host in the domain
+    (".partner.example", "svc@partner.example", False),
+    ("partner.example", "no-at-sign", False),
+])
+def test_email_constraints_on_the_subject(ca: Issued, constraint: str, email: str, ok: bool) -> None:
+    """rfc822Name subtrees apply to the subject's emailAddress as RFC 5280 §4.2.1.10 defines them."""
+    sub = _constrained(ca, x509.RFC822Name(constraint))
+    name = x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, email), x509.NameAttribute(NameOID.COMMON_NAME, "svc")])
+    client = issue(name, sub)
+    if ok:
+        assert verify_chain([client.der, sub.der], [ca.cert], NOW) == client.cert
+    else:
+        with pytest.raises(CertificateError, match="name constraints"):
+            verify_chain([client.der, sub.der], [ca.cert], NOW)
+
+
+def test_an_anchors_non_critical_directory_name_constraint_is_applied() -> None:
+    """A directoryName constraint is applied wherever it sits in the path, the anchor included."""
+    acme = x509.NameConstraints(permitted_subtrees=[x509.DirectoryName(x509.Name.from_rfc4514_string("O=Acme"))],
+                                excluded_subtrees=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name.from_rfc4514_string("CN=Acme Root,O=Acme")
+    root = Issued(issue(name, ca=True, eku=None, key=key).cert, key)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(NOW - timedelta(days=1))
+               .not_valid_after(NOW + timedelta(days=30)))
+    for extension in root.cert.extensions:
+        builder = builder.add_extension(extension.value, critical=extension.critical)
+    root = Issued(builder.add_extension(acme, critical=False).sign(key, hashes.SHA256()), key)
+    inside = issue("CN=svc,O=Acme", root)
+    outside = issue("CN=svc,O=Evil", root)
+    assert verify_chain([inside.der], [root.cert], NOW) == inside.cert
+    with pytest.raises(CertificateError, match="directoryName name constraints"):
+        verify_chain([outside.der], [root.cert], NOW)
+
+
+def test_a_uri_constraint_refuses_a_uri_san_with_a_reason(ca: Issued) -> None:
+    """URI constraints cannot be checked; a certificate with a URI SAN under one is refused, saying why."""
+    sub = _constrained(ca, x509.UniformResourceIdentifier(".partner.example"))
+    client = issue("CN=svc", sub, sans=(x509.UniformResourceIdentifier("https://a.partner.example/x"),))
+    with pytest.raises(CertificateError, match="name constraint of a kind that cannot be checked"):
+        verify_chain([client.der, sub.der], [ca.cert], NOW)
 
 
 def test_verify_chain_bounds_work_before_parsing(leaf: Issued, intermediate: Issued, ca: Issued) -> None:

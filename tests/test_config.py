@@ -145,3 +145,34 @@ def test_bad_numbers_say_what_is_allowed(deployment, connector, words) -> None: 
     with pytest.raises(ConfigError) as error:
         load_config(deployment.conf)
     assert words in str(error.value) and "atomic type" not in str(error.value)
+
+
+@pytest.mark.parametrize(("element", "expected"), [
+    ('<ClientCertificateHeader name="X-Client-Cert" trustedProxies="10.0.0.300"/>',
+     "trustedProxies: '10.0.0.300' is not an address or network"),
+    ('<ClientCertificateHeader name="X-Client-Cert" trustedProxies=" , "/>', "needs trustedProxies="),
+    ('<ClientCertificateHeader name="X Cert" trustedProxies="10.0.0.1"/>', "is not a header field name"),
+    ('<ClientCertificateHeader name="X-Client-Cert" format="der" trustedProxies="10.0.0.1"/>', "must be one of"),
+    ('<ClientCertificateHeader name="X-Client-Cert" chainHeader="X-Chain" trustedProxies="10.0.0.1"/>',
+     'needs format="rfc9440"'),
+])
+def test_bad_client_certificate_header_names_the_line(deployment, element, expected) -> None:  # noqa: ANN001
+    """<ClientCertificateHeader> mistakes name identity.xml and the line."""
+    deployment.oauth = element
+    deployment.write()
+    with pytest.raises(ConfigError, match=r"identity\.xml:\d+: ") as excinfo:
+        load_config(deployment.conf)
+    assert expected in str(excinfo.value)
+
+
+def test_client_certificate_header_defaults(deployment) -> None:  # noqa: ANN001
+    """rfc9440 brings RFC 9440 §2.3's Client-Cert-Chain along; other formats carry one certificate."""
+    deployment.oauth = '<ClientCertificateHeader name="Client-Cert" format="rfc9440" trustedProxies="10.0.0.0/8, ::1"/>'
+    deployment.write()
+    forwarded = load_config(deployment.conf).identity.forwarded_certificates
+    assert forwarded is not None and forwarded.chain_header == "Client-Cert-Chain"
+    assert [str(n) for n in forwarded.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+    deployment.oauth = '<ClientCertificateHeader name="X-SSL-Cert" trustedProxies="10.0.0.1"/>'
+    deployment.write()
+    forwarded = load_config(deployment.conf).identity.forwarded_certificates
+    assert forwarded is not None and forwarded.format == "auto" and forwarded.chain_header is None

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pki
-from conftest import DEFAULT_LISTENERS, Server, new_deployment, start_server
+from conftest import Server, new_deployment, start_server
 from tokensmith import cli
 from tokensmith.config import ConfigError, load_config
 
@@ -35,11 +35,8 @@ OAUTH_ERRORS = {"invalid_request", "invalid_client", "invalid_grant", "unauthori
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Server, dict, pki.Pair]]:  # noqa: ANN001
     root = tmp_path_factory.mktemp("fuzz")
-    dep = new_deployment(root / "ts", keystore, wheel_cache, listeners=DEFAULT_LISTENERS.replace(
-        'name="mutual_tls" orderId="158" enable="true"/>',
-        'name="mutual_tls" orderId="158" enable="true">'
-        '<Property name="CertificateHeader">X-Client-Cert</Property>'
-        '<Property name="TrustedProxies">127.0.0.0/8</Property></EventListener>'))
+    dep = new_deployment(root / "ts", keystore, wheel_cache, oauth=(
+        '<ClientCertificateHeader name="X-Client-Cert" trustedProxies="127.0.0.0/8"/>'))
     client = dep.add_client("f", "--grant-type", "client_credentials", "--grant-type", "password",
                             "--grant-type", "refresh_token", "--scope", "read",
                             "--auth-method", "client_secret_post")

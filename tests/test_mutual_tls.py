@@ -1,6 +1,6 @@
 """Mutual-TLS client authentication and certificate-bound tokens, over real TLS handshakes.
 
-RFC 8705 §2 (client authentication) and §3 (bound tokens). Clients are registered with the CLI, the
+Authentication (RFC 8705 §2) and binding (§3). Clients are registered with the CLI, the
 server runs as a user runs it, and every request presents a real client certificate.
 """
 
@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 
 import pki
 from conftest import DEFAULT_LISTENERS, Deployment, Server, new_deployment, start_server
@@ -200,12 +202,72 @@ def test_pki_client_matching_subject(env, option, value, leaf_kwargs) -> None:  
     assert introspect(server, response.json()["access_token"])["cnf"] == {"x5t#S256": leaf.x5t_s256()}
 
 
-def test_pki_dn_comparison_ignores_case_and_spacing(env) -> None:  # noqa: ANN001
-    """The registered DN is compared as a normalised name, not as a string."""
+def test_pki_dn_comparison_is_exact_by_default(env) -> None:  # noqa: ANN001
+    """By default a registered DN matches only the same text: case and inner spacing count."""
     server, root, authority = env
     files = pki.issue(authority, "Svc-B", org="Acme Corp").write(root / "certs", "pki-norm")
-    client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "cn=svc-b ,  o=ACME   CORP")
-    assert token(server, files, client_id).status_code == 200
+    loose = register(server.deployment, "tls_client_auth", "--subject-dn", "cn=svc-b ,  o=ACME   CORP")
+    exact = register(server.deployment, "tls_client_auth", "--subject-dn", "cn=Svc-B , o=Acme Corp")
+    assert token(server, files, loose).status_code == 401
+    assert token(server, files, exact).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def env_rfc4518(tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Server, Path, pki.Pair]]:  # noqa: ANN001
+    """Like ``env``, with the mutual_tls listener's SubjectDNMatching set to rfc4518."""
+    root = tmp_path_factory.mktemp("mtls4518")
+    dep = new_deployment(root / "ts", keystore, wheel_cache, listeners=DEFAULT_LISTENERS.replace(
+        'name="mutual_tls" orderId="158" enable="true"/>',
+        'name="mutual_tls" orderId="158" enable="true">'
+        '<Property name="SubjectDNMatching">rfc4518</Property></EventListener>'))
+    authority = pki.ca()
+    (root / "ca.pem").write_bytes(authority.pem)
+    dep.cli("truststore", "import", "--alias", "test-root", "--file", str(root / "ca.pem"))
+    server = start_server(dep)
+    yield server, root, authority
+    server.stop()
+
+
+def subject(*rdns: list[tuple[x509.ObjectIdentifier, str]]) -> x509.Name:
+    """A name from RDNs written most specific first, as RFC 4514 text is."""
+    return x509.Name([x509.RelativeDistinguishedName([x509.NameAttribute(oid, value) for oid, value in rdn])
+                      for rdn in reversed(rdns)])
+
+
+CN, O = NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME
+
+
+@pytest.mark.parametrize("mode", ["exact", "rfc4518"])
+def test_a_repeated_attribute_in_one_rdn_is_not_collapsed(request, mode) -> None:  # noqa: ANN001
+    """CN=svc+CN=SVC,O=Acme (or O=ACME+O=Acme) is not CN=svc,O=Acme: RFC 4517 §4.2.15 counts values."""
+    server, root, authority = request.getfixturevalue("env" if mode == "exact" else "env_rfc4518")
+    client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "CN=svc,O=Acme")
+    for n, name in enumerate((subject([(CN, "svc"), (CN, "SVC")], [(O, "Acme")]),
+                              subject([(CN, "svc")], [(O, "ACME"), (O, "Acme")]))):
+        files = pki.issue(authority, "x", subject=name).write(root / "certs", f"repeat-{mode}-{n}")
+        response = token(server, files, client_id)
+        assert response.status_code == 401, (name.rfc4514_string(), response.text)
+    good = pki.issue(authority, "svc", org="Acme").write(root / "certs", f"repeat-{mode}-good")
+    assert token(server, good, client_id).status_code == 200
+
+
+LOOK_ALIKES = {
+    "upper": subject([(CN, "SVC")], [(O, "ACME")]),
+    "long-s": subject([(CN, "\u017fvc")], [(O, "Acme")]),
+    "fullwidth": subject([(CN, "\uff53\uff56\uff43")], [(O, "\uff21\uff43\uff4d\uff45")]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOOK_ALIKES))
+def test_look_alike_subjects_are_refused_by_default(request, case) -> None:  # noqa: ANN001
+    """CN=SVC,O=ACME, CN=\u017fvc and fullwidth letters do not match CN=svc,O=Acme unless
+    SubjectDNMatching is rfc4518, which asks the CA to keep such names apart."""
+    for mode in ("env", "env_rfc4518"):
+        server, root, authority = request.getfixturevalue(mode)
+        files = pki.issue(authority, "x", subject=LOOK_ALIKES[case]).write(root / "certs", f"alike-{case}")
+        client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "CN=svc,O=Acme")
+        expected = 401 if mode == "env" else 200
+        assert token(server, files, client_id).status_code == expected, mode
 
 
 def test_pki_subject_mismatch_is_refused(env) -> None:  # noqa: ANN001
@@ -232,6 +294,74 @@ def test_pki_untrusted_expired_and_future_certificates(env) -> None:  # noqa: AN
         assert response.json()["error"] == "invalid_client"
     good = pki.issue(authority, "svc-c").write(root / "certs", "good-c")
     assert token(server, good, client_id).status_code == 200
+
+
+EMAIL = NameOID.EMAIL_ADDRESS
+
+
+def constrained_leaf(authority: pki.Pair, constraints: x509.NameConstraints, name: x509.Name,
+                     critical: bool = True) -> pki.Pair:
+    """A leaf issued by a sub-CA of *authority* that carries *constraints*, with its chain."""
+    sub = pki.ca("Constrained CA", issuer=authority, constraints=constraints, critical=critical)
+    leaf = pki.issue(sub, "x", subject=name)
+    return pki.Pair(leaf.cert, leaf.key, chain=(sub.cert,))
+
+
+PARTNER_ONLY = x509.NameConstraints(
+    permitted_subtrees=[x509.RFC822Name("partner.example"), x509.DNSName("partner.example")],
+    excluded_subtrees=None)
+
+
+@pytest.mark.parametrize(("constraints", "email", "expected"), [
+    (PARTNER_ONLY, "svc@example.com", 401),
+    (PARTNER_ONLY, "svc@partner.example", 200),
+    (x509.NameConstraints(permitted_subtrees=None, excluded_subtrees=[x509.RFC822Name(".example.com")]),
+     "svc@mail.example.com", 401),
+], ids=["outside-permitted", "inside-permitted", "excluded"])
+def test_email_name_constraints_apply_to_the_subject(env, constraints, email, expected) -> None:  # noqa: ANN001
+    """RFC 5280 §4.2.1.10: a sub-CA limited to partner.example mail cannot issue E=svc@example.com
+    in the subject of a certificate without SANs."""
+    server, root, authority = env
+    pair = constrained_leaf(authority, constraints, subject([(CN, "svc")], [(EMAIL, email)]))
+    files = pair.write(root / "certs", f"nc-email-{email}-{expected}")
+    client_id = register(server.deployment, "tls_client_auth", "--subject-dn", f"CN=svc,E={email}")
+    response = token(server, files, client_id)
+    assert response.status_code == expected, response.text
+    if expected == 401:
+        assert "name constraints" in response.json()["error_description"]
+
+
+def test_directory_name_constraints_apply_to_the_subject(env) -> None:  # noqa: ANN001
+    """A non-critical directoryName constraint is applied, not ignored; a critical one, which the
+    chain verifier cannot check, refuses the chain with a reason in the log."""
+    server, root, authority = env
+    acme = x509.NameConstraints(permitted_subtrees=[x509.DirectoryName(subject([(O, "Acme")]))],
+                                excluded_subtrees=None)
+    cases = [("inside", False, subject([(CN, "svc")], [(O, "Acme")]), "CN=svc,O=Acme", 200),
+             ("outside", False, subject([(CN, "svc")], [(O, "Evil")]), "CN=svc,O=Evil", 401),
+             ("critical", True, subject([(CN, "svc")], [(O, "Acme")]), "CN=svc,O=Acme", 401)]
+    for label, critical, name, registered, expected in cases:
+        files = constrained_leaf(authority, acme, name, critical).write(root / "certs", f"nc-dir-{label}")
+        client_id = register(server.deployment, "tls_client_auth", "--subject-dn", registered)
+        response = token(server, files, client_id)
+        assert response.status_code == expected, (label, response.text)
+    assert "directoryName name constraint" in response.json()["error_description"]
+    server.wait_for_log(f"refused the certificate chain of client {client_id}: a CA in the chain has a "
+                        "critical directoryName name constraint")
+
+
+@pytest.mark.parametrize(("certified", "expected"), [
+    ("HTTPS://SVC.example.com/client", 200),
+    ("https://svc.EXAMPLE.COM:8443/client", 401),  # another port is another URI
+    ("https://svc.example.com/CLIENT", 401),  # the path stays case-sensitive
+])
+def test_san_uri_scheme_and_host_are_case_insensitive(env, certified, expected) -> None:  # noqa: ANN001
+    """RFC 5280 §7.4: a registered https://svc.example.com/client matches HTTPS://SVC.example.com/client."""
+    server, root, authority = env
+    files = pki.issue(authority, "svc-uri", uris=(certified,)).write(root / "certs", f"uri-{expected}-{len(certified)}")
+    client_id = register(server.deployment, "tls_client_auth", "--san-uri", "https://svc.example.com/client")
+    response = token(server, files, client_id)
+    assert response.status_code == expected, response.text
 
 
 def test_truststore_change_applies_without_restart(env) -> None:  # noqa: ANN001

@@ -41,11 +41,7 @@ def env(request, tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Serv
     dep = new_deployment(root / "ts", keystore, wheel_cache)
     dep.connectors = (f'<Connector address="127.0.0.1" port="0" clientAuth="want" '
                       f'connectionTimeout="{TIMEOUT_MS}" http1="{request.param}"/>')
-    dep.listeners = dep.listeners.replace(
-        '<EventListener type="ClientAuthenticator" name="mutual_tls" orderId="158" enable="true"/>',
-        '<EventListener type="ClientAuthenticator" name="mutual_tls" orderId="158" enable="true">'
-        '<Property name="CertificateHeader">X-Client-Cert</Property>'
-        '<Property name="TrustedProxies">127.0.0.1</Property></EventListener>')
+    dep.oauth = '<ClientCertificateHeader name="X-Client-Cert" trustedProxies="127.0.0.1"/>'
     dep.write()
     basic = dep.add_client("b", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
     header = b"Authorization: Basic " + base64.b64encode(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pki
-from conftest import DEFAULT_LISTENERS, Server, new_deployment, start_server
+from conftest import Server, new_deployment, start_server
 from tokensmith.config import load_config
 from tokensmith.tlsconf import server_context
 
@@ -156,12 +156,8 @@ def test_handshake_state_does_not_grow_with_clients(tmp_path, keystore, wheel_ca
 
 
 def proxied_deployment(tmp_path, keystore, wheel_cache, proxies: str, fmt: str = "auto"):  # noqa: ANN001, ANN201
-    return new_deployment(tmp_path / "ts", keystore, wheel_cache, listeners=DEFAULT_LISTENERS.replace(
-        'name="mutual_tls" orderId="158" enable="true"/>',
-        'name="mutual_tls" orderId="158" enable="true">'
-        '<Property name="CertificateHeader">X-Client-Cert</Property>'
-        f'<Property name="CertificateHeaderFormat">{fmt}</Property>'
-        f'<Property name="TrustedProxies">{proxies}</Property></EventListener>'))
+    return new_deployment(tmp_path / "ts", keystore, wheel_cache, oauth=(
+        f'<ClientCertificateHeader name="X-Client-Cert" format="{fmt}" trustedProxies="{proxies}"/>'))
 
 
 def nginx_escaped(pem: bytes) -> str:

@@ -20,6 +20,7 @@ from .events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
 from .hookspecs import hookimpl
 from .listeners import Listener
 from .rfc8705 import (
+    DN_MATCHING,
     FORWARDED_FORMATS,
     CertificateError,
     dn_matches,
@@ -43,6 +44,7 @@ __all__ = [
     "ClientAuthEvent",
     "CertificateError",
     "FORWARDED_FORMATS",
+    "DN_MATCHING",
     "x5t_s256",
     "dn_matches",
     "san_matches",

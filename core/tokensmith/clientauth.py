@@ -57,6 +57,7 @@ class ClientAuthRequest:
         headers: Mapping[str, str] | None = None,
         truststore: Truststore | None = None,
         verified: kdf.VerifiedSecrets | None = None,
+        client_cert_source: str | None = None,
     ):
         self._storage = storage
         self._truststore = truststore
@@ -65,9 +66,12 @@ class ClientAuthRequest:
         self.form = form
         #: The ``Authorization`` header, or None.
         self.authorization = authorization
-        #: DER of the certificates the client sent in this connection's TLS handshake, leaf
-        #: first; empty when it sent none.
+        #: DER of the client's certificates, leaf first; empty when it presented none. They
+        #: come from this connection's TLS handshake or, behind a trusted proxy, from the
+        #: proxy's header; the server decides which before any authenticator runs.
         self.client_cert_chain = client_cert_chain
+        #: Where ``client_cert_chain`` came from: ``"tls"``, ``"proxy"`` or None.
+        self.client_cert_source = client_cert_source if client_cert_chain else None
         self.remote_addr = remote_addr
         self.headers: Mapping[str, str] = headers or {}
 

@@ -9,7 +9,9 @@ names them.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from .rfc8705 import FORWARDED_FORMATS
 from .xmlconf import ConfigError, attr_bool, attr_int, parse_xml, where
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "ServerSettings",
     "IdentitySettings",
     "ListenerEntry",
+    "ForwardedCertificates",
     "load_config",
     "load_identity",
     "ConfigError",
@@ -94,6 +98,25 @@ class ListenerEntry:
     line: int = 0
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# RFC 9110 §5.1: a field name is a token.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@dataclass(frozen=True)
+class ForwardedCertificates:
+    """``<ClientCertificateHeader>``: where a TLS-terminating proxy puts the client's certificate.
+
+    Believed only from ``trusted_proxies``, and only when this connection's own handshake
+    carried no certificate. ``chain_header`` names RFC 9440 §2.3's Client-Cert-Chain.
+    """
+
+    header: str
+    trusted_proxies: tuple[Network, ...]
+    format: str = "auto"
+    chain_header: str | None = None
+
+
 @dataclass(frozen=True)
 class IdentitySettings:
     path: Path
@@ -114,6 +137,8 @@ class IdentitySettings:
     lockout_seconds: int = 300
     #: SHA-256 (hex) of the wheels allowed in dropins/; None when pinning is off.
     allowed_wheels: frozenset[str] | None = None
+    #: Client certificates forwarded by trusted proxies; None: only the TLS handshake's.
+    forwarded_certificates: ForwardedCertificates | None = None
 
 
 @dataclass(frozen=True)
@@ -276,10 +301,43 @@ def load_identity(path: Path) -> IdentitySettings:
             if cast is str and not value:
                 raise ConfigError(f"{where(path, el)}: <{tag}> must not be empty")
             settings[key] = value
+        header = oauth.find("ClientCertificateHeader")
+        if header is not None:
+            settings["forwarded_certificates"] = _forwarded(path, header)
     pins = root.find("Dropins")
     if pins is not None:
         settings["allowed_wheels"] = _allowed_wheels(path, pins)
     return IdentitySettings(path=path, listeners=tuple(entries), **settings)  # type: ignore[arg-type]
+
+
+def _forwarded(path: Path, el: etree._Element) -> ForwardedCertificates:
+    """``<ClientCertificateHeader name= format= trustedProxies= chainHeader=/>``."""
+    at = where(path, el)
+    name = el.get("name", "").strip()
+    if not _FIELD_NAME.fullmatch(name):
+        raise ConfigError(f"{at}: <ClientCertificateHeader name={name!r}> is not a header field name")
+    fmt = el.get("format", "auto")
+    if fmt not in FORWARDED_FORMATS:
+        raise ConfigError(f"{at}: <ClientCertificateHeader format={fmt!r}> must be one of"
+                          f" {', '.join(FORWARDED_FORMATS)}")
+    proxies = []
+    for item in filter(None, (p.strip() for p in el.get("trustedProxies", "").split(","))):
+        try:
+            proxies.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{at}: trustedProxies: {item!r} is not an address or network") from None
+    if not proxies:
+        raise ConfigError(f"{at}: <ClientCertificateHeader> needs trustedProxies=, the addresses"
+                          " or networks of the proxies whose header is believed")
+    # RFC 9440 §2.3's chain field goes with its §2.2 leaf field; chainHeader="" turns it off.
+    chain = el.get("chainHeader", "Client-Cert-Chain" if fmt == "rfc9440" else "").strip()
+    if chain and not _FIELD_NAME.fullmatch(chain):
+        raise ConfigError(f"{at}: <ClientCertificateHeader chainHeader={chain!r}> is not a header field name")
+    if chain and fmt != "rfc9440":
+        raise ConfigError(f'{at}: chainHeader= is RFC 9440\'s Client-Cert-Chain; it needs format="rfc9440"')
+    if chain.lower() == name.lower():
+        raise ConfigError(f"{at}: chainHeader= and name= must be different fields")
+    return ForwardedCertificates(name, tuple(proxies), fmt, chain or None)
 
 
 def _allowed_wheels(path: Path, dropins: etree._Element) -> frozenset[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -11,13 +10,16 @@ from dataclasses import replace
 from quart import Blueprint, Response, current_app
 
 from .app import Runtime, public_urls_of, runtime
-from .asgi import DER_KEY, Answer, HttpRequest
+from .asgi import Answer, HttpRequest
+from .clientcert import client_certificates
+from .clientcert import handshake_chain as client_cert_chain
 from .clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_client, challenge, claimed_client_id
 from .errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
 from .events import ClientAuthEvent, TokenRevokeEvent
 from .forms import check_content_type, parse_form
 from .grants import GRANT_TYPES, PUBLIC, Grant, check_grant_type, grant
 from .kdf import token_hash
+from .rfc8705 import x5t_s256
 from .tokens import token_claims
 
 __all__ = ["oauth", "client_cert_chain", "POST_ENDPOINTS", "PUBLIC_CLIENTS_ALLOWED", "ENDPOINT_PATHS"]
@@ -33,15 +35,6 @@ oauth = Blueprint("oauth", __name__)
 PUBLIC_CLIENTS_ALLOWED = {"token": True, "introspect": False, "revoke": True}
 
 
-def client_cert_chain(scope: Mapping) -> tuple[bytes, ...]:
-    """DER of the TLS client certificates in *scope* (the ASGI TLS extension), leaf first."""
-    tls = scope.get("extensions", {}).get("tls") or {}
-    der = tls.get(DER_KEY)
-    if der is not None:
-        return der
-    return tuple(ssl.PEM_cert_to_DER_cert(pem) for pem in tls.get("client_cert_chain") or ())
-
-
 def read_form(request: HttpRequest) -> Mapping[str, str]:
     """The request's form parameters, checked as RFC 6749 §3.2 and Appendix B require."""
     if request.query_string:
@@ -52,15 +45,28 @@ def read_form(request: HttpRequest) -> Mapping[str, str]:
     return parse_form(request.body)
 
 
+def _certificate_fields(chain: tuple[bytes, ...], source: str | None) -> dict[str, str | None]:
+    """What the events say about the request's certificate: its thumbprint and source."""
+    return {"x5t_s256": x5t_s256(chain[0]) if chain else None,
+            "certificate_source": source if chain else None}
+
+
 async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str], endpoint: str) -> AuthenticatedClient:
-    """Authenticate the calling client and tell the interceptors how it went."""
+    """Authenticate the calling client and tell the interceptors how it went.
+
+    The client's certificate is decided here, once, before any listener runs: every
+    authenticator and the token binding see the same one (see ``clientcert``).
+    """
     authorization = request.headers.get("authorization")
-    chain = client_cert_chain(request.scope)
-    auth_request = ClientAuthRequest(
-        rt.storage, form, authorization, chain, request.remote_addr, request.headers, rt.truststore,
-        rt.verified_secrets,
-    )
+    chain: tuple[bytes, ...] = ()
+    source: str | None = None
     try:
+        chain, source = client_certificates(request.scope, request.remote_addr,
+                                            rt.identity.forwarded_certificates)
+        auth_request = ClientAuthRequest(
+            rt.storage, form, authorization, chain, request.remote_addr, request.headers, rt.truststore,
+            rt.verified_secrets, client_cert_source=source,
+        )
         auth = await authenticate_client(rt.listeners, auth_request)
         if auth.method == PUBLIC and not PUBLIC_CLIENTS_ALLOWED[endpoint]:
             raise InvalidClientError(f"{endpoint} requires client authentication; a public client"
@@ -69,16 +75,17 @@ async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str
         if not isinstance(error, ServerError):
             await rt.listeners.notify("client_auth_failure", event=ClientAuthEvent(
                 endpoint, claimed_client_id(form, authorization), error=error.error,
-                remote_addr=request.remote_addr))
+                remote_addr=request.remote_addr, **_certificate_fields(chain, source)))
         if isinstance(error, InvalidClientError):
             error.headers.update(challenge(authorization, rt.identity.realm))
         raise
     await rt.listeners.notify("client_auth_success", event=ClientAuthEvent(
-        endpoint, auth.client.client_id, method=auth.method, remote_addr=request.remote_addr))
+        endpoint, auth.client.client_id, method=auth.method, remote_addr=request.remote_addr,
+        **_certificate_fields(chain, source)))
     if auth.certificate is None and (auth.client.bind_tokens or auth.method == "none") and chain:
         # RFC 8705 §3 and §4: a secret client registered for bound tokens, or a public client,
-        # gets tokens bound to the certificate of this connection; presenting it is not a
-        # second authentication.
+        # gets tokens bound to the certificate of this request (its handshake's, or the one a
+        # trusted proxy forwarded); presenting it is not a second authentication.
         auth = replace(auth, certificate=chain[0])
     return auth
 

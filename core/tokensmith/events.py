@@ -49,3 +49,8 @@ class ClientAuthEvent:
     method: str | None = None
     error: str | None = None
     remote_addr: str | None = None
+    #: RFC 8705 §3.1 ``x5t#S256`` of the request's client certificate, and where it came
+    #: from (``"tls"`` or ``"proxy"``): the same certificate the authenticators and the
+    #: token binding saw. None without one.
+    x5t_s256: str | None = None
+    certificate_source: str | None = None

@@ -7,8 +7,9 @@ What the token endpoint needs to know about a client certificate, whoever obtain
 - ``normalize_dn``, ``dn_matches`` and ``san_matches``: the ``tls_client_auth`` registration
   checks (RFC 8705 §2.1.2); distinguished names are RFC 4514 text.
 - ``validity_problem`` and ``verify_chain``: PKI validation against trust anchors (§2.1).
-- ``parse_forwarded_certificate``: a certificate forwarded by a TLS-terminating proxy
-  (RFC 9440, RFC 8705 §6.5). Whether that proxy is trusted is the caller's decision.
+- ``parse_forwarded_certificate`` and ``parse_forwarded_chain``: a certificate and its chain
+  forwarded by a TLS-terminating proxy (RFC 9440, RFC 8705 §6.5). Whether that proxy is
+  trusted is the caller's decision.
 
 Every function refuses bad certificate input with ``CertificateError`` and nothing else, and
 bounds its work before parsing (RFC 8705 §7.5 warns about X.509 parsing complexity).
@@ -29,14 +30,16 @@ from urllib.parse import unquote_to_bytes
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import (
     Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError)
 
 __all__ = [
     "CertificateError", "MAX_CERTIFICATE_BYTES", "MAX_INTERMEDIATES", "MAX_HEADER_CHARS",
-    "SAN_KINDS", "FORWARDED_FORMATS", "x5t_s256", "load_pem_certificates", "normalize_dn",
+    "SAN_KINDS", "FORWARDED_FORMATS", "DN_MATCHING", "x5t_s256", "load_pem_certificates", "normalize_dn",
     "dn_matches", "san_matches", "validity_problem", "verify_chain", "parse_forwarded_certificate",
+    "parse_forwarded_chain",
 ]
 
 # A client certificate with an RSA-4096 key and a handful of SANs is about 2 KiB. 16 KiB
@@ -219,23 +222,30 @@ def _ber_value(octets: bytes) -> _Value:
 
 
 def _read_value(text: str, i: int) -> tuple[_Value, int]:
-    """The attribute value starting at *i* (RFC 4514 §3) and the index after it."""
+    """The attribute value starting at *i* (RFC 4514 §3) and the index after it.
+
+    Unescaped spaces before a separator are dropped: RFC 4514 §2.4 requires a value's own
+    trailing space to be escaped ('\\ '), so an unescaped one is layout, not value.
+    """
     if text.startswith("#", i):
         m = _HEX_VALUE.match(text, i)
         if not m or (m.end() < len(text) and text[m.end()] not in ",;+"):
             raise CertificateError("malformed '#' value in distinguished name")
         return _ber_value(bytes.fromhex(m.group(1))), m.end()
     out = bytearray()
+    kept = 0  # octets up to the last escaped one are never trimmed
     while i < len(text) and text[i] not in ",;+":
         c = text[i]
         if c == "\\":
             pair = text[i + 1:i + 3]
             if pair[:1] and pair[0] in _ESCAPABLE:
                 out += pair[0].encode()
+                kept = len(out)
                 i += 2
                 continue
             if re.fullmatch(r"[0-9A-Fa-f]{2}", pair):
                 out.append(int(pair, 16))  # escaped UTF-8 octet, e.g. \C3\A9
+                kept = len(out)
                 i += 3
                 continue
             raise CertificateError("bad escape in distinguished name")
@@ -243,6 +253,8 @@ def _read_value(text: str, i: int) -> tuple[_Value, int]:
             raise CertificateError(f"distinguished name value has an unescaped {c!r}")
         out += c.encode()
         i += 1
+    while len(out) > kept and out[-1:] == b" ":
+        del out[-1]
     try:
         return out.decode("utf-8"), i
     except UnicodeDecodeError:
@@ -277,49 +289,101 @@ def _parse_rfc4514(text: str) -> list[list[tuple[str, _Value]]]:
         i += 1
 
 
-def _comparable(value: _Value) -> str:
-    """RFC 4518-like preparation: case fold, NFKC, insignificant spaces collapsed."""
+#: How attribute values are compared: ``exact`` (the default) or ``rfc4518``.
+DN_MATCHING = ("exact", "rfc4518")
+
+# The ASN.1 string types a certificate's attribute value may have (RFC 5280 §4.1.2.4,
+# DirectoryString plus the IA5String of emailAddress and domainComponent, PrintableString
+# of countryName and serialNumber, NumericString, VisibleString). cryptography also hands
+# out OCTET STRING, UTCTime and other non-string values as text; those are refused.
+_STRING_TYPES = frozenset({
+    _ASN1Type.UTF8String, _ASN1Type.PrintableString, _ASN1Type.IA5String, _ASN1Type.T61String,
+    _ASN1Type.BMPString, _ASN1Type.UniversalString, _ASN1Type.VisibleString,
+    _ASN1Type.NumericString})
+# x500UniqueIdentifier is a BIT STRING by definition (RFC 4519 §2.39); it compares as octets.
+_BIT_STRING_OIDS = frozenset({"2.5.4.45"})
+
+
+def _comparable(value: _Value, matching: str) -> str:
+    """The value in a form whose equality is the chosen matching rule.
+
+    ``exact``: the text itself, so two values match only if they are the same characters
+    (a PrintableString and a UTF8String of the same text do match: both are decoded first).
+    ``rfc4518``: close to RFC 4518 caseIgnoreMatch: case folded, NFKC, insignificant spaces
+    collapsed. Non-string values compare as their octets in both.
+    """
     if isinstance(value, bytes):
         return "#" + value.hex()
-    prepared = " ".join(unicodedata.normalize("NFKC", value.casefold()).split())
-    escaped = re.sub(r"([\\,+=])", r"\\\1", prepared)
+    if matching == "rfc4518":
+        value = " ".join(unicodedata.normalize("NFKC", value.casefold()).split())
+    escaped = re.sub(r"([\\,+=])", r"\\\1", value)
     return "\\" + escaped if escaped.startswith("#") else escaped
 
 
-def normalize_dn(text_or_name: str | x509.Name) -> str:
+def _certificate_rdns(name: x509.Name) -> list[list[tuple[str, _Value]]]:
+    """The RDNs of a certificate name in RFC 4514 order; non-string values are refused."""
+    try:
+        # Name.rdns is in ASN.1 order, the reverse of RFC 4514 text (RFC 4514 §2.1).
+        rdns = [list(rdn) for rdn in reversed(name.rdns)]
+    except Exception as exc:  # noqa: BLE001 - a malformed name from an untrusted certificate
+        raise CertificateError("malformed distinguished name in certificate") from exc
+    out = []
+    for rdn in rdns:
+        values: list[tuple[str, _Value]] = []
+        for attribute in rdn:
+            oid = attribute.oid.dotted_string
+            kind = getattr(attribute, "_type", None)
+            if oid in _BIT_STRING_OIDS and isinstance(attribute.value, bytes):
+                values.append((oid, attribute.value))
+                continue
+            if kind not in _STRING_TYPES or not isinstance(attribute.value, str):
+                label = getattr(kind, "name", "unknown type")
+                raise CertificateError(f"certificate name attribute {oid} is an ASN.1 {label}, "
+                                       "not a string; such names are refused")
+            values.append((oid, attribute.value))
+        out.append(values)
+    return out
+
+
+def normalize_dn(text_or_name: str | x509.Name, matching: str = "exact") -> str:
     """A comparison form of a distinguished name; equal forms mean matching names.
 
-    RDNs keep their order (RFC 4514 order, most specific first). Attribute types become
-    dotted OIDs, so ``CN``, ``cn`` and ``2.5.4.3`` agree; a multi-valued RDN is a set, so
-    ``CN=a+O=b`` equals ``O=b+CN=a``; string values are compared case-insensitively with
-    whitespace collapsed, close to RFC 4517 caseIgnoreMatch. Non-string values (``#hex`` of
-    a non-string type) compare as raw octets. Bad text raises ``CertificateError``.
+    RFC 4517 §4.2.15 distinguishedNameMatch: the same number of RDNs in the same order
+    (RFC 4514 order, most specific first), and each RDN holding the same attribute values,
+    counted: a multi-valued RDN is a multiset, so ``CN=a+O=b`` equals ``O=b+CN=a`` but
+    ``CN=a+CN=A`` never equals ``CN=a``. Attribute types become dotted OIDs, so ``CN``,
+    ``cn`` and ``2.5.4.3`` agree. Values compare by *matching* (see ``_comparable``); a
+    certificate attribute that is not an ASN.1 string type is refused. Bad text or an
+    unknown *matching* raises ``CertificateError``.
     """
+    if matching not in DN_MATCHING:
+        raise CertificateError(f"unknown DN matching {matching!r}; expected one of {', '.join(DN_MATCHING)}")
     if isinstance(text_or_name, x509.Name):
-        try:
-            # Name.rdns is in ASN.1 order, the reverse of RFC 4514 text (RFC 4514 §2.1).
-            rdns = [[(a.oid.dotted_string, a.value) for a in rdn]
-                    for rdn in reversed(text_or_name.rdns)]
-        except Exception as exc:  # noqa: BLE001 - a malformed name from an untrusted certificate
-            raise CertificateError("malformed distinguished name in certificate") from exc
+        rdns = _certificate_rdns(text_or_name)
     else:
         rdns = _parse_rfc4514(text_or_name)
-    return ",".join("+".join(sorted({f"{oid}={_comparable(v)}" for oid, v in rdn})) for rdn in rdns)
+        for oid, value in (pair for rdn in rdns for pair in rdn):
+            if isinstance(value, bytes) and oid not in _BIT_STRING_OIDS:
+                # Certificates with such values are refused, so this could never match.
+                raise CertificateError(f"the '#' value of {oid} is not an ASN.1 string type")
+    return ",".join("+".join(sorted(f"{oid}={_comparable(v, matching)}" for oid, v in rdn))
+                    for rdn in rdns)
 
 
-def dn_matches(registered: str, cert: x509.Certificate) -> bool:
+def dn_matches(registered: str, cert: x509.Certificate, matching: str = "exact") -> bool:
     """Whether *cert*'s subject is the registered ``tls_client_auth_subject_dn`` (§2.1.2).
 
-    An empty registration is refused rather than allowed to match an empty subject.
+    *matching* is ``exact`` (default) or ``rfc4518``; see ``normalize_dn``. An empty
+    registration is refused rather than allowed to match an empty subject.
     """
-    expected = normalize_dn(registered)
+    expected = normalize_dn(registered, matching)
     if not expected:
         raise CertificateError("registered subject DN is empty")
     try:
         subject = cert.subject
     except Exception as exc:  # noqa: BLE001 - a malformed name from an untrusted certificate
         raise CertificateError("malformed subject in certificate") from exc
-    return normalize_dn(subject) == expected
+    return normalize_dn(subject, matching) == expected
 
 
 # --- subject alternative names -----------------------------------------------------------
@@ -330,11 +394,35 @@ def _ascii_lower(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").lower().decode("utf-8", "surrogatepass")
 
 
+_URI_PARTS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(?://([^/?#]*))?(.*)", re.S)
+
+
+def _uri_key(uri: str) -> str:
+    """*uri* with its scheme and host lower-cased and nothing else changed.
+
+    RFC 5280 §7.4: "conforming implementations MUST compare the scheme and host without case
+    sensitivity, but assume the remainder of the scheme-specific-part is case sensitive".
+    No percent-decoding, default ports or dot segments are normalised: a CA is expected to
+    issue a URI as the client registered it, and looser rules would only widen the match.
+    """
+    m = _URI_PARTS.fullmatch(uri)
+    if m is None:
+        return uri  # not an absolute URI: compared as it is
+    scheme, authority, rest = m.group(1), m.group(2), m.group(3)
+    if authority is None:
+        return f"{_ascii_lower(scheme)}:{rest}"
+    userinfo, at, hostport = authority.rpartition("@")
+    end = hostport.find("]") + 1 if hostport.startswith("[") else len(hostport.partition(":")[0])
+    host, port = hostport[:end], hostport[end:]
+    return f"{_ascii_lower(scheme)}://{userinfo}{at}{_ascii_lower(host)}{port}{rest}"
+
+
 def san_matches(kind: str, value: str, cert: x509.Certificate) -> bool:
     """Whether *cert* has a subjectAltName entry matching a registration (RFC 8705 §2.1.2).
 
     *kind* is ``san_dns`` (ASCII case-insensitive, exact: ``*.example.com`` matches only
-    that literal entry), ``san_uri`` (exact), ``san_ip`` (address equality, so ``::1``
+    that literal entry), ``san_uri`` (scheme and host ASCII case-insensitive, the rest
+    exact, RFC 5280 §7.4), ``san_ip`` (address equality, so ``::1``
     equals ``0:0::1``) or ``san_email`` (local part exact, domain case-insensitive).
     A malformed registration or certificate raises ``CertificateError``.
     """
@@ -350,7 +438,8 @@ def san_matches(kind: str, value: str, cert: x509.Certificate) -> bool:
         return any(_ascii_lower(name) == _ascii_lower(value)
                    for name in san.get_values_for_type(x509.DNSName))
     if kind == "san_uri":
-        return value in san.get_values_for_type(x509.UniformResourceIdentifier)
+        wanted = _uri_key(value)
+        return any(_uri_key(uri) == wanted for uri in san.get_values_for_type(x509.UniformResourceIdentifier))
     if kind == "san_ip":
         try:
             # Certificates carry bare octets; a zone index ('%eth0') can never match.
@@ -417,6 +506,12 @@ def _reason(message: str) -> str:
     core = re.sub(r"^(?:validation failed: )?(?:candidates exhausted: )*", "", core)
     if "required EKU not found" in core:
         return "client certificate lacks the clientAuth extended key usage"
+    if "unsupported directoryName constraint" in core:
+        return ("a CA in the chain has a critical directoryName name constraint, which cannot be "
+                "checked here; the chain is refused")
+    if "unsupported name constraint" in core:
+        return ("a CA in the chain has a name constraint of a kind that cannot be checked against "
+                "this certificate's subjectAltName (such as a URI constraint); the chain is refused")
     if "all candidates exhausted with no interior errors" in core:
         return "client certificate does not chain to a trusted CA"
     if "not valid at validation time" in core:
@@ -432,8 +527,12 @@ def verify_chain(chain_der: Sequence[bytes], anchors: Sequence[x509.Certificate]
     it; *anchors* are the truststore's CA certificates. cryptography's client verifier
     checks signatures, validity dates of every certificate (anchors included), basic
     constraints, key usage, the clientAuth extended key usage when an EKU is present,
-    critical extensions and name constraints. Refusals raise ``CertificateError`` with a
-    short reason that is safe to put in an OAuth ``error_description``.
+    critical extensions and name constraints on subjectAltName entries; ``_check_subject``
+    then applies what that verifier leaves out (RFC 5280 §4.2.1.10): rfc822Name constraints
+    to the subject's emailAddress and directoryName constraints to the subject. A chain whose
+    constraints cannot be checked (a critical directoryName constraint, a URI constraint
+    with a URI SAN) is refused. Refusals raise ``CertificateError`` with a short reason
+    that is safe to put in an OAuth ``error_description``.
     """
     now = _utc(now)
     if not chain_der:
@@ -457,10 +556,78 @@ def verify_chain(chain_der: Sequence[bytes], anchors: Sequence[x509.Certificate]
                                     ee_policy=_client_policy())
                 .build_client_verifier())
     try:
-        verifier.verify(leaf, intermediates)
+        verified = verifier.verify(leaf, intermediates)
     except (VerificationError, ValueError) as exc:
         raise CertificateError(_reason(str(exc))) from None
+    _check_subject(leaf, verified.chain[1:])
     return leaf
+
+
+def _email_within(address: str, constraint: str) -> bool | None:
+    """Whether a mailbox is inside an rfc822Name subtree (RFC 5280 §4.2.1.10); None: malformed."""
+    local, at, domain = address.rpartition("@")
+    if not (local and at and domain):
+        return None
+    if "@" in constraint:  # one particular mailbox
+        c_local, _, c_domain = constraint.rpartition("@")
+        return local == c_local and _ascii_lower(domain) == _ascii_lower(c_domain)
+    if constraint.startswith("."):  # any host in that domain, not the domain itself
+        return _ascii_lower(domain).endswith(_ascii_lower(constraint))
+    return _ascii_lower(domain) == _ascii_lower(constraint)  # all mailboxes on that host
+
+
+def _rdn_keys(name: x509.Name) -> list[str]:
+    """Each RDN of *name*, in ASN.1 order, in RFC 4518 comparison form (RFC 5280 §7.1)."""
+    return [normalize_dn(x509.Name([rdn]), "rfc4518") for rdn in name.rdns]
+
+
+def _dn_within(name: x509.Name, base: x509.Name) -> bool:
+    """Whether *name* is inside the directoryName subtree *base*: *base*'s RDNs lead it."""
+    keys, base_keys = _rdn_keys(name), _rdn_keys(base)
+    return keys[:len(base_keys)] == base_keys
+
+
+def _check_subject(leaf: x509.Certificate, cas: Sequence[x509.Certificate]) -> None:
+    """Apply the CAs' name constraints to what cryptography's verifier does not check.
+
+    RFC 5280 §4.2.1.10: rfc822Name constraints apply to the subject's emailAddress when there
+    is no subjectAltName; they are applied here whether or not there is one, because the
+    subject is what a registered subject DN is matched against. directoryName constraints
+    apply to a non-empty subject and to directoryName SANs; they reach this point only when
+    the extension is not critical (the verifier refuses critical ones) and would otherwise
+    be ignored. Anchors' constraints count too, as the verifier counts them.
+    """
+    emails = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)]
+    names = [leaf.subject] if len(leaf.subject) else []
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += san.get_values_for_type(x509.DirectoryName)
+    except x509.ExtensionNotFound:
+        pass
+    for ca in cas:
+        try:
+            constraints = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+        except x509.ExtensionNotFound:
+            continue
+        permitted = constraints.permitted_subtrees or []
+        excluded = constraints.excluded_subtrees or []
+        allowed = [g.value for g in permitted if isinstance(g, x509.RFC822Name)]
+        denied = [g.value for g in excluded if isinstance(g, x509.RFC822Name)]
+        for email in emails:
+            if not isinstance(email, str):
+                raise CertificateError("client certificate subject emailAddress is not a string")
+            inside = [_email_within(email, c) for c in allowed]
+            outside = [_email_within(email, c) for c in denied]
+            if None in inside or None in outside or (allowed and not any(inside)) or any(outside):
+                raise CertificateError("client certificate subject emailAddress is outside the "
+                                       "name constraints of the CA that issued it")
+        allowed_dn = [g.value for g in permitted if isinstance(g, x509.DirectoryName)]
+        denied_dn = [g.value for g in excluded if isinstance(g, x509.DirectoryName)]
+        for name in names:
+            if (allowed_dn and not any(_dn_within(name, b) for b in allowed_dn)) \
+                    or any(_dn_within(name, b) for b in denied_dn):
+                raise CertificateError("client certificate subject is outside the directoryName "
+                                       "name constraints of the CA that issued it")
 
 
 # --- certificates forwarded by a proxy ---------------------------------------------------
@@ -525,3 +692,32 @@ def parse_forwarded_certificate(value: str, fmt: str) -> bytes:
         der = _b64decode(value, "forwarded certificate")
     _parse_der(der, "forwarded certificate")
     return der
+
+
+def parse_forwarded_chain(value: str) -> list[bytes]:
+    """The DER of each certificate in an RFC 9440 §2.3 ``Client-Cert-Chain`` *value*.
+
+    The field is an RFC 8941 List of Byte Sequences (§3.1, §3.3.5), the issuer of the leaf
+    first; several field lines are one list joined with ',' (RFC 9110 §5.3). Parameters are
+    not accepted. At most ``MAX_INTERMEDIATES`` certificates, as in a TLS handshake; each
+    must parse. Anything else raises ``CertificateError``.
+    """
+    if len(value) > MAX_INTERMEDIATES * MAX_HEADER_CHARS:
+        raise CertificateError("forwarded certificate chain: header too long")
+    if not value.isascii():
+        raise CertificateError("forwarded certificate chain: not ASCII")
+    members = [member.strip(" \t") for member in value.split(",")]
+    if members == [""]:
+        return []
+    if len(members) > MAX_INTERMEDIATES:
+        raise CertificateError(f"forwarded certificate chain: {len(members)} certificates; "
+                               f"at most {MAX_INTERMEDIATES} are accepted")
+    ders = []
+    for n, member in enumerate(members, 1):
+        m = re.fullmatch(r":([^:]*):", member)
+        if not m:
+            raise CertificateError("forwarded certificate chain: not an RFC 8941 list of byte sequences")
+        der = _b64decode(m.group(1), f"forwarded chain certificate {n}")
+        _parse_der(der, f"forwarded chain certificate {n}")
+        ders.append(der)
+    return ders

@@ -10,31 +10,33 @@ never inferred from the certificate: without a ``client_id`` this authenticator 
 - ``tls_client_auth`` (§2.1): the chain must validate against the truststore, and the
   client's one registered subject attribute (DN or a SAN) must match the leaf.
 
-Behind a TLS-terminating proxy the certificate may come in a header, but only from an address
-listed in ``TrustedProxies``; a certificate from this connection's handshake always wins.
+The certificate is ``request.client_cert_chain``: the server decides, before any listener
+runs, whether it is this connection's handshake's or one a trusted proxy forwarded
+(identity.xml ``<OAuth><ClientCertificateHeader>``), so that the token binding uses the same.
 
 Properties (identity.xml ``<Property name=...>``):
 
 - ``AllowExpiredSelfSigned``: ``true`` to accept expired or not-yet-valid registered
   self-signed certificates (default ``false``);
-- ``CertificateHeader``: the header a proxy puts the client certificate in (none by default);
-- ``CertificateHeaderFormat``: ``auto`` (default), ``rfc9440``, ``nginx``, ``pem`` or
-  ``base64-der``;
-- ``TrustedProxies``: addresses or networks, comma-separated, whose header is believed.
+- ``SubjectDNMatching``: how a registered ``tls_client_auth`` subject DN is compared with the
+  certificate's subject: ``exact`` (default: the same RDNs in the same order, the same
+  attribute types, the same number of values, values the same text) or ``rfc4518`` (values
+  compared case-insensitively after NFKC and space folding, RFC 4518). ``rfc4518`` is only
+  safe with CAs that refuse to issue a subject that differs from another client's only in
+  case, compatibility characters or spacing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from tokensmith import (
-    FORWARDED_FORMATS,
+    DN_MATCHING,
     AuthenticatedClient,
     CertificateError,
     ClientAuthRequest,
@@ -44,7 +46,6 @@ from tokensmith import (
     hookimpl,
     san_matches,
     verify_chain,
-    parse_forwarded_certificate,
 )
 
 SELF_SIGNED = "self_signed_tls_client_auth"
@@ -53,15 +54,14 @@ METHODS = (PKI, SELF_SIGNED)
 
 log = logging.getLogger("tokensmith.plugins.mutual_tls")
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Properties of earlier versions: the forwarded certificate is now the server's business.
+_MOVED = ("CertificateHeader", "CertificateHeaderFormat", "TrustedProxies")
 
 
 @dataclass(frozen=True)
 class Settings:
     allow_expired_self_signed: bool = False
-    header: str | None = None
-    header_format: str = "auto"
-    trusted_proxies: tuple[Network, ...] = ()
+    dn_matching: str = "exact"
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -83,57 +83,22 @@ def client_auth_methods() -> list[str]:
 @hookimpl
 def listener_configure(listener: Listener) -> None:
     props = listener.properties
-    unknown = set(props) - {"AllowExpiredSelfSigned", "CertificateHeader",
-                            "CertificateHeaderFormat", "TrustedProxies"}
+    moved = [name for name in _MOVED if name in props]
+    if moved:
+        raise ValueError(
+            f"{', '.join(moved)} moved to <OAuth><ClientCertificateHeader name=\"...\""
+            ' format="..." trustedProxies="..."/> in identity.xml, so that every authenticator'
+            " and token binding use the forwarded certificate")
+    unknown = set(props) - {"AllowExpiredSelfSigned", "SubjectDNMatching"}
     if unknown:
         raise ValueError(f"unknown properties: {', '.join(sorted(unknown))}")
-    header_format = props.get("CertificateHeaderFormat", "auto")
-    if header_format not in FORWARDED_FORMATS:
-        raise ValueError(f"CertificateHeaderFormat must be one of {', '.join(FORWARDED_FORMATS)}")
-    proxies = []
-    for item in filter(None, (p.strip() for p in props.get("TrustedProxies", "").split(","))):
-        try:
-            proxies.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"TrustedProxies: {item!r} is not an address or network") from None
-    header = props.get("CertificateHeader") or None
-    if proxies and header is None:
-        raise ValueError("TrustedProxies is set but CertificateHeader is not")
+    dn_matching = props.get("SubjectDNMatching", "exact")
+    if dn_matching not in DN_MATCHING:
+        raise ValueError(f"SubjectDNMatching must be one of {', '.join(DN_MATCHING)}, not {dn_matching!r}")
     listener.stash["settings"] = Settings(
         allow_expired_self_signed=_bool("AllowExpiredSelfSigned", props.get("AllowExpiredSelfSigned", "false")),
-        header=header,
-        header_format=header_format,
-        trusted_proxies=tuple(proxies),
+        dn_matching=dn_matching,
     )
-
-
-def _trusted(remote_addr: str | None, proxies: tuple[Network, ...]) -> bool:
-    if not remote_addr or not proxies:
-        return False
-    try:
-        address = ipaddress.ip_address(remote_addr)
-    except ValueError:
-        return False
-    return any(address in network for network in proxies)
-
-
-def certificate_chain(request: ClientAuthRequest, settings: Settings) -> tuple[bytes, ...]:
-    """The client's certificates: from the TLS handshake, else from a trusted proxy's header."""
-    if request.client_cert_chain:
-        return request.client_cert_chain
-    if settings.header is None:
-        return ()
-    value = request.headers.get(settings.header)
-    if value is None:
-        return ()
-    if not _trusted(request.remote_addr, settings.trusted_proxies):
-        log.warning("ignored a %s header from %s, which is not a trusted proxy",
-                    settings.header, request.remote_addr)
-        return ()
-    try:
-        return (parse_forwarded_certificate(value, settings.header_format),)
-    except CertificateError as exc:
-        raise InvalidClientError(f"the forwarded client certificate is unusable: {exc}") from None
 
 
 @hookimpl
@@ -146,7 +111,7 @@ async def authenticate_client(request: ClientAuthRequest, listener: Listener) ->
     if client is None or client.token_endpoint_auth_method not in METHODS:
         return None
     settings: Settings = listener.stash["settings"]
-    chain = certificate_chain(request, settings)
+    chain = request.client_cert_chain
     if not chain:
         return None
     now = time.time()
@@ -165,10 +130,13 @@ async def authenticate_client(request: ClientAuthRequest, listener: Listener) ->
         leaf = verify_chain(chain, request.trust_anchors(), datetime.fromtimestamp(now, timezone.utc))
         kind, value = client.tls_subject
         if kind == "tls_client_auth_subject_dn":
-            matched = dn_matches(value, leaf)
+            matched = dn_matches(value, leaf, settings.dn_matching)
         else:
             matched = san_matches(kind.removeprefix("tls_client_auth_"), value, leaf)
     except CertificateError as exc:
+        if "name constraint" in str(exc):
+            # The CA's set-up, not the client, decides this one: the operator needs to know.
+            log.warning("tls_client_auth: refused the certificate chain of client %s: %s", client_id, exc)
         raise InvalidClientError(f"the client certificate was refused: {exc}") from None
     if not matched:
         raise InvalidClientError("the client certificate does not match the registered subject")
