@@ -112,7 +112,7 @@ def test_unsafe_realm_is_refused(deployment) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize(("field", "value", "words"), [
     ("connectors", '<Connector address="127.0.0.1" port="0" bogus="1"/>',
-     "<Connector> takes address, port, sslProtocol, clientAuth, connectionTimeout"),
+     "<Connector> takes address, port, sslProtocol, clientAuth, http1, connectionTimeout"),
     ("connectors", '<Connector port="0"/><Conector/>',
      "<Server> may contain <Keystore>, <Connector>, <Database>, <Truststore>, <Dropins>"),
     ("oauth", "<Issuer>http://auth.example.com</Issuer>", "is not an https URL with no query or fragment"),
