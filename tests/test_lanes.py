@@ -71,6 +71,20 @@ CORPUS: dict[str, bytes] = {
     "good-then-bad-chunk": b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     "header-20k": b"POST /t HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
     "150-headers": b"POST /t HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n",
+    # no upgrade of any kind (RFC 9110 §7.8), h2c included: it would let a client talk past a
+    # proxy that tunnels after 101 (h2c smuggling); nor HTTP/2 by preface without ALPN
+    "h2c-upgrade": b"GET /t HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                   b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    "h2c-upgrade-no-connection": b"GET /t HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    "h2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    # RFC 9112 §3.2: no fragment in a target; Host is uri-host [":" port]
+    "fragment": b"GET /oauth2/jwks#x HTTP/1.1\r\nHost: x\r\n\r\n",
+    "host-with-space": b"GET /t HTTP/1.1\r\nHost: a b/c\r\n\r\n",
+    "host-with-userinfo": b"GET /t HTTP/1.1\r\nHost: a@b\r\n\r\n",
+    "host-ipv6-port": b"GET /t HTTP/1.1\r\nHost: [::1]:9443\r\n\r\n",
+    "host-empty": b"GET /t HTTP/1.1\r\nHost:\r\n\r\n",
+    "long-chunk-extension": b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;x="
+                            + b"e" * 40_000 + b"\r\na\r\n0\r\n\r\n",
     "websocket-upgrade": b"GET /t HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     # HTTP/1.0 with Expect: no 100 Continue (RFC 9110 §10.1.1); the body follows at once
     "http10-expect": b"POST /t HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
@@ -89,18 +103,42 @@ DIFFERENCES: dict[str, tuple[str, list[int], list[int]]] = {
         "RFC 9110 §5.5 lets a recipient refuse a field value with a control character or keep "
         "it; llhttp refuses, h11 keeps it",
         [200], [400]),
-    "h2c-upgrade": (
-        "Hypercorn switches an HTTP/1.1 connection to HTTP/2 on Upgrade: h2c even over TLS; the "
-        "llhttp lane refuses every upgrade. Either way the request is served with the "
-        "connection's TLS extension and deadlines",
-        [101], [400]),
+    "double-space-request-line": (
+        "RFC 9112 §3 lets a recipient split the request line on whitespace runs; llhttp does, "
+        "h11 refuses",
+        [400], [200]),
+    "lowercase-method": (
+        "methods are case-sensitive (RFC 9110 §9.1); llhttp refuses one it does not know, h11 "
+        "passes 'get' to the app, where no route has it",
+        [200], [400]),
+    "long-trailer": (
+        "both lanes hold an unfinished trailer section to 16 KiB; h11 also passes one of any size "
+        "that arrives in a single read (and Hypercorn drops it), llhttp refuses it with 431",
+        [200], [431]),
+    "content-length-list": (
+        "RFC 9110 §8.6 lets a recipient accept a list of identical Content-Length values; h11 "
+        "does, llhttp refuses",
+        [200], [400]),
+    "chunk-size-space": (
+        "whitespace after a chunk size is not in RFC 9112 §7.1's grammar; h11 tolerates it, "
+        "llhttp refuses",
+        [200], [400]),
+    "chunked-then-gzip": (
+        "a transfer coding the server does not know: h11 answers 501 (RFC 9112 §6.1), llhttp "
+        "finds the framing invalid first and answers 400; both refuse it",
+        [501], [400]),
 }
 DIFFERENCE_REQUESTS: dict[str, bytes] = {
     "obs-fold": b"GET /t HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
     "bare-lf": b"GET /t HTTP/1.1\nHost: a\n\n",
     "control-in-value": b"GET /t HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\n\r\n",
-    "h2c-upgrade": b"GET /t HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
-                   b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    "double-space-request-line": b"GET  /t HTTP/1.1\r\nHost: a\r\n\r\n",
+    "lowercase-method": b"get /t HTTP/1.1\r\nHost: a\r\n\r\n",
+    "content-length-list": b"POST /t HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\nz",
+    "chunk-size-space": b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1 \r\nz\r\n0\r\n\r\n",
+    "long-trailer": b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: "
+                    + b"t" * 20_000 + b"\r\n\r\n",
+    "chunked-then-gzip": b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
 }
 
 
@@ -208,6 +246,8 @@ def test_trailers_never_reach_the_app(lanes: Lanes) -> None:
 def test_refusals_agree_on_status(lanes: Lanes) -> None:
     """The refusals are the ones h11 gives: 400, 431, 501 and 505, then a close."""
     expected = {"garbage": 400, "no-host": 400, "two-hosts": 400, "http09": 400, "http20-line": 505,
+                "h2c-upgrade": 400, "h2-preface": 400, "fragment": 400, "host-with-space": 400,
+                "long-chunk-extension": 431,
                 "gzip-chunked": 501, "length-and-chunked": 400, "header-20k": 431, "150-headers": 431, "bad-chunk-size": 400}
     for name, status in expected.items():
         answers = parse(lanes.exchange("llhttp", CORPUS[name] + SENTINEL))

@@ -12,6 +12,7 @@ import base64
 import datetime
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +257,131 @@ def test_client_keys_no_client_needs_are_refused_in_the_handshake(env, tmp_path,
     before the server checks a signature with them (tls_accept.acceptable_key)."""
     server, _, _ = env
     assert handshake_ok(server, self_signed_with(make(), tmp_path, "k")) is accepted
+
+
+def test_ec_key_with_explicit_parameters_is_refused(env, tmp_path) -> None:  # noqa: ANN001
+    """A P-256 key spelled out as explicit curve parameters is refused (RFC 5480 §2.1.1: named
+    curves only), although OpenSSL recognises the curve; the same curve by name is served."""
+    server, _, _ = env
+    key, cert = tmp_path / "explicit.key", tmp_path / "explicit.pem"
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-param_enc", "explicit", "-genkey",
+                    "-noout", "-out", str(key)], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-x509", "-new", "-key", str(key), "-out", str(cert), "-subj",
+                    "/CN=explicit", "-days", "2"], check=True, capture_output=True)
+    assert b"prime-field" in subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-text"],
+                                            check=True, capture_output=True).stdout
+    assert handshake_ok(server, (cert, key)) is False
+    assert handshake_ok(server, self_signed_with(ec.generate_private_key(ec.SECP256R1()), tmp_path, "named"))
+
+
+@pytest.mark.parametrize("intermediates, accepted", [(8, True), (10, False)])
+def test_long_chains_are_refused_in_the_handshake(env, tmp_path, intermediates, accepted) -> None:  # noqa: ANN001
+    """A client may send its leaf, up to the 8 intermediates the mutual_tls listener validates,
+    and a root; a longer chain is refused before the server parses more of it."""
+    server, _, _ = env
+    issuer = pki.ca("Chain Root")
+    chain = [issuer.cert]
+    for depth in range(intermediates):
+        issuer = pki.ca(f"Chain {depth}", issuer=issuer)
+        chain.insert(0, issuer.cert)
+    leaf = pki.issue(issuer, "chain-leaf")
+    leaf.chain = tuple(chain)
+    assert handshake_ok(server, leaf.write(tmp_path, "chain")) is accepted
+
+
+# -- found by the outside review of this layer -----------------------------------------------
+
+def test_no_upgrade_to_http2_on_an_http11_connection(env) -> None:  # noqa: ANN001
+    """`Upgrade: h2c` and the HTTP/2 preface on a TLS connection that negotiated HTTP/1.1 are
+    refused with 400 (RFC 9113 §3.2-3.3: over TLS, HTTP/2 is chosen with ALPN only). Switching
+    would let a client talk past a proxy that tunnels after a 101, with its own copy of the
+    certificate header the proxy would have replaced (h2c smuggling)."""
+    server, _, _ = env
+    for request in (b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                    b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+                    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+        sock, reader = connect(server)
+        with sock:
+            sock.sendall(request)
+            status, headers, _ = reader.response()
+            assert status == 400 and headers["connection"] == "close"
+            assert reader.closed(within=2)
+
+
+def h2_connection(server: Server) -> tuple[ssl.SSLSocket, h2.connection.H2Connection]:
+    host, port = server.url.removeprefix("https://").rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(server.deployment.server_cert))
+    context.set_alpn_protocols(["h2"])
+    sock = context.wrap_socket(socket.create_connection((host, int(port)), timeout=5), server_hostname="127.0.0.1")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                                                normalize_outbound_headers=False))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    return sock, conn
+
+
+def h2_exchange(sock: ssl.SSLSocket, conn: h2.connection.H2Connection, until: int) -> dict[int, object]:
+    """Read until stream *until* ends or is reset; what happened to each stream."""
+    seen: dict[int, object] = {}
+    deadline = time.monotonic() + 10
+    while until not in seen and time.monotonic() < deadline:
+        data = sock.recv(65536)
+        if not data:
+            seen.setdefault(until, "connection closed")
+            break
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                seen[event.stream_id] = dict(event.headers)[b":status"]
+            elif isinstance(event, h2.events.StreamReset):
+                seen[event.stream_id] = "reset"
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                seen.setdefault(until, "connection closed")
+        sock.sendall(conn.data_to_send())
+    return seen
+
+
+def test_http2_stream_errors_stay_in_their_stream(env) -> None:  # noqa: ANN001
+    """A request with a non-ASCII :path, a CONNECT, and DATA sent after an early 413 each
+    cost only their own stream: another request on the same connection is answered (RFC 9113
+    §8.1, §8.3.1). Hypercorn alone lost the whole connection, and every stream on it."""
+    server, auth, _ = env
+    sock, conn = h2_connection(server)
+    with sock:
+        base = [(b":scheme", b"https"), (b":authority", b"x")]
+        conn.send_headers(1, [(b":method", b"GET"), (b":path", b"/oauth2/\xff")] + base, end_stream=True)
+        conn.send_headers(3, [(b":method", b"CONNECT"), (b":authority", b"x:1")], end_stream=True)
+        conn.send_headers(5, [(b":method", b"POST"), (b":path", b"/oauth2/token"), *base, (b"content-length", b"70000"),
+                              (b"content-type", b"application/x-www-form-urlencoded")])
+        sock.sendall(conn.data_to_send())
+        seen = h2_exchange(sock, conn, until=5)
+        assert seen.get(1) == "reset" and seen.get(3) == "reset" and seen.get(5) == b"413", seen
+        conn.send_data(5, b"x" * 1000)  # the rest of a body that was already refused
+        name, value = auth.rstrip(b"\r\n").split(b": ", 1)
+        form = b"grant_type=client_credentials"
+        conn.send_headers(7, [(b":method", b"POST"), (b":path", b"/oauth2/token"), *base, (name.lower(), value),
+                              (b"content-type", b"application/x-www-form-urlencoded"),
+                              (b"content-length", b"%d" % len(form))])
+        conn.send_data(7, form, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        assert h2_exchange(sock, conn, until=7).get(7) == b"200"
+
+
+def test_a_trailer_that_never_ends_is_cut_off(env) -> None:  # noqa: ANN001
+    """An endless trailer field sent a KiB at a time is refused once it passes the head limit
+    (431), on both lanes, instead of being held until the body's deadline."""
+    server, auth, _ = env
+    sock, reader = connect(server)
+    with sock:
+        sock.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n" + auth
+                     + b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"1d\r\ngrant_type=client_credentials\r\n0\r\nX-Endless: ")
+        started = time.monotonic()
+        try:
+            for _ in range(64):
+                sock.sendall(b"t" * 1024)
+                time.sleep(0.005)
+        except (ConnectionError, ssl.SSLError):
+            pass
+        status, _, _ = reader.response()
+    assert status == 431
+    assert time.monotonic() - started < TIMEOUT_MS / 1000

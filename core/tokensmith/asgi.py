@@ -119,8 +119,12 @@ class OAuthEndpoints:
                 raise _Refused(408, "the request body did not arrive in time") from None
             answer = await endpoint(self.runtime(), HttpRequest(scope, headers, body))
         except _Refused as refused:
+            # HTTP/1.1: the rest of the body would follow on the connection, so it closes. HTTP/2
+            # has no Connection field (RFC 9113 §8.2.2: sending one is a connection error);
+            # the stream ends with the answer and the connection goes on.
+            close = {"Connection": "close"} if scope.get("http_version") != "2" else {}
             answer = Answer(refused.status, {"error": "invalid_request", "error_description": refused.reason},
-                            {"Connection": "close"})
+                            close)
         except OAuth2Error as error:
             answer = Answer(error.status_code, error.body(), error.headers)
         except StorageError as error:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import http
+import re
 import logging
 import socket
 import time
@@ -48,7 +49,7 @@ import httptools
 
 from .asgi import TIMEOUT_KEY
 
-__all__ = ["Http1Connection", "no_delay", "MAX_HEAD_BYTES", "MAX_HEADERS"]
+__all__ = ["Http1Connection", "no_delay", "valid_host", "MAX_HEAD_BYTES", "MAX_HEADERS"]
 
 log = logging.getLogger("tokensmith.server")
 
@@ -62,6 +63,15 @@ _MAX_BUFFERED_BODY = 256 * 1024
 #: Input is parsed this many bytes at a time, so that reading can pause between requests: a
 #: read holding thousands of small pipelined requests queues at most a slice's worth more.
 _SLICE = 4096
+
+#: RFC 9112 §3.2: Host is uri-host [ ":" port ] (RFC 3986 §3.2.2), or empty.
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.!$&'()*+,;=_~-]*\]|[0-9A-Za-z.!$&'()*+,;=_~%-]*)(?::[0-9]*)?")
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether a Host field value is one RFC 9112 §3.2 allows (anything else is 400)."""
+    return _HOST.fullmatch(value) is not None
+
 
 _STATUS_LINES = {int(s): f"HTTP/1.1 {int(s)} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -250,6 +260,10 @@ class Http1Connection(asyncio.Protocol):
         self.backlog = b""
         #: A status to answer once the requests read before a malformed one are answered.
         self.refusal_after = 0
+        #: Inside a chunked body, between chunk data: a chunk-size line or the trailer section,
+        #: and the raw bytes read since the last chunk data (bounded as a head is).
+        self.tail = False
+        self.tail_bytes = 0
         self.head_bytes = self.raw_head_bytes = 0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -299,6 +313,12 @@ class Http1Connection(asyncio.Protocol):
                 start += len(piece)
                 self.began = False
                 self.parser.feed_data(piece)
+                if self.tail:
+                    # Chunk-size lines and trailers are held by llhttp until they end, as an
+                    # unfinished header field is; h11 bounds them as it bounds a head.
+                    self.tail_bytes += len(piece)
+                    if self.tail_bytes > MAX_HEAD_BYTES + _SLICE:
+                        raise _Refusal(431, "the chunk lines or trailer fields are too large")
                 if self.in_head and not self.began:
                     # httptools holds an unfinished header field until its end arrives, which
                     # the callbacks' count cannot see: count the bytes of an unfinished head,
@@ -372,6 +392,9 @@ class Http1Connection(asyncio.Protocol):
             # A trailer field (llhttp reports them through this callback too). RFC 9110
             # §6.5.1: trailers must not be merged into the header section unless the field
             # allows it, and none that we read does; the app never sees them, as with h11.
+            self.tail_bytes += len(name) + len(value) + 4
+            if self.tail_bytes > MAX_HEAD_BYTES:
+                raise _Refusal(431, "the trailer fields are too large")
             return
         self.headers.append((name.lower(), value))
         self._count(len(name) + len(value) + 4)
@@ -395,16 +418,26 @@ class Http1Connection(asyncio.Protocol):
             # HTTP/1.x request line is one this lane does not speak (RFC 9110 §15.6.6).
             raise _Refusal(400 if version == "0.9" else 505, "unsupported HTTP version")
         headers = self.headers
+        if url.fragment is not None:
+            raise _Refusal(400, "a request target has no fragment")  # RFC 9112 §3.2
         hosts = 0
         expect = False
         for name, value in headers:
             if name == b"host":
                 hosts += 1
+                if not valid_host(value):
+                    raise _Refusal(400, "the Host field is not a host")
+            elif name == b"upgrade":
+                # No upgrade is served, and Hypercorn's lane refuses any too (see
+                # hypercorn_protocols): RFC 9110 §7.8 lets a server refuse one.
+                raise _Refusal(400, "protocol upgrades are not supported")
             elif name == b"expect":
                 expect = value.lower() == b"100-continue" and version == "1.1"
-            elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
-                # RFC 9112 §6.1: a coding the server does not understand is 501, as h11 does.
-                raise _Refusal(501, "unsupported transfer coding")
+            elif name == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    # RFC 9112 §6.1: a coding the server does not understand is 501, as h11 does.
+                    raise _Refusal(501, "unsupported transfer coding")
+                self.tail, self.tail_bytes = True, 0  # the first chunk-size line comes next
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise _Refusal(400, "a request needs exactly one Host field")  # RFC 9112 §3.2
         scope = {
@@ -433,7 +466,12 @@ class Http1Connection(asyncio.Protocol):
         elif len(self.queue) > _MAX_PIPELINE:
             self._pause()
 
+    def on_chunk_complete(self) -> None:
+        self.tail = True
+
     def on_body(self, body: bytes) -> None:
+        self.tail = False
+        self.tail_bytes = 0
         exchange = self.queue[-1]
         exchange.chunks.append(body)
         exchange.buffered += len(body)
@@ -442,6 +480,8 @@ class Http1Connection(asyncio.Protocol):
         exchange.wake()
 
     def on_message_complete(self) -> None:
+        self.tail = False
+        self.tail_bytes = 0
         exchange = self.queue[-1]
         exchange.complete = True
         exchange.wake()

@@ -38,7 +38,8 @@ from hypercorn.config import Config as HypercornConfig
 
 from .asgi import DER_KEY, TIMEOUT_KEY
 from .config import Config, Connector
-from .http1 import MAX_HEAD_BYTES, MAX_HEADERS, Http1Connection, no_delay
+from .http1 import MAX_HEAD_BYTES, MAX_HEADERS, Http1Connection, no_delay, valid_host
+from .hypercorn_protocols import install as install_hypercorn_protocols
 from .tls_accept import peer_certificate_chain
 from .tlsconf import server_context
 from .xmlconf import ConfigError
@@ -146,7 +147,9 @@ def refused(scope: dict[str, Any]) -> int:
     that has not ended, so a whole one in a single read could be of any size), and both refuse
     an HTTP/1.x request line naming another version (RFC 9110 §15.6.6) and a request with both
     Content-Length and Transfer-Encoding, which h11 passes on.
-    A request target in absolute form (RFC 9112 §3.2.2) becomes its path, as llhttp reports it.
+    Both refuse a fragment in the request target and a Host that is not uri-host [":" port]
+    (RFC 9112 §3.2), which h11 lets through. A request target in absolute form (RFC 9112
+    §3.2.2) becomes its path, as llhttp reports it.
     """
     version = scope["http_version"]
     if version not in ("1.0", "1.1", "2"):
@@ -154,6 +157,11 @@ def refused(scope: dict[str, Any]) -> int:
     headers = scope["headers"]
     if len(headers) > MAX_HEADERS:
         return 431
+    if b"#" in scope["raw_path"] or b"#" in scope["query_string"]:
+        return 400  # RFC 9112 §3.2: a request target has no fragment
+    for name, value in headers:
+        if name == b"host" and not valid_host(value):
+            return 400  # RFC 9112 §3.2
     if version != "2":
         size = len(scope["raw_path"]) + len(scope["query_string"])
         framing = 0
@@ -275,6 +283,7 @@ async def serve(
     one at a time, while requests go on being served.
     """
     trim_memory()
+    install_hypercorn_protocols()
     loop = asyncio.get_running_loop()
     hc = _hypercorn_config()
     stop = asyncio.Event()
@@ -322,6 +331,10 @@ async def serve(
         try:
             await TCPServer(ASGIWrapper(connection), loop, connector_hc, context, lifespan_state,
                             reader, writer)
+        except* OSError:
+            # The client went away, or closed TLS while data was in flight (Hypercorn's close
+            # lets ssl.SSLError through): nothing to report, the connection is over anyway.
+            pass
         finally:
             hypercorn.discard(entry)
 

@@ -11,8 +11,8 @@ Accepting any certificate would let an anonymous client choose what the server's
 OpenSSL checks CertificateVerify with whatever key the leaf holds, and an RSA key with a
 public exponent thousands of bits long makes each handshake several times as expensive. So the
 callback, which OpenSSL runs on the Certificate message before it reads CertificateVerify,
-refuses a leaf whose key no client needs (:func:`acceptable_key`); the handshake then fails
-with a bad_certificate alert.
+refuses a leaf whose key no client needs (:func:`acceptable_key`), and a chain longer than
+``MAX_CHAIN``; the handshake then fails.
 
 Python's ``ssl`` has no verify-callback API. We set OpenSSL's ``SSL_CTX_set_cert_verify_callback``
 through ``ctypes`` on the ``SSL_CTX`` that CPython's ``_ssl`` owns, using the libssl that ``_ssl``
@@ -46,13 +46,18 @@ _EVP_PKEY_RSA, _EVP_PKEY_RSA_PSS, _EVP_PKEY_EC, _EVP_PKEY_ED25519, _EVP_PKEY_ED4
 _CURVES = (b"prime256v1", b"secp384r1", b"secp521r1")
 #: The largest RSA modulus accepted: the cost of a signature check grows with it.
 MAX_RSA_BITS = 4096
+#: The most certificates a client may send: its leaf, the 8 intermediates the mutual_tls
+#: listener validates at most, and a root. Each one sent is parsed during the handshake.
+MAX_CHAIN = 10
 _X509_V_ERR_CERT_REJECTED = 28
 
 
 def acceptable_key(lib: ctypes.CDLL, pkey: int) -> bool:
     """Whether a client's leaf key is one a client needs: RSA up to ``MAX_RSA_BITS`` with the
     public exponent 65537 (what every CA and key generator uses), ECDSA on P-256, P-384 or P-521,
-    Ed25519 or Ed448. Anything else could only make the handshake's signature check costly."""
+    Ed25519 or Ed448. Anything else could only make the handshake's signature check costly.
+    An EC key must name its curve (RFC 5480 §2.1.1): explicit parameters are refused even when
+    OpenSSL recognises them as a named curve."""
     kind = lib.EVP_PKEY_get_base_id(pkey)
     if kind in (_EVP_PKEY_RSA, _EVP_PKEY_RSA_PSS):
         if lib.EVP_PKEY_get_bits(pkey) > MAX_RSA_BITS:
@@ -65,6 +70,11 @@ def acceptable_key(lib: ctypes.CDLL, pkey: int) -> bool:
         finally:
             lib.BN_free(exponent)
     if kind == _EVP_PKEY_EC:
+        explicit = ctypes.c_int(0)
+        if lib.EVP_PKEY_get_int_param(pkey, b"decoded-from-explicit", ctypes.byref(explicit)) != 1:
+            return False
+        if explicit.value:
+            return False
         name = ctypes.create_string_buffer(64)
         size = ctypes.c_size_t()
         if lib.EVP_PKEY_get_group_name(pkey, name, len(name), ctypes.byref(size)) != 1:
@@ -79,7 +89,8 @@ def _accept(store_ctx: int | None, arg: int | None) -> int:
     lib = _libssl()
     leaf = lib.X509_STORE_CTX_get0_cert(store_ctx)
     pkey = lib.X509_get0_pubkey(leaf) if leaf else None
-    if pkey and acceptable_key(lib, pkey):
+    sent = lib.X509_STORE_CTX_get0_untrusted(store_ctx)
+    if pkey and acceptable_key(lib, pkey) and sent and lib.OPENSSL_sk_num(sent) <= MAX_CHAIN:
         return 1
     lib.X509_STORE_CTX_set_error(store_ctx, _X509_V_ERR_CERT_REJECTED)
     return 0
@@ -114,6 +125,10 @@ def _libssl() -> ctypes.CDLL:
                 ("X509_STORE_CTX_set_error", None, [ctypes.c_void_p, ctypes.c_int]),
                 ("X509_get0_pubkey", ctypes.c_void_p, [ctypes.c_void_p]),
                 ("EVP_PKEY_get_base_id", ctypes.c_int, [ctypes.c_void_p]),
+                ("EVP_PKEY_get_int_param", ctypes.c_int,
+                 [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)]),
+                ("X509_STORE_CTX_get0_untrusted", ctypes.c_void_p, [ctypes.c_void_p]),
+                ("OPENSSL_sk_num", ctypes.c_int, [ctypes.c_void_p]),
                 ("EVP_PKEY_get_bits", ctypes.c_int, [ctypes.c_void_p]),
                 ("EVP_PKEY_get_bn_param", ctypes.c_int,
                  [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
