@@ -385,3 +385,33 @@ def test_a_trailer_that_never_ends_is_cut_off(env) -> None:  # noqa: ANN001
         status, _, _ = reader.response()
     assert status == 431
     assert time.monotonic() - started < TIMEOUT_MS / 1000
+
+
+def test_reset_streams_cannot_queue_unbounded_work(env) -> None:  # noqa: ANN001
+    """HTTP/2 "rapid reset" (CVE-2023-44487): streams that a client opens and resets at once
+    still run in the app, and do not count against the stream limit. 300 of them with wrong
+    secrets (each a slow KDF) used to queue seconds of hashing ahead of everyone, so that a
+    client whose secret needs hashing got 500 once its authenticator timed out. Now at most
+    32 requests of one connection are in the app; the rest get 503 at once."""
+    server, _, _ = env
+    fresh = server.deployment.add_client("fresh", "--grant-type", "client_credentials",
+                                         "--auth-method", "client_secret_basic")
+    sock, conn = h2_connection(server)
+    with sock:
+        base = [(b":method", b"POST"), (b":path", b"/oauth2/token"), (b":scheme", b"https"), (b":authority", b"x")]
+        form = b"grant_type=client_credentials"
+        wrong = b"Basic " + base64.b64encode(b"nobody:wrong-secret")
+        for n in range(300):
+            stream = 1 + 2 * n
+            conn.send_headers(stream, [*base, (b"authorization", wrong),
+                                       (b"content-type", b"application/x-www-form-urlencoded"),
+                                       (b"content-length", b"%d" % len(form))])
+            conn.send_data(stream, form, end_stream=True)
+            conn.reset_stream(stream)
+        sock.sendall(conn.data_to_send())
+        started = time.monotonic()
+        with server.client() as http:
+            response = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
+                                 auth=(fresh["client_id"], fresh["client_secret"]))
+        assert response.status_code == 200, response.text
+        assert time.monotonic() - started < 4

@@ -22,6 +22,7 @@ import asyncio
 import ctypes
 import functools
 import itertools
+import json
 import logging
 import signal
 import socket
@@ -95,18 +96,20 @@ class _Connection:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "websocket":
-            # No endpoint speaks WebSocket; refused as the llhttp lane refuses upgrades.
-            await send({"type": "websocket.http.response.start", "status": 400,
-                        "headers": [(b"content-length", b"0"), (b"connection", b"close")]})
-            await send({"type": "websocket.http.response.body", "body": b""})
-            self.writer.close()  # Hypercorn would keep the connection; the llhttp lane closes it
+            # Unreachable while hypercorn_protocols refuses upgrades and CONNECT; kept so that
+            # no WebSocket ever reaches the app if that changes.
+            await send({"type": "websocket.close"})
             return
         if scope["type"] == "http":
             status = refused(scope)
             if status:
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [(b"content-length", b"0"), (b"connection", b"close")]})
-                await send({"type": "http.response.body", "body": b""})
+                await _answer(send, scope, status, close=True)
+                return
+            if self.active >= MAX_IN_FLIGHT:
+                # HTTP/2 streams a client resets still run in the app, and do not count
+                # against the stream limit: without this, one connection could queue work
+                # without bound (the "rapid reset" attack, CVE-2023-44487).
+                await _answer(send, scope, 503, _BUSY, [(b"retry-after", b"1")])
                 return
             extensions = scope.setdefault("extensions", {})
             if self.tls is not None:
@@ -138,6 +141,25 @@ class _Connection:
         if self.sending and now - next(iter(self.sending.values())) > self.timeout:
             return True
         return self.active == 0 and now - self.last > self.timeout
+
+
+#: Requests one connection may have in the app at once (HTTP/1.1 has one at most).
+MAX_IN_FLIGHT = 32
+_BUSY = json.dumps({"error": "temporarily_unavailable",
+                    "error_description": "too many requests in progress on this connection"}).encode()
+
+
+async def _answer(send: Callable, scope: dict, status: int, body: bytes = b"",
+                  headers: list[tuple[bytes, bytes]] | None = None, *, close: bool = False) -> None:
+    """Answer a request the app never sees. Connection: close only on HTTP/1.x: HTTP/2 has no
+    such field (RFC 9113 §8.2.2), and sending one there is a connection error."""
+    fields = [(b"content-length", b"%d" % len(body)), *(headers or ())]
+    if body:
+        fields += [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+    if close and scope["http_version"] != "2":
+        fields.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": fields})
+    await send({"type": "http.response.body", "body": body})
 
 
 def refused(scope: dict[str, Any]) -> int:
