@@ -11,8 +11,8 @@ import pytest
 
 from tokensmith import groupcommit
 from tokensmith.groupcommit import GroupCommit
-from tokensmith.sqlite_store import _RESTART_FRAMES, SQLiteStorage
-from tokensmith.storage import Client, StorageError, TokenRecord
+from tokensmith.sqlite_store import _RESTART_FRAMES, _SCHEMA_VERSION, SQLiteStorage
+from tokensmith.storage import Client, Issue, StorageError, TokenRecord
 
 # The first schema tokensmith shipped (user_version 1).
 SCHEMA_1 = """
@@ -41,7 +41,7 @@ def test_a_version_1_database_is_upgraded(tmp_path) -> None:  # noqa: ANN001
     finally:
         store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION
 
 
 def test_client_cache_sees_changes_from_another_connection(tmp_path) -> None:  # noqa: ANN001
@@ -82,11 +82,11 @@ def test_concurrent_token_writes_share_one_transaction(tmp_path) -> None:  # noq
     store = SQLiteStorage(tmp_path / "store.db")
     transactions: list[int] = []
 
-    def try_add_tokens(records: list[TokenRecord]) -> bool:
-        transactions.append(len(records))
-        return store.try_add_tokens(records)
+    def try_issue(issues: list[Issue], now: int) -> list[bool] | None:
+        transactions.append(sum(len(issue.tokens) for issue in issues))
+        return store.try_issue(issues, now)
 
-    commits = GroupCommit(try_add_tokens)
+    commits = GroupCommit(try_issue)
 
     async def issue(name: str) -> bool:
         await commits.add([_token(name)])
@@ -110,7 +110,7 @@ def test_a_failed_group_commit_fails_every_caller_and_stores_none(tmp_path) -> N
     with sqlite3.connect(tmp_path / "store.db") as db:
         db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
                     " BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    commits = GroupCommit(store.try_add_tokens)
+    commits = GroupCommit(store.try_issue)
 
     async def outcome(name: str) -> str:
         try:
@@ -140,12 +140,12 @@ def test_a_busy_store_is_waited_for_without_blocking_the_loop(tmp_path) -> None:
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     transactions: list[int] = []
 
-    def try_add_tokens(records: list[TokenRecord]) -> bool:
-        stored = store.try_add_tokens(records)
-        transactions.append(len(records) if stored else 0)
+    def try_issue(issues: list[Issue], now: int) -> list[bool] | None:
+        stored = store.try_issue(issues, now)
+        transactions.append(sum(len(issue.tokens) for issue in issues) if stored else 0)
         return stored
 
-    commits = GroupCommit(try_add_tokens)
+    commits = GroupCommit(try_issue)
 
     async def run() -> int:
         ticks = 0
@@ -183,7 +183,7 @@ def test_a_store_busy_for_too_long_fails_the_batch(tmp_path, monkeypatch) -> Non
     try:
         other.execute("BEGIN IMMEDIATE")
         with pytest.raises(StorageError, match="locked"):
-            asyncio.run(GroupCommit(store.try_add_tokens).add([_token("late")]))
+            asyncio.run(GroupCommit(store.try_issue).add([_token("late")]))
         other.execute("ROLLBACK")
         assert store.get_token("late") is None
     finally:
@@ -246,7 +246,7 @@ def test_stores_opened_together_create_or_upgrade_the_schema_once(tmp_path, exis
             thread.join(30)
         assert outcomes == ["ok"] * 6, (attempt, outcomes)
         with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+            assert db.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION
 
 
 def test_a_store_that_is_not_serving_checkpoints_by_itself(tmp_path) -> None:  # noqa: ANN001
