@@ -275,6 +275,13 @@ def test_registration_refuses_control_characters(env, name) -> None:  # noqa: AN
     assert "\x1b" not in result.stderr and result.stderr.count("\n") == 1
 
 
+def test_registration_refuses_control_characters_in_a_subject(env) -> None:  # noqa: ANN001
+    """The tls_client_auth subject is stored text too, and is refused the same way."""
+    result = env.deployment.cli("sp", "add", "m", "--grant-type=client_credentials", "--auth-method",
+                                "tls_client_auth", "--subject-dn", "CN=evil\x1b[2J,O=x", check=False)
+    assert result.returncode != 0 and "\x1b" not in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_sp_list_escapes_names_stored_before(env) -> None:  # noqa: ANN001
     """A name stored with an escape sequence by an older release is printed escaped."""
     c = client(env, "client_credentials")

@@ -193,6 +193,8 @@ def new_client_id() -> str:
 def cmd_sp_add(args: argparse.Namespace) -> int:
     subject = _check_method_options(args)
     check_text(args.name, "the name")
+    if subject is not None:
+        check_text(subject[1], "the subject")
     for scope in args.scopes:
         check_scope(scope)
     warnings = check_grant_types(args.grant_types, args.auth_method, args.force)

@@ -135,7 +135,7 @@ def validity_warnings(certificates: Sequence[RegisteredCertificate]) -> list[str
     for cert in certificates:
         problem = validity_problem(x509.load_der_x509_certificate(cert.der), now)
         if problem is not None:
-            warnings.append(f"certificate {cert.sha256} ({cert.subject}) {problem};"
+            warnings.append(f"certificate {cert.sha256} ({printable(cert.subject)}) {problem};"
                             " the mutual_tls authenticator refuses it until it is valid")
     return warnings
 
