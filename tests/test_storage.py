@@ -261,3 +261,52 @@ def test_a_store_that_is_not_serving_checkpoints_by_itself(tmp_path) -> None:  #
         assert _wal_frames(path) < 1500  # restarted after SQLite's checkpoint at 1,000 pages
     finally:
         store.close()
+
+
+def _refresh(name: str, expires_at: int = 10_000) -> TokenRecord:
+    return TokenRecord(name, "refresh", "c", "", 0, expires_at, grant_id="g")
+
+
+def test_rotation_and_its_successors_commit_together(tmp_path) -> None:  # noqa: ANN001
+    """try_issue marks the rotated refresh token used only together with storing its
+    successors: a failed store leaves it unused, and a second rotation of it stores nothing."""
+    path = tmp_path / "store.db"
+    store = SQLiteStorage(path)
+    try:
+        store.add_tokens([_refresh("r0")])
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
+                       " BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        with pytest.raises(StorageError, match="refused"):
+            store.try_issue([Issue((_token("poison"),), rotates="r0")], 1)
+        assert store.get_token("r0").used is False
+        assert store.try_issue([Issue((_refresh("r1"),), rotates="r0"),
+                                Issue((_refresh("r2"),), rotates="r0")], 1) == [True, False]
+        assert store.get_token("r0").used and store.get_token("r1") and store.get_token("r2") is None
+        assert store.try_issue([Issue((_token("late"),), rotates="r1")], 20_000) == [False]
+    finally:
+        store.close()
+
+
+def test_login_attempts_are_counted_before_the_check_across_connections(tmp_path) -> None:  # noqa: ANN001
+    """Two connections (two workers) taking attempts for one user and source get no more
+    than the limit between them; another source is not affected; a success clears the
+    count; after the lock the count starts afresh."""
+    from tokensmith.storage import LoginPolicy, User
+
+    path = tmp_path / "store.db"
+    one, two = SQLiteStorage(path), SQLiteStorage(path)
+    policy = LoginPolicy(max_failures=3, max_failures_per_user=100, lockout_seconds=60)
+    try:
+        one.add_user(User("u", "hash"))
+        taken = [store.take_login_attempt("u", "10.0.0.1", 1000, policy) for store in (one, two) * 4]
+        assert taken.count(True) == 3 and taken[:3] == [True] * 3
+        assert two.take_login_attempt("u", "10.0.0.2", 1000, policy)
+        two.end_login_attempt("u", "10.0.0.2", succeeded=True)
+        assert not one.take_login_attempt("u", "10.0.0.1", 1059, policy)
+        assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # the lock is over
+        assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # a new count
+        assert one.remove_user("u") and not one.take_login_attempt("u", "10.0.0.1", 1060, policy)
+    finally:
+        one.close()
+        two.close()
