@@ -22,6 +22,9 @@ import httpx
 import pytest
 
 from conftest import DEFAULT_LISTENERS, Deployment, Server, new_deployment, start_server
+from tokensmith.kdf import hash_secret
+from tokensmith.sqlite_store import SQLiteStorage
+from tokensmith.storage import User
 
 PASSWORD = "correct horse battery staple"
 
@@ -32,8 +35,10 @@ def env(tmp_path_factory, keystore, wheel_cache) -> Iterator[Server]:  # noqa: A
     root = tmp_path_factory.mktemp("lifecycle")
     dep = new_deployment(root / "ts", keystore, wheel_cache,
                          oauth="<MaxFailedLogins>3</MaxFailedLogins><LockoutSeconds>600</LockoutSeconds>")
-    for name in ("victim", "quiet", "erin", "frank", "gina", "hal"):
-        dep.cli("user", "add", name, "--password-stdin", input=PASSWORD + "\n")
+    dep.cli("user", "add", "erin", "--password-stdin", input=PASSWORD + "\n")  # creates the store
+    with SQLiteStorage(dep.database) as store:  # the others through the API: a CLI run each is slow
+        for name in ("victim", "quiet", "frank", "gina", "hal"):
+            store.add_user(User(name, hash_secret(PASSWORD)))
     server = start_server(dep, "--workers", "2")
     yield server
     server.stop()
