@@ -119,6 +119,8 @@ _USE_REFRESH = (
     " AND revoked = 0 AND expires_at > ?"
     " AND grant_id NOT IN (SELECT grant_id FROM revoked_grants)"
     " AND client_id NOT IN (SELECT client_id FROM revoked_clients)")
+#: How long checkpoints and purges wait for the lock: they may hold writers this long.
+_MAINTENANCE_BUSY_MS = 5
 #: Login failure rows are kept this long after their last failure or lock.
 _FAILURES_KEPT = 24 * 3600
 #: After a checkpoint, a WAL larger than this is truncated to it.
@@ -248,8 +250,8 @@ class SQLiteStorage:
                     # holds writers while it copies and syncs: 60-70 ms after a second of
                     # load. Passive rounds first copy what arrived during the previous one,
                     # until little is left, so that RESTART holds them a few ms at most.
-                    # Without a busy timeout, RESTART gives up at once when a reader still
-                    # uses the WAL: the WAL then grows until that reader is done.
+                    # With a busy timeout of a few ms, RESTART soon gives up when a reader
+                    # still uses the WAL: the WAL then grows until that reader is done.
                     for _ in range(4):
                         before, frames = frames, self._passive()
                         if frames - before < 256:
@@ -457,15 +459,15 @@ class SQLiteStorage:
     def _maintenance(self) -> sqlite3.Connection:
         """The connection of checkpoint() and purge_expired(), which run in a worker thread.
 
-        No busy timeout: a checkpoint or purge that would have to wait for a writer or a
-        reader gives up at once and is tried again on the next round, instead of holding
-        the write lock while it waits (a RESTART checkpoint holds it until every reader is
-        done, which a long read makes last, and every token request with it).
+        A busy timeout of a few milliseconds: enough to wait for a token commit to finish,
+        and then a checkpoint or purge gives up and is tried again on the next round. A
+        RESTART checkpoint holds the write lock while it waits for readers of the old WAL,
+        so a long busy timeout made a long read hold every token request with it.
         """
         if self._checkpointer is None:
             self._checkpointer = sqlite3.connect(self.path, isolation_level=None, timeout=0,
                                                  check_same_thread=False)
-            self._checkpointer.execute("PRAGMA busy_timeout=0")
+            self._checkpointer.execute(f"PRAGMA busy_timeout={_MAINTENANCE_BUSY_MS}")
             if self._serving:
                 self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
         return self._checkpointer
