@@ -7,6 +7,7 @@ the registration values the lifecycle depends on. docs/reliability.md describes 
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import sqlite3
@@ -371,7 +372,7 @@ def test_a_jwt_of_a_retired_key_introspects_inactive(tmp_path, keystore, wheel_c
     server = serve(dep)
     old = post(server, "/oauth2/token", {"grant_type": "client_credentials"}, c).json()["access_token"]
     assert introspect(server, old, c)["active"] is True
-    kid = json.loads(__import__("base64").urlsafe_b64decode(old.split(".")[0] + "=="))["kid"]
+    kid = json.loads(base64.urlsafe_b64decode(old.split(".")[0] + "=="))["kid"]
     dep.cli("signing", "rotate")
     new = post(server, "/oauth2/token", {"grant_type": "client_credentials"}, c).json()["access_token"]
     dep.cli("signing", "retire", kid)
