@@ -47,7 +47,7 @@ def token(server: Server, cert: tuple[Path, Path] | None, client_id: str | None,
 
 
 def introspect(server: Server, value: str) -> dict:
-    caller = server.deployment.add_client("rs", "--grant-type", "client_credentials",
+    caller = server.deployment.add_client("rs", "--grant-type", "client_credentials", "--resource-server",
                                           "--auth-method", "client_secret_basic")
     with server.client() as http:
         return http.post("/oauth2/introspect", data={"token": value},

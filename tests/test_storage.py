@@ -11,8 +11,8 @@ import pytest
 
 from tokensmith import groupcommit
 from tokensmith.groupcommit import GroupCommit
-from tokensmith.sqlite_store import _RESTART_FRAMES, SQLiteStorage
-from tokensmith.storage import Client, StorageError, TokenRecord
+from tokensmith.sqlite_store import _RESTART_FRAMES, _SCHEMA_VERSION, SQLiteStorage
+from tokensmith.storage import Client, Issue, StorageError, TokenRecord
 
 # The first schema tokensmith shipped (user_version 1).
 SCHEMA_1 = """
@@ -41,7 +41,7 @@ def test_a_version_1_database_is_upgraded(tmp_path) -> None:  # noqa: ANN001
     finally:
         store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION
 
 
 def test_client_cache_sees_changes_from_another_connection(tmp_path) -> None:  # noqa: ANN001
@@ -82,11 +82,11 @@ def test_concurrent_token_writes_share_one_transaction(tmp_path) -> None:  # noq
     store = SQLiteStorage(tmp_path / "store.db")
     transactions: list[int] = []
 
-    def try_add_tokens(records: list[TokenRecord]) -> bool:
-        transactions.append(len(records))
-        return store.try_add_tokens(records)
+    def try_issue(issues: list[Issue], now: int) -> list[bool] | None:
+        transactions.append(sum(len(issue.tokens) for issue in issues))
+        return store.try_issue(issues, now)
 
-    commits = GroupCommit(try_add_tokens)
+    commits = GroupCommit(try_issue)
 
     async def issue(name: str) -> bool:
         await commits.add([_token(name)])
@@ -110,7 +110,7 @@ def test_a_failed_group_commit_fails_every_caller_and_stores_none(tmp_path) -> N
     with sqlite3.connect(tmp_path / "store.db") as db:
         db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
                     " BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    commits = GroupCommit(store.try_add_tokens)
+    commits = GroupCommit(store.try_issue)
 
     async def outcome(name: str) -> str:
         try:
@@ -140,12 +140,12 @@ def test_a_busy_store_is_waited_for_without_blocking_the_loop(tmp_path) -> None:
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     transactions: list[int] = []
 
-    def try_add_tokens(records: list[TokenRecord]) -> bool:
-        stored = store.try_add_tokens(records)
-        transactions.append(len(records) if stored else 0)
+    def try_issue(issues: list[Issue], now: int) -> list[bool] | None:
+        stored = store.try_issue(issues, now)
+        transactions.append(sum(len(issue.tokens) for issue in issues) if stored else 0)
         return stored
 
-    commits = GroupCommit(try_add_tokens)
+    commits = GroupCommit(try_issue)
 
     async def run() -> int:
         ticks = 0
@@ -183,7 +183,7 @@ def test_a_store_busy_for_too_long_fails_the_batch(tmp_path, monkeypatch) -> Non
     try:
         other.execute("BEGIN IMMEDIATE")
         with pytest.raises(StorageError, match="locked"):
-            asyncio.run(GroupCommit(store.try_add_tokens).add([_token("late")]))
+            asyncio.run(GroupCommit(store.try_issue).add([_token("late")]))
         other.execute("ROLLBACK")
         assert store.get_token("late") is None
     finally:
@@ -246,7 +246,7 @@ def test_stores_opened_together_create_or_upgrade_the_schema_once(tmp_path, exis
             thread.join(30)
         assert outcomes == ["ok"] * 6, (attempt, outcomes)
         with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+            assert db.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION
 
 
 def test_a_store_that_is_not_serving_checkpoints_by_itself(tmp_path) -> None:  # noqa: ANN001
@@ -261,3 +261,52 @@ def test_a_store_that_is_not_serving_checkpoints_by_itself(tmp_path) -> None:  #
         assert _wal_frames(path) < 1500  # restarted after SQLite's checkpoint at 1,000 pages
     finally:
         store.close()
+
+
+def _refresh(name: str, expires_at: int = 10_000) -> TokenRecord:
+    return TokenRecord(name, "refresh", "c", "", 0, expires_at, grant_id="g")
+
+
+def test_rotation_and_its_successors_commit_together(tmp_path) -> None:  # noqa: ANN001
+    """try_issue marks the rotated refresh token used only together with storing its
+    successors: a failed store leaves it unused, and a second rotation of it stores nothing."""
+    path = tmp_path / "store.db"
+    store = SQLiteStorage(path)
+    try:
+        store.add_tokens([_refresh("r0")])
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
+                       " BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        with pytest.raises(StorageError, match="refused"):
+            store.try_issue([Issue((_token("poison"),), rotates="r0")], 1)
+        assert store.get_token("r0").used is False
+        assert store.try_issue([Issue((_refresh("r1"),), rotates="r0"),
+                                Issue((_refresh("r2"),), rotates="r0")], 1) == [True, False]
+        assert store.get_token("r0").used and store.get_token("r1") and store.get_token("r2") is None
+        assert store.try_issue([Issue((_token("late"),), rotates="r1")], 20_000) == [False]
+    finally:
+        store.close()
+
+
+def test_login_attempts_are_counted_before_the_check_across_connections(tmp_path) -> None:  # noqa: ANN001
+    """Two connections (two workers) taking attempts for one user and source get no more
+    than the limit between them; another source is not affected; a success clears the
+    count; after the lock the count starts afresh."""
+    from tokensmith.storage import LoginPolicy, User
+
+    path = tmp_path / "store.db"
+    one, two = SQLiteStorage(path), SQLiteStorage(path)
+    policy = LoginPolicy(max_failures=3, max_failures_per_user=100, lockout_seconds=60)
+    try:
+        one.add_user(User("u", "hash"))
+        taken = [store.take_login_attempt("u", "10.0.0.1", 1000, policy) for store in (one, two) * 4]
+        assert taken.count(True) == 3 and taken[:3] == [True] * 3
+        assert two.take_login_attempt("u", "10.0.0.2", 1000, policy)
+        two.end_login_attempt("u", "10.0.0.2", succeeded=True)
+        assert not one.take_login_attempt("u", "10.0.0.1", 1059, policy)
+        assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # the lock is over
+        assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # a new count
+        assert one.remove_user("u") and not one.take_login_attempt("u", "10.0.0.1", 1060, policy)
+    finally:
+        one.close()
+        two.close()

@@ -57,7 +57,8 @@ class Env:
 def register(dep: Deployment, tmp_path: Path) -> dict[str, object]:
     """A client_secret_basic client, a password and refresh client with a user, and a
     self_signed_tls_client_auth client."""
-    basic = dep.add_client("basic", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+    basic = dep.add_client("basic", "--grant-type", "client_credentials", "--resource-server",
+                           "--auth-method", "client_secret_basic")
     api = dep.add_client("api", "--grant-type", "password", "--grant-type", "refresh_token",
                          "--auth-method", "client_secret_basic")
     dep.cli("user", "add", "alice", "--password-stdin", input=PASSWORD + "\n")

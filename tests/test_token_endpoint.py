@@ -148,7 +148,7 @@ def test_post_client_with_wrong_or_missing_secret(env, http) -> None:  # noqa: A
     wrong = http.post("/oauth2/token", data={"grant_type": "client_credentials",
                                              "client_id": client["client_id"], "client_secret": "x"})
     assert_error(wrong, 401, "invalid_client")
-    assert "www-authenticate" not in wrong.headers
+    assert wrong.headers["www-authenticate"] == 'Basic realm="tokensmith"'  # RFC 9110 §15.5.2
     bare = http.post("/oauth2/token", data={"grant_type": "client_credentials",
                                             "client_id": client["client_id"]})
     assert_error(bare, 401, "invalid_client")

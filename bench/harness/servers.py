@@ -183,7 +183,7 @@ class Deployment:
     def register_basic(self) -> None:
         """The client_secret_basic client of scenarios 3 and 4, with the CLI as a user would."""
         shown = json.loads(self.cli("sp", "add", "bench-basic", "--grant-type", "client_credentials",
-                                    "--auth-method", "client_secret_basic"))
+                                    "--resource-server", "--auth-method", "client_secret_basic"))
         self.basic_id, self.basic_secret = shown["client_id"], shown["client_secret"]
 
 

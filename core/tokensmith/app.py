@@ -92,7 +92,7 @@ def _build_runtime(app: Quart, config: Config, identity: IdentitySettings, loade
     listeners = build_listeners(loader.load(identity.allowed_wheels), identity)
     jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
     issuer = TokenIssuer(storage, listeners, identity.access_token_lifetime,
-                         identity.refresh_token_lifetime, jwt)
+                         identity.refresh_token_lifetime, jwt, identity.refresh_token_max_lifetime)
     return Runtime(config, identity, storage, listeners, issuer, truststore, signing, verified,
                    generation)
 
@@ -171,13 +171,19 @@ def create_app(config: Config) -> Quart:
 
 CHECKPOINT_INTERVAL = 1.0
 PURGE_INTERVAL = 60.0
+#: Expired tokens deleted per transaction: each batch holds the write lock briefly, and
+#: token requests take it between batches.
+PURGE_BATCH = 500
+#: Pause between batches, so that waiting token writes get the lock first.
+_PURGE_PAUSE = 0.005
 
 
 async def _maintain(app: Quart) -> None:
-    """Checkpoint the store every second (in a thread), and delete expired tokens every
-    minute, so that the store does not grow without bound."""
+    """Checkpoint the store every second, and delete expired tokens at start and then every
+    minute, so that the store does not grow without bound; both in a worker thread, off the
+    event loop, so that requests go on being served meanwhile."""
     loop = asyncio.get_running_loop()
-    next_purge = loop.time() + PURGE_INTERVAL
+    next_purge = loop.time()
     while True:
         await asyncio.sleep(CHECKPOINT_INTERVAL)
         storage = runtime(app).storage
@@ -189,12 +195,28 @@ async def _maintain(app: Quart) -> None:
             continue
         next_purge = loop.time() + PURGE_INTERVAL
         try:
-            removed = storage.purge_expired(int(time.time()))
+            removed = await _purge(storage)
         except StorageError as exc:
             log.warning("purging expired tokens failed: %s", exc)
             continue
         if removed:
             log.info("purged %d expired tokens", removed)
+
+
+async def _purge(storage: Storage) -> int:
+    """Delete the tokens expired now, PURGE_BATCH at a time; what a busy store leaves
+    undone, the next purge does."""
+    before, removed, busy = int(time.time()), 0, 0
+    while busy < 100:
+        count = await asyncio.to_thread(storage.purge_expired, before, PURGE_BATCH)
+        if count is None:
+            busy += 1
+        else:
+            removed += count
+            if count < PURGE_BATCH:
+                break
+        await asyncio.sleep(_PURGE_PAUSE)
+    return removed
 
 
 def inspect_listeners(config: Config, identity: IdentitySettings | None = None) -> ListenerSet:

@@ -21,7 +21,8 @@ from .cli_base import CLIError, Parser, open_storage, warn
 from .config import load_config
 from .grants import GRANT_TYPES, check_registration
 from .registration import (
-    certificates_from_file, change_certificates, parse_fingerprint, tls_subject, validity_warnings)
+    certificates_from_file, change_certificates, check_grant_types, check_scope, check_text,
+    parse_fingerprint, printable, tls_subject, validity_warnings)
 from .storage import Client, RegisteredCertificate
 
 if TYPE_CHECKING:
@@ -104,6 +105,15 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                      help="override identity.xml's <AccessTokenLifetime> for this client")
     add.add_argument("--refresh-token-lifetime", type=_seconds, metavar="SECONDS",
                      help="override identity.xml's <RefreshTokenLifetime> for this client")
+    add.add_argument("--refresh-token-max-lifetime", type=_seconds, metavar="SECONDS",
+                     help="override identity.xml's <RefreshTokenMaxLifetime> (a grant's"
+                     " absolute lifetime) for this client")
+    add.add_argument("--resource-server", action="store_true",
+                     help="the client is a resource server: it may introspect access tokens"
+                     " issued to other clients (RFC 7662 §4); others see only their own")
+    add.add_argument("--force", action="store_true",
+                     help="register a public client for the password grant all the same"
+                     " (RFC 9700 §2.4 says it must not be used)")
 
     listing = actions.add_parser("list", parents=[common], help="list service providers",
                                  description="List the registered service providers; --json"
@@ -134,7 +144,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     reset.add_argument("client_id")
 
     remove = actions.add_parser("remove", parents=[common], help="remove a service provider",
-                                description="Remove a service provider by client_id.")
+                                description="Remove a service provider by client_id;"
+                                   " every token issued to it is revoked (RFC 7592 §2.3).")
     remove.add_argument("client_id")
     return {("sp", "add"): cmd_sp_add, ("sp", "list"): cmd_sp_list,
             ("sp", "update"): cmd_sp_update, ("sp", "remove"): cmd_sp_remove,
@@ -221,6 +232,12 @@ def new_client_id() -> str:
 def cmd_sp_add(args: argparse.Namespace) -> int:
     subject = _check_method_options(args)
     check_registration(args.auth_method, args.grant_types)
+    check_text(args.name, "the name")
+    if subject is not None:
+        check_text(subject[1], "the subject")
+    for scope in args.scopes:
+        check_scope(scope)
+    warnings = check_grant_types(args.grant_types, args.auth_method, args.force)
     config = load_config(args.conf)
     certificates = _certificates(args.certs)
     method = args.auth_method
@@ -239,10 +256,12 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
         access_token_lifetime=args.access_token_lifetime,
         refresh_token_lifetime=args.refresh_token_lifetime,
         jwt_access_tokens=None if args.token_format is None else args.token_format == "jwt",
+        resource_server=args.resource_server,
+        refresh_token_max_lifetime=args.refresh_token_max_lifetime,
     )
     with open_storage(config) as store:
         store.add_client(client)
-    for line in validity_warnings(certificates):
+    for line in [*warnings, *validity_warnings(certificates)]:
         warn(line)
     shown = client_view(client)
     if secret is not None:
@@ -280,7 +299,9 @@ def cmd_sp_list(args: argparse.Namespace) -> int:
         print(json.dumps([client_view(c) for c in clients], indent=2))
         return 0
     rows = [("CLIENT_ID", "AUTH_METHOD", "GRANT_TYPES", "NAME")]
-    rows += [(c.client_id, c.token_endpoint_auth_method, ",".join(c.grant_types), c.name) for c in clients]
+    # Names registered before control characters were refused are escaped.
+    rows += [(c.client_id, c.token_endpoint_auth_method, ",".join(c.grant_types), printable(c.name))
+             for c in clients]
     # Columns as wide as their widest cell, so that they stay in line whatever the values.
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
@@ -326,5 +347,5 @@ def cmd_sp_remove(args: argparse.Namespace) -> int:
         removed = store.remove_client(args.client_id)
     if not removed:
         raise CLIError(f"no service provider with client_id {args.client_id!r}")
-    print(f"removed {args.client_id}")
+    print(f"removed {args.client_id} and revoked its tokens")
     return 0

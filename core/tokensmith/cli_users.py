@@ -16,6 +16,7 @@ from collections.abc import Callable
 from . import kdf
 from .cli_base import CLIError, Parser, open_storage, warn
 from .config import load_config
+from .registration import printable
 from .storage import User
 
 __all__ = ["add_commands"]
@@ -41,10 +42,21 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                                  description="List users and their failed-login state.")
     listing.add_argument("--json", action="store_true", help="print JSON")
     remove = actions.add_parser("remove", parents=[common], help="remove a user",
-                                description="Remove a user. Tokens already issued stay valid"
-                                " until they expire or are revoked.")
+                                description="Remove a user and revoke every token and grant"
+                                " issued for them (RFC 9700 §4.14.2); a user added later"
+                                " under the same name gets none of them.")
     remove.add_argument("username")
-    return {("user", "add"): cmd_add, ("user", "list"): cmd_list, ("user", "remove"): cmd_remove}
+    revoke = actions.add_parser("revoke", parents=[common], help="revoke a user's tokens",
+                                description="Revoke every access and refresh token issued"
+                                " for a user, and their grants, without removing the user"
+                                " (for example after a password change).")
+    revoke.add_argument("username")
+    unlock = actions.add_parser("unlock", parents=[common], help="clear a user's failed logins",
+                                description="Forget a user's failed password attempts and"
+                                " end their lockouts, from every source address.")
+    unlock.add_argument("username")
+    return {("user", "add"): cmd_add, ("user", "list"): cmd_list, ("user", "remove"): cmd_remove,
+            ("user", "revoke"): cmd_revoke, ("user", "unlock"): cmd_unlock}
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -87,7 +99,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         now = int(time.time())
         for u in users:
             state = "locked" if u.locked_until > now else "ok"
-            print(f"{u.username:<32} {state:<7} failed={u.failed_attempts}")
+            print(f"{printable(u.username):<32} {state:<7} failed={u.failed_attempts}")
     return 0
 
 
@@ -96,5 +108,23 @@ def cmd_remove(args: argparse.Namespace) -> int:
         removed = store.remove_user(args.username)
     if not removed:
         raise CLIError(f"no user {args.username!r}")
-    print(f"removed {args.username}")
+    print(f"removed {args.username!r} and revoked their tokens")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    with open_storage(load_config(args.conf)) as store:
+        user = store.get_user(args.username)
+        if user is None:
+            raise CLIError(f"no user {args.username!r}")
+        count = store.revoke_user_tokens(user.user_id)
+    print(f"revoked {count} tokens of {args.username!r}")
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    with open_storage(load_config(args.conf)) as store:
+        if not store.unlock_user(args.username):
+            raise CLIError(f"no user {args.username!r}")
+    print(f"unlocked {args.username!r}")
     return 0

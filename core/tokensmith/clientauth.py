@@ -166,9 +166,13 @@ def claimed_client_id(form: Mapping[str, str], authorization: str | None) -> str
 
 
 def challenge(authorization: str | None, realm: str) -> dict[str, str]:
-    """The WWW-Authenticate header for a 401 (RFC 6749 §5.2), matching the client's scheme."""
+    """The WWW-Authenticate header for a 401 (RFC 6749 §5.2), matching the client's scheme.
+
+    Without an Authorization header it is Basic, the scheme this server accepts: a 401
+    always carries a challenge (RFC 9110 §15.5.2 "MUST send a WWW-Authenticate header").
+    """
     if authorization is None:
-        return {}
+        return {"WWW-Authenticate": f'Basic realm="{realm}"'}
     scheme = authorization.split(" ", 1)[0]
     if not _SCHEME.match(scheme):
         scheme = "Basic"

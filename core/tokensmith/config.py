@@ -20,6 +20,7 @@ from pathlib import Path
 from lxml import etree
 
 from .rfc8705 import FORWARDED_FORMATS
+from .storage import LoginPolicy
 from .xmlconf import ConfigError, attr_bool, attr_int, parse_xml, where
 
 __all__ = [
@@ -128,17 +129,27 @@ class IdentitySettings:
     mtls_base_url: str | None = None
     access_token_lifetime: int = 3600
     refresh_token_lifetime: int = 14 * 24 * 3600
+    #: A grant's absolute lifetime: refreshing never extends it (RFC 9700 §4.14.2).
+    refresh_token_max_lifetime: int = 90 * 24 * 3600
     #: "opaque" (the default) or "jwt" (RFC 9068) for clients that do not choose.
     access_token_format: str = "opaque"
     max_body_bytes: int = 64 * 1024
     listener_timeout: float = 5.0
-    #: Password grant: wrong passwords in a row before the user is locked, and for how long.
+    #: Password grant: failures from one source address before that source is locked out of
+    #: the user, failures from all sources before the user is locked out everywhere, and
+    #: for how long (storage.LoginPolicy, docs/reliability.md).
     max_failed_logins: int = 5
+    max_failed_logins_per_user: int = 100
     lockout_seconds: int = 300
     #: SHA-256 (hex) of the wheels allowed in dropins/; None when pinning is off.
     allowed_wheels: frozenset[str] | None = None
     #: Client certificates forwarded by trusted proxies; None: only the TLS handshake's.
     forwarded_certificates: ForwardedCertificates | None = None
+
+    @property
+    def login_policy(self) -> LoginPolicy:
+        return LoginPolicy(self.max_failed_logins, self.max_failed_logins_per_user,
+                           self.lockout_seconds)
 
 
 @dataclass(frozen=True)
@@ -282,10 +293,12 @@ def load_identity(path: Path) -> IdentitySettings:
             ("MtlsBaseUrl", "mtls_base_url", str),
             ("AccessTokenLifetime", "access_token_lifetime", int),
             ("RefreshTokenLifetime", "refresh_token_lifetime", int),
+            ("RefreshTokenMaxLifetime", "refresh_token_max_lifetime", int),
             ("AccessTokenFormat", "access_token_format", str),
             ("MaxRequestBodyBytes", "max_body_bytes", int),
             ("ListenerTimeoutSeconds", "listener_timeout", float),
             ("MaxFailedLogins", "max_failed_logins", int),
+            ("MaxFailedLoginsPerUser", "max_failed_logins_per_user", int),
             ("LockoutSeconds", "lockout_seconds", int),
         ):
             el = oauth.find(tag)

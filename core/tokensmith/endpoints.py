@@ -17,9 +17,11 @@ from .clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_cli
 from .errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
 from .events import ClientAuthEvent, TokenRevokeEvent
 from .forms import check_content_type, parse_form
-from .grants import GRANT_TYPES, PUBLIC, Grant, check_grant_type, grant
+from .grants import GRANT_TYPES, PUBLIC, Grant, check_grant_type, grant, login_source
 from .kdf import token_hash
 from .rfc8705 import x5t_s256
+from .signing import SigningKeys, b64url_decode
+from .storage import TokenRecord
 from .tokens import token_claims
 
 __all__ = ["oauth", "client_cert_chain", "POST_ENDPOINTS", "PUBLIC_CLIENTS_ALLOWED", "ENDPOINT_PATHS"]
@@ -95,18 +97,49 @@ async def token(rt: Runtime, request: HttpRequest) -> Answer:
     form = read_form(request)
     check_grant_type(form)
     auth = await authenticate(rt, request, form, "token")
-    issued = await grant(Grant(rt.issuer, rt.storage, auth, form, rt.identity.max_failed_logins,
-                               rt.identity.lockout_seconds))
+    issued = await grant(Grant(rt.issuer, rt.storage, auth, form, rt.identity.login_policy,
+                               login_source(request.remote_addr)))
     return Answer(200, issued.response())
 
 
-async def introspect(rt: Runtime, request: HttpRequest) -> Answer:
-    """Token introspection (RFC 7662 §2): any authenticated client may ask.
+def _kid(value: str) -> str | None:
+    """The ``kid`` in the header of a JWT *value*, or None if it is not one."""
+    header = value.split(".", 1)[0] if value.count(".") == 2 else None
+    if not header:
+        return None
+    try:
+        kid = json.loads(b64url_decode(header)).get("kid")
+    except (ValueError, AttributeError):
+        return None
+    return kid if isinstance(kid, str) else None
 
-    "If the introspection call is properly authorized but the token is not active, does not
-    exist on this server, or the protected resource is not allowed to introspect this
-    particular token, then the authorization server MUST return an introspection response
-    with the "active" field set to "false"" and nothing else (§2.2).
+
+def _active(record: TokenRecord | None, value: str, signing: SigningKeys) -> bool:
+    """Whether the stored *record* of *value* is a token still in force.
+
+    Not when revoked (by itself, its grant, its user or its client), expired, exchanged (a
+    used refresh token can never be used again: RFC 7662 §2.2), or a JWT whose signing key
+    was retired (it verifies nowhere any more: RFC 9068 §4).
+    """
+    if record is None or record.revoked or record.used or record.expires_at <= int(time.time()):
+        return False
+    if record.kind == "access" and "." in value:
+        kid = _kid(value)
+        if kid is not None and kid not in {key.kid for key in signing.all()}:
+            return False
+    return True
+
+
+async def introspect(rt: Runtime, request: HttpRequest) -> Answer:
+    """Token introspection (RFC 7662 §2), for callers authorised for the token (§4).
+
+    A client may introspect the tokens issued to it; a client registered as a resource
+    server (``sp add --resource-server``) may also introspect other clients' access tokens,
+    never their refresh tokens. "If the introspection call is properly authorized but the
+    token is not active, does not exist on this server, or the protected resource is not
+    allowed to introspect this particular token, then the authorization server MUST return
+    an introspection response with the "active" field set to "false"" and nothing else
+    (§2.2).
     """
     form = read_form(request)
     value = form.get("token")
@@ -114,7 +147,11 @@ async def introspect(rt: Runtime, request: HttpRequest) -> Answer:
     if value is None:
         raise InvalidRequestError("token is missing")
     record = rt.storage.get_token(token_hash(value))
-    if record is None or record.revoked or record.expires_at <= int(time.time()):
+    if not _active(record, value, rt.signing):
+        return Answer(200, {"active": False})
+    assert record is not None
+    if record.client_id != caller.client.client_id and (
+            record.kind != "access" or not caller.client.resource_server):
         return Answer(200, {"active": False})
     claims = token_claims(record)
     if not claims.get("scope"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,11 +21,11 @@ from .errors import (
 )
 from .registration import RegistrationError
 from .rfc8705 import x5t_s256
-from .storage import Storage
-from .tokens import IssuedToken, TokenIssuer
+from .storage import LoginPolicy, Storage
+from .tokens import IssuedToken, RotationRefused, TokenIssuer
 
 __all__ = ["GRANT_TYPES", "PUBLIC_CLIENT_GRANTS", "Grant", "check_grant_type", "check_registration", "grant",
-           "resolve_scope", "binding"]
+           "resolve_scope", "binding", "SCOPE_TOKEN", "login_source"]
 
 log = logging.getLogger("tokensmith.grants")
 
@@ -46,19 +48,41 @@ class Grant:
     storage: Storage
     auth: AuthenticatedClient
     form: Mapping[str, str]
-    max_failed_logins: int = 5
-    lockout_seconds: int = 300
+    policy: LoginPolicy = LoginPolicy()
+    #: Where the request came from (``login_source``), for the password lockout.
+    source: str = ""
+
+
+#: RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def login_source(remote_addr: str | None) -> str:
+    """The source address the password lockout counts failures for: an IPv4 address, or the
+    /64 network of an IPv6 address (one host usually holds a whole /64)."""
+    if not remote_addr:
+        return ""
+    try:
+        address = ipaddress.ip_address(remote_addr)
+    except ValueError:
+        return remote_addr
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def resolve_scope(requested: str | None, allowed: tuple[str, ...] | list[str]) -> str:
     """The scope to grant (RFC 6749 §3.3): what was asked, if the client may have all of it.
 
-    With no ``scope`` parameter the client gets everything *allowed*.
+    With no ``scope`` parameter the client gets everything *allowed*. Each scope token must
+    match §3.3's grammar: printable ASCII but space, ``"`` and ``\\``.
     """
     if requested is None:
         return " ".join(allowed)
     asked = requested.split(" ")
-    if any(not s or any(c in s for c in '"\\') or not s.isprintable() for s in asked):
+    if not all(SCOPE_TOKEN.fullmatch(s) for s in asked):
         raise InvalidScopeError("the scope parameter is malformed")
     if not set(asked) <= set(allowed):
         raise InvalidScopeError("the requested scope exceeds what may be granted")
@@ -119,32 +143,37 @@ async def client_credentials(request: Grant) -> IssuedToken:
 async def password(request: Grant) -> IssuedToken:
     """RFC 6749 §4.3: the resource owner's username and password, for a trusted client.
 
-    Repeated wrong passwords lock that user for a while (RFC 6749 §10.10 and RFC 6819
-    §4.4.3.6: "the authorization server ... MUST protect the endpoint against brute force
-    attacks"); other users are unaffected. An unknown user costs a KDF run too, and gets the
-    same answer as a wrong password. The password is never logged.
+    Guessing is limited as ``LoginPolicy`` says (RFC 6749 §10.10 and RFC 6819 §4.4.3.6: "the
+    authorization server ... MUST protect the endpoint against brute force attacks"): the
+    attempt is counted in the store before the password is checked, atomically, so that
+    concurrent requests and several workers together never get more guesses checked than
+    the policy allows. An unknown user, a wrong password and a locked-out user all get the
+    same answer at the same cost (one KDF run), so that the answer tells nobody whether the
+    name exists. The password is never logged.
     """
     form, storage, auth = request.form, request.storage, request.auth
     username, secret = form.get("username"), form.get("password")
     if username is None or secret is None:
         raise InvalidRequestError("username and password are required")
     scope = resolve_scope(form.get("scope"), auth.client.scopes)
-    now = int(time.time())
     user = storage.get_user(username)
-    if user is not None and user.locked_until > now:
-        log.warning("password grant refused: user %r is locked after failed attempts (client %s)",
-                    username, auth.client.client_id)
-        raise InvalidGrantError("too many failed attempts; try again later")
-    stored = user.password_hash if user is not None else None
-    if not await asyncio.to_thread(kdf.verify_or_waste, secret, stored) or user is None:
-        if user is not None:
-            storage.record_login_failure(username, now, request.max_failed_logins, request.lockout_seconds)
-        log.warning("password grant failed for user %r (client %s)", username, auth.client.client_id)
+    taken = user is not None and storage.take_login_attempt(
+        user.username, request.source, int(time.time()), request.policy)
+    stored = user.password_hash if user is not None and taken else None
+    correct = await asyncio.to_thread(kdf.verify_or_waste, secret, stored)
+    if user is not None and taken:
+        storage.end_login_attempt(user.username, request.source, correct)
+    if user is None or not taken or not correct:
+        if user is not None and not taken:
+            log.warning("password grant refused: user %r is locked out for %s after failed"
+                        " attempts (client %s)", username, request.source or "this source",
+                        auth.client.client_id)
+        else:
+            log.warning("password grant failed for user %r (client %s)", username,
+                        auth.client.client_id)
         raise InvalidGrantError("the resource owner credentials are invalid")
-    if user.failed_attempts:
-        storage.clear_login_failures(username)
     return await request.issuer.issue(
-        auth.client, scope, grant_type="password", username=user.username,
+        auth.client, scope, grant_type="password", username=user.username, user_id=user.user_id,
         cnf_x5t_s256=binding(auth),
         refresh="refresh_token" in auth.client.grant_types,
         refresh_cnf_x5t_s256=binding(auth) if auth.method == "none" else None,
@@ -158,6 +187,11 @@ async def refresh_token(request: Grant) -> IssuedToken:
     client's certificate (RFC 8705 §4). The new access token is bound to this request's
     certificate (RFC 8705 §3). The scope may narrow, never widen. Presenting a refresh token
     that was already exchanged revokes every token of its grant.
+
+    The grant ends with its user (removed, or another user now under that name), when its
+    client is no longer registered for the grant type that started it, and at its absolute
+    end however often it was refreshed. The old token is marked used in the transaction that
+    stores the new ones (``TokenIssuer.issue``), so a failure in between leaves it usable.
     """
     form, storage, auth = request.form, request.storage, request.auth
     value = form.get("refresh_token")
@@ -172,18 +206,27 @@ async def refresh_token(request: Grant) -> IssuedToken:
         raise InvalidGrantError("the refresh token was already used")
     if record.revoked or record.expires_at <= now:
         raise InvalidGrantError("the refresh token is invalid")
+    if record.grant_type is not None and record.grant_type not in auth.client.grant_types:
+        raise InvalidGrantError("the client is no longer registered for the grant of this token")
+    if record.username is not None:
+        owner = storage.get_user(record.username)
+        if owner is None or owner.user_id != record.user_id:
+            raise InvalidGrantError("the refresh token is invalid")
     if record.cnf_x5t_s256 is not None and binding(auth) != record.cnf_x5t_s256:
         raise InvalidGrantError("the refresh token is bound to another certificate")
     scope = resolve_scope(form.get("scope"), record.scope.split())
-    if not storage.use_refresh_token(record.token_hash, now):
-        # Someone exchanged it between our read and now: a replay (RFC 9700 §4.14.2).
+    try:
+        return await request.issuer.issue(
+            auth.client, scope, grant_type="refresh_token", username=record.username,
+            user_id=record.user_id, cnf_x5t_s256=binding(auth), refresh=True,
+            grant_id=record.grant_id, refresh_scope=record.scope,
+            refresh_cnf_x5t_s256=record.cnf_x5t_s256, rotates=record,
+        )
+    except RotationRefused:
+        # Exchanged by someone else since we read it, or revoked meanwhile: a replay
+        # (RFC 9700 §4.14.2) unless it was revoked, and revoking its grant again is harmless.
         _revoke_family(storage, record.grant_id, auth.client.client_id)
-        raise InvalidGrantError("the refresh token was already used")
-    return await request.issuer.issue(
-        auth.client, scope, grant_type="refresh_token", username=record.username,
-        cnf_x5t_s256=binding(auth), refresh=True, grant_id=record.grant_id,
-        refresh_scope=record.scope, refresh_cnf_x5t_s256=record.cnf_x5t_s256,
-    )
+        raise InvalidGrantError("the refresh token was already used") from None
 
 
 def _revoke_family(storage: Storage, grant_id: str | None, client_id: str) -> None:

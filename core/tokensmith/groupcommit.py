@@ -19,9 +19,10 @@ SQLite's own busy timeout did.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
-from .storage import StorageError, TokenRecord
+from .storage import Issue, StorageError, TokenRecord
 
 __all__ = ["GroupCommit", "BUSY_TIMEOUT"]
 
@@ -33,38 +34,41 @@ _MAX_RETRY = 0.01
 
 
 class GroupCommit:
-    """Batches calls to *write* (``Storage.try_add_tokens``) made in the same event-loop turn.
+    """Batches calls to *write* (``Storage.try_issue``) made in the same event-loop turn.
 
-    *write* stores a list of records in one transaction and returns True, returns False
-    when the store is busy (nothing stored), or raises ``StorageError``.
+    *write* stores a list of ``Issue`` in one transaction and returns one bool per issue
+    (False: the refresh token it rotates was no longer live, nothing of it stored), returns
+    None when the store is busy (nothing stored), or raises ``StorageError``.
     """
 
-    def __init__(self, write: Callable[[list[TokenRecord]], bool]):
+    def __init__(self, write: Callable[[list[Issue], int], list[bool] | None]):
         self._write = write
-        self._pending: list[tuple[list[TokenRecord], asyncio.Future[None]]] = []
+        self._pending: list[tuple[Issue, asyncio.Future[bool]]] = []
         self._busy_since: float | None = None
         self._retry = _FIRST_RETRY
 
-    async def add(self, records: list[TokenRecord]) -> None:
-        """Store *records* (one token response: all or none); return once they are committed."""
+    async def add(self, records: list[TokenRecord], rotates: str | None = None) -> bool:
+        """Store *records* (one token response: all or none), marking the refresh token
+        *rotates* used with them; return once committed. False: *rotates* was not live, and
+        nothing was stored."""
         loop = asyncio.get_running_loop()
-        committed = loop.create_future()
+        committed: asyncio.Future[bool] = loop.create_future()
         if not self._pending:
             # Runs after the callbacks already queued for this turn, which are the other
             # requests whose data arrived together with this one's.
             loop.call_soon(self._flush)
-        self._pending.append((records, committed))
-        await committed
+        self._pending.append((Issue(tuple(records), rotates), committed))
+        return await committed
 
     def _flush(self) -> None:
         batch = self._pending
         try:
-            stored = self._write([record for records, _ in batch for record in records])
+            stored = self._write([issue for issue, _ in batch], int(time.time()))
         except Exception as exc:  # noqa: BLE001 - every waiter gets the store's error
             self._settle(exc)
             return
-        if stored:
-            self._settle(None)
+        if stored is not None:
+            self._settle(None, stored)
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -82,13 +86,13 @@ class GroupCommit:
         loop.call_later(self._retry, self._flush)  # later arrivals join this batch
         self._retry = min(self._retry * 2, _MAX_RETRY)
 
-    def _settle(self, error: BaseException | None) -> None:
+    def _settle(self, error: BaseException | None, stored: list[bool] | None = None) -> None:
         batch, self._pending = self._pending, []
         self._busy_since, self._retry = None, _FIRST_RETRY
-        for _, committed in batch:
+        for index, (_, committed) in enumerate(batch):
             if committed.done():
                 continue  # its request was cancelled
             if error is None:
-                committed.set_result(None)
+                committed.set_result(stored[index] if stored is not None else True)
             else:
                 committed.set_exception(error)

@@ -6,6 +6,8 @@
 - ``parse_fingerprint``: a SHA-256 fingerprint as people copy it, e.g. from
   ``openssl x509 -noout -fingerprint -sha256``.
 - ``change_certificates``: a client with certificates added and removed, for rotation.
+- ``check_text``, ``check_scope``, ``check_grant_types``: the values every client registers.
+- ``printable``: stored text made safe to print on a terminal.
 
 Every refusal is a ``RegistrationError`` with a one-line message.
 """
@@ -23,11 +25,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from .grants import SCOPE_TOKEN
 from .rfc8705 import CertificateError, load_pem_certificates, normalize_dn, validity_problem
 from .storage import Client, RegisteredCertificate
 
 __all__ = ["RegistrationError", "registered_certificate", "certificates_from_file", "tls_subject",
-           "parse_fingerprint", "change_certificates", "validity_warnings"]
+           "parse_fingerprint", "change_certificates", "validity_warnings", "check_text",
+           "check_scope", "check_grant_types", "printable"]
 
 _DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 # A literal '*.' first label is allowed: a certificate may carry a wildcard dNSName, and
@@ -40,6 +44,60 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 class RegistrationError(ValueError):
     """A registration input was refused; the message is one line."""
+
+
+def _unprintable(text: str) -> bool:
+    # Control characters (C0, DEL, C1), and format characters such as the bidirectional
+    # overrides, which reorder what a terminal shows.
+    return any(not c.isprintable() and c != " " for c in text)
+
+
+def check_text(value: str, what: str) -> str:
+    """*value*, refused if it holds a control character: a stored name is printed later by
+    ``sp list``, and an escape sequence or newline in it would forge what an administrator's
+    terminal shows."""
+    if _unprintable(value):
+        raise RegistrationError(f"{what} {printable(value)} contains control characters")
+    return value
+
+
+def printable(text: str) -> str:
+    """*text* with every character that is not printable escaped as Python writes it."""
+    if not _unprintable(text):
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+def check_scope(value: str) -> str:
+    """One scope token as RFC 6749 §3.3 defines it: printable ASCII but space, '"' and '\\'.
+    'read write' is two scopes (two --scope options), not one."""
+    if not SCOPE_TOKEN.fullmatch(value):
+        raise RegistrationError(f"--scope {printable(repr(value))} is not a scope token (RFC 6749"
+                                " §3.3: ASCII letters, digits and punctuation except \" and \\;"
+                                " no spaces: give each scope its own --scope)")
+    return value
+
+
+def check_grant_types(grant_types: Sequence[str], auth_method: str, force: bool) -> list[str]:
+    """Refuse grant-type sets that cannot work or must not be used; the warnings to show.
+
+    - ``refresh_token`` alone: nothing could ever issue the client a refresh token.
+    - ``password`` for a public client (``none``): RFC 9700 §2.4 says the resource owner
+      password credentials grant MUST NOT be used; a client with no credentials of its own
+      would let anyone guess passwords through it. Refused unless *force*, then a warning.
+    """
+    warnings = []
+    if set(grant_types) == {"refresh_token"}:
+        raise RegistrationError("a client with only the refresh_token grant can never get a"
+                                " refresh token; add the grant that issues one (password)")
+    if "password" in grant_types and auth_method == "none":
+        message = ("the password grant for a public client (--auth-method none) lets anyone"
+                   " guess passwords through it, and RFC 9700 §2.4 says the grant must not be"
+                   " used")
+        if not force:
+            raise RegistrationError(message + "; give --force to register it all the same")
+        warnings.append(message)
+    return warnings
 
 
 def registered_certificate(cert: x509.Certificate) -> RegisteredCertificate:
@@ -77,7 +135,7 @@ def validity_warnings(certificates: Sequence[RegisteredCertificate]) -> list[str
     for cert in certificates:
         problem = validity_problem(x509.load_der_x509_certificate(cert.der), now)
         if problem is not None:
-            warnings.append(f"certificate {cert.sha256} ({cert.subject}) {problem};"
+            warnings.append(f"certificate {cert.sha256} ({printable(cert.subject)}) {problem};"
                             " the mutual_tls authenticator refuses it until it is valid")
     return warnings
 

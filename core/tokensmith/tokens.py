@@ -23,7 +23,12 @@ from .rfc9068 import access_token_claims, encode_access_token
 from .signing import SigningKeys
 from .storage import Client, Storage, TokenRecord
 
-__all__ = ["TokenIssuer", "IssuedToken", "JWTSettings", "token_claims"]
+__all__ = ["TokenIssuer", "IssuedToken", "JWTSettings", "RotationRefused", "token_claims"]
+
+
+class RotationRefused(Exception):
+    """The refresh token being exchanged was no longer live when its successors were to be
+    stored (another request exchanged it first, or it was revoked): nothing was stored."""
 
 
 @dataclass(frozen=True)
@@ -50,14 +55,19 @@ class IssuedToken:
 
 
 def token_claims(record: TokenRecord) -> dict[str, Any]:
-    """The claims a stored token carries: ours, then those interceptors added."""
+    """The claims a stored token carries: ours, then those interceptors added.
+
+    ``token_type`` is an access token's type (RFC 7662 §2.2 refers to RFC 6749 §5.1); a
+    refresh token has none, so it carries no ``token_type``.
+    """
     claims: dict[str, Any] = {
         "client_id": record.client_id,
         "scope": record.scope,
         "iat": record.issued_at,
         "exp": record.expires_at,
-        "token_type": "Bearer" if record.kind == "access" else "refresh_token",
     }
+    if record.kind == "access":
+        claims["token_type"] = "Bearer"
     if record.username is not None:
         claims["username"] = record.username
     if record.cnf_x5t_s256 is not None:
@@ -79,9 +89,11 @@ class TokenIssuer:
     """Makes tokens, runs the interceptors around them and writes them to storage."""
 
     def __init__(self, storage: Storage, listeners: ListenerSet, access_token_lifetime: int,
-                 refresh_token_lifetime: int = 14 * 24 * 3600, jwt: JWTSettings | None = None):
+                 refresh_token_lifetime: int = 14 * 24 * 3600, jwt: JWTSettings | None = None,
+                 refresh_token_max_lifetime: int = 90 * 24 * 3600):
         self.storage = storage
-        self.commits = GroupCommit(storage.try_add_tokens)
+        self.commits = GroupCommit(storage.try_issue)
+        self.refresh_token_max_lifetime = refresh_token_max_lifetime
         self.listeners = listeners
         self.access_token_lifetime = access_token_lifetime
         self.refresh_token_lifetime = refresh_token_lifetime
@@ -139,11 +151,13 @@ class TokenIssuer:
         *,
         grant_type: str,
         username: str | None = None,
+        user_id: str | None = None,
         cnf_x5t_s256: str | None = None,
         refresh: bool = False,
         grant_id: str | None = None,
         refresh_scope: str | None = None,
         refresh_cnf_x5t_s256: str | None = None,
+        rotates: TokenRecord | None = None,
     ) -> IssuedToken:
         """Create, store and return an access token for *client*, and a refresh token if asked.
 
@@ -151,14 +165,19 @@ class TokenIssuer:
         a refresh token, or replaying a rotated one, revokes the whole family (RFC 9700
         §4.14.2).
         *refresh_cnf_x5t_s256* binds the refresh token itself (RFC 8705 §4, public clients).
+        *rotates* is the refresh token exchanged for these: it is marked used in the same
+        transaction that stores them (``RotationRefused`` if it is no longer live), and the
+        new refresh token keeps its grant's absolute end (RFC 9700 §4.14.2).
         """
         if grant_id is None and refresh:
             # Only a grant with a refresh token is a family to revoke; an access token alone
             # keeps no grant id (its index entry then lands beside the others, not at random).
             grant_id = secrets.token_urlsafe(16)
         access_lifetime = client.access_token_lifetime or self.access_token_lifetime
+        origin = rotates.grant_type if rotates is not None else grant_type
         value, record = self._record("access", client, scope, access_lifetime, username=username,
-                                     cnf_x5t_s256=cnf_x5t_s256, grant_id=grant_id)
+                                     user_id=user_id, cnf_x5t_s256=cnf_x5t_s256, grant_id=grant_id,
+                                     grant_type=origin)
         # Events are made only when an interceptor will see them: this is the hot path.
         listening = self.listeners.has_interceptors("pre_token_issue", "post_token_issue")
         event = TokenIssueEvent(
@@ -178,8 +197,19 @@ class TokenIssuer:
             refresh_value, refresh_record = self._record(
                 "refresh", client, scope if refresh_scope is None else refresh_scope,
                 client.refresh_token_lifetime or self.refresh_token_lifetime,
-                username=username, cnf_x5t_s256=refresh_cnf_x5t_s256, grant_id=grant_id)
-        await self.commits.add([record] if refresh_record is None else [record, refresh_record])
+                username=username, user_id=user_id, cnf_x5t_s256=refresh_cnf_x5t_s256,
+                grant_id=grant_id, grant_type=origin)
+            # The idle lifetime restarts at each rotation; the grant's end does not.
+            end = rotates.grant_expires_at if rotates is not None else None
+            if end is None:
+                end = refresh_record.issued_at + (client.refresh_token_max_lifetime
+                                                  or self.refresh_token_max_lifetime)
+            refresh_record = replace(refresh_record, grant_expires_at=end,
+                                     expires_at=min(refresh_record.expires_at, end))
+        stored = await self.commits.add([record] if refresh_record is None else [record, refresh_record],
+                                        rotates=rotates.token_hash if rotates is not None else None)
+        if not stored:
+            raise RotationRefused(rotates.grant_id if rotates is not None else None)
         if event is None:
             return IssuedToken(value, access_lifetime, scope, record, refresh_value)
         await self.listeners.notify(
