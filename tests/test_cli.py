@@ -180,7 +180,7 @@ def test_sp_output_says_what_happens_to_the_tokens(deployment, tmp_path) -> None
     shown = json.loads(deployment.cli("sp", "show", str(added["client_id"])).stdout)
     assert shown["bind_tokens"] is True
     secret = deployment.add_client("s", "--grant-type", "client_credentials", "--auth-method", "client_secret_post")
-    public = deployment.add_client("p", "--grant-type", "password", "--auth-method", "none")
+    public = deployment.add_client("p", "--grant-type", "password", "--auth-method", "none", "--force")
     listed = {c["client_id"]: c for c in json.loads(deployment.cli("sp", "list", "--json").stdout)}
     assert listed[added["client_id"]]["bind_tokens"] is True
     assert listed[secret["client_id"]]["bind_tokens"] is False
@@ -229,7 +229,7 @@ def test_reset_secret_replaces_it_at_once(deployment, serve) -> None:  # noqa: A
 
 def test_reset_secret_refuses_clients_without_one(deployment, tmp_path) -> None:  # noqa: ANN001
     """A certificate or public client has no secret to reset: one line, exit 1."""
-    public = deployment.add_client("p", "--grant-type", "password", "--auth-method", "none")
+    public = deployment.add_client("p", "--grant-type", "password", "--auth-method", "none", "--force")
     result = deployment.cli("sp", "reset-secret", str(public["client_id"]), check=False)
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no secret" in result.stderr
 
@@ -254,7 +254,7 @@ def test_sp_list_columns_stay_in_line(deployment) -> None:  # noqa: ANN001
     deployment.add_client("one", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
     deployment.add_client("many", "--grant-type", "password", "--grant-type", "refresh_token",
                           "--grant-type", "client_credentials", "--auth-method", "client_secret_post")
-    deployment.add_client("pub", "--grant-type", "password", "--auth-method", "none")
+    deployment.add_client("pub", "--grant-type", "password", "--auth-method", "none", "--force")
     lines = deployment.cli("sp", "list").stdout.splitlines()
     assert lines[0].split() == ["CLIENT_ID", "AUTH_METHOD", "GRANT_TYPES", "NAME"]
     starts = {tuple(i for i in range(1, len(line)) if line[i - 1] == " " and line[i] != " "

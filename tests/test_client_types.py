@@ -67,6 +67,8 @@ def register(server: Server, root: Path, authority: pki.Pair, method: str) -> Ca
     elif method == "tls_client_auth":
         cert = pki.issue(authority, "svc").write(root, f"pki-{time.monotonic_ns()}")
         args += ["--subject-dn", "CN=svc"]
+    if method == "none":
+        args.append("--force")  # the password grant for a public client is refused without it
     added = dep.add_client(method, *args, "--auth-method", method)
     return Caller(server, method, str(added["client_id"]), added.get("client_secret"), cert)  # type: ignore[arg-type]
 

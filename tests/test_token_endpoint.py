@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from conftest import Deployment, Server, new_deployment, start_server
+from conftest import Server, new_deployment, start_server
 
 RFC6749_ERROR_CHARS = re.compile(r'^[\x20-\x21\x23-\x5b\x5d-\x7e]*$')
 

@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .servers import ROOT, Clients, Server
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 from . import kdf
 from .cli_base import CLIError, Parser, open_storage, warn
 from .config import load_config
-from .grants import GRANT_TYPES, check_registration
+from .grants import GRANT_TYPES
 from .registration import (
-    certificates_from_file, change_certificates, check_grant_types, check_scope, check_text,
+    certificates_from_file, change_certificates, check_grant_types, check_registration, check_scope, check_text,
     parse_fingerprint, printable, tls_subject, validity_warnings)
 from .storage import Client, RegisteredCertificate
 

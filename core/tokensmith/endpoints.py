@@ -143,7 +143,7 @@ async def introspect(rt: Runtime, request: HttpRequest) -> Answer:
     """
     form = read_form(request)
     value = form.get("token")
-    await authenticate(rt, request, form, "introspect")
+    caller = await authenticate(rt, request, form, "introspect")
     if value is None:
         raise InvalidRequestError("token is missing")
     record = rt.storage.get_token(token_hash(value))

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import kdf
@@ -19,12 +19,11 @@ from .errors import (
     UnauthorizedClientError,
     UnsupportedGrantTypeError,
 )
-from .registration import RegistrationError
 from .rfc8705 import x5t_s256
 from .storage import LoginPolicy, Storage
 from .tokens import IssuedToken, RotationRefused, TokenIssuer
 
-__all__ = ["GRANT_TYPES", "PUBLIC_CLIENT_GRANTS", "Grant", "check_grant_type", "check_registration", "grant",
+__all__ = ["GRANT_TYPES", "PUBLIC_CLIENT_GRANTS", "Grant", "check_grant_type", "grant",
            "resolve_scope", "binding", "SCOPE_TOKEN", "login_source"]
 
 log = logging.getLogger("tokensmith.grants")
@@ -102,19 +101,6 @@ def check_grant_type(form: Mapping[str, str]) -> str:
     if grant_type not in GRANT_TYPES:
         raise UnsupportedGrantTypeError("this grant_type is not supported")
     return grant_type
-
-
-def check_registration(method: str, grant_types: Sequence[str]) -> None:
-    """Refuse, in one line, grant types this server does not serve and grants that the
-    client type may not use (RFC 6749 §2.1, §4.4); ``sp add`` calls it before storing."""
-    for grant_type in grant_types:
-        if grant_type not in GRANT_TYPES:
-            raise RegistrationError(f"--grant-type {grant_type!r} is not served here; use one or"
-                                    f" more of {', '.join(GRANT_TYPES)}")
-        if method == PUBLIC and grant_type not in PUBLIC_CLIENT_GRANTS:
-            raise RegistrationError(f"--grant-type {grant_type} is for confidential clients only"
-                                    " (RFC 6749 §4.4): a public client (--auth-method none) may use"
-                                    f" {' and '.join(PUBLIC_CLIENT_GRANTS)}")
 
 
 async def grant(request: Grant) -> IssuedToken:

@@ -25,11 +25,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .grants import SCOPE_TOKEN
+from .grants import GRANT_TYPES, PUBLIC, PUBLIC_CLIENT_GRANTS, SCOPE_TOKEN
 from .rfc8705 import CertificateError, load_pem_certificates, normalize_dn, validity_problem
 from .storage import Client, RegisteredCertificate
 
-__all__ = ["RegistrationError", "registered_certificate", "certificates_from_file", "tls_subject",
+__all__ = ["RegistrationError", "check_registration", "registered_certificate", "certificates_from_file", "tls_subject",
            "parse_fingerprint", "change_certificates", "validity_warnings", "check_text",
            "check_scope", "check_grant_types", "printable"]
 
@@ -76,6 +76,19 @@ def check_scope(value: str) -> str:
                                 " §3.3: ASCII letters, digits and punctuation except \" and \\;"
                                 " no spaces: give each scope its own --scope)")
     return value
+
+
+def check_registration(method: str, grant_types: Sequence[str]) -> None:
+    """Refuse, in one line, grant types this server does not serve and grants that the
+    client type may not use (RFC 6749 §2.1, §4.4); ``sp add`` calls it before storing."""
+    for grant_type in grant_types:
+        if grant_type not in GRANT_TYPES:
+            raise RegistrationError(f"--grant-type {grant_type!r} is not served here; use one or"
+                                    f" more of {', '.join(GRANT_TYPES)}")
+        if method == PUBLIC and grant_type not in PUBLIC_CLIENT_GRANTS:
+            raise RegistrationError(f"--grant-type {grant_type} is for confidential clients only"
+                                    " (RFC 6749 §4.4): a public client (--auth-method none) may use"
+                                    f" {' and '.join(PUBLIC_CLIENT_GRANTS)}")
 
 
 def check_grant_types(grant_types: Sequence[str], auth_method: str, force: bool) -> list[str]:
