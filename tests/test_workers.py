@@ -95,7 +95,7 @@ def client_auth_methods():
 
 @hookimpl
 def listener_configure(listener):
-    if multiprocessing.parent_process() is not None:  # in a worker, not in the supervisor
+    if multiprocessing.current_process().name == "tokensmith-worker":  # not in the check
         os._exit(3)
 '''
 
