@@ -46,12 +46,16 @@ def read_regular_file(path: Path, limit: int, digest: Any = None) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise UnreadableFile(exc.strerror or str(exc)) from None
-    with os.fdopen(fd, "rb", buffering=0) as file:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UnreadableFile("not a regular file")
         if info.st_size > limit:
             raise UnreadableFile(f"larger than {limit} bytes")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb", buffering=0) as file:
         chunks, total = [], 0
         try:
             while chunk := file.read(1024 * 1024):
