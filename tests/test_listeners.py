@@ -207,3 +207,73 @@ def test_hanging_plugin_times_out_with_server_error(deployment, serve, make_whee
         assert slow.status_code == 500 and slow.json()["error"] == "server_error"
         assert http.post("/oauth2/token", auth=auth, data={"grant_type": "client_credentials"}).status_code == 200
     assert "ClientAuthenticator/sleepy_auth failed in authenticate_client: no answer within 0.5 s" in server.log()
+
+
+RAISER = textwrap.dedent('''
+    import asyncio
+    from tokensmith import hookimpl
+
+    EXCEPTIONS = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt,
+                  "GeneratorExit": GeneratorExit, "CancelledError": asyncio.CancelledError}
+
+    @hookimpl
+    def client_auth_methods():
+        return ["raiser"]
+
+    @hookimpl
+    async def authenticate_client(request):
+        name = request.form.get("raise")
+        if name:
+            await asyncio.sleep(0)
+            raise EXCEPTIONS[name]()
+        return None
+
+    @hookimpl
+    def pre_token_issue(event):
+        if event.client.name == "sync-exit":
+            raise SystemExit(3)
+        return None
+''')
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hook_raising_base_exceptions_is_server_error_for_that_request(
+        deployment, serve, make_wheel, workers) -> None:  # noqa: ANN001
+    """SystemExit, KeyboardInterrupt, GeneratorExit or CancelledError from a hook (async or
+    plain def) is server_error for that request only: the worker, and the connection, go on."""
+    shutil.copy(make_wheel("raiser_auth", RAISER), deployment.dropins)
+    client = basic_client(deployment)
+    exiting = deployment.add_client("sync-exit", "--grant-type", "client_credentials",
+                                    "--auth-method", "client_secret_basic")
+    server = serve(deployment, "--workers", str(workers))
+    auth = (client["client_id"], client["client_secret"])
+    with server.client() as http:
+        for name in ("SystemExit", "KeyboardInterrupt", "GeneratorExit", "CancelledError") * workers:
+            failed = http.post("/oauth2/token", auth=auth,
+                               data={"grant_type": "client_credentials", "raise": name})
+            assert failed.status_code == 500, name
+            assert failed.json() == {"error": "server_error",
+                                     "error_description": "an internal error occurred"}
+        failed = http.post("/oauth2/token", auth=(exiting["client_id"], exiting["client_secret"]),
+                           data={"grant_type": "client_credentials"})
+        assert failed.status_code == 500 and failed.json()["error"] == "server_error"
+        for _ in range(4):
+            assert http.post("/oauth2/token", auth=auth,
+                             data={"grant_type": "client_credentials"}).status_code == 200
+    assert server.process.poll() is None
+    assert "exited with" not in server.log()
+    assert "OAuthEventInterceptor/raiser_auth raised in pre_token_issue" in server.log()
+
+
+def test_systemexit_at_import_on_sighup_is_a_refused_reload(deployment, serve, make_wheel) -> None:  # noqa: ANN001
+    """A new wheel that calls sys.exit() when imported, then SIGHUP to the supervisor: the
+    reload is refused in one line and the service goes on."""
+    client = basic_client(deployment)
+    server = serve(deployment, "--workers", "2")
+    shutil.copy(make_wheel("exit_at_import", "import sys\nsys.exit(4)\n"), deployment.dropins)
+    server.process.send_signal(__import__("signal").SIGHUP)
+    server.wait_for_log("reload refused")
+    assert "loading exit_at_import failed: SystemExit: 4" in server.log()
+    assert server.process.poll() is None
+    for _ in range(4):
+        assert token_request(server, client).status_code == 200
