@@ -193,3 +193,34 @@ def test_bad_dropins_on_sighup_are_refused_and_the_service_goes_on(
     server.process.send_signal(signal.SIGHUP)
     server.wait_for_log("reloaded: configuration 2", count=workers)
     assert ask() == 200
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fifos_are_refused_without_blocking(deployment, serve, workers) -> None:  # noqa: ANN001
+    """A FIFO named *.whl in dropins/, then identity.xml replaced by a FIFO: each reload is
+    refused at once ("not a regular file"), a later good reload runs, and SIGTERM still stops
+    the server (a blocked read used to hang all three)."""
+    server = serve(deployment, "--workers", str(workers))
+    fifo = deployment.dropins / "fifo_plugin-1.0-py3-none-any.whl"
+    os.mkfifo(fifo)
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for_log("reload refused", timeout=10)
+    assert f"{fifo}: refused: not a regular file" in server.log()
+    fifo.unlink()
+
+    identity = deployment.conf / "identity.xml"
+    saved = identity.read_text()
+    identity.unlink()
+    os.mkfifo(identity)
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for_log("reload refused", count=2, timeout=10)
+    assert f"{identity}: cannot read: not a regular file" in server.log()
+    identity.unlink()
+    identity.write_text(saved)
+
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for_log("reloaded: configuration 2", count=workers, timeout=20)
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=20) == 0
+    assert time.monotonic() - started < 20
