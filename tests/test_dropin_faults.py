@@ -224,3 +224,64 @@ def test_fifos_are_refused_without_blocking(deployment, serve, workers) -> None:
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=20) == 0
     assert time.monotonic() - started < 20
+
+
+def serve_peak_rss(dep: Deployment) -> tuple[int, str, int]:
+    """Run ``tokensmith serve`` (which refuses) and return its exit status, stderr and peak
+    resident memory in KiB, measured by a wrapper process that only runs it."""
+    import subprocess
+    import sys
+
+    from conftest import TOKENSMITH
+
+    wrapper = ("import resource, subprocess, sys\n"
+               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+               "sys.stderr.write(r.stderr)\n"
+               "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    result = subprocess.run([sys.executable, "-c", wrapper, TOKENSMITH, "serve", "--conf",
+                             str(dep.conf)], capture_output=True, text=True, timeout=120)
+    status, peak = result.stdout.split()
+    return int(status), result.stderr, int(peak)
+
+
+def test_pin_is_checked_before_parsing_and_wheels_are_capped(deployment, harmless) -> None:  # noqa: ANN001
+    """With pinning on, an unpinned file is refused for its hash before it is parsed; a huge
+    file is refused by its size without being read; a RECORD of a million rows is refused
+    without being held; none of them costs the server its memory."""
+    pins = deployment.cli("plugins", "pin").stdout
+    (deployment.conf / "pins").write_text(pins)
+    identity = deployment.conf / "identity.xml"
+    unpinned = identity.read_text()
+    identity.write_text(unpinned.replace("</Identity>", "<Dropins><AllowedWheelsFile>pins"
+                                         "</AllowedWheelsFile></Dropins></Identity>"))
+    junk = deployment.dropins / "junk-1.0-py3-none-any.whl"
+    junk.write_bytes(b"not a zip at all")
+    status, stderr, _ = serve_peak_rss(deployment)
+    assert status == 1 and f"{junk}: refused: sha256 " in stderr and "is not pinned" in stderr
+    junk.unlink()
+
+    identity.write_text(unpinned)
+    huge = deployment.dropins / "huge-1.0-py3-none-any.whl"
+    with huge.open("wb") as out:
+        out.truncate(1024 ** 3)  # sparse: a gigabyte of zeros that costs no disk
+    status, stderr, peak = serve_peak_rss(deployment)
+    assert status == 1 and f"{huge}: refused: larger than 67108864 bytes" in stderr
+    assert peak < 200 * 1024, f"peak RSS {peak} KiB"
+    huge.unlink()
+
+    rows = "".join(f"ghost/{n}.py,sha256=x,1\n" for n in range(1_000_000)).encode()
+    bomb = rebuild(harmless, deployment.dropins / harmless.name)
+    with zipfile.ZipFile(bomb) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for name, data in members.items():
+            out.writestr(name, data + rows if name.endswith("RECORD") else data)
+    status, stderr, peak = serve_peak_rss(deployment)
+    assert status == 1
+    assert f"{bomb}: refused: " in stderr and "RECORD is too large" in stderr
+    assert peak < 200 * 1024, f"peak RSS {peak} KiB"
+
+
+@pytest.fixture
+def harmless(make_wheel) -> Path:  # noqa: ANN001
+    return make_wheel("harmless_auth", HARMLESS)
