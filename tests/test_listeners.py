@@ -277,3 +277,82 @@ def test_systemexit_at_import_on_sighup_is_a_refused_reload(deployment, serve, m
     assert server.process.poll() is None
     for _ in range(4):
         assert token_request(server, client).status_code == 200
+
+
+BLOCKING_SYNC = textwrap.dedent('''
+    import time
+    from tokensmith import hookimpl
+
+    @hookimpl
+    def client_auth_methods():
+        return ["blocking_sync"]
+
+    @hookimpl
+    def authenticate_client(request):
+        if request.form.get("block") == "sync":
+            time.sleep(4)
+        return None
+''')
+
+BLOCKING_ASYNC = textwrap.dedent('''
+    import asyncio
+    import time
+    from tokensmith import hookimpl
+
+    @hookimpl
+    def client_auth_methods():
+        return ["blocking_async"]
+
+    @hookimpl
+    async def authenticate_client(request):
+        if request.form.get("block") == "async":
+            time.sleep(2)
+        if request.form.get("block") == "swallow":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                await asyncio.sleep(4)
+        return None
+''')
+
+
+def test_blocking_hooks_are_cut_off(deployment, serve, make_wheel) -> None:  # noqa: ANN001
+    """ListenerTimeoutSeconds 1: a plain def hook that sleeps 4 s runs in a thread, is
+    answered with server_error at the deadline, and an unrelated request meanwhile is served
+    at once; an async def hook that swallows its cancellation is dropped at the deadline; an
+    async def hook that blocks the loop for 2 s cannot be interrupted, but its result is
+    discarded (server_error) and it is named in the log."""
+    import concurrent.futures
+    import time
+
+    for name, code in (("blocking_sync", BLOCKING_SYNC), ("blocking_async", BLOCKING_ASYNC)):
+        shutil.copy(make_wheel(name, code), deployment.dropins)
+    deployment.oauth = "<ListenerTimeoutSeconds>1</ListenerTimeoutSeconds>"
+    deployment.write()
+    client = basic_client(deployment)
+    server = serve(deployment)
+    auth = (client["client_id"], client["client_secret"])
+
+    def timed(block: str | None) -> tuple[int, float]:
+        with server.client() as http:
+            started = time.monotonic()
+            data = {"grant_type": "client_credentials", **({"block": block} if block else {})}
+            response = http.post("/oauth2/token", auth=auth, data=data)
+            return response.status_code, time.monotonic() - started
+
+    assert timed(None)[0] == 200  # warm
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(timed, "sync")
+        time.sleep(0.3)
+        status, took = timed(None)
+        assert status == 200 and took < 0.6, took
+        status, took = slow.result()
+    assert status == 500 and took < 2.5, took
+    status, took = timed("swallow")
+    assert status == 500 and took < 2.5, took
+    status, took = timed("async")
+    assert status == 500
+    assert timed(None)[0] == 200
+    log = server.log()
+    assert "blocking_sync failed in authenticate_client: no answer within 1 s" in log
+    assert "blocking_async failed in authenticate_client: held the event loop for 2." in log

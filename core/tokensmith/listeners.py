@@ -14,6 +14,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import queue
 import re
 import threading
 import time
@@ -57,15 +58,56 @@ _METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 #: finish; its result is discarded. With every thread stuck, further calls queue and are
 #: cut off at their own deadlines.
 HOOK_THREADS = 16
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+class _HookThreads(concurrent.futures.Executor):
+    """A pool of daemon threads. ``ThreadPoolExecutor`` joins its threads when the
+    interpreter exits, so one hook stuck forever would keep a stopped server from exiting."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((future, fn, args, kwargs))
+        with self._lock:
+            if self._queue.qsize() > self._idle and len(self._threads) < self._size:
+                thread = threading.Thread(target=self._work, name="tokensmith-hook", daemon=True)
+                self._threads.append(thread)
+                self._idle += 1
+                thread.start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args, kwargs = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:  # noqa: B036 - SystemExit too, for the caller
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del future, fn, args, kwargs
+            with self._lock:
+                self._idle += 1
+
+
+_pool: _HookThreads | None = None
 _pool_lock = threading.Lock()
 
 
-def _hook_pool() -> concurrent.futures.ThreadPoolExecutor:
+def _hook_pool() -> _HookThreads:
     global _pool
     with _pool_lock:  # created on first use, so a process that forks has none yet
         if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(HOOK_THREADS, "tokensmith-hook")
+            _pool = _HookThreads(HOOK_THREADS)
         return _pool
 
 
