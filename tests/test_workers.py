@@ -109,3 +109,25 @@ def test_a_worker_that_dies_before_it_is_ready_is_reported(deployment, make_whee
         start_server(deployment, "--workers", "2")
     assert "tokensmith: error: the worker exited before it was ready" in str(failed.value)
     assert time.monotonic() - started < 20
+
+
+def test_a_second_server_on_the_same_port_is_refused(deployment, tmp_path, keystore,
+                                                     wheel_cache, serve) -> None:  # noqa: ANN001
+    """Two `serve --workers 2` on one port: the second refuses to start (SO_REUSEPORT would
+    have let it take part of the first one's connections); the first goes on serving."""
+    from conftest import new_deployment
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    connectors = f'<Connector address="127.0.0.1" port="{port}" clientAuth="want"/>'
+    deployment.connectors = connectors
+    deployment.write()
+    first = serve(deployment, "--workers", "2")
+    second = new_deployment(tmp_path / "second", keystore, wheel_cache, connectors=connectors)
+    with pytest.raises(StartupFailed) as failed:
+        start_server(second, "--workers", "2")
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in str(failed.value)
+    assert str(failed.value).count("\n") == 1
+    with first.client() as http:
+        assert http.get("/oauth2/jwks").status_code == 200

@@ -13,6 +13,7 @@ Hypercorn also runs the app's lifespan.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import signal
@@ -121,6 +122,8 @@ def bind(config: Config, copies: int = 1) -> list[list[socket.socket]]:
         for connector in config.server.connectors:
             family = socket.AF_INET6 if ":" in connector.address else socket.AF_INET
             address: tuple[str, int] = (connector.address, connector.port)
+            if many and connector.port:
+                _refuse_if_served(family, address)
             for sockets in lists:
                 sock = socket.create_server(address, family=family, backlog=1024, reuse_port=many)
                 sockets.append(sock)
@@ -130,9 +133,23 @@ def bind(config: Config, copies: int = 1) -> list[list[socket.socket]]:
             for sock in sockets:
                 sock.close()
         assert connector is not None
+        hint = " (is another server, another tokensmith perhaps, listening there?)" \
+            if exc.errno == errno.EADDRINUSE else ""
         raise ConfigError(f"{config.server.path}: cannot listen on {connector.address}:"
-                          f"{connector.port}: {exc.strerror or exc}") from None
+                          f"{connector.port}: {exc.strerror or exc}{hint}") from None
     return lists
+
+
+def _refuse_if_served(family: socket.AddressFamily, address: tuple[str, int]) -> None:
+    """Raise EADDRINUSE if something listens on *address* already.
+
+    Sockets that all set SO_REUSEPORT share a port: a second ``serve --workers N`` on the
+    same port would start without a word and take part of the first one's connections.
+    A probe without SO_REUSEPORT cannot bind where anything listens.
+    """
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
 
 
 def urls(sockets: list[socket.socket]) -> list[str]:
