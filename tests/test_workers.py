@@ -131,3 +131,50 @@ def test_a_second_server_on_the_same_port_is_refused(deployment, tmp_path, keyst
     assert str(failed.value).count("\n") == 1
     with first.client() as http:
         assert http.get("/oauth2/jwks").status_code == 200
+
+
+DIES_WHEN_TOLD = '''
+import multiprocessing
+import os
+from pathlib import Path
+
+from tokensmith import hookimpl
+
+
+@hookimpl
+def client_auth_methods():
+    return ["dies_method"]
+
+
+@hookimpl
+def listener_configure(listener):
+    marker = Path(os.environ["DIE_MARKER"])
+    if multiprocessing.current_process().name == "tokensmith-worker" and marker.exists():
+        os._exit(3)
+'''
+
+
+def test_a_worker_that_keeps_dying_backs_off_then_gives_up(deployment, make_wheel, tmp_path,
+                                                          monkeypatch) -> None:  # noqa: ANN001
+    """Once every replacement dies while starting, the supervisor waits longer before each
+    (0.1, 0.2, 0.4, 0.8 s), gives up after five deaths with one line and exit status 1, and
+    leaves nothing of the workers' unpacked wheels in $TMPDIR."""
+    shutil.copy(make_wheel("dies_when_told", DIES_WHEN_TOLD), deployment.dropins)
+    marker = tmp_path / "die"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("DIE_MARKER", str(marker))
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    server = start_server(deployment, "--workers", "2")
+    try:
+        assert list(scratch.iterdir())  # the supervisor's private directory
+        marker.touch()
+        os.kill(workers_of(server)[0], signal.SIGKILL)
+        assert server.process.wait(timeout=60) == 1
+    finally:
+        server.stop()
+    log = server.log()
+    for delay in ("0.1", "0.2", "0.4", "0.8"):
+        assert f"in {delay} s" in log
+    assert "died 5 times within 60 s; giving up" in log
+    assert list(scratch.iterdir()) == []
