@@ -178,3 +178,54 @@ def test_a_worker_that_keeps_dying_backs_off_then_gives_up(deployment, make_whee
         assert f"in {delay} s" in log
     assert "died 5 times within 60 s; giving up" in log
     assert list(scratch.iterdir()) == []
+
+
+SLOW_WORKER = '''
+import multiprocessing
+import time
+
+from tokensmith import hookimpl
+
+
+@hookimpl
+def client_auth_methods():
+    return ["slow_method"]
+
+
+@hookimpl
+def listener_configure(listener):
+    if multiprocessing.current_process().name == "tokensmith-worker":
+        time.sleep(60)
+'''
+
+
+def test_sigterm_while_workers_start_stops_at_once(deployment, make_wheel) -> None:  # noqa: ANN001
+    """SIGTERM while the workers are still starting (one takes a minute here) stops the
+    supervisor and its workers within seconds, instead of once every worker is ready."""
+    import subprocess
+
+    from conftest import TOKENSMITH
+
+    shutil.copy(make_wheel("slow_worker", SLOW_WORKER), deployment.dropins)
+    process = subprocess.Popen([TOKENSMITH, "serve", "--conf", str(deployment.conf),
+                                "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout is not None
+        while "slow_worker" not in process.stdout.readline():  # the check passed
+            assert process.poll() is None
+        time.sleep(1.5)  # the workers are in listener_configure now
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        assert len(children) == 2
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 5
+        for pid in children:
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
