@@ -285,3 +285,82 @@ def test_pin_is_checked_before_parsing_and_wheels_are_capped(deployment, harmles
 @pytest.fixture
 def harmless(make_wheel) -> Path:  # noqa: ANN001
     return make_wheel("harmless_auth", HARMLESS)
+
+
+@pytest.mark.parametrize(("member", "expected"), [
+    ("secrets.py", "its top-level module 'secrets' would shadow the standard library"),
+    ("tokensmith.py", "its top-level module 'tokensmith' would shadow"),
+    ("httpx/__init__.py", "its top-level module 'httpx' would shadow"),
+    ("tokensmith_post_body_auth.py", "its top-level module 'tokensmith_post_body_auth' is also"
+                                     " provided by "),
+])
+def test_wheel_that_would_shadow_other_code_is_refused(deployment, harmless, member, expected) -> None:  # noqa: ANN001
+    """A wheel shipping a module of the standard library, of tokensmith, of an installed
+    distribution or of another wheel in dropins/ beside its own is refused in one line."""
+    target = rebuild(harmless, deployment.dropins / harmless.name,
+                     {member: b"raise SystemExit('shadowed')\n"})
+    result = deployment.cli("serve", check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+    assert target.name in result.stderr
+
+
+EVIL = '''
+import os
+open(os.environ["EVIL_MARKER"], "w").close()
+from tokensmith import hookimpl
+
+@hookimpl
+def client_auth_methods():
+    return ["harmless"]
+
+@hookimpl
+def authenticate_client(request):
+    return None
+'''
+
+
+def test_shipped_bytecode_is_not_run(deployment, harmless, serve, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A wheel whose __pycache__ holds an unchecked-hash .pyc (PEP 552) of other code than its
+    reviewed .py: the server runs the .py."""
+    import py_compile
+    import sys
+
+    evil_source = tmp_path / "harmless_auth.py"
+    evil_source.write_text(EVIL)
+    compiled = tmp_path / "evil.pyc"
+    py_compile.compile(str(evil_source), str(compiled), doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    tag = sys.implementation.cache_tag
+    rebuild(harmless, deployment.dropins / harmless.name,
+            {f"__pycache__/harmless_auth.{tag}.pyc": compiled.read_bytes()})
+    marker = tmp_path / "evil-ran"
+    monkeypatch.setenv("EVIL_MARKER", str(marker))
+    server = serve(deployment)
+    with server.client() as http:
+        assert http.get("/oauth2/jwks").status_code == 200
+    assert not marker.exists()
+    assert any("harmless_auth" in line for line in server.stdout_lines)
+
+
+def test_oversized_identity_xml_is_refused(deployment, serve) -> None:  # noqa: ANN001
+    """A valid identity.xml larger than 1 MiB is refused at startup and on SIGHUP, in one
+    line, without being parsed."""
+    identity = deployment.conf / "identity.xml"
+    saved = identity.read_text()
+    disabled = "".join(f'<EventListener type="ClientAuthenticator" name="off{n}" enable="false"/>\n'
+                       for n in range(20_000))
+    identity.write_text(saved.replace("</EventListeners>", disabled + "</EventListeners>"))
+    assert identity.stat().st_size > 1024 * 1024
+    result = deployment.cli("serve", check=False)
+    assert result.returncode == 1
+    assert f"{identity}: cannot read: larger than 1048576 bytes" in result.stderr
+    big = identity.read_text()
+    identity.write_text(saved)
+    server = serve(deployment, "--workers", "2")
+    identity.write_text(big)
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for_log("reload refused")
+    assert "larger than 1048576 bytes" in server.log()
+    with server.client() as http:
+        assert http.get("/oauth2/jwks").status_code == 200
