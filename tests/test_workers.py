@@ -229,3 +229,36 @@ def test_sigterm_while_workers_start_stops_at_once(deployment, make_wheel) -> No
             process.wait()
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
+
+
+RECORDS_IMPORTER = '''
+import os
+from pathlib import Path
+
+from tokensmith import hookimpl
+
+with open(os.environ["IMPORT_LOG"], "a") as out:
+    out.write(f"{os.getpid()}\\n")
+
+
+@hookimpl
+def client_auth_methods():
+    return ["records_method"]
+'''
+
+
+def test_the_supervisor_never_imports_plugins(deployment, make_wheel, serve, tmp_path,
+                                              monkeypatch) -> None:  # noqa: ANN001
+    """Startup and ten SIGHUPs: the plugin is imported by the checks and the workers, never
+    by the supervisor, whose sys.path therefore never grows (it used to gain one entry per
+    wheel per reload, each pointing at a deleted directory)."""
+    shutil.copy(make_wheel("records_importer", RECORDS_IMPORTER), deployment.dropins)
+    imports = tmp_path / "imports"
+    monkeypatch.setenv("IMPORT_LOG", str(imports))
+    server = serve(deployment, "--workers", "2")
+    for count in range(1, 11):
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_log("reloaded: configuration", count=2 * count)
+    importers = set(imports.read_text().split())
+    assert str(server.process.pid) not in importers
+    assert len(importers) >= 3  # the first check and the two workers at least
