@@ -126,7 +126,7 @@ def test_a_second_server_on_the_same_port_is_refused(deployment, tmp_path, keyst
     first = serve(deployment, "--workers", "2")
     second = new_deployment(tmp_path / "second", keystore, wheel_cache, connectors=connectors)
     with pytest.raises(StartupFailed) as failed:
-        start_server(second, "--workers", "2")
+        start_server(second, "--workers", "2").stop()  # stopped if it does start
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in str(failed.value)
     assert str(failed.value).count("\n") == 1
     with first.client() as http:
@@ -210,6 +210,7 @@ def test_sigterm_while_workers_start_stops_at_once(deployment, make_wheel) -> No
     process = subprocess.Popen([TOKENSMITH, "serve", "--conf", str(deployment.conf),
                                 "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
+    children: list[str] = []
     try:
         assert process.stdout is not None
         while "slow_worker" not in process.stdout.readline():  # the check passed
@@ -227,6 +228,11 @@ def test_sigterm_while_workers_start_stops_at_once(deployment, make_wheel) -> No
         if process.poll() is None:
             process.kill()
             process.wait()
+        for pid in children:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
 
