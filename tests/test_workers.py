@@ -228,10 +228,11 @@ def test_sigterm_while_workers_start_stops_at_once(deployment, make_wheel) -> No
         if process.poll() is None:
             process.kill()
             process.wait()
-        for pid in children:
+        for pid in children:  # only if still one of ours: a pid may have been reused
             try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
+                if str(deployment.conf) in Path(f"/proc/{pid}/cmdline").read_text():
+                    os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
                 pass
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
