@@ -392,13 +392,12 @@ def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings)
     pm.add_hookspecs(hookspecs)
     by_name: dict[str, PluginSource] = {}
     for source in sources:
-        try:
-            with _plugin_code(source, "registering"):
+        with _plugin_code(source, "registering"):
+            try:
                 pm.register(source.module, name=source.name)
-        except pluggy.PluginValidationError as exc:
-            raise ConfigError(f"{source.wheel}: plugin {source.name!r}: {exc}") from None
-        except ValueError as exc:  # one object under two names, from two entry points
-            raise ConfigError(f"{source.wheel}: plugin {source.name!r}: {exc}") from None
+            except (pluggy.PluginValidationError, ValueError) as exc:
+                # ValueError: one object under two names, from two entry points
+                raise ConfigError(f"{source.wheel}: plugin {source.name!r}: {exc}") from None
         by_name[source.name] = source
     try:
         pm.check_pending()
