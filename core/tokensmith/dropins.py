@@ -1,12 +1,18 @@
 """Loading plugin wheels from ``dropins/``.
 
-Each ``*.whl`` is checked before anything in it is imported: it must be a well-formed wheel
-(PEP 427) for this interpreter, every file must be listed in its RECORD with a matching
-SHA-256 and size, no path may leave the wheel's root, and its Requires-Dist must already be
-satisfied here (nothing is ever installed at load time). A wheel that fails any check stops
-the load with one line naming the file: a security component must not start with part of its
-authenticators silently missing. Accepted wheels are unpacked into a private directory that
-is put on ``sys.path``, so that wheels with compiled modules work too.
+Each ``*.whl`` is checked before anything in it is imported. It must be a regular file of at
+most ``MAX_WHEEL_BYTES``, read once and hashed as it is read; with pinning on, its SHA-256 is
+checked before the archive is parsed at all (as pip's ``--require-hashes`` does). It must be
+a well-formed wheel (PEP 427) for this interpreter, every file must be listed in its RECORD
+with a matching SHA-256 and size, no path may leave the wheel's root, its top-level modules
+must not shadow the standard library, tokensmith, an installed distribution or another
+wheel, and its Requires-Dist must already be satisfied here (nothing is ever installed at
+load time). A wheel that fails any check, or cannot be read for whatever reason, stops the
+load with one line naming the file (``WheelError``, never another exception): a security
+component must not start with part of its authenticators silently missing, and a reload
+must be refused, not crash. Accepted wheels are unpacked, without any bytecode they ship,
+into a private directory that is put on ``sys.path``, so that wheels with compiled modules
+work too.
 """
 
 from __future__ import annotations
