@@ -13,12 +13,14 @@ Hypercorn also runs the app's lifespan.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import logging
 import signal
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -188,7 +190,19 @@ async def serve(
 
         async def run_reload() -> None:
             async with reload_lock:
-                await asyncio.to_thread(reload)
+                # A daemon thread, not asyncio.to_thread: a reload stuck in a plugin's import
+                # must not keep the stopped server from exiting (asyncio.run joins its pool).
+                done = loop.create_future()
+
+                def work() -> None:
+                    try:
+                        reload()
+                    finally:
+                        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+                threading.Thread(target=work, name="tokensmith-reload", daemon=True).start()
+                await done
 
         def on_hangup() -> None:
             task = loop.create_task(run_reload())
