@@ -51,8 +51,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 INTERCEPTOR = "OAuthEventInterceptor"
 _COMMON_HOOKS = ("listener_default_order", "listener_configure")
-#: An RFC 7591 token_endpoint_auth_method name, as a client registers it.
-_METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+#: An RFC 7591 token_endpoint_auth_method name, as a client registers it: a registered
+#: name or an absolute URI (§2), so printable ASCII without spaces, quotes or backslashes.
+_METHOD_NAME = re.compile(r'[!#-\[\]-~]{1,256}')
 #: Threads for hooks written as plain ``def``: they may block (a file, a socket, a lock)
 #: without stopping the event loop. A thread still running at the deadline is left to
 #: finish; its result is discarded. With every thread stuck, further calls queue and are
