@@ -50,3 +50,17 @@ def test_database_and_key_directories_are_private(deployment, umask) -> None:  #
             assert path.exists() and mode(path) == 0o600, (suffix, oct(mode(path)))
     finally:
         server.stop()
+
+
+def test_truststore_import_makes_conf_security_private(deployment, tmp_path) -> None:  # noqa: ANN001
+    """When `truststore import` is what creates conf/security (umask 000), it is 0700 too."""
+    from pki import ca
+
+    shutil.rmtree(deployment.conf / "security")
+    pem = tmp_path / "ca.pem"
+    pem.write_bytes(ca().pem)
+    subprocess.run([TOKENSMITH, "truststore", "import", "--alias", "root", "--file", str(pem),
+                    "--conf", str(deployment.conf)], check=True, capture_output=True,
+                   timeout=60, umask=0)
+    assert mode(deployment.conf / "security") == 0o700
+    assert mode(deployment.conf / "security" / "truststore") == 0o700
