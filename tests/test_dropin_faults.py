@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Deployment, StartupFailed, start_server
+from conftest import Deployment
 from test_dropins import HARMLESS
 
 #: An authenticator whose client_auth_methods returns what the format says.
