@@ -207,3 +207,152 @@ def test_hanging_plugin_times_out_with_server_error(deployment, serve, make_whee
         assert slow.status_code == 500 and slow.json()["error"] == "server_error"
         assert http.post("/oauth2/token", auth=auth, data={"grant_type": "client_credentials"}).status_code == 200
     assert "ClientAuthenticator/sleepy_auth failed in authenticate_client: no answer within 0.5 s" in server.log()
+
+
+RAISER = textwrap.dedent('''
+    import asyncio
+    from tokensmith import hookimpl
+
+    EXCEPTIONS = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt,
+                  "GeneratorExit": GeneratorExit, "CancelledError": asyncio.CancelledError}
+
+    @hookimpl
+    def client_auth_methods():
+        return ["raiser"]
+
+    @hookimpl
+    async def authenticate_client(request):
+        name = request.form.get("raise")
+        if name:
+            await asyncio.sleep(0)
+            raise EXCEPTIONS[name]()
+        return None
+
+    @hookimpl
+    def pre_token_issue(event):
+        if event.client.name == "sync-exit":
+            raise SystemExit(3)
+        return None
+''')
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hook_raising_base_exceptions_is_server_error_for_that_request(
+        deployment, serve, make_wheel, workers) -> None:  # noqa: ANN001
+    """SystemExit, KeyboardInterrupt, GeneratorExit or CancelledError from a hook (async or
+    plain def) is server_error for that request only: the worker, and the connection, go on."""
+    shutil.copy(make_wheel("raiser_auth", RAISER), deployment.dropins)
+    client = basic_client(deployment)
+    exiting = deployment.add_client("sync-exit", "--grant-type", "client_credentials",
+                                    "--auth-method", "client_secret_basic")
+    server = serve(deployment, "--workers", str(workers))
+    auth = (client["client_id"], client["client_secret"])
+    with server.client() as http:
+        for name in ("SystemExit", "KeyboardInterrupt", "GeneratorExit", "CancelledError") * workers:
+            failed = http.post("/oauth2/token", auth=auth,
+                               data={"grant_type": "client_credentials", "raise": name})
+            assert failed.status_code == 500, name
+            assert failed.json() == {"error": "server_error",
+                                     "error_description": "an internal error occurred"}
+        failed = http.post("/oauth2/token", auth=(exiting["client_id"], exiting["client_secret"]),
+                           data={"grant_type": "client_credentials"})
+        assert failed.status_code == 500 and failed.json()["error"] == "server_error"
+        for _ in range(4):
+            assert http.post("/oauth2/token", auth=auth,
+                             data={"grant_type": "client_credentials"}).status_code == 200
+    assert server.process.poll() is None
+    assert "exited with" not in server.log()
+    assert "OAuthEventInterceptor/raiser_auth raised in pre_token_issue" in server.log()
+
+
+def test_systemexit_at_import_on_sighup_is_a_refused_reload(deployment, serve, make_wheel) -> None:  # noqa: ANN001
+    """A new wheel that calls sys.exit() when imported, then SIGHUP to the supervisor: the
+    reload is refused in one line and the service goes on."""
+    client = basic_client(deployment)
+    server = serve(deployment, "--workers", "2")
+    shutil.copy(make_wheel("exit_at_import", "import sys\nsys.exit(4)\n"), deployment.dropins)
+    server.process.send_signal(__import__("signal").SIGHUP)
+    server.wait_for_log("reload refused")
+    assert "loading exit_at_import failed: SystemExit: 4" in server.log()
+    assert server.process.poll() is None
+    for _ in range(4):
+        assert token_request(server, client).status_code == 200
+
+
+BLOCKING_SYNC = textwrap.dedent('''
+    import time
+    from tokensmith import hookimpl
+
+    @hookimpl
+    def client_auth_methods():
+        return ["blocking_sync"]
+
+    @hookimpl
+    def authenticate_client(request):
+        if request.form.get("block") == "sync":
+            time.sleep(4)
+        return None
+''')
+
+BLOCKING_ASYNC = textwrap.dedent('''
+    import asyncio
+    import time
+    from tokensmith import hookimpl
+
+    @hookimpl
+    def client_auth_methods():
+        return ["blocking_async"]
+
+    @hookimpl
+    async def authenticate_client(request):
+        if request.form.get("block") == "async":
+            time.sleep(2)
+        if request.form.get("block") == "swallow":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                await asyncio.sleep(4)
+        return None
+''')
+
+
+def test_blocking_hooks_are_cut_off(deployment, serve, make_wheel) -> None:  # noqa: ANN001
+    """ListenerTimeoutSeconds 1: a plain def hook that sleeps 4 s runs in a thread, is
+    answered with server_error at the deadline, and an unrelated request meanwhile is served
+    at once; an async def hook that swallows its cancellation is dropped at the deadline; an
+    async def hook that blocks the loop for 2 s cannot be interrupted, but its result is
+    discarded (server_error) and it is named in the log."""
+    import concurrent.futures
+    import time
+
+    for name, code in (("blocking_sync", BLOCKING_SYNC), ("blocking_async", BLOCKING_ASYNC)):
+        shutil.copy(make_wheel(name, code), deployment.dropins)
+    deployment.oauth = "<ListenerTimeoutSeconds>1</ListenerTimeoutSeconds>"
+    deployment.write()
+    client = basic_client(deployment)
+    server = serve(deployment)
+    auth = (client["client_id"], client["client_secret"])
+
+    def timed(block: str | None) -> tuple[int, float]:
+        with server.client() as http:
+            started = time.monotonic()
+            data = {"grant_type": "client_credentials", **({"block": block} if block else {})}
+            response = http.post("/oauth2/token", auth=auth, data=data)
+            return response.status_code, time.monotonic() - started
+
+    assert timed(None)[0] == 200  # warm
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(timed, "sync")
+        time.sleep(0.3)
+        status, took = timed(None)
+        assert status == 200 and took < 0.6, took
+        status, took = slow.result()
+    assert status == 500 and took < 2.5, took
+    status, took = timed("swallow")
+    assert status == 500 and took < 2.5, took
+    status, took = timed("async")
+    assert status == 500
+    assert timed(None)[0] == 200
+    log = server.log()
+    assert "blocking_sync failed in authenticate_client: no answer within 1 s" in log
+    assert "blocking_async failed in authenticate_client: held the event loop for 2." in log

@@ -134,3 +134,20 @@ def test_reload_picks_up_a_changed_wheel(deployment, serve, make_wheel, tmp_path
     server.wait_for_log("reloaded: configuration 2")
     assert ask(server, client) == 200
     assert trace.read_text().split() == ["v1", "v2"]
+
+
+def test_sigterm_stops_a_server_whose_reload_hangs(deployment, serve, make_wheel) -> None:  # noqa: ANN001
+    """A new wheel whose import never finishes, then SIGHUP: the server goes on serving, and
+    SIGTERM still stops it at once (the hung reload thread does not hold up the exit)."""
+    import time
+
+    client = post_client(deployment)
+    server = serve(deployment)
+    shutil.copy(make_wheel("hangs_at_import", "import time\ntime.sleep(300)\n"), deployment.dropins)
+    server.process.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    assert ask(server, client) == 200
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=30) == 0
+    assert time.monotonic() - started < 10

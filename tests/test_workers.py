@@ -95,7 +95,7 @@ def client_auth_methods():
 
 @hookimpl
 def listener_configure(listener):
-    if multiprocessing.parent_process() is not None:  # in a worker, not in the supervisor
+    if multiprocessing.current_process().name == "tokensmith-worker":  # not in the check
         os._exit(3)
 '''
 
@@ -109,3 +109,163 @@ def test_a_worker_that_dies_before_it_is_ready_is_reported(deployment, make_whee
         start_server(deployment, "--workers", "2")
     assert "tokensmith: error: the worker exited before it was ready" in str(failed.value)
     assert time.monotonic() - started < 20
+
+
+def test_a_second_server_on_the_same_port_is_refused(deployment, tmp_path, keystore,
+                                                     wheel_cache, serve) -> None:  # noqa: ANN001
+    """Two `serve --workers 2` on one port: the second refuses to start (SO_REUSEPORT would
+    have let it take part of the first one's connections); the first goes on serving."""
+    from conftest import new_deployment
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    connectors = f'<Connector address="127.0.0.1" port="{port}" clientAuth="want"/>'
+    deployment.connectors = connectors
+    deployment.write()
+    first = serve(deployment, "--workers", "2")
+    second = new_deployment(tmp_path / "second", keystore, wheel_cache, connectors=connectors)
+    with pytest.raises(StartupFailed) as failed:
+        start_server(second, "--workers", "2").stop()  # stopped if it does start
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in str(failed.value)
+    assert str(failed.value).count("\n") == 1
+    with first.client() as http:
+        assert http.get("/oauth2/jwks").status_code == 200
+
+
+DIES_WHEN_TOLD = '''
+import multiprocessing
+import os
+from pathlib import Path
+
+from tokensmith import hookimpl
+
+
+@hookimpl
+def client_auth_methods():
+    return ["dies_method"]
+
+
+@hookimpl
+def listener_configure(listener):
+    marker = Path(os.environ["DIE_MARKER"])
+    if multiprocessing.current_process().name == "tokensmith-worker" and marker.exists():
+        os._exit(3)
+'''
+
+
+def test_a_worker_that_keeps_dying_backs_off_then_gives_up(deployment, make_wheel, tmp_path,
+                                                          monkeypatch) -> None:  # noqa: ANN001
+    """Once every replacement dies while starting, the supervisor waits longer before each
+    (0.1, 0.2, 0.4, 0.8 s), gives up after five deaths with one line and exit status 1, and
+    leaves nothing of the workers' unpacked wheels in $TMPDIR."""
+    shutil.copy(make_wheel("dies_when_told", DIES_WHEN_TOLD), deployment.dropins)
+    marker = tmp_path / "die"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("DIE_MARKER", str(marker))
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    server = start_server(deployment, "--workers", "2")
+    try:
+        assert list(scratch.iterdir())  # the supervisor's private directory
+        marker.touch()
+        os.kill(workers_of(server)[0], signal.SIGKILL)
+        assert server.process.wait(timeout=60) == 1
+    finally:
+        server.stop()
+    log = server.log()
+    for delay in ("0.1", "0.2", "0.4", "0.8"):
+        assert f"in {delay} s" in log
+    assert "died 5 times within 60 s; giving up" in log
+    assert list(scratch.iterdir()) == []
+
+
+SLOW_WORKER = '''
+import multiprocessing
+import time
+
+from tokensmith import hookimpl
+
+
+@hookimpl
+def client_auth_methods():
+    return ["slow_method"]
+
+
+@hookimpl
+def listener_configure(listener):
+    if multiprocessing.current_process().name == "tokensmith-worker":
+        time.sleep(60)
+'''
+
+
+def test_sigterm_while_workers_start_stops_at_once(deployment, make_wheel) -> None:  # noqa: ANN001
+    """SIGTERM while the workers are still starting (one takes a minute here) stops the
+    supervisor and its workers within seconds, instead of once every worker is ready."""
+    import subprocess
+
+    from conftest import TOKENSMITH
+
+    shutil.copy(make_wheel("slow_worker", SLOW_WORKER), deployment.dropins)
+    process = subprocess.Popen([TOKENSMITH, "serve", "--conf", str(deployment.conf),
+                                "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    children: list[str] = []
+    try:
+        assert process.stdout is not None
+        while "slow_worker" not in process.stdout.readline():  # the check passed
+            assert process.poll() is None
+        time.sleep(1.5)  # the workers are in listener_configure now
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        assert len(children) == 2
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 5
+        for pid in children:
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in children:  # only if still one of ours: a pid may have been reused
+            try:
+                if str(deployment.conf) in Path(f"/proc/{pid}/cmdline").read_text():
+                    os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
+
+
+RECORDS_IMPORTER = '''
+import os
+from pathlib import Path
+
+from tokensmith import hookimpl
+
+with open(os.environ["IMPORT_LOG"], "a") as out:
+    out.write(f"{os.getpid()}\\n")
+
+
+@hookimpl
+def client_auth_methods():
+    return ["records_method"]
+'''
+
+
+def test_the_supervisor_never_imports_plugins(deployment, make_wheel, serve, tmp_path,
+                                              monkeypatch) -> None:  # noqa: ANN001
+    """Startup and ten SIGHUPs: the plugin is imported by the checks and the workers, never
+    by the supervisor, whose sys.path therefore never grows (it used to gain one entry per
+    wheel per reload, each pointing at a deleted directory)."""
+    shutil.copy(make_wheel("records_importer", RECORDS_IMPORTER), deployment.dropins)
+    imports = tmp_path / "imports"
+    monkeypatch.setenv("IMPORT_LOG", str(imports))
+    server = serve(deployment, "--workers", "2")
+    for count in range(1, 11):
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_log("reloaded: configuration", count=2 * count)
+    importers = set(imports.read_text().split())
+    assert str(server.process.pid) not in importers
+    assert len(importers) >= 3  # the first check and the two workers at least

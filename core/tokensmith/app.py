@@ -14,6 +14,7 @@ import logging
 import time
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
@@ -31,7 +32,8 @@ from .tokens import JWTSettings, TokenIssuer
 from .truststore import Truststore
 from .xmlconf import ConfigError
 
-__all__ = ["create_app", "reload_app", "inspect_listeners", "issuer_url", "public_urls_of", "bound_ports", "Runtime", "runtime", "json_response", "NO_STORE"]
+__all__ = ["create_app", "reload_app", "one_line", "inspect_listeners", "issuer_url", "public_urls_of",
+           "bound_ports", "Runtime", "runtime", "json_response", "NO_STORE"]
 
 log = logging.getLogger("tokensmith")
 
@@ -97,8 +99,11 @@ def _build_runtime(app: Quart, config: Config, identity: IdentitySettings, loade
                    generation)
 
 
-def create_app(config: Config) -> Quart:
-    """Build the app for *config*: storage, plugins from dropins/ and the listener order."""
+def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
+    """Build the app for *config*: storage, plugins from dropins/ and the listener order.
+
+    Wheels are unpacked under *unpack_root* (a new private temporary directory when None).
+    """
     from .endpoints import POST_ENDPOINTS, oauth
 
     app = Quart("tokensmith")
@@ -107,7 +112,7 @@ def create_app(config: Config) -> Quart:
     # is an open redirect). A path that does not match exactly is a 404.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
-    loader = DropinLoader(config.server.dropins)
+    loader = DropinLoader(config.server.dropins, unpack_root)
     try:
         storage = SQLiteStorage(config.server.database)
         first = _build_runtime(app, config, config.identity, loader, storage,
@@ -219,18 +224,25 @@ async def _purge(storage: Storage) -> int:
     return removed
 
 
-def inspect_listeners(config: Config, identity: IdentitySettings | None = None) -> ListenerSet:
+def inspect_listeners(config: Config, identity: IdentitySettings | None = None,
+                      unpack_root: Path | None = None) -> ListenerSet:
     """Load dropins/ and order the listeners as a server would, without serving.
 
-    Used to check a configuration (``plugins list``, and the supervisor before it tells its
-    workers to reload). The plugins are imported into this process.
+    Used to check a configuration (``plugins list``, and the supervisor's check process
+    before the workers start or reload). The plugins are imported into this process.
     """
     identity = identity or config.identity
-    loader = DropinLoader(config.server.dropins)
+    loader = DropinLoader(config.server.dropins, unpack_root)
     try:
         return build_listeners(loader.load(identity.allowed_wheels), identity)
     finally:
         loader.close()
+
+
+def one_line(exc: BaseException) -> str:
+    """*exc* as one log line: a ``ConfigError``'s message as it is, anything else with its type."""
+    text = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.splitlines())
 
 
 def reload_app(app: Quart) -> bool:
@@ -244,8 +256,9 @@ def reload_app(app: Quart) -> bool:
         new = _build_runtime(app, current.config, identity, app.extensions[_LOADER],
                              current.storage, current.truststore, current.signing,
                              current.verified_secrets, current.generation + 1)
-    except ConfigError as exc:
-        log.error("reload refused, still serving configuration %d: %s", current.generation, exc)
+    except BaseException as exc:  # noqa: B036 - nothing read from disk may stop a running server
+        log.error("reload refused, still serving configuration %d: %s", current.generation,
+                  one_line(exc))
         return False
     app.config["MAX_CONTENT_LENGTH"] = identity.max_body_bytes
     app.extensions[_RUNTIME] = new

@@ -90,9 +90,9 @@ def _version() -> str:
         return "unknown"
 
 
-def _listener_lines(listeners, *, detail: bool = False) -> list[str]:  # noqa: ANN001
+def _listener_lines(listeners, *, detail: bool = False, described: bool = False) -> list[str]:  # noqa: ANN001
     lines = []
-    for r in (item.describe() for item in listeners):
+    for r in (listeners if described else (item.describe() for item in listeners)):
         line = (f"listener {r['type']:<22} {r['name']:<18} orderId={r['orderId']:<5}"
                 f" {'enabled ' if r['enabled'] else 'disabled'} {r['wheel']}")
         if detail:
@@ -102,7 +102,7 @@ def _listener_lines(listeners, *, detail: bool = False) -> list[str]:  # noqa: A
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import bound_ports, create_app, inspect_listeners, reload_app, runtime
+    from .app import bound_ports, create_app, reload_app, runtime
     from .keystore import load_keystore
     from .server import bind, serve
 
@@ -123,11 +123,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"tokensmith: {reason}", flush=True)
 
     if args.workers > 1:
-        from .supervisor import check_reload, supervise
+        from .supervisor import supervise
 
-        for line in _listener_lines(inspect_listeners(config)):
-            print(line)
-        status = supervise(config, args.workers, check_reload, ready)
+        def listed(described: list[dict]) -> None:
+            for line in _listener_lines(described, described=True):
+                print(line, flush=True)
+
+        status = supervise(config, args.workers, ready, listed)
     else:
         app = create_app(config)
         for line in _listener_lines(runtime(app).listeners):

@@ -21,7 +21,8 @@ from lxml import etree
 
 from .rfc8705 import FORWARDED_FORMATS
 from .storage import LoginPolicy
-from .xmlconf import ConfigError, attr_bool, attr_int, parse_xml, where
+from .xmlconf import (MAX_CONFIG_BYTES, ConfigError, UnreadableFile, attr_bool, attr_int,
+                      parse_xml, read_regular_file, where)
 
 __all__ = [
     "Config",
@@ -359,9 +360,12 @@ def _allowed_wheels(path: Path, dropins: etree._Element) -> frozenset[str]:
     for el in dropins.iterfind("AllowedWheelsFile"):
         pin_file = _path(path, (el.text or "").strip())
         try:
-            lines = pin_file.read_text().splitlines()
-        except OSError as exc:
-            raise ConfigError(f"{where(path, el)}: cannot read {pin_file}: {exc.strerror or exc}") from None
+            lines = read_regular_file(pin_file, MAX_CONFIG_BYTES).decode("utf-8-sig").splitlines()
+        except UnreadableFile as exc:
+            raise ConfigError(f"{where(path, el)}: cannot read {pin_file}: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where(path, el)}: {pin_file} is not UTF-8 text, as sha256sum"
+                              " writes it") from None
         for number, line in enumerate(lines, 1):
             text = line.split("#", 1)[0].strip()
             if not text:

@@ -1,12 +1,18 @@
 """Loading plugin wheels from ``dropins/``.
 
-Each ``*.whl`` is checked before anything in it is imported: it must be a well-formed wheel
-(PEP 427) for this interpreter, every file must be listed in its RECORD with a matching
-SHA-256 and size, no path may leave the wheel's root, and its Requires-Dist must already be
-satisfied here (nothing is ever installed at load time). A wheel that fails any check stops
-the load with one line naming the file: a security component must not start with part of its
-authenticators silently missing. Accepted wheels are unpacked into a private directory that
-is put on ``sys.path``, so that wheels with compiled modules work too.
+Each ``*.whl`` is checked before anything in it is imported. It must be a regular file of at
+most ``MAX_WHEEL_BYTES``, read once and hashed as it is read; with pinning on, its SHA-256 is
+checked before the archive is parsed at all (as pip's ``--require-hashes`` does). It must be
+a well-formed wheel (PEP 427) for this interpreter, every file must be listed in its RECORD
+with a matching SHA-256 and size, no path may leave the wheel's root, its top-level modules
+must not shadow the standard library, tokensmith, an installed distribution or another
+wheel, and its Requires-Dist must already be satisfied here (nothing is ever installed at
+load time). A wheel that fails any check, or cannot be read for whatever reason, stops the
+load with one line naming the file (``WheelError``, never another exception): a security
+component must not start with part of its authenticators silently missing, and a reload
+must be refused, not crash. Accepted wheels are unpacked, without any bytecode they ship,
+into a private directory that is put on ``sys.path``, so that wheels with compiled modules
+work too.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import base64
 import configparser
 import csv
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -32,7 +39,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import parse_tag, sys_tags
 from packaging.utils import canonicalize_name
 
-from .xmlconf import ConfigError
+from .xmlconf import ConfigError, UnreadableFile, read_regular_file
 
 __all__ = [
     "PluginSource",
@@ -51,6 +58,14 @@ _WHEEL_NAME = re.compile(
 )
 _MAX_MEMBERS = 10_000
 _MAX_UNPACKED = 256 * 1024 * 1024
+#: The largest wheel file read at all. It is read into memory once (the checked copy is what
+#: gets unpacked), so this bounds what one file in dropins/ can cost.
+MAX_WHEEL_BYTES = 64 * 1024 * 1024
+_MAX_METADATA = 4 * 1024 * 1024  # WHEEL, METADATA, RECORD, entry_points.txt
+_MAX_NAME_PART = 255  # NAME_MAX: a longer member could not be unpacked
+_MAX_NAME = 1024
+_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
+                          zipfile.ZIP_LZMA})
 
 
 class WheelError(ConfigError):
@@ -65,6 +80,7 @@ class WheelInfo:
     sha256: str
     entry_points: dict[str, str]  # entry-point name -> "module[:attr]"
     data: bytes = field(repr=False, default=b"")  # the checked bytes: unpack these, not the file
+    top_level: frozenset[str] = frozenset()  # the importable names it provides
 
 
 @dataclass(frozen=True)
@@ -87,27 +103,80 @@ def _record_digest(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode().rstrip("=")
 
 
-def check_wheel(path: Path) -> WheelInfo:
-    """Check the wheel at *path* as the module docstring says; raise ``WheelError``."""
+def _central_directory_entries(path: Path, raw: bytes) -> int:
+    """The entry count the end-of-central-directory record declares, read before zipfile
+    builds an object per entry (a small file can declare millions of them)."""
+    at = raw.rfind(b"PK\x05\x06", max(0, len(raw) - 22 - 65535))
+    if at < 0 or len(raw) < at + 22:
+        raise _refuse(path, "not a zip archive")
+    return int.from_bytes(raw[at + 10:at + 12], "little")
+
+
+def _read_wheel(path: Path, allowed: frozenset[str] | None) -> tuple[bytes, str]:
+    """The wheel's bytes and SHA-256, read once, hashed as they stream in, capped in size.
+
+    With pinning on, the hash is checked here, before a byte of the archive is parsed.
+    """
+    digest = hashlib.sha256()
+    try:
+        raw = read_regular_file(path, MAX_WHEEL_BYTES, digest)
+    except UnreadableFile as exc:
+        raise _refuse(path, str(exc)) from None
+    sha256 = digest.hexdigest()
+    if allowed is not None and sha256 not in allowed:
+        raise WheelError(
+            f"{path}: refused: sha256 {sha256} is not pinned in identity.xml <Dropins>")
+    return raw, sha256
+
+
+def check_wheel(path: Path, allowed: frozenset[str] | None = None) -> WheelInfo:
+    """Check the wheel at *path* as the module docstring says; raise ``WheelError``.
+
+    With *allowed* (pinning on), a wheel whose SHA-256 is not in it is refused before it is
+    parsed. Whatever goes wrong while reading the file, the result is a ``WheelError`` naming
+    it: nothing in dropins/ can raise anything else.
+    """
     match = _WHEEL_NAME.match(path.name)
     if not match:
         raise _refuse(path, "the file name is not a wheel name (PEP 427)")
     if not any(tag in set(sys_tags()) for tag in parse_tag(match["tag"])):
         raise _refuse(path, f"built for {match['tag']}, which this Python cannot load")
-    raw = path.read_bytes()
+    raw, sha256 = _read_wheel(path, allowed)
+    try:
+        return _check_archive(path, match, raw, sha256)
+    except WheelError:
+        raise
+    except Exception as exc:  # a zipfile or codec error we did not foresee is still a refusal
+        raise _refuse(path, f"unreadable archive: {type(exc).__name__}: {exc}") from None
+
+
+def _check_archive(path: Path, match: re.Match[str], raw: bytes, sha256: str) -> WheelInfo:
+    if _central_directory_entries(path, raw) > _MAX_MEMBERS:
+        raise _refuse(path, "too large")
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
         raise _refuse(path, "not a zip archive") from None
     with archive:
         members = [m for m in archive.infolist() if not m.is_dir()]
         if len(members) > _MAX_MEMBERS or sum(m.file_size for m in members) > _MAX_UNPACKED:
             raise _refuse(path, "too large")
+        for member in members:
+            if member.flag_bits & 0x1:
+                raise _refuse(path, f"{member.filename!r} is encrypted")
+            if member.compress_type not in _COMPRESSION:
+                raise _refuse(path, f"{member.filename!r} uses compression method"
+                                    f" {member.compress_type}; wheels use deflate")
         names = [m.filename for m in members]
+        if len(set(names)) != len(names):
+            raise _refuse(path, "a member name appears twice")
         for name in names:
             pure = PurePosixPath(name)
-            if pure.is_absolute() or ".." in pure.parts or "\\" in name:
-                raise _refuse(path, f"unsafe path {name!r}")
+            if pure.is_absolute() or ".." in pure.parts or "\\" in name or "\0" in name:
+                raise _refuse(path, f"unsafe path {name[:80]!r}")
+            if len(name.encode()) > _MAX_NAME or any(len(part.encode()) > _MAX_NAME_PART
+                                                      for part in pure.parts):
+                raise _refuse(path, f"member name too long: {name[:80]!r}...")
         dist_infos = {n.split("/", 1)[0] for n in names if n.split("/", 1)[0].endswith(".dist-info")}
         if len(dist_infos) != 1:
             raise _refuse(path, "needs exactly one .dist-info directory")
@@ -115,11 +184,17 @@ def check_wheel(path: Path) -> WheelInfo:
         if canonicalize_name(dist_info[: -len(".dist-info")].rsplit("-", 1)[0]) != canonicalize_name(match["dist"]):
             raise _refuse(path, f"{dist_info} does not match the file name")
 
-        def read(member: str) -> bytes:
+        def read(member: str, limit: int = _MAX_METADATA) -> bytes:
             try:
-                return archive.read(member)
+                info = archive.getinfo(member)
             except KeyError:
                 raise _refuse(path, f"{member} is missing") from None
+            if info.file_size > limit:
+                raise _refuse(path, f"{member} is too large")
+            try:
+                return archive.read(info)
+            except zipfile.BadZipFile as exc:  # a bad CRC: corrupt, or a size that lies
+                raise _refuse(path, f"{member}: {exc}") from None
 
         wheel_meta = HeaderParser().parsestr(read(f"{dist_info}/WHEEL").decode("utf-8", "replace"))
         if not (wheel_meta.get("Wheel-Version") or "").startswith("1."):
@@ -131,6 +206,8 @@ def check_wheel(path: Path) -> WheelInfo:
             for row in csv.reader(io.StringIO(read(record_name).decode("utf-8"))):
                 if row:
                     listed[row[0]] = (row[1], row[2]) if len(row) >= 3 else ("", "")
+                    if len(listed) > _MAX_MEMBERS:
+                        raise _refuse(path, "RECORD lists too many files")
         except (UnicodeDecodeError, csv.Error):
             raise _refuse(path, "RECORD is not readable") from None
         for name in names:
@@ -139,7 +216,7 @@ def check_wheel(path: Path) -> WheelInfo:
             if name not in listed:
                 raise _refuse(path, f"{name} is not listed in RECORD")
             digest, size = listed[name]
-            data = archive.read(name)
+            data = read(name, _MAX_UNPACKED)
             if not digest.startswith("sha256="):
                 raise _refuse(path, f"RECORD has no sha256 for {name}")
             if digest != _record_digest(data) or (size and size != str(len(data))):
@@ -158,19 +235,71 @@ def check_wheel(path: Path) -> WheelInfo:
             parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
             parser.optionxform = str  # type: ignore[assignment,method-assign]
             try:
-                parser.read_string(archive.read(ep_file).decode("utf-8"))
+                parser.read_string(read(ep_file).decode("utf-8"))
             except (configparser.Error, UnicodeDecodeError):
                 raise _refuse(path, "entry_points.txt is not readable") from None
             if parser.has_section(ENTRY_POINT_GROUP):
                 entry_points = dict(parser.items(ENTRY_POINT_GROUP))
+        by_target: dict[str, str] = {}
+        for name, value in entry_points.items():
+            target = value.replace(" ", "")
+            if target in by_target:
+                raise _refuse(path, f"entry points {by_target[target]!r} and {name!r} both name"
+                                    f" {value}; one object can be one plugin only")
+            by_target[target] = name
     return WheelInfo(
         path=path,
         distribution=metadata.get("Name", match["dist"]),
         version=metadata.get("Version", match["version"]),
-        sha256=hashlib.sha256(raw).hexdigest(),
+        sha256=sha256,
         entry_points=entry_points,
         data=raw,
+        top_level=_top_level(names),
     )
+
+
+def _top_level(names: list[str]) -> frozenset[str]:
+    result = set()
+    for member in names:
+        first = member.split("/", 1)[0]
+        if first.endswith((".dist-info", ".data")) or first == "__pycache__":
+            continue
+        result.add(first.split(".", 1)[0])
+    return frozenset(result)
+
+
+def _is_bytecode(name: str) -> bool:
+    """Shipped bytecode is never unpacked: Python would run a ``.pyc`` (an unchecked-hash one,
+    PEP 552, or a sourceless module) instead of the source that was reviewed and pinned."""
+    return name.endswith((".pyc", ".pyo")) or "__pycache__" in PurePosixPath(name).parts
+
+
+@functools.cache
+def _installed_top_level() -> frozenset[str]:
+    """Top-level names that the interpreter or an installed distribution already provides."""
+    names = set(sys.stdlib_module_names) | set(sys.builtin_module_names) | {"tokensmith"}
+    names.update(importlib.metadata.packages_distributions())
+    return frozenset(names)
+
+
+def _check_shadowing(wheels: list[WheelInfo]) -> None:
+    """Refuse a wheel whose modules would take the place of other code.
+
+    Wheels are unpacked to the front of ``sys.path``: a ``secrets.py`` in one would be what
+    the next ``import secrets`` in the server runs.
+    """
+    taken = _installed_top_level()
+    owners: dict[str, Path] = {}
+    for info in wheels:
+        for name in sorted(info.top_level):
+            if name in taken:
+                raise _refuse(info.path, f"its top-level module {name!r} would shadow the"
+                                         " standard library, tokensmith or an installed"
+                                         " distribution")
+            if name in owners:
+                raise _refuse(info.path, f"its top-level module {name!r} is also provided by"
+                                         f" {owners[name].name}")
+            owners[name] = info.path
 
 
 def _check_requirement(path: Path, text: str) -> None:
@@ -195,14 +324,12 @@ def scan_dropins(directory: Path, allowed: frozenset[str] | None = None) -> list
     """
     if not directory.is_dir():
         raise ConfigError(f"{directory}: dropins directory not found")
-    wheels = [check_wheel(p) for p in sorted(directory.glob("*.whl"))]
-    if allowed is not None:
-        for info in wheels:
-            if info.sha256 not in allowed:
-                raise WheelError(
-                    f"{info.path}: refused: sha256 {info.sha256} is not pinned in identity.xml"
-                    " <Dropins>"
-                )
+    try:
+        paths = sorted(directory.glob("*.whl"))
+    except OSError as exc:
+        raise ConfigError(f"{directory}: cannot list: {exc.strerror or exc}") from None
+    wheels = [check_wheel(p, allowed) for p in paths]
+    _check_shadowing(wheels)
     owners: dict[str, Path] = {}
     for info in wheels:
         for name in info.entry_points:
@@ -217,14 +344,7 @@ def scan_dropins(directory: Path, allowed: frozenset[str] | None = None) -> list
 
 def top_level_names(info: WheelInfo) -> frozenset[str]:
     """The importable top-level names a wheel provides (modules, packages, extensions)."""
-    names = set()
-    with zipfile.ZipFile(io.BytesIO(info.data)) as archive:
-        for member in archive.namelist():
-            first = member.split("/", 1)[0]
-            if first.endswith((".dist-info", ".data")):
-                continue
-            names.add(first.split(".", 1)[0])
-    return frozenset(names)
+    return info.top_level
 
 
 @dataclass
@@ -246,6 +366,8 @@ class DropinLoader:
 
     def __init__(self, directory: Path, unpack_root: Path | None = None):
         self.directory = directory
+        if unpack_root is not None:
+            unpack_root.mkdir(mode=0o700, exist_ok=True)
         self.root = unpack_root or Path(tempfile.mkdtemp(prefix="tokensmith-dropins-"))
         self._loaded: dict[str, _Loaded] = {}
 
@@ -269,9 +391,16 @@ class DropinLoader:
         target = self.root / f"{canonicalize_name(info.distribution)}-{info.sha256[:16]}"
         if not target.exists():
             staging = Path(tempfile.mkdtemp(dir=self.root))
-            with zipfile.ZipFile(io.BytesIO(info.data)) as archive:
-                archive.extractall(staging)
-            staging.rename(target)
+            try:
+                with zipfile.ZipFile(io.BytesIO(info.data)) as archive:
+                    for member in archive.infolist():
+                        if not _is_bytecode(member.filename):
+                            archive.extract(member, staging)
+                staging.rename(target)
+            except Exception as exc:  # the disk, not the wheel (that was checked): still one line
+                shutil.rmtree(staging, ignore_errors=True)
+                raise _refuse(info.path, f"cannot unpack into {self.root}:"
+                                         f" {type(exc).__name__}: {exc}") from None
         for other in self._loaded.values():
             if other.names & names and str(other.target) in sys.path:
                 sys.path.remove(str(other.target))
@@ -287,7 +416,7 @@ class DropinLoader:
                 module = importlib.import_module(module_name)
                 for part in filter(None, attr.split(".")):
                     module = getattr(module, part)
-            except Exception as exc:  # a plugin's import error must name the plugin
+            except BaseException as exc:  # noqa: B036 - SystemExit at import must not stop us
                 raise WheelError(
                     f"{info.path}: plugin {name!r}: loading {value} failed:"
                     f" {type(exc).__name__}: {exc}"

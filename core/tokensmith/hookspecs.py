@@ -5,9 +5,12 @@ entry-point group. Which listener *type* (the ``type`` attribute of ``<EventList
 ``conf/identity.xml``) a plugin serves follows from the hooks it implements: the families below.
 
 The host, not pluggy, decides the order: it collects the implementations of the enabled
-listeners of one type and calls them one by one in ascending ``orderId`` (ties by name). Any
-hook may be a coroutine function; the host awaits every result. No hook uses ``firstresult``.
-Implementations may accept any subset of a spec's arguments.
+listeners of one type and calls them one by one in ascending ``orderId`` (ties by name).
+Request hooks may be coroutine functions, which run on the event loop and must never block
+it, or plain functions, which run in a thread and may block; either is cut off at
+``<ListenerTimeoutSeconds>`` (docs/plugins.md says exactly what a plugin may do). The hooks
+called at load time must not be coroutines. No hook uses ``firstresult``. Implementations
+may accept any subset of a spec's arguments.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .config import KeystoreSettings
+from .fileperm import private_dir
 from .xmlconf import ConfigError
 
 __all__ = ["LoadedKeystore", "load_keystore", "load_into", "export_certificate",
@@ -232,7 +233,7 @@ def _dev_certificate() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
@@ -259,7 +260,7 @@ def generate_dev_keystore(certificate_file: Path, key_file: Path, password: str 
     _write_private(key_file, key.private_bytes(serialization.Encoding.PEM,
                                                serialization.PrivateFormat.PKCS8,
                                                _encryption(password)))
-    certificate_file.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(certificate_file.parent)
     certificate_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return True
 

@@ -9,9 +9,16 @@ implementations one at a time, awaiting coroutines.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import functools
 import inspect
 import logging
-from collections.abc import Coroutine, Generator, Iterable, Mapping
+import queue
+import re
+import threading
+import time
+from collections.abc import Coroutine, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -44,6 +51,85 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 INTERCEPTOR = "OAuthEventInterceptor"
 _COMMON_HOOKS = ("listener_default_order", "listener_configure")
+#: An RFC 7591 token_endpoint_auth_method name, as a client registers it: a registered
+#: name or an absolute URI (§2), so printable ASCII without spaces, quotes or backslashes.
+_METHOD_NAME = re.compile(r'[!#-\[\]-~]{1,256}')
+#: Threads for hooks written as plain ``def``: they may block (a file, a socket, a lock)
+#: without stopping the event loop. A thread still running at the deadline is left to
+#: finish; its result is discarded. With every thread stuck, further calls queue and are
+#: cut off at their own deadlines.
+HOOK_THREADS = 16
+
+
+class _HookThreads(concurrent.futures.Executor):
+    """A pool of daemon threads. ``ThreadPoolExecutor`` joins its threads when the
+    interpreter exits, so one hook stuck forever would keep a stopped server from exiting."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((future, fn, args, kwargs))
+        with self._lock:
+            if self._queue.qsize() > self._idle and len(self._threads) < self._size:
+                thread = threading.Thread(target=self._work, name="tokensmith-hook", daemon=True)
+                self._threads.append(thread)
+                self._idle += 1
+                thread.start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args, kwargs = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:  # noqa: B036 - SystemExit too, for the caller
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del future, fn, args, kwargs
+            with self._lock:
+                self._idle += 1
+
+
+_pool: _HookThreads | None = None
+_pool_lock = threading.Lock()
+
+
+def _hook_pool() -> _HookThreads:
+    global _pool
+    with _pool_lock:  # created on first use, so a process that forks has none yet
+        if _pool is None:
+            _pool = _HookThreads(HOOK_THREADS)
+        return _pool
+
+
+class _Blocked(Exception):
+    """An ``async def`` hook ran for longer than its deadline without yielding."""
+
+
+@contextlib.contextmanager
+def _plugin_code(source: PluginSource, what: str) -> Iterator[None]:
+    """Turn anything a plugin raises while it is being loaded into one ``ConfigError`` line.
+
+    ``BaseException`` too: a ``SystemExit`` from a plugin must not stop a server that is
+    reloading, nor a supervisor that is checking a configuration.
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except BaseException as exc:  # noqa: B036
+        raise ConfigError(f"{source.wheel}: plugin {source.name!r}: {what} raised"
+                          f" {type(exc).__name__}: {exc}") from None
 
 
 @dataclass
@@ -91,10 +177,22 @@ class ListenerSet:
             hook for hook in FAMILIES[INTERCEPTOR]
             for item in self._enabled[INTERCEPTOR] if (item.source.name, hook) in self._impls
         }
-        self._methods = {
-            item.name: tuple(self._call_sync(item, "client_auth_methods", listener=item) or ())
-            for item in self._enabled["ClientAuthenticator"]
-        }
+        self._methods = {item.name: self._declared_methods(item)
+                         for item in self._enabled["ClientAuthenticator"]}
+        self._is_async = {key: inspect.iscoroutinefunction(impl.function)
+                          for key, impl in self._impls.items()}
+
+    def _declared_methods(self, item: Listener) -> tuple[str, ...]:
+        with _plugin_code(item.source, "client_auth_methods"):
+            value = self._call_sync(item, "client_auth_methods", listener=item)
+        if value is None:
+            return ()
+        if (not isinstance(value, (list, tuple))
+                or not all(isinstance(m, str) and _METHOD_NAME.fullmatch(m) for m in value)):
+            raise ConfigError(
+                f"{item.source.wheel}: plugin {item.name!r}: client_auth_methods must return a"
+                f" list of method names, not {_short(repr(value))}")
+        return tuple(value)
 
     def __iter__(self):
         return iter(self._all)
@@ -141,16 +239,28 @@ class ListenerSet:
         return result
 
     async def call(self, listener: Listener, hook_name: str, /, **kwargs: Any) -> Any:
-        """Call *listener*'s implementation of *hook_name* and await it, bounded in time.
+        """Call *listener*'s implementation of *hook_name*, bounded in time.
 
-        OAuth errors raised by the plugin pass through; anything else is logged with the
-        plugin's name and becomes ``server_error`` for this request only.
+        An ``async def`` hook runs on the event loop and is awaited at most the timeout; a
+        plain ``def`` hook runs in a thread (``HOOK_THREADS``), so it may block, and is
+        answered at the deadline whether or not it returned. OAuth errors raised by the
+        plugin pass through; anything else, ``BaseException`` included (``SystemExit``,
+        ``KeyboardInterrupt``, ``GeneratorExit``, a ``CancelledError`` that nobody asked
+        for), is logged with the plugin's name and becomes ``server_error`` for this
+        request only.
         """
-        impl = self._impls.get((listener.source.name, hook_name))
+        key = (listener.source.name, hook_name)
+        impl = self._impls.get(key)
         if impl is None:
             return None
         try:
-            result = impl.function(*self._args(impl, kwargs))
+            args = self._args(impl, kwargs)
+            if self._is_async[key]:
+                result = await _eagerly(impl.function(*args), self.timeout)
+            else:
+                async with asyncio.timeout(self.timeout):
+                    result = await asyncio.get_running_loop().run_in_executor(
+                        _hook_pool(), functools.partial(impl.function, *args))
             if inspect.iscoroutine(result):
                 result = await _eagerly(result, self.timeout)
             elif inspect.isawaitable(result):
@@ -160,11 +270,21 @@ class ListenerSet:
             raise
         except asyncio.TimeoutError:
             self.fail(listener, hook_name, f"no answer within {self.timeout:g} s")
-        except Exception:
+        except _Blocked as blocked:
+            self.fail(listener, hook_name, f"held the event loop for {blocked} s without"
+                      " awaiting; an async def hook must not block (write it as a plain def"
+                      " to run it in a thread)")
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the request itself is being cancelled: not the plugin's doing
+            log.error("listener %s/%s raised CancelledError in %s", listener.type,
+                      listener.name, hook_name)
+            raise ServerError("an internal error occurred") from None
+        except BaseException:  # noqa: B036 - SystemExit from a hook must not stop the server
             log.exception("listener %s/%s raised in %s", listener.type, listener.name, hook_name)
             raise ServerError("an internal error occurred") from None
         return result
-
 
     async def intercept(self, hook_name: str, /, **kwargs: Any) -> list[tuple[Listener, Any]]:
         """Call every enabled interceptor's *hook_name* in order; OAuth errors refuse."""
@@ -196,24 +316,50 @@ async def _eagerly(coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
     (about 9 µs a call, measured) off the hot path, while a hook that hangs is still cut
     off after *timeout* seconds.
     """
+    started = time.monotonic()
     try:
         pending = coro.send(None)
     except StopIteration as done:
+        _check_step(started, timeout)
         return done.value
     except BaseException:
         coro.close()
         raise
+    try:
+        _check_step(started, timeout)
+    except _Blocked:
+        _abandon(coro)
+        raise
     async with asyncio.timeout(timeout):
-        return await _Resume(coro, pending)
+        return await _Resume(coro, pending, timeout)
+
+
+def _check_step(started: float, timeout: float) -> None:
+    """Raise ``_Blocked`` if one step of a hook held the loop past the whole deadline.
+
+    Nothing can interrupt code that does not await; what can be done is not to act on its
+    result, and to name it in the log.
+    """
+    elapsed = time.monotonic() - started
+    if elapsed > timeout:
+        raise _Blocked(f"{elapsed:.1f}")
+
+
+def _abandon(coro: Coroutine[Any, Any, Any]) -> None:
+    """Close a hook coroutine that is past its deadline; one that refuses is dropped."""
+    try:
+        coro.close()
+    except BaseException:  # noqa: B036 - "coroutine ignored GeneratorExit" and the like
+        pass
 
 
 class _Resume:
     """Awaitable that continues a coroutine which has already yielded *pending* once."""
 
-    __slots__ = ("coro", "pending")
+    __slots__ = ("coro", "pending", "timeout")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any):
-        self.coro, self.pending = coro, pending
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any, timeout: float):
+        self.coro, self.pending, self.timeout = coro, pending, timeout
 
     def __await__(self) -> Generator[Any, None, Any]:
         pending = self.pending
@@ -222,14 +368,23 @@ class _Resume:
                 yield pending  # the task waits on what the coroutine waits on
             except BaseException as exc:  # cancellation (the deadline) goes to the coroutine
                 try:
-                    pending = self.coro.throw(exc)
+                    self.coro.throw(exc)
                 except StopIteration as done:
                     return done.value
-                continue
+                # It swallowed the cancellation and wants to go on: it gets no more time.
+                _abandon(self.coro)
+                raise
+            started = time.monotonic()
             try:
                 pending = self.coro.send(None)
             except StopIteration as done:
+                _check_step(started, self.timeout)
                 return done.value
+            try:
+                _check_step(started, self.timeout)
+            except _Blocked:
+                _abandon(self.coro)
+                raise
 
 
 def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings) -> ListenerSet:
@@ -238,10 +393,12 @@ def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings)
     pm.add_hookspecs(hookspecs)
     by_name: dict[str, PluginSource] = {}
     for source in sources:
-        try:
-            pm.register(source.module, name=source.name)
-        except pluggy.PluginValidationError as exc:
-            raise ConfigError(f"{source.wheel}: plugin {source.name!r}: {exc}") from None
+        with _plugin_code(source, "registering"):
+            try:
+                pm.register(source.module, name=source.name)
+            except (pluggy.PluginValidationError, ValueError) as exc:
+                # ValueError: one object under two names, from two entry points
+                raise ConfigError(f"{source.wheel}: plugin {source.name!r}: {exc}") from None
         by_name[source.name] = source
     try:
         pm.check_pending()
@@ -282,7 +439,8 @@ def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings)
                 f"{source.wheel}: plugin {name!r} implements no listener hooks"
                 f" ({', '.join(h for hooks in FAMILIES.values() for h in hooks)})"
             )
-        default = _default_order(pm, source)
+        with _plugin_code(source, "listener_default_order"):
+            default = _default_order(pm, source)
         for family in families:
             entry = entries.get((family, name))
             listeners.append(
@@ -309,12 +467,16 @@ def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings)
         except ValueError as exc:
             at = listener.configured_in or str(path)
             raise ConfigError(f"{at}: listener {listener.name!r}: {exc}") from None
-        except Exception as exc:
+        except BaseException as exc:  # noqa: B036 - SystemExit too: see _plugin_code
             raise ConfigError(
                 f"{listener.source.wheel}: listener {listener.name!r}: listener_configure"
                 f" raised {type(exc).__name__}: {exc}"
             ) from None
     return result
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _default_order(pm: pluggy.PluginManager, source: PluginSource) -> int:

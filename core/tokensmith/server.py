@@ -19,7 +19,9 @@ does not read or for HTTP/2 flow control that never opens (the watchdog again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import errno
 import functools
 import itertools
 import json
@@ -28,6 +30,7 @@ import signal
 import socket
 import urllib.parse
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -266,6 +269,8 @@ def bind(config: Config, copies: int = 1) -> list[list[socket.socket]]:
         for connector in config.server.connectors:
             family = socket.AF_INET6 if ":" in connector.address else socket.AF_INET
             address: tuple[str, int] = (connector.address, connector.port)
+            if many and connector.port:
+                _refuse_if_served(family, address)
             for sockets in lists:
                 sock = socket.create_server(address, family=family, backlog=1024, reuse_port=many)
                 sockets.append(sock)
@@ -275,9 +280,23 @@ def bind(config: Config, copies: int = 1) -> list[list[socket.socket]]:
             for sock in sockets:
                 sock.close()
         assert connector is not None
+        hint = " (is another server, another tokensmith perhaps, listening there?)" \
+            if exc.errno == errno.EADDRINUSE else ""
         raise ConfigError(f"{config.server.path}: cannot listen on {connector.address}:"
-                          f"{connector.port}: {exc.strerror or exc}") from None
+                          f"{connector.port}: {exc.strerror or exc}{hint}") from None
     return lists
+
+
+def _refuse_if_served(family: socket.AddressFamily, address: tuple[str, int]) -> None:
+    """Raise EADDRINUSE if something listens on *address* already.
+
+    Sockets that all set SO_REUSEPORT share a port: a second ``serve --workers N`` on the
+    same port would start without a word and take part of the first one's connections.
+    A probe without SO_REUSEPORT cannot bind where anything listens.
+    """
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
 
 
 def urls(sockets: list[socket.socket]) -> list[str]:
@@ -318,7 +337,19 @@ async def serve(
 
         async def run_reload() -> None:
             async with reload_lock:
-                await asyncio.to_thread(reload)
+                # A daemon thread, not asyncio.to_thread: a reload stuck in a plugin's import
+                # must not keep the stopped server from exiting (asyncio.run joins its pool).
+                done = loop.create_future()
+
+                def work() -> None:
+                    try:
+                        reload()
+                    finally:
+                        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+                threading.Thread(target=work, name="tokensmith-reload", daemon=True).start()
+                await done
 
         def on_hangup() -> None:
             task = loop.create_task(run_reload())

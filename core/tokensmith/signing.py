@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature, encode_dss_signature)
 
+from .fileperm import private_dir
+
 __all__ = [
     "ALGORITHMS", "MIN_RSA_BITS", "MAX_RSA_BITS", "SigningKeyError", "SigningKey",
     "VerificationKey", "SigningKeys",
@@ -394,7 +396,7 @@ class SigningKeys:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Serialise writers across processes, so that two ``ensure`` calls make one key."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.directory)
         fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

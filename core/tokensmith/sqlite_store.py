@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from .fileperm import private_file
 from .storage import Client, Issue, LoginPolicy, RegisteredCertificate, StorageError, TokenRecord, User
 
 _SCHEMA_VERSION = 5
@@ -180,7 +181,8 @@ class SQLiteStorage:
         self._serving = False
         self._checkpoint_lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600 before SQLite opens it: SQLite gives the -wal and -shm files its mode.
+            private_file(self.path)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=5000")  # first: workers open it together
             self._wal()

@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from .fileperm import private_dir
 from .rfc8705 import CertificateError, load_pem_certificates, validity_problem
 
 __all__ = ["Truststore", "TrustedCertificate", "TruststoreError", "ALIAS_PATTERN", "anchor_problem"]
@@ -178,7 +179,7 @@ class Truststore:
         for entry in self._entries():
             if entry.cert.public_bytes(serialization.Encoding.DER) == der:
                 raise TruststoreError(f"this certificate is already trusted as alias {entry.alias!r}")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)  # conf/security, if this makes it, holds keys too
         self._write_new(alias, cert.public_bytes(serialization.Encoding.PEM))
         return cert
 

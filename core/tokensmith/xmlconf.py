@@ -9,17 +9,66 @@ Every error names the file and the line.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from lxml import etree
 
-__all__ = ["ConfigError", "parse_xml", "attr_int", "attr_bool", "where"]
+__all__ = ["ConfigError", "UnreadableFile", "read_regular_file", "parse_xml", "attr_int",
+           "attr_bool", "where", "MAX_CONFIG_BYTES"]
+
+#: The largest configuration file (server.xml, identity.xml, a pin file) that is read. Real
+#: files are a few KiB; the cap keeps a runaway or hostile file from holding memory while
+#: it serves.
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 class ConfigError(Exception):
     """A configuration file is missing or wrong; the message names the file and the line."""
+
+
+class UnreadableFile(Exception):
+    """A file could not be read as a regular file within its size cap; args[0] says why."""
+
+
+def read_regular_file(path: Path, limit: int, digest: Any = None) -> bytes:
+    """The bytes of the regular file *path*, at most *limit* of them, or ``UnreadableFile``.
+
+    The file is opened without blocking and checked with fstat on the open descriptor, so a
+    FIFO, a device or a directory is refused at once instead of hanging the reader (and with
+    it every later reload and the signal handling of a supervisor). It is read in chunks,
+    fed to *digest* as it comes, and refused as soon as it passes *limit*.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnreadableFile(exc.strerror or str(exc)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableFile("not a regular file")
+        if info.st_size > limit:
+            raise UnreadableFile(f"larger than {limit} bytes")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb", buffering=0) as file:
+        chunks, total = [], 0
+        try:
+            while chunk := file.read(1024 * 1024):
+                total += len(chunk)
+                if total > limit:
+                    raise UnreadableFile(f"larger than {limit} bytes")
+                if digest is not None:
+                    digest.update(chunk)
+                chunks.append(chunk)
+        except OSError as exc:
+            raise UnreadableFile(exc.strerror or str(exc)) from None
+    return b"".join(chunks)
 
 
 def where(path: Path, element: etree._Element | None = None) -> str:
@@ -49,9 +98,9 @@ def parse_xml(path: Path, schema: str | None = None) -> etree._Element:
         remove_pis=True,
     )
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
+    except UnreadableFile as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
         root = etree.fromstring(data, parser, base_url=str(path))
     except etree.XMLSyntaxError as exc:
