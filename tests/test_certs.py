@@ -500,7 +500,6 @@ def _constrained(ca: Issued, *permitted: x509.GeneralName) -> Issued:
     ("partner.example", "svc@a.partner.example", False),
     (".partner.example", "svc@a.partner.example", True),  # any host in the domain
     (".partner.example", "svc@partner.example", False),
-    ("partner.example", "no-at-sign", False),
 ])
 def test_email_constraints_on_the_subject(ca: Issued, constraint: str, email: str, ok: bool) -> None:
     """rfc822Name subtrees apply to the subject's emailAddress as RFC 5280 §4.2.1.10 defines them."""
@@ -512,6 +511,64 @@ def test_email_constraints_on_the_subject(ca: Issued, constraint: str, email: st
     else:
         with pytest.raises(CertificateError, match="name constraints"):
             verify_chain([client.der, sub.der], [ca.cert], NOW)
+
+
+@pytest.mark.parametrize(("email", "string_type"), [
+    ("admin@\uff56ictim.com".encode().decode("unicode_escape"), _ASN1Type.UTF8String),  # fullwidth v
+    ("admin@victim.com ", _ASN1Type.IA5String),
+    ("admin@victim.com\x1f", _ASN1Type.IA5String),
+    ("admin@victim.com", _ASN1Type.UTF8String),
+    ("no-at-sign", _ASN1Type.IA5String),
+], ids=["fullwidth", "trailing-space", "control", "utf8string", "no-at-sign"])
+def test_subject_email_must_be_a_plain_mailbox(ca: Issued, email: str, string_type: _ASN1Type) -> None:
+    """An emailAddress that is not an IA5String mailbox of printable characters is refused
+    (RFC 5280 §4.1.2.6), so that a sub-CA excluded from victim.com cannot issue one that the
+    constraint check reads as another domain and RFC 4518 matching as victim.com."""
+    excluded = x509.NameConstraints(permitted_subtrees=None,
+                                    excluded_subtrees=[x509.RFC822Name("victim.com"), x509.RFC822Name(".victim.com")])
+    sub = issue("CN=Excluding CA", ca, ca=True, eku=None, constraints=excluded)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "svc"),
+                      x509.NameAttribute(NameOID.EMAIL_ADDRESS, email, _type=string_type)])
+    client = issue(name, sub)
+    with pytest.raises(CertificateError, match="not a plain mailbox"):
+        verify_chain([client.der, sub.der], [ca.cert], NOW)
+
+
+def rsa_key_with_exponent(bits: int, exponent_bits: int) -> rsa.RSAPrivateKey:
+    """An RSA key whose public exponent has *exponent_bits* bits, which no generator makes."""
+    base = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_numbers()
+    p, q = base.p, base.q
+    phi = (p - 1) * (q - 1)
+    e = (1 << (exponent_bits - 1)) | 1
+    while True:
+        try:
+            d = pow(e, -1, phi)
+            break
+        except ValueError:
+            e += 2
+    return rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p),
+                                 rsa.RSAPublicNumbers(e, p * q)).private_key()
+
+
+@pytest.mark.parametrize("make, where", [
+    (lambda: rsa_key_with_exponent(2048, 2000), "intermediate certificate 1"),
+    (lambda: rsa.generate_private_key(public_exponent=3, key_size=2048), "intermediate certificate 1"),
+    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "client certificate"),
+], ids=["ca-huge-exponent", "ca-e3", "leaf-rsa-1024"])
+def test_keys_no_client_or_ca_needs_are_refused_before_any_signature_check(ca: Issued, make, where: str) -> None:  # noqa: ANN001
+    """A chain whose CA holds an RSA key with a huge public exponent would make every signature
+    check of the path builder hundreds of times as costly; the chain is refused from its keys
+    alone (the message says which certificate), before the verifier checks any signature."""
+    key = make()
+    if where == "client certificate":
+        client = issue("CN=weak", ca, key=key)
+        chain = [client.der]
+    else:
+        sub = issue("CN=Costly CA", ca, ca=True, eku=None, key=key)
+        client = issue("CN=svc", sub)
+        chain = [client.der, sub.der]
+    with pytest.raises(CertificateError, match=f"{where} refused"):
+        verify_chain(chain, [ca.cert], NOW)
 
 
 def test_an_anchors_non_critical_directory_name_constraint_is_applied() -> None:

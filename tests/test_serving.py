@@ -247,11 +247,12 @@ def handshake_ok(server: Server, files: tuple[Path, Path]) -> bool:
     (lambda: rsa_with_exponent(2048, 2040), False),
     (lambda: rsa_with_exponent(2048, 2), False),  # e = 3
     (lambda: rsa.generate_private_key(public_exponent=65537, key_size=4096 + 1024), False),
+    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), False),
     (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), True),
     (lambda: ec.generate_private_key(ec.SECP384R1()), True),
     (lambda: ec.generate_private_key(ec.SECP521R1()), True),
     (lambda: ed25519.Ed25519PrivateKey.generate(), True),
-], ids=["rsa-huge-exponent", "rsa-e3", "rsa-5120", "rsa-2048", "p384", "p521", "ed25519"])
+], ids=["rsa-huge-exponent", "rsa-e3", "rsa-5120", "rsa-1024", "rsa-2048", "p384", "p521", "ed25519"])
 def test_client_keys_no_client_needs_are_refused_in_the_handshake(env, tmp_path, make, accepted) -> None:  # noqa: ANN001
     """Only client keys a client needs get through the handshake; the others are refused
     before the server checks a signature with them (tls_accept.acceptable_key)."""
@@ -415,3 +416,26 @@ def test_reset_streams_cannot_queue_unbounded_work(env) -> None:  # noqa: ANN001
                                  auth=(fresh["client_id"], fresh["client_secret"]))
         assert response.status_code == 200, response.text
         assert time.monotonic() - started < 4
+
+
+def test_a_ca_key_no_ca_needs_is_refused_in_the_handshake(env, tmp_path) -> None:  # noqa: ANN001
+    """The keys of the CAs a client sends are held to the same rule as its own: the mutual_tls
+    listener checks the chain's signatures with them, and a CA key with a huge public exponent
+    made each request cost the server about half a second (with nothing registered but a
+    client_id of some tls_client_auth client)."""
+    server, _, _ = env
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Costly CA")])
+    key = rsa_with_exponent(2048, 2000)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    costly = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+              .public_key(key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=9))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+              .sign(key, hashes.SHA256()))
+    leaf = pki.issue(pki.Pair(costly, key), "costly-leaf")  # type: ignore[arg-type]
+    leaf.chain = (costly,)
+    assert handshake_ok(server, leaf.write(tmp_path, "costly")) is False
+    plain = pki.ca("Plain CA")
+    good = pki.issue(plain, "plain-leaf")
+    good.chain = (plain.cert,)
+    assert handshake_ok(server, good.write(tmp_path, "plain"))

@@ -30,6 +30,7 @@ from urllib.parse import unquote_to_bytes
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import (
@@ -496,11 +497,6 @@ def _client_policy() -> ExtensionPolicy:
             .may_be_present(x509.AuthorityKeyIdentifier, Criticality.NON_CRITICAL, None))
 
 
-def _printable(text: str) -> str:
-    # Verifier messages can quote certificate content; keep them to RFC 6749 §5.2 characters.
-    return re.sub(r'[^\x20-\x21\x23-\x5b\x5d-\x7e]', "?", text)[:200]
-
-
 def _reason(message: str) -> str:
     core = re.sub(r"\s*\(encountered processing .*\)\s*$", "", message, flags=re.S)
     core = re.sub(r"^(?:validation failed: )?(?:candidates exhausted: )*", "", core)
@@ -516,7 +512,36 @@ def _reason(message: str) -> str:
         return "client certificate does not chain to a trusted CA"
     if "not valid at validation time" in core:
         return "a CA certificate in the chain is expired or not yet valid"
+    # The verifier's wording, up to any dump of the certificate's structures (key parameters
+    # and the like), in RFC 6749 §5.2 characters.
+    core = core.split("{", 1)[0]
     return "client certificate chain refused: " + _printable(" ".join(core.split()))
+
+
+def _printable(text: str) -> str:
+    return re.sub(r'[^\x20-\x21\x23-\x5b\x5d-\x7e]', "?", text)[:200]
+
+
+#: The keys a client certificate or one of its CAs may hold. The chain's signatures are
+#: checked with the CAs' keys, and an RSA key with a huge public exponent makes each check
+#: hundreds of times as costly: a client could send a chain of such CAs to stall the server,
+#: even one that does not chain to a trusted CA (the path builder tries them all).
+_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+
+def key_problem(key: object) -> str | None:
+    """Why a certificate's public key is refused, or None: RSA of 2048 to 4096 bits with the
+    public exponent 65537, ECDSA on P-256, P-384 or P-521, Ed25519 and Ed448 are accepted (the
+    TLS layer holds the leaf to the same rule, tls_accept.acceptable_key)."""
+    if isinstance(key, rsa.RSAPublicKey):
+        if not 2048 <= key.key_size <= 4096 or key.public_numbers().e != 65537:
+            return "an RSA key must have 2048 to 4096 bits and the public exponent 65537"
+        return None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return None if key.curve.name in _CURVES else "an EC key must be on P-256, P-384 or P-521"
+    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return None
+    return "the key type is not one a client certificate may have"
 
 
 def verify_chain(chain_der: Sequence[bytes], anchors: Sequence[x509.Certificate],
@@ -543,6 +568,14 @@ def verify_chain(chain_der: Sequence[bytes], anchors: Sequence[x509.Certificate]
     leaf = _parse_der(chain_der[0], "client certificate")
     intermediates = [_parse_der(der, f"intermediate certificate {n}")
                      for n, der in enumerate(chain_der[1:], 1)]
+    for n, cert in enumerate((leaf, *intermediates)):
+        try:
+            problem = key_problem(cert.public_key())
+        except (ValueError, TypeError, NotImplementedError):
+            problem = "its key cannot be read"
+        if problem is not None:
+            where = "client certificate" if n == 0 else f"intermediate certificate {n}"
+            raise CertificateError(f"{where} refused: {problem}")
     if not anchors:
         raise CertificateError("no trust anchors are configured for tls_client_auth")
     # Checked first so the common refusal gets a precise message with the date.
@@ -587,6 +620,9 @@ def _dn_within(name: x509.Name, base: x509.Name) -> bool:
     return keys[:len(base_keys)] == base_keys
 
 
+_MAILBOX = re.compile(r"[\x21-\x3f\x41-\x7e]+@[\x21-\x3f\x41-\x7e]+")
+
+
 def _check_subject(leaf: x509.Certificate, cas: Sequence[x509.Certificate]) -> None:
     """Apply the CAs' name constraints to what cryptography's verifier does not check.
 
@@ -597,7 +633,16 @@ def _check_subject(leaf: x509.Certificate, cas: Sequence[x509.Certificate]) -> N
     the extension is not critical (the verifier refuses critical ones) and would otherwise
     be ignored. Anchors' constraints count too, as the verifier counts them.
     """
-    emails = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)]
+    emails = []
+    for attribute in leaf.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+        # PKCS #9 and RFC 5280 §4.1.2.6: an IA5String mailbox. Anything else (a UTF8String
+        # with fullwidth letters, spaces, control characters) could be read as one mailbox by
+        # the constraints check and as another by RFC 4518 matching.
+        value = attribute.value
+        if (attribute._type != _ASN1Type.IA5String or not isinstance(value, str)
+                or not _MAILBOX.fullmatch(value)):
+            raise CertificateError("client certificate subject emailAddress is not a plain mailbox")
+        emails.append(value)
     names = [leaf.subject] if len(leaf.subject) else []
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -614,8 +659,6 @@ def _check_subject(leaf: x509.Certificate, cas: Sequence[x509.Certificate]) -> N
         allowed = [g.value for g in permitted if isinstance(g, x509.RFC822Name)]
         denied = [g.value for g in excluded if isinstance(g, x509.RFC822Name)]
         for email in emails:
-            if not isinstance(email, str):
-                raise CertificateError("client certificate subject emailAddress is not a string")
             inside = [_email_within(email, c) for c in allowed]
             outside = [_email_within(email, c) for c in denied]
             if None in inside or None in outside or (allowed and not any(inside)) or any(outside):

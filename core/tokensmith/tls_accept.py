@@ -11,8 +11,9 @@ Accepting any certificate would let an anonymous client choose what the server's
 OpenSSL checks CertificateVerify with whatever key the leaf holds, and an RSA key with a
 public exponent thousands of bits long makes each handshake several times as expensive. So the
 callback, which OpenSSL runs on the Certificate message before it reads CertificateVerify,
-refuses a leaf whose key no client needs (:func:`acceptable_key`), and a chain longer than
-``MAX_CHAIN``; the handshake then fails.
+refuses a chain with a key no client needs (:func:`acceptable_key`; the CAs' keys too, which
+the mutual_tls listener later checks signatures with), and a chain longer than ``MAX_CHAIN``;
+the handshake then fails.
 
 Python's ``ssl`` has no verify-callback API. We set OpenSSL's ``SSL_CTX_set_cert_verify_callback``
 through ``ctypes`` on the ``SSL_CTX`` that CPython's ``_ssl`` owns, using the libssl that ``_ssl``
@@ -44,8 +45,9 @@ _CertVerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_v
 #: EVP_PKEY base ids (OpenSSL's NIDs) and the EC groups whose keys a client may hold.
 _EVP_PKEY_RSA, _EVP_PKEY_RSA_PSS, _EVP_PKEY_EC, _EVP_PKEY_ED25519, _EVP_PKEY_ED448 = 6, 912, 408, 1087, 1088
 _CURVES = (b"prime256v1", b"secp384r1", b"secp521r1")
-#: The largest RSA modulus accepted: the cost of a signature check grows with it.
-MAX_RSA_BITS = 4096
+#: The RSA moduli accepted: the cost of a signature check grows with the size, and below
+#: 2048 bits a key is too weak to authenticate anyone (NIST SP 800-131A).
+MIN_RSA_BITS, MAX_RSA_BITS = 2048, 4096
 #: The most certificates a client may send: its leaf, the 8 intermediates the mutual_tls
 #: listener validates at most, and a root. Each one sent is parsed during the handshake.
 MAX_CHAIN = 10
@@ -53,14 +55,15 @@ _X509_V_ERR_CERT_REJECTED = 28
 
 
 def acceptable_key(lib: ctypes.CDLL, pkey: int) -> bool:
-    """Whether a client's leaf key is one a client needs: RSA up to ``MAX_RSA_BITS`` with the
+    """Whether a client's certificate key is one a client needs: RSA of ``MIN_RSA_BITS`` to
+    ``MAX_RSA_BITS`` with the
     public exponent 65537 (what every CA and key generator uses), ECDSA on P-256, P-384 or P-521,
     Ed25519 or Ed448. Anything else could only make the handshake's signature check costly.
     An EC key must name its curve (RFC 5480 §2.1.1): explicit parameters are refused even when
     OpenSSL recognises them as a named curve."""
     kind = lib.EVP_PKEY_get_base_id(pkey)
     if kind in (_EVP_PKEY_RSA, _EVP_PKEY_RSA_PSS):
-        if lib.EVP_PKEY_get_bits(pkey) > MAX_RSA_BITS:
+        if not MIN_RSA_BITS <= lib.EVP_PKEY_get_bits(pkey) <= MAX_RSA_BITS:
             return False
         exponent = ctypes.c_void_p()
         if lib.EVP_PKEY_get_bn_param(pkey, b"e", ctypes.byref(exponent)) != 1:
@@ -85,13 +88,18 @@ def acceptable_key(lib: ctypes.CDLL, pkey: int) -> bool:
 
 def _accept(store_ctx: int | None, arg: int | None) -> int:
     # 1 accepts the chain: the store context's error stays X509_V_OK, so SSL_get_verify_result()
-    # reports success. Only the leaf's key is looked at (see acceptable_key).
+    # reports success. No signature is checked here, but every key is looked at: the leaf's
+    # checks CertificateVerify, and the CAs' the chain, when the mutual_tls listener validates it.
     lib = _libssl()
-    leaf = lib.X509_STORE_CTX_get0_cert(store_ctx)
-    pkey = lib.X509_get0_pubkey(leaf) if leaf else None
-    sent = lib.X509_STORE_CTX_get0_untrusted(store_ctx)
-    if pkey and acceptable_key(lib, pkey) and sent and lib.OPENSSL_sk_num(sent) <= MAX_CHAIN:
-        return 1
+    sent = lib.X509_STORE_CTX_get0_untrusted(store_ctx)  # the leaf and what came with it
+    count = lib.OPENSSL_sk_num(sent) if sent else 0
+    if 0 < count <= MAX_CHAIN:
+        for index in range(count):
+            pkey = lib.X509_get0_pubkey(lib.OPENSSL_sk_value(sent, index))
+            if not pkey or not acceptable_key(lib, pkey):
+                break
+        else:
+            return 1
     lib.X509_STORE_CTX_set_error(store_ctx, _X509_V_ERR_CERT_REJECTED)
     return 0
 
@@ -121,7 +129,6 @@ def _libssl() -> ctypes.CDLL:
                 ("SSL_CTX_get_verify_mode", ctypes.c_int, [ctypes.c_void_p]),
                 ("SSL_CTX_set_cert_verify_callback", None,
                  [ctypes.c_void_p, _CertVerifyCallback, ctypes.c_void_p]),
-                ("X509_STORE_CTX_get0_cert", ctypes.c_void_p, [ctypes.c_void_p]),
                 ("X509_STORE_CTX_set_error", None, [ctypes.c_void_p, ctypes.c_int]),
                 ("X509_get0_pubkey", ctypes.c_void_p, [ctypes.c_void_p]),
                 ("EVP_PKEY_get_base_id", ctypes.c_int, [ctypes.c_void_p]),
@@ -129,6 +136,7 @@ def _libssl() -> ctypes.CDLL:
                  [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)]),
                 ("X509_STORE_CTX_get0_untrusted", ctypes.c_void_p, [ctypes.c_void_p]),
                 ("OPENSSL_sk_num", ctypes.c_int, [ctypes.c_void_p]),
+                ("OPENSSL_sk_value", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int]),
                 ("EVP_PKEY_get_bits", ctypes.c_int, [ctypes.c_void_p]),
                 ("EVP_PKEY_get_bn_param", ctypes.c_int,
                  [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
