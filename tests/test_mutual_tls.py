@@ -178,6 +178,22 @@ def test_rotation_with_two_registered_certificates(env) -> None:  # noqa: ANN001
     assert token(server, new_files, client_id).status_code == 200
 
 
+def test_removing_a_certificate_revokes_the_tokens_bound_to_it(env) -> None:  # noqa: ANN001
+    """The certificate was the client's credential: removing it ends the tokens bound to it
+    (as removing the client would), and leaves those bound to the client's other certificate."""
+    server, root, _ = env
+    old, new = pki.self_signed(), pki.self_signed()
+    old_files, new_files = old.write(root / "certs", "rev-old"), new.write(root / "certs", "rev-new")
+    client_id = register(server.deployment, "self_signed_tls_client_auth", "--cert", str(old_files[0]))
+    server.deployment.cli("sp", "update", client_id, "--add-cert", str(new_files[0]))
+    on_old = token(server, old_files, client_id).json()["access_token"]
+    on_new = token(server, new_files, client_id).json()["access_token"]
+    assert introspect(server, on_old)["active"] is True
+    server.deployment.cli("sp", "update", client_id, "--remove-cert", old.cert.fingerprint(hashes.SHA256()).hex())
+    assert introspect(server, on_old) == {"active": False}
+    assert introspect(server, on_new)["cnf"] == {"x5t#S256": new.x5t_s256()}
+
+
 # --- tls_client_auth (RFC 8705 §2.1) ---------------------------------------------------------
 
 

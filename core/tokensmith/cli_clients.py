@@ -8,6 +8,7 @@ Mutual-TLS clients (RFC 8705 §2) are registered here as WSO2's console does it:
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import secrets
 import time
@@ -286,6 +287,13 @@ def cmd_sp_update(args: argparse.Namespace) -> int:
         updated = change_certificates(client, added, remove)
         if not store.update_client(updated):
             raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
+        # The certificate was the client's credential: what it authenticated ends with it
+        # (as removing a client or a user revokes their tokens).
+        kept = {c.sha256 for c in updated.certificates}
+        for cert in client.certificates:
+            if cert.sha256 not in kept:
+                thumbprint = base64.urlsafe_b64encode(bytes.fromhex(cert.sha256)).decode().rstrip("=")
+                store.revoke_bound_tokens(client.client_id, thumbprint)  # RFC 8705 §3.1
     for line in validity_warnings(added):
         warn(line)
     print(json.dumps(client_view(updated), indent=2))

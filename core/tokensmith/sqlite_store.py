@@ -449,6 +449,20 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
+                    " WHERE client_id = ? AND cnf_x5t_s256 = ? AND grant_id IS NOT NULL",
+                    (int(time.time()), client_id, x5t_s256))
+                return self._db.execute(
+                    "UPDATE tokens SET revoked = 1 WHERE client_id = ? AND cnf_x5t_s256 = ?"
+                    " AND revoked = 0", (client_id, x5t_s256)).rowcount
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
     def _revoke_user(self, user_id: str) -> int:
         """Inside a transaction: the user's grants (also tokens of them stored later) and
         tokens."""

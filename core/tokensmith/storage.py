@@ -230,6 +230,11 @@ class Storage(Protocol):
         """Revoke every token and grant of the user *user_id*; return how many tokens."""
         ...
 
+    def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
+        """Revoke the tokens of *client_id* bound to the certificate *x5t_s256*, and their
+        grants; return how many tokens."""
+        ...
+
     def purge_expired(self, before: int, limit: int | None = None) -> int | None:
         """Delete tokens that expired before *before*, at most *limit* of them; return how
         many, or None without waiting if the store is busy now. Called from a worker thread."""
