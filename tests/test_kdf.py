@@ -38,3 +38,29 @@ def test_memory_holds_no_secret_in_clear() -> None:
     memory = kdf.VerifiedSecrets()
     memory.remember("h", "plain-secret-value", now=0)
     assert b"plain-secret-value" not in repr(memory._entries).encode()
+
+
+def test_checks_past_the_limit_are_refused_at_once_and_places_come_back() -> None:
+    """With MAX_PENDING checks waiting or running, the next is refused with 503 at once,
+    without a KDF run; when they finish (or are cancelled), checks are admitted again."""
+    import asyncio
+
+    import pytest
+
+    from tokensmith.errors import TemporarilyUnavailableError
+
+    stored = kdf.hash_secret("right")
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(kdf.check("wrong", stored)) for _ in range(kdf.MAX_PENDING)]
+        await asyncio.sleep(0)  # every task is now admitted and waiting in the pool
+        with pytest.raises(TemporarilyUnavailableError) as refused:
+            await kdf.check("right", stored)
+        assert refused.value.status_code == 503 and refused.value.headers["Retry-After"] == "1"
+        for task in tasks[1:]:
+            task.cancel()
+        assert await tasks[0] is False
+        await asyncio.gather(*tasks[1:], return_exceptions=True)
+        assert await kdf.check("right", stored) is True
+
+    asyncio.run(scenario())

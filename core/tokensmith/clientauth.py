@@ -8,7 +8,6 @@ credential, but wrong).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import time
@@ -95,7 +94,7 @@ class ClientAuthRequest:
         now = time.monotonic()
         if stored is not None and self._verified is not None and self._verified.known(stored, secret, now):
             return client  # type: ignore[return-value]
-        if await asyncio.to_thread(kdf.verify_or_waste, secret, stored) and client is not None:
+        if await kdf.check(secret, stored) and client is not None:
             if stored is not None and self._verified is not None:
                 self._verified.remember(stored, secret, now)
             return client

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import re
@@ -143,10 +142,11 @@ async def password(request: Grant) -> IssuedToken:
         raise InvalidRequestError("username and password are required")
     scope = resolve_scope(form.get("scope"), auth.client.scopes)
     user = storage.get_user(username)
+    kdf.admit()  # before the attempt is counted: a busy server must not cost the user a guess
     taken = user is not None and storage.take_login_attempt(
         user.username, request.source, int(time.time()), request.policy)
     stored = user.password_hash if user is not None and taken else None
-    correct = await asyncio.to_thread(kdf.verify_or_waste, secret, stored)
+    correct = await kdf.check(secret, stored)
     if user is not None and taken:
         storage.end_login_attempt(user.username, request.source, correct)
     if user is None or not taken or not correct:

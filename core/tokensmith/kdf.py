@@ -9,11 +9,16 @@ timing must not tell which client ids exist).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from .errors import TemporarilyUnavailableError
 
 _N, _R, _P = 2**14, 8, 1
 _SALT_BYTES = 16
@@ -65,6 +70,53 @@ def verify_or_waste(secret: str, encoded: str | None) -> bool:
         verify_secret(secret, _DECOY)
         return False
     return verify_secret(secret, encoded)
+
+
+#: The KDF runs in a pool of its own, as many threads as cores: more would only make each
+#: run slower. At most MAX_PENDING runs wait or run at once in a process; past that a
+#: request is refused at once (503) instead of queueing behind work that nobody may still be
+#: waiting for: each wrong secret costs a full KDF run, so an unauthenticated flood (many
+#: connections, or HTTP/2 streams reset as soon as sent) could otherwise queue seconds of it
+#: ahead of every legitimate client, whose authenticator then timed out with a 500.
+MAX_PENDING = 32
+_pool: ThreadPoolExecutor | None = None
+_pending = 0
+
+
+class KdfBusy(TemporarilyUnavailableError):
+    """Too many secrets are being checked; the client may retry shortly."""
+
+    def __init__(self) -> None:
+        super().__init__("too many credential checks in progress; retry shortly")
+        self.headers["Retry-After"] = "1"
+
+
+def admit() -> None:
+    """Raise ``KdfBusy`` if a KDF run now would have to wait behind ``MAX_PENDING`` others.
+
+    For callers that must decide before doing anything else (the password grant counts the
+    attempt first); ``check`` admits by itself. Runs on the event loop's thread, like ``check``,
+    so nothing can slip in between the two.
+    """
+    if _pending >= MAX_PENDING:
+        raise KdfBusy()
+
+
+async def check(secret: str, encoded: str | None) -> bool:
+    """``verify_or_waste`` in the KDF pool, off the event loop; ``KdfBusy`` when it is full.
+
+    A caller that goes away (its task cancelled) gives its place up; a run not yet started
+    is dropped with it.
+    """
+    global _pool, _pending
+    admit()
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="tokensmith-kdf")
+    _pending += 1
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_pool, verify_or_waste, secret, encoded)
+    finally:
+        _pending -= 1
 
 
 def token_hash(token: str) -> str:
