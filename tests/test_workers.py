@@ -269,3 +269,37 @@ def test_the_supervisor_never_imports_plugins(deployment, make_wheel, serve, tmp
     importers = set(imports.read_text().split())
     assert str(server.process.pid) not in importers
     assert len(importers) >= 3  # the first check and the two workers at least
+
+
+def test_workers_stop_when_the_supervisor_is_killed(deployment) -> None:  # noqa: ANN001
+    """kill -9 of the supervisor stops its workers (they get SIGTERM from the kernel), and
+    no worker holds another's listening socket: they used to go on serving as orphans, and
+    when one of them died too, half of the new connections hung on its socket, kept open by
+    its sibling."""
+    server = start_server(deployment, "--workers", "2")
+    workers: list[int] = []
+    try:
+        workers = workers_of(server)
+        assert len(workers) == 2
+        for pid in workers:
+            inodes = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()
+                      if os.readlink(fd).startswith("socket:")}
+            listening = [line for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                         if line.split()[3] == "0A" and f"socket:[{line.split()[9]}]" in inodes]
+            assert len(listening) == 1, (pid, listening)  # its own connector socket only
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+            time.sleep(0.1)
+        alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0]
+        assert not alive
+    finally:
+        server.stop()
+        for pid in workers:  # orphans, if the test failed: only if the pid is still a tokensmith
+            try:
+                if b"tokensmith" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                pass

@@ -21,6 +21,7 @@ supervisor's private temporary directory, removed when the worker is reaped.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -43,6 +44,7 @@ __all__ = ["supervise", "RESTART_LIMIT", "RESTART_WINDOW", "CHECK_TIMEOUT"]
 log = logging.getLogger("tokensmith.supervisor")
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 #: A worker slot whose workers died this many times within RESTART_WINDOW seconds makes the
 #: supervisor give up.
 RESTART_LIMIT = 5
@@ -53,11 +55,32 @@ CHECK_TIMEOUT = 60.0
 _POLL = 0.05
 
 
-def _worker(conf_dir: Path, sockets: list[socket.socket], ready: Connection, unpack: Path) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM to this process when the supervisor dies (Linux).
+
+    A worker that outlived a supervisor killed with -9 went on serving with nobody to replace
+    it, and once it died too, the kernel still spread new connections to its socket, held
+    open by a sibling that never accepted on it. With SIGTERM the worker stops as at a normal
+    stop. A supervisor that died before this call is seen as a new parent id.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return  # not Linux
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(conf_dir: Path, sockets: list[socket.socket], others: list[socket.socket],
+            parent: int, ready: Connection, unpack: Path) -> None:
     # SIGHUP stays blocked until the worker serves and has its handler: one that arrived
     # while the worker was starting would otherwise kill it; it is delivered (a reload of
     # what was just loaded) once the handler is in place.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS - {signal.SIGHUP})
+    _die_with_parent(parent)
+    for sock in others:
+        sock.close()  # the other workers' sockets: only theirs may hold them open
     import asyncio
 
     from .app import create_app, one_line, reload_app
@@ -188,8 +211,10 @@ class _Supervisor:
         # holds the only sending end, so its death reads as EOF here.
         receiver, sender = self.context.Pipe(duplex=False)
         unpack = self._path("worker")
+        others = [sock for index, sockets in enumerate(self.sockets) if index != slot for sock in sockets]
         process = self.context.Process(target=_worker, name="tokensmith-worker", daemon=False,
-                                       args=(self.config.conf_dir, self.sockets[slot], sender, unpack))
+                                       args=(self.config.conf_dir, self.sockets[slot], others,
+                                             os.getpid(), sender, unpack))
         process.start()
         sender.close()
         self.processes[slot], self.unpack[slot] = process, unpack
