@@ -23,9 +23,9 @@ import httpx
 import pytest
 
 from conftest import DEFAULT_LISTENERS, Deployment, Server, new_deployment, start_server
-from tokensmith.kdf import hash_secret
+from tokensmith.kdf import hash_secret, token_hash
 from tokensmith.sqlite_store import SQLiteStorage
-from tokensmith.storage import User
+from tokensmith.storage import TokenRecord, User
 
 PASSWORD = "correct horse battery staple"
 
@@ -150,6 +150,49 @@ def test_removing_a_user_revokes_their_grants_for_good(env) -> None:  # noqa: AN
     assert introspect(env, tokens["access_token"], c) == {"active": False}
     fresh = password_grant(env, c, "erin", "another passphrase")
     assert fresh.status_code == 200 and introspect(env, fresh.json()["access_token"], c)["active"]
+
+
+def test_a_token_stored_while_its_user_was_removed_is_inactive(env) -> None:  # noqa: ANN001
+    """A password grant that checked the password just before `user remove` ran stores its
+    token after the removal revoked the user's tokens (an outside review won 3 races in 3).
+    A token whose user no longer exists is inactive whenever it was stored."""
+    c = client(env, "password")
+    owner = password_grant(env, c, "hal").json()
+    with SQLiteStorage(env.deployment.database) as store:
+        user = store.get_user("hal")
+        assert user is not None and store.remove_user("hal")
+        value = "raced-" + base64.urlsafe_b64encode(bytes(24)).decode()
+        now = int(time.time())
+        store.add_tokens([TokenRecord(token_hash(value), "access", str(c["client_id"]), "read", now, now + 600,
+                                      username="hal", grant_id="raced-grant", user_id=user.user_id,
+                                      grant_type="password")])
+    assert introspect(env, value, c) == {"active": False}
+    assert introspect(env, owner["access_token"], c) == {"active": False}
+
+
+def test_a_replay_while_the_store_is_busy_still_revokes_the_grant(env) -> None:  # noqa: ANN001
+    """RFC 9700 §4.14.2 fails closed: a replayed refresh token that meets a locked store is
+    refused, and its grant is revoked as soon as the store can take it (it used to be left
+    alone, and the thief's successor token went on working)."""
+    c = client(env, "password", "refresh_token")
+    first = password_grant(env, c, "gina").json()["refresh_token"]
+    successor = refresh(env, c, first).json()["refresh_token"]
+    holder = sqlite3.connect(env.deployment.database, timeout=10, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock for a while
+        replay = refresh(env, c, first)
+        assert replay.status_code in (400, 503), replay.text
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and refresh_is_live(env, c, successor):
+        time.sleep(0.5)
+    assert refresh(env, c, successor).status_code == 400
+
+
+def refresh_is_live(server: Server, c: dict, value: str) -> bool:
+    return introspect(server, value, c).get("active") is True
 
 
 def test_user_revoke_ends_every_token_and_keeps_the_user(env) -> None:  # noqa: ANN001

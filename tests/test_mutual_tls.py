@@ -147,7 +147,9 @@ def test_expired_registered_certificate_is_refused_by_default(env) -> None:  # n
         client_id, files, _ = self_signed_client(env, name, **dates)
         response = token(server, files, client_id)
         assert response.status_code == 401, (name, response.text)
-        assert "expired or not yet valid" in response.json()["error_description"]
+        # The caller learns nothing of why (nor whether the client exists); the log says.
+        assert response.json()["error_description"] == "client authentication failed"
+        server.wait_for_log(f"client {client_id} refused: the registered client certificate is expired or not yet valid")
 
 
 def test_expired_registered_certificate_allowed_by_property(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
@@ -344,7 +346,8 @@ def test_email_name_constraints_apply_to_the_subject(env, constraints, email, ex
     response = token(server, files, client_id)
     assert response.status_code == expected, response.text
     if expected == 401:
-        assert "name constraints" in response.json()["error_description"]
+        server.wait_for_log(f"client {client_id} refused: the client certificate was refused: client"
+                            " certificate subject emailAddress is outside the name constraints")
 
 
 def test_directory_name_constraints_apply_to_the_subject(env) -> None:  # noqa: ANN001
@@ -361,7 +364,6 @@ def test_directory_name_constraints_apply_to_the_subject(env) -> None:  # noqa: 
         client_id = register(server.deployment, "tls_client_auth", "--subject-dn", registered)
         response = token(server, files, client_id)
         assert response.status_code == expected, (label, response.text)
-    assert "directoryName name constraint" in response.json()["error_description"]
     server.wait_for_log(f"refused the certificate chain of client {client_id}: a CA in the chain has a "
                         "critical directoryName name constraint")
 
@@ -486,3 +488,39 @@ def test_need_connector_is_the_mtls_alias(deployment, serve, tmp_path) -> None: 
         response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
     assert response.status_code == 200
     assert json.loads(response.text)["token_type"] == "Bearer"
+
+
+def test_refusals_do_not_tell_which_clients_exist(env) -> None:  # noqa: ANN001
+    """A stranger's certificate sent with the client_id of a self-signed client, of a PKI
+    client, or of no client at all gets the same 401 and the same words: an outside review
+    learnt from the descriptions whether a client_id existed and which method it used."""
+    server, root, _ = env
+    self_signed_id, _, _ = self_signed_client(env, "exists-s")
+    pki_id = register(server.deployment, "tls_client_auth", "--subject-dn", "CN=exists-p")
+    stranger = pki.self_signed("stranger").write(root / "certs", "stranger")
+    answers = {(r.status_code, r.text) for r in (token(server, stranger, client_id)
+                                                  for client_id in (self_signed_id, pki_id, "no-such-client"))}
+    assert answers == {(401, '{"error":"invalid_client","error_description":"client authentication failed"}')}
+    server.wait_for_log(f"client {self_signed_id} refused: the client certificate is not registered")
+
+
+def test_a_public_clients_bound_refresh_token_is_revoked_only_with_its_certificate(env) -> None:  # noqa: ANN001
+    """A public client proves only its client_id: anyone who found its certificate-bound
+    refresh token (RFC 8705 §4) could revoke it, ending the client's session. Revocation
+    needs the certificate the token is bound to."""
+    server, root, _ = env
+    server.deployment.cli("user", "add", "bound-user", "--password-stdin", input="a long passphrase\n")
+    client_id = str(server.deployment.add_client("pub-bound", "--grant-type", "password", "--grant-type",
+                                                 "refresh_token", "--auth-method", "none", "--force")["client_id"])
+    mine = pki.self_signed("mine").write(root / "certs", "pub-mine")
+    other = pki.self_signed("other").write(root / "certs", "pub-other")
+    with server.client(cert=mine) as http:
+        tokens = http.post("/oauth2/token", data={"grant_type": "password", "username": "bound-user",
+                                                  "password": "a long passphrase", "client_id": client_id}).json()
+    for cert in (None, other):
+        with server.client(cert=cert) as http:
+            refused = http.post("/oauth2/revoke", data={"token": tokens["refresh_token"], "client_id": client_id})
+        assert refused.status_code == 400 and refused.json()["error"] == "unauthorized_client"
+    with server.client(cert=mine) as http:
+        assert http.post("/oauth2/token", data={"grant_type": "refresh_token", "client_id": client_id,
+                                                "refresh_token": tokens["refresh_token"]}).status_code == 200

@@ -17,7 +17,7 @@ from .clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_cli
 from .errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
 from .events import ClientAuthEvent, TokenRevokeEvent
 from .forms import check_content_type, parse_form
-from .grants import GRANT_TYPES, PUBLIC, Grant, check_grant_type, grant, login_source
+from .grants import GRANT_TYPES, PUBLIC, Grant, binding, check_grant_type, grant, login_source
 from .kdf import token_hash
 from .rfc8705 import x5t_s256
 from .signing import SigningKeys, b64url_decode
@@ -177,6 +177,11 @@ async def revoke(rt: Runtime, request: HttpRequest) -> Answer:
         return Answer(200, None)
     if record.client_id != auth.client.client_id:
         raise UnauthorizedClientError("the token was not issued to this client")
+    if auth.method == PUBLIC and record.cnf_x5t_s256 is not None and binding(auth) != record.cnf_x5t_s256:
+        # A public client proves nothing but its client_id; a token bound to a certificate
+        # (RFC 8705 §4) is revoked only by whoever holds that certificate, or anyone who found
+        # the token could end the client's session with it.
+        raise UnauthorizedClientError("the token is bound to another certificate")
     kind = "refresh_token" if record.kind == "refresh" else "access_token"
     event = TokenRevokeEvent(auth.client, kind, token_claims(record))
     await rt.listeners.intercept("pre_token_revoke", event=event)

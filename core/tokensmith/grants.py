@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -19,7 +20,7 @@ from .errors import (
     UnsupportedGrantTypeError,
 )
 from .rfc8705 import x5t_s256
-from .storage import LoginPolicy, Storage
+from .storage import LoginPolicy, Storage, StorageError
 from .tokens import IssuedToken, RotationRefused, TokenIssuer
 
 __all__ = ["GRANT_TYPES", "PUBLIC_CLIENT_GRANTS", "Grant", "check_grant_type", "grant",
@@ -216,9 +217,43 @@ async def refresh_token(request: Grant) -> IssuedToken:
 
 
 def _revoke_family(storage: Storage, grant_id: str | None, client_id: str) -> None:
-    if grant_id is not None:
+    """Revoke the grant of a replayed refresh token (RFC 9700 §4.14.2), failing closed: if the
+    store cannot take the revocation now, it is retried in the background until it can, and
+    the replay is refused all the same."""
+    if grant_id is None:
+        return
+    try:
         count = storage.revoke_grant(grant_id)
-        log.warning("refresh token replay by client %s: revoked its grant (%d tokens)", client_id, count)
+    except StorageError as exc:
+        log.error("refresh token replay by client %s: the store is unavailable (%s); its grant"
+                  " is revoked as soon as it can be", client_id, exc)
+        task = asyncio.get_running_loop().create_task(_revoke_later(storage, grant_id, client_id))
+        _RETRYING.add(task)
+        task.add_done_callback(_RETRYING.discard)
+        return
+    log.warning("refresh token replay by client %s: revoked its grant (%d tokens)", client_id, count)
+
+
+_RETRYING: set[asyncio.Task] = set()
+#: How long a replay's revocation is retried before the error is left to the operator.
+_RETRY_FOR = 600.0
+
+
+async def _revoke_later(storage: Storage, grant_id: str, client_id: str) -> None:
+    delay, waited = 0.1, 0.0
+    while waited < _RETRY_FOR:
+        await asyncio.sleep(delay)
+        waited += delay
+        try:
+            count = storage.revoke_grant(grant_id)
+        except StorageError:
+            delay = min(delay * 2, 5.0)
+            continue
+        log.warning("refresh token replay by client %s: revoked its grant (%d tokens), late",
+                    client_id, count)
+        return
+    log.error("refresh token replay by client %s: could not revoke its grant %s: the store has"
+              " been unavailable for %.0f s", client_id, grant_id, _RETRY_FOR)
 
 
 _HANDLERS = {

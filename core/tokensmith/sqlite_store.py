@@ -408,10 +408,12 @@ class SQLiteStorage:
 
     def get_token(self, token_hash: str) -> TokenRecord | None:
         # A revoked grant revokes every token of it, also those stored after the revocation
-        # (a refresh that raced with a replay detection).
+        # (a refresh that raced with a replay detection); a removed client or user, every
+        # token of theirs, also one issued while the removal ran (user_ids are never reused).
         row = self._run(
             "SELECT t.*, EXISTS(SELECT 1 FROM revoked_grants g WHERE g.grant_id = t.grant_id)"
             " OR EXISTS(SELECT 1 FROM revoked_clients c WHERE c.client_id = t.client_id)"
+            " OR (t.user_id IS NOT NULL AND NOT EXISTS(SELECT 1 FROM users u WHERE u.user_id = t.user_id))"
             " FROM tokens t WHERE t.token_hash = ?", (token_hash,)).fetchone()
         if row is None:
             return None
