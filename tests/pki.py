@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -124,3 +124,21 @@ def big_self_signed(size: int, cn: str = "big") -> Pair:
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .sign(key, hashes.SHA256()))
     return Pair(cert, key)
+
+
+def rsa_key_with_exponent(bits: int, exponent_bits: int) -> rsa.RSAPrivateKey:
+    """An RSA key whose public exponent is an odd number of *exponent_bits* bits, which no
+    key generator makes: checking a signature with it costs that many squarings."""
+    base = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_numbers()
+    p, q = base.p, base.q
+    phi = (p - 1) * (q - 1)
+    e = (1 << (exponent_bits - 1)) | 1
+    while True:
+        try:
+            d = pow(e, -1, phi)
+            break
+        except ValueError:
+            e += 2
+    return rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p),
+                                 rsa.RSAPublicNumbers(e, p * q)).private_key()
+

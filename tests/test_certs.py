@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+import pki
 from tokensmith.rfc8705 import (
     MAX_CERTIFICATE_BYTES,
     MAX_HEADER_CHARS,
@@ -534,24 +535,8 @@ def test_subject_email_must_be_a_plain_mailbox(ca: Issued, email: str, string_ty
         verify_chain([client.der, sub.der], [ca.cert], NOW)
 
 
-def rsa_key_with_exponent(bits: int, exponent_bits: int) -> rsa.RSAPrivateKey:
-    """An RSA key whose public exponent has *exponent_bits* bits, which no generator makes."""
-    base = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_numbers()
-    p, q = base.p, base.q
-    phi = (p - 1) * (q - 1)
-    e = (1 << (exponent_bits - 1)) | 1
-    while True:
-        try:
-            d = pow(e, -1, phi)
-            break
-        except ValueError:
-            e += 2
-    return rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p),
-                                 rsa.RSAPublicNumbers(e, p * q)).private_key()
-
-
 @pytest.mark.parametrize("make, where", [
-    (lambda: rsa_key_with_exponent(2048, 2000), "intermediate certificate 1"),
+    (lambda: pki.rsa_key_with_exponent(2048, 2000), "intermediate certificate 1"),
     (lambda: rsa.generate_private_key(public_exponent=3, key_size=2048), "intermediate certificate 1"),
     (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "client certificate"),
 ], ids=["ca-huge-exponent", "ca-e3", "leaf-rsa-1024"])

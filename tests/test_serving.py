@@ -202,24 +202,6 @@ def test_no_redirect_is_built_from_the_host_header(env) -> None:  # noqa: ANN001
 
 # -- client keys that would make the handshake expensive -------------------------------------
 
-def rsa_with_exponent(bits: int, exponent_bits: int) -> rsa.RSAPrivateKey:
-    """An RSA key whose public exponent is an odd number of *exponent_bits* bits, which no key
-    generator makes: the server's check of its signatures costs that many squarings."""
-    base = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_numbers()
-    p, q = base.p, base.q
-    phi = (p - 1) * (q - 1)
-    e = (1 << (exponent_bits - 1)) | 1
-    while True:
-        try:
-            d = pow(e, -1, phi)
-            break
-        except ValueError:
-            e += 2
-    numbers = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p),
-                                    rsa.RSAPublicNumbers(e, p * q))
-    return numbers.private_key()
-
-
 def self_signed_with(key, directory: Path, name: str) -> tuple[Path, Path]:  # noqa: ANN001
     subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -244,8 +226,8 @@ def handshake_ok(server: Server, files: tuple[Path, Path]) -> bool:
 
 
 @pytest.mark.parametrize("make, accepted", [
-    (lambda: rsa_with_exponent(2048, 2040), False),
-    (lambda: rsa_with_exponent(2048, 2), False),  # e = 3
+    (lambda: pki.rsa_key_with_exponent(2048, 2040), False),
+    (lambda: pki.rsa_key_with_exponent(2048, 2), False),  # e = 3
     (lambda: rsa.generate_private_key(public_exponent=65537, key_size=4096 + 1024), False),
     (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), False),
     (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), True),
@@ -427,7 +409,7 @@ def test_a_ca_key_no_ca_needs_is_refused_in_the_handshake(env, tmp_path) -> None
     client_id of some tls_client_auth client)."""
     server, _, _ = env
     subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Costly CA")])
-    key = rsa_with_exponent(2048, 2000)
+    key = pki.rsa_key_with_exponent(2048, 2000)
     now = datetime.datetime.now(datetime.timezone.utc)
     costly = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
               .public_key(key.public_key()).serial_number(x509.random_serial_number())
