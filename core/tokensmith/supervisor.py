@@ -100,7 +100,17 @@ def _worker(conf_dir: Path, sockets: list[socket.socket], others: list[socket.so
         ready.close()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
-    asyncio.run(serve(app, config, sockets=sockets, ready=announce, reload=lambda: reload_app(app)))
+    def reload() -> None:
+        # The supervisor's check accepted this configuration; a worker that cannot load it
+        # (a plugin that fails in this process only, or files changed since the check) must
+        # not go on serving the old one beside workers that serve the new: it stops, and the
+        # supervisor starts another, which loads what is on disk.
+        if not reload_app(app):
+            log.error("worker %d could not load the configuration the supervisor checked;"
+                      " it stops, and another worker starts in its place", os.getpid())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    asyncio.run(serve(app, config, sockets=sockets, ready=announce, reload=reload))
     # Not through multiprocessing's exit, which waits for every thread: one a plugin started
     # and never ended would keep the stopped worker alive.
     logging.shutdown()
