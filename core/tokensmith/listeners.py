@@ -266,6 +266,10 @@ class ListenerSet:
                     result = await asyncio.get_running_loop().run_in_executor(
                         _hook_pool(), functools.partial(_run_plain_hook, impl.function, args))
                 if isinstance(result, _PlainHookFailed):
+                    if result.raised:
+                        log.error("listener %s/%s raised in %s\n%s", listener.type, listener.name,
+                                  hook_name, result.text)
+                        raise ServerError("an internal error occurred")
                     self.fail(listener, hook_name, result.text)
         except OAuth2Error:
             raise
@@ -312,10 +316,10 @@ class ListenerSet:
 class _PlainHookFailed:
     """What a plain ``def`` hook did wrong, already put into words in its thread."""
 
-    __slots__ = ("text",)
+    __slots__ = ("text", "raised")
 
-    def __init__(self, text: str):
-        self.text = text
+    def __init__(self, text: str, raised: bool = False):
+        self.text, self.raised = text, raised
 
 
 def _run_plain_hook(function: Callable[..., Any], args: list[Any]) -> Any:
@@ -331,10 +335,10 @@ def _run_plain_hook(function: Callable[..., Any], args: list[Any]) -> Any:
         raise
     except BaseException as exc:  # noqa: B036 - SystemExit from a hook must not stop the server
         try:
-            text = "raised " + "".join(traceback.format_exception(exc)).rstrip()
+            text = "".join(traceback.format_exception(exc)).rstrip()
         except BaseException:  # noqa: B036 - even formatting it failed
-            text = f"raised {type(exc).__name__} (which could not be formatted)"
-        return _PlainHookFailed(text)
+            text = f"{type(exc).__name__} (which could not be formatted)"
+        return _PlainHookFailed(text, raised=True)
     try:
         awaitable = inspect.isawaitable(result)
     except BaseException:  # noqa: B036
