@@ -363,3 +363,76 @@ def test_oversized_identity_xml_is_refused(deployment, serve) -> None:  # noqa: 
     assert "larger than 1048576 bytes" in server.log()
     with server.client() as http:
         assert http.get("/oauth2/jwks").status_code == 200
+
+
+
+#: A plugin that, when imported in the supervisor's configuration check, writes to every pipe
+#: of its process what the file named by TS_ANSWER_MODE asks for: an answer forged to run
+#: code in the supervisor, one that is not an answer at all, or the start of one and then
+#: nothing.
+FORGER = textwrap.dedent("""
+    import multiprocessing, os, pickle, stat, time
+    from tokensmith import hookimpl
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + os.environ["TS_FORGED_MARK"],))
+
+    def _pipes():
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                fd = int(name)
+                if fd > 2 and stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    yield fd
+            except (OSError, ValueError):
+                pass
+
+    if multiprocessing.current_process().name == "tokensmith-check":
+        mode = open(os.environ["TS_ANSWER_MODE"]).read().strip()
+        data = {"pickle": pickle.dumps(Payload()), "garbage": b"not an answer",
+                "partial": b"[true, ["}[mode]
+        for fd in _pipes():
+            try:
+                os.set_blocking(fd, False)
+                os.write(fd, data)
+            except OSError:
+                pass
+        if mode == "partial":
+            time.sleep(120)
+
+    @hookimpl
+    def client_auth_methods():
+        return ["forger_method"]
+
+    @hookimpl
+    async def authenticate_client(request):
+        return None
+""")
+
+
+def test_the_supervisor_trusts_nothing_its_configuration_check_says(deployment, serve, make_wheel,
+                                                                     tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Plugin code runs in the supervisor's configuration check. Its answer used to be
+    unpickled by the supervisor (code from a dropped-in wheel ran there) and read with no
+    deadline (half an answer held the supervisor: no SIGTERM, no reaping). Now a forged or
+    garbled answer is a refused reload, and a check that never finishes leaves the supervisor
+    answering signals."""
+    mark, mode = tmp_path / "forged", tmp_path / "mode"
+    mode.write_text("garbage")
+    monkeypatch.setenv("TS_FORGED_MARK", str(mark))
+    monkeypatch.setenv("TS_ANSWER_MODE", str(mode))
+    server = serve(deployment, "--workers", "2")
+    shutil.copy(make_wheel("forger_auth", FORGER), deployment.dropins)
+    for number, kind in enumerate(("pickle", "garbage"), 1):
+        mode.write_text(kind)
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_log("reload refused", count=number)
+        refusal = [line for line in server.log().splitlines() if "reload refused" in line][-1]
+        assert "not its own" in refusal, refusal
+        assert server.process.poll() is None and not mark.exists()
+    mode.write_text("partial")
+    server.process.send_signal(signal.SIGHUP)
+    time.sleep(2)  # the check is stuck after half an answer
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 10 and not mark.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import textwrap
 
 import pytest
@@ -287,10 +288,24 @@ BLOCKING_SYNC = textwrap.dedent('''
     def client_auth_methods():
         return ["blocking_sync"]
 
+    class SlowToSay(Exception):
+        def __str__(self):
+            time.sleep(4)
+            return "slow"
+
+    class SlowToAwait:
+        def __await__(self):
+            time.sleep(4)
+            yield
+
     @hookimpl
     def authenticate_client(request):
         if request.form.get("block") == "sync":
             time.sleep(4)
+        if request.form.get("block") == "slowstr":
+            raise SlowToSay()
+        if request.form.get("block") == "slowawait":
+            return SlowToAwait()
         return None
 ''')
 
@@ -356,3 +371,99 @@ def test_blocking_hooks_are_cut_off(deployment, serve, make_wheel) -> None:  # n
     log = server.log()
     assert "blocking_sync failed in authenticate_client: no answer within 1 s" in log
     assert "blocking_async failed in authenticate_client: held the event loop for 2." in log
+
+
+def test_a_plain_hook_cannot_block_the_loop_through_what_it_returns(deployment, serve, make_wheel) -> None:  # noqa: ANN001
+    """A plain def hook's exception is formatted in its thread (a __str__ that sleeps used to
+    run on the event loop, in the log call), and an awaitable it returns is refused, not
+    awaited on the loop (an __await__ that sleeps stalled every request, unlogged)."""
+    import concurrent.futures
+    import time
+
+    shutil.copy(make_wheel("blocking_sync", BLOCKING_SYNC), deployment.dropins)
+    deployment.oauth = "<ListenerTimeoutSeconds>1</ListenerTimeoutSeconds>"
+    deployment.write()
+    client = basic_client(deployment)
+    server = serve(deployment)
+    auth = (client["client_id"], client["client_secret"])
+
+    def timed(block: str | None) -> tuple[int, float]:
+        with server.client() as http:
+            started = time.monotonic()
+            data = {"grant_type": "client_credentials", **({"block": block} if block else {})}
+            response = http.post("/oauth2/token", auth=auth, data=data)
+            return response.status_code, time.monotonic() - started
+
+    assert timed(None)[0] == 200  # warm
+    for block in ("slowstr", "slowawait"):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(timed, block)
+            time.sleep(0.3)
+            status, took = timed(None)
+            assert status == 200 and took < 0.6, (block, took)
+            assert slow.result()[0] == 500, block
+    server.wait_for_log("blocking_sync failed in authenticate_client: returned an awaitable")
+
+
+NEVER_ENDING_THREAD = textwrap.dedent('''
+    import threading
+    import time
+    from tokensmith import hookimpl
+
+    threading.Thread(target=time.sleep, args=(3600,), name="plugin-forever").start()
+
+    @hookimpl
+    def client_auth_methods():
+        return ["forever_method"]
+
+    @hookimpl
+    async def authenticate_client(request):
+        return None
+''')
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_plugin_thread_does_not_keep_a_stopped_server_alive(deployment, make_wheel, workers) -> None:  # noqa: ANN001
+    """A plugin that starts a thread and never ends it: the server still stops on SIGINT
+    (the interpreter used to wait for that thread after printing "tokensmith stopped")."""
+    import time
+
+    from conftest import start_server
+
+    shutil.copy(make_wheel("forever_thread", NEVER_ENDING_THREAD), deployment.dropins)
+    server = start_server(deployment, "--workers", workers)
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 8
+
+
+def test_a_sighup_before_the_server_is_ready_is_a_reload_not_a_kill(deployment) -> None:  # noqa: ANN001
+    """SIGHUP while `tokensmith serve` is still starting is held until the reload handler
+    exists, then reloads; it used to end the process with status 129 and no word."""
+    import subprocess
+    import sys as _sys
+    import time
+
+    from conftest import TOKENSMITH
+
+    process = subprocess.Popen([TOKENSMITH, "serve", "--conf", str(deployment.conf)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(0.25)  # importing, loading plugins: no handler yet
+        process.send_signal(signal.SIGHUP)
+        assert process.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any("reloaded:" in line for line in lines):
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        assert process.poll() is None, (process.returncode, lines)
+        assert any("reloaded:" in line for line in lines), lines
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+        if process.stdout is not None:
+            process.stdout.close()
+    assert _sys.platform != "linux" or process.returncode == 0

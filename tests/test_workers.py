@@ -303,3 +303,61 @@ def test_workers_stop_when_the_supervisor_is_killed(deployment) -> None:  # noqa
                     os.kill(pid, signal.SIGKILL)
             except (FileNotFoundError, ProcessLookupError):
                 pass
+
+
+FAILS_IN_ONE_WORKER = """
+import os
+from tokensmith import hookimpl
+
+@hookimpl
+def client_auth_methods():
+    return ["flaky_method"]
+
+@hookimpl
+def listener_configure(listener):
+    marked = listener.properties.get("failIn")
+    if marked and open(marked).read().strip() == str(os.getpid()):
+        raise ValueError("this worker cannot configure me")
+
+@hookimpl
+async def authenticate_client(request):
+    return None
+"""
+
+
+def test_a_worker_that_cannot_load_a_checked_reload_is_replaced(deployment, make_wheel, tmp_path) -> None:  # noqa: ANN001
+    """The supervisor's check accepts a new configuration, and one worker then fails to load
+    it: that worker used to go on serving the old configuration beside one serving the new
+    (an authenticator an operator disabled stayed on for half the requests). It now stops,
+    and its replacement loads the new configuration."""
+    import json
+
+    marker = tmp_path / "fail-in"
+    marker.write_text("none")
+    shutil.copy(make_wheel("flaky_auth", FAILS_IN_ONE_WORKER), deployment.dropins)
+    deployment.listeners += (f'\n<EventListener type="ClientAuthenticator" name="flaky_auth" orderId="50">'
+                             f'<Property name="failIn">{marker}</Property></EventListener>')
+    deployment.write()
+    server = start_server(deployment, "--workers", "2")
+    try:
+        marker.write_text(str(workers_of(server)[0]))
+        deployment.listeners = deployment.listeners.replace(
+            'name="basic_auth" orderId="100" enable="true"', 'name="basic_auth" orderId="100" enable="false"')
+        deployment.write()
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_log("could not load the configuration the supervisor checked")
+        deadline = time.monotonic() + 30
+        methods: list[list[str]] = []
+        while time.monotonic() < deadline:
+            methods = []
+            for _ in range(12):
+                with server.client() as http:  # a new connection each: either worker may answer
+                    meta = http.get("/.well-known/oauth-authorization-server").json()
+                methods.append(meta["token_endpoint_auth_methods_supported"])
+            if not any("client_secret_basic" in m for m in methods):
+                break
+            time.sleep(0.5)
+        assert not any("client_secret_basic" in m for m in methods), json.dumps(methods)
+        assert server.process.poll() is None
+    finally:
+        server.stop()

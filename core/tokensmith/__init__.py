@@ -6,6 +6,17 @@ objects hooks receive and return, and the OAuth error classes they may raise.
 
 from __future__ import annotations
 
+import os as _os
+import signal as _signal
+import sys as _sys
+
+if _os.path.basename(_sys.argv[0]) == "tokensmith" and _sys.argv[1:2] == ["serve"]:
+    # SIGHUP means "reload" to a running server but kills the process until a handler
+    # exists: one sent while `tokensmith serve` starts (a config manager racing a restart)
+    # stopped it silently. Held from here, before the slow imports, until serve() or the
+    # supervisor can take it.
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGHUP})
+
 from .clientauth import AuthenticatedClient, ClientAuthRequest
 from .errors import (
     InvalidClientError,

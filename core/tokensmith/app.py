@@ -242,7 +242,13 @@ def inspect_listeners(config: Config, identity: IdentitySettings | None = None,
 def one_line(exc: BaseException) -> str:
     """*exc* as one log line: a ``ConfigError``'s message as it is, anything else with its type."""
     text = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
-    return " ".join(text.splitlines())
+    text = " ".join(text.splitlines())
+    # A bad value quoted whole (a 900 KB attribute) would make every refused reload a 900 KB
+    # log line.
+    return text if len(text) <= _MAX_LINE else text[:_MAX_LINE] + " [...]"
+
+
+_MAX_LINE = 2000
 
 
 def reload_app(app: Quart) -> bool:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -138,7 +139,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(app, config, sockets=sockets, ready=ready, reload=lambda: reload_app(app)))
         status = 0
     print("tokensmith stopped", flush=True)
-    return status
+    # Without waiting for threads a plugin started and never ended: they would keep a
+    # stopped server's process alive.
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(status)
 
 
 def cmd_plugins_build(args: argparse.Namespace) -> int:
@@ -174,6 +179,10 @@ def cmd_plugins_pin(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if list(argv if argv is not None else sys.argv[1:])[:1] == ["serve"]:
+        # As the package does when imported for `tokensmith serve` (see __init__), for callers
+        # that reach serve another way.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     parser, handlers = _parser()
     args = parser.parse_args(argv)
     action = getattr(args, f"{args.command}_command", None)

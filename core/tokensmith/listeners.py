@@ -17,8 +17,9 @@ import logging
 import queue
 import re
 import threading
+import traceback
 import time
-from collections.abc import Coroutine, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -257,15 +258,19 @@ class ListenerSet:
             args = self._args(impl, kwargs)
             if self._is_async[key]:
                 result = await _eagerly(impl.function(*args), self.timeout)
+                if inspect.isawaitable(result):
+                    async with asyncio.timeout(self.timeout):
+                        result = await result
             else:
                 async with asyncio.timeout(self.timeout):
                     result = await asyncio.get_running_loop().run_in_executor(
-                        _hook_pool(), functools.partial(impl.function, *args))
-            if inspect.iscoroutine(result):
-                result = await _eagerly(result, self.timeout)
-            elif inspect.isawaitable(result):
-                async with asyncio.timeout(self.timeout):
-                    result = await result
+                        _hook_pool(), functools.partial(_run_plain_hook, impl.function, args))
+                if isinstance(result, _PlainHookFailed):
+                    if result.raised:
+                        log.error("listener %s/%s raised in %s\n%s", listener.type, listener.name,
+                                  hook_name, result.text)
+                        raise ServerError("an internal error occurred")
+                    self.fail(listener, hook_name, result.text)
         except OAuth2Error:
             raise
         except asyncio.TimeoutError:
@@ -306,6 +311,44 @@ class ListenerSet:
             except OAuth2Error as error:
                 log.error("listener %s/%s raised %s in %s, which cannot change the outcome",
                           listener.type, listener.name, error.error, hook_name)
+
+
+class _PlainHookFailed:
+    """What a plain ``def`` hook did wrong, already put into words in its thread."""
+
+    __slots__ = ("text", "raised")
+
+    def __init__(self, text: str, raised: bool = False):
+        self.text, self.raised = text, raised
+
+
+def _run_plain_hook(function: Callable[..., Any], args: list[Any]) -> Any:
+    """Run a plain ``def`` hook in a hook thread, and everything its result or failure needs.
+
+    Whatever of the plugin's could block runs here, never on the event loop: its exception is
+    formatted here (a ``__str__`` may sleep), and an awaitable it returns is refused rather
+    than awaited on the loop (its ``__await__`` may sleep too). OAuth errors pass through.
+    """
+    try:
+        result = function(*args)
+    except OAuth2Error:
+        raise
+    except BaseException as exc:  # noqa: B036 - SystemExit from a hook must not stop the server
+        try:
+            text = "".join(traceback.format_exception(exc)).rstrip()
+        except BaseException:  # noqa: B036 - even formatting it failed
+            text = f"{type(exc).__name__} (which could not be formatted)"
+        return _PlainHookFailed(text, raised=True)
+    try:
+        awaitable = inspect.isawaitable(result)
+    except BaseException:  # noqa: B036
+        awaitable = True
+    if awaitable:
+        if inspect.iscoroutine(result):
+            result.close()
+        return _PlainHookFailed("returned an awaitable from a plain def hook; write the hook as"
+                                " async def to await")
+    return result
 
 
 async def _eagerly(coro: Coroutine[Any, Any, Any], timeout: float) -> Any:

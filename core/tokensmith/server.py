@@ -357,6 +357,9 @@ async def serve(
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        # `tokensmith serve` holds SIGHUP until now (cli.main): one that came early is
+        # delivered to the handler, as a reload.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     if sockets is None:
         sockets = bind(config)[0]
 

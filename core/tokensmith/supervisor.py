@@ -22,6 +22,7 @@ supervisor's private temporary directory, removed when the worker is reaped.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import multiprocessing
 import os
@@ -99,23 +100,68 @@ def _worker(conf_dir: Path, sockets: list[socket.socket], others: list[socket.so
         ready.close()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
-    asyncio.run(serve(app, config, sockets=sockets, ready=announce, reload=lambda: reload_app(app)))
+    def reload() -> None:
+        # The supervisor's check accepted this configuration; a worker that cannot load it
+        # (a plugin that fails in this process only, or files changed since the check) must
+        # not go on serving the old one beside workers that serve the new: it stops, and the
+        # supervisor starts another, which loads what is on disk.
+        if not reload_app(app):
+            log.error("worker %d could not load the configuration the supervisor checked;"
+                      " it stops, and another worker starts in its place", os.getpid())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    asyncio.run(serve(app, config, sockets=sockets, ready=announce, reload=reload))
+    # Not through multiprocessing's exit, which waits for every thread: one a plugin started
+    # and never ended would keep the stopped worker alive.
+    logging.shutdown()
+    os._exit(0)
 
 
-def _check(config: Config, unpack: Path, answer: Connection) -> None:
-    """In a child: load dropins/ and the new identity.xml as a worker would; answer with
-    ``(True, [listener descriptions])`` or ``(False, one line)``."""
+def _check(config: Config, unpack: Path, answer: int, listening: list[socket.socket],
+           parent: int) -> None:
+    """In a child: load dropins/ and the new identity.xml as a worker would; answer on the
+    pipe *answer* with JSON, ``[true, [listener descriptions]]`` or ``[false, "one line"]``.
+
+    Plugin code runs here, so nothing it could touch is trusted by the supervisor: the answer
+    is plain JSON read with a size cap and a deadline (never pickle, whose loading runs code),
+    the listening sockets are closed before any plugin is imported, and the check dies with
+    the supervisor.
+    """
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    _die_with_parent(parent)
+    for sock in listening:
+        sock.close()
     from .app import inspect_listeners, one_line
 
     try:
         identity = load_identity(config.identity.path)
         listeners = inspect_listeners(config, identity, unpack)
-        answer.send((True, [item.describe() for item in listeners]))
+        reply: list[Any] = [True, [item.describe() for item in listeners]]
     except BaseException as exc:  # noqa: B036 - the whole point: any failure is one line
-        answer.send((False, one_line(exc)))
+        reply = [False, one_line(exc)]
     finally:
         shutil.rmtree(unpack, ignore_errors=True)
+    data = json.dumps(reply).encode()
+    with os.fdopen(answer, "wb") as out:
+        out.write(data)
+
+
+#: The most bytes a configuration check may answer (listener descriptions or one line).
+MAX_CHECK_ANSWER = 1 << 20
+
+
+def _parse_check_answer(data: bytes) -> tuple[bool, Any]:
+    """The check's answer, if it has the one shape a check gives; a refusal otherwise."""
+    try:
+        ok, payload = json.loads(data)
+    except (ValueError, TypeError):
+        return False, "the configuration check gave an answer that is not its own"
+    if ok is False and isinstance(payload, str):
+        return False, payload
+    if ok is True and isinstance(payload, list) and all(
+            isinstance(item, dict) and all(isinstance(key, str) for key in item) for item in payload):
+        return True, payload
+    return False, "the configuration check gave an answer that is not its own"
 
 
 class _Stop(Exception):
@@ -138,7 +184,7 @@ class _Supervisor:
         self.ready: set[int] = set()
         self.deaths: list[list[float]] = [[] for _ in range(workers)]
         self.restart_at: dict[int, float] = {}
-        self.checker: tuple[BaseProcess, Connection, float, Path] | None = None
+        self.checker: tuple[BaseProcess, int, float, Path, bytearray] | None = None
         self.check_again = False
 
     def _path(self, kind: str) -> Path:
@@ -160,33 +206,43 @@ class _Supervisor:
     # -- configuration checks in a child ---------------------------------------------------
 
     def start_check(self) -> None:
-        receiver, sender = self.context.Pipe(duplex=False)
+        receiver, sender = os.pipe()
+        os.set_blocking(receiver, False)
         unpack = self._path("check")
-        process = self.context.Process(target=_check, args=(self.config, unpack, sender),
-                                       name="tokensmith-check", daemon=False)
+        listening = [sock for sockets in self.sockets for sock in sockets]
+        process = self.context.Process(target=_check, name="tokensmith-check", daemon=False,
+                                       args=(self.config, unpack, sender, listening, os.getpid()))
         process.start()
-        sender.close()
-        self.checker = (process, receiver, time.monotonic() + CHECK_TIMEOUT, unpack)
+        os.close(sender)
+        self.checker = (process, receiver, time.monotonic() + CHECK_TIMEOUT, unpack, bytearray())
 
     def check_result(self) -> tuple[bool, Any] | None:
-        """The running check's answer once it has one, else None."""
+        """The running check's answer once it has one, else None. Reads only what is there:
+        a check that writes part of an answer and stops cannot hold the supervisor."""
         assert self.checker is not None
-        process, receiver, deadline, unpack = self.checker
+        process, receiver, deadline, unpack, received = self.checker
         answer: tuple[bool, Any] | None = None
-        if receiver.poll():
+        while answer is None:
             try:
-                answer = receiver.recv()
-            except (EOFError, OSError):
-                answer = (False, "the configuration check exited without an answer"
-                                 f" (status {process.exitcode})")
-        elif time.monotonic() > deadline:
+                chunk = os.read(receiver, 65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                answer = (False, f"the configuration check's answer could not be read: {exc}")
+                break
+            if not chunk:  # the check closed its end: its whole answer is here
+                answer = (_parse_check_answer(bytes(received)) if received else
+                          (False, f"the configuration check exited without an answer"
+                                  f" (status {process.exitcode})"))
+            elif len(received) + len(chunk) > MAX_CHECK_ANSWER:
+                answer = (False, "the configuration check's answer is too large")
+            else:
+                received += chunk
+        if answer is None and time.monotonic() > deadline:
             answer = (False, f"the configuration check took more than {CHECK_TIMEOUT:g} s")
-        elif not process.is_alive() and not receiver.poll():
-            answer = (False, "the configuration check exited without an answer"
-                             f" (status {process.exitcode})")
         if answer is None:
             return None
-        receiver.close()
+        os.close(receiver)
         if process.is_alive():
             process.kill()
         process.join()
@@ -272,11 +328,11 @@ class _Supervisor:
 
     def shutdown(self) -> None:
         if self.checker is not None:
-            process, receiver, _, unpack = self.checker
+            process, receiver, _, unpack, _ = self.checker
             if process.is_alive():
                 process.kill()
             process.join()
-            receiver.close()
+            os.close(receiver)
         for process in self.processes:
             if process is not None and process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
