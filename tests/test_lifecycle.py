@@ -157,14 +157,16 @@ def test_a_token_stored_while_its_user_was_removed_is_inactive(env) -> None:  # 
     token after the removal revoked the user's tokens (an outside review won 3 races in 3).
     A token whose user no longer exists is inactive whenever it was stored."""
     c = client(env, "password")
-    owner = password_grant(env, c, "hal").json()
     with SQLiteStorage(env.deployment.database) as store:
-        user = store.get_user("hal")
-        assert user is not None and store.remove_user("hal")
+        store.add_user(User("racer", hash_secret(PASSWORD)))
+    owner = password_grant(env, c, "racer").json()
+    with SQLiteStorage(env.deployment.database) as store:
+        user = store.get_user("racer")
+        assert user is not None and store.remove_user("racer")
         value = "raced-" + base64.urlsafe_b64encode(bytes(24)).decode()
         now = int(time.time())
         store.add_tokens([TokenRecord(token_hash(value), "access", str(c["client_id"]), "read", now, now + 600,
-                                      username="hal", grant_id="raced-grant", user_id=user.user_id,
+                                      username="racer", grant_id="raced-grant", user_id=user.user_id,
                                       grant_type="password")])
     assert introspect(env, value, c) == {"active": False}
     assert introspect(env, owner["access_token"], c) == {"active": False}
