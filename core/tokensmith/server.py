@@ -184,16 +184,18 @@ def refused(scope: dict[str, Any]) -> int:
         return 431
     if b"#" in scope["raw_path"] or b"#" in scope["query_string"]:
         return 400  # RFC 9112 §3.2: a request target has no fragment
+    size = len(scope["raw_path"]) + len(scope["query_string"])
+    framing = 0
     for name, value in headers:
-        if name == b"host" and not valid_host(value):
-            return 400  # RFC 9112 §3.2
+        size += len(name) + len(value) + 4
+        if name == b"host":
+            if not valid_host(value):
+                return 400  # RFC 9112 §3.2
+        elif name == b"content-length":
+            framing |= 1
+        elif name == b"transfer-encoding":
+            framing |= 2
     if version != "2":
-        size = len(scope["raw_path"]) + len(scope["query_string"])
-        framing = 0
-        for name, value in headers:
-            size += len(name) + len(value) + 4
-            if name in (b"content-length", b"transfer-encoding"):
-                framing |= 1 if name == b"content-length" else 2
         if size > MAX_HEAD_BYTES:
             return 431
         if framing == 3:
