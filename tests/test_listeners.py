@@ -331,16 +331,13 @@ BLOCKING_ASYNC = textwrap.dedent('''
 ''')
 
 
-def test_blocking_hooks_are_cut_off(deployment, serve, make_wheel) -> None:  # noqa: ANN001
-    """ListenerTimeoutSeconds 1: a plain def hook that sleeps 4 s runs in a thread, is
-    answered with server_error at the deadline, and an unrelated request meanwhile is served
-    at once; an async def hook that swallows its cancellation is dropped at the deadline; an
-    async def hook that blocks the loop for 2 s cannot be interrupted, but its result is
-    discarded (server_error) and it is named in the log."""
-    import concurrent.futures
+def blocking_server(deployment, serve, make_wheel, wheels: dict[str, str]):  # noqa: ANN001, ANN201
+    """A server with ListenerTimeoutSeconds 1 and the plugins *wheels* (name: source), warmed
+    up; and a function that asks for a token with form field block=BLOCK and returns the
+    status and how long the answer took."""
     import time
 
-    for name, code in (("blocking_sync", BLOCKING_SYNC), ("blocking_async", BLOCKING_ASYNC)):
+    for name, code in wheels.items():
         shutil.copy(make_wheel(name, code), deployment.dropins)
     deployment.oauth = "<ListenerTimeoutSeconds>1</ListenerTimeoutSeconds>"
     deployment.write()
@@ -356,6 +353,20 @@ def test_blocking_hooks_are_cut_off(deployment, serve, make_wheel) -> None:  # n
             return response.status_code, time.monotonic() - started
 
     assert timed(None)[0] == 200  # warm
+    return server, timed
+
+
+def test_blocking_hooks_are_cut_off(deployment, serve, make_wheel) -> None:  # noqa: ANN001
+    """ListenerTimeoutSeconds 1: a plain def hook that sleeps 4 s runs in a thread, is
+    answered with server_error at the deadline, and an unrelated request meanwhile is served
+    at once; an async def hook that swallows its cancellation is dropped at the deadline; an
+    async def hook that blocks the loop for 2 s cannot be interrupted, but its result is
+    discarded (server_error) and it is named in the log."""
+    import concurrent.futures
+    import time
+
+    server, timed = blocking_server(deployment, serve, make_wheel,
+                                    {"blocking_sync": BLOCKING_SYNC, "blocking_async": BLOCKING_ASYNC})
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         slow = pool.submit(timed, "sync")
         time.sleep(0.3)
@@ -380,21 +391,7 @@ def test_a_plain_hook_cannot_block_the_loop_through_what_it_returns(deployment, 
     import concurrent.futures
     import time
 
-    shutil.copy(make_wheel("blocking_sync", BLOCKING_SYNC), deployment.dropins)
-    deployment.oauth = "<ListenerTimeoutSeconds>1</ListenerTimeoutSeconds>"
-    deployment.write()
-    client = basic_client(deployment)
-    server = serve(deployment)
-    auth = (client["client_id"], client["client_secret"])
-
-    def timed(block: str | None) -> tuple[int, float]:
-        with server.client() as http:
-            started = time.monotonic()
-            data = {"grant_type": "client_credentials", **({"block": block} if block else {})}
-            response = http.post("/oauth2/token", auth=auth, data=data)
-            return response.status_code, time.monotonic() - started
-
-    assert timed(None)[0] == 200  # warm
+    server, timed = blocking_server(deployment, serve, make_wheel, {"blocking_sync": BLOCKING_SYNC})
     for block in ("slowstr", "slowawait"):
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             slow = pool.submit(timed, block)
