@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tokensmith.keystore import generate_dev_keystore
-from tokensmith.wheelbuild import build_plugin
+from tokensmith.security.keystore import generate_dev_keystore
+from tokensmith.listeners.wheelbuild import build_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENSMITH = str(Path(sys.executable).with_name("tokensmith"))

@@ -1,7 +1,7 @@
 """Both HTTP/1.1 lanes of server.py around one echo app, for the differential tests.
 
 ``python tests/lanes.py CONF_DIR`` serves the connectors of CONF_DIR/server.xml (the tests write
-one per lane) through ``tokensmith.server.serve``, the code ``tokensmith serve`` runs, with an
+one per lane) through ``tokensmith.http.server.serve``, the code ``tokensmith serve`` runs, with an
 ASGI app that answers every request with a JSON account of what reached it: the scope's
 method, paths, version, headers and the whole body. It prints one ``lane URL`` line per
 connector once all accept, and stops on SIGTERM.
@@ -14,8 +14,8 @@ import json
 import sys
 from typing import Any
 
-from tokensmith.config import load_config
-from tokensmith.server import serve
+from tokensmith.config.settings import load_config
+from tokensmith.http.server import serve
 
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -1,4 +1,4 @@
-"""Certificate facts for mutual-TLS client authentication (tokensmith.rfc8705).
+"""Certificate facts for mutual-TLS client authentication (tokensmith.security.x509).
 
 Every certificate is generated here with ``cryptography``, valid around a fixed instant
 ``NOW`` so that no test depends on the wall clock; the one exception is RFC 8705's own
@@ -24,7 +24,7 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import pki
-from tokensmith.rfc8705 import (
+from tokensmith.security.x509 import (
     MAX_CERTIFICATE_BYTES,
     MAX_HEADER_CHARS,
     MAX_INTERMEDIATES,

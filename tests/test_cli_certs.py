@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import TOKENSMITH
-from tokensmith import cli_clients
+from tokensmith.cli import clients as cli_clients
 
 NEW_SUBCOMMANDS = [["sp", "update"], ["truststore"], ["truststore", "import"],
                    ["truststore", "list"], ["truststore", "remove"]]

@@ -19,8 +19,8 @@ import pytest
 
 import pki
 from conftest import DEFAULT_LISTENERS, ROOT, Server, new_deployment, start_server
-from tokensmith.sqlite_store import SQLiteStorage
-from tokensmith.storage import Client
+from tokensmith.storage.sqlite import SQLiteStorage
+from tokensmith.models import Client
 
 PASSWORD = "a long passphrase"
 METHODS = ("client_secret_basic", "client_secret_post", "tls_client_auth",

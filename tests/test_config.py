@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tokensmith.config import load_config
-from tokensmith.xmlconf import ConfigError
+from tokensmith.config.settings import load_config
+from tokensmith.config.xml import ConfigError
 
 XXE = """<?xml version="1.0"?>
 <!DOCTYPE Identity [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from conftest import start_server
-from tokensmith.kdf import token_hash
+from tokensmith.security.hashing import token_hash
 
 
 def test_kill_9_under_load_loses_no_issued_token(deployment, capsys) -> None:  # noqa: ANN001

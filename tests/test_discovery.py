@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Deployment
-from tokensmith.config import (
+from tokensmith.config.settings import (
     Connector, IdentitySettings, KeystoreSettings, ServerSettings, public_urls, this_host)
 
 ENDPOINTS = ("token_endpoint", "introspection_endpoint", "revocation_endpoint")

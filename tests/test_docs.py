@@ -7,7 +7,7 @@ import re
 import pluggy
 
 from conftest import ROOT
-from tokensmith import hookspecs
+from tokensmith.oauth import hookspecs
 
 
 def hook_names() -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import StartupFailed, start_server
-from tokensmith.dropins import WheelError, check_wheel, scan_dropins
+from tokensmith.listeners.dropins import WheelError, check_wheel, scan_dropins
 
 HARMLESS = '''
 from pathlib import Path
@@ -213,7 +213,7 @@ def authenticate_client(request):
 def test_wheel_with_a_compiled_module_loads(deployment, serve, tmp_path) -> None:  # noqa: ANN001
     """A platform wheel with a C extension passes the checks and its extension imports."""
     from conftest import PLUGIN_PYPROJECT
-    from tokensmith.wheelbuild import build_plugin
+    from tokensmith.listeners.wheelbuild import build_plugin
 
     source = tmp_path / "compiled"
     source.mkdir()

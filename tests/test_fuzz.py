@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import pki
 from conftest import Server, new_deployment, start_server
 from tokensmith import cli
-from tokensmith.config import ConfigError, load_config
+from tokensmith.config.settings import ConfigError, load_config
 
 settings.register_profile("ci", max_examples=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -1,5 +1,5 @@
 """HTTP/1.1 as tokensmith serves it, byte by byte over real TLS, on both lanes: Hypercorn's
-(the default) and the llhttp one (core/tokensmith/http1.py, ``http1="llhttp"``).
+(the default) and the llhttp one (core/tokensmith/http/llhttp.py, ``http1="llhttp"``).
 
 Clients such as curl and httpx never send most of these requests; each test writes the bytes
 itself and reads the server's answer off the socket. Every test runs against both lanes.

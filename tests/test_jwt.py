@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 import pki
 from conftest import new_deployment
-from tokensmith.signing import SigningKeys
+from tokensmith.security.signing import SigningKeys
 
 
 def b64d(text: str) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokensmith import kdf
+from tokensmith.security import hashing as kdf
 
 
 def test_hash_verifies_only_the_right_secret() -> None:

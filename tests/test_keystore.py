@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import TOKENSMITH
-from tokensmith import tlsconf
-from tokensmith.config import Connector, load_config
-from tokensmith.keystore import load_keystore
-from tokensmith.xmlconf import ConfigError
+from tokensmith.http import tls as tlsconf
+from tokensmith.config.settings import Connector, load_config
+from tokensmith.security.keystore import load_keystore
+from tokensmith.config.xml import ConfigError
 
 PASSWORD = "s3cret-Ünïcode"
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey

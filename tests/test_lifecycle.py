@@ -23,9 +23,9 @@ import httpx
 import pytest
 
 from conftest import DEFAULT_LISTENERS, Deployment, Server, new_deployment, start_server
-from tokensmith.kdf import hash_secret, token_hash
-from tokensmith.sqlite_store import SQLiteStorage
-from tokensmith.storage import TokenRecord, User
+from tokensmith.security.hashing import hash_secret, token_hash
+from tokensmith.storage.sqlite import SQLiteStorage
+from tokensmith.models import TokenRecord, User
 
 PASSWORD = "correct horse battery staple"
 

@@ -168,7 +168,7 @@ def test_server_xml_example_is_the_shipped_file() -> None:
 
 def test_configuration_examples_are_valid() -> None:
     """The server.xml and identity.xml examples in README.md validate against the shipped schemas."""
-    from tokensmith.xmlconf import _schema
+    from tokensmith.config.xml import _schema
 
     blocks = re.findall(r"```xml\n(.*?)```", README, re.S)
     checked = 0

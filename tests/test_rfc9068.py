@@ -1,4 +1,4 @@
-"""JWT access tokens (tokensmith.rfc9068): claims, signing and the resource server's checks.
+"""JWT access tokens (tokensmith.oauth.jwt): claims, signing and the resource server's checks.
 
 Tokens are taken apart and their signatures checked here with the standard library and
 ``cryptography`` directly, and bad tokens are forged by hand, so that the encoder and the
@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from tokensmith.rfc9068 import (
+from tokensmith.oauth.jwt import (
     MAX_TOKEN_CHARS, TokenInvalid, access_token_claims, decode_access_token, encode_access_token)
-from tokensmith.signing import SigningKey, SigningKeys
+from tokensmith.security.signing import SigningKey, SigningKeys
 
 NOW = 1_900_000_000
 ISSUER = "https://as.example.com"

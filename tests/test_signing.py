@@ -1,4 +1,4 @@
-"""Token-signing keys and the keyring (tokensmith.signing).
+"""Token-signing keys and the keyring (tokensmith.security.signing).
 
 Signatures are checked with ``cryptography`` directly and thumbprints are computed by hand
 here, so that the module is not only tested against itself.
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from tokensmith.signing import (
+from tokensmith.security.signing import (
     SigningKey, SigningKeyError, SigningKeys, VerificationKey, b64url_decode, b64url_encode,
     jwk_thumbprint)
 
@@ -328,7 +328,7 @@ def test_stray_and_renamed_files_are_skipped_with_a_warning(
     shutil.copy(keyring.directory / new_name, keyring.directory / "hand-made.pem")
     # the newer key's file now holds the older key: its name no longer tells the truth
     (keyring.directory / new_name).write_bytes((keyring.directory / old_name).read_bytes())
-    with caplog.at_level(logging.WARNING, logger="tokensmith.signing"):
+    with caplog.at_level(logging.WARNING, logger="tokensmith.security.signing"):
         assert [k.kid for k in SigningKeys(keyring.directory).all()] == [old.kid]
     assert "hand-made.pem" in caplog.text and "not a keyring file name" in caplog.text
     assert f"{new.kid}.pem" in caplog.text and "thumbprint" in caplog.text

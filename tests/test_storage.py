@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tokensmith import groupcommit
-from tokensmith.groupcommit import GroupCommit
-from tokensmith.sqlite_store import _RESTART_FRAMES, _SCHEMA_VERSION, SQLiteStorage
-from tokensmith.storage import Client, Issue, StorageError, TokenRecord
+from tokensmith.storage import groupcommit
+from tokensmith.storage.groupcommit import GroupCommit
+from tokensmith.storage.sqlite import _RESTART_FRAMES, _SCHEMA_VERSION, SQLiteStorage
+from tokensmith.models import Client, Issue, StorageError, TokenRecord
 
 # The first schema tokensmith shipped (user_version 1).
 SCHEMA_1 = """
@@ -292,7 +292,7 @@ def test_login_attempts_are_counted_before_the_check_across_connections(tmp_path
     """Two connections (two workers) taking attempts for one user and source get no more
     than the limit between them; another source is not affected; a success clears the
     count; after the lock the count starts afresh."""
-    from tokensmith.storage import LoginPolicy, User
+    from tokensmith.models import LoginPolicy, User
 
     path = tmp_path / "store.db"
     one, two = SQLiteStorage(path), SQLiteStorage(path)

@@ -1,4 +1,4 @@
-"""tokensmith.tls_accept: real TLS handshakes over 127.0.0.1 with certificates made per test."""
+"""tokensmith.http.tls_accept: real TLS handshakes over 127.0.0.1 with certificates made per test."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tokensmith import tls_accept
-from tokensmith.tls_accept import accept_any_client_certificate, peer_certificate_chain
+from tokensmith.http import tls_accept
+from tokensmith.http.tls_accept import accept_any_client_certificate, peer_certificate_chain
 
 Key = ec.EllipticCurvePrivateKey
 Issued = tuple[x509.Certificate, Key]

@@ -14,8 +14,8 @@ import pytest
 
 import pki
 from conftest import Server, new_deployment, start_server
-from tokensmith.config import load_config
-from tokensmith.tlsconf import server_context
+from tokensmith.config.settings import load_config
+from tokensmith.http.tls import server_context
 
 
 def host_port(server: Server, index: int = 0) -> tuple[str, int]:
@@ -298,7 +298,7 @@ def test_tls_passthrough_needs_nothing_special(server, tmp_path) -> None:  # noq
 
 def test_accepted_connections_get_tcp_nodelay(tmp_path, keystore, wheel_cache) -> None:  # noqa: ANN001
     """A connection accepted from the connector's socket has Nagle's algorithm turned off."""
-    from tokensmith.server import bind, no_delay
+    from tokensmith.http.server import bind, no_delay
 
     dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
     ((listening,),) = bind(load_config(dep.conf))

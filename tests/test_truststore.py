@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tokensmith.rfc8705 import CertificateError, verify_chain
-from tokensmith.truststore import TrustedCertificate, Truststore, TruststoreError
+from tokensmith.security.x509 import CertificateError, verify_chain
+from tokensmith.security.truststore import TrustedCertificate, Truststore, TruststoreError
 
 NOW = datetime.now(timezone.utc)  # import_ judges expiry by the real clock
 Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -135,7 +135,7 @@ def test_a_bad_file_is_skipped_with_a_warning(store: Truststore, root: Pair,
     store.import_("good", pem(root[0]))
     (store.directory / "broken.pem").write_bytes(b"this is not a certificate")
     (store.directory / "README.txt").write_text("ignored: not a .pem file")
-    with caplog.at_level(logging.WARNING, logger="tokensmith.truststore"):
+    with caplog.at_level(logging.WARNING, logger="tokensmith.security.truststore"):
         assert store.anchors() == [root[0]]
     assert "broken.pem" in caplog.text
     assert [e.alias for e in store.list()] == ["good"]

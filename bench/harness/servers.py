@@ -158,9 +158,9 @@ class Deployment:
         client: far too slow for 100,000). The client_ids are gen_clients.py's."""
         from cryptography import x509
 
-        from tokensmith.registration import registered_certificate
-        from tokensmith.sqlite_store import SQLiteStorage
-        from tokensmith.storage import Client
+        from tokensmith.oauth.registration import registered_certificate
+        from tokensmith.storage.sqlite import SQLiteStorage
+        from tokensmith.models import Client
 
         started = time.perf_counter()
         store = SQLiteStorage(self.root / "var" / "tokensmith.db")
@@ -208,7 +208,7 @@ def _ready(proc: Proc, pattern: str, timeout: float) -> tuple[str, float, float]
 def start_tokensmith(procs: Procs, dep: Deployment, work: Path, *, lane: str = "hypercorn",
                      workers: int = 1, cpus: str | None = "0", timeout: float = 60) -> Server:
     """`tokensmith serve` on *lane*'s conf directory; the server is labelled LANES[lane]."""
-    from tokensmith.config import load_config
+    from tokensmith.config.settings import load_config
 
     conf = dep.conf_for(lane)
     label = LANES[lane]

@@ -17,8 +17,8 @@ if _os.path.basename(_sys.argv[0]) == "tokensmith" and _sys.argv[1:2] == ["serve
     # supervisor can take it.
     _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGHUP})
 
-from .clientauth import AuthenticatedClient, ClientAuthRequest
-from .errors import (
+from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest
+from tokensmith.errors import (
     InvalidClientError,
     InvalidGrantError,
     InvalidRequestError,
@@ -27,10 +27,10 @@ from .errors import (
     ServerError,
     UnauthorizedClientError,
 )
-from .events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
-from .hookspecs import hookimpl
-from .listeners import Listener
-from .rfc8705 import (
+from tokensmith.oauth.events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
+from tokensmith.oauth.hookspecs import hookimpl
+from tokensmith.listeners.registry import Listener
+from tokensmith.security.x509 import (
     DN_MATCHING,
     FORWARDED_FORMATS,
     CertificateError,
@@ -41,7 +41,7 @@ from .rfc8705 import (
     verify_chain,
     x5t_s256,
 )
-from .storage import Client, RegisteredCertificate
+from tokensmith.models import Client, RegisteredCertificate
 
 __all__ = [
     "hookimpl",

@@ -14,8 +14,8 @@ CLIENT_CA as ca_certs. A client certificate is requested on every handshake and 
 CLIENT_CA (for self-signed client certificates: be one of them), so list there the certificates
 the load generator presents (gen_clients.py writes them to client-certs.pem).
 
-TLS_MODE=accept-any: the TLS policy tokensmith itself uses (tokensmith.tlsconf: TLS 1.2+, its
-TLS 1.2 suites, ALPN h2/http1.1, no renegotiation) with tokensmith.tls_accept's accept-any
+TLS_MODE=accept-any: the TLS policy tokensmith itself uses (tokensmith.http.tls: TLS 1.2+, its
+TLS 1.2 suites, ALPN h2/http1.1, no renegotiation) with tokensmith.http.tls_accept's accept-any
 verify callback (clientAuth "want"): any certificate the client proves is accepted, with no
 chain building. Needs the tokensmith package importable (it is, in /work/main/.venv).
 
@@ -94,10 +94,10 @@ class ReadyLogger(Logger):
 
 class AcceptAnyConfig(Config):
     def create_ssl_context(self) -> ssl.SSLContext:
-        from tokensmith.tls_accept import accept_any_client_certificate
-        from tokensmith.tlsconf import TLS12_CIPHERS
+        from tokensmith.http.tls_accept import accept_any_client_certificate
+        from tokensmith.http.tls import TLS12_CIPHERS
 
-        # The same policy as tokensmith.tlsconf.server_context, keystore from this config.
+        # The same policy as tokensmith.http.tls.server_context, keystore from this config.
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_ciphers(TLS12_CIPHERS)

@@ -1,0 +1,273 @@
+"""The Quart application: ``create_app(config)`` builds one, with its own plugin manager.
+
+Everything a request needs is in one immutable ``Runtime`` that a view takes once, at its
+start. A reload (SIGHUP) builds a new Runtime from identity.xml and dropins/ and swaps it in:
+new requests see the new listeners, requests in flight finish with the ones they started
+with, and an invalid configuration leaves the running one in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from quart import Quart, Response
+from werkzeug.exceptions import HTTPException
+
+from tokensmith.app.fastlane import NO_STORE, OAuthEndpoints
+from tokensmith.config.settings import Config, IdentitySettings, PublicUrls, load_identity, public_urls
+from tokensmith.listeners.dropins import DropinLoader
+from tokensmith.errors import OAuth2Error, ServerError, TemporarilyUnavailableError
+from tokensmith.security.hashing import VerifiedSecrets
+from tokensmith.listeners.registry import ListenerSet, build_listeners
+from tokensmith.security.signing import SigningKeys
+from tokensmith.storage.sqlite import SQLiteStorage
+from tokensmith.models import Storage, StorageError
+from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
+from tokensmith.security.truststore import Truststore
+from tokensmith.config.xml import ConfigError
+
+__all__ = ["create_app", "reload_app", "one_line", "inspect_listeners", "issuer_url", "public_urls_of",
+           "bound_ports", "Runtime", "runtime", "json_response", "NO_STORE"]
+
+log = logging.getLogger("tokensmith")
+
+
+_RUNTIME = "tokensmith"
+_LOADER = "tokensmith.loader"
+_URLS = "tokensmith.urls"  # set by server.serve once the sockets listen
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything one generation of the configuration serves with."""
+
+    config: Config
+    identity: IdentitySettings
+    storage: Storage
+    listeners: ListenerSet
+    issuer: TokenIssuer
+    truststore: Truststore
+    signing: SigningKeys
+    verified_secrets: VerifiedSecrets
+    generation: int
+
+
+def runtime(app: Quart) -> Runtime:
+    """The app's current Runtime; a view reads it once and keeps it for the whole request."""
+    return app.extensions[_RUNTIME]
+
+
+def json_response(body: dict[str, object], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+        headers={**NO_STORE, **(headers or {})},
+    )
+
+
+def bound_ports(urls: list[str] | None) -> list[int] | None:
+    """The ports in *urls*, the https URLs of the listening sockets, or None."""
+    return [urllib.parse.urlsplit(url).port or 443 for url in urls] if urls else None
+
+
+def public_urls_of(app: Quart) -> PublicUrls:
+    """The app's public URLs (RFC 8414 §2) under its current identity.xml."""
+    rt = runtime(app)
+    return public_urls(rt.config.server, rt.identity, bound_ports(app.extensions.get(_URLS)))
+
+
+def issuer_url(app: Quart) -> str:
+    """The issuer (RFC 8414 §2): identity.xml's <Issuer>, else the first connector's URL."""
+    return public_urls_of(app).issuer
+
+
+def _build_runtime(app: Quart, config: Config, identity: IdentitySettings, loader: DropinLoader,
+                   storage: Storage, truststore: Truststore, signing: SigningKeys,
+                   verified: VerifiedSecrets, generation: int) -> Runtime:
+    listeners = build_listeners(loader.load(identity.allowed_wheels), identity)
+    jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
+    issuer = TokenIssuer(storage, listeners, identity.access_token_lifetime,
+                         identity.refresh_token_lifetime, jwt, identity.refresh_token_max_lifetime)
+    return Runtime(config, identity, storage, listeners, issuer, truststore, signing, verified,
+                   generation)
+
+
+def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
+    """Build the app for *config*: storage, plugins from dropins/ and the listener order.
+
+    Wheels are unpacked under *unpack_root* (a new private temporary directory when None).
+    """
+    from tokensmith.oauth.endpoints import POST_ENDPOINTS, oauth
+
+    app = Quart("tokensmith")
+    # Routing never redirects: Werkzeug's redirects for merged or trailing slashes are built
+    # from the request's Host, which the client chooses (and a cacheable 308 to another host
+    # is an open redirect). A path that does not match exactly is a 404.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    loader = DropinLoader(config.server.dropins, unpack_root)
+    try:
+        storage = SQLiteStorage(config.server.database)
+        first = _build_runtime(app, config, config.identity, loader, storage,
+                               Truststore(config.server.truststore),
+                               SigningKeys(config.conf_dir / "security" / "signing"),
+                               VerifiedSecrets(), 1)
+    except BaseException:
+        loader.close()
+        raise
+
+    app.config["MAX_CONTENT_LENGTH"] = config.identity.max_body_bytes
+    app.extensions[_RUNTIME] = first
+    app.extensions[_LOADER] = loader
+    app.register_blueprint(oauth)
+    app.asgi_app = OAuthEndpoints(  # type: ignore[method-assign]
+        POST_ENDPOINTS, lambda: runtime(app), lambda: runtime(app).identity.max_body_bytes,
+        app.asgi_app)
+
+    purging: list[asyncio.Task] = []
+
+    @app.before_serving
+    async def start_maintenance() -> None:
+        runtime(app).storage.serving()
+        purging.append(asyncio.get_running_loop().create_task(_maintain(app)))
+
+    @app.after_serving
+    async def close() -> None:
+        for task in purging:
+            task.cancel()
+        runtime(app).storage.close()
+        loader.close()
+
+    @app.errorhandler(OAuth2Error)
+    async def oauth_error(error: OAuth2Error) -> Response:
+        return json_response(error.body(), error.status_code, error.headers)
+
+    @app.errorhandler(StorageError)
+    async def storage_error(error: StorageError) -> Response:
+        log.error("storage unavailable: %s", error)
+        return await oauth_error(TemporarilyUnavailableError("storage is unavailable"))
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        # Only the OAuth POST endpoints answer with RFC 6749 §5.2 error JSON (app/fastlane.py serves
+        # them, never this handler). Anything else is plain HTTP: a 404 is a 404, and a 405
+        # says in Allow which methods the resource has (RFC 9110 §15.5.6).
+        status = error.code or 500
+        headers = {"Cache-Control": "no-store"}
+        if status == 405:
+            headers["Allow"] = ", ".join(sorted(set(getattr(error, "valid_methods", None) or ["GET"])))
+        return Response(f"{status} {error.name}\n", status=status, headers=headers,
+                        content_type="text/plain; charset=utf-8")
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error")
+        return await oauth_error(ServerError("an internal error occurred"))
+
+    return app
+
+
+CHECKPOINT_INTERVAL = 1.0
+PURGE_INTERVAL = 60.0
+#: Expired tokens deleted per transaction: each batch holds the write lock briefly, and
+#: token requests take it between batches.
+PURGE_BATCH = 500
+#: Pause between batches, so that waiting token writes get the lock first.
+_PURGE_PAUSE = 0.005
+
+
+async def _maintain(app: Quart) -> None:
+    """Checkpoint the store every second, and delete expired tokens at start and then every
+    minute, so that the store does not grow without bound; both in a worker thread, off the
+    event loop, so that requests go on being served meanwhile."""
+    loop = asyncio.get_running_loop()
+    next_purge = loop.time()
+    while True:
+        await asyncio.sleep(CHECKPOINT_INTERVAL)
+        storage = runtime(app).storage
+        try:
+            await asyncio.to_thread(storage.checkpoint)
+        except StorageError as exc:
+            log.warning("checkpoint failed: %s", exc)
+        if loop.time() < next_purge:
+            continue
+        next_purge = loop.time() + PURGE_INTERVAL
+        try:
+            removed = await _purge(storage)
+        except StorageError as exc:
+            log.warning("purging expired tokens failed: %s", exc)
+            continue
+        if removed:
+            log.info("purged %d expired tokens", removed)
+
+
+async def _purge(storage: Storage) -> int:
+    """Delete the tokens expired now, PURGE_BATCH at a time; what a busy store leaves
+    undone, the next purge does."""
+    before, removed, busy = int(time.time()), 0, 0
+    while busy < 100:
+        count = await asyncio.to_thread(storage.purge_expired, before, PURGE_BATCH)
+        if count is None:
+            busy += 1
+        else:
+            removed += count
+            if count < PURGE_BATCH:
+                break
+        await asyncio.sleep(_PURGE_PAUSE)
+    return removed
+
+
+def inspect_listeners(config: Config, identity: IdentitySettings | None = None,
+                      unpack_root: Path | None = None) -> ListenerSet:
+    """Load dropins/ and order the listeners as a server would, without serving.
+
+    Used to check a configuration (``plugins list``, and the supervisor's check process
+    before the workers start or reload). The plugins are imported into this process.
+    """
+    identity = identity or config.identity
+    loader = DropinLoader(config.server.dropins, unpack_root)
+    try:
+        return build_listeners(loader.load(identity.allowed_wheels), identity)
+    finally:
+        loader.close()
+
+
+def one_line(exc: BaseException) -> str:
+    """*exc* as one log line: a ``ConfigError``'s message as it is, anything else with its type."""
+    text = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.splitlines())
+    # A bad value quoted whole (a 900 KB attribute) would make every refused reload a 900 KB
+    # log line.
+    return text if len(text) <= _MAX_LINE else text[:_MAX_LINE] + " [...]"
+
+
+_MAX_LINE = 2000
+
+
+def reload_app(app: Quart) -> bool:
+    """Re-read identity.xml and dropins/ and swap the result in; keep the old one on error.
+
+    Safe to call from a thread: the only shared write is one dict assignment.
+    """
+    current = runtime(app)
+    try:
+        identity = load_identity(current.identity.path)
+        new = _build_runtime(app, current.config, identity, app.extensions[_LOADER],
+                             current.storage, current.truststore, current.signing,
+                             current.verified_secrets, current.generation + 1)
+    except BaseException as exc:  # noqa: B036 - nothing read from disk may stop a running server
+        log.error("reload refused, still serving configuration %d: %s", current.generation,
+                  one_line(exc))
+        return False
+    app.config["MAX_CONTENT_LENGTH"] = identity.max_body_bytes
+    app.extensions[_RUNTIME] = new
+    log.info("reloaded: configuration %d with %d listeners", new.generation,
+             sum(1 for item in new.listeners if item.enabled))
+    return True

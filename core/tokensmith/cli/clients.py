@@ -1,0 +1,359 @@
+"""``tokensmith sp``: register, update, list and remove service providers (OAuth clients).
+
+Mutual-TLS clients (RFC 8705 §2) are registered here as WSO2's console does it: a
+``self_signed_tls_client_auth`` client with its "Application Certificate" (``--cert``), a
+``tls_client_auth`` client with the one subject attribute its CA-issued certificate must carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokensmith.security import hashing as kdf
+from tokensmith.cli.base import CLIError, Parser, open_storage, warn
+from tokensmith.config.settings import load_config
+from tokensmith.oauth.grants import GRANT_TYPES
+from tokensmith.oauth.registration import (
+    certificates_from_file, change_certificates, check_grant_types, check_registration, check_scope, check_text,
+    parse_fingerprint, printable, tls_subject, validity_warnings)
+from tokensmith.models import Client, RegisteredCertificate
+
+if TYPE_CHECKING:
+    from tokensmith.storage.sqlite import SQLiteStorage
+
+__all__ = ["add_commands", "client_view", "SECRET_METHODS", "KNOWN_METHODS"]
+
+SECRET_METHODS = ("client_secret_basic", "client_secret_post")
+SELF_SIGNED = "self_signed_tls_client_auth"
+PKI = "tls_client_auth"
+KNOWN_METHODS = (*SECRET_METHODS, PKI, SELF_SIGNED, "none")
+#: --option -> Client.tls_subject kind (RFC 8705 §2.1.2 metadata names).
+SUBJECT_OPTIONS = {
+    "subject_dn": "tls_client_auth_subject_dn",
+    "san_dns": "tls_client_auth_san_dns",
+    "san_uri": "tls_client_auth_san_uri",
+    "san_ip": "tls_client_auth_san_ip",
+    "san_email": "tls_client_auth_san_email",
+}
+
+Command = Callable[[argparse.Namespace], int]
+
+ADD_DESCRIPTION = """\
+Register a service provider and print its credentials as JSON. A client secret is shown only
+once. Mutual-TLS clients (RFC 8705) get no secret:
+self_signed_tls_client_auth registers the client's own certificate with --cert FILE (the
+"Application Certificate"); every certificate in a PEM file is registered, and --cert may be
+repeated, so a client can hold its current and its next certificate. tls_client_auth
+registers exactly one attribute that the client's CA-issued certificate must carry:
+--subject-dn, --san-dns, --san-uri, --san-ip or --san-email (its CA goes into the truststore:
+tokensmith truststore import)."""
+
+UPDATE_DESCRIPTION = """\
+Rotate the certificates of a self_signed_tls_client_auth client and print the updated client
+as JSON. --add-cert registers every certificate in FILE; --remove-cert takes a SHA-256
+fingerprint as `openssl x509 -noout -fingerprint -sha256` or `sp list --json` prints it
+(colons and case do not matter). Both may be repeated and combined; removing the last
+certificate is refused."""
+
+
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict[tuple[str, str], Command]:
+    """Add ``sp`` and its actions to *commands*; return their implementations."""
+    sp = commands.add_parser("sp", help="manage service providers (OAuth clients)",
+                             description="Register, update, list and remove service providers.")
+    actions = sp.add_subparsers(dest="sp_command", metavar="ACTION", parser_class=Parser)
+    actions.required = True
+
+    add = actions.add_parser("add", parents=[common], help="register a service provider",
+                             description=ADD_DESCRIPTION)
+    add.add_argument("name", help="a name for people to recognise the client by")
+    add.add_argument("--grant-type", action="append", dest="grant_types", required=True,
+                     metavar="GRANT", help="a grant type the client may use (repeatable): "
+                     + ", ".join(GRANT_TYPES) + "; a public client (--auth-method none) may not"
+                     " use client_credentials")
+    add.add_argument("--auth-method", required=True, metavar="METHOD",
+                     help="token_endpoint_auth_method (RFC 7591): " + ", ".join(KNOWN_METHODS))
+    add.add_argument("--scope", action="append", dest="scopes", default=[], metavar="SCOPE",
+                     help="a scope the client may ask for (repeatable)")
+    add.add_argument("--cert", action="append", dest="certs", default=[], type=Path,
+                     metavar="FILE", help="self_signed_tls_client_auth: a PEM (or DER) file with"
+                     " the client's certificate; every certificate in it is registered"
+                     " (repeatable)")
+    subject = add.add_mutually_exclusive_group()
+    subject.add_argument("--subject-dn", metavar="DN", help="tls_client_auth: the certificate's"
+                         " subject DN, RFC 4514, e.g. 'CN=client,O=Example,C=SE'")
+    subject.add_argument("--san-dns", metavar="NAME", help="tls_client_auth: a dNSName SAN")
+    subject.add_argument("--san-uri", metavar="URI", help="tls_client_auth: a URI SAN")
+    subject.add_argument("--san-ip", metavar="ADDRESS", help="tls_client_auth: an iPAddress SAN"
+                         " (IPv4 or IPv6)")
+    subject.add_argument("--san-email", metavar="ADDRESS", help="tls_client_auth: an"
+                         " rfc822Name SAN")
+    add.add_argument("--bind-tokens", action="store_true",
+                     help="client_secret_basic/post: bind the tokens to the TLS client"
+                     " certificate when the client presents one (RFC 8705 §3); mutual-TLS"
+                     " clients' tokens are always bound")
+    add.add_argument("--token-format", choices=("opaque", "jwt"), metavar="FORMAT",
+                     help="opaque or jwt (RFC 9068) access tokens for this client; default:"
+                     " identity.xml's <AccessTokenFormat>")
+    add.add_argument("--access-token-lifetime", type=_seconds, metavar="SECONDS",
+                     help="override identity.xml's <AccessTokenLifetime> for this client")
+    add.add_argument("--refresh-token-lifetime", type=_seconds, metavar="SECONDS",
+                     help="override identity.xml's <RefreshTokenLifetime> for this client")
+    add.add_argument("--refresh-token-max-lifetime", type=_seconds, metavar="SECONDS",
+                     help="override identity.xml's <RefreshTokenMaxLifetime> (a grant's"
+                     " absolute lifetime) for this client")
+    add.add_argument("--resource-server", action="store_true",
+                     help="the client is a resource server: it may introspect access tokens"
+                     " issued to other clients (RFC 7662 §4); others see only their own")
+    add.add_argument("--force", action="store_true",
+                     help="register a public client for the password grant all the same"
+                     " (RFC 9700 §2.4 says it must not be used)")
+
+    listing = actions.add_parser("list", parents=[common], help="list service providers",
+                                 description="List the registered service providers; --json"
+                                 " includes their certificates and subjects.")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    update = actions.add_parser("update", parents=[common],
+                                help="add or remove a client's certificates",
+                                description=UPDATE_DESCRIPTION)
+    update.add_argument("client_id", help="the client to change")
+    update.add_argument("--add-cert", action="append", dest="add_certs", default=[], type=Path,
+                        metavar="FILE", help="register the certificates in FILE (repeatable)")
+    update.add_argument("--remove-cert", action="append", dest="remove_certs", default=[],
+                        metavar="SHA256", help="unregister the certificate with this SHA-256"
+                        " fingerprint (repeatable)")
+
+    show = actions.add_parser("show", parents=[common], help="show one service provider",
+                              description="Print one service provider as JSON, as sp list --json"
+                              " does (never its secret).")
+    show.add_argument("client_id")
+
+    reset = actions.add_parser("reset-secret", parents=[common],
+                               help="give a client a new secret",
+                               description="Replace the client secret of a client_secret_basic or"
+                               " client_secret_post client and print the client with its new"
+                               " secret as JSON, once. The old secret stops working at once, also"
+                               " on a running server.")
+    reset.add_argument("client_id")
+
+    remove = actions.add_parser("remove", parents=[common], help="remove a service provider",
+                                description="Remove a service provider by client_id;"
+                                   " every token issued to it is revoked (RFC 7592 §2.3).")
+    remove.add_argument("client_id")
+    return {("sp", "add"): cmd_sp_add, ("sp", "list"): cmd_sp_list,
+            ("sp", "update"): cmd_sp_update, ("sp", "remove"): cmd_sp_remove,
+            ("sp", "show"): cmd_sp_show, ("sp", "reset-secret"): cmd_sp_reset_secret}
+
+
+def client_view(client: Client) -> dict[str, object]:
+    """What the sp commands print of *client*: its public view, with ``bind_tokens`` saying
+    what happens to its tokens (RFC 8705 §3, §4) rather than only the registered flag."""
+    view = client.public_view()
+    method = client.token_endpoint_auth_method
+    if method in (PKI, SELF_SIGNED):
+        view["bind_tokens"] = True
+        view["token_binding"] = "always: bound to the certificate the client authenticates with"
+    elif method in SECRET_METHODS and not client.bind_tokens:
+        view["bind_tokens"] = False
+        view["token_binding"] = "never: bearer tokens"
+    else:
+        view["bind_tokens"] = True
+        view["token_binding"] = ("bound to the TLS client certificate when the client presents"
+                                 " one; bearer tokens when it does not")
+    return view
+
+
+def _certificates(files: list[Path]) -> list[RegisteredCertificate]:
+    """Every certificate in *files*, each once; the same certificate twice is a mistake."""
+    found: dict[str, RegisteredCertificate] = {}
+    for path in files:
+        for cert in certificates_from_file(path):
+            if cert.sha256 in found:
+                raise CLIError(f"{path}: certificate {cert.sha256} ({cert.subject}) is given twice")
+            found[cert.sha256] = cert
+    return list(found.values())
+
+
+def _check_method_options(args: argparse.Namespace) -> tuple[str, str] | None:
+    """Refuse options that do not fit --auth-method; the chosen subject option, if any."""
+    method = args.auth_method
+    if method not in KNOWN_METHODS:
+        raise CLIError(f"unknown --auth-method {method!r}; use one of {', '.join(KNOWN_METHODS)}")
+    chosen = next(((option, getattr(args, option)) for option in SUBJECT_OPTIONS
+                   if getattr(args, option) is not None), None)
+    flag = f"--{chosen[0].replace('_', '-')}" if chosen else ""
+    if args.certs and method != SELF_SIGNED:
+        raise CLIError(f"--cert is for {SELF_SIGNED} clients, not {method}"
+                       + ("; a tls_client_auth client registers its subject instead" if method == PKI
+                          else ""))
+    if method == SELF_SIGNED and not args.certs:
+        raise CLIError(f"{SELF_SIGNED} needs the client's certificate: --cert FILE")
+    if chosen and method != PKI:
+        raise CLIError(f"{flag} is for {PKI} clients, not {method}")
+    if method == PKI and not chosen:
+        raise CLIError(f"{PKI} needs the subject its certificate must carry: one of --subject-dn,"
+                       " --san-dns, --san-uri, --san-ip, --san-email")
+    if args.bind_tokens and method not in SECRET_METHODS:
+        reason = ("its tokens are always bound to its certificate" if method in (PKI, SELF_SIGNED)
+                  else "it is for client_secret_basic and client_secret_post")
+        raise CLIError(f"--bind-tokens does not apply to a {method} client: {reason}")
+    return (SUBJECT_OPTIONS[chosen[0]], chosen[1]) if chosen else None
+
+
+def _seconds(text: str) -> int:
+    """A positive number of seconds, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if not 1 <= value <= 10 * 365 * 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1..315360000 seconds")
+    return value
+
+
+def new_client_id() -> str:
+    """A random client_id (144 bits) that never starts with '-'.
+
+    A leading '-' (1 in 64 of token_urlsafe's outputs) would make every later command line
+    that names the client (sp update, sp remove) read it as an option.
+    """
+    while (client_id := secrets.token_urlsafe(18)).startswith("-"):
+        pass
+    return client_id
+
+
+def cmd_sp_add(args: argparse.Namespace) -> int:
+    subject = _check_method_options(args)
+    check_registration(args.auth_method, args.grant_types)
+    check_text(args.name, "the name")
+    if subject is not None:
+        check_text(subject[1], "the subject")
+    for scope in args.scopes:
+        check_scope(scope)
+    warnings = check_grant_types(args.grant_types, args.auth_method, args.force)
+    config = load_config(args.conf)
+    certificates = _certificates(args.certs)
+    method = args.auth_method
+    secret = secrets.token_urlsafe(32) if method in SECRET_METHODS else None
+    client = Client(
+        client_id=new_client_id(),
+        name=args.name,
+        token_endpoint_auth_method=method,
+        grant_types=tuple(dict.fromkeys(args.grant_types)),
+        scopes=tuple(dict.fromkeys(args.scopes)),
+        secret_hash=kdf.hash_secret(secret) if secret else None,
+        bind_tokens=args.bind_tokens,
+        created_at=int(time.time()),
+        certificates=tuple(certificates),
+        tls_subject=tls_subject(*subject) if subject else None,
+        access_token_lifetime=args.access_token_lifetime,
+        refresh_token_lifetime=args.refresh_token_lifetime,
+        jwt_access_tokens=None if args.token_format is None else args.token_format == "jwt",
+        resource_server=args.resource_server,
+        refresh_token_max_lifetime=args.refresh_token_max_lifetime,
+    )
+    with open_storage(config) as store:
+        store.add_client(client)
+    for line in [*warnings, *validity_warnings(certificates)]:
+        warn(line)
+    shown = client_view(client)
+    if secret is not None:
+        shown["client_secret"] = secret
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def cmd_sp_update(args: argparse.Namespace) -> int:
+    if not args.add_certs and not args.remove_certs:
+        raise CLIError("nothing to change: give --add-cert FILE or --remove-cert SHA256")
+    remove = [parse_fingerprint(text) for text in args.remove_certs]
+    config = load_config(args.conf)
+    added = _certificates(args.add_certs)
+    with open_storage(config) as store:
+        client = store.get_client(args.client_id)
+        if client is None:
+            raise CLIError(f"no service provider with client_id {args.client_id!r}")
+        if client.token_endpoint_auth_method != SELF_SIGNED:
+            raise CLIError(f"client {client.client_id} uses {client.token_endpoint_auth_method};"
+                           f" certificates are registered only for {SELF_SIGNED} clients")
+        updated = change_certificates(client, added, remove)
+        if not store.update_client(updated):
+            raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
+        # The certificate was the client's credential: what it authenticated ends with it
+        # (as removing a client or a user revokes their tokens).
+        kept = {c.sha256 for c in updated.certificates}
+        for cert in client.certificates:
+            if cert.sha256 not in kept:
+                thumbprint = base64.urlsafe_b64encode(bytes.fromhex(cert.sha256)).decode().rstrip("=")
+                store.revoke_bound_tokens(client.client_id, thumbprint)  # RFC 8705 §3.1
+    for line in validity_warnings(added):
+        warn(line)
+    print(json.dumps(client_view(updated), indent=2))
+    return 0
+
+
+def cmd_sp_list(args: argparse.Namespace) -> int:
+    with open_storage(load_config(args.conf)) as store:
+        clients = store.list_clients()
+    if args.json:
+        print(json.dumps([client_view(c) for c in clients], indent=2))
+        return 0
+    rows = [("CLIENT_ID", "AUTH_METHOD", "GRANT_TYPES", "NAME")]
+    # Names registered before control characters were refused are escaped.
+    rows += [(c.client_id, c.token_endpoint_auth_method, ",".join(c.grant_types), printable(c.name))
+             for c in clients]
+    # Columns as wide as their widest cell, so that they stay in line whatever the values.
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    return 0
+
+
+def _client(store: SQLiteStorage, client_id: str) -> Client:
+    client = store.get_client(client_id)
+    if client is None:
+        raise CLIError(f"no service provider with client_id {client_id!r} (sp list shows them)")
+    return client
+
+
+def cmd_sp_show(args: argparse.Namespace) -> int:
+    with open_storage(load_config(args.conf)) as store:
+        client = _client(store, args.client_id)
+    print(json.dumps(client_view(client), indent=2))
+    return 0
+
+
+def cmd_sp_reset_secret(args: argparse.Namespace) -> int:
+    config = load_config(args.conf)
+    secret = secrets.token_urlsafe(32)
+    with open_storage(config) as store:
+        client = _client(store, args.client_id)
+        if client.token_endpoint_auth_method not in SECRET_METHODS:
+            raise CLIError(f"client {client.client_id} uses {client.token_endpoint_auth_method},"
+                           f" which has no secret; secrets are for {' and '.join(SECRET_METHODS)}")
+        # A new hash: the server's client cache follows the store's change counter, and its
+        # cache of verified secrets is keyed by the stored hash, so the old secret stops at once.
+        updated = replace(client, secret_hash=kdf.hash_secret(secret))
+        if not store.update_client(updated):
+            raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
+    shown = client_view(updated)
+    shown["client_secret"] = secret
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def cmd_sp_remove(args: argparse.Namespace) -> int:
+    with open_storage(load_config(args.conf)) as store:
+        removed = store.remove_client(args.client_id)
+    if not removed:
+        raise CLIError(f"no service provider with client_id {args.client_id!r}")
+    print(f"removed {args.client_id} and revoked its tokens")
+    return 0

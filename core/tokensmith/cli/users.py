@@ -1,0 +1,130 @@
+"""``tokensmith user``: the resource owners of the password grant (RFC 6749 §4.3).
+
+Passwords are read from a prompt (no echo) or from standard input, never from the command
+line, where other users could read them in the process list; they are stored with scrypt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from tokensmith.security import hashing as kdf
+from tokensmith.cli.base import CLIError, Parser, open_storage, warn
+from tokensmith.config.settings import load_config
+from tokensmith.oauth.registration import printable
+from tokensmith.models import User
+
+__all__ = ["add_commands"]
+
+Command = Callable[[argparse.Namespace], int]
+SHORT_PASSWORD = 8
+
+
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict[tuple[str, str], Command]:
+    """Add ``user`` and its actions to *commands*; return their implementations."""
+    user = commands.add_parser("user", help="manage users of the password grant",
+                               description="Add, list and remove resource owners.")
+    actions = user.add_subparsers(dest="user_command", metavar="ACTION", parser_class=Parser)
+    actions.required = True
+    add = actions.add_parser("add", parents=[common], help="add a user",
+                             description="Add a user. The password is asked for at a prompt,"
+                             " or read from the first line of standard input with"
+                             " --password-stdin.")
+    add.add_argument("username")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input instead of a prompt")
+    listing = actions.add_parser("list", parents=[common], help="list users",
+                                 description="List users and their failed-login state.")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    remove = actions.add_parser("remove", parents=[common], help="remove a user",
+                                description="Remove a user and revoke every token and grant"
+                                " issued for them (RFC 9700 §4.14.2); a user added later"
+                                " under the same name gets none of them.")
+    remove.add_argument("username")
+    revoke = actions.add_parser("revoke", parents=[common], help="revoke a user's tokens",
+                                description="Revoke every access and refresh token issued"
+                                " for a user, and their grants, without removing the user"
+                                " (for example after a password change).")
+    revoke.add_argument("username")
+    unlock = actions.add_parser("unlock", parents=[common], help="clear a user's failed logins",
+                                description="Forget a user's failed password attempts and"
+                                " end their lockouts, from every source address.")
+    unlock.add_argument("username")
+    return {("user", "add"): cmd_add, ("user", "list"): cmd_list, ("user", "remove"): cmd_remove,
+            ("user", "revoke"): cmd_revoke, ("user", "unlock"): cmd_unlock}
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise CLIError("no terminal to ask for the password; use --password-stdin")
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CLIError("the passwords differ")
+    if not password:
+        raise CLIError("the password is empty")
+    if len(password) < SHORT_PASSWORD:
+        warn(f"a password of {len(password)} characters is easy to guess")
+    return password
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    username = args.username
+    if not username or not username.isprintable() or len(username) > 256 or username != username.strip():
+        raise CLIError("the username must be printable, at most 256 characters, without"
+                       " leading or trailing spaces")
+    config = load_config(args.conf)
+    password = _read_password(args.password_stdin)
+    with open_storage(config) as store:
+        if store.get_user(username) is not None:
+            raise CLIError(f"user {username!r} exists already")
+        store.add_user(User(username, kdf.hash_secret(password), int(time.time())))
+    print(json.dumps({"username": username}))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with open_storage(load_config(args.conf)) as store:
+        users = store.list_users()
+    if args.json:
+        print(json.dumps([u.public_view() for u in users], indent=2))
+    else:
+        now = int(time.time())
+        for u in users:
+            state = "locked" if u.locked_until > now else "ok"
+            print(f"{printable(u.username):<32} {state:<7} failed={u.failed_attempts}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    with open_storage(load_config(args.conf)) as store:
+        removed = store.remove_user(args.username)
+    if not removed:
+        raise CLIError(f"no user {args.username!r}")
+    print(f"removed {args.username!r} and revoked their tokens")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    with open_storage(load_config(args.conf)) as store:
+        user = store.get_user(args.username)
+        if user is None:
+            raise CLIError(f"no user {args.username!r}")
+        count = store.revoke_user_tokens(user.user_id)
+    print(f"revoked {count} tokens of {args.username!r}")
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    with open_storage(load_config(args.conf)) as store:
+        if not store.unlock_user(args.username):
+            raise CLIError(f"no user {args.username!r}")
+    print(f"unlocked {args.username!r}")
+    return 0

@@ -1,0 +1,461 @@
+"""tokensmith's configuration: ``conf/server.xml`` and ``conf/identity.xml``.
+
+``server.xml`` says where and how to listen (connectors, keystore, database, dropins);
+``identity.xml`` says what the server does (event listeners and OAuth settings), as WSO2
+Identity Server's files of the same names do. Relative paths are relative to the file that
+names them.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lxml import etree
+
+from tokensmith.security.x509 import FORWARDED_FORMATS
+from tokensmith.models import LoginPolicy
+from tokensmith.config.xml import (MAX_CONFIG_BYTES, ConfigError, UnreadableFile, attr_bool, attr_int,
+                      parse_xml, read_regular_file, where)
+
+__all__ = [
+    "Config",
+    "Connector",
+    "KeystoreSettings",
+    "ServerSettings",
+    "IdentitySettings",
+    "ListenerEntry",
+    "ForwardedCertificates",
+    "load_config",
+    "load_identity",
+    "ConfigError",
+    "PublicUrls",
+    "public_urls",
+]
+
+CLIENT_AUTH_MODES = ("want", "need", "false")
+#: Who serves HTTP/1.1 on a connector: Hypercorn (h11), or tokensmith's own llhttp lane.
+HTTP1_LANES = ("hypercorn", "llhttp")
+KEYSTORE_TYPES = ("PEM", "PKCS12")
+
+
+@dataclass(frozen=True)
+class Connector:
+    """One HTTPS listening socket (``<Connector>``)."""
+
+    address: str
+    port: int
+    client_auth: str = "want"
+    #: Seconds a client has for its TLS handshake, for a request's headers once it has
+    #: started one, and for a request's body (Tomcat's connectionTimeout, in seconds here).
+    connection_timeout: float = 10.0
+    #: ``hypercorn`` (the default) serves HTTP/1.1 through Hypercorn and h11; ``llhttp`` through
+    #: tokensmith's own protocol over httptools (http/llhttp.py), faster and opt-in. HTTP/2 is always
+    #: Hypercorn's.
+    http1: str = "hypercorn"
+
+
+@dataclass(frozen=True)
+class KeystoreSettings:
+    """``<Keystore>``: the server's certificate and key, as PEM files or one PKCS#12 file.
+
+    ``type="PEM"`` (the default) names ``certificateFile`` and ``keyFile`` (they may be the
+    same file); ``type="PKCS12"`` names ``file``. ``password`` decrypts the PEM key or the
+    PKCS#12 file. ``where`` is ``server.xml:LINE``, for errors.
+    """
+
+    type: str
+    certificate_file: Path | None = None
+    key_file: Path | None = None
+    file: Path | None = None
+    password: str | None = field(default=None, repr=False)
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    path: Path
+    connectors: tuple[Connector, ...]
+    keystore: KeystoreSettings
+    database: Path
+    dropins: Path
+    truststore: Path
+
+
+@dataclass(frozen=True)
+class ListenerEntry:
+    """One ``<EventListener>`` of identity.xml, as written (None where an attribute is absent)."""
+
+    type: str
+    name: str
+    order_id: int | None
+    enabled: bool
+    properties: dict[str, str] = field(default_factory=dict)
+    line: int = 0
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# RFC 9110 §5.1: a field name is a token.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@dataclass(frozen=True)
+class ForwardedCertificates:
+    """``<ClientCertificateHeader>``: where a TLS-terminating proxy puts the client's certificate.
+
+    Believed only from ``trusted_proxies``, and only when this connection's own handshake
+    carried no certificate. ``chain_header`` names RFC 9440 §2.3's Client-Cert-Chain.
+    """
+
+    header: str
+    trusted_proxies: tuple[Network, ...]
+    format: str = "auto"
+    chain_header: str | None = None
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    path: Path
+    listeners: tuple[ListenerEntry, ...]
+    realm: str = "tokensmith"
+    #: The issuer URL (RFC 8414 §2); None: the first connector's URL.
+    issuer: str | None = None
+    #: The base URL of mtls_endpoint_aliases (RFC 8705 §5); None: the first need connector.
+    mtls_base_url: str | None = None
+    access_token_lifetime: int = 3600
+    refresh_token_lifetime: int = 14 * 24 * 3600
+    #: A grant's absolute lifetime: refreshing never extends it (RFC 9700 §4.14.2).
+    refresh_token_max_lifetime: int = 90 * 24 * 3600
+    #: "opaque" (the default) or "jwt" (RFC 9068) for clients that do not choose.
+    access_token_format: str = "opaque"
+    max_body_bytes: int = 64 * 1024
+    listener_timeout: float = 5.0
+    #: Password grant: failures from one source address before that source is locked out of
+    #: the user, failures from all sources before the user is locked out everywhere, and
+    #: for how long (storage.LoginPolicy, docs/reliability.md).
+    max_failed_logins: int = 5
+    max_failed_logins_per_user: int = 100
+    lockout_seconds: int = 300
+    #: SHA-256 (hex) of the wheels allowed in dropins/; None when pinning is off.
+    allowed_wheels: frozenset[str] | None = None
+    #: Client certificates forwarded by trusted proxies; None: only the TLS handshake's.
+    forwarded_certificates: ForwardedCertificates | None = None
+
+    @property
+    def login_policy(self) -> LoginPolicy:
+        return LoginPolicy(self.max_failed_logins, self.max_failed_logins_per_user,
+                           self.lockout_seconds)
+
+
+@dataclass(frozen=True)
+class Config:
+    conf_dir: Path
+    server: ServerSettings
+    identity: IdentitySettings
+
+
+def load_config(conf_dir: str | Path) -> Config:
+    """Read ``server.xml`` and ``identity.xml`` from *conf_dir*; raise ``ConfigError``."""
+    conf = Path(conf_dir).resolve()
+    if not conf.is_dir():
+        raise ConfigError(f"{conf}: configuration directory not found")
+    return Config(conf, load_server(conf / "server.xml"), load_identity(conf / "identity.xml"))
+
+
+def _path(base: Path, raw: str) -> Path:
+    return (base.parent / os.path.expanduser(raw)).resolve()
+
+
+def load_server(path: Path) -> ServerSettings:
+    root = parse_xml(path, "server.xsd")
+    if root.tag != "Server":
+        raise ConfigError(f"{where(path, root)}: root element must be <Server>, not <{root.tag}>")
+    connectors = []
+    for el in root.iter("Connector"):
+        client_auth = el.get("clientAuth", "want")
+        if client_auth not in CLIENT_AUTH_MODES:
+            raise ConfigError(
+                f"{where(path, el)}: clientAuth={client_auth!r} must be one of"
+                f" {', '.join(CLIENT_AUTH_MODES)}"
+            )
+        protocol = el.get("sslProtocol", "TLS")
+        if protocol not in ("TLS", "TLSv1.2", "TLSv1.3"):
+            raise ConfigError(
+                f"{where(path, el)}: sslProtocol={protocol!r}: only TLS 1.2 and newer are served"
+            )
+        port = attr_int(path, el, "port", 9443, maximum=65535)
+        assert port is not None
+        timeout_ms = attr_int(path, el, "connectionTimeout", 10_000, minimum=100, maximum=600_000)
+        assert timeout_ms is not None
+        http1 = el.get("http1", "hypercorn")
+        if http1 not in HTTP1_LANES:
+            raise ConfigError(f"{where(path, el)}: http1={http1!r} must be one of {', '.join(HTTP1_LANES)}")
+        connectors.append(Connector(el.get("address", "127.0.0.1"), port, client_auth, timeout_ms / 1000,
+                                    http1))
+    if not connectors:
+        raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
+
+    database = os.environ.get("TOKENSMITH_DB") or _text_attr(root, "Database", "path")
+    dropins = _text_attr(root, "Dropins", "path") or "../dropins"
+    return ServerSettings(
+        path=path,
+        connectors=tuple(connectors),
+        keystore=_keystore(path, root),
+        database=_path(path, database or "../var/tokensmith.db"),
+        dropins=_path(path, dropins),
+        truststore=_path(path, _text_attr(root, "Truststore", "path") or "security/truststore"),
+    )
+
+
+def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:
+    """The one ``<Keystore>``; XSD 1.0 cannot say which attributes go together, so we do."""
+    found = root.findall("Keystore")
+    if not found:
+        raise ConfigError(f"{where(path, root)}: a <Keystore> is needed: certificateFile= and"
+                          ' keyFile= (PEM), or type="PKCS12" file=')
+    if len(found) > 1:
+        raise ConfigError(f"{where(path, found[1])}: only one <Keystore> is allowed; the first"
+                          f" is on line {found[0].sourceline}")
+    el = found[0]
+    at = where(path, el)
+    kind = el.get("type", "PEM")
+    if kind not in KEYSTORE_TYPES:  # the schema already refuses it; kept for direct callers
+        raise ConfigError(f"{at}: <Keystore type={kind!r}> must be PEM or PKCS12")
+    if kind == "PKCS12":
+        for pem_only in ("certificateFile", "keyFile"):
+            if el.get(pem_only) is not None:
+                raise ConfigError(f'{at}: <Keystore type="PKCS12"> takes file=, not {pem_only}='
+                                  ' (which is for type="PEM")')
+        if not el.get("file"):
+            raise ConfigError(f'{at}: <Keystore type="PKCS12"> needs file=')
+        return KeystoreSettings("PKCS12", file=_path(path, el.get("file", "")),
+                                password=el.get("password"), where=at)
+    if el.get("file") is not None:
+        raise ConfigError(f'{at}: <Keystore file=> is for a PKCS#12 keystore: add type="PKCS12",'
+                          " or name certificateFile= and keyFile= for PEM files")
+    for required in ("certificateFile", "keyFile"):
+        if not el.get(required):
+            raise ConfigError(f"{at}: <Keystore> needs {required}= (or type=\"PKCS12\" file=)")
+    return KeystoreSettings("PEM", certificate_file=_path(path, el.get("certificateFile", "")),
+                            key_file=_path(path, el.get("keyFile", "")),
+                            password=el.get("password"), where=at)
+
+
+def _text_attr(root: etree._Element, tag: str, attr: str) -> str | None:
+    el = root.find(tag)
+    return el.get(attr) if el is not None else None
+
+
+def load_identity(path: Path) -> IdentitySettings:
+    root = parse_xml(path, "identity.xsd")
+    if root.tag != "Identity":
+        raise ConfigError(
+            f"{where(path, root)}: root element must be <Identity>, not <{root.tag}>"
+        )
+    entries: list[ListenerEntry] = []
+    seen: dict[tuple[str, str], int] = {}
+    for el in root.iterfind("EventListeners/EventListener"):
+        type_, name = el.get("type"), el.get("name")
+        if not type_ or not name:
+            raise ConfigError(f"{where(path, el)}: <EventListener> needs type= and name=")
+        if (type_, name) in seen:
+            raise ConfigError(
+                f"{where(path, el)}: listener {type_}/{name} is already listed on line"
+                f" {seen[type_, name]}"
+            )
+        seen[type_, name] = el.sourceline or 0
+        properties = {}
+        for prop in el.iterfind("Property"):
+            if not prop.get("name"):
+                raise ConfigError(f"{where(path, prop)}: <Property> needs name=")
+            properties[prop.get("name", "")] = (prop.text or "").strip()
+        entries.append(
+            ListenerEntry(
+                type=type_,
+                name=name,
+                order_id=attr_int(path, el, "orderId", None),
+                enabled=attr_bool(path, el, "enable", True),
+                properties=properties,
+                line=el.sourceline or 0,
+            )
+        )
+    oauth = root.find("OAuth")
+    settings: dict[str, object] = {}
+    if oauth is not None:
+        for tag, key, cast in (
+            ("Realm", "realm", str),
+            ("Issuer", "issuer", str),
+            ("MtlsBaseUrl", "mtls_base_url", str),
+            ("AccessTokenLifetime", "access_token_lifetime", int),
+            ("RefreshTokenLifetime", "refresh_token_lifetime", int),
+            ("RefreshTokenMaxLifetime", "refresh_token_max_lifetime", int),
+            ("AccessTokenFormat", "access_token_format", str),
+            ("MaxRequestBodyBytes", "max_body_bytes", int),
+            ("ListenerTimeoutSeconds", "listener_timeout", float),
+            ("MaxFailedLogins", "max_failed_logins", int),
+            ("MaxFailedLoginsPerUser", "max_failed_logins_per_user", int),
+            ("LockoutSeconds", "lockout_seconds", int),
+        ):
+            el = oauth.find(tag)
+            if el is None:
+                continue
+            text = (el.text or "").strip()
+            try:
+                value = cast(text)
+            except ValueError:
+                raise ConfigError(f"{where(path, el)}: <{tag}> {text!r} is not valid") from None
+            if cast is not str and value <= 0:  # type: ignore[operator]
+                raise ConfigError(f"{where(path, el)}: <{tag}> must be positive")
+            if cast is str and not value:
+                raise ConfigError(f"{where(path, el)}: <{tag}> must not be empty")
+            settings[key] = value
+        header = oauth.find("ClientCertificateHeader")
+        if header is not None:
+            settings["forwarded_certificates"] = _forwarded(path, header)
+    pins = root.find("Dropins")
+    if pins is not None:
+        settings["allowed_wheels"] = _allowed_wheels(path, pins)
+    return IdentitySettings(path=path, listeners=tuple(entries), **settings)  # type: ignore[arg-type]
+
+
+def _forwarded(path: Path, el: etree._Element) -> ForwardedCertificates:
+    """``<ClientCertificateHeader name= format= trustedProxies= chainHeader=/>``."""
+    at = where(path, el)
+    name = el.get("name", "").strip()
+    if not _FIELD_NAME.fullmatch(name):
+        raise ConfigError(f"{at}: <ClientCertificateHeader name={name!r}> is not a header field name")
+    fmt = el.get("format", "auto")
+    if fmt not in FORWARDED_FORMATS:
+        raise ConfigError(f"{at}: <ClientCertificateHeader format={fmt!r}> must be one of"
+                          f" {', '.join(FORWARDED_FORMATS)}")
+    proxies = []
+    for item in filter(None, (p.strip() for p in el.get("trustedProxies", "").split(","))):
+        try:
+            proxies.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{at}: trustedProxies: {item!r} is not an address or network") from None
+    if not proxies:
+        raise ConfigError(f"{at}: <ClientCertificateHeader> needs trustedProxies=, the addresses"
+                          " or networks of the proxies whose header is believed")
+    # RFC 9440 §2.3's chain field goes with its §2.2 leaf field; chainHeader="" turns it off.
+    chain = el.get("chainHeader", "Client-Cert-Chain" if fmt == "rfc9440" else "").strip()
+    if chain and not _FIELD_NAME.fullmatch(chain):
+        raise ConfigError(f"{at}: <ClientCertificateHeader chainHeader={chain!r}> is not a header field name")
+    if chain and fmt != "rfc9440":
+        raise ConfigError(f'{at}: chainHeader= is RFC 9440\'s Client-Cert-Chain; it needs format="rfc9440"')
+    if chain.lower() == name.lower():
+        raise ConfigError(f"{at}: chainHeader= and name= must be different fields")
+    return ForwardedCertificates(name, tuple(proxies), fmt, chain or None)
+
+
+def _allowed_wheels(path: Path, dropins: etree._Element) -> frozenset[str]:
+    """The pinned wheel hashes: ``<AllowedWheel sha256>`` and the lines of each listed file."""
+    allowed = {el.get("sha256", "").lower() for el in dropins.iterfind("AllowedWheel")}
+    for el in dropins.iterfind("AllowedWheelsFile"):
+        pin_file = _path(path, (el.text or "").strip())
+        try:
+            lines = read_regular_file(pin_file, MAX_CONFIG_BYTES).decode("utf-8-sig").splitlines()
+        except UnreadableFile as exc:
+            raise ConfigError(f"{where(path, el)}: cannot read {pin_file}: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where(path, el)}: {pin_file} is not UTF-8 text, as sha256sum"
+                              " writes it") from None
+        for number, line in enumerate(lines, 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            digest = text.split()[0].lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ConfigError(f"{pin_file}:{number}: expected a SHA-256 in hex, as sha256sum prints")
+            allowed.add(digest)
+    return frozenset(allowed)
+
+
+#: Connector addresses that listen on every interface: no client can use them as a host.
+WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::", ""})
+
+
+@functools.cache
+def this_host() -> str:
+    """This machine's name, for URLs of connectors bound to every address (looked up once)."""
+    name = socket.getfqdn()
+    return name if name and name not in WILDCARD_ADDRESSES else "localhost"
+
+
+def _https(host: str, port: int) -> str:
+    return f"https://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+@dataclass(frozen=True)
+class PublicUrls:
+    """The URLs the server tells clients (RFC 8414 §2, RFC 8705 §5), and why they were chosen.
+
+    ``issuer`` is the public base URL: every endpoint URL in the metadata is under it.
+    ``mtls`` is the base of ``mtls_endpoint_aliases``, or None when there are none.
+    ``connectors`` is each connector's own URL, with a name for a wildcard address.
+    ``reasons`` says in words what was chosen and why, for the startup output.
+    """
+
+    issuer: str
+    mtls: str | None
+    connectors: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+
+def public_urls(server: ServerSettings, identity: IdentitySettings,
+                ports: Sequence[int] | None = None) -> PublicUrls:
+    """The public URLs of *server* under *identity*'s settings.
+
+    *ports* are the ports the connectors actually listen on (a connector may say port 0).
+    ``<Issuer>`` wins; otherwise the first connector's URL is the issuer. A connector bound to
+    a wildcard address (0.0.0.0, ::) is named by this machine's fully qualified name, since a
+    client can do nothing with the wildcard. ``mtls_endpoint_aliases`` come from
+    ``<MtlsBaseUrl>``, else from the first ``need`` connector when the issuer's is not one.
+    Behind a proxy (``<Issuer>`` set) a local connector's URL is not what clients reach, so
+    then only ``<MtlsBaseUrl>`` gives aliases.
+    """
+    connectors = server.connectors
+    ports = list(ports) if ports else [c.port for c in connectors]
+    own = tuple(_https(this_host() if c.address in WILDCARD_ADDRESSES else c.address, port)
+                for c, port in zip(connectors, ports))
+    file = identity.path.name if identity.path else "identity.xml"
+
+    def wildcard_note(index: int) -> str:
+        address = connectors[index].address or "every address"
+        return (f" (connector {address}:{ports[index]} listens on every address, so the URL names"
+                f" this machine, {this_host()}; set <Issuer> in {file} to the URL clients use)")
+
+    reasons = []
+    if identity.issuer:
+        issuer = identity.issuer.rstrip("/")
+        reasons.append(f"issuer {issuer}: <Issuer> in {file}")
+    else:
+        issuer = own[0]
+        reasons.append(f"issuer {issuer}: the first connector's URL"
+                       + (wildcard_note(0) if connectors[0].address in WILDCARD_ADDRESSES else
+                          f"; <Issuer> in {file} sets the public URL"))
+    mtls = None
+    need = next((i for i, c in enumerate(connectors) if c.client_auth == "need"), None)
+    if identity.mtls_base_url:
+        mtls = identity.mtls_base_url.rstrip("/")
+        reasons.append(f"mtls_endpoint_aliases under {mtls}: <MtlsBaseUrl> in {file}")
+    elif need is not None and need > 0:
+        if identity.issuer:
+            reasons.append(f"no mtls_endpoint_aliases: with <Issuer> set, the need connector's own"
+                           f" URL {own[need]} may not be what clients reach; set <MtlsBaseUrl> in"
+                           f" {file}")
+        else:
+            mtls = own[need]
+            reasons.append(f"mtls_endpoint_aliases under {mtls}: the first connector with"
+                           ' clientAuth="need"'
+                           + (wildcard_note(need) if connectors[need].address in WILDCARD_ADDRESSES
+                              else ""))
+    if mtls == issuer:
+        mtls = None
+    return PublicUrls(issuer, mtls, own, tuple(reasons))

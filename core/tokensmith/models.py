@@ -1,0 +1,275 @@
+"""The storage interface: service providers (clients) and tokens.
+
+Everything the server persists goes through ``Storage``, so that a networked database can
+replace the embedded SQLite store (``storage/sqlite.py``) without touching the endpoints.
+Secrets and tokens reach storage only as hashes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "Client",
+    "Issue",
+    "LoginPolicy",
+    "RegisteredCertificate",
+    "TokenRecord",
+    "User",
+    "Storage",
+    "StorageError",
+    "TLS_SUBJECT_KINDS",
+]
+
+#: RFC 8705 §2.1.2 client metadata: the one subject attribute a tls_client_auth client
+#: registers, and the certificate field it is matched against.
+TLS_SUBJECT_KINDS = (
+    "tls_client_auth_subject_dn",
+    "tls_client_auth_san_dns",
+    "tls_client_auth_san_uri",
+    "tls_client_auth_san_ip",
+    "tls_client_auth_san_email",
+)
+
+
+class StorageError(Exception):
+    """Storage could not answer (unavailable, locked, full); requests fail closed with 503."""
+
+
+@dataclass(frozen=True)
+class RegisteredCertificate:
+    """A certificate registered for a self_signed_tls_client_auth client (RFC 8705 §2.2)."""
+
+    sha256: str  # hex SHA-256 of the DER
+    subject: str  # RFC 4514, for people
+    not_before: int  # Unix time
+    not_after: int
+    der: bytes = field(default=b"", repr=False)
+
+    def view(self) -> dict[str, object]:
+        return {"sha256": self.sha256, "subject": self.subject,
+                "not_before": self.not_before, "not_after": self.not_after}
+
+
+@dataclass(frozen=True)
+class Client:
+    """A registered service provider (RFC 7591 client metadata names where they exist)."""
+
+    client_id: str
+    name: str
+    token_endpoint_auth_method: str
+    grant_types: tuple[str, ...]
+    scopes: tuple[str, ...] = ()
+    secret_hash: str | None = field(default=None, repr=False)
+    bind_tokens: bool = False
+    created_at: int = 0
+    #: self_signed_tls_client_auth: the registered certificates (several, for rotation).
+    certificates: tuple[RegisteredCertificate, ...] = ()
+    #: tls_client_auth: (one of TLS_SUBJECT_KINDS, value), e.g. the subject DN.
+    tls_subject: tuple[str, str] | None = None
+    #: Per-client overrides of identity.xml's defaults; None means the server default.
+    access_token_lifetime: int | None = None
+    refresh_token_lifetime: int | None = None
+    jwt_access_tokens: bool | None = None
+    #: May introspect access tokens issued to other clients (RFC 7662 §4: a protected
+    #: resource the administrator registered as such).
+    resource_server: bool = False
+    #: Absolute lifetime of a grant's refresh tokens, counted from the grant (RFC 9700 §4.14.2).
+    refresh_token_max_lifetime: int | None = None
+
+    def public_view(self) -> dict[str, object]:
+        """What ``sp list`` shows: everything but the secret hash."""
+        view: dict[str, object] = {
+            "client_id": self.client_id,
+            "name": self.name,
+            "token_endpoint_auth_method": self.token_endpoint_auth_method,
+            "grant_types": list(self.grant_types),
+            "scopes": list(self.scopes),
+            "bind_tokens": self.bind_tokens,
+            "created_at": self.created_at,
+        }
+        if self.certificates:
+            view["certificates"] = [c.view() for c in self.certificates]
+        if self.tls_subject is not None:
+            view[self.tls_subject[0]] = self.tls_subject[1]
+        for name in ("access_token_lifetime", "refresh_token_lifetime", "refresh_token_max_lifetime",
+                     "jwt_access_tokens"):
+            if getattr(self, name) is not None:
+                view[name] = getattr(self, name)
+        if self.resource_server:
+            view["resource_server"] = True
+        return view
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An issued token, found by the SHA-256 of its value."""
+
+    token_hash: str
+    kind: str  # "access" or "refresh"
+    client_id: str
+    scope: str
+    issued_at: int
+    expires_at: int
+    username: str | None = None
+    cnf_x5t_s256: str | None = None
+    grant_id: str | None = None
+    revoked: bool = False
+    claims: dict[str, object] = field(default_factory=dict)
+    #: A refresh token that was exchanged (rotated); presenting it again is a replay.
+    used: bool = False
+    #: The resource owner's ``User.user_id`` (never reused, unlike a username).
+    user_id: str | None = None
+    #: The grant type that started the grant (kept across refreshes).
+    grant_type: str | None = None
+    #: Refresh tokens: the grant's absolute end; no refresh token of it outlives this.
+    grant_expires_at: int | None = None
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One token response to store: all of its records or none.
+
+    *rotates* is the hash of the refresh token exchanged for them (RFC 6749 §6): it is marked
+    used in the same transaction that stores them, and only if it is still live, so that a
+    crash or a refused store never leaves it used without a successor.
+    """
+
+    tokens: tuple[TokenRecord, ...]
+    rotates: str | None = None
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    """How the password grant is protected against guessing (docs/reliability.md).
+
+    Failures are counted per user and source address, and per user over all sources. An
+    attempt is counted when it is taken, before the password is checked; a success clears
+    both counters. Reaching *max_failures* from one source locks that source out of that
+    user for *lockout_seconds*; reaching *max_failures_per_user* from all sources together
+    locks the user everywhere for as long. A counter starts afresh when its lock ends or
+    after *lockout_seconds* without a failure.
+    """
+
+    max_failures: int = 5
+    max_failures_per_user: int = 100
+    lockout_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class User:
+    """A resource owner of the password grant (RFC 6749 §4.3)."""
+
+    username: str
+    password_hash: str = field(repr=False)
+    created_at: int = 0
+    #: Failures over all sources, counted as LoginPolicy says, and the lock they caused.
+    failed_attempts: int = 0
+    locked_until: int = 0
+    #: Random and never reused: grants refer to it, so that a user removed and another
+    #: added under the same name do not share tokens.
+    user_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    last_failure: int = 0
+
+    def public_view(self) -> dict[str, object]:
+        return {"username": self.username, "user_id": self.user_id, "created_at": self.created_at,
+                "failed_attempts": self.failed_attempts, "locked_until": self.locked_until}
+
+
+class Storage(Protocol):
+    """What the server needs from a store. Implementations raise ``StorageError`` on failure."""
+
+    def add_client(self, client: Client) -> None: ...
+
+    def get_client(self, client_id: str) -> Client | None: ...
+
+    def list_clients(self) -> list[Client]: ...
+
+    def remove_client(self, client_id: str) -> bool:
+        """Remove the client; every token issued to it is revoked with it (RFC 7592 §2.3)."""
+        ...
+
+    def update_client(self, client: Client) -> bool: ...
+
+    def scopes_in_use(self) -> list[str]:
+        """Every scope some client is registered for, sorted (for ``scopes_supported``)."""
+        ...
+
+    def add_token(self, token: TokenRecord) -> None: ...
+
+    def add_tokens(self, tokens: list[TokenRecord]) -> None:
+        """Store several tokens in one transaction: all or none."""
+        ...
+
+    def try_add_tokens(self, tokens: list[TokenRecord]) -> bool:
+        """``add_tokens`` without waiting: False, storing nothing, if the store is busy now."""
+        ...
+
+    def try_issue(self, issues: list[Issue], now: int) -> list[bool] | None:
+        """Store several token responses in one transaction, without waiting.
+
+        None, storing nothing, if the store is busy now. Otherwise one answer per issue:
+        True, stored; False, its ``rotates`` refresh token was no longer live (used, revoked,
+        expired, or of a revoked grant) and nothing of that issue was stored.
+        """
+        ...
+
+    def get_token(self, token_hash: str) -> TokenRecord | None: ...
+
+    def revoke_token(self, token_hash: str) -> bool: ...
+
+    def revoke_grant(self, grant_id: str) -> int: ...
+
+    def use_refresh_token(self, token_hash: str, now: int) -> bool:
+        """Mark a live refresh token used, atomically: True for exactly one caller."""
+        ...
+
+    def revoke_user_tokens(self, user_id: str) -> int:
+        """Revoke every token and grant of the user *user_id*; return how many tokens."""
+        ...
+
+    def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
+        """Revoke the tokens of *client_id* bound to the certificate *x5t_s256*, and their
+        grants; return how many tokens."""
+        ...
+
+    def purge_expired(self, before: int, limit: int | None = None) -> int | None:
+        """Delete tokens that expired before *before*, at most *limit* of them; return how
+        many, or None without waiting if the store is busy now. Called from a worker thread."""
+        ...
+
+    def add_user(self, user: User) -> None: ...
+
+    def get_user(self, username: str) -> User | None: ...
+
+    def list_users(self) -> list[User]: ...
+
+    def remove_user(self, username: str) -> bool:
+        """Remove the user and revoke every token and grant of theirs, in one transaction."""
+        ...
+
+    def take_login_attempt(self, username: str, source: str, now: int, policy: LoginPolicy) -> bool:
+        """Count one password attempt for *username* from *source*, atomically, before the
+        password is checked; False, counting nothing, while either is locked out."""
+        ...
+
+    def end_login_attempt(self, username: str, source: str, succeeded: bool) -> None:
+        """The attempt taken was right (both counters start afresh) or wrong (it stays counted)."""
+        ...
+
+    def unlock_user(self, username: str) -> bool:
+        """Forget every failure and lock of *username*; False if there is no such user."""
+        ...
+
+    def serving(self) -> None:
+        """The store is about to serve requests: defer housekeeping to ``checkpoint``."""
+        ...
+
+    def checkpoint(self) -> None:
+        """Housekeeping off the request path; the server calls it from a worker thread
+        once a second while it serves. May do nothing."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,251 @@
+"""The OAuth endpoints: token (RFC 6749 §3.2), introspection (RFC 7662), revocation (RFC 7009)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+
+from quart import Blueprint, Response, current_app
+
+from tokensmith.app.factory import Runtime, public_urls_of, runtime
+from tokensmith.app.fastlane import Answer, HttpRequest
+from tokensmith.oauth.clientcert import client_certificates
+from tokensmith.oauth.clientcert import handshake_chain as client_cert_chain
+from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_client, challenge, claimed_client_id
+from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
+from tokensmith.oauth.events import ClientAuthEvent, TokenRevokeEvent
+from tokensmith.oauth.forms import check_content_type, parse_form
+from tokensmith.oauth.grants import GRANT_TYPES, PUBLIC, Grant, binding, check_grant_type, grant, login_source
+from tokensmith.security.hashing import token_hash
+from tokensmith.security.x509 import x5t_s256
+from tokensmith.security.signing import SigningKeys, b64url_decode
+from tokensmith.models import TokenRecord
+from tokensmith.oauth.tokens import token_claims
+
+__all__ = ["oauth", "client_cert_chain", "POST_ENDPOINTS", "PUBLIC_CLIENTS_ALLOWED", "ENDPOINT_PATHS"]
+
+oauth = Blueprint("oauth", __name__)
+
+#: Whether each endpoint serves a public client (RFC 6749 §2.1: token_endpoint_auth_method
+#: "none", no credentials). The token endpoint does, for the grants that allow it
+#: (``grants.PUBLIC_CLIENT_GRANTS``); introspection "MUST also require some form of
+#: authorization" (RFC 7662 §2.1), which a public client cannot give; revocation takes a
+#: public client's own tokens (RFC 7009 §2.1 validates credentials only "in case of a
+#: confidential client").
+PUBLIC_CLIENTS_ALLOWED = {"token": True, "introspect": False, "revoke": True}
+
+
+def read_form(request: HttpRequest) -> Mapping[str, str]:
+    """The request's form parameters, checked as RFC 6749 §3.2 and Appendix B require."""
+    if request.query_string:
+        # §2.3.1: client credentials "MUST NOT be included in the request URI"; we take no
+        # parameter from the URI at all, so that none can be smuggled past the body checks.
+        raise InvalidRequestError("parameters must be sent in the request body")
+    check_content_type(request.headers.get("content-type"))
+    return parse_form(request.body)
+
+
+def _certificate_fields(chain: tuple[bytes, ...], source: str | None) -> dict[str, str | None]:
+    """What the events say about the request's certificate: its thumbprint and source."""
+    return {"x5t_s256": x5t_s256(chain[0]) if chain else None,
+            "certificate_source": source if chain else None}
+
+
+async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str], endpoint: str) -> AuthenticatedClient:
+    """Authenticate the calling client and tell the interceptors how it went.
+
+    The client's certificate is decided here, once, before any listener runs: every
+    authenticator and the token binding see the same one (see ``clientcert``).
+    """
+    authorization = request.headers.get("authorization")
+    chain: tuple[bytes, ...] = ()
+    source: str | None = None
+    try:
+        chain, source = client_certificates(request.scope, request.remote_addr,
+                                            rt.identity.forwarded_certificates)
+        auth_request = ClientAuthRequest(
+            rt.storage, form, authorization, chain, request.remote_addr, request.headers, rt.truststore,
+            rt.verified_secrets, client_cert_source=source,
+        )
+        auth = await authenticate_client(rt.listeners, auth_request)
+        if auth.method == PUBLIC and not PUBLIC_CLIENTS_ALLOWED[endpoint]:
+            raise InvalidClientError(f"{endpoint} requires client authentication; a public client"
+                                     " has none")
+    except OAuth2Error as error:
+        if not isinstance(error, ServerError):
+            await rt.listeners.notify("client_auth_failure", event=ClientAuthEvent(
+                endpoint, claimed_client_id(form, authorization), error=error.error,
+                remote_addr=request.remote_addr, **_certificate_fields(chain, source)))
+        if isinstance(error, InvalidClientError):
+            error.headers.update(challenge(authorization, rt.identity.realm))
+        raise
+    await rt.listeners.notify("client_auth_success", event=ClientAuthEvent(
+        endpoint, auth.client.client_id, method=auth.method, remote_addr=request.remote_addr,
+        **_certificate_fields(chain, source)))
+    if auth.certificate is None and (auth.client.bind_tokens or auth.method == "none") and chain:
+        # RFC 8705 §3 and §4: a secret client registered for bound tokens, or a public client,
+        # gets tokens bound to the certificate of this request (its handshake's, or the one a
+        # trusted proxy forwarded); presenting it is not a second authentication.
+        auth = replace(auth, certificate=chain[0])
+    return auth
+
+
+async def token(rt: Runtime, request: HttpRequest) -> Answer:
+    """The token endpoint (RFC 6749 §3.2)."""
+    form = read_form(request)
+    check_grant_type(form)
+    auth = await authenticate(rt, request, form, "token")
+    issued = await grant(Grant(rt.issuer, rt.storage, auth, form, rt.identity.login_policy,
+                               login_source(request.remote_addr)))
+    return Answer(200, issued.response())
+
+
+def _kid(value: str) -> str | None:
+    """The ``kid`` in the header of a JWT *value*, or None if it is not one."""
+    header = value.split(".", 1)[0] if value.count(".") == 2 else None
+    if not header:
+        return None
+    try:
+        kid = json.loads(b64url_decode(header)).get("kid")
+    except (ValueError, AttributeError):
+        return None
+    return kid if isinstance(kid, str) else None
+
+
+def _active(record: TokenRecord | None, value: str, signing: SigningKeys) -> bool:
+    """Whether the stored *record* of *value* is a token still in force.
+
+    Not when revoked (by itself, its grant, its user or its client), expired, exchanged (a
+    used refresh token can never be used again: RFC 7662 §2.2), or a JWT whose signing key
+    was retired (it verifies nowhere any more: RFC 9068 §4).
+    """
+    if record is None or record.revoked or record.used or record.expires_at <= int(time.time()):
+        return False
+    if record.kind == "access" and "." in value:
+        kid = _kid(value)
+        if kid is not None and kid not in {key.kid for key in signing.all()}:
+            return False
+    return True
+
+
+async def introspect(rt: Runtime, request: HttpRequest) -> Answer:
+    """Token introspection (RFC 7662 §2), for callers authorised for the token (§4).
+
+    A client may introspect the tokens issued to it; a client registered as a resource
+    server (``sp add --resource-server``) may also introspect other clients' access tokens,
+    never their refresh tokens. "If the introspection call is properly authorized but the
+    token is not active, does not exist on this server, or the protected resource is not
+    allowed to introspect this particular token, then the authorization server MUST return
+    an introspection response with the "active" field set to "false"" and nothing else
+    (§2.2).
+    """
+    form = read_form(request)
+    value = form.get("token")
+    caller = await authenticate(rt, request, form, "introspect")
+    if value is None:
+        raise InvalidRequestError("token is missing")
+    record = rt.storage.get_token(token_hash(value))
+    if not _active(record, value, rt.signing):
+        return Answer(200, {"active": False})
+    assert record is not None
+    if record.client_id != caller.client.client_id and (
+            record.kind != "access" or not caller.client.resource_server):
+        return Answer(200, {"active": False})
+    claims = token_claims(record)
+    if not claims.get("scope"):
+        # §2.2: "scope" is OPTIONAL; a token granted no scope has no value to report, and ""
+        # is not one (RFC 6749 §3.3 needs at least one scope token). Plugins still see it.
+        claims.pop("scope", None)
+    return Answer(200, {"active": True, **claims})
+
+
+async def revoke(rt: Runtime, request: HttpRequest) -> Answer:
+    """Token revocation (RFC 7009 §2).
+
+    The client may revoke only tokens issued to it (§2.1); an unknown or invalid token gets
+    200 all the same (§2.2). Revoking a refresh token revokes the access tokens of its grant.
+    """
+    form = read_form(request)
+    value = form.get("token")
+    auth = await authenticate(rt, request, form, "revoke")
+    if value is None:
+        raise InvalidRequestError("token is missing")
+    record = rt.storage.get_token(token_hash(value))
+    if record is None or record.revoked:
+        return Answer(200, None)
+    if record.client_id != auth.client.client_id:
+        raise UnauthorizedClientError("the token was not issued to this client")
+    if auth.method == PUBLIC and record.cnf_x5t_s256 is not None and binding(auth) != record.cnf_x5t_s256:
+        # A public client proves nothing but its client_id; a token bound to a certificate
+        # (RFC 8705 §4) is revoked only by whoever holds that certificate, or anyone who found
+        # the token could end the client's session with it.
+        raise UnauthorizedClientError("the token is bound to another certificate")
+    kind = "refresh_token" if record.kind == "refresh" else "access_token"
+    event = TokenRevokeEvent(auth.client, kind, token_claims(record))
+    await rt.listeners.intercept("pre_token_revoke", event=event)
+    rt.storage.revoke_token(record.token_hash)
+    if record.kind == "refresh" and record.grant_id:
+        rt.storage.revoke_grant(record.grant_id)
+    await rt.listeners.notify("post_token_revoke", event=event)
+    return Answer(200, None)
+
+
+#: The endpoints served by ``asgi.OAuthEndpoints`` rather than by Quart: they are the hot
+#: path, and a form-in, JSON-out exchange needs none of a framework's request machinery.
+POST_ENDPOINTS = {
+    "/oauth2/token": token,
+    "/oauth2/introspect": introspect,
+    "/oauth2/revoke": revoke,
+}
+
+
+#: The metadata names of the endpoints (RFC 8414 §2) and their paths under the issuer.
+ENDPOINT_PATHS = {
+    "token_endpoint": "/oauth2/token",
+    "introspection_endpoint": "/oauth2/introspect",
+    "revocation_endpoint": "/oauth2/revoke",
+}
+
+
+def auth_methods_supported(rt: Runtime, endpoint: str) -> list[str]:
+    """The client authentication methods *endpoint* accepts: those of the enabled
+    authenticators, and ``none`` where ``PUBLIC_CLIENTS_ALLOWED`` lets public clients in. The
+    metadata lists exactly this, so that it says what the endpoint enforces."""
+    methods = list(rt.listeners.auth_methods_supported())
+    return [*methods, PUBLIC] if PUBLIC_CLIENTS_ALLOWED[endpoint] else methods
+
+
+@oauth.get("/.well-known/oauth-authorization-server")
+async def metadata() -> Response:
+    """Authorization server metadata (RFC 8414 §2, RFC 8705 §3.3 and §5).
+
+    The issuer is the public base URL and every endpoint URL is under it (``config.public_urls``
+    says how it is chosen). ``mtls_endpoint_aliases`` names the same endpoints under the mTLS
+    base URL, when there is one.
+    """
+    rt = runtime(current_app)
+    urls = public_urls_of(current_app)
+    body: dict[str, object] = {"issuer": urls.issuer}
+    body.update({name: f"{urls.issuer}{path}" for name, path in ENDPOINT_PATHS.items()})
+    body.update({
+        "jwks_uri": f"{urls.issuer}/oauth2/jwks",
+        "grant_types_supported": list(GRANT_TYPES),
+        "response_types_supported": [],
+        "scopes_supported": rt.storage.scopes_in_use(),
+        "token_endpoint_auth_methods_supported": auth_methods_supported(rt, "token"),
+        "introspection_endpoint_auth_methods_supported": auth_methods_supported(rt, "introspect"),
+        "revocation_endpoint_auth_methods_supported": auth_methods_supported(rt, "revoke"),
+        "tls_client_certificate_bound_access_tokens": True,
+    })
+    if urls.mtls is not None:
+        body["mtls_endpoint_aliases"] = {name: f"{urls.mtls}{path}" for name, path in ENDPOINT_PATHS.items()}
+    return Response(json.dumps(body, separators=(",", ":")), content_type="application/json")
+
+
+@oauth.get("/oauth2/jwks")
+async def jwks() -> Response:
+    """The public keys that sign JWT access tokens (RFC 7517 §5), active and previous."""
+    keys = runtime(current_app).signing.jwks()
+    return Response(json.dumps(keys, separators=(",", ":")), content_type="application/jwk-set+json")

@@ -1,0 +1,263 @@
+"""Grant types the token endpoint serves (RFC 6749 §4 and §6)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tokensmith.security import hashing as kdf
+from tokensmith.oauth.clientauth import AuthenticatedClient
+from tokensmith.errors import (
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    UnauthorizedClientError,
+    UnsupportedGrantTypeError,
+)
+from tokensmith.security.x509 import x5t_s256
+from tokensmith.models import LoginPolicy, Storage, StorageError
+from tokensmith.oauth.tokens import IssuedToken, RotationRefused, TokenIssuer
+
+__all__ = ["GRANT_TYPES", "PUBLIC_CLIENT_GRANTS", "Grant", "check_grant_type", "grant",
+           "resolve_scope", "binding", "SCOPE_TOKEN", "login_source"]
+
+log = logging.getLogger("tokensmith.oauth.grants")
+
+GRANT_TYPES = ("client_credentials", "password", "refresh_token")
+
+#: The token_endpoint_auth_method of a public client (RFC 6749 §2.1): it has no credentials.
+PUBLIC = "none"
+#: The grants a public client may use. The client credentials grant "MUST only be used by
+#: confidential clients" (RFC 6749 §4.4); the password grant (§4.3) and refresh (§6) allow
+#: public clients, whose refresh tokens rotate and, when the client presents a certificate,
+#: are bound to it (RFC 8705 §4, RFC 9700 §4.14.2).
+PUBLIC_CLIENT_GRANTS = ("password", "refresh_token")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One token request after client authentication."""
+
+    issuer: TokenIssuer
+    storage: Storage
+    auth: AuthenticatedClient
+    form: Mapping[str, str]
+    policy: LoginPolicy = LoginPolicy()
+    #: Where the request came from (``login_source``), for the password lockout.
+    source: str = ""
+
+
+#: RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def login_source(remote_addr: str | None) -> str:
+    """The source address the password lockout counts failures for: an IPv4 address, or the
+    /64 network of an IPv6 address (one host usually holds a whole /64)."""
+    if not remote_addr:
+        return ""
+    try:
+        address = ipaddress.ip_address(remote_addr)
+    except ValueError:
+        return remote_addr
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def resolve_scope(requested: str | None, allowed: tuple[str, ...] | list[str]) -> str:
+    """The scope to grant (RFC 6749 §3.3): what was asked, if the client may have all of it.
+
+    With no ``scope`` parameter the client gets everything *allowed*. Each scope token must
+    match §3.3's grammar: printable ASCII but space, ``"`` and ``\\``.
+    """
+    if requested is None:
+        return " ".join(allowed)
+    asked = requested.split(" ")
+    if not all(SCOPE_TOKEN.fullmatch(s) for s in asked):
+        raise InvalidScopeError("the scope parameter is malformed")
+    if not set(asked) <= set(allowed):
+        raise InvalidScopeError("the requested scope exceeds what may be granted")
+    return " ".join(dict.fromkeys(asked))
+
+
+def binding(auth: AuthenticatedClient) -> str | None:
+    """The ``x5t#S256`` a token for *auth* is bound to (RFC 8705 §3.1), or None."""
+    return x5t_s256(auth.certificate) if auth.certificate is not None else None
+
+
+def check_grant_type(form: Mapping[str, str]) -> str:
+    """The request's ``grant_type``, checked before the client is authenticated (§5.2)."""
+    grant_type = form.get("grant_type")
+    if grant_type is None:
+        raise InvalidRequestError("grant_type is missing")
+    if grant_type not in GRANT_TYPES:
+        raise UnsupportedGrantTypeError("this grant_type is not supported")
+    return grant_type
+
+
+async def grant(request: Grant) -> IssuedToken:
+    """Dispatch on ``grant_type`` and issue the token.
+
+    The client type is checked on every request, not only at registration, so that a client
+    stored before the rule existed (or written to the store by other means) is refused too.
+    """
+    grant_type = check_grant_type(request.form)
+    if grant_type not in request.auth.client.grant_types:
+        raise UnauthorizedClientError("the client is not registered for this grant_type")
+    if request.auth.method == PUBLIC and grant_type not in PUBLIC_CLIENT_GRANTS:
+        raise UnauthorizedClientError(f"{grant_type} is for confidential clients only; a public"
+                                      " client cannot use it")
+    return await _HANDLERS[grant_type](request)
+
+
+async def client_credentials(request: Grant) -> IssuedToken:
+    """RFC 6749 §4.4: the client asks for a token on its own behalf; no refresh token (§4.4.3)."""
+    auth = request.auth
+    scope = resolve_scope(request.form.get("scope"), auth.client.scopes)
+    return await request.issuer.issue(auth.client, scope, grant_type="client_credentials",
+                                      cnf_x5t_s256=binding(auth))
+
+
+async def password(request: Grant) -> IssuedToken:
+    """RFC 6749 §4.3: the resource owner's username and password, for a trusted client.
+
+    Guessing is limited as ``LoginPolicy`` says (RFC 6749 §10.10 and RFC 6819 §4.4.3.6: "the
+    authorization server ... MUST protect the endpoint against brute force attacks"): the
+    attempt is counted in the store before the password is checked, atomically, so that
+    concurrent requests and several workers together never get more guesses checked than
+    the policy allows. An unknown user, a wrong password and a locked-out user all get the
+    same answer at the same cost (one KDF run), so that the answer tells nobody whether the
+    name exists. The password is never logged.
+    """
+    form, storage, auth = request.form, request.storage, request.auth
+    username, secret = form.get("username"), form.get("password")
+    if username is None or secret is None:
+        raise InvalidRequestError("username and password are required")
+    scope = resolve_scope(form.get("scope"), auth.client.scopes)
+    user = storage.get_user(username)
+    kdf.admit()  # before the attempt is counted: a busy server must not cost the user a guess
+    taken = user is not None and storage.take_login_attempt(
+        user.username, request.source, int(time.time()), request.policy)
+    stored = user.password_hash if user is not None and taken else None
+    correct = await kdf.check(secret, stored)
+    if user is not None and taken:
+        storage.end_login_attempt(user.username, request.source, correct)
+    if user is None or not taken or not correct:
+        if user is not None and not taken:
+            log.warning("password grant refused: user %r is locked out for %s after failed"
+                        " attempts (client %s)", username, request.source or "this source",
+                        auth.client.client_id)
+        else:
+            log.warning("password grant failed for user %r (client %s)", username,
+                        auth.client.client_id)
+        raise InvalidGrantError("the resource owner credentials are invalid")
+    return await request.issuer.issue(
+        auth.client, scope, grant_type="password", username=user.username, user_id=user.user_id,
+        cnf_x5t_s256=binding(auth),
+        refresh="refresh_token" in auth.client.grant_types,
+        refresh_cnf_x5t_s256=binding(auth) if auth.method == "none" else None,
+    )
+
+
+async def refresh_token(request: Grant) -> IssuedToken:
+    """RFC 6749 §6, with rotation and replay detection (RFC 9700 §4.14.2).
+
+    The refresh token is bound to its client; for a public client it is also bound to the
+    client's certificate (RFC 8705 §4). The new access token is bound to this request's
+    certificate (RFC 8705 §3). The scope may narrow, never widen. Presenting a refresh token
+    that was already exchanged revokes every token of its grant.
+
+    The grant ends with its user (removed, or another user now under that name), when its
+    client is no longer registered for the grant type that started it, and at its absolute
+    end however often it was refreshed. The old token is marked used in the transaction that
+    stores the new ones (``TokenIssuer.issue``), so a failure in between leaves it usable.
+    """
+    form, storage, auth = request.form, request.storage, request.auth
+    value = form.get("refresh_token")
+    if value is None:
+        raise InvalidRequestError("refresh_token is missing")
+    now = int(time.time())
+    record = storage.get_token(kdf.token_hash(value))
+    if record is None or record.kind != "refresh" or record.client_id != auth.client.client_id:
+        raise InvalidGrantError("the refresh token is invalid")
+    if record.used and not record.revoked:
+        _revoke_family(storage, record.grant_id, auth.client.client_id)
+        raise InvalidGrantError("the refresh token was already used")
+    if record.revoked or record.expires_at <= now:
+        raise InvalidGrantError("the refresh token is invalid")
+    if record.grant_type is not None and record.grant_type not in auth.client.grant_types:
+        raise InvalidGrantError("the client is no longer registered for the grant of this token")
+    if record.username is not None:
+        owner = storage.get_user(record.username)
+        if owner is None or owner.user_id != record.user_id:
+            raise InvalidGrantError("the refresh token is invalid")
+    if record.cnf_x5t_s256 is not None and binding(auth) != record.cnf_x5t_s256:
+        raise InvalidGrantError("the refresh token is bound to another certificate")
+    scope = resolve_scope(form.get("scope"), record.scope.split())
+    try:
+        return await request.issuer.issue(
+            auth.client, scope, grant_type="refresh_token", username=record.username,
+            user_id=record.user_id, cnf_x5t_s256=binding(auth), refresh=True,
+            grant_id=record.grant_id, refresh_scope=record.scope,
+            refresh_cnf_x5t_s256=record.cnf_x5t_s256, rotates=record,
+        )
+    except RotationRefused:
+        # Exchanged by someone else since we read it, or revoked meanwhile: a replay
+        # (RFC 9700 §4.14.2) unless it was revoked, and revoking its grant again is harmless.
+        _revoke_family(storage, record.grant_id, auth.client.client_id)
+        raise InvalidGrantError("the refresh token was already used") from None
+
+
+def _revoke_family(storage: Storage, grant_id: str | None, client_id: str) -> None:
+    """Revoke the grant of a replayed refresh token (RFC 9700 §4.14.2), failing closed: if the
+    store cannot take the revocation now, it is retried in the background until it can, and
+    the replay is refused all the same."""
+    if grant_id is None:
+        return
+    try:
+        count = storage.revoke_grant(grant_id)
+    except StorageError as exc:
+        log.error("refresh token replay by client %s: the store is unavailable (%s); its grant"
+                  " is revoked as soon as it can be", client_id, exc)
+        task = asyncio.get_running_loop().create_task(_revoke_later(storage, grant_id, client_id))
+        _RETRYING.add(task)
+        task.add_done_callback(_RETRYING.discard)
+        return
+    log.warning("refresh token replay by client %s: revoked its grant (%d tokens)", client_id, count)
+
+
+_RETRYING: set[asyncio.Task] = set()
+#: How long a replay's revocation is retried before the error is left to the operator.
+_RETRY_FOR = 600.0
+
+
+async def _revoke_later(storage: Storage, grant_id: str, client_id: str) -> None:
+    delay, waited = 0.1, 0.0
+    while waited < _RETRY_FOR:
+        await asyncio.sleep(delay)
+        waited += delay
+        try:
+            count = storage.revoke_grant(grant_id)
+        except StorageError:
+            delay = min(delay * 2, 5.0)
+            continue
+        log.warning("refresh token replay by client %s: revoked its grant (%d tokens), late",
+                    client_id, count)
+        return
+    log.error("refresh token replay by client %s: could not revoke its grant %s: the store has"
+              " been unavailable for %.0f s", client_id, grant_id, _RETRY_FOR)
+
+
+_HANDLERS = {
+    "client_credentials": client_credentials,
+    "password": password,
+    "refresh_token": refresh_token,
+}

@@ -1,0 +1,148 @@
+"""Every hook a tokensmith listener can implement.
+
+A listener is a plugin module registered under its entry-point name in the ``tokensmith``
+entry-point group. Which listener *type* (the ``type`` attribute of ``<EventListener>`` in
+``conf/identity.xml``) a plugin serves follows from the hooks it implements: the families below.
+
+The host, not pluggy, decides the order: it collects the implementations of the enabled
+listeners of one type and calls them one by one in ascending ``orderId`` (ties by name).
+Request hooks may be coroutine functions, which run on the event loop and must never block
+it, or plain functions, which run in a thread and may block; either is cut off at
+``<ListenerTimeoutSeconds>`` (docs/plugins.md says exactly what a plugin may do). The hooks
+called at load time must not be coroutines. No hook uses ``firstresult``. Implementations
+may accept any subset of a spec's arguments.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Awaitable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest
+    from tokensmith.oauth.events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
+    from tokensmith.listeners.registry import Listener
+
+hookspec = pluggy.HookspecMarker("tokensmith")
+hookimpl = pluggy.HookimplMarker("tokensmith")
+
+# ---------------------------------------------------------------------------------------------
+# Every listener
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def listener_default_order() -> int:
+    """Return the orderId this listener takes when identity.xml gives none.
+
+    Called once when the plugin is loaded. A plugin that does not implement it runs at 1000.
+    Must not be a coroutine.
+    """
+
+
+@hookspec
+def listener_configure(listener: Listener) -> None:
+    """Check and take in the listener's ``<Property>`` values before it serves requests.
+
+    :param listener: this listener; ``listener.properties`` maps each ``<Property name>`` to
+        its text, and ``listener.stash`` is a dict the plugin may keep its state in.
+    :raises ValueError: the properties are wrong; startup stops with a message naming
+        identity.xml, the line of the ``<EventListener>``, and the error's text.
+
+    Called for enabled listeners only, at startup and on every reload. Must not be a coroutine.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# ClientAuthenticator: authenticates the client at the token endpoint (RFC 6749 §2.3)
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def client_auth_methods(listener: Listener) -> list[str]:
+    """Return the RFC 7591 ``token_endpoint_auth_method`` names this authenticator serves.
+
+    They feed ``token_endpoint_auth_methods_supported`` in the server metadata, and a client
+    registered with one of them can only be authenticated by this listener.
+    Must not be a coroutine.
+    """
+
+
+@hookspec
+def authenticate_client(
+    request: ClientAuthRequest, listener: Listener
+) -> AuthenticatedClient | None | Awaitable[AuthenticatedClient | None]:
+    """Authenticate the client of one token-endpoint request, or say it is not yours.
+
+    :param request: the form, the ``Authorization`` header, the TLS client certificate
+        chain, and helpers to look clients up and check secrets in constant time.
+    :param listener: this listener (properties and stash).
+    :return: ``None`` when the request carries no credential of this kind ("not mine"), or
+        an ``AuthenticatedClient`` naming the client and the method used.
+    :raises InvalidClientError: the request carries a credential of this kind, but it is
+        wrong ("mine, but invalid").
+
+    Every enabled authenticator is asked. If more than one engages (returns a client or
+    raises), the request is refused with ``invalid_request`` (RFC 6749 §2.3: a client MUST
+    NOT use more than one authentication method per request). The method returned must be the
+    client's registered ``token_endpoint_auth_method``, or the request gets ``invalid_client``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# OAuthEventInterceptor: sees, and before the fact may refuse or enrich, token events
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def pre_token_issue(event: TokenIssueEvent, listener: Listener) -> dict[str, Any] | None | Awaitable[dict[str, Any] | None]:
+    """Called before a token is issued; may refuse it or add claims to it.
+
+    :param event: the grant type, the client, the scopes, the username (password grant) and
+        the claims the token will carry so far (``event.claims``, read-only).
+    :return: ``None``, or a dict of extra claims. Extra claims from all interceptors are
+        merged in calling order; introspection (and JWT access tokens) carry them. Registered
+        claims (``iss``, ``sub``, ``exp``, ``iat``, ``client_id``, ``scope``, ``cnf``, ...)
+        cannot be set this way: trying is a plugin error (``server_error``).
+    :raises OAuth2Error: refuses the request with that error (e.g. ``InvalidScopeError``).
+    """
+
+
+@hookspec
+def post_token_issue(event: TokenIssueEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called after a token was issued and stored, with its final claims.
+
+    The token value itself is never passed. Cannot change the outcome: anything raised is
+    logged with the listener's name and the client still gets its token.
+    """
+
+
+@hookspec
+def pre_token_revoke(event: TokenRevokeEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called before a token is revoked (RFC 7009).
+
+    :raises OAuth2Error: refuses the revocation with that error; the token stays valid.
+    """
+
+
+@hookspec
+def post_token_revoke(event: TokenRevokeEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called after a token (and, for a refresh token, its grant's tokens) was revoked.
+
+    Cannot change the outcome: anything raised is logged with the listener's name.
+    """
+
+
+@hookspec
+def client_auth_success(event: ClientAuthEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called when a client authenticated at an endpoint; cannot change the outcome."""
+
+
+@hookspec
+def client_auth_failure(event: ClientAuthEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called when client authentication failed; cannot change the outcome.
+
+    ``event.client_id`` is the identifier the request claimed, if any; ``event.error`` the
+    OAuth error code the client receives. No secret is ever passed.
+    """

@@ -1,0 +1,708 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+WAL with ``synchronous=NORMAL``: a committed transaction survives the process being killed
+(the WAL is in the OS page cache and replayed on the next open); only a power loss can undo
+the last transactions. Every write is one short transaction.
+
+A serving process (``serving()``) turns SQLite's automatic checkpoints off: one of them ran
+inside whichever request's commit pushed the WAL past 1,000 pages, copying pages and calling
+fsync on the event loop's thread. ``checkpoint()`` does that work on its own connection
+instead, which the server calls from a worker thread once a second.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from tokensmith.security.files import private_file
+from tokensmith.models import Client, Issue, LoginPolicy, RegisteredCertificate, StorageError, TokenRecord, User
+
+_SCHEMA_VERSION = 5
+
+#: Any change to clients, from any connection, bumps clients_version (see get_client).
+_CLIENTS_VERSION = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('clients_version', 0);
+CREATE TRIGGER IF NOT EXISTS clients_inserted AFTER INSERT ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
+CREATE TRIGGER IF NOT EXISTS clients_updated AFTER UPDATE ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
+CREATE TRIGGER IF NOT EXISTS clients_deleted AFTER DELETE ON clients
+    BEGIN UPDATE meta SET value = value + 1 WHERE key = 'clients_version'; END;
+"""
+
+#: Schema 5: what the token lifecycle needs (see docs/reliability.md).
+#: - users.user_id: grants refer to it, never to the username, which may be reused;
+#: - tokens_user: a user's tokens are revoked with them (password grants only: partial);
+#: - revoked_clients: a removed client's tokens are revoked (client_ids are never reused),
+#:   checked on read rather than by rewriting every row of the client;
+#: - login_failures: password failures per user and source address.
+_LIFECYCLE = """
+CREATE UNIQUE INDEX IF NOT EXISTS users_id ON users(user_id);
+CREATE INDEX IF NOT EXISTS tokens_user ON tokens(user_id) WHERE user_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS revoked_clients (
+    client_id TEXT PRIMARY KEY,
+    revoked_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS login_failures (
+    username TEXT NOT NULL,
+    source TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    last_failure INTEGER NOT NULL,
+    locked_until INTEGER NOT NULL,
+    PRIMARY KEY (username, source)
+) WITHOUT ROWID;
+"""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clients (
+    client_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    token_endpoint_auth_method TEXT NOT NULL,
+    grant_types TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    secret_hash TEXT,
+    bind_tokens INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    certificates TEXT NOT NULL DEFAULT '[]',
+    tls_subject TEXT,
+    access_token_lifetime INTEGER,
+    refresh_token_lifetime INTEGER,
+    jwt_access_tokens INTEGER,
+    resource_server INTEGER NOT NULL DEFAULT 0,
+    refresh_token_max_lifetime INTEGER
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    username TEXT,
+    cnf_x5t_s256 TEXT,
+    grant_id TEXT,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    claims TEXT NOT NULL DEFAULT '{}',
+    used INTEGER NOT NULL DEFAULT 0,
+    user_id TEXT,
+    grant_type TEXT,
+    grant_expires_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS tokens_grant ON tokens(grant_id);
+CREATE INDEX IF NOT EXISTS tokens_expiry ON tokens(expires_at);
+CREATE TABLE IF NOT EXISTS revoked_grants (
+    grant_id TEXT PRIMARY KEY,
+    revoked_at INTEGER NOT NULL
+);
+""" + _CLIENTS_VERSION + """
+CREATE TABLE IF NOT EXISTS users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    failed_attempts INTEGER NOT NULL DEFAULT 0,
+    locked_until INTEGER NOT NULL DEFAULT 0,
+    user_id TEXT,
+    last_failure INTEGER NOT NULL DEFAULT 0
+);
+""" + _LIFECYCLE
+
+_CLIENT_CACHE = 200_000
+_INSERT_TOKEN = "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: Marks a refresh token used if it is still live: exactly one caller changes the row.
+_USE_REFRESH = (
+    "UPDATE tokens SET used = 1 WHERE token_hash = ? AND kind = 'refresh' AND used = 0"
+    " AND revoked = 0 AND expires_at > ?"
+    " AND grant_id NOT IN (SELECT grant_id FROM revoked_grants)"
+    " AND client_id NOT IN (SELECT client_id FROM revoked_clients)")
+#: How long checkpoints and purges wait for the lock: they may hold writers this long.
+_MAINTENANCE_BUSY_MS = 5
+#: Login failure rows are kept this long after their last failure or lock.
+_FAILURES_KEPT = 24 * 3600
+#: After a checkpoint, a WAL larger than this is truncated to it.
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
+#: A WAL longer than this (4 KiB frames) is restarted by the next checkpoint.
+_RESTART_FRAMES = 4096
+
+#: Schema upgrades, by the version they lead to; each runs once, in one transaction.
+_MIGRATIONS = {
+    2: """
+ALTER TABLE clients ADD COLUMN certificates TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE clients ADD COLUMN tls_subject TEXT;
+""",
+    3: """
+ALTER TABLE tokens ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE clients ADD COLUMN access_token_lifetime INTEGER;
+ALTER TABLE clients ADD COLUMN refresh_token_lifetime INTEGER;
+ALTER TABLE clients ADD COLUMN jwt_access_tokens INTEGER;
+CREATE TABLE revoked_grants (
+    grant_id TEXT PRIMARY KEY,
+    revoked_at INTEGER NOT NULL
+);
+CREATE TABLE users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    failed_attempts INTEGER NOT NULL DEFAULT 0,
+    locked_until INTEGER NOT NULL DEFAULT 0
+);
+""",
+    4: _CLIENTS_VERSION + "CREATE INDEX IF NOT EXISTS tokens_expiry ON tokens(expires_at);",
+    5: """
+ALTER TABLE clients ADD COLUMN resource_server INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE clients ADD COLUMN refresh_token_max_lifetime INTEGER;
+ALTER TABLE tokens ADD COLUMN user_id TEXT;
+ALTER TABLE tokens ADD COLUMN grant_type TEXT;
+ALTER TABLE tokens ADD COLUMN grant_expires_at INTEGER;
+ALTER TABLE users ADD COLUMN user_id TEXT;
+ALTER TABLE users ADD COLUMN last_failure INTEGER NOT NULL DEFAULT 0;
+UPDATE users SET user_id = lower(hex(randomblob(16)));
+UPDATE tokens SET user_id = (SELECT u.user_id FROM users u WHERE u.username = tokens.username)
+    WHERE username IS NOT NULL;
+UPDATE tokens SET revoked = 1 WHERE username IS NOT NULL AND user_id IS NULL;
+""" + _LIFECYCLE,
+}
+
+
+class SQLiteStorage:
+    """``Storage`` over one SQLite file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._clients: dict[str, Client] = {}
+        self._clients_version = -1
+        self._checkpointer: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._serving = False
+        self._checkpoint_lock = threading.Lock()
+        try:
+            # 0600 before SQLite opens it: SQLite gives the -wal and -shm files its mode.
+            private_file(self.path)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=5000")  # first: workers open it together
+            self._wal()
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+            self._upgrade()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def _wal(self) -> None:
+        """Switch a new database to WAL. The switch needs the exclusive lock, and SQLite
+        answers 'database is locked' at once, without waiting, when waiting could deadlock
+        (another connection is upgrading its own lock): so wait here, up to 5 s."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _upgrade(self) -> None:
+        """Create or upgrade the schema, in one transaction that holds the write lock, so that
+        workers starting together do it once and a crash midway leaves the old schema."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path}: database schema {version} is newer than this tokensmith"
+                    f" ({_SCHEMA_VERSION})"
+                )
+            scripts = [_SCHEMA] if version == 0 else [
+                _MIGRATIONS[target] for target in range(version + 1, _SCHEMA_VERSION + 1)]
+            for script in scripts:
+                for statement in _statements(script):
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def serving(self) -> None:
+        """Leave checkpoints to ``checkpoint()``: no request's commit runs one."""
+        self._serving = True
+        self._run("PRAGMA wal_autocheckpoint=0")
+        if self._writer is not None:
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file; safe to call from another thread.
+
+        A PASSIVE checkpoint never waits for readers or writers; what it cannot copy yet, the
+        next call does (a long WAL is restarted, see below). It runs on a connection of its
+        own, so the requests' connection is not held while it copies and syncs.
+        """
+        with self._checkpoint_lock:
+            try:
+                self._maintenance()
+                frames = self._passive()
+                if frames > _RESTART_FRAMES:
+                    # Under steady writes a passive checkpoint never catches up with the last
+                    # commit, and the WAL only starts over once one has. RESTART does, but
+                    # holds writers while it copies and syncs: 60-70 ms after a second of
+                    # load. Passive rounds first copy what arrived during the previous one,
+                    # until little is left, so that RESTART holds them a few ms at most.
+                    # With a busy timeout of a few ms, RESTART soon gives up when a reader
+                    # still uses the WAL: the WAL then grows until that reader is done.
+                    for _ in range(4):
+                        before, frames = frames, self._passive()
+                        if frames - before < 256:
+                            break
+                    self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: checkpoint: {exc}") from exc
+
+    def _passive(self) -> int:
+        """One PASSIVE checkpoint; the WAL's length in frames."""
+        assert self._checkpointer is not None
+        return self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+
+    def _run(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    # -- clients --------------------------------------------------------------------------
+
+    def add_client(self, client: Client) -> None:
+        self._run(
+            "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _client_row(client)
+        )
+
+    def update_client(self, client: Client) -> bool:
+        row = _client_row(client)
+        cursor = self._run(
+            "UPDATE clients SET name = ?, token_endpoint_auth_method = ?, grant_types = ?,"
+            " scopes = ?, secret_hash = ?, bind_tokens = ?, created_at = ?, certificates = ?,"
+            " tls_subject = ?, access_token_lifetime = ?, refresh_token_lifetime = ?,"
+            " jwt_access_tokens = ?, resource_server = ?, refresh_token_max_lifetime = ?"
+            " WHERE client_id = ?",
+            (*row[1:], row[0]),
+        )
+        return cursor.rowcount > 0
+
+    def get_client(self, client_id: str) -> Client | None:
+        # Clients are read on every request and change rarely: they are cached, and the cache
+        # is dropped whenever clients_version moves. Triggers bump it on any change to
+        # clients, from this process, another worker or the CLI, so a client registered or
+        # rotated while the server runs is seen on the next request.
+        version = self._run("SELECT value FROM meta WHERE key = 'clients_version'").fetchone()[0]
+        if version != self._clients_version:
+            self._clients.clear()
+            self._clients_version = version
+        client = self._clients.get(client_id)
+        if client is None:
+            row = self._run("SELECT * FROM clients WHERE client_id = ?", (client_id,)).fetchone()
+            if row is None:
+                return None  # unknown ids are not cached: anyone can make up millions
+            client = _client(row)
+            if len(self._clients) >= _CLIENT_CACHE:
+                self._clients.clear()
+            self._clients[client_id] = client
+        return client
+
+    def list_clients(self) -> list[Client]:
+        return [_client(r) for r in self._run("SELECT * FROM clients ORDER BY created_at, name")]
+
+    def scopes_in_use(self) -> list[str]:
+        rows = self._run("SELECT DISTINCT s.value FROM clients, json_each(clients.scopes) s"
+                         " ORDER BY s.value")
+        return [row[0] for row in rows]
+
+    def remove_client(self, client_id: str) -> bool:
+        # Its tokens are revoked through revoked_clients, which every read of a token and
+        # every refresh checks: one row, however many tokens the client holds.
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                removed = self._db.execute("DELETE FROM clients WHERE client_id = ?",
+                                           (client_id,)).rowcount > 0
+                if removed:
+                    self._db.execute("INSERT OR IGNORE INTO revoked_clients VALUES (?, ?)",
+                                     (client_id, int(time.time())))
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        return removed
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def add_token(self, token: TokenRecord) -> None:
+        self.add_tokens([token])
+
+    def add_tokens(self, tokens: list[TokenRecord]) -> None:
+        try:
+            with self._db:  # one transaction: the token response is stored whole or not at all
+                self._db.execute("BEGIN")
+                self._db.executemany(_INSERT_TOKEN, [_token_row(token) for token in tokens])
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def try_add_tokens(self, tokens: list[TokenRecord]) -> bool:
+        """``add_tokens``, but False at once, storing nothing, while another connection holds
+        the write lock (see ``try_issue``)."""
+        return self.try_issue([Issue(tuple(tokens))], int(time.time())) is not None
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        if self._writer is None:
+            try:
+                self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                               timeout=0)
+                self._writer.execute("PRAGMA synchronous=NORMAL")
+                if self._serving:
+                    self._writer.execute("PRAGMA wal_autocheckpoint=0")
+                self._writer.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: {exc}") from exc
+        return self._writer
+
+    def try_issue(self, issues: list[Issue], now: int) -> list[bool] | None:
+        """Store token responses in one transaction; None at once, storing nothing, while
+        another connection holds the write lock (another worker's commit, the CLI).
+
+        SQLite's busy handler would sleep on the event loop's thread instead, 1 ms and more
+        per collision; with two workers writing, collisions are frequent. The writes go
+        through a connection of their own with no busy timeout.
+
+        A refresh token an issue rotates is marked used in the same transaction as its
+        successors are stored: both happen or neither does (RFC 9700 §4.14.2 replay
+        detection must not take a client's retry after a crash for a replay).
+        """
+        writer = self._writer_connection()
+        try:
+            writer.execute("BEGIN IMMEDIATE")  # the write lock now, or SQLITE_BUSY now
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                return None
+            raise StorageError(f"{self.path}: {exc}") from exc
+        stored: list[bool] = []
+        try:
+            rows: list[tuple[object, ...]] = []
+            for issue in issues:
+                if issue.rotates is not None and writer.execute(
+                        _USE_REFRESH, (issue.rotates, now)).rowcount != 1:
+                    stored.append(False)
+                    continue
+                rows += [_token_row(token) for token in issue.tokens]
+                stored.append(True)
+            writer.executemany(_INSERT_TOKEN, rows)
+            writer.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if writer.in_transaction:
+                writer.execute("ROLLBACK")
+            raise StorageError(f"{self.path}: {exc}") from exc
+        return stored
+
+    def get_token(self, token_hash: str) -> TokenRecord | None:
+        # A revoked grant revokes every token of it, also those stored after the revocation
+        # (a refresh that raced with a replay detection); a removed client or user, every
+        # token of theirs, also one issued while the removal ran (user_ids are never reused).
+        row = self._run(
+            "SELECT t.*, EXISTS(SELECT 1 FROM revoked_grants g WHERE g.grant_id = t.grant_id)"
+            " OR EXISTS(SELECT 1 FROM revoked_clients c WHERE c.client_id = t.client_id)"
+            " OR (t.user_id IS NOT NULL AND NOT EXISTS(SELECT 1 FROM users u WHERE u.user_id = t.user_id))"
+            " FROM tokens t WHERE t.token_hash = ?", (token_hash,)).fetchone()
+        if row is None:
+            return None
+        return TokenRecord(*row[:9], revoked=bool(row[9] or row[15]), claims=json.loads(row[10]),
+                           used=bool(row[11]), user_id=row[12], grant_type=row[13],
+                           grant_expires_at=row[14])
+
+    def revoke_token(self, token_hash: str) -> bool:
+        cursor = self._run("UPDATE tokens SET revoked = 1 WHERE token_hash = ? AND revoked = 0",
+                           (token_hash,))
+        return cursor.rowcount > 0
+
+    def revoke_grant(self, grant_id: str) -> int:
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute("INSERT OR IGNORE INTO revoked_grants VALUES (?, ?)",
+                                 (grant_id, int(time.time())))
+                cursor = self._db.execute(
+                    "UPDATE tokens SET revoked = 1 WHERE grant_id = ? AND revoked = 0", (grant_id,))
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        return cursor.rowcount
+
+    def use_refresh_token(self, token_hash: str, now: int) -> bool:
+        # One UPDATE, so that among concurrent callers (threads or processes) exactly one
+        # sees a row change: SQLite serialises writers.
+        return self._run(_USE_REFRESH, (token_hash, now)).rowcount == 1
+
+    def revoke_user_tokens(self, user_id: str) -> int:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                return self._revoke_user(user_id)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
+                    " WHERE client_id = ? AND cnf_x5t_s256 = ? AND grant_id IS NOT NULL",
+                    (int(time.time()), client_id, x5t_s256))
+                return self._db.execute(
+                    "UPDATE tokens SET revoked = 1 WHERE client_id = ? AND cnf_x5t_s256 = ?"
+                    " AND revoked = 0", (client_id, x5t_s256)).rowcount
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def _revoke_user(self, user_id: str) -> int:
+        """Inside a transaction: the user's grants (also tokens of them stored later) and
+        tokens."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
+            " WHERE user_id = ? AND grant_id IS NOT NULL", (int(time.time()), user_id))
+        return self._db.execute("UPDATE tokens SET revoked = 1 WHERE user_id = ? AND revoked = 0",
+                                (user_id,)).rowcount
+
+    def _maintenance(self) -> sqlite3.Connection:
+        """The connection of checkpoint() and purge_expired(), which run in a worker thread.
+
+        A busy timeout of a few milliseconds: enough to wait for a token commit to finish,
+        and then a checkpoint or purge gives up and is tried again on the next round. A
+        RESTART checkpoint holds the write lock while it waits for readers of the old WAL,
+        so a long busy timeout made a long read hold every token request with it.
+        """
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self.path, isolation_level=None, timeout=0,
+                                                 check_same_thread=False)
+            self._checkpointer.execute(f"PRAGMA busy_timeout={_MAINTENANCE_BUSY_MS}")
+            if self._serving:
+                self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
+        return self._checkpointer
+
+    def purge_expired(self, before: int, limit: int | None = None) -> int | None:
+        # Expired tokens answer introspection as inactive whether or not they are kept, so
+        # keeping them only grows the file (about 1 MB per 4,000 tokens). In batches of
+        # *limit*, each a short transaction, so that token writes wait for none of them long.
+        with self._checkpoint_lock:
+            try:
+                db = self._maintenance()
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                        return None
+                    raise
+                try:
+                    removed = db.execute(
+                        "DELETE FROM tokens WHERE rowid IN (SELECT rowid FROM tokens"
+                        " WHERE expires_at < ? LIMIT ?)", (before, -1 if limit is None else limit),
+                    ).rowcount
+                    db.execute("DELETE FROM login_failures WHERE locked_until < ?"
+                               " AND last_failure < ?", (before, before - _FAILURES_KEPT))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: purge: {exc}") from exc
+        return removed
+
+    # -- users ----------------------------------------------------------------------------
+
+    def add_user(self, user: User) -> None:
+        self._run("INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (user.username, user.password_hash, user.created_at, user.failed_attempts,
+                   user.locked_until, user.user_id, user.last_failure))
+
+    def get_user(self, username: str) -> User | None:
+        row = self._run("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        return User(*row) if row else None
+
+    def list_users(self) -> list[User]:
+        return [User(*row) for row in self._run("SELECT * FROM users ORDER BY username")]
+
+    def remove_user(self, username: str) -> bool:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute("SELECT user_id FROM users WHERE username = ?",
+                                       (username,)).fetchone()
+                if row is None:
+                    return False
+                self._revoke_user(row[0])
+                self._db.execute("DELETE FROM login_failures WHERE username = ?", (username,))
+                self._db.execute("DELETE FROM users WHERE username = ?", (username,))
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        return True
+
+    def take_login_attempt(self, username: str, source: str, now: int, policy: LoginPolicy) -> bool:
+        # One transaction holding the write lock: concurrent attempts, from this process or
+        # another worker, are counted one after the other, so no more than the limit are
+        # ever let through to the password check.
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                user = self._db.execute(
+                    "SELECT failed_attempts, last_failure, locked_until FROM users"
+                    " WHERE username = ?", (username,)).fetchone()
+                if user is None:
+                    return False
+                here = self._db.execute(
+                    "SELECT failures, last_failure, locked_until FROM login_failures"
+                    " WHERE username = ? AND source = ?", (username, source)).fetchone()
+                counted_here = _count(here, now, policy.max_failures, policy.lockout_seconds)
+                counted_all = _count(user, now, policy.max_failures_per_user, policy.lockout_seconds)
+                if counted_here is None or counted_all is None:
+                    return False  # locked out: not counted, so that the lock is not extended
+                self._db.execute(
+                    "INSERT OR REPLACE INTO login_failures VALUES (?, ?, ?, ?, ?)",
+                    (username, source, *counted_here))
+                self._db.execute(
+                    "UPDATE users SET failed_attempts = ?, last_failure = ?, locked_until = ?"
+                    " WHERE username = ?", (*counted_all, username))
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        return True
+
+    def end_login_attempt(self, username: str, source: str, succeeded: bool) -> None:
+        if not succeeded:
+            return  # counted when it was taken
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM login_failures WHERE username = ? AND source = ?",
+                                 (username, source))
+                self._db.execute("UPDATE users SET failed_attempts = 0, locked_until = 0"
+                                 " WHERE username = ?", (username,))
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def unlock_user(self, username: str) -> bool:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM login_failures WHERE username = ?", (username,))
+                return self._db.execute(
+                    "UPDATE users SET failed_attempts = 0, locked_until = 0, last_failure = 0"
+                    " WHERE username = ?", (username,)).rowcount > 0
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
+        if self._writer is not None:
+            self._writer.close()
+        self._db.close()
+
+    def __enter__(self) -> SQLiteStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _count(row: tuple[int, int, int] | None, now: int, limit: int,
+           lockout: int) -> tuple[int, int, int] | None:
+    """One more attempt on a (failures, last_failure, locked_until) counter, as LoginPolicy
+    says; None while the counter's lock holds."""
+    failures, last, locked_until = row or (0, 0, 0)
+    if locked_until > now:
+        return None
+    if locked_until or now - last >= lockout:
+        failures, locked_until = 0, 0  # the lock is over, or a quiet period: start afresh
+    failures += 1
+    if failures >= limit:
+        locked_until = now + lockout
+    return failures, now, locked_until
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of *script* (``executescript`` would commit the open transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    assert not current.strip(), f"incomplete SQL: {current!r}"
+    return statements
+
+
+def _token_row(token: TokenRecord) -> tuple[object, ...]:
+    return (
+        token.token_hash,
+        token.kind,
+        token.client_id,
+        token.scope,
+        token.issued_at,
+        token.expires_at,
+        token.username,
+        token.cnf_x5t_s256,
+        token.grant_id,
+        int(token.revoked),
+        json.dumps(token.claims),
+        int(token.used),
+        token.user_id,
+        token.grant_type,
+        token.grant_expires_at,
+    )
+
+
+def _client_row(client: Client) -> tuple[object, ...]:
+    return (
+        client.client_id,
+        client.name,
+        client.token_endpoint_auth_method,
+        json.dumps(list(client.grant_types)),
+        json.dumps(list(client.scopes)),
+        client.secret_hash,
+        int(client.bind_tokens),
+        client.created_at,
+        json.dumps([{**c.view(), "der": base64.b64encode(c.der).decode()} for c in client.certificates]),
+        json.dumps(list(client.tls_subject)) if client.tls_subject else None,
+        client.access_token_lifetime,
+        client.refresh_token_lifetime,
+        None if client.jwt_access_tokens is None else int(client.jwt_access_tokens),
+        int(client.resource_server),
+        client.refresh_token_max_lifetime,
+    )
+
+
+def _client(row: tuple) -> Client:
+    return Client(
+        client_id=row[0],
+        name=row[1],
+        token_endpoint_auth_method=row[2],
+        grant_types=tuple(json.loads(row[3])),
+        scopes=tuple(json.loads(row[4])),
+        secret_hash=row[5],
+        bind_tokens=bool(row[6]),
+        created_at=row[7],
+        certificates=tuple(
+            RegisteredCertificate(c["sha256"], c["subject"], c["not_before"], c["not_after"],
+                                  base64.b64decode(c["der"]))
+            for c in json.loads(row[8])
+        ),
+        tls_subject=tuple(json.loads(row[9])) if row[9] else None,  # type: ignore[arg-type]
+        access_token_lifetime=row[10],
+        refresh_token_lifetime=row[11],
+        jwt_access_tokens=None if row[12] is None else bool(row[12]),
+        resource_server=bool(row[13]),
+        refresh_token_max_lifetime=row[14],
+    )
