@@ -42,9 +42,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import report, sysinfo  # noqa: E402
 from harness.load import LOADGEN, SCENARIOS, Calm, Settings, loadgen_bound, run_scenario  # noqa: E402
 from harness.procs import Procs, StartupError  # noqa: E402
-from harness.servers import (LANES, PEERS, ROOT, Clients, Deployment, Server,  # noqa: E402
-                             fetch_token, introspect, post, start_bare, start_node,
-                             start_tokensmith)
+from harness.servers import (
+    LANES,
+    PEERS,
+    ROOT,
+    Clients,
+    Deployment,
+    Server,  # noqa: E402
+    fetch_token,
+    introspect,
+    post,
+    start_bare,
+    start_node,
+    start_tokensmith,
+)
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -52,44 +63,82 @@ SERVER_CPUS, LOADGEN_CPUS = "0", "1"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="See bench/README.md for what each scenario measures.")
-    p.add_argument("--smoke", action="store_true",
-                   help="about a minute: 1 round of 1 s, sizes 1 and 100, every scenario once;"
-                   " node-oidc is skipped with a note if it is not set up")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="See bench/README.md for what each scenario measures."
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="about a minute: 1 round of 1 s, sizes 1 and 100, every scenario once;"
+        " node-oidc is skipped with a note if it is not set up",
+    )
     p.add_argument("--rounds", type=int, help="rounds per scenario (default 3; smoke 1)")
     p.add_argument("--duration", type=float, help="measured seconds per round (default 10; smoke 1)")
-    p.add_argument("--warmup", type=float, help="unmeasured seconds before each round (default 2;"
-                   " smoke 0.3)")
+    p.add_argument("--warmup", type=float, help="unmeasured seconds before each round (default 2; smoke 0.3)")
     p.add_argument("--connections", "-c", type=int, default=32, help="concurrent connections (32)")
-    p.add_argument("--retries", type=int, help="extra rounds per scenario that may replace rounds"
-                   " disturbed by other processes (default 3; smoke 0)")
-    p.add_argument("--calm-wait", type=float, metavar="SECONDS",
-                   help="before each round, wait up to this long for other processes to go below"
-                   " --disturbed (default 30; smoke 0), within a total of 10 minutes")
-    p.add_argument("--disturbed", type=float, default=15.0, metavar="PCT",
-                   help="other processes' CPU, in %% of one core, that makes a round disturbed (15)")
-    p.add_argument("--sizes", help="registered mutual-TLS clients, comma-separated (default"
-                   " 1,10000,100000; smoke 1,100); the first size gets all four scenarios")
-    p.add_argument("--node-adapter", choices=("map", "memory"), default="map",
-                   help="node-oidc token storage: map keeps every token (default), memory is"
-                   " oidc-provider's 1000-entry LRU")
-    p.add_argument("--llhttp", choices=("all", "first"), default="all",
-                   help="sizes at which the llhttp lane (tokensmith-llhttp) runs beside the"
-                   " default lane: all (default) or only the first (saves about 5 minutes of a"
-                   " full run)")
+    p.add_argument(
+        "--retries",
+        type=int,
+        help="extra rounds per scenario that may replace rounds"
+        " disturbed by other processes (default 3; smoke 0)",
+    )
+    p.add_argument(
+        "--calm-wait",
+        type=float,
+        metavar="SECONDS",
+        help="before each round, wait up to this long for other processes to go below"
+        " --disturbed (default 30; smoke 0), within a total of 10 minutes",
+    )
+    p.add_argument(
+        "--disturbed",
+        type=float,
+        default=15.0,
+        metavar="PCT",
+        help="other processes' CPU, in %% of one core, that makes a round disturbed (15)",
+    )
+    p.add_argument(
+        "--sizes",
+        help="registered mutual-TLS clients, comma-separated (default"
+        " 1,10000,100000; smoke 1,100); the first size gets all four scenarios",
+    )
+    p.add_argument(
+        "--node-adapter",
+        choices=("map", "memory"),
+        default="map",
+        help="node-oidc token storage: map keeps every token (default), memory is"
+        " oidc-provider's 1000-entry LRU",
+    )
+    p.add_argument(
+        "--llhttp",
+        choices=("all", "first"),
+        default="all",
+        help="sizes at which the llhttp lane (tokensmith-llhttp) runs beside the"
+        " default lane: all (default) or only the first (saves about 5 minutes of a"
+        " full run)",
+    )
     p.add_argument("--skip-node", action="store_true", help="do not run node-oidc")
     p.add_argument("--skip-workers", action="store_true", help="skip 1 vs 2 workers")
-    p.add_argument("--dropins", type=Path, default=ROOT / "dropins",
-                   help="plugin wheels to deploy (default: the repository's dropins/, built by"
-                   " make setup)")
+    p.add_argument(
+        "--dropins",
+        type=Path,
+        default=ROOT / "dropins",
+        help="plugin wheels to deploy (default: the repository's dropins/, built by make setup)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory (bench/results)")
     p.add_argument("--name", help="results file stem (default latest; smoke with --smoke)")
-    p.add_argument("--update-docs", action="store_true",
-                   help=f"rewrite the results section of {DOC.relative_to(ROOT)} (not with --smoke)")
+    p.add_argument(
+        "--update-docs",
+        action="store_true",
+        help=f"rewrite the results section of {DOC.relative_to(ROOT)} (not with --smoke)",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory")
-    p.add_argument("--render", type=Path, metavar="JSON", help="measure nothing: rewrite the"
-                   " Markdown (and, with --update-docs, the docs) from a results JSON file")
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: rewrite the"
+        " Markdown (and, with --update-docs, the docs) from a results JSON file",
+    )
     args = p.parse_args(argv)
     smoke = args.smoke
     args.rounds = args.rounds or (1 if smoke else 3)
@@ -126,12 +175,26 @@ class Run:
     def __init__(self, args: argparse.Namespace, work: Path, procs: Procs):
         self.args, self.work, self.procs = args, work, procs
         self.calm = Calm(args.calm_wait, 600.0)
-        self.settings = Settings(args.rounds, args.duration, args.warmup, args.connections,
-                                 LOADGEN_CPUS, args.retries, args.disturbed, self.calm)
+        self.settings = Settings(
+            args.rounds,
+            args.duration,
+            args.warmup,
+            args.connections,
+            LOADGEN_CPUS,
+            args.retries,
+            args.disturbed,
+            self.calm,
+        )
         self.code_seen: dict[str, list[str]] = {}
-        self.results: dict = {"servers": {}, "registration": {}, "workers": {}, "notes": [],
-                              "sizes": args.sizes, "status": "running",
-                              "lanes": {label: lane for lane, label in LANES.items()}}
+        self.results: dict = {
+            "servers": {},
+            "registration": {},
+            "workers": {},
+            "notes": [],
+            "sizes": args.sizes,
+            "status": "running",
+            "lanes": {label: lane for lane, label in LANES.items()},
+        }
 
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -142,8 +205,12 @@ class Run:
         code = sysinfo.code_fingerprint(self.args.dropins) if label.startswith("tokensmith") else None
         server: Server = start()
         server.name = label
-        entry: dict = {"url": server.base, "startup_s": round(server.startup_s, 3),
-                       "rss_ready_mb": round(server.rss_ready_mb, 1), "scenarios": {}}
+        entry: dict = {
+            "url": server.base,
+            "startup_s": round(server.startup_s, 3),
+            "rss_ready_mb": round(server.rss_ready_mb, 1),
+            "scenarios": {},
+        }
         if code is not None:
             entry["code"] = code
             self.code_seen.setdefault(code, []).append(f"{label} (N={clients.count:,})")
@@ -154,16 +221,29 @@ class Run:
         expected = json.loads((clients.dir / "clients.jsonl").open().readline())["x5t#S256"]
         cnf = info.get("cnf")
         got = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
-        entry["bound"] = None if label == "bare-hypercorn" else (info.get("active") is True
-                                                                 and got == expected)
-        status, data = post(server.base, "/oauth2/token", {"grant_type": "client_credentials"},
-                            cafile=clients.server_cert, basic=server.basic)
+        entry["bound"] = (
+            None if label == "bare-hypercorn" else (info.get("active") is True and got == expected)
+        )
+        status, data = post(
+            server.base,
+            "/oauth2/token",
+            {"grant_type": "client_credentials"},
+            cafile=clients.server_cert,
+            basic=server.basic,
+        )
         if status != 200:
             raise RuntimeError(f"{label}: client_secret_basic token request got {status} {data}")
         return server, token, entry
 
-    def measure(self, starters: dict, clients: Clients, keys: list[str], *,
-                settings: Settings | None = None, after: dict | None = None) -> dict[str, dict]:
+    def measure(
+        self,
+        starters: dict,
+        clients: Clients,
+        keys: list[str],
+        *,
+        settings: Settings | None = None,
+        after: dict | None = None,
+    ) -> dict[str, dict]:
         """Start every server of *starters* (label: start function), run *keys* on them with
         the rounds interleaved, measure memory, run *after[label]*, stop them; their entries."""
         settings = settings or self.settings
@@ -192,16 +272,22 @@ class Run:
         """Notes for figures to read with care."""
         where = f"{label} scenario {key[1]} (N={size:,})"
         if summary.get("rounds_without_responses"):
-            self.note(f"{where}: {summary['rounds_without_responses']} round(s) had no response"
-                      f" complete within the {settings.duration} s window, so their rps is 0:"
-                      " each response took longer than the window.")
+            self.note(
+                f"{where}: {summary['rounds_without_responses']} round(s) had no response"
+                f" complete within the {settings.duration} s window, so their rps is 0:"
+                " each response took longer than the window."
+            )
         if summary.get("medians_include_disturbed"):
-            self.note(f"{where}: other processes used up to {summary['other_cpu_pct_max']:.0f}%"
-                      " of a CPU during the rounds behind this figure (no undisturbed round in"
-                      f" {settings.rounds + settings.retries} tries): treat it with care.")
+            self.note(
+                f"{where}: other processes used up to {summary['other_cpu_pct_max']:.0f}%"
+                " of a CPU during the rounds behind this figure (no undisturbed round in"
+                f" {settings.rounds + settings.retries} tries): treat it with care."
+            )
         if loadgen_bound(summary):
-            self.note(f"{where}: loadgen used {summary['loadgen_cpu_pct_max']:.0f}% of a core, so"
-                      " it may have been the bottleneck; that figure is a lower bound.")
+            self.note(
+                f"{where}: loadgen used {summary['loadgen_cpu_pct_max']:.0f}% of a core, so"
+                " it may have been the bottleneck; that figure is a lower bound."
+            )
 
     def note(self, text: str) -> None:
         if text not in self.results["notes"]:
@@ -210,23 +296,43 @@ class Run:
     def registration(self, dep: Deployment, server: Server, cert: Path, key: Path, size: int) -> None:
         """`tokensmith sp add` on the running server, then token requests until one succeeds."""
         started = time.monotonic()
-        shown = json.loads(dep.cli("sp", "add", f"fresh-{size}", "--grant-type", "client_credentials",
-                                   "--auth-method", "self_signed_tls_client_auth", "--cert",
-                                   str(cert), cpus=LOADGEN_CPUS))
+        shown = json.loads(
+            dep.cli(
+                "sp",
+                "add",
+                f"fresh-{size}",
+                "--grant-type",
+                "client_credentials",
+                "--auth-method",
+                "self_signed_tls_client_auth",
+                "--cert",
+                str(cert),
+                cpus=LOADGEN_CPUS,
+            )
+        )
         cli_done = time.monotonic()
         status, attempts = None, 0
         while attempts < 500 and time.monotonic() - cli_done < 10:
             attempts += 1
-            status, _ = post(server.base, "/oauth2/token", {"grant_type": "client_credentials",
-                             "client_id": str(shown["client_id"])}, cafile=dep.conf / "security" /
-                             "server.crt", cert=(cert, key))
+            status, _ = post(
+                server.base,
+                "/oauth2/token",
+                {"grant_type": "client_credentials", "client_id": str(shown["client_id"])},
+                cafile=dep.conf / "security" / "server.crt",
+                cert=(cert, key),
+            )
             if status == 200:
                 break
             time.sleep(0.01)
         done = time.monotonic()
-        result = {"ok": status == 200, "status": status, "attempts": attempts,
-                  "total_s": round(done - started, 3), "cli_s": round(cli_done - started, 3),
-                  "after_cli_s": round(done - cli_done, 3)}
+        result = {
+            "ok": status == 200,
+            "status": status,
+            "attempts": attempts,
+            "total_s": round(done - started, 3),
+            "cli_s": round(cli_done - started, 3),
+            "after_cli_s": round(done - cli_done, 3),
+        }
         self.results["registration"][str(size)] = result
         self.log(f"  registration to first token: {result}")
 
@@ -235,8 +341,9 @@ class Run:
         node_skip = node_status(args)
         if node_skip:
             if not args.smoke and not args.skip_node:
-                raise SystemExit(f"run.py: node-oidc is required for a full run: {node_skip}"
-                                 " (or pass --skip-node)")
+                raise SystemExit(
+                    f"run.py: node-oidc is required for a full run: {node_skip} (or pass --skip-node)"
+                )
             self.results["node_skipped"] = node_skip
             self.note(f"node-oidc skipped: {node_skip}; no tokensmith/node ratios in this run.")
         fresh = Clients.generate(work / "fresh", len(args.sizes), len(args.sizes))
@@ -250,24 +357,33 @@ class Run:
             dep = Deployment.create(work / f"tokensmith-{size}", clients, args.dropins)
             dep.register_bulk(clients)
             dep.register_basic()
-            self.log(f"  registered {dep.registered:,} clients through the storage API in"
-                     f" {dep.registration_s:.1f} s (not timed in the results)")
+            self.log(
+                f"  registered {dep.registered:,} clients through the storage API in"
+                f" {dep.registration_s:.1f} s (not timed in the results)"
+            )
             cert, key = Path(fresh_lines[index][0]), Path(fresh_lines[index][1])
             starters = {"tokensmith": lambda: start_tokensmith(self.procs, dep, work, cpus=SERVER_CPUS)}
             if index == 0 or args.llhttp == "all":
                 starters["tokensmith-llhttp"] = lambda: start_tokensmith(
-                    self.procs, dep, work, lane="llhttp", cpus=SERVER_CPUS)
+                    self.procs, dep, work, lane="llhttp", cpus=SERVER_CPUS
+                )
             if not node_skip:
-                starters["node-oidc"] = lambda: start_node(self.procs, clients, work,
-                                                           adapter=args.node_adapter, cpus=SERVER_CPUS)
+                starters["node-oidc"] = lambda: start_node(
+                    self.procs, clients, work, adapter=args.node_adapter, cpus=SERVER_CPUS
+                )
             if index == 0:
                 starters["bare-hypercorn"] = lambda: start_bare(self.procs, clients, work, cpus=SERVER_CPUS)
-            entries = self.measure(starters, clients, keys, after={
-                "tokensmith": lambda server: self.registration(dep, server, cert, key, size)})
+            entries = self.measure(
+                starters,
+                clients,
+                keys,
+                after={"tokensmith": lambda server: self.registration(dep, server, cert, key, size)},
+            )
             for label in LANES.values():
                 if label in entries:
-                    entries[label].update(registered=dep.registered,
-                                          bulk_registration_s=round(dep.registration_s, 2))
+                    entries[label].update(
+                        registered=dep.registered, bulk_registration_s=round(dep.registration_s, 2)
+                    )
             for label, entry in entries.items():
                 servers.setdefault(label, {})[str(size)] = entry
             if index == 0:
@@ -277,51 +393,84 @@ class Run:
                 shutil.rmtree(clients.dir, ignore_errors=True)
         if not args.skip_workers and first_dep is not None:
             self.log("tokensmith --workers 1 and --workers 2, whole machine (no pinning)")
-            whole = Settings(args.rounds, args.duration, args.warmup, args.connections, None,
-                             args.retries, args.disturbed, self.calm)
-            entries = self.measure({
-                "tokensmith-1-worker": lambda: start_tokensmith(self.procs, first_dep, work, workers=1,
-                                                                cpus=None),
-                "tokensmith-2-workers": lambda: start_tokensmith(self.procs, first_dep, work, workers=2,
-                                                                 cpus=None),
-            }, first_clients, ["s1", "s2"], settings=whole)
-            self.results["workers"] = {"1": entries["tokensmith-1-worker"],
-                                       "2": entries["tokensmith-2-workers"]}
+            whole = Settings(
+                args.rounds,
+                args.duration,
+                args.warmup,
+                args.connections,
+                None,
+                args.retries,
+                args.disturbed,
+                self.calm,
+            )
+            entries = self.measure(
+                {
+                    "tokensmith-1-worker": lambda: start_tokensmith(
+                        self.procs, first_dep, work, workers=1, cpus=None
+                    ),
+                    "tokensmith-2-workers": lambda: start_tokensmith(
+                        self.procs, first_dep, work, workers=2, cpus=None
+                    ),
+                },
+                first_clients,
+                ["s1", "s2"],
+                settings=whole,
+            )
+            self.results["workers"] = {
+                "1": entries["tokensmith-1-worker"],
+                "2": entries["tokensmith-2-workers"],
+            }
 
 
 def standing_notes(run: Run) -> None:
     args = run.args
     first = args.sizes[0]
     llhttp_sizes = "every size" if args.llhttp == "all" else f"the first size ({first:,})"
-    run.note("Two tokensmith lanes, one deployment: **tokensmith** is the default lane, HTTP/1.1"
-             " served by Hypercorn (h11); **tokensmith-llhttp** is the opt-in lane, the same"
-             ' conf with http1="llhttp" on the connector (tokensmith\'s own HTTP/1.1 protocol over'
-             " httptools/llhttp). Both serve the same database, dropins and keys, so each lane's"
-             " tokens go into the same table; they are loaded in turn, never at once."
-             f" tokensmith-llhttp runs at {llhttp_sizes}. The targets are the default lane's"
-             " unless they name the llhttp lane; `sp add` to first token and the workers"
-             " comparison use the default lane only.")
-    run.note("tokensmith clients are registered in bulk through the storage API"
-             " (SQLiteStorage.add_client, one autocommit insert per client), not with the CLI,"
-             " and that registration is not timed in the targets; `sp add` is timed on its own.")
-    run.note(f"The load uses min(32, N) distinct clients round-robin over {args.connections}"
-             f" connections (one certificate per connection): with {first} registered client(s)"
-             " every connection is the same client, at larger sizes 32 different ones.")
-    run.note("bare-hypercorn has no clients, so it is measured once, at the first size; its"
-             " figures are the reference for every size. It runs in TLS_MODE=accept-any, the same"
-             " TLS policy and certificate callback as tokensmith.")
-    run.note(f"node-oidc stores tokens in memory (ADAPTER={args.node_adapter}); tokensmith writes"
-             " every token (hashed) to SQLite in WAL mode. node-oidc compares client secrets in"
-             " plaintext; tokensmith verifies a slow-KDF hash (scenario 3).")
-    run.note("All servers use the same EC P-256 server certificate; loadgen speaks HTTP/1.1 only"
-             " (no h2), with no TLS session resumption in scenario 2.")
-    run.note("The machine may be shared: a round during which other processes (not the server,"
-             f" loadgen or this harness) used more than {args.disturbed:.0f}% of a CPU is marked"
-             f" disturbed and replaced, up to {args.retries} extra round(s) per scenario; the"
-             " medians use undisturbed rounds when there are any.")
+    run.note(
+        "Two tokensmith lanes, one deployment: **tokensmith** is the default lane, HTTP/1.1"
+        " served by Hypercorn (h11); **tokensmith-llhttp** is the opt-in lane, the same"
+        ' conf with http1="llhttp" on the connector (tokensmith\'s own HTTP/1.1 protocol over'
+        " httptools/llhttp). Both serve the same database, dropins and keys, so each lane's"
+        " tokens go into the same table; they are loaded in turn, never at once."
+        f" tokensmith-llhttp runs at {llhttp_sizes}. The targets are the default lane's"
+        " unless they name the llhttp lane; `sp add` to first token and the workers"
+        " comparison use the default lane only."
+    )
+    run.note(
+        "tokensmith clients are registered in bulk through the storage API"
+        " (SQLiteStorage.add_client, one autocommit insert per client), not with the CLI,"
+        " and that registration is not timed in the targets; `sp add` is timed on its own."
+    )
+    run.note(
+        f"The load uses min(32, N) distinct clients round-robin over {args.connections}"
+        f" connections (one certificate per connection): with {first} registered client(s)"
+        " every connection is the same client, at larger sizes 32 different ones."
+    )
+    run.note(
+        "bare-hypercorn has no clients, so it is measured once, at the first size; its"
+        " figures are the reference for every size. It runs in TLS_MODE=accept-any, the same"
+        " TLS policy and certificate callback as tokensmith."
+    )
+    run.note(
+        f"node-oidc stores tokens in memory (ADAPTER={args.node_adapter}); tokensmith writes"
+        " every token (hashed) to SQLite in WAL mode. node-oidc compares client secrets in"
+        " plaintext; tokensmith verifies a slow-KDF hash (scenario 3)."
+    )
+    run.note(
+        "All servers use the same EC P-256 server certificate; loadgen speaks HTTP/1.1 only"
+        " (no h2), with no TLS session resumption in scenario 2."
+    )
+    run.note(
+        "The machine may be shared: a round during which other processes (not the server,"
+        f" loadgen or this harness) used more than {args.disturbed:.0f}% of a CPU is marked"
+        f" disturbed and replaced, up to {args.retries} extra round(s) per scenario; the"
+        " medians use undisturbed rounds when there are any."
+    )
     if not args.skip_workers:
-        run.note("Workers comparison (default lane): server and loadgen share both CPUs (no pinning), so"
-                 " loadgen's CPU is taken from the server's budget.")
+        run.note(
+            "Workers comparison (default lane): server and loadgen share both CPUs (no pinning), so"
+            " loadgen's CPU is taken from the server's budget."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,13 +494,24 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"] = {
             "mode": "smoke" if args.smoke else "full",
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "argv": sys.argv[1:] if argv is None else argv, "machine": sysinfo.machine(),
-            "versions": sysinfo.versions(), "git": sysinfo.git_state(), "workdir": str(work)}
-        results["settings"] = {"rounds": args.rounds, "duration": args.duration,
-                               "warmup": args.warmup, "connections": args.connections,
-                               "server_cpus": SERVER_CPUS, "loadgen_cpus": LOADGEN_CPUS,
-                               "node_adapter": args.node_adapter, "retries": args.retries,
-                               "disturbed_pct": args.disturbed, "calm_wait_s": args.calm_wait}
+            "argv": sys.argv[1:] if argv is None else argv,
+            "machine": sysinfo.machine(),
+            "versions": sysinfo.versions(),
+            "git": sysinfo.git_state(),
+            "workdir": str(work),
+        }
+        results["settings"] = {
+            "rounds": args.rounds,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "connections": args.connections,
+            "server_cpus": SERVER_CPUS,
+            "loadgen_cpus": LOADGEN_CPUS,
+            "node_adapter": args.node_adapter,
+            "retries": args.retries,
+            "disturbed_pct": args.disturbed,
+            "calm_wait_s": args.calm_wait,
+        }
         standing_notes(run)
         try:
             run.execute()
@@ -366,10 +526,12 @@ def main(argv: list[str] | None = None) -> int:
             results["meta"]["duration_s"] = round(time.time() - started, 1)
             results["meta"]["tokensmith_code"] = run.code_seen
             if len(run.code_seen) > 1:
-                run.note("**tokensmith's sources changed during the run** (the tree is edited"
-                         " concurrently), so its servers did not all run the same code; by code"
-                         " fingerprint: " + "; ".join(f"{code}: {', '.join(labels)}"
-                                                      for code, labels in run.code_seen.items()))
+                run.note(
+                    "**tokensmith's sources changed during the run** (the tree is edited"
+                    " concurrently), so its servers did not all run the same code; by code"
+                    " fingerprint: "
+                    + "; ".join(f"{code}: {', '.join(labels)}" for code, labels in run.code_seen.items())
+                )
             results["meta"]["calm_waited_s"] = round(run.calm.waited_s, 1)
             results["meta"]["loadavg_at_end"] = os.getloadavg()
             results["targets"] = report.targets(results)
@@ -388,8 +550,10 @@ def write(results: dict, args: argparse.Namespace, archive: bool = True) -> None
         (args.out / f"{args.name}-{stamp}.json").write_text(text)
     (args.out / f"{args.name}.md").write_text(md)
     print("\n" + md)
-    print(f"results: {args.out / (args.name + '.json')}, {args.out / (args.name + '.md')}"
-          f" ({results['meta']['duration_s'] / 60:.1f} min)")
+    print(
+        f"results: {args.out / (args.name + '.json')}, {args.out / (args.name + '.md')}"
+        f" ({results['meta']['duration_s'] / 60:.1f} min)"
+    )
     if args.update_docs:
         if results["status"] != "complete":
             print(f"not updating {DOC}: the run is incomplete", file=sys.stderr)

@@ -23,9 +23,9 @@ import argparse
 import json
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
-import statistics
 import tempfile
 import threading
 import time
@@ -36,7 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness.load import SCENARIOS, Settings, loadgen_argv  # noqa: E402
 from harness.procs import Procs  # noqa: E402
 from harness.servers import (  # noqa: E402
-    ROOT, TOKENSMITH, Clients, Deployment, Server, fetch_token, post, start_tokensmith)
+    ROOT,
+    TOKENSMITH,
+    Clients,
+    Deployment,
+    Server,
+    fetch_token,
+    post,
+    start_tokensmith,
+)
 
 MIX = {"s1": 16, "s2": 4, "s3": 2, "s4": 2}  # connections per scenario
 PASSWORD = "soak-password-not-secret"
@@ -56,8 +64,9 @@ class RefreshLoop(threading.Thread):
     def _token(self, form: dict[str, str]) -> str | None:
         started = time.monotonic()
         try:
-            status, data = post(self.server.base, "/oauth2/token", form, cafile=self.cafile,
-                                basic=self.client, timeout=30)
+            status, data = post(
+                self.server.base, "/oauth2/token", form, cafile=self.cafile, basic=self.client, timeout=30
+            )
         except OSError as exc:
             self.errors.append(f"{type(exc).__name__}: {exc}")
             return None
@@ -78,18 +87,38 @@ class RefreshLoop(threading.Thread):
 
     def report(self) -> dict[str, object]:
         done = sorted(self.latencies_ms)
-        return {"requests": len(done) + len(self.errors), "rps": len(done) / self.seconds,
-                "p50_ms": round(statistics.median(done), 3) if done else None,
-                "p99_ms": round(done[int(0.99 * (len(done) - 1))], 3) if done else None,
-                "errors": {"total": len(self.errors), "first": self.errors[:3]}}
+        return {
+            "requests": len(done) + len(self.errors),
+            "rps": len(done) / self.seconds,
+            "p50_ms": round(statistics.median(done), 3) if done else None,
+            "p99_ms": round(done[int(0.99 * (len(done) - 1))], 3) if done else None,
+            "errors": {"total": len(self.errors), "first": self.errors[:3]},
+        }
 
 
 def register_refresh_client(dep: Deployment) -> tuple[str, str]:
     """A password and refresh_token client, and the user it signs in, with the CLI."""
-    shown = json.loads(dep.cli("sp", "add", "soak-refresh", "--grant-type", "password", "--grant-type",
-                               "refresh_token", "--auth-method", "client_secret_basic"))
-    subprocess.run([str(TOKENSMITH), "user", "add", "soak", "--password-stdin", "--conf", str(dep.conf)],
-                   input=PASSWORD + "\n", capture_output=True, text=True, timeout=120, check=True)
+    shown = json.loads(
+        dep.cli(
+            "sp",
+            "add",
+            "soak-refresh",
+            "--grant-type",
+            "password",
+            "--grant-type",
+            "refresh_token",
+            "--auth-method",
+            "client_secret_basic",
+        )
+    )
+    subprocess.run(
+        [str(TOKENSMITH), "user", "add", "soak", "--password-stdin", "--conf", str(dep.conf)],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return shown["client_id"], shown["client_secret"]
 
 
@@ -109,9 +138,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def sample(server, db: Path, started: float) -> dict[str, float]:  # noqa: ANN001
     size = sum(f.stat().st_size for f in db.parent.glob(db.name + "*") if f.exists())
-    return {"t_s": round(time.monotonic() - started, 1), "rss_mb": round(server.proc.rss_mb(), 1),
-            "fds": server.proc.fds(), "db_mb": round(size / 2**20, 1),
-            "cpu_s": round(server.proc.cpu_s(), 1)}
+    return {
+        "t_s": round(time.monotonic() - started, 1),
+        "rss_mb": round(server.proc.rss_mb(), 1),
+        "fds": server.proc.fds(),
+        "db_mb": round(size / 2**20, 1),
+        "cpu_s": round(server.proc.cpu_s(), 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="tokensmith-soak-"))
     args.out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                    "mix": MIX, "samples": [], "loadgen": {}, "problems": []}
+    result: dict = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "mix": MIX,
+        "samples": [],
+        "loadgen": {},
+        "problems": [],
+    }
     loadgens: dict[str, subprocess.Popen[str]] = {}
     try:
         with Procs() as procs:
@@ -138,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                 settings = Settings(1, args.duration, 0, conns, "1")
                 argv = loadgen_argv(SCENARIOS[key], server, clients, settings, token)
                 # --timeout 30: the KDF-bound scenarios queue behind one another under the mix
-                loadgens[key] = subprocess.Popen(argv + ["--timeout", "30"], stdout=subprocess.PIPE,
-                                                 stderr=subprocess.PIPE, text=True)
+                loadgens[key] = subprocess.Popen(
+                    argv + ["--timeout", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
             deadline = started + args.duration + 60
             while any(p.poll() is None for p in loadgens.values()) and time.monotonic() < deadline:
                 if not server.proc.alive():
@@ -147,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 result["samples"].append(sample(server, dep.root / "var" / "tokensmith.db", started))
                 s = result["samples"][-1]
-                print(f"[{s['t_s']:6.0f} s] rss {s['rss_mb']:.1f} MiB, fds {s['fds']},"
-                      f" db {s['db_mb']} MiB", flush=True)
+                print(
+                    f"[{s['t_s']:6.0f} s] rss {s['rss_mb']:.1f} MiB, fds {s['fds']}, db {s['db_mb']} MiB",
+                    flush=True,
+                )
                 time.sleep(args.interval)
             for key, proc in loadgens.items():
                 try:
@@ -161,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             refreshing.join(max(1, deadline - time.monotonic()))
             result["loadgen"]["refresh"] = refreshing.report()
             if refreshing.errors:
-                result["problems"].append(f"refresh: {len(refreshing.errors)} failed, first {refreshing.errors[0]}")
+                result["problems"].append(
+                    f"refresh: {len(refreshing.errors)} failed, first {refreshing.errors[0]}"
+                )
             if server.proc.alive():
                 result["samples"].append(sample(server, dep.root / "var" / "tokensmith.db", started))
     finally:
@@ -186,32 +229,46 @@ def judge(result: dict, args: argparse.Namespace) -> None:
     result["rss_growth_mb"] = round(last["rss_mb"] - first["rss_mb"], 1)
     result["rss_growth_mb_per_min"] = round(result["rss_growth_mb"] / minutes, 2)
     result["rss_max_mb"] = max(s["rss_mb"] for s in result["samples"])
-    half = settled[len(settled) // 2:]
+    half = settled[len(settled) // 2 :]
     # Descriptors: the connection counts are fixed, so a count that is higher in every sample of
     # the second half than anywhere in the first is a leak, not noise.
-    if min(s["fds"] for s in half) > max(s["fds"] for s in settled[:len(settled) // 2]) + 8:
+    if min(s["fds"] for s in half) > max(s["fds"] for s in settled[: len(settled) // 2]) + 8:
         result["problems"].append(f"open descriptors kept growing: {first['fds']} -> {last['fds']}")
 
 
 def markdown(result: dict) -> str:
     st = result["settings"]
-    out = [f"Soak: {st['duration']:.0f} s of mixed load, {st['clients']:,} registered clients;"
-           f" connections {result['mix']}.", "",
-           "| scenario | requests | rps | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
+    out = [
+        f"Soak: {st['duration']:.0f} s of mixed load, {st['clients']:,} registered clients;"
+        f" connections {result['mix']}.",
+        "",
+        "| scenario | requests | rps | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for key, r in result["loadgen"].items():
         name = key[1:] if key in MIX else key
         if "failed" in r:
             out.append(f"| {name} | failed: {r['failed']} | | | | |")
         else:
-            out.append(f"| {name} | {r['requests']:,} | {r['rps']:.0f} | {r['p50_ms']} |"
-                       f" {r['p99_ms']} | {r['errors']['total']} |")
-    out += ["", "| t (s) | RSS (MiB) | open fds | database (MiB) | server CPU (s) |",
-            "|---:|---:|---:|---:|---:|"]
-    out += [f"| {s['t_s']:.0f} | {s['rss_mb']} | {s['fds']} | {s['db_mb']} | {s['cpu_s']} |"
-            for s in result["samples"]]
-    out += ["", f"RSS growth after settling: {result.get('rss_growth_mb')} MiB"
-            f" ({result.get('rss_growth_mb_per_min')} MiB/min), max {result.get('rss_max_mb')} MiB.",
-            "Problems: " + ("; ".join(result["problems"]) or "none")]
+            out.append(
+                f"| {name} | {r['requests']:,} | {r['rps']:.0f} | {r['p50_ms']} |"
+                f" {r['p99_ms']} | {r['errors']['total']} |"
+            )
+    out += [
+        "",
+        "| t (s) | RSS (MiB) | open fds | database (MiB) | server CPU (s) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    out += [
+        f"| {s['t_s']:.0f} | {s['rss_mb']} | {s['fds']} | {s['db_mb']} | {s['cpu_s']} |"
+        for s in result["samples"]
+    ]
+    out += [
+        "",
+        f"RSS growth after settling: {result.get('rss_growth_mb')} MiB"
+        f" ({result.get('rss_growth_mb_per_min')} MiB/min), max {result.get('rss_max_mb')} MiB.",
+        "Problems: " + ("; ".join(result["problems"]) or "none"),
+    ]
     return "\n".join(out) + "\n"
 
 

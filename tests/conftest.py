@@ -24,9 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tokensmith.security.keystore import generate_dev_keystore
 from tokensmith.listeners.wheelbuild import build_plugin
+from tokensmith.security.keystore import generate_dev_keystore
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENSMITH = str(Path(sys.executable).with_name("tokensmith"))
@@ -52,7 +51,7 @@ IDENTITY_XML = """<?xml version="1.0" encoding="UTF-8"?>
 
 #: A third-party authenticator that appends its name to the file in its ``trace`` property
 #: whenever it is asked, and never engages. Format with name= and order=.
-TRACER = textwrap.dedent('''
+TRACER = textwrap.dedent("""
     from pathlib import Path
     from tokensmith import hookimpl
 
@@ -74,7 +73,7 @@ TRACER = textwrap.dedent('''
         with open(listener.properties["trace"], "a") as out:
             out.write("{name}\\n")
         return None
-''')
+""")
 
 
 DEFAULT_LISTENERS = """\
@@ -138,11 +137,16 @@ class Deployment:
             IDENTITY_XML.format(oauth=self.oauth, listeners=self.listeners)
         )
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``tokensmith ARGS --conf CONF`` as a user would."""
         result = subprocess.run(
             [TOKENSMITH, *args, "--conf", str(self.conf)],
-            capture_output=True, text=True, input=input, timeout=60,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=60,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"tokensmith {' '.join(args)} failed: {result.stderr}")
@@ -182,8 +186,9 @@ class Server:
     def url(self) -> str:
         return self.urls[0]
 
-    def client(self, cert: tuple[Path, Path] | None = None, url: str | None = None,
-               **kwargs: object) -> httpx.Client:
+    def client(
+        self, cert: tuple[Path, Path] | None = None, url: str | None = None, **kwargs: object
+    ) -> httpx.Client:
         """An HTTPS client that trusts the server, presenting *cert* (PEM, key) if given."""
         context = ssl.create_default_context(cafile=str(self.deployment.server_cert))
         if cert is not None:
@@ -237,7 +242,9 @@ def start_server(dep: Deployment, *args: str, timeout: float = 30) -> Server:
     log = log_path.open("w")
     process = subprocess.Popen(
         [TOKENSMITH, "serve", "--conf", str(dep.conf), *args],
-        stdout=subprocess.PIPE, stderr=log, text=True,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     log.close()
@@ -307,17 +314,27 @@ def make_wheel(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """Build a third-party plugin wheel for real from a module's source text."""
     counter = iter(range(10_000))
 
-    def _make(module: str, code: str, *, entry_points: dict[str, str] | None = None,
-              dist: str | None = None, version: str = "1.0",
-              dependencies: tuple[str, ...] = ("tokensmith",)) -> Path:
+    def _make(
+        module: str,
+        code: str,
+        *,
+        entry_points: dict[str, str] | None = None,
+        dist: str | None = None,
+        version: str = "1.0",
+        dependencies: tuple[str, ...] = ("tokensmith",),
+    ) -> Path:
         source = tmp_path_factory.mktemp("plugin-src") / f"src{next(counter)}"
         source.mkdir()
         eps = entry_points or {module: module}
-        (source / "pyproject.toml").write_text(PLUGIN_PYPROJECT.format(
-            dist=dist or module.replace("_", "-"), version=version, module=module,
-            dependencies=json.dumps(list(dependencies)),
-            entry_points="\n".join(f'{k} = "{v}"' for k, v in eps.items()),
-        ))
+        (source / "pyproject.toml").write_text(
+            PLUGIN_PYPROJECT.format(
+                dist=dist or module.replace("_", "-"),
+                version=version,
+                module=module,
+                dependencies=json.dumps(list(dependencies)),
+                entry_points="\n".join(f'{k} = "{v}"' for k, v in eps.items()),
+            )
+        )
         (source / f"{module}.py").write_text(code)
         wheel, _ = build_plugin(source, tmp_path_factory.mktemp("plugin-wheel"))
         return wheel

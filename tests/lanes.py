@@ -38,8 +38,13 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["path"] == "/slow":
         # A large answer for the slow-reader cases: it fills any socket buffer.
         chunk = b"x" * 65536
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream")],
+            }
+        )
         for _ in range(256):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
@@ -55,9 +60,16 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
         "tls": "tls" in scope.get("extensions", {}),
     }
     answer = json.dumps(seen).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(answer)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(answer)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": answer})
 
 

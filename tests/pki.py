@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 DAY = datetime.timedelta(days=1)
 
 
@@ -40,11 +40,14 @@ class Pair:
         """Write NAME.pem (leaf, then chain) and NAME.key; return their paths."""
         directory.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
-        cert_path.write_bytes(self.pem + b"".join(
-            c.public_bytes(serialization.Encoding.PEM) for c in self.chain))
-        key_path.write_bytes(self.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        cert_path.write_bytes(
+            self.pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
+        )
+        key_path.write_bytes(
+            self.key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         return cert_path, key_path
 
 
@@ -55,43 +58,79 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def ca(cn: str = "Test Root CA", issuer: Pair | None = None,
-       constraints: x509.NameConstraints | None = None, critical: bool = True) -> Pair:
+def ca(
+    cn: str = "Test Root CA",
+    issuer: Pair | None = None,
+    constraints: x509.NameConstraints | None = None,
+    critical: bool = True,
+) -> Pair:
     """A root CA, or with *issuer* an intermediate CA, optionally with name *constraints*."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = _name(cn, "tokensmith tests")
     signer = issuer.key if issuer is not None else key
-    builder = (x509.CertificateBuilder().subject_name(name)
-               .issuer_name(issuer.cert.subject if issuer is not None else name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(NOW - DAY).not_valid_after(NOW + 365 * DAY)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                            content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False,
-                                            encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.cert.subject if issuer is not None else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + 365 * DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
     if issuer is not None:
         builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
+        )
     if constraints is not None:
         builder = builder.add_extension(constraints, critical=critical)
     return Pair(builder.sign(signer, hashes.SHA256()), key)
 
 
-def issue(issuer: Pair, cn: str, *, org: str | None = None, dns: tuple[str, ...] = (),
-          uris: tuple[str, ...] = (), ips: tuple[str, ...] = (), emails: tuple[str, ...] = (),
-          not_before: datetime.datetime | None = None,
-          not_after: datetime.datetime | None = None, subject: x509.Name | None = None) -> Pair:
+def issue(
+    issuer: Pair,
+    cn: str,
+    *,
+    org: str | None = None,
+    dns: tuple[str, ...] = (),
+    uris: tuple[str, ...] = (),
+    ips: tuple[str, ...] = (),
+    emails: tuple[str, ...] = (),
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+    subject: x509.Name | None = None,
+) -> Pair:
     """A client certificate (clientAuth EKU) signed by *issuer*; *subject* replaces CN and O."""
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = (x509.CertificateBuilder().subject_name(subject or _name(cn, org)).issuer_name(issuer.cert.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(not_before or NOW - DAY).not_valid_after(not_after or NOW + 30 * DAY)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-                              critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject or _name(cn, org))
+        .issuer_name(issuer.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or NOW - DAY)
+        .not_valid_after(not_after or NOW + 30 * DAY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
+        )
+    )
     names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     names += [x509.UniformResourceIdentifier(u) for u in uris]
     names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
@@ -101,15 +140,25 @@ def issue(issuer: Pair, cn: str, *, org: str | None = None, dns: tuple[str, ...]
     return Pair(builder.sign(issuer.key, hashes.SHA256()), key)
 
 
-def self_signed(cn: str = "localhost", *, not_before: datetime.datetime | None = None,
-                not_after: datetime.datetime | None = None) -> Pair:
+def self_signed(
+    cn: str = "localhost",
+    *,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+) -> Pair:
     """A self-signed client certificate, as `openssl req -x509` makes them."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = _name(cn)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(not_before or NOW - DAY).not_valid_after(not_after or NOW + 30 * DAY)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or NOW - DAY)
+        .not_valid_after(not_after or NOW + 30 * DAY)
+        .sign(key, hashes.SHA256())
+    )
     return Pair(cert, key)
 
 
@@ -118,11 +167,17 @@ def big_self_signed(size: int, cn: str = "big") -> Pair:
     key = ec.generate_private_key(ec.SECP256R1())
     name = _name(cn)
     names = [x509.DNSName(f"host-{i:06d}.{'a' * 40}.example") for i in range(size // 60)]
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - DAY).not_valid_after(NOW + DAY)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + DAY)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return Pair(cert, key)
 
 
@@ -139,6 +194,6 @@ def rsa_key_with_exponent(bits: int, exponent_bits: int) -> rsa.RSAPrivateKey:
             break
         except ValueError:
             e += 2
-    return rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p),
-                                 rsa.RSAPublicNumbers(e, p * q)).private_key()
-
+    return rsa.RSAPrivateNumbers(
+        p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), rsa.RSAPublicNumbers(e, p * q)
+    ).private_key()

@@ -13,17 +13,16 @@ import ipaddress
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+import pki
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-import pki
 from tokensmith.security.x509 import (
     MAX_CERTIFICATE_BYTES,
     MAX_HEADER_CHARS,
@@ -39,7 +38,7 @@ from tokensmith.security.x509 import (
     x5t_s256,
 )
 
-NOW = datetime(2031, 3, 14, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2031, 3, 14, 12, 0, tzinfo=UTC)
 CLIENT_AUTH = (ExtendedKeyUsageOID.CLIENT_AUTH,)
 
 # RFC 8705 Appendix A, Figure 6: the client certificate whose x5t#S256 is in Figure 5
@@ -73,12 +72,18 @@ class Issued:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
 
-def issue(subject: str | x509.Name, issuer: Issued | None = None, *, ca: bool = False,
-          sans: tuple[x509.GeneralName, ...] = (),
-          eku: tuple[x509.ObjectIdentifier, ...] | None = CLIENT_AUTH,
-          not_before: datetime = NOW - timedelta(days=1), not_after: datetime = NOW + timedelta(days=30),
-          key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
-          constraints: x509.NameConstraints | None = None) -> Issued:
+def issue(
+    subject: str | x509.Name,
+    issuer: Issued | None = None,
+    *,
+    ca: bool = False,
+    sans: tuple[x509.GeneralName, ...] = (),
+    eku: tuple[x509.ObjectIdentifier, ...] | None = CLIENT_AUTH,
+    not_before: datetime = NOW - timedelta(days=1),
+    not_after: datetime = NOW + timedelta(days=30),
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
+    constraints: x509.NameConstraints | None = None,
+) -> Issued:
     """A certificate for *subject*, signed by *issuer* (self-signed without one)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     name = subject if isinstance(subject, x509.Name) else x509.Name.from_rfc4514_string(subject)
@@ -92,15 +97,26 @@ def issue(subject: str | x509.Name, issuer: Issued | None = None, *, ca: bool = 
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=not ca, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if issuer:
         builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
+        )
     if eku is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     if sans:
@@ -112,23 +128,41 @@ def issue(subject: str | x509.Name, issuer: Issued | None = None, *, ca: bool = 
 
 @pytest.fixture(scope="module")
 def ca() -> Issued:
-    return issue("CN=Test Root CA,O=Example", ca=True, eku=None,
-                 not_before=NOW - timedelta(days=365), not_after=NOW + timedelta(days=3650))
+    return issue(
+        "CN=Test Root CA,O=Example",
+        ca=True,
+        eku=None,
+        not_before=NOW - timedelta(days=365),
+        not_after=NOW + timedelta(days=3650),
+    )
 
 
 @pytest.fixture(scope="module")
 def intermediate(ca: Issued) -> Issued:
-    return issue("CN=Test Issuing CA,O=Example", ca, ca=True, eku=None,
-                 not_before=NOW - timedelta(days=30), not_after=NOW + timedelta(days=365))
+    return issue(
+        "CN=Test Issuing CA,O=Example",
+        ca,
+        ca=True,
+        eku=None,
+        not_before=NOW - timedelta(days=30),
+        not_after=NOW + timedelta(days=365),
+    )
 
 
 @pytest.fixture(scope="module")
 def leaf(intermediate: Issued) -> Issued:
-    return issue("CN=Client One,OU=Payments,O=Example Corp,C=US", intermediate, sans=(
-        x509.DNSName("client.Example.com"), x509.DNSName("*.clients.example.com"),
-        x509.UniformResourceIdentifier("spiffe://example.com/client/one"),
-        x509.IPAddress(ipaddress.ip_address("::1")), x509.IPAddress(ipaddress.ip_address("192.0.2.7")),
-        x509.RFC822Name("Client.One@Example.COM")))
+    return issue(
+        "CN=Client One,OU=Payments,O=Example Corp,C=US",
+        intermediate,
+        sans=(
+            x509.DNSName("client.Example.com"),
+            x509.DNSName("*.clients.example.com"),
+            x509.UniformResourceIdentifier("spiffe://example.com/client/one"),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+            x509.IPAddress(ipaddress.ip_address("192.0.2.7")),
+            x509.RFC822Name("Client.One@Example.COM"),
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +177,7 @@ def one_line_error(excinfo: pytest.ExceptionInfo[CertificateError]) -> str:
 
 
 # --- x5t#S256 ----------------------------------------------------------------------------
+
 
 def test_x5t_s256_matches_rfc8705_appendix_a() -> None:
     """The thumbprint of RFC 8705's Appendix A certificate is the RFC's own x5t#S256."""
@@ -160,6 +195,7 @@ def test_x5t_s256_is_unpadded_base64url_of_sha256_of_der(rsa4096_leaf: Issued) -
 
 # --- load_pem_certificates ---------------------------------------------------------------
 
+
 def test_load_pem_returns_every_certificate_in_order(leaf: Issued, intermediate: Issued) -> None:
     """A PEM bundle with surrounding text yields its certificates in file order."""
     data = b"subject=CN = Client One\n" + leaf.pem + b"\nBag Attributes\n" + intermediate.pem
@@ -173,18 +209,23 @@ def test_load_pem_accepts_a_single_der_certificate(leaf: Issued) -> None:
     assert cert.public_bytes(serialization.Encoding.DER) == leaf.der
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    (b"", "client.pem: empty file"),
-    (b" \n\t\n", "client.pem: empty file"),
-    (b"hello, this is not a certificate", "expected PEM"),
-    (b"-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n",
-     "contains a PUBLIC KEY, not a CERTIFICATE"),
-    (b"-----BEGIN CERTIFICATE-----\nMIIB!!!\n-----END CERTIFICATE-----\n", "not base64"),
-    (b"-----BEGIN CERTIFICATE-----\nMIIBBjCBrAIBAjAK\n", "has no END line"),
-    (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "malformed ASN.1"),
-    (b"\x30\x82\x01\x00garbage", "malformed ASN.1"),
-    (b"\x30" + b"\x00" * (MAX_CERTIFICATE_BYTES + 1), f"at most {MAX_CERTIFICATE_BYTES}"),
-])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", "client.pem: empty file"),
+        (b" \n\t\n", "client.pem: empty file"),
+        (b"hello, this is not a certificate", "expected PEM"),
+        (
+            b"-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n",
+            "contains a PUBLIC KEY, not a CERTIFICATE",
+        ),
+        (b"-----BEGIN CERTIFICATE-----\nMIIB!!!\n-----END CERTIFICATE-----\n", "not base64"),
+        (b"-----BEGIN CERTIFICATE-----\nMIIBBjCBrAIBAjAK\n", "has no END line"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "malformed ASN.1"),
+        (b"\x30\x82\x01\x00garbage", "malformed ASN.1"),
+        (b"\x30" + b"\x00" * (MAX_CERTIFICATE_BYTES + 1), f"at most {MAX_CERTIFICATE_BYTES}"),
+    ],
+)
 def test_load_pem_refuses_bad_input_with_one_line(data: bytes, expected: str) -> None:
     """Empty, non-PEM, non-certificate, unterminated, malformed or oversize input is refused in one line."""
     with pytest.raises(CertificateError) as excinfo:
@@ -193,23 +234,27 @@ def test_load_pem_refuses_bad_input_with_one_line(data: bytes, expected: str) ->
     assert message.startswith("client.pem: ") and expected in message
 
 
-@pytest.mark.parametrize("fmt", [serialization.PrivateFormat.PKCS8,
-                                 serialization.PrivateFormat.TraditionalOpenSSL])
-def test_load_pem_refuses_a_private_key_with_a_warning(leaf: Issued,
-                                                       fmt: serialization.PrivateFormat) -> None:
+@pytest.mark.parametrize(
+    "fmt", [serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL]
+)
+def test_load_pem_refuses_a_private_key_with_a_warning(
+    leaf: Issued, fmt: serialization.PrivateFormat
+) -> None:
     """A pasted private key, alone or next to its certificate, is refused with a warning not to share it."""
     key_pem = leaf.key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
     for data in (key_pem, leaf.pem + key_pem):
         with pytest.raises(CertificateError) as excinfo:
             load_pem_certificates(data, source="client.pem")
         assert one_line_error(excinfo) == (
-            "client.pem: contains a private key, not a certificate: never share it")
+            "client.pem: contains a private key, not a certificate: never share it"
+        )
 
 
 def test_load_pem_refuses_a_der_private_key(leaf: Issued) -> None:
     """A DER (PKCS#8) private key is recognised as a key, not reported as garbage."""
-    der_key = leaf.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption())
+    der_key = leaf.key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     with pytest.raises(CertificateError, match="contains a private key"):
         load_pem_certificates(der_key, source="key.der")
 
@@ -229,9 +274,9 @@ def mutations(seed: bytes, rng: random.Random, count: int) -> list[bytes]:
             elif action == 2:
                 data[pos:pos] = rng.randbytes(rng.randint(1, 8))
             elif action == 3:
-                del data[pos:pos + rng.randint(1, 16)]
+                del data[pos : pos + rng.randint(1, 16)]
             else:
-                data[pos:pos] = data[rng.randrange(max(len(data), 1)):][:rng.randint(1, 64)]
+                data[pos:pos] = data[rng.randrange(max(len(data), 1)) :][: rng.randint(1, 64)]
         out.append(bytes(data))
     return out
 
@@ -239,12 +284,17 @@ def mutations(seed: bytes, rng: random.Random, count: int) -> list[bytes]:
 def test_load_pem_raises_only_certificate_error_for_damaged_input(leaf: Issued, rsa4096_leaf: Issued) -> None:
     """Hundreds of deterministic mutations of DER and PEM load or raise CertificateError, nothing else."""
     rng = random.Random(8705)
-    inputs = [*mutations(leaf.der, rng, 200), *mutations(rsa4096_leaf.der, rng, 100),
-              *mutations(leaf.pem, rng, 100),
-              *(b"\x30" + rng.randbytes(rng.randint(0, 300)) for _ in range(50))]
+    inputs = [
+        *mutations(leaf.der, rng, 200),
+        *mutations(rsa4096_leaf.der, rng, 100),
+        *mutations(leaf.pem, rng, 100),
+        *(b"\x30" + rng.randbytes(rng.randint(0, 300)) for _ in range(50)),
+    ]
     # Damaged DER wrapped in valid PEM armour reaches the ASN.1 parser through the PEM path.
-    inputs += [b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(d) + b"-----END CERTIFICATE-----\n"
-               for d in mutations(leaf.der, rng, 100)]
+    inputs += [
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(d) + b"-----END CERTIFICATE-----\n"
+        for d in mutations(leaf.der, rng, 100)
+    ]
     loaded = refused = 0
     for data in inputs:
         try:
@@ -260,47 +310,57 @@ def test_load_pem_raises_only_certificate_error_for_damaged_input(leaf: Issued, 
 
 # --- distinguished names -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("matching", ["exact", "rfc4518"])
-@pytest.mark.parametrize(("left", "right"), [
-    ("CN=Foo,O=Bar", "cn=Foo, o=Bar"),
-    ("CN=Foo,O=Bar", "2.5.4.3=Foo,OID.2.5.4.10=Bar"),
-    ("CN=Foo Bar,O=Bar", "CN= Foo Bar ,O=Bar  "),  # unescaped spaces around separators are layout
-    ("CN=a+O=b,C=US", "o=b + cn=a,c=US"),
-    ("CN=Foo", "CN=#0c03466f6f"),  # RFC 4514 §2.4 hex of a BER UTF8String
-    ("CN=Foo", "CN=#1303466f6f"),  # ...and of a PrintableString: the same text
-    ("E=client@example.com,CN=x", "1.2.840.113549.1.9.1=#1612636c69656e74406578616d706c652e636f6d,CN=x"),
-    ("CN=a\\,b", "CN=a\\2cb"),
-    ("CN=\\C3\\A9cole", "CN=\u00e9cole"),
-    ("CN=Foo;O=Bar", "CN=Foo,O=Bar"),
-])
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        ("CN=Foo,O=Bar", "cn=Foo, o=Bar"),
+        ("CN=Foo,O=Bar", "2.5.4.3=Foo,OID.2.5.4.10=Bar"),
+        ("CN=Foo Bar,O=Bar", "CN= Foo Bar ,O=Bar  "),  # unescaped spaces around separators are layout
+        ("CN=a+O=b,C=US", "o=b + cn=a,c=US"),
+        ("CN=Foo", "CN=#0c03466f6f"),  # RFC 4514 §2.4 hex of a BER UTF8String
+        ("CN=Foo", "CN=#1303466f6f"),  # ...and of a PrintableString: the same text
+        ("E=client@example.com,CN=x", "1.2.840.113549.1.9.1=#1612636c69656e74406578616d706c652e636f6d,CN=x"),
+        ("CN=a\\,b", "CN=a\\2cb"),
+        ("CN=\\C3\\A9cole", "CN=\u00e9cole"),
+        ("CN=Foo;O=Bar", "CN=Foo,O=Bar"),
+    ],
+)
 def test_normalize_dn_equates_equivalent_names(left: str, right: str, matching: str) -> None:
     """Label case, layout spaces, labels vs OIDs, multi-valued RDN order, string type, hex and escaped forms do not matter."""
     assert normalize_dn(left, matching) == normalize_dn(right, matching)
 
 
 @pytest.mark.parametrize("matching", ["exact", "rfc4518"])
-@pytest.mark.parametrize(("left", "right"), [
-    ("CN=Foo,O=Bar", "O=Bar,CN=Foo"),  # RDN order is significant
-    ("CN=Foo,O=Bar", "CN=Foo,OU=Bar"),  # another attribute type
-    ("CN=Foo,O=Bar", "CN=Foo,O=Bar,C=US"),
-    ("CN=Foo Bar", "CN=FooBar"),  # whitespace is collapsed, not removed
-    ("CN=a+O=b", "CN=a,O=b"),  # one multi-valued RDN is not two RDNs
-    ("CN=a\\,O=b", "CN=a,O=b"),  # an escaped comma is part of the value
-    ("CN=svc+CN=svc,O=Acme", "CN=svc,O=Acme"),  # an RDN is a multiset (RFC 4517 §4.2.15)
-    ("CN=svc,O=Acme+O=Acme", "CN=svc,O=Acme"),
-])
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        ("CN=Foo,O=Bar", "O=Bar,CN=Foo"),  # RDN order is significant
+        ("CN=Foo,O=Bar", "CN=Foo,OU=Bar"),  # another attribute type
+        ("CN=Foo,O=Bar", "CN=Foo,O=Bar,C=US"),
+        ("CN=Foo Bar", "CN=FooBar"),  # whitespace is collapsed, not removed
+        ("CN=a+O=b", "CN=a,O=b"),  # one multi-valued RDN is not two RDNs
+        ("CN=a\\,O=b", "CN=a,O=b"),  # an escaped comma is part of the value
+        ("CN=svc+CN=svc,O=Acme", "CN=svc,O=Acme"),  # an RDN is a multiset (RFC 4517 §4.2.15)
+        ("CN=svc,O=Acme+O=Acme", "CN=svc,O=Acme"),
+    ],
+)
 def test_normalize_dn_distinguishes_different_names(left: str, right: str, matching: str) -> None:
     """Names that differ in RDN order, attribute types, values or RDN structure stay different."""
     assert normalize_dn(left, matching) != normalize_dn(right, matching)
 
 
-@pytest.mark.parametrize(("left", "right"), [
-    ("CN=svc,O=Acme", "CN=SVC,O=ACME"),
-    ("CN=svc", "CN=\u017fvc"),  # LATIN SMALL LETTER LONG S, which case folds to 's'
-    ("CN=svc,O=Acme", "CN=\uff53\uff56\uff43,O=\uff21\uff43\uff4d\uff45"),  # fullwidth: NFKC
-    ("CN=Foo Bar", "CN=Foo   Bar"),
-    ("CN=Foo\\ ", "CN=Foo"),  # an escaped trailing space is part of the value, but insignificant
-])
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        ("CN=svc,O=Acme", "CN=SVC,O=ACME"),
+        ("CN=svc", "CN=\u017fvc"),  # LATIN SMALL LETTER LONG S, which case folds to 's'
+        ("CN=svc,O=Acme", "CN=\uff53\uff56\uff43,O=\uff21\uff43\uff4d\uff45"),  # fullwidth: NFKC
+        ("CN=Foo Bar", "CN=Foo   Bar"),
+        ("CN=Foo\\ ", "CN=Foo"),  # an escaped trailing space is part of the value, but insignificant
+    ],
+)
 def test_look_alikes_match_only_under_rfc4518(left: str, right: str) -> None:
     """Case, compatibility forms and inner spacing differ by default and match under rfc4518."""
     assert normalize_dn(left) != normalize_dn(right)
@@ -330,19 +390,41 @@ def test_normalize_dn_refuses_an_unknown_matching() -> None:
 
 def test_normalize_dn_of_a_certificate_name_equals_its_text() -> None:
     """An x509.Name, multi-valued RDN included, normalises like its RFC 4514 text."""
-    name = x509.Name([
-        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COUNTRY_NAME, "US")]),
-        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
-                                        x509.NameAttribute(NameOID.COMMON_NAME, "Client")]),
-    ])
+    name = x509.Name(
+        [
+            x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COUNTRY_NAME, "US")]),
+            x509.RelativeDistinguishedName(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "Client"),
+                ]
+            ),
+        ]
+    )
     assert normalize_dn(name) == normalize_dn("cn=Client + o=Example, c=US")
     assert normalize_dn(name) == normalize_dn(name.rfc4514_string())
 
 
-@pytest.mark.parametrize("text", [
-    "garbage", "CN", "=x", "CN=a,,O=b", "CN=a,", "foo=bar", "/C=US/O=Example/CN=x",
-    "CN=#zz", "CN=#0c05466f6f", "CN=#0403737663", "CN=x\\zz", 'CN="quoted"', "CN=a<b", "CN=\\ff", "1.2.=x",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "garbage",
+        "CN",
+        "=x",
+        "CN=a,,O=b",
+        "CN=a,",
+        "foo=bar",
+        "/C=US/O=Example/CN=x",
+        "CN=#zz",
+        "CN=#0c05466f6f",
+        "CN=#0403737663",
+        "CN=x\\zz",
+        'CN="quoted"',
+        "CN=a<b",
+        "CN=\\ff",
+        "1.2.=x",
+    ],
+)
 def test_normalize_dn_refuses_bad_text(text: str) -> None:
     """Text that is not an RFC 4514 distinguished name raises CertificateError."""
     with pytest.raises(CertificateError):
@@ -362,25 +444,29 @@ def test_dn_matches_the_registered_subject(leaf: Issued) -> None:
 
 # --- subject alternative names -----------------------------------------------------------
 
-@pytest.mark.parametrize(("kind", "value", "expected"), [
-    ("san_dns", "CLIENT.example.COM", True),
-    ("san_dns", "other.example.com", False),
-    ("san_dns", "a.clients.example.com", False),  # the certificate's wildcard is not expanded
-    ("san_dns", "*.Clients.example.com", True),  # ...but matches as a literal entry
-    ("san_uri", "spiffe://example.com/client/one", True),
-    ("san_uri", "spiffe://example.com/client/ONE", False),
-    ("san_uri", "spiffe://example.com/client/one/", False),
-    ("san_uri", "SPIFFE://EXAMPLE.com/client/one", True),  # RFC 5280 §7.4: scheme and host
-    ("san_uri", "spiffe://user@example.com/client/one", False),
-    ("san_ip", "0:0::1", True),
-    ("san_ip", "0000:0000:0000:0000:0000:0000:0000:0001", True),
-    ("san_ip", "192.0.2.7", True),
-    ("san_ip", "::ffff:192.0.2.7", False),
-    ("san_ip", "192.0.2.8", False),
-    ("san_email", "Client.One@example.com", True),
-    ("san_email", "client.one@Example.COM", False),  # the local part is case-sensitive
-    ("san_email", "Client.One@example.org", False),
-])
+
+@pytest.mark.parametrize(
+    ("kind", "value", "expected"),
+    [
+        ("san_dns", "CLIENT.example.COM", True),
+        ("san_dns", "other.example.com", False),
+        ("san_dns", "a.clients.example.com", False),  # the certificate's wildcard is not expanded
+        ("san_dns", "*.Clients.example.com", True),  # ...but matches as a literal entry
+        ("san_uri", "spiffe://example.com/client/one", True),
+        ("san_uri", "spiffe://example.com/client/ONE", False),
+        ("san_uri", "spiffe://example.com/client/one/", False),
+        ("san_uri", "SPIFFE://EXAMPLE.com/client/one", True),  # RFC 5280 §7.4: scheme and host
+        ("san_uri", "spiffe://user@example.com/client/one", False),
+        ("san_ip", "0:0::1", True),
+        ("san_ip", "0000:0000:0000:0000:0000:0000:0000:0001", True),
+        ("san_ip", "192.0.2.7", True),
+        ("san_ip", "::ffff:192.0.2.7", False),
+        ("san_ip", "192.0.2.8", False),
+        ("san_email", "Client.One@example.com", True),
+        ("san_email", "client.one@Example.COM", False),  # the local part is case-sensitive
+        ("san_email", "Client.One@example.org", False),
+    ],
+)
 def test_san_matches_each_kind(leaf: Issued, kind: str, value: str, expected: bool) -> None:
     """Each SAN kind compares by its own rule: DNS, URI, IP address and email (RFC 8705 §2.1.2)."""
     assert san_matches(kind, value, leaf.cert) is expected
@@ -399,10 +485,16 @@ def test_a_registered_wildcard_matches_only_a_literal_wildcard(ca: Issued) -> No
     assert san_matches("san_dns", "A.example.com", client.cert)
 
 
-@pytest.mark.parametrize(("kind", "value"), [
-    ("san_ip", "not-an-ip"), ("san_ip", "fe80::1%eth0"), ("san_email", "no-at-sign"),
-    ("san_email", "@example.com"), ("san_x400", "anything"),
-])
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        ("san_ip", "not-an-ip"),
+        ("san_ip", "fe80::1%eth0"),
+        ("san_email", "no-at-sign"),
+        ("san_email", "@example.com"),
+        ("san_x400", "anything"),
+    ],
+)
 def test_san_matches_refuses_bad_registrations(leaf: Issued, kind: str, value: str) -> None:
     """A malformed registered value or an unknown SAN kind raises CertificateError instead of answering."""
     with pytest.raises(CertificateError):
@@ -410,6 +502,7 @@ def test_san_matches_refuses_bad_registrations(leaf: Issued, kind: str, value: s
 
 
 # --- validity ----------------------------------------------------------------------------
+
 
 def test_validity_problem_names_the_date(leaf: Issued) -> None:
     """Inside the period (bounds included) there is no problem; outside, the reason names the bound."""
@@ -427,8 +520,10 @@ def test_validity_problem_names_the_date(leaf: Issued) -> None:
 
 # --- chain validation --------------------------------------------------------------------
 
-def test_verify_chain_accepts_a_chain_to_the_truststore(leaf: Issued, intermediate: Issued,
-                                                        ca: Issued) -> None:
+
+def test_verify_chain_accepts_a_chain_to_the_truststore(
+    leaf: Issued, intermediate: Issued, ca: Issued
+) -> None:
     """A leaf sent with its intermediate, chaining to a trusted root, is accepted and returned."""
     cert = verify_chain([leaf.der, intermediate.der], [ca.cert], NOW)
     assert cert.public_bytes(serialization.Encoding.DER) == leaf.der
@@ -455,34 +550,41 @@ def test_verify_chain_accepts_the_maximum_depth(ca: Issued) -> None:
     assert verify_chain([client.der, *chain], [ca.cert], NOW) == client.cert
 
 
-@pytest.mark.parametrize(("case", "expected"), [
-    ("untrusted root", "does not chain to a trusted CA"),
-    ("missing intermediate", "does not chain to a trusted CA"),
-    ("expired", "client certificate expired on "),
-    ("not yet valid", "client certificate not valid before "),
-    ("serverAuth only", "lacks the clientAuth extended key usage"),
-    ("anyExtendedKeyUsage", "lacks the clientAuth extended key usage"),
-    ("CA as leaf", "basicConstraints"),
-    ("expired intermediate", "CA certificate in the chain is expired or not yet valid"),
-    ("non-CA intermediate", "basicConstraints"),
-])
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("untrusted root", "does not chain to a trusted CA"),
+        ("missing intermediate", "does not chain to a trusted CA"),
+        ("expired", "client certificate expired on "),
+        ("not yet valid", "client certificate not valid before "),
+        ("serverAuth only", "lacks the clientAuth extended key usage"),
+        ("anyExtendedKeyUsage", "lacks the clientAuth extended key usage"),
+        ("CA as leaf", "basicConstraints"),
+        ("expired intermediate", "CA certificate in the chain is expired or not yet valid"),
+        ("non-CA intermediate", "basicConstraints"),
+    ],
+)
 def test_verify_chain_refuses(case: str, expected: str, ca: Issued, intermediate: Issued) -> None:
     """Each kind of untrusted or unusable chain is refused with a short, specific reason."""
     other_root = issue("CN=Other Root", ca=True, eku=None)
     chains = {
         "untrusted root": lambda: [issue("CN=Client", other_root).der],
         "missing intermediate": lambda: [issue("CN=Client", intermediate).der],
-        "expired": lambda: [issue("CN=Client", ca, not_before=NOW - timedelta(days=9),
-                                  not_after=NOW - timedelta(days=1)).der],
+        "expired": lambda: [
+            issue("CN=Client", ca, not_before=NOW - timedelta(days=9), not_after=NOW - timedelta(days=1)).der
+        ],
         "not yet valid": lambda: [issue("CN=Client", ca, not_before=NOW + timedelta(days=1)).der],
         "serverAuth only": lambda: [issue("CN=Client", ca, eku=(ExtendedKeyUsageOID.SERVER_AUTH,)).der],
         "anyExtendedKeyUsage": lambda: [
-            issue("CN=Client", ca, eku=(ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,)).der],
+            issue("CN=Client", ca, eku=(ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,)).der
+        ],
         "CA as leaf": lambda: [issue("CN=Client", ca, ca=True).der],
         "expired intermediate": lambda: (lambda i: [issue("CN=Client", i).der, i.der])(
-            issue("CN=Old CA", ca, ca=True, eku=None, not_after=NOW - timedelta(days=1))),
+            issue("CN=Old CA", ca, ca=True, eku=None, not_after=NOW - timedelta(days=1))
+        ),
         "non-CA intermediate": lambda: (lambda i: [issue("CN=Client", i).der, i.der])(
-            issue("CN=Not A CA", ca, eku=None)),
+            issue("CN=Not A CA", ca, eku=None)
+        ),
     }
     with pytest.raises(CertificateError) as excinfo:
         verify_chain(chains[case](), [ca.cert], NOW)
@@ -490,22 +592,32 @@ def test_verify_chain_refuses(case: str, expected: str, ca: Issued, intermediate
 
 
 def _constrained(ca: Issued, *permitted: x509.GeneralName) -> Issued:
-    return issue("CN=Constrained CA", ca, ca=True, eku=None,
-                 constraints=x509.NameConstraints(permitted_subtrees=list(permitted), excluded_subtrees=None))
+    return issue(
+        "CN=Constrained CA",
+        ca,
+        ca=True,
+        eku=None,
+        constraints=x509.NameConstraints(permitted_subtrees=list(permitted), excluded_subtrees=None),
+    )
 
 
-@pytest.mark.parametrize(("constraint", "email", "ok"), [
-    ("svc@partner.example", "svc@partner.example", True),  # one mailbox
-    ("svc@partner.example", "other@partner.example", False),
-    ("partner.example", "svc@PARTNER.example", True),  # one host, ASCII case-insensitive
-    ("partner.example", "svc@a.partner.example", False),
-    (".partner.example", "svc@a.partner.example", True),  # any host in the domain
-    (".partner.example", "svc@partner.example", False),
-])
+@pytest.mark.parametrize(
+    ("constraint", "email", "ok"),
+    [
+        ("svc@partner.example", "svc@partner.example", True),  # one mailbox
+        ("svc@partner.example", "other@partner.example", False),
+        ("partner.example", "svc@PARTNER.example", True),  # one host, ASCII case-insensitive
+        ("partner.example", "svc@a.partner.example", False),
+        (".partner.example", "svc@a.partner.example", True),  # any host in the domain
+        (".partner.example", "svc@partner.example", False),
+    ],
+)
 def test_email_constraints_on_the_subject(ca: Issued, constraint: str, email: str, ok: bool) -> None:
     """rfc822Name subtrees apply to the subject's emailAddress as RFC 5280 §4.2.1.10 defines them."""
     sub = _constrained(ca, x509.RFC822Name(constraint))
-    name = x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, email), x509.NameAttribute(NameOID.COMMON_NAME, "svc")])
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.EMAIL_ADDRESS, email), x509.NameAttribute(NameOID.COMMON_NAME, "svc")]
+    )
     client = issue(name, sub)
     if ok:
         assert verify_chain([client.der, sub.der], [ca.cert], NOW) == client.cert
@@ -514,33 +626,49 @@ def test_email_constraints_on_the_subject(ca: Issued, constraint: str, email: st
             verify_chain([client.der, sub.der], [ca.cert], NOW)
 
 
-@pytest.mark.parametrize(("email", "string_type"), [
-    ("admin@\uff56ictim.com".encode().decode("unicode_escape"), _ASN1Type.UTF8String),  # fullwidth v
-    ("admin@victim.com ", _ASN1Type.IA5String),
-    ("admin@victim.com\x1f", _ASN1Type.IA5String),
-    ("admin@victim.com", _ASN1Type.UTF8String),
-    ("no-at-sign", _ASN1Type.IA5String),
-], ids=["fullwidth", "trailing-space", "control", "utf8string", "no-at-sign"])
+@pytest.mark.parametrize(
+    ("email", "string_type"),
+    [
+        ("admin@\uff56ictim.com".encode().decode("unicode_escape"), _ASN1Type.UTF8String),  # fullwidth v
+        ("admin@victim.com ", _ASN1Type.IA5String),
+        ("admin@victim.com\x1f", _ASN1Type.IA5String),
+        ("admin@victim.com", _ASN1Type.UTF8String),
+        ("no-at-sign", _ASN1Type.IA5String),
+    ],
+    ids=["fullwidth", "trailing-space", "control", "utf8string", "no-at-sign"],
+)
 def test_subject_email_must_be_a_plain_mailbox(ca: Issued, email: str, string_type: _ASN1Type) -> None:
     """An emailAddress that is not an IA5String mailbox of printable characters is refused
     (RFC 5280 §4.1.2.6), so that a sub-CA excluded from victim.com cannot issue one that the
     constraint check reads as another domain and RFC 4518 matching as victim.com."""
-    excluded = x509.NameConstraints(permitted_subtrees=None,
-                                    excluded_subtrees=[x509.RFC822Name("victim.com"), x509.RFC822Name(".victim.com")])
+    excluded = x509.NameConstraints(
+        permitted_subtrees=None,
+        excluded_subtrees=[x509.RFC822Name("victim.com"), x509.RFC822Name(".victim.com")],
+    )
     sub = issue("CN=Excluding CA", ca, ca=True, eku=None, constraints=excluded)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "svc"),
-                      x509.NameAttribute(NameOID.EMAIL_ADDRESS, email, _type=string_type)])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "svc"),
+            x509.NameAttribute(NameOID.EMAIL_ADDRESS, email, _type=string_type),
+        ]
+    )
     client = issue(name, sub)
     with pytest.raises(CertificateError, match="not a plain mailbox"):
         verify_chain([client.der, sub.der], [ca.cert], NOW)
 
 
-@pytest.mark.parametrize("make, where", [
-    (lambda: pki.rsa_key_with_exponent(2048, 2000), "intermediate certificate 1"),
-    (lambda: rsa.generate_private_key(public_exponent=3, key_size=2048), "intermediate certificate 1"),
-    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "client certificate"),
-], ids=["ca-huge-exponent", "ca-e3", "leaf-rsa-1024"])
-def test_keys_no_client_or_ca_needs_are_refused_before_any_signature_check(ca: Issued, make, where: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "make, where",
+    [
+        (lambda: pki.rsa_key_with_exponent(2048, 2000), "intermediate certificate 1"),
+        (lambda: rsa.generate_private_key(public_exponent=3, key_size=2048), "intermediate certificate 1"),
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "client certificate"),
+    ],
+    ids=["ca-huge-exponent", "ca-e3", "leaf-rsa-1024"],
+)
+def test_keys_no_client_or_ca_needs_are_refused_before_any_signature_check(
+    ca: Issued, make, where: str
+) -> None:  # noqa: ANN001
     """A chain whose CA holds an RSA key with a huge public exponent would make every signature
     check of the path builder hundreds of times as costly; the chain is refused from its keys
     alone (the message says which certificate), before the verifier checks any signature."""
@@ -558,14 +686,22 @@ def test_keys_no_client_or_ca_needs_are_refused_before_any_signature_check(ca: I
 
 def test_an_anchors_non_critical_directory_name_constraint_is_applied() -> None:
     """A directoryName constraint is applied wherever it sits in the path, the anchor included."""
-    acme = x509.NameConstraints(permitted_subtrees=[x509.DirectoryName(x509.Name.from_rfc4514_string("O=Acme"))],
-                                excluded_subtrees=None)
+    acme = x509.NameConstraints(
+        permitted_subtrees=[x509.DirectoryName(x509.Name.from_rfc4514_string("O=Acme"))],
+        excluded_subtrees=None,
+    )
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name.from_rfc4514_string("CN=Acme Root,O=Acme")
     root = Issued(issue(name, ca=True, eku=None, key=key).cert, key)
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(NOW - timedelta(days=1))
-               .not_valid_after(NOW + timedelta(days=30)))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+    )
     for extension in root.cert.extensions:
         builder = builder.add_extension(extension.value, critical=extension.critical)
     root = Issued(builder.add_extension(acme, critical=False).sign(key, hashes.SHA256()), key)
@@ -590,8 +726,11 @@ def test_verify_chain_bounds_work_before_parsing(leaf: Issued, intermediate: Iss
         verify_chain([leaf.der] + [b"not even DER"] * (MAX_INTERMEDIATES + 1), [ca.cert], NOW)
     with pytest.raises(CertificateError, match=f"at most {MAX_CERTIFICATE_BYTES} are accepted"):
         verify_chain([b"\x30" * (MAX_CERTIFICATE_BYTES + 1)], [ca.cert], NOW)
-    huge = issue("CN=Huge", ca, sans=tuple(x509.DNSName(f"host-{n:05d}.a-rather-long-domain.example.com")
-                                          for n in range(400)))
+    huge = issue(
+        "CN=Huge",
+        ca,
+        sans=tuple(x509.DNSName(f"host-{n:05d}.a-rather-long-domain.example.com") for n in range(400)),
+    )
     assert len(huge.der) > MAX_CERTIFICATE_BYTES  # a genuine certificate, just too big
     with pytest.raises(CertificateError, match=r"certificate is \d+ bytes"):
         verify_chain([huge.der], [ca.cert], NOW)
@@ -617,6 +756,7 @@ def test_verify_chain_refuses_garbage_and_empty_input(leaf: Issued, ca: Issued) 
 
 
 # --- forwarded certificates --------------------------------------------------------------
+
 
 def forwarded_forms(pem: bytes, der: bytes) -> dict[str, str]:
     text = pem.decode()
@@ -653,11 +793,14 @@ def test_parse_forwarded_nginx_keeps_a_literal_plus() -> None:
     assert parse_forwarded_certificate(value, "auto") == RFC8705_DER
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda pem: pem.replace("\n", " "),  # Apache-style: newlines became spaces
-    lambda pem: pem.replace("\n", "\\n"),  # JSON-style escapes
-    lambda pem: pem.replace("\n", "\t"),
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda pem: pem.replace("\n", " "),  # Apache-style: newlines became spaces
+        lambda pem: pem.replace("\n", "\\n"),  # JSON-style escapes
+        lambda pem: pem.replace("\n", "\t"),
+    ],
+)
 def test_parse_forwarded_pem_with_lost_newlines(mangle: Callable[[str], str]) -> None:
     """PEM whose newlines a proxy replaced by spaces, tabs or '\\n' escapes still parses."""
     value = mangle(RFC8705_PEM.decode())
@@ -666,16 +809,29 @@ def test_parse_forwarded_pem_with_lost_newlines(mangle: Callable[[str], str]) ->
     assert parse_forwarded_certificate(value, "auto") == RFC8705_DER
 
 
-@pytest.mark.parametrize(("value", "fmt"), [
-    ("MIIB", "rfc9440"), (":MIIB", "rfc9440"), (":MII*B:", "rfc9440"), ("::", "rfc9440"),
-    (":" + base64.b64encode(b"\x30\x03abc").decode() + ":", "rfc9440"),
-    ("-----BEGIN%20CERTIFICATE-----%0AMIIB%zz", "nginx"), ("hello%20world", "nginx"),
-    ("%2D%2D%2D%2D%2DBEGIN%20CERTIFICATE%2D%2D%2D%2D%2D%0A%FF", "nginx"),
-    ("-----BEGIN CERTIFICATE----- MIIB", "pem"), ("no markers at all", "pem"),
-    ("-----BEGIN PRIVATE KEY----- MIIB -----END PRIVATE KEY-----", "pem"),
-    ("MII*B", "base64-der"), ("AAAA", "base64-der"), ("", "base64-der"), ("   ", "auto"),
-    ("é", "auto"), ("A" * (MAX_HEADER_CHARS + 1), "base64-der"), (":AAAA:", "json"),
-])
+@pytest.mark.parametrize(
+    ("value", "fmt"),
+    [
+        ("MIIB", "rfc9440"),
+        (":MIIB", "rfc9440"),
+        (":MII*B:", "rfc9440"),
+        ("::", "rfc9440"),
+        (":" + base64.b64encode(b"\x30\x03abc").decode() + ":", "rfc9440"),
+        ("-----BEGIN%20CERTIFICATE-----%0AMIIB%zz", "nginx"),
+        ("hello%20world", "nginx"),
+        ("%2D%2D%2D%2D%2DBEGIN%20CERTIFICATE%2D%2D%2D%2D%2D%0A%FF", "nginx"),
+        ("-----BEGIN CERTIFICATE----- MIIB", "pem"),
+        ("no markers at all", "pem"),
+        ("-----BEGIN PRIVATE KEY----- MIIB -----END PRIVATE KEY-----", "pem"),
+        ("MII*B", "base64-der"),
+        ("AAAA", "base64-der"),
+        ("", "base64-der"),
+        ("   ", "auto"),
+        ("é", "auto"),
+        ("A" * (MAX_HEADER_CHARS + 1), "base64-der"),
+        (":AAAA:", "json"),
+    ],
+)
 def test_parse_forwarded_certificate_refuses_garbage(value: str, fmt: str) -> None:
     """Malformed, non-certificate, non-ASCII, oversize or unknown-format values raise CertificateError."""
     with pytest.raises(CertificateError):

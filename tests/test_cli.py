@@ -11,15 +11,27 @@ import stat
 import subprocess
 
 import pytest
+from conftest import ROOT, TOKENSMITH, start_server
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import ROOT, TOKENSMITH, start_server
-
-SUBCOMMANDS = [[], ["serve"], ["sp"], ["sp", "add"], ["sp", "list"], ["sp", "remove"], ["sp", "show"],
-               ["sp", "reset-secret"],
-               ["plugins"], ["plugins", "build"], ["plugins", "list"], ["plugins", "pin"],
-               ["keystore"], ["keystore", "init"], ["keystore", "export"]]
+SUBCOMMANDS = [
+    [],
+    ["serve"],
+    ["sp"],
+    ["sp", "add"],
+    ["sp", "list"],
+    ["sp", "remove"],
+    ["sp", "show"],
+    ["sp", "reset-secret"],
+    ["plugins"],
+    ["plugins", "build"],
+    ["plugins", "list"],
+    ["plugins", "pin"],
+    ["keystore"],
+    ["keystore", "init"],
+    ["keystore", "export"],
+]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,14 +46,25 @@ def test_every_command_has_help(words) -> None:  # noqa: ANN001
     assert result.stdout.startswith(f"usage: tokensmith {' '.join(words)}".rstrip())
 
 
-@pytest.mark.parametrize("args", [
-    ["frobnicate"],
-    ["sp", "add", "demo"],
-    ["sp", "add", "demo", "--grant-type", "client_credentials", "--auth-method", "magic"],
-    ["sp", "remove", "nobody"],
-    ["sp", "list", "--conf", "/nonexistent/conf"],
-    ["keystore", "export"],
-], ids=["unknown-command", "missing-option", "unknown-method", "unknown-client", "missing-conf", "missing-out"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["frobnicate"],
+        ["sp", "add", "demo"],
+        ["sp", "add", "demo", "--grant-type", "client_credentials", "--auth-method", "magic"],
+        ["sp", "remove", "nobody"],
+        ["sp", "list", "--conf", "/nonexistent/conf"],
+        ["keystore", "export"],
+    ],
+    ids=[
+        "unknown-command",
+        "missing-option",
+        "unknown-method",
+        "unknown-client",
+        "missing-conf",
+        "missing-out",
+    ],
+)
 def test_mistakes_give_one_line_and_nonzero_exit(deployment, args) -> None:  # noqa: ANN001
     """A CLI mistake prints exactly one readable line on stderr and exits non-zero."""
     if "--conf" not in args and args[0] != "frobnicate":
@@ -55,8 +78,15 @@ def test_mistakes_give_one_line_and_nonzero_exit(deployment, args) -> None:  # n
 
 def test_sp_add_list_remove(deployment) -> None:  # noqa: ANN001
     """A registered service provider is listed without its secret and can be removed."""
-    added = deployment.add_client("demo", "--grant-type", "client_credentials",
-                                  "--auth-method", "client_secret_basic", "--scope", "read")
+    added = deployment.add_client(
+        "demo",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        "--scope",
+        "read",
+    )
     assert set(added) >= {"client_id", "client_secret", "token_endpoint_auth_method"}
     listed = json.loads(deployment.cli("sp", "list", "--json").stdout)
     assert [c["client_id"] for c in listed] == [added["client_id"]]
@@ -69,9 +99,23 @@ def test_sp_add_list_remove(deployment) -> None:  # noqa: ANN001
 def test_database_path_can_be_overridden(deployment, tmp_path) -> None:  # noqa: ANN001
     """TOKENSMITH_DB puts the store somewhere else."""
     other = tmp_path / "elsewhere" / "store.db"
-    result = subprocess.run([TOKENSMITH, "sp", "add", "x", "--grant-type", "client_credentials",
-                             "--auth-method", "client_secret_post", "--conf", str(deployment.conf)],
-                            capture_output=True, text=True, env={**os.environ, "TOKENSMITH_DB": str(other)})
+    result = subprocess.run(
+        [
+            TOKENSMITH,
+            "sp",
+            "add",
+            "x",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "client_secret_post",
+            "--conf",
+            str(deployment.conf),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOKENSMITH_DB": str(other)},
+    )
     assert result.returncode == 0, result.stderr
     assert other.exists() and not deployment.database.exists()
 
@@ -81,8 +125,15 @@ def test_mtls_client_gets_no_secret(deployment, tmp_path) -> None:  # noqa: ANN0
     import pki
 
     cert, _ = pki.self_signed().write(tmp_path, "m")
-    added = deployment.add_client("m", "--grant-type", "client_credentials",
-                                  "--auth-method", "self_signed_tls_client_auth", "--cert", str(cert))
+    added = deployment.add_client(
+        "m",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "self_signed_tls_client_auth",
+        "--cert",
+        str(cert),
+    )
     assert "client_secret" not in added
 
 
@@ -103,7 +154,10 @@ def test_plugins_list(deployment) -> None:  # noqa: ANN001
     """plugins list shows each listener with its order, state, wheel, version and sha256."""
     listed = json.loads(deployment.cli("plugins", "list", "--json").stdout)
     assert [(item["name"], item["orderId"], item["enabled"]) for item in listed] == [
-        ("basic_auth", 100, True), ("post_body_auth", 110, True), ("mutual_tls", 158, True)]
+        ("basic_auth", 100, True),
+        ("post_body_auth", 110, True),
+        ("mutual_tls", 158, True),
+    ]
     assert all(len(item["sha256"]) == 64 and item["wheel"].endswith(".whl") for item in listed)
     text = deployment.cli("plugins", "list").stdout.splitlines()
     assert text[0].split()[:4] == ["listener", "ClientAuthenticator", "basic_auth", "orderId=100"]
@@ -159,8 +213,18 @@ def test_serve_prints_listeners_and_url_and_stops_on_ctrl_c(deployment) -> None:
 def test_sp_add_refuses_grant_types_not_served(deployment, grant) -> None:  # noqa: ANN001
     """A grant type the token endpoint does not serve is refused at registration, in one line
     that lists those it serves; nothing is stored."""
-    result = deployment.cli("sp", "add", "x", "--grant-type", "client_credentials", "--grant-type", grant,
-                            "--auth-method", "client_secret_basic", check=False)
+    result = deployment.cli(
+        "sp",
+        "add",
+        "x",
+        "--grant-type",
+        "client_credentials",
+        "--grant-type",
+        grant,
+        "--auth-method",
+        "client_secret_basic",
+        check=False,
+    )
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and repr(grant) in result.stderr
     assert "client_credentials, password, refresh_token" in result.stderr
@@ -174,12 +238,21 @@ def test_sp_output_says_what_happens_to_the_tokens(deployment, tmp_path) -> None
     import pki
 
     cert, _ = pki.self_signed().write(tmp_path, "b")
-    added = deployment.add_client("m", "--grant-type", "client_credentials",
-                                  "--auth-method", "self_signed_tls_client_auth", "--cert", str(cert))
+    added = deployment.add_client(
+        "m",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "self_signed_tls_client_auth",
+        "--cert",
+        str(cert),
+    )
     assert added["bind_tokens"] is True and added["token_binding"].startswith("always")
     shown = json.loads(deployment.cli("sp", "show", str(added["client_id"])).stdout)
     assert shown["bind_tokens"] is True
-    secret = deployment.add_client("s", "--grant-type", "client_credentials", "--auth-method", "client_secret_post")
+    secret = deployment.add_client(
+        "s", "--grant-type", "client_credentials", "--auth-method", "client_secret_post"
+    )
     public = deployment.add_client("p", "--grant-type", "password", "--auth-method", "none", "--force")
     listed = {c["client_id"]: c for c in json.loads(deployment.cli("sp", "list", "--json").stdout)}
     assert listed[added["client_id"]]["bind_tokens"] is True
@@ -198,10 +271,19 @@ def test_version() -> None:
 
 def test_sp_show(deployment) -> None:  # noqa: ANN001
     """sp show prints one client as JSON without its secret; an unknown id is one line, exit 1."""
-    added = deployment.add_client("demo", "--grant-type", "client_credentials",
-                                  "--auth-method", "client_secret_basic", "--scope", "read")
+    added = deployment.add_client(
+        "demo",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        "--scope",
+        "read",
+    )
     shown = json.loads(deployment.cli("sp", "show", str(added["client_id"])).stdout)
-    assert shown["client_id"] == added["client_id"] and shown["name"] == "demo" and shown["scopes"] == ["read"]
+    assert (
+        shown["client_id"] == added["client_id"] and shown["name"] == "demo" and shown["scopes"] == ["read"]
+    )
     assert "client_secret" not in shown and "secret_hash" not in shown
     missing = deployment.cli("sp", "show", "nobody", check=False)
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
@@ -210,14 +292,17 @@ def test_sp_show(deployment) -> None:  # noqa: ANN001
 def test_reset_secret_replaces_it_at_once(deployment, serve) -> None:  # noqa: ANN001
     """sp reset-secret prints a new secret once; on the running server the old one is refused
     at once and the new one works."""
-    added = deployment.add_client("demo", "--grant-type", "client_credentials",
-                                  "--auth-method", "client_secret_basic")
+    added = deployment.add_client(
+        "demo", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
     server = serve(deployment)
     old = (str(added["client_id"]), str(added["client_secret"]))
 
     def token(auth: tuple[str, str]) -> int:
         with server.client() as http:
-            return http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).status_code
+            return http.post(
+                "/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth
+            ).status_code
 
     assert token(old) == 200  # and now it sits in the server's cache of verified secrets
     reset = json.loads(deployment.cli("sp", "reset-secret", old[0]).stdout)
@@ -237,10 +322,16 @@ def test_reset_secret_refuses_clients_without_one(deployment, tmp_path) -> None:
 def test_closed_pipe_is_a_quiet_exit(deployment) -> None:  # noqa: ANN001
     """A reader that closes the pipe (sp list | head -1) gets no error message."""
     for n in range(3):
-        deployment.add_client(f"c{n}", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+        deployment.add_client(
+            f"c{n}", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+        )
     for args in (["sp", "list"], ["sp", "list", "--json"]):
-        process = subprocess.Popen([TOKENSMITH, *args, "--conf", str(deployment.conf)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [TOKENSMITH, *args, "--conf", str(deployment.conf)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert process.stdout is not None and process.stderr is not None
         process.stdout.close()  # before the command writes anything
         stderr = process.stderr.read()
@@ -252,11 +343,26 @@ def test_closed_pipe_is_a_quiet_exit(deployment) -> None:  # noqa: ANN001
 def test_sp_list_columns_stay_in_line(deployment) -> None:  # noqa: ANN001
     """Every column of sp list starts at the same place on every line, whatever the values."""
     deployment.add_client("one", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
-    deployment.add_client("many", "--grant-type", "password", "--grant-type", "refresh_token",
-                          "--grant-type", "client_credentials", "--auth-method", "client_secret_post")
+    deployment.add_client(
+        "many",
+        "--grant-type",
+        "password",
+        "--grant-type",
+        "refresh_token",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_post",
+    )
     deployment.add_client("pub", "--grant-type", "password", "--auth-method", "none", "--force")
     lines = deployment.cli("sp", "list").stdout.splitlines()
     assert lines[0].split() == ["CLIENT_ID", "AUTH_METHOD", "GRANT_TYPES", "NAME"]
-    starts = {tuple(i for i in range(1, len(line)) if line[i - 1] == " " and line[i] != " "
-                    and line[i - 2:i] == "  ") for line in lines}
+    starts = {
+        tuple(
+            i
+            for i in range(1, len(line))
+            if line[i - 1] == " " and line[i] != " " and line[i - 2 : i] == "  "
+        )
+        for line in lines
+    }
     assert len(starts) == 1 and len(next(iter(starts))) == 3, lines

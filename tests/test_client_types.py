@@ -15,16 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
-
 import pki
+import pytest
 from conftest import DEFAULT_LISTENERS, ROOT, Server, new_deployment, start_server
-from tokensmith.storage.sqlite import SQLiteStorage
 from tokensmith.models import Client
+from tokensmith.storage.sqlite import SQLiteStorage
 
 PASSWORD = "a long passphrase"
-METHODS = ("client_secret_basic", "client_secret_post", "tls_client_auth",
-           "self_signed_tls_client_auth", "none")
+METHODS = (
+    "client_secret_basic",
+    "client_secret_post",
+    "tls_client_auth",
+    "self_signed_tls_client_auth",
+    "none",
+)
 ALL_GRANTS = ("client_credentials", "password", "refresh_token")
 
 
@@ -73,7 +77,9 @@ def register(server: Server, root: Path, authority: pki.Pair, method: str) -> Ca
     return Caller(server, method, str(added["client_id"]), added.get("client_secret"), cert)  # type: ignore[arg-type]
 
 
-def start(root: Path, keystore: Path, wheel_cache: Path, listeners: str = DEFAULT_LISTENERS) -> tuple[Server, pki.Pair]:
+def start(
+    root: Path, keystore: Path, wheel_cache: Path, listeners: str = DEFAULT_LISTENERS
+) -> tuple[Server, pki.Pair]:
     dep = new_deployment(root / "ts", keystore, wheel_cache, listeners=listeners)
     authority = pki.ca()
     (root / "ca.pem").write_bytes(authority.pem)
@@ -111,8 +117,9 @@ def test_public_client_cannot_register_client_credentials(env) -> None:  # noqa:
     server, _, _ = env
     dep = server.deployment
     before = dep.cli("sp", "list", "--json").stdout
-    result = dep.cli("sp", "add", "x", "--grant-type", "client_credentials", "--auth-method", "none",
-                     check=False)
+    result = dep.cli(
+        "sp", "add", "x", "--grant-type", "client_credentials", "--auth-method", "none", check=False
+    )
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "RFC 6749 §4.4" in result.stderr
     assert dep.cli("sp", "list", "--json").stdout == before
@@ -163,7 +170,11 @@ def test_client_type_table_holds(env, method) -> None:  # noqa: ANN001
     """Every cell of README's table, tried against the running server."""
     server, root, authority = env
     expected = readme_table()[method]
-    caller = store_public_client_with_every_grant(server) if method == "none" else register(server, root, authority, method)
+    caller = (
+        store_public_client_with_every_grant(server)
+        if method == "none"
+        else register(server, root, authority, method)
+    )
     if method == "none":
         caller.cert = pki.self_signed().write(root, f"pub-{time.monotonic_ns()}")
     issued = caller.token("password")
@@ -226,8 +237,9 @@ def test_listed_methods_work_and_unlisted_are_refused(env) -> None:  # noqa: ANN
 
 def test_disabled_authenticator_leaves_every_list(tmp_path, keystore, wheel_cache) -> None:  # noqa: ANN001
     """With basic_auth disabled, client_secret_basic is listed nowhere and refused everywhere."""
-    listeners = DEFAULT_LISTENERS.replace('name="basic_auth" orderId="100" enable="true"',
-                                          'name="basic_auth" orderId="100" enable="false"')
+    listeners = DEFAULT_LISTENERS.replace(
+        'name="basic_auth" orderId="100" enable="true"', 'name="basic_auth" orderId="100" enable="false"'
+    )
     server, authority = start(tmp_path, keystore, wheel_cache, listeners)
     try:
         check_methods_both_ways(server, tmp_path, authority)
@@ -236,4 +248,3 @@ def test_disabled_authenticator_leaves_every_list(tmp_path, keystore, wheel_cach
         assert all("client_secret_basic" not in meta[name] for name in ENDPOINT_LISTS.values())
     finally:
         server.stop()
-

@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 
 import httpx
-
 from conftest import start_server
 from tokensmith.security.hashing import token_hash
 
 
 def test_kill_9_under_load_loses_no_issued_token(deployment, capsys) -> None:  # noqa: ANN001
     """Every access token answered with 200 before a SIGKILL introspects as active after restart."""
-    client = deployment.add_client("load", "--grant-type", "client_credentials", "--auth-method",
-                                   "client_secret_basic")
+    client = deployment.add_client(
+        "load", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
     auth = (client["client_id"], client["client_secret"])
     server = start_server(deployment)
     issued: list[str] = []
@@ -30,7 +30,9 @@ def test_kill_9_under_load_loses_no_issued_token(deployment, capsys) -> None:  #
         with server.client() as http:
             while not stop.is_set():
                 try:
-                    response = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth)
+                    response = http.post(
+                        "/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth
+                    )
                 except httpx.HTTPError as exc:
                     with lock:
                         failures.append(type(exc).__name__)
@@ -59,13 +61,18 @@ def test_kill_9_under_load_loses_no_issued_token(deployment, capsys) -> None:  #
     restarted = start_server(deployment)
     try:
         with restarted.client() as http:
-            inactive = [value for value in issued if not http.post(
-                "/oauth2/introspect", data={"token": value}, auth=auth).json()["active"]]
+            inactive = [
+                value
+                for value in issued
+                if not http.post("/oauth2/introspect", data={"token": value}, auth=auth).json()["active"]
+            ]
     finally:
         restarted.stop()
     with capsys.disabled():
-        print(f"\nkill -9 under load: {len(issued)} tokens answered 200, {stored} rows stored,"
-              f" {len(failures)} requests failed by the kill, {len(inactive)} lost")
+        print(
+            f"\nkill -9 under load: {len(issued)} tokens answered 200, {stored} rows stored,"
+            f" {len(failures)} requests failed by the kill, {len(inactive)} lost"
+        )
     assert inactive == []
     assert stored >= len(issued)
 
@@ -78,8 +85,15 @@ def test_kill_9_during_refresh_chains_leaves_each_usable(deployment) -> None:  #
     A chain whose last exchange committed but whose answer the kill swallowed holds a used
     token with a stored successor it never saw: nothing a server can store fixes that one
     (the client must start a new grant), so it is only checked to have its successor."""
-    client = deployment.add_client("chains", "--grant-type", "password", "--grant-type", "refresh_token",
-                                   "--auth-method", "client_secret_basic")
+    client = deployment.add_client(
+        "chains",
+        "--grant-type",
+        "password",
+        "--grant-type",
+        "refresh_token",
+        "--auth-method",
+        "client_secret_basic",
+    )
     deployment.cli("user", "add", "alice", "--password-stdin", input="a long passphrase\n")
     auth = (client["client_id"], client["client_secret"])
     server = start_server(deployment, "--workers", "2")
@@ -89,16 +103,21 @@ def test_kill_9_during_refresh_chains_leaves_each_usable(deployment) -> None:  #
 
     with server.client() as http:
         for number in range(10):
-            latest[number] = http.post("/oauth2/token", auth=auth, data={
-                "grant_type": "password", "username": "alice",
-                "password": "a long passphrase"}).json()["refresh_token"]
+            latest[number] = http.post(
+                "/oauth2/token",
+                auth=auth,
+                data={"grant_type": "password", "username": "alice", "password": "a long passphrase"},
+            ).json()["refresh_token"]
 
     def chain(number: int) -> None:
         with server.client() as http:
             while not stop.is_set():
                 try:
-                    response = http.post("/oauth2/token", auth=auth, data={
-                        "grant_type": "refresh_token", "refresh_token": latest[number]})
+                    response = http.post(
+                        "/oauth2/token",
+                        auth=auth,
+                        data={"grant_type": "refresh_token", "refresh_token": latest[number]},
+                    )
                 except httpx.HTTPError:
                     return  # killed: the client keeps the last token it was given
                 if response.status_code != 200:
@@ -123,19 +142,25 @@ def test_kill_9_during_refresh_chains_leaves_each_usable(deployment) -> None:  #
     unused = []
     with sqlite3.connect(deployment.database) as db:
         for value in latest.values():
-            used, grant = db.execute("SELECT used, grant_id FROM tokens WHERE token_hash = ?",
-                                     (token_hash(value),)).fetchone()
+            used, grant = db.execute(
+                "SELECT used, grant_id FROM tokens WHERE token_hash = ?", (token_hash(value),)
+            ).fetchone()
             if not used:
                 unused.append(value)
                 continue
-            successors = db.execute("SELECT count(*) FROM tokens WHERE grant_id = ? AND kind = 'refresh'"
-                                    " AND used = 0", (grant,)).fetchone()[0]
+            successors = db.execute(
+                "SELECT count(*) FROM tokens WHERE grant_id = ? AND kind = 'refresh' AND used = 0", (grant,)
+            ).fetchone()[0]
             assert successors == 1, "a used refresh token without a successor"
     restarted = start_server(deployment)
     try:
         with restarted.client() as http:
-            statuses = [http.post("/oauth2/token", auth=auth, data={
-                "grant_type": "refresh_token", "refresh_token": value}).status_code for value in unused]
+            statuses = [
+                http.post(
+                    "/oauth2/token", auth=auth, data={"grant_type": "refresh_token", "refresh_token": value}
+                ).status_code
+                for value in unused
+            ]
     finally:
         restarted.stop()
     assert statuses == [200] * len(unused)

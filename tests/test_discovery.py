@@ -11,10 +11,15 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-
 from conftest import Deployment
 from tokensmith.config.settings import (
-    Connector, IdentitySettings, KeystoreSettings, ServerSettings, public_urls, this_host)
+    Connector,
+    IdentitySettings,
+    KeystoreSettings,
+    ServerSettings,
+    public_urls,
+    this_host,
+)
 
 ENDPOINTS = ("token_endpoint", "introspection_endpoint", "revocation_endpoint")
 
@@ -50,8 +55,10 @@ def test_wildcard_connector_never_appears(deployment: Deployment, serve) -> None
 def test_issuer_is_the_base_of_every_endpoint(deployment: Deployment, serve) -> None:  # noqa: ANN001
     """<Issuer> moves every endpoint URL, not only the issuer; a need connector then gives no
     alias of its local address, and startup says to set <MtlsBaseUrl>."""
-    deployment.connectors = ('<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
-                             '<Connector address="127.0.0.1" port="0" clientAuth="need"/>')
+    deployment.connectors = (
+        '<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
+        '<Connector address="127.0.0.1" port="0" clientAuth="need"/>'
+    )
     deployment.oauth = "<Issuer>https://auth.example.com/</Issuer>"
     deployment.write()
     server = serve(deployment)
@@ -67,8 +74,10 @@ def test_issuer_is_the_base_of_every_endpoint(deployment: Deployment, serve) -> 
 
 def test_mtls_base_url_gives_the_aliases(deployment: Deployment, serve) -> None:  # noqa: ANN001
     """<MtlsBaseUrl> is the base of mtls_endpoint_aliases (RFC 8705 §5)."""
-    deployment.oauth = ("<Issuer>https://auth.example.com</Issuer>"
-                        "<MtlsBaseUrl>https://mtls.auth.example.com:8443</MtlsBaseUrl>")
+    deployment.oauth = (
+        "<Issuer>https://auth.example.com</Issuer>"
+        "<MtlsBaseUrl>https://mtls.auth.example.com:8443</MtlsBaseUrl>"
+    )
     deployment.write()
     server = serve(deployment)
     meta = metadata(server)
@@ -81,8 +90,10 @@ def test_mtls_base_url_gives_the_aliases(deployment: Deployment, serve) -> None:
 
 def test_wildcard_need_connector_alias_names_this_host(deployment: Deployment, serve) -> None:  # noqa: ANN001
     """A need connector on 0.0.0.0 gives aliases under this host's name, not the wildcard."""
-    deployment.connectors = ('<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
-                             '<Connector address="0.0.0.0" port="0" clientAuth="need"/>')
+    deployment.connectors = (
+        '<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
+        '<Connector address="0.0.0.0" port="0" clientAuth="need"/>'
+    )
     deployment.write()
     server = serve(deployment)
     meta = metadata(server)
@@ -96,9 +107,14 @@ def test_wildcard_need_connector_alias_names_this_host(deployment: Deployment, s
 
 def settings(*connectors: tuple[str, str], **identity: str) -> tuple[ServerSettings, IdentitySettings]:
     path = Path("/conf/server.xml")
-    server = ServerSettings(path, tuple(Connector(address, 9443 + i, auth)
-                                        for i, (address, auth) in enumerate(connectors)),
-                            KeystoreSettings("PEM"), path, path, path)
+    server = ServerSettings(
+        path,
+        tuple(Connector(address, 9443 + i, auth) for i, (address, auth) in enumerate(connectors)),
+        KeystoreSettings("PEM"),
+        path,
+        path,
+        path,
+    )
     return server, IdentitySettings(Path("/conf/identity.xml"), (), **identity)  # type: ignore[arg-type]
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 
 import pluggy
-
 from conftest import ROOT
 from tokensmith.oauth import hookspecs
 
 
 def hook_names() -> list[str]:
     marker = pluggy.HookspecMarker("tokensmith").project_name
-    return [name for name, value in vars(hookspecs).items()
-            if callable(value) and hasattr(value, f"{marker}_spec")]
+    return [
+        name
+        for name, value in vars(hookspecs).items()
+        if callable(value) and hasattr(value, f"{marker}_spec")
+    ]
 
 
 def test_there_are_hookspecs() -> None:

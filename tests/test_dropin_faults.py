@@ -15,12 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import Deployment
 from test_dropins import HARMLESS
 
 #: An authenticator whose client_auth_methods returns what the format says.
-METHODS = textwrap.dedent('''
+METHODS = textwrap.dedent("""
     from tokensmith import hookimpl
 
     @hookimpl
@@ -30,15 +29,16 @@ METHODS = textwrap.dedent('''
     @hookimpl
     def authenticate_client(request):
         return None
-''')
+""")
 
 
 def _digest(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode().rstrip("=")
 
 
-def rebuild(wheel: Path, target: Path, extra: dict[str, bytes] | None = None,
-            compression: int = zipfile.ZIP_DEFLATED) -> Path:
+def rebuild(
+    wheel: Path, target: Path, extra: dict[str, bytes] | None = None, compression: int = zipfile.ZIP_DEFLATED
+) -> Path:
     """Copy *wheel* to *target* with *extra* members added and a RECORD that lists them all:
     a wheel that passes the RECORD check whatever else is wrong with it."""
     with zipfile.ZipFile(wheel) as source:
@@ -54,17 +54,16 @@ def rebuild(wheel: Path, target: Path, extra: dict[str, bytes] | None = None,
     return target
 
 
-def patch_member(wheel: Path, member: str, *, central: tuple[int, bytes],
-                 local: tuple[int, bytes]) -> None:
+def patch_member(wheel: Path, member: str, *, central: tuple[int, bytes], local: tuple[int, bytes]) -> None:
     """Overwrite bytes of *member*'s central-directory entry and local header in place."""
     raw = bytearray(wheel.read_bytes())
     with zipfile.ZipFile(wheel) as archive:
         info = archive.getinfo(member)
     offset, value = local
-    raw[info.header_offset + offset:info.header_offset + offset + len(value)] = value
+    raw[info.header_offset + offset : info.header_offset + offset + len(value)] = value
     entry = raw.rfind(b"PK\x01\x02", 0, raw.rfind(member.encode()) + 1)
     offset, value = central
-    raw[entry + offset:entry + offset + len(value)] = value
+    raw[entry + offset : entry + offset + len(value)] = value
     wheel.write_bytes(bytes(raw))
 
 
@@ -115,8 +114,11 @@ def plugin_wheels(tmp_path_factory, make_wheel) -> dict[str, Path]:  # noqa: ANN
     """The wheels whose code is wrong (built once for the module)."""
     return {
         "harmless": make_wheel("harmless_auth", HARMLESS),
-        "two-entry-points": make_wheel("twice_auth", METHODS.format(value='["twice"]'),
-                                       entry_points={"twice_a": "twice_auth", "twice_b": "twice_auth"}),
+        "two-entry-points": make_wheel(
+            "twice_auth",
+            METHODS.format(value='["twice"]'),
+            entry_points={"twice_a": "twice_auth", "twice_b": "twice_auth"},
+        ),
         "methods-int": make_wheel("int_methods", METHODS.format(value="7")),
         "methods-str": make_wheel("str_methods", METHODS.format(value='"header_key"')),
     }
@@ -128,14 +130,18 @@ def break_deployment(case: str, dep: Deployment, wheels: dict[str, Path]) -> tup
     if case in FILE_CASES:
         make, expected = FILE_CASES[case]
         target = make(wheels["harmless"], dep.dropins)
-        return (lambda: shutil.rmtree(target) if target.is_dir() else target.unlink()), \
-            f"{target}: refused: " if case != "bad-crc" else expected
+        return (
+            lambda: shutil.rmtree(target) if target.is_dir() else target.unlink()
+        ), f"{target}: refused: " if case != "bad-crc" else expected
     if case == "utf16-pin-file":
         saved = identity.read_text()
         pins = dep.cli("plugins", "pin").stdout
         (dep.conf / "pins").write_text(pins, encoding="utf-16")
-        identity.write_text(saved.replace("</Identity>", "<Dropins><AllowedWheelsFile>pins"
-                                          "</AllowedWheelsFile></Dropins></Identity>"))
+        identity.write_text(
+            saved.replace(
+                "</Identity>", "<Dropins><AllowedWheelsFile>pins</AllowedWheelsFile></Dropins></Identity>"
+            )
+        )
         return (lambda: identity.write_text(saved)), "pins is not UTF-8 text"
     wheel = wheels[case]
     shutil.copy(wheel, dep.dropins)
@@ -164,18 +170,25 @@ def test_bad_dropin_stops_startup_with_one_line(deployment, plugin_wheels, case)
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_bad_dropins_on_sighup_are_refused_and_the_service_goes_on(
-        deployment, serve, plugin_wheels, workers) -> None:  # noqa: ANN001
+    deployment, serve, plugin_wheels, workers
+) -> None:  # noqa: ANN001
     """Each bad input, then SIGHUP: "reload refused" with the reason in one line, the
     supervisor and every worker keep running and serving, and a good reload still works."""
-    client = deployment.add_client("c", "--grant-type", "client_credentials",
-                                   "--auth-method", "client_secret_post")
+    client = deployment.add_client(
+        "c", "--grant-type", "client_credentials", "--auth-method", "client_secret_post"
+    )
     server = serve(deployment, "--workers", str(workers))
 
     def ask() -> int:
         with server.client() as http:
-            return http.post("/oauth2/token", data={
-                "grant_type": "client_credentials", "client_id": client["client_id"],
-                "client_secret": client["client_secret"]}).status_code
+            return http.post(
+                "/oauth2/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": client["client_id"],
+                    "client_secret": client["client_secret"],
+                },
+            ).status_code
 
     for number, case in enumerate(CASES, 1):
         undo, expected = break_deployment(case, deployment, plugin_wheels)
@@ -233,12 +246,18 @@ def serve_peak_rss(dep: Deployment) -> tuple[int, str, int]:
 
     from conftest import TOKENSMITH
 
-    wrapper = ("import resource, subprocess, sys\n"
-               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-               "sys.stderr.write(r.stderr)\n"
-               "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
-    result = subprocess.run([sys.executable, "-c", wrapper, TOKENSMITH, "serve", "--conf",
-                             str(dep.conf)], capture_output=True, text=True, timeout=120)
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "sys.stderr.write(r.stderr)\n"
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", wrapper, TOKENSMITH, "serve", "--conf", str(dep.conf)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     status, peak = result.stdout.split()
     return int(status), result.stderr, int(peak)
 
@@ -251,8 +270,11 @@ def test_pin_is_checked_before_parsing_and_wheels_are_capped(deployment, harmles
     (deployment.conf / "pins").write_text(pins)
     identity = deployment.conf / "identity.xml"
     unpinned = identity.read_text()
-    identity.write_text(unpinned.replace("</Identity>", "<Dropins><AllowedWheelsFile>pins"
-                                         "</AllowedWheelsFile></Dropins></Identity>"))
+    identity.write_text(
+        unpinned.replace(
+            "</Identity>", "<Dropins><AllowedWheelsFile>pins</AllowedWheelsFile></Dropins></Identity>"
+        )
+    )
     junk = deployment.dropins / "junk-1.0-py3-none-any.whl"
     junk.write_bytes(b"not a zip at all")
     status, stderr, _ = serve_peak_rss(deployment)
@@ -262,7 +284,7 @@ def test_pin_is_checked_before_parsing_and_wheels_are_capped(deployment, harmles
     identity.write_text(unpinned)
     huge = deployment.dropins / "huge-1.0-py3-none-any.whl"
     with huge.open("wb") as out:
-        out.truncate(1024 ** 3)  # sparse: a gigabyte of zeros that costs no disk
+        out.truncate(1024**3)  # sparse: a gigabyte of zeros that costs no disk
     status, stderr, peak = serve_peak_rss(deployment)
     assert status == 1 and f"{huge}: refused: larger than 67108864 bytes" in stderr
     assert peak < 200 * 1024, f"peak RSS {peak} KiB"
@@ -286,25 +308,31 @@ def harmless(make_wheel) -> Path:  # noqa: ANN001
     return make_wheel("harmless_auth", HARMLESS)
 
 
-@pytest.mark.parametrize(("member", "expected"), [
-    ("secrets.py", "its top-level module 'secrets' would shadow the standard library"),
-    ("tokensmith.py", "its top-level module 'tokensmith' would shadow"),
-    ("httpx/__init__.py", "its top-level module 'httpx' would shadow"),
-    ("tokensmith_post_body_auth.py", "its top-level module 'tokensmith_post_body_auth' is also"
-                                     " provided by "),
-])
+@pytest.mark.parametrize(
+    ("member", "expected"),
+    [
+        ("secrets.py", "its top-level module 'secrets' would shadow the standard library"),
+        ("tokensmith.py", "its top-level module 'tokensmith' would shadow"),
+        ("httpx/__init__.py", "its top-level module 'httpx' would shadow"),
+        (
+            "tokensmith_post_body_auth.py",
+            "its top-level module 'tokensmith_post_body_auth' is also provided by ",
+        ),
+    ],
+)
 def test_wheel_that_would_shadow_other_code_is_refused(deployment, harmless, member, expected) -> None:  # noqa: ANN001
     """A wheel shipping a module of the standard library, of tokensmith, of an installed
     distribution or of another wheel in dropins/ beside its own is refused in one line."""
-    target = rebuild(harmless, deployment.dropins / harmless.name,
-                     {member: b"raise SystemExit('shadowed')\n"})
+    target = rebuild(
+        harmless, deployment.dropins / harmless.name, {member: b"raise SystemExit('shadowed')\n"}
+    )
     result = deployment.cli("serve", check=False)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
     assert target.name in result.stderr
 
 
-EVIL = '''
+EVIL = """
 import os
 open(os.environ["EVIL_MARKER"], "w").close()
 from tokensmith import hookimpl
@@ -316,7 +344,7 @@ def client_auth_methods():
 @hookimpl
 def authenticate_client(request):
     return None
-'''
+"""
 
 
 def test_shipped_bytecode_is_not_run(deployment, harmless, serve, tmp_path, monkeypatch) -> None:  # noqa: ANN001
@@ -328,11 +356,18 @@ def test_shipped_bytecode_is_not_run(deployment, harmless, serve, tmp_path, monk
     evil_source = tmp_path / "harmless_auth.py"
     evil_source.write_text(EVIL)
     compiled = tmp_path / "evil.pyc"
-    py_compile.compile(str(evil_source), str(compiled), doraise=True,
-                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    py_compile.compile(
+        str(evil_source),
+        str(compiled),
+        doraise=True,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
     tag = sys.implementation.cache_tag
-    rebuild(harmless, deployment.dropins / harmless.name,
-            {f"__pycache__/harmless_auth.{tag}.pyc": compiled.read_bytes()})
+    rebuild(
+        harmless,
+        deployment.dropins / harmless.name,
+        {f"__pycache__/harmless_auth.{tag}.pyc": compiled.read_bytes()},
+    )
     marker = tmp_path / "evil-ran"
     monkeypatch.setenv("EVIL_MARKER", str(marker))
     server = serve(deployment)
@@ -347,8 +382,9 @@ def test_oversized_identity_xml_is_refused(deployment, serve) -> None:  # noqa: 
     line, without being parsed."""
     identity = deployment.conf / "identity.xml"
     saved = identity.read_text()
-    disabled = "".join(f'<EventListener type="ClientAuthenticator" name="off{n}" enable="false"/>\n'
-                       for n in range(20_000))
+    disabled = "".join(
+        f'<EventListener type="ClientAuthenticator" name="off{n}" enable="false"/>\n' for n in range(20_000)
+    )
     identity.write_text(saved.replace("</EventListeners>", disabled + "</EventListeners>"))
     assert identity.stat().st_size > 1024 * 1024
     result = deployment.cli("serve", check=False)
@@ -363,7 +399,6 @@ def test_oversized_identity_xml_is_refused(deployment, serve) -> None:  # noqa: 
     assert "larger than 1048576 bytes" in server.log()
     with server.client() as http:
         assert http.get("/oauth2/jwks").status_code == 200
-
 
 
 #: A plugin that, when imported in the supervisor's configuration check, writes to every pipe
@@ -410,8 +445,9 @@ FORGER = textwrap.dedent("""
 """)
 
 
-def test_the_supervisor_trusts_nothing_its_configuration_check_says(deployment, serve, make_wheel,
-                                                                     tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_the_supervisor_trusts_nothing_its_configuration_check_says(
+    deployment, serve, make_wheel, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
     """Plugin code runs in the supervisor's configuration check. Its answer used to be
     unpickled by the supervisor (code from a dropped-in wheel ran there) and read with no
     deadline (half an answer held the supervisor: no SIGTERM, no reaping). Now a forged or

@@ -7,11 +7,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import StartupFailed, start_server
 from tokensmith.listeners.dropins import WheelError, check_wheel, scan_dropins
 
-HARMLESS = '''
+HARMLESS = """
 from pathlib import Path
 from tokensmith import hookimpl
 
@@ -24,7 +23,7 @@ def client_auth_methods():
 @hookimpl
 def authenticate_client(request):
     return None
-'''
+"""
 
 
 def rewrite(wheel: Path, target: Path, change) -> Path:  # noqa: ANN001
@@ -33,8 +32,10 @@ def rewrite(wheel: Path, target: Path, change) -> Path:  # noqa: ANN001
         for info in source.infolist():
             result = change(info.filename, source.read(info.filename))
             if result is not None:
-                out.writestr(info.filename if isinstance(result, bytes) else result[0],
-                             result if isinstance(result, bytes) else result[1])
+                out.writestr(
+                    info.filename if isinstance(result, bytes) else result[0],
+                    result if isinstance(result, bytes) else result[1],
+                )
     return target
 
 
@@ -52,16 +53,21 @@ def test_a_built_wheel_passes(harmless) -> None:  # noqa: ANN001
 
 def test_tampered_wheel_is_refused(harmless, tmp_path) -> None:  # noqa: ANN001
     """A file edited after the build no longer matches RECORD and the wheel is refused."""
-    tampered = rewrite(harmless, tmp_path / harmless.name, lambda name, data:
-                       data + b"\nprint('evil')\n" if name == "harmless_auth.py" else data)
+    tampered = rewrite(
+        harmless,
+        tmp_path / harmless.name,
+        lambda name, data: data + b"\nprint('evil')\n" if name == "harmless_auth.py" else data,
+    )
     with pytest.raises(WheelError, match=r"harmless_auth\.py does not match its RECORD hash"):
         check_wheel(tampered)
 
 
 def test_file_missing_from_record_is_refused(harmless, tmp_path) -> None:  # noqa: ANN001
     """A file slipped into the wheel without a RECORD line is refused."""
+
     def add(name: str, data: bytes):  # noqa: ANN202
         return data
+
     target = rewrite(harmless, tmp_path / harmless.name, add)
     with zipfile.ZipFile(target, "a") as out:
         out.writestr("sneaky.py", "print('hi')")
@@ -71,8 +77,11 @@ def test_file_missing_from_record_is_refused(harmless, tmp_path) -> None:  # noq
 
 def test_unsafe_path_is_refused(harmless, tmp_path) -> None:  # noqa: ANN001
     """A member whose path climbs out of the wheel is refused."""
-    target = rewrite(harmless, tmp_path / harmless.name, lambda name, data:
-                     ("../escape.py", data) if name == "harmless_auth.py" else data)
+    target = rewrite(
+        harmless,
+        tmp_path / harmless.name,
+        lambda name, data: ("../escape.py", data) if name == "harmless_auth.py" else data,
+    )
     with pytest.raises(WheelError, match="unsafe path"):
         check_wheel(target)
 
@@ -125,8 +134,11 @@ def test_server_refuses_to_start_with_a_tampered_wheel(deployment, harmless, tmp
     """A tampered wheel in dropins/ stops startup with one line naming it, before any import."""
     # Other test runs on this machine may leave their own: only a new one would be ours.
     imported_before = set(Path("/tmp").glob("tokensmith-dropins-*/harmless*/IMPORTED"))
-    rewrite(harmless, deployment.dropins / harmless.name, lambda name, data:
-            data.replace(b"harmless", b"harmful") if name == "harmless_auth.py" else data)
+    rewrite(
+        harmless,
+        deployment.dropins / harmless.name,
+        lambda name, data: data.replace(b"harmless", b"harmful") if name == "harmless_auth.py" else data,
+    )
     with pytest.raises(StartupFailed) as failure:
         start_server(deployment)
     message = failure.value.args[0]
@@ -157,7 +169,9 @@ def test_pinned_wheels_load_and_unpinned_are_refused(deployment, harmless) -> No
 
 def test_pinned_inline_hash(deployment, harmless) -> None:  # noqa: ANN001
     """An <AllowedWheel sha256> entry admits exactly that wheel."""
-    hashes = "".join(f'<AllowedWheel sha256="{check_wheel(w).sha256}"/>' for w in deployment.dropins.glob("*.whl"))
+    hashes = "".join(
+        f'<AllowedWheel sha256="{check_wheel(w).sha256}"/>' for w in deployment.dropins.glob("*.whl")
+    )
     pin_deployment(deployment, hashes)
     shutil.copy(harmless, deployment.dropins)
     listed = deployment.cli("plugins", "list", check=False)
@@ -176,20 +190,20 @@ def test_bad_pin_file_line_is_named(deployment) -> None:  # noqa: ANN001
     assert f"{deployment.conf / 'pins'}:2: expected a SHA-256" in result.stderr
 
 
-COMPILED_SETUP = '''
+COMPILED_SETUP = """
 from setuptools import Extension, setup
 setup(ext_modules=[Extension("fastcheck", ["fastcheck.c"])])
-'''
+"""
 
-COMPILED_C = r'''
+COMPILED_C = r"""
 #include <Python.h>
 static PyObject *answer(PyObject *self, PyObject *args) { return PyLong_FromLong(42); }
 static PyMethodDef methods[] = {{"answer", answer, METH_NOARGS, "42"}, {NULL, NULL, 0, NULL}};
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "fastcheck", NULL, -1, methods};
 PyMODINIT_FUNC PyInit_fastcheck(void) { return PyModule_Create(&module); }
-'''
+"""
 
-COMPILED_PLUGIN = '''
+COMPILED_PLUGIN = """
 import fastcheck
 from tokensmith import hookimpl
 
@@ -207,7 +221,7 @@ def client_auth_methods():
 @hookimpl
 def authenticate_client(request):
     return None
-'''
+"""
 
 
 def test_wheel_with_a_compiled_module_loads(deployment, serve, tmp_path) -> None:  # noqa: ANN001
@@ -217,9 +231,15 @@ def test_wheel_with_a_compiled_module_loads(deployment, serve, tmp_path) -> None
 
     source = tmp_path / "compiled"
     source.mkdir()
-    (source / "pyproject.toml").write_text(PLUGIN_PYPROJECT.format(
-        dist="compiled-auth", version="1.0", module="compiled_auth", dependencies='["tokensmith"]',
-        entry_points='compiled_auth = "compiled_auth"'))
+    (source / "pyproject.toml").write_text(
+        PLUGIN_PYPROJECT.format(
+            dist="compiled-auth",
+            version="1.0",
+            module="compiled_auth",
+            dependencies='["tokensmith"]',
+            entry_points='compiled_auth = "compiled_auth"',
+        )
+    )
     (source / "setup.py").write_text(COMPILED_SETUP)
     (source / "fastcheck.c").write_text(COMPILED_C)
     (source / "compiled_auth.py").write_text(COMPILED_PLUGIN)
@@ -228,9 +248,14 @@ def test_wheel_with_a_compiled_module_loads(deployment, serve, tmp_path) -> None
     shutil.copy(wheel, deployment.dropins)
     trace = tmp_path / "trace"
     identity = deployment.conf / "identity.xml"
-    identity.write_text(identity.read_text().replace("</EventListeners>", f"""
+    identity.write_text(
+        identity.read_text().replace(
+            "</EventListeners>",
+            f"""
         <EventListener type="ClientAuthenticator" name="compiled_auth">
             <Property name="trace">{trace}</Property>
-        </EventListener></EventListeners>"""))
+        </EventListener></EventListeners>""",
+        )
+    )
     serve(deployment)
     assert trace.read_text() == "compiled 42"

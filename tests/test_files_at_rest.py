@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import TOKENSMITH, start_server
 
 
@@ -25,13 +24,17 @@ def test_database_and_key_directories_are_private(deployment, umask) -> None:  #
     shutil.rmtree(deployment.conf / "security")
 
     def cli(*args: str) -> None:
-        subprocess.run([TOKENSMITH, *args, "--conf", str(deployment.conf)], check=True,
-                       capture_output=True, timeout=60, umask=umask)
+        subprocess.run(
+            [TOKENSMITH, *args, "--conf", str(deployment.conf)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            umask=umask,
+        )
 
     cli("keystore", "init")
     cli("signing", "rotate")
-    cli("sp", "add", "demo", "--grant-type", "client_credentials", "--auth-method",
-        "client_secret_basic")
+    cli("sp", "add", "demo", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
     old = os.umask(umask)
     try:
         server = start_server(deployment)
@@ -59,8 +62,22 @@ def test_truststore_import_makes_conf_security_private(deployment, tmp_path) -> 
     shutil.rmtree(deployment.conf / "security")
     pem = tmp_path / "ca.pem"
     pem.write_bytes(ca().pem)
-    subprocess.run([TOKENSMITH, "truststore", "import", "--alias", "root", "--file", str(pem),
-                    "--conf", str(deployment.conf)], check=True, capture_output=True,
-                   timeout=60, umask=0)
+    subprocess.run(
+        [
+            TOKENSMITH,
+            "truststore",
+            "import",
+            "--alias",
+            "root",
+            "--file",
+            str(pem),
+            "--conf",
+            str(deployment.conf),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        umask=0,
+    )
     assert mode(deployment.conf / "security") == 0o700
     assert mode(deployment.conf / "security" / "truststore") == 0o700

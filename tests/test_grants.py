@@ -11,9 +11,8 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import pki
+import pytest
 from conftest import Server, new_deployment, start_server
 
 PASSWORD = "correct horse battery staple"
@@ -22,8 +21,12 @@ PASSWORD = "correct horse battery staple"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Server, Path]]:  # noqa: ANN001
     root = tmp_path_factory.mktemp("grants")
-    dep = new_deployment(root / "ts", keystore, wheel_cache,
-                         oauth="<MaxFailedLogins>3</MaxFailedLogins><LockoutSeconds>600</LockoutSeconds>")
+    dep = new_deployment(
+        root / "ts",
+        keystore,
+        wheel_cache,
+        oauth="<MaxFailedLogins>3</MaxFailedLogins><LockoutSeconds>600</LockoutSeconds>",
+    )
     for name in ("alice", "bob", "carol", "dave"):
         dep.cli("user", "add", name, "--password-stdin", input=PASSWORD + "\n")
     server = start_server(dep)
@@ -36,8 +39,9 @@ def secret_client(server: Server, *grants: str, scopes: tuple[str, ...] = ("read
     return server.deployment.add_client("c", *args, "--auth-method", "client_secret_basic")
 
 
-def post(server: Server, path: str, data: dict, client: dict | None = None,
-         cert: tuple[Path, Path] | None = None):  # noqa: ANN201
+def post(
+    server: Server, path: str, data: dict, client: dict | None = None, cert: tuple[Path, Path] | None = None
+):  # noqa: ANN201
     auth = (client["client_id"], client["client_secret"]) if client and "client_secret" in client else None
     if client and auth is None:
         data = {**data, "client_id": client["client_id"]}
@@ -45,20 +49,37 @@ def post(server: Server, path: str, data: dict, client: dict | None = None,
         return http.post(path, data=data, auth=auth)
 
 
-def password_grant(server: Server, client: dict, user: str = "alice", password: str = PASSWORD,
-                   cert: tuple[Path, Path] | None = None, **extra: str):  # noqa: ANN201
-    return post(server, "/oauth2/token", {"grant_type": "password", "username": user,
-                                          "password": password, **extra}, client, cert)
+def password_grant(
+    server: Server,
+    client: dict,
+    user: str = "alice",
+    password: str = PASSWORD,
+    cert: tuple[Path, Path] | None = None,
+    **extra: str,
+):  # noqa: ANN201
+    return post(
+        server,
+        "/oauth2/token",
+        {"grant_type": "password", "username": user, "password": password, **extra},
+        client,
+        cert,
+    )
 
 
 def refresh(server: Server, client: dict, value: str, cert: tuple[Path, Path] | None = None, **extra: str):  # noqa: ANN201
-    return post(server, "/oauth2/token", {"grant_type": "refresh_token", "refresh_token": value, **extra},
-                client, cert)
+    return post(
+        server,
+        "/oauth2/token",
+        {"grant_type": "refresh_token", "refresh_token": value, **extra},
+        client,
+        cert,
+    )
 
 
 def resource_server(server: Server) -> dict:
-    return server.deployment.add_client("rs", "--grant-type=client_credentials", "--resource-server",
-                                        "--auth-method", "client_secret_basic")
+    return server.deployment.add_client(
+        "rs", "--grant-type=client_credentials", "--resource-server", "--auth-method", "client_secret_basic"
+    )
 
 
 def introspect(server: Server, value: str, caller: dict | None = None) -> dict:
@@ -101,7 +122,10 @@ def test_repeated_failures_lock_only_that_user(env) -> None:  # noqa: ANN001
     for _ in range(3):
         assert password_grant(server, client, user="carol", password="nope").status_code == 400
     locked = password_grant(server, client, user="carol")
-    assert locked.status_code == 400 and locked.json()["error_description"] == "the resource owner credentials are invalid"
+    assert (
+        locked.status_code == 400
+        and locked.json()["error_description"] == "the resource owner credentials are invalid"
+    )
     assert "user 'carol' is locked out" in server.log()
     assert password_grant(server, client, user="dave").status_code == 200
 
@@ -176,8 +200,11 @@ def test_concurrent_refreshes_give_exactly_one_success(env) -> None:  # noqa: AN
     def use() -> None:
         with server.client() as http:
             barrier.wait()
-            response = http.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": value},
-                                 auth=(client["client_id"], client["client_secret"]))
+            response = http.post(
+                "/oauth2/token",
+                data={"grant_type": "refresh_token", "refresh_token": value},
+                auth=(client["client_id"], client["client_secret"]),
+            )
             statuses[response.status_code] += 1
 
     threads = [threading.Thread(target=use) for _ in range(50)]
@@ -193,9 +220,17 @@ def test_mtls_client_refresh_binds_the_new_token_to_this_certificate(env) -> Non
     server, root = env
     old, new = pki.self_signed(), pki.self_signed()
     old_files, new_files = old.write(root, "r-old"), new.write(root, "r-new")
-    client = server.deployment.add_client("m", "--grant-type=password", "--grant-type=refresh_token",
-                                          "--auth-method", "self_signed_tls_client_auth",
-                                          "--cert", str(old_files[0]), "--cert", str(new_files[0]))
+    client = server.deployment.add_client(
+        "m",
+        "--grant-type=password",
+        "--grant-type=refresh_token",
+        "--auth-method",
+        "self_signed_tls_client_auth",
+        "--cert",
+        str(old_files[0]),
+        "--cert",
+        str(new_files[0]),
+    )
     tokens = password_grant(server, client, cert=old_files).json()
     assert introspect(server, tokens["access_token"])["cnf"]["x5t#S256"] == old.x5t_s256()
     renewed = refresh(server, client, tokens["refresh_token"], cert=new_files)
@@ -208,8 +243,9 @@ def test_public_client_refresh_token_is_bound_to_its_certificate(env) -> None:  
     server, root = env
     mine, other = pki.self_signed(), pki.self_signed()
     mine_files, other_files = mine.write(root, "pub-mine"), other.write(root, "pub-other")
-    client = server.deployment.add_client("pub", "--grant-type=password", "--grant-type=refresh_token",
-                                          "--auth-method", "none", "--force")
+    client = server.deployment.add_client(
+        "pub", "--grant-type=password", "--grant-type=refresh_token", "--auth-method", "none", "--force"
+    )
     assert "client_secret" not in client
     tokens = password_grant(server, client, cert=mine_files).json()
     stolen = refresh(server, client, tokens["refresh_token"], cert=other_files)
@@ -226,7 +262,9 @@ def test_introspection_of_an_active_token(env) -> None:  # noqa: ANN001
     """An active token introspects with client_id, scope, exp, iat and token_type, no-store."""
     server, _ = env
     client = secret_client(server, "client_credentials")
-    value = post(server, "/oauth2/token", {"grant_type": "client_credentials", "scope": "read"}, client).json()
+    value = post(
+        server, "/oauth2/token", {"grant_type": "client_credentials", "scope": "read"}, client
+    ).json()
     caller = resource_server(server)
     response = post(server, "/oauth2/introspect", {"token": value["access_token"]}, caller)
     assert response.headers["cache-control"] == "no-store"
@@ -273,8 +311,12 @@ def test_revoking_a_refresh_token_revokes_its_access_tokens(env) -> None:  # noq
     server, _ = env
     client = secret_client(server, "password", "refresh_token")
     tokens = password_grant(server, client).json()
-    response = post(server, "/oauth2/revoke", {"token": tokens["refresh_token"],
-                                               "token_type_hint": "refresh_token"}, client)
+    response = post(
+        server,
+        "/oauth2/revoke",
+        {"token": tokens["refresh_token"], "token_type_hint": "refresh_token"},
+        client,
+    )
     assert response.status_code == 200
     assert introspect(server, tokens["access_token"]) == {"active": False}
     assert refresh(server, client, tokens["refresh_token"]).status_code == 400
@@ -283,7 +325,12 @@ def test_revoking_a_refresh_token_revokes_its_access_tokens(env) -> None:  # noq
 def test_revoking_garbage_is_200(env) -> None:  # noqa: ANN001
     """An unknown token gets 200 (RFC 7009 §2.2)."""
     server, _ = env
-    assert post(server, "/oauth2/revoke", {"token": "garbage"}, secret_client(server, "client_credentials")).status_code == 200
+    assert (
+        post(
+            server, "/oauth2/revoke", {"token": "garbage"}, secret_client(server, "client_credentials")
+        ).status_code
+        == 200
+    )
 
 
 def test_revoking_another_clients_token_is_refused(env) -> None:  # noqa: ANN001
@@ -312,8 +359,14 @@ def test_no_secret_or_token_in_clear_in_store_or_log(env) -> None:  # noqa: ANN0
     password_grant(server, client, password="wrong-password-123")
     introspect(server, cc["access_token"])
     post(server, "/oauth2/revoke", {"token": renewed["refresh_token"]}, client)
-    seen += [tokens["access_token"], tokens["refresh_token"], renewed["access_token"],
-             renewed["refresh_token"], cc["access_token"], "wrong-password-123"]
+    seen += [
+        tokens["access_token"],
+        tokens["refresh_token"],
+        renewed["access_token"],
+        renewed["refresh_token"],
+        cc["access_token"],
+        "wrong-password-123",
+    ]
     files = [p for p in server.deployment.database.parent.iterdir() if p.is_file()]
     files.append(server.log_path)
     assert any(p.name.endswith("-wal") or p.suffix == ".db" for p in files)
@@ -327,11 +380,15 @@ def test_expired_access_token_is_inactive(tmp_path, keystore, wheel_cache, serve
     """A token past its exp introspects as {"active": false}."""
     import time
 
-    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache, oauth="<AccessTokenLifetime>1</AccessTokenLifetime>")
+    dep = new_deployment(
+        tmp_path / "ts", keystore, wheel_cache, oauth="<AccessTokenLifetime>1</AccessTokenLifetime>"
+    )
     client = dep.add_client("e", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
     server = serve(dep)
     auth = (client["client_id"], client["client_secret"])
     with server.client() as http:
-        value = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).json()["access_token"]
+        value = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).json()[
+            "access_token"
+        ]
         time.sleep(2.1)
         assert http.post("/oauth2/introspect", data={"token": value}, auth=auth).json() == {"active": False}

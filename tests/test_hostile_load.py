@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
-
 import pki
+import pytest
 from conftest import Server, new_deployment, start_server
 
 TIMEOUT = 1.5  # the connector's connectionTimeout, in seconds
@@ -108,8 +107,10 @@ class Attack:
                 if kind == "slowloris":
                     sock.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n")
                 else:
-                    sock.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                                 b"application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant")
+                    sock.sendall(
+                        b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                        b"application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant"
+                    )
         except OSError:
             self.failed_opens += 1
             return
@@ -145,7 +146,9 @@ class Attack:
         next_trickle = 0.0
         while not self.stop.is_set():
             for kind, size in POOLS.items():
-                for _ in range(size - sum(1 for c in self.connections if c.kind == kind and c.closed is None)):
+                for _ in range(
+                    size - sum(1 for c in self.connections if c.kind == kind and c.closed is None)
+                ):
                     self.open(kind)
             trickle = time.monotonic() >= next_trickle
             if trickle:
@@ -172,8 +175,9 @@ class Normal:
     def ask(self, http: httpx.Client) -> None:
         started = time.monotonic()
         try:
-            status: int | str = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                                          auth=self.auth).status_code
+            status: int | str = http.post(
+                "/oauth2/token", data={"grant_type": "client_credentials"}, auth=self.auth
+            ).status_code
         except httpx.HTTPError as exc:
             status = type(exc).__name__
         self.latencies.append(time.monotonic() - started)
@@ -189,14 +193,18 @@ class Normal:
                         self.ask(fresh)
 
 
-def present_big_certificates(server: Server, files: tuple[Path, Path], client_id: str,
-                             outcomes: list[int | str], stop: threading.Event) -> None:
+def present_big_certificates(
+    server: Server, files: tuple[Path, Path], client_id: str, outcomes: list[int | str], stop: threading.Event
+) -> None:
     """Handshake with the big certificate and ask for a token, ten times a second."""
     while not stop.wait(0.1):
         try:
             with server.client(cert=files) as http:
-                outcomes.append(http.post("/oauth2/token", data={"grant_type": "client_credentials",
-                                                                  "client_id": client_id}).status_code)
+                outcomes.append(
+                    http.post(
+                        "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
+                    ).status_code
+                )
         except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
             outcomes.append(type(exc).__name__)
 
@@ -230,12 +238,16 @@ class Figures:
 
     def lifetimes(self, kind: str) -> list[float]:
         """How long the server let each closed connection of *kind* live."""
-        return [c.closed - c.opened for c in self.attack.connections if c.kind == kind and c.closed is not None]
+        return [
+            c.closed - c.opened for c in self.attack.connections if c.kind == kind and c.closed is not None
+        ]
 
     def report(self) -> str:
         latencies, statuses = self.latencies, Counter(str(s) for n in self.normals for s in n.statuses)
-        pools = ", ".join(f"{kind} {len(self.lifetimes(kind))} (longest {max(self.lifetimes(kind), default=0):.2f} s)"
-                          for kind in POOLS)
+        pools = ", ".join(
+            f"{kind} {len(self.lifetimes(kind))} (longest {max(self.lifetimes(kind), default=0):.2f} s)"
+            for kind in POOLS
+        )
         return (
             f"hostile load for {ATTACK:.0f} s, connectionTimeout {TIMEOUT} s, pools {POOLS}:"
             f"\n  hostile connections closed by the server: {pools};"
@@ -251,20 +263,38 @@ class Figures:
             f"\n  server RSS {self.before.rss / MiB:.1f} MiB before, {self.halfway.rss / MiB:.1f} MiB half-way,"
             f" {self.attacked.rss / MiB:.1f} MiB at the end, peak {self.peak_rss / MiB:.1f} MiB,"
             f" {self.after.rss / MiB:.1f} MiB after; descriptors {self.before.fds} before,"
-            f" peak {max(s.fds for s in self.samples)}, {self.after.fds} after")
+            f" peak {max(s.fds for s in self.samples)}, {self.after.fds} after"
+        )
 
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory, keystore, wheel_cache) -> Figures:  # noqa: ANN001
     """Run the attack once against a fresh server, with the normal clients, and measure."""
     root = tmp_path_factory.mktemp("hostile-load")
-    dep = new_deployment(root / "ts", keystore, wheel_cache, connectors=(
-        f'<Connector address="127.0.0.1" port="0" clientAuth="want" connectionTimeout="{int(TIMEOUT * 1000)}"/>'))
-    client = dep.add_client("normal", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+    dep = new_deployment(
+        root / "ts",
+        keystore,
+        wheel_cache,
+        connectors=(
+            f'<Connector address="127.0.0.1" port="0" clientAuth="want" connectionTimeout="{int(TIMEOUT * 1000)}"/>'
+        ),
+    )
+    client = dep.add_client(
+        "normal", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
     auth = (str(client["client_id"]), str(client["client_secret"]))
     registered = pki.self_signed("registered").write(root, "registered")
-    mtls_id = str(dep.add_client("mtls", "--grant-type", "client_credentials", "--auth-method",
-                                 "self_signed_tls_client_auth", "--cert", str(registered[0]))["client_id"])
+    mtls_id = str(
+        dep.add_client(
+            "mtls",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(registered[0]),
+        )["client_id"]
+    )
     big = pki.big_self_signed(50_000).write(root, "big")
     assert big[0].stat().st_size > 50_000
     server = start_server(dep)
@@ -272,16 +302,23 @@ def figures(tmp_path_factory, keystore, wheel_cache) -> Figures:  # noqa: ANN001
     normals = [Normal(server, auth, keep_alive=True), Normal(server, auth, keep_alive=False)]
     big_outcomes: list[int | str] = []
     big_stop = threading.Event()
-    threads = [threading.Thread(target=attack.run, daemon=True),
-               threading.Thread(target=present_big_certificates, daemon=True,
-                                args=(server, big, mtls_id, big_outcomes, big_stop)),
-               *(n.thread for n in normals)]
+    threads = [
+        threading.Thread(target=attack.run, daemon=True),
+        threading.Thread(
+            target=present_big_certificates, daemon=True, args=(server, big, mtls_id, big_outcomes, big_stop)
+        ),
+        *(n.thread for n in normals),
+    ]
     try:
         pid = server.process.pid
         with server.client() as http:  # warm up: imports, the memory of verified secrets
             for _ in range(20):
-                assert http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                                 auth=auth).status_code == 200
+                assert (
+                    http.post(
+                        "/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth
+                    ).status_code
+                    == 200
+                )
         time.sleep(0.5)
         before = sample(pid)
         for thread in [sampler.thread, *threads]:
@@ -289,8 +326,10 @@ def figures(tmp_path_factory, keystore, wheel_cache) -> Figures:  # noqa: ANN001
         time.sleep(ATTACK / 2)
         halfway = sample(pid)
         time.sleep(ATTACK / 2)
-        assert server.process.poll() is None, (f"the server exited ({server.process.returncode}),"
-                                               f" {server.stdout_lines[-2:]}: {server.log()[-3000:]}")
+        assert server.process.poll() is None, (
+            f"the server exited ({server.process.returncode}),"
+            f" {server.stdout_lines[-2:]}: {server.log()[-3000:]}"
+        )
         attacked = sample(pid)
         for stop in [attack.stop, big_stop, *(n.stop for n in normals)]:
             stop.set()

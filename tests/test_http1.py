@@ -15,17 +15,20 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from conftest import Server, new_deployment, start_server
 
 
 @pytest.fixture(scope="module", params=["hypercorn", "llhttp"])
 def env(request, tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Server, bytes]]:  # noqa: ANN001
     dep = new_deployment(tmp_path_factory.mktemp("http1") / "ts", keystore, wheel_cache)
-    dep.connectors = ('<Connector address="127.0.0.1" port="0" clientAuth="want" connectionTimeout="1500"'
-                      f' http1="{request.param}"/>')
+    dep.connectors = (
+        '<Connector address="127.0.0.1" port="0" clientAuth="want" connectionTimeout="1500"'
+        f' http1="{request.param}"/>'
+    )
     dep.write()
-    client = dep.add_client("h1", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+    client = dep.add_client(
+        "h1", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
     basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode())
     server = start_server(dep)
     yield server, b"Authorization: Basic " + basic + b"\r\n"
@@ -36,9 +39,16 @@ FORM = b"grant_type=client_credentials"
 
 
 def token_request(auth: bytes, *, extra: bytes = b"", body: bytes = FORM, version: bytes = b"1.1") -> bytes:
-    return (b"POST /oauth2/token HTTP/" + version + b"\r\nHost: localhost\r\n" + auth
-            + b"Content-Type: application/x-www-form-urlencoded\r\n" + extra
-            + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    return (
+        b"POST /oauth2/token HTTP/"
+        + version
+        + b"\r\nHost: localhost\r\n"
+        + auth
+        + b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + extra
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
 
 
 class Reader:
@@ -74,7 +84,7 @@ class Reader:
                 size = int(size_line, 16)
                 while len(self.buffer) < size + 2:
                     assert self._fill()
-                body, self.buffer = body + self.buffer[:size], self.buffer[size + 2:]
+                body, self.buffer = body + self.buffer[:size], self.buffer[size + 2 :]
                 if size == 0:
                     return status, headers, body
         length = int(headers["content-length"])
@@ -121,8 +131,10 @@ def test_pipelined_requests_are_answered_in_order(env) -> None:  # noqa: ANN001
     server, auth = env
     sock, reader = connect(server)
     with sock:
-        sock.sendall(token_request(auth) + b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\n"
-                     b"Host: localhost\r\n\r\n" + token_request(auth, body=b"grant_type=nonsense"))
+        sock.sendall(
+            token_request(auth) + b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\n"
+            b"Host: localhost\r\n\r\n" + token_request(auth, body=b"grant_type=nonsense")
+        )
         first, second, third = reader.response(), reader.response(), reader.response()
         assert first[0] == 200 and "access_token" in json.loads(first[2])
         assert second[0] == 200 and json.loads(second[2])["issuer"].startswith("https://")
@@ -156,10 +168,13 @@ def test_chunked_request_body(env) -> None:  # noqa: ANN001
     server, auth = env
     sock, reader = connect(server)
     with sock:
-        sock.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: localhost\r\n" + auth
-                     + b"Content-Type: application/x-www-form-urlencoded\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n"
-                     b"a\r\ngrant_type\r\n13\r\n=client_credentials\r\n0\r\n\r\n")
+        sock.sendall(
+            b"POST /oauth2/token HTTP/1.1\r\nHost: localhost\r\n"
+            + auth
+            + b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            b"a\r\ngrant_type\r\n13\r\n=client_credentials\r\n0\r\n\r\n"
+        )
         status, _, body = reader.response()
         assert status == 200 and "access_token" in json.loads(body)
 
@@ -185,28 +200,62 @@ def test_declared_too_large_body_is_413_and_closes(env) -> None:  # noqa: ANN001
     server, auth = env
     sock, reader = connect(server)
     with sock:
-        sock.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: localhost\r\n" + auth
-                     + b"Content-Type: application/x-www-form-urlencoded\r\n"
-                     b"Content-Length: 10000000\r\n\r\ngrant_type=")
+        sock.sendall(
+            b"POST /oauth2/token HTTP/1.1\r\nHost: localhost\r\n"
+            + auth
+            + b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 10000000\r\n\r\ngrant_type="
+        )
         status, headers, body = reader.response()
         assert status == 413 and headers["connection"] == "close"
         assert json.loads(body)["error"] == "invalid_request"
         assert reader.closed(within=2)
 
 
-@pytest.mark.parametrize("request_bytes, status", [
-    (b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", 431),
-    (b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150))
-     + b"\r\n", 431),
-    (b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n" + b"X-Many: " + b"b" * 6000 + b"\r\n" * 1
-     + b"X-More: " + b"c" * 6000 + b"\r\nX-Most: " + b"d" * 6000 + b"\r\n\r\n", 431),
-    (b"THIS IS NOT HTTP\r\n\r\n", 400),
-    (b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nabcde", 400),
-    (b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"0\r\n\r\n", 400),
-    (b"GET /oauth2/jwks HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400),
-], ids=["header-too-large", "too-many-headers", "head-over-16k", "garbage", "two-lengths",
-        "length-and-chunked", "upgrade"])
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+        (
+            b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: y\r\n" % i for i in range(150))
+            + b"\r\n",
+            431,
+        ),
+        (
+            b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n"
+            + b"X-Many: "
+            + b"b" * 6000
+            + b"\r\n" * 1
+            + b"X-More: "
+            + b"c" * 6000
+            + b"\r\nX-Most: "
+            + b"d" * 6000
+            + b"\r\n\r\n",
+            431,
+        ),
+        (b"THIS IS NOT HTTP\r\n\r\n", 400),
+        (
+            b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nabcde",
+            400,
+        ),
+        (
+            b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\n",
+            400,
+        ),
+        (b"GET /oauth2/jwks HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400),
+    ],
+    ids=[
+        "header-too-large",
+        "too-many-headers",
+        "head-over-16k",
+        "garbage",
+        "two-lengths",
+        "length-and-chunked",
+        "upgrade",
+    ],
+)
 def test_bad_requests_get_a_status_and_a_close(env, request_bytes, status) -> None:  # noqa: ANN001
     """Requests over the limits or malformed get the status h11 gives them, with no body (they
     never reach an endpoint), and the connection closes; the server goes on serving others."""
@@ -230,10 +279,12 @@ def test_a_large_head_arriving_in_pieces_is_accepted(env) -> None:  # noqa: ANN0
     server, auth = env
     sock, reader = connect(server)
     with sock:
-        request = token_request(auth, extra=b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(12)))
+        request = token_request(
+            auth, extra=b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(12))
+        )
         assert 12_000 < request.index(b"\r\n\r\n") < 16_000
         for start in range(0, len(request), 1024):
-            sock.sendall(request[start:start + 1024])
+            sock.sendall(request[start : start + 1024])
             time.sleep(0.005)
         status, _, body = reader.response()
         assert status == 200 and "access_token" in json.loads(body)
@@ -294,12 +345,19 @@ def test_idle_connection_is_closed_after_connection_timeout(env) -> None:  # noq
 def test_stop_closes_idle_connections_at_once(tmp_path, keystore, wheel_cache, lane) -> None:  # noqa: ANN001
     """SIGINT with idle keep-alive connections open stops the server promptly, exit 0."""
     dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
-    dep.connectors = ('<Connector address="127.0.0.1" port="0" clientAuth="want" connectionTimeout="60000"'
-                      f' http1="{lane}"/>')
+    dep.connectors = (
+        '<Connector address="127.0.0.1" port="0" clientAuth="want" connectionTimeout="60000"'
+        f' http1="{lane}"/>'
+    )
     dep.write()
-    client = dep.add_client("h1", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
-    auth = b"Authorization: Basic " + base64.b64encode(
-        f"{client['client_id']}:{client['client_secret']}".encode()) + b"\r\n"
+    client = dep.add_client(
+        "h1", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
+    auth = (
+        b"Authorization: Basic "
+        + base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode())
+        + b"\r\n"
+    )
     server = start_server(dep)
     socks: list[socket.socket] = []
     try:

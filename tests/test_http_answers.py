@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from conftest import Server, new_deployment, start_server
 
 
@@ -53,8 +52,9 @@ def test_oauth_endpoint_keeps_its_oauth_405(server) -> None:  # noqa: ANN001
 
 def test_introspection_leaves_out_an_empty_scope(server) -> None:  # noqa: ANN001
     """A token granted no scope introspects without a scope member (RFC 7662 §2.2)."""
-    client = server.deployment.add_client("noscope", "--grant-type", "client_credentials",
-                                          "--auth-method", "client_secret_basic")
+    client = server.deployment.add_client(
+        "noscope", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
     auth = (client["client_id"], client["client_secret"])
     with server.client() as http:
         issued = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).json()

@@ -8,10 +8,9 @@ import textwrap
 from collections.abc import Iterator
 
 import pytest
-
 from conftest import DEFAULT_LISTENERS, Server, new_deployment, start_server
 
-AUDIT = textwrap.dedent('''
+AUDIT = textwrap.dedent("""
     import json
     from tokensmith import InvalidRequestError, InvalidScopeError, hookimpl
 
@@ -54,22 +53,33 @@ AUDIT = textwrap.dedent('''
     def client_auth_failure(event, listener):
         record(listener, "client_auth_failure", endpoint=event.endpoint,
                client=event.client_id, error=event.error)
-''')
+""")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, keystore, wheel_cache, make_wheel) -> Iterator[tuple[Server, dict, object]]:  # noqa: ANN001
     root = tmp_path_factory.mktemp("interceptors")
     trace = root / "trace.jsonl"
-    dep = new_deployment(root / "ts", keystore, wheel_cache, listeners=DEFAULT_LISTENERS + f"""
+    dep = new_deployment(
+        root / "ts",
+        keystore,
+        wheel_cache,
+        listeners=DEFAULT_LISTENERS
+        + f"""
         <EventListener type="OAuthEventInterceptor" name="audit" orderId="10">
             <Property name="trace">{trace}</Property>
             <Property name="tenant">acme</Property>
-        </EventListener>""")
+        </EventListener>""",
+    )
     shutil.copy(make_wheel("audit", AUDIT), dep.dropins)
-    client = dep.add_client("demo", "--grant-type", "client_credentials", "--auth-method",
-                            "client_secret_basic", *[f"--scope={s}" for s in
-                                                     ("read", "forbidden", "grab", "explode", "keep")])
+    client = dep.add_client(
+        "demo",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        *[f"--scope={s}" for s in ("read", "forbidden", "grab", "explode", "keep")],
+    )
     server = start_server(dep)
     yield server, client, trace
     server.stop()
@@ -87,7 +97,9 @@ def post(server: Server, client: dict, path: str, data: dict, secret: str | None
 def test_pre_issue_adds_claims_that_introspection_returns(env) -> None:  # noqa: ANN001
     """Claims returned by pre_token_issue are stored with the token and introspected."""
     server, client, trace = env
-    token = post(server, client, "/oauth2/token", {"grant_type": "client_credentials", "scope": "read"}).json()
+    token = post(
+        server, client, "/oauth2/token", {"grant_type": "client_credentials", "scope": "read"}
+    ).json()
     info = post(server, client, "/oauth2/introspect", {"token": token["access_token"]}).json()
     assert info["active"] is True and info["tenant"] == "acme" and info["client_id"] == client["client_id"]
     issued = events(trace, "post_token_issue")[-1]["claims"]
@@ -99,9 +111,14 @@ def test_pre_issue_can_refuse(env) -> None:  # noqa: ANN001
     """An OAuth error from pre_token_issue is the client's answer and no token is issued."""
     server, client, trace = env
     before = len(events(trace, "post_token_issue"))
-    response = post(server, client, "/oauth2/token", {"grant_type": "client_credentials", "scope": "forbidden"})
+    response = post(
+        server, client, "/oauth2/token", {"grant_type": "client_credentials", "scope": "forbidden"}
+    )
     assert response.status_code == 400
-    assert response.json() == {"error": "invalid_scope", "error_description": "forbidden is refused by policy"}
+    assert response.json() == {
+        "error": "invalid_scope",
+        "error_description": "forbidden is refused by policy",
+    }
     assert len(events(trace, "post_token_issue")) == before
 
 
@@ -109,9 +126,17 @@ def test_pre_issue_cannot_set_registered_claims(env) -> None:  # noqa: ANN001
     """A pre_token_issue that tries to set client_id gets server_error, logged with its name."""
     server, client, _ = env
     response = post(server, client, "/oauth2/token", {"grant_type": "client_credentials", "scope": "grab"})
-    assert response.status_code == 500, (response.text, response.request.content, server.url, server.stdout_lines)
+    assert response.status_code == 500, (
+        response.text,
+        response.request.content,
+        server.url,
+        server.stdout_lines,
+    )
     assert response.json()["error"] == "server_error"
-    assert "OAuthEventInterceptor/audit failed in pre_token_issue: tried to set registered claims ['client_id']" in server.log()
+    assert (
+        "OAuthEventInterceptor/audit failed in pre_token_issue: tried to set registered claims ['client_id']"
+        in server.log()
+    )
 
 
 def test_post_issue_failure_does_not_change_the_outcome(env) -> None:  # noqa: ANN001
@@ -128,11 +153,17 @@ def test_client_auth_success_and_failure_are_told(env) -> None:  # noqa: ANN001
     post(server, client, "/oauth2/token", {"grant_type": "client_credentials", "scope": "read"})
     post(server, client, "/oauth2/token", {"grant_type": "client_credentials"}, secret="wrong")
     assert events(trace, "client_auth_success")[-1] == {
-        "hook": "client_auth_success", "endpoint": "token", "client": client["client_id"],
-        "method": "client_secret_basic"}
+        "hook": "client_auth_success",
+        "endpoint": "token",
+        "client": client["client_id"],
+        "method": "client_secret_basic",
+    }
     assert events(trace, "client_auth_failure")[-1] == {
-        "hook": "client_auth_failure", "endpoint": "token", "client": client["client_id"],
-        "error": "invalid_client"}
+        "hook": "client_auth_failure",
+        "endpoint": "token",
+        "client": client["client_id"],
+        "error": "invalid_client",
+    }
     assert "wrong" not in trace.read_text()
 
 
@@ -142,10 +173,17 @@ def test_revocation_hooks_and_refusal(env) -> None:  # noqa: ANN001
     kept = post(server, client, "/oauth2/token", {"grant_type": "client_credentials", "scope": "keep"}).json()
     refused = post(server, client, "/oauth2/revoke", {"token": kept["access_token"]})
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
-    assert post(server, client, "/oauth2/introspect", {"token": kept["access_token"]}).json()["active"] is True
+    assert (
+        post(server, client, "/oauth2/introspect", {"token": kept["access_token"]}).json()["active"] is True
+    )
 
     gone = post(server, client, "/oauth2/token", {"grant_type": "client_credentials", "scope": "read"}).json()
     assert post(server, client, "/oauth2/revoke", {"token": gone["access_token"]}).status_code == 200
-    assert post(server, client, "/oauth2/introspect", {"token": gone["access_token"]}).json() == {"active": False}
-    assert events(trace, "post_token_revoke")[-1] == {"hook": "post_token_revoke", "client": client["client_id"]}
+    assert post(server, client, "/oauth2/introspect", {"token": gone["access_token"]}).json() == {
+        "active": False
+    }
+    assert events(trace, "post_token_revoke")[-1] == {
+        "hook": "post_token_revoke",
+        "client": client["client_id"],
+    }
     assert events(trace, "pre_token_revoke")[-1] == {"hook": "pre_token_revoke", "kind": "access_token"}

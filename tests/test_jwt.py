@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import json
 
+import pki
+from conftest import new_deployment
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
-import pki
-from conftest import new_deployment
 from tokensmith.security.signing import SigningKeys
 
 
@@ -24,8 +23,9 @@ def verify_es256(token: str, jwks: dict) -> tuple[dict, dict]:
     head, body, sig = token.split(".")
     header = json.loads(b64d(head))
     jwk = next(k for k in jwks["keys"] if k["kid"] == header["kid"])
-    numbers = ec.EllipticCurvePublicNumbers(int.from_bytes(b64d(jwk["x"]), "big"),
-                                            int.from_bytes(b64d(jwk["y"]), "big"), ec.SECP256R1())
+    numbers = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(b64d(jwk["x"]), "big"), int.from_bytes(b64d(jwk["y"]), "big"), ec.SECP256R1()
+    )
     raw = b64d(sig)
     der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
     numbers.public_key().verify(der, f"{head}.{body}".encode(), ec.ECDSA(hashes.SHA256()))
@@ -33,8 +33,9 @@ def verify_es256(token: str, jwks: dict) -> tuple[dict, dict]:
 
 
 def jwt_deployment(tmp_path, keystore, wheel_cache):  # noqa: ANN001, ANN201
-    return new_deployment(tmp_path / "ts", keystore, wheel_cache,
-                          oauth="<AccessTokenFormat>jwt</AccessTokenFormat>")
+    return new_deployment(
+        tmp_path / "ts", keystore, wheel_cache, oauth="<AccessTokenFormat>jwt</AccessTokenFormat>"
+    )
 
 
 def test_jwt_access_token_verifies_against_jwks(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
@@ -42,13 +43,24 @@ def test_jwt_access_token_verifies_against_jwks(tmp_path, keystore, wheel_cache,
     dep = jwt_deployment(tmp_path, keystore, wheel_cache)
     pair = pki.self_signed()
     files = pair.write(tmp_path, "c")
-    client_id = str(dep.add_client("j", "--grant-type", "client_credentials", "--scope", "read",
-                                   "--auth-method", "self_signed_tls_client_auth",
-                                   "--cert", str(files[0]))["client_id"])
+    client_id = str(
+        dep.add_client(
+            "j",
+            "--grant-type",
+            "client_credentials",
+            "--scope",
+            "read",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(files[0]),
+        )["client_id"]
+    )
     server = serve(dep)
     with server.client(cert=files) as http:
-        value = http.post("/oauth2/token", data={"grant_type": "client_credentials",
-                                                 "client_id": client_id}).json()["access_token"]
+        value = http.post(
+            "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
+        ).json()["access_token"]
         jwks = http.get("/oauth2/jwks").json()
         meta = http.get("/.well-known/oauth-authorization-server").json()
     header, claims = verify_es256(value, jwks)
@@ -66,7 +78,9 @@ def test_jwt_tokens_introspect_and_revoke(tmp_path, keystore, wheel_cache, serve
     server = serve(dep)
     auth = (client["client_id"], client["client_secret"])
     with server.client() as http:
-        value = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).json()["access_token"]
+        value = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).json()[
+            "access_token"
+        ]
         assert value.count(".") == 2
         assert http.post("/oauth2/introspect", data={"token": value}, auth=auth).json()["active"] is True
         assert http.post("/oauth2/revoke", data={"token": value}, auth=auth).status_code == 200
@@ -80,9 +94,13 @@ def test_signing_key_rotation_keeps_old_tokens_verifiable(tmp_path, keystore, wh
     server = serve(dep)
     auth = (client["client_id"], client["client_secret"])
     with server.client() as http:
-        old = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).json()["access_token"]
+        old = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).json()[
+            "access_token"
+        ]
         SigningKeys(dep.conf / "security" / "signing").rotate()  # as the CLI does, from another process
-        new = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).json()["access_token"]
+        new = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).json()[
+            "access_token"
+        ]
         jwks = http.get("/oauth2/jwks").json()
     assert len(jwks["keys"]) == 2
     old_header, _ = verify_es256(old, jwks)
@@ -92,11 +110,16 @@ def test_signing_key_rotation_keeps_old_tokens_verifiable(tmp_path, keystore, wh
 
 def test_opaque_is_the_default(deployment, serve) -> None:  # noqa: ANN001
     """Without AccessTokenFormat, access tokens are opaque and the JWKS is empty."""
-    client = deployment.add_client("o", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+    client = deployment.add_client(
+        "o", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
     server = serve(deployment)
     with server.client() as http:
-        value = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                          auth=(client["client_id"], client["client_secret"])).json()["access_token"]
+        value = http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client["client_id"], client["client_secret"]),
+        ).json()["access_token"]
         assert "." not in value
         assert http.get("/oauth2/jwks").json() == {"keys": []}
 
@@ -107,8 +130,11 @@ def test_tampered_jwt_fails_independent_verification(tmp_path, keystore, wheel_c
     client = dep.add_client("j", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
     server = serve(dep)
     with server.client() as http:
-        value = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                          auth=(client["client_id"], client["client_secret"])).json()["access_token"]
+        value = http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client["client_id"], client["client_secret"]),
+        ).json()["access_token"]
         jwks = http.get("/oauth2/jwks").json()
     head, body, sig = value.split(".")
     claims = json.loads(b64d(body))
@@ -131,22 +157,39 @@ def test_signing_cli_rotate_list_retire(deployment) -> None:  # noqa: ANN001
     refused = deployment.cli("signing", "retire", second, check=False)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
     deployment.cli("signing", "retire", first)
-    assert [k["kid"] for k in json.loads(deployment.cli("signing", "list", "--json").stdout)["keys"]] == [second]
+    assert [k["kid"] for k in json.loads(deployment.cli("signing", "list", "--json").stdout)["keys"]] == [
+        second
+    ]
 
 
 def test_per_client_token_format_and_lifetime(deployment, serve) -> None:  # noqa: ANN001
     """A client registered with --token-format jwt and --access-token-lifetime gets exactly that."""
-    jwt_client = deployment.add_client("j", "--grant-type", "client_credentials", "--auth-method",
-                                       "client_secret_basic", "--token-format", "jwt",
-                                       "--access-token-lifetime", "120")
-    plain = deployment.add_client("o", "--grant-type", "client_credentials", "--auth-method",
-                                  "client_secret_basic")
+    jwt_client = deployment.add_client(
+        "j",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        "--token-format",
+        "jwt",
+        "--access-token-lifetime",
+        "120",
+    )
+    plain = deployment.add_client(
+        "o", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
     server = serve(deployment)
     with server.client() as http:
-        issued = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                           auth=(jwt_client["client_id"], jwt_client["client_secret"])).json()
-        other = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                          auth=(plain["client_id"], plain["client_secret"])).json()
+        issued = http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(jwt_client["client_id"], jwt_client["client_secret"]),
+        ).json()
+        other = http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(plain["client_id"], plain["client_secret"]),
+        ).json()
         jwks = http.get("/oauth2/jwks").json()
     _, claims = verify_es256(issued["access_token"], jwks)
     assert issued["expires_in"] == 120 and claims["exp"] - claims["iat"] == 120

@@ -46,7 +46,6 @@ def test_checks_past_the_limit_are_refused_at_once_and_places_come_back() -> Non
     import asyncio
 
     import pytest
-
     from tokensmith.errors import TemporarilyUnavailableError
 
     stored = kdf.hash_secret("right")

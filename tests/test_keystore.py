@@ -17,17 +17,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import TOKENSMITH
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from conftest import TOKENSMITH
-from tokensmith.http import tls as tlsconf
 from tokensmith.config.settings import Connector, load_config
-from tokensmith.security.keystore import load_keystore
 from tokensmith.config.xml import ConfigError
+from tokensmith.http import tls as tlsconf
+from tokensmith.security.keystore import load_keystore
 
 PASSWORD = "s3cret-Ünïcode"
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -45,34 +44,53 @@ class ServerPair:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     def key_pem(self, password: str | None = None) -> bytes:
-        encryption = (serialization.BestAvailableEncryption(password.encode())
-                      if password else serialization.NoEncryption())
-        return self.key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8, encryption)
+        encryption = (
+            serialization.BestAvailableEncryption(password.encode())
+            if password
+            else serialization.NoEncryption()
+        )
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+        )
 
     def pkcs12(self, password: str | None, extra: tuple[x509.Certificate, ...] = ()) -> bytes:
-        encryption = (serialization.BestAvailableEncryption(password.encode())
-                      if password else serialization.NoEncryption())
-        return pkcs12.serialize_key_and_certificates(b"server", self.key, self.cert,
-                                                     list(extra) or None, encryption)
+        encryption = (
+            serialization.BestAvailableEncryption(password.encode())
+            if password
+            else serialization.NoEncryption()
+        )
+        return pkcs12.serialize_key_and_certificates(
+            b"server", self.key, self.cert, list(extra) or None, encryption
+        )
 
 
 def server_pair(kind: str, common_name: str = "localhost") -> ServerPair:
     """A self-signed server certificate with an RSA-2048 or ECDSA P-256 key."""
-    key: Key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa"
-                else ec.generate_private_key(ec.SECP256R1()))
+    key: Key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind == "rsa"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return ServerPair(cert, key)
 
 
@@ -96,12 +114,16 @@ def install(deployment, kind: str, form: str) -> ServerPair:  # noqa: ANN001
     elif form == "encrypted-pem":
         (security / "own.crt").write_bytes(pair.pem)
         (security / "own.key").write_bytes(pair.key_pem(PASSWORD))
-        use_keystore(deployment, f'<Keystore certificateFile="security/own.crt"'
-                                 f' keyFile="security/own.key" password="{PASSWORD}"/>')
+        use_keystore(
+            deployment,
+            f'<Keystore certificateFile="security/own.crt"'
+            f' keyFile="security/own.key" password="{PASSWORD}"/>',
+        )
     else:
         (security / "server.p12").write_bytes(pair.pkcs12(PASSWORD))
-        use_keystore(deployment, f'<Keystore type="PKCS12" file="security/server.p12"'
-                                 f' password="{PASSWORD}"/>')
+        use_keystore(
+            deployment, f'<Keystore type="PKCS12" file="security/server.p12" password="{PASSWORD}"/>'
+        )
     return pair
 
 
@@ -113,9 +135,17 @@ def one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
     return result.stderr.strip()
 
 
-@pytest.mark.parametrize(("kind", "form"), [
-    ("rsa", "pem"), ("ec", "pem"), ("ec", "encrypted-pem"), ("rsa", "pkcs12"), ("ec", "pkcs12"),
-], ids=["rsa-pem", "ec-pem", "encrypted-pem-key", "rsa-pkcs12", "ec-pkcs12"])
+@pytest.mark.parametrize(
+    ("kind", "form"),
+    [
+        ("rsa", "pem"),
+        ("ec", "pem"),
+        ("ec", "encrypted-pem"),
+        ("rsa", "pkcs12"),
+        ("ec", "pkcs12"),
+    ],
+    ids=["rsa-pem", "ec-pem", "encrypted-pem-key", "rsa-pkcs12", "ec-pkcs12"],
+)
 def test_server_serves_tls_with_keystore(deployment, serve, tmp_path, kind, form) -> None:  # noqa: ANN001
     """The server serves HTTPS with this keystore, verifiable against the exported certificate."""
     pair = install(deployment, kind, form)
@@ -156,29 +186,59 @@ def test_wrong_pkcs12_password_is_a_one_line_startup_error(deployment) -> None: 
     """serve with a wrong PKCS#12 password exits 1 with one line naming server.xml and the file."""
     install(deployment, "rsa", "pkcs12")
     use_keystore(deployment, '<Keystore type="PKCS12" file="security/server.p12" password="wrong"/>')
-    result = subprocess.run([TOKENSMITH, "serve", "--conf", str(deployment.conf)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [TOKENSMITH, "serve", "--conf", str(deployment.conf)], capture_output=True, text=True, timeout=60
+    )
     line = one_line_failure(result)
     assert f"{deployment.conf / 'server.xml'}:3:" in line
     assert str(deployment.conf / "security" / "server.p12") in line and "wrong password" in line
     assert "tokensmith serving" not in result.stdout
 
 
-@pytest.mark.parametrize(("element", "expected", "export_fails"), [
-    ('<Keystore type="PKCS12" file="security/server.p12"/>', "is password-protected: set password=", True),
-    ('<Keystore type="PKCS12" file="security/server.crt" password="x"/>', "is PEM, not PKCS#12", True),
-    ('<Keystore type="PKCS12" file="security/garbage.p12" password="x"/>', "not a PKCS#12 file", True),
-    ('<Keystore type="PKCS12" file="security/missing.p12" password="x"/>', "missing.p12 not found", True),
-    ('<Keystore certificateFile="security/own.crt" keyFile="security/own.key"/>',
-     "own.key is encrypted: set password= on <Keystore>", False),
-    ('<Keystore certificateFile="security/own.crt" keyFile="security/own.key" password="nope"/>',
-     "own.key: wrong password", False),
-    ('<Keystore certificateFile="security/own.crt" keyFile="security/server.key"'
-     f' password="{PASSWORD}"/>', "server.key does not belong to the certificate 'CN=localhost'", False),
-    ('<Keystore certificateFile="security/own.key" keyFile="security/own.key"/>',
-     "own.key holds no PEM certificate", True),
-], ids=["p12-no-password", "p12-is-pem", "p12-garbage", "p12-missing", "pem-no-password",
-        "pem-wrong-password", "key-mismatch", "key-as-certificate"])
+@pytest.mark.parametrize(
+    ("element", "expected", "export_fails"),
+    [
+        (
+            '<Keystore type="PKCS12" file="security/server.p12"/>',
+            "is password-protected: set password=",
+            True,
+        ),
+        ('<Keystore type="PKCS12" file="security/server.crt" password="x"/>', "is PEM, not PKCS#12", True),
+        ('<Keystore type="PKCS12" file="security/garbage.p12" password="x"/>', "not a PKCS#12 file", True),
+        ('<Keystore type="PKCS12" file="security/missing.p12" password="x"/>', "missing.p12 not found", True),
+        (
+            '<Keystore certificateFile="security/own.crt" keyFile="security/own.key"/>',
+            "own.key is encrypted: set password= on <Keystore>",
+            False,
+        ),
+        (
+            '<Keystore certificateFile="security/own.crt" keyFile="security/own.key" password="nope"/>',
+            "own.key: wrong password",
+            False,
+        ),
+        (
+            '<Keystore certificateFile="security/own.crt" keyFile="security/server.key"'
+            f' password="{PASSWORD}"/>',
+            "server.key does not belong to the certificate 'CN=localhost'",
+            False,
+        ),
+        (
+            '<Keystore certificateFile="security/own.key" keyFile="security/own.key"/>',
+            "own.key holds no PEM certificate",
+            True,
+        ),
+    ],
+    ids=[
+        "p12-no-password",
+        "p12-is-pem",
+        "p12-garbage",
+        "p12-missing",
+        "pem-no-password",
+        "pem-wrong-password",
+        "key-mismatch",
+        "key-as-certificate",
+    ],
+)
 def test_unusable_keystore_is_one_line_naming_the_file(deployment, element, expected, export_fails) -> None:  # noqa: ANN001
     """An unusable keystore stops serve (and keystore export, which needs no PEM key) with one line naming it."""
     install(deployment, "ec", "encrypted-pem")
@@ -187,25 +247,41 @@ def test_unusable_keystore_is_one_line_naming_the_file(deployment, element, expe
     (deployment.conf / "security" / "garbage.p12").write_bytes(b"\x30\x82" + os.urandom(300))
     use_keystore(deployment, element)
     commands = [["serve"], ["keystore", "export", "--out", str(deployment.root / "x.crt")]]
-    for command in commands[:2 if export_fails else 1]:
-        result = subprocess.run([TOKENSMITH, *command, "--conf", str(deployment.conf)],
-                                capture_output=True, text=True, timeout=60)
+    for command in commands[: 2 if export_fails else 1]:
+        result = subprocess.run(
+            [TOKENSMITH, *command, "--conf", str(deployment.conf)], capture_output=True, text=True, timeout=60
+        )
         line = one_line_failure(result)
         assert "server.xml:3: " in line and expected in line, line
     if not export_fails:
         deployment.cli(*commands[1])
 
 
-@pytest.mark.parametrize(("element", "expected"), [
-    ('<Keystore type="PKCS12" file="a.p12" certificateFile="a.crt"/>',
-     '<Keystore type="PKCS12"> takes file=, not certificateFile='),
-    ('<Keystore type="PKCS12" keyFile="a.key"/>', '<Keystore type="PKCS12"> takes file=, not keyFile='),
-    ('<Keystore type="PKCS12" password="x"/>', '<Keystore type="PKCS12"> needs file='),
-    ('<Keystore file="a.p12" password="x"/>', 'add type="PKCS12"'),
-    ('<Keystore certificateFile="a.crt"/>', "<Keystore> needs keyFile="),
-    ('<Keystore type="JKS" file="a.jks"/>', "attribute 'type': The value 'JKS' is not an element of the set {'PEM', 'PKCS12'}"),
-], ids=["p12-with-certificateFile", "p12-with-keyFile", "p12-without-file", "file-without-type",
-        "pem-without-key", "unknown-type"])
+@pytest.mark.parametrize(
+    ("element", "expected"),
+    [
+        (
+            '<Keystore type="PKCS12" file="a.p12" certificateFile="a.crt"/>',
+            '<Keystore type="PKCS12"> takes file=, not certificateFile=',
+        ),
+        ('<Keystore type="PKCS12" keyFile="a.key"/>', '<Keystore type="PKCS12"> takes file=, not keyFile='),
+        ('<Keystore type="PKCS12" password="x"/>', '<Keystore type="PKCS12"> needs file='),
+        ('<Keystore file="a.p12" password="x"/>', 'add type="PKCS12"'),
+        ('<Keystore certificateFile="a.crt"/>', "<Keystore> needs keyFile="),
+        (
+            '<Keystore type="JKS" file="a.jks"/>',
+            "attribute 'type': The value 'JKS' is not an element of the set {'PEM', 'PKCS12'}",
+        ),
+    ],
+    ids=[
+        "p12-with-certificateFile",
+        "p12-with-keyFile",
+        "p12-without-file",
+        "file-without-type",
+        "pem-without-key",
+        "unknown-type",
+    ],
+)
 def test_wrong_keystore_attributes_are_refused_with_the_line(deployment, element, expected) -> None:  # noqa: ANN001
     """A <Keystore> mixing the PEM and PKCS#12 forms is refused, naming server.xml and the line."""
     use_keystore(deployment, element)
@@ -219,11 +295,17 @@ def test_both_keystore_forms_validate(deployment) -> None:  # noqa: ANN001
     """The PEM form (as before) and the PKCS#12 form both load, with paths relative to server.xml."""
     settings = load_config(deployment.conf).server.keystore
     assert (settings.type, settings.certificate_file, settings.file) == (
-        "PEM", deployment.conf / "security" / "server.crt", None)
+        "PEM",
+        deployment.conf / "security" / "server.crt",
+        None,
+    )
     use_keystore(deployment, '<Keystore type="PKCS12" file="security/server.p12" password="pw"/>')
     settings = load_config(deployment.conf).server.keystore
     assert (settings.type, settings.file, settings.password) == (
-        "PKCS12", deployment.conf / "security" / "server.p12", "pw")
+        "PKCS12",
+        deployment.conf / "security" / "server.p12",
+        "pw",
+    )
     assert "pw" not in repr(settings)
 
 
@@ -271,7 +353,9 @@ def test_pkcs12_reaches_openssl_through_anonymous_memory(deployment, monkeypatch
     assert list(scratch.iterdir()) == []
 
 
-def test_pkcs12_without_memfd_uses_a_private_file_removed_after_loading(deployment, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+def test_pkcs12_without_memfd_uses_a_private_file_removed_after_loading(
+    deployment, monkeypatch, tmp_path
+) -> None:  # noqa: ANN001
     """Without memfd the PEM for OpenSSL is a 0600 temporary file, gone once loaded."""
     install(deployment, "rsa", "pkcs12")
     monkeypatch.delattr(os, "memfd_create", raising=False)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import SERVER_XML
 
 LANES = Path(__file__).with_name("lanes.py")
@@ -45,8 +44,12 @@ CORPUS: dict[str, bytes] = {
     "double-slash": b"GET //oauth2//jwks HTTP/1.1\r\nHost: evil.example\r\n\r\n",
     "absolute-form": b"GET https://evil.example/x?q=1 HTTP/1.1\r\nHost: a\r\n\r\n",
     "repeated-header": b"GET /t HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nX-A: 2\r\n\r\n",
-    "head-15k": b"GET /t HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-P%d: %s\r\n" % (i, b"p" * 990) for i in range(15)) + b"\r\n",
-    "100-headers": b"GET /t HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(99)) + b"\r\n",
+    "head-15k": b"GET /t HTTP/1.1\r\nHost: a\r\n"
+    + b"".join(b"X-P%d: %s\r\n" % (i, b"p" * 990) for i in range(15))
+    + b"\r\n",
+    "100-headers": b"GET /t HTTP/1.1\r\nHost: a\r\n"
+    + b"".join(b"X-%d: y\r\n" % i for i in range(99))
+    + b"\r\n",
     # trailers: never merged into the headers (RFC 9110 §6.5.1)
     "trailer-authorization": b"POST /t HTTP/1.1\r\nHost: a\r\nAuthorization: bogus\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nAuthorization: Basic Z29vZA==\r\nX-Client-Cert: :AAAA:\r\n\r\n",
     "trailer-host": b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHost: b\r\n\r\n",
@@ -70,11 +73,13 @@ CORPUS: dict[str, bytes] = {
     "good-then-garbage": b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01garbage\r\n\r\n",
     "good-then-bad-chunk": b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     "header-20k": b"POST /t HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
-    "150-headers": b"POST /t HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n",
+    "150-headers": b"POST /t HTTP/1.1\r\nHost: x\r\n"
+    + b"".join(b"X-%d: y\r\n" % i for i in range(150))
+    + b"\r\n",
     # no upgrade of any kind (RFC 9110 §7.8), h2c included: it would let a client talk past a
     # proxy that tunnels after 101 (h2c smuggling); nor HTTP/2 by preface without ALPN
     "h2c-upgrade": b"GET /t HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
-                   b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
     "h2c-upgrade-no-connection": b"GET /t HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
     "h2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     # RFC 9112 §3.2: no fragment in a target; Host is uri-host [":" port]
@@ -84,7 +89,8 @@ CORPUS: dict[str, bytes] = {
     "host-ipv6-port": b"GET /t HTTP/1.1\r\nHost: [::1]:9443\r\n\r\n",
     "host-empty": b"GET /t HTTP/1.1\r\nHost:\r\n\r\n",
     "long-chunk-extension": b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;x="
-                            + b"e" * 40_000 + b"\r\na\r\n0\r\n\r\n",
+    + b"e" * 40_000
+    + b"\r\na\r\n0\r\n\r\n",
     "websocket-upgrade": b"GET /t HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     # HTTP/1.0 with Expect: no 100 Continue (RFC 9110 §10.1.1); the body follows at once
     "http10-expect": b"POST /t HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
@@ -95,38 +101,54 @@ DIFFERENCES: dict[str, tuple[str, list[int], list[int]]] = {
     "obs-fold": (
         "RFC 9112 §5.2 lets a server refuse an obsolete line folding with 400 or replace it "
         "with a space; llhttp refuses, h11 unfolds",
-        [200], [400]),
+        [200],
+        [400],
+    ),
     "bare-lf": (
         "RFC 9112 §2.2 lets a recipient accept a bare LF as a line end; h11 does, llhttp does not",
-        [200], [400]),
+        [200],
+        [400],
+    ),
     "control-in-value": (
         "RFC 9110 §5.5 lets a recipient refuse a field value with a control character or keep "
         "it; llhttp refuses, h11 keeps it",
-        [200], [400]),
+        [200],
+        [400],
+    ),
     "double-space-request-line": (
-        "RFC 9112 §3 lets a recipient split the request line on whitespace runs; llhttp does, "
-        "h11 refuses",
-        [400], [200]),
+        "RFC 9112 §3 lets a recipient split the request line on whitespace runs; llhttp does, h11 refuses",
+        [400],
+        [200],
+    ),
     "lowercase-method": (
         "methods are case-sensitive (RFC 9110 §9.1); llhttp refuses one it does not know, h11 "
         "passes 'get' to the app, where no route has it",
-        [200], [400]),
+        [200],
+        [400],
+    ),
     "long-trailer": (
         "both lanes hold an unfinished trailer section to 16 KiB; h11 also passes one of any size "
         "that arrives in a single read (and Hypercorn drops it), llhttp refuses it with 431",
-        [200], [431]),
+        [200],
+        [431],
+    ),
     "content-length-list": (
         "RFC 9110 §8.6 lets a recipient accept a list of identical Content-Length values; h11 "
         "does, llhttp refuses",
-        [200], [400]),
+        [200],
+        [400],
+    ),
     "chunk-size-space": (
-        "whitespace after a chunk size is not in RFC 9112 §7.1's grammar; h11 tolerates it, "
-        "llhttp refuses",
-        [200], [400]),
+        "whitespace after a chunk size is not in RFC 9112 §7.1's grammar; h11 tolerates it, llhttp refuses",
+        [200],
+        [400],
+    ),
     "chunked-then-gzip": (
         "a transfer coding the server does not know: h11 answers 501 (RFC 9112 §6.1), llhttp "
         "finds the framing invalid first and answers 400; both refuse it",
-        [501], [400]),
+        [501],
+        [400],
+    ),
 }
 DIFFERENCE_REQUESTS: dict[str, bytes] = {
     "obs-fold": b"GET /t HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
@@ -137,7 +159,8 @@ DIFFERENCE_REQUESTS: dict[str, bytes] = {
     "content-length-list": b"POST /t HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\nz",
     "chunk-size-space": b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1 \r\nz\r\n0\r\n\r\n",
     "long-trailer": b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: "
-                    + b"t" * 20_000 + b"\r\n\r\n",
+    + b"t" * 20_000
+    + b"\r\n\r\n",
     "chunked-then-gzip": b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
 }
 
@@ -175,8 +198,10 @@ def lanes(tmp_path_factory: pytest.TempPathFactory, keystore: Path) -> Iterator[
     (conf / "security").mkdir(parents=True)
     for name in ("server.crt", "server.key"):
         (conf / "security" / name).write_bytes((keystore / name).read_bytes())
-    connectors = ('<Connector address="127.0.0.1" port="0" connectionTimeout="3000"/>\n'
-                  '<Connector address="127.0.0.1" port="0" connectionTimeout="3000" http1="llhttp"/>')
+    connectors = (
+        '<Connector address="127.0.0.1" port="0" connectionTimeout="3000"/>\n'
+        '<Connector address="127.0.0.1" port="0" connectionTimeout="3000" http1="llhttp"/>'
+    )
     (conf / "server.xml").write_text(SERVER_XML.format(connectors=connectors))
     (conf / "identity.xml").write_text("<Identity/>")
     process = subprocess.Popen([sys.executable, str(LANES), str(conf)], stdout=subprocess.PIPE, text=True)
@@ -208,7 +233,9 @@ def parse(raw: bytes) -> list[object]:
             return answers
         length = int(headers.get("content-length", "0"))
         body, raw = raw[:length], raw[length:]
-        seen = json.loads(body) if headers.get("content-type") == "application/json" else body.decode("latin-1")
+        seen = (
+            json.loads(body) if headers.get("content-type") == "application/json" else body.decode("latin-1")
+        )
         answers.append((status, headers.get("connection"), seen))
     answers.append(raw.decode("latin-1") or "<closed>")
     return answers
@@ -240,15 +267,32 @@ def test_trailers_never_reach_the_app(lanes: Lanes) -> None:
         first = parse(lanes.exchange(lane, CORPUS["trailer-authorization"] + SENTINEL))[0]
         status, _, seen = first  # type: ignore[misc]
         assert status == 200 and seen["body"] == "abc"
-        assert seen["headers"] == [["host", "a"], ["authorization", "bogus"], ["transfer-encoding", "chunked"]]
+        assert seen["headers"] == [
+            ["host", "a"],
+            ["authorization", "bogus"],
+            ["transfer-encoding", "chunked"],
+        ]
 
 
 def test_refusals_agree_on_status(lanes: Lanes) -> None:
     """The refusals are the ones h11 gives: 400, 431, 501 and 505, then a close."""
-    expected = {"garbage": 400, "no-host": 400, "two-hosts": 400, "http09": 400, "http20-line": 505,
-                "h2c-upgrade": 400, "h2-preface": 400, "fragment": 400, "host-with-space": 400,
-                "long-chunk-extension": 431,
-                "gzip-chunked": 501, "length-and-chunked": 400, "header-20k": 431, "150-headers": 431, "bad-chunk-size": 400}
+    expected = {
+        "garbage": 400,
+        "no-host": 400,
+        "two-hosts": 400,
+        "http09": 400,
+        "http20-line": 505,
+        "h2c-upgrade": 400,
+        "h2-preface": 400,
+        "fragment": 400,
+        "host-with-space": 400,
+        "long-chunk-extension": 431,
+        "gzip-chunked": 501,
+        "length-and-chunked": 400,
+        "header-20k": 431,
+        "150-headers": 431,
+        "bad-chunk-size": 400,
+    }
     for name, status in expected.items():
         answers = parse(lanes.exchange("llhttp", CORPUS[name] + SENTINEL))
         assert answers[0][:2] == (status, "close") and answers[-1] == "<closed>", (name, answers)  # type: ignore[index]

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import DEFAULT_LISTENERS, Deployment, Server, new_deployment, start_server
+from tokensmith.models import TokenRecord, User
 from tokensmith.security.hashing import hash_secret, token_hash
 from tokensmith.storage.sqlite import SQLiteStorage
-from tokensmith.models import TokenRecord, User
 
 PASSWORD = "correct horse battery staple"
 
@@ -34,8 +33,12 @@ PASSWORD = "correct horse battery staple"
 def env(tmp_path_factory, keystore, wheel_cache) -> Iterator[Server]:  # noqa: ANN001
     """One server with two workers: every finding must hold whichever worker answers."""
     root = tmp_path_factory.mktemp("lifecycle")
-    dep = new_deployment(root / "ts", keystore, wheel_cache,
-                         oauth="<MaxFailedLogins>3</MaxFailedLogins><LockoutSeconds>600</LockoutSeconds>")
+    dep = new_deployment(
+        root / "ts",
+        keystore,
+        wheel_cache,
+        oauth="<MaxFailedLogins>3</MaxFailedLogins><LockoutSeconds>600</LockoutSeconds>",
+    )
     dep.cli("user", "add", "erin", "--password-stdin", input=PASSWORD + "\n")  # creates the store
     with SQLiteStorage(dep.database) as store:  # the others through the API: a CLI run each is slow
         for name in ("victim", "quiet", "frank", "gina", "hal"):
@@ -47,8 +50,9 @@ def env(tmp_path_factory, keystore, wheel_cache) -> Iterator[Server]:  # noqa: A
 
 def client(server: Server, *grants: str, extra: tuple[str, ...] = ()) -> dict:
     args = [f"--grant-type={g}" for g in grants]
-    return server.deployment.add_client("c", *args, "--scope=read", "--scope=write", *extra,
-                                        "--auth-method", "client_secret_basic")
+    return server.deployment.add_client(
+        "c", *args, "--scope=read", "--scope=write", *extra, "--auth-method", "client_secret_basic"
+    )
 
 
 def auth(c: dict) -> tuple[str, str]:
@@ -61,8 +65,9 @@ def post(server: Server, path: str, data: dict, c: dict | None):  # noqa: ANN201
 
 
 def password_grant(server: Server, c: dict, user: str, password: str = PASSWORD):  # noqa: ANN201
-    return post(server, "/oauth2/token", {"grant_type": "password", "username": user,
-                                          "password": password}, c)
+    return post(
+        server, "/oauth2/token", {"grant_type": "password", "username": user, "password": password}, c
+    )
 
 
 def refresh(server: Server, c: dict, value: str):  # noqa: ANN201
@@ -96,11 +101,17 @@ def test_concurrent_guesses_check_at_most_the_limit(env) -> None:  # noqa: ANN00
                 # Sent while the wrong ones are in flight, once the server says the limit
                 # was reached: three checked, or one refused.
                 deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and "user 'victim' is locked out" not in env.log() \
-                        and env.log().count("password grant failed for user 'victim'") < 3:
+                while (
+                    time.monotonic() < deadline
+                    and "user 'victim' is locked out" not in env.log()
+                    and env.log().count("password grant failed for user 'victim'") < 3
+                ):
                     time.sleep(0.01)
-            response = http.post("/oauth2/token", auth=auth(c), data={
-                "grant_type": "password", "username": "victim", "password": password})
+            response = http.post(
+                "/oauth2/token",
+                auth=auth(c),
+                data={"grant_type": "password", "username": "victim", "password": password},
+            )
             statuses.append(response.status_code)
 
     threads = [threading.Thread(target=guess, args=(f"wrong-{i}", True)) for i in range(50)]
@@ -127,8 +138,11 @@ def test_locked_and_unknown_users_get_the_same_answer_at_the_same_cost(env) -> N
         for _ in range(5):
             for user, answers, times in (("quiet", locked, t_locked), ("nobody-here", unknown, t_unknown)):
                 started = time.perf_counter()
-                response = http.post("/oauth2/token", auth=auth(c), data={
-                    "grant_type": "password", "username": user, "password": "still wrong"})
+                response = http.post(
+                    "/oauth2/token",
+                    auth=auth(c),
+                    data={"grant_type": "password", "username": user, "password": "still wrong"},
+                )
                 times.append(time.perf_counter() - started)
                 answers.append((response.status_code, response.content))
     assert "user 'quiet' is locked out" in env.log()
@@ -165,9 +179,22 @@ def test_a_token_stored_while_its_user_was_removed_is_inactive(env) -> None:  # 
         assert user is not None and store.remove_user("racer")
         value = "raced-" + base64.urlsafe_b64encode(bytes(24)).decode()
         now = int(time.time())
-        store.add_tokens([TokenRecord(token_hash(value), "access", str(c["client_id"]), "read", now, now + 600,
-                                      username="racer", grant_id="raced-grant", user_id=user.user_id,
-                                      grant_type="password")])
+        store.add_tokens(
+            [
+                TokenRecord(
+                    token_hash(value),
+                    "access",
+                    str(c["client_id"]),
+                    "read",
+                    now,
+                    now + 600,
+                    username="racer",
+                    grant_id="raced-grant",
+                    user_id=user.user_id,
+                    grant_type="password",
+                )
+            ]
+        )
     assert introspect(env, value, c) == {"active": False}
     assert introspect(env, owner["access_token"], c) == {"active": False}
 
@@ -229,8 +256,10 @@ def test_a_grant_type_taken_away_ends_its_refresh_tokens(env) -> None:  # noqa: 
     c = client(env, "password", "refresh_token", "client_credentials")
     tokens = password_grant(env, c, "gina").json()
     with sqlite3.connect(env.deployment.database) as db:
-        db.execute("UPDATE clients SET grant_types = ? WHERE client_id = ?",
-                   (json.dumps(["client_credentials", "refresh_token"]), c["client_id"]))
+        db.execute(
+            "UPDATE clients SET grant_types = ? WHERE client_id = ?",
+            (json.dumps(["client_credentials", "refresh_token"]), c["client_id"]),
+        )
     response = refresh(env, c, tokens["refresh_token"])
     assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
 
@@ -252,7 +281,11 @@ def test_a_used_refresh_token_introspects_inactive(env) -> None:  # noqa: ANN001
 def test_introspection_is_for_the_tokens_client_and_resource_servers(env) -> None:  # noqa: ANN001
     """RFC 7662 §4: another client learns nothing; a registered resource server sees access
     tokens but never a refresh token's details, which only its own client sees."""
-    c, other, rs = client(env, "password", "refresh_token"), client(env, "client_credentials"), resource_server(env)
+    c, other, rs = (
+        client(env, "password", "refresh_token"),
+        client(env, "client_credentials"),
+        resource_server(env),
+    )
     tokens = password_grant(env, c, "hal").json()
     for value in (tokens["access_token"], tokens["refresh_token"]):
         assert introspect(env, value, other) == {"active": False}
@@ -268,8 +301,12 @@ def test_introspection_is_for_the_tokens_client_and_resource_servers(env) -> Non
 def test_a_grant_ends_at_its_absolute_lifetime(env) -> None:  # noqa: ANN001
     """With a 3 s refresh lifetime and a 4 s absolute one, refreshing every 1.5 s works until
     4 s after the grant, then the chain ends (RFC 9700 §4.14.2): rotation does not restart it."""
-    c = client(env, "password", "refresh_token", extra=("--refresh-token-lifetime=3",
-                                                        "--refresh-token-max-lifetime=4"))
+    c = client(
+        env,
+        "password",
+        "refresh_token",
+        extra=("--refresh-token-lifetime=3", "--refresh-token-max-lifetime=4"),
+    )
     started = time.monotonic()
     value = password_grant(env, c, "hal").json()["refresh_token"]
     outcomes = []
@@ -290,8 +327,16 @@ def test_a_grant_ends_at_its_absolute_lifetime(env) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("scope", ["read write", "", "café", "a\u00a0b", "a\tb", 'a"b', "a\\b"])
 def test_registration_refuses_scopes_outside_the_grammar(env, scope) -> None:  # noqa: ANN001
     """`sp add --scope` takes one RFC 6749 §3.3 scope-token each: one readable line, exit 1."""
-    result = env.deployment.cli("sp", "add", "s", "--grant-type=client_credentials", f"--scope={scope}",
-                                "--auth-method", "client_secret_basic", check=False)
+    result = env.deployment.cli(
+        "sp",
+        "add",
+        "s",
+        "--grant-type=client_credentials",
+        f"--scope={scope}",
+        "--auth-method",
+        "client_secret_basic",
+        check=False,
+    )
     assert result.returncode != 0 and "scope" in result.stderr and result.stderr.count("\n") == 1
 
 
@@ -299,8 +344,10 @@ def test_the_token_endpoint_grants_only_grammatical_scopes(env) -> None:  # noqa
     """A scope outside §3.3 stored by an older release is not granted: invalid_scope."""
     c = client(env, "client_credentials")
     with sqlite3.connect(env.deployment.database) as db:
-        db.execute("UPDATE clients SET scopes = ? WHERE client_id = ?",
-                   (json.dumps(["read", "café"]), c["client_id"]))
+        db.execute(
+            "UPDATE clients SET scopes = ? WHERE client_id = ?",
+            (json.dumps(["read", "café"]), c["client_id"]),
+        )
     response = post(env, "/oauth2/token", {"grant_type": "client_credentials", "scope": "café"}, c)
     assert response.status_code == 400 and response.json()["error"] == "invalid_scope"
 
@@ -313,8 +360,17 @@ def test_401_without_authorization_header_has_a_challenge(env, path) -> None:  #
     """invalid_client with credentials in the body still carries WWW-Authenticate (RFC 6749
     §5.2, RFC 9110 §15.5.2)."""
     c = client(env, "client_credentials")
-    response = post(env, path, {"grant_type": "client_credentials", "token": "x",
-                                "client_id": c["client_id"], "client_secret": "wrong"}, None)
+    response = post(
+        env,
+        path,
+        {
+            "grant_type": "client_credentials",
+            "token": "x",
+            "client_id": c["client_id"],
+            "client_secret": "wrong",
+        },
+        None,
+    )
     assert response.status_code == 401 and response.json()["error"] == "invalid_client"
     assert response.headers["www-authenticate"] == 'Basic realm="tokensmith"'
 
@@ -325,16 +381,32 @@ def test_401_without_authorization_header_has_a_challenge(env, path) -> None:  #
 @pytest.mark.parametrize("name", ["evil\x1b[2J", "two\nlines", "bell\x07", "rtl\u202eoverride"])
 def test_registration_refuses_control_characters(env, name) -> None:  # noqa: ANN001
     """A client name with a control character is refused: it would forge `sp list` lines."""
-    result = env.deployment.cli("sp", "add", name, "--grant-type=client_credentials",
-                                "--auth-method", "client_secret_basic", check=False)
+    result = env.deployment.cli(
+        "sp",
+        "add",
+        name,
+        "--grant-type=client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        check=False,
+    )
     assert result.returncode != 0 and "control characters" in result.stderr
     assert "\x1b" not in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_registration_refuses_control_characters_in_a_subject(env) -> None:  # noqa: ANN001
     """The tls_client_auth subject is stored text too, and is refused the same way."""
-    result = env.deployment.cli("sp", "add", "m", "--grant-type=client_credentials", "--auth-method",
-                                "tls_client_auth", "--subject-dn", "CN=evil\x1b[2J,O=x", check=False)
+    result = env.deployment.cli(
+        "sp",
+        "add",
+        "m",
+        "--grant-type=client_credentials",
+        "--auth-method",
+        "tls_client_auth",
+        "--subject-dn",
+        "CN=evil\x1b[2J,O=x",
+        check=False,
+    )
     assert result.returncode != 0 and "\x1b" not in result.stderr and result.stderr.count("\n") == 1
 
 
@@ -355,8 +427,9 @@ def test_public_password_client_needs_force_and_refresh_only_is_refused(env) -> 
     assert refused.returncode != 0 and "--force" in refused.stderr and refused.stderr.count("\n") == 1
     forced = env.deployment.cli(*args, "--force")
     assert "RFC 9700" in forced.stderr and json.loads(forced.stdout)["client_id"]
-    only = env.deployment.cli("sp", "add", "r", "--grant-type=refresh_token", "--auth-method",
-                              "client_secret_basic", check=False)
+    only = env.deployment.cli(
+        "sp", "add", "r", "--grant-type=refresh_token", "--auth-method", "client_secret_basic", check=False
+    )
     assert only.returncode != 0 and "refresh_token" in only.stderr
 
 
@@ -366,8 +439,9 @@ def test_public_password_client_needs_force_and_refresh_only_is_refused(env) -> 
 def from_address(server: Server, address: str) -> httpx.Client:
     """An HTTPS client whose connections come from *address* (any 127/8 address is local)."""
     context = ssl.create_default_context(cafile=str(server.deployment.server_cert))
-    return httpx.Client(base_url=server.url, timeout=10,
-                        transport=httpx.HTTPTransport(verify=context, local_address=address))
+    return httpx.Client(
+        base_url=server.url, timeout=10, transport=httpx.HTTPTransport(verify=context, local_address=address)
+    )
 
 
 def test_lockout_is_per_source_and_ends_with_its_counter(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
@@ -375,9 +449,15 @@ def test_lockout_is_per_source_and_ends_with_its_counter(tmp_path, keystore, whe
     the lock ends the count starts afresh, so one guess per period does not keep the user
     locked (RFC 6819 §4.4.3.6); failures from many addresses together lock the user at
     MaxFailedLoginsPerUser."""
-    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache, oauth=(
-        "<MaxFailedLogins>3</MaxFailedLogins><MaxFailedLoginsPerUser>5</MaxFailedLoginsPerUser>"
-        "<LockoutSeconds>2</LockoutSeconds>"))
+    dep = new_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        oauth=(
+            "<MaxFailedLogins>3</MaxFailedLogins><MaxFailedLoginsPerUser>5</MaxFailedLoginsPerUser>"
+            "<LockoutSeconds>2</LockoutSeconds>"
+        ),
+    )
     for name in ("alice", "bob"):
         dep.cli("user", "add", name, "--password-stdin", input=PASSWORD + "\n")
     c = dep.add_client("c", "--grant-type=password", "--auth-method", "client_secret_basic")
@@ -385,8 +465,11 @@ def test_lockout_is_per_source_and_ends_with_its_counter(tmp_path, keystore, whe
 
     def attempt(address: str, user: str, password: str) -> int:
         with from_address(server, address) as http:
-            return http.post("/oauth2/token", auth=auth(c), data={
-                "grant_type": "password", "username": user, "password": password}).status_code
+            return http.post(
+                "/oauth2/token",
+                auth=auth(c),
+                data={"grant_type": "password", "username": user, "password": password},
+            ).status_code
 
     for _ in range(3):
         assert attempt("127.0.0.2", "alice", "wrong") == 400
@@ -411,8 +494,9 @@ def test_lockout_is_per_source_and_ends_with_its_counter(tmp_path, keystore, whe
 def test_a_jwt_of_a_retired_key_introspects_inactive(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
     """After `signing rotate` and `signing retire OLD`, a JWT signed by OLD is inactive:
     it no longer verifies anywhere (RFC 9068 §4)."""
-    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache,
-                         oauth="<AccessTokenFormat>jwt</AccessTokenFormat>")
+    dep = new_deployment(
+        tmp_path / "ts", keystore, wheel_cache, oauth="<AccessTokenFormat>jwt</AccessTokenFormat>"
+    )
     c = dep.add_client("j", "--grant-type=client_credentials", "--auth-method", "client_secret_basic")
     server = serve(dep)
     old = post(server, "/oauth2/token", {"grant_type": "client_credentials"}, c).json()["access_token"]
@@ -427,7 +511,7 @@ def test_a_jwt_of_a_retired_key_introspects_inactive(tmp_path, keystore, wheel_c
 
 # --- 13. refresh rotation is atomic ---------------------------------------------------------------
 
-REFUSER = textwrap.dedent('''
+REFUSER = textwrap.dedent("""
     from pathlib import Path
     from tokensmith import InvalidRequestError, hookimpl
 
@@ -435,23 +519,31 @@ REFUSER = textwrap.dedent('''
     def pre_token_issue(event, listener):
         if event.grant_type == "refresh_token" and Path(listener.properties["flag"]).exists():
             raise InvalidRequestError("refused by policy for now")
-''')
+""")
 
 
-def test_a_refused_refresh_leaves_the_refresh_token_usable(tmp_path, keystore, wheel_cache, make_wheel,
-                                                          serve) -> None:  # noqa: ANN001
+def test_a_refused_refresh_leaves_the_refresh_token_usable(
+    tmp_path, keystore, wheel_cache, make_wheel, serve
+) -> None:  # noqa: ANN001
     """When the new tokens are not stored (a pre_token_issue interceptor refuses), the old
     refresh token is not used up: the client's retry works and is not taken for a replay.
     Marking it used and storing its successor are one transaction."""
     flag = tmp_path / "refuse"
-    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache, listeners=DEFAULT_LISTENERS + f"""
+    dep = new_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        listeners=DEFAULT_LISTENERS
+        + f"""
         <EventListener type="OAuthEventInterceptor" name="refuser" orderId="10">
             <Property name="flag">{flag}</Property>
-        </EventListener>""")
+        </EventListener>""",
+    )
     shutil.copy(make_wheel("refuser", REFUSER), dep.dropins)
     dep.cli("user", "add", "alice", "--password-stdin", input=PASSWORD + "\n")
-    c = dep.add_client("c", "--grant-type=password", "--grant-type=refresh_token",
-                       "--auth-method", "client_secret_basic")
+    c = dep.add_client(
+        "c", "--grant-type=password", "--grant-type=refresh_token", "--auth-method", "client_secret_basic"
+    )
     server = serve(dep)
     tokens = password_grant(server, c, "alice").json()
     flag.touch()
@@ -473,7 +565,11 @@ def _fill(database: Path, rows: int, expires_at: int, claims: str = "{}") -> Non
             db.executemany(
                 "INSERT INTO tokens (token_hash, kind, client_id, scope, issued_at, expires_at, claims)"
                 " VALUES (?, 'access', 'filler', '', 0, ?, ?)",
-                [(f"filler-{start + i}-{time.monotonic_ns()}", expires_at, claims) for i in range(min(1000, rows - start))])
+                [
+                    (f"filler-{start + i}-{time.monotonic_ns()}", expires_at, claims)
+                    for i in range(min(1000, rows - start))
+                ],
+            )
             db.commit()
 
 

@@ -7,16 +7,16 @@ import signal
 import textwrap
 
 import pytest
-
 from conftest import DEFAULT_LISTENERS, TRACER, StartupFailed, start_server
-
 
 
 @pytest.fixture
 def tracers(make_wheel):  # noqa: ANN001
     """Two third-party authenticators that write their name to a trace file when asked."""
-    return [make_wheel(name, TRACER.format(name=name, order=order))
-            for name, order in (("tracer_a", 50), ("tracer_b", 60))]
+    return [
+        make_wheel(name, TRACER.format(name=name, order=order))
+        for name, order in (("tracer_a", 50), ("tracer_b", 60))
+    ]
 
 
 def line_of(path, text: str) -> int:  # noqa: ANN001
@@ -26,23 +26,29 @@ def line_of(path, text: str) -> int:  # noqa: ANN001
 
 def token_request(server, client):  # noqa: ANN001, ANN201
     with server.client() as http:
-        return http.post("/oauth2/token", auth=(client["client_id"], client["client_secret"]),
-                         data={"grant_type": "client_credentials"})
+        return http.post(
+            "/oauth2/token",
+            auth=(client["client_id"], client["client_secret"]),
+            data={"grant_type": "client_credentials"},
+        )
 
 
 def basic_client(deployment):  # noqa: ANN001, ANN201
-    return deployment.add_client("demo", "--grant-type", "client_credentials",
-                                 "--auth-method", "client_secret_basic")
+    return deployment.add_client(
+        "demo", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
 
 
 def test_basic_auth_disabled_in_identity_xml(deployment, serve) -> None:  # noqa: ANN001
     """With basic_auth enable="false", Basic gets 401 invalid_client and post still works."""
     deployment.listeners = DEFAULT_LISTENERS.replace(
-        'name="basic_auth" orderId="100" enable="true"', 'name="basic_auth" orderId="100" enable="false"')
+        'name="basic_auth" orderId="100" enable="true"', 'name="basic_auth" orderId="100" enable="false"'
+    )
     deployment.write()
     basic = basic_client(deployment)
-    post = deployment.add_client("post", "--grant-type", "client_credentials",
-                                 "--auth-method", "client_secret_post")
+    post = deployment.add_client(
+        "post", "--grant-type", "client_credentials", "--auth-method", "client_secret_post"
+    )
     server = serve(deployment)
     assert any("basic_auth" in line and "disabled" in line for line in server.stdout_lines)
     response = token_request(server, basic)
@@ -50,9 +56,14 @@ def test_basic_auth_disabled_in_identity_xml(deployment, serve) -> None:  # noqa
     assert response.json()["error"] == "invalid_client"
     assert response.headers["www-authenticate"] == 'Basic realm="tokensmith"'
     with server.client() as http:
-        ok = http.post("/oauth2/token", data={"grant_type": "client_credentials",
-                                              "client_id": post["client_id"],
-                                              "client_secret": post["client_secret"]})
+        ok = http.post(
+            "/oauth2/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": post["client_id"],
+                "client_secret": post["client_secret"],
+            },
+        )
     assert ok.status_code == 200
 
 
@@ -61,13 +72,16 @@ def test_calls_follow_order_id_not_defaults(deployment, serve, tracers, tmp_path
     for wheel in tracers:
         shutil.copy(wheel, deployment.dropins)
     trace = tmp_path / "trace"
-    deployment.listeners = DEFAULT_LISTENERS + f"""
+    deployment.listeners = (
+        DEFAULT_LISTENERS
+        + f"""
         <EventListener type="ClientAuthenticator" name="tracer_a" orderId="90">
             <Property name="trace">{trace}</Property>
         </EventListener>
         <EventListener type="ClientAuthenticator" name="tracer_b" orderId="20">
             <Property name="trace">{trace}</Property>
         </EventListener>"""
+    )
     deployment.write()
     server = serve(deployment)
     assert token_request(server, basic_client(deployment)).status_code == 200
@@ -79,10 +93,13 @@ def test_equal_order_ids_are_ordered_by_name(deployment, serve, tracers, tmp_pat
     for wheel in tracers:
         shutil.copy(wheel, deployment.dropins)
     trace = tmp_path / "trace"
-    deployment.listeners = DEFAULT_LISTENERS + "".join(f"""
+    deployment.listeners = DEFAULT_LISTENERS + "".join(
+        f"""
         <EventListener type="ClientAuthenticator" name="{name}" orderId="7">
             <Property name="trace">{trace}</Property>
-        </EventListener>""" for name in ("tracer_b", "tracer_a"))
+        </EventListener>"""
+        for name in ("tracer_b", "tracer_a")
+    )
     deployment.write()
     server = serve(deployment)
     token_request(server, basic_client(deployment))
@@ -94,11 +111,14 @@ def test_disabled_listener_is_not_called(deployment, serve, tracers, tmp_path) -
     for wheel in tracers:
         shutil.copy(wheel, deployment.dropins)
     trace = tmp_path / "trace"
-    deployment.listeners = DEFAULT_LISTENERS + f"""
+    deployment.listeners = (
+        DEFAULT_LISTENERS
+        + f"""
         <EventListener type="ClientAuthenticator" name="tracer_a" enable="false"/>
         <EventListener type="ClientAuthenticator" name="tracer_b">
             <Property name="trace">{trace}</Property>
         </EventListener>"""
+    )
     deployment.write()
     server = serve(deployment)
     assert token_request(server, basic_client(deployment)).status_code == 200
@@ -107,8 +127,11 @@ def test_disabled_listener_is_not_called(deployment, serve, tracers, tmp_path) -
 
 def test_missing_plugin_is_a_startup_error_naming_file_and_line(deployment) -> None:  # noqa: ANN001
     """An enabled entry naming an absent plugin stops startup with file, line and what exists."""
-    deployment.listeners = DEFAULT_LISTENERS + """
+    deployment.listeners = (
+        DEFAULT_LISTENERS
+        + """
         <EventListener type="ClientAuthenticator" name="mutual_tlz" orderId="158"/>"""
+    )
     deployment.write()
     with pytest.raises(StartupFailed) as failure:
         start_server(deployment)
@@ -121,8 +144,11 @@ def test_missing_plugin_is_a_startup_error_naming_file_and_line(deployment) -> N
 
 def test_disabled_entry_for_missing_plugin_is_fine(deployment, serve) -> None:  # noqa: ANN001
     """An entry that names an absent plugin but says enable="false" does not stop startup."""
-    deployment.listeners = DEFAULT_LISTENERS + """
+    deployment.listeners = (
+        DEFAULT_LISTENERS
+        + """
         <EventListener type="ClientAuthenticator" name="not_installed" enable="false"/>"""
+    )
     deployment.write()
     server = serve(deployment)
     assert server.urls
@@ -130,8 +156,11 @@ def test_disabled_entry_for_missing_plugin_is_fine(deployment, serve) -> None:  
 
 def test_unknown_listener_type_is_an_error(deployment) -> None:  # noqa: ANN001
     """An unknown type= is a startup error naming the line and the known types."""
-    deployment.listeners = DEFAULT_LISTENERS + """
+    deployment.listeners = (
+        DEFAULT_LISTENERS
+        + """
         <EventListener type="ClientAuthenticatr" name="basic_auth"/>"""
+    )
     deployment.write()
     with pytest.raises(StartupFailed) as failure:
         start_server(deployment)
@@ -142,18 +171,25 @@ def test_unknown_listener_type_is_an_error(deployment) -> None:  # noqa: ANN001
 def test_listener_configure_error_names_the_entry(deployment, tracers) -> None:  # noqa: ANN001
     """A ValueError from listener_configure stops startup naming identity.xml and the line."""
     shutil.copy(tracers[0], deployment.dropins)
-    deployment.listeners = DEFAULT_LISTENERS + """
+    deployment.listeners = (
+        DEFAULT_LISTENERS
+        + """
         <EventListener type="ClientAuthenticator" name="tracer_a" orderId="5"/>"""
+    )
     deployment.write()
     with pytest.raises(StartupFailed) as failure:
         start_server(deployment)
     line = line_of(deployment.conf / "identity.xml", 'name="tracer_a"')
-    assert f"identity.xml:{line}: listener 'tracer_a': the trace property is required" in failure.value.args[0]
+    assert (
+        f"identity.xml:{line}: listener 'tracer_a': the trace property is required" in failure.value.args[0]
+    )
 
 
 def test_plugin_that_raises_gives_server_error_and_is_logged(deployment, serve, make_wheel) -> None:  # noqa: ANN001
     """A plugin exception is server_error for that request, logged with its name; the server goes on."""
-    wheel = make_wheel("flaky_auth", textwrap.dedent('''
+    wheel = make_wheel(
+        "flaky_auth",
+        textwrap.dedent("""
         from tokensmith import hookimpl
 
         @hookimpl
@@ -165,7 +201,8 @@ def test_plugin_that_raises_gives_server_error_and_is_logged(deployment, serve, 
             if request.form.get("boom"):
                 raise RuntimeError("kaboom")
             return None
-    '''))
+    """),
+    )
     shutil.copy(wheel, deployment.dropins)
     client = basic_client(deployment)
     server = serve(deployment)
@@ -183,7 +220,9 @@ def test_plugin_that_raises_gives_server_error_and_is_logged(deployment, serve, 
 
 def test_hanging_plugin_times_out_with_server_error(deployment, serve, make_wheel) -> None:  # noqa: ANN001
     """A listener slower than ListenerTimeoutSeconds gets server_error, logged; others go on."""
-    wheel = make_wheel("sleepy_auth", textwrap.dedent('''
+    wheel = make_wheel(
+        "sleepy_auth",
+        textwrap.dedent("""
         import asyncio
         from tokensmith import hookimpl
 
@@ -196,7 +235,8 @@ def test_hanging_plugin_times_out_with_server_error(deployment, serve, make_whee
             if request.form.get("sleep"):
                 await asyncio.sleep(30)
             return None
-    '''))
+    """),
+    )
     shutil.copy(wheel, deployment.dropins)
     deployment.oauth = "<ListenerTimeoutSeconds>0.5</ListenerTimeoutSeconds>"
     deployment.write()
@@ -206,11 +246,17 @@ def test_hanging_plugin_times_out_with_server_error(deployment, serve, make_whee
     with server.client() as http:
         slow = http.post("/oauth2/token", auth=auth, data={"grant_type": "client_credentials", "sleep": "1"})
         assert slow.status_code == 500 and slow.json()["error"] == "server_error"
-        assert http.post("/oauth2/token", auth=auth, data={"grant_type": "client_credentials"}).status_code == 200
-    assert "ClientAuthenticator/sleepy_auth failed in authenticate_client: no answer within 0.5 s" in server.log()
+        assert (
+            http.post("/oauth2/token", auth=auth, data={"grant_type": "client_credentials"}).status_code
+            == 200
+        )
+    assert (
+        "ClientAuthenticator/sleepy_auth failed in authenticate_client: no answer within 0.5 s"
+        in server.log()
+    )
 
 
-RAISER = textwrap.dedent('''
+RAISER = textwrap.dedent("""
     import asyncio
     from tokensmith import hookimpl
 
@@ -234,33 +280,43 @@ RAISER = textwrap.dedent('''
         if event.client.name == "sync-exit":
             raise SystemExit(3)
         return None
-''')
+""")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_hook_raising_base_exceptions_is_server_error_for_that_request(
-        deployment, serve, make_wheel, workers) -> None:  # noqa: ANN001
+    deployment, serve, make_wheel, workers
+) -> None:  # noqa: ANN001
     """SystemExit, KeyboardInterrupt, GeneratorExit or CancelledError from a hook (async or
     plain def) is server_error for that request only: the worker, and the connection, go on."""
     shutil.copy(make_wheel("raiser_auth", RAISER), deployment.dropins)
     client = basic_client(deployment)
-    exiting = deployment.add_client("sync-exit", "--grant-type", "client_credentials",
-                                    "--auth-method", "client_secret_basic")
+    exiting = deployment.add_client(
+        "sync-exit", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
     server = serve(deployment, "--workers", str(workers))
     auth = (client["client_id"], client["client_secret"])
     with server.client() as http:
         for name in ("SystemExit", "KeyboardInterrupt", "GeneratorExit", "CancelledError") * workers:
-            failed = http.post("/oauth2/token", auth=auth,
-                               data={"grant_type": "client_credentials", "raise": name})
+            failed = http.post(
+                "/oauth2/token", auth=auth, data={"grant_type": "client_credentials", "raise": name}
+            )
             assert failed.status_code == 500, name
-            assert failed.json() == {"error": "server_error",
-                                     "error_description": "an internal error occurred"}
-        failed = http.post("/oauth2/token", auth=(exiting["client_id"], exiting["client_secret"]),
-                           data={"grant_type": "client_credentials"})
+            assert failed.json() == {
+                "error": "server_error",
+                "error_description": "an internal error occurred",
+            }
+        failed = http.post(
+            "/oauth2/token",
+            auth=(exiting["client_id"], exiting["client_secret"]),
+            data={"grant_type": "client_credentials"},
+        )
         assert failed.status_code == 500 and failed.json()["error"] == "server_error"
         for _ in range(4):
-            assert http.post("/oauth2/token", auth=auth,
-                             data={"grant_type": "client_credentials"}).status_code == 200
+            assert (
+                http.post("/oauth2/token", auth=auth, data={"grant_type": "client_credentials"}).status_code
+                == 200
+            )
     assert server.process.poll() is None
     assert "exited with" not in server.log()
     assert "OAuthEventInterceptor/raiser_auth raised in pre_token_issue" in server.log()
@@ -280,7 +336,7 @@ def test_systemexit_at_import_on_sighup_is_a_refused_reload(deployment, serve, m
         assert token_request(server, client).status_code == 200
 
 
-BLOCKING_SYNC = textwrap.dedent('''
+BLOCKING_SYNC = textwrap.dedent("""
     import time
     from tokensmith import hookimpl
 
@@ -307,9 +363,9 @@ BLOCKING_SYNC = textwrap.dedent('''
         if request.form.get("block") == "slowawait":
             return SlowToAwait()
         return None
-''')
+""")
 
-BLOCKING_ASYNC = textwrap.dedent('''
+BLOCKING_ASYNC = textwrap.dedent("""
     import asyncio
     import time
     from tokensmith import hookimpl
@@ -328,7 +384,7 @@ BLOCKING_ASYNC = textwrap.dedent('''
             except asyncio.CancelledError:
                 await asyncio.sleep(4)
         return None
-''')
+""")
 
 
 def blocking_server(deployment, serve, make_wheel, wheels: dict[str, str]):  # noqa: ANN001, ANN201
@@ -365,8 +421,9 @@ def test_blocking_hooks_are_cut_off(deployment, serve, make_wheel) -> None:  # n
     import concurrent.futures
     import time
 
-    server, timed = blocking_server(deployment, serve, make_wheel,
-                                    {"blocking_sync": BLOCKING_SYNC, "blocking_async": BLOCKING_ASYNC})
+    server, timed = blocking_server(
+        deployment, serve, make_wheel, {"blocking_sync": BLOCKING_SYNC, "blocking_async": BLOCKING_ASYNC}
+    )
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         slow = pool.submit(timed, "sync")
         time.sleep(0.3)
@@ -402,7 +459,7 @@ def test_a_plain_hook_cannot_block_the_loop_through_what_it_returns(deployment, 
     server.wait_for_log("blocking_sync failed in authenticate_client: returned an awaitable")
 
 
-NEVER_ENDING_THREAD = textwrap.dedent('''
+NEVER_ENDING_THREAD = textwrap.dedent("""
     import threading
     import time
     from tokensmith import hookimpl
@@ -416,7 +473,7 @@ NEVER_ENDING_THREAD = textwrap.dedent('''
     @hookimpl
     async def authenticate_client(request):
         return None
-''')
+""")
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -443,8 +500,12 @@ def test_a_sighup_before_the_server_is_ready_is_a_reload_not_a_kill(deployment) 
 
     from conftest import TOKENSMITH
 
-    process = subprocess.Popen([TOKENSMITH, "serve", "--conf", str(deployment.conf)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [TOKENSMITH, "serve", "--conf", str(deployment.conf)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         time.sleep(0.25)  # importing, loading plugins: no handler yet
         process.send_signal(signal.SIGHUP)

@@ -11,13 +11,12 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import pki
 import pytest
+from conftest import DEFAULT_LISTENERS, Deployment, Server, new_deployment, start_server
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
-
-import pki
-from conftest import DEFAULT_LISTENERS, Deployment, Server, new_deployment, start_server
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +46,18 @@ def token(server: Server, cert: tuple[Path, Path] | None, client_id: str | None,
 
 
 def introspect(server: Server, value: str) -> dict:
-    caller = server.deployment.add_client("rs", "--grant-type", "client_credentials", "--resource-server",
-                                          "--auth-method", "client_secret_basic")
+    caller = server.deployment.add_client(
+        "rs",
+        "--grant-type",
+        "client_credentials",
+        "--resource-server",
+        "--auth-method",
+        "client_secret_basic",
+    )
     with server.client() as http:
-        return http.post("/oauth2/introspect", data={"token": value},
-                         auth=(caller["client_id"], caller["client_secret"])).json()
+        return http.post(
+            "/oauth2/introspect", data={"token": value}, auth=(caller["client_id"], caller["client_secret"])
+        ).json()
 
 
 def self_signed_client(env, name: str, **dates) -> tuple[str, tuple[Path, Path], pki.Pair]:  # noqa: ANN001
@@ -116,8 +122,11 @@ def test_unregistered_certificate_is_refused(env) -> None:  # noqa: ANN001
 def test_no_certificate_is_invalid_client(env, method) -> None:  # noqa: ANN001
     """K or S without a certificate gets 401 invalid_client on a want connector."""
     server, root, _ = env
-    args = ("--cert", str(pki.self_signed().write(root / "certs", f"nc-{method}")[0])) \
-        if method.startswith("self") else ("--subject-dn", "CN=nobody")
+    args = (
+        ("--cert", str(pki.self_signed().write(root / "certs", f"nc-{method}")[0]))
+        if method.startswith("self")
+        else ("--subject-dn", "CN=nobody")
+    )
     client_id = register(server.deployment, method, *args)
     response = token(server, None, client_id)
     assert response.status_code == 401 and response.json()["error"] == "invalid_client"
@@ -142,22 +151,32 @@ def test_secret_and_certificate_method_together_is_invalid_request(env) -> None:
 def test_expired_registered_certificate_is_refused_by_default(env) -> None:  # noqa: ANN001
     """S whose registered certificate has expired (or is not yet valid) gets 401."""
     server, _, _ = env
-    for name, dates in (("expired", {"not_before": pki.NOW - 30 * pki.DAY, "not_after": pki.NOW - pki.DAY}),
-                        ("future", {"not_before": pki.NOW + pki.DAY, "not_after": pki.NOW + 30 * pki.DAY})):
+    for name, dates in (
+        ("expired", {"not_before": pki.NOW - 30 * pki.DAY, "not_after": pki.NOW - pki.DAY}),
+        ("future", {"not_before": pki.NOW + pki.DAY, "not_after": pki.NOW + 30 * pki.DAY}),
+    ):
         client_id, files, _ = self_signed_client(env, name, **dates)
         response = token(server, files, client_id)
         assert response.status_code == 401, (name, response.text)
         # The caller learns nothing of why (nor whether the client exists); the log says.
         assert response.json()["error_description"] == "client authentication failed"
-        server.wait_for_log(f"client {client_id} refused: the registered client certificate is expired or not yet valid")
+        server.wait_for_log(
+            f"client {client_id} refused: the registered client certificate is expired or not yet valid"
+        )
 
 
 def test_expired_registered_certificate_allowed_by_property(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
     """With AllowExpiredSelfSigned=true an expired registered self-signed certificate works."""
-    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache, listeners=DEFAULT_LISTENERS.replace(
-        'name="mutual_tls" orderId="158" enable="true"/>',
-        'name="mutual_tls" orderId="158" enable="true">'
-        '<Property name="AllowExpiredSelfSigned">true</Property></EventListener>'))
+    dep = new_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        listeners=DEFAULT_LISTENERS.replace(
+            'name="mutual_tls" orderId="158" enable="true"/>',
+            'name="mutual_tls" orderId="158" enable="true">'
+            '<Property name="AllowExpiredSelfSigned">true</Property></EventListener>',
+        ),
+    )
     pair = pki.self_signed(not_before=pki.NOW - 30 * pki.DAY, not_after=pki.NOW - pki.DAY)
     files = pair.write(tmp_path, "old")
     client_id = register(dep, "self_signed_tls_client_auth", "--cert", str(files[0]))
@@ -191,7 +210,9 @@ def test_removing_a_certificate_revokes_the_tokens_bound_to_it(env) -> None:  # 
     on_old = token(server, old_files, client_id).json()["access_token"]
     on_new = token(server, new_files, client_id).json()["access_token"]
     assert introspect(server, on_old)["active"] is True
-    server.deployment.cli("sp", "update", client_id, "--remove-cert", old.cert.fingerprint(hashes.SHA256()).hex())
+    server.deployment.cli(
+        "sp", "update", client_id, "--remove-cert", old.cert.fingerprint(hashes.SHA256()).hex()
+    )
     assert introspect(server, on_old) == {"active": False}
     assert introspect(server, on_new)["cnf"] == {"x5t#S256": new.x5t_s256()}
 
@@ -199,14 +220,18 @@ def test_removing_a_certificate_revokes_the_tokens_bound_to_it(env) -> None:  # 
 # --- tls_client_auth (RFC 8705 §2.1) ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("option", "value", "leaf_kwargs"), [
-    ("--subject-dn", "CN=svc-a,O=Acme", {"org": "Acme"}),
-    ("--subject-dn", "o=acme, cn=SVC-A", {"org": "Acme"}),
-    ("--san-dns", "svc.example.com", {"dns": ("svc.example.com",)}),
-    ("--san-uri", "spiffe://example.com/svc", {"uris": ("spiffe://example.com/svc",)}),
-    ("--san-ip", "10.1.2.3", {"ips": ("10.1.2.3",)}),
-    ("--san-email", "svc@example.com", {"emails": ("svc@example.com",)}),
-], ids=["dn", "dn-normalised-order-case", "dns", "uri", "ip", "email"])
+@pytest.mark.parametrize(
+    ("option", "value", "leaf_kwargs"),
+    [
+        ("--subject-dn", "CN=svc-a,O=Acme", {"org": "Acme"}),
+        ("--subject-dn", "o=acme, cn=SVC-A", {"org": "Acme"}),
+        ("--san-dns", "svc.example.com", {"dns": ("svc.example.com",)}),
+        ("--san-uri", "spiffe://example.com/svc", {"uris": ("spiffe://example.com/svc",)}),
+        ("--san-ip", "10.1.2.3", {"ips": ("10.1.2.3",)}),
+        ("--san-email", "svc@example.com", {"emails": ("svc@example.com",)}),
+    ],
+    ids=["dn", "dn-normalised-order-case", "dns", "uri", "ip", "email"],
+)
 def test_pki_client_matching_subject(env, option, value, leaf_kwargs) -> None:  # noqa: ANN001
     """K with a chain to the truststore and a matching DN or SAN gets a bound token."""
     server, root, authority = env
@@ -234,10 +259,16 @@ def test_pki_dn_comparison_is_exact_by_default(env) -> None:  # noqa: ANN001
 def env_rfc4518(tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Server, Path, pki.Pair]]:  # noqa: ANN001
     """Like ``env``, with the mutual_tls listener's SubjectDNMatching set to rfc4518."""
     root = tmp_path_factory.mktemp("mtls4518")
-    dep = new_deployment(root / "ts", keystore, wheel_cache, listeners=DEFAULT_LISTENERS.replace(
-        'name="mutual_tls" orderId="158" enable="true"/>',
-        'name="mutual_tls" orderId="158" enable="true">'
-        '<Property name="SubjectDNMatching">rfc4518</Property></EventListener>'))
+    dep = new_deployment(
+        root / "ts",
+        keystore,
+        wheel_cache,
+        listeners=DEFAULT_LISTENERS.replace(
+            'name="mutual_tls" orderId="158" enable="true"/>',
+            'name="mutual_tls" orderId="158" enable="true">'
+            '<Property name="SubjectDNMatching">rfc4518</Property></EventListener>',
+        ),
+    )
     authority = pki.ca()
     (root / "ca.pem").write_bytes(authority.pem)
     dep.cli("truststore", "import", "--alias", "test-root", "--file", str(root / "ca.pem"))
@@ -248,11 +279,15 @@ def env_rfc4518(tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Serve
 
 def subject(*rdns: list[tuple[x509.ObjectIdentifier, str]]) -> x509.Name:
     """A name from RDNs written most specific first, as RFC 4514 text is."""
-    return x509.Name([x509.RelativeDistinguishedName([x509.NameAttribute(oid, value) for oid, value in rdn])
-                      for rdn in reversed(rdns)])
+    return x509.Name(
+        [
+            x509.RelativeDistinguishedName([x509.NameAttribute(oid, value) for oid, value in rdn])
+            for rdn in reversed(rdns)
+        ]
+    )
 
 
-CN, O = NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME
+CN, ORG = NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME
 
 
 @pytest.mark.parametrize("mode", ["exact", "rfc4518"])
@@ -260,8 +295,12 @@ def test_a_repeated_attribute_in_one_rdn_is_not_collapsed(request, mode) -> None
     """CN=svc+CN=SVC,O=Acme (or O=ACME+O=Acme) is not CN=svc,O=Acme: RFC 4517 §4.2.15 counts values."""
     server, root, authority = request.getfixturevalue("env" if mode == "exact" else "env_rfc4518")
     client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "CN=svc,O=Acme")
-    for n, name in enumerate((subject([(CN, "svc"), (CN, "SVC")], [(O, "Acme")]),
-                              subject([(CN, "svc")], [(O, "ACME"), (O, "Acme")]))):
+    for n, name in enumerate(
+        (
+            subject([(CN, "svc"), (CN, "SVC")], [(ORG, "Acme")]),
+            subject([(CN, "svc")], [(ORG, "ACME"), (ORG, "Acme")]),
+        )
+    ):
         files = pki.issue(authority, "x", subject=name).write(root / "certs", f"repeat-{mode}-{n}")
         response = token(server, files, client_id)
         assert response.status_code == 401, (name.rfc4514_string(), response.text)
@@ -270,9 +309,9 @@ def test_a_repeated_attribute_in_one_rdn_is_not_collapsed(request, mode) -> None
 
 
 LOOK_ALIKES = {
-    "upper": subject([(CN, "SVC")], [(O, "ACME")]),
-    "long-s": subject([(CN, "\u017fvc")], [(O, "Acme")]),
-    "fullwidth": subject([(CN, "\uff53\uff56\uff43")], [(O, "\uff21\uff43\uff4d\uff45")]),
+    "upper": subject([(CN, "SVC")], [(ORG, "ACME")]),
+    "long-s": subject([(CN, "\u017fvc")], [(ORG, "Acme")]),
+    "fullwidth": subject([(CN, "\uff53\uff56\uff43")], [(ORG, "\uff21\uff43\uff4d\uff45")]),
 }
 
 
@@ -303,8 +342,12 @@ def test_pki_untrusted_expired_and_future_certificates(env) -> None:  # noqa: AN
     client_id = register(server.deployment, "tls_client_auth", "--subject-dn", "CN=svc-c")
     cases = {
         "untrusted": pki.issue(pki.ca("Rogue CA"), "svc-c"),
-        "expired": pki.issue(authority, "svc-c", not_before=pki.NOW - 9 * pki.DAY, not_after=pki.NOW - pki.DAY),
-        "future": pki.issue(authority, "svc-c", not_before=pki.NOW + pki.DAY, not_after=pki.NOW + 9 * pki.DAY),
+        "expired": pki.issue(
+            authority, "svc-c", not_before=pki.NOW - 9 * pki.DAY, not_after=pki.NOW - pki.DAY
+        ),
+        "future": pki.issue(
+            authority, "svc-c", not_before=pki.NOW + pki.DAY, not_after=pki.NOW + 9 * pki.DAY
+        ),
     }
     for name, leaf in cases.items():
         response = token(server, leaf.write(root / "certs", f"bad-{name}"), client_id)
@@ -317,8 +360,9 @@ def test_pki_untrusted_expired_and_future_certificates(env) -> None:  # noqa: AN
 EMAIL = NameOID.EMAIL_ADDRESS
 
 
-def constrained_leaf(authority: pki.Pair, constraints: x509.NameConstraints, name: x509.Name,
-                     critical: bool = True) -> pki.Pair:
+def constrained_leaf(
+    authority: pki.Pair, constraints: x509.NameConstraints, name: x509.Name, critical: bool = True
+) -> pki.Pair:
     """A leaf issued by a sub-CA of *authority* that carries *constraints*, with its chain."""
     sub = pki.ca("Constrained CA", issuer=authority, constraints=constraints, critical=critical)
     leaf = pki.issue(sub, "x", subject=name)
@@ -327,15 +371,25 @@ def constrained_leaf(authority: pki.Pair, constraints: x509.NameConstraints, nam
 
 PARTNER_ONLY = x509.NameConstraints(
     permitted_subtrees=[x509.RFC822Name("partner.example"), x509.DNSName("partner.example")],
-    excluded_subtrees=None)
+    excluded_subtrees=None,
+)
 
 
-@pytest.mark.parametrize(("constraints", "email", "expected"), [
-    (PARTNER_ONLY, "svc@example.com", 401),
-    (PARTNER_ONLY, "svc@partner.example", 200),
-    (x509.NameConstraints(permitted_subtrees=None, excluded_subtrees=[x509.RFC822Name(".example.com")]),
-     "svc@mail.example.com", 401),
-], ids=["outside-permitted", "inside-permitted", "excluded"])
+@pytest.mark.parametrize(
+    ("constraints", "email", "expected"),
+    [
+        (PARTNER_ONLY, "svc@example.com", 401),
+        (PARTNER_ONLY, "svc@partner.example", 200),
+        (
+            x509.NameConstraints(
+                permitted_subtrees=None, excluded_subtrees=[x509.RFC822Name(".example.com")]
+            ),
+            "svc@mail.example.com",
+            401,
+        ),
+    ],
+    ids=["outside-permitted", "inside-permitted", "excluded"],
+)
 def test_email_name_constraints_apply_to_the_subject(env, constraints, email, expected) -> None:  # noqa: ANN001
     """RFC 5280 §4.2.1.10: a sub-CA limited to partner.example mail cannot issue E=svc@example.com
     in the subject of a certificate without SANs."""
@@ -346,37 +400,49 @@ def test_email_name_constraints_apply_to_the_subject(env, constraints, email, ex
     response = token(server, files, client_id)
     assert response.status_code == expected, response.text
     if expected == 401:
-        server.wait_for_log(f"client {client_id} refused: the client certificate was refused: client"
-                            " certificate subject emailAddress is outside the name constraints")
+        server.wait_for_log(
+            f"client {client_id} refused: the client certificate was refused: client"
+            " certificate subject emailAddress is outside the name constraints"
+        )
 
 
 def test_directory_name_constraints_apply_to_the_subject(env) -> None:  # noqa: ANN001
     """A non-critical directoryName constraint is applied, not ignored; a critical one, which the
     chain verifier cannot check, refuses the chain with a reason in the log."""
     server, root, authority = env
-    acme = x509.NameConstraints(permitted_subtrees=[x509.DirectoryName(subject([(O, "Acme")]))],
-                                excluded_subtrees=None)
-    cases = [("inside", False, subject([(CN, "svc")], [(O, "Acme")]), "CN=svc,O=Acme", 200),
-             ("outside", False, subject([(CN, "svc")], [(O, "Evil")]), "CN=svc,O=Evil", 401),
-             ("critical", True, subject([(CN, "svc")], [(O, "Acme")]), "CN=svc,O=Acme", 401)]
+    acme = x509.NameConstraints(
+        permitted_subtrees=[x509.DirectoryName(subject([(ORG, "Acme")]))], excluded_subtrees=None
+    )
+    cases = [
+        ("inside", False, subject([(CN, "svc")], [(ORG, "Acme")]), "CN=svc,O=Acme", 200),
+        ("outside", False, subject([(CN, "svc")], [(ORG, "Evil")]), "CN=svc,O=Evil", 401),
+        ("critical", True, subject([(CN, "svc")], [(ORG, "Acme")]), "CN=svc,O=Acme", 401),
+    ]
     for label, critical, name, registered, expected in cases:
         files = constrained_leaf(authority, acme, name, critical).write(root / "certs", f"nc-dir-{label}")
         client_id = register(server.deployment, "tls_client_auth", "--subject-dn", registered)
         response = token(server, files, client_id)
         assert response.status_code == expected, (label, response.text)
-    server.wait_for_log(f"refused the certificate chain of client {client_id}: a CA in the chain has a "
-                        "critical directoryName name constraint")
+    server.wait_for_log(
+        f"refused the certificate chain of client {client_id}: a CA in the chain has a "
+        "critical directoryName name constraint"
+    )
 
 
-@pytest.mark.parametrize(("certified", "expected"), [
-    ("HTTPS://SVC.example.com/client", 200),
-    ("https://svc.EXAMPLE.COM:8443/client", 401),  # another port is another URI
-    ("https://svc.example.com/CLIENT", 401),  # the path stays case-sensitive
-])
+@pytest.mark.parametrize(
+    ("certified", "expected"),
+    [
+        ("HTTPS://SVC.example.com/client", 200),
+        ("https://svc.EXAMPLE.COM:8443/client", 401),  # another port is another URI
+        ("https://svc.example.com/CLIENT", 401),  # the path stays case-sensitive
+    ],
+)
 def test_san_uri_scheme_and_host_are_case_insensitive(env, certified, expected) -> None:  # noqa: ANN001
     """RFC 5280 §7.4: a registered https://svc.example.com/client matches HTTPS://SVC.example.com/client."""
     server, root, authority = env
-    files = pki.issue(authority, "svc-uri", uris=(certified,)).write(root / "certs", f"uri-{expected}-{len(certified)}")
+    files = pki.issue(authority, "svc-uri", uris=(certified,)).write(
+        root / "certs", f"uri-{expected}-{len(certified)}"
+    )
     client_id = register(server.deployment, "tls_client_auth", "--san-uri", "https://svc.example.com/client")
     response = token(server, files, client_id)
     assert response.status_code == expected, response.text
@@ -402,12 +468,21 @@ def test_truststore_change_applies_without_restart(env) -> None:  # noqa: ANN001
 def test_secret_client_with_bind_tokens_gets_a_bound_token(env) -> None:  # noqa: ANN001
     """A Basic client registered with --bind-tokens that presents a certificate gets cnf."""
     server, root, _ = env
-    client = server.deployment.add_client("binder", "--grant-type", "client_credentials",
-                                          "--auth-method", "client_secret_basic", "--bind-tokens")
+    client = server.deployment.add_client(
+        "binder",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        "--bind-tokens",
+    )
     pair = pki.self_signed("anything")
     with server.client(cert=pair.write(root / "certs", "binder")) as http:
-        response = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                             auth=(client["client_id"], client["client_secret"]))
+        response = http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client["client_id"], client["client_secret"]),
+        )
     assert response.status_code == 200, response.text
     assert introspect(server, response.json()["access_token"])["cnf"] == {"x5t#S256": pair.x5t_s256()}
 
@@ -415,11 +490,15 @@ def test_secret_client_with_bind_tokens_gets_a_bound_token(env) -> None:  # noqa
 def test_secret_client_without_bind_tokens_is_not_bound(env) -> None:  # noqa: ANN001
     """A certificate presented by an ordinary secret client neither binds nor breaks its token."""
     server, root, _ = env
-    client = server.deployment.add_client("plain", "--grant-type", "client_credentials",
-                                          "--auth-method", "client_secret_basic")
+    client = server.deployment.add_client(
+        "plain", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
     with server.client(cert=pki.self_signed().write(root / "certs", "plain")) as http:
-        response = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                             auth=(client["client_id"], client["client_secret"]))
+        response = http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client["client_id"], client["client_secret"]),
+        )
     assert response.status_code == 200
     assert "cnf" not in introspect(server, response.json()["access_token"])
 
@@ -429,7 +508,9 @@ def test_bound_token_over_http2(env) -> None:  # noqa: ANN001
     server, _, _ = env
     client_id, files, pair = self_signed_client(env, "h2")
     with server.client(cert=files, http2=True) as http:
-        response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+        response = http.post(
+            "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
+        )
     assert response.http_version == "HTTP/2" and response.status_code == 200
     assert introspect(server, response.json()["access_token"])["cnf"]["x5t#S256"] == pair.x5t_s256()
 
@@ -456,36 +537,54 @@ def test_metadata_lists_enabled_methods_and_binding(env) -> None:  # noqa: ANN00
     assert meta["issuer"] == server.url
     assert meta["token_endpoint"] == f"{server.url}/oauth2/token"
     assert meta["token_endpoint_auth_methods_supported"] == [
-        "client_secret_basic", "client_secret_post", "tls_client_auth", "self_signed_tls_client_auth", "none"]
+        "client_secret_basic",
+        "client_secret_post",
+        "tls_client_auth",
+        "self_signed_tls_client_auth",
+        "none",
+    ]
     assert meta["tls_client_certificate_bound_access_tokens"] is True
     assert "mtls_endpoint_aliases" not in meta
 
 
 def test_disabling_mutual_tls_removes_its_methods(deployment, serve) -> None:  # noqa: ANN001
     """With mutual_tls enable="false" its two methods leave the metadata."""
-    deployment.listeners = DEFAULT_LISTENERS.replace('name="mutual_tls" orderId="158" enable="true"',
-                                                     'name="mutual_tls" orderId="158" enable="false"')
+    deployment.listeners = DEFAULT_LISTENERS.replace(
+        'name="mutual_tls" orderId="158" enable="true"', 'name="mutual_tls" orderId="158" enable="false"'
+    )
     deployment.write()
     server = serve(deployment)
     with server.client() as http:
         meta = http.get("/.well-known/oauth-authorization-server").json()
-    assert meta["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post", "none"]
+    assert meta["token_endpoint_auth_methods_supported"] == [
+        "client_secret_basic",
+        "client_secret_post",
+        "none",
+    ]
 
 
 def test_need_connector_is_the_mtls_alias(deployment, serve, tmp_path) -> None:  # noqa: ANN001
     """With a want and a need connector, mtls_endpoint_aliases points at the need one."""
-    deployment.connectors = ('<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
-                             '<Connector address="127.0.0.1" port="0" clientAuth="need"/>')
+    deployment.connectors = (
+        '<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
+        '<Connector address="127.0.0.1" port="0" clientAuth="need"/>'
+    )
     deployment.write()
     server = serve(deployment)
     assert len(server.urls) == 2
     with server.client() as http:
         meta = http.get("/.well-known/oauth-authorization-server").json()
     assert meta["mtls_endpoint_aliases"]["token_endpoint"] == f"{server.urls[1]}/oauth2/token"
-    client_id = register(deployment, "self_signed_tls_client_auth", "--cert",
-                         str((files := pki.self_signed().write(tmp_path, "n"))[0]))
+    client_id = register(
+        deployment,
+        "self_signed_tls_client_auth",
+        "--cert",
+        str((files := pki.self_signed().write(tmp_path, "n"))[0]),
+    )
     with server.client(cert=files, url=server.urls[1]) as http:
-        response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+        response = http.post(
+            "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
+        )
     assert response.status_code == 200
     assert json.loads(response.text)["token_type"] == "Bearer"
 
@@ -498,8 +597,12 @@ def test_refusals_do_not_tell_which_clients_exist(env) -> None:  # noqa: ANN001
     self_signed_id, _, _ = self_signed_client(env, "exists-s")
     pki_id = register(server.deployment, "tls_client_auth", "--subject-dn", "CN=exists-p")
     stranger = pki.self_signed("stranger").write(root / "certs", "stranger")
-    answers = {(r.status_code, r.text) for r in (token(server, stranger, client_id)
-                                                  for client_id in (self_signed_id, pki_id, "no-such-client"))}
+    answers = {
+        (r.status_code, r.text)
+        for r in (
+            token(server, stranger, client_id) for client_id in (self_signed_id, pki_id, "no-such-client")
+        )
+    }
     assert answers == {(401, '{"error":"invalid_client","error_description":"client authentication failed"}')}
     server.wait_for_log(f"client {self_signed_id} refused: the client certificate is not registered")
 
@@ -510,17 +613,45 @@ def test_a_public_clients_bound_refresh_token_is_revoked_only_with_its_certifica
     needs the certificate the token is bound to."""
     server, root, _ = env
     server.deployment.cli("user", "add", "bound-user", "--password-stdin", input="a long passphrase\n")
-    client_id = str(server.deployment.add_client("pub-bound", "--grant-type", "password", "--grant-type",
-                                                 "refresh_token", "--auth-method", "none", "--force")["client_id"])
+    client_id = str(
+        server.deployment.add_client(
+            "pub-bound",
+            "--grant-type",
+            "password",
+            "--grant-type",
+            "refresh_token",
+            "--auth-method",
+            "none",
+            "--force",
+        )["client_id"]
+    )
     mine = pki.self_signed("mine").write(root / "certs", "pub-mine")
     other = pki.self_signed("other").write(root / "certs", "pub-other")
     with server.client(cert=mine) as http:
-        tokens = http.post("/oauth2/token", data={"grant_type": "password", "username": "bound-user",
-                                                  "password": "a long passphrase", "client_id": client_id}).json()
+        tokens = http.post(
+            "/oauth2/token",
+            data={
+                "grant_type": "password",
+                "username": "bound-user",
+                "password": "a long passphrase",
+                "client_id": client_id,
+            },
+        ).json()
     for cert in (None, other):
         with server.client(cert=cert) as http:
-            refused = http.post("/oauth2/revoke", data={"token": tokens["refresh_token"], "client_id": client_id})
+            refused = http.post(
+                "/oauth2/revoke", data={"token": tokens["refresh_token"], "client_id": client_id}
+            )
         assert refused.status_code == 400 and refused.json()["error"] == "unauthorized_client"
     with server.client(cert=mine) as http:
-        assert http.post("/oauth2/token", data={"grant_type": "refresh_token", "client_id": client_id,
-                                                "refresh_token": tokens["refresh_token"]}).status_code == 200
+        assert (
+            http.post(
+                "/oauth2/token",
+                data={
+                    "grant_type": "refresh_token",
+                    "client_id": client_id,
+                    "refresh_token": tokens["refresh_token"],
+                },
+            ).status_code
+            == 200
+        )

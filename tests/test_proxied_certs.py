@@ -11,21 +11,24 @@ import base64
 from collections.abc import Iterator
 from pathlib import Path
 
+import pki
 import pytest
+from conftest import DEFAULT_LISTENERS, Server, StartupFailed, new_deployment, start_server
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
-
-import pki
-from conftest import DEFAULT_LISTENERS, Server, StartupFailed, new_deployment, start_server
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Server, Path, pki.Pair]]:  # noqa: ANN001
     """A server that believes RFC 9440 fields from 127.0.0.0/8, with a truststore CA."""
     root = tmp_path_factory.mktemp("proxied")
-    dep = new_deployment(root / "ts", keystore, wheel_cache, oauth=(
-        '<ClientCertificateHeader name="Client-Cert" format="rfc9440" trustedProxies="127.0.0.0/8"/>'))
+    dep = new_deployment(
+        root / "ts",
+        keystore,
+        wheel_cache,
+        oauth=('<ClientCertificateHeader name="Client-Cert" format="rfc9440" trustedProxies="127.0.0.0/8"/>'),
+    )
     authority = pki.ca()
     (root / "ca.pem").write_bytes(authority.pem)
     dep.cli("truststore", "import", "--alias", "root", "--file", str(root / "ca.pem"))
@@ -40,22 +43,48 @@ def item(der: bytes) -> str:
     return f":{base64.b64encode(der).decode()}:"
 
 
-def post(server: Server, path: str, data: dict[str, str], headers: list[tuple[str, str]],
-         auth: tuple[str, str] | None = None, http2: bool = False):  # noqa: ANN201
+def post(
+    server: Server,
+    path: str,
+    data: dict[str, str],
+    headers: list[tuple[str, str]],
+    auth: tuple[str, str] | None = None,
+    http2: bool = False,
+):  # noqa: ANN201
     with server.client(http2=http2) as http:
         return http.post(path, data=data, headers=headers, auth=auth)
 
 
 def introspect(server: Server, value: str) -> dict:
-    caller = server.deployment.add_client("rs", "--grant-type", "client_credentials",
-                                          "--auth-method", "client_secret_basic", "--resource-server")
-    return post(server, "/oauth2/introspect", {"token": value}, [],
-                (str(caller["client_id"]), str(caller["client_secret"]))).json()
+    caller = server.deployment.add_client(
+        "rs",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        "--resource-server",
+    )
+    return post(
+        server,
+        "/oauth2/introspect",
+        {"token": value},
+        [],
+        (str(caller["client_id"]), str(caller["client_secret"])),
+    ).json()
 
 
 def pki_client(server: Server, subject_dn: str) -> str:
-    return str(server.deployment.add_client("k", "--grant-type", "client_credentials", "--auth-method",
-                                            "tls_client_auth", "--subject-dn", subject_dn)["client_id"])
+    return str(
+        server.deployment.add_client(
+            "k",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "tls_client_auth",
+            "--subject-dn",
+            subject_dn,
+        )["client_id"]
+    )
 
 
 # --- finding 4: the forwarded certificate binds tokens (RFC 8705 §3, §4) ----------------------
@@ -64,11 +93,22 @@ def pki_client(server: Server, subject_dn: str) -> str:
 def test_forwarded_certificate_binds_a_bind_tokens_clients_token(env) -> None:  # noqa: ANN001
     """A --bind-tokens secret client behind the proxy gets cnf x5t#S256 of the forwarded certificate."""
     server, _, _ = env
-    client = server.deployment.add_client("binder", "--grant-type", "client_credentials",
-                                          "--auth-method", "client_secret_basic", "--bind-tokens")
+    client = server.deployment.add_client(
+        "binder",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        "--bind-tokens",
+    )
     pair = pki.self_signed("anything")
-    response = post(server, "/oauth2/token", {"grant_type": "client_credentials"},
-                    [("Client-Cert", item(pair.der))], (str(client["client_id"]), str(client["client_secret"])))
+    response = post(
+        server,
+        "/oauth2/token",
+        {"grant_type": "client_credentials"},
+        [("Client-Cert", item(pair.der))],
+        (str(client["client_id"]), str(client["client_secret"])),
+    )
     assert response.status_code == 200, response.text
     assert introspect(server, response.json()["access_token"])["cnf"] == {"x5t#S256": pair.x5t_s256()}
 
@@ -77,22 +117,47 @@ def test_forwarded_certificate_binds_a_public_clients_tokens(env) -> None:  # no
     """A public client's tokens are bound to the forwarded certificate (RFC 8705 §4), and the
     refresh token then needs that certificate again."""
     server, _, _ = env
-    client = server.deployment.add_client("pub", "--grant-type=password", "--grant-type=refresh_token",
-                                          "--auth-method", "none", "--force")
+    client = server.deployment.add_client(
+        "pub", "--grant-type=password", "--grant-type=refresh_token", "--auth-method", "none", "--force"
+    )
     mine, other = pki.self_signed(), pki.self_signed()
-    issued = post(server, "/oauth2/token", {"grant_type": "password", "username": "alice",
-                                            "password": "a long passphrase", "client_id": str(client["client_id"])},
-                  [("Client-Cert", item(mine.der))])
+    issued = post(
+        server,
+        "/oauth2/token",
+        {
+            "grant_type": "password",
+            "username": "alice",
+            "password": "a long passphrase",
+            "client_id": str(client["client_id"]),
+        },
+        [("Client-Cert", item(mine.der))],
+    )
     assert issued.status_code == 200, issued.text
     tokens = issued.json()
     assert introspect(server, tokens["access_token"])["cnf"] == {"x5t#S256": mine.x5t_s256()}
-    stolen = post(server, "/oauth2/token", {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
-                                            "client_id": str(client["client_id"])}, [("Client-Cert", item(other.der))])
+    stolen = post(
+        server,
+        "/oauth2/token",
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": str(client["client_id"]),
+        },
+        [("Client-Cert", item(other.der))],
+    )
     assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
     # Only a resource server's introspection could show the refresh token's cnf, and it may
     # not introspect refresh tokens: the certificate it is bound to still refreshes it.
-    renewed = post(server, "/oauth2/token", {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
-                                             "client_id": str(client["client_id"])}, [("Client-Cert", item(mine.der))])
+    renewed = post(
+        server,
+        "/oauth2/token",
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": str(client["client_id"]),
+        },
+        [("Client-Cert", item(mine.der))],
+    )
     assert renewed.status_code == 200, renewed.text
     assert introspect(server, renewed.json()["access_token"])["cnf"] == {"x5t#S256": mine.x5t_s256()}
 
@@ -101,11 +166,23 @@ def test_forwarded_certificate_authenticates_and_binds_an_mtls_client(env) -> No
     """The authenticator and the binding see the same forwarded certificate."""
     server, root, _ = env
     pair = pki.self_signed()
-    client_id = str(server.deployment.add_client("s", "--grant-type", "client_credentials", "--auth-method",
-                                                 "self_signed_tls_client_auth", "--cert",
-                                                 str(pair.write(root, "fwd-s")[0]))["client_id"])
-    response = post(server, "/oauth2/token", {"grant_type": "client_credentials", "client_id": client_id},
-                    [("Client-Cert", item(pair.der))])
+    client_id = str(
+        server.deployment.add_client(
+            "s",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(pair.write(root, "fwd-s")[0]),
+        )["client_id"]
+    )
+    response = post(
+        server,
+        "/oauth2/token",
+        {"grant_type": "client_credentials", "client_id": client_id},
+        [("Client-Cert", item(pair.der))],
+    )
     assert response.status_code == 200, response.text
     assert introspect(server, response.json()["access_token"])["cnf"] == {"x5t#S256": pair.x5t_s256()}
 
@@ -119,16 +196,29 @@ def test_two_certificate_fields_are_invalid_request(env, order) -> None:  # noqa
     the second is spelt, over HTTP/1.1 and HTTP/2."""
     server, root, _ = env
     victim, attacker = pki.self_signed(), pki.self_signed()
-    client_id = str(server.deployment.add_client("v", "--grant-type", "client_credentials", "--auth-method",
-                                                 "self_signed_tls_client_auth", "--cert",
-                                                 str(victim.write(root, f"victim-{order}")[0]))["client_id"])
+    client_id = str(
+        server.deployment.add_client(
+            "v",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(victim.write(root, f"victim-{order}")[0]),
+        )["client_id"]
+    )
     fields = [("Client-Cert", item(attacker.der)), ("Client-Cert", item(victim.der))]
     if order == "victim-first":
         fields.reverse()
     if order == "other-case":
         fields[1] = ("client-CERT", fields[1][1])
-    response = post(server, "/oauth2/token", {"grant_type": "client_credentials", "client_id": client_id}, fields,
-                    http2=order == "http2")
+    response = post(
+        server,
+        "/oauth2/token",
+        {"grant_type": "client_credentials", "client_id": client_id},
+        fields,
+        http2=order == "http2",
+    )
     assert response.http_version == ("HTTP/2" if order == "http2" else "HTTP/1.1")
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "invalid_request"
@@ -146,14 +236,25 @@ def test_client_cert_chain_completes_a_chain_through_an_intermediate(env) -> Non
     data = {"grant_type": "client_credentials", "client_id": client_id}
     alone = post(server, "/oauth2/token", data, [("Client-Cert", item(leaf.der))])
     assert alone.status_code == 401, alone.text
-    chained = post(server, "/oauth2/token", data, [("Client-Cert", item(leaf.der)),
-                                                   ("Client-Cert-Chain", item(intermediate.der))])
+    chained = post(
+        server,
+        "/oauth2/token",
+        data,
+        [("Client-Cert", item(leaf.der)), ("Client-Cert-Chain", item(intermediate.der))],
+    )
     assert chained.status_code == 200, chained.text
     assert introspect(server, chained.json()["access_token"])["cnf"] == {"x5t#S256": leaf.x5t_s256()}
     # RFC 9110 §5.3: a list may come as several field lines; the decoy is one more candidate.
-    split = post(server, "/oauth2/token", data, [("Client-Cert", item(leaf.der)),
-                                                 ("Client-Cert-Chain", item(pki.ca("Decoy").der)),
-                                                 ("Client-Cert-Chain", item(intermediate.der))])
+    split = post(
+        server,
+        "/oauth2/token",
+        data,
+        [
+            ("Client-Cert", item(leaf.der)),
+            ("Client-Cert-Chain", item(pki.ca("Decoy").der)),
+            ("Client-Cert-Chain", item(intermediate.der)),
+        ],
+    )
     assert split.status_code == 200, split.text
 
 
@@ -165,16 +266,21 @@ def test_client_cert_chain_has_the_handshakes_limits(env) -> None:  # noqa: ANN0
     client_id = pki_client(server, "CN=svc-limit")
     data = {"grant_type": "client_credentials", "client_id": client_id}
     for chain in (", ".join([item(intermediate.der)] * 9), "not-a-list", ":AAAA:"):
-        response = post(server, "/oauth2/token", data, [("Client-Cert", item(leaf.der)),
-                                                        ("Client-Cert-Chain", chain)])
+        response = post(
+            server, "/oauth2/token", data, [("Client-Cert", item(leaf.der)), ("Client-Cert-Chain", chain)]
+        )
         assert response.status_code == 401, (chain[:20], response.text)
         assert response.json()["error"] == "invalid_client"
 
 
 def test_client_cert_chain_without_client_cert_is_invalid_request(env) -> None:  # noqa: ANN001
     server, _, authority = env
-    response = post(server, "/oauth2/token", {"grant_type": "client_credentials", "client_id": "x"},
-                    [("Client-Cert-Chain", item(authority.der))])
+    response = post(
+        server,
+        "/oauth2/token",
+        {"grant_type": "client_credentials", "client_id": "x"},
+        [("Client-Cert-Chain", item(authority.der))],
+    )
     assert response.status_code == 400 and response.json()["error"] == "invalid_request"
 
 
@@ -188,8 +294,12 @@ def test_a_name_attribute_that_is_not_a_string_is_refused(env, kind) -> None:  #
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "svc-typed", _type=kind)])
     leaf = pki.issue(authority, "x", subject=name)
     client_id = pki_client(server, "CN=svc-typed")
-    response = post(server, "/oauth2/token", {"grant_type": "client_credentials", "client_id": client_id},
-                    [("Client-Cert", item(leaf.der))])
+    response = post(
+        server,
+        "/oauth2/token",
+        {"grant_type": "client_credentials", "client_id": client_id},
+        [("Client-Cert", item(leaf.der))],
+    )
     assert response.status_code == 401, response.text
     server.wait_for_log(f"client {client_id} refused:")
     assert "not a string" in server.log().rsplit(f"client {client_id} refused:", 1)[1].splitlines()[0]
@@ -204,26 +314,46 @@ def test_the_old_listener_properties_say_where_they_moved(deployment) -> None:  
         'name="mutual_tls" orderId="158" enable="true"/>',
         'name="mutual_tls" orderId="158" enable="true">'
         '<Property name="CertificateHeader">X-Client-Cert</Property>'
-        '<Property name="TrustedProxies">10.0.0.0/8</Property></EventListener>')
+        '<Property name="TrustedProxies">10.0.0.0/8</Property></EventListener>',
+    )
     deployment.write()
     with pytest.raises(StartupFailed) as failure:
         start_server(deployment)
-    assert "listener 'mutual_tls': CertificateHeader, TrustedProxies moved to <OAuth><ClientCertificateHeader" \
+    assert (
+        "listener 'mutual_tls': CertificateHeader, TrustedProxies moved to <OAuth><ClientCertificateHeader"
         in failure.value.args[0]
+    )
 
 
 def test_fields_from_an_untrusted_address_are_ignored(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
     """Outside trustedProxies neither field is believed, and that is logged; nothing binds."""
-    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache, oauth=(
-        '<ClientCertificateHeader name="Client-Cert" format="rfc9440" trustedProxies="10.0.0.0/8"/>'))
-    client = dep.add_client("binder", "--grant-type", "client_credentials",
-                            "--auth-method", "client_secret_basic", "--bind-tokens")
+    dep = new_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        oauth=('<ClientCertificateHeader name="Client-Cert" format="rfc9440" trustedProxies="10.0.0.0/8"/>'),
+    )
+    client = dep.add_client(
+        "binder",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        "--bind-tokens",
+    )
     server = serve(dep)
     pair = pki.self_signed()
-    response = post(server, "/oauth2/token", {"grant_type": "client_credentials"},
-                    [("Client-Cert", item(pair.der)), ("Client-Cert", item(pair.der)),
-                     ("Client-Cert-Chain", item(pair.der))],
-                    (str(client["client_id"]), str(client["client_secret"])))
+    response = post(
+        server,
+        "/oauth2/token",
+        {"grant_type": "client_credentials"},
+        [
+            ("Client-Cert", item(pair.der)),
+            ("Client-Cert", item(pair.der)),
+            ("Client-Cert-Chain", item(pair.der)),
+        ],
+        (str(client["client_id"]), str(client["client_secret"])),
+    )
     assert response.status_code == 200, response.text
     assert "cnf" not in introspect(server, response.json()["access_token"])
     assert "ignored a Client-Cert header from 127.0.0.1, which is not a trusted proxy" in server.log()
@@ -240,31 +370,61 @@ def client_auth_success(event, listener):
 """
 
 
-def test_events_name_the_certificate_that_was_used(tmp_path, keystore, wheel_cache, serve, make_wheel) -> None:  # noqa: ANN001
+def test_events_name_the_certificate_that_was_used(
+    tmp_path, keystore, wheel_cache, serve, make_wheel
+) -> None:  # noqa: ANN001
     """client_auth_success carries the thumbprint and source of the certificate that was bound."""
     import json
     import shutil
 
     trace = tmp_path / "trace.jsonl"
-    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache, oauth=(
-        '<ClientCertificateHeader name="Client-Cert" format="rfc9440" trustedProxies="127.0.0.0/8"/>'),
-        listeners=DEFAULT_LISTENERS + f"""
+    dep = new_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        oauth=('<ClientCertificateHeader name="Client-Cert" format="rfc9440" trustedProxies="127.0.0.0/8"/>'),
+        listeners=DEFAULT_LISTENERS
+        + f"""
         <EventListener type="OAuthEventInterceptor" name="audit_cert" orderId="10">
             <Property name="trace">{trace}</Property>
-        </EventListener>""")
+        </EventListener>""",
+    )
     shutil.copy(make_wheel("audit_cert", AUDIT), dep.dropins)
-    client = dep.add_client("binder", "--grant-type", "client_credentials",
-                            "--auth-method", "client_secret_basic", "--bind-tokens")
+    client = dep.add_client(
+        "binder",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        "--bind-tokens",
+    )
     server = serve(dep)
     pair = pki.self_signed()
     credentials = (str(client["client_id"]), str(client["client_secret"]))
-    assert post(server, "/oauth2/token", {"grant_type": "client_credentials"},
-                [("Client-Cert", item(pair.der))], credentials).status_code == 200
+    assert (
+        post(
+            server,
+            "/oauth2/token",
+            {"grant_type": "client_credentials"},
+            [("Client-Cert", item(pair.der))],
+            credentials,
+        ).status_code
+        == 200
+    )
     with server.client(cert=pair.write(tmp_path, "direct")) as http:
-        assert http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                         auth=credentials).status_code == 200
-    assert post(server, "/oauth2/token", {"grant_type": "client_credentials"}, [], credentials).status_code == 200
+        assert (
+            http.post(
+                "/oauth2/token", data={"grant_type": "client_credentials"}, auth=credentials
+            ).status_code
+            == 200
+        )
+    assert (
+        post(server, "/oauth2/token", {"grant_type": "client_credentials"}, [], credentials).status_code
+        == 200
+    )
     lines = [json.loads(line) for line in trace.read_text().splitlines()]
-    assert lines == [[client["client_id"], pair.x5t_s256(), "proxy"],
-                     [client["client_id"], pair.x5t_s256(), "tls"],
-                     [client["client_id"], None, None]]
+    assert lines == [
+        [client["client_id"], pair.x5t_s256(), "proxy"],
+        [client["client_id"], pair.x5t_s256(), "tls"],
+        [client["client_id"], None, None],
+    ]

@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from lxml import etree
-
 from conftest import ROOT, Deployment, start_server
+from lxml import etree
 
 README = (ROOT / "README.md").read_text()
 MARK = "@@ readme block"
@@ -26,13 +25,20 @@ MARK = "@@ readme block"
 def sh_blocks() -> list[tuple[str | None, str]]:
     """Every sh block of README.md in order, with the walkthrough name in the comment
     ``<!-- walkthrough: NAME -->`` just before it, if any."""
-    return [(name or None, body) for name, body in
-            re.findall(r"(?:<!-- walkthrough: ([\w-]+) -->\n)?```sh\n(.*?)```", README, re.S)]
+    return [
+        (name or None, body)
+        for name, body in re.findall(r"(?:<!-- walkthrough: ([\w-]+) -->\n)?```sh\n(.*?)```", README, re.S)
+    ]
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=readme", "-c", "user.email=readme@example.com", *args],
-                          cwd=cwd, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-c", "user.name=readme", "-c", "user.email=readme@example.com", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +59,12 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory, keystore: Path, wheel_
     git(clone, "commit", "-q", "-m", "clone")
     for wheel in wheel_cache.glob("*.whl"):
         shutil.copy(wheel, clone / "dropins")
-    subprocess.run([str(Path(sys.executable).with_name("tokensmith")), "keystore", "init"], cwd=clone,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(Path(sys.executable).with_name("tokensmith")), "keystore", "init"],
+        cwd=clone,
+        check=True,
+        capture_output=True,
+    )
     server_xml = clone / "conf" / "server.xml"
     server_xml.write_text(server_xml.read_text().replace('port="9443"', 'port="0"'))
     return Deployment(clone, keystore)
@@ -66,11 +76,19 @@ def run_readme(clone: Deployment, port: int) -> tuple[dict[str, str], subprocess
     blocks = sh_blocks()[1:]
     script = "".join(f"echo '{MARK} {name}'\n{body}" for name, body in blocks).replace(":9443", f":{port}")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=clone.root, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=clone.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     # A marker that does not start a line follows output with no final newline.
-    assert result.stdout.count(f"\n{MARK} ") == len(blocks) - 1 and result.stdout.startswith(MARK), result.stdout
+    assert result.stdout.count(f"\n{MARK} ") == len(blocks) - 1 and result.stdout.startswith(MARK), (
+        result.stdout
+    )
     parts = re.split(rf"^{MARK} (\S+)\n", result.stdout, flags=re.M)[1:]
     return dict(zip(parts[::2], parts[1::2])), result
 
@@ -108,7 +126,9 @@ def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) 
     assert '"token_type":"Bearer"' in out["client-secret-post"]
     assert '"token_type":"Bearer"' in out["mutual-tls"]
     assert out["mutual-tls"].strip().splitlines()[-1] == "401"
-    assert re.search(r"^HTTP/\S+ 200", out["wso2-password"], re.M) and '"access_token":' in out["wso2-password"]
+    assert (
+        re.search(r"^HTTP/\S+ 200", out["wso2-password"], re.M) and '"access_token":' in out["wso2-password"]
+    )
 
     lines = out["endpoints"].strip().splitlines()
     assert lines[0] == '{"username": "alice"}'
@@ -121,10 +141,17 @@ def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) 
 
     assert "% Total" not in result.stderr, result.stderr
     # (The server's log is this test's own: start_server writes it into the deployment's root.)
-    untracked = [line for line in git(fresh_clone.root, "status", "--porcelain", "--untracked-files=all").splitlines()
-                 if line.startswith("??") and not re.fullmatch(r"\?\? server-\d+\.log", line)]
+    untracked = [
+        line
+        for line in git(fresh_clone.root, "status", "--porcelain", "--untracked-files=all").splitlines()
+        if line.startswith("??") and not re.fullmatch(r"\?\? server-\d+\.log", line)
+    ]
     assert untracked == []
-    assert {p.name for p in (fresh_clone.root / "scratch").iterdir()} >= {"client.key", "demo.json", "tokens.json"}
+    assert {p.name for p in (fresh_clone.root / "scratch").iterdir()} >= {
+        "client.key",
+        "demo.json",
+        "tokens.json",
+    }
 
 
 def test_curl_lines_end_their_output_and_stay_quiet() -> None:

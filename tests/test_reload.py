@@ -9,7 +9,6 @@ from collections import Counter
 
 import httpx
 import pytest
-
 from conftest import DEFAULT_LISTENERS, TRACER, Deployment, Server
 
 
@@ -27,9 +26,14 @@ class Load:
         with self.server.client() as http:
             while not self._stop.is_set():
                 try:
-                    response = http.post("/oauth2/token", data={
-                        "grant_type": "client_credentials", "client_id": self.client["client_id"],
-                        "client_secret": self.client["client_secret"]})
+                    response = http.post(
+                        "/oauth2/token",
+                        data={
+                            "grant_type": "client_credentials",
+                            "client_id": self.client["client_id"],
+                            "client_secret": self.client["client_secret"],
+                        },
+                    )
                     self.statuses[response.status_code] += 1
                 except httpx.HTTPError as exc:
                     self.errors.append(repr(exc))
@@ -44,8 +48,9 @@ class Load:
 
 
 def post_client(dep: Deployment) -> dict:
-    return dep.add_client("loader", "--grant-type", "client_credentials",
-                          "--auth-method", "client_secret_post")
+    return dep.add_client(
+        "loader", "--grant-type", "client_credentials", "--auth-method", "client_secret_post"
+    )
 
 
 def tracer_entry(name: str, trace, enable: str = "true") -> str:  # noqa: ANN001
@@ -57,14 +62,20 @@ def tracer_entry(name: str, trace, enable: str = "true") -> str:  # noqa: ANN001
 
 def ask(server: Server, client: dict) -> int:
     with server.client() as http:
-        return http.post("/oauth2/token", data={
-            "grant_type": "client_credentials", "client_id": client["client_id"],
-            "client_secret": client["client_secret"]}).status_code
+        return http.post(
+            "/oauth2/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client["client_id"],
+                "client_secret": client["client_secret"],
+            },
+        ).status_code
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sighup_loads_enables_and_disables_without_failing_requests(
-        deployment, serve, make_wheel, tmp_path, workers) -> None:  # noqa: ANN001
+    deployment, serve, make_wheel, tmp_path, workers
+) -> None:  # noqa: ANN001
     """A new wheel, then disabling it, apply on SIGHUP while requests keep succeeding."""
     client = post_client(deployment)
     server = serve(deployment, "--workers", str(workers))
@@ -121,15 +132,24 @@ def test_reload_picks_up_a_changed_wheel(deployment, serve, make_wheel, tmp_path
     trace = tmp_path / "trace"
     deployment.listeners = DEFAULT_LISTENERS + tracer_entry("versioned", trace)
     deployment.write()
-    first = make_wheel("versioned", TRACER.format(name="versioned", order=5).replace(
-        'out.write("versioned', 'out.write("v1'), version="1.0")
+    first = make_wheel(
+        "versioned",
+        TRACER.format(name="versioned", order=5).replace('out.write("versioned', 'out.write("v1'),
+        version="1.0",
+    )
     shutil.copy(first, deployment.dropins)
     server = serve(deployment)
     assert ask(server, client) == 200
     first_copy = deployment.dropins / first.name
     first_copy.unlink()
-    shutil.copy(make_wheel("versioned", TRACER.format(name="versioned", order=5).replace(
-        'out.write("versioned', 'out.write("v2'), version="2.0"), deployment.dropins)
+    shutil.copy(
+        make_wheel(
+            "versioned",
+            TRACER.format(name="versioned", order=5).replace('out.write("versioned', 'out.write("v2'),
+            version="2.0",
+        ),
+        deployment.dropins,
+    )
     server.process.send_signal(signal.SIGHUP)
     server.wait_for_log("reloaded: configuration 2")
     assert ask(server, client) == 200

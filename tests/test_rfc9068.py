@@ -19,9 +19,13 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
 from tokensmith.oauth.jwt import (
-    MAX_TOKEN_CHARS, TokenInvalid, access_token_claims, decode_access_token, encode_access_token)
+    MAX_TOKEN_CHARS,
+    TokenInvalid,
+    access_token_claims,
+    decode_access_token,
+    encode_access_token,
+)
 from tokensmith.security.signing import SigningKey, SigningKeys
 
 NOW = 1_900_000_000
@@ -43,8 +47,15 @@ def segment(value: Mapping[str, Any]) -> str:
 
 def claims(**changes: Any) -> dict[str, Any]:
     """A valid claim set issued at NOW for five minutes, with *changes* (None removes a claim)."""
-    base = access_token_claims(issuer=ISSUER, client_id="app", scope="read write",
-                               iat=NOW, exp=NOW + 300, subject="alice", audience=API)
+    base = access_token_claims(
+        issuer=ISSUER,
+        client_id="app",
+        scope="read write",
+        iat=NOW,
+        exp=NOW + 300,
+        subject="alice",
+        audience=API,
+    )
     return {k: v for k, v in {**base, **changes}.items() if v is not None}
 
 
@@ -76,12 +87,19 @@ def key() -> SigningKey:
 
 # --- the claim set (RFC 9068 §2.2) -------------------------------------------------------
 
+
 def test_claims_hold_every_required_member() -> None:
     """The claim set has iss, sub, aud, exp, iat, jti, client_id and scope as given."""
     made = claims()
     assert {k: made[k] for k in ("iss", "sub", "aud", "exp", "iat", "client_id", "scope")} == {
-        "iss": ISSUER, "sub": "alice", "aud": API, "exp": NOW + 300, "iat": NOW,
-        "client_id": "app", "scope": "read write"}
+        "iss": ISSUER,
+        "sub": "alice",
+        "aud": API,
+        "exp": NOW + 300,
+        "iat": NOW,
+        "client_id": "app",
+        "scope": "read write",
+    }
     assert "cnf" not in made
 
 
@@ -100,20 +118,33 @@ def test_jti_is_random_and_at_least_128_bits() -> None:
 
 def test_cnf_carries_the_certificate_thumbprint() -> None:
     """A certificate-bound token carries cnf {"x5t#S256": ...} (RFC 8705 §3.1)."""
-    made = access_token_claims(issuer=ISSUER, client_id="app", scope="", iat=NOW, exp=NOW + 1,
-                               cnf_x5t_s256="A4DtL2JmUMhAsvJj5tKyn64SqzmuXbMrJa0n761y5v0")
+    made = access_token_claims(
+        issuer=ISSUER,
+        client_id="app",
+        scope="",
+        iat=NOW,
+        exp=NOW + 1,
+        cnf_x5t_s256="A4DtL2JmUMhAsvJj5tKyn64SqzmuXbMrJa0n761y5v0",
+    )
     assert made["cnf"] == {"x5t#S256": "A4DtL2JmUMhAsvJj5tKyn64SqzmuXbMrJa0n761y5v0"}
 
 
 def test_extra_claims_are_added_but_cannot_replace_registered_ones() -> None:
     """Extra claims appear in the set; one named like a registered claim is a ValueError."""
-    made = access_token_claims(issuer=ISSUER, client_id="app", scope="", iat=NOW, exp=NOW + 1,
-                               extra={"tenant": "acme", "auth_time": NOW - 5})
+    made = access_token_claims(
+        issuer=ISSUER,
+        client_id="app",
+        scope="",
+        iat=NOW,
+        exp=NOW + 1,
+        extra={"tenant": "acme", "auth_time": NOW - 5},
+    )
     assert (made["tenant"], made["auth_time"]) == ("acme", NOW - 5)
     for name in ("sub", "aud", "iss", "exp", "nbf", "jti", "client_id", "scope", "cnf"):
         with pytest.raises(ValueError, match=name):
-            access_token_claims(issuer=ISSUER, client_id="app", scope="", iat=NOW, exp=NOW + 1,
-                                extra={name: "x"})
+            access_token_claims(
+                issuer=ISSUER, client_id="app", scope="", iat=NOW, exp=NOW + 1, extra={name: "x"}
+            )
 
 
 def test_claims_refuse_exp_not_after_iat() -> None:
@@ -123,6 +154,7 @@ def test_claims_refuse_exp_not_after_iat() -> None:
 
 
 # --- encoding ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("alg", ["ES256", "RS256"])
 def test_round_trip(alg: str, key: SigningKey, rsa_key: SigningKey) -> None:
@@ -150,13 +182,12 @@ def test_es256_token_verifies_with_cryptography_and_the_published_jwk(key: Signi
     token = encode_access_token(claims(), key)
     header_b64, payload_b64, signature_b64 = token.split(".")
     jwk = key.public_jwk()
-    public = ec.EllipticCurvePublicNumbers(int.from_bytes(unb64(jwk["x"]), "big"),
-                                           int.from_bytes(unb64(jwk["y"]), "big"),
-                                           ec.SECP256R1()).public_key()
+    public = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(unb64(jwk["x"]), "big"), int.from_bytes(unb64(jwk["y"]), "big"), ec.SECP256R1()
+    ).public_key()
     signature = unb64(signature_b64)
     assert len(signature) == 64
-    der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
-                               int.from_bytes(signature[32:], "big"))
+    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
     public.verify(der, f"{header_b64}.{payload_b64}".encode(), ec.ECDSA(hashes.SHA256()))
 
 
@@ -165,10 +196,12 @@ def test_rs256_token_verifies_with_cryptography_and_the_published_jwk(rsa_key: S
     token = encode_access_token(claims(), rsa_key)
     header_b64, payload_b64, signature_b64 = token.split(".")
     jwk = rsa_key.public_jwk()
-    public = rsa.RSAPublicNumbers(int.from_bytes(unb64(jwk["e"]), "big"),
-                                  int.from_bytes(unb64(jwk["n"]), "big")).public_key()
-    public.verify(unb64(signature_b64), f"{header_b64}.{payload_b64}".encode(),
-                  padding.PKCS1v15(), hashes.SHA256())
+    public = rsa.RSAPublicNumbers(
+        int.from_bytes(unb64(jwk["e"]), "big"), int.from_bytes(unb64(jwk["n"]), "big")
+    ).public_key()
+    public.verify(
+        unb64(signature_b64), f"{header_b64}.{payload_b64}".encode(), padding.PKCS1v15(), hashes.SHA256()
+    )
 
 
 def test_oversized_claims_are_not_encoded(key: SigningKey) -> None:
@@ -178,6 +211,7 @@ def test_oversized_claims_are_not_encoded(key: SigningKey) -> None:
 
 
 # --- decoding: what is accepted ----------------------------------------------------------
+
 
 def test_a_jwk_set_verifies_too(key: SigningKey, rsa_key: SigningKey) -> None:
     """The published JWK Set, as a resource server downloads it, verifies tokens of both keys."""
@@ -209,6 +243,7 @@ def test_leeway_covers_small_clock_skew(key: SigningKey) -> None:
 
 # --- decoding: what is refused -----------------------------------------------------------
 
+
 def refused(token: str, keys: Any, reason: str, **options: Any) -> None:
     with pytest.raises(TokenInvalid, match=reason):
         decode(token, keys, **options)
@@ -220,12 +255,12 @@ def test_alg_none_is_refused(key: SigningKey) -> None:
     refused(token, [key], "unsupported alg")
 
 
-def test_hs256_with_the_public_key_as_secret_is_refused(key: SigningKey,
-                                                       rsa_key: SigningKey) -> None:
+def test_hs256_with_the_public_key_as_secret_is_refused(key: SigningKey, rsa_key: SigningKey) -> None:
     """HMAC "signed" with the public key's PEM or JWK (algorithm confusion) is refused."""
     for signer in (key, rsa_key):
-        pem = signer.public_key.public_bytes(serialization.Encoding.PEM,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        pem = signer.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         header = {"typ": "at+jwt", "alg": "HS256", "kid": signer.kid}
         signing_input = f"{segment(header)}.{segment(claims())}"
         for secret in (pem, json.dumps(signer.public_jwk()).encode()):
@@ -293,8 +328,7 @@ def test_der_encoded_es256_signature_is_refused(key: SigningKey) -> None:
     refused(f"{header_b64}.{payload_b64}.{b64(padded)}", [key], "bad signature")
 
 
-@pytest.mark.parametrize("typ", ["JWT", "jwt", "application/jwt", "at+jwt2", "text/at+jwt",
-                                 None, 1])
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "application/jwt", "at+jwt2", "text/at+jwt", None, 1])
 def test_other_typ_is_refused(typ: object, key: SigningKey) -> None:
     """A JWT that is not typed as an access token (an ID token, say) is refused."""
     header = {"alg": "ES256", "kid": key.kid}
@@ -309,22 +343,25 @@ def test_critical_extensions_are_refused(key: SigningKey) -> None:
     refused(forge(header, claims(), key), [key], "critical")
 
 
-@pytest.mark.parametrize("changes, reason", [
-    ({"exp": NOW}, "expired"),
-    ({"exp": NOW - 1, "iat": NOW - 301}, "expired"),
-    ({"nbf": NOW + 1}, "not yet valid"),
-    ({"iat": NOW + 1}, "issued in the future"),
-    ({"iss": "https://evil.example.com"}, "wrong issuer"),
-    ({"aud": "https://other.example.com"}, "wrong audience"),
-    ({"aud": ["https://other.example.com"]}, "wrong audience"),
-    ({"aud": [1]}, "malformed claim 'aud'"),
-    ({"exp": "2030-01-01"}, "NumericDate"),
-    ({"exp": True}, "NumericDate"),
-    ({"sub": 7}, "not a string"),
-    ({"jti": None}, "missing claim 'jti'"),
-    ({"client_id": None}, "missing claim 'client_id'"),
-    ({"aud": None}, "missing claim 'aud'"),
-])
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"exp": NOW}, "expired"),
+        ({"exp": NOW - 1, "iat": NOW - 301}, "expired"),
+        ({"nbf": NOW + 1}, "not yet valid"),
+        ({"iat": NOW + 1}, "issued in the future"),
+        ({"iss": "https://evil.example.com"}, "wrong issuer"),
+        ({"aud": "https://other.example.com"}, "wrong audience"),
+        ({"aud": ["https://other.example.com"]}, "wrong audience"),
+        ({"aud": [1]}, "malformed claim 'aud'"),
+        ({"exp": "2030-01-01"}, "NumericDate"),
+        ({"exp": True}, "NumericDate"),
+        ({"sub": 7}, "not a string"),
+        ({"jti": None}, "missing claim 'jti'"),
+        ({"client_id": None}, "missing claim 'client_id'"),
+        ({"aud": None}, "missing claim 'aud'"),
+    ],
+)
 def test_bad_claims_are_refused(changes: dict[str, Any], reason: str, key: SigningKey) -> None:
     """A well-signed token that is expired, early, for another issuer or audience, or
     lacking or mistyping a required claim is refused."""
@@ -339,30 +376,36 @@ def test_oversized_token_is_refused_before_parsing(key: SigningKey) -> None:
     refused(token, [key], "too large")
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda h, p, s: f"{h}=.{p}.{s}",             # padding
-    lambda h, p, s: f"{h}.{p}.{s}=",
-    lambda h, p, s: f"{h}.{p}.{s[:-1]}+",        # standard alphabet
-    lambda h, p, s: f"{h}.{p}.{s[:-1]}*",        # not base64 at all
-    lambda h, p, s: f"{h}.{p}.{s[:-1]}{spare_bit_set(s[-1])}",  # the same bytes, non-canonical
-    lambda h, p, s: f" {h}.{p}.{s}",
-    lambda h, p, s: f"{h}.{p}.{s}.",             # four segments
-    lambda h, p, s: f"{h}.{p}",                  # two
-    lambda h, p, s: f"{h}.{p}é.{s}",             # not ASCII
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda h, p, s: f"{h}=.{p}.{s}",  # padding
+        lambda h, p, s: f"{h}.{p}.{s}=",
+        lambda h, p, s: f"{h}.{p}.{s[:-1]}+",  # standard alphabet
+        lambda h, p, s: f"{h}.{p}.{s[:-1]}*",  # not base64 at all
+        lambda h, p, s: f"{h}.{p}.{s[:-1]}{spare_bit_set(s[-1])}",  # the same bytes, non-canonical
+        lambda h, p, s: f" {h}.{p}.{s}",
+        lambda h, p, s: f"{h}.{p}.{s}.",  # four segments
+        lambda h, p, s: f"{h}.{p}",  # two
+        lambda h, p, s: f"{h}.{p}é.{s}",  # not ASCII
+    ],
+)
 def test_bad_base64_and_shape_are_refused(mangle: Any, key: SigningKey) -> None:
     """Padding, the standard alphabet, stray characters, non-canonical base64, wrong segment
     counts and non-ASCII are refused as malformed."""
     refused(mangle(*encode_access_token(claims(), key).split(".")), [key], "malformed")
 
 
-@pytest.mark.parametrize("header_json", [
-    b'{"typ":"at+jwt","alg":"ES256","alg":"none","kid":"k"}',   # duplicate member
-    b'["at+jwt"]',                                               # not an object
-    b'{"typ":"at+jwt","alg":"ES256","kid":NaN}',                 # not JSON
-    b"[" * 5000 + b"]" * 5000,                                   # absurd nesting
-    b'\xff{"alg":"ES256"}',                                      # not UTF-8
-])
+@pytest.mark.parametrize(
+    "header_json",
+    [
+        b'{"typ":"at+jwt","alg":"ES256","alg":"none","kid":"k"}',  # duplicate member
+        b'["at+jwt"]',  # not an object
+        b'{"typ":"at+jwt","alg":"ES256","kid":NaN}',  # not JSON
+        b"[" * 5000 + b"]" * 5000,  # absurd nesting
+        b'\xff{"alg":"ES256"}',  # not UTF-8
+    ],
+)
 def test_malformed_headers_are_refused(header_json: bytes, key: SigningKey) -> None:
     """Duplicate names, non-objects, NaN, deep nesting and non-UTF-8 in the header are refused."""
     _, payload_b64, signature_b64 = encode_access_token(claims(), key).split(".")
@@ -379,6 +422,7 @@ def test_duplicate_claims_are_refused(key: SigningKey) -> None:
 
 
 # --- the keyring and tokens --------------------------------------------------------------
+
 
 def test_tokens_outlive_a_rotation_until_their_key_is_retired(tmp_path: Path) -> None:
     """After rotate() old tokens still verify (keys and JWK Set); after retire(old) they fail."""

@@ -21,13 +21,12 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import pki
 import pytest
+from conftest import Server, new_deployment, start_server
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
-import pki
-from conftest import Server, new_deployment, start_server
 from test_http1 import connect, token_request
 
 LANES = ["hypercorn", "llhttp"]
@@ -40,17 +39,29 @@ def env(request, tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Serv
     client, and a self-signed mTLS client; yields (server, Basic header line, mTLS client_id)."""
     root = tmp_path_factory.mktemp("serving")
     dep = new_deployment(root / "ts", keystore, wheel_cache)
-    dep.connectors = (f'<Connector address="127.0.0.1" port="0" clientAuth="want" '
-                      f'connectionTimeout="{TIMEOUT_MS}" http1="{request.param}"/>')
+    dep.connectors = (
+        f'<Connector address="127.0.0.1" port="0" clientAuth="want" '
+        f'connectionTimeout="{TIMEOUT_MS}" http1="{request.param}"/>'
+    )
     dep.oauth = '<ClientCertificateHeader name="X-Client-Cert" trustedProxies="127.0.0.1"/>'
     dep.write()
     basic = dep.add_client("b", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
-    header = b"Authorization: Basic " + base64.b64encode(
-        f"{basic['client_id']}:{basic['client_secret']}".encode()) + b"\r\n"
+    header = (
+        b"Authorization: Basic "
+        + base64.b64encode(f"{basic['client_id']}:{basic['client_secret']}".encode())
+        + b"\r\n"
+    )
     pair = pki.self_signed("serving-victim")
     cert_path, _ = pair.write(root, "victim")
-    victim = dep.add_client("v", "--grant-type", "client_credentials", "--auth-method",
-                            "self_signed_tls_client_auth", "--cert", str(cert_path))
+    victim = dep.add_client(
+        "v",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "self_signed_tls_client_auth",
+        "--cert",
+        str(cert_path),
+    )
     server = start_server(dep)
     server.victim_pem = pair.pem  # type: ignore[attr-defined]
     yield server, header, str(victim["client_id"])
@@ -58,9 +69,14 @@ def env(request, tmp_path_factory, keystore, wheel_cache) -> Iterator[tuple[Serv
 
 
 def chunked_token_request(headers: bytes, trailer: bytes, body: bytes) -> bytes:
-    return (b"POST /oauth2/token HTTP/1.1\r\nHost: localhost\r\n" + headers
-            + b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
-            + b"%x\r\n%s\r\n0\r\n" % (len(body), body) + trailer + b"\r\n")
+    return (
+        b"POST /oauth2/token HTTP/1.1\r\nHost: localhost\r\n"
+        + headers
+        + b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+        + trailer
+        + b"\r\n"
+    )
 
 
 def test_authorization_in_a_trailer_is_not_used(env) -> None:  # noqa: ANN001
@@ -69,8 +85,11 @@ def test_authorization_in_a_trailer_is_not_used(env) -> None:  # noqa: ANN001
     server, valid, _ = env
     sock, reader = connect(server)
     with sock:
-        sock.sendall(chunked_token_request(b"Authorization: Basic Ym9ndXM6Ym9ndXM=\r\n", valid,
-                                           b"grant_type=client_credentials"))
+        sock.sendall(
+            chunked_token_request(
+                b"Authorization: Basic Ym9ndXM6Ym9ndXM=\r\n", valid, b"grant_type=client_credentials"
+            )
+        )
         status, headers, _ = reader.response()
     assert status == 401 and headers["www-authenticate"].startswith("Basic")
 
@@ -82,8 +101,13 @@ def test_certificate_in_a_trailer_is_not_used(env) -> None:  # noqa: ANN001
     escaped = server.victim_pem.decode().replace("\n", "%0A").replace(" ", "%20").encode()
     sock, reader = connect(server)
     with sock:
-        sock.sendall(chunked_token_request(b"", b"X-Client-Cert: " + escaped + b"\r\n",
-                                           b"grant_type=client_credentials&client_id=" + victim.encode()))
+        sock.sendall(
+            chunked_token_request(
+                b"",
+                b"X-Client-Cert: " + escaped + b"\r\n",
+                b"grant_type=client_credentials&client_id=" + victim.encode(),
+            )
+        )
         status, _, _ = reader.response()
     assert status in (400, 401)
     # The same certificate in the header section, from the same trusted address, does work:
@@ -141,8 +165,11 @@ def test_http2_window_that_never_opens_is_cut_off(env) -> None:  # noqa: ANN001
         conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
         for _ in range(20):
             stream = conn.get_next_available_stream_id()
-            conn.send_headers(stream, [(":method", "GET"), (":scheme", "https"), (":authority", "x"),
-                                       (":path", "/oauth2/jwks")], end_stream=True)
+            conn.send_headers(
+                stream,
+                [(":method", "GET"), (":scheme", "https"), (":authority", "x"), (":path", "/oauth2/jwks")],
+                end_stream=True,
+            )
         sock.sendall(conn.data_to_send())
         started = time.monotonic()
         closed = False
@@ -193,7 +220,10 @@ def test_no_redirect_is_built_from_the_host_header(env) -> None:  # noqa: ANN001
         sock.sendall(b"GET //oauth2//jwks HTTP/1.1\r\nHost: evil.example\r\n\r\n")
         status, headers, _ = reader.response()
     assert status == 404 and "location" not in headers
-    for head in (b"GET /oauth2/jwks HTTP/1.1\r\n\r\n", b"GET /oauth2/jwks HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"):
+    for head in (
+        b"GET /oauth2/jwks HTTP/1.1\r\n\r\n",
+        b"GET /oauth2/jwks HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ):
         sock, reader = connect(server)
         with sock:
             sock.sendall(head)
@@ -202,14 +232,21 @@ def test_no_redirect_is_built_from_the_host_header(env) -> None:  # noqa: ANN001
 
 # -- client keys that would make the handshake expensive -------------------------------------
 
+
 def self_signed_with(key, directory: Path, name: str) -> tuple[Path, Path]:  # noqa: ANN001
     subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=9)).sign(key, algorithm))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=9))
+        .sign(key, algorithm)
+    )
     return pki.Pair(cert, key).write(directory, name)
 
 
@@ -225,16 +262,20 @@ def handshake_ok(server: Server, files: tuple[Path, Path]) -> bool:
         return False
 
 
-@pytest.mark.parametrize("make, accepted", [
-    (lambda: pki.rsa_key_with_exponent(2048, 2040), False),
-    (lambda: pki.rsa_key_with_exponent(2048, 2), False),  # e = 3
-    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=4096 + 1024), False),
-    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), False),
-    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), True),
-    (lambda: ec.generate_private_key(ec.SECP384R1()), True),
-    (lambda: ec.generate_private_key(ec.SECP521R1()), True),
-    (lambda: ed25519.Ed25519PrivateKey.generate(), True),
-], ids=["rsa-huge-exponent", "rsa-e3", "rsa-5120", "rsa-1024", "rsa-2048", "p384", "p521", "ed25519"])
+@pytest.mark.parametrize(
+    "make, accepted",
+    [
+        (lambda: pki.rsa_key_with_exponent(2048, 2040), False),
+        (lambda: pki.rsa_key_with_exponent(2048, 2), False),  # e = 3
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=4096 + 1024), False),
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), False),
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), True),
+        (lambda: ec.generate_private_key(ec.SECP384R1()), True),
+        (lambda: ec.generate_private_key(ec.SECP521R1()), True),
+        (lambda: ed25519.Ed25519PrivateKey.generate(), True),
+    ],
+    ids=["rsa-huge-exponent", "rsa-e3", "rsa-5120", "rsa-1024", "rsa-2048", "p384", "p521", "ed25519"],
+)
 def test_client_keys_no_client_needs_are_refused_in_the_handshake(env, tmp_path, make, accepted) -> None:  # noqa: ANN001
     """Only client keys a client needs get through the handshake; the others are refused
     before the server checks a signature with them (tls_accept.acceptable_key)."""
@@ -247,12 +288,46 @@ def test_ec_key_with_explicit_parameters_is_refused(env, tmp_path) -> None:  # n
     curves only), although OpenSSL recognises the curve; the same curve by name is served."""
     server, _, _ = env
     key, cert = tmp_path / "explicit.key", tmp_path / "explicit.pem"
-    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-param_enc", "explicit", "-genkey",
-                    "-noout", "-out", str(key)], check=True, capture_output=True)
-    subprocess.run(["openssl", "req", "-x509", "-new", "-key", str(key), "-out", str(cert), "-subj",
-                    "/CN=explicit", "-days", "2"], check=True, capture_output=True)
-    assert b"prime-field" in subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-text"],
-                                            check=True, capture_output=True).stdout
+    subprocess.run(
+        [
+            "openssl",
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-param_enc",
+            "explicit",
+            "-genkey",
+            "-noout",
+            "-out",
+            str(key),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=explicit",
+            "-days",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert (
+        b"prime-field"
+        in subprocess.run(
+            ["openssl", "x509", "-in", str(cert), "-noout", "-text"], check=True, capture_output=True
+        ).stdout
+    )
     assert handshake_ok(server, (cert, key)) is False
     assert handshake_ok(server, self_signed_with(ec.generate_private_key(ec.SECP256R1()), tmp_path, "named"))
 
@@ -274,15 +349,18 @@ def test_long_chains_are_refused_in_the_handshake(env, tmp_path, intermediates, 
 
 # -- found by the outside review of this layer -----------------------------------------------
 
+
 def test_no_upgrade_to_http2_on_an_http11_connection(env) -> None:  # noqa: ANN001
     """`Upgrade: h2c` and the HTTP/2 preface on a TLS connection that negotiated HTTP/1.1 are
     refused with 400 (RFC 9113 §3.2-3.3: over TLS, HTTP/2 is chosen with ALPN only). Switching
     would let a client talk past a proxy that tunnels after a 101, with its own copy of the
     certificate header the proxy would have replaced (h2c smuggling)."""
     server, _, _ = env
-    for request in (b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-                    b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
-                    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+    for request in (
+        b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ):
         sock, reader = connect(server)
         with sock:
             sock.sendall(request)
@@ -295,9 +373,14 @@ def h2_connection(server: Server) -> tuple[ssl.SSLSocket, h2.connection.H2Connec
     host, port = server.url.removeprefix("https://").rsplit(":", 1)
     context = ssl.create_default_context(cafile=str(server.deployment.server_cert))
     context.set_alpn_protocols(["h2"])
-    sock = context.wrap_socket(socket.create_connection((host, int(port)), timeout=5), server_hostname="127.0.0.1")
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
-                                                                normalize_outbound_headers=False))
+    sock = context.wrap_socket(
+        socket.create_connection((host, int(port)), timeout=5), server_hostname="127.0.0.1"
+    )
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+    )
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
     return sock, conn
@@ -333,17 +416,33 @@ def test_http2_stream_errors_stay_in_their_stream(env) -> None:  # noqa: ANN001
         base = [(b":scheme", b"https"), (b":authority", b"x")]
         conn.send_headers(1, [(b":method", b"GET"), (b":path", b"/oauth2/\xff")] + base, end_stream=True)
         conn.send_headers(3, [(b":method", b"CONNECT"), (b":authority", b"x:1")], end_stream=True)
-        conn.send_headers(5, [(b":method", b"POST"), (b":path", b"/oauth2/token"), *base, (b"content-length", b"70000"),
-                              (b"content-type", b"application/x-www-form-urlencoded")])
+        conn.send_headers(
+            5,
+            [
+                (b":method", b"POST"),
+                (b":path", b"/oauth2/token"),
+                *base,
+                (b"content-length", b"70000"),
+                (b"content-type", b"application/x-www-form-urlencoded"),
+            ],
+        )
         sock.sendall(conn.data_to_send())
         seen = h2_exchange(sock, conn, until=5)
         assert seen.get(1) == "reset" and seen.get(3) == "reset" and seen.get(5) == b"413", seen
         conn.send_data(5, b"x" * 1000)  # the rest of a body that was already refused
         name, value = auth.rstrip(b"\r\n").split(b": ", 1)
         form = b"grant_type=client_credentials"
-        conn.send_headers(7, [(b":method", b"POST"), (b":path", b"/oauth2/token"), *base, (name.lower(), value),
-                              (b"content-type", b"application/x-www-form-urlencoded"),
-                              (b"content-length", b"%d" % len(form))])
+        conn.send_headers(
+            7,
+            [
+                (b":method", b"POST"),
+                (b":path", b"/oauth2/token"),
+                *base,
+                (name.lower(), value),
+                (b"content-type", b"application/x-www-form-urlencoded"),
+                (b"content-length", b"%d" % len(form)),
+            ],
+        )
         conn.send_data(7, form, end_stream=True)
         sock.sendall(conn.data_to_send())
         assert h2_exchange(sock, conn, until=7).get(7) == b"200"
@@ -355,9 +454,12 @@ def test_a_trailer_that_never_ends_is_cut_off(env) -> None:  # noqa: ANN001
     server, auth, _ = env
     sock, reader = connect(server)
     with sock:
-        sock.sendall(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n" + auth
-                     + b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"1d\r\ngrant_type=client_credentials\r\n0\r\nX-Endless: ")
+        sock.sendall(
+            b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n"
+            + auth
+            + b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"1d\r\ngrant_type=client_credentials\r\n0\r\nX-Endless: "
+        )
         started = time.monotonic()
         try:
             for _ in range(64):
@@ -377,25 +479,40 @@ def test_reset_streams_cannot_queue_unbounded_work(env) -> None:  # noqa: ANN001
     client whose secret needs hashing got 500 once its authenticator timed out. Now at most
     32 requests of one connection are in the app; the rest get 503 at once."""
     server, _, _ = env
-    fresh = server.deployment.add_client("fresh", "--grant-type", "client_credentials",
-                                         "--auth-method", "client_secret_basic")
+    fresh = server.deployment.add_client(
+        "fresh", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
     sock, conn = h2_connection(server)
     with sock:
-        base = [(b":method", b"POST"), (b":path", b"/oauth2/token"), (b":scheme", b"https"), (b":authority", b"x")]
+        base = [
+            (b":method", b"POST"),
+            (b":path", b"/oauth2/token"),
+            (b":scheme", b"https"),
+            (b":authority", b"x"),
+        ]
         form = b"grant_type=client_credentials"
         wrong = b"Basic " + base64.b64encode(b"nobody:wrong-secret")
         for n in range(300):
             stream = 1 + 2 * n
-            conn.send_headers(stream, [*base, (b"authorization", wrong),
-                                       (b"content-type", b"application/x-www-form-urlencoded"),
-                                       (b"content-length", b"%d" % len(form))])
+            conn.send_headers(
+                stream,
+                [
+                    *base,
+                    (b"authorization", wrong),
+                    (b"content-type", b"application/x-www-form-urlencoded"),
+                    (b"content-length", b"%d" % len(form)),
+                ],
+            )
             conn.send_data(stream, form, end_stream=True)
             conn.reset_stream(stream)
         sock.sendall(conn.data_to_send())
         started = time.monotonic()
         with server.client() as http:
-            response = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                                 auth=(fresh["client_id"], fresh["client_secret"]))
+            response = http.post(
+                "/oauth2/token",
+                data={"grant_type": "client_credentials"},
+                auth=(fresh["client_id"], fresh["client_secret"]),
+            )
         # Its token, or a 503 to retry at once if the attack still fills the KDF pool
         # (kdf.MAX_PENDING): never a 500 after a timeout.
         assert response.status_code in (200, 503), response.text
@@ -410,12 +527,18 @@ def test_a_ca_key_no_ca_needs_is_refused_in_the_handshake(env, tmp_path) -> None
     server, _, _ = env
     subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Costly CA")])
     key = pki.rsa_key_with_exponent(2048, 2000)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    costly = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-              .public_key(key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=9))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-              .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    costly = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=9))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     leaf = pki.issue(pki.Pair(costly, key), "costly-leaf")  # type: ignore[arg-type]
     leaf.chain = (costly,)
     assert handshake_ok(server, leaf.write(tmp_path, "costly")) is False
@@ -432,8 +555,9 @@ def test_a_flood_of_wrong_secrets_gets_no_one_a_500(env) -> None:  # noqa: ANN00
     kdf.MAX_PENDING are refused at once with 503, so the legitimate client gets its token or a
     503 to retry, never a 500."""
     server, _, _ = env
-    fresh = server.deployment.add_client("flood-victim", "--grant-type", "client_credentials",
-                                         "--auth-method", "client_secret_basic")
+    fresh = server.deployment.add_client(
+        "flood-victim", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
     wrong = b"Authorization: Basic " + base64.b64encode(b"nobody:wrong-secret") + b"\r\n"
     for _ in range(150):
         sock = server.raw_tls(timeout=5)
@@ -441,8 +565,11 @@ def test_a_flood_of_wrong_secrets_gets_no_one_a_500(env) -> None:  # noqa: ANN00
         sock.close()
     started = time.monotonic()
     with server.client() as http:
-        response = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                             auth=(fresh["client_id"], fresh["client_secret"]))
+        response = http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(fresh["client_id"], fresh["client_secret"]),
+        )
     assert response.status_code in (200, 503), response.text
     if response.status_code == 503:
         assert response.json()["error"] == "temporarily_unavailable"

@@ -21,17 +21,23 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
 from tokensmith.security.signing import (
-    SigningKey, SigningKeyError, SigningKeys, VerificationKey, b64url_decode, b64url_encode,
-    jwk_thumbprint)
+    SigningKey,
+    SigningKeyError,
+    SigningKeys,
+    VerificationKey,
+    b64url_decode,
+    b64url_encode,
+    jwk_thumbprint,
+)
 
 # RFC 7638 §3.1: the example RSA key and its SHA-256 thumbprint.
 RFC7638_N = (
     "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_B"
     "JECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_F"
     "DW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4"
-    "vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw")
+    "vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+)
 RFC7638_THUMBPRINT = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 KEY_FILE_NAME = r"\d{8}T\d{12}Z\.[A-Za-z0-9_-]{43}\.pem"
 
@@ -62,6 +68,7 @@ def key_files(keys: SigningKeys) -> list[str]:
 
 # --- thumbprints and JWKs ----------------------------------------------------------------
 
+
 def test_thumbprint_of_the_rfc7638_example_key() -> None:
     """The RFC 7638 §3.1 example JWK has the RFC's thumbprint, whatever its other members."""
     jwk = {"kty": "RSA", "n": RFC7638_N, "e": "AQAB", "alg": "RS256", "kid": "2011-04-29"}
@@ -73,8 +80,14 @@ def test_kid_of_a_fixed_rsa_key_is_its_rfc7638_thumbprint() -> None:
     public = rsa.RSAPublicNumbers(65537, int.from_bytes(unb64(RFC7638_N), "big")).public_key()
     key = VerificationKey.from_public_key(public)
     assert (key.kid, key.alg) == (RFC7638_THUMBPRINT, "RS256")
-    assert key.public_jwk() == {"e": "AQAB", "kty": "RSA", "n": RFC7638_N,
-                                "kid": RFC7638_THUMBPRINT, "alg": "RS256", "use": "sig"}
+    assert key.public_jwk() == {
+        "e": "AQAB",
+        "kty": "RSA",
+        "n": RFC7638_N,
+        "kid": RFC7638_THUMBPRINT,
+        "alg": "RS256",
+        "use": "sig",
+    }
 
 
 def test_kid_of_an_ec_key_is_a_hand_computed_thumbprint(ec_key: SigningKey) -> None:
@@ -108,24 +121,25 @@ def test_rsa_public_jwk_has_the_public_members_only(rsa_key: SigningKey) -> None
     assert int.from_bytes(n, "big") == rsa_key.public_key.public_numbers().n
 
 
-def test_a_jwk_round_trips_to_the_same_verification_key(ec_key: SigningKey,
-                                                       rsa_key: SigningKey) -> None:
+def test_a_jwk_round_trips_to_the_same_verification_key(ec_key: SigningKey, rsa_key: SigningKey) -> None:
     """Reading a published JWK back gives the key's kid, alg and public key."""
     for key in (ec_key, rsa_key):
         assert VerificationKey.from_jwk(key.public_jwk()) == key.verification_key
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"kty": "oct"}, "unsupported kty"),
-    ({"crv": "P-384"}, "unsupported curve"),
-    ({"x": "AAAA"}, "32 octets"),
-    ({"y": b64url_encode(b"\x01" * 32)}, "malformed EC key"),  # not on the curve
-    ({"x": "not base64!"}, "malformed EC key"),
-    ({"alg": "RS256"}, "does not fit"),
-    ({"kid": None}, "no kid"),
-])
-def test_unusable_jwks_are_refused(ec_key: SigningKey, change: dict[str, object],
-                                   expected: str) -> None:
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"kty": "oct"}, "unsupported kty"),
+        ({"crv": "P-384"}, "unsupported curve"),
+        ({"x": "AAAA"}, "32 octets"),
+        ({"y": b64url_encode(b"\x01" * 32)}, "malformed EC key"),  # not on the curve
+        ({"x": "not base64!"}, "malformed EC key"),
+        ({"alg": "RS256"}, "does not fit"),
+        ({"kid": None}, "no kid"),
+    ],
+)
+def test_unusable_jwks_are_refused(ec_key: SigningKey, change: dict[str, object], expected: str) -> None:
     """A JWK of another type or curve, off the curve, in bad base64, with a wrong alg or no kid
     is refused."""
     jwk = {**ec_key.public_jwk(), **change}
@@ -135,12 +149,12 @@ def test_unusable_jwks_are_refused(ec_key: SigningKey, change: dict[str, object]
 
 # --- keys and signatures -----------------------------------------------------------------
 
+
 def test_es256_signature_is_raw_r_s_and_verifies_with_cryptography(ec_key: SigningKey) -> None:
     """An ES256 signature is 64 octets, R || S, which as DER verifies with the public key."""
     signature = ec_key.sign(b"signing input")
     assert len(signature) == 64
-    der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
-                               int.from_bytes(signature[32:], "big"))
+    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
     public = ec_key.public_key
     assert isinstance(public, ec.EllipticCurvePublicKey)
     public.verify(der, b"signing input", ec.ECDSA(hashes.SHA256()))
@@ -152,8 +166,12 @@ def test_rs256_signature_is_pkcs1_v15_sha256(rsa_key: SigningKey) -> None:
     """An RS256 signature is RSASSA-PKCS1-v1_5 with SHA-256, as cryptography verifies it."""
     signature = rsa_key.sign(b"signing input")
     assert len(signature) == 256
-    rsa_key.public_key.verify(signature, b"signing input",  # type: ignore[call-arg]
-                              padding.PKCS1v15(), hashes.SHA256())
+    rsa_key.public_key.verify(
+        signature,
+        b"signing input",  # type: ignore[call-arg]
+        padding.PKCS1v15(),
+        hashes.SHA256(),
+    )
 
 
 def test_verify_accepts_only_the_right_signature(ec_key: SigningKey) -> None:
@@ -162,8 +180,7 @@ def test_verify_accepts_only_the_right_signature(ec_key: SigningKey) -> None:
     assert ec_key.verification_key.verify(b"data", signature)
     assert not ec_key.verification_key.verify(b"datA", signature)
     assert not SigningKey.generate().verification_key.verify(b"data", signature)
-    der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
-                               int.from_bytes(signature[32:], "big"))
+    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
     assert not ec_key.verification_key.verify(b"data", der)
 
 
@@ -174,11 +191,14 @@ def test_pem_round_trip_keeps_the_key(rsa_key: SigningKey) -> None:
     assert rsa_key.verification_key.verify(b"x", again.sign(b"x"))
 
 
-@pytest.mark.parametrize("make, expected", [
-    (lambda: ec.generate_private_key(ec.SECP384R1()), "must be P-256"),
-    (lambda: rsa.generate_private_key(65537, 1024), "2048 to 8192 bits"),
-    (lambda: ed25519.Ed25519PrivateKey.generate(), "EC P-256 or RSA"),
-])
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: ec.generate_private_key(ec.SECP384R1()), "must be P-256"),
+        (lambda: rsa.generate_private_key(65537, 1024), "2048 to 8192 bits"),
+        (lambda: ed25519.Ed25519PrivateKey.generate(), "EC P-256 or RSA"),
+    ],
+)
 def test_other_keys_are_refused(make: object, expected: str) -> None:
     """P-384, RSA below 2048 bits and Ed25519 keys are not signing keys."""
     with pytest.raises(SigningKeyError, match=expected):
@@ -208,6 +228,7 @@ def test_base64url_round_trips() -> None:
 
 
 # --- the keyring -------------------------------------------------------------------------
+
 
 def test_an_empty_keyring_has_no_active_key(keyring: SigningKeys) -> None:
     """A missing directory is an empty keyring: no keys, an empty JWK Set, active() refused."""
@@ -310,8 +331,7 @@ def test_another_instance_sees_rotations_and_retirements(keyring: SigningKeys) -
     assert [jwk["kid"] for jwk in server.jwks()["keys"]] == [new.kid]
 
 
-def test_unchanged_keyring_is_not_reread(keyring: SigningKeys,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unchanged_keyring_is_not_reread(keyring: SigningKeys, monkeypatch: pytest.MonkeyPatch) -> None:
     """With no file changed, repeated calls parse no key file again."""
     keyring.ensure()
     keyring.all()
@@ -320,7 +340,8 @@ def test_unchanged_keyring_is_not_reread(keyring: SigningKeys,
 
 
 def test_stray_and_renamed_files_are_skipped_with_a_warning(
-        keyring: SigningKeys, caplog: pytest.LogCaptureFixture) -> None:
+    keyring: SigningKeys, caplog: pytest.LogCaptureFixture
+) -> None:
     """A .pem not named by the keyring, or whose kid is not its key's, is skipped and logged."""
     old = keyring.ensure()
     new = keyring.rotate()

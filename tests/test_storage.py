@@ -8,11 +8,10 @@ import threading
 from pathlib import Path
 
 import pytest
-
+from tokensmith.models import Client, Issue, StorageError, TokenRecord
 from tokensmith.storage import groupcommit
 from tokensmith.storage.groupcommit import GroupCommit
 from tokensmith.storage.sqlite import _RESTART_FRAMES, _SCHEMA_VERSION, SQLiteStorage
-from tokensmith.models import Client, Issue, StorageError, TokenRecord
 
 # The first schema tokensmith shipped (user_version 1).
 SCHEMA_1 = """
@@ -64,8 +63,12 @@ def test_purge_removes_only_expired_tokens(tmp_path) -> None:  # noqa: ANN001
     """purge_expired deletes tokens past their expiry and keeps live ones."""
     store = SQLiteStorage(tmp_path / "store.db")
     try:
-        store.add_tokens([TokenRecord("dead", "access", "c", "", 0, 100),
-                          TokenRecord("live", "access", "c", "", 0, 10_000)])
+        store.add_tokens(
+            [
+                TokenRecord("dead", "access", "c", "", 0, 100),
+                TokenRecord("live", "access", "c", "", 0, 10_000),
+            ]
+        )
         assert store.purge_expired(5_000) == 1
         assert store.get_token("dead") is None and store.get_token("live") is not None
     finally:
@@ -108,8 +111,10 @@ def test_a_failed_group_commit_fails_every_caller_and_stores_none(tmp_path) -> N
     none is told its token exists, and none of the batch is stored."""
     store = SQLiteStorage(tmp_path / "store.db")
     with sqlite3.connect(tmp_path / "store.db") as db:
-        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
-                    " BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
     commits = GroupCommit(store.try_issue)
 
     async def outcome(name: str) -> str:
@@ -229,8 +234,9 @@ def test_stores_opened_together_create_or_upgrade_the_schema_once(tmp_path, exis
         barrier = threading.Barrier(6)
         outcomes: list[str] = []
 
-        def open_store(path: Path = path, barrier: threading.Barrier = barrier,
-                       outcomes: list[str] = outcomes) -> None:
+        def open_store(
+            path: Path = path, barrier: threading.Barrier = barrier, outcomes: list[str] = outcomes
+        ) -> None:
             barrier.wait()
             try:
                 SQLiteStorage(path).close()
@@ -275,13 +281,16 @@ def test_rotation_and_its_successors_commit_together(tmp_path) -> None:  # noqa:
     try:
         store.add_tokens([_refresh("r0")])
         with sqlite3.connect(path) as db:
-            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
-                       " BEGIN SELECT RAISE(ABORT, 'refused'); END")
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
+                " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
         with pytest.raises(StorageError, match="refused"):
             store.try_issue([Issue((_token("poison"),), rotates="r0")], 1)
         assert store.get_token("r0").used is False
-        assert store.try_issue([Issue((_refresh("r1"),), rotates="r0"),
-                                Issue((_refresh("r2"),), rotates="r0")], 1) == [True, False]
+        assert store.try_issue(
+            [Issue((_refresh("r1"),), rotates="r0"), Issue((_refresh("r2"),), rotates="r0")], 1
+        ) == [True, False]
         assert store.get_token("r0").used and store.get_token("r1") and store.get_token("r2") is None
         assert store.try_issue([Issue((_token("late"),), rotates="r1")], 20_000) == [False]
     finally:

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
-
 import pki
+import pytest
 from conftest import Deployment, Server, start_server
 
 PASSWORD = "a long passphrase"
@@ -57,17 +56,42 @@ class Env:
 def register(dep: Deployment, tmp_path: Path) -> dict[str, object]:
     """A client_secret_basic client, a password and refresh client with a user, and a
     self_signed_tls_client_auth client."""
-    basic = dep.add_client("basic", "--grant-type", "client_credentials", "--resource-server",
-                           "--auth-method", "client_secret_basic")
-    api = dep.add_client("api", "--grant-type", "password", "--grant-type", "refresh_token",
-                         "--auth-method", "client_secret_basic")
+    basic = dep.add_client(
+        "basic",
+        "--grant-type",
+        "client_credentials",
+        "--resource-server",
+        "--auth-method",
+        "client_secret_basic",
+    )
+    api = dep.add_client(
+        "api",
+        "--grant-type",
+        "password",
+        "--grant-type",
+        "refresh_token",
+        "--auth-method",
+        "client_secret_basic",
+    )
     dep.cli("user", "add", "alice", "--password-stdin", input=PASSWORD + "\n")
     pair = pki.self_signed("storage-fault-client")
     files = pair.write(tmp_path / "certs", "mtls")
-    mtls = dep.add_client("mtls", "--grant-type", "client_credentials", "--auth-method",
-                          "self_signed_tls_client_auth", "--cert", str(files[0]))
-    return {"basic": (basic["client_id"], basic["client_secret"]), "api": (api["client_id"], api["client_secret"]),
-            "mtls_id": mtls["client_id"], "mtls": pair, "mtls_files": files}
+    mtls = dep.add_client(
+        "mtls",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "self_signed_tls_client_auth",
+        "--cert",
+        str(files[0]),
+    )
+    return {
+        "basic": (basic["client_id"], basic["client_secret"]),
+        "api": (api["client_id"], api["client_secret"]),
+        "mtls_id": mtls["client_id"],
+        "mtls": pair,
+        "mtls_files": files,
+    }
 
 
 def set_immutable(path: Path, on: bool) -> None:
@@ -122,11 +146,15 @@ def small_disk(deployment, tmp_path) -> Iterator[tuple[Env, Path]]:  # noqa: ANN
     """The server with its var/ on a 32 MiB tmpfs; stopped, then unmounted, whatever happens."""
     var = deployment.database.parent
     var.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tokensmith-test", str(var)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tokensmith-test", str(var)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for a full disk (needs root with CAP_SYS_ADMIN): "
-                    f"{mounted.stderr.strip()}")
+        pytest.skip(
+            f"cannot mount a tmpfs for a full disk (needs root with CAP_SYS_ADMIN): {mounted.stderr.strip()}"
+        )
     server = None
     try:
         clients = register(deployment, tmp_path)
@@ -181,8 +209,11 @@ def fails_closed_and_recovers(env: Env, inject: Callable[[], None], remove: Call
     server = env.server
     mtls_form = {"grant_type": "client_credentials", "client_id": env.mtls_id}
     with server.client() as http, server.client(cert=env.mtls_files) as mtls:
-        first = http.post("/oauth2/token", data={"grant_type": "password", "username": "alice",
-                                                 "password": PASSWORD}, auth=env.api)
+        first = http.post(
+            "/oauth2/token",
+            data={"grant_type": "password", "username": "alice", "password": PASSWORD},
+            auth=env.api,
+        )
         assert first.status_code == 200, first.text
         refresh = first.json()["refresh_token"]
         issued = [first.json()["access_token"]]
@@ -191,17 +222,27 @@ def fails_closed_and_recovers(env: Env, inject: Callable[[], None], remove: Call
 
         inject()
         try:
-            for absorbed in range(ABSORBED + 1):
-                response = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=env.basic)
+            for absorbed in range(ABSORBED + 1):  # noqa: B007 (read after the loop)
+                response = http.post(
+                    "/oauth2/token", data={"grant_type": "client_credentials"}, auth=env.basic
+                )
                 if response.status_code != 200:
                     break
                 issued.append(response.json()["access_token"])
             assert_unavailable(response)
             assert_unavailable(mtls.post("/oauth2/token", data=mtls_form))
-            assert_unavailable(http.post("/oauth2/token", data={"grant_type": "refresh_token",
-                                                                "refresh_token": refresh}, auth=env.api))
-            wrong = http.post("/oauth2/token", data={"grant_type": "client_credentials"},
-                              auth=(env.basic[0], "not the secret"))
+            assert_unavailable(
+                http.post(
+                    "/oauth2/token",
+                    data={"grant_type": "refresh_token", "refresh_token": refresh},
+                    auth=env.api,
+                )
+            )
+            wrong = http.post(
+                "/oauth2/token",
+                data={"grant_type": "client_credentials"},
+                auth=(env.basic[0], "not the secret"),
+            )
             assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
             assert server.process.poll() is None
         finally:
@@ -213,14 +254,20 @@ def fails_closed_and_recovers(env: Env, inject: Callable[[], None], remove: Call
         assert response.status_code == 200, response.text
         bound = mtls.post("/oauth2/token", data=mtls_form)
         assert bound.status_code == 200, bound.text
-        introspected = http.post("/oauth2/introspect", data={"token": bound.json()["access_token"]}, auth=env.basic)
+        introspected = http.post(
+            "/oauth2/introspect", data={"token": bound.json()["access_token"]}, auth=env.basic
+        )
         assert introspected.json()["cnf"] == {"x5t#S256": env.mtls.x5t_s256()}
         # The refused exchange did not use the refresh token up: it works once, now.
-        renewed = http.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": refresh},
-                            auth=env.api)
+        renewed = http.post(
+            "/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": refresh}, auth=env.api
+        )
         assert renewed.status_code == 200, renewed.text
-        inactive = [value for value in issued if not http.post(
-            "/oauth2/introspect", data={"token": value}, auth=env.basic).json()["active"]]
+        inactive = [
+            value
+            for value in issued
+            if not http.post("/oauth2/introspect", data={"token": value}, auth=env.basic).json()["active"]
+        ]
         assert inactive == []
     assert "storage unavailable" in server.log()
     return absorbed

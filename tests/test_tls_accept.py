@@ -17,7 +17,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
 from tokensmith.http import tls_accept
 from tokensmith.http.tls_accept import accept_any_client_certificate, peer_certificate_chain
 
@@ -43,8 +42,7 @@ def issue(cn: str, issuer: Issued | None = None, *, ca: bool = False) -> Issued:
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
     return builder.sign(issuer[1] if issuer else key, hashes.SHA256()), key
 
 
@@ -58,11 +56,16 @@ _names = itertools.count()
 def pem_file(directory: Path, *items: x509.Certificate | Key) -> str:
     """Write certificates and keys, in order, to one new PEM file and return its path."""
     path = directory / f"{next(_names)}.pem"
-    path.write_bytes(b"".join(
-        item.public_bytes(serialization.Encoding.PEM) if isinstance(item, x509.Certificate)
-        else item.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        for item in items))
+    path.write_bytes(
+        b"".join(
+            item.public_bytes(serialization.Encoding.PEM)
+            if isinstance(item, x509.Certificate)
+            else item.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            for item in items
+        )
+    )
     return str(path)
 
 
@@ -87,18 +90,22 @@ def server_identity() -> Issued:
 @pytest.fixture
 def server_context(tmp_path: Path, server_identity: Issued) -> Callable[..., ssl.SSLContext]:
     """Build a server context with the server's certificate, not yet asking for client certs."""
+
     def build() -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(pem_file(tmp_path, *server_identity))
         return context
+
     return build
 
 
 @pytest.fixture
 def client_context(tmp_path: Path, server_identity: Issued) -> Callable[..., ssl.SSLContext]:
     """Build a client context that trusts the server and presents ``chain`` with ``key``."""
-    def build(*chain: x509.Certificate, key: Key | None = None,
-              maximum_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+
+    def build(
+        *chain: x509.Certificate, key: Key | None = None, maximum_version: ssl.TLSVersion | None = None
+    ) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.load_verify_locations(cadata=der(server_identity[0]))
         if chain:
@@ -106,11 +113,11 @@ def client_context(tmp_path: Path, server_identity: Issued) -> Callable[..., ssl
         if maximum_version is not None:
             context.maximum_version = maximum_version
         return context
+
     return build
 
 
-def connect(server: ssl.SSLContext, client: ssl.SSLContext,
-            session: ssl.SSLSession | None = None) -> Outcome:
+def connect(server: ssl.SSLContext, client: ssl.SSLContext, session: ssl.SSLSession | None = None) -> Outcome:
     """Run one handshake between a server thread on 127.0.0.1 and a client; stop both."""
     outcome = Outcome()
     listener = socket.create_server(("127.0.0.1", 0))
@@ -131,8 +138,10 @@ def connect(server: ssl.SSLContext, client: ssl.SSLContext,
     thread = threading.Thread(target=serve, name="tls-accept-test-server")
     thread.start()
     try:
-        with (socket.create_connection(listener.getsockname(), timeout=TIMEOUT) as raw,
-              client.wrap_socket(raw, server_hostname="localhost", session=session) as tls):
+        with (
+            socket.create_connection(listener.getsockname(), timeout=TIMEOUT) as raw,
+            client.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+        ):
             # TLS 1.3 clients finish before the server has judged their certificate, so
             # only the server's reply (or its alert) tells whether it accepted.
             outcome.client_reply = tls.recv(2)
@@ -172,7 +181,8 @@ def test_want_accepts_self_signed_client_certificate(server_context, client_cont
 
 @pytest.mark.parametrize("version", TLS_VERSIONS, ids=lambda v: v.name)
 def test_need_rejects_client_without_certificate(
-        server_context, client_context, version: ssl.TLSVersion) -> None:
+    server_context, client_context, version: ssl.TLSVersion
+) -> None:
     """With required=True a client that sends no certificate fails the handshake."""
     server = server_context()
     accept_any_client_certificate(server, required=True)
@@ -213,8 +223,7 @@ def test_chain_is_leaf_then_intermediate(server_context, client_context) -> None
 
 
 @pytest.mark.parametrize("version", TLS_VERSIONS, ids=lambda v: v.name)
-def test_accepts_in_tls_1_2_and_1_3(
-        server_context, client_context, version: ssl.TLSVersion) -> None:
+def test_accepts_in_tls_1_2_and_1_3(server_context, client_context, version: ssl.TLSVersion) -> None:
     """The accept-any callback works, and the leaf arrives, in both TLS 1.2 and TLS 1.3."""
     cert, key = issue("client-1")
     server = server_context()
@@ -261,8 +270,10 @@ def test_plain_context_rejects_the_same_client(server_context, client_context) -
     assert outcome.client_reply != b"ok"
 
 
-@pytest.mark.skip(reason="Python's ssl (OpenSSL) refuses to load or send a certificate whose "
-                         "key does not match, so such a client cannot be built here")
+@pytest.mark.skip(
+    reason="Python's ssl (OpenSSL) refuses to load or send a certificate whose "
+    "key does not match, so such a client cannot be built here"
+)
 def test_rejects_certificate_without_matching_key() -> None:
     """A client that sends a certificate but cannot sign CertificateVerify with its key fails."""
 

@@ -10,9 +10,8 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import pki
+import pytest
 from conftest import Server, new_deployment, start_server
 from tokensmith.config.settings import load_config
 from tokensmith.http.tls import server_context
@@ -23,8 +22,15 @@ def host_port(server: Server, index: int = 0) -> tuple[str, int]:
     return parsed.hostname or "", parsed.port or 0
 
 
-def handshake(server: Server, *, index: int = 0, minimum=None, maximum=None, ciphers=None,  # noqa: ANN001
-              cert: tuple[Path, Path] | None = None) -> ssl.SSLSocket:
+def handshake(
+    server: Server,
+    *,
+    index: int = 0,
+    minimum=None,
+    maximum=None,
+    ciphers=None,  # noqa: ANN001
+    cert: tuple[Path, Path] | None = None,
+) -> ssl.SSLSocket:
     """Complete a TLS handshake with the server (or raise) and return the socket."""
     context = ssl.create_default_context(cafile=str(server.deployment.server_cert))
     context.minimum_version = minimum or ssl.TLSVersion.MINIMUM_SUPPORTED
@@ -41,7 +47,9 @@ def handshake(server: Server, *, index: int = 0, minimum=None, maximum=None, cip
 
 def roundtrip(tls: ssl.SSLSocket) -> bytes:
     """Send one HTTP/1.1 request on an open TLS socket and read the status line."""
-    tls.sendall(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    tls.sendall(
+        b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     data = b""
     while b"\r\n" not in data:
         chunk = tls.recv(4096)
@@ -54,9 +62,11 @@ def roundtrip(tls: ssl.SSLSocket) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, keystore, wheel_cache) -> Iterator[Server]:  # noqa: ANN001
     dep = new_deployment(tmp_path_factory.mktemp("tls") / "ts", keystore, wheel_cache)
-    dep.connectors = ('<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
-                      '<Connector address="127.0.0.1" port="0" clientAuth="need"/>'
-                      '<Connector address="127.0.0.1" port="0" clientAuth="false"/>')
+    dep.connectors = (
+        '<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
+        '<Connector address="127.0.0.1" port="0" clientAuth="need"/>'
+        '<Connector address="127.0.0.1" port="0" clientAuth="false"/>'
+    )
     dep.write()
     running = start_server(dep)
     yield running
@@ -72,8 +82,11 @@ def test_old_tls_versions_are_refused(server, version) -> None:  # noqa: ANN001
         handshake(server, minimum=old, maximum=old, ciphers="DEFAULT:@SECLEVEL=0").close()
     # Refused by the server (an alert, or the connection closed on the ClientHello), not the
     # client failing to offer the version (NO_PROTOCOLS_AVAILABLE).
-    assert refused.value.reason in {"UNEXPECTED_EOF_WHILE_READING", "TLSV1_ALERT_PROTOCOL_VERSION",
-                                    "UNSUPPORTED_PROTOCOL"}, refused.value
+    assert refused.value.reason in {
+        "UNEXPECTED_EOF_WHILE_READING",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "UNSUPPORTED_PROTOCOL",
+    }, refused.value
 
 
 def test_tls12_is_accepted_with_ecdhe_aead_only(server) -> None:  # noqa: ANN001
@@ -84,7 +97,9 @@ def test_tls12_is_accepted_with_ecdhe_aead_only(server) -> None:  # noqa: ANN001
         assert name.startswith("ECDHE-") and ("GCM" in name or "CHACHA20" in name)
         assert roundtrip(tls).startswith(b"HTTP/1.1 200")
     with pytest.raises(ssl.SSLError):
-        handshake(server, maximum=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA")
+        handshake(
+            server, maximum=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA"
+        )
 
 
 def test_tls13_is_preferred(server) -> None:  # noqa: ANN001
@@ -127,14 +142,26 @@ def test_need_refuses_a_client_without_a_certificate(server, tmp_path) -> None: 
 
 def test_false_connector_never_asks(server, tmp_path) -> None:  # noqa: ANN001
     """On a clientAuth="false" connector no certificate is requested, so none is sent."""
-    client_id = str(server.deployment.add_client("f", "--grant-type", "client_credentials", "--auth-method",
-                    "self_signed_tls_client_auth", "--cert",
-                    str((files := pki.self_signed().write(tmp_path, "f"))[0]))["client_id"])
+    client_id = str(
+        server.deployment.add_client(
+            "f",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str((files := pki.self_signed().write(tmp_path, "f"))[0]),
+        )["client_id"]
+    )
     with server.client(cert=files, url=server.urls[2]) as http:
-        response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+        response = http.post(
+            "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
+        )
     assert response.status_code == 401
     with server.client(cert=files, url=server.urls[0]) as http:
-        response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+        response = http.post(
+            "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
+        )
     assert response.status_code == 200
 
 
@@ -143,8 +170,15 @@ def test_handshake_state_does_not_grow_with_clients(tmp_path, keystore, wheel_ca
     dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
     config = load_config(dep.conf)
     for name in ("a", "b", "c"):
-        dep.add_client(name, "--grant-type", "client_credentials", "--auth-method",
-                       "self_signed_tls_client_auth", "--cert", str(pki.self_signed().write(tmp_path, name)[0]))
+        dep.add_client(
+            name,
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(pki.self_signed().write(tmp_path, name)[0]),
+        )
     context = server_context(config.server, config.server.connectors[0])
     assert context.cert_store_stats() == {"crl": 0, "x509": 0, "x509_ca": 0}
     assert context.verify_mode == ssl.CERT_OPTIONAL
@@ -156,8 +190,12 @@ def test_handshake_state_does_not_grow_with_clients(tmp_path, keystore, wheel_ca
 
 
 def proxied_deployment(tmp_path, keystore, wheel_cache, proxies: str, fmt: str = "auto"):  # noqa: ANN001, ANN201
-    return new_deployment(tmp_path / "ts", keystore, wheel_cache, oauth=(
-        f'<ClientCertificateHeader name="X-Client-Cert" format="{fmt}" trustedProxies="{proxies}"/>'))
+    return new_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        oauth=(f'<ClientCertificateHeader name="X-Client-Cert" format="{fmt}" trustedProxies="{proxies}"/>'),
+    )
 
 
 def nginx_escaped(pem: bytes) -> str:
@@ -181,15 +219,30 @@ def test_header_from_trusted_proxy_is_used(tmp_path, keystore, wheel_cache, serv
     while fmt == "nginx" and b"+" not in pair.pem:  # prove that '+' survives
         pair = pki.self_signed()
     files = pair.write(tmp_path, "proxied")
-    client_id = str(dep.add_client("p", "--grant-type", "client_credentials", "--auth-method",
-                                   "self_signed_tls_client_auth", "--cert", str(files[0]))["client_id"])
-    value = {"nginx": nginx_escaped(pair.pem), "rfc9440": rfc9440(pair.der),
-             "pem": pair.pem.decode().replace("\n", " ").strip(),
-             "base64-der": base64.b64encode(pair.der).decode()}[fmt]
+    client_id = str(
+        dep.add_client(
+            "p",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(files[0]),
+        )["client_id"]
+    )
+    value = {
+        "nginx": nginx_escaped(pair.pem),
+        "rfc9440": rfc9440(pair.der),
+        "pem": pair.pem.decode().replace("\n", " ").strip(),
+        "base64-der": base64.b64encode(pair.der).decode(),
+    }[fmt]
     server = serve(dep)
     with server.client() as http:
-        response = http.post("/oauth2/token", headers={"X-Client-Cert": value},
-                             data={"grant_type": "client_credentials", "client_id": client_id})
+        response = http.post(
+            "/oauth2/token",
+            headers={"X-Client-Cert": value},
+            data={"grant_type": "client_credentials", "client_id": client_id},
+        )
     assert response.status_code == 200, response.text
 
 
@@ -197,13 +250,24 @@ def test_header_from_untrusted_address_is_ignored_and_logged(tmp_path, keystore,
     """From an address outside TrustedProxies the header is ignored, and that is logged."""
     dep = proxied_deployment(tmp_path, keystore, wheel_cache, "10.0.0.0/8")
     pair = pki.self_signed()
-    client_id = str(dep.add_client("p", "--grant-type", "client_credentials", "--auth-method",
-                                   "self_signed_tls_client_auth", "--cert",
-                                   str(pair.write(tmp_path, "u")[0]))["client_id"])
+    client_id = str(
+        dep.add_client(
+            "p",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(pair.write(tmp_path, "u")[0]),
+        )["client_id"]
+    )
     server = serve(dep)
     with server.client() as http:
-        response = http.post("/oauth2/token", headers={"X-Client-Cert": nginx_escaped(pair.pem)},
-                             data={"grant_type": "client_credentials", "client_id": client_id})
+        response = http.post(
+            "/oauth2/token",
+            headers={"X-Client-Cert": nginx_escaped(pair.pem)},
+            data={"grant_type": "client_credentials", "client_id": client_id},
+        )
     assert response.status_code == 401
     assert "ignored a X-Client-Cert header from 127.0.0.1, which is not a trusted proxy" in server.log()
 
@@ -213,17 +277,40 @@ def test_tls_certificate_wins_over_header(tmp_path, keystore, wheel_cache, serve
     dep = proxied_deployment(tmp_path, keystore, wheel_cache, "127.0.0.0/8")
     mine, theirs = pki.self_signed(), pki.self_signed()
     mine_files = mine.write(tmp_path, "mine")
-    client_id = str(dep.add_client("p", "--grant-type", "client_credentials", "--auth-method",
-                                   "self_signed_tls_client_auth", "--cert", str(mine_files[0]))["client_id"])
-    other_id = str(dep.add_client("q", "--grant-type", "client_credentials", "--auth-method",
-                                  "self_signed_tls_client_auth", "--cert",
-                                  str(theirs.write(tmp_path, "theirs")[0]))["client_id"])
+    client_id = str(
+        dep.add_client(
+            "p",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(mine_files[0]),
+        )["client_id"]
+    )
+    other_id = str(
+        dep.add_client(
+            "q",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(theirs.write(tmp_path, "theirs")[0]),
+        )["client_id"]
+    )
     server = serve(dep)
     with server.client(cert=mine_files) as http:
-        spoofed = http.post("/oauth2/token", headers={"X-Client-Cert": nginx_escaped(theirs.pem)},
-                            data={"grant_type": "client_credentials", "client_id": other_id})
-        honest = http.post("/oauth2/token", headers={"X-Client-Cert": nginx_escaped(theirs.pem)},
-                           data={"grant_type": "client_credentials", "client_id": client_id})
+        spoofed = http.post(
+            "/oauth2/token",
+            headers={"X-Client-Cert": nginx_escaped(theirs.pem)},
+            data={"grant_type": "client_credentials", "client_id": other_id},
+        )
+        honest = http.post(
+            "/oauth2/token",
+            headers={"X-Client-Cert": nginx_escaped(theirs.pem)},
+            data={"grant_type": "client_credentials", "client_id": client_id},
+        )
     assert spoofed.status_code == 401
     assert honest.status_code == 200
 
@@ -288,11 +375,22 @@ def test_tls_passthrough_needs_nothing_special(server, tmp_path) -> None:  # noq
     """Through a plain TCP forwarder the client's own handshake authenticates it."""
     pair = pki.self_signed()
     files = pair.write(tmp_path, "tunnel")
-    client_id = str(server.deployment.add_client("t", "--grant-type", "client_credentials", "--auth-method",
-                                                 "self_signed_tls_client_auth", "--cert", str(files[0]))["client_id"])
+    client_id = str(
+        server.deployment.add_client(
+            "t",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(files[0]),
+        )["client_id"]
+    )
     with Forwarder(host_port(server)) as forwarder:
         with server.client(cert=files, url=f"https://127.0.0.1:{forwarder.port}") as http:
-            response = http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+            response = http.post(
+                "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
+            )
     assert response.status_code == 200, response.text
 
 

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,19 +14,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
-
-from tokensmith.security.x509 import CertificateError, verify_chain
 from tokensmith.security.truststore import TrustedCertificate, Truststore, TruststoreError
+from tokensmith.security.x509 import CertificateError, verify_chain
 
-NOW = datetime.now(timezone.utc)  # import_ judges expiry by the real clock
+NOW = datetime.now(UTC)  # import_ judges expiry by the real clock
 Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 Pair = tuple[x509.Certificate, Key]
 
 
-def make_cert(subject: str, issuer: Pair | None = None, *,
-              ca: bool = True, ca_critical: bool = True, key_cert_sign: bool | None = None,
-              not_after: datetime = NOW + timedelta(days=365),
-              key: Key | None = None) -> Pair:
+def make_cert(
+    subject: str,
+    issuer: Pair | None = None,
+    *,
+    ca: bool = True,
+    ca_critical: bool = True,
+    key_cert_sign: bool | None = None,
+    not_after: datetime = NOW + timedelta(days=365),
+    key: Key | None = None,
+) -> Pair:
     """A certificate and its key; self-signed unless *issuer* is given."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     name = x509.Name.from_rfc4514_string(subject)
@@ -41,15 +46,26 @@ def make_cert(subject: str, issuer: Pair | None = None, *,
         .not_valid_before(min(NOW, not_after) - timedelta(days=1))
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=ca_critical)
-        .add_extension(x509.KeyUsage(
-            digital_signature=not ca, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=sign, crl_sign=sign,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=sign,
+                crl_sign=sign,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if not ca:
         builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
     return builder.sign(issuer_key, hashes.SHA256()), key
 
 
@@ -88,8 +104,11 @@ def test_list_shows_alias_subject_fingerprint_and_expiry(store: Truststore, root
     entries = store.list()
     assert [e.alias for e in entries] == ["a-first", "b-second"]
     assert entries[0] == TrustedCertificate(
-        "a-first", "CN=Partner Root CA,O=Partner",
-        hashlib.sha256(der(root[0])).hexdigest(), root[0].not_valid_after_utc)
+        "a-first",
+        "CN=Partner Root CA,O=Partner",
+        hashlib.sha256(der(root[0])).hexdigest(),
+        root[0].not_valid_after_utc,
+    )
 
 
 def test_a_der_file_is_accepted(store: Truststore, root: Pair) -> None:
@@ -129,8 +148,9 @@ def test_anchors_are_not_reread_when_nothing_changed(store: Truststore, root: Pa
     assert first == [root[0]] and first[0] is second[0]
 
 
-def test_a_bad_file_is_skipped_with_a_warning(store: Truststore, root: Pair,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_a_bad_file_is_skipped_with_a_warning(
+    store: Truststore, root: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
     """A file that is not one certificate is skipped and logged; the other anchors still work."""
     store.import_("good", pem(root[0]))
     (store.directory / "broken.pem").write_bytes(b"this is not a certificate")
@@ -171,10 +191,13 @@ def test_duplicates_are_refused(store: Truststore, root: Pair) -> None:
     assert store.anchors() == [root[0]]
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    (b"", "empty file"),
-    (b"not a certificate at all", "expected PEM"),
-])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", "empty file"),
+        (b"not a certificate at all", "expected PEM"),
+    ],
+)
 def test_non_certificates_are_refused_in_one_line(store: Truststore, data: bytes, expected: str) -> None:
     """Input that is not a certificate raises a one-line CertificateError naming the alias."""
     with pytest.raises(CertificateError) as excinfo:
@@ -185,8 +208,9 @@ def test_non_certificates_are_refused_in_one_line(store: Truststore, data: bytes
 
 def test_a_private_key_is_refused_with_a_warning(store: Truststore, root: Pair) -> None:
     """A private key pasted instead of (or with) the certificate is refused and never written."""
-    key = root[1].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    key = root[1].private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     with pytest.raises(CertificateError, match="private key, not a certificate: never share it"):
         store.import_("partner", pem(root[0]) + key)
     assert store.anchors() == []
@@ -198,13 +222,16 @@ def test_a_bundle_is_refused(store: Truststore, root: Pair) -> None:
         store.import_("bundle", pem(root[0]) + pem(make_cert("CN=Another CA")[0]))
 
 
-@pytest.mark.parametrize(("case", "expected"), [
-    ("end entity", "not a CA certificate"),
-    ("no keyCertSign", "without keyUsage keyCertSign"),
-    ("basicConstraints not critical", "not marked critical"),
-    ("expired", "expired on"),
-    ("weak RSA", "1024-bit RSA key is too weak"),
-])
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("end entity", "not a CA certificate"),
+        ("no keyCertSign", "without keyUsage keyCertSign"),
+        ("basicConstraints not critical", "not marked critical"),
+        ("expired", "expired on"),
+        ("weak RSA", "1024-bit RSA key is too weak"),
+    ],
+)
 def test_unusable_anchors_are_refused(store: Truststore, root: Pair, case: str, expected: str) -> None:
     """A certificate the chain verifier could never use as an anchor is refused at import, with the reason."""
     cert = {

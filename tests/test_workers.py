@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Server, StartupFailed, start_server
 
 
@@ -76,7 +75,7 @@ def test_a_killed_worker_is_replaced_on_its_sockets(deployment, serve) -> None: 
             assert response.status_code == 200
 
 
-CRASH_IN_WORKER = '''
+CRASH_IN_WORKER = """
 import multiprocessing
 import os
 
@@ -97,7 +96,7 @@ def client_auth_methods():
 def listener_configure(listener):
     if multiprocessing.current_process().name == "tokensmith-worker":  # not in the check
         os._exit(3)
-'''
+"""
 
 
 def test_a_worker_that_dies_before_it_is_ready_is_reported(deployment, make_wheel) -> None:  # noqa: ANN001
@@ -111,8 +110,9 @@ def test_a_worker_that_dies_before_it_is_ready_is_reported(deployment, make_whee
     assert time.monotonic() - started < 20
 
 
-def test_a_second_server_on_the_same_port_is_refused(deployment, tmp_path, keystore,
-                                                     wheel_cache, serve) -> None:  # noqa: ANN001
+def test_a_second_server_on_the_same_port_is_refused(
+    deployment, tmp_path, keystore, wheel_cache, serve
+) -> None:  # noqa: ANN001
     """Two `serve --workers 2` on one port: the second refuses to start (SO_REUSEPORT would
     have let it take part of the first one's connections); the first goes on serving."""
     from conftest import new_deployment
@@ -133,7 +133,7 @@ def test_a_second_server_on_the_same_port_is_refused(deployment, tmp_path, keyst
         assert http.get("/oauth2/jwks").status_code == 200
 
 
-DIES_WHEN_TOLD = '''
+DIES_WHEN_TOLD = """
 import multiprocessing
 import os
 from pathlib import Path
@@ -151,11 +151,12 @@ def listener_configure(listener):
     marker = Path(os.environ["DIE_MARKER"])
     if multiprocessing.current_process().name == "tokensmith-worker" and marker.exists():
         os._exit(3)
-'''
+"""
 
 
-def test_a_worker_that_keeps_dying_backs_off_then_gives_up(deployment, make_wheel, tmp_path,
-                                                          monkeypatch) -> None:  # noqa: ANN001
+def test_a_worker_that_keeps_dying_backs_off_then_gives_up(
+    deployment, make_wheel, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
     """Once every replacement dies while starting, the supervisor waits longer before each
     (0.1, 0.2, 0.4, 0.8 s), gives up after five deaths with one line and exit status 1, and
     leaves nothing of the workers' unpacked wheels in $TMPDIR."""
@@ -180,7 +181,7 @@ def test_a_worker_that_keeps_dying_backs_off_then_gives_up(deployment, make_whee
     assert list(scratch.iterdir()) == []
 
 
-SLOW_WORKER = '''
+SLOW_WORKER = """
 import multiprocessing
 import time
 
@@ -196,7 +197,7 @@ def client_auth_methods():
 def listener_configure(listener):
     if multiprocessing.current_process().name == "tokensmith-worker":
         time.sleep(60)
-'''
+"""
 
 
 def test_sigterm_while_workers_start_stops_at_once(deployment, make_wheel) -> None:  # noqa: ANN001
@@ -207,9 +208,12 @@ def test_sigterm_while_workers_start_stops_at_once(deployment, make_wheel) -> No
     from conftest import TOKENSMITH
 
     shutil.copy(make_wheel("slow_worker", SLOW_WORKER), deployment.dropins)
-    process = subprocess.Popen([TOKENSMITH, "serve", "--conf", str(deployment.conf),
-                                "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [TOKENSMITH, "serve", "--conf", str(deployment.conf), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     children: list[str] = []
     try:
         assert process.stdout is not None
@@ -223,7 +227,9 @@ def test_sigterm_while_workers_start_stops_at_once(deployment, make_wheel) -> No
         assert process.wait(timeout=30) == 0
         assert time.monotonic() - started < 5
         for pid in children:
-            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+            assert (
+                not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+            )
     finally:
         if process.poll() is None:
             process.kill()
@@ -238,7 +244,7 @@ def test_sigterm_while_workers_start_stops_at_once(deployment, make_wheel) -> No
         process.stderr.close()  # type: ignore[union-attr]
 
 
-RECORDS_IMPORTER = '''
+RECORDS_IMPORTER = """
 import os
 from pathlib import Path
 
@@ -251,11 +257,10 @@ with open(os.environ["IMPORT_LOG"], "a") as out:
 @hookimpl
 def client_auth_methods():
     return ["records_method"]
-'''
+"""
 
 
-def test_the_supervisor_never_imports_plugins(deployment, make_wheel, serve, tmp_path,
-                                              monkeypatch) -> None:  # noqa: ANN001
+def test_the_supervisor_never_imports_plugins(deployment, make_wheel, serve, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """Startup and ten SIGHUPs: the plugin is imported by the checks and the workers, never
     by the supervisor, whose sys.path therefore never grows (it used to gain one entry per
     wheel per reload, each pointing at a deleted directory)."""
@@ -282,18 +287,27 @@ def test_workers_stop_when_the_supervisor_is_killed(deployment) -> None:  # noqa
         workers = workers_of(server)
         assert len(workers) == 2
         for pid in workers:
-            inodes = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()
-                      if os.readlink(fd).startswith("socket:")}
-            listening = [line for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
-                         if line.split()[3] == "0A" and f"socket:[{line.split()[9]}]" in inodes]
+            inodes = {
+                os.readlink(fd)
+                for fd in Path(f"/proc/{pid}/fd").iterdir()
+                if os.readlink(fd).startswith("socket:")
+            }
+            listening = [
+                line
+                for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                if line.split()[3] == "0A" and f"socket:[{line.split()[9]}]" in inodes
+            ]
             assert len(listening) == 1, (pid, listening)  # its own connector socket only
         os.kill(server.process.pid, signal.SIGKILL)
         server.process.wait(timeout=10)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
             time.sleep(0.1)
-        alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
-                 and Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0]
+        alive = [
+            pid
+            for pid in workers
+            if Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
+        ]
         assert not alive
     finally:
         server.stop()
@@ -335,14 +349,17 @@ def test_a_worker_that_cannot_load_a_checked_reload_is_replaced(deployment, make
     marker = tmp_path / "fail-in"
     marker.write_text("none")
     shutil.copy(make_wheel("flaky_auth", FAILS_IN_ONE_WORKER), deployment.dropins)
-    deployment.listeners += (f'\n<EventListener type="ClientAuthenticator" name="flaky_auth" orderId="50">'
-                             f'<Property name="failIn">{marker}</Property></EventListener>')
+    deployment.listeners += (
+        f'\n<EventListener type="ClientAuthenticator" name="flaky_auth" orderId="50">'
+        f'<Property name="failIn">{marker}</Property></EventListener>'
+    )
     deployment.write()
     server = start_server(deployment, "--workers", "2")
     try:
         marker.write_text(str(workers_of(server)[0]))
         deployment.listeners = deployment.listeners.replace(
-            'name="basic_auth" orderId="100" enable="true"', 'name="basic_auth" orderId="100" enable="false"')
+            'name="basic_auth" orderId="100" enable="true"', 'name="basic_auth" orderId="100" enable="false"'
+        )
         deployment.write()
         server.process.send_signal(signal.SIGHUP)
         server.wait_for_log("could not load the configuration the supervisor checked")

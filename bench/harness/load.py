@@ -19,8 +19,17 @@ from dataclasses import dataclass, field
 
 from .servers import ROOT, Clients, Server
 
-__all__ = ["LOADGEN", "Calm", "Scenario", "SCENARIOS", "Settings", "loadgen_argv", "run_scenario",
-           "summarize", "loadgen_bound"]
+__all__ = [
+    "LOADGEN",
+    "Calm",
+    "Scenario",
+    "SCENARIOS",
+    "Settings",
+    "loadgen_argv",
+    "run_scenario",
+    "summarize",
+    "loadgen_bound",
+]
 
 LOADGEN = ROOT / "bench" / "loadgen" / "loadgen"
 FORM = "Content-Type: application/x-www-form-urlencoded"
@@ -40,14 +49,39 @@ class Scenario:
 
 
 SCENARIOS = {
-    "s1": Scenario("s1", "client_credentials, self_signed_tls_client_auth, keep-alive",
-                   "/oauth2/token", mtls=True, basic=False, new_conn=False),
-    "s2": Scenario("s2", "client_credentials, self_signed_tls_client_auth, new TLS connection"
-                   " per request", "/oauth2/token", mtls=True, basic=False, new_conn=True),
-    "s3": Scenario("s3", "client_credentials, client_secret_basic, keep-alive",
-                   "/oauth2/token", mtls=False, basic=True, new_conn=False),
-    "s4": Scenario("s4", "introspection of a certificate-bound token (Basic), keep-alive",
-                   "/oauth2/introspect", mtls=False, basic=True, new_conn=False, introspect=True),
+    "s1": Scenario(
+        "s1",
+        "client_credentials, self_signed_tls_client_auth, keep-alive",
+        "/oauth2/token",
+        mtls=True,
+        basic=False,
+        new_conn=False,
+    ),
+    "s2": Scenario(
+        "s2",
+        "client_credentials, self_signed_tls_client_auth, new TLS connection per request",
+        "/oauth2/token",
+        mtls=True,
+        basic=False,
+        new_conn=True,
+    ),
+    "s3": Scenario(
+        "s3",
+        "client_credentials, client_secret_basic, keep-alive",
+        "/oauth2/token",
+        mtls=False,
+        basic=True,
+        new_conn=False,
+    ),
+    "s4": Scenario(
+        "s4",
+        "introspection of a certificate-bound token (Basic), keep-alive",
+        "/oauth2/introspect",
+        mtls=False,
+        basic=True,
+        new_conn=False,
+        introspect=True,
+    ),
 }
 
 
@@ -65,13 +99,17 @@ class Calm:
             return 0.0
         started = time.monotonic()
         while True:
-            busy0, cpu0, self0, t0 = _machine_busy_s(), server.proc.cpu_s(), time.process_time(), time.monotonic()
+            busy0, cpu0, self0, t0 = (
+                _machine_busy_s(),
+                server.proc.cpu_s(),
+                time.process_time(),
+                time.monotonic(),
+            )
             time.sleep(1.0)
             ours = server.proc.cpu_s() - cpu0 + time.process_time() - self0
             other = (_machine_busy_s() - busy0 - ours) / (time.monotonic() - t0) * 100
             spent = time.monotonic() - started
-            if (other <= threshold_pct or spent >= self.per_round_s
-                    or self.waited_s + spent >= self.budget_s):
+            if other <= threshold_pct or spent >= self.per_round_s or self.waited_s + spent >= self.budget_s:
                 self.waited_s += spent
                 return round(spent, 1)
             time.sleep(1.0)
@@ -91,15 +129,34 @@ class Settings:
     calm: Calm = field(default_factory=Calm)
 
 
-def loadgen_argv(scenario: Scenario, server: Server, clients: Clients, settings: Settings,
-          token: str | None) -> list[str]:
-    argv = [str(LOADGEN), "--url", server.base + scenario.path, "--cacert",
-            str(clients.server_cert), "-H", FORM, "-c", str(settings.connections),
-            "-d", str(settings.duration), "--warmup", str(settings.warmup),
-            "--expect-status", "200", "--json"]
+def loadgen_argv(
+    scenario: Scenario, server: Server, clients: Clients, settings: Settings, token: str | None
+) -> list[str]:
+    argv = [
+        str(LOADGEN),
+        "--url",
+        server.base + scenario.path,
+        "--cacert",
+        str(clients.server_cert),
+        "-H",
+        FORM,
+        "-c",
+        str(settings.connections),
+        "-d",
+        str(settings.duration),
+        "--warmup",
+        str(settings.warmup),
+        "--expect-status",
+        "200",
+        "--json",
+    ]
     if scenario.mtls:
-        argv += ["--cert-list", str(clients.cert_list),
-                 "--body", "grant_type=client_credentials&client_id={client_id}"]
+        argv += [
+            "--cert-list",
+            str(clients.cert_list),
+            "--body",
+            "grant_type=client_credentials&client_id={client_id}",
+        ]
     elif scenario.introspect:
         argv += ["--body", f"token={token}"]
     else:
@@ -164,8 +221,13 @@ def _median(rounds: list[dict[str, object]], key: str) -> float | None:
     return round(statistics.median(values), 3) if values else None  # type: ignore[arg-type]
 
 
-def run_scenario(scenario: Scenario, targets: list[tuple[Server, str | None]], clients: Clients,
-                 settings: Settings, log=print) -> dict[str, dict[str, object]]:  # noqa: ANN001
+def run_scenario(
+    scenario: Scenario,
+    targets: list[tuple[Server, str | None]],
+    clients: Clients,
+    settings: Settings,
+    log=print,
+) -> dict[str, dict[str, object]]:  # noqa: ANN001
     """Run *settings.rounds* rounds on each server of *targets* (server, token for scenario 4),
     interleaved: round 1 on every server, then round 2, and so on, so that whatever else the
     machine does falls on all of them alike. Per server: the medians, the CPU peaks, every round.
@@ -174,13 +236,18 @@ def run_scenario(scenario: Scenario, targets: list[tuple[Server, str | None]], c
     *settings.disturbed_pct* of a CPU is marked disturbed and, up to *settings.retries* extra
     rounds, run again. The medians use the undisturbed rounds if there are any.
     """
-    argvs = {server.name: loadgen_argv(scenario, server, clients, settings, token)
-             for server, token in targets}
+    argvs = {
+        server.name: loadgen_argv(scenario, server, clients, settings, token) for server, token in targets
+    }
     rounds: dict[str, list[dict[str, object]]] = {name: [] for name in argvs}
     calm = dict.fromkeys(argvs, 0)
     for number in range(settings.rounds + settings.retries):
-        pending = [server for server, _ in targets if calm[server.name] < settings.rounds
-                   and not (number >= settings.rounds and "failed" in rounds[server.name][-1])]
+        pending = [
+            server
+            for server, _ in targets
+            if calm[server.name] < settings.rounds
+            and not (number >= settings.rounds and "failed" in rounds[server.name][-1])
+        ]
         for server in pending:
             waited = settings.calm.wait(server, settings.disturbed_pct)
             result = run_round(argvs[server.name], settings, server)
@@ -191,13 +258,15 @@ def run_scenario(scenario: Scenario, targets: list[tuple[Server, str | None]], c
                 continue
             result["disturbed"] = float(result["other_cpu_pct"]) > settings.disturbed_pct  # type: ignore[arg-type]
             calm[server.name] += not result["disturbed"]
-            log(f"    {server.name} round {number + 1}: {result['rps']:.0f} rps, p50 {result['p50_ms']} ms,"
+            log(
+                f"    {server.name} round {number + 1}: {result['rps']:.0f} rps, p50 {result['p50_ms']} ms,"
                 f" p99 {result['p99_ms']} ms, errors {result['errors']['total']},"  # type: ignore[index]
                 f" loadgen cpu {result['cpu_pct']:.0f}%, server cpu {result['server_cpu_pct']:.0f}%,"
                 f" other {result['other_cpu_pct']:.0f}%"
                 + (f", waited {waited:.0f} s for calm" if waited >= 2 else "")
                 + (" (no response completed in the window)" if result.get("no_responses") else "")
-                + (" DISTURBED" if result["disturbed"] else ""))
+                + (" DISTURBED" if result["disturbed"] else "")
+            )
     return {name: summarize(scenario, rounds[name], argvs[name]) for name in argvs}
 
 

@@ -91,8 +91,16 @@ def tree_fds(pid: int) -> int:
 class Proc:
     """One started server process."""
 
-    def __init__(self, name: str, argv: list[str], *, log: Path, env: dict[str, str] | None = None,
-                 cpus: str | None = None, cwd: Path | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        log: Path,
+        env: dict[str, str] | None = None,
+        cpus: str | None = None,
+        cwd: Path | None = None,
+    ):
         self.name = name
         self.log = log
         self.lines: list[str] = []
@@ -101,8 +109,14 @@ class Proc:
         self.started = time.monotonic()
         with open(log, "w") as err:
             self.popen = subprocess.Popen(
-                full, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, cwd=cwd)
+                full,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                cwd=cwd,
+            )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -136,9 +150,11 @@ class Proc:
                     break
                 self._new_line.wait(min(left, 0.2))
         self.stop()
-        raise StartupError(f"{self.name} did not print a ready line within {timeout:.0f} s"
-                           f" (exit status {self.popen.returncode}); stdout: {self.lines[-5:]};"
-                           f" log {self.log}:\n{self.log_tail()}")
+        raise StartupError(
+            f"{self.name} did not print a ready line within {timeout:.0f} s"
+            f" (exit status {self.popen.returncode}); stdout: {self.lines[-5:]};"
+            f" log {self.log}:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 20) -> str:
         try:

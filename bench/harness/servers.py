@@ -32,8 +32,19 @@ from pathlib import Path
 
 from .procs import Proc, Procs
 
-__all__ = ["ROOT", "LANES", "Clients", "Deployment", "Server", "start_tokensmith", "start_node",
-           "start_bare", "post", "fetch_token", "introspect"]
+__all__ = [
+    "ROOT",
+    "LANES",
+    "Clients",
+    "Deployment",
+    "Server",
+    "start_tokensmith",
+    "start_node",
+    "start_bare",
+    "post",
+    "fetch_token",
+    "introspect",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -74,9 +85,20 @@ class Clients:
 
     @classmethod
     def generate(cls, out: Path, count: int, real: int) -> Clients:
-        subprocess.run([sys.executable, str(PEERS / "gen_clients.py"), str(out), "--count",
-                        str(count), "--real", str(real)], check=True, capture_output=True,
-                       timeout=600)
+        subprocess.run(
+            [
+                sys.executable,
+                str(PEERS / "gen_clients.py"),
+                str(out),
+                "--count",
+                str(count),
+                "--real",
+                str(real),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         return cls(out, count)
 
     @property
@@ -157,10 +179,9 @@ class Deployment:
         """Every client of clients.jsonl, through the storage API (the CLI is one process per
         client: far too slow for 100,000). The client_ids are gen_clients.py's."""
         from cryptography import x509
-
+        from tokensmith.models import Client
         from tokensmith.oauth.registration import registered_certificate
         from tokensmith.storage.sqlite import SQLiteStorage
-        from tokensmith.models import Client
 
         started = time.perf_counter()
         store = SQLiteStorage(self.root / "var" / "tokensmith.db")
@@ -170,11 +191,16 @@ class Deployment:
                 for line in lines:
                     item = json.loads(line)
                     cert = x509.load_der_x509_certificate(base64.b64decode(item["cert_der_b64"]))
-                    store.add_client(Client(
-                        client_id=item["client_id"], name=item["client_id"],
-                        token_endpoint_auth_method=item["token_endpoint_auth_method"],
-                        grant_types=("client_credentials",), created_at=now,
-                        certificates=(registered_certificate(cert),)))
+                    store.add_client(
+                        Client(
+                            client_id=item["client_id"],
+                            name=item["client_id"],
+                            token_endpoint_auth_method=item["token_endpoint_auth_method"],
+                            grant_types=("client_credentials",),
+                            created_at=now,
+                            certificates=(registered_certificate(cert),),
+                        )
+                    )
                     self.registered += 1
         finally:
             store.close()
@@ -182,8 +208,18 @@ class Deployment:
 
     def register_basic(self) -> None:
         """The client_secret_basic client of scenarios 3 and 4, with the CLI as a user would."""
-        shown = json.loads(self.cli("sp", "add", "bench-basic", "--grant-type", "client_credentials",
-                                    "--resource-server", "--auth-method", "client_secret_basic"))
+        shown = json.loads(
+            self.cli(
+                "sp",
+                "add",
+                "bench-basic",
+                "--grant-type",
+                "client_credentials",
+                "--resource-server",
+                "--auth-method",
+                "client_secret_basic",
+            )
+        )
         self.basic_id, self.basic_secret = shown["client_id"], shown["client_secret"]
 
 
@@ -205,8 +241,16 @@ def _ready(proc: Proc, pattern: str, timeout: float) -> tuple[str, float, float]
     return match.group(1), elapsed, proc.rss_mb()
 
 
-def start_tokensmith(procs: Procs, dep: Deployment, work: Path, *, lane: str = "hypercorn",
-                     workers: int = 1, cpus: str | None = "0", timeout: float = 60) -> Server:
+def start_tokensmith(
+    procs: Procs,
+    dep: Deployment,
+    work: Path,
+    *,
+    lane: str = "hypercorn",
+    workers: int = 1,
+    cpus: str | None = "0",
+    timeout: float = 60,
+) -> Server:
     """`tokensmith serve` on *lane*'s conf directory; the server is labelled LANES[lane]."""
     from tokensmith.config.settings import load_config
 
@@ -219,41 +263,70 @@ def start_tokensmith(procs: Procs, dep: Deployment, work: Path, *, lane: str = "
     args = [str(TOKENSMITH), "serve", "--conf", str(conf)]
     if workers != 1:
         args += ["--workers", str(workers)]
-    proc = procs.start(f"{label}-w{workers}", args, log=work / f"{label}-{time.time_ns()}.log",
-                       cpus=cpus)
+    proc = procs.start(f"{label}-w{workers}", args, log=work / f"{label}-{time.time_ns()}.log", cpus=cpus)
     url, startup, rss = _ready(proc, r"^tokensmith serving (https://\S+)/oauth2/token", timeout)
     server = Server(label, url, proc, startup, rss, (dep.basic_id, dep.basic_secret))
     server.extra["lane"] = lane
     return server
 
 
-def start_node(procs: Procs, clients: Clients, work: Path, *, adapter: str,
-               cpus: str | None = "0", timeout: float = 120) -> Server:
-    env = {"PORT": "0", "TLS_CERT": str(clients.server_cert), "TLS_KEY": str(clients.server_key),
-           "CLIENTS_FILE": str(clients.dir / "node-oidc-clients.json"), "ADAPTER": adapter}
-    proc = procs.start("node-oidc", ["node", str(PEERS / "node-oidc" / "server.js")],
-                       log=work / f"node-{time.time_ns()}.log", env=env, cpus=cpus)
+def start_node(
+    procs: Procs, clients: Clients, work: Path, *, adapter: str, cpus: str | None = "0", timeout: float = 120
+) -> Server:
+    env = {
+        "PORT": "0",
+        "TLS_CERT": str(clients.server_cert),
+        "TLS_KEY": str(clients.server_key),
+        "CLIENTS_FILE": str(clients.dir / "node-oidc-clients.json"),
+        "ADAPTER": adapter,
+    }
+    proc = procs.start(
+        "node-oidc",
+        ["node", str(PEERS / "node-oidc" / "server.js")],
+        log=work / f"node-{time.time_ns()}.log",
+        env=env,
+        cpus=cpus,
+    )
     url, startup, rss = _ready(proc, r"^ready (https://\S+)", timeout)
     server = Server("node-oidc", url, proc, startup, rss, ("bench-basic", "bench-basic-secret"))
     server.extra["startup_line"] = proc.log_tail(1)
     return server
 
 
-def start_bare(procs: Procs, clients: Clients, work: Path, *, cpus: str | None = "0",
-               timeout: float = 60) -> Server:
-    env = {"PORT": "0", "TLS_CERT": str(clients.server_cert), "TLS_KEY": str(clients.server_key),
-           "TLS_MODE": "accept-any", "PYTHON": str(VENV_BIN / "python")}
-    proc = procs.start("bare-hypercorn", [str(PEERS / "bare_hypercorn" / "run.sh")],
-                       log=work / f"bare-{time.time_ns()}.log", env=env, cpus=cpus)
+def start_bare(
+    procs: Procs, clients: Clients, work: Path, *, cpus: str | None = "0", timeout: float = 60
+) -> Server:
+    env = {
+        "PORT": "0",
+        "TLS_CERT": str(clients.server_cert),
+        "TLS_KEY": str(clients.server_key),
+        "TLS_MODE": "accept-any",
+        "PYTHON": str(VENV_BIN / "python"),
+    }
+    proc = procs.start(
+        "bare-hypercorn",
+        [str(PEERS / "bare_hypercorn" / "run.sh")],
+        log=work / f"bare-{time.time_ns()}.log",
+        env=env,
+        cpus=cpus,
+    )
     url, startup, rss = _ready(proc, r"^ready (https://\S+)", timeout)
     return Server("bare-hypercorn", url, proc, startup, rss, ("bench-basic", "bench-basic-secret"))
 
 
 # -- one-off requests ---------------------------------------------------------------------------
 
-def post(base: str, path: str, form: dict[str, str], *, cafile: Path,
-         cert: tuple[Path, Path] | None = None, basic: tuple[str, str] | None = None,
-         timeout: float = 10) -> tuple[int, dict[str, object]]:
+
+def post(
+    base: str,
+    path: str,
+    form: dict[str, str],
+    *,
+    cafile: Path,
+    cert: tuple[Path, Path] | None = None,
+    basic: tuple[str, str] | None = None,
+    timeout: float = 10,
+) -> tuple[int, dict[str, object]]:
     """POST a form on a new TLS connection (HTTP/1.1); the status and the JSON body."""
     context = ssl.create_default_context(cafile=str(cafile))
     if cert is not None:
@@ -281,17 +354,22 @@ def post(base: str, path: str, form: dict[str, str], *, cafile: Path,
 def fetch_token(server: Server, clients: Clients) -> str:
     """An access token for the first mutual-TLS client, bound to its certificate."""
     cert, key, client_id = clients.first()
-    status, data = post(server.base, "/oauth2/token",
-                        {"grant_type": "client_credentials", "client_id": client_id},
-                        cafile=clients.server_cert, cert=(cert, key))
+    status, data = post(
+        server.base,
+        "/oauth2/token",
+        {"grant_type": "client_credentials", "client_id": client_id},
+        cafile=clients.server_cert,
+        cert=(cert, key),
+    )
     if status != 200 or "access_token" not in data:
         raise RuntimeError(f"{server.name}: token request for {client_id} got {status} {data}")
     return str(data["access_token"])
 
 
 def introspect(server: Server, clients: Clients, token: str) -> dict[str, object]:
-    status, data = post(server.base, "/oauth2/introspect", {"token": token},
-                        cafile=clients.server_cert, basic=server.basic)
+    status, data = post(
+        server.base, "/oauth2/introspect", {"token": token}, cafile=clients.server_cert, basic=server.basic
+    )
     if status != 200:
         raise RuntimeError(f"{server.name}: introspection got {status} {data}")
     return data

@@ -66,11 +66,13 @@ def _os_name() -> str | None:
 
 
 def versions() -> dict[str, object]:
-    probe = ("import importlib.metadata as m, json, ssl, sys\n"
-             "v = {p: m.version(p) for p in ('tokensmith', 'hypercorn', 'quart', 'h11', 'h2',"
-             " 'httptools', 'cryptography', 'pluggy')}\n"
-             "v['python'] = sys.version.split()[0]; v['python_openssl'] = ssl.OPENSSL_VERSION\n"
-             "print(json.dumps(v))")
+    probe = (
+        "import importlib.metadata as m, json, ssl, sys\n"
+        "v = {p: m.version(p) for p in ('tokensmith', 'hypercorn', 'quart', 'h11', 'h2',"
+        " 'httptools', 'cryptography', 'pluggy')}\n"
+        "v['python'] = sys.version.split()[0]; v['python_openssl'] = ssl.OPENSSL_VERSION\n"
+        "print(json.dumps(v))"
+    )
     found: dict[str, object] = json.loads(_run([str(VENV_BIN / "python"), "-c", probe]) or "{}")
     found["harness_python"] = sys.version.split()[0]
     found["system_openssl"] = _run(["openssl", "version"])  # loadgen links the system libssl

@@ -15,20 +15,29 @@ Client certificates must be signed by --ca.  Paths:
   /client-id  200 if the form body's client_id equals the client certificate's CN, else 400
   /stats      JSON counters (connections, resumed sessions, requests by path and client CN)
 """
+
 import argparse
 import asyncio
 import collections
 import json
 import ssl
 
-stats = {"connections": 0, "resumed": 0, "tls_versions": collections.Counter(),
-         "paths": collections.Counter(), "clients": collections.Counter(), "bad_body": 0}
+stats = {
+    "connections": 0,
+    "resumed": 0,
+    "tls_versions": collections.Counter(),
+    "paths": collections.Counter(),
+    "clients": collections.Counter(),
+    "bad_body": 0,
+}
 
 
 def response(status, body, extra="", head=False):
     reason = {200: "OK", 503: "Service Unavailable"}.get(status, "X")
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + (b"" if head else body)
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + (b"" if head else body)
 
 
 async def handle(reader, writer):
@@ -43,8 +52,7 @@ async def handle(reader, writer):
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             method, path, _ = lines[0].split(" ", 2)
-            hdrs = {k.strip().lower(): v.strip() for k, v in
-                    (ln.split(":", 1) for ln in lines[1:] if ln)}
+            hdrs = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)}
             n = int(hdrs.get("content-length", "0"))
             body = await reader.readexactly(n) if n else b""
             if len(body) != n:
@@ -53,9 +61,11 @@ async def handle(reader, writer):
             stats["clients"][cn] += 1
             client_close = hdrs.get("connection", "").lower() == "close"
             if path == "/chunked":
-                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                             b"5;ext=1\r\nhello\r\n1\r\n \r\n"
-                             b"A\r\nworld!!!!!\r\n0\r\nX-Trailer: yes\r\n\r\n")
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"5;ext=1\r\nhello\r\n1\r\n \r\n"
+                    b"A\r\nworld!!!!!\r\n0\r\nX-Trailer: yes\r\n\r\n"
+                )
             elif path == "/big":
                 writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
                 for _ in range(16):

@@ -17,7 +17,6 @@ if _os.path.basename(_sys.argv[0]) == "tokensmith" and _sys.argv[1:2] == ["serve
     # supervisor can take it.
     _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGHUP})
 
-from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest
 from tokensmith.errors import (
     InvalidClientError,
     InvalidGrantError,
@@ -27,9 +26,11 @@ from tokensmith.errors import (
     ServerError,
     UnauthorizedClientError,
 )
+from tokensmith.listeners.registry import Listener
+from tokensmith.models import Client, RegisteredCertificate
+from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest
 from tokensmith.oauth.events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
 from tokensmith.oauth.hookspecs import hookimpl
-from tokensmith.listeners.registry import Listener
 from tokensmith.security.x509 import (
     DN_MATCHING,
     FORWARDED_FORMATS,
@@ -41,7 +42,6 @@ from tokensmith.security.x509 import (
     verify_chain,
     x5t_s256,
 )
-from tokensmith.models import Client, RegisteredCertificate
 
 __all__ = [
     "hookimpl",

@@ -49,8 +49,12 @@ class RegisteredCertificate:
     der: bytes = field(default=b"", repr=False)
 
     def view(self) -> dict[str, object]:
-        return {"sha256": self.sha256, "subject": self.subject,
-                "not_before": self.not_before, "not_after": self.not_after}
+        return {
+            "sha256": self.sha256,
+            "subject": self.subject,
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+        }
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,12 @@ class Client:
             view["certificates"] = [c.view() for c in self.certificates]
         if self.tls_subject is not None:
             view[self.tls_subject[0]] = self.tls_subject[1]
-        for name in ("access_token_lifetime", "refresh_token_lifetime", "refresh_token_max_lifetime",
-                     "jwt_access_tokens"):
+        for name in (
+            "access_token_lifetime",
+            "refresh_token_lifetime",
+            "refresh_token_max_lifetime",
+            "jwt_access_tokens",
+        ):
             if getattr(self, name) is not None:
                 view[name] = getattr(self, name)
         if self.resource_server:
@@ -174,8 +182,13 @@ class User:
     last_failure: int = 0
 
     def public_view(self) -> dict[str, object]:
-        return {"username": self.username, "user_id": self.user_id, "created_at": self.created_at,
-                "failed_attempts": self.failed_attempts, "locked_until": self.locked_until}
+        return {
+            "username": self.username,
+            "user_id": self.user_id,
+            "created_at": self.created_at,
+            "failed_attempts": self.failed_attempts,
+            "locked_until": self.locked_until,
+        }
 
 
 class Storage(Protocol):

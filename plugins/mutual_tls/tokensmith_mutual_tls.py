@@ -33,7 +33,7 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tokensmith import (
     DN_MATCHING,
@@ -86,9 +86,10 @@ def listener_configure(listener: Listener) -> None:
     moved = [name for name in _MOVED if name in props]
     if moved:
         raise ValueError(
-            f"{', '.join(moved)} moved to <OAuth><ClientCertificateHeader name=\"...\""
+            f'{", ".join(moved)} moved to <OAuth><ClientCertificateHeader name="..."'
             ' format="..." trustedProxies="..."/> in identity.xml, so that every authenticator'
-            " and token binding use the forwarded certificate")
+            " and token binding use the forwarded certificate"
+        )
     unknown = set(props) - {"AllowExpiredSelfSigned", "SubjectDNMatching"}
     if unknown:
         raise ValueError(f"unknown properties: {', '.join(sorted(unknown))}")
@@ -96,7 +97,9 @@ def listener_configure(listener: Listener) -> None:
     if dn_matching not in DN_MATCHING:
         raise ValueError(f"SubjectDNMatching must be one of {', '.join(DN_MATCHING)}, not {dn_matching!r}")
     listener.stash["settings"] = Settings(
-        allow_expired_self_signed=_bool("AllowExpiredSelfSigned", props.get("AllowExpiredSelfSigned", "false")),
+        allow_expired_self_signed=_bool(
+            "AllowExpiredSelfSigned", props.get("AllowExpiredSelfSigned", "false")
+        ),
         dn_matching=dn_matching,
     )
 
@@ -138,7 +141,7 @@ async def authenticate_client(request: ClientAuthRequest, listener: Listener) ->
     if client.tls_subject is None:
         raise _refused(client_id, "the client has no registered certificate subject")
     try:
-        leaf = verify_chain(chain, request.trust_anchors(), datetime.fromtimestamp(now, timezone.utc))
+        leaf = verify_chain(chain, request.trust_anchors(), datetime.fromtimestamp(now, UTC))
         kind, value = client.tls_subject
         if kind == "tls_client_auth_subject_dn":
             matched = dn_matches(value, leaf, settings.dn_matching)

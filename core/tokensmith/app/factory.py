@@ -21,19 +21,30 @@ from werkzeug.exceptions import HTTPException
 
 from tokensmith.app.fastlane import NO_STORE, OAuthEndpoints
 from tokensmith.config.settings import Config, IdentitySettings, PublicUrls, load_identity, public_urls
-from tokensmith.listeners.dropins import DropinLoader
+from tokensmith.config.xml import ConfigError
 from tokensmith.errors import OAuth2Error, ServerError, TemporarilyUnavailableError
-from tokensmith.security.hashing import VerifiedSecrets
+from tokensmith.listeners.dropins import DropinLoader
 from tokensmith.listeners.registry import ListenerSet, build_listeners
-from tokensmith.security.signing import SigningKeys
-from tokensmith.storage.sqlite import SQLiteStorage
 from tokensmith.models import Storage, StorageError
 from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
+from tokensmith.security.hashing import VerifiedSecrets
+from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
-from tokensmith.config.xml import ConfigError
+from tokensmith.storage.sqlite import SQLiteStorage
 
-__all__ = ["create_app", "reload_app", "one_line", "inspect_listeners", "issuer_url", "public_urls_of",
-           "bound_ports", "Runtime", "runtime", "json_response", "NO_STORE"]
+__all__ = [
+    "create_app",
+    "reload_app",
+    "one_line",
+    "inspect_listeners",
+    "issuer_url",
+    "public_urls_of",
+    "bound_ports",
+    "Runtime",
+    "runtime",
+    "json_response",
+    "NO_STORE",
+]
 
 log = logging.getLogger("tokensmith")
 
@@ -63,7 +74,9 @@ def runtime(app: Quart) -> Runtime:
     return app.extensions[_RUNTIME]
 
 
-def json_response(body: dict[str, object], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    body: dict[str, object], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(
         json.dumps(body, separators=(",", ":")),
         status=status,
@@ -88,15 +101,28 @@ def issuer_url(app: Quart) -> str:
     return public_urls_of(app).issuer
 
 
-def _build_runtime(app: Quart, config: Config, identity: IdentitySettings, loader: DropinLoader,
-                   storage: Storage, truststore: Truststore, signing: SigningKeys,
-                   verified: VerifiedSecrets, generation: int) -> Runtime:
+def _build_runtime(
+    app: Quart,
+    config: Config,
+    identity: IdentitySettings,
+    loader: DropinLoader,
+    storage: Storage,
+    truststore: Truststore,
+    signing: SigningKeys,
+    verified: VerifiedSecrets,
+    generation: int,
+) -> Runtime:
     listeners = build_listeners(loader.load(identity.allowed_wheels), identity)
     jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
-    issuer = TokenIssuer(storage, listeners, identity.access_token_lifetime,
-                         identity.refresh_token_lifetime, jwt, identity.refresh_token_max_lifetime)
-    return Runtime(config, identity, storage, listeners, issuer, truststore, signing, verified,
-                   generation)
+    issuer = TokenIssuer(
+        storage,
+        listeners,
+        identity.access_token_lifetime,
+        identity.refresh_token_lifetime,
+        jwt,
+        identity.refresh_token_max_lifetime,
+    )
+    return Runtime(config, identity, storage, listeners, issuer, truststore, signing, verified, generation)
 
 
 def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
@@ -115,10 +141,17 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     loader = DropinLoader(config.server.dropins, unpack_root)
     try:
         storage = SQLiteStorage(config.server.database)
-        first = _build_runtime(app, config, config.identity, loader, storage,
-                               Truststore(config.server.truststore),
-                               SigningKeys(config.conf_dir / "security" / "signing"),
-                               VerifiedSecrets(), 1)
+        first = _build_runtime(
+            app,
+            config,
+            config.identity,
+            loader,
+            storage,
+            Truststore(config.server.truststore),
+            SigningKeys(config.conf_dir / "security" / "signing"),
+            VerifiedSecrets(),
+            1,
+        )
     except BaseException:
         loader.close()
         raise
@@ -128,8 +161,8 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.extensions[_LOADER] = loader
     app.register_blueprint(oauth)
     app.asgi_app = OAuthEndpoints(  # type: ignore[method-assign]
-        POST_ENDPOINTS, lambda: runtime(app), lambda: runtime(app).identity.max_body_bytes,
-        app.asgi_app)
+        POST_ENDPOINTS, lambda: runtime(app), lambda: runtime(app).identity.max_body_bytes, app.asgi_app
+    )
 
     purging: list[asyncio.Task] = []
 
@@ -163,8 +196,12 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
         headers = {"Cache-Control": "no-store"}
         if status == 405:
             headers["Allow"] = ", ".join(sorted(set(getattr(error, "valid_methods", None) or ["GET"])))
-        return Response(f"{status} {error.name}\n", status=status, headers=headers,
-                        content_type="text/plain; charset=utf-8")
+        return Response(
+            f"{status} {error.name}\n",
+            status=status,
+            headers=headers,
+            content_type="text/plain; charset=utf-8",
+        )
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
@@ -224,8 +261,9 @@ async def _purge(storage: Storage) -> int:
     return removed
 
 
-def inspect_listeners(config: Config, identity: IdentitySettings | None = None,
-                      unpack_root: Path | None = None) -> ListenerSet:
+def inspect_listeners(
+    config: Config, identity: IdentitySettings | None = None, unpack_root: Path | None = None
+) -> ListenerSet:
     """Load dropins/ and order the listeners as a server would, without serving.
 
     Used to check a configuration (``plugins list``, and the supervisor's check process
@@ -259,15 +297,25 @@ def reload_app(app: Quart) -> bool:
     current = runtime(app)
     try:
         identity = load_identity(current.identity.path)
-        new = _build_runtime(app, current.config, identity, app.extensions[_LOADER],
-                             current.storage, current.truststore, current.signing,
-                             current.verified_secrets, current.generation + 1)
+        new = _build_runtime(
+            app,
+            current.config,
+            identity,
+            app.extensions[_LOADER],
+            current.storage,
+            current.truststore,
+            current.signing,
+            current.verified_secrets,
+            current.generation + 1,
+        )
     except BaseException as exc:  # noqa: B036 - nothing read from disk may stop a running server
-        log.error("reload refused, still serving configuration %d: %s", current.generation,
-                  one_line(exc))
+        log.error("reload refused, still serving configuration %d: %s", current.generation, one_line(exc))
         return False
     app.config["MAX_CONTENT_LENGTH"] = identity.max_body_bytes
     app.extensions[_RUNTIME] = new
-    log.info("reloaded: configuration %d with %d listeners", new.generation,
-             sum(1 for item in new.listeners if item.enabled))
+    log.info(
+        "reloaded: configuration %d with %d listeners",
+        new.generation,
+        sum(1 for item in new.listeners if item.enabled),
+    )
     return True

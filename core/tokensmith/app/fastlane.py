@@ -31,8 +31,11 @@ TIMEOUT_KEY = "tokensmith.timeout"
 
 #: RFC 6749 §5.1: token responses "MUST include ... Cache-Control: no-store ... Pragma: no-cache".
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"),
-                 (b"pragma", b"no-cache")]
+_JSON_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"cache-control", b"no-store"),
+    (b"pragma", b"no-cache"),
+]
 
 
 class Headers(Mapping[str, str]):
@@ -92,8 +95,13 @@ Endpoint = Callable[[Any, HttpRequest], Awaitable[Answer]]
 class OAuthEndpoints:
     """ASGI middleware: POST endpoints from *routes* here, everything else to *fallback*."""
 
-    def __init__(self, routes: Mapping[str, Endpoint], runtime: Callable[[], Any],
-                 max_body: Callable[[], int], fallback: Callable[..., Awaitable[None]]):
+    def __init__(
+        self,
+        routes: Mapping[str, Endpoint],
+        runtime: Callable[[], Any],
+        max_body: Callable[[], int],
+        fallback: Callable[..., Awaitable[None]],
+    ):
         self.routes = routes
         self.runtime = runtime
         self.max_body = max_body
@@ -106,8 +114,10 @@ class OAuthEndpoints:
             return
         if scope["method"] != "POST":
             # RFC 6749 §3.2: "The client MUST use the HTTP "POST" method".
-            await _send(send, Answer(405, {"error": "invalid_request",
-                                           "error_description": "use POST"}, {"Allow": "POST"}))
+            await _send(
+                send,
+                Answer(405, {"error": "invalid_request", "error_description": "use POST"}, {"Allow": "POST"}),
+            )
             return
         headers = Headers(scope["headers"])
         timeout = scope.get("extensions", {}).get(TIMEOUT_KEY, 10.0)
@@ -123,8 +133,9 @@ class OAuthEndpoints:
             # has no Connection field (RFC 9113 §8.2.2: sending one is a connection error);
             # the stream ends with the answer and the connection goes on.
             close = {"Connection": "close"} if scope.get("http_version") != "2" else {}
-            answer = Answer(refused.status, {"error": "invalid_request", "error_description": refused.reason},
-                            close)
+            answer = Answer(
+                refused.status, {"error": "invalid_request", "error_description": refused.reason}, close
+            )
         except OAuth2Error as error:
             answer = Answer(error.status_code, error.body(), error.headers)
         except StorageError as error:
@@ -171,7 +182,9 @@ async def _read_body(receive: Callable, headers: Headers, limit: int) -> bytes:
 async def _send(send: Callable, answer: Answer) -> None:
     body = b"" if answer.body is None else json.dumps(answer.body, separators=(",", ":")).encode()
     headers = list(_JSON_HEADERS) if answer.body is not None else [(b"cache-control", b"no-store")]
-    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
+    headers += [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()
+    ]
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

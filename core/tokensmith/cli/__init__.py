@@ -12,75 +12,111 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tokensmith.cli import clients as cli_clients
-
 from tokensmith.cli import security as cli_security
-
 from tokensmith.cli import signing as cli_signing
-
 from tokensmith.cli import users as cli_users
 from tokensmith.cli.base import CLIError, Parser, common_options
 from tokensmith.config.settings import ConfigError, load_config, public_urls
-from tokensmith.oauth.registration import RegistrationError
-from tokensmith.security.x509 import CertificateError
-from tokensmith.security.signing import SigningKeyError
 from tokensmith.models import StorageError
+from tokensmith.oauth.registration import RegistrationError
+from tokensmith.security.signing import SigningKeyError
 from tokensmith.security.truststore import TruststoreError
+from tokensmith.security.x509 import CertificateError
 
 __all__ = ["main", "CLIError"]
 
 Command = Callable[[argparse.Namespace], int]
 #: Errors whose message is meant for the user as it stands: one line, exit status 1.
-USER_ERRORS = (CLIError, ConfigError, StorageError, RegistrationError, CertificateError,
-               TruststoreError, SigningKeyError)
+USER_ERRORS = (
+    CLIError,
+    ConfigError,
+    StorageError,
+    RegistrationError,
+    CertificateError,
+    TruststoreError,
+    SigningKeyError,
+)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Command]]:
     common = common_options()
-    parser = Parser(prog="tokensmith", description="An OAuth 2.0 token server with pluggable"
-                     " client authentication and mutual TLS (RFC 8705).")
+    parser = Parser(
+        prog="tokensmith",
+        description="An OAuth 2.0 token server with pluggable"
+        " client authentication and mutual TLS (RFC 8705).",
+    )
     parser.add_argument("--version", action="version", version=f"tokensmith {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
 
-    serve = commands.add_parser("serve", parents=[common], help="run the server",
-                                description="Run the HTTPS server on the connectors of"
-                                " server.xml. Ctrl-C or SIGTERM stops it; SIGHUP reloads"
-                                " identity.xml and dropins/ without a restart.")
-    serve.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="worker processes, each with its own socket per connector on the"
-                       " same address (SO_REUSEPORT); the kernel spreads connections (default: 1)")
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="run the server",
+        description="Run the HTTPS server on the connectors of"
+        " server.xml. Ctrl-C or SIGTERM stops it; SIGHUP reloads"
+        " identity.xml and dropins/ without a restart.",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes, each with its own socket per connector on the"
+        " same address (SO_REUSEPORT); the kernel spreads connections (default: 1)",
+    )
 
     handlers: dict[tuple[str, str | None], Command] = {("serve", None): cmd_serve}
     handlers.update(cli_clients.add_commands(commands, common))
 
-    plugins = commands.add_parser("plugins", help="build and list listener plugins",
-                                  description="Build plugin wheels and list loaded listeners.")
-    plugin_commands = plugins.add_subparsers(dest="plugins_command", metavar="ACTION",
-                                             parser_class=Parser)
+    plugins = commands.add_parser(
+        "plugins",
+        help="build and list listener plugins",
+        description="Build plugin wheels and list loaded listeners.",
+    )
+    plugin_commands = plugins.add_subparsers(dest="plugins_command", metavar="ACTION", parser_class=Parser)
     plugin_commands.required = True
-    build = plugin_commands.add_parser("build", help="build plugin source trees into wheels",
-                                       description="Build each plugin directory into a wheel,"
-                                       " skipping those whose sources did not change.")
+    build = plugin_commands.add_parser(
+        "build",
+        help="build plugin source trees into wheels",
+        description="Build each plugin directory into a wheel, skipping those whose sources did not change.",
+    )
     build.add_argument("sources", nargs="+", type=Path, metavar="DIR")
-    build.add_argument("--out", type=Path, default=Path("dropins"), metavar="DIR",
-                       help="where to put the wheels (default: ./dropins)")
+    build.add_argument(
+        "--out",
+        type=Path,
+        default=Path("dropins"),
+        metavar="DIR",
+        help="where to put the wheels (default: ./dropins)",
+    )
     build.add_argument("--force", action="store_true", help="rebuild even if unchanged")
-    plist = plugin_commands.add_parser("list", parents=[common], help="list listeners",
-                                       description="Load dropins/ as the server would and list"
-                                       " every listener in calling order.")
+    plist = plugin_commands.add_parser(
+        "list",
+        parents=[common],
+        help="list listeners",
+        description="Load dropins/ as the server would and list every listener in calling order.",
+    )
     plist.add_argument("--json", action="store_true", help="print JSON")
-    plugin_commands.add_parser("pin", parents=[common], help="print pins for the current wheels",
-                               description="Check every wheel in dropins/ and print its SHA-256"
-                               " in sha256sum's format, for an <AllowedWheelsFile> in"
-                               " identity.xml.")
+    plugin_commands.add_parser(
+        "pin",
+        parents=[common],
+        help="print pins for the current wheels",
+        description="Check every wheel in dropins/ and print its SHA-256"
+        " in sha256sum's format, for an <AllowedWheelsFile> in"
+        " identity.xml.",
+    )
 
-    handlers.update({("plugins", "build"): cmd_plugins_build, ("plugins", "list"): cmd_plugins_list,
-                     ("plugins", "pin"): cmd_plugins_pin})
+    handlers.update(
+        {
+            ("plugins", "build"): cmd_plugins_build,
+            ("plugins", "list"): cmd_plugins_list,
+            ("plugins", "pin"): cmd_plugins_pin,
+        }
+    )
     handlers.update(cli_security.add_commands(commands, common))
     handlers.update(cli_users.add_commands(commands, common))
     handlers.update(cli_signing.add_commands(commands, common))
@@ -99,9 +135,11 @@ def _version() -> str:
 
 def _listener_lines(listeners, *, detail: bool = False, described: bool = False) -> list[str]:  # noqa: ANN001
     lines = []
-    for r in (listeners if described else (item.describe() for item in listeners)):
-        line = (f"listener {r['type']:<22} {r['name']:<18} orderId={r['orderId']:<5}"
-                f" {'enabled ' if r['enabled'] else 'disabled'} {r['wheel']}")
+    for r in listeners if described else (item.describe() for item in listeners):
+        line = (
+            f"listener {r['type']:<22} {r['name']:<18} orderId={r['orderId']:<5}"
+            f" {'enabled ' if r['enabled'] else 'disabled'} {r['wheel']}"
+        )
         if detail:
             line += f" version={r['version']} sha256={r['sha256']}"
         lines.append(line)
@@ -110,8 +148,8 @@ def _listener_lines(listeners, *, detail: bool = False, described: bool = False)
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from tokensmith.app.factory import bound_ports, create_app, reload_app, runtime
-    from tokensmith.security.keystore import load_keystore
     from tokensmith.http.server import bind, serve
+    from tokensmith.security.keystore import load_keystore
 
     if not 1 <= args.workers <= 64:
         raise CLIError(f"--workers {args.workers}: use 1 to 64")
@@ -214,8 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug of ours: one line, the traceback only on request
         if os.environ.get("TOKENSMITH_DEBUG"):
             raise
-        print(f"tokensmith: internal error: {type(exc).__name__}: {exc}"
-              " (set TOKENSMITH_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"tokensmith: internal error: {type(exc).__name__}: {exc}"
+            " (set TOKENSMITH_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 70
 
 

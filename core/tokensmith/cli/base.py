@@ -29,9 +29,13 @@ class Parser(argparse.ArgumentParser):
 def common_options() -> argparse.ArgumentParser:
     """The parent parser of every command that reads the configuration: ``--conf DIR``."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--conf", type=Path, default=Path("conf"), metavar="DIR",
-                        help="configuration directory with server.xml and identity.xml"
-                             " (default: ./conf)")
+    common.add_argument(
+        "--conf",
+        type=Path,
+        default=Path("conf"),
+        metavar="DIR",
+        help="configuration directory with server.xml and identity.xml (default: ./conf)",
+    )
     return common
 
 

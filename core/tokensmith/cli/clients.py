@@ -17,14 +17,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokensmith.security import hashing as kdf
 from tokensmith.cli.base import CLIError, Parser, open_storage, warn
 from tokensmith.config.settings import load_config
+from tokensmith.models import Client, RegisteredCertificate
 from tokensmith.oauth.grants import GRANT_TYPES
 from tokensmith.oauth.registration import (
-    certificates_from_file, change_certificates, check_grant_types, check_registration, check_scope, check_text,
-    parse_fingerprint, printable, tls_subject, validity_warnings)
-from tokensmith.models import Client, RegisteredCertificate
+    certificates_from_file,
+    change_certificates,
+    check_grant_types,
+    check_registration,
+    check_scope,
+    check_text,
+    parse_fingerprint,
+    printable,
+    tls_subject,
+    validity_warnings,
+)
+from tokensmith.security import hashing as kdf
 
 if TYPE_CHECKING:
     from tokensmith.storage.sqlite import SQLiteStorage
@@ -64,93 +73,184 @@ fingerprint as `openssl x509 -noout -fingerprint -sha256` or `sp list --json` pr
 certificate is refused."""
 
 
-def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict[tuple[str, str], Command]:
+def add_commands(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> dict[tuple[str, str], Command]:
     """Add ``sp`` and its actions to *commands*; return their implementations."""
-    sp = commands.add_parser("sp", help="manage service providers (OAuth clients)",
-                             description="Register, update, list and remove service providers.")
+    sp = commands.add_parser(
+        "sp",
+        help="manage service providers (OAuth clients)",
+        description="Register, update, list and remove service providers.",
+    )
     actions = sp.add_subparsers(dest="sp_command", metavar="ACTION", parser_class=Parser)
     actions.required = True
 
-    add = actions.add_parser("add", parents=[common], help="register a service provider",
-                             description=ADD_DESCRIPTION)
+    add = actions.add_parser(
+        "add", parents=[common], help="register a service provider", description=ADD_DESCRIPTION
+    )
     add.add_argument("name", help="a name for people to recognise the client by")
-    add.add_argument("--grant-type", action="append", dest="grant_types", required=True,
-                     metavar="GRANT", help="a grant type the client may use (repeatable): "
-                     + ", ".join(GRANT_TYPES) + "; a public client (--auth-method none) may not"
-                     " use client_credentials")
-    add.add_argument("--auth-method", required=True, metavar="METHOD",
-                     help="token_endpoint_auth_method (RFC 7591): " + ", ".join(KNOWN_METHODS))
-    add.add_argument("--scope", action="append", dest="scopes", default=[], metavar="SCOPE",
-                     help="a scope the client may ask for (repeatable)")
-    add.add_argument("--cert", action="append", dest="certs", default=[], type=Path,
-                     metavar="FILE", help="self_signed_tls_client_auth: a PEM (or DER) file with"
-                     " the client's certificate; every certificate in it is registered"
-                     " (repeatable)")
+    add.add_argument(
+        "--grant-type",
+        action="append",
+        dest="grant_types",
+        required=True,
+        metavar="GRANT",
+        help="a grant type the client may use (repeatable): "
+        + ", ".join(GRANT_TYPES)
+        + "; a public client (--auth-method none) may not"
+        " use client_credentials",
+    )
+    add.add_argument(
+        "--auth-method",
+        required=True,
+        metavar="METHOD",
+        help="token_endpoint_auth_method (RFC 7591): " + ", ".join(KNOWN_METHODS),
+    )
+    add.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        default=[],
+        metavar="SCOPE",
+        help="a scope the client may ask for (repeatable)",
+    )
+    add.add_argument(
+        "--cert",
+        action="append",
+        dest="certs",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="self_signed_tls_client_auth: a PEM (or DER) file with"
+        " the client's certificate; every certificate in it is registered"
+        " (repeatable)",
+    )
     subject = add.add_mutually_exclusive_group()
-    subject.add_argument("--subject-dn", metavar="DN", help="tls_client_auth: the certificate's"
-                         " subject DN, RFC 4514, e.g. 'CN=client,O=Example,C=SE'")
+    subject.add_argument(
+        "--subject-dn",
+        metavar="DN",
+        help="tls_client_auth: the certificate's subject DN, RFC 4514, e.g. 'CN=client,O=Example,C=SE'",
+    )
     subject.add_argument("--san-dns", metavar="NAME", help="tls_client_auth: a dNSName SAN")
     subject.add_argument("--san-uri", metavar="URI", help="tls_client_auth: a URI SAN")
-    subject.add_argument("--san-ip", metavar="ADDRESS", help="tls_client_auth: an iPAddress SAN"
-                         " (IPv4 or IPv6)")
-    subject.add_argument("--san-email", metavar="ADDRESS", help="tls_client_auth: an"
-                         " rfc822Name SAN")
-    add.add_argument("--bind-tokens", action="store_true",
-                     help="client_secret_basic/post: bind the tokens to the TLS client"
-                     " certificate when the client presents one (RFC 8705 §3); mutual-TLS"
-                     " clients' tokens are always bound")
-    add.add_argument("--token-format", choices=("opaque", "jwt"), metavar="FORMAT",
-                     help="opaque or jwt (RFC 9068) access tokens for this client; default:"
-                     " identity.xml's <AccessTokenFormat>")
-    add.add_argument("--access-token-lifetime", type=_seconds, metavar="SECONDS",
-                     help="override identity.xml's <AccessTokenLifetime> for this client")
-    add.add_argument("--refresh-token-lifetime", type=_seconds, metavar="SECONDS",
-                     help="override identity.xml's <RefreshTokenLifetime> for this client")
-    add.add_argument("--refresh-token-max-lifetime", type=_seconds, metavar="SECONDS",
-                     help="override identity.xml's <RefreshTokenMaxLifetime> (a grant's"
-                     " absolute lifetime) for this client")
-    add.add_argument("--resource-server", action="store_true",
-                     help="the client is a resource server: it may introspect access tokens"
-                     " issued to other clients (RFC 7662 §4); others see only their own")
-    add.add_argument("--force", action="store_true",
-                     help="register a public client for the password grant all the same"
-                     " (RFC 9700 §2.4 says it must not be used)")
+    subject.add_argument(
+        "--san-ip", metavar="ADDRESS", help="tls_client_auth: an iPAddress SAN (IPv4 or IPv6)"
+    )
+    subject.add_argument("--san-email", metavar="ADDRESS", help="tls_client_auth: an rfc822Name SAN")
+    add.add_argument(
+        "--bind-tokens",
+        action="store_true",
+        help="client_secret_basic/post: bind the tokens to the TLS client"
+        " certificate when the client presents one (RFC 8705 §3); mutual-TLS"
+        " clients' tokens are always bound",
+    )
+    add.add_argument(
+        "--token-format",
+        choices=("opaque", "jwt"),
+        metavar="FORMAT",
+        help="opaque or jwt (RFC 9068) access tokens for this client; default:"
+        " identity.xml's <AccessTokenFormat>",
+    )
+    add.add_argument(
+        "--access-token-lifetime",
+        type=_seconds,
+        metavar="SECONDS",
+        help="override identity.xml's <AccessTokenLifetime> for this client",
+    )
+    add.add_argument(
+        "--refresh-token-lifetime",
+        type=_seconds,
+        metavar="SECONDS",
+        help="override identity.xml's <RefreshTokenLifetime> for this client",
+    )
+    add.add_argument(
+        "--refresh-token-max-lifetime",
+        type=_seconds,
+        metavar="SECONDS",
+        help="override identity.xml's <RefreshTokenMaxLifetime> (a grant's"
+        " absolute lifetime) for this client",
+    )
+    add.add_argument(
+        "--resource-server",
+        action="store_true",
+        help="the client is a resource server: it may introspect access tokens"
+        " issued to other clients (RFC 7662 §4); others see only their own",
+    )
+    add.add_argument(
+        "--force",
+        action="store_true",
+        help="register a public client for the password grant all the same"
+        " (RFC 9700 §2.4 says it must not be used)",
+    )
 
-    listing = actions.add_parser("list", parents=[common], help="list service providers",
-                                 description="List the registered service providers; --json"
-                                 " includes their certificates and subjects.")
+    listing = actions.add_parser(
+        "list",
+        parents=[common],
+        help="list service providers",
+        description="List the registered service providers; --json includes their certificates and subjects.",
+    )
     listing.add_argument("--json", action="store_true", help="print JSON")
 
-    update = actions.add_parser("update", parents=[common],
-                                help="add or remove a client's certificates",
-                                description=UPDATE_DESCRIPTION)
+    update = actions.add_parser(
+        "update",
+        parents=[common],
+        help="add or remove a client's certificates",
+        description=UPDATE_DESCRIPTION,
+    )
     update.add_argument("client_id", help="the client to change")
-    update.add_argument("--add-cert", action="append", dest="add_certs", default=[], type=Path,
-                        metavar="FILE", help="register the certificates in FILE (repeatable)")
-    update.add_argument("--remove-cert", action="append", dest="remove_certs", default=[],
-                        metavar="SHA256", help="unregister the certificate with this SHA-256"
-                        " fingerprint (repeatable)")
+    update.add_argument(
+        "--add-cert",
+        action="append",
+        dest="add_certs",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="register the certificates in FILE (repeatable)",
+    )
+    update.add_argument(
+        "--remove-cert",
+        action="append",
+        dest="remove_certs",
+        default=[],
+        metavar="SHA256",
+        help="unregister the certificate with this SHA-256 fingerprint (repeatable)",
+    )
 
-    show = actions.add_parser("show", parents=[common], help="show one service provider",
-                              description="Print one service provider as JSON, as sp list --json"
-                              " does (never its secret).")
+    show = actions.add_parser(
+        "show",
+        parents=[common],
+        help="show one service provider",
+        description="Print one service provider as JSON, as sp list --json does (never its secret).",
+    )
     show.add_argument("client_id")
 
-    reset = actions.add_parser("reset-secret", parents=[common],
-                               help="give a client a new secret",
-                               description="Replace the client secret of a client_secret_basic or"
-                               " client_secret_post client and print the client with its new"
-                               " secret as JSON, once. The old secret stops working at once, also"
-                               " on a running server.")
+    reset = actions.add_parser(
+        "reset-secret",
+        parents=[common],
+        help="give a client a new secret",
+        description="Replace the client secret of a client_secret_basic or"
+        " client_secret_post client and print the client with its new"
+        " secret as JSON, once. The old secret stops working at once, also"
+        " on a running server.",
+    )
     reset.add_argument("client_id")
 
-    remove = actions.add_parser("remove", parents=[common], help="remove a service provider",
-                                description="Remove a service provider by client_id;"
-                                   " every token issued to it is revoked (RFC 7592 §2.3).")
+    remove = actions.add_parser(
+        "remove",
+        parents=[common],
+        help="remove a service provider",
+        description="Remove a service provider by client_id;"
+        " every token issued to it is revoked (RFC 7592 §2.3).",
+    )
     remove.add_argument("client_id")
-    return {("sp", "add"): cmd_sp_add, ("sp", "list"): cmd_sp_list,
-            ("sp", "update"): cmd_sp_update, ("sp", "remove"): cmd_sp_remove,
-            ("sp", "show"): cmd_sp_show, ("sp", "reset-secret"): cmd_sp_reset_secret}
+    return {
+        ("sp", "add"): cmd_sp_add,
+        ("sp", "list"): cmd_sp_list,
+        ("sp", "update"): cmd_sp_update,
+        ("sp", "remove"): cmd_sp_remove,
+        ("sp", "show"): cmd_sp_show,
+        ("sp", "reset-secret"): cmd_sp_reset_secret,
+    }
 
 
 def client_view(client: Client) -> dict[str, object]:
@@ -166,8 +266,9 @@ def client_view(client: Client) -> dict[str, object]:
         view["token_binding"] = "never: bearer tokens"
     else:
         view["bind_tokens"] = True
-        view["token_binding"] = ("bound to the TLS client certificate when the client presents"
-                                 " one; bearer tokens when it does not")
+        view["token_binding"] = (
+            "bound to the TLS client certificate when the client presents one; bearer tokens when it does not"
+        )
     return view
 
 
@@ -187,23 +288,31 @@ def _check_method_options(args: argparse.Namespace) -> tuple[str, str] | None:
     method = args.auth_method
     if method not in KNOWN_METHODS:
         raise CLIError(f"unknown --auth-method {method!r}; use one of {', '.join(KNOWN_METHODS)}")
-    chosen = next(((option, getattr(args, option)) for option in SUBJECT_OPTIONS
-                   if getattr(args, option) is not None), None)
+    chosen = next(
+        ((option, getattr(args, option)) for option in SUBJECT_OPTIONS if getattr(args, option) is not None),
+        None,
+    )
     flag = f"--{chosen[0].replace('_', '-')}" if chosen else ""
     if args.certs and method != SELF_SIGNED:
-        raise CLIError(f"--cert is for {SELF_SIGNED} clients, not {method}"
-                       + ("; a tls_client_auth client registers its subject instead" if method == PKI
-                          else ""))
+        raise CLIError(
+            f"--cert is for {SELF_SIGNED} clients, not {method}"
+            + ("; a tls_client_auth client registers its subject instead" if method == PKI else "")
+        )
     if method == SELF_SIGNED and not args.certs:
         raise CLIError(f"{SELF_SIGNED} needs the client's certificate: --cert FILE")
     if chosen and method != PKI:
         raise CLIError(f"{flag} is for {PKI} clients, not {method}")
     if method == PKI and not chosen:
-        raise CLIError(f"{PKI} needs the subject its certificate must carry: one of --subject-dn,"
-                       " --san-dns, --san-uri, --san-ip, --san-email")
+        raise CLIError(
+            f"{PKI} needs the subject its certificate must carry: one of --subject-dn,"
+            " --san-dns, --san-uri, --san-ip, --san-email"
+        )
     if args.bind_tokens and method not in SECRET_METHODS:
-        reason = ("its tokens are always bound to its certificate" if method in (PKI, SELF_SIGNED)
-                  else "it is for client_secret_basic and client_secret_post")
+        reason = (
+            "its tokens are always bound to its certificate"
+            if method in (PKI, SELF_SIGNED)
+            else "it is for client_secret_basic and client_secret_post"
+        )
         raise CLIError(f"--bind-tokens does not apply to a {method} client: {reason}")
     return (SUBJECT_OPTIONS[chosen[0]], chosen[1]) if chosen else None
 
@@ -282,8 +391,10 @@ def cmd_sp_update(args: argparse.Namespace) -> int:
         if client is None:
             raise CLIError(f"no service provider with client_id {args.client_id!r}")
         if client.token_endpoint_auth_method != SELF_SIGNED:
-            raise CLIError(f"client {client.client_id} uses {client.token_endpoint_auth_method};"
-                           f" certificates are registered only for {SELF_SIGNED} clients")
+            raise CLIError(
+                f"client {client.client_id} uses {client.token_endpoint_auth_method};"
+                f" certificates are registered only for {SELF_SIGNED} clients"
+            )
         updated = change_certificates(client, added, remove)
         if not store.update_client(updated):
             raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
@@ -308,8 +419,10 @@ def cmd_sp_list(args: argparse.Namespace) -> int:
         return 0
     rows = [("CLIENT_ID", "AUTH_METHOD", "GRANT_TYPES", "NAME")]
     # Names registered before control characters were refused are escaped.
-    rows += [(c.client_id, c.token_endpoint_auth_method, ",".join(c.grant_types), printable(c.name))
-             for c in clients]
+    rows += [
+        (c.client_id, c.token_endpoint_auth_method, ",".join(c.grant_types), printable(c.name))
+        for c in clients
+    ]
     # Columns as wide as their widest cell, so that they stay in line whatever the values.
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
@@ -337,8 +450,10 @@ def cmd_sp_reset_secret(args: argparse.Namespace) -> int:
     with open_storage(config) as store:
         client = _client(store, args.client_id)
         if client.token_endpoint_auth_method not in SECRET_METHODS:
-            raise CLIError(f"client {client.client_id} uses {client.token_endpoint_auth_method},"
-                           f" which has no secret; secrets are for {' and '.join(SECRET_METHODS)}")
+            raise CLIError(
+                f"client {client.client_id} uses {client.token_endpoint_auth_method},"
+                f" which has no secret; secrets are for {' and '.join(SECRET_METHODS)}"
+            )
         # A new hash: the server's client cache follows the store's change counter, and its
         # cache of verified secrets is keyed by the stored hash, so the old secret stops at once.
         updated = replace(client, secret_hash=kdf.hash_secret(secret))

@@ -19,65 +19,98 @@ from cryptography.hazmat.primitives import serialization
 
 from tokensmith.cli.base import CLIError, Parser
 from tokensmith.config.settings import load_config
-from tokensmith.security.x509 import load_pem_certificates
 from tokensmith.security.truststore import Truststore
+from tokensmith.security.x509 import load_pem_certificates
 
 __all__ = ["add_commands"]
 
 Command = Callable[[argparse.Namespace], int]
 
 
-def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict[tuple[str, str], Command]:
+def add_commands(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> dict[tuple[str, str], Command]:
     """Add ``keystore`` and ``truststore`` to *commands*; return their implementations."""
-    keystore = commands.add_parser("keystore", help="manage the server keystore",
-                                   description="Create or export the server's certificate.")
-    ks_actions = keystore.add_subparsers(dest="keystore_command", metavar="ACTION",
-                                         parser_class=Parser)
+    keystore = commands.add_parser(
+        "keystore",
+        help="manage the server keystore",
+        description="Create or export the server's certificate.",
+    )
+    ks_actions = keystore.add_subparsers(dest="keystore_command", metavar="ACTION", parser_class=Parser)
     ks_actions.required = True
-    ks_actions.add_parser("init", parents=[common], help="create a development keystore",
-                          description="Create a self-signed ECDSA P-256 certificate for"
-                          " localhost and 127.0.0.1 where server.xml's <Keystore> points (PEM"
-                          " files, or a PKCS#12 file for type=\"PKCS12\"; encrypted with its"
-                          " password= if set), unless it exists.")
-    export = ks_actions.add_parser("export", parents=[common],
-                                   help="write the server certificate (PEM)",
-                                   description="Write the server's public certificate (PEM),"
-                                   " from PEM or PKCS#12 keystores, for clients to trust"
-                                   " (keytool -export).")
+    ks_actions.add_parser(
+        "init",
+        parents=[common],
+        help="create a development keystore",
+        description="Create a self-signed ECDSA P-256 certificate for"
+        " localhost and 127.0.0.1 where server.xml's <Keystore> points (PEM"
+        ' files, or a PKCS#12 file for type="PKCS12"; encrypted with its'
+        " password= if set), unless it exists.",
+    )
+    export = ks_actions.add_parser(
+        "export",
+        parents=[common],
+        help="write the server certificate (PEM)",
+        description="Write the server's public certificate (PEM),"
+        " from PEM or PKCS#12 keystores, for clients to trust"
+        " (keytool -export).",
+    )
     export.add_argument("--out", type=Path, required=True, metavar="FILE")
 
-    truststore = commands.add_parser("truststore", help="manage tls_client_auth trust anchors",
-                                     description="Manage the CA certificates that"
-                                     " tls_client_auth client certificates must chain to"
-                                     " (server.xml <Truststore>, default conf/security/truststore)."
-                                     " Changes apply to new requests without a restart.")
-    ts_actions = truststore.add_subparsers(dest="truststore_command", metavar="ACTION",
-                                           parser_class=Parser)
+    truststore = commands.add_parser(
+        "truststore",
+        help="manage tls_client_auth trust anchors",
+        description="Manage the CA certificates that"
+        " tls_client_auth client certificates must chain to"
+        " (server.xml <Truststore>, default conf/security/truststore)."
+        " Changes apply to new requests without a restart.",
+    )
+    ts_actions = truststore.add_subparsers(dest="truststore_command", metavar="ACTION", parser_class=Parser)
     ts_actions.required = True
-    imp = ts_actions.add_parser("import", parents=[common], help="trust a CA certificate",
-                                description="Trust the one certificate in FILE (PEM or DER)"
-                                " under ALIAS (keytool -import -trustcacerts). It must be a CA"
-                                " certificate (basicConstraints cA, keyUsage keyCertSign) unless"
-                                " --allow-non-ca is given.")
-    imp.add_argument("--alias", required=True, metavar="NAME",
-                     help="1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
-    imp.add_argument("--file", required=True, type=Path, metavar="FILE",
-                     help="the CA certificate")
-    imp.add_argument("--allow-non-ca", action="store_true",
-                     help="trust a self-signed client certificate as its own anchor, for"
-                     " a tls_client_auth client whose subject matches; it vouches for no"
-                     " other certificate")
-    listing = ts_actions.add_parser("list", parents=[common], help="list trusted certificates",
-                                    description="List the trust anchors: alias, SHA-256"
-                                    " fingerprint, expiry and subject.")
+    imp = ts_actions.add_parser(
+        "import",
+        parents=[common],
+        help="trust a CA certificate",
+        description="Trust the one certificate in FILE (PEM or DER)"
+        " under ALIAS (keytool -import -trustcacerts). It must be a CA"
+        " certificate (basicConstraints cA, keyUsage keyCertSign) unless"
+        " --allow-non-ca is given.",
+    )
+    imp.add_argument(
+        "--alias",
+        required=True,
+        metavar="NAME",
+        help="1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+    )
+    imp.add_argument("--file", required=True, type=Path, metavar="FILE", help="the CA certificate")
+    imp.add_argument(
+        "--allow-non-ca",
+        action="store_true",
+        help="trust a self-signed client certificate as its own anchor, for"
+        " a tls_client_auth client whose subject matches; it vouches for no"
+        " other certificate",
+    )
+    listing = ts_actions.add_parser(
+        "list",
+        parents=[common],
+        help="list trusted certificates",
+        description="List the trust anchors: alias, SHA-256 fingerprint, expiry and subject.",
+    )
     listing.add_argument("--json", action="store_true", help="print JSON")
-    remove = ts_actions.add_parser("remove", parents=[common], help="stop trusting a certificate",
-                                   description="Remove the trust anchor ALIAS.")
+    remove = ts_actions.add_parser(
+        "remove",
+        parents=[common],
+        help="stop trusting a certificate",
+        description="Remove the trust anchor ALIAS.",
+    )
     remove.add_argument("alias", help="the alias it was imported under")
-    return {("keystore", "init"): cmd_keystore_init, ("keystore", "export"): cmd_keystore_export,
-            ("truststore", "import"): cmd_truststore_import,
-            ("truststore", "list"): cmd_truststore_list,
-            ("truststore", "remove"): cmd_truststore_remove}
+    return {
+        ("keystore", "init"): cmd_keystore_init,
+        ("keystore", "export"): cmd_keystore_export,
+        ("truststore", "import"): cmd_truststore_import,
+        ("truststore", "list"): cmd_truststore_list,
+        ("truststore", "remove"): cmd_truststore_remove,
+    }
 
 
 def _fingerprint(cert: x509.Certificate) -> str:
@@ -95,8 +128,7 @@ def cmd_keystore_init(args: argparse.Namespace) -> int:
         else:
             assert settings.certificate_file is not None and settings.key_file is not None
             target = settings.certificate_file
-            made = generate_dev_keystore(settings.certificate_file, settings.key_file,
-                                         settings.password)
+            made = generate_dev_keystore(settings.certificate_file, settings.key_file, settings.password)
     except OSError as exc:
         raise CLIError(str(exc)) from None
     print(f"{'created' if made else 'kept existing'} keystore {target}")
@@ -138,8 +170,20 @@ def cmd_truststore_import(args: argparse.Namespace) -> int:
 def cmd_truststore_list(args: argparse.Namespace) -> int:
     anchors = _truststore(args).list()
     if args.json:
-        print(json.dumps([{"alias": a.alias, "subject": a.subject, "sha256": a.sha256_hex,
-                           "not_after": int(a.not_after.timestamp())} for a in anchors], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "alias": a.alias,
+                        "subject": a.subject,
+                        "sha256": a.sha256_hex,
+                        "not_after": int(a.not_after.timestamp()),
+                    }
+                    for a in anchors
+                ],
+                indent=2,
+            )
+        )
     else:
         for a in anchors:
             print(f"{a.alias:<20} {a.sha256_hex} expires {a.not_after:%Y-%m-%d} {a.subject}")

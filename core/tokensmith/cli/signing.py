@@ -20,27 +20,50 @@ __all__ = ["add_commands"]
 Command = Callable[[argparse.Namespace], int]
 
 
-def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict[tuple[str, str], Command]:
+def add_commands(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> dict[tuple[str, str], Command]:
     """Add ``signing`` and its actions to *commands*; return their implementations."""
-    signing = commands.add_parser("signing", help="manage the JWT access-token signing keys",
-                                  description="List, rotate and retire the keys that sign JWT"
-                                  " access tokens (conf/security/signing).")
+    signing = commands.add_parser(
+        "signing",
+        help="manage the JWT access-token signing keys",
+        description="List, rotate and retire the keys that sign JWT access tokens (conf/security/signing).",
+    )
     actions = signing.add_subparsers(dest="signing_command", metavar="ACTION", parser_class=Parser)
     actions.required = True
-    listing = actions.add_parser("list", parents=[common], help="list the keys, newest first",
-                                 description="List the signing keys; the first one signs.")
+    listing = actions.add_parser(
+        "list",
+        parents=[common],
+        help="list the keys, newest first",
+        description="List the signing keys; the first one signs.",
+    )
     listing.add_argument("--json", action="store_true", help="print the JWK Set")
-    rotate = actions.add_parser("rotate", parents=[common], help="make a new signing key",
-                                description="Make a new key that signs from now on; the old keys"
-                                " stay published so their tokens verify until they expire.")
-    rotate.add_argument("--algorithm", choices=ALGORITHMS, default="ES256",
-                        help="ES256 (an EC P-256 key, the default) or RS256 (an RSA 2048 key)")
-    retire = actions.add_parser("retire", parents=[common], help="stop publishing an old key",
-                                description="Remove a previous key. Tokens it signed stop"
-                                " verifying: wait one access-token lifetime after a rotation.")
+    rotate = actions.add_parser(
+        "rotate",
+        parents=[common],
+        help="make a new signing key",
+        description="Make a new key that signs from now on; the old keys"
+        " stay published so their tokens verify until they expire.",
+    )
+    rotate.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        default="ES256",
+        help="ES256 (an EC P-256 key, the default) or RS256 (an RSA 2048 key)",
+    )
+    retire = actions.add_parser(
+        "retire",
+        parents=[common],
+        help="stop publishing an old key",
+        description="Remove a previous key. Tokens it signed stop"
+        " verifying: wait one access-token lifetime after a rotation.",
+    )
     retire.add_argument("kid")
-    return {("signing", "list"): cmd_list, ("signing", "rotate"): cmd_rotate,
-            ("signing", "retire"): cmd_retire}
+    return {
+        ("signing", "list"): cmd_list,
+        ("signing", "rotate"): cmd_rotate,
+        ("signing", "retire"): cmd_retire,
+    }
 
 
 def _keys(args: argparse.Namespace) -> SigningKeys:

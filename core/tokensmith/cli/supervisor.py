@@ -73,8 +73,14 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _worker(conf_dir: Path, sockets: list[socket.socket], others: list[socket.socket],
-            parent: int, ready: Connection, unpack: Path) -> None:
+def _worker(
+    conf_dir: Path,
+    sockets: list[socket.socket],
+    others: list[socket.socket],
+    parent: int,
+    ready: Connection,
+    unpack: Path,
+) -> None:
     # SIGHUP stays blocked until the worker serves and has its handler: one that arrived
     # while the worker was starting would otherwise kill it; it is delivered (a reload of
     # what was just loaded) once the handler is in place.
@@ -106,8 +112,11 @@ def _worker(conf_dir: Path, sockets: list[socket.socket], others: list[socket.so
         # not go on serving the old one beside workers that serve the new: it stops, and the
         # supervisor starts another, which loads what is on disk.
         if not reload_app(app):
-            log.error("worker %d could not load the configuration the supervisor checked;"
-                      " it stops, and another worker starts in its place", os.getpid())
+            log.error(
+                "worker %d could not load the configuration the supervisor checked;"
+                " it stops, and another worker starts in its place",
+                os.getpid(),
+            )
             os.kill(os.getpid(), signal.SIGTERM)
 
     asyncio.run(serve(app, config, sockets=sockets, ready=announce, reload=reload))
@@ -117,8 +126,7 @@ def _worker(conf_dir: Path, sockets: list[socket.socket], others: list[socket.so
     os._exit(0)
 
 
-def _check(config: Config, unpack: Path, answer: int, listening: list[socket.socket],
-           parent: int) -> None:
+def _check(config: Config, unpack: Path, answer: int, listening: list[socket.socket], parent: int) -> None:
     """In a child: load dropins/ and the new identity.xml as a worker would; answer on the
     pipe *answer* with JSON, ``[true, [listener descriptions]]`` or ``[false, "one line"]``.
 
@@ -158,8 +166,11 @@ def _parse_check_answer(data: bytes) -> tuple[bool, Any]:
         return False, "the configuration check gave an answer that is not its own"
     if ok is False and isinstance(payload, str):
         return False, payload
-    if ok is True and isinstance(payload, list) and all(
-            isinstance(item, dict) and all(isinstance(key, str) for key in item) for item in payload):
+    if (
+        ok is True
+        and isinstance(payload, list)
+        and all(isinstance(item, dict) and all(isinstance(key, str) for key in item) for item in payload)
+    ):
         return True, payload
     return False, "the configuration check gave an answer that is not its own"
 
@@ -210,8 +221,12 @@ class _Supervisor:
         os.set_blocking(receiver, False)
         unpack = self._path("check")
         listening = [sock for sockets in self.sockets for sock in sockets]
-        process = self.context.Process(target=_check, name="tokensmith-check", daemon=False,
-                                       args=(self.config, unpack, sender, listening, os.getpid()))
+        process = self.context.Process(
+            target=_check,
+            name="tokensmith-check",
+            daemon=False,
+            args=(self.config, unpack, sender, listening, os.getpid()),
+        )
         process.start()
         os.close(sender)
         self.checker = (process, receiver, time.monotonic() + CHECK_TIMEOUT, unpack, bytearray())
@@ -231,9 +246,14 @@ class _Supervisor:
                 answer = (False, f"the configuration check's answer could not be read: {exc}")
                 break
             if not chunk:  # the check closed its end: its whole answer is here
-                answer = (_parse_check_answer(bytes(received)) if received else
-                          (False, f"the configuration check exited without an answer"
-                                  f" (status {process.exitcode})"))
+                answer = (
+                    _parse_check_answer(bytes(received))
+                    if received
+                    else (
+                        False,
+                        f"the configuration check exited without an answer (status {process.exitcode})",
+                    )
+                )
             elif len(received) + len(chunk) > MAX_CHECK_ANSWER:
                 answer = (False, "the configuration check's answer is too large")
             else:
@@ -268,9 +288,12 @@ class _Supervisor:
         receiver, sender = self.context.Pipe(duplex=False)
         unpack = self._path("worker")
         others = [sock for index, sockets in enumerate(self.sockets) if index != slot for sock in sockets]
-        process = self.context.Process(target=_worker, name="tokensmith-worker", daemon=False,
-                                       args=(self.config.conf_dir, self.sockets[slot], others,
-                                             os.getpid(), sender, unpack))
+        process = self.context.Process(
+            target=_worker,
+            name="tokensmith-worker",
+            daemon=False,
+            args=(self.config.conf_dir, self.sockets[slot], others, os.getpid(), sender, unpack),
+        )
         process.start()
         sender.close()
         self.processes[slot], self.unpack[slot] = process, unpack
@@ -319,8 +342,12 @@ class _Supervisor:
         recent = [t for t in self.deaths[slot] if now - t < RESTART_WINDOW] + [now]
         self.deaths[slot] = recent
         if len(recent) >= RESTART_LIMIT:
-            print(f"tokensmith: error: worker {slot + 1} died {len(recent)} times within"
-                  f" {RESTART_WINDOW:g} s; giving up", file=sys.stderr, flush=True)
+            print(
+                f"tokensmith: error: worker {slot + 1} died {len(recent)} times within"
+                f" {RESTART_WINDOW:g} s; giving up",
+                file=sys.stderr,
+                flush=True,
+            )
             raise _Stop(1)
         delay = min(_BACKOFF_FIRST * 2 ** (len(recent) - 1), _BACKOFF_MAX)
         self.restart_at[slot] = now + delay
@@ -351,8 +378,9 @@ class _Supervisor:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def run(self, ready: Callable[[list[str]], None],
-            listeners: Callable[[list[dict[str, Any]]], None] | None) -> int:
+    def run(
+        self, ready: Callable[[list[str]], None], listeners: Callable[[list[dict[str, Any]]], None] | None
+    ) -> int:
         from tokensmith.http.server import bind, urls
 
         valid, answer = self.run_check()
@@ -387,8 +415,11 @@ class _Supervisor:
                 log.error("the replacement worker %d could not start: %s", slot + 1, problem)
             for slot, status in self.reap():
                 if not serving:
-                    print("tokensmith: error: the worker exited before it was ready",
-                          file=sys.stderr, flush=True)
+                    print(
+                        "tokensmith: error: the worker exited before it was ready",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return 1
                 log.error("worker %d exited with %s", slot + 1, status)
                 self.schedule_restart(slot)
@@ -414,15 +445,19 @@ class _Supervisor:
         if not valid:
             log.error("reload refused, workers keep their configuration: %s", answer)
             return
-        for slot, process in enumerate(self.processes):
+        for process in self.processes:
             if process is not None and process.pid is not None and process.is_alive():
                 # A worker still starting reads the new files anyway; it gets the signal too,
                 # held until it serves.
                 os.kill(process.pid, signal.SIGHUP)
 
 
-def supervise(config: Config, workers: int, ready: Callable[[list[str]], None],
-              listeners: Callable[[list[dict[str, Any]]], None] | None = None) -> int:
+def supervise(
+    config: Config,
+    workers: int,
+    ready: Callable[[list[str]], None],
+    listeners: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> int:
     """Run *workers* workers for *config* until told to stop; return the exit status.
 
     *listeners* is given the listener descriptions of the checked configuration before the

@@ -13,11 +13,11 @@ import sys
 import time
 from collections.abc import Callable
 
-from tokensmith.security import hashing as kdf
 from tokensmith.cli.base import CLIError, Parser, open_storage, warn
 from tokensmith.config.settings import load_config
-from tokensmith.oauth.registration import printable
 from tokensmith.models import User
+from tokensmith.oauth.registration import printable
+from tokensmith.security import hashing as kdf
 
 __all__ = ["add_commands"]
 
@@ -25,38 +25,66 @@ Command = Callable[[argparse.Namespace], int]
 SHORT_PASSWORD = 8
 
 
-def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> dict[tuple[str, str], Command]:
+def add_commands(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> dict[tuple[str, str], Command]:
     """Add ``user`` and its actions to *commands*; return their implementations."""
-    user = commands.add_parser("user", help="manage users of the password grant",
-                               description="Add, list and remove resource owners.")
+    user = commands.add_parser(
+        "user", help="manage users of the password grant", description="Add, list and remove resource owners."
+    )
     actions = user.add_subparsers(dest="user_command", metavar="ACTION", parser_class=Parser)
     actions.required = True
-    add = actions.add_parser("add", parents=[common], help="add a user",
-                             description="Add a user. The password is asked for at a prompt,"
-                             " or read from the first line of standard input with"
-                             " --password-stdin.")
+    add = actions.add_parser(
+        "add",
+        parents=[common],
+        help="add a user",
+        description="Add a user. The password is asked for at a prompt,"
+        " or read from the first line of standard input with"
+        " --password-stdin.",
+    )
     add.add_argument("username")
-    add.add_argument("--password-stdin", action="store_true",
-                     help="read the password from standard input instead of a prompt")
-    listing = actions.add_parser("list", parents=[common], help="list users",
-                                 description="List users and their failed-login state.")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input instead of a prompt",
+    )
+    listing = actions.add_parser(
+        "list", parents=[common], help="list users", description="List users and their failed-login state."
+    )
     listing.add_argument("--json", action="store_true", help="print JSON")
-    remove = actions.add_parser("remove", parents=[common], help="remove a user",
-                                description="Remove a user and revoke every token and grant"
-                                " issued for them (RFC 9700 §4.14.2); a user added later"
-                                " under the same name gets none of them.")
+    remove = actions.add_parser(
+        "remove",
+        parents=[common],
+        help="remove a user",
+        description="Remove a user and revoke every token and grant"
+        " issued for them (RFC 9700 §4.14.2); a user added later"
+        " under the same name gets none of them.",
+    )
     remove.add_argument("username")
-    revoke = actions.add_parser("revoke", parents=[common], help="revoke a user's tokens",
-                                description="Revoke every access and refresh token issued"
-                                " for a user, and their grants, without removing the user"
-                                " (for example after a password change).")
+    revoke = actions.add_parser(
+        "revoke",
+        parents=[common],
+        help="revoke a user's tokens",
+        description="Revoke every access and refresh token issued"
+        " for a user, and their grants, without removing the user"
+        " (for example after a password change).",
+    )
     revoke.add_argument("username")
-    unlock = actions.add_parser("unlock", parents=[common], help="clear a user's failed logins",
-                                description="Forget a user's failed password attempts and"
-                                " end their lockouts, from every source address.")
+    unlock = actions.add_parser(
+        "unlock",
+        parents=[common],
+        help="clear a user's failed logins",
+        description="Forget a user's failed password attempts and"
+        " end their lockouts, from every source address.",
+    )
     unlock.add_argument("username")
-    return {("user", "add"): cmd_add, ("user", "list"): cmd_list, ("user", "remove"): cmd_remove,
-            ("user", "revoke"): cmd_revoke, ("user", "unlock"): cmd_unlock}
+    return {
+        ("user", "add"): cmd_add,
+        ("user", "list"): cmd_list,
+        ("user", "remove"): cmd_remove,
+        ("user", "revoke"): cmd_revoke,
+        ("user", "unlock"): cmd_unlock,
+    }
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -78,8 +106,9 @@ def _read_password(from_stdin: bool) -> str:
 def cmd_add(args: argparse.Namespace) -> int:
     username = args.username
     if not username or not username.isprintable() or len(username) > 256 or username != username.strip():
-        raise CLIError("the username must be printable, at most 256 characters, without"
-                       " leading or trailing spaces")
+        raise CLIError(
+            "the username must be printable, at most 256 characters, without leading or trailing spaces"
+        )
     config = load_config(args.conf)
     password = _read_password(args.password_stdin)
     with open_storage(config) as store:

@@ -19,10 +19,18 @@ from pathlib import Path
 
 from lxml import etree
 
-from tokensmith.security.x509 import FORWARDED_FORMATS
+from tokensmith.config.xml import (
+    MAX_CONFIG_BYTES,
+    ConfigError,
+    UnreadableFile,
+    attr_bool,
+    attr_int,
+    parse_xml,
+    read_regular_file,
+    where,
+)
 from tokensmith.models import LoginPolicy
-from tokensmith.config.xml import (MAX_CONFIG_BYTES, ConfigError, UnreadableFile, attr_bool, attr_int,
-                      parse_xml, read_regular_file, where)
+from tokensmith.security.x509 import FORWARDED_FORMATS
 
 __all__ = [
     "Config",
@@ -149,8 +157,7 @@ class IdentitySettings:
 
     @property
     def login_policy(self) -> LoginPolicy:
-        return LoginPolicy(self.max_failed_logins, self.max_failed_logins_per_user,
-                           self.lockout_seconds)
+        return LoginPolicy(self.max_failed_logins, self.max_failed_logins_per_user, self.lockout_seconds)
 
 
 @dataclass(frozen=True)
@@ -181,8 +188,7 @@ def load_server(path: Path) -> ServerSettings:
         client_auth = el.get("clientAuth", "want")
         if client_auth not in CLIENT_AUTH_MODES:
             raise ConfigError(
-                f"{where(path, el)}: clientAuth={client_auth!r} must be one of"
-                f" {', '.join(CLIENT_AUTH_MODES)}"
+                f"{where(path, el)}: clientAuth={client_auth!r} must be one of {', '.join(CLIENT_AUTH_MODES)}"
             )
         protocol = el.get("sslProtocol", "TLS")
         if protocol not in ("TLS", "TLSv1.2", "TLSv1.3"):
@@ -196,8 +202,9 @@ def load_server(path: Path) -> ServerSettings:
         http1 = el.get("http1", "hypercorn")
         if http1 not in HTTP1_LANES:
             raise ConfigError(f"{where(path, el)}: http1={http1!r} must be one of {', '.join(HTTP1_LANES)}")
-        connectors.append(Connector(el.get("address", "127.0.0.1"), port, client_auth, timeout_ms / 1000,
-                                    http1))
+        connectors.append(
+            Connector(el.get("address", "127.0.0.1"), port, client_auth, timeout_ms / 1000, http1)
+        )
     if not connectors:
         raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
 
@@ -217,11 +224,15 @@ def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:
     """The one ``<Keystore>``; XSD 1.0 cannot say which attributes go together, so we do."""
     found = root.findall("Keystore")
     if not found:
-        raise ConfigError(f"{where(path, root)}: a <Keystore> is needed: certificateFile= and"
-                          ' keyFile= (PEM), or type="PKCS12" file=')
+        raise ConfigError(
+            f"{where(path, root)}: a <Keystore> is needed: certificateFile= and"
+            ' keyFile= (PEM), or type="PKCS12" file='
+        )
     if len(found) > 1:
-        raise ConfigError(f"{where(path, found[1])}: only one <Keystore> is allowed; the first"
-                          f" is on line {found[0].sourceline}")
+        raise ConfigError(
+            f"{where(path, found[1])}: only one <Keystore> is allowed; the first"
+            f" is on line {found[0].sourceline}"
+        )
     el = found[0]
     at = where(path, el)
     kind = el.get("type", "PEM")
@@ -230,21 +241,29 @@ def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:
     if kind == "PKCS12":
         for pem_only in ("certificateFile", "keyFile"):
             if el.get(pem_only) is not None:
-                raise ConfigError(f'{at}: <Keystore type="PKCS12"> takes file=, not {pem_only}='
-                                  ' (which is for type="PEM")')
+                raise ConfigError(
+                    f'{at}: <Keystore type="PKCS12"> takes file=, not {pem_only}= (which is for type="PEM")'
+                )
         if not el.get("file"):
             raise ConfigError(f'{at}: <Keystore type="PKCS12"> needs file=')
-        return KeystoreSettings("PKCS12", file=_path(path, el.get("file", "")),
-                                password=el.get("password"), where=at)
+        return KeystoreSettings(
+            "PKCS12", file=_path(path, el.get("file", "")), password=el.get("password"), where=at
+        )
     if el.get("file") is not None:
-        raise ConfigError(f'{at}: <Keystore file=> is for a PKCS#12 keystore: add type="PKCS12",'
-                          " or name certificateFile= and keyFile= for PEM files")
+        raise ConfigError(
+            f'{at}: <Keystore file=> is for a PKCS#12 keystore: add type="PKCS12",'
+            " or name certificateFile= and keyFile= for PEM files"
+        )
     for required in ("certificateFile", "keyFile"):
         if not el.get(required):
-            raise ConfigError(f"{at}: <Keystore> needs {required}= (or type=\"PKCS12\" file=)")
-    return KeystoreSettings("PEM", certificate_file=_path(path, el.get("certificateFile", "")),
-                            key_file=_path(path, el.get("keyFile", "")),
-                            password=el.get("password"), where=at)
+            raise ConfigError(f'{at}: <Keystore> needs {required}= (or type="PKCS12" file=)')
+    return KeystoreSettings(
+        "PEM",
+        certificate_file=_path(path, el.get("certificateFile", "")),
+        key_file=_path(path, el.get("keyFile", "")),
+        password=el.get("password"),
+        where=at,
+    )
 
 
 def _text_attr(root: etree._Element, tag: str, attr: str) -> str | None:
@@ -255,9 +274,7 @@ def _text_attr(root: etree._Element, tag: str, attr: str) -> str | None:
 def load_identity(path: Path) -> IdentitySettings:
     root = parse_xml(path, "identity.xsd")
     if root.tag != "Identity":
-        raise ConfigError(
-            f"{where(path, root)}: root element must be <Identity>, not <{root.tag}>"
-        )
+        raise ConfigError(f"{where(path, root)}: root element must be <Identity>, not <{root.tag}>")
     entries: list[ListenerEntry] = []
     seen: dict[tuple[str, str], int] = {}
     for el in root.iterfind("EventListeners/EventListener"):
@@ -266,8 +283,7 @@ def load_identity(path: Path) -> IdentitySettings:
             raise ConfigError(f"{where(path, el)}: <EventListener> needs type= and name=")
         if (type_, name) in seen:
             raise ConfigError(
-                f"{where(path, el)}: listener {type_}/{name} is already listed on line"
-                f" {seen[type_, name]}"
+                f"{where(path, el)}: listener {type_}/{name} is already listed on line {seen[type_, name]}"
             )
         seen[type_, name] = el.sourceline or 0
         properties = {}
@@ -332,8 +348,9 @@ def _forwarded(path: Path, el: etree._Element) -> ForwardedCertificates:
         raise ConfigError(f"{at}: <ClientCertificateHeader name={name!r}> is not a header field name")
     fmt = el.get("format", "auto")
     if fmt not in FORWARDED_FORMATS:
-        raise ConfigError(f"{at}: <ClientCertificateHeader format={fmt!r}> must be one of"
-                          f" {', '.join(FORWARDED_FORMATS)}")
+        raise ConfigError(
+            f"{at}: <ClientCertificateHeader format={fmt!r}> must be one of {', '.join(FORWARDED_FORMATS)}"
+        )
     proxies = []
     for item in filter(None, (p.strip() for p in el.get("trustedProxies", "").split(","))):
         try:
@@ -341,8 +358,10 @@ def _forwarded(path: Path, el: etree._Element) -> ForwardedCertificates:
         except ValueError:
             raise ConfigError(f"{at}: trustedProxies: {item!r} is not an address or network") from None
     if not proxies:
-        raise ConfigError(f"{at}: <ClientCertificateHeader> needs trustedProxies=, the addresses"
-                          " or networks of the proxies whose header is believed")
+        raise ConfigError(
+            f"{at}: <ClientCertificateHeader> needs trustedProxies=, the addresses"
+            " or networks of the proxies whose header is believed"
+        )
     # RFC 9440 §2.3's chain field goes with its §2.2 leaf field; chainHeader="" turns it off.
     chain = el.get("chainHeader", "Client-Cert-Chain" if fmt == "rfc9440" else "").strip()
     if chain and not _FIELD_NAME.fullmatch(chain):
@@ -364,8 +383,9 @@ def _allowed_wheels(path: Path, dropins: etree._Element) -> frozenset[str]:
         except UnreadableFile as exc:
             raise ConfigError(f"{where(path, el)}: cannot read {pin_file}: {exc}") from None
         except UnicodeDecodeError:
-            raise ConfigError(f"{where(path, el)}: {pin_file} is not UTF-8 text, as sha256sum"
-                              " writes it") from None
+            raise ConfigError(
+                f"{where(path, el)}: {pin_file} is not UTF-8 text, as sha256sum writes it"
+            ) from None
         for number, line in enumerate(lines, 1):
             text = line.split("#", 1)[0].strip()
             if not text:
@@ -408,8 +428,9 @@ class PublicUrls:
     reasons: tuple[str, ...]
 
 
-def public_urls(server: ServerSettings, identity: IdentitySettings,
-                ports: Sequence[int] | None = None) -> PublicUrls:
+def public_urls(
+    server: ServerSettings, identity: IdentitySettings, ports: Sequence[int] | None = None
+) -> PublicUrls:
     """The public URLs of *server* under *identity*'s settings.
 
     *ports* are the ports the connectors actually listen on (a connector may say port 0).
@@ -422,14 +443,18 @@ def public_urls(server: ServerSettings, identity: IdentitySettings,
     """
     connectors = server.connectors
     ports = list(ports) if ports else [c.port for c in connectors]
-    own = tuple(_https(this_host() if c.address in WILDCARD_ADDRESSES else c.address, port)
-                for c, port in zip(connectors, ports))
+    own = tuple(
+        _https(this_host() if c.address in WILDCARD_ADDRESSES else c.address, port)
+        for c, port in zip(connectors, ports)
+    )
     file = identity.path.name if identity.path else "identity.xml"
 
     def wildcard_note(index: int) -> str:
         address = connectors[index].address or "every address"
-        return (f" (connector {address}:{ports[index]} listens on every address, so the URL names"
-                f" this machine, {this_host()}; set <Issuer> in {file} to the URL clients use)")
+        return (
+            f" (connector {address}:{ports[index]} listens on every address, so the URL names"
+            f" this machine, {this_host()}; set <Issuer> in {file} to the URL clients use)"
+        )
 
     reasons = []
     if identity.issuer:
@@ -437,9 +462,14 @@ def public_urls(server: ServerSettings, identity: IdentitySettings,
         reasons.append(f"issuer {issuer}: <Issuer> in {file}")
     else:
         issuer = own[0]
-        reasons.append(f"issuer {issuer}: the first connector's URL"
-                       + (wildcard_note(0) if connectors[0].address in WILDCARD_ADDRESSES else
-                          f"; <Issuer> in {file} sets the public URL"))
+        reasons.append(
+            f"issuer {issuer}: the first connector's URL"
+            + (
+                wildcard_note(0)
+                if connectors[0].address in WILDCARD_ADDRESSES
+                else f"; <Issuer> in {file} sets the public URL"
+            )
+        )
     mtls = None
     need = next((i for i, c in enumerate(connectors) if c.client_auth == "need"), None)
     if identity.mtls_base_url:
@@ -447,15 +477,18 @@ def public_urls(server: ServerSettings, identity: IdentitySettings,
         reasons.append(f"mtls_endpoint_aliases under {mtls}: <MtlsBaseUrl> in {file}")
     elif need is not None and need > 0:
         if identity.issuer:
-            reasons.append(f"no mtls_endpoint_aliases: with <Issuer> set, the need connector's own"
-                           f" URL {own[need]} may not be what clients reach; set <MtlsBaseUrl> in"
-                           f" {file}")
+            reasons.append(
+                f"no mtls_endpoint_aliases: with <Issuer> set, the need connector's own"
+                f" URL {own[need]} may not be what clients reach; set <MtlsBaseUrl> in"
+                f" {file}"
+            )
         else:
             mtls = own[need]
-            reasons.append(f"mtls_endpoint_aliases under {mtls}: the first connector with"
-                           ' clientAuth="need"'
-                           + (wildcard_note(need) if connectors[need].address in WILDCARD_ADDRESSES
-                              else ""))
+            reasons.append(
+                f"mtls_endpoint_aliases under {mtls}: the first connector with"
+                ' clientAuth="need"'
+                + (wildcard_note(need) if connectors[need].address in WILDCARD_ADDRESSES else "")
+            )
     if mtls == issuer:
         mtls = None
     return PublicUrls(issuer, mtls, own, tuple(reasons))

@@ -18,8 +18,16 @@ from typing import Any
 
 from lxml import etree
 
-__all__ = ["ConfigError", "UnreadableFile", "read_regular_file", "parse_xml", "attr_int",
-           "attr_bool", "where", "MAX_CONFIG_BYTES"]
+__all__ = [
+    "ConfigError",
+    "UnreadableFile",
+    "read_regular_file",
+    "parse_xml",
+    "attr_int",
+    "attr_bool",
+    "where",
+    "MAX_CONFIG_BYTES",
+]
 
 #: The largest configuration file (server.xml, identity.xml, a pin file) that is read. Real
 #: files are a few KiB; the cap keeps a runaway or hostile file from holding memory while
@@ -106,9 +114,7 @@ def parse_xml(path: Path, schema: str | None = None) -> etree._Element:
     except etree.XMLSyntaxError as exc:
         raise ConfigError(f"{path}:{exc.lineno or 1}: not well-formed XML: {exc.msg}") from None
     if root.getroottree().docinfo.doctype:
-        raise ConfigError(
-            f"{path}:1: DOCTYPE declarations are not allowed (DTDs and entities are refused)"
-        )
+        raise ConfigError(f"{path}:1: DOCTYPE declarations are not allowed (DTDs and entities are refused)")
     if schema is not None:
         validator = _schema(schema)
         if not validator.validate(root):
@@ -140,8 +146,10 @@ def _declaration(schema: str, path: str) -> etree._Element | None:
     for step in path.strip("/").split("/"):
         name = step.split("[", 1)[0]
         assert declaration is not None
-        declaration = next((d for d in declaration.iter(f"{_XS}element")
-                            if d.get("name") == name and d is not declaration), None)
+        declaration = next(
+            (d for d in declaration.iter(f"{_XS}element") if d.get("name") == name and d is not declaration),
+            None,
+        )
         if declaration is None:
             return None
     return declaration
@@ -157,8 +165,9 @@ def _value_words(schema: str, declaration: etree._Element) -> str | None:
     simple = declaration.find(f"{_XS}simpleType")
     type_name = declaration.get("type", "")
     if simple is None and type_name and not type_name.startswith("xs:"):
-        simple = next((t for t in _schema_document(schema).iter(f"{_XS}simpleType")
-                       if t.get("name") == type_name), None)
+        simple = next(
+            (t for t in _schema_document(schema).iter(f"{_XS}simpleType") if t.get("name") == type_name), None
+        )
     text = simple.findtext(f"{_XS}annotation/{_XS}documentation") if simple is not None else None
     return " ".join(text.split()) if text else None
 
@@ -176,15 +185,21 @@ def explain(schema: str, message: str, path: str) -> str:
     if ("is not accepted by the pattern" in message or "atomic type" in message) and declaration is not None:
         target = declaration
         if attribute is not None:
-            target = next((a for a in _parts(declaration, "attribute") if a.get("name") == attribute), declaration)
+            target = next(
+                (a for a in _parts(declaration, "attribute") if a.get("name") == attribute), declaration
+            )
         words = _value_words(schema, target)
         if words:
-            message = re.sub(r" is not (accepted by the pattern |a valid value of the (local )?atomic type).*$",
-                             f" is not {words}.", message)
+            message = re.sub(
+                r" is not (accepted by the pattern |a valid value of the (local )?atomic type).*$",
+                f" is not {words}.",
+                message,
+            )
     elif "is not allowed" in message and attribute is not None and declaration is not None:
         names = [a.get("name", "") for a in _parts(declaration, "attribute")]
-        message += (f" <{element}> takes {', '.join(names)}." if names
-                    else f" <{element}> takes no attributes.")
+        message += (
+            f" <{element}> takes {', '.join(names)}." if names else f" <{element}> takes no attributes."
+        )
     elif "is not expected" in message and "Expected is" not in message:
         parent_path = path.rstrip("/").rsplit("/", 1)[0]
         parent = _declaration(schema, parent_path) if parent_path else None
@@ -194,8 +209,15 @@ def explain(schema: str, message: str, path: str) -> str:
     return message
 
 
-def attr_int(path: Path, element: etree._Element, name: str, default: int | None,
-             *, minimum: int = 0, maximum: int = 2**31 - 1) -> int | None:
+def attr_int(
+    path: Path,
+    element: etree._Element,
+    name: str,
+    default: int | None,
+    *,
+    minimum: int = 0,
+    maximum: int = 2**31 - 1,
+) -> int | None:
     """The integer attribute *name* of *element*, or *default* when it is absent."""
     raw = element.get(name)
     if raw is None:
@@ -208,8 +230,7 @@ def attr_int(path: Path, element: etree._Element, name: str, default: int | None
         ) from None
     if not minimum <= value <= maximum:
         raise ConfigError(
-            f"{where(path, element)}: {name}={value} on <{element.tag}> is outside"
-            f" {minimum}..{maximum}"
+            f"{where(path, element)}: {name}={value} on <{element.tag}> is outside {minimum}..{maximum}"
         )
     return value
 
@@ -221,7 +242,5 @@ def attr_bool(path: Path, element: etree._Element, name: str, default: bool) -> 
         return default
     value = raw.strip().lower()
     if value not in ("true", "false"):
-        raise ConfigError(
-            f"{where(path, element)}: {name}={raw!r} on <{element.tag}> must be true or false"
-        )
+        raise ConfigError(f"{where(path, element)}: {name}={raw!r} on <{element.tag}> must be true or false")
     return value == "true"

@@ -36,8 +36,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import http
-import re
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -99,8 +99,14 @@ def _date() -> bytes:
 
 def refusal_response(status: int) -> bytes:
     """What Hypercorn's h11 lane answers a request it cannot serve: the status, no body, close."""
-    return b"".join([_STATUS_LINES.get(status, b"HTTP/1.1 %d \r\n" % status), b"date: ", _date(),
-                     b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"])
+    return b"".join(
+        [
+            _STATUS_LINES.get(status, b"HTTP/1.1 %d \r\n" % status),
+            b"date: ",
+            _date(),
+            b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        ]
+    )
 
 
 def no_delay(sock: Any) -> None:
@@ -118,12 +124,27 @@ def no_delay(sock: Any) -> None:
 class _Exchange:
     """One request and its response: the ASGI ``receive`` and ``send`` of one scope."""
 
-    __slots__ = ("conn", "scope", "chunks", "buffered", "complete", "body_sent", "waiter",
-                 "broken", "keep_alive", "expect_continue", "head_only", "http10", "started",
-                 "finished", "chunked", "pending", "dropped")
+    __slots__ = (
+        "conn",
+        "scope",
+        "chunks",
+        "buffered",
+        "complete",
+        "body_sent",
+        "waiter",
+        "broken",
+        "keep_alive",
+        "expect_continue",
+        "head_only",
+        "http10",
+        "started",
+        "finished",
+        "chunked",
+        "pending",
+        "dropped",
+    )
 
-    def __init__(self, conn: Http1Connection, scope: dict[str, Any], keep_alive: bool,
-                 expect_continue: bool):
+    def __init__(self, conn: Http1Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool):
         self.conn = conn
         self.scope = scope
         self.chunks: list[bytes] = []
@@ -239,11 +260,17 @@ class Http1Connection(asyncio.Protocol):
     transport over. *connections* holds every open connection, for a graceful shutdown.
     """
 
-    def __init__(self, app: Callable[..., Any], *, timeout: float,
-                 tls: Callable[[Any], dict[str, Any] | None],
-                 hand_over: Callable[[asyncio.BaseTransport], None] | None,
-                 connections: set[Http1Connection], state: dict[str, Any],
-                 loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        *,
+        timeout: float,
+        tls: Callable[[Any], dict[str, Any] | None],
+        hand_over: Callable[[asyncio.BaseTransport], None] | None,
+        connections: set[Http1Connection],
+        state: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+    ):
         self.app = app
         self.timeout = timeout
         self.tls_of = tls
@@ -279,14 +306,19 @@ class Http1Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         no_delay(transport.get_extra_info("socket"))
         ssl_object = transport.get_extra_info("ssl_object")
-        if (self.hand_over is not None and ssl_object is not None
-                and ssl_object.selected_alpn_protocol() == "h2"):
+        if (
+            self.hand_over is not None
+            and ssl_object is not None
+            and ssl_object.selected_alpn_protocol() == "h2"
+        ):
             self.hand_over(transport)
             return
         self.transport = transport
         self.connections.add(self)
         tls = self.tls_of(ssl_object)
-        self.extensions = {TIMEOUT_KEY: self.timeout} if tls is None else {"tls": tls, TIMEOUT_KEY: self.timeout}
+        self.extensions = (
+            {TIMEOUT_KEY: self.timeout} if tls is None else {"tls": tls, TIMEOUT_KEY: self.timeout}
+        )
         peer = transport.get_extra_info("peername")
         self.client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
         sock = transport.get_extra_info("sockname")
@@ -309,7 +341,7 @@ class Http1Connection(asyncio.Protocol):
                 if self.read_paused:
                     self.backlog = data[start:]
                     return
-                piece = data[start:start + _SLICE]
+                piece = data[start : start + _SLICE]
                 start += len(piece)
                 self.began = False
                 self.parser.feed_data(piece)
@@ -335,7 +367,11 @@ class Http1Connection(asyncio.Protocol):
             cause = exc.__context__
             if not isinstance(cause, _Refusal):
                 version = "HTTP version" in str(exc)  # h11 answers an unknown version 505 too
-                cause = _Refusal(505, "unsupported HTTP version") if version else _Refusal(400, "malformed HTTP request")
+                cause = (
+                    _Refusal(505, "unsupported HTTP version")
+                    if version
+                    else _Refusal(400, "malformed HTTP request")
+                )
             self._refuse(cause)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -495,8 +531,9 @@ class Http1Connection(asyncio.Protocol):
             log.exception("unexpected error serving %s %s", exchange.scope["method"], exchange.scope["path"])
             if not exchange.started and not self.lost:
                 exchange.keep_alive = False  # as Hypercorn: an empty 500, then close
-                await exchange.send({"type": "http.response.start", "status": 500,
-                                     "headers": [(b"content-length", b"0")]})
+                await exchange.send(
+                    {"type": "http.response.start", "status": 500, "headers": [(b"content-length", b"0")]}
+                )
                 await exchange.send({"type": "http.response.body", "body": b""})
         finally:
             self._finished(exchange)
@@ -540,8 +577,12 @@ class Http1Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def maybe_resume(self) -> None:
-        if (self.read_paused and not self.closing and len(self.queue) <= _MAX_PIPELINE
-                and all(e.buffered <= _MAX_BUFFERED_BODY for e in self.queue)):
+        if (
+            self.read_paused
+            and not self.closing
+            and len(self.queue) <= _MAX_PIPELINE
+            and all(e.buffered <= _MAX_BUFFERED_BODY for e in self.queue)
+        ):
             self.read_paused = False
             self.transport.resume_reading()
             if self.backlog:

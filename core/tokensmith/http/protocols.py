@@ -61,12 +61,14 @@ class H2Protocol(_HypercornH2):
                     kept.append(event)
                 else:
                     self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            elif (isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams
-                  and event.stream_id not in opened):
+            elif (
+                isinstance(event, h2.events.DataReceived)
+                and event.stream_id not in self.streams
+                and event.stream_id not in opened
+            ):
                 # Answered already (or reset above): give the window back, drop the data.
                 try:
-                    self.connection.acknowledge_received_data(event.flow_controlled_length,
-                                                              event.stream_id)
+                    self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 except h2.exceptions.StreamClosedError:
                     pass
             else:
@@ -82,8 +84,13 @@ def _well_formed(headers: list[tuple[bytes, bytes]]) -> bool:
             method = value
         elif name == b":path":
             path = value
-    return (method is not None and method != b"CONNECT" and _TOKEN.fullmatch(method) is not None
-            and path is not None and path.isascii())
+    return (
+        method is not None
+        and method != b"CONNECT"
+        and _TOKEN.fullmatch(method) is not None
+        and path is not None
+        and path.isascii()
+    )
 
 
 def install() -> None:

@@ -28,9 +28,9 @@ import json
 import logging
 import signal
 import socket
-import urllib.parse
 import ssl
 import threading
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,11 +42,11 @@ from hypercorn.config import Config as HypercornConfig
 
 from tokensmith.app.fastlane import DER_KEY, TIMEOUT_KEY
 from tokensmith.config.settings import Config, Connector
+from tokensmith.config.xml import ConfigError
 from tokensmith.http.llhttp import MAX_HEAD_BYTES, MAX_HEADERS, Http1Connection, no_delay, valid_host
 from tokensmith.http.protocols import install as install_hypercorn_protocols
-from tokensmith.http.tls_accept import peer_certificate_chain
 from tokensmith.http.tls import server_context
-from tokensmith.config.xml import ConfigError
+from tokensmith.http.tls_accept import peer_certificate_chain
 
 __all__ = ["serve", "bind", "urls", "no_delay", "tls_extension"]
 
@@ -87,8 +87,9 @@ class _Connection:
 
     __slots__ = ("app", "tls", "timeout", "active", "last", "loop", "sending", "ids", "writer")
 
-    def __init__(self, app: Any, writer: asyncio.StreamWriter, timeout: float,
-                 loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self, app: Any, writer: asyncio.StreamWriter, timeout: float, loop: asyncio.AbstractEventLoop
+    ):
         self.app, self.writer, self.timeout, self.loop = app, writer, timeout, loop
         self.tls = tls_extension(writer.get_extra_info("ssl_object"))
         self.active = 0
@@ -136,6 +137,7 @@ class _Connection:
                 await send(message)
             finally:
                 del sending[key]
+
         return timed_send
 
     def expired(self, now: float) -> bool:
@@ -148,12 +150,23 @@ class _Connection:
 
 #: Requests one connection may have in the app at once (HTTP/1.1 has one at most).
 MAX_IN_FLIGHT = 32
-_BUSY = json.dumps({"error": "temporarily_unavailable",
-                    "error_description": "too many requests in progress on this connection"}).encode()
+_BUSY = json.dumps(
+    {
+        "error": "temporarily_unavailable",
+        "error_description": "too many requests in progress on this connection",
+    }
+).encode()
 
 
-async def _answer(send: Callable, scope: dict, status: int, body: bytes = b"",
-                  headers: list[tuple[bytes, bytes]] | None = None, *, close: bool = False) -> None:
+async def _answer(
+    send: Callable,
+    scope: dict,
+    status: int,
+    body: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    close: bool = False,
+) -> None:
     """Answer a request the app never sees. Connection: close only on HTTP/1.x: HTTP/2 has no
     such field (RFC 9113 §8.2.2), and sending one there is a connection error."""
     fields = [(b"content-length", b"%d" % len(body)), *(headers or ())]
@@ -282,10 +295,15 @@ def bind(config: Config, copies: int = 1) -> list[list[socket.socket]]:
             for sock in sockets:
                 sock.close()
         assert connector is not None
-        hint = " (is another server, another tokensmith perhaps, listening there?)" \
-            if exc.errno == errno.EADDRINUSE else ""
-        raise ConfigError(f"{config.server.path}: cannot listen on {connector.address}:"
-                          f"{connector.port}: {exc.strerror or exc}{hint}") from None
+        hint = (
+            " (is another server, another tokensmith perhaps, listening there?)"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise ConfigError(
+            f"{config.server.path}: cannot listen on {connector.address}:"
+            f"{connector.port}: {exc.strerror or exc}{hint}"
+        ) from None
     return lists
 
 
@@ -377,8 +395,9 @@ async def serve(
     hypercorn: set[tuple[_Connection, asyncio.StreamWriter]] = set()
     http1: set[Http1Connection] = set()
 
-    async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                               connector_hc: HypercornConfig) -> None:
+    async def serve_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connector_hc: HypercornConfig
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
@@ -387,8 +406,9 @@ async def serve(
         connection = _Connection(app, writer, connector_hc.keep_alive_timeout, loop)
         hypercorn.add(entry := (connection, writer))
         try:
-            await TCPServer(ASGIWrapper(connection), loop, connector_hc, context, lifespan_state,
-                            reader, writer)
+            await TCPServer(
+                ASGIWrapper(connection), loop, connector_hc, context, lifespan_state, reader, writer
+            )
         except* OSError:
             # The client went away, or closed TLS while data was in flight (Hypercorn's close
             # lets ssl.SSLError through): nothing to report, the connection is over anyway.
@@ -409,7 +429,9 @@ async def serve(
         # What asyncio.start_server makes for each connection, with our callback.
         return asyncio.StreamReaderProtocol(
             asyncio.StreamReader(loop=loop),
-            functools.partial(serve_connection, connector_hc=connector_hc), loop=loop)
+            functools.partial(serve_connection, connector_hc=connector_hc),
+            loop=loop,
+        )
 
     def to_hypercorn(transport: asyncio.BaseTransport, connector_hc: HypercornConfig) -> None:
         # An HTTP/2 connection on an llhttp connector, handed over after the handshake.
@@ -424,22 +446,31 @@ async def serve(
         hand_over = functools.partial(to_hypercorn, connector_hc=connector_hc)
 
         def make() -> Http1Connection:
-            return Http1Connection(app, timeout=connector.connection_timeout, tls=tls_extension,
-                                   hand_over=hand_over, connections=http1, state=lifespan_state,
-                                   loop=loop)
+            return Http1Connection(
+                app,
+                timeout=connector.connection_timeout,
+                tls=tls_extension,
+                hand_over=hand_over,
+                connections=http1,
+                state=lifespan_state,
+                loop=loop,
+            )
+
         return make
 
     servers: list[asyncio.Server] = []
     sweeper = loop.create_task(watchdog())
     try:
         for connector, sock in zip(config.server.connectors, sockets):
-            servers.append(await loop.create_server(
-                connection_factory(connector),
-                sock=sock,
-                ssl=server_context(config.server, connector),
-                ssl_handshake_timeout=connector.connection_timeout,
-                ssl_shutdown_timeout=connector.connection_timeout,
-            ))
+            servers.append(
+                await loop.create_server(
+                    connection_factory(connector),
+                    sock=sock,
+                    ssl=server_context(config.server, connector),
+                    ssl_handshake_timeout=connector.connection_timeout,
+                    ssl_shutdown_timeout=connector.connection_timeout,
+                )
+            )
         extensions = getattr(app, "extensions", None)
         if isinstance(extensions, dict):
             extensions["tokensmith.urls"] = urls(sockets)  # for the metadata's issuer
@@ -456,8 +487,7 @@ async def serve(
         for http1_connection in list(http1):
             http1_connection.shutdown()
         deadline = loop.time() + hc.graceful_timeout
-        while ((any(c.busy for c in http1) or any(c.active for c, _ in hypercorn))
-               and loop.time() < deadline):
+        while (any(c.busy for c in http1) or any(c.active for c, _ in hypercorn)) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for http1_connection in list(http1):
             http1_connection.transport.abort()

@@ -22,8 +22,8 @@ import ssl
 from typing import Any
 
 from tokensmith.config.settings import Connector, ServerSettings
-from tokensmith.security.keystore import load_into
 from tokensmith.http.tls_accept import accept_any_client_certificate
+from tokensmith.security.keystore import load_into
 
 __all__ = ["server_context", "TLS12_CIPHERS", "DerPeerCertObject"]
 

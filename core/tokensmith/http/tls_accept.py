@@ -124,34 +124,48 @@ def _libssl() -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL(path)
         for name, restype, argtypes in (
-                ("OpenSSL_version_num", ctypes.c_ulong, []),
-                ("SSL_CTX_get_options", ctypes.c_uint64, [ctypes.c_void_p]),  # OpenSSL 3.x
-                ("SSL_CTX_get_verify_mode", ctypes.c_int, [ctypes.c_void_p]),
-                ("SSL_CTX_set_cert_verify_callback", None,
-                 [ctypes.c_void_p, _CertVerifyCallback, ctypes.c_void_p]),
-                ("X509_STORE_CTX_set_error", None, [ctypes.c_void_p, ctypes.c_int]),
-                ("X509_get0_pubkey", ctypes.c_void_p, [ctypes.c_void_p]),
-                ("EVP_PKEY_get_base_id", ctypes.c_int, [ctypes.c_void_p]),
-                ("EVP_PKEY_get_int_param", ctypes.c_int,
-                 [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)]),
-                ("X509_STORE_CTX_get0_untrusted", ctypes.c_void_p, [ctypes.c_void_p]),
-                ("OPENSSL_sk_num", ctypes.c_int, [ctypes.c_void_p]),
-                ("OPENSSL_sk_value", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int]),
-                ("EVP_PKEY_get_bits", ctypes.c_int, [ctypes.c_void_p]),
-                ("EVP_PKEY_get_bn_param", ctypes.c_int,
-                 [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
-                ("EVP_PKEY_get_group_name", ctypes.c_int,
-                 [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]),
-                ("BN_num_bits", ctypes.c_int, [ctypes.c_void_p]),
-                ("BN_get_word", ctypes.c_ulong, [ctypes.c_void_p]),
-                ("BN_free", None, [ctypes.c_void_p])):
+            ("OpenSSL_version_num", ctypes.c_ulong, []),
+            ("SSL_CTX_get_options", ctypes.c_uint64, [ctypes.c_void_p]),  # OpenSSL 3.x
+            ("SSL_CTX_get_verify_mode", ctypes.c_int, [ctypes.c_void_p]),
+            (
+                "SSL_CTX_set_cert_verify_callback",
+                None,
+                [ctypes.c_void_p, _CertVerifyCallback, ctypes.c_void_p],
+            ),
+            ("X509_STORE_CTX_set_error", None, [ctypes.c_void_p, ctypes.c_int]),
+            ("X509_get0_pubkey", ctypes.c_void_p, [ctypes.c_void_p]),
+            ("EVP_PKEY_get_base_id", ctypes.c_int, [ctypes.c_void_p]),
+            (
+                "EVP_PKEY_get_int_param",
+                ctypes.c_int,
+                [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)],
+            ),
+            ("X509_STORE_CTX_get0_untrusted", ctypes.c_void_p, [ctypes.c_void_p]),
+            ("OPENSSL_sk_num", ctypes.c_int, [ctypes.c_void_p]),
+            ("OPENSSL_sk_value", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int]),
+            ("EVP_PKEY_get_bits", ctypes.c_int, [ctypes.c_void_p]),
+            (
+                "EVP_PKEY_get_bn_param",
+                ctypes.c_int,
+                [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)],
+            ),
+            (
+                "EVP_PKEY_get_group_name",
+                ctypes.c_int,
+                [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
+            ),
+            ("BN_num_bits", ctypes.c_int, [ctypes.c_void_p]),
+            ("BN_get_word", ctypes.c_ulong, [ctypes.c_void_p]),
+            ("BN_free", None, [ctypes.c_void_p]),
+        ):
             getattr(lib, name).restype, getattr(lib, name).argtypes = restype, argtypes
     except (OSError, AttributeError) as exc:
         raise RuntimeError(f"tls_accept: cannot reach OpenSSL through {path}: {exc}") from exc
     if lib.OpenSSL_version_num() != ssl.OPENSSL_VERSION_NUMBER:
         raise RuntimeError(
             f"tls_accept: {path} resolves OpenSSL {lib.OpenSSL_version_num():#x}, but ssl reports "
-            f"{ssl.OPENSSL_VERSION_NUMBER:#x} ({ssl.OPENSSL_VERSION})")
+            f"{ssl.OPENSSL_VERSION_NUMBER:#x} ({ssl.OPENSSL_VERSION})"
+        )
     return lib
 
 
@@ -160,8 +174,9 @@ def _configure(context: ssl.SSLContext, required: bool) -> None:
     ctx = ctypes.c_void_p.from_address(id(context) + _SSL_CTX_OFFSET).value
     # A pointer that is not this context's SSL_CTX would almost surely disagree on the options.
     if not ctx or lib.SSL_CTX_get_options(ctx) != int(context.options):
-        raise RuntimeError("tls_accept: cannot find the SSL_CTX in ssl.SSLContext: "
-                           "CPython's PySSLContext layout has changed")
+        raise RuntimeError(
+            "tls_accept: cannot find the SSL_CTX in ssl.SSLContext: CPython's PySSLContext layout has changed"
+        )
     lib.SSL_CTX_set_cert_verify_callback(ctx, _ACCEPT_ANY, None)
     # Python's setter calls SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER [| FAIL_IF_NO_PEER_CERT], cb)
     # keeping the (NULL) per-certificate callback; reading it back through our pointer proves
@@ -228,27 +243,33 @@ def _self_test() -> None:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    def cert(name: str, key: ec.EllipticCurvePrivateKey, issuer_name: str,
-             issuer_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    def cert(
+        name: str, key: ec.EllipticCurvePrivateKey, issuer_name: str, issuer_key: ec.EllipticCurvePrivateKey
+    ) -> x509.Certificate:
         now = datetime.datetime.now(datetime.UTC)
         cn = x509.NameOID.COMMON_NAME
-        return (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(cn, name)]))
-                .issuer_name(x509.Name([x509.NameAttribute(cn, issuer_name)]))
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(minutes=5))
-                .sign(issuer_key, hashes.SHA256()))
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(cn, name)]))
+            .issuer_name(x509.Name([x509.NameAttribute(cn, issuer_name)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(minutes=5))
+            .sign(issuer_key, hashes.SHA256())
+        )
 
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
     server_cert = cert("self-test server", keys[0], "self-test server", keys[0])
     middle = cert("self-test CA", keys[1], "self-test CA", keys[1])
     leaf = cert("self-test client", keys[2], "self-test CA", keys[1])
+
     def pem(item: x509.Certificate | ec.EllipticCurvePrivateKey) -> bytes:
         if isinstance(item, x509.Certificate):
             return item.public_bytes(serialization.Encoding.PEM)
-        return item.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())
+        return item.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

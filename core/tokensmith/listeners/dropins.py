@@ -64,8 +64,7 @@ MAX_WHEEL_BYTES = 64 * 1024 * 1024
 _MAX_METADATA = 4 * 1024 * 1024  # WHEEL, METADATA, RECORD, entry_points.txt
 _MAX_NAME_PART = 255  # NAME_MAX: a longer member could not be unpacked
 _MAX_NAME = 1024
-_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
-                          zipfile.ZIP_LZMA})
+_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 
 
 class WheelError(ConfigError):
@@ -109,7 +108,7 @@ def _central_directory_entries(path: Path, raw: bytes) -> int:
     at = raw.rfind(b"PK\x05\x06", max(0, len(raw) - 22 - 65535))
     if at < 0 or len(raw) < at + 22:
         raise _refuse(path, "not a zip archive")
-    return int.from_bytes(raw[at + 10:at + 12], "little")
+    return int.from_bytes(raw[at + 10 : at + 12], "little")
 
 
 def _read_wheel(path: Path, allowed: frozenset[str] | None) -> tuple[bytes, str]:
@@ -124,8 +123,7 @@ def _read_wheel(path: Path, allowed: frozenset[str] | None) -> tuple[bytes, str]
         raise _refuse(path, str(exc)) from None
     sha256 = digest.hexdigest()
     if allowed is not None and sha256 not in allowed:
-        raise WheelError(
-            f"{path}: refused: sha256 {sha256} is not pinned in identity.xml <Dropins>")
+        raise WheelError(f"{path}: refused: sha256 {sha256} is not pinned in identity.xml <Dropins>")
     return raw, sha256
 
 
@@ -165,8 +163,10 @@ def _check_archive(path: Path, match: re.Match[str], raw: bytes, sha256: str) ->
             if member.flag_bits & 0x1:
                 raise _refuse(path, f"{member.filename!r} is encrypted")
             if member.compress_type not in _COMPRESSION:
-                raise _refuse(path, f"{member.filename!r} uses compression method"
-                                    f" {member.compress_type}; wheels use deflate")
+                raise _refuse(
+                    path,
+                    f"{member.filename!r} uses compression method {member.compress_type}; wheels use deflate",
+                )
         names = [m.filename for m in members]
         if len(set(names)) != len(names):
             raise _refuse(path, "a member name appears twice")
@@ -174,14 +174,17 @@ def _check_archive(path: Path, match: re.Match[str], raw: bytes, sha256: str) ->
             pure = PurePosixPath(name)
             if pure.is_absolute() or ".." in pure.parts or "\\" in name or "\0" in name:
                 raise _refuse(path, f"unsafe path {name[:80]!r}")
-            if len(name.encode()) > _MAX_NAME or any(len(part.encode()) > _MAX_NAME_PART
-                                                      for part in pure.parts):
+            if len(name.encode()) > _MAX_NAME or any(
+                len(part.encode()) > _MAX_NAME_PART for part in pure.parts
+            ):
                 raise _refuse(path, f"member name too long: {name[:80]!r}...")
         dist_infos = {n.split("/", 1)[0] for n in names if n.split("/", 1)[0].endswith(".dist-info")}
         if len(dist_infos) != 1:
             raise _refuse(path, "needs exactly one .dist-info directory")
         dist_info = dist_infos.pop()
-        if canonicalize_name(dist_info[: -len(".dist-info")].rsplit("-", 1)[0]) != canonicalize_name(match["dist"]):
+        if canonicalize_name(dist_info[: -len(".dist-info")].rsplit("-", 1)[0]) != canonicalize_name(
+            match["dist"]
+        ):
             raise _refuse(path, f"{dist_info} does not match the file name")
 
         def read(member: str, limit: int = _MAX_METADATA) -> bytes:
@@ -244,8 +247,11 @@ def _check_archive(path: Path, match: re.Match[str], raw: bytes, sha256: str) ->
         for name, value in entry_points.items():
             target = value.replace(" ", "")
             if target in by_target:
-                raise _refuse(path, f"entry points {by_target[target]!r} and {name!r} both name"
-                                    f" {value}; one object can be one plugin only")
+                raise _refuse(
+                    path,
+                    f"entry points {by_target[target]!r} and {name!r} both name"
+                    f" {value}; one object can be one plugin only",
+                )
             by_target[target] = name
     return WheelInfo(
         path=path,
@@ -293,12 +299,16 @@ def _check_shadowing(wheels: list[WheelInfo]) -> None:
     for info in wheels:
         for name in sorted(info.top_level):
             if name in taken:
-                raise _refuse(info.path, f"its top-level module {name!r} would shadow the"
-                                         " standard library, tokensmith or an installed"
-                                         " distribution")
+                raise _refuse(
+                    info.path,
+                    f"its top-level module {name!r} would shadow the"
+                    " standard library, tokensmith or an installed"
+                    " distribution",
+                )
             if name in owners:
-                raise _refuse(info.path, f"its top-level module {name!r} is also provided by"
-                                         f" {owners[name].name}")
+                raise _refuse(
+                    info.path, f"its top-level module {name!r} is also provided by {owners[name].name}"
+                )
             owners[name] = info.path
 
 
@@ -335,8 +345,7 @@ def scan_dropins(directory: Path, allowed: frozenset[str] | None = None) -> list
         for name in info.entry_points:
             if name in owners:
                 raise WheelError(
-                    f"{info.path}: refused: plugin name {name!r} is also exported by"
-                    f" {owners[name].name}"
+                    f"{info.path}: refused: plugin name {name!r} is also exported by {owners[name].name}"
                 )
             owners[name] = info.path
     return wheels
@@ -399,8 +408,9 @@ class DropinLoader:
                 staging.rename(target)
             except Exception as exc:  # the disk, not the wheel (that was checked): still one line
                 shutil.rmtree(staging, ignore_errors=True)
-                raise _refuse(info.path, f"cannot unpack into {self.root}:"
-                                         f" {type(exc).__name__}: {exc}") from None
+                raise _refuse(
+                    info.path, f"cannot unpack into {self.root}: {type(exc).__name__}: {exc}"
+                ) from None
         for other in self._loaded.values():
             if other.names & names and str(other.target) in sys.path:
                 sys.path.remove(str(other.target))
@@ -418,8 +428,7 @@ class DropinLoader:
                     module = getattr(module, part)
             except BaseException as exc:  # noqa: B036 - SystemExit at import must not stop us
                 raise WheelError(
-                    f"{info.path}: plugin {name!r}: loading {value} failed:"
-                    f" {type(exc).__name__}: {exc}"
+                    f"{info.path}: plugin {name!r}: loading {value} failed: {type(exc).__name__}: {exc}"
                 ) from None
             sources.append(
                 PluginSource(name, module, info.path, info.distribution, info.version, info.sha256)

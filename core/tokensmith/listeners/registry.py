@@ -17,8 +17,8 @@ import logging
 import queue
 import re
 import threading
-import traceback
 import time
+import traceback
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -26,11 +26,11 @@ from typing import Any
 
 import pluggy
 
-from tokensmith.oauth import hookspecs
 from tokensmith.config.settings import IdentitySettings
-from tokensmith.listeners.dropins import PluginSource
-from tokensmith.errors import OAuth2Error, ServerError
 from tokensmith.config.xml import ConfigError
+from tokensmith.errors import OAuth2Error, ServerError
+from tokensmith.listeners.dropins import PluginSource
+from tokensmith.oauth import hookspecs
 
 __all__ = ["Listener", "ListenerSet", "build_listeners", "FAMILIES", "DEFAULT_ORDER", "INTERCEPTOR"]
 
@@ -54,7 +54,7 @@ INTERCEPTOR = "OAuthEventInterceptor"
 _COMMON_HOOKS = ("listener_default_order", "listener_configure")
 #: An RFC 7591 token_endpoint_auth_method name, as a client registers it: a registered
 #: name or an absolute URI (§2), so printable ASCII without spaces, quotes or backslashes.
-_METHOD_NAME = re.compile(r'[!#-\[\]-~]{1,256}')
+_METHOD_NAME = re.compile(r"[!#-\[\]-~]{1,256}")
 #: Threads for hooks written as plain ``def``: they may block (a file, a socket, a lock)
 #: without stopping the event loop. A thread still running at the deadline is left to
 #: finish; its result is discarded. With every thread stuck, further calls queue and are
@@ -129,8 +129,9 @@ def _plugin_code(source: PluginSource, what: str) -> Iterator[None]:
     except ConfigError:
         raise
     except BaseException as exc:  # noqa: B036
-        raise ConfigError(f"{source.wheel}: plugin {source.name!r}: {what} raised"
-                          f" {type(exc).__name__}: {exc}") from None
+        raise ConfigError(
+            f"{source.wheel}: plugin {source.name!r}: {what} raised {type(exc).__name__}: {exc}"
+        ) from None
 
 
 @dataclass
@@ -175,24 +176,30 @@ class ListenerSet:
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 self._impls[impl.plugin_name, hook_name] = impl
         self._intercepting = {
-            hook for hook in FAMILIES[INTERCEPTOR]
-            for item in self._enabled[INTERCEPTOR] if (item.source.name, hook) in self._impls
+            hook
+            for hook in FAMILIES[INTERCEPTOR]
+            for item in self._enabled[INTERCEPTOR]
+            if (item.source.name, hook) in self._impls
         }
-        self._methods = {item.name: self._declared_methods(item)
-                         for item in self._enabled["ClientAuthenticator"]}
-        self._is_async = {key: inspect.iscoroutinefunction(impl.function)
-                          for key, impl in self._impls.items()}
+        self._methods = {
+            item.name: self._declared_methods(item) for item in self._enabled["ClientAuthenticator"]
+        }
+        self._is_async = {
+            key: inspect.iscoroutinefunction(impl.function) for key, impl in self._impls.items()
+        }
 
     def _declared_methods(self, item: Listener) -> tuple[str, ...]:
         with _plugin_code(item.source, "client_auth_methods"):
             value = self._call_sync(item, "client_auth_methods", listener=item)
         if value is None:
             return ()
-        if (not isinstance(value, (list, tuple))
-                or not all(isinstance(m, str) and _METHOD_NAME.fullmatch(m) for m in value)):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(m, str) and _METHOD_NAME.fullmatch(m) for m in value
+        ):
             raise ConfigError(
                 f"{item.source.wheel}: plugin {item.name!r}: client_auth_methods must return a"
-                f" list of method names, not {_short(repr(value))}")
+                f" list of method names, not {_short(repr(value))}"
+            )
         return tuple(value)
 
     def __iter__(self):
@@ -264,27 +271,36 @@ class ListenerSet:
             else:
                 async with asyncio.timeout(self.timeout):
                     result = await asyncio.get_running_loop().run_in_executor(
-                        _hook_pool(), functools.partial(_run_plain_hook, impl.function, args))
+                        _hook_pool(), functools.partial(_run_plain_hook, impl.function, args)
+                    )
                 if isinstance(result, _PlainHookFailed):
                     if result.raised:
-                        log.error("listener %s/%s raised in %s\n%s", listener.type, listener.name,
-                                  hook_name, result.text)
+                        log.error(
+                            "listener %s/%s raised in %s\n%s",
+                            listener.type,
+                            listener.name,
+                            hook_name,
+                            result.text,
+                        )
                         raise ServerError("an internal error occurred")
                     self.fail(listener, hook_name, result.text)
         except OAuth2Error:
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.fail(listener, hook_name, f"no answer within {self.timeout:g} s")
         except _Blocked as blocked:
-            self.fail(listener, hook_name, f"held the event loop for {blocked} s without"
-                      " awaiting; an async def hook must not block (write it as a plain def"
-                      " to run it in a thread)")
+            self.fail(
+                listener,
+                hook_name,
+                f"held the event loop for {blocked} s without"
+                " awaiting; an async def hook must not block (write it as a plain def"
+                " to run it in a thread)",
+            )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the request itself is being cancelled: not the plugin's doing
-            log.error("listener %s/%s raised CancelledError in %s", listener.type,
-                      listener.name, hook_name)
+            log.error("listener %s/%s raised CancelledError in %s", listener.type, listener.name, hook_name)
             raise ServerError("an internal error occurred") from None
         except BaseException:  # noqa: B036 - SystemExit from a hook must not stop the server
             log.exception("listener %s/%s raised in %s", listener.type, listener.name, hook_name)
@@ -309,8 +325,13 @@ class ListenerSet:
             except ServerError:
                 pass  # call() logged it with the listener's name
             except OAuth2Error as error:
-                log.error("listener %s/%s raised %s in %s, which cannot change the outcome",
-                          listener.type, listener.name, error.error, hook_name)
+                log.error(
+                    "listener %s/%s raised %s in %s, which cannot change the outcome",
+                    listener.type,
+                    listener.name,
+                    error.error,
+                    hook_name,
+                )
 
 
 class _PlainHookFailed:
@@ -346,8 +367,9 @@ def _run_plain_hook(function: Callable[..., Any], args: list[Any]) -> Any:
     if awaitable:
         if inspect.iscoroutine(result):
             result.close()
-        return _PlainHookFailed("returned an awaitable from a plain def hook; write the hook as"
-                                " async def to await")
+        return _PlainHookFailed(
+            "returned an awaitable from a plain def hook; write the hook as async def to await"
+        )
     return result
 
 
@@ -452,8 +474,9 @@ def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings)
         return [
             family
             for family, hooks in FAMILIES.items()
-            if any(pm.get_plugin(name) in [i.plugin for i in getattr(pm.hook, h).get_hookimpls()]
-                   for h in hooks)
+            if any(
+                pm.get_plugin(name) in [i.plugin for i in getattr(pm.hook, h).get_hookimpls()] for h in hooks
+            )
         ]
 
     path = identity.path

@@ -30,10 +30,13 @@ class BuildError(Exception):
 def _files(root: Path) -> list[Path]:
     ignored = {"build", "dist", "__pycache__"}
     return sorted(
-        p for p in root.rglob("*")
+        p
+        for p in root.rglob("*")
         if p.is_file()
-        and not any(part in ignored or part.endswith(".egg-info") or part.startswith(".")
-                    for part in p.relative_to(root).parts)
+        and not any(
+            part in ignored or part.endswith(".egg-info") or part.startswith(".")
+            for part in p.relative_to(root).parts
+        )
         and p.suffix != ".pyc"
     )
 
@@ -64,8 +67,20 @@ def build_plugin(source: Path, out_dir: Path, *, force: bool = False) -> tuple[P
         shutil.copytree(source, copy, ignore=_IGNORE)
         wheel_dir = Path(tmp) / "wheels"
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-             "--no-index", "--disable-pip-version-check", "-q", "-w", str(wheel_dir), str(copy)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "--disable-pip-version-check",
+                "-q",
+                "-w",
+                str(wheel_dir),
+                str(copy),
+            ],
             capture_output=True,
             text=True,
         )

@@ -17,10 +17,10 @@ from urllib.parse import unquote_plus
 
 from cryptography import x509
 
-from tokensmith.security import hashing as kdf
 from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error
 from tokensmith.listeners.registry import ListenerSet
 from tokensmith.models import Client, Storage
+from tokensmith.security import hashing as kdf
 from tokensmith.security.truststore import Truststore
 
 __all__ = ["ClientAuthRequest", "AuthenticatedClient", "authenticate_client"]
@@ -106,9 +106,7 @@ async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest
     engaged: list[tuple[str, AuthenticatedClient | OAuth2Error]] = []
     for listener in listeners.enabled(AUTHENTICATOR):
         try:
-            result = await listeners.call(
-                listener, "authenticate_client", request=request, listener=listener
-            )
+            result = await listeners.call(listener, "authenticate_client", request=request, listener=listener)
         except InvalidClientError as exc:
             engaged.append((listener.name, exc))
             continue
@@ -124,8 +122,7 @@ async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest
 
     if len(engaged) > 1:
         raise InvalidRequestError(
-            "more than one client authentication method was used"
-            f" ({', '.join(name for name, _ in engaged)})"
+            f"more than one client authentication method was used ({', '.join(name for name, _ in engaged)})"
         )
     if not engaged:
         return _public_client(request)

@@ -41,8 +41,7 @@ def handshake_chain(scope: Mapping[str, Any]) -> tuple[bytes, ...]:
 def _fields(scope: Mapping[str, Any], name: str) -> list[str]:
     """Every field line named *name*, in order; repeated lines are not merged here."""
     wanted = name.lower().encode("latin-1")
-    return [value.decode("latin-1") for key, value in scope.get("headers") or ()
-            if key.lower() == wanted]
+    return [value.decode("latin-1") for key, value in scope.get("headers") or () if key.lower() == wanted]
 
 
 def _trusted(remote_addr: str | None, settings: ForwardedCertificates) -> bool:
@@ -55,8 +54,9 @@ def _trusted(remote_addr: str | None, settings: ForwardedCertificates) -> bool:
     return any(address in network for network in settings.trusted_proxies)
 
 
-def client_certificates(scope: Mapping[str, Any], remote_addr: str | None,
-                        settings: ForwardedCertificates | None) -> tuple[tuple[bytes, ...], str | None]:
+def client_certificates(
+    scope: Mapping[str, Any], remote_addr: str | None, settings: ForwardedCertificates | None
+) -> tuple[tuple[bytes, ...], str | None]:
     """The request's client certificate chain, leaf first, and where it came from.
 
     The source is ``"tls"`` (this connection's handshake), ``"proxy"`` (a trusted proxy's
@@ -79,8 +79,10 @@ def client_certificates(scope: Mapping[str, Any], remote_addr: str | None,
         log.warning("ignored a %s header from %s, which is not a trusted proxy", names, remote_addr)
         return (), None
     if len(leaf_fields) > 1:
-        raise InvalidRequestError(f"the {settings.header} header appears {len(leaf_fields)} times;"
-                                  " a request carries one client certificate")
+        raise InvalidRequestError(
+            f"the {settings.header} header appears {len(leaf_fields)} times;"
+            " a request carries one client certificate"
+        )
     if not leaf_fields:
         raise InvalidRequestError(f"{settings.chain_header} was sent without {settings.header}")
     try:

@@ -11,18 +11,30 @@ from quart import Blueprint, Response, current_app
 
 from tokensmith.app.factory import Runtime, public_urls_of, runtime
 from tokensmith.app.fastlane import Answer, HttpRequest
+from tokensmith.errors import (
+    InvalidClientError,
+    InvalidRequestError,
+    OAuth2Error,
+    ServerError,
+    UnauthorizedClientError,
+)
+from tokensmith.models import TokenRecord
+from tokensmith.oauth.clientauth import (
+    AuthenticatedClient,
+    ClientAuthRequest,
+    authenticate_client,
+    challenge,
+    claimed_client_id,
+)
 from tokensmith.oauth.clientcert import client_certificates
 from tokensmith.oauth.clientcert import handshake_chain as client_cert_chain
-from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest, authenticate_client, challenge, claimed_client_id
-from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError, UnauthorizedClientError
 from tokensmith.oauth.events import ClientAuthEvent, TokenRevokeEvent
 from tokensmith.oauth.forms import check_content_type, parse_form
 from tokensmith.oauth.grants import GRANT_TYPES, PUBLIC, Grant, binding, check_grant_type, grant, login_source
-from tokensmith.security.hashing import token_hash
-from tokensmith.security.x509 import x5t_s256
-from tokensmith.security.signing import SigningKeys, b64url_decode
-from tokensmith.models import TokenRecord
 from tokensmith.oauth.tokens import token_claims
+from tokensmith.security.hashing import token_hash
+from tokensmith.security.signing import SigningKeys, b64url_decode
+from tokensmith.security.x509 import x5t_s256
 
 __all__ = ["oauth", "client_cert_chain", "POST_ENDPOINTS", "PUBLIC_CLIENTS_ALLOWED", "ENDPOINT_PATHS"]
 
@@ -49,11 +61,15 @@ def read_form(request: HttpRequest) -> Mapping[str, str]:
 
 def _certificate_fields(chain: tuple[bytes, ...], source: str | None) -> dict[str, str | None]:
     """What the events say about the request's certificate: its thumbprint and source."""
-    return {"x5t_s256": x5t_s256(chain[0]) if chain else None,
-            "certificate_source": source if chain else None}
+    return {
+        "x5t_s256": x5t_s256(chain[0]) if chain else None,
+        "certificate_source": source if chain else None,
+    }
 
 
-async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str], endpoint: str) -> AuthenticatedClient:
+async def authenticate(
+    rt: Runtime, request: HttpRequest, form: Mapping[str, str], endpoint: str
+) -> AuthenticatedClient:
     """Authenticate the calling client and tell the interceptors how it went.
 
     The client's certificate is decided here, once, before any listener runs: every
@@ -63,27 +79,48 @@ async def authenticate(rt: Runtime, request: HttpRequest, form: Mapping[str, str
     chain: tuple[bytes, ...] = ()
     source: str | None = None
     try:
-        chain, source = client_certificates(request.scope, request.remote_addr,
-                                            rt.identity.forwarded_certificates)
+        chain, source = client_certificates(
+            request.scope, request.remote_addr, rt.identity.forwarded_certificates
+        )
         auth_request = ClientAuthRequest(
-            rt.storage, form, authorization, chain, request.remote_addr, request.headers, rt.truststore,
-            rt.verified_secrets, client_cert_source=source,
+            rt.storage,
+            form,
+            authorization,
+            chain,
+            request.remote_addr,
+            request.headers,
+            rt.truststore,
+            rt.verified_secrets,
+            client_cert_source=source,
         )
         auth = await authenticate_client(rt.listeners, auth_request)
         if auth.method == PUBLIC and not PUBLIC_CLIENTS_ALLOWED[endpoint]:
-            raise InvalidClientError(f"{endpoint} requires client authentication; a public client"
-                                     " has none")
+            raise InvalidClientError(f"{endpoint} requires client authentication; a public client has none")
     except OAuth2Error as error:
         if not isinstance(error, ServerError):
-            await rt.listeners.notify("client_auth_failure", event=ClientAuthEvent(
-                endpoint, claimed_client_id(form, authorization), error=error.error,
-                remote_addr=request.remote_addr, **_certificate_fields(chain, source)))
+            await rt.listeners.notify(
+                "client_auth_failure",
+                event=ClientAuthEvent(
+                    endpoint,
+                    claimed_client_id(form, authorization),
+                    error=error.error,
+                    remote_addr=request.remote_addr,
+                    **_certificate_fields(chain, source),
+                ),
+            )
         if isinstance(error, InvalidClientError):
             error.headers.update(challenge(authorization, rt.identity.realm))
         raise
-    await rt.listeners.notify("client_auth_success", event=ClientAuthEvent(
-        endpoint, auth.client.client_id, method=auth.method, remote_addr=request.remote_addr,
-        **_certificate_fields(chain, source)))
+    await rt.listeners.notify(
+        "client_auth_success",
+        event=ClientAuthEvent(
+            endpoint,
+            auth.client.client_id,
+            method=auth.method,
+            remote_addr=request.remote_addr,
+            **_certificate_fields(chain, source),
+        ),
+    )
     if auth.certificate is None and (auth.client.bind_tokens or auth.method == "none") and chain:
         # RFC 8705 §3 and §4: a secret client registered for bound tokens, or a public client,
         # gets tokens bound to the certificate of this request (its handshake's, or the one a
@@ -97,8 +134,9 @@ async def token(rt: Runtime, request: HttpRequest) -> Answer:
     form = read_form(request)
     check_grant_type(form)
     auth = await authenticate(rt, request, form, "token")
-    issued = await grant(Grant(rt.issuer, rt.storage, auth, form, rt.identity.login_policy,
-                               login_source(request.remote_addr)))
+    issued = await grant(
+        Grant(rt.issuer, rt.storage, auth, form, rt.identity.login_policy, login_source(request.remote_addr))
+    )
     return Answer(200, issued.response())
 
 
@@ -151,7 +189,8 @@ async def introspect(rt: Runtime, request: HttpRequest) -> Answer:
         return Answer(200, {"active": False})
     assert record is not None
     if record.client_id != caller.client.client_id and (
-            record.kind != "access" or not caller.client.resource_server):
+        record.kind != "access" or not caller.client.resource_server
+    ):
         return Answer(200, {"active": False})
     claims = token_claims(record)
     if not claims.get("scope"):
@@ -229,16 +268,18 @@ async def metadata() -> Response:
     urls = public_urls_of(current_app)
     body: dict[str, object] = {"issuer": urls.issuer}
     body.update({name: f"{urls.issuer}{path}" for name, path in ENDPOINT_PATHS.items()})
-    body.update({
-        "jwks_uri": f"{urls.issuer}/oauth2/jwks",
-        "grant_types_supported": list(GRANT_TYPES),
-        "response_types_supported": [],
-        "scopes_supported": rt.storage.scopes_in_use(),
-        "token_endpoint_auth_methods_supported": auth_methods_supported(rt, "token"),
-        "introspection_endpoint_auth_methods_supported": auth_methods_supported(rt, "introspect"),
-        "revocation_endpoint_auth_methods_supported": auth_methods_supported(rt, "revoke"),
-        "tls_client_certificate_bound_access_tokens": True,
-    })
+    body.update(
+        {
+            "jwks_uri": f"{urls.issuer}/oauth2/jwks",
+            "grant_types_supported": list(GRANT_TYPES),
+            "response_types_supported": [],
+            "scopes_supported": rt.storage.scopes_in_use(),
+            "token_endpoint_auth_methods_supported": auth_methods_supported(rt, "token"),
+            "introspection_endpoint_auth_methods_supported": auth_methods_supported(rt, "introspect"),
+            "revocation_endpoint_auth_methods_supported": auth_methods_supported(rt, "revoke"),
+            "tls_client_certificate_bound_access_tokens": True,
+        }
+    )
     if urls.mtls is not None:
         body["mtls_endpoint_aliases"] = {name: f"{urls.mtls}{path}" for name, path in ENDPOINT_PATHS.items()}
     return Response(json.dumps(body, separators=(",", ":")), content_type="application/json")

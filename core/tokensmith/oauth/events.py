@@ -13,10 +13,26 @@ __all__ = ["TokenIssueEvent", "TokenRevokeEvent", "ClientAuthEvent", "REGISTERED
 
 #: Claims the server owns; interceptors may not add or replace them (RFC 7519 §4.1,
 #: RFC 7662 §2.2, RFC 9068 §2.2, RFC 8705 §3.1).
-REGISTERED_CLAIMS = frozenset({
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "cnf",
-    "token_type", "active", "username", "auth_time", "acr", "amr",
-})
+REGISTERED_CLAIMS = frozenset(
+    {
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "nbf",
+        "iat",
+        "jti",
+        "client_id",
+        "scope",
+        "cnf",
+        "token_type",
+        "active",
+        "username",
+        "auth_time",
+        "acr",
+        "amr",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tokensmith.security import hashing as kdf
-from tokensmith.oauth.clientauth import AuthenticatedClient
 from tokensmith.errors import (
     InvalidGrantError,
     InvalidRequestError,
@@ -19,12 +17,23 @@ from tokensmith.errors import (
     UnauthorizedClientError,
     UnsupportedGrantTypeError,
 )
-from tokensmith.security.x509 import x5t_s256
 from tokensmith.models import LoginPolicy, Storage, StorageError
+from tokensmith.oauth.clientauth import AuthenticatedClient
 from tokensmith.oauth.tokens import IssuedToken, RotationRefused, TokenIssuer
+from tokensmith.security import hashing as kdf
+from tokensmith.security.x509 import x5t_s256
 
-__all__ = ["GRANT_TYPES", "PUBLIC_CLIENT_GRANTS", "Grant", "check_grant_type", "grant",
-           "resolve_scope", "binding", "SCOPE_TOKEN", "login_source"]
+__all__ = [
+    "GRANT_TYPES",
+    "PUBLIC_CLIENT_GRANTS",
+    "Grant",
+    "check_grant_type",
+    "grant",
+    "resolve_scope",
+    "binding",
+    "SCOPE_TOKEN",
+    "login_source",
+]
 
 log = logging.getLogger("tokensmith.oauth.grants")
 
@@ -113,8 +122,9 @@ async def grant(request: Grant) -> IssuedToken:
     if grant_type not in request.auth.client.grant_types:
         raise UnauthorizedClientError("the client is not registered for this grant_type")
     if request.auth.method == PUBLIC and grant_type not in PUBLIC_CLIENT_GRANTS:
-        raise UnauthorizedClientError(f"{grant_type} is for confidential clients only; a public"
-                                      " client cannot use it")
+        raise UnauthorizedClientError(
+            f"{grant_type} is for confidential clients only; a public client cannot use it"
+        )
     return await _HANDLERS[grant_type](request)
 
 
@@ -122,8 +132,9 @@ async def client_credentials(request: Grant) -> IssuedToken:
     """RFC 6749 §4.4: the client asks for a token on its own behalf; no refresh token (§4.4.3)."""
     auth = request.auth
     scope = resolve_scope(request.form.get("scope"), auth.client.scopes)
-    return await request.issuer.issue(auth.client, scope, grant_type="client_credentials",
-                                      cnf_x5t_s256=binding(auth))
+    return await request.issuer.issue(
+        auth.client, scope, grant_type="client_credentials", cnf_x5t_s256=binding(auth)
+    )
 
 
 async def password(request: Grant) -> IssuedToken:
@@ -145,22 +156,29 @@ async def password(request: Grant) -> IssuedToken:
     user = storage.get_user(username)
     kdf.admit()  # before the attempt is counted: a busy server must not cost the user a guess
     taken = user is not None and storage.take_login_attempt(
-        user.username, request.source, int(time.time()), request.policy)
+        user.username, request.source, int(time.time()), request.policy
+    )
     stored = user.password_hash if user is not None and taken else None
     correct = await kdf.check(secret, stored)
     if user is not None and taken:
         storage.end_login_attempt(user.username, request.source, correct)
     if user is None or not taken or not correct:
         if user is not None and not taken:
-            log.warning("password grant refused: user %r is locked out for %s after failed"
-                        " attempts (client %s)", username, request.source or "this source",
-                        auth.client.client_id)
+            log.warning(
+                "password grant refused: user %r is locked out for %s after failed attempts (client %s)",
+                username,
+                request.source or "this source",
+                auth.client.client_id,
+            )
         else:
-            log.warning("password grant failed for user %r (client %s)", username,
-                        auth.client.client_id)
+            log.warning("password grant failed for user %r (client %s)", username, auth.client.client_id)
         raise InvalidGrantError("the resource owner credentials are invalid")
     return await request.issuer.issue(
-        auth.client, scope, grant_type="password", username=user.username, user_id=user.user_id,
+        auth.client,
+        scope,
+        grant_type="password",
+        username=user.username,
+        user_id=user.user_id,
         cnf_x5t_s256=binding(auth),
         refresh="refresh_token" in auth.client.grant_types,
         refresh_cnf_x5t_s256=binding(auth) if auth.method == "none" else None,
@@ -204,10 +222,17 @@ async def refresh_token(request: Grant) -> IssuedToken:
     scope = resolve_scope(form.get("scope"), record.scope.split())
     try:
         return await request.issuer.issue(
-            auth.client, scope, grant_type="refresh_token", username=record.username,
-            user_id=record.user_id, cnf_x5t_s256=binding(auth), refresh=True,
-            grant_id=record.grant_id, refresh_scope=record.scope,
-            refresh_cnf_x5t_s256=record.cnf_x5t_s256, rotates=record,
+            auth.client,
+            scope,
+            grant_type="refresh_token",
+            username=record.username,
+            user_id=record.user_id,
+            cnf_x5t_s256=binding(auth),
+            refresh=True,
+            grant_id=record.grant_id,
+            refresh_scope=record.scope,
+            refresh_cnf_x5t_s256=record.cnf_x5t_s256,
+            rotates=record,
         )
     except RotationRefused:
         # Exchanged by someone else since we read it, or revoked meanwhile: a replay
@@ -225,8 +250,12 @@ def _revoke_family(storage: Storage, grant_id: str | None, client_id: str) -> No
     try:
         count = storage.revoke_grant(grant_id)
     except StorageError as exc:
-        log.error("refresh token replay by client %s: the store is unavailable (%s); its grant"
-                  " is revoked as soon as it can be", client_id, exc)
+        log.error(
+            "refresh token replay by client %s: the store is unavailable (%s); its grant"
+            " is revoked as soon as it can be",
+            client_id,
+            exc,
+        )
         task = asyncio.get_running_loop().create_task(_revoke_later(storage, grant_id, client_id))
         _RETRYING.add(task)
         task.add_done_callback(_RETRYING.discard)
@@ -249,11 +278,17 @@ async def _revoke_later(storage: Storage, grant_id: str, client_id: str) -> None
         except StorageError:
             delay = min(delay * 2, 5.0)
             continue
-        log.warning("refresh token replay by client %s: revoked its grant (%d tokens), late",
-                    client_id, count)
+        log.warning(
+            "refresh token replay by client %s: revoked its grant (%d tokens), late", client_id, count
+        )
         return
-    log.error("refresh token replay by client %s: could not revoke its grant %s: the store has"
-              " been unavailable for %.0f s", client_id, grant_id, _RETRY_FOR)
+    log.error(
+        "refresh token replay by client %s: could not revoke its grant %s: the store has"
+        " been unavailable for %.0f s",
+        client_id,
+        grant_id,
+        _RETRY_FOR,
+    )
 
 
 _HANDLERS = {

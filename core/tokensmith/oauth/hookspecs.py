@@ -15,14 +15,15 @@ may accept any subset of a spec's arguments.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Awaitable
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    from tokensmith.listeners.registry import Listener
     from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest
     from tokensmith.oauth.events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
-    from tokensmith.listeners.registry import Listener
 
 hookspec = pluggy.HookspecMarker("tokensmith")
 hookimpl = pluggy.HookimplMarker("tokensmith")
@@ -96,7 +97,9 @@ def authenticate_client(
 
 
 @hookspec
-def pre_token_issue(event: TokenIssueEvent, listener: Listener) -> dict[str, Any] | None | Awaitable[dict[str, Any] | None]:
+def pre_token_issue(
+    event: TokenIssueEvent, listener: Listener
+) -> dict[str, Any] | None | Awaitable[dict[str, Any] | None]:
     """Called before a token is issued; may refuse it or add claims to it.
 
     :param event: the grant type, the client, the scopes, the username (password grant) and

@@ -22,11 +22,21 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tokensmith.security.signing import (
-    SigningKey, SigningKeyError, VerificationKey, b64url_decode, b64url_encode)
+    SigningKey,
+    SigningKeyError,
+    VerificationKey,
+    b64url_decode,
+    b64url_encode,
+)
 
 __all__ = [
-    "TokenInvalid", "MAX_TOKEN_CHARS", "ALLOWED_ALGORITHMS", "REQUIRED_CLAIMS",
-    "encode_access_token", "decode_access_token", "access_token_claims",
+    "TokenInvalid",
+    "MAX_TOKEN_CHARS",
+    "ALLOWED_ALGORITHMS",
+    "REQUIRED_CLAIMS",
+    "encode_access_token",
+    "decode_access_token",
+    "access_token_claims",
 ]
 
 # Our tokens are well under 2 KiB; 16 KiB leaves room for large extra claims while bounding
@@ -51,6 +61,7 @@ class TokenInvalid(ValueError):
 
 
 # --- building and signing ----------------------------------------------------------------
+
 
 def access_token_claims(
     *,
@@ -107,8 +118,9 @@ def access_token_claims(
 
 def _json_segment(value: Mapping[str, Any]) -> str:
     # Compact, and allow_nan=False: NaN and Infinity are not JSON (RFC 8259 §6).
-    return b64url_encode(json.dumps(value, separators=(",", ":"), ensure_ascii=False,
-                                    allow_nan=False).encode("utf-8"))
+    return b64url_encode(
+        json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    )
 
 
 def encode_access_token(claims: Mapping[str, Any], key: SigningKey) -> str:
@@ -126,6 +138,7 @@ def encode_access_token(claims: Mapping[str, Any], key: SigningKey) -> str:
 
 
 # --- verifying ---------------------------------------------------------------------------
+
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # RFC 7515 §5.2 and RFC 7519 §4: reject duplicate names rather than guess which wins.
@@ -163,8 +176,9 @@ def _typ_is_access_token(typ: object) -> bool:
     return media_type == _MEDIA_TYPE
 
 
-def _candidates(keys: Sequence[SigningKey | VerificationKey] | Mapping[str, Any],
-                kid: str) -> Iterator[VerificationKey]:
+def _candidates(
+    keys: Sequence[SigningKey | VerificationKey] | Mapping[str, Any], kid: str
+) -> Iterator[VerificationKey]:
     """The keys named *kid* in a list of keys or a JWK Set (RFC 7517 §5)."""
     if isinstance(keys, Mapping):
         entries = keys.get("keys")
@@ -194,8 +208,9 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float:
     return value
 
 
-def _check_claims(claims: Mapping[str, Any], *, now: int, issuer: str,
-                  audience: str | None, leeway: int) -> None:
+def _check_claims(
+    claims: Mapping[str, Any], *, now: int, issuer: str, audience: str | None, leeway: int
+) -> None:
     """RFC 9068 §4 claim checks: required claims present, time window, iss, aud."""
     for name in REQUIRED_CLAIMS:
         if name not in claims:

@@ -19,19 +19,30 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tokensmith.models import Client, RegisteredCertificate
 from tokensmith.oauth.grants import GRANT_TYPES, PUBLIC, PUBLIC_CLIENT_GRANTS, SCOPE_TOKEN
 from tokensmith.security.x509 import CertificateError, load_pem_certificates, normalize_dn, validity_problem
-from tokensmith.models import Client, RegisteredCertificate
 
-__all__ = ["RegistrationError", "check_registration", "registered_certificate", "certificates_from_file", "tls_subject",
-           "parse_fingerprint", "change_certificates", "validity_warnings", "check_text",
-           "check_scope", "check_grant_types", "printable"]
+__all__ = [
+    "RegistrationError",
+    "check_registration",
+    "registered_certificate",
+    "certificates_from_file",
+    "tls_subject",
+    "parse_fingerprint",
+    "change_certificates",
+    "validity_warnings",
+    "check_text",
+    "check_scope",
+    "check_grant_types",
+    "printable",
+]
 
 _DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 # A literal '*.' first label is allowed: a certificate may carry a wildcard dNSName, and
@@ -72,9 +83,11 @@ def check_scope(value: str) -> str:
     """One scope token as RFC 6749 §3.3 defines it: printable ASCII but space, '"' and '\\'.
     'read write' is two scopes (two --scope options), not one."""
     if not SCOPE_TOKEN.fullmatch(value):
-        raise RegistrationError(f"--scope {printable(repr(value))} is not a scope token (RFC 6749"
-                                " §3.3: ASCII letters, digits and punctuation except \" and \\;"
-                                " no spaces: give each scope its own --scope)")
+        raise RegistrationError(
+            f"--scope {printable(repr(value))} is not a scope token (RFC 6749"
+            ' §3.3: ASCII letters, digits and punctuation except " and \\;'
+            " no spaces: give each scope its own --scope)"
+        )
     return value
 
 
@@ -83,12 +96,15 @@ def check_registration(method: str, grant_types: Sequence[str]) -> None:
     client type may not use (RFC 6749 §2.1, §4.4); ``sp add`` calls it before storing."""
     for grant_type in grant_types:
         if grant_type not in GRANT_TYPES:
-            raise RegistrationError(f"--grant-type {grant_type!r} is not served here; use one or"
-                                    f" more of {', '.join(GRANT_TYPES)}")
+            raise RegistrationError(
+                f"--grant-type {grant_type!r} is not served here; use one or more of {', '.join(GRANT_TYPES)}"
+            )
         if method == PUBLIC and grant_type not in PUBLIC_CLIENT_GRANTS:
-            raise RegistrationError(f"--grant-type {grant_type} is for confidential clients only"
-                                    " (RFC 6749 §4.4): a public client (--auth-method none) may use"
-                                    f" {' and '.join(PUBLIC_CLIENT_GRANTS)}")
+            raise RegistrationError(
+                f"--grant-type {grant_type} is for confidential clients only"
+                " (RFC 6749 §4.4): a public client (--auth-method none) may use"
+                f" {' and '.join(PUBLIC_CLIENT_GRANTS)}"
+            )
 
 
 def check_grant_types(grant_types: Sequence[str], auth_method: str, force: bool) -> list[str]:
@@ -101,12 +117,16 @@ def check_grant_types(grant_types: Sequence[str], auth_method: str, force: bool)
     """
     warnings = []
     if set(grant_types) == {"refresh_token"}:
-        raise RegistrationError("a client with only the refresh_token grant can never get a"
-                                " refresh token; add the grant that issues one (password)")
+        raise RegistrationError(
+            "a client with only the refresh_token grant can never get a"
+            " refresh token; add the grant that issues one (password)"
+        )
     if "password" in grant_types and auth_method == "none":
-        message = ("the password grant for a public client (--auth-method none) lets anyone"
-                   " guess passwords through it, and RFC 9700 §2.4 says the grant must not be"
-                   " used")
+        message = (
+            "the password grant for a public client (--auth-method none) lets anyone"
+            " guess passwords through it, and RFC 9700 §2.4 says the grant must not be"
+            " used"
+        )
         if not force:
             raise RegistrationError(message + "; give --force to register it all the same")
         warnings.append(message)
@@ -143,27 +163,30 @@ def certificates_from_file(path: Path) -> list[RegisteredCertificate]:
 
 def validity_warnings(certificates: Sequence[RegisteredCertificate]) -> list[str]:
     """One line per certificate outside its validity period now (registered all the same)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     warnings = []
     for cert in certificates:
         problem = validity_problem(x509.load_der_x509_certificate(cert.der), now)
         if problem is not None:
-            warnings.append(f"certificate {cert.sha256} ({printable(cert.subject)}) {problem};"
-                            " the mutual_tls authenticator refuses it until it is valid")
+            warnings.append(
+                f"certificate {cert.sha256} ({printable(cert.subject)}) {problem};"
+                " the mutual_tls authenticator refuses it until it is valid"
+            )
     return warnings
 
 
 def _dns_name(value: str) -> str:
     if len(value) > 253 or not _DNS_NAME.fullmatch(value):
-        raise RegistrationError(f"--san-dns {value!r} is not a DNS name (ASCII letters, digits"
-                                " and hyphens in dot-separated labels; use the xn-- form for IDNs)")
+        raise RegistrationError(
+            f"--san-dns {value!r} is not a DNS name (ASCII letters, digits"
+            " and hyphens in dot-separated labels; use the xn-- form for IDNs)"
+        )
     return value
 
 
 def _uri(value: str) -> str:
     if not _URI.fullmatch(value):
-        raise RegistrationError(f"--san-uri {value!r} is not an absolute URI (scheme:..., ASCII,"
-                                " no spaces)")
+        raise RegistrationError(f"--san-uri {value!r} is not an absolute URI (scheme:..., ASCII, no spaces)")
     return value
 
 
@@ -178,10 +201,15 @@ def _ip(value: str) -> str:
 
 def _email(value: str) -> str:
     local, at, domain = value.rpartition("@")
-    if not (at and local and value.isascii() and not re.search(r"[\s<>]", value)
-            and _DNS_NAME.fullmatch(domain) and not domain.startswith("*")):
-        raise RegistrationError(f"--san-email {value!r} is not an email address (local@domain,"
-                                " ASCII)")
+    if not (
+        at
+        and local
+        and value.isascii()
+        and not re.search(r"[\s<>]", value)
+        and _DNS_NAME.fullmatch(domain)
+        and not domain.startswith("*")
+    ):
+        raise RegistrationError(f"--san-email {value!r} is not an email address (local@domain, ASCII)")
     return value
 
 
@@ -191,8 +219,9 @@ def _subject_dn(value: str) -> str:
     except CertificateError as exc:
         raise RegistrationError(f"--subject-dn {value!r}: {exc}") from None
     if not normalized:
-        raise RegistrationError("--subject-dn is empty; give the certificate's subject,"
-                                " e.g. 'CN=client,O=Example'")
+        raise RegistrationError(
+            "--subject-dn is empty; give the certificate's subject, e.g. 'CN=client,O=Example'"
+        )
     return value.strip()
 
 
@@ -222,13 +251,13 @@ def parse_fingerprint(text: str) -> str:
     digest = text.rpartition("=")[2] if "fingerprint" in text.lower() else text
     digest = re.sub(r"[:\s]", "", digest).lower()
     if not _SHA256_HEX.fullmatch(digest):
-        raise RegistrationError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits,"
-                                " colons allowed)")
+        raise RegistrationError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits, colons allowed)")
     return digest
 
 
-def change_certificates(client: Client, add: Sequence[RegisteredCertificate],
-                        remove: Sequence[str]) -> Client:
+def change_certificates(
+    client: Client, add: Sequence[RegisteredCertificate], remove: Sequence[str]
+) -> Client:
     """*client* with the certificates *add* appended and those with SHA-256 *remove* dropped.
 
     Refused: a hash the client does not have, a certificate it already has, and a change
@@ -237,16 +266,22 @@ def change_certificates(client: Client, add: Sequence[RegisteredCertificate],
     registered = {c.sha256: c for c in client.certificates}
     for digest in remove:
         if digest not in registered:
-            raise RegistrationError(f"client {client.client_id} has no certificate with sha256"
-                                    f" {digest} (sp list --json shows them)")
+            raise RegistrationError(
+                f"client {client.client_id} has no certificate with sha256"
+                f" {digest} (sp list --json shows them)"
+            )
     kept = [c for c in client.certificates if c.sha256 not in set(remove)]
     for cert in add:
         if any(c.sha256 == cert.sha256 for c in kept):
-            raise RegistrationError(f"certificate {cert.sha256} ({cert.subject}) is already"
-                                    f" registered for client {client.client_id}")
+            raise RegistrationError(
+                f"certificate {cert.sha256} ({cert.subject}) is already"
+                f" registered for client {client.client_id}"
+            )
         kept.append(cert)
     if not kept and client.token_endpoint_auth_method == "self_signed_tls_client_auth":
-        raise RegistrationError(f"refusing to remove the last certificate of client"
-                                f" {client.client_id}: it could never authenticate again;"
-                                " add its new certificate first (--add-cert)")
+        raise RegistrationError(
+            f"refusing to remove the last certificate of client"
+            f" {client.client_id}: it could never authenticate again;"
+            " add its new certificate first (--add-cert)"
+        )
     return replace(client, certificates=tuple(kept))

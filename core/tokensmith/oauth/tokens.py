@@ -15,13 +15,13 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
-from tokensmith.oauth.events import REGISTERED_CLAIMS, TokenIssueEvent
-from tokensmith.storage.groupcommit import GroupCommit
-from tokensmith.security.hashing import token_hash
 from tokensmith.listeners.registry import ListenerSet
-from tokensmith.oauth.jwt import access_token_claims, encode_access_token
-from tokensmith.security.signing import SigningKeys
 from tokensmith.models import Client, Storage, TokenRecord
+from tokensmith.oauth.events import REGISTERED_CLAIMS, TokenIssueEvent
+from tokensmith.oauth.jwt import access_token_claims, encode_access_token
+from tokensmith.security.hashing import token_hash
+from tokensmith.security.signing import SigningKeys
+from tokensmith.storage.groupcommit import GroupCommit
 
 __all__ = ["TokenIssuer", "IssuedToken", "JWTSettings", "RotationRefused", "token_claims"]
 
@@ -88,9 +88,15 @@ class JWTSettings:
 class TokenIssuer:
     """Makes tokens, runs the interceptors around them and writes them to storage."""
 
-    def __init__(self, storage: Storage, listeners: ListenerSet, access_token_lifetime: int,
-                 refresh_token_lifetime: int = 14 * 24 * 3600, jwt: JWTSettings | None = None,
-                 refresh_token_max_lifetime: int = 90 * 24 * 3600):
+    def __init__(
+        self,
+        storage: Storage,
+        listeners: ListenerSet,
+        access_token_lifetime: int,
+        refresh_token_lifetime: int = 14 * 24 * 3600,
+        jwt: JWTSettings | None = None,
+        refresh_token_max_lifetime: int = 90 * 24 * 3600,
+    ):
         self.storage = storage
         self.commits = GroupCommit(storage.try_issue)
         self.refresh_token_max_lifetime = refresh_token_max_lifetime
@@ -113,19 +119,33 @@ class TokenIssuer:
         assert self.jwt is not None
         issuer = self.jwt.issuer()
         claims = access_token_claims(
-            issuer=issuer, client_id=record.client_id, scope=record.scope, iat=record.issued_at,
-            exp=record.expires_at, subject=record.username, audience=self.jwt.audience or issuer,
+            issuer=issuer,
+            client_id=record.client_id,
+            scope=record.scope,
+            iat=record.issued_at,
+            exp=record.expires_at,
+            subject=record.username,
+            audience=self.jwt.audience or issuer,
             cnf_x5t_s256=record.cnf_x5t_s256,
             extra={k: v for k, v in record.claims.items() if k not in REGISTERED_CLAIMS},
         )
         value = encode_access_token(claims, self.jwt.keys.ensure())
         return value, replace(record, token_hash=token_hash(value))
 
-    def _record(self, kind: str, client: Client, scope: str, lifetime: int, **fields: Any) -> tuple[str, TokenRecord]:
+    def _record(
+        self, kind: str, client: Client, scope: str, lifetime: int, **fields: Any
+    ) -> tuple[str, TokenRecord]:
         value = secrets.token_urlsafe(32)
         now = int(time.time())
-        return value, TokenRecord(token_hash=token_hash(value), kind=kind, client_id=client.client_id,
-                                  scope=scope, issued_at=now, expires_at=now + lifetime, **fields)
+        return value, TokenRecord(
+            token_hash=token_hash(value),
+            kind=kind,
+            client_id=client.client_id,
+            scope=scope,
+            issued_at=now,
+            expires_at=now + lifetime,
+            **fields,
+        )
 
     async def _extra_claims(self, event: TokenIssueEvent) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -175,19 +195,31 @@ class TokenIssuer:
             grant_id = secrets.token_urlsafe(16)
         access_lifetime = client.access_token_lifetime or self.access_token_lifetime
         origin = rotates.grant_type if rotates is not None else grant_type
-        value, record = self._record("access", client, scope, access_lifetime, username=username,
-                                     user_id=user_id, cnf_x5t_s256=cnf_x5t_s256, grant_id=grant_id,
-                                     grant_type=origin)
+        value, record = self._record(
+            "access",
+            client,
+            scope,
+            access_lifetime,
+            username=username,
+            user_id=user_id,
+            cnf_x5t_s256=cnf_x5t_s256,
+            grant_id=grant_id,
+            grant_type=origin,
+        )
         # Events are made only when an interceptor will see them: this is the hot path.
         listening = self.listeners.has_interceptors("pre_token_issue", "post_token_issue")
-        event = TokenIssueEvent(
-            grant_type=grant_type,
-            client=client,
-            scopes=tuple(scope.split()),
-            token_kind="access_token",
-            username=username,
-            claims=MappingProxyType(token_claims(record)),
-        ) if listening else None
+        event = (
+            TokenIssueEvent(
+                grant_type=grant_type,
+                client=client,
+                scopes=tuple(scope.split()),
+                token_kind="access_token",
+                username=username,
+                claims=MappingProxyType(token_claims(record)),
+            )
+            if listening
+            else None
+        )
         if event is not None and self.listeners.has_interceptors("pre_token_issue"):
             record = replace(record, claims=await self._extra_claims(event))
         if self._wants_jwt(client):
@@ -195,26 +227,41 @@ class TokenIssuer:
         refresh_value = refresh_record = None
         if refresh:
             refresh_value, refresh_record = self._record(
-                "refresh", client, scope if refresh_scope is None else refresh_scope,
+                "refresh",
+                client,
+                scope if refresh_scope is None else refresh_scope,
                 client.refresh_token_lifetime or self.refresh_token_lifetime,
-                username=username, user_id=user_id, cnf_x5t_s256=refresh_cnf_x5t_s256,
-                grant_id=grant_id, grant_type=origin)
+                username=username,
+                user_id=user_id,
+                cnf_x5t_s256=refresh_cnf_x5t_s256,
+                grant_id=grant_id,
+                grant_type=origin,
+            )
             # The idle lifetime restarts at each rotation; the grant's end does not.
             end = rotates.grant_expires_at if rotates is not None else None
             if end is None:
-                end = refresh_record.issued_at + (client.refresh_token_max_lifetime
-                                                  or self.refresh_token_max_lifetime)
-            refresh_record = replace(refresh_record, grant_expires_at=end,
-                                     expires_at=min(refresh_record.expires_at, end))
-        stored = await self.commits.add([record] if refresh_record is None else [record, refresh_record],
-                                        rotates=rotates.token_hash if rotates is not None else None)
+                end = refresh_record.issued_at + (
+                    client.refresh_token_max_lifetime or self.refresh_token_max_lifetime
+                )
+            refresh_record = replace(
+                refresh_record, grant_expires_at=end, expires_at=min(refresh_record.expires_at, end)
+            )
+        stored = await self.commits.add(
+            [record] if refresh_record is None else [record, refresh_record],
+            rotates=rotates.token_hash if rotates is not None else None,
+        )
         if not stored:
             raise RotationRefused(rotates.grant_id if rotates is not None else None)
         if event is None:
             return IssuedToken(value, access_lifetime, scope, record, refresh_value)
         await self.listeners.notify(
-            "post_token_issue", event=replace(event, claims=MappingProxyType(token_claims(record))))
+            "post_token_issue", event=replace(event, claims=MappingProxyType(token_claims(record)))
+        )
         if refresh_record is not None:
-            await self.listeners.notify("post_token_issue", event=replace(
-                event, token_kind="refresh_token", claims=MappingProxyType(token_claims(refresh_record))))
+            await self.listeners.notify(
+                "post_token_issue",
+                event=replace(
+                    event, token_kind="refresh_token", claims=MappingProxyType(token_claims(refresh_record))
+                ),
+            )
         return IssuedToken(value, access_lifetime, scope, record, refresh_value)

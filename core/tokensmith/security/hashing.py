@@ -34,9 +34,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _derive(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(
-        secret.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=0, dklen=_KEY_BYTES
-    )
+    return hashlib.scrypt(secret.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=0, dklen=_KEY_BYTES)
 
 
 def hash_secret(secret: str) -> str:

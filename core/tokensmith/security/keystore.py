@@ -30,11 +30,17 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tokensmith.config.settings import KeystoreSettings
-from tokensmith.security.files import private_dir
 from tokensmith.config.xml import ConfigError
+from tokensmith.security.files import private_dir
 
-__all__ = ["LoadedKeystore", "load_keystore", "load_into", "export_certificate",
-           "generate_dev_keystore", "generate_dev_pkcs12"]
+__all__ = [
+    "LoadedKeystore",
+    "load_keystore",
+    "load_into",
+    "export_certificate",
+    "generate_dev_keystore",
+    "generate_dev_pkcs12",
+]
 
 ServerKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 # A keystore holds a key and a few certificates; anything this large is the wrong file.
@@ -50,8 +56,9 @@ class LoadedKeystore:
 
     def pem(self) -> bytes:
         """Key (PKCS#8, unencrypted) then the chain: what ``load_cert_chain`` reads."""
-        key = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption())
+        key = self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         return key + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
 
 
@@ -61,8 +68,9 @@ def _read(settings: KeystoreSettings, path: Path) -> bytes:
     except FileNotFoundError:
         raise ConfigError(f"{settings.where}: keystore file {path} not found") from None
     except OSError as exc:
-        raise ConfigError(f"{settings.where}: cannot read keystore file {path}:"
-                          f" {exc.strerror or exc}") from None
+        raise ConfigError(
+            f"{settings.where}: cannot read keystore file {path}: {exc.strerror or exc}"
+        ) from None
     if len(data) > _MAX_KEYSTORE_BYTES:
         raise ConfigError(f"{settings.where}: keystore file {path} is too large to be a keystore")
     return data
@@ -75,8 +83,9 @@ def _password(settings: KeystoreSettings) -> bytes | None:
 def _pem_certificates(settings: KeystoreSettings, path: Path) -> list[x509.Certificate]:
     data = _read(settings, path)
     if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise ConfigError(f"{settings.where}: {path} holds no PEM certificate"
-                          " ('-----BEGIN CERTIFICATE-----')")
+        raise ConfigError(
+            f"{settings.where}: {path} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')"
+        )
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -93,35 +102,44 @@ def _pem_key(settings: KeystoreSettings, path: Path) -> object:
             return serialization.load_pem_private_key(data, password)
         except TypeError:
             if password is None:
-                raise ConfigError(f"{settings.where}: private key {path} is encrypted:"
-                                  " set password= on <Keystore>") from None
+                raise ConfigError(
+                    f"{settings.where}: private key {path} is encrypted: set password= on <Keystore>"
+                ) from None
             # A password for a key that is not encrypted: OpenSSL ignores it, and so do we.
             return serialization.load_pem_private_key(data, None)
     except ValueError as exc:
-        reason = ("wrong password" if "password" in str(exc).lower()
-                  else "malformed or unsupported private key")
+        reason = (
+            "wrong password" if "password" in str(exc).lower() else "malformed or unsupported private key"
+        )
         raise ConfigError(f"{settings.where}: private key {path}: {reason}") from None
 
 
 def _pkcs12(settings: KeystoreSettings, path: Path) -> tuple[object, list[x509.Certificate]]:
     data = _read(settings, path)
     if data.lstrip().startswith(b"-----BEGIN"):
-        raise ConfigError(f'{settings.where}: {path} is PEM, not PKCS#12: use <Keystore'
-                          ' certificateFile= keyFile=> for PEM files')
+        raise ConfigError(
+            f"{settings.where}: {path} is PEM, not PKCS#12: use <Keystore"
+            " certificateFile= keyFile=> for PEM files"
+        )
     try:
         key, cert, extra = pkcs12.load_key_and_certificates(data, _password(settings))
     except ValueError as exc:
         # cryptography says "Invalid password or PKCS12 data" once the outer structure
         # parsed (the MAC check failed) and "Could not deserialize" when it did not.
-        reason = ("not a PKCS#12 file" if "deserialize" in str(exc)
-                  else "wrong password" if settings.password is not None
-                  else "it is password-protected: set password= on <Keystore>")
+        reason = (
+            "not a PKCS#12 file"
+            if "deserialize" in str(exc)
+            else "wrong password"
+            if settings.password is not None
+            else "it is password-protected: set password= on <Keystore>"
+        )
         raise ConfigError(f"{settings.where}: PKCS#12 keystore {path}: {reason}") from None
     if key is None:
         raise ConfigError(f"{settings.where}: PKCS#12 keystore {path} holds no private key")
     if cert is None:
-        raise ConfigError(f"{settings.where}: PKCS#12 keystore {path} holds no certificate"
-                          " for its private key")
+        raise ConfigError(
+            f"{settings.where}: PKCS#12 keystore {path} holds no certificate for its private key"
+        )
     leaf_der = cert.public_bytes(serialization.Encoding.DER)
     rest = [c for c in extra if c.public_bytes(serialization.Encoding.DER) != leaf_der]
     return key, [cert, *rest]
@@ -141,11 +159,14 @@ def load_keystore(settings: KeystoreSettings) -> LoadedKeystore:
         chain = _pem_certificates(settings, settings.certificate_file)
         key, key_path = _pem_key(settings, settings.key_file), settings.key_file
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-        raise ConfigError(f"{settings.where}: {key_path}: the server key must be RSA or ECDSA,"
-                          f" not {type(key).__name__}")
+        raise ConfigError(
+            f"{settings.where}: {key_path}: the server key must be RSA or ECDSA, not {type(key).__name__}"
+        )
     if key.public_key() != chain[0].public_key():
-        raise ConfigError(f"{settings.where}: the private key in {key_path} does not belong to"
-                          f" the certificate {chain[0].subject.rfc4514_string()!r}")
+        raise ConfigError(
+            f"{settings.where}: the private key in {key_path} does not belong to"
+            f" the certificate {chain[0].subject.rfc4514_string()!r}"
+        )
     return LoadedKeystore(key, tuple(chain))
 
 
@@ -182,8 +203,11 @@ def load_into(context: ssl.SSLContext, settings: KeystoreSettings) -> None:
     try:
         if settings.type == "PEM":
             # As written, so OpenSSL reads exactly the operator's files.
-            context.load_cert_chain(settings.certificate_file, settings.key_file,  # type: ignore[arg-type]
-                                    password=settings.password)
+            context.load_cert_chain(
+                settings.certificate_file,
+                settings.key_file,  # type: ignore[arg-type]
+                password=settings.password,
+            )
         else:
             with _private_file(loaded.pem()) as path:
                 context.load_cert_chain(path)
@@ -208,9 +232,13 @@ def export_certificate(settings: KeystoreSettings) -> bytes:
 
 def _dev_certificate() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tokensmith development")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tokensmith development"),
+        ]
+    )
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -257,9 +285,12 @@ def generate_dev_keystore(certificate_file: Path, key_file: Path, password: str 
         missing = key_file if certificate_file.exists() else certificate_file
         raise FileNotFoundError(f"{missing} is missing but its pair exists; not overwriting")
     key, cert = _dev_certificate()
-    _write_private(key_file, key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               _encryption(password)))
+    _write_private(
+        key_file,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, _encryption(password)
+        ),
+    )
     private_dir(certificate_file.parent)
     certificate_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return True
@@ -270,6 +301,7 @@ def generate_dev_pkcs12(file: Path, password: str | None = None) -> bool:
     if file.exists():
         return False
     key, cert = _dev_certificate()
-    _write_private(file, pkcs12.serialize_key_and_certificates(
-        b"tokensmith", key, cert, None, _encryption(password)))
+    _write_private(
+        file, pkcs12.serialize_key_and_certificates(b"tokensmith", key, cert, None, _encryption(password))
+    )
     return True

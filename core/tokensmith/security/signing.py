@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -39,15 +39,21 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature, encode_dss_signature)
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from tokensmith.security.files import private_dir
 
 __all__ = [
-    "ALGORITHMS", "MIN_RSA_BITS", "MAX_RSA_BITS", "SigningKeyError", "SigningKey",
-    "VerificationKey", "SigningKeys",
-    "jwk_thumbprint", "b64url_encode", "b64url_decode",
+    "ALGORITHMS",
+    "MIN_RSA_BITS",
+    "MAX_RSA_BITS",
+    "SigningKeyError",
+    "SigningKey",
+    "VerificationKey",
+    "SigningKeys",
+    "jwk_thumbprint",
+    "b64url_encode",
+    "b64url_decode",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +78,7 @@ class SigningKeyError(ValueError):
 
 
 # --- base64url (RFC 7515 §2) -------------------------------------------------------------
+
 
 def b64url_encode(data: bytes) -> str:
     """base64url without padding (RFC 7515 §2)."""
@@ -111,9 +118,12 @@ def _required_members(public_key: PublicKey) -> dict[str, str]:
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         numbers = public_key.public_numbers()
         # RFC 7518 §6.2.1.2: x and y are the full coordinate length, leading zeros kept.
-        return {"crv": "P-256", "kty": "EC",
-                "x": b64url_encode(numbers.x.to_bytes(_P256_OCTETS, "big")),
-                "y": b64url_encode(numbers.y.to_bytes(_P256_OCTETS, "big"))}
+        return {
+            "crv": "P-256",
+            "kty": "EC",
+            "x": b64url_encode(numbers.x.to_bytes(_P256_OCTETS, "big")),
+            "y": b64url_encode(numbers.y.to_bytes(_P256_OCTETS, "big")),
+        }
     rsa_numbers = public_key.public_numbers()
     return {"e": _uint(rsa_numbers.e), "kty": "RSA", "n": _uint(rsa_numbers.n)}
 
@@ -139,13 +149,14 @@ def _algorithm_for(public_key: object) -> str:
     """ES256 or RS256 for a key we accept; SigningKeyError for any other key."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if not isinstance(public_key.curve, ec.SECP256R1):
-            raise SigningKeyError(
-                f"EC signing keys must be P-256 (ES256), not {public_key.curve.name}")
+            raise SigningKeyError(f"EC signing keys must be P-256 (ES256), not {public_key.curve.name}")
         return "ES256"
     if isinstance(public_key, rsa.RSAPublicKey):
         if not MIN_RSA_BITS <= public_key.key_size <= MAX_RSA_BITS:
-            raise SigningKeyError(f"RSA signing keys must have {MIN_RSA_BITS} to {MAX_RSA_BITS}"
-                                  f" bits (RFC 7518 §3.3), not {public_key.key_size}")
+            raise SigningKeyError(
+                f"RSA signing keys must have {MIN_RSA_BITS} to {MAX_RSA_BITS}"
+                f" bits (RFC 7518 §3.3), not {public_key.key_size}"
+            )
         return "RS256"
     raise SigningKeyError(f"signing keys must be EC P-256 or RSA, not {type(public_key).__name__}")
 
@@ -178,11 +189,13 @@ class VerificationKey:
                 if len(x) != _P256_OCTETS or len(y) != _P256_OCTETS:
                     raise SigningKeyError("JWK: P-256 coordinates must be 32 octets")
                 public_key: PublicKey = ec.EllipticCurvePublicNumbers(
-                    int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()).public_key()
+                    int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()
+                ).public_key()
             elif kty == "RSA":
                 n, e = b64url_decode(jwk["n"]), b64url_decode(jwk["e"])
                 public_key = rsa.RSAPublicNumbers(
-                    int.from_bytes(e, "big"), int.from_bytes(n, "big")).public_key()
+                    int.from_bytes(e, "big"), int.from_bytes(n, "big")
+                ).public_key()
             else:
                 raise SigningKeyError(f"JWK: unsupported kty {kty!r}")
         except SigningKeyError:
@@ -200,8 +213,7 @@ class VerificationKey:
 
     def public_jwk(self) -> dict[str, str]:
         """The JWK to publish (RFC 7517 §4): key members, ``kid``, ``alg`` and ``use`` "sig"."""
-        return {**_required_members(self.public_key),
-                "kid": self.kid, "alg": self.alg, "use": "sig"}
+        return {**_required_members(self.public_key), "kid": self.kid, "alg": self.alg, "use": "sig"}
 
     def verify(self, data: bytes, signature: bytes) -> bool:
         """Whether *signature* is this key's JWS signature over *data* (RFC 7518 §3.3, §3.4)."""
@@ -210,8 +222,10 @@ class VerificationKey:
                 # RFC 7518 §3.4: exactly R || S, 32 octets each; DER or other lengths are refused.
                 if len(signature) != 2 * _P256_OCTETS:
                     return False
-                der = encode_dss_signature(int.from_bytes(signature[:_P256_OCTETS], "big"),
-                                           int.from_bytes(signature[_P256_OCTETS:], "big"))
+                der = encode_dss_signature(
+                    int.from_bytes(signature[:_P256_OCTETS], "big"),
+                    int.from_bytes(signature[_P256_OCTETS:], "big"),
+                )
                 self.public_key.verify(der, data, ec.ECDSA(hashes.SHA256()))
             else:
                 self.public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
@@ -229,8 +243,7 @@ class SigningKey:
 
     def __init__(self, private_key: PrivateKey, *, created: datetime | None = None):
         if not isinstance(private_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-            raise SigningKeyError(
-                f"signing keys must be EC P-256 or RSA, not {type(private_key).__name__}")
+            raise SigningKeyError(f"signing keys must be EC P-256 or RSA, not {type(private_key).__name__}")
         self._private_key = private_key
         self.verification_key = VerificationKey.from_public_key(private_key.public_key())
         self.created = created
@@ -241,10 +254,12 @@ class SigningKey:
         if algorithm == "ES256":
             return cls(ec.generate_private_key(ec.SECP256R1()), created=created)
         if algorithm == "RS256":
-            return cls(rsa.generate_private_key(public_exponent=65537, key_size=MIN_RSA_BITS),
-                       created=created)
-        raise SigningKeyError(f"unsupported signing algorithm {algorithm!r};"
-                              f" expected one of {', '.join(ALGORITHMS)}")
+            return cls(
+                rsa.generate_private_key(public_exponent=65537, key_size=MIN_RSA_BITS), created=created
+            )
+        raise SigningKeyError(
+            f"unsupported signing algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}"
+        )
 
     @classmethod
     def from_pem(cls, data: bytes, *, created: datetime | None = None) -> SigningKey:
@@ -252,17 +267,19 @@ class SigningKey:
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except TypeError:
-            raise SigningKeyError("the private key is encrypted; signing keys are stored"
-                                  " unencrypted, protected by file mode 0600") from None
+            raise SigningKeyError(
+                "the private key is encrypted; signing keys are stored"
+                " unencrypted, protected by file mode 0600"
+            ) from None
         except ValueError:
             raise SigningKeyError("not a PEM private key") from None
         return cls(key, created=created)  # type: ignore[arg-type]
 
     def to_pem(self) -> bytes:
         """The private key as unencrypted PKCS#8 PEM."""
-        return self._private_key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption())
+        return self._private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     @property
     def kid(self) -> str:
@@ -341,14 +358,13 @@ class SigningKeys:
         """The key in file *name*; SigningKeyError or OSError if it is not a good key file."""
         match = _KEY_FILE.fullmatch(name)
         if match is None:
-            raise SigningKeyError("not a keyring file name (<created>.<kid>.pem);"
-                                  " create keys with rotate")
+            raise SigningKeyError("not a keyring file name (<created>.<kid>.pem); create keys with rotate")
         stamp, kid = match.groups()
         with open(self.directory / name, "rb") as file:
             data = file.read(_MAX_KEY_FILE_BYTES + 1)
         if len(data) > _MAX_KEY_FILE_BYTES:
             raise SigningKeyError("too large to be a signing key")
-        created = datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=timezone.utc)
+        created = datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC)
         key = SigningKey.from_pem(data, created=created)
         if key.kid != kid:
             raise SigningKeyError(f"the key's thumbprint is {key.kid}, not the kid in its name")
@@ -368,8 +384,11 @@ class SigningKeys:
             except FileNotFoundError:
                 continue  # retired since the scandir; the next stamp will differ
             except (OSError, SigningKeyError) as exc:
-                log.warning("signing keys: skipping %s: %s", self.directory / name,
-                            getattr(exc, "strerror", None) or exc)
+                log.warning(
+                    "signing keys: skipping %s: %s",
+                    self.directory / name,
+                    getattr(exc, "strerror", None) or exc,
+                )
         # Read after stat: any later change alters the stamp and forces another read.
         self._parsed = parsed
         self._cache = (stamp, tuple(reversed(parsed.values())))
@@ -383,8 +402,7 @@ class SigningKeys:
         """The newest key, the one that signs new tokens; SigningKeyError if there is none."""
         keys = self._keys()
         if not keys:
-            raise SigningKeyError(f"{self.directory}: no token-signing key;"
-                                  " create one with ensure or rotate")
+            raise SigningKeyError(f"{self.directory}: no token-signing key; create one with ensure or rotate")
         return keys[0]
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
@@ -416,7 +434,7 @@ class SigningKeys:
 
     def _add(self, algorithm: str) -> SigningKey:
         """Create, write and return a key newer than every key present (lock held)."""
-        created = datetime.now(timezone.utc)
+        created = datetime.now(UTC)
         newest = self._keys()[:1]
         if newest and newest[0].created is not None and created <= newest[0].created:
             # The clock went back, or two rotations fell within one microsecond: file names
@@ -447,8 +465,9 @@ class SigningKeys:
     def rotate(self, algorithm: str = "ES256") -> SigningKey:
         """Make and return a new active key for *algorithm*; previous keys stay published."""
         if algorithm not in ALGORITHMS:
-            raise SigningKeyError(f"unsupported signing algorithm {algorithm!r};"
-                                  f" expected one of {', '.join(ALGORITHMS)}")
+            raise SigningKeyError(
+                f"unsupported signing algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}"
+            )
         with self._locked():
             return self._add(algorithm)
 

@@ -21,7 +21,7 @@ import re
 import tempfile
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -70,8 +70,9 @@ _E = TypeVar("_E", bound=x509.ExtensionType)
 
 def _check_alias(alias: str) -> None:
     if not ALIAS_PATTERN.fullmatch(alias):
-        raise TruststoreError(f"alias {alias!r} must be 1-64 of A-Z a-z 0-9 . _ -, "
-                              "starting with a letter or digit")
+        raise TruststoreError(
+            f"alias {alias!r} must be 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+        )
 
 
 def _extension(cert: x509.Certificate, kind: type[_E]) -> x509.Extension[_E] | None:
@@ -120,8 +121,10 @@ def anchor_problem(cert: x509.Certificate, now: datetime, *, allow_non_ca: bool 
         if usage is None or not usage.value.key_cert_sign:
             return "it is a CA certificate without keyUsage keyCertSign"
     elif not allow_non_ca:
-        return ("not a CA certificate (basicConstraints cA is not set); "
-                "allow_non_ca trusts a self-signed client certificate directly")
+        return (
+            "not a CA certificate (basicConstraints cA is not set); "
+            "allow_non_ca trusts a self-signed client certificate directly"
+        )
     elif not _self_signed(cert):
         return "neither a CA certificate nor self-signed, so it cannot anchor anything"
     if (problem := _key_problem(cert)) is not None:
@@ -166,10 +169,9 @@ class Truststore:
         source = f"certificate for alias {alias!r}"
         certs = load_pem_certificates(pem, source=source)
         if len(certs) != 1:
-            raise CertificateError(
-                f"{source}: contains {len(certs)} certificates; import one per alias")
+            raise CertificateError(f"{source}: contains {len(certs)} certificates; import one per alias")
         cert = certs[0]
-        problem = anchor_problem(cert, datetime.now(timezone.utc), allow_non_ca=allow_non_ca)
+        problem = anchor_problem(cert, datetime.now(UTC), allow_non_ca=allow_non_ca)
         if problem is not None:
             raise CertificateError(f"{source}: {problem}")
         for existing in self._stamp():
@@ -213,11 +215,15 @@ class Truststore:
 
     def list(self) -> list[TrustedCertificate]:
         """Every valid anchor, by alias: subject, SHA-256 fingerprint (hex), expiry."""
-        return [TrustedCertificate(
-                    entry.alias, entry.cert.subject.rfc4514_string(),
-                    hashlib.sha256(entry.cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
-                    entry.cert.not_valid_after_utc)
-                for entry in self._entries()]
+        return [
+            TrustedCertificate(
+                entry.alias,
+                entry.cert.subject.rfc4514_string(),
+                hashlib.sha256(entry.cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+                entry.cert.not_valid_after_utc,
+            )
+            for entry in self._entries()
+        ]
 
     def remove(self, alias: str) -> bool:
         """Stop trusting *alias*; False if there was no such alias."""
@@ -240,9 +246,10 @@ class Truststore:
         try:
             with os.scandir(self.directory) as entries:
                 for item in entries:
-                    alias = item.name[:-len(_SUFFIX)]
-                    if not (item.name.endswith(_SUFFIX) and ALIAS_PATTERN.fullmatch(alias)
-                            and item.is_file()):
+                    alias = item.name[: -len(_SUFFIX)]
+                    if not (
+                        item.name.endswith(_SUFFIX) and ALIAS_PATTERN.fullmatch(alias) and item.is_file()
+                    ):
                         continue
                     with suppress(FileNotFoundError):  # removed while we looked
                         st = item.stat()
@@ -272,7 +279,7 @@ class Truststore:
             if len(certs) != 1:
                 log.warning("truststore: skipping %s: holds %d certificates, not one", path, len(certs))
                 continue
-            entries.append(_Entry(name[:-len(_SUFFIX)], certs[0]))
+            entries.append(_Entry(name[: -len(_SUFFIX)], certs[0]))
         # Read after stat: the contents are at least as new as the stamp, and any later change
         # alters the stamp and forces another read.
         self._cache = (stamp, tuple(sorted(entries, key=lambda entry: entry.alias)))

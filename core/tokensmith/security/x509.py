@@ -24,7 +24,7 @@ import ipaddress
 import re
 import unicodedata
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 from urllib.parse import unquote_to_bytes
 
@@ -34,12 +34,29 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import (
-    Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError)
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 __all__ = [
-    "CertificateError", "MAX_CERTIFICATE_BYTES", "MAX_INTERMEDIATES", "MAX_HEADER_CHARS",
-    "SAN_KINDS", "FORWARDED_FORMATS", "DN_MATCHING", "x5t_s256", "load_pem_certificates", "normalize_dn",
-    "dn_matches", "san_matches", "validity_problem", "verify_chain", "parse_forwarded_certificate",
+    "CertificateError",
+    "MAX_CERTIFICATE_BYTES",
+    "MAX_INTERMEDIATES",
+    "MAX_HEADER_CHARS",
+    "SAN_KINDS",
+    "FORWARDED_FORMATS",
+    "DN_MATCHING",
+    "x5t_s256",
+    "load_pem_certificates",
+    "normalize_dn",
+    "dn_matches",
+    "san_matches",
+    "validity_problem",
+    "verify_chain",
+    "parse_forwarded_certificate",
     "parse_forwarded_chain",
 ]
 
@@ -65,6 +82,7 @@ class CertificateError(ValueError):
 
 # --- thumbprint --------------------------------------------------------------------------
 
+
 def x5t_s256(der: bytes) -> str:
     """RFC 8705 §3.1 ``x5t#S256``: base64url of SHA-256 over the certificate DER, unpadded."""
     digest = hashlib.sha256(der).digest()
@@ -73,19 +91,20 @@ def x5t_s256(der: bytes) -> str:
 
 # --- loading -----------------------------------------------------------------------------
 
+
 def _parse_der(der: bytes, source: str) -> x509.Certificate:
     """One DER certificate, fully parsed, or CertificateError."""
     if not der:
         raise CertificateError(f"{source}: empty certificate")
     if len(der) > MAX_CERTIFICATE_BYTES:
-        raise CertificateError(f"{source}: certificate is {len(der)} bytes; "
-                               f"at most {MAX_CERTIFICATE_BYTES} are accepted")
+        raise CertificateError(
+            f"{source}: certificate is {len(der)} bytes; at most {MAX_CERTIFICATE_BYTES} are accepted"
+        )
     try:
         cert = x509.load_der_x509_certificate(der)
         # cryptography parses names and extensions lazily; read them now so that malformed
         # ones fail here, once, rather than later in a matcher.
-        _ = (cert.subject, cert.issuer, cert.extensions,
-             cert.not_valid_before_utc, cert.not_valid_after_utc)
+        _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc)
     except Exception as exc:  # noqa: BLE001 - untrusted input: one error class whatever the cause
         raise CertificateError(f"{source}: not a valid X.509 certificate (malformed ASN.1)") from exc
     return cert
@@ -97,14 +116,14 @@ def _pem_blocks(text: str, source: str) -> list[tuple[str, str]]:
     pos = 0
     while (start := text.find("-----BEGIN ", pos)) != -1:
         close = text.find("-----", start + 11)
-        label = text[start + 11:close] if close != -1 else ""
+        label = text[start + 11 : close] if close != -1 else ""
         if len(label) > 40 or not re.fullmatch(r"[A-Z0-9]+(?: [A-Z0-9]+){0,5}", label):
             raise CertificateError(f"{source}: malformed PEM '-----BEGIN' line")
         end_line = f"-----END {label}-----"
         end = text.find(end_line, close + 5)
         if end == -1:
             raise CertificateError(f"{source}: '-----BEGIN {label}-----' has no END line")
-        blocks.append((label, text[close + 5:end]))
+        blocks.append((label, text[close + 5 : end]))
         pos = end + len(end_line)
     return blocks
 
@@ -159,45 +178,76 @@ def load_pem_certificates(data: bytes, *, source: str) -> list[x509.Certificate]
     ders = _certificate_blocks(text, source)
     if ders:
         many = len(ders) > 1
-        return [_parse_der(der, f"{source}: certificate {n}" if many else source)
-                for n, der in enumerate(ders, 1)]
+        return [
+            _parse_der(der, f"{source}: certificate {n}" if many else source) for n, der in enumerate(ders, 1)
+        ]
     if "-----BEGIN" not in text and data[:1] == b"\x30":  # an ASN.1 SEQUENCE: maybe DER
         try:
             return [_parse_der(data, source)]
         except CertificateError:
             if _is_der_private_key(data):
                 raise CertificateError(
-                    f"{source}: contains a private key, not a certificate: never share it") from None
+                    f"{source}: contains a private key, not a certificate: never share it"
+                ) from None
             raise
     raise CertificateError(
-        f"{source}: not a certificate: expected PEM ('-----BEGIN CERTIFICATE-----') or DER")
+        f"{source}: not a certificate: expected PEM ('-----BEGIN CERTIFICATE-----') or DER"
+    )
 
 
 # --- distinguished names (RFC 4514) ------------------------------------------------------
 
 # RFC 4514 §3 names these; the rest are the labels OpenSSL, Java and Windows print.
-_LABELS = MappingProxyType({
-    "CN": NameOID.COMMON_NAME, "L": NameOID.LOCALITY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME,
-    "S": NameOID.STATE_OR_PROVINCE_NAME, "O": NameOID.ORGANIZATION_NAME,
-    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME, "C": NameOID.COUNTRY_NAME,
-    "STREET": NameOID.STREET_ADDRESS, "DC": NameOID.DOMAIN_COMPONENT, "UID": NameOID.USER_ID,
-    "SERIALNUMBER": NameOID.SERIAL_NUMBER, "E": NameOID.EMAIL_ADDRESS,
-    "EMAILADDRESS": NameOID.EMAIL_ADDRESS, "SN": NameOID.SURNAME, "SURNAME": NameOID.SURNAME,
-    "GN": NameOID.GIVEN_NAME, "GIVENNAME": NameOID.GIVEN_NAME, "T": NameOID.TITLE,
-    "TITLE": NameOID.TITLE, "INITIALS": NameOID.INITIALS, "PSEUDONYM": NameOID.PSEUDONYM,
-    "DNQUALIFIER": NameOID.DN_QUALIFIER, "POSTALCODE": NameOID.POSTAL_CODE,
-    "BUSINESSCATEGORY": NameOID.BUSINESS_CATEGORY,
-    "ORGANIZATIONIDENTIFIER": NameOID.ORGANIZATION_IDENTIFIER,
-})
+_LABELS = MappingProxyType(
+    {
+        "CN": NameOID.COMMON_NAME,
+        "L": NameOID.LOCALITY_NAME,
+        "ST": NameOID.STATE_OR_PROVINCE_NAME,
+        "S": NameOID.STATE_OR_PROVINCE_NAME,
+        "O": NameOID.ORGANIZATION_NAME,
+        "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+        "C": NameOID.COUNTRY_NAME,
+        "STREET": NameOID.STREET_ADDRESS,
+        "DC": NameOID.DOMAIN_COMPONENT,
+        "UID": NameOID.USER_ID,
+        "SERIALNUMBER": NameOID.SERIAL_NUMBER,
+        "E": NameOID.EMAIL_ADDRESS,
+        "EMAILADDRESS": NameOID.EMAIL_ADDRESS,
+        "SN": NameOID.SURNAME,
+        "SURNAME": NameOID.SURNAME,
+        "GN": NameOID.GIVEN_NAME,
+        "GIVENNAME": NameOID.GIVEN_NAME,
+        "T": NameOID.TITLE,
+        "TITLE": NameOID.TITLE,
+        "INITIALS": NameOID.INITIALS,
+        "PSEUDONYM": NameOID.PSEUDONYM,
+        "DNQUALIFIER": NameOID.DN_QUALIFIER,
+        "POSTALCODE": NameOID.POSTAL_CODE,
+        "BUSINESSCATEGORY": NameOID.BUSINESS_CATEGORY,
+        "ORGANIZATIONIDENTIFIER": NameOID.ORGANIZATION_IDENTIFIER,
+    }
+)
 # An attribute type: a numeric OID (optionally 'OID.'-prefixed) or a descriptor (RFC 4512 §1.4).
-_TYPE = re.compile(r"\s*(?:(?:OID\.)?((?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+)"
-                   r"|([A-Za-z][A-Za-z0-9-]*))\s*=\s*", re.IGNORECASE)
+_TYPE = re.compile(
+    r"\s*(?:(?:OID\.)?((?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+)"
+    r"|([A-Za-z][A-Za-z0-9-]*))\s*=\s*",
+    re.IGNORECASE,
+)
 _ESCAPABLE = ' "#+,;<=>\\'
 _HEX_VALUE = re.compile(r"#((?:[0-9A-Fa-f]{2})+)\s*")
 # ASN.1 string types a '#' hex value may carry (RFC 4514 §2.4), and how their octets read.
-_STRING_TAGS = MappingProxyType({
-    0x0C: "utf-8", 0x12: "latin-1", 0x13: "latin-1", 0x14: "latin-1", 0x16: "latin-1",
-    0x1A: "latin-1", 0x1C: "utf-32-be", 0x1E: "utf-16-be"})
+_STRING_TAGS = MappingProxyType(
+    {
+        0x0C: "utf-8",
+        0x12: "latin-1",
+        0x13: "latin-1",
+        0x14: "latin-1",
+        0x16: "latin-1",
+        0x1A: "latin-1",
+        0x1C: "utf-32-be",
+        0x1E: "utf-16-be",
+    }
+)
 
 _Value = str | bytes
 
@@ -238,7 +288,7 @@ def _read_value(text: str, i: int) -> tuple[_Value, int]:
     while i < len(text) and text[i] not in ",;+":
         c = text[i]
         if c == "\\":
-            pair = text[i + 1:i + 3]
+            pair = text[i + 1 : i + 3]
             if pair[:1] and pair[0] in _ESCAPABLE:
                 out += pair[0].encode()
                 kept = len(out)
@@ -265,8 +315,10 @@ def _read_value(text: str, i: int) -> tuple[_Value, int]:
 def _parse_rfc4514(text: str) -> list[list[tuple[str, _Value]]]:
     """RDNs in written (RFC 4514) order; spaces around separators are tolerated."""
     if text.startswith("/"):
-        raise CertificateError("looks like OpenSSL's '/C=../CN=..' form; "
-                               "write the distinguished name as RFC 4514 'CN=..,O=..,C=..'")
+        raise CertificateError(
+            "looks like OpenSSL's '/C=../CN=..' form; "
+            "write the distinguished name as RFC 4514 'CN=..,O=..,C=..'"
+        )
     if not text.strip():
         return []
     rdns: list[list[tuple[str, _Value]]] = [[]]
@@ -297,10 +349,18 @@ DN_MATCHING = ("exact", "rfc4518")
 # DirectoryString plus the IA5String of emailAddress and domainComponent, PrintableString
 # of countryName and serialNumber, NumericString, VisibleString). cryptography also hands
 # out OCTET STRING, UTCTime and other non-string values as text; those are refused.
-_STRING_TYPES = frozenset({
-    _ASN1Type.UTF8String, _ASN1Type.PrintableString, _ASN1Type.IA5String, _ASN1Type.T61String,
-    _ASN1Type.BMPString, _ASN1Type.UniversalString, _ASN1Type.VisibleString,
-    _ASN1Type.NumericString})
+_STRING_TYPES = frozenset(
+    {
+        _ASN1Type.UTF8String,
+        _ASN1Type.PrintableString,
+        _ASN1Type.IA5String,
+        _ASN1Type.T61String,
+        _ASN1Type.BMPString,
+        _ASN1Type.UniversalString,
+        _ASN1Type.VisibleString,
+        _ASN1Type.NumericString,
+    }
+)
 # x500UniqueIdentifier is a BIT STRING by definition (RFC 4519 §2.39); it compares as octets.
 _BIT_STRING_OIDS = frozenset({"2.5.4.45"})
 
@@ -339,8 +399,10 @@ def _certificate_rdns(name: x509.Name) -> list[list[tuple[str, _Value]]]:
                 continue
             if kind not in _STRING_TYPES or not isinstance(attribute.value, str):
                 label = getattr(kind, "name", "unknown type")
-                raise CertificateError(f"certificate name attribute {oid} is an ASN.1 {label}, "
-                                       "not a string; such names are refused")
+                raise CertificateError(
+                    f"certificate name attribute {oid} is an ASN.1 {label}, "
+                    "not a string; such names are refused"
+                )
             values.append((oid, attribute.value))
         out.append(values)
     return out
@@ -367,8 +429,7 @@ def normalize_dn(text_or_name: str | x509.Name, matching: str = "exact") -> str:
             if isinstance(value, bytes) and oid not in _BIT_STRING_OIDS:
                 # Certificates with such values are refused, so this could never match.
                 raise CertificateError(f"the '#' value of {oid} is not an ASN.1 string type")
-    return ",".join("+".join(sorted(f"{oid}={_comparable(v, matching)}" for oid, v in rdn))
-                    for rdn in rdns)
+    return ",".join("+".join(sorted(f"{oid}={_comparable(v, matching)}" for oid, v in rdn)) for rdn in rdns)
 
 
 def dn_matches(registered: str, cert: x509.Certificate, matching: str = "exact") -> bool:
@@ -388,6 +449,7 @@ def dn_matches(registered: str, cert: x509.Certificate, matching: str = "exact")
 
 
 # --- subject alternative names -----------------------------------------------------------
+
 
 def _ascii_lower(text: str) -> str:
     # DNS names and mail domains are case-insensitive in ASCII only (RFC 4343 §2), and
@@ -436,8 +498,9 @@ def san_matches(kind: str, value: str, cert: x509.Certificate) -> bool:
     except Exception as exc:  # noqa: BLE001 - a malformed extension in an untrusted certificate
         raise CertificateError("malformed subjectAltName in certificate") from exc
     if kind == "san_dns":
-        return any(_ascii_lower(name) == _ascii_lower(value)
-                   for name in san.get_values_for_type(x509.DNSName))
+        return any(
+            _ascii_lower(name) == _ascii_lower(value) for name in san.get_values_for_type(x509.DNSName)
+        )
     if kind == "san_uri":
         wanted = _uri_key(value)
         return any(_uri_key(uri) == wanted for uri in san.get_values_for_type(x509.UniformResourceIdentifier))
@@ -462,10 +525,11 @@ def san_matches(kind: str, value: str, cert: x509.Certificate) -> bool:
 
 # --- validity and chain validation -------------------------------------------------------
 
+
 def _utc(now: datetime) -> datetime:
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return now.astimezone(timezone.utc)
+    return now.astimezone(UTC)
 
 
 def _stamp(moment: datetime) -> str:
@@ -492,9 +556,11 @@ def _client_policy() -> ExtensionPolicy:
     by subject DN alone, with certificates that carry no SAN. An authorityKeyIdentifier is
     optional because RFC 5280 path validation (§6) never needs it, and private CAs omit it.
     """
-    return (ExtensionPolicy.webpki_defaults_ee()
-            .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
-            .may_be_present(x509.AuthorityKeyIdentifier, Criticality.NON_CRITICAL, None))
+    return (
+        ExtensionPolicy.webpki_defaults_ee()
+        .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+        .may_be_present(x509.AuthorityKeyIdentifier, Criticality.NON_CRITICAL, None)
+    )
 
 
 def _reason(message: str) -> str:
@@ -503,11 +569,15 @@ def _reason(message: str) -> str:
     if "required EKU not found" in core:
         return "client certificate lacks the clientAuth extended key usage"
     if "unsupported directoryName constraint" in core:
-        return ("a CA in the chain has a critical directoryName name constraint, which cannot be "
-                "checked here; the chain is refused")
+        return (
+            "a CA in the chain has a critical directoryName name constraint, which cannot be "
+            "checked here; the chain is refused"
+        )
     if "unsupported name constraint" in core:
-        return ("a CA in the chain has a name constraint of a kind that cannot be checked against "
-                "this certificate's subjectAltName (such as a URI constraint); the chain is refused")
+        return (
+            "a CA in the chain has a name constraint of a kind that cannot be checked against "
+            "this certificate's subjectAltName (such as a URI constraint); the chain is refused"
+        )
     if "all candidates exhausted with no interior errors" in core:
         return "client certificate does not chain to a trusted CA"
     if "not valid at validation time" in core:
@@ -519,7 +589,7 @@ def _reason(message: str) -> str:
 
 
 def _printable(text: str) -> str:
-    return re.sub(r'[^\x20-\x21\x23-\x5b\x5d-\x7e]', "?", text)[:200]
+    return re.sub(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]", "?", text)[:200]
 
 
 #: The keys a client certificate or one of its CAs may hold. The chain's signatures are
@@ -544,8 +614,9 @@ def key_problem(key: object) -> str | None:
     return "the key type is not one a client certificate may have"
 
 
-def verify_chain(chain_der: Sequence[bytes], anchors: Sequence[x509.Certificate],
-                 now: datetime) -> x509.Certificate:
+def verify_chain(
+    chain_der: Sequence[bytes], anchors: Sequence[x509.Certificate], now: datetime
+) -> x509.Certificate:
     """Validate a ``tls_client_auth`` chain (RFC 8705 §2.1) and return its leaf.
 
     *chain_der* is the client's chain, leaf first, as the TLS layer or a trusted proxy gave
@@ -563,11 +634,14 @@ def verify_chain(chain_der: Sequence[bytes], anchors: Sequence[x509.Certificate]
     if not chain_der:
         raise CertificateError("no client certificate")
     if len(chain_der) - 1 > MAX_INTERMEDIATES:
-        raise CertificateError(f"client sent {len(chain_der) - 1} intermediate certificates; "
-                               f"at most {MAX_INTERMEDIATES} are accepted")
+        raise CertificateError(
+            f"client sent {len(chain_der) - 1} intermediate certificates; "
+            f"at most {MAX_INTERMEDIATES} are accepted"
+        )
     leaf = _parse_der(chain_der[0], "client certificate")
-    intermediates = [_parse_der(der, f"intermediate certificate {n}")
-                     for n, der in enumerate(chain_der[1:], 1)]
+    intermediates = [
+        _parse_der(der, f"intermediate certificate {n}") for n, der in enumerate(chain_der[1:], 1)
+    ]
     for n, cert in enumerate((leaf, *intermediates)):
         try:
             problem = key_problem(cert.public_key())
@@ -581,13 +655,14 @@ def verify_chain(chain_der: Sequence[bytes], anchors: Sequence[x509.Certificate]
     # Checked first so the common refusal gets a precise message with the date.
     if (problem := validity_problem(leaf, now)) is not None:
         raise CertificateError(f"client certificate {problem}")
-    verifier = (PolicyBuilder()
-                .store(Store(list(anchors)))
-                .time(now)
-                .max_chain_depth(MAX_INTERMEDIATES)
-                .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(),
-                                    ee_policy=_client_policy())
-                .build_client_verifier())
+    verifier = (
+        PolicyBuilder()
+        .store(Store(list(anchors)))
+        .time(now)
+        .max_chain_depth(MAX_INTERMEDIATES)
+        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_client_policy())
+        .build_client_verifier()
+    )
     try:
         verified = verifier.verify(leaf, intermediates)
     except (VerificationError, ValueError) as exc:
@@ -617,7 +692,7 @@ def _rdn_keys(name: x509.Name) -> list[str]:
 def _dn_within(name: x509.Name, base: x509.Name) -> bool:
     """Whether *name* is inside the directoryName subtree *base*: *base*'s RDNs lead it."""
     keys, base_keys = _rdn_keys(name), _rdn_keys(base)
-    return keys[:len(base_keys)] == base_keys
+    return keys[: len(base_keys)] == base_keys
 
 
 _MAILBOX = re.compile(r"[\x21-\x3f\x41-\x7e]+@[\x21-\x3f\x41-\x7e]+")
@@ -639,8 +714,11 @@ def _check_subject(leaf: x509.Certificate, cas: Sequence[x509.Certificate]) -> N
         # with fullwidth letters, spaces, control characters) could be read as one mailbox by
         # the constraints check and as another by RFC 4518 matching.
         value = attribute.value
-        if (attribute._type != _ASN1Type.IA5String or not isinstance(value, str)
-                or not _MAILBOX.fullmatch(value)):
+        if (
+            attribute._type != _ASN1Type.IA5String
+            or not isinstance(value, str)
+            or not _MAILBOX.fullmatch(value)
+        ):
             raise CertificateError("client certificate subject emailAddress is not a plain mailbox")
         emails.append(value)
     names = [leaf.subject] if len(leaf.subject) else []
@@ -662,18 +740,24 @@ def _check_subject(leaf: x509.Certificate, cas: Sequence[x509.Certificate]) -> N
             inside = [_email_within(email, c) for c in allowed]
             outside = [_email_within(email, c) for c in denied]
             if None in inside or None in outside or (allowed and not any(inside)) or any(outside):
-                raise CertificateError("client certificate subject emailAddress is outside the "
-                                       "name constraints of the CA that issued it")
+                raise CertificateError(
+                    "client certificate subject emailAddress is outside the "
+                    "name constraints of the CA that issued it"
+                )
         allowed_dn = [g.value for g in permitted if isinstance(g, x509.DirectoryName)]
         denied_dn = [g.value for g in excluded if isinstance(g, x509.DirectoryName)]
         for name in names:
-            if (allowed_dn and not any(_dn_within(name, b) for b in allowed_dn)) \
-                    or any(_dn_within(name, b) for b in denied_dn):
-                raise CertificateError("client certificate subject is outside the directoryName "
-                                       "name constraints of the CA that issued it")
+            if (allowed_dn and not any(_dn_within(name, b) for b in allowed_dn)) or any(
+                _dn_within(name, b) for b in denied_dn
+            ):
+                raise CertificateError(
+                    "client certificate subject is outside the directoryName "
+                    "name constraints of the CA that issued it"
+                )
 
 
 # --- certificates forwarded by a proxy ---------------------------------------------------
+
 
 def _percent_decode(value: str) -> str:
     """Strict percent-decoding that keeps '+' (a base64 character), unlike form decoding."""
@@ -688,8 +772,9 @@ def _percent_decode(value: str) -> str:
 def _one_pem_certificate(text: str) -> bytes:
     ders = _certificate_blocks(text, "forwarded certificate")
     if len(ders) != 1:
-        raise CertificateError("forwarded certificate: expected exactly one PEM CERTIFICATE, "
-                               f"found {len(ders)}")
+        raise CertificateError(
+            f"forwarded certificate: expected exactly one PEM CERTIFICATE, found {len(ders)}"
+        )
     return ders[0]
 
 
@@ -710,8 +795,9 @@ def parse_forwarded_certificate(value: str, fmt: str) -> bytes:
     ``MAX_HEADER_CHARS`` characters, raises ``CertificateError``.
     """
     if fmt not in FORWARDED_FORMATS:
-        raise CertificateError(f"unknown forwarded-certificate format {fmt!r}; "
-                               f"expected one of {', '.join(FORWARDED_FORMATS)}")
+        raise CertificateError(
+            f"unknown forwarded-certificate format {fmt!r}; expected one of {', '.join(FORWARDED_FORMATS)}"
+        )
     if len(value) > MAX_HEADER_CHARS:
         raise CertificateError(f"forwarded certificate: header longer than {MAX_HEADER_CHARS}")
     if not value.isascii():
@@ -720,8 +806,15 @@ def parse_forwarded_certificate(value: str, fmt: str) -> bytes:
     if not value:
         raise CertificateError("forwarded certificate: empty header")
     if fmt == "auto":
-        fmt = ("rfc9440" if value.startswith(":") else "nginx" if "%" in value
-               else "pem" if "-----BEGIN" in value else "base64-der")
+        fmt = (
+            "rfc9440"
+            if value.startswith(":")
+            else "nginx"
+            if "%" in value
+            else "pem"
+            if "-----BEGIN" in value
+            else "base64-der"
+        )
     if fmt == "rfc9440":
         m = re.fullmatch(r":([^:]*):", value)
         if not m:
@@ -753,8 +846,10 @@ def parse_forwarded_chain(value: str) -> list[bytes]:
     if members == [""]:
         return []
     if len(members) > MAX_INTERMEDIATES:
-        raise CertificateError(f"forwarded certificate chain: {len(members)} certificates; "
-                               f"at most {MAX_INTERMEDIATES} are accepted")
+        raise CertificateError(
+            f"forwarded certificate chain: {len(members)} certificates; "
+            f"at most {MAX_INTERMEDIATES} are accepted"
+        )
     ders = []
     for n, member in enumerate(members, 1):
         m = re.fullmatch(r":([^:]*):", member)

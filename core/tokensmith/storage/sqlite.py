@@ -19,8 +19,16 @@ import threading
 import time
 from pathlib import Path
 
+from tokensmith.models import (
+    Client,
+    Issue,
+    LoginPolicy,
+    RegisteredCertificate,
+    StorageError,
+    TokenRecord,
+    User,
+)
 from tokensmith.security.files import private_file
-from tokensmith.models import Client, Issue, LoginPolicy, RegisteredCertificate, StorageError, TokenRecord, User
 
 _SCHEMA_VERSION = 5
 
@@ -59,7 +67,8 @@ CREATE TABLE IF NOT EXISTS login_failures (
 ) WITHOUT ROWID;
 """
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS clients (
     client_id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -100,7 +109,9 @@ CREATE TABLE IF NOT EXISTS revoked_grants (
     grant_id TEXT PRIMARY KEY,
     revoked_at INTEGER NOT NULL
 );
-""" + _CLIENTS_VERSION + """
+"""
+    + _CLIENTS_VERSION
+    + """
 CREATE TABLE IF NOT EXISTS users (
     username TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -110,7 +121,9 @@ CREATE TABLE IF NOT EXISTS users (
     user_id TEXT,
     last_failure INTEGER NOT NULL DEFAULT 0
 );
-""" + _LIFECYCLE
+"""
+    + _LIFECYCLE
+)
 
 _CLIENT_CACHE = 200_000
 _INSERT_TOKEN = "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -119,7 +132,8 @@ _USE_REFRESH = (
     "UPDATE tokens SET used = 1 WHERE token_hash = ? AND kind = 'refresh' AND used = 0"
     " AND revoked = 0 AND expires_at > ?"
     " AND grant_id NOT IN (SELECT grant_id FROM revoked_grants)"
-    " AND client_id NOT IN (SELECT client_id FROM revoked_clients)")
+    " AND client_id NOT IN (SELECT client_id FROM revoked_clients)"
+)
 #: How long checkpoints and purges wait for the lock: they may hold writers this long.
 _MAINTENANCE_BUSY_MS = 5
 #: Login failure rows are kept this long after their last failure or lock.
@@ -165,7 +179,8 @@ UPDATE users SET user_id = lower(hex(randomblob(16)));
 UPDATE tokens SET user_id = (SELECT u.user_id FROM users u WHERE u.username = tokens.username)
     WHERE username IS NOT NULL;
 UPDATE tokens SET revoked = 1 WHERE username IS NOT NULL AND user_id IS NULL;
-""" + _LIFECYCLE,
+"""
+    + _LIFECYCLE,
 }
 
 
@@ -217,8 +232,11 @@ class SQLiteStorage:
                     f"{self.path}: database schema {version} is newer than this tokensmith"
                     f" ({_SCHEMA_VERSION})"
                 )
-            scripts = [_SCHEMA] if version == 0 else [
-                _MIGRATIONS[target] for target in range(version + 1, _SCHEMA_VERSION + 1)]
+            scripts = (
+                [_SCHEMA]
+                if version == 0
+                else [_MIGRATIONS[target] for target in range(version + 1, _SCHEMA_VERSION + 1)]
+            )
             for script in scripts:
                 for statement in _statements(script):
                     self._db.execute(statement)
@@ -279,8 +297,7 @@ class SQLiteStorage:
 
     def add_client(self, client: Client) -> None:
         self._run(
-            "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            _client_row(client)
+            "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _client_row(client)
         )
 
     def update_client(self, client: Client) -> bool:
@@ -319,8 +336,7 @@ class SQLiteStorage:
         return [_client(r) for r in self._run("SELECT * FROM clients ORDER BY created_at, name")]
 
     def scopes_in_use(self) -> list[str]:
-        rows = self._run("SELECT DISTINCT s.value FROM clients, json_each(clients.scopes) s"
-                         " ORDER BY s.value")
+        rows = self._run("SELECT DISTINCT s.value FROM clients, json_each(clients.scopes) s ORDER BY s.value")
         return [row[0] for row in rows]
 
     def remove_client(self, client_id: str) -> bool:
@@ -329,11 +345,13 @@ class SQLiteStorage:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                removed = self._db.execute("DELETE FROM clients WHERE client_id = ?",
-                                           (client_id,)).rowcount > 0
+                removed = (
+                    self._db.execute("DELETE FROM clients WHERE client_id = ?", (client_id,)).rowcount > 0
+                )
                 if removed:
-                    self._db.execute("INSERT OR IGNORE INTO revoked_clients VALUES (?, ?)",
-                                     (client_id, int(time.time())))
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO revoked_clients VALUES (?, ?)", (client_id, int(time.time()))
+                    )
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
         return removed
@@ -359,8 +377,9 @@ class SQLiteStorage:
     def _writer_connection(self) -> sqlite3.Connection:
         if self._writer is None:
             try:
-                self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                               timeout=0)
+                self._writer = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=0
+                )
                 self._writer.execute("PRAGMA synchronous=NORMAL")
                 if self._serving:
                     self._writer.execute("PRAGMA wal_autocheckpoint=0")
@@ -392,8 +411,10 @@ class SQLiteStorage:
         try:
             rows: list[tuple[object, ...]] = []
             for issue in issues:
-                if issue.rotates is not None and writer.execute(
-                        _USE_REFRESH, (issue.rotates, now)).rowcount != 1:
+                if (
+                    issue.rotates is not None
+                    and writer.execute(_USE_REFRESH, (issue.rotates, now)).rowcount != 1
+                ):
                     stored.append(False)
                     continue
                 rows += [_token_row(token) for token in issue.tokens]
@@ -414,26 +435,37 @@ class SQLiteStorage:
             "SELECT t.*, EXISTS(SELECT 1 FROM revoked_grants g WHERE g.grant_id = t.grant_id)"
             " OR EXISTS(SELECT 1 FROM revoked_clients c WHERE c.client_id = t.client_id)"
             " OR (t.user_id IS NOT NULL AND NOT EXISTS(SELECT 1 FROM users u WHERE u.user_id = t.user_id))"
-            " FROM tokens t WHERE t.token_hash = ?", (token_hash,)).fetchone()
+            " FROM tokens t WHERE t.token_hash = ?",
+            (token_hash,),
+        ).fetchone()
         if row is None:
             return None
-        return TokenRecord(*row[:9], revoked=bool(row[9] or row[15]), claims=json.loads(row[10]),
-                           used=bool(row[11]), user_id=row[12], grant_type=row[13],
-                           grant_expires_at=row[14])
+        return TokenRecord(
+            *row[:9],
+            revoked=bool(row[9] or row[15]),
+            claims=json.loads(row[10]),
+            used=bool(row[11]),
+            user_id=row[12],
+            grant_type=row[13],
+            grant_expires_at=row[14],
+        )
 
     def revoke_token(self, token_hash: str) -> bool:
-        cursor = self._run("UPDATE tokens SET revoked = 1 WHERE token_hash = ? AND revoked = 0",
-                           (token_hash,))
+        cursor = self._run(
+            "UPDATE tokens SET revoked = 1 WHERE token_hash = ? AND revoked = 0", (token_hash,)
+        )
         return cursor.rowcount > 0
 
     def revoke_grant(self, grant_id: str) -> int:
         try:
             with self._db:
                 self._db.execute("BEGIN")
-                self._db.execute("INSERT OR IGNORE INTO revoked_grants VALUES (?, ?)",
-                                 (grant_id, int(time.time())))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO revoked_grants VALUES (?, ?)", (grant_id, int(time.time()))
+                )
                 cursor = self._db.execute(
-                    "UPDATE tokens SET revoked = 1 WHERE grant_id = ? AND revoked = 0", (grant_id,))
+                    "UPDATE tokens SET revoked = 1 WHERE grant_id = ? AND revoked = 0", (grant_id,)
+                )
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
         return cursor.rowcount
@@ -458,10 +490,12 @@ class SQLiteStorage:
                 self._db.execute(
                     "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
                     " WHERE client_id = ? AND cnf_x5t_s256 = ? AND grant_id IS NOT NULL",
-                    (int(time.time()), client_id, x5t_s256))
+                    (int(time.time()), client_id, x5t_s256),
+                )
                 return self._db.execute(
-                    "UPDATE tokens SET revoked = 1 WHERE client_id = ? AND cnf_x5t_s256 = ?"
-                    " AND revoked = 0", (client_id, x5t_s256)).rowcount
+                    "UPDATE tokens SET revoked = 1 WHERE client_id = ? AND cnf_x5t_s256 = ? AND revoked = 0",
+                    (client_id, x5t_s256),
+                ).rowcount
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
@@ -470,9 +504,12 @@ class SQLiteStorage:
         tokens."""
         self._db.execute(
             "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
-            " WHERE user_id = ? AND grant_id IS NOT NULL", (int(time.time()), user_id))
-        return self._db.execute("UPDATE tokens SET revoked = 1 WHERE user_id = ? AND revoked = 0",
-                                (user_id,)).rowcount
+            " WHERE user_id = ? AND grant_id IS NOT NULL",
+            (int(time.time()), user_id),
+        )
+        return self._db.execute(
+            "UPDATE tokens SET revoked = 1 WHERE user_id = ? AND revoked = 0", (user_id,)
+        ).rowcount
 
     def _maintenance(self) -> sqlite3.Connection:
         """The connection of checkpoint() and purge_expired(), which run in a worker thread.
@@ -483,8 +520,9 @@ class SQLiteStorage:
         so a long busy timeout made a long read hold every token request with it.
         """
         if self._checkpointer is None:
-            self._checkpointer = sqlite3.connect(self.path, isolation_level=None, timeout=0,
-                                                 check_same_thread=False)
+            self._checkpointer = sqlite3.connect(
+                self.path, isolation_level=None, timeout=0, check_same_thread=False
+            )
             self._checkpointer.execute(f"PRAGMA busy_timeout={_MAINTENANCE_BUSY_MS}")
             if self._serving:
                 self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
@@ -506,10 +544,13 @@ class SQLiteStorage:
                 try:
                     removed = db.execute(
                         "DELETE FROM tokens WHERE rowid IN (SELECT rowid FROM tokens"
-                        " WHERE expires_at < ? LIMIT ?)", (before, -1 if limit is None else limit),
+                        " WHERE expires_at < ? LIMIT ?)",
+                        (before, -1 if limit is None else limit),
                     ).rowcount
-                    db.execute("DELETE FROM login_failures WHERE locked_until < ?"
-                               " AND last_failure < ?", (before, before - _FAILURES_KEPT))
+                    db.execute(
+                        "DELETE FROM login_failures WHERE locked_until < ? AND last_failure < ?",
+                        (before, before - _FAILURES_KEPT),
+                    )
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
@@ -522,9 +563,18 @@ class SQLiteStorage:
     # -- users ----------------------------------------------------------------------------
 
     def add_user(self, user: User) -> None:
-        self._run("INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  (user.username, user.password_hash, user.created_at, user.failed_attempts,
-                   user.locked_until, user.user_id, user.last_failure))
+        self._run(
+            "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                user.username,
+                user.password_hash,
+                user.created_at,
+                user.failed_attempts,
+                user.locked_until,
+                user.user_id,
+                user.last_failure,
+            ),
+        )
 
     def get_user(self, username: str) -> User | None:
         row = self._run("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
@@ -537,8 +587,7 @@ class SQLiteStorage:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                row = self._db.execute("SELECT user_id FROM users WHERE username = ?",
-                                       (username,)).fetchone()
+                row = self._db.execute("SELECT user_id FROM users WHERE username = ?", (username,)).fetchone()
                 if row is None:
                     return False
                 self._revoke_user(row[0])
@@ -556,23 +605,29 @@ class SQLiteStorage:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 user = self._db.execute(
-                    "SELECT failed_attempts, last_failure, locked_until FROM users"
-                    " WHERE username = ?", (username,)).fetchone()
+                    "SELECT failed_attempts, last_failure, locked_until FROM users WHERE username = ?",
+                    (username,),
+                ).fetchone()
                 if user is None:
                     return False
                 here = self._db.execute(
                     "SELECT failures, last_failure, locked_until FROM login_failures"
-                    " WHERE username = ? AND source = ?", (username, source)).fetchone()
+                    " WHERE username = ? AND source = ?",
+                    (username, source),
+                ).fetchone()
                 counted_here = _count(here, now, policy.max_failures, policy.lockout_seconds)
                 counted_all = _count(user, now, policy.max_failures_per_user, policy.lockout_seconds)
                 if counted_here is None or counted_all is None:
                     return False  # locked out: not counted, so that the lock is not extended
                 self._db.execute(
                     "INSERT OR REPLACE INTO login_failures VALUES (?, ?, ?, ?, ?)",
-                    (username, source, *counted_here))
+                    (username, source, *counted_here),
+                )
                 self._db.execute(
                     "UPDATE users SET failed_attempts = ?, last_failure = ?, locked_until = ?"
-                    " WHERE username = ?", (*counted_all, username))
+                    " WHERE username = ?",
+                    (*counted_all, username),
+                )
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
         return True
@@ -583,10 +638,12 @@ class SQLiteStorage:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("DELETE FROM login_failures WHERE username = ? AND source = ?",
-                                 (username, source))
-                self._db.execute("UPDATE users SET failed_attempts = 0, locked_until = 0"
-                                 " WHERE username = ?", (username,))
+                self._db.execute(
+                    "DELETE FROM login_failures WHERE username = ? AND source = ?", (username, source)
+                )
+                self._db.execute(
+                    "UPDATE users SET failed_attempts = 0, locked_until = 0 WHERE username = ?", (username,)
+                )
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
@@ -595,9 +652,14 @@ class SQLiteStorage:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute("DELETE FROM login_failures WHERE username = ?", (username,))
-                return self._db.execute(
-                    "UPDATE users SET failed_attempts = 0, locked_until = 0, last_failure = 0"
-                    " WHERE username = ?", (username,)).rowcount > 0
+                return (
+                    self._db.execute(
+                        "UPDATE users SET failed_attempts = 0, locked_until = 0, last_failure = 0"
+                        " WHERE username = ?",
+                        (username,),
+                    ).rowcount
+                    > 0
+                )
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
@@ -617,8 +679,9 @@ class SQLiteStorage:
         self.close()
 
 
-def _count(row: tuple[int, int, int] | None, now: int, limit: int,
-           lockout: int) -> tuple[int, int, int] | None:
+def _count(
+    row: tuple[int, int, int] | None, now: int, limit: int, lockout: int
+) -> tuple[int, int, int] | None:
     """One more attempt on a (failures, last_failure, locked_until) counter, as LoginPolicy
     says; None while the counter's lock holds."""
     failures, last, locked_until = row or (0, 0, 0)
@@ -695,8 +758,9 @@ def _client(row: tuple) -> Client:
         bind_tokens=bool(row[6]),
         created_at=row[7],
         certificates=tuple(
-            RegisteredCertificate(c["sha256"], c["subject"], c["not_before"], c["not_after"],
-                                  base64.b64decode(c["der"]))
+            RegisteredCertificate(
+                c["sha256"], c["subject"], c["not_before"], c["not_after"], base64.b64decode(c["der"])
+            )
             for c in json.loads(row[8])
         ),
         tls_subject=tuple(json.loads(row[9])) if row[9] else None,  # type: ignore[arg-type]
