@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -91,6 +91,10 @@ class Client:
     #: ``tls_client_auth_*`` subject) are never in it; ``registration.client_metadata``
     #: gives the whole document.
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def without_secret(self) -> Client:
+        """This client as plugins see it: ``secret_hash`` is always None."""
+        return self if self.secret_hash is None else replace(self, secret_hash=None)
 
     def public_view(self) -> dict[str, object]:
         """What ``sp list`` shows: everything but the secret hash."""

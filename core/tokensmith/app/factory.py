@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,8 @@ class Runtime:
     signing: SigningKeys
     verified_secrets: VerifiedSecrets
     generation: int
+    #: The public URLs now (RFC 8414 §2): the issuer and the endpoints' URLs under it.
+    urls: Callable[[], PublicUrls] | None = None
 
 
 def runtime(app: Quart) -> Runtime:
@@ -112,7 +115,7 @@ def _build_runtime(
     verified: VerifiedSecrets,
     generation: int,
 ) -> Runtime:
-    listeners = build_listeners(loader.load(identity.allowed_wheels), identity)
+    listeners = build_listeners(loader.load(identity.allowed_wheels), identity, storage)
     jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
     issuer = TokenIssuer(
         storage,
@@ -122,7 +125,18 @@ def _build_runtime(
         jwt,
         identity.refresh_token_max_lifetime,
     )
-    return Runtime(config, identity, storage, listeners, issuer, truststore, signing, verified, generation)
+    return Runtime(
+        config,
+        identity,
+        storage,
+        listeners,
+        issuer,
+        truststore,
+        signing,
+        verified,
+        generation,
+        lambda: public_urls_of(app),
+    )
 
 
 def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
