@@ -478,6 +478,8 @@ def _authenticate(request: ClientAuthRequest, listener: Listener) -> Authenticat
         raise Refused(f"alg {alg!r:.40} is not one of {', '.join(settings.algorithms)}")
     if "crit" in assertion.header:
         raise Refused("crit header parameters are not understood")
+    if not isinstance(assertion.header.get("kid", ""), str):
+        raise Refused("kid is not a string")
     claims = assertion.claims
     client_id = claims.get("sub")
     if not isinstance(client_id, str) or claims.get("iss") != client_id:
