@@ -133,3 +133,12 @@ class InvalidClientMetadataError(OAuth2Error):
     ``check_client_metadata`` hook; the description says which field and why."""
 
     error = "invalid_client_metadata"
+
+
+class RequestRefused(Exception):
+    """A request refused before any endpoint reads it, at the HTTP level: it cannot be parsed,
+    or is over a size or time limit. The connection closes after the answer (*status*)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason

@@ -59,7 +59,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     ),
 }
 INTERCEPTOR = "OAuthEventInterceptor"
-_COMMON_HOOKS = ("listener_default_order", "listener_configure")
+_COMMON_HOOKS = ("listener_default_order", "listener_configure", "register_routes")
 #: An RFC 7591 token_endpoint_auth_method name, as a client registers it: a registered
 #: name or an absolute URI (§2), so printable ASCII without spaces, quotes or backslashes.
 _METHOD_NAME = re.compile(r"[!#-\[\]-~]{1,256}")
@@ -304,6 +304,10 @@ class ListenerSet:
 
     def _args(self, impl: Any, kwargs: dict[str, Any]) -> list[Any]:
         return [kwargs[name] for name in impl.argnames]
+
+    def call_sync(self, listener: Listener, hook_name: str, /, **kwargs: Any) -> Any:
+        """Call a hook that must answer at once (configuration hooks, never per request)."""
+        return self._call_sync(listener, hook_name, **kwargs)
 
     def _call_sync(self, listener: Listener, hook_name: str, /, **kwargs: Any) -> Any:
         impl = self._impls.get((listener.source.name, hook_name))
@@ -566,8 +570,7 @@ def build_listeners(
                 f"{path}:{entry.line}: unknown listener type {entry.type!r};"
                 f" known types: {', '.join(FAMILIES)}"
             )
-        source = by_name.get(entry.name)
-        if source is None or entry.type not in families_of(entry.name):
+        if entry.name not in by_name or entry.type not in families_of(entry.name):
             if not entry.enabled:
                 continue
             available = sorted(n for n in by_name if entry.type in families_of(n))
@@ -587,16 +590,18 @@ def build_listeners(
         with _plugin_code(source, "listener_default_order"):
             default = _default_order(pm, source)
         for family in families:
-            entry = entries.get((family, name))
+            configured = entries.get((family, name))
             listeners.append(
                 Listener(
                     type=family,
                     name=name,
-                    order_id=entry.order_id if entry and entry.order_id is not None else default,
-                    enabled=entry.enabled if entry else True,
-                    properties=MappingProxyType(dict(entry.properties) if entry else {}),
+                    order_id=configured.order_id
+                    if configured and configured.order_id is not None
+                    else default,
+                    enabled=configured.enabled if configured else True,
+                    properties=MappingProxyType(dict(configured.properties) if configured else {}),
                     source=source,
-                    configured_in=f"{path}:{entry.line}" if entry else None,
+                    configured_in=f"{path}:{configured.line}" if configured else None,
                     state=PluginState(storage, name),
                     conf_dir=path.parent.resolve() if path else Path.cwd(),
                 )
