@@ -208,3 +208,28 @@ def test_metadata_documents_round_trip_and_are_checked() -> None:
 
 def _without_nones(document: dict) -> dict:
     return {name: value for name, value in document.items() if value is not None}
+
+
+def test_mutual_tls_checks_its_clients_metadata(deployment, tmp_path) -> None:  # noqa: ANN001
+    """mutual_tls's check_client_metadata: removing a tls_client_auth client's subject, or a
+    self-signed client's certificates by new jwks, is refused (RFC 8705 §2.1.2, §2.2)."""
+    added = deployment.add_client(
+        "pki",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "tls_client_auth",
+        "--san-dns",
+        "a.example",
+    )
+    change = tmp_path / "change.json"
+    change.write_text(json.dumps({"tls_client_auth_san_dns": None}))
+    result = deployment.cli("sp", "update", str(added["client_id"]), "--metadata", str(change), check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "tokensmith: error: invalid_client_metadata: a tls_client_auth client registers exactly one of"
+    )
+    change.write_text(json.dumps({"tls_client_auth_san_dns": "b.example"}))
+    deployment.cli("sp", "update", str(added["client_id"]), "--metadata", str(change))
+    shown = json.loads(deployment.cli("sp", "show", str(added["client_id"])).stdout)
+    assert shown["client_metadata"]["tls_client_auth_san_dns"] == "b.example"
