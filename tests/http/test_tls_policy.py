@@ -1,4 +1,5 @@
-"""The TLS layer of the real server: protocol policy, client certificate modes, proxies."""
+"""The TLS policy of the real server: protocol versions, ciphers, tickets, handshake state,
+TLS passthrough and TCP options. Client certificate modes: test_client_certificate_modes.py."""
 
 from __future__ import annotations
 
@@ -6,71 +7,19 @@ import asyncio
 import socket
 import ssl
 import threading
-import urllib.parse
-from collections.abc import Iterator
-from pathlib import Path
 
 import pki
 import pytest
-from conftest import Server, new_deployment, start_server
+from conftest import Server, new_deployment
+from servers import handshake, host_port, roundtrip
 from tokensmith.config.settings import load_config
 from tokensmith.http.tls import server_context
 
 
-def host_port(server: Server, index: int = 0) -> tuple[str, int]:
-    parsed = urllib.parse.urlsplit(server.urls[index])
-    return parsed.hostname or "", parsed.port or 0
-
-
-def handshake(
-    server: Server,
-    *,
-    index: int = 0,
-    minimum=None,
-    maximum=None,
-    ciphers=None,  # noqa: ANN001
-    cert: tuple[Path, Path] | None = None,
-) -> ssl.SSLSocket:
-    """Complete a TLS handshake with the server (or raise) and return the socket."""
-    context = ssl.create_default_context(cafile=str(server.deployment.server_cert))
-    context.minimum_version = minimum or ssl.TLSVersion.MINIMUM_SUPPORTED
-    if maximum:
-        context.maximum_version = maximum
-    if ciphers:
-        context.set_ciphers(ciphers)
-    if cert:
-        context.load_cert_chain(*cert)
-    raw = socket.create_connection(host_port(server, index), timeout=10)
-    tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
-    return tls
-
-
-def roundtrip(tls: ssl.SSLSocket) -> bytes:
-    """Send one HTTP/1.1 request on an open TLS socket and read the status line."""
-    tls.sendall(
-        b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    data = b""
-    while b"\r\n" not in data:
-        chunk = tls.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.split(b"\r\n", 1)[0]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, keystore, wheel_cache) -> Iterator[Server]:  # noqa: ANN001
-    dep = new_deployment(tmp_path_factory.mktemp("tls") / "ts", keystore, wheel_cache)
-    dep.connectors = (
-        '<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
-        '<Connector address="127.0.0.1" port="0" clientAuth="need"/>'
-        '<Connector address="127.0.0.1" port="0" clientAuth="false"/>'
-    )
-    dep.write()
-    running = start_server(dep)
-    yield running
-    running.stop()
+@pytest.fixture
+def server(tls_server) -> Server:  # noqa: ANN001
+    """The server with a want, a need and a false connector (tests/servers.py)."""
+    return tls_server
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
@@ -123,48 +72,6 @@ def test_no_session_tickets_every_connection_is_a_full_handshake(server, tmp_pat
             assert session is not None and not session.has_ticket, attempt
 
 
-def test_want_completes_without_a_certificate(server) -> None:  # noqa: ANN001
-    """On a want connector a client without a certificate is served."""
-    with handshake(server, index=0) as tls:
-        assert roundtrip(tls).startswith(b"HTTP/1.1 200")
-
-
-def test_need_refuses_a_client_without_a_certificate(server, tmp_path) -> None:  # noqa: ANN001
-    """On a need connector a client without a certificate is refused; with one it is served."""
-    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
-        with handshake(server, index=1) as tls:  # TLS 1.3: the refusal arrives after the handshake
-            roundtrip(tls)
-            raise ssl.SSLError("served without a certificate")
-    cert = pki.self_signed().write(tmp_path, "need")
-    with handshake(server, index=1, cert=cert) as tls:
-        assert roundtrip(tls).startswith(b"HTTP/1.1 200")
-
-
-def test_false_connector_never_asks(server, tmp_path) -> None:  # noqa: ANN001
-    """On a clientAuth="false" connector no certificate is requested, so none is sent."""
-    client_id = str(
-        server.deployment.add_client(
-            "f",
-            "--grant-type",
-            "client_credentials",
-            "--auth-method",
-            "self_signed_tls_client_auth",
-            "--cert",
-            str((files := pki.self_signed().write(tmp_path, "f"))[0]),
-        )["client_id"]
-    )
-    with server.client(cert=files, url=server.urls[2]) as http:
-        response = http.post(
-            "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
-        )
-    assert response.status_code == 401
-    with server.client(cert=files, url=server.urls[0]) as http:
-        response = http.post(
-            "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
-        )
-    assert response.status_code == 200
-
-
 def test_handshake_state_does_not_grow_with_clients(tmp_path, keystore, wheel_cache) -> None:  # noqa: ANN001
     """The connector's context holds no client or CA certificates, however many clients exist."""
     dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
@@ -184,135 +91,6 @@ def test_handshake_state_does_not_grow_with_clients(tmp_path, keystore, wheel_ca
     assert context.verify_mode == ssl.CERT_OPTIONAL
     assert context.options & ssl.OP_NO_RENEGOTIATION
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
-
-
-# --- proxies ---------------------------------------------------------------------------------
-
-
-def proxied_deployment(tmp_path, keystore, wheel_cache, proxies: str, fmt: str = "auto"):  # noqa: ANN001, ANN201
-    return new_deployment(
-        tmp_path / "ts",
-        keystore,
-        wheel_cache,
-        oauth=(f'<ClientCertificateHeader name="X-Client-Cert" format="{fmt}" trustedProxies="{proxies}"/>'),
-    )
-
-
-def nginx_escaped(pem: bytes) -> str:
-    """nginx's $ssl_client_escaped_cert: the PEM, percent-encoded ('+' encoded as %2B)."""
-    return urllib.parse.quote(pem.decode(), safe="")
-
-
-def rfc9440(der: bytes) -> str:
-    import base64
-
-    return f":{base64.b64encode(der).decode()}:"
-
-
-@pytest.mark.parametrize("fmt", ["nginx", "rfc9440", "pem", "base64-der"])
-def test_header_from_trusted_proxy_is_used(tmp_path, keystore, wheel_cache, serve, fmt) -> None:  # noqa: ANN001
-    """A certificate header from a trusted proxy authenticates the client and binds the token."""
-    import base64
-
-    dep = proxied_deployment(tmp_path, keystore, wheel_cache, "127.0.0.0/8", fmt)
-    pair = pki.self_signed()
-    while fmt == "nginx" and b"+" not in pair.pem:  # prove that '+' survives
-        pair = pki.self_signed()
-    files = pair.write(tmp_path, "proxied")
-    client_id = str(
-        dep.add_client(
-            "p",
-            "--grant-type",
-            "client_credentials",
-            "--auth-method",
-            "self_signed_tls_client_auth",
-            "--cert",
-            str(files[0]),
-        )["client_id"]
-    )
-    value = {
-        "nginx": nginx_escaped(pair.pem),
-        "rfc9440": rfc9440(pair.der),
-        "pem": pair.pem.decode().replace("\n", " ").strip(),
-        "base64-der": base64.b64encode(pair.der).decode(),
-    }[fmt]
-    server = serve(dep)
-    with server.client() as http:
-        response = http.post(
-            "/oauth2/token",
-            headers={"X-Client-Cert": value},
-            data={"grant_type": "client_credentials", "client_id": client_id},
-        )
-    assert response.status_code == 200, response.text
-
-
-def test_header_from_untrusted_address_is_ignored_and_logged(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
-    """From an address outside TrustedProxies the header is ignored, and that is logged."""
-    dep = proxied_deployment(tmp_path, keystore, wheel_cache, "10.0.0.0/8")
-    pair = pki.self_signed()
-    client_id = str(
-        dep.add_client(
-            "p",
-            "--grant-type",
-            "client_credentials",
-            "--auth-method",
-            "self_signed_tls_client_auth",
-            "--cert",
-            str(pair.write(tmp_path, "u")[0]),
-        )["client_id"]
-    )
-    server = serve(dep)
-    with server.client() as http:
-        response = http.post(
-            "/oauth2/token",
-            headers={"X-Client-Cert": nginx_escaped(pair.pem)},
-            data={"grant_type": "client_credentials", "client_id": client_id},
-        )
-    assert response.status_code == 401
-    assert "ignored a X-Client-Cert header from 127.0.0.1, which is not a trusted proxy" in server.log()
-
-
-def test_tls_certificate_wins_over_header(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
-    """When the handshake has a certificate, a header naming another one is not used."""
-    dep = proxied_deployment(tmp_path, keystore, wheel_cache, "127.0.0.0/8")
-    mine, theirs = pki.self_signed(), pki.self_signed()
-    mine_files = mine.write(tmp_path, "mine")
-    client_id = str(
-        dep.add_client(
-            "p",
-            "--grant-type",
-            "client_credentials",
-            "--auth-method",
-            "self_signed_tls_client_auth",
-            "--cert",
-            str(mine_files[0]),
-        )["client_id"]
-    )
-    other_id = str(
-        dep.add_client(
-            "q",
-            "--grant-type",
-            "client_credentials",
-            "--auth-method",
-            "self_signed_tls_client_auth",
-            "--cert",
-            str(theirs.write(tmp_path, "theirs")[0]),
-        )["client_id"]
-    )
-    server = serve(dep)
-    with server.client(cert=mine_files) as http:
-        spoofed = http.post(
-            "/oauth2/token",
-            headers={"X-Client-Cert": nginx_escaped(theirs.pem)},
-            data={"grant_type": "client_credentials", "client_id": other_id},
-        )
-        honest = http.post(
-            "/oauth2/token",
-            headers={"X-Client-Cert": nginx_escaped(theirs.pem)},
-            data={"grant_type": "client_credentials", "client_id": client_id},
-        )
-    assert spoofed.status_code == 401
-    assert honest.status_code == 200
 
 
 class Forwarder:
