@@ -19,9 +19,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check core plugins tests bench
 	$(BIN)/mypy
 
-# The property-based tests with many more examples (HYPOTHESIS_PROFILE=fuzz; see tests/test_fuzz.py).
+# The property-based tests with many more examples (HYPOTHESIS_PROFILE=fuzz; see tests/hostile/test_fuzz.py).
 fuzz: setup
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/hostile/test_fuzz.py $(PYTEST_ARGS)
 
 setup: plugins keystore
 
