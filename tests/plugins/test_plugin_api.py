@@ -12,7 +12,8 @@ from types import MappingProxyType
 
 import pytest
 from conftest import DEFAULT_LISTENERS, StartupFailed, new_deployment, start_server
-from tokensmith import InvalidClientMetadataError, PluginState, StateUnavailableError
+from tokensmith import InvalidClientMetadataError
+from tokensmith.listeners.state import MAX_VALUE_BYTES, PluginState, StateUnavailableError
 from tokensmith.models import Client
 from tokensmith.oauth.clientmetadata import apply_metadata, client_metadata
 from tokensmith.storage.sqlite import SQLiteStorage
@@ -160,7 +161,7 @@ def test_plugin_state_is_namespaced_and_needs_a_store(tmp_path) -> None:  # noqa
         assert one.get("short") is None
         assert one.delete("k") and not one.delete("k")
         with pytest.raises(ValueError, match="at most 65536 bytes"):
-            one.set("big", "x" * 70000)
+            one.set("big", "x" * MAX_VALUE_BYTES)
         with pytest.raises(ValueError, match="a state key"):
             one.get("")
     with pytest.raises(StateUnavailableError):
