@@ -3,7 +3,11 @@
 pluggy validates hook implementations against ``hookspecs`` when a plugin registers, but it
 calls implementations last-registered-first. The host therefore owns the order: for each
 listener type it keeps the enabled listeners sorted by (orderId, name) and calls their
-implementations one at a time, awaiting coroutines.
+implementations one at a time, awaiting coroutines. Because pluggy's own calling loop is not
+used, the hookimpl options that only it honours (``wrapper``, ``hookwrapper``, ``tryfirst``,
+``trylast``) would be silently ignored; a plugin that uses one is refused when it registers,
+as is one whose hook is of the wrong kind (a coroutine where the hook is called while the
+plugin loads, a generator anywhere).
 """
 
 from __future__ import annotations
@@ -52,6 +56,12 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 INTERCEPTOR = "OAuthEventInterceptor"
 _COMMON_HOOKS = ("listener_default_order", "listener_configure")
+#: Hooks called while a plugin loads, outside any event loop: they must be plain functions.
+_LOAD_HOOKS = frozenset({*_COMMON_HOOKS, "client_auth_methods"})
+#: pluggy hookimpl options that only pluggy's own calling loop honours. This host calls each
+#: listener itself in orderId order, so a wrapper would never wrap and tryfirst would not
+#: reorder anything: accepting them would let a plugin believe it runs where it does not.
+UNSUPPORTED_HOOKIMPL_OPTIONS = ("wrapper", "hookwrapper", "tryfirst", "trylast")
 #: An RFC 7591 token_endpoint_auth_method name, as a client registers it: a registered
 #: name or an absolute URI (§2), so printable ASCII without spaces, quotes or backslashes.
 _METHOD_NAME = re.compile(r"[!#-\[\]-~]{1,256}")
@@ -464,6 +474,7 @@ def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings)
             except (pluggy.PluginValidationError, ValueError) as exc:
                 # ValueError: one object under two names, from two entry points
                 raise ConfigError(f"{source.wheel}: plugin {source.name!r}: {exc}") from None
+        _check_hookimpls(pm, source)
         by_name[source.name] = source
     try:
         pm.check_pending()
@@ -539,6 +550,41 @@ def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings)
                 f" raised {type(exc).__name__}: {exc}"
             ) from None
     return result
+
+
+def _check_hookimpls(pm: pluggy.PluginManager, source: PluginSource) -> None:
+    """Refuse *source* if one of its hook implementations could not run as it is written.
+
+    pluggy checks the arguments against the spec; this checks what pluggy accepts but this
+    host would not honour, so that the plugin's author hears of it at load, in one line.
+    """
+    plugin = pm.get_plugin(source.name)
+    for caller in pm.get_hookcallers(plugin) or ():
+        if caller.spec is None and not any(i.optionalhook for i in caller.get_hookimpls()):
+            continue  # an unknown hook: check_pending names it
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin:
+                problem = _hookimpl_problem(impl, caller.name)
+                if problem:
+                    raise ConfigError(
+                        f"{source.wheel}: plugin {source.name!r}: hook {caller.name}: {problem}"
+                    )
+
+
+def _hookimpl_problem(impl: Any, hook_name: str) -> str | None:
+    """What is wrong with one hook implementation, in words for its author, or ``None``."""
+    options = [option for option in UNSUPPORTED_HOOKIMPL_OPTIONS if getattr(impl, option, False)]
+    if options:
+        return (
+            f"@hookimpl({', '.join(f'{option}=True' for option in options)}) is not supported:"
+            " listeners are called one at a time in orderId order (set it in identity.xml)"
+        )
+    function = impl.function
+    if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+        return "is a generator function; a hook returns its result"
+    if hook_name in _LOAD_HOOKS and inspect.iscoroutinefunction(function):
+        return "must not be a coroutine (async def): it is called while the plugin loads"
+    return None
 
 
 def _short(text: str, limit: int = 80) -> str:
