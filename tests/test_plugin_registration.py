@@ -20,6 +20,7 @@ from tokensmith.config.settings import IdentitySettings
 from tokensmith.config.xml import ConfigError
 from tokensmith.listeners.dropins import DropinLoader
 from tokensmith.listeners.registry import UNSUPPORTED_HOOKIMPL_OPTIONS, ListenerSet
+from tokensmith.oauth.hookspecs import LISTENER_TYPES
 
 #: A working authenticator, with one hook replaced by *hook* (its decorator and body).
 TEMPLATE = """
@@ -101,7 +102,7 @@ def load(dropins: Path, tmp_path: Path) -> ListenerSet:
     loader = DropinLoader(dropins, tmp_path / "unpacked")
     try:
         identity = IdentitySettings(path=tmp_path / "identity.xml", listeners=())
-        return build_listeners(loader.load(), identity)
+        return build_listeners(loader.load(), identity, LISTENER_TYPES)
     finally:
         loader.close()
 
@@ -164,4 +165,4 @@ def test_the_hooks_that_may_be_either_kind_load(make_wheel, tmp_path) -> None:  
     assert set(by_type) == {"ClientAuthenticator", "OAuthEventInterceptor"}
     authenticator = by_type["ClientAuthenticator"]
     assert authenticator.order_id == 7 and authenticator.stash == {"configured": True}
-    assert listeners.methods(authenticator) == ("fine_method",)
+    assert listeners.declared(authenticator, "client_auth_methods") == ("fine_method",)

@@ -26,6 +26,7 @@ from tokensmith.errors import OAuth2Error, ServerError, TemporarilyUnavailableEr
 from tokensmith.listeners.dropins import DropinLoader
 from tokensmith.listeners.registry import ListenerSet, build_listeners
 from tokensmith.models import Storage, StorageError
+from tokensmith.oauth.hookspecs import LISTENER_TYPES
 from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
 from tokensmith.security.hashing import VerifiedSecrets
 from tokensmith.security.signing import SigningKeys
@@ -112,7 +113,7 @@ def _build_runtime(
     verified: VerifiedSecrets,
     generation: int,
 ) -> Runtime:
-    listeners = build_listeners(loader.load(identity.allowed_wheels), identity)
+    listeners = build_listeners(loader.load(identity.allowed_wheels), identity, LISTENER_TYPES)
     jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
     issuer = TokenIssuer(
         storage,
@@ -272,7 +273,7 @@ def inspect_listeners(
     identity = identity or config.identity
     loader = DropinLoader(config.server.dropins, unpack_root)
     try:
-        return build_listeners(loader.load(identity.allowed_wheels), identity)
+        return build_listeners(loader.load(identity.allowed_wheels), identity, LISTENER_TYPES)
     finally:
         loader.close()
 

@@ -18,14 +18,14 @@ from urllib.parse import unquote_plus
 from cryptography import x509
 
 from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error
-from tokensmith.listeners.registry import ListenerSet
+from tokensmith.listeners.registry import Listener, ListenerSet
 from tokensmith.models import Client, Storage
+from tokensmith.oauth.hookspecs import AUTHENTICATOR
 from tokensmith.security import hashing as kdf
 from tokensmith.security.truststore import Truststore
 
 __all__ = ["ClientAuthRequest", "AuthenticatedClient", "authenticate_client"]
 
-AUTHENTICATOR = "ClientAuthenticator"
 PUBLIC = "none"
 _SCHEME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
@@ -101,6 +101,18 @@ class ClientAuthRequest:
         raise InvalidClientError("client authentication failed")
 
 
+def auth_methods(listeners: ListenerSet, listener: Listener) -> tuple[str, ...]:
+    """The RFC 7591 method names an enabled authenticator declared (``client_auth_methods``)."""
+    return listeners.declared(listener, "client_auth_methods") or ()
+
+
+def auth_methods_supported(listeners: ListenerSet) -> list[str]:
+    """Every method of every enabled authenticator, in calling order, without repeats."""
+    return list(
+        dict.fromkeys(m for item in listeners.enabled(AUTHENTICATOR) for m in auth_methods(listeners, item))
+    )
+
+
 async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest) -> AuthenticatedClient:
     """Run the enabled authenticators over *request* and return the one client they agree on."""
     engaged: list[tuple[str, AuthenticatedClient | OAuth2Error]] = []
@@ -114,7 +126,7 @@ async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest
             continue
         if not isinstance(result, AuthenticatedClient):
             listeners.fail(listener, "authenticate_client", f"returned {type(result).__name__}")
-        if result.method not in listeners.methods(listener):
+        if result.method not in auth_methods(listeners, listener):
             listeners.fail(
                 listener, "authenticate_client", f"answered for undeclared method {result.method!r}"
             )

@@ -19,6 +19,7 @@ from tokensmith.errors import (
     UnauthorizedClientError,
 )
 from tokensmith.models import TokenRecord
+from tokensmith.oauth import clientauth
 from tokensmith.oauth.clientauth import (
     AuthenticatedClient,
     ClientAuthRequest,
@@ -252,7 +253,7 @@ def auth_methods_supported(rt: Runtime, endpoint: str) -> list[str]:
     """The client authentication methods *endpoint* accepts: those of the enabled
     authenticators, and ``none`` where ``PUBLIC_CLIENTS_ALLOWED`` lets public clients in. The
     metadata lists exactly this, so that it says what the endpoint enforces."""
-    methods = list(rt.listeners.auth_methods_supported())
+    methods = clientauth.auth_methods_supported(rt.listeners)
     return [*methods, PUBLIC] if PUBLIC_CLIENTS_ALLOWED[endpoint] else methods
 
 

@@ -207,7 +207,7 @@ class TokenIssuer:
             grant_type=origin,
         )
         # Events are made only when an interceptor will see them: this is the hot path.
-        listening = self.listeners.has_interceptors("pre_token_issue", "post_token_issue")
+        listening = self.listeners.any_implements("pre_token_issue", "post_token_issue")
         event = (
             TokenIssueEvent(
                 grant_type=grant_type,
@@ -220,7 +220,7 @@ class TokenIssuer:
             if listening
             else None
         )
-        if event is not None and self.listeners.has_interceptors("pre_token_issue"):
+        if event is not None and self.listeners.any_implements("pre_token_issue"):
             record = replace(record, claims=await self._extra_claims(event))
         if self._wants_jwt(client):
             value, record = self._as_jwt(record)
