@@ -41,6 +41,8 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from tokensmith.config.table import setting
+
 __all__ = [
     "CertificateError",
     "MAX_CERTIFICATE_BYTES",
@@ -73,7 +75,8 @@ MAX_HEADER_CHARS = 64 * 1024
 MAX_PEM_INPUT_BYTES = 1024 * 1024
 
 SAN_KINDS = ("san_dns", "san_uri", "san_ip", "san_email")
-FORWARDED_FORMATS = ("rfc9440", "nginx", "pem", "base64-der", "auto")
+#: The encodings of ``<ClientCertificateHeader format>``, as config/table.py lists them.
+FORWARDED_FORMATS = setting("identity.xml", "OAuth/ClientCertificateHeader", "format").choices
 
 
 class CertificateError(ValueError):
