@@ -26,9 +26,9 @@ from tokensmith.errors import OAuth2Error, ServerError, TemporarilyUnavailableEr
 from tokensmith.listeners.dropins import DropinLoader
 from tokensmith.listeners.registry import ListenerSet, build_listeners
 from tokensmith.models import Storage, StorageError
+from tokensmith.oauth.clientauth import VerifiedSecrets
 from tokensmith.oauth.hookspecs import LISTENER_TYPES
 from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
-from tokensmith.security.hashing import VerifiedSecrets
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 from tokensmith.storage.sqlite import SQLiteStorage

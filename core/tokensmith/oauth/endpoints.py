@@ -32,10 +32,9 @@ from tokensmith.oauth.clientcert import handshake_chain as client_cert_chain
 from tokensmith.oauth.events import ClientAuthEvent, TokenRevokeEvent
 from tokensmith.oauth.forms import check_content_type, parse_form
 from tokensmith.oauth.grants import GRANT_TYPES, PUBLIC, Grant, binding, check_grant_type, grant, login_source
-from tokensmith.oauth.tokens import token_claims
-from tokensmith.security.hashing import token_hash
-from tokensmith.security.signing import SigningKeys, b64url_decode
-from tokensmith.security.x509 import x5t_s256
+from tokensmith.oauth.tokens import token_claims, token_hash
+from tokensmith.security.jose import b64url_decode, x5t_s256
+from tokensmith.security.signing import SigningKeys
 
 __all__ = ["oauth", "client_cert_chain", "POST_ENDPOINTS", "PUBLIC_CLIENTS_ALLOWED", "ENDPOINT_PATHS"]
 

@@ -7,6 +7,7 @@ are called before (may refuse or add claims) and after (told) every issue.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -19,11 +20,15 @@ from tokensmith.listeners.registry import ListenerSet
 from tokensmith.models import Client, Storage, TokenRecord
 from tokensmith.oauth.events import REGISTERED_CLAIMS, TokenIssueEvent
 from tokensmith.oauth.jwt import access_token_claims, encode_access_token
-from tokensmith.security.hashing import token_hash
 from tokensmith.security.signing import SigningKeys
 from tokensmith.storage.groupcommit import GroupCommit
 
-__all__ = ["TokenIssuer", "IssuedToken", "JWTSettings", "RotationRefused", "token_claims"]
+__all__ = ["TokenIssuer", "IssuedToken", "JWTSettings", "RotationRefused", "token_claims", "token_hash"]
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 of an issued token, hex: tokens carry >= 128 random bits, so no KDF is needed."""
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
 class RotationRefused(Exception):
