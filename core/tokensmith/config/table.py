@@ -4,7 +4,7 @@ The table is the one source of truth for what a setting is called, what it defau
 what values it allows: the dataclasses of ``settings.py`` take their defaults from it, the
 loaders take their ranges and choices from it, and docs/configuration.md's reference is
 generated from it (``python -m tokensmith.config.table`` prints that section;
-tests/test_settings_table.py checks the doc and that server.xsd and identity.xsd agree with
+tests/config/test_settings_table.py checks the doc and that server.xsd and identity.xsd agree with
 the table). The schemas stay the first check of a file, because they give the line and the
 expected structure; the loaders then check what XSD 1.0 cannot say.
 """

@@ -120,17 +120,20 @@ class ListenerTypes:
     of ``<EventListener>``) to the hooks that make a plugin one of that type. ``declarations``
     maps a hook called once per enabled listener at load to a check of its answer: the check
     returns the value to keep or raises ``ValueError`` saying what the hook must return.
+    ``shared_hooks`` are further hooks a listener of any type may implement, which the layer
+    above calls while loading (``call_sync``), never per request.
     """
 
     hookspecs: ModuleType | type
     families: Mapping[str, tuple[str, ...]]
     declarations: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    shared_hooks: tuple[str, ...] = ()
     project: str = "tokensmith"
 
     @property
     def load_hooks(self) -> frozenset[str]:
         """Hooks called while a plugin loads, outside any event loop: plain functions only."""
-        return frozenset({*_COMMON_HOOKS, *self.declarations})
+        return frozenset({*_COMMON_HOOKS, *self.shared_hooks, *self.declarations})
 
     def family_of(self, hook_name: str) -> str:
         return next(family for family, hooks in self.families.items() if hook_name in hooks)
@@ -198,7 +201,11 @@ class ListenerSet:
             for family in types.families
         }
         self._impls: dict[tuple[str, str], Any] = {}
-        for hook_name in (*_COMMON_HOOKS, *(h for hooks in types.families.values() for h in hooks)):
+        for hook_name in (
+            *_COMMON_HOOKS,
+            *types.shared_hooks,
+            *(h for hooks in types.families.values() for h in hooks),
+        ):
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 self._impls[impl.plugin_name, hook_name] = impl
         self._implemented = {
@@ -250,6 +257,10 @@ class ListenerSet:
 
     def _args(self, impl: Any, kwargs: dict[str, Any]) -> list[Any]:
         return [kwargs[name] for name in impl.argnames]
+
+    def call_sync(self, listener: Listener, hook_name: str, /, **kwargs: Any) -> Any:
+        """Call a hook that must answer at once (configuration hooks, never per request)."""
+        return self._call_sync(listener, hook_name, **kwargs)
 
     def _call_sync(self, listener: Listener, hook_name: str, /, **kwargs: Any) -> Any:
         impl = self._impls.get((listener.source.name, hook_name))

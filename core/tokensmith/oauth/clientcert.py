@@ -19,10 +19,10 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
-from tokensmith.app.fastlane import DER_KEY
 from tokensmith.config.settings import ForwardedCertificates
 from tokensmith.errors import InvalidClientError, InvalidRequestError
 from tokensmith.oauth.mtls import parse_forwarded_certificate, parse_forwarded_chain
+from tokensmith.scope import DER_KEY
 from tokensmith.security.x509 import CertificateError
 
 __all__ = ["handshake_chain", "client_certificates"]

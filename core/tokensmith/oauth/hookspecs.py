@@ -44,6 +44,7 @@ def listener_default_order() -> int:
     Called once when the plugin is loaded. A plugin that does not implement it runs at 1000.
     Must not be a coroutine.
     """
+    raise NotImplementedError  # a spec: plugins implement it
 
 
 @hookspec
@@ -56,6 +57,19 @@ def listener_configure(listener: Listener) -> None:
         identity.xml, the line of the ``<EventListener>``, and the error's text.
 
     Called for enabled listeners only, at startup and on every reload. Must not be a coroutine.
+    """
+
+
+@hookspec
+def register_routes(listener: Listener) -> list[tuple[Any, ...]] | None:
+    """Return the HTTP routes this plugin adds to the application, or None.
+
+    Each route is ``(rule, view)`` or ``(rule, view, methods)``: a Werkzeug URL rule such as
+    ``"/audit/<client_id>"``, an ``async def`` Quart view, and the methods (GET by default).
+    Called once, when the server starts; the routes stay on the app's URL map from then on.
+    A route whose listener a reload disables answers 404 until it is enabled again; a
+    reload cannot add routes (the server logs that a restart is needed). A rule that an
+    existing route already has is refused when the plugin loads.
     """
 
 
@@ -72,6 +86,7 @@ def client_auth_methods(listener: Listener) -> list[str]:
     registered with one of them can only be authenticated by this listener.
     Must not be a coroutine.
     """
+    raise NotImplementedError  # a spec: plugins implement it
 
 
 @hookspec
@@ -196,4 +211,5 @@ LISTENER_TYPES = ListenerTypes(
         ),
     },
     declarations={"client_auth_methods": auth_method_names},
+    shared_hooks=("register_routes",),
 )
