@@ -220,6 +220,10 @@ class ListenerSet:
             for hook, check in types.declarations.items()
             for item in self._enabled[types.family_of(hook)]
         }
+        #: The enabled listeners whose type has *hook*, in calling order (looked up per request).
+        self._callers = {
+            hook: self._enabled[family] for family, hooks in types.families.items() for hook in hooks
+        }
         self._is_async = {
             key: inspect.iscoroutinefunction(impl.function) for key, impl in self._impls.items()
         }
@@ -340,14 +344,14 @@ class ListenerSet:
     async def intercept(self, hook_name: str, /, **kwargs: Any) -> list[tuple[Listener, Any]]:
         """Call *hook_name* of every enabled listener of its type in order; OAuth errors refuse."""
         results = []
-        for listener in self._enabled[self.types.family_of(hook_name)]:
+        for listener in self._callers[hook_name]:
             if self.implements(listener, hook_name):
                 results.append((listener, await self.call(listener, hook_name, listener=listener, **kwargs)))
         return results
 
     async def notify(self, hook_name: str, /, **kwargs: Any) -> None:
         """Call *hook_name* of every enabled listener of its type; failures are logged, never raised."""
-        for listener in self._enabled[self.types.family_of(hook_name)]:
+        for listener in self._callers[hook_name]:
             if not self.implements(listener, hook_name):
                 continue
             try:
