@@ -54,6 +54,7 @@ _HTTP1 = setting("server.xml", "Connector", "http1")
 _PORT = setting("server.xml", "Connector", "port")
 _TIMEOUT = setting("server.xml", "Connector", "connectionTimeout")
 _KEYSTORE_TYPE = setting("server.xml", "Keystore", "type")
+_ORDER_ID = setting("identity.xml", "EventListeners/EventListener", "orderId")
 _FORWARDED_FORMAT = setting("identity.xml", "OAuth/ClientCertificateHeader", "format")
 CLIENT_AUTH_MODES = _CLIENT_AUTH.choices
 #: Who serves HTTP/1.1 on a connector: Hypercorn (h11), or tokensmith's own llhttp lane.
@@ -333,7 +334,14 @@ def load_identity(path: Path) -> IdentitySettings:
             ListenerEntry(
                 type=type_,
                 name=name,
-                order_id=attr_int(path, el, "orderId", None),
+                order_id=attr_int(
+                    path,
+                    el,
+                    "orderId",
+                    None,
+                    minimum=_int(_ORDER_ID.minimum),
+                    maximum=_int(_ORDER_ID.maximum),
+                ),
                 enabled=attr_bool(path, el, "enable", True),
                 properties=properties,
                 line=el.sourceline or 0,
