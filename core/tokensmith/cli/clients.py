@@ -13,7 +13,6 @@ Mutual-TLS clients (RFC 8705 §2) are registered here as WSO2's console does it:
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import secrets
 import time
@@ -27,6 +26,7 @@ from tokensmith.config.settings import Config, load_config
 from tokensmith.config.xml import ConfigError
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.models import Client, RegisteredCertificate
+from tokensmith.oauth import clientauth
 from tokensmith.oauth.clientmetadata import apply_metadata, certificate_jwk, client_metadata
 from tokensmith.oauth.grants import GRANT_TYPES
 from tokensmith.oauth.registration import (
@@ -42,6 +42,7 @@ from tokensmith.oauth.registration import (
     validity_warnings,
 )
 from tokensmith.security import hashing as kdf
+from tokensmith.security.jose import b64url_encode
 
 if TYPE_CHECKING:
     from tokensmith.listeners.registry import ListenerSet
@@ -332,7 +333,7 @@ def load_authenticators(config: Config) -> ListenerSet:
 def check_with_authenticator(listeners: ListenerSet, client: Client) -> None:
     """Run the client's authenticator's ``check_client_metadata`` (RFC 7591 §3.2.2)."""
     try:
-        listeners.check_client_metadata(client_metadata(client))
+        clientauth.check_client_metadata(listeners, client_metadata(client))
     except InvalidClientMetadataError as exc:
         raise CLIError(
             f"invalid_client_metadata: {exc.description or 'refused by its authenticator'}"
@@ -451,7 +452,7 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
         document["scope"] = " ".join(args.scopes)
     config = load_config(args.conf)
     listeners = load_authenticators(config)
-    methods = list(dict.fromkeys([*KNOWN_METHODS, *listeners.auth_methods_supported()]))
+    methods = list(dict.fromkeys([*KNOWN_METHODS, *clientauth.auth_methods_supported(listeners)]))
     subject = _check_method_options(args, methods, document)
     check_registration(args.auth_method, args.grant_types)
     check_text(args.name, "the name")
@@ -549,7 +550,7 @@ def cmd_sp_update(args: argparse.Namespace) -> int:
         kept = {c.sha256 for c in updated.certificates}
         for cert in client.certificates:
             if cert.sha256 not in kept:
-                thumbprint = base64.urlsafe_b64encode(bytes.fromhex(cert.sha256)).decode().rstrip("=")
+                thumbprint = b64url_encode(bytes.fromhex(cert.sha256))
                 store.revoke_bound_tokens(client.client_id, thumbprint)  # RFC 8705 §3.1
     before = {c.sha256 for c in client.certificates}
     for line in validity_warnings([c for c in updated.certificates if c.sha256 not in before]):
