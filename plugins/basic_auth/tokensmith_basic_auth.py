@@ -40,10 +40,14 @@ async def authenticate_client(request: ClientAuthRequest) -> AuthenticatedClient
         client_id = unquote_plus(client_id, errors="strict")
         secret = unquote_plus(secret, errors="strict")
     except ValueError:  # binascii.Error, non-ASCII input, UnicodeDecodeError
-        raise InvalidClientError("malformed Basic credentials") from None
+        raise InvalidClientError(
+            "malformed Basic credentials", reason="malformed_basic_credentials"
+        ) from None
     if not colon or not client_id:
-        raise InvalidClientError("malformed Basic credentials")
+        raise InvalidClientError("malformed Basic credentials", reason="malformed_basic_credentials")
     body_client_id = request.form.get("client_id")
     if body_client_id is not None and body_client_id != client_id:
-        raise InvalidClientError("client_id in the body differs from the Basic credentials")
+        raise InvalidClientError(
+            "client_id in the body differs from the Basic credentials", reason="client_id_mismatch"
+        )
     return AuthenticatedClient(await request.check_secret(client_id, secret), METHOD)

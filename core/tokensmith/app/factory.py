@@ -25,6 +25,7 @@ from tokensmith.config.xml import ConfigError
 from tokensmith.errors import OAuth2Error, ServerError, TemporarilyUnavailableError
 from tokensmith.listeners.dropins import DropinLoader
 from tokensmith.listeners.registry import ListenerSet, build_listeners
+from tokensmith.metrics import metrics
 from tokensmith.models import Storage, StorageError
 from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
 from tokensmith.security.hashing import VerifiedSecrets
@@ -163,6 +164,9 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.asgi_app = OAuthEndpoints(  # type: ignore[method-assign]
         POST_ENDPOINTS, lambda: runtime(app), lambda: runtime(app).identity.max_body_bytes, app.asgi_app
     )
+    from tokensmith.app.operations import install
+
+    install(app, config)  # access log and request ids, /healthz, /readyz, /metrics
 
     purging: list[asyncio.Task] = []
 
@@ -310,9 +314,11 @@ def reload_app(app: Quart) -> bool:
         )
     except BaseException as exc:  # noqa: B036 - nothing read from disk may stop a running server
         log.error("reload refused, still serving configuration %d: %s", current.generation, one_line(exc))
+        metrics().reloads.labels("refused").inc()
         return False
     app.config["MAX_CONTENT_LENGTH"] = identity.max_body_bytes
     app.extensions[_RUNTIME] = new
+    metrics().reloads.labels("ok").inc()
     log.info(
         "reloaded: configuration %d with %d listeners",
         new.generation,

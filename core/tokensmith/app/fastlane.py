@@ -18,6 +18,7 @@ from typing import Any
 
 from tokensmith.errors import InvalidRequestError, OAuth2Error, ServerError, TemporarilyUnavailableError
 from tokensmith.models import StorageError
+from tokensmith.requestlog import refused as log_refusal
 
 __all__ = ["OAuthEndpoints", "HttpRequest", "Headers", "Answer", "DER_KEY", "TIMEOUT_KEY", "NO_STORE"]
 
@@ -114,6 +115,11 @@ class OAuthEndpoints:
             return
         if scope["method"] != "POST":
             # RFC 6749 §3.2: "The client MUST use the HTTP "POST" method".
+            log_refusal(
+                scope,
+                405,
+                InvalidRequestError("use POST", reason="not_post", detail=f"method {scope['method']}"),
+            )
             await _send(
                 send,
                 Answer(405, {"error": "invalid_request", "error_description": "use POST"}, {"Allow": "POST"}),
@@ -126,7 +132,7 @@ class OAuthEndpoints:
                 async with asyncio.timeout(timeout):  # slow bodies are cut off, as slow headers are
                     body = await _read_body(receive, headers, self.max_body())
             except TimeoutError:
-                raise _Refused(408, "the request body did not arrive in time") from None
+                raise _Refused(408, "the request body did not arrive in time", "body_timeout") from None
             answer = await endpoint(self.runtime(), HttpRequest(scope, headers, body))
         except _Refused as refused:
             # HTTP/1.1: the rest of the body would follow on the connection, so it closes. HTTP/2
@@ -136,8 +142,10 @@ class OAuthEndpoints:
             answer = Answer(
                 refused.status, {"error": "invalid_request", "error_description": refused.reason}, close
             )
+            log_refusal(scope, refused.status, InvalidRequestError(refused.reason, reason=refused.code))
         except OAuth2Error as error:
             answer = Answer(error.status_code, error.body(), error.headers)
+            log_refusal(scope, error.status_code, error)
         except StorageError as error:
             log.error("storage unavailable: %s", error)
             unavailable = TemporarilyUnavailableError("storage is unavailable")
@@ -151,9 +159,9 @@ class OAuthEndpoints:
 class _Refused(Exception):
     """The request is refused before it reaches an endpoint; the connection is closed."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, code: str = "body_too_large"):
         super().__init__(reason)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.code = status, reason, code
 
 
 async def _read_body(receive: Callable, headers: Headers, limit: int) -> bytes:

@@ -40,6 +40,8 @@ __all__ = [
     "IdentitySettings",
     "ListenerEntry",
     "ForwardedCertificates",
+    "AccessLogSettings",
+    "MetricsSettings",
     "load_config",
     "load_identity",
     "ConfigError",
@@ -47,6 +49,7 @@ __all__ = [
     "public_urls",
 ]
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CLIENT_AUTH_MODES = ("want", "need", "false")
 #: Who serves HTTP/1.1 on a connector: Hypercorn (h11), or tokensmith's own llhttp lane.
 HTTP1_LANES = ("hypercorn", "llhttp")
@@ -67,6 +70,32 @@ class Connector:
     #: tokensmith's own protocol over httptools (http/llhttp.py), faster and opt-in. HTTP/2 is always
     #: Hypercorn's.
     http1: str = "hypercorn"
+    #: False (``SSLEnabled="false"``, as Tomcat's): plain HTTP behind a TLS-terminating load
+    #: balancer, answering only the server's ``<TrustedProxies>`` (RFC 6749 §3.2 requires TLS
+    #: on the token endpoint: the proxy provides it).
+    ssl_enabled: bool = True
+
+
+#: Access log formats: one JSON object a line, or Apache's common log format with the
+#: request id and duration after it.
+ACCESS_LOG_FORMATS = ("json", "common")
+
+
+@dataclass(frozen=True)
+class AccessLogSettings:
+    """``<AccessLog enabled= format= file=/>``: one line per request; None file: stderr."""
+
+    enabled: bool = False
+    format: str = "json"
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """``<Metrics enabled= allow=/>``: who may read ``GET /metrics`` (peer addresses)."""
+
+    enabled: bool = True
+    allow: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +115,9 @@ class KeystoreSettings:
     where: str = ""
 
 
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     path: Path
@@ -94,6 +126,12 @@ class ServerSettings:
     database: Path
     dropins: Path
     truststore: Path
+    #: ``<TrustedProxies addresses=>``: the proxies whose X-Request-Id, X-Forwarded-For,
+    #: X-Forwarded-Proto and Forwarded are believed, and the only peers a plain-HTTP
+    #: connector answers.
+    trusted_proxies: tuple[Network, ...] = ()
+    access_log: AccessLogSettings = AccessLogSettings()
+    metrics: MetricsSettings = MetricsSettings(allow=LOOPBACK)
 
 
 @dataclass(frozen=True)
@@ -108,7 +146,6 @@ class ListenerEntry:
     line: int = 0
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # RFC 9110 §5.1: a field name is a token.
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -202,11 +239,22 @@ def load_server(path: Path) -> ServerSettings:
         http1 = el.get("http1", "hypercorn")
         if http1 not in HTTP1_LANES:
             raise ConfigError(f"{where(path, el)}: http1={http1!r} must be one of {', '.join(HTTP1_LANES)}")
+        ssl_enabled = attr_bool(path, el, "SSLEnabled", True)
         connectors.append(
-            Connector(el.get("address", "127.0.0.1"), port, client_auth, timeout_ms / 1000, http1)
+            Connector(
+                el.get("address", "127.0.0.1"), port, client_auth, timeout_ms / 1000, http1, ssl_enabled
+            )
         )
     if not connectors:
         raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
+    proxies_el = root.find("TrustedProxies")
+    trusted = _networks(path, proxies_el, "addresses") if proxies_el is not None else ()
+    for connector, el in zip(connectors, root.iter("Connector")):
+        if not connector.ssl_enabled and not trusted:
+            raise ConfigError(
+                f'{where(path, el)}: a connector with SSLEnabled="false" answers only trusted proxies:'
+                " name them in <TrustedProxies addresses=...>"
+            )
 
     database = os.environ.get("TOKENSMITH_DB") or _text_attr(root, "Database", "path")
     dropins = _text_attr(root, "Dropins", "path") or "../dropins"
@@ -217,7 +265,44 @@ def load_server(path: Path) -> ServerSettings:
         database=_path(path, database or "../var/tokensmith.db"),
         dropins=_path(path, dropins),
         truststore=_path(path, _text_attr(root, "Truststore", "path") or "security/truststore"),
+        trusted_proxies=trusted,
+        access_log=_access_log(path, root.find("AccessLog")),
+        metrics=_metrics(path, root.find("Metrics")),
     )
+
+
+def _networks(path: Path, el: etree._Element, attr: str) -> tuple[Network, ...]:
+    """The comma-separated addresses or networks in *attr* of *el*."""
+    networks = []
+    for item in filter(None, (p.strip() for p in el.get(attr, "").split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{where(path, el)}: {attr}: {item!r} is not an address or network") from None
+    return tuple(networks)
+
+
+def _access_log(path: Path, el: etree._Element | None) -> AccessLogSettings:
+    """``<AccessLog>``; absent: no access log. ``file="-"`` or no file: stderr."""
+    if el is None:
+        return AccessLogSettings()
+    fmt = el.get("format", "json")
+    if fmt not in ACCESS_LOG_FORMATS:
+        raise ConfigError(
+            f"{where(path, el)}: <AccessLog format={fmt!r}> must be one of {', '.join(ACCESS_LOG_FORMATS)}"
+        )
+    raw = el.get("file", "-").strip()
+    return AccessLogSettings(
+        attr_bool(path, el, "enabled", True), fmt, None if raw in ("", "-") else _path(path, raw)
+    )
+
+
+def _metrics(path: Path, el: etree._Element | None) -> MetricsSettings:
+    """``<Metrics>``; absent: on, for loopback peers only."""
+    if el is None:
+        return MetricsSettings(allow=LOOPBACK)
+    allow = _networks(path, el, "allow") if el.get("allow") is not None else LOOPBACK
+    return MetricsSettings(attr_bool(path, el, "enabled", True), allow)
 
 
 def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:

@@ -47,6 +47,7 @@ from tokensmith.http.llhttp import MAX_HEAD_BYTES, MAX_HEADERS, Http1Connection,
 from tokensmith.http.protocols import install as install_hypercorn_protocols
 from tokensmith.http.tls import server_context
 from tokensmith.http.tls_accept import peer_certificate_chain
+from tokensmith.metrics import metrics
 
 __all__ = ["serve", "bind", "urls", "no_delay", "tls_extension"]
 
@@ -257,6 +258,29 @@ def trim_memory() -> None:
     mallopt(_M_ARENA_MAX, 2)
 
 
+def count_handshakes() -> None:
+    """Count TLS handshakes and their failures for /metrics.
+
+    asyncio gives the server no word of a failed handshake (the connection is dropped before
+    any protocol of ours sees it), so the count is taken where asyncio completes one, in
+    ``SSLProtocol._on_handshake_complete`` (asyncio 3.11 to 3.13); without that method
+    the counts stay at zero and serving is unchanged.
+    """
+    from asyncio import sslproto
+
+    original = getattr(sslproto.SSLProtocol, "_on_handshake_complete", None)
+    if original is None or getattr(original, "_tokensmith_counted", False):
+        return
+    m = metrics()
+
+    def on_handshake_complete(self: Any, handshake_exc: BaseException | None) -> None:
+        (m.tls_handshakes if handshake_exc is None else m.tls_failures).inc()
+        original(self, handshake_exc)
+
+    on_handshake_complete._tokensmith_counted = True  # type: ignore[attr-defined]
+    sslproto.SSLProtocol._on_handshake_complete = on_handshake_complete  # type: ignore[method-assign]
+
+
 def _hypercorn_config(keep_alive: float = 5.0) -> HypercornConfig:
     hc = HypercornConfig()
     hc.accesslog = None
@@ -344,7 +368,9 @@ async def serve(
     one at a time, while requests go on being served.
     """
     trim_memory()
+    count_handshakes()
     install_hypercorn_protocols()
+    gauge = metrics().connections
     loop = asyncio.get_running_loop()
     hc = _hypercorn_config()
     stop = asyncio.Event()
@@ -405,6 +431,7 @@ async def serve(
         no_delay(writer.get_extra_info("socket"))
         connection = _Connection(app, writer, connector_hc.keep_alive_timeout, loop)
         hypercorn.add(entry := (connection, writer))
+        gauge.inc()
         try:
             await TCPServer(
                 ASGIWrapper(connection), loop, connector_hc, context, lifespan_state, reader, writer
@@ -415,6 +442,7 @@ async def serve(
             pass
         finally:
             hypercorn.discard(entry)
+            gauge.dec()
 
     async def watchdog() -> None:
         period = min(1.0, min(c.connection_timeout for c in config.server.connectors) / 2)
