@@ -32,6 +32,14 @@ def read_log(path: Path, count: int, timeout: float = 10) -> list[dict]:
         time.sleep(0.05)
 
 
+def logged(path: Path, request_id: str, timeout: float = 10) -> dict:
+    """The access-log entry of *request_id*, once written (after the response went out)."""
+    deadline = time.monotonic() + timeout
+    while request_id not in (path.read_text() if path.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return by_id(read_log(path, 0, timeout=0), request_id)
+
+
 def by_id(entries: list[dict], request_id: str) -> dict:
     found = [entry for entry in entries if entry["request_id"] == request_id]
     assert len(found) == 1, (request_id, entries)
@@ -125,7 +133,7 @@ def test_request_id_from_an_untrusted_peer_is_not_taken(env) -> None:  # noqa: A
     with server.client() as http:
         response = http.get("/healthz", headers={"X-Request-Id": "forged-by-client"})
     assert response.headers["x-request-id"] != "forged-by-client"
-    assert by_id(read_log(log, 1), response.headers["x-request-id"])["path"] == "/healthz"
+    assert logged(log, response.headers["x-request-id"])["path"] == "/healthz"
 
 
 def refusal_line(server: Server, request_id: str) -> str:
@@ -157,7 +165,7 @@ def test_refusals_say_why_to_the_operator_only(env) -> None:  # noqa: ANN001
         assert " INFO tokensmith.refusals: refused 401 invalid_client at /oauth2/token" in line, line
         assert f" {reason}: " in line, line
         assert server.log().count(f"request_id={request_id} ") == 1
-        assert by_id(read_log(log, 1), request_id)["reason"] == reason
+        assert logged(log, request_id)["reason"] == reason
     assert "wrong-secret" not in server.log() and "wrong-secret" not in log.read_text()
 
 
@@ -294,3 +302,83 @@ def test_readyz_says_when_the_keystore_expired(tmp_path: Path, wheel_cache: Path
     assert ready.json()["status"] == "unavailable"
     assert ready.json()["checks"]["keystore"].startswith("expired ")
     assert ready.json()["checks"]["storage"] == "ok"
+
+
+# --- plain HTTP behind a TLS-terminating proxy (SSLEnabled="false") ---------------------------
+
+
+def plain_deployment(tmp_path: Path, keystore: Path, wheel_cache: Path, proxies: str) -> Deployment:
+    return new_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        connectors=(
+            '<Connector address="127.0.0.1" port="0" SSLEnabled="false"/>\n'
+            f'    <TrustedProxies addresses="{proxies}"/>\n'
+            '    <AccessLog file="../logs/access.log"/>'
+        ),
+    )
+
+
+def test_plain_http_connector_answers_its_trusted_proxy(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    """The proxy (here 127.0.0.1) gets tokens over plain HTTP when it says the client came
+    over HTTPS; its X-Request-Id and X-Forwarded-For are taken; without X-Forwarded-Proto:
+    https the OAuth endpoints refuse (RFC 6749 §3.2)."""
+    dep = plain_deployment(tmp_path, keystore, wheel_cache, "127.0.0.1")
+    client = dep.add_client("p", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+    server = serve(dep)
+    assert server.url.startswith("http://127.0.0.1:")
+    form = {"grant_type": "client_credentials"}
+    credentials = (client["client_id"], client["client_secret"])
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        proxied = http.post(
+            "/oauth2/token",
+            auth=credentials,
+            data=form,
+            headers={
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-For": "203.0.113.9",
+                "X-Request-Id": "lb-1234",
+            },
+        )
+        forwarded = http.post(
+            "/oauth2/token",
+            auth=credentials,
+            data=form,
+            headers={"Forwarded": "for=198.51.100.7;proto=https"},
+        )
+        cleartext = http.post("/oauth2/token", auth=credentials, data=form)
+        health = http.get("/healthz")
+    assert proxied.status_code == 200, proxied.text
+    assert proxied.headers["x-request-id"] == "lb-1234"
+    assert forwarded.status_code == 200, forwarded.text
+    assert cleartext.status_code == 403 and cleartext.json()["error"] == "invalid_request"
+    assert health.status_code == 200
+    entry = logged(dep.root / "logs" / "access.log", "lb-1234")
+    assert entry["forwarded_for"] == "203.0.113.9" and entry["remote_addr"] == "127.0.0.1"
+    assert entry["tls_version"] is None and entry["client_id"] == client["client_id"]
+    assert logged(dep.root / "logs" / "access.log", forwarded.headers["x-request-id"])["forwarded_for"] == (
+        "198.51.100.7"
+    )
+
+
+def test_plain_http_connector_drops_other_peers(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    """A peer outside <TrustedProxies> gets no answer on a plain-HTTP connector, and the log
+    says why."""
+    dep = plain_deployment(tmp_path, keystore, wheel_cache, "192.0.2.10")
+    server = serve(dep)
+    with httpx.Client(base_url=server.url, timeout=10) as http, pytest.raises(httpx.TransportError):
+        http.post(
+            "/oauth2/token", data={"grant_type": "client_credentials"}, headers={"X-Forwarded-Proto": "https"}
+        )
+    server.wait_for_log("plain-HTTP connector: dropped 1 connection(s) from peers outside <TrustedProxies>")
+
+
+def test_plain_http_connector_needs_trusted_proxies(deployment: Deployment) -> None:
+    """SSLEnabled="false" without <TrustedProxies> is a configuration error with its line."""
+    deployment.connectors = '<Connector address="127.0.0.1" port="0" SSLEnabled="false"/>'
+    deployment.write()
+    result = deployment.cli("serve", check=False)
+    assert result.returncode != 0
+    assert "server.xml:4:" in result.stderr and "<TrustedProxies" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

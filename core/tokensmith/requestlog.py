@@ -13,14 +13,16 @@ alone; the words are for the operator.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from tokensmith.config.settings import Network
 from tokensmith.errors import InvalidClientError, OAuth2Error
 from tokensmith.metrics import endpoint_label, metrics
 
-__all__ = ["RECORD", "note", "request_id", "refused"]
+__all__ = ["RECORD", "note", "request_id", "refused", "trusted_peer", "forwarded_for"]
 
 #: The scope key of the request's access-log record (a dict).
 RECORD = "tokensmith.record"
@@ -73,3 +75,59 @@ def refused(scope: Mapping[str, Any], status: int, error: OAuth2Error, client_id
         error.reason,
         _printable(error.detail),
     )
+
+
+def trusted_peer(scope: Mapping[str, Any], trusted: tuple[Network, ...]) -> bool:
+    """Whether the request's peer is one of the *trusted* proxies."""
+    client = scope.get("client")
+    if not trusted or not client:
+        return False
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
+
+
+def _address(text: str) -> str | None:
+    """An address from X-Forwarded-For or Forwarded's for= (RFC 7239 §6), or None."""
+    text = text.strip().strip('"')
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]  # IPv4 with a port
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def forwarded_for(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """The client address and protocol a trusted proxy forwarded, from its headers.
+
+    The last entry is the one the proxy next to us added (RFC 7239 §5.2, and X-Forwarded-For
+    as proxies append to it); anything before it came from further away, unverified.
+    """
+    xff: str | None = None
+    proto: str | None = None
+    forwarded: str | None = None
+    for name, value in headers:
+        if name == b"x-forwarded-for":
+            xff = value.decode("latin-1")
+        elif name == b"x-forwarded-proto":
+            proto = value.decode("latin-1").strip().lower()
+        elif name == b"forwarded":
+            forwarded = value.decode("latin-1")
+    address = None
+    if forwarded is not None:
+        last = forwarded.split(",")[-1]
+        for pair in last.split(";"):
+            key, _, text = pair.strip().partition("=")
+            key = key.lower()
+            if key == "for":
+                address = _address(text)
+            elif key == "proto":
+                proto = text.strip().strip('"').lower()
+    if address is None and xff is not None:
+        address = _address(xff.split(",")[-1])
+    return address, proto

@@ -20,7 +20,6 @@ refuse), a header value, a body, a secret, token, assertion, password or code.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import itertools
 import json
 import logging
@@ -35,71 +34,15 @@ from typing import Any
 from tokensmith.app.fastlane import DER_KEY
 from tokensmith.config.settings import AccessLogSettings, Network
 from tokensmith.metrics import endpoint_label, metrics
-from tokensmith.requestlog import RECORD
+from tokensmith.requestlog import RECORD, forwarded_for, trusted_peer
 
-__all__ = ["AccessLog", "trusted_peer", "forwarded_for"]
+__all__ = ["AccessLog"]
 
 _TLS_NAMES = {0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
 #: A request id a proxy may set: what common proxies and tracing systems generate (UUIDs,
 #: hex, base64url), bounded, with nothing that could break a log line.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=-]{1,128}")
 _DIGEST = "tokensmith.client_cert_sha256"
-
-
-def trusted_peer(scope: dict[str, Any], trusted: tuple[Network, ...]) -> bool:
-    """Whether the request's peer is one of the *trusted* proxies."""
-    client = scope.get("client")
-    if not trusted or not client:
-        return False
-    try:
-        address = ipaddress.ip_address(client[0])
-    except ValueError:
-        return False
-    return any(address in network for network in trusted)
-
-
-def _address(text: str) -> str | None:
-    """An address from X-Forwarded-For or Forwarded's for= (RFC 7239 §6), or None."""
-    text = text.strip().strip('"')
-    if text.startswith("["):
-        text = text[1:].partition("]")[0]
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]  # IPv4 with a port
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
-
-
-def forwarded_for(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
-    """The client address and protocol a trusted proxy forwarded, from its headers.
-
-    The last entry is the one the proxy next to us added (RFC 7239 §5.2, and X-Forwarded-For
-    as proxies append to it); anything before it came from further away, unverified.
-    """
-    xff: str | None = None
-    proto: str | None = None
-    forwarded: str | None = None
-    for name, value in headers:
-        if name == b"x-forwarded-for":
-            xff = value.decode("latin-1")
-        elif name == b"x-forwarded-proto":
-            proto = value.decode("latin-1").strip().lower()
-        elif name == b"forwarded":
-            forwarded = value.decode("latin-1")
-    address = None
-    if forwarded is not None:
-        last = forwarded.split(",")[-1]
-        for pair in last.split(";"):
-            key, _, text = pair.strip().partition("=")
-            key = key.lower()
-            if key == "for":
-                address = _address(text)
-            elif key == "proto":
-                proto = text.strip().strip('"').lower()
-    if address is None and xff is not None:
-        address = _address(xff.split(",")[-1])
-    return address, proto
 
 
 def _writer(settings: AccessLogSettings) -> tuple[logging.Logger, logging.Handler] | None:

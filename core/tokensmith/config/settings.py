@@ -493,8 +493,8 @@ def this_host() -> str:
     return name if name and name not in WILDCARD_ADDRESSES else "localhost"
 
 
-def _https(host: str, port: int) -> str:
-    return f"https://{f'[{host}]' if ':' in host else host}:{port}"
+def _https(host: str, port: int, tls: bool = True) -> str:
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -529,7 +529,7 @@ def public_urls(
     connectors = server.connectors
     ports = list(ports) if ports else [c.port for c in connectors]
     own = tuple(
-        _https(this_host() if c.address in WILDCARD_ADDRESSES else c.address, port)
+        _https(this_host() if c.address in WILDCARD_ADDRESSES else c.address, port, c.ssl_enabled)
         for c, port in zip(connectors, ports)
     )
     file = identity.path.name if identity.path else "identity.xml"
@@ -553,6 +553,11 @@ def public_urls(
                 wildcard_note(0)
                 if connectors[0].address in WILDCARD_ADDRESSES
                 else f"; <Issuer> in {file} sets the public URL"
+            )
+            + (
+                ", which is plain HTTP behind the proxy: set <Issuer> to the https URL clients use"
+                if not connectors[0].ssl_enabled
+                else ""
             )
         )
     mtls = None
