@@ -382,3 +382,82 @@ def test_plain_http_connector_needs_trusted_proxies(deployment: Deployment) -> N
     assert result.returncode != 0
     assert "server.xml:4:" in result.stderr and "<TrustedProxies" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- the access log in process: formats, escaping, logrotate ----------------------------------
+
+
+async def _answer_ok(scope: dict, receive: object, send) -> None:  # noqa: ANN001
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _scope(path: str) -> dict:
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "path": path,
+        "headers": [],
+        "client": ("192.0.2.1", 4000),
+    }
+
+
+def test_common_format_and_escaping(tmp_path: Path) -> None:
+    """A path a client chose cannot break a line in either format: quotes, backslashes,
+    newlines and non-ASCII are escaped."""
+    import asyncio
+
+    from tokensmith.app.accesslog import AccessLog
+    from tokensmith.config.settings import AccessLogSettings
+
+    async def run(settings: AccessLogSettings) -> list[str]:
+        middleware = AccessLog(_answer_ok, settings, ())
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await middleware(_scope('/a"b\\c\nd\u00e9'), None, send)
+        middleware.close()
+        assert (b"x-request-id", sent[0]["headers"][-1][1]) in sent[0]["headers"]
+        assert settings.file is not None
+        return settings.file.read_text().splitlines()
+
+    common = asyncio.run(run(AccessLogSettings(True, "common", tmp_path / "common.log")))
+    assert len(common) == 1
+    assert re.fullmatch(
+        r'192\.0\.2\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /a\\x22b\\x5cc\\x0ad\\xc3\\xa9 HTTP/1\.1"'
+        r" 200 2 rid=\S+ ms=\d+\.\d{3} tls=- cert=-",
+        common[0],
+    ), common[0]
+    lines = asyncio.run(run(AccessLogSettings(True, "json", tmp_path / "json.log")))
+    assert len(lines) == 1 and json.loads(lines[0])["path"] == '/a"b\\c\nd\u00e9'
+
+
+def test_log_file_moved_away_is_reopened(tmp_path: Path) -> None:
+    """After logrotate moves the file, the next lines go to a new file of the same name."""
+    import asyncio
+
+    from tokensmith.app.accesslog import AccessLog
+    from tokensmith.config.settings import AccessLogSettings
+
+    log = tmp_path / "access.log"
+
+    async def run() -> None:
+        middleware = AccessLog(_answer_ok, AccessLogSettings(True, "json", log), ())
+
+        async def send(message: dict) -> None:
+            return None
+
+        await middleware(_scope("/before"), None, send)
+        middleware.writer.flush()  # type: ignore[union-attr]
+        log.rename(tmp_path / "access.log.1")
+        await middleware(_scope("/after"), None, send)
+        middleware.close()
+
+    asyncio.run(run())
+    assert [json.loads(line)["path"] for line in (tmp_path / "access.log.1").read_text().splitlines()] == [
+        "/before"
+    ]
+    assert [json.loads(line)["path"] for line in log.read_text().splitlines()] == ["/after"]
