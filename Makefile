@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PLUGIN_DIRS := $(wildcard plugins/*)
 
-.PHONY: run test fuzz setup plugins keystore clean
+.PHONY: run test lint fuzz setup plugins keystore clean
 
 run: setup
 	$(BIN)/tokensmith serve
@@ -13,9 +13,15 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The property-based tests with many more examples (HYPOTHESIS_PROFILE=fuzz; see tests/test_fuzz.py).
+# ruff (lint and format) and mypy over the package; `make test` runs them first.
+lint: $(STAMP)
+	$(BIN)/ruff check core plugins tests bench
+	$(BIN)/ruff format --check core plugins tests bench
+	$(BIN)/mypy
+
+# The property-based tests with many more examples (HYPOTHESIS_PROFILE=fuzz; see tests/hostile/test_fuzz.py).
 fuzz: setup
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/hostile/test_fuzz.py $(PYTEST_ARGS)
 
 setup: plugins keystore
 

@@ -27,12 +27,12 @@ from quart import Quart
 
 from tokensmith.app.factory import create_app
 from tokensmith.config.settings import load_config
+from tokensmith.scope import BOUND_URLS
 
 __all__ = ["app", "create", "CONF_ENV"]
 
 #: The environment variable naming the configuration directory.
 CONF_ENV = "TOKENSMITH_CONF"
-_URLS = "tokensmith.urls"
 
 
 def create(conf_dir: str | None = None) -> Quart:
@@ -53,10 +53,10 @@ class _Listening:
         self.quart, self.inner = quart, inner
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and _URLS not in self.quart.extensions and scope.get("server"):
+        if scope["type"] == "http" and BOUND_URLS not in self.quart.extensions and scope.get("server"):
             host, port = scope["server"][:2]
             host = f"[{host}]" if ":" in host else host
-            self.quart.extensions[_URLS] = [f"{scope.get('scheme', 'https')}://{host}:{port}"]
+            self.quart.extensions[BOUND_URLS] = [f"{scope.get('scheme', 'https')}://{host}:{port}"]
         await self.inner(scope, receive, send)
 
 

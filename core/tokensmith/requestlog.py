@@ -19,7 +19,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from tokensmith.config.settings import Network
-from tokensmith.errors import InvalidClientError, OAuth2Error
+from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error, RequestRefused
 from tokensmith.metrics import endpoint_label, metrics
 
 __all__ = ["RECORD", "note", "request_id", "refused", "trusted_peer", "forwarded_for"]
@@ -48,10 +48,19 @@ def _printable(value: object) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def refused(scope: Mapping[str, Any], status: int, error: OAuth2Error, client_id: str | None = None) -> None:
+_REFUSED_CODES = {408: "body_timeout", 413: "body_too_large"}
+
+
+def refused(
+    scope: Mapping[str, Any], status: int, error: BaseException, client_id: str | None = None
+) -> None:
     """Log once that the request of *scope* was refused with *error*, and why."""
     if status >= 500:
         return  # server errors are logged where they happen, with their traceback
+    if isinstance(error, RequestRefused):
+        error = InvalidRequestError(error.reason, reason=_REFUSED_CODES.get(status, "request_refused"))
+    if not isinstance(error, OAuth2Error):
+        return
     record: MutableMapping[str, Any] | None = scope.get(RECORD)
     if record is not None:
         if record.get("reason"):

@@ -34,10 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tokensmith.app.fastlane import DER_KEY
 from tokensmith.config.settings import AccessLogSettings, Network
 from tokensmith.metrics import endpoint_label, metrics
 from tokensmith.requestlog import RECORD, forwarded_for, trusted_peer
+from tokensmith.scope import DER_KEY
 
 __all__ = ["AccessLog"]
 
@@ -156,7 +156,7 @@ def _clf_time(second: float) -> str:
     return time.strftime("[%d/%b/%Y:%H:%M:%S +0000]", time.gmtime(second))
 
 
-_CLF_PLAIN = re.compile(r'[\x20-\x21\x23-\x5b\x5d-\x7e]*')
+_CLF_PLAIN = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]*")
 
 
 def _clf_escape(text: str) -> str:

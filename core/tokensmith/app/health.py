@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from quart import Blueprint, Response, current_app
 
-from tokensmith.app.factory import runtime
+from tokensmith.app.state import runtime
 from tokensmith.config.xml import ConfigError
 from tokensmith.security.keystore import load_keystore
 
@@ -45,7 +45,7 @@ async def healthz() -> Response:
     return _answer({"status": "ok"}, True)
 
 
-def _not_after(app: object) -> float | None:
+def _not_after() -> float | None:
     """The server certificate's notAfter (seconds), read once: the TLS contexts were built
     from it at start and a new keystore takes a restart."""
     extensions = current_app.extensions
@@ -86,7 +86,7 @@ async def readyz() -> Response:
         checks["configuration"] = "not loaded"
         return _answer({"status": "unavailable", "checks": checks}, False)
     checks["storage"] = await _storage_answers()
-    not_after = _not_after(current_app)
+    not_after = _not_after()
     if not_after is None:
         checks["keystore"] = "unreadable"
     elif not_after <= time.time():

@@ -11,7 +11,7 @@ import ipaddress
 
 from quart import Blueprint, Response, current_app, request
 
-from tokensmith.app.factory import runtime
+from tokensmith.app.state import runtime
 from tokensmith.metrics import exposition
 
 __all__ = ["metrics_blueprint"]

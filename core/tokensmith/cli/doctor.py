@@ -19,7 +19,6 @@ import hashlib
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,8 @@ class Report:
         print(f"{FAIL} {what}\n    fix: {fix}", flush=True)
 
 
-def add_commands(commands: Any, common: argparse.ArgumentParser) -> dict[tuple[str, str | None], Callable]:
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add ``doctor`` to *commands*."""
     doctor = commands.add_parser(
         "doctor",
         parents=[common],
@@ -74,7 +74,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> dict[tuple[s
         help="the CA certificates the client trusts for the server (default: the server's"
         " own certificate from server.xml's keystore when it is self-signed, else the system's)",
     )
-    return {("doctor", None): cmd_doctor}
+    doctor.set_defaults(handler=cmd_doctor)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

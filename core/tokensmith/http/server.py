@@ -41,7 +41,6 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
-from tokensmith.app.fastlane import DER_KEY, TIMEOUT_KEY
 from tokensmith.config.settings import Config, Connector
 from tokensmith.config.xml import ConfigError
 from tokensmith.http.llhttp import MAX_HEAD_BYTES, MAX_HEADERS, Http1Connection, no_delay, valid_host
@@ -50,6 +49,7 @@ from tokensmith.http.tls import server_context
 from tokensmith.http.tls_accept import peer_certificate_chain
 from tokensmith.metrics import metrics
 from tokensmith.requestlog import forwarded_for, trusted_peer
+from tokensmith.scope import BOUND_URLS, DER_KEY, TIMEOUT_KEY
 
 __all__ = ["serve", "bind", "urls", "no_delay", "tls_extension"]
 
@@ -181,6 +181,11 @@ def _proxied_https(scope: dict[str, Any]) -> bool:
         return True
     scope["scheme"] = "http"
     return not scope["path"].startswith("/oauth2/")
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 #: Requests one connection may have in the app at once (HTTP/1.1 has one at most).
@@ -461,7 +466,7 @@ async def serve(
                         reload()
                     finally:
                         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                            loop.call_soon_threadsafe(_resolve, done)
 
                 threading.Thread(target=work, name="tokensmith-reload", daemon=True).start()
                 await done
@@ -509,7 +514,13 @@ async def serve(
         gauge.inc()
         try:
             await TCPServer(
-                ASGIWrapper(connection), loop, connector_hc, context, lifespan_state, reader, writer
+                ASGIWrapper(connection),  # type: ignore[arg-type]  # Hypercorn types its scopes as TypedDicts
+                loop,
+                connector_hc,
+                context,
+                lifespan_state,
+                reader,
+                writer,
             )
         except* OSError:
             # The client went away, or closed TLS while data was in flight (Hypercorn's close
@@ -579,7 +590,7 @@ async def serve(
             )
         extensions = getattr(app, "extensions", None)
         if isinstance(extensions, dict):
-            extensions["tokensmith.urls"] = urls(sockets)  # for the metadata's issuer
+            extensions[BOUND_URLS] = urls(sockets)  # for the metadata's issuer
         if ready is not None:
             ready(urls(sockets, config.server.connectors))
         await (shutdown_trigger() if shutdown_trigger is not None else stop.wait())

@@ -244,6 +244,15 @@ def test_metrics_count_what_happened(env) -> None:  # noqa: ANN001
     assert metric(text, "tokensmith_tls_handshakes_total") >= 1
     assert "tokensmith_storage_commit_seconds_bucket" in text
     assert "tokensmith_storage_group_commit_batch_size_bucket" in text
+    failures = metric(text, "tokensmith_tls_handshake_failures_total")
+    distrusting = ssl.create_default_context()  # trusts the system's CAs, not this server
+    with pytest.raises(httpx.ConnectError), httpx.Client(verify=distrusting, timeout=10) as stranger:
+        stranger.get(f"{server.url}/healthz")
+    deadline = time.monotonic() + 10
+    with server.client() as http:
+        while metric(http.get("/metrics").text, "tokensmith_tls_handshake_failures_total") < failures + 1:
+            assert time.monotonic() < deadline, "the failed handshake was not counted"
+            time.sleep(0.05)
 
 
 def test_metrics_only_for_the_allowed_addresses(deployment: Deployment, serve) -> None:  # noqa: ANN001
