@@ -5,12 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PLUGIN_DIRS := $(wildcard plugins/*)
 
-.PHONY: run test lint fuzz setup plugins keystore clean
+.PHONY: run test lint fuzz setup plugins keystore browser clean
 
 run: setup
 	$(BIN)/tokensmith serve
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff (lint and format) and mypy over the package; `make test` runs them first.
@@ -36,6 +36,10 @@ plugins: $(STAMP)
 
 keystore: $(STAMP)
 	$(BIN)/tokensmith keystore init
+
+# The tests of pages drive Debian's Chromium (tests/browser.py); installed here when missing.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; } >/dev/null
 
 clean:
 	rm -rf $(VENV) dropins/*.whl dropins/.*.source

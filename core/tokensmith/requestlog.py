@@ -16,11 +16,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tokensmith.config.settings import Network
 from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error, RequestRefused
 from tokensmith.metrics import endpoint_label, metrics
+
+if TYPE_CHECKING:
+    from tokensmith.config.settings import Network
 
 __all__ = ["RECORD", "note", "request_id", "refused", "trusted_peer", "forwarded_for"]
 

@@ -26,11 +26,12 @@ from tokensmith.listeners.dropins import DropinLoader
 from tokensmith.listeners.registry import ListenerSet, build_listeners
 from tokensmith.metrics import metrics
 from tokensmith.models import Storage, StorageError
+from tokensmith.oauth.clientauth import VerifiedSecrets
 from tokensmith.oauth.endpoints import POST_ENDPOINTS
+from tokensmith.oauth.hookspecs import LISTENER_TYPES
 from tokensmith.oauth.runtime import Runtime
 from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
 from tokensmith.requestlog import refused as log_refusal
-from tokensmith.security.hashing import VerifiedSecrets
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 from tokensmith.storage.sqlite import SQLiteStorage
@@ -61,7 +62,7 @@ def _build_runtime(
     verified: VerifiedSecrets,
     generation: int,
 ) -> Runtime:
-    listeners = build_listeners(loader.load(identity.allowed_wheels), identity)
+    listeners = build_listeners(loader.load(identity.allowed_wheels), identity, LISTENER_TYPES)
     jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
     issuer = TokenIssuer(
         storage,
@@ -208,7 +209,7 @@ def inspect_listeners(
     identity = identity or config.identity
     loader = DropinLoader(config.server.dropins, unpack_root)
     try:
-        return build_listeners(loader.load(identity.allowed_wheels), identity)
+        return build_listeners(loader.load(identity.allowed_wheels), identity, LISTENER_TYPES)
     finally:
         loader.close()
 

@@ -8,7 +8,6 @@ Mutual-TLS clients (RFC 8705 §2) are registered here as WSO2's console does it:
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import secrets
 import time
@@ -34,6 +33,7 @@ from tokensmith.oauth.registration import (
     validity_warnings,
 )
 from tokensmith.security import hashing as kdf
+from tokensmith.security.jose import b64url_encode
 
 if TYPE_CHECKING:
     from tokensmith.storage.sqlite import SQLiteStorage
@@ -399,7 +399,7 @@ def cmd_sp_update(args: argparse.Namespace) -> int:
         kept = {c.sha256 for c in updated.certificates}
         for cert in client.certificates:
             if cert.sha256 not in kept:
-                thumbprint = base64.urlsafe_b64encode(bytes.fromhex(cert.sha256)).decode().rstrip("=")
+                thumbprint = b64url_encode(bytes.fromhex(cert.sha256))
                 store.revoke_bound_tokens(client.client_id, thumbprint)  # RFC 8705 §3.1
     for line in validity_warnings(added):
         warn(line)

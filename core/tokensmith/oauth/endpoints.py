@@ -22,6 +22,7 @@ from tokensmith.errors import (
     UnauthorizedClientError,
 )
 from tokensmith.models import TokenRecord
+from tokensmith.oauth import clientauth
 from tokensmith.oauth.clientauth import (
     AuthenticatedClient,
     ClientAuthRequest,
@@ -35,11 +36,10 @@ from tokensmith.oauth.forms import check_content_type, parse_form
 from tokensmith.oauth.grants import GRANT_TYPES, PUBLIC, Grant, binding, check_grant_type, grant, login_source
 from tokensmith.oauth.messages import Answer, HttpRequest
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.oauth.tokens import token_claims
+from tokensmith.oauth.tokens import token_claims, token_hash
 from tokensmith.requestlog import note
-from tokensmith.security.hashing import token_hash
-from tokensmith.security.signing import SigningKeys, b64url_decode
-from tokensmith.security.x509 import x5t_s256
+from tokensmith.security.jose import b64url_decode, x5t_s256
+from tokensmith.security.signing import SigningKeys
 
 __all__ = [
     "token",
@@ -272,7 +272,7 @@ def auth_methods_supported(rt: Runtime, endpoint: str) -> list[str]:
     """The client authentication methods *endpoint* accepts: those of the enabled
     authenticators, and ``none`` where ``PUBLIC_CLIENTS_ALLOWED`` lets public clients in. The
     metadata lists exactly this, so that it says what the endpoint enforces."""
-    methods = list(rt.listeners.auth_methods_supported())
+    methods = clientauth.auth_methods_supported(rt.listeners)
     return [*methods, PUBLIC] if PUBLIC_CLIENTS_ALLOWED[endpoint] else methods
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from tokensmith.config.settings import Config, IdentitySettings
 from tokensmith.listeners.registry import ListenerSet
 from tokensmith.models import Storage
+from tokensmith.oauth.clientauth import VerifiedSecrets
 from tokensmith.oauth.tokens import TokenIssuer
-from tokensmith.security.hashing import VerifiedSecrets
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 
