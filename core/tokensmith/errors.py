@@ -38,10 +38,22 @@ class OAuth2Error(Exception):
     error: ClassVar[str] = "invalid_request"
     status_code: ClassVar[int] = 400
 
-    def __init__(self, description: str | None = None, *, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+    ):
         super().__init__(description or self.error)
         self.description = safe_description(description) if description else None
         self.headers = dict(headers or {})
+        #: For the operator only, never in the response: a short code (``secret_mismatch``)
+        #: and words (``secret mismatch for client X``) saying why the request was refused.
+        #: The refusal log line carries them; the client gets ``body()`` and nothing more.
+        self.reason = reason or self.error
+        self.detail = detail or self.description or self.error
 
     def body(self) -> dict[str, str]:
         body = {"error": self.error}

@@ -38,6 +38,7 @@ from tokensmith.config.settings import IdentitySettings
 from tokensmith.config.xml import ConfigError
 from tokensmith.errors import OAuth2Error, ServerError
 from tokensmith.listeners.dropins import PluginSource
+from tokensmith.metrics import metrics
 
 __all__ = ["Listener", "ListenerSet", "ListenerTypes", "build_listeners", "DEFAULT_ORDER"]
 
@@ -254,8 +255,10 @@ class ListenerSet:
     def implements(self, listener: Listener, hook_name: str) -> bool:
         return (listener.source.name, hook_name) in self._impls
 
-    def fail(self, listener: Listener, hook_name: str, what: str) -> None:
-        """Log a listener's misbehaviour with its name and raise ``ServerError``."""
+    def fail(self, listener: Listener, hook_name: str, what: str, kind: str = "error") -> None:
+        """Log a listener's misbehaviour with its name, count it (*kind*: error, timeout or
+        blocked) and raise ``ServerError``."""
+        metrics().listener_errors.labels(listener.name, kind).inc()
         log.error("listener %s/%s failed in %s: %s", listener.type, listener.name, hook_name, what)
         raise ServerError("an internal error occurred")
 
@@ -309,6 +312,7 @@ class ListenerSet:
                     )
                 if isinstance(result, _PlainHookFailed):
                     if result.raised:
+                        metrics().listener_errors.labels(listener.name, "error").inc()
                         log.error(
                             "listener %s/%s raised in %s\n%s",
                             listener.type,
@@ -321,7 +325,7 @@ class ListenerSet:
         except OAuth2Error:
             raise
         except TimeoutError:
-            self.fail(listener, hook_name, f"no answer within {self.timeout:g} s")
+            self.fail(listener, hook_name, f"no answer within {self.timeout:g} s", "timeout")
         except _Blocked as blocked:
             self.fail(
                 listener,
@@ -329,6 +333,7 @@ class ListenerSet:
                 f"held the event loop for {blocked} s without"
                 " awaiting; an async def hook must not block (write it as a plain def"
                 " to run it in a thread)",
+                "blocked",
             )
         except asyncio.CancelledError:
             task = asyncio.current_task()
