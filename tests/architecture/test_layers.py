@@ -22,7 +22,9 @@ PACKAGE = ROOT / "core" / "tokensmith"
 LAYERS: dict[str, int] = {
     "errors": 0,
     "scope": 0,
+    "metrics": 0,
     "models": 1,
+    "requestlog": 1,
     "config": 2,
     "security": 3,
     "storage": 4,
@@ -31,6 +33,7 @@ LAYERS: dict[str, int] = {
     "http": 6,
     "app": 7,
     "cli": 8,
+    "asgi": 8,
 }
 
 
