@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tokensmith.cli import clients as cli_clients
+from tokensmith.cli import db as cli_db
 from tokensmith.cli import security as cli_security
 from tokensmith.cli import signing as cli_signing
 from tokensmith.cli import users as cli_users
@@ -120,6 +121,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
     handlers.update(cli_security.add_commands(commands, common))
     handlers.update(cli_users.add_commands(commands, common))
     handlers.update(cli_signing.add_commands(commands, common))
+    handlers.update(cli_db.add_commands(commands, common))
     return parser, handlers
 
 

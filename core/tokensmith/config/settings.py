@@ -94,6 +94,10 @@ class ServerSettings:
     database: Path
     dropins: Path
     truststore: Path
+    #: A PostgreSQL URL (<Database url=...> or TOKENSMITH_DATABASE_URL): the shared store
+    #: instead of the SQLite file *database*. It may hold a password: show it only through
+    #: ``storage.postgres.redact_url``.
+    database_url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,7 @@ def load_server(path: Path) -> ServerSettings:
         raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
 
     database = os.environ.get("TOKENSMITH_DB") or _text_attr(root, "Database", "path")
+    database_url = _database_url(path, root)
     dropins = _text_attr(root, "Dropins", "path") or "../dropins"
     return ServerSettings(
         path=path,
@@ -217,7 +222,30 @@ def load_server(path: Path) -> ServerSettings:
         database=_path(path, database or "../var/tokensmith.db"),
         dropins=_path(path, dropins),
         truststore=_path(path, _text_attr(root, "Truststore", "path") or "security/truststore"),
+        database_url=database_url,
     )
+
+
+#: Overrides <Database>: the URL of a PostgreSQL database, so that a password need not be
+#: written into server.xml.
+DATABASE_URL_ENV = "TOKENSMITH_DATABASE_URL"
+
+
+def _database_url(path: Path, root: etree._Element) -> str | None:
+    """The PostgreSQL URL, if the store is PostgreSQL: TOKENSMITH_DATABASE_URL, else
+    ``<Database url=...>``; exactly one of url= and path= on the element."""
+    el = root.find("Database")
+    if el is not None and (el.get("url") is None) == (el.get("path") is None):
+        raise ConfigError(f"{where(path, el)}: <Database> needs either path= (SQLite) or url= (PostgreSQL)")
+    from_env = os.environ.get(DATABASE_URL_ENV)
+    url = from_env or (el.get("url") if el is not None else None)
+    if url is None:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        place = DATABASE_URL_ENV if from_env else where(path, el)
+        # Not the URL itself: it may hold a password.
+        raise ConfigError(f"{place}: the database URL must start with postgresql://")
+    return url
 
 
 def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:
