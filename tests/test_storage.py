@@ -1,10 +1,12 @@
-"""The SQLite store: schema upgrades, the client cache, group commit and checkpoints."""
+"""The stores: one contract for SQLite and PostgreSQL (the tests taking ``open_store`` run
+once per backend), and what is SQLite's own: schema upgrades, group commit, checkpoints."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -43,36 +45,56 @@ def test_a_version_1_database_is_upgraded(tmp_path) -> None:  # noqa: ANN001
         assert db.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION
 
 
-def test_client_cache_sees_changes_from_another_connection(tmp_path) -> None:  # noqa: ANN001
-    """A client changed through another connection (the CLI, another worker) is seen at once."""
-    path = tmp_path / "store.db"
-    server, cli = SQLiteStorage(path), SQLiteStorage(path)
-    try:
-        cli.add_client(Client("c1", "first", "client_secret_basic", ("client_credentials",)))
-        assert server.get_client("c1").name == "first"
-        cli.update_client(Client("c1", "renamed", "client_secret_basic", ("client_credentials",)))
-        assert server.get_client("c1").name == "renamed"
-        cli.remove_client("c1")
-        assert server.get_client("c1") is None
-    finally:
-        server.close()
-        cli.close()
+@pytest.mark.parametrize("serving", [False, True])
+def test_client_cache_sees_changes_from_another_connection(open_store, serving) -> None:  # noqa: ANN001
+    """A client changed through another connection (the CLI, another worker or instance) is
+    seen at once, also by a serving store that caches clients."""
+    server, cli = open_store(), open_store()
+    if serving:
+        server.serving()
+        _wait_until_caching(server)
+    cli.add_client(Client("c1", "first", "client_secret_basic", ("client_credentials",)))
+    assert server.get_client("c1").name == "first"
+    assert server.get_client("c1").name == "first"  # now cached
+    cli.update_client(Client("c1", "renamed", "client_secret_basic", ("client_credentials",)))
+    assert _eventually(lambda: server.get_client("c1").name) == "renamed"
+    cli.remove_client("c1")
+    assert _eventually(lambda: server.get_client("c1")) is None
 
 
-def test_purge_removes_only_expired_tokens(tmp_path) -> None:  # noqa: ANN001
+def _wait_until_caching(store) -> None:  # noqa: ANN001
+    """PostgreSQL caches clients once its LISTEN connection is up (see storage/postgres.py)."""
+    deadline = time.monotonic() + 10
+    while getattr(store, "_listening", True) is False:
+        assert time.monotonic() < deadline, "the store never started listening"
+        time.sleep(0.01)
+
+
+def _eventually(read, within: float = 0.5):  # noqa: ANN001, ANN202
+    """*read()* after a change another connection committed. SQLite sees it on the next
+    read; PostgreSQL once the NOTIFY sent at commit has reached the listening connection: a
+    read that still sees the old value is repeated for up to *within* seconds (a value that
+    never changes still fails the assertion on it)."""
+    first = read()
+    deadline = time.monotonic() + within
+    value = first
+    while value == first and time.monotonic() < deadline:
+        time.sleep(0.005)
+        value = read()
+    return value
+
+
+def test_purge_removes_only_expired_tokens(open_store) -> None:  # noqa: ANN001
     """purge_expired deletes tokens past their expiry and keeps live ones."""
-    store = SQLiteStorage(tmp_path / "store.db")
-    try:
-        store.add_tokens(
-            [
-                TokenRecord("dead", "access", "c", "", 0, 100),
-                TokenRecord("live", "access", "c", "", 0, 10_000),
-            ]
-        )
-        assert store.purge_expired(5_000) == 1
-        assert store.get_token("dead") is None and store.get_token("live") is not None
-    finally:
-        store.close()
+    store = open_store()
+    store.add_tokens(
+        [
+            TokenRecord("dead", "access", "c", "", 0, 100),
+            TokenRecord("live", "access", "c", "", 0, 10_000),
+        ]
+    )
+    assert store.purge_expired(5_000) == 1
+    assert store.get_token("dead") is None and store.get_token("live") is not None
 
 
 def _token(name: str) -> TokenRecord:
@@ -273,49 +295,60 @@ def _refresh(name: str, expires_at: int = 10_000) -> TokenRecord:
     return TokenRecord(name, "refresh", "c", "", 0, expires_at, grant_id="g")
 
 
-def test_rotation_and_its_successors_commit_together(tmp_path) -> None:  # noqa: ANN001
-    """try_issue marks the rotated refresh token used only together with storing its
-    successors: a failed store leaves it unused, and a second rotation of it stores nothing."""
-    path = tmp_path / "store.db"
-    store = SQLiteStorage(path)
-    try:
-        store.add_tokens([_refresh("r0")])
-        with sqlite3.connect(path) as db:
+def _refuse_poison(open_store) -> None:  # noqa: ANN001
+    """Make the store's database refuse to store the token 'poison' (a failed commit)."""
+    if open_store.kind == "sqlite":
+        with sqlite3.connect(open_store.location) as db:
             db.execute(
                 "CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
                 " BEGIN SELECT RAISE(ABORT, 'refused'); END"
             )
-        with pytest.raises(StorageError, match="refused"):
-            store.try_issue([Issue((_token("poison"),), rotates="r0")], 1)
-        assert store.get_token("r0").used is False
-        assert store.try_issue(
-            [Issue((_refresh("r1"),), rotates="r0"), Issue((_refresh("r2"),), rotates="r0")], 1
-        ) == [True, False]
-        assert store.get_token("r0").used and store.get_token("r1") and store.get_token("r2") is None
-        assert store.try_issue([Issue((_token("late"),), rotates="r1")], 20_000) == [False]
-    finally:
-        store.close()
+        return
+    import psycopg
+
+    with psycopg.connect(open_store.location, autocommit=True) as db:
+        db.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.token_hash = 'poison' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$"
+        )
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tokens FOR EACH ROW EXECUTE FUNCTION refuse()")
 
 
-def test_login_attempts_are_counted_before_the_check_across_connections(tmp_path) -> None:  # noqa: ANN001
+def test_rotation_and_its_successors_commit_together(open_store) -> None:  # noqa: ANN001
+    """try_issue marks the rotated refresh token used only together with storing its
+    successors: a failed store leaves it unused, and a second rotation of it stores nothing."""
+    store = open_store()
+    store.add_tokens([_refresh("r0")])
+    _refuse_poison(open_store)
+    with pytest.raises(StorageError, match="refused"):
+        store.try_issue([Issue((_token("poison"),), rotates="r0")], 1)
+    assert store.get_token("r0").used is False
+    assert store.try_issue(
+        [Issue((_refresh("r1"),), rotates="r0"), Issue((_refresh("r2"),), rotates="r0")], 1
+    ) == [True, False]
+    assert store.get_token("r0").used and store.get_token("r1") and store.get_token("r2") is None
+    assert store.try_issue([Issue((_token("late"),), rotates="r1")], 20_000) == [False]
+    # A failed batch stores none of its issues, also those that were fine.
+    with pytest.raises(StorageError, match="refused"):
+        store.try_issue([Issue((_token("fine"),)), Issue((_token("poison"),))], 1)
+    assert store.get_token("fine") is None
+    assert store.try_issue([Issue((_token("fine"),))], 1) == [True] and store.get_token("fine")
+
+
+def test_login_attempts_are_counted_before_the_check_across_connections(open_store) -> None:  # noqa: ANN001
     """Two connections (two workers) taking attempts for one user and source get no more
     than the limit between them; another source is not affected; a success clears the
     count; after the lock the count starts afresh."""
     from tokensmith.models import LoginPolicy, User
 
-    path = tmp_path / "store.db"
-    one, two = SQLiteStorage(path), SQLiteStorage(path)
+    one, two = open_store(), open_store()
     policy = LoginPolicy(max_failures=3, max_failures_per_user=100, lockout_seconds=60)
-    try:
-        one.add_user(User("u", "hash"))
-        taken = [store.take_login_attempt("u", "10.0.0.1", 1000, policy) for store in (one, two) * 4]
-        assert taken.count(True) == 3 and taken[:3] == [True] * 3
-        assert two.take_login_attempt("u", "10.0.0.2", 1000, policy)
-        two.end_login_attempt("u", "10.0.0.2", succeeded=True)
-        assert not one.take_login_attempt("u", "10.0.0.1", 1059, policy)
-        assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # the lock is over
-        assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # a new count
-        assert one.remove_user("u") and not one.take_login_attempt("u", "10.0.0.1", 1060, policy)
-    finally:
-        one.close()
-        two.close()
+    one.add_user(User("u", "hash"))
+    taken = [store.take_login_attempt("u", "10.0.0.1", 1000, policy) for store in (one, two) * 4]
+    assert taken.count(True) == 3 and taken[:3] == [True] * 3
+    assert two.take_login_attempt("u", "10.0.0.2", 1000, policy)
+    two.end_login_attempt("u", "10.0.0.2", succeeded=True)
+    assert not one.take_login_attempt("u", "10.0.0.1", 1059, policy)
+    assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # the lock is over
+    assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # a new count
+    assert one.remove_user("u") and not one.take_login_attempt("u", "10.0.0.1", 1060, policy)
