@@ -352,3 +352,88 @@ def test_login_attempts_are_counted_before_the_check_across_connections(open_sto
     assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # the lock is over
     assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # a new count
     assert one.remove_user("u") and not one.take_login_attempt("u", "10.0.0.1", 1060, policy)
+
+
+def test_removals_and_revocations_reach_every_token(open_store) -> None:  # noqa: ANN001
+    """A revoked grant, a removed client and a removed user revoke their tokens, also those
+    stored after the revocation (a request that raced with it); a certificate's tokens go
+    with their grants."""
+    from tokensmith.models import User
+
+    store, other = open_store(), open_store()
+    store.add_client(Client("c", "c", "client_secret_basic", ("client_credentials",), scopes=("b", "a")))
+    store.add_client(Client("d", "d", "client_secret_basic", ("client_credentials",), scopes=("a", "z")))
+    assert store.scopes_in_use() == ["a", "b", "z"]
+    assert [c.client_id for c in other.list_clients()] == ["c", "d"]
+
+    store.add_tokens([TokenRecord("g1", "refresh", "c", "", 0, 10_000, grant_id="g")])
+    assert other.revoke_grant("g") == 1
+    store.add_tokens([TokenRecord("g2", "access", "c", "", 0, 10_000, grant_id="g")])
+    assert store.get_token("g1").revoked and store.get_token("g2").revoked
+
+    user = User("u", "hash")
+    store.add_user(user)
+    assert other.get_user("u") == user and [u.username for u in other.list_users()] == ["u"]
+    store.add_tokens([TokenRecord("u1", "access", "d", "", 0, 10_000, user_id=user.user_id, grant_id="h")])
+    assert other.revoke_user_tokens(user.user_id) == 1 and store.get_token("u1").revoked
+    store.add_tokens([TokenRecord("u2", "access", "d", "", 0, 10_000, user_id=user.user_id)])
+    assert not store.get_token("u2").revoked
+    assert other.remove_user("u") and not other.remove_user("u")
+    assert store.get_token("u2").revoked and store.get_user("u") is None
+
+    store.add_tokens(
+        [
+            TokenRecord("b1", "access", "d", "", 0, 10_000, cnf_x5t_s256="X", grant_id="k"),
+            TokenRecord("b2", "access", "d", "", 0, 10_000, cnf_x5t_s256="Y"),
+        ]
+    )
+    assert other.revoke_bound_tokens("d", "X") == 1
+    store.add_tokens([TokenRecord("b3", "refresh", "d", "", 0, 10_000, grant_id="k")])
+    assert store.get_token("b3").revoked and not store.get_token("b2").revoked
+
+    assert other.revoke_token("b2") and not other.revoke_token("b2") and store.get_token("b2").revoked
+    store.add_tokens([TokenRecord("c1", "access", "c", "", 0, 10_000)])
+    assert other.remove_client("c") and not other.remove_client("c")
+    store.add_tokens([TokenRecord("c2", "access", "c", "", 0, 10_000)])
+    assert store.get_token("c1").revoked and store.get_token("c2").revoked
+    assert store.get_token("c2").claims == {} and store.get_token("nothing") is None
+
+
+def test_a_refresh_token_is_used_once_among_concurrent_connections(open_store) -> None:  # noqa: ANN001
+    """use_refresh_token and rotations through try_issue, from eight connections at once
+    (workers or instances): exactly one caller wins."""
+    stores = [open_store() for _ in range(8)]
+    stores[0].add_tokens([_refresh("r0")])
+    start = threading.Barrier(len(stores))
+    results: list[bool] = []
+
+    def use(index: int) -> None:
+        start.wait()
+        if index % 2:
+            results.append(stores[index].use_refresh_token("r0", 1))
+        else:
+            answer = None
+            while answer is None:  # SQLite: busy now, as the group commit would retry
+                answer = stores[index].try_issue([Issue((_refresh(f"next{index}"),), rotates="r0")], 1)
+            results.extend(answer)
+
+    threads = [threading.Thread(target=use, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert sum(stores[0].get_token(f"next{i}") is not None for i in range(0, 8, 2)) <= 1
+
+
+def test_unlock_forgets_failures(open_store) -> None:  # noqa: ANN001
+    from tokensmith.models import LoginPolicy, User
+
+    store = open_store()
+    policy = LoginPolicy(max_failures=1, max_failures_per_user=1, lockout_seconds=60)
+    store.add_user(User("u", "hash"))
+    assert store.take_login_attempt("u", "s", 1000, policy)
+    assert not store.take_login_attempt("u", "s", 1001, policy)
+    assert store.get_user("u").locked_until == 1060
+    assert store.unlock_user("u") and not store.unlock_user("nobody")
+    assert store.take_login_attempt("u", "s", 1002, policy)

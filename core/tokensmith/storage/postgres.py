@@ -239,15 +239,19 @@ class PostgresStorage:
         self._listening = False
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
-        if migrate:
-            self.migrate()
-        elif check:
-            version = self.schema_version()
-            if version != SCHEMA_VERSION:
-                raise StorageError(
-                    f"{self.shown}: database schema {version} is not this tokensmith's"
-                    f" ({SCHEMA_VERSION}): run `tokensmith db migrate`"
-                )
+        try:
+            if migrate:
+                self.migrate()
+            elif check:
+                version = self.schema_version()
+                if version != SCHEMA_VERSION:
+                    raise StorageError(
+                        f"{self.shown}: database schema {version} is not this tokensmith's"
+                        f" ({SCHEMA_VERSION}): run `tokensmith db migrate`"
+                    )
+        except BaseException:
+            self.close()
+            raise
 
     # -- connections ---------------------------------------------------------------------
 

@@ -1,0 +1,140 @@
+"""What is PostgreSQL's own: selecting it in server.xml, the password kept out of sight,
+migrations under an advisory lock, deadlines and recovery when the database goes away.
+
+The storage contract both backends share is in test_storage.py (``open_store``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pg
+import pytest
+from tokensmith.config.settings import load_server
+from tokensmith.config.xml import ConfigError
+from tokensmith.models import Client, StorageError, TokenRecord
+from tokensmith.storage import describe_store
+from tokensmith.storage.postgres import SCHEMA_VERSION, PostgresStorage, redact_url
+
+SERVER = """<?xml version="1.0" encoding="UTF-8"?>
+<Server>
+    <Keystore certificateFile="security/server.crt" keyFile="security/server.key"/>
+    <Connector port="0"/>
+    {database}
+</Server>
+"""
+
+
+def server_xml(tmp_path, database: str):  # noqa: ANN001, ANN201
+    path = tmp_path / "server.xml"
+    path.write_text(SERVER.format(database=database))
+    return path
+
+
+def test_database_url_selects_postgres_and_the_env_overrides_it(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.delenv("TOKENSMITH_DATABASE_URL", raising=False)
+    path = server_xml(tmp_path, '<Database url="postgresql://ts:s3cret@db.example:5432/tokensmith"/>')
+    server = load_server(path)
+    assert server.database_url == "postgresql://ts:s3cret@db.example:5432/tokensmith"
+    assert describe_store(server) == "PostgreSQL postgresql://ts:***@db.example:5432/tokensmith"
+    assert "s3cret" not in repr(server)
+    monkeypatch.setenv("TOKENSMITH_DATABASE_URL", "postgresql://other@db2/ts")
+    assert load_server(path).database_url == "postgresql://other@db2/ts"
+    sqlite = server_xml(tmp_path, '<Database path="x.db"/>')
+    assert load_server(sqlite).database_url == "postgresql://other@db2/ts"  # overrides SQLite too
+    monkeypatch.delenv("TOKENSMITH_DATABASE_URL")
+    assert load_server(sqlite).database_url is None and load_server(sqlite).database == tmp_path / "x.db"
+
+
+@pytest.mark.parametrize(
+    ("database", "message"),
+    [
+        ('<Database url="postgresql://a/b" path="x.db"/>', r"server\.xml:5: <Database> needs either path="),
+        ("<Database/>", r"server\.xml:5: <Database> needs either path="),
+        ('<Database url="mysql://u:pw@h/b"/>', r"server\.xml:5: the database URL must start with postgresql://"),
+    ],
+)
+def test_a_bad_database_element_names_the_line_and_never_the_password(tmp_path, monkeypatch, database, message) -> None:  # noqa: ANN001
+    monkeypatch.delenv("TOKENSMITH_DATABASE_URL", raising=False)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_server(server_xml(tmp_path, database))
+    assert "pw" not in str(error.value)
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    assert redact_url("postgresql://u:p%40ss@h:5/d?sslmode=require") == "postgresql://u:***@h:5/d?sslmode=require"
+    assert redact_url("postgresql://u@[::1]/d") == "postgresql://u@[::1]/d"
+    assert redact_url("postgresql://u:x@[::1]:5432/d") == "postgresql://u:***@[::1]:5432/d"
+
+
+def test_instances_starting_together_migrate_once(postgres_url) -> None:  # noqa: ANN001
+    """Six stores opened at once on an empty schema: one migrates under the advisory lock,
+    the others find it done; `db status`'s reading agrees."""
+    stores: list[PostgresStorage] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            stores.append(PostgresStorage(postgres_url))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert not errors and len(stores) == 6
+        assert stores[0].schema_version() == SCHEMA_VERSION and stores[1].migrate() == []
+        import psycopg
+
+        with psycopg.connect(postgres_url) as db:
+            assert db.execute("SELECT count(*) FROM tokensmith_schema").fetchone() == (SCHEMA_VERSION,)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_schema_newer_or_older_than_this_release_is_refused(postgres_url) -> None:  # noqa: ANN001
+    import psycopg
+
+    with pytest.raises(StorageError, match=r"schema 0 is not this tokensmith's .*tokensmith db migrate"):
+        PostgresStorage(postgres_url, migrate=False)
+    PostgresStorage(postgres_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("INSERT INTO tokensmith_schema VALUES (%s, 0)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StorageError, match="newer than this tokensmith"):
+        PostgresStorage(postgres_url)
+
+
+def test_an_unreachable_database_fails_fast_and_recovers(postgres_url) -> None:  # noqa: ANN001
+    """Cut mid-session: calls raise StorageError within the deadlines, without the password,
+    and answer again once the database is back; what was committed before is all there."""
+    with pg.Proxy(postgres_url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")) as proxy:
+        store = PostgresStorage(proxy.url)
+        try:
+            store.serving()
+            store.add_client(Client("c", "c", "client_secret_basic", ("client_credentials",)))
+            store.add_tokens([TokenRecord("t", "access", "c", "", 0, 10_000)])
+            proxy.cut()
+            for call in (lambda: store.get_token("t"), lambda: store.get_client("c"), lambda: store.revoke_token("t")):
+                started = time.monotonic()
+                with pytest.raises(StorageError) as error:
+                    call()
+                assert time.monotonic() - started < 5
+                assert "hunter2" not in str(error.value) and "\n" not in str(error.value)
+            proxy.restore()
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    assert store.get_token("t") is not None and store.get_client("c") is not None
+                    break
+                except StorageError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+        finally:
+            store.close()
