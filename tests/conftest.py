@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pg
 import pytest
 from tokensmith.listeners.wheelbuild import build_plugin
 from tokensmith.security.keystore import generate_dev_keystore
-
-import pg
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENSMITH = str(Path(sys.executable).with_name("tokensmith"))
@@ -136,7 +135,9 @@ class Deployment:
             target = self.conf / "security" / name
             if not target.exists():
                 shutil.copy(self.keystore / name, target)
-        (self.conf / "server.xml").write_text(SERVER_XML.format(connectors=self.connectors, database=self.database_xml))
+        (self.conf / "server.xml").write_text(
+            SERVER_XML.format(connectors=self.connectors, database=self.database_xml)
+        )
         (self.conf / "identity.xml").write_text(
             IDENTITY_XML.format(oauth=self.oauth, listeners=self.listeners)
         )

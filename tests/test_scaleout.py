@@ -29,7 +29,9 @@ PASSWORD = "correct horse battery staple"
 
 
 def pg_deployment(root: Path, keystore: Path, wheel_cache: Path, url: str, oauth: str = "") -> Deployment:
-    return new_deployment(root, keystore, wheel_cache, oauth=oauth, database_xml=f"<Database url={quoteattr(url)}/>")
+    return new_deployment(
+        root, keystore, wheel_cache, oauth=oauth, database_xml=f"<Database url={quoteattr(url)}/>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,9 @@ def pair(tmp_path_factory, keystore, wheel_cache, schema_url) -> Iterator[tuple[
     b.stop()
 
 
-def post(server: Server, path: str, data: dict, client: dict | None = None, **kwargs: object) -> httpx.Response:
+def post(
+    server: Server, path: str, data: dict, client: dict | None = None, **kwargs: object
+) -> httpx.Response:
     auth = (client["client_id"], client["client_secret"]) if client and "client_secret" in client else None
     with server.client(**kwargs) as http:
         return http.post(path, data=data, auth=auth)
@@ -112,7 +116,11 @@ def test_client_changes_through_one_instance_take_effect_on_the_other_at_once(pa
     old, new = pki.self_signed("localhost"), pki.self_signed("localhost")
     old_files, new_files = old.write(tmp_path, "old"), new.write(tmp_path, "new")
     mtls = a.deployment.add_client(
-        "m", "--grant-type=client_credentials", "--auth-method=self_signed_tls_client_auth", "--cert", str(old_files[0])
+        "m",
+        "--grant-type=client_credentials",
+        "--auth-method=self_signed_tls_client_auth",
+        "--cert",
+        str(old_files[0]),
     )
     data = {"grant_type": "client_credentials", "client_id": mtls["client_id"]}
     assert post(b, "/oauth2/token", data, cert=old_files).status_code == 200
@@ -133,7 +141,9 @@ def test_concurrent_refreshes_over_both_instances_give_exactly_one_token(pair) -
     inactive at both instances."""
     a, b = pair
     client = secret_client(a, "password", "refresh_token")
-    first = post(a, "/oauth2/token", {"grant_type": "password", "username": "alice", "password": PASSWORD}, client)
+    first = post(
+        a, "/oauth2/token", {"grant_type": "password", "username": "alice", "password": PASSWORD}, client
+    )
     assert first.status_code == 200
     value = first.json()["refresh_token"]
     start = threading.Barrier(50)
@@ -157,7 +167,9 @@ def test_concurrent_refreshes_over_both_instances_give_exactly_one_token(pair) -
     for server in (a, b):
         assert introspect(server, winner["access_token"]) == {"active": False}
         assert introspect(server, winner["refresh_token"]) == {"active": False}
-    refreshed = post(b, "/oauth2/token", {"grant_type": "refresh_token", "refresh_token": winner["refresh_token"]}, client)
+    refreshed = post(
+        b, "/oauth2/token", {"grant_type": "refresh_token", "refresh_token": winner["refresh_token"]}, client
+    )
     assert refreshed.status_code == 400
 
 
@@ -184,7 +196,9 @@ def test_password_lockout_counts_failures_across_instances(pair) -> None:  # noq
     assert attempt(b, PASSWORD) == 400 and attempt(a, PASSWORD) == 400
 
 
-def test_sigkill_of_one_instance_under_load_loses_no_token(pair, tmp_path_factory, keystore, wheel_cache, schema_url) -> None:  # noqa: ANN001
+def test_sigkill_of_one_instance_under_load_loses_no_token(
+    pair, tmp_path_factory, keystore, wheel_cache, schema_url
+) -> None:  # noqa: ANN001
     """Clients fetch tokens from a third instance and B while the third is killed with
     SIGKILL: every token a client received is active at B afterwards, and B kept serving."""
     _, b = pair
@@ -232,14 +246,18 @@ def test_sigkill_of_one_instance_under_load_loses_no_token(pair, tmp_path_factor
 
         hashes = [token_hash(value) for value in received]
         with psycopg.connect(schema_url) as db:
-            stored = db.execute("SELECT count(*) FROM tokens WHERE token_hash = ANY(%s)", (hashes,)).fetchone()
+            stored = db.execute(
+                "SELECT count(*) FROM tokens WHERE token_hash = ANY(%s)", (hashes,)
+            ).fetchone()
         assert stored is not None and stored[0] == len(set(hashes))
         assert introspect(b, received[before - 1])["active"] is True
     finally:
         c.stop()
 
 
-def test_postgres_unreachable_is_503_and_recovers_without_restart(tmp_path, keystore, wheel_cache, schema_url) -> None:  # noqa: ANN001
+def test_postgres_unreachable_is_503_and_recovers_without_restart(
+    tmp_path, keystore, wheel_cache, schema_url
+) -> None:  # noqa: ANN001
     """Through a TCP proxy that the test cuts: while PostgreSQL cannot be reached, token and
     introspection requests get 503 temporarily_unavailable within seconds (never a hang or
     a 500); once it is back, the same process serves again."""

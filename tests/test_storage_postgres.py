@@ -52,10 +52,15 @@ def test_database_url_selects_postgres_and_the_env_overrides_it(tmp_path, monkey
     [
         ('<Database url="postgresql://a/b" path="x.db"/>', r"server\.xml:5: <Database> needs either path="),
         ("<Database/>", r"server\.xml:5: <Database> needs either path="),
-        ('<Database url="mysql://u:pw@h/b"/>', r"server\.xml:5: the database URL must start with postgresql://"),
+        (
+            '<Database url="mysql://u:pw@h/b"/>',
+            r"server\.xml:5: the database URL must start with postgresql://",
+        ),
     ],
 )
-def test_a_bad_database_element_names_the_line_and_never_the_password(tmp_path, monkeypatch, database, message) -> None:  # noqa: ANN001
+def test_a_bad_database_element_names_the_line_and_never_the_password(
+    tmp_path, monkeypatch, database, message
+) -> None:  # noqa: ANN001
     monkeypatch.delenv("TOKENSMITH_DATABASE_URL", raising=False)
     with pytest.raises(ConfigError, match=message) as error:
         load_server(server_xml(tmp_path, database))
@@ -63,7 +68,10 @@ def test_a_bad_database_element_names_the_line_and_never_the_password(tmp_path, 
 
 
 def test_redact_url_hides_only_the_password() -> None:
-    assert redact_url("postgresql://u:p%40ss@h:5/d?sslmode=require") == "postgresql://u:***@h:5/d?sslmode=require"
+    assert (
+        redact_url("postgresql://u:p%40ss@h:5/d?sslmode=require")
+        == "postgresql://u:***@h:5/d?sslmode=require"
+    )
     assert redact_url("postgresql://u@[::1]/d") == "postgresql://u@[::1]/d"
     assert redact_url("postgresql://u:x@[::1]:5432/d") == "postgresql://u:***@[::1]:5432/d"
 
@@ -121,7 +129,11 @@ def test_an_unreachable_database_fails_fast_and_recovers(postgres_url) -> None: 
             store.add_client(Client("c", "c", "client_secret_basic", ("client_credentials",)))
             store.add_tokens([TokenRecord("t", "access", "c", "", 0, 10_000)])
             proxy.cut()
-            for call in (lambda: store.get_token("t"), lambda: store.get_client("c"), lambda: store.revoke_token("t")):
+            for call in (
+                lambda: store.get_token("t"),
+                lambda: store.get_client("c"),
+                lambda: store.revoke_token("t"),
+            ):
                 started = time.monotonic()
                 with pytest.raises(StorageError) as error:
                     call()

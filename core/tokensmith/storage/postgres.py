@@ -500,7 +500,15 @@ class PostgresStorage:
         if row is None:
             return None
         return TokenRecord(
-            *row[:9],
+            token_hash=row[0],
+            kind=row[1],
+            client_id=row[2],
+            scope=row[3],
+            issued_at=row[4],
+            expires_at=row[5],
+            username=row[6],
+            cnf_x5t_s256=row[7],
+            grant_id=row[8],
             revoked=bool(row[9] or row[15]),
             claims=json.loads(row[10]),
             used=bool(row[11]),
