@@ -437,3 +437,43 @@ def test_unlock_forgets_failures(open_store) -> None:  # noqa: ANN001
     assert store.get_user("u").locked_until == 1060
     assert store.unlock_user("u") and not store.unlock_user("nobody")
     assert store.take_login_attempt("u", "s", 1002, policy)
+
+
+def test_a_threaded_group_commit_keeps_the_loop_serving_and_batches_what_arrives() -> None:
+    """A networked store commits in a thread: the event loop runs while a commit is in
+    flight, the requests that arrive meanwhile are committed together in the next batch,
+    and a failed batch fails only its own callers."""
+    batches: list[list[str]] = []
+    release = threading.Event()
+
+    def try_issue(issues: list[Issue], now: int) -> list[bool] | None:
+        names = [issue.tokens[0].token_hash for issue in issues]
+        batches.append(names)
+        if len(batches) == 1:
+            release.wait(5)  # the first commit is slow
+        if "bad" in names:
+            raise StorageError("refused")
+        return [True] * len(issues)
+
+    commits = GroupCommit(try_issue, threaded=True)
+
+    async def outcome(name: str) -> str:
+        try:
+            return str(await commits.add([_token(name)]))
+        except StorageError:
+            return "503"
+
+    async def run() -> tuple[list[str], int]:
+        first = asyncio.ensure_future(outcome("first"))
+        await asyncio.sleep(0.05)  # the first batch is in flight, in its thread
+        ticks = 0
+        later = [asyncio.ensure_future(outcome(name)) for name in ("a", "b", "bad")]
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            ticks += 1  # the loop turns while the commit waits
+        release.set()
+        return [await first, *[await task for task in later]], ticks
+
+    results, ticks = asyncio.run(run())
+    assert ticks == 5 and batches == [["first"], ["a", "b", "bad"]]
+    assert results == ["True", "503", "503", "503"]

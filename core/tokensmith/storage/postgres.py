@@ -228,10 +228,16 @@ class PostgresStorage:
     *check* (``db status`` and ``db migrate`` themselves).
     """
 
+    #: GroupCommit runs try_issue in a thread of its own: the loop serves meanwhile.
+    commits_in_thread = True
+
     def __init__(self, url: str, migrate: bool = True, check: bool = True):
         self.url = url
         self.shown = redact_url(url)
         self._main = _Connection(url)
+        #: try_issue's own connection: the group commit thread uses it while the event
+        #: loop's thread reads through _main.
+        self._writer = _Connection(url)
         self._maint = _Connection(url)
         self._clients: dict[str, Client] = {}
         self._generation = 0
@@ -362,6 +368,8 @@ class PostgresStorage:
             self._main.drop()
         with self._maint.lock:
             self._maint.drop()
+        with self._writer.lock:
+            self._writer.drop()
 
     def __enter__(self) -> PostgresStorage:
         return self
@@ -454,30 +462,34 @@ class PostgresStorage:
         never returns None. A rotation is one statement with its successors (see
         ``_ROTATE_AND_INSERT``): its row count says whether the rotated token was live.
         """
-        holder = self._main
+        holder = self._writer
         with holder.lock:
             conn = holder.get()
             try:
-                with conn.pipeline() as pipeline, conn.transaction(), conn.cursor() as cur:
-                    counts: list[psycopg.Cursor[Any] | None] = []
-                    plain = [t for issue in issues if issue.rotates is None for t in issue.tokens]
+                # Pipeline mode on an autocommit connection: the statements go out together,
+                # followed by one Sync, and the statements before a Sync are one implicit
+                # transaction (all or none; committed at the Sync). One round trip for the
+                # batch; an explicit transaction would add one for BEGIN and one for COMMIT.
+                plain = [t for issue in issues if issue.rotates is None for t in issue.tokens]
+                rotations: list[psycopg.Cursor[Any] | None] = []
+                with conn.pipeline():
                     for issue in issues:
-                        if issue.rotates is None or not issue.tokens:
-                            counts.append(None)
+                        if issue.rotates is None:
+                            rotations.append(None)
                             continue
                         rotation = conn.cursor()
-                        rotation.execute(
-                            _ROTATE_AND_INSERT, (issue.rotates, now, _token_json(list(issue.tokens)))
-                        )
-                        counts.append(rotation)
+                        if issue.tokens:
+                            rotation.execute(
+                                _ROTATE_AND_INSERT, (issue.rotates, now, _token_json(list(issue.tokens)))
+                            )
+                        else:
+                            rotation.execute(
+                                f"UPDATE tokens SET used = true WHERE {_LIVE_REFRESH}", (issue.rotates, now)
+                            )
+                        rotations.append(rotation)
                     if plain:
-                        cur.execute(_INSERT, (_token_json(plain),))
-                    pipeline.sync()
-                    stored = [True if c is None else c.rowcount > 0 for c in counts]
-                # an issue with rotates and no tokens: only the rotation
-                for index, issue in enumerate(issues):
-                    if issue.rotates is not None and not issue.tokens:
-                        stored[index] = self.use_refresh_token(issue.rotates, now)
+                        conn.cursor().execute(_INSERT, (_token_json(plain),))
+                stored = [True if c is None else c.rowcount > 0 for c in rotations]
             except psycopg.Error as exc:
                 if conn.broken or isinstance(exc, psycopg.OperationalError):
                     holder.drop()
