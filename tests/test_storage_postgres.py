@@ -150,3 +150,55 @@ def test_an_unreachable_database_fails_fast_and_recovers(postgres_url) -> None: 
                     time.sleep(0.1)
         finally:
             store.close()
+
+
+def test_a_read_after_the_database_dropped_the_connection_is_answered(postgres_url) -> None:  # noqa: ANN001
+    """The database ends the store's connection (a restart, a failover): the next read is
+    answered on a new connection, not failed for the stale one."""
+    import psycopg
+
+    store = PostgresStorage(postgres_url)
+    try:
+        store.add_tokens([TokenRecord("t", "access", "c", "", 0, 10_000)])
+        pid = store._main.get().info.backend_pid
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        assert store.get_token("t") is not None
+    finally:
+        store.close()
+
+
+def test_a_connection_dropped_during_commits_loses_nothing_acknowledged(postgres_url) -> None:  # noqa: ANN001
+    """Batches committed while the connection is cut: every batch that was answered as
+    stored is stored whole; the others failed with StorageError (the client got 503)."""
+    from tokensmith.models import Issue
+
+    with pg.Proxy(postgres_url) as proxy:
+        store = PostgresStorage(proxy.url)
+        acknowledged: list[str] = []
+        failed = 0
+        try:
+            for batch in range(300):
+                names = [f"b{batch}-{i}" for i in range(5)]
+                if batch == 100:
+                    threading.Timer(0.0, proxy.cut).start()
+                if batch == 200:
+                    proxy.restore()
+                    time.sleep(0.6)  # past the reconnect back-off
+                try:
+                    answer = store.try_issue(
+                        [Issue((TokenRecord(n, "access", "c", "", 0, 10_000),)) for n in names], 1
+                    )
+                except StorageError:
+                    failed += 1
+                    continue
+                assert answer == [True] * 5
+                acknowledged += names
+        finally:
+            store.close()
+    assert failed and len(acknowledged) >= 5 * 150
+    check = PostgresStorage(postgres_url)
+    try:
+        assert all(check.get_token(name) is not None for name in acknowledged)
+    finally:
+        check.close()

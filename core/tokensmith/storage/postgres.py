@@ -195,11 +195,15 @@ class _Connection:
         self._failed_at = 0.0
         self._error = ""
         self.lock = threading.RLock()
+        #: The last get() returned a connection opened earlier, which may have gone stale.
+        self.was_open = False
 
     def get(self) -> psycopg.Connection[Any]:
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
+            self.was_open = True
             return conn
+        self.was_open = False
         self.drop()
         if time.monotonic() - self._failed_at < RETRY_AFTER:
             raise StorageError(self._error)
@@ -279,6 +283,21 @@ class PostgresStorage:
                 if conn.broken or isinstance(exc, psycopg.OperationalError):
                     holder.drop()
                 raise StorageError(f"{self.shown}: {_redact_message(str(exc).strip())}") from None
+
+    def _read_one(self, query: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
+        """One row of a read. A read is safe to repeat: when the connection it used had been
+        closed by the server meanwhile (a restart or failover of the database, an idle
+        timeout of a proxy), it is tried once more on a new connection, so that the first
+        request after the database came back is not answered 503 for a stale connection."""
+        for attempt in (1, 2):
+            try:
+                with self._cursor() as cur:
+                    cur.execute(query, params)
+                    return cur.fetchone()
+            except StorageError:
+                if attempt == 2 or not self._main.was_open:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- schema --------------------------------------------------------------------------
 
@@ -405,9 +424,7 @@ class PostgresStorage:
             generation = self._generation
         if cached is not None:
             return cached
-        with self._cursor() as cur:
-            cur.execute(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = %s", (client_id,))
-            row = cur.fetchone()
+        row = self._read_one(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = %s", (client_id,))
         if row is None:
             return None  # unknown ids are not cached: anyone can make up millions
         client = _client(row)
@@ -499,16 +516,14 @@ class PostgresStorage:
     def get_token(self, token_hash: str) -> TokenRecord | None:
         # As in SQLite: a revoked grant, a removed client or user revokes every token of
         # theirs, also one stored after the revocation.
-        with self._cursor() as cur:
-            cur.execute(
-                f"SELECT {', '.join('t.' + n for n in _TOKEN_NAMES)},"
-                " EXISTS(SELECT 1 FROM revoked_grants g WHERE g.grant_id = t.grant_id)"
-                " OR EXISTS(SELECT 1 FROM revoked_clients c WHERE c.client_id = t.client_id)"
-                " OR (t.user_id IS NOT NULL AND NOT EXISTS(SELECT 1 FROM users u WHERE u.user_id = t.user_id))"
-                " FROM tokens t WHERE t.token_hash = %s",
-                (token_hash,),
-            )
-            row = cur.fetchone()
+        row = self._read_one(
+            f"SELECT {', '.join('t.' + n for n in _TOKEN_NAMES)},"
+            " EXISTS(SELECT 1 FROM revoked_grants g WHERE g.grant_id = t.grant_id)"
+            " OR EXISTS(SELECT 1 FROM revoked_clients c WHERE c.client_id = t.client_id)"
+            " OR (t.user_id IS NOT NULL AND NOT EXISTS(SELECT 1 FROM users u WHERE u.user_id = t.user_id))"
+            " FROM tokens t WHERE t.token_hash = %s",
+            (token_hash,),
+        )
         if row is None:
             return None
         return TokenRecord(
