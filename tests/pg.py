@@ -100,8 +100,8 @@ class Proxy:
 
     @staticmethod
     def _pipe(source, sink) -> None:  # noqa: ANN001
-        source.settimeout(None)
         try:
+            source.settimeout(None)  # in the try: a cut may have closed it already
             while data := source.recv(65536):
                 sink.sendall(data)
         except OSError:

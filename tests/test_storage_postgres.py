@@ -202,3 +202,55 @@ def test_a_connection_dropped_during_commits_loses_nothing_acknowledged(postgres
         assert all(check.get_token(name) is not None for name in acknowledged)
     finally:
         check.close()
+
+
+def test_while_the_listening_connection_is_down_nothing_is_cached(postgres_url) -> None:  # noqa: ANN001
+    """The notification of a change may be lost while the LISTEN connection is down: the
+    store then reads clients from the database, and caches them again once it listens."""
+    import psycopg
+
+    server, cli = PostgresStorage(postgres_url), PostgresStorage(postgres_url)
+    try:
+        server.serving()
+        deadline = time.monotonic() + 10
+        while server.listener_pid is None or not server._listening:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        cli.add_client(Client("c", "first", "client_secret_basic", ("client_credentials",)))
+        assert server.get_client("c").name == "first"
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (server.listener_pid,))
+        deadline = time.monotonic() + 5
+        while server._listening and time.monotonic() < deadline:
+            time.sleep(0.005)  # the listener notices within its 1 s poll
+        # A change made now is not notified to anyone; it must still be seen.
+        cli.update_client(Client("c", "second", "client_secret_basic", ("client_credentials",)))
+        assert server.get_client("c").name == "second"
+    finally:
+        server.close()
+        cli.close()
+
+
+def test_serve_with_an_unreachable_database_fails_in_one_line(deployment, monkeypatch) -> None:  # noqa: ANN001
+    """`tokensmith serve` whose database cannot be reached: exit status 1, one line naming
+    the URL without its password, no traceback. (Needs no PostgreSQL server.)"""
+    import socket
+    import subprocess
+
+    from conftest import TOKENSMITH
+
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://ts:hunter2@127.0.0.1:{port}/tokensmith"
+    result = subprocess.run(
+        [TOKENSMITH, "serve", "--conf", str(deployment.conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "TOKENSMITH_DATABASE_URL": url},
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert f"postgresql://ts:***@127.0.0.1:{port}/tokensmith" in lines[0] and "hunter2" not in result.stderr

@@ -247,6 +247,8 @@ class PostgresStorage:
         self._generation = 0
         self._cache_lock = threading.Lock()
         self._listening = False
+        #: The backend of the LISTEN connection, while there is one (for tests and operators).
+        self.listener_pid: int | None = None
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
         try:
@@ -350,8 +352,11 @@ class PostgresStorage:
             conn: psycopg.Connection[Any] | None = None
             try:
                 conn = psycopg.connect(**_conninfo(self.url, "tokensmith-listen"), autocommit=True)
-                row = conn.execute("SELECT 'tokensmith_clients_' || current_schema()").fetchone()
+                row = conn.execute(
+                    "SELECT 'tokensmith_clients_' || current_schema(), pg_backend_pid()"
+                ).fetchone()
                 assert row is not None
+                self.listener_pid = row[1]
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(row[0])))
                 self._invalidate(listening=True)  # changes made while not listening
                 while not self._stop.is_set():
