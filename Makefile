@@ -5,13 +5,19 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PLUGIN_DIRS := $(wildcard plugins/*)
 
-.PHONY: run test fuzz setup plugins keystore clean
+.PHONY: run test lint fuzz setup plugins keystore clean
 
 run: setup
 	$(BIN)/tokensmith serve
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (lint and format) and mypy over the package; `make test` runs them first.
+lint: $(STAMP)
+	$(BIN)/ruff check core plugins tests bench
+	$(BIN)/ruff format --check core plugins tests bench
+	$(BIN)/mypy
 
 # The property-based tests with many more examples (HYPOTHESIS_PROFILE=fuzz; see tests/test_fuzz.py).
 fuzz: setup

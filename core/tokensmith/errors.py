@@ -111,3 +111,12 @@ class TemporarilyUnavailableError(OAuth2Error):
 
     error = "temporarily_unavailable"
     status_code = 503
+
+
+class RequestRefused(Exception):
+    """A request refused before any endpoint reads it, at the HTTP level: it cannot be parsed,
+    or is over a size or time limit. The connection closes after the answer (*status*)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason

@@ -9,23 +9,24 @@ with, and an invalid configuration leaves the running one in place.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 
-from quart import Quart, Response
+from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from tokensmith.app.fastlane import NO_STORE, OAuthEndpoints
-from tokensmith.config.settings import Config, IdentitySettings, PublicUrls, load_identity, public_urls
+from tokensmith.app.fastlane import OAuthEndpoints
+from tokensmith.app.responses import error_answer, plain_error, to_response
+from tokensmith.app.routes import add_plugin_routes, oauth
+from tokensmith.app.state import LOADER, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
+from tokensmith.config.settings import Config, IdentitySettings, load_identity
 from tokensmith.config.xml import ConfigError
-from tokensmith.errors import OAuth2Error, ServerError, TemporarilyUnavailableError
 from tokensmith.listeners.dropins import DropinLoader
 from tokensmith.listeners.registry import ListenerSet, build_listeners
 from tokensmith.models import Storage, StorageError
+from tokensmith.oauth.endpoints import POST_ENDPOINTS
+from tokensmith.oauth.runtime import Runtime
 from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
 from tokensmith.security.hashing import VerifiedSecrets
 from tokensmith.security.signing import SigningKeys
@@ -42,63 +43,9 @@ __all__ = [
     "bound_ports",
     "Runtime",
     "runtime",
-    "json_response",
-    "NO_STORE",
 ]
 
 log = logging.getLogger("tokensmith")
-
-
-_RUNTIME = "tokensmith"
-_LOADER = "tokensmith.loader"
-_URLS = "tokensmith.urls"  # set by server.serve once the sockets listen
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Everything one generation of the configuration serves with."""
-
-    config: Config
-    identity: IdentitySettings
-    storage: Storage
-    listeners: ListenerSet
-    issuer: TokenIssuer
-    truststore: Truststore
-    signing: SigningKeys
-    verified_secrets: VerifiedSecrets
-    generation: int
-
-
-def runtime(app: Quart) -> Runtime:
-    """The app's current Runtime; a view reads it once and keeps it for the whole request."""
-    return app.extensions[_RUNTIME]
-
-
-def json_response(
-    body: dict[str, object], status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")),
-        status=status,
-        content_type="application/json",
-        headers={**NO_STORE, **(headers or {})},
-    )
-
-
-def bound_ports(urls: list[str] | None) -> list[int] | None:
-    """The ports in *urls*, the https URLs of the listening sockets, or None."""
-    return [urllib.parse.urlsplit(url).port or 443 for url in urls] if urls else None
-
-
-def public_urls_of(app: Quart) -> PublicUrls:
-    """The app's public URLs (RFC 8414 §2) under its current identity.xml."""
-    rt = runtime(app)
-    return public_urls(rt.config.server, rt.identity, bound_ports(app.extensions.get(_URLS)))
-
-
-def issuer_url(app: Quart) -> str:
-    """The issuer (RFC 8414 §2): identity.xml's <Issuer>, else the first connector's URL."""
-    return public_urls_of(app).issuer
 
 
 def _build_runtime(
@@ -130,8 +77,6 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
 
     Wheels are unpacked under *unpack_root* (a new private temporary directory when None).
     """
-    from tokensmith.oauth.endpoints import POST_ENDPOINTS, oauth
-
     app = Quart("tokensmith")
     # Routing never redirects: Werkzeug's redirects for merged or trailing slashes are built
     # from the request's Host, which the client chooses (and a cacheable 308 to another host
@@ -157,12 +102,15 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
         raise
 
     app.config["MAX_CONTENT_LENGTH"] = config.identity.max_body_bytes
-    app.extensions[_RUNTIME] = first
-    app.extensions[_LOADER] = loader
+    app.extensions[RUNTIME] = first
+    app.extensions[LOADER] = loader
     app.register_blueprint(oauth)
-    app.asgi_app = OAuthEndpoints(  # type: ignore[method-assign]
-        POST_ENDPOINTS, lambda: runtime(app), lambda: runtime(app).identity.max_body_bytes, app.asgi_app
-    )
+    try:
+        add_plugin_routes(app, first.listeners)
+    except BaseException:
+        loader.close()
+        raise
+    app.asgi_app = OAuthEndpoints(POST_ENDPOINTS, lambda: runtime(app), app.asgi_app)  # type: ignore[method-assign]
 
     purging: list[asyncio.Task] = []
 
@@ -178,35 +126,16 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
         runtime(app).storage.close()
         loader.close()
 
-    @app.errorhandler(OAuth2Error)
-    async def oauth_error(error: OAuth2Error) -> Response:
-        return json_response(error.body(), error.status_code, error.headers)
-
-    @app.errorhandler(StorageError)
-    async def storage_error(error: StorageError) -> Response:
-        log.error("storage unavailable: %s", error)
-        return await oauth_error(TemporarilyUnavailableError("storage is unavailable"))
-
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        # Only the OAuth POST endpoints answer with RFC 6749 §5.2 error JSON (app/fastlane.py serves
-        # them, never this handler). Anything else is plain HTTP: a 404 is a 404, and a 405
-        # says in Allow which methods the resource has (RFC 9110 §15.5.6).
-        status = error.code or 500
-        headers = {"Cache-Control": "no-store"}
-        if status == 405:
-            headers["Allow"] = ", ".join(sorted(set(getattr(error, "valid_methods", None) or ["GET"])))
-        return Response(
-            f"{status} {error.name}\n",
-            status=status,
-            headers=headers,
-            content_type="text/plain; charset=utf-8",
-        )
+        # Only the OAuth endpoints answer with RFC 6749 §5.2 error JSON; anything else is
+        # plain HTTP: a 404 is a 404.
+        return plain_error(error.code or 500, error.name, getattr(error, "valid_methods", None))
 
     @app.errorhandler(Exception)
-    async def unexpected(error: Exception) -> Response:
-        log.exception("unexpected error")
-        return await oauth_error(ServerError("an internal error occurred"))
+    async def oauth_error(error: Exception) -> Response:
+        # OAuth errors, an unreachable store and anything unexpected, rendered the one way.
+        return to_response(error_answer(error, path=request.path, http2=request.http_version == "2"))
 
     return app
 
@@ -301,7 +230,7 @@ def reload_app(app: Quart) -> bool:
             app,
             current.config,
             identity,
-            app.extensions[_LOADER],
+            app.extensions[LOADER],
             current.storage,
             current.truststore,
             current.signing,
@@ -311,11 +240,31 @@ def reload_app(app: Quart) -> bool:
     except BaseException as exc:  # noqa: B036 - nothing read from disk may stop a running server
         log.error("reload refused, still serving configuration %d: %s", current.generation, one_line(exc))
         return False
+    _warn_about_new_routes(app, new.listeners)
     app.config["MAX_CONTENT_LENGTH"] = identity.max_body_bytes
-    app.extensions[_RUNTIME] = new
+    app.extensions[RUNTIME] = new
     log.info(
         "reloaded: configuration %d with %d listeners",
         new.generation,
         sum(1 for item in new.listeners if item.enabled),
     )
     return True
+
+
+def _warn_about_new_routes(app: Quart, listeners: ListenerSet) -> None:
+    """Routes are put on the URL map when the server starts; say so when a reload brings a
+    plugin whose routes are not there yet."""
+    served = {
+        rule.endpoint.split(".")[2]
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.startswith("plugin.")
+    }
+    for listener in listeners:
+        if (
+            listener.enabled
+            and listeners.implements(listener, "register_routes")
+            and listener.name not in served
+        ):
+            log.warning(
+                "listener %s/%s adds routes: restart the server to serve them", listener.type, listener.name
+            )

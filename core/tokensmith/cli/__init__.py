@@ -43,7 +43,7 @@ USER_ERRORS = (
 )
 
 
-def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Command]]:
+def _parser() -> argparse.ArgumentParser:
     common = common_options()
     parser = Parser(
         prog="tokensmith",
@@ -71,8 +71,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
         " same address (SO_REUSEPORT); the kernel spreads connections (default: 1)",
     )
 
-    handlers: dict[tuple[str, str | None], Command] = {("serve", None): cmd_serve}
-    handlers.update(cli_clients.add_commands(commands, common))
+    serve.set_defaults(handler=cmd_serve)
+    cli_clients.add_commands(commands, common)
 
     plugins = commands.add_parser(
         "plugins",
@@ -86,6 +86,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
         help="build plugin source trees into wheels",
         description="Build each plugin directory into a wheel, skipping those whose sources did not change.",
     )
+    build.set_defaults(handler=cmd_plugins_build)
     build.add_argument("sources", nargs="+", type=Path, metavar="DIR")
     build.add_argument(
         "--out",
@@ -101,8 +102,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
         help="list listeners",
         description="Load dropins/ as the server would and list every listener in calling order.",
     )
+    plist.set_defaults(handler=cmd_plugins_list)
     plist.add_argument("--json", action="store_true", help="print JSON")
-    plugin_commands.add_parser(
+    pin = plugin_commands.add_parser(
         "pin",
         parents=[common],
         help="print pins for the current wheels",
@@ -111,18 +113,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[tuple[str, str | None], Com
         " identity.xml.",
     )
 
-    handlers.update(
-        {
-            ("plugins", "build"): cmd_plugins_build,
-            ("plugins", "list"): cmd_plugins_list,
-            ("plugins", "pin"): cmd_plugins_pin,
-        }
-    )
-    handlers.update(cli_security.add_commands(commands, common))
-    handlers.update(cli_users.add_commands(commands, common))
-    handlers.update(cli_signing.add_commands(commands, common))
-    handlers.update(cli_db.add_commands(commands, common))
-    return parser, handlers
+    pin.set_defaults(handler=cmd_plugins_pin)
+    cli_security.add_commands(commands, common)
+    cli_users.add_commands(commands, common)
+    cli_signing.add_commands(commands, common)
+    cli_db.add_commands(commands, common)
+    return parser
 
 
 def _version() -> str:
@@ -229,12 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # As the package does when imported for `tokensmith serve` (see __init__), for callers
         # that reach serve another way.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    parser, handlers = _parser()
-    args = parser.parse_args(argv)
-    action = getattr(args, f"{args.command}_command", None)
+    args = _parser().parse_args(argv)
+    handler: Command = args.handler
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        status = handlers[args.command, action](args)
+        status = handler(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
         return status
     except BrokenPipeError:

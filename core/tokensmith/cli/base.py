@@ -27,9 +27,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def common_options() -> argparse.ArgumentParser:
+def common_options() -> Parser:
     """The parent parser of every command that reads the configuration: ``--conf DIR``."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "--conf",
         type=Path,

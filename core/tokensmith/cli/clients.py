@@ -73,9 +73,7 @@ fingerprint as `openssl x509 -noout -fingerprint -sha256` or `sp list --json` pr
 certificate is refused."""
 
 
-def add_commands(
-    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
-) -> dict[tuple[str, str], Command]:
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``sp`` and its actions to *commands*; return their implementations."""
     sp = commands.add_parser(
         "sp",
@@ -88,6 +86,7 @@ def add_commands(
     add = actions.add_parser(
         "add", parents=[common], help="register a service provider", description=ADD_DESCRIPTION
     )
+    add.set_defaults(handler=cmd_sp_add)
     add.add_argument("name", help="a name for people to recognise the client by")
     add.add_argument(
         "--grant-type",
@@ -189,6 +188,7 @@ def add_commands(
         help="list service providers",
         description="List the registered service providers; --json includes their certificates and subjects.",
     )
+    listing.set_defaults(handler=cmd_sp_list)
     listing.add_argument("--json", action="store_true", help="print JSON")
 
     update = actions.add_parser(
@@ -197,6 +197,7 @@ def add_commands(
         help="add or remove a client's certificates",
         description=UPDATE_DESCRIPTION,
     )
+    update.set_defaults(handler=cmd_sp_update)
     update.add_argument("client_id", help="the client to change")
     update.add_argument(
         "--add-cert",
@@ -222,6 +223,7 @@ def add_commands(
         help="show one service provider",
         description="Print one service provider as JSON, as sp list --json does (never its secret).",
     )
+    show.set_defaults(handler=cmd_sp_show)
     show.add_argument("client_id")
 
     reset = actions.add_parser(
@@ -233,6 +235,7 @@ def add_commands(
         " secret as JSON, once. The old secret stops working at once, also"
         " on a running server.",
     )
+    reset.set_defaults(handler=cmd_sp_reset_secret)
     reset.add_argument("client_id")
 
     remove = actions.add_parser(
@@ -242,15 +245,8 @@ def add_commands(
         description="Remove a service provider by client_id;"
         " every token issued to it is revoked (RFC 7592 §2.3).",
     )
+    remove.set_defaults(handler=cmd_sp_remove)
     remove.add_argument("client_id")
-    return {
-        ("sp", "add"): cmd_sp_add,
-        ("sp", "list"): cmd_sp_list,
-        ("sp", "update"): cmd_sp_update,
-        ("sp", "remove"): cmd_sp_remove,
-        ("sp", "show"): cmd_sp_show,
-        ("sp", "reset-secret"): cmd_sp_reset_secret,
-    }
 
 
 def client_view(client: Client) -> dict[str, object]:

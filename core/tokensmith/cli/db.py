@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-from collections.abc import Callable
 
 from tokensmith.cli.base import Parser
 from tokensmith.config.settings import load_config
@@ -20,13 +19,9 @@ from tokensmith.storage import describe_store
 
 __all__ = ["add_commands"]
 
-Command = Callable[[argparse.Namespace], int]
 
-
-def add_commands(
-    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
-) -> dict[tuple[str, str], Command]:
-    """Add ``db`` and its actions to *commands*; return their implementations."""
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add ``db`` and its actions to *commands*, each with its handler."""
     db = commands.add_parser(
         "db",
         help="create, migrate and inspect the store's schema",
@@ -34,7 +29,7 @@ def add_commands(
     )
     actions = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=Parser)
     actions.required = True
-    actions.add_parser(
+    migrate = actions.add_parser(
         "migrate",
         parents=[common],
         help="create or upgrade the schema",
@@ -49,7 +44,8 @@ def add_commands(
         description="Show which store is configured, its schema version and this release's.",
     )
     status.add_argument("--json", action="store_true", help="print JSON")
-    return {("db", "migrate"): cmd_migrate, ("db", "status"): cmd_status}
+    migrate.set_defaults(handler=cmd_migrate)
+    status.set_defaults(handler=cmd_status)
 
 
 def _versions(args: argparse.Namespace) -> tuple[str, int, int]:

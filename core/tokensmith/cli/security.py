@@ -27,9 +27,7 @@ __all__ = ["add_commands"]
 Command = Callable[[argparse.Namespace], int]
 
 
-def add_commands(
-    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
-) -> dict[tuple[str, str], Command]:
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``keystore`` and ``truststore`` to *commands*; return their implementations."""
     keystore = commands.add_parser(
         "keystore",
@@ -46,7 +44,7 @@ def add_commands(
         " localhost and 127.0.0.1 where server.xml's <Keystore> points (PEM"
         ' files, or a PKCS#12 file for type="PKCS12"; encrypted with its'
         " password= if set), unless it exists.",
-    )
+    ).set_defaults(handler=cmd_keystore_init)
     export = ks_actions.add_parser(
         "export",
         parents=[common],
@@ -55,6 +53,7 @@ def add_commands(
         " from PEM or PKCS#12 keystores, for clients to trust"
         " (keytool -export).",
     )
+    export.set_defaults(handler=cmd_keystore_export)
     export.add_argument("--out", type=Path, required=True, metavar="FILE")
 
     truststore = commands.add_parser(
@@ -76,6 +75,7 @@ def add_commands(
         " certificate (basicConstraints cA, keyUsage keyCertSign) unless"
         " --allow-non-ca is given.",
     )
+    imp.set_defaults(handler=cmd_truststore_import)
     imp.add_argument(
         "--alias",
         required=True,
@@ -96,6 +96,7 @@ def add_commands(
         help="list trusted certificates",
         description="List the trust anchors: alias, SHA-256 fingerprint, expiry and subject.",
     )
+    listing.set_defaults(handler=cmd_truststore_list)
     listing.add_argument("--json", action="store_true", help="print JSON")
     remove = ts_actions.add_parser(
         "remove",
@@ -103,14 +104,8 @@ def add_commands(
         help="stop trusting a certificate",
         description="Remove the trust anchor ALIAS.",
     )
+    remove.set_defaults(handler=cmd_truststore_remove)
     remove.add_argument("alias", help="the alias it was imported under")
-    return {
-        ("keystore", "init"): cmd_keystore_init,
-        ("keystore", "export"): cmd_keystore_export,
-        ("truststore", "import"): cmd_truststore_import,
-        ("truststore", "list"): cmd_truststore_list,
-        ("truststore", "remove"): cmd_truststore_remove,
-    }
 
 
 def _fingerprint(cert: x509.Certificate) -> str:

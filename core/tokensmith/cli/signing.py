@@ -20,9 +20,7 @@ __all__ = ["add_commands"]
 Command = Callable[[argparse.Namespace], int]
 
 
-def add_commands(
-    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
-) -> dict[tuple[str, str], Command]:
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``signing`` and its actions to *commands*; return their implementations."""
     signing = commands.add_parser(
         "signing",
@@ -37,6 +35,7 @@ def add_commands(
         help="list the keys, newest first",
         description="List the signing keys; the first one signs.",
     )
+    listing.set_defaults(handler=cmd_list)
     listing.add_argument("--json", action="store_true", help="print the JWK Set")
     rotate = actions.add_parser(
         "rotate",
@@ -45,6 +44,7 @@ def add_commands(
         description="Make a new key that signs from now on; the old keys"
         " stay published so their tokens verify until they expire.",
     )
+    rotate.set_defaults(handler=cmd_rotate)
     rotate.add_argument(
         "--algorithm",
         choices=ALGORITHMS,
@@ -58,12 +58,8 @@ def add_commands(
         description="Remove a previous key. Tokens it signed stop"
         " verifying: wait one access-token lifetime after a rotation.",
     )
+    retire.set_defaults(handler=cmd_retire)
     retire.add_argument("kid")
-    return {
-        ("signing", "list"): cmd_list,
-        ("signing", "rotate"): cmd_rotate,
-        ("signing", "retire"): cmd_retire,
-    }
 
 
 def _keys(args: argparse.Namespace) -> SigningKeys:

@@ -360,18 +360,18 @@ class _Supervisor:
                 process.kill()
             process.join()
             os.close(receiver)
-        for process in self.processes:
-            if process is not None and process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            if process is None:
+        for worker in self.processes:
+            if worker is not None and worker.is_alive() and worker.pid is not None:
+                os.kill(worker.pid, signal.SIGTERM)
+        for worker in self.processes:
+            if worker is None:
                 continue
-            process.join(timeout=15)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        for receiver in self.starting.values():
-            receiver.close()
+            worker.join(timeout=15)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+        for pipe in self.starting.values():
+            pipe.close()
         for sockets in self.sockets:
             for sock in sockets:
                 sock.close()

@@ -25,9 +25,7 @@ Command = Callable[[argparse.Namespace], int]
 SHORT_PASSWORD = 8
 
 
-def add_commands(
-    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
-) -> dict[tuple[str, str], Command]:
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``user`` and its actions to *commands*; return their implementations."""
     user = commands.add_parser(
         "user", help="manage users of the password grant", description="Add, list and remove resource owners."
@@ -42,6 +40,7 @@ def add_commands(
         " or read from the first line of standard input with"
         " --password-stdin.",
     )
+    add.set_defaults(handler=cmd_add)
     add.add_argument("username")
     add.add_argument(
         "--password-stdin",
@@ -51,6 +50,7 @@ def add_commands(
     listing = actions.add_parser(
         "list", parents=[common], help="list users", description="List users and their failed-login state."
     )
+    listing.set_defaults(handler=cmd_list)
     listing.add_argument("--json", action="store_true", help="print JSON")
     remove = actions.add_parser(
         "remove",
@@ -60,6 +60,7 @@ def add_commands(
         " issued for them (RFC 9700 §4.14.2); a user added later"
         " under the same name gets none of them.",
     )
+    remove.set_defaults(handler=cmd_remove)
     remove.add_argument("username")
     revoke = actions.add_parser(
         "revoke",
@@ -69,6 +70,7 @@ def add_commands(
         " for a user, and their grants, without removing the user"
         " (for example after a password change).",
     )
+    revoke.set_defaults(handler=cmd_revoke)
     revoke.add_argument("username")
     unlock = actions.add_parser(
         "unlock",
@@ -77,14 +79,8 @@ def add_commands(
         description="Forget a user's failed password attempts and"
         " end their lockouts, from every source address.",
     )
+    unlock.set_defaults(handler=cmd_unlock)
     unlock.add_argument("username")
-    return {
-        ("user", "add"): cmd_add,
-        ("user", "list"): cmd_list,
-        ("user", "remove"): cmd_remove,
-        ("user", "revoke"): cmd_revoke,
-        ("user", "unlock"): cmd_unlock,
-    }
 
 
 def _read_password(from_stdin: bool) -> str:

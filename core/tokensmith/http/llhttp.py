@@ -25,7 +25,7 @@ each with its reason. It keeps what the token endpoint needs of a server:
 - deadlines, each the connector's ``connectionTimeout`` (Tomcat's keepAliveTimeout defaults
   to it too): for a request's head from its first byte (slowloris), for the next request on
   an idle connection, and for every write that waits for a client that does not read; the app
-  enforces the body deadline (``asgi.TIMEOUT_KEY``).
+  enforces the body deadline (``scope.TIMEOUT_KEY``).
 
 Every scope carries the ASGI TLS extension of its connection, as server.py's adapter does
 for Hypercorn.
@@ -47,7 +47,8 @@ from urllib.parse import unquote
 
 import httptools
 
-from tokensmith.app.fastlane import TIMEOUT_KEY
+from tokensmith.errors import RequestRefused
+from tokensmith.scope import TIMEOUT_KEY
 
 __all__ = ["Http1Connection", "no_delay", "valid_host", "MAX_HEAD_BYTES", "MAX_HEADERS"]
 
@@ -76,14 +77,6 @@ def valid_host(value: bytes) -> bool:
 _STATUS_LINES = {int(s): f"HTTP/1.1 {int(s)} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
-
-
-class _Refusal(Exception):
-    """The request cannot be parsed or is over a limit: answer *status* and close."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
 
 
 _now_date: list[Any] = [0, b""]
@@ -350,7 +343,7 @@ class Http1Connection(asyncio.Protocol):
                     # unfinished header field is; h11 bounds them as it bounds a head.
                     self.tail_bytes += len(piece)
                     if self.tail_bytes > MAX_HEAD_BYTES + _SLICE:
-                        raise _Refusal(431, "the chunk lines or trailer fields are too large")
+                        raise RequestRefused(431, "the chunk lines or trailer fields are too large")
                 if self.in_head and not self.began:
                     # httptools holds an unfinished header field until its end arrives, which
                     # the callbacks' count cannot see: count the bytes of an unfinished head,
@@ -358,19 +351,19 @@ class Http1Connection(asyncio.Protocol):
                     # counted what it held of the head, up to a slice's worth of slack).
                     self.raw_head_bytes += len(piece)
                     if self.raw_head_bytes > MAX_HEAD_BYTES:
-                        raise _Refusal(431, "the request header fields are too large")
-        except _Refusal as refusal:
+                        raise RequestRefused(431, "the request header fields are too large")
+        except RequestRefused as refusal:
             self._refuse(refusal)
         except httptools.HttpParserUpgrade:
-            self._refuse(_Refusal(400, "protocol upgrades are not supported"))
+            self._refuse(RequestRefused(400, "protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
             cause = exc.__context__
-            if not isinstance(cause, _Refusal):
+            if not isinstance(cause, RequestRefused):
                 version = "HTTP version" in str(exc)  # h11 answers an unknown version 505 too
                 cause = (
-                    _Refusal(505, "unsupported HTTP version")
+                    RequestRefused(505, "unsupported HTTP version")
                     if version
-                    else _Refusal(400, "malformed HTTP request")
+                    else RequestRefused(400, "malformed HTTP request")
                 )
             self._refuse(cause)
 
@@ -430,52 +423,52 @@ class Http1Connection(asyncio.Protocol):
             # allows it, and none that we read does; the app never sees them, as with h11.
             self.tail_bytes += len(name) + len(value) + 4
             if self.tail_bytes > MAX_HEAD_BYTES:
-                raise _Refusal(431, "the trailer fields are too large")
+                raise RequestRefused(431, "the trailer fields are too large")
             return
         self.headers.append((name.lower(), value))
         self._count(len(name) + len(value) + 4)
         if len(self.headers) > MAX_HEADERS:
-            raise _Refusal(431, "too many request header fields")
+            raise RequestRefused(431, "too many request header fields")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self.parser
         if parser.should_upgrade():
-            raise _Refusal(400, "protocol upgrades are not supported")
+            raise RequestRefused(400, "protocol upgrades are not supported")
         try:
             url = httptools.parse_url(self.url)
         except httptools.HttpParserInvalidURLError:
-            raise _Refusal(400, "malformed request target") from None
+            raise RequestRefused(400, "malformed request target") from None
         raw_path = url.path or b"/"
         method = parser.get_method().decode("ascii")
         version = parser.get_http_version()
         if version not in ("1.0", "1.1"):
             # HTTP/0.9's bare request line is malformed to h11; another version in an
             # HTTP/1.x request line is one this lane does not speak (RFC 9110 §15.6.6).
-            raise _Refusal(400 if version == "0.9" else 505, "unsupported HTTP version")
+            raise RequestRefused(400 if version == "0.9" else 505, "unsupported HTTP version")
         headers = self.headers
         if url.fragment is not None:
-            raise _Refusal(400, "a request target has no fragment")  # RFC 9112 §3.2
+            raise RequestRefused(400, "a request target has no fragment")  # RFC 9112 §3.2
         hosts = 0
         expect = False
         for name, value in headers:
             if name == b"host":
                 hosts += 1
                 if not valid_host(value):
-                    raise _Refusal(400, "the Host field is not a host")
+                    raise RequestRefused(400, "the Host field is not a host")
             elif name == b"upgrade":
                 # No upgrade is served, and Hypercorn's lane refuses any too (see
                 # hypercorn_protocols): RFC 9110 §7.8 lets a server refuse one.
-                raise _Refusal(400, "protocol upgrades are not supported")
+                raise RequestRefused(400, "protocol upgrades are not supported")
             elif name == b"expect":
                 expect = value.lower() == b"100-continue" and version == "1.1"
             elif name == b"transfer-encoding":
                 if value.strip().lower() != b"chunked":
                     # RFC 9112 §6.1: a coding the server does not understand is 501, as h11 does.
-                    raise _Refusal(501, "unsupported transfer coding")
+                    raise RequestRefused(501, "unsupported transfer coding")
                 self.tail, self.tail_bytes = True, 0  # the first chunk-size line comes next
         if hosts > 1 or (hosts == 0 and version == "1.1"):
-            raise _Refusal(400, "a request needs exactly one Host field")  # RFC 9112 §3.2
+            raise RequestRefused(400, "a request needs exactly one Host field")  # RFC 9112 §3.2
         scope = {
             "type": "http",
             "asgi": _ASGI,
@@ -592,7 +585,7 @@ class Http1Connection(asyncio.Protocol):
     def _count(self, size: int) -> None:
         self.head_bytes += size
         if self.head_bytes > MAX_HEAD_BYTES:
-            raise _Refusal(431, "the request header fields are too large")
+            raise RequestRefused(431, "the request header fields are too large")
 
     def _arm(self) -> None:
         # One timer per connection, moved by setting the deadline: the hot path only
@@ -615,7 +608,7 @@ class Http1Connection(asyncio.Protocol):
         self.closing = True
         self.transport.abort()
 
-    def _refuse(self, refusal: _Refusal) -> None:
+    def _refuse(self, refusal: RequestRefused) -> None:
         self.closing = True
         self._pause()
         self.backlog = b""

@@ -52,7 +52,7 @@ class H11Protocol(_HypercornH11):
 
 class H2Protocol(_HypercornH2):
     async def _handle_events(self, events: list[h2.events.Event]) -> None:
-        kept = []
+        kept: list[h2.events.Event] = []
         opened = set()  # streams whose request is in this batch, before its DATA
         for event in events:
             if isinstance(event, h2.events.RequestReceived):

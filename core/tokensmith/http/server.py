@@ -40,13 +40,13 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
-from tokensmith.app.fastlane import DER_KEY, TIMEOUT_KEY
 from tokensmith.config.settings import Config, Connector
 from tokensmith.config.xml import ConfigError
 from tokensmith.http.llhttp import MAX_HEAD_BYTES, MAX_HEADERS, Http1Connection, no_delay, valid_host
 from tokensmith.http.protocols import install as install_hypercorn_protocols
 from tokensmith.http.tls import server_context
 from tokensmith.http.tls_accept import peer_certificate_chain
+from tokensmith.scope import BOUND_URLS, DER_KEY, TIMEOUT_KEY
 
 __all__ = ["serve", "bind", "urls", "no_delay", "tls_extension"]
 
@@ -146,6 +146,11 @@ class _Connection:
         if self.sending and now - next(iter(self.sending.values())) > self.timeout:
             return True
         return self.active == 0 and now - self.last > self.timeout
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 #: Requests one connection may have in the app at once (HTTP/1.1 has one at most).
@@ -366,7 +371,7 @@ async def serve(
                         reload()
                     finally:
                         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                            loop.call_soon_threadsafe(_resolve, done)
 
                 threading.Thread(target=work, name="tokensmith-reload", daemon=True).start()
                 await done
@@ -407,7 +412,13 @@ async def serve(
         hypercorn.add(entry := (connection, writer))
         try:
             await TCPServer(
-                ASGIWrapper(connection), loop, connector_hc, context, lifespan_state, reader, writer
+                ASGIWrapper(connection),  # type: ignore[arg-type]  # Hypercorn types its scopes as TypedDicts
+                loop,
+                connector_hc,
+                context,
+                lifespan_state,
+                reader,
+                writer,
             )
         except* OSError:
             # The client went away, or closed TLS while data was in flight (Hypercorn's close
@@ -473,7 +484,7 @@ async def serve(
             )
         extensions = getattr(app, "extensions", None)
         if isinstance(extensions, dict):
-            extensions["tokensmith.urls"] = urls(sockets)  # for the metadata's issuer
+            extensions[BOUND_URLS] = urls(sockets)  # for the metadata's issuer
         if ready is not None:
             ready(urls(sockets))
         await (shutdown_trigger() if shutdown_trigger is not None else stop.wait())

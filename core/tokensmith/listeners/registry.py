@@ -52,7 +52,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     ),
 }
 INTERCEPTOR = "OAuthEventInterceptor"
-_COMMON_HOOKS = ("listener_default_order", "listener_configure")
+_COMMON_HOOKS = ("listener_default_order", "listener_configure", "register_routes")
 #: An RFC 7591 token_endpoint_auth_method name, as a client registers it: a registered
 #: name or an absolute URI (§2), so printable ASCII without spaces, quotes or backslashes.
 _METHOD_NAME = re.compile(r"[!#-\[\]-~]{1,256}")
@@ -232,6 +232,10 @@ class ListenerSet:
 
     def _args(self, impl: Any, kwargs: dict[str, Any]) -> list[Any]:
         return [kwargs[name] for name in impl.argnames]
+
+    def call_sync(self, listener: Listener, hook_name: str, /, **kwargs: Any) -> Any:
+        """Call a hook that must answer at once (configuration hooks, never per request)."""
+        return self._call_sync(listener, hook_name, **kwargs)
 
     def _call_sync(self, listener: Listener, hook_name: str, /, **kwargs: Any) -> Any:
         impl = self._impls.get((listener.source.name, hook_name))

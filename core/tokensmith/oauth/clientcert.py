@@ -19,9 +19,9 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
-from tokensmith.app.fastlane import DER_KEY
 from tokensmith.config.settings import ForwardedCertificates
 from tokensmith.errors import InvalidClientError, InvalidRequestError
+from tokensmith.scope import DER_KEY
 from tokensmith.security.x509 import CertificateError, parse_forwarded_certificate, parse_forwarded_chain
 
 __all__ = ["handshake_chain", "client_certificates"]

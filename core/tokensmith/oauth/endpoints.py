@@ -1,4 +1,10 @@
-"""The OAuth endpoints: token (RFC 6749 §3.2), introspection (RFC 7662), revocation (RFC 7009)."""
+"""The OAuth endpoints: token (RFC 6749 §3.2), introspection (RFC 7662), revocation (RFC 7009),
+authorization server metadata (RFC 8414) and the signing keys (RFC 7517).
+
+Each is a coroutine from a ``Runtime`` and an ``HttpRequest`` to an ``Answer``, with no web
+framework in sight: ``app/routes.py`` puts them on the Quart app's URL map, and
+``app/fastlane.py`` calls the same functions for the three POST endpoints on the hot path.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
-from quart import Blueprint, Response, current_app
-
-from tokensmith.app.factory import Runtime, public_urls_of, runtime
-from tokensmith.app.fastlane import Answer, HttpRequest
+from tokensmith.config.settings import PublicUrls
 from tokensmith.errors import (
     InvalidClientError,
     InvalidRequestError,
@@ -27,18 +30,28 @@ from tokensmith.oauth.clientauth import (
     claimed_client_id,
 )
 from tokensmith.oauth.clientcert import client_certificates
-from tokensmith.oauth.clientcert import handshake_chain as client_cert_chain
 from tokensmith.oauth.events import ClientAuthEvent, TokenRevokeEvent
 from tokensmith.oauth.forms import check_content_type, parse_form
 from tokensmith.oauth.grants import GRANT_TYPES, PUBLIC, Grant, binding, check_grant_type, grant, login_source
+from tokensmith.oauth.messages import Answer, HttpRequest
+from tokensmith.oauth.runtime import Runtime
 from tokensmith.oauth.tokens import token_claims
 from tokensmith.security.hashing import token_hash
 from tokensmith.security.signing import SigningKeys, b64url_decode
 from tokensmith.security.x509 import x5t_s256
 
-__all__ = ["oauth", "client_cert_chain", "POST_ENDPOINTS", "PUBLIC_CLIENTS_ALLOWED", "ENDPOINT_PATHS"]
-
-oauth = Blueprint("oauth", __name__)
+__all__ = [
+    "token",
+    "introspect",
+    "revoke",
+    "metadata",
+    "jwks",
+    "POST_ENDPOINTS",
+    "PUBLIC_CLIENTS_ALLOWED",
+    "ENDPOINT_PATHS",
+    "METADATA_PATH",
+    "JWKS_PATH",
+]
 
 #: Whether each endpoint serves a public client (RFC 6749 §2.1: token_endpoint_auth_method
 #: "none", no credentials). The token endpoint does, for the grants that allow it
@@ -231,14 +244,18 @@ async def revoke(rt: Runtime, request: HttpRequest) -> Answer:
     return Answer(200, None)
 
 
-#: The endpoints served by ``asgi.OAuthEndpoints`` rather than by Quart: they are the hot
-#: path, and a form-in, JSON-out exchange needs none of a framework's request machinery.
+#: The POST endpoints by path: ``app/fastlane.py`` serves them ahead of Quart, since they are
+#: the hot path and a form-in, JSON-out exchange needs none of a framework's request machinery.
 POST_ENDPOINTS = {
     "/oauth2/token": token,
     "/oauth2/introspect": introspect,
     "/oauth2/revoke": revoke,
 }
 
+
+#: Where the metadata (RFC 8414 §3) and the signing keys are served.
+METADATA_PATH = "/.well-known/oauth-authorization-server"
+JWKS_PATH = "/oauth2/jwks"
 
 #: The metadata names of the endpoints (RFC 8414 §2) and their paths under the issuer.
 ENDPOINT_PATHS = {
@@ -256,21 +273,18 @@ def auth_methods_supported(rt: Runtime, endpoint: str) -> list[str]:
     return [*methods, PUBLIC] if PUBLIC_CLIENTS_ALLOWED[endpoint] else methods
 
 
-@oauth.get("/.well-known/oauth-authorization-server")
-async def metadata() -> Response:
+async def metadata(rt: Runtime, urls: PublicUrls) -> Answer:
     """Authorization server metadata (RFC 8414 §2, RFC 8705 §3.3 and §5).
 
     The issuer is the public base URL and every endpoint URL is under it (``config.public_urls``
     says how it is chosen). ``mtls_endpoint_aliases`` names the same endpoints under the mTLS
     base URL, when there is one.
     """
-    rt = runtime(current_app)
-    urls = public_urls_of(current_app)
     body: dict[str, object] = {"issuer": urls.issuer}
     body.update({name: f"{urls.issuer}{path}" for name, path in ENDPOINT_PATHS.items()})
     body.update(
         {
-            "jwks_uri": f"{urls.issuer}/oauth2/jwks",
+            "jwks_uri": f"{urls.issuer}{JWKS_PATH}",
             "grant_types_supported": list(GRANT_TYPES),
             "response_types_supported": [],
             "scopes_supported": rt.storage.scopes_in_use(),
@@ -282,11 +296,9 @@ async def metadata() -> Response:
     )
     if urls.mtls is not None:
         body["mtls_endpoint_aliases"] = {name: f"{urls.mtls}{path}" for name, path in ENDPOINT_PATHS.items()}
-    return Response(json.dumps(body, separators=(",", ":")), content_type="application/json")
+    return Answer(200, body, no_store=False)
 
 
-@oauth.get("/oauth2/jwks")
-async def jwks() -> Response:
+async def jwks(rt: Runtime) -> Answer:
     """The public keys that sign JWT access tokens (RFC 7517 §5), active and previous."""
-    keys = runtime(current_app).signing.jwks()
-    return Response(json.dumps(keys, separators=(",", ":")), content_type="application/jwk-set+json")
+    return Answer(200, rt.signing.jwks(), content_type="application/jwk-set+json", no_store=False)

@@ -55,6 +55,19 @@ def listener_configure(listener: Listener) -> None:
     """
 
 
+@hookspec
+def register_routes(listener: Listener) -> list[tuple[Any, ...]] | None:
+    """Return the HTTP routes this plugin adds to the application, or None.
+
+    Each route is ``(rule, view)`` or ``(rule, view, methods)``: a Werkzeug URL rule such as
+    ``"/audit/<client_id>"``, an ``async def`` Quart view, and the methods (GET by default).
+    Called once, when the server starts; the routes stay on the app's URL map from then on.
+    A route whose listener a reload disables answers 404 until it is enabled again; a
+    reload cannot add routes (the server logs that a restart is needed). A rule that an
+    existing route already has is refused when the plugin loads.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # ClientAuthenticator: authenticates the client at the token endpoint (RFC 6749 §2.3)
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""The routes of the Quart app: the OAuth endpoints, and the routes plugins add.
+
+Every endpoint is on the app's URL map, so ``app.url_map`` lists what the server answers.
+The three POST endpoints are also served ahead of Quart by ``fastlane.py``, which calls the
+same functions; these routes answer them when the app runs without it (a test client).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from quart import Blueprint, Quart, Response, abort, current_app, request
+
+from tokensmith.app.responses import to_response
+from tokensmith.app.state import public_urls_of, runtime
+from tokensmith.config.xml import ConfigError
+from tokensmith.listeners.registry import Listener, ListenerSet
+from tokensmith.oauth import endpoints
+from tokensmith.oauth.messages import Headers, HttpRequest
+
+__all__ = ["oauth", "add_plugin_routes", "check_plugin_routes"]
+
+log = logging.getLogger("tokensmith")
+
+oauth = Blueprint("oauth", __name__)
+
+
+def _post(endpoint: Callable[..., Awaitable[Any]]) -> Callable[[], Awaitable[Response]]:
+    async def view() -> Response:
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        scope = request.scope
+        headers = Headers(list(scope["headers"]))
+        answer = await endpoint(runtime(current_app), HttpRequest(scope, headers, bytes(body)))
+        return to_response(answer)
+
+    view.__name__ = endpoint.__name__
+    view.__doc__ = endpoint.__doc__
+    return view
+
+
+for _path, _endpoint in endpoints.POST_ENDPOINTS.items():
+    oauth.add_url_rule(_path, view_func=_post(_endpoint), methods=["POST"])
+
+
+@oauth.get(endpoints.METADATA_PATH)
+async def metadata() -> Response:
+    return to_response(await endpoints.metadata(runtime(current_app), public_urls_of(current_app)))
+
+
+@oauth.get(endpoints.JWKS_PATH)
+async def jwks() -> Response:
+    return to_response(await endpoints.jwks(runtime(current_app)))
+
+
+def _routes_of(listeners: ListenerSet, listener: Listener) -> list[tuple[str, Any, list[str]]]:
+    """The routes *listener*'s plugin asks for, checked; a ConfigError naming it otherwise."""
+    value = listeners.call_sync(listener, "register_routes", listener=listener)
+    where = f"plugin {listener.name!r} ({listener.source.wheel.name}): register_routes"
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where} must return a list of (rule, view[, methods]) tuples")
+    routes = []
+    for route in value:
+        if not isinstance(route, tuple) or len(route) not in (2, 3):
+            raise ConfigError(f"{where} must return a list of (rule, view[, methods]) tuples")
+        rule, view = route[0], route[1]
+        methods = list(route[2]) if len(route) == 3 else ["GET"]
+        if not isinstance(rule, str) or not rule.startswith("/"):
+            raise ConfigError(f"{where}: a rule must be a path starting with '/', not {rule!r}")
+        if not callable(view):
+            raise ConfigError(f"{where}: the view for {rule} is not callable")
+        routes.append((rule, view, methods))
+    return routes
+
+
+def check_plugin_routes(listeners: ListenerSet, taken: set[str]) -> None:
+    """Refuse, with a ConfigError naming the plugin, routes that clash with *taken* rules or
+    with each other."""
+    seen = set(taken)
+    for listener in listeners:
+        if not listener.enabled or not listeners.implements(listener, "register_routes"):
+            continue
+        for rule, _, _ in _routes_of(listeners, listener):
+            if rule in seen:
+                raise ConfigError(
+                    f"plugin {listener.name!r} ({listener.source.wheel.name}): register_routes: the"
+                    f" rule {rule} is already served"
+                )
+            seen.add(rule)
+
+
+def add_plugin_routes(app: Quart, listeners: ListenerSet) -> None:
+    """Put the routes of the enabled listeners' plugins on *app*'s URL map.
+
+    Each view answers only while its listener is enabled in the app's current Runtime, so a
+    reload that disables the listener takes its routes away (404) without touching the map.
+    """
+    check_plugin_routes(listeners, {rule.rule for rule in app.url_map.iter_rules()})
+    for listener in listeners:
+        if not listener.enabled or not listeners.implements(listener, "register_routes"):
+            continue
+        for index, (rule, view, methods) in enumerate(_routes_of(listeners, listener)):
+            app.add_url_rule(
+                rule,
+                endpoint=f"plugin.{listener.type}.{listener.name}.{index}",
+                view_func=_while_enabled(listener.type, listener.name, view),
+                methods=methods,
+            )
+
+
+def _while_enabled(family: str, name: str, view: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(view)
+    async def guarded(**kwargs: Any) -> Any:
+        if not any(item.name == name for item in runtime(current_app).listeners.enabled(family)):
+            abort(404)
+        return await current_app.ensure_async(view)(**kwargs)
+
+    return guarded

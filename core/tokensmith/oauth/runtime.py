@@ -1,0 +1,35 @@
+"""``Runtime``: everything one generation of the configuration serves with.
+
+The application builds one from server.xml, identity.xml and dropins/, and a reload builds
+the next and swaps it in; an endpoint takes the current one once, at its start, and keeps it
+for the whole request, so that a request never sees half of two configurations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokensmith.config.settings import Config, IdentitySettings
+from tokensmith.listeners.registry import ListenerSet
+from tokensmith.models import Storage
+from tokensmith.oauth.tokens import TokenIssuer
+from tokensmith.security.hashing import VerifiedSecrets
+from tokensmith.security.signing import SigningKeys
+from tokensmith.security.truststore import Truststore
+
+__all__ = ["Runtime"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything one generation of the configuration serves with."""
+
+    config: Config
+    identity: IdentitySettings
+    storage: Storage
+    listeners: ListenerSet
+    issuer: TokenIssuer
+    truststore: Truststore
+    signing: SigningKeys
+    verified_secrets: VerifiedSecrets
+    generation: int
