@@ -282,3 +282,57 @@ def test_postgres_unreachable_is_503_and_recovers_without_restart(
                 time.sleep(0.2)
         finally:
             server.stop()
+
+
+def test_plugin_state_is_shared_a_jti_used_at_one_instance_is_a_replay_at_the_other(
+    tmp_path, keystore, wheel_cache, postgres_url
+) -> None:  # noqa: ANN001
+    """The bundled private_key_jwt plugin remembers each assertion's jti in the plugin state
+    store (RFC 7523 §3 item 7): on PostgreSQL that is one store for every instance, so an
+    assertion accepted by A is a replay at B, and of one assertion sent to both at once
+    exactly one request gets a token."""
+    from conftest import DEFAULT_LISTENERS, ROOT
+    from test_private_key_jwt import JWT_BEARER, LISTENER, Key, assertion, register
+    from tokensmith.listeners.wheelbuild import build_plugin
+
+    wheel, _ = build_plugin(ROOT / "plugins" / "private_key_jwt", tmp_path / "wheel")
+    issuer = "https://auth.example"  # one issuer for both instances, as behind a balancer
+    dep = new_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        oauth=f"<Issuer>{issuer}</Issuer>",
+        listeners=DEFAULT_LISTENERS + "\n" + LISTENER.format(""),
+        database_xml=f"<Database url={quoteattr(postgres_url)}/>",
+    )
+    (dep.dropins / wheel.name).write_bytes(wheel.read_bytes())
+    key = Key("ES256")
+    client_id = register(dep, tmp_path, key)
+    a = start_server(dep)
+    try:
+        b = start_server(dep)
+        try:
+
+            def send(server: Server, value: str) -> int:
+                data = {"grant_type": "client_credentials", "client_assertion_type": JWT_BEARER}
+                return post(server, "/oauth2/token", {**data, "client_assertion": value}).status_code
+
+            once = assertion(key, client_id, issuer)
+            assert send(a, once) == 200
+            assert send(b, once) == 401
+            b.wait_for_log("was used before")
+
+            both = assertion(key, client_id, issuer)
+            start = threading.Barrier(12)
+
+            def race(index: int) -> int:
+                start.wait()
+                return send((a, b)[index % 2], both)
+
+            with ThreadPoolExecutor(12) as pool:
+                statuses = list(pool.map(race, range(12)))
+            assert statuses.count(200) == 1 and statuses.count(401) == 11, statuses
+        finally:
+            b.stop()
+    finally:
+        a.stop()

@@ -254,3 +254,26 @@ def test_serve_with_an_unreachable_database_fails_in_one_line(deployment, monkey
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert f"postgresql://ts:***@127.0.0.1:{port}/tokensmith" in lines[0] and "hunter2" not in result.stderr
+
+
+def test_a_version_1_schema_gains_client_metadata_and_plugin_state(postgres_url) -> None:  # noqa: ANN001
+    """Migration 2 on a database an earlier release made: clients keep their rows and gain
+    metadata; plugin_state appears; the version table records both migrations."""
+    from dataclasses import replace
+
+    import psycopg
+
+    with PostgresStorage(postgres_url) as store:
+        store.add_client(Client("c1", "one", "client_secret_basic", ("client_credentials",)))
+    with psycopg.connect(postgres_url, autocommit=True) as db:  # back to schema 1
+        db.execute("DROP TABLE plugin_state")
+        db.execute("ALTER TABLE clients DROP COLUMN metadata")
+        db.execute("DELETE FROM tokensmith_schema WHERE version > 1")
+    with PostgresStorage(postgres_url, migrate=False, check=False) as store:
+        assert store.schema_version() == 1 and store.migrate() == list(range(2, SCHEMA_VERSION + 1))
+    with PostgresStorage(postgres_url, migrate=False) as store:
+        client = store.get_client("c1")
+        assert client is not None and dict(client.metadata) == {}
+        store.update_client(replace(client, metadata={"jwks_uri": "https://c.example/jwks"}))
+        assert store.get_client("c1").metadata == {"jwks_uri": "https://c.example/jwks"}
+        assert store.put_if_absent("p", "k", int(time.time()) + 60)

@@ -128,6 +128,20 @@ END $$;
 CREATE TRIGGER clients_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON clients
     FOR EACH STATEMENT EXECUTE FUNCTION tokensmith_clients_changed();
 """,
+    # What third-party authenticators need (as SQLite's schema 6): the client's RFC 7591
+    # metadata beyond the typed columns, one JSON object; plugins' shared state per
+    # namespace (the plugin's name), a row whose expires_at has passed being absent.
+    2: """
+ALTER TABLE clients ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE plugin_state (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT,
+    expires_at BIGINT,
+    PRIMARY KEY (namespace, key)
+);
+CREATE INDEX plugin_state_expiry ON plugin_state(expires_at) WHERE expires_at IS NOT NULL;
+""",
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 
@@ -155,7 +169,7 @@ _TOKEN_NAMES = [name.strip() for name in _TOKEN_COLUMNS.split(",")]
 _CLIENT_COLUMNS = (
     "client_id, name, token_endpoint_auth_method, grant_types, scopes, secret_hash, bind_tokens,"
     " created_at, certificates, tls_subject, access_token_lifetime, refresh_token_lifetime,"
-    " jwt_access_tokens, resource_server, refresh_token_max_lifetime"
+    " jwt_access_tokens, resource_server, refresh_token_max_lifetime, metadata"
 )
 _USER_COLUMNS = "username, password_hash, created_at, failed_attempts, locked_until, user_id, last_failure"
 
@@ -406,7 +420,7 @@ class PostgresStorage:
     def add_client(self, client: Client) -> None:
         with self._cursor() as cur:
             cur.execute(
-                f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES ({_placeholders(15)})",
+                f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES ({_placeholders(16)})",
                 _pg_client_row(client),
             )
 
@@ -417,8 +431,8 @@ class PostgresStorage:
                 "UPDATE clients SET name = %s, token_endpoint_auth_method = %s, grant_types = %s,"
                 " scopes = %s, secret_hash = %s, bind_tokens = %s, created_at = %s, certificates = %s,"
                 " tls_subject = %s, access_token_lifetime = %s, refresh_token_lifetime = %s,"
-                " jwt_access_tokens = %s, resource_server = %s, refresh_token_max_lifetime = %s"
-                " WHERE client_id = %s",
+                " jwt_access_tokens = %s, resource_server = %s, refresh_token_max_lifetime = %s,"
+                " metadata = %s WHERE client_id = %s",
                 (*row[1:], row[0]),
             )
             return cur.rowcount > 0
@@ -602,7 +616,52 @@ class PostgresStorage:
                 "DELETE FROM login_failures WHERE locked_until < %s AND last_failure < %s",
                 (before, before - _FAILURES_KEPT),
             )
+            cur.execute(
+                "DELETE FROM plugin_state WHERE ctid = ANY(ARRAY(SELECT ctid FROM plugin_state"
+                " WHERE expires_at < %s LIMIT %s))",
+                (before, limit),  # LIMIT NULL: no limit
+            )
         return removed
+
+    # -- plugin state: shared by every instance on the database ------------------------------
+
+    def put_if_absent(self, namespace: str, key: str, expires_at: int) -> bool:
+        # One statement: of concurrent callers on any instance, the first inserts and the
+        # others wait for its row lock, then find the row present (ON CONFLICT re-reads the
+        # committed row), so exactly one changes a row. An expired row is taken over.
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO plugin_state VALUES (%s, %s, NULL, %s) ON CONFLICT (namespace, key)"
+                " DO UPDATE SET value = NULL, expires_at = excluded.expires_at"
+                " WHERE plugin_state.expires_at IS NOT NULL AND plugin_state.expires_at <= %s",
+                (namespace, key, expires_at, int(time.time())),
+            )
+            return cur.rowcount == 1
+
+    def get_state(self, namespace: str, key: str) -> str | None:
+        row = self._read_one(
+            "SELECT value FROM plugin_state WHERE namespace = %s AND key = %s"
+            " AND (expires_at IS NULL OR expires_at > %s)",
+            (namespace, key, int(time.time())),
+        )
+        return None if row is None else row[0]
+
+    def set_state(self, namespace: str, key: str, value: str, expires_at: int | None = None) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO plugin_state VALUES (%s, %s, %s, %s) ON CONFLICT (namespace, key)"
+                " DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                (namespace, key, value, expires_at),
+            )
+
+    def delete_state(self, namespace: str, key: str) -> bool:
+        with self._cursor() as cur:
+            cur.execute(
+                "DELETE FROM plugin_state WHERE namespace = %s AND key = %s"
+                " AND (expires_at IS NULL OR expires_at > %s)",
+                (namespace, key, int(time.time())),
+            )
+            return cur.rowcount > 0
 
     # -- users -------------------------------------------------------------------------------
 
