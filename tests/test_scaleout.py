@@ -336,3 +336,17 @@ def test_plugin_state_is_shared_a_jti_used_at_one_instance_is_a_replay_at_the_ot
             b.stop()
     finally:
         a.stop()
+
+
+def test_workers_of_one_instance_share_the_database_too(pair) -> None:  # noqa: ANN001
+    """`serve --workers 2` on PostgreSQL: each worker has its own connections; a token from
+    either is active at instance A."""
+    a, _ = pair
+    c = start_server(a.deployment, "--workers", "2")
+    try:
+        client = secret_client(a, "client_credentials")
+        tokens = [client_credentials(c, client) for _ in range(6)]
+        assert [t.status_code for t in tokens] == [200] * 6
+        assert all(introspect(a, t.json()["access_token"])["active"] for t in tokens)
+    finally:
+        c.stop()
