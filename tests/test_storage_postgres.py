@@ -277,3 +277,20 @@ def test_a_version_1_schema_gains_client_metadata_and_plugin_state(postgres_url)
         store.update_client(replace(client, metadata={"jwks_uri": "https://c.example/jwks"}))
         assert store.get_client("c1").metadata == {"jwks_uri": "https://c.example/jwks"}
         assert store.put_if_absent("p", "k", int(time.time()) + 60)
+
+
+def test_db_status_and_migrate_on_sqlite(deployment) -> None:  # noqa: ANN001
+    """`db status` and `db migrate` work on the embedded store too. (Needs no PostgreSQL.)"""
+    import json
+
+    from tokensmith.storage.sqlite import _SCHEMA_VERSION
+
+    status = json.loads(deployment.cli("db", "status", "--json").stdout)
+    assert status["store"].startswith("SQLite ") and status["state"] == "needs migrate"
+    assert not deployment.database.exists()  # status only reads
+    assert f"schema version {_SCHEMA_VERSION}" in deployment.cli("db", "migrate").stdout
+    status = json.loads(deployment.cli("db", "status", "--json").stdout)
+    assert status["schema_version"] == status["release_schema_version"] == _SCHEMA_VERSION
+    assert status["state"] == "up to date"
+    wrong = deployment.cli("db", "nonsense", check=False)
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
