@@ -10,9 +10,12 @@ Skipped, saying how to run them, without TOKENSMITH_TEST_POSTGRES_URL (tests/pg.
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +27,16 @@ import pg
 import pki
 import pytest
 from conftest import Deployment, Server, new_deployment, start_server
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 PASSWORD = "correct horse battery staple"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def pg_deployment(root: Path, keystore: Path, wheel_cache: Path, url: str, oauth: str = "") -> Deployment:
@@ -107,7 +118,6 @@ def test_client_changes_through_one_instance_take_effect_on_the_other_at_once(pa
     client = secret_client(a, "client_credentials")
     assert client_credentials(b, client).status_code == 200  # B now has it cached
     reset = a.deployment.cli("sp", "reset-secret", client["client_id"]).stdout
-    import json
 
     renewed = {**client, "client_secret": json.loads(reset)["client_secret"]}
     assert client_credentials(b, client).status_code == 401
@@ -292,7 +302,6 @@ def test_plugin_state_is_shared_a_jti_used_at_one_instance_is_a_replay_at_the_ot
     assertion accepted by A is a replay at B, and of one assertion sent to both at once
     exactly one request gets a token."""
     from conftest import DEFAULT_LISTENERS, ROOT
-    from test_private_key_jwt import JWT_BEARER, LISTENER, Key, assertion, register
     from tokensmith.listeners.wheelbuild import build_plugin
 
     wheel, _ = build_plugin(ROOT / "plugins" / "private_key_jwt", tmp_path / "wheel")
@@ -302,12 +311,36 @@ def test_plugin_state_is_shared_a_jti_used_at_one_instance_is_a_replay_at_the_ot
         keystore,
         wheel_cache,
         oauth=f"<Issuer>{issuer}</Issuer>",
-        listeners=DEFAULT_LISTENERS + "\n" + LISTENER.format(""),
+        listeners=DEFAULT_LISTENERS
+        + '\n        <EventListener type="ClientAuthenticator" name="private_key_jwt" orderId="170" enable="true"/>',
         database_xml=f"<Database url={quoteattr(postgres_url)}/>",
     )
     (dep.dropins / wheel.name).write_bytes(wheel.read_bytes())
-    key = Key("ES256")
-    client_id = register(dep, tmp_path, key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    numbers = key.public_key().public_numbers()
+    jwk = {"kty": "EC", "crv": "P-256", "kid": "k1", "x": b64url(numbers.x.to_bytes(32, "big"))}
+    jwk["y"] = b64url(numbers.y.to_bytes(32, "big"))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    client_id = str(
+        dep.add_client(
+            "jwt",
+            "--grant-type=client_credentials",
+            "--auth-method=private_key_jwt",
+            "--jwks",
+            str(tmp_path / "jwks.json"),
+        )["client_id"]
+    )
+
+    def assertion() -> str:
+        """An RFC 7523 §3 client assertion for the issuer, with a jti of its own."""
+        now = int(time.time())
+        claims = {"iss": client_id, "sub": client_id, "aud": issuer, "iat": now, "exp": now + 60}
+        claims["jti"] = uuid.uuid4().hex
+        head = b64url(json.dumps({"alg": "ES256", "kid": "k1"}).encode())
+        signing_input = f"{head}.{b64url(json.dumps(claims).encode())}"
+        r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        return f"{signing_input}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
     a = start_server(dep)
     try:
         b = start_server(dep)
@@ -317,12 +350,12 @@ def test_plugin_state_is_shared_a_jti_used_at_one_instance_is_a_replay_at_the_ot
                 data = {"grant_type": "client_credentials", "client_assertion_type": JWT_BEARER}
                 return post(server, "/oauth2/token", {**data, "client_assertion": value}).status_code
 
-            once = assertion(key, client_id, issuer)
+            once = assertion()
             assert send(a, once) == 200
             assert send(b, once) == 401
             b.wait_for_log("was used before")
 
-            both = assertion(key, client_id, issuer)
+            both = assertion()
             start = threading.Barrier(12)
 
             def race(index: int) -> int:
