@@ -294,3 +294,18 @@ def test_db_status_and_migrate_on_sqlite(deployment) -> None:  # noqa: ANN001
     assert status["state"] == "up to date"
     wrong = deployment.cli("db", "nonsense", check=False)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
+
+
+def test_db_status_in_process_names_the_store_without_the_password(deployment, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """cmd_status reads only: for a PostgreSQL URL it shows the URL with the password
+    replaced, and an unreachable database is StorageError (one line from main)."""
+    import argparse
+
+    from tokensmith.cli.db import cmd_status
+
+    cmd_status(argparse.Namespace(conf=deployment.conf, json=False))
+    assert capsys.readouterr().out.startswith("store: SQLite ")
+    monkeypatch.setenv("TOKENSMITH_DATABASE_URL", "postgresql://ts:hunter2@127.0.0.1:1/x")
+    with pytest.raises(StorageError) as error:
+        cmd_status(argparse.Namespace(conf=deployment.conf, json=True))
+    assert "postgresql://ts:***@127.0.0.1:1/x" in str(error.value) and "hunter2" not in str(error.value)
