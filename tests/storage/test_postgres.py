@@ -1,7 +1,7 @@
 """What is PostgreSQL's own: selecting it in server.xml, the password kept out of sight,
 migrations under an advisory lock, deadlines and recovery when the database goes away.
 
-The storage contract both backends share is in test_storage.py (``open_store``).
+The storage contract both backends share is in test_sqlite.py (the tests taking ``open_store``).
 """
 
 from __future__ import annotations
