@@ -37,6 +37,7 @@ from typing import Any
 from tokensmith.config.settings import AccessLogSettings, Network
 from tokensmith.metrics import endpoint_label, metrics
 from tokensmith.requestlog import RECORD, forwarded_for, trusted_peer
+from tokensmith.scope import CLIENT_ADDRESS
 from tokensmith.scope import DER_KEY
 
 __all__ = ["AccessLog"]
@@ -172,10 +173,14 @@ def _clf_escape(text: str) -> str:
 class AccessLog:
     """ASGI middleware: request ids, the access log, and the request metrics."""
 
-    def __init__(self, app: Any, settings: AccessLogSettings, trusted: tuple[Network, ...]):
+    def __init__(
+        self, app: Any, settings: AccessLogSettings, trusted: tuple[Network, ...], mode: str = "x-forwarded"
+    ):
         self.app = app
         self.settings = settings
         self.trusted = trusted
+        #: The forwarded headers the trusted proxies are believed for.
+        self.mode = mode
         self.writer = _Writer(settings.file) if settings.enabled else None
         self.json = settings.format == "json"
         self.clock = _Clock(_iso if self.json else _clf_time)
@@ -195,11 +200,16 @@ class AccessLog:
             return
         start = time.perf_counter()
         request_id = forwarded = None
+        client = scope.get("client")
+        scope[CLIENT_ADDRESS] = client[0] if client else None
         if self.trusted and trusted_peer(scope, self.trusted):
             for name, value in scope["headers"]:
                 if name == b"x-request-id" and _REQUEST_ID.fullmatch(value.strip()):
                     request_id = value.strip().decode("ascii")
-            forwarded = forwarded_for(scope["headers"])[0]
+            forwarded = forwarded_for(scope["headers"], self.mode)[0]
+            if forwarded is not None:
+                # The client's own address, for the password lockout and /metrics' allow list.
+                scope[CLIENT_ADDRESS] = forwarded
         if request_id is None:
             request_id = f"{self.prefix}-{next(self.counter):x}"
         record: dict[str, Any] = {"request_id": request_id}
