@@ -37,8 +37,7 @@ from typing import Any
 from tokensmith.config.settings import AccessLogSettings, Network
 from tokensmith.metrics import endpoint_label, metrics
 from tokensmith.requestlog import RECORD, forwarded_for, trusted_peer
-from tokensmith.scope import CLIENT_ADDRESS
-from tokensmith.scope import DER_KEY
+from tokensmith.scope import CLIENT_ADDRESS, DER_KEY
 
 __all__ = ["AccessLog"]
 
