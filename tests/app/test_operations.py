@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import ssl
 import time
@@ -470,3 +471,35 @@ def test_log_file_moved_away_is_reopened(tmp_path: Path) -> None:
         "/before"
     ]
     assert [json.loads(line)["path"] for line in log.read_text().splitlines()] == ["/after"]
+
+
+def test_failed_reopen_keeps_no_closed_descriptor(tmp_path: Path) -> None:
+    """The log's directory moved away (so the reopen fails), a new file gets the descriptor
+    number the log had, the directory comes back: the new file receives no log line and
+    stays open, the log reopens on its own, and closing raises nothing."""
+    from tokensmith.app.accesslog import _Writer
+
+    logs = tmp_path / "logs"
+    writer = _Writer(logs / "access.log")
+    old_fd = writer.fd
+    writer.write("first")
+    writer.flush()
+    logs.rename(tmp_path / "logs.away")
+    writer.write("lost")
+    writer.flush()  # fails: warned, not raised
+    victim_path = tmp_path / "victim"
+    victim = os.open(victim_path, os.O_RDWR | os.O_CREAT)  # the lowest free number: the log's old one
+    try:
+        assert victim == old_fd
+        writer.write("still away")
+        writer.flush()
+        (tmp_path / "logs.away").rename(logs)
+        writer.write("second")
+        writer.flush()
+        os.fstat(victim)  # still open
+        assert victim_path.read_bytes() == b""
+    finally:
+        os.close(victim)
+    writer.close()
+    writer.close()
+    assert (logs / "access.log").read_text().splitlines() == ["first", "second"]

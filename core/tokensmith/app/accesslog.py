@@ -107,21 +107,33 @@ class _Writer:
             log.warning("access log: %s: %s", self.path or "stderr", exc.strerror or exc)
 
     def _reopen_if_moved(self) -> None:
+        """Open the file again when it was moved away, or when an earlier reopen failed.
+
+        The old descriptor is forgotten before it is closed: the kernel hands its number to
+        the next socket or file, and a descriptor kept after close would write the log into
+        a client's connection. While the file cannot be opened (its directory moved too),
+        ``fd`` stays -1 and each block tries again.
+        """
         assert self.path is not None
         try:
             status = os.stat(self.path)
-            moved = (status.st_dev, status.st_ino) != self.inode
-        except FileNotFoundError:
+            moved = self.fd < 0 or (status.st_dev, status.st_ino) != self.inode
+        except OSError:
             moved = True
         if moved:
-            os.close(self.fd)
+            fd, self.fd, self.inode = self.fd, -1, None
+            if fd >= 0:
+                os.close(fd)
             self._open()
 
     def close(self) -> None:
         self.flush()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError as exc:  # shutting down: say so, and let the rest shut down
+                log.warning("access log: %s: %s", self.path, exc.strerror or exc)
 
 
 #: Seconds a log line may wait to be written with others, and the bytes that are written at once.
