@@ -116,6 +116,8 @@ def _address(text: str) -> str | None:
         text = text[1:].partition("]")[0]
     elif text.count(":") == 1:
         text = text.partition(":")[0]  # IPv4 with a port
+    # An IPv6 zone id (RFC 4007 §11) is any text at all; it says nothing about the client.
+    text = text.partition("%")[0]
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:

@@ -503,3 +503,38 @@ def test_failed_reopen_keeps_no_closed_descriptor(tmp_path: Path) -> None:
     writer.close()
     writer.close()
     assert (logs / "access.log").read_text().splitlines() == ["first", "second"]
+
+
+def test_common_format_escapes_every_field(tmp_path: Path) -> None:
+    """A forwarded IPv6 zone id, a client id with spaces, ESC and DEL: each stays inside its
+    own field of the common format, escaped, so no value adds fields of its own."""
+    import asyncio
+    import ipaddress
+
+    from tokensmith.app.accesslog import AccessLog
+    from tokensmith.config.settings import AccessLogSettings
+    from tokensmith.requestlog import note
+
+    async def app(scope: dict, receive: object, send) -> None:  # noqa: ANN001
+        note(scope, client_id='a b\x1b[31m\x7f"', grant_type="x y")
+        await _answer_ok(scope, receive, send)
+
+    async def run() -> list[str]:
+        path = tmp_path / "common.log"
+        trusted = (ipaddress.ip_network("192.0.2.0/24"),)
+        middleware = AccessLog(app, AccessLogSettings(True, "common", path), trusted, "forwarded")
+        scope = _scope("/healthz")
+        scope["headers"] = [(b"forwarded", b'for="[fe80::1%x\\" 200 999 \\"FAKE]"')]
+
+        async def send(message: dict) -> None:
+            return None
+
+        await middleware(scope, None, send)
+        middleware.close()
+        return path.read_text().splitlines()
+
+    (line,) = asyncio.run(run())
+    assert "\x1b" not in line and "\x7f" not in line and "FAKE" not in line, line
+    fields = line.split(" ")
+    assert fields[2] == "a\\x20b\\x1b[31m\\x7f\\x22", line
+    assert fields[-3:] == ["cert=-", "for=fe80::1", "grant_type=x\\x20y"], line

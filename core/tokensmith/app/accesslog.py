@@ -171,8 +171,15 @@ def _clf_time(second: float) -> str:
 _CLF_PLAIN = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]*")
 
 
+def _clf_field(text: str) -> str:
+    """An unquoted field of the common format: escaped as ``_clf_escape`` does, and no space,
+    so that no value can add a field of its own."""
+    return _clf_escape(text).replace(" ", "\\x20")
+
+
 def _clf_escape(text: str) -> str:
-    """Apache's escaping for a quoted field: no quote, backslash or control character."""
+    """Apache's escaping for a quoted field: no quote, backslash or control character (DEL
+    included)."""
     if _CLF_PLAIN.fullmatch(text):
         return text
     return "".join(
@@ -314,7 +321,7 @@ class AccessLog:
                 f'"reason":{_json_text(reason) if reason else "null"}}}'
             )
         request = _clf_escape(f"{scope.get('method')} {scope.get('path')} HTTP/{scope.get('http_version')}")
-        user = _clf_escape(record.get("client_id") or "-").replace(" ", "_")
+        user = _clf_field(record.get("client_id") or "-")
         extras = [
             f"rid={record['request_id']}",
             f"ms={duration * 1000:.3f}",
@@ -322,11 +329,11 @@ class AccessLog:
             f"cert={digest or '-'}",
         ]
         if forwarded:
-            extras.append(f"for={forwarded}")
+            extras.append(f"for={_clf_field(forwarded)}")
         for key in ("auth_method", "grant_type", "reason"):
             if record.get(key):
-                extras.append(f"{key}={_clf_escape(str(record[key]))}")
+                extras.append(f"{key}={_clf_field(str(record[key]))}")
         return (
-            f'{remote or "-"} - {user} {self.clock(now)} "{request}" {status or "-"} {size}'
+            f'{_clf_field(remote) if remote else "-"} - {user} {self.clock(now)} "{request}" {status or "-"} {size}'
             f" {' '.join(extras)}"
         )
