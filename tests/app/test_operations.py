@@ -170,6 +170,26 @@ def test_refusals_say_why_to_the_operator_only(env) -> None:  # noqa: ANN001
     assert "wrong-secret" not in server.log() and "wrong-secret" not in log.read_text()
 
 
+def test_refusal_of_an_authorization_field_logs_none_of_it(env) -> None:  # noqa: ANN001
+    """A credential sent without a scheme, or with one no plugin takes: the refusal line says
+    what it looked like and how long it was, and none of its text."""
+    server, _, _, _ = env
+    cases = {
+        "SECRETSTARTxyz0123456789abcdef": "no scheme, 30 characters",
+        "Frobnicate SECRETSTART2": "an unknown scheme token and credentials, 23 characters",
+        "Bearer SECRETSTART3": "Authorization scheme Bearer not accepted (19 characters)",
+    }
+    for value, words in cases.items():
+        with server.client() as http:
+            response = http.post(
+                "/oauth2/token", data={"grant_type": "client_credentials"}, headers={"Authorization": value}
+            )
+        assert response.status_code == 401, response.text
+        line = refusal_line(server, response.headers["x-request-id"])
+        assert " unsupported_auth_scheme: " in line and words in line, line
+    assert "SECRETSTART" not in server.log() and "Frobnicate" not in server.log()
+
+
 def test_grant_not_allowed_is_explained(env) -> None:  # noqa: ANN001
     server, secret, _, _ = env
     with server.client() as http:
