@@ -558,3 +558,32 @@ def test_common_format_escapes_every_field(tmp_path: Path) -> None:
     fields = line.split(" ")
     assert fields[2] == "a\\x20b\\x1b[31m\\x7f\\x22", line
     assert fields[-3:] == ["cert=-", "for=fe80::1", "grant_type=x\\x20y"], line
+
+
+@pytest.mark.parametrize("header", [":AAAA:", "garbage", ":MIIBkTCB+wIJAK:"])
+def test_unusable_forwarded_certificate_gets_a_generic_answer(
+    deployment: Deployment, serve, header: str
+) -> None:  # noqa: ANN001
+    """The client is told its forwarded certificate was refused, not which check failed
+    (RFC 6749 §5.2 invalid_client); the operator's refusal line says why."""
+    deployment.oauth = (
+        '<ClientCertificateHeader name="Client-Cert" format="rfc9440" trustedProxies="127.0.0.1"/>'
+    )
+    deployment.write()
+    server = serve(deployment)
+    with server.client() as http:
+        response = http.post(
+            "/oauth2/token",
+            headers={"Client-Cert": header},
+            data={"grant_type": "client_credentials", "client_id": "x"},
+        )
+    assert response.status_code == 401, response.text
+    assert response.json() == {
+        "error": "invalid_client",
+        "error_description": "the forwarded client certificate is unusable",
+    }
+    line = refusal_line(server, response.headers["x-request-id"])
+    assert (
+        " forwarded_certificate_unusable: " in line
+        and len(line.split(" forwarded_certificate_unusable: ")[1]) > 3
+    )
