@@ -26,7 +26,7 @@ from tokensmith.listeners.dropins import DropinLoader
 from tokensmith.listeners.registry import ListenerSet, build_listeners
 from tokensmith.metrics import metrics
 from tokensmith.models import Storage, StorageError
-from tokensmith.oauth.clientauth import VerifiedSecrets
+from tokensmith.oauth.clientauth import VerifiedSecrets, collect_server_metadata
 from tokensmith.oauth.endpoints import POST_ENDPOINTS
 from tokensmith.oauth.hookspecs import LISTENER_TYPES
 from tokensmith.oauth.runtime import Runtime
@@ -34,7 +34,7 @@ from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
 from tokensmith.requestlog import refused as log_refusal
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
-from tokensmith.storage.sqlite import SQLiteStorage
+from tokensmith.storage import open_store
 
 __all__ = [
     "create_app",
@@ -62,7 +62,7 @@ def _build_runtime(
     verified: VerifiedSecrets,
     generation: int,
 ) -> Runtime:
-    listeners = build_listeners(loader.load(identity.allowed_wheels), identity, LISTENER_TYPES)
+    listeners = build_listeners(loader.load(identity.allowed_wheels), identity, LISTENER_TYPES, storage)
     jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
     issuer = TokenIssuer(
         storage,
@@ -72,7 +72,19 @@ def _build_runtime(
         jwt,
         identity.refresh_token_max_lifetime,
     )
-    return Runtime(config, identity, storage, listeners, issuer, truststore, signing, verified, generation)
+    return Runtime(
+        config,
+        identity,
+        storage,
+        listeners,
+        issuer,
+        truststore,
+        signing,
+        verified,
+        generation,
+        lambda: public_urls_of(app),
+        collect_server_metadata(listeners),
+    )
 
 
 async def _exact_path() -> None:
@@ -104,7 +116,7 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.before_request(_exact_path)
     loader = DropinLoader(config.server.dropins, unpack_root)
     try:
-        storage = SQLiteStorage(config.server.database)
+        storage = open_store(config.server)
         first = _build_runtime(
             app,
             config,

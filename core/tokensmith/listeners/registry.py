@@ -29,6 +29,7 @@ import time
 import traceback
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
 
@@ -38,7 +39,9 @@ from tokensmith.config.settings import IdentitySettings
 from tokensmith.config.xml import ConfigError
 from tokensmith.errors import OAuth2Error, ServerError
 from tokensmith.listeners.dropins import PluginSource
+from tokensmith.listeners.state import PluginState
 from tokensmith.metrics import metrics
+from tokensmith.models import Storage, StorageError
 
 __all__ = ["Listener", "ListenerSet", "ListenerTypes", "build_listeners", "DEFAULT_ORDER"]
 
@@ -172,8 +175,27 @@ class Listener:
     properties: Mapping[str, str]
     source: PluginSource
     configured_in: str | None = None  # "identity.xml:LINE" when an entry names it
-    #: Free for the plugin to keep its state in; fresh on every (re)load.
+    #: Free for the plugin to keep its state in; fresh on every (re)load, per process.
     stash: dict[str, Any] = field(default_factory=dict)
+    #: State shared by every worker and kept across restarts, in the server's store
+    #: (``PluginState``); the namespace is the plugin's name.
+    state: PluginState = field(default_factory=lambda: PluginState(None, ""))
+    #: The directory of identity.xml: relative paths in Properties are relative to it
+    #: (``resolve``).
+    conf_dir: Path = field(default_factory=Path.cwd)
+
+    def require(self, name: str) -> str:
+        """The ``<Property name>`` *name*; a missing one stops loading with identity.xml's
+        file and line (or the note that no entry names this plugin) and the name."""
+        value = self.properties.get(name)
+        if value is None:
+            where = "" if self.configured_in else " (no <EventListener> entry in identity.xml names it)"
+            raise ValueError(f"required Property {name!r} is missing{where}")
+        return value
+
+    def resolve(self, value: str) -> Path:
+        """A path from a Property: absolute as given, relative to identity.xml's directory."""
+        return (self.conf_dir / value).resolve()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -289,7 +311,7 @@ class ListenerSet:
         An ``async def`` hook runs on the event loop and is awaited at most the timeout; a
         plain ``def`` hook runs in a thread (``HOOK_THREADS``), so it may block, and is
         answered at the deadline whether or not it returned. OAuth errors raised by the
-        plugin pass through; anything else, ``BaseException`` included (``SystemExit``,
+        plugin pass through, and so does ``StorageError`` from the store it asked; anything else, ``BaseException`` included (``SystemExit``,
         ``KeyboardInterrupt``, ``GeneratorExit``, a ``CancelledError`` that nobody asked
         for), is logged with the plugin's name and becomes ``server_error`` for this
         request only.
@@ -322,7 +344,9 @@ class ListenerSet:
                         )
                         raise ServerError("an internal error occurred")
                     self.fail(listener, hook_name, result.text)
-        except OAuth2Error:
+        except (OAuth2Error, StorageError):
+            # StorageError: the store the plugin asked through the request (check_secret)
+            # could not answer: 503 temporarily_unavailable, not the plugin's fault.
             raise
         except TimeoutError:
             self.fail(listener, hook_name, f"no answer within {self.timeout:g} s", "timeout")
@@ -387,11 +411,12 @@ def _run_plain_hook(function: Callable[..., Any], args: list[Any]) -> Any:
 
     Whatever of the plugin's could block runs here, never on the event loop: its exception is
     formatted here (a ``__str__`` may sleep), and an awaitable it returns is refused rather
-    than awaited on the loop (its ``__await__`` may sleep too). OAuth errors pass through.
+    than awaited on the loop (its ``__await__`` may sleep too). OAuth errors pass through,
+    and so does the store's failure (503).
     """
     try:
         result = function(*args)
-    except OAuth2Error:
+    except (OAuth2Error, StorageError):
         raise
     except BaseException as exc:  # noqa: B036 - SystemExit from a hook must not stop the server
         try:
@@ -492,11 +517,16 @@ class _Resume:
 
 
 def build_listeners(
-    sources: Iterable[PluginSource], identity: IdentitySettings, types: ListenerTypes
+    sources: Iterable[PluginSource],
+    identity: IdentitySettings,
+    types: ListenerTypes,
+    storage: Storage | None = None,
 ) -> ListenerSet:
     """Register *sources* with a fresh plugin manager and order them by *identity*.
 
     *types* says which hooks there are and how they make listener types (``ListenerTypes``).
+    *storage* backs each listener's ``state``; without it (checking a configuration) state
+    raises ``StateUnavailableError`` when used.
     """
     pm = pluggy.PluginManager(types.project)
     pm.add_hookspecs(types.hookspecs)
@@ -568,6 +598,8 @@ def build_listeners(
                     properties=MappingProxyType(dict(configured.properties) if configured else {}),
                     source=source,
                     configured_in=f"{path}:{configured.line}" if configured else None,
+                    state=PluginState(storage, name),
+                    conf_dir=path.parent.resolve() if path else Path.cwd(),
                 )
             )
 
@@ -581,7 +613,7 @@ def build_listeners(
         except ConfigError:
             raise
         except ValueError as exc:
-            at = listener.configured_in or str(path)
+            at = listener.configured_in or f"{path} ({listener.source.wheel.name})"
             raise ConfigError(f"{at}: listener {listener.name!r}: {exc}") from None
         except BaseException as exc:  # noqa: B036 - SystemExit too: see _plugin_code
             raise ConfigError(

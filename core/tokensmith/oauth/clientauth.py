@@ -9,26 +9,39 @@ credential, but wrong).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 from urllib.parse import unquote_plus
 
 from cryptography import x509
 
-from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error
+from tokensmith.config.xml import ConfigError
+from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError
 from tokensmith.listeners.registry import Listener, ListenerSet
 from tokensmith.models import Client, Storage
 from tokensmith.oauth.hookspecs import AUTHENTICATOR
 from tokensmith.security import hashing as kdf
 from tokensmith.security.truststore import Truststore
 
-__all__ = ["ClientAuthRequest", "AuthenticatedClient", "VerifiedSecrets", "authenticate_client"]
+__all__ = [
+    "ClientAuthRequest",
+    "AuthenticatedClient",
+    "RequestContext",
+    "VerifiedSecrets",
+    "authenticate_client",
+]
+
+log = logging.getLogger("tokensmith.oauth.clientauth")
 
 PUBLIC = "none"
 _SCHEME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -89,6 +102,24 @@ class AuthenticatedClient:
     certificate: bytes | None = None
 
 
+@dataclass(frozen=True)
+class RequestContext:
+    """Where a request arrived: what RFC 7523 §3 and RFC 7521 §5.1 call the audience.
+
+    ``issuer`` is the server's issuer identifier (RFC 8414 §2, identity.xml ``<Issuer>`` or
+    the first connector's URL); ``endpoint`` is ``"token"``, ``"introspect"`` or
+    ``"revoke"``; ``endpoint_url`` its URL under the issuer, as the server metadata
+    publishes it; ``endpoint_urls`` that URL and, when there are ``mtls_endpoint_aliases``
+    (RFC 8705 §5), the alias; ``token_endpoint_urls`` the same for the token endpoint.
+    """
+
+    issuer: str
+    endpoint: str
+    endpoint_url: str
+    endpoint_urls: tuple[str, ...]
+    token_endpoint_urls: tuple[str, ...]
+
+
 class ClientAuthRequest:
     """What an authenticator sees of one request."""
 
@@ -103,8 +134,10 @@ class ClientAuthRequest:
         truststore: Truststore | None = None,
         verified: VerifiedSecrets | None = None,
         client_cert_source: str | None = None,
+        context: RequestContext | Callable[[], RequestContext] | None = None,
     ):
         self._storage = storage
+        self._context = context
         self._truststore = truststore
         self._verified = verified
         #: The body parameters (RFC 6749 §3.2), each present at most once, none empty.
@@ -120,6 +153,14 @@ class ClientAuthRequest:
         self.remote_addr = remote_addr
         self.headers: Mapping[str, str] = headers or {}
 
+    @functools.cached_property
+    def context(self) -> RequestContext:
+        """The issuer, the endpoint being served and its public URLs (``RequestContext``)."""
+        context = self._context() if callable(self._context) else self._context
+        if context is None:
+            raise RuntimeError("this request has no context")
+        return context
+
     def basic_credentials(self) -> tuple[str, str] | None:
         """The client id and secret of ``Authorization: Basic`` (RFC 6749 §2.3.1), decoded.
 
@@ -130,8 +171,10 @@ class ClientAuthRequest:
         return basic_credentials(self.authorization)
 
     def get_client(self, client_id: str) -> Client | None:
-        """The registered client *client_id*, or None."""
-        return self._storage.get_client(client_id)
+        """The registered client *client_id* (without its secret hash), or None if there is
+        none. Not a coroutine: it reads the store's cache, refreshed whenever clients change."""
+        client = self._storage.get_client(client_id)
+        return None if client is None else client.without_secret()
 
     def trust_anchors(self) -> list[x509.Certificate]:
         """The truststore's CA certificates, for ``tls_client_auth`` (current, no restart)."""
@@ -148,11 +191,11 @@ class ClientAuthRequest:
         stored = client.secret_hash if client is not None else None
         now = time.monotonic()
         if stored is not None and self._verified is not None and self._verified.known(stored, secret, now):
-            return client  # type: ignore[return-value]
+            return client.without_secret()  # type: ignore[union-attr]
         if await kdf.check(secret, stored) and client is not None:
             if stored is not None and self._verified is not None:
                 self._verified.remember(stored, secret, now)
-            return client
+            return client.without_secret()
         # Same answer to the caller in all three cases; the operator's log tells them apart.
         if client is None:
             reason, detail = "unknown_client", f"unknown client {client_id}"
@@ -173,6 +216,57 @@ def auth_methods_supported(listeners: ListenerSet) -> list[str]:
     return list(
         dict.fromkeys(m for item in listeners.enabled(AUTHENTICATOR) for m in auth_methods(listeners, item))
     )
+
+
+def authenticator_for(listeners: ListenerSet, method: str) -> Listener | None:
+    """The first enabled authenticator, in calling order, that declared *method*."""
+    return next(
+        (item for item in listeners.enabled(AUTHENTICATOR) if method in auth_methods(listeners, item)), None
+    )
+
+
+def check_client_metadata(listeners: ListenerSet, metadata: Mapping[str, Any]) -> None:
+    """Let the authenticator of ``metadata["token_endpoint_auth_method"]`` check a client's
+    RFC 7591 metadata; it raises ``InvalidClientMetadataError`` (RFC 7591 §3.2.2). Every way
+    of registering a client calls this. Anything else the plugin raises is its own fault:
+    logged, and ``ServerError``."""
+    listener = authenticator_for(listeners, str(metadata.get("token_endpoint_auth_method")))
+    if listener is None or not listeners.implements(listener, "check_client_metadata"):
+        return
+    try:
+        listeners.call_sync(
+            listener, "check_client_metadata", metadata=MappingProxyType(dict(metadata)), listener=listener
+        )
+    except OAuth2Error:
+        raise
+    except BaseException:  # noqa: B036 - a plugin's SystemExit must not stop the caller
+        log.exception("listener %s/%s raised in check_client_metadata", listener.type, listener.name)
+        raise ServerError("an internal error occurred") from None
+
+
+def collect_server_metadata(listeners: ListenerSet) -> dict[str, Any]:
+    """The RFC 8414 members the enabled authenticators add (``server_metadata``), the first
+    one's value winning; called once per load, after ``listener_configure``. A plugin that
+    fails, or answers with something other than a dict, stops the load (``ConfigError``)."""
+    merged: dict[str, Any] = {}
+    for item in listeners.enabled(AUTHENTICATOR):
+        try:
+            extra = listeners.call_sync(item, "server_metadata", listener=item)
+        except ConfigError:
+            raise
+        except BaseException as exc:  # noqa: B036
+            raise ConfigError(
+                f"{item.source.wheel}: plugin {item.name!r}: server_metadata raised {type(exc).__name__}: {exc}"
+            ) from None
+        if extra is None:
+            continue
+        if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
+            raise ConfigError(
+                f"{item.source.wheel}: plugin {item.name!r}: server_metadata must return a dict"
+            )
+        for name, value in extra.items():
+            merged.setdefault(name, value)
+    return merged
 
 
 async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest) -> AuthenticatedClient:
@@ -207,6 +301,7 @@ async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest
     if outcome.client.token_endpoint_auth_method != outcome.method:
         raise InvalidClientError(
             "the client is not registered for this authentication method",
+            client_id=outcome.client.client_id,
             reason="auth_method_not_registered",
             detail=f"client {outcome.client.client_id} authenticated by {outcome.method} but is registered"
             f" for {outcome.client.token_endpoint_auth_method}",
