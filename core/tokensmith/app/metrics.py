@@ -25,7 +25,9 @@ def _allowed() -> bool:
     settings = runtime(current_app).config.server.metrics
     # Through a trusted proxy, the client behind it decides: a loopback proxy must not make
     # every client it forwards a loopback one.
-    client = request.scope.get(CLIENT_ADDRESS) or (request.scope.get("client") or [None])[0]
+    peer = request.scope.get("client")
+    forwarded = request.scope.get(CLIENT_ADDRESS)
+    client = forwarded if isinstance(forwarded, str) else (peer[0] if peer else None)
     if not settings.enabled or not client:
         return False
     try:
