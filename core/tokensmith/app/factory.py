@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from quart import Quart, Response, request
+from quart import Quart, Response, abort, request
 from werkzeug.exceptions import HTTPException
 
 from tokensmith.app.fastlane import OAuthEndpoints
@@ -87,6 +87,21 @@ def _build_runtime(
     )
 
 
+async def _exact_path() -> None:
+    """A path only Werkzeug's routing would match is a 404, as the fast lane would not serve
+    it: Werkzeug drops leading slashes (``//oauth2/token``, or an HTTP/2 ``:path`` without
+    one) and, with ``strict_slashes`` off, a trailing slash the rule does not have. Without
+    this, such variants reached the endpoints past every check keyed on the exact path."""
+    path = request.scope.get("path", "")
+    rule = request.url_rule
+    if (
+        not path.startswith("/")
+        or path.startswith("//")
+        or (rule is not None and path.endswith("/") != rule.rule.endswith("/"))
+    ):
+        abort(404)
+
+
 def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     """Build the app for *config*: storage, plugins from dropins/ and the listener order.
 
@@ -98,6 +113,7 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     # is an open redirect). A path that does not match exactly is a 404.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
+    app.before_request(_exact_path)
     loader = DropinLoader(config.server.dropins, unpack_root)
     try:
         storage = open_store(config.server)

@@ -128,6 +128,10 @@ class KeystoreSettings:
 LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
+#: The forwarded headers a trusted proxy may be believed for (``<TrustedProxies headers=>``).
+PROXY_HEADERS = ("x-forwarded", "forwarded")
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     path: Path
@@ -140,6 +144,9 @@ class ServerSettings:
     #: X-Forwarded-Proto and Forwarded are believed, and the only peers a plain-HTTP
     #: connector answers.
     trusted_proxies: tuple[Network, ...] = ()
+    #: ``<TrustedProxies headers=>``: the header family those proxies are believed for,
+    #: ``x-forwarded`` (X-Forwarded-For/-Proto) or ``forwarded`` (RFC 7239).
+    proxy_headers: str = "x-forwarded"
     access_log: AccessLogSettings = AccessLogSettings()
     metrics: MetricsSettings = MetricsSettings(allow=LOOPBACK)
     #: A PostgreSQL URL (<Database url=...> or TOKENSMITH_DATABASE_URL): the shared store
@@ -285,6 +292,12 @@ def load_server(path: Path) -> ServerSettings:
         raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
     proxies_el = root.find("TrustedProxies")
     trusted = _networks(path, proxies_el, "addresses") if proxies_el is not None else ()
+    proxy_headers = proxies_el.get("headers", "x-forwarded") if proxies_el is not None else "x-forwarded"
+    if proxy_headers not in PROXY_HEADERS:
+        raise ConfigError(
+            f"{where(path, proxies_el)}: <TrustedProxies headers={proxy_headers!r}> must be one of"
+            f" {', '.join(PROXY_HEADERS)}"
+        )
     for connector, el in zip(connectors, root.iter("Connector")):
         if not connector.ssl_enabled and not trusted:
             raise ConfigError(
@@ -304,6 +317,7 @@ def load_server(path: Path) -> ServerSettings:
         dropins=_path(path, dropins),
         truststore=_path(path, truststore),
         trusted_proxies=trusted,
+        proxy_headers=proxy_headers,
         access_log=_access_log(path, root.find("AccessLog")),
         metrics=_metrics(path, root.find("Metrics")),
         database_url=database_url,

@@ -199,6 +199,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "server.xml",
+        "TrustedProxies",
+        "headers",
+        "Which forwarded headers the trusted proxies are believed for: x-forwarded"
+        " (X-Forwarded-For, right-most address, and X-Forwarded-Proto) or forwarded (RFC 7239)."
+        " The other family is ignored.",
+        "x-forwarded or forwarded",
+        "x-forwarded",
+        choices=("x-forwarded", "forwarded"),
+        key="proxy_headers",
+    ),
+    Setting(
+        "server.xml",
         "AccessLog",
         "enabled",
         "Whether the access log is written (one line per request).",

@@ -173,7 +173,9 @@ async def token(rt: Runtime, request: HttpRequest) -> Answer:
     note(request.scope, grant_type=check_grant_type(form))
     auth = await authenticate(rt, request, form, "token")
     issued = await grant(
-        Grant(rt.issuer, rt.storage, auth, form, rt.identity.login_policy, login_source(request.remote_addr))
+        Grant(
+            rt.issuer, rt.storage, auth, form, rt.identity.login_policy, login_source(request.client_address)
+        )
     )
     return Answer(200, issued.response())
 
