@@ -20,6 +20,7 @@ from tokensmith.app.fastlane import OAuthEndpoints
 from tokensmith.app.responses import error_answer, plain_error, to_response
 from tokensmith.app.routes import add_plugin_routes, oauth
 from tokensmith.app.state import LOADER, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
+from tokensmith.config.authenticators import load_authenticators
 from tokensmith.config.settings import Config, IdentitySettings, load_identity
 from tokensmith.config.xml import ConfigError
 from tokensmith.listeners.dropins import DropinLoader
@@ -80,6 +81,7 @@ def _build_runtime(
         verified,
         generation,
         lambda: public_urls_of(app),
+        load_authenticators(config.conf_dir / "authenticators.xml"),
     )
 
 

@@ -144,6 +144,7 @@ def _listener_lines(listeners, *, detail: bool = False, described: bool = False)
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from tokensmith.app.factory import bound_ports, create_app, reload_app, runtime
+    from tokensmith.app.state import RELOAD_ALL
     from tokensmith.http.server import bind, serve
     from tokensmith.security.keystore import load_keystore
 
@@ -173,6 +174,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         status = supervise(config, args.workers, ready, listed)
     else:
         app = create_app(config)
+        # The admin API reloads the server as SIGHUP does (app/admin.py).
+        app.extensions[RELOAD_ALL] = lambda: os.kill(os.getpid(), signal.SIGHUP)
         for line in _listener_lines(runtime(app).listeners):
             print(line)
         sockets = bind(config)[0]
