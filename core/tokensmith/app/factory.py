@@ -16,7 +16,9 @@ from pathlib import Path
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
+from tokensmith.app.admin import admin
 from tokensmith.app.fastlane import OAuthEndpoints
+from tokensmith.app.registration import registration
 from tokensmith.app.responses import error_answer, plain_error, to_response
 from tokensmith.app.routes import add_plugin_routes, oauth
 from tokensmith.app.state import LOADER, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
@@ -118,6 +120,8 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.extensions[RUNTIME] = first
     app.extensions[LOADER] = loader
     app.register_blueprint(oauth)
+    app.register_blueprint(registration)
+    app.register_blueprint(admin)
     try:
         add_plugin_routes(app, first.listeners)
     except BaseException:

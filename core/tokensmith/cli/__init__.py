@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tokensmith.admin.audit import OperationError
 from tokensmith.cli import clients as cli_clients
 from tokensmith.cli import security as cli_security
 from tokensmith.cli import signing as cli_signing
@@ -33,6 +34,7 @@ Command = Callable[[argparse.Namespace], int]
 #: Errors whose message is meant for the user as it stands: one line, exit status 1.
 USER_ERRORS = (
     CLIError,
+    OperationError,
     ConfigError,
     StorageError,
     RegistrationError,

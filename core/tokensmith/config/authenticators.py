@@ -146,4 +146,3 @@ def _certificate_hashes(path: Path, el: etree._Element, pem_path: Path) -> set[s
     except CertificateError as exc:
         raise ConfigError(f"{where(path, el)}: AdminCertificates: {exc}") from None
     return {hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).hexdigest() for c in found}
-

@@ -725,7 +725,9 @@ class SQLiteStorage:
         ).fetchone()
         return (row[0], row[1]) if row else None
 
-    def delete_registration_tokens(self, *, token_hash: str | None = None, client_id: str | None = None) -> int:
+    def delete_registration_tokens(
+        self, *, token_hash: str | None = None, client_id: str | None = None
+    ) -> int:
         if token_hash is not None:
             return self._run("DELETE FROM registration_tokens WHERE token_hash = ?", (token_hash,)).rowcount
         return self._run("DELETE FROM registration_tokens WHERE client_id = ?", (client_id,)).rowcount
@@ -752,7 +754,9 @@ class SQLiteStorage:
 
     def set_user_password(self, username: str, password_hash: str) -> bool:
         return (
-            self._run("UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)).rowcount
+            self._run(
+                "UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)
+            ).rowcount
             > 0
         )
 
