@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 from collections.abc import Iterator
-import subprocess
 from pathlib import Path
 
 import pki
