@@ -590,4 +590,6 @@ async def audit() -> Response:
         raise OperationError("limit and before must be whole numbers") from None
     if not 1 <= limit <= 1000:
         raise OperationError("limit must be from 1 to 1000")
+    if before_id is not None and not 0 <= before_id <= 2**62:
+        raise OperationError("before must be an entry id, from 0 to 2**62")
     return _json(200, [entry.view() for entry in _rt().storage.list_audit(limit, before_id)])
