@@ -142,3 +142,10 @@ class InvalidClientMetadataError(OAuth2Error):
     ``check_client_metadata`` hook; the description says which field and why."""
 
     error = "invalid_client_metadata"
+
+
+class InvalidRedirectUriError(OAuth2Error):
+    """RFC 7591 §3.2.2 ``invalid_redirect_uri``: "The value of one or more redirection URIs is
+    invalid." """
+
+    error = "invalid_redirect_uri"
