@@ -5,12 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PLUGIN_DIRS := $(wildcard plugins/*)
 
-.PHONY: run test lint fuzz setup plugins keystore clean
+.PHONY: run test lint fuzz setup plugins keystore browser clean
 
 run: setup
 	$(BIN)/tokensmith serve
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff (lint and format) and mypy over the package; `make test` runs them first.
@@ -19,9 +19,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check core plugins tests bench
 	$(BIN)/mypy
 
-# The property-based tests with many more examples (HYPOTHESIS_PROFILE=fuzz; see tests/test_fuzz.py).
+# The property-based tests with many more examples (HYPOTHESIS_PROFILE=fuzz; see tests/hostile/test_fuzz.py).
 fuzz: setup
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/hostile/test_fuzz.py $(PYTEST_ARGS)
 
 setup: plugins keystore
 
@@ -36,6 +36,10 @@ plugins: $(STAMP)
 
 keystore: $(STAMP)
 	$(BIN)/tokensmith keystore init
+
+# The tests of pages drive Debian's Chromium (tests/browser.py); installed here when missing.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; } >/dev/null
 
 clean:
 	rm -rf $(VENV) dropins/*.whl dropins/.*.source

@@ -27,6 +27,9 @@ import pytest
 from tokensmith.listeners.wheelbuild import build_plugin
 from tokensmith.security.keystore import generate_dev_keystore
 
+# Servers shared by the files of one behaviour (tests/servers.py).
+pytest_plugins = ["servers", "browser"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKENSMITH = str(Path(sys.executable).with_name("tokensmith"))
 BUNDLED = ("basic_auth", "post_body_auth", "mutual_tls")

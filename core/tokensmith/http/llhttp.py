@@ -7,7 +7,7 @@ and calls the ASGI app from one ``asyncio.Protocol`` per connection, with no tas
 events or per-request timers: much less CPU per request than Hypercorn's HTTP/1.1 path
 (docs/benchmarks.md has the figures). What it trades is a second HTTP/1.1 implementation to
 keep right, so it is held to Hypercorn's behaviour by a differential test
-(tests/test_lanes.py) over one corpus of requests; the differences that remain are listed there,
+(tests/http/test_lanes.py) over one corpus of requests; the differences that remain are listed there,
 each with its reason. It keeps what the token endpoint needs of a server:
 
 - keep-alive and pipelining (requests answered in order; reading pauses past ``_MAX_PIPELINE``

@@ -1,8 +1,7 @@
-"""HTTP answers outside the OAuth error vocabulary, and introspection's optional members.
+"""HTTP answers outside the OAuth error vocabulary.
 
 RFC 6749 §5.2 error codes belong to the OAuth endpoints; elsewhere a 404 is a plain 404 and a
-405 a plain 405 with ``Allow`` (RFC 9110 §15.5.5, §15.5.6). RFC 7662 §2.2: ``scope`` is
-optional, and a token granted no scope has none to report.
+405 a plain 405 with ``Allow`` (RFC 9110 §15.5.5, §15.5.6).
 """
 
 from __future__ import annotations
@@ -48,17 +47,3 @@ def test_oauth_endpoint_keeps_its_oauth_405(server) -> None:  # noqa: ANN001
         response = http.get("/oauth2/token")
     assert response.status_code == 405 and response.headers["allow"] == "POST"
     assert response.json()["error"] == "invalid_request"
-
-
-def test_introspection_leaves_out_an_empty_scope(server) -> None:  # noqa: ANN001
-    """A token granted no scope introspects without a scope member (RFC 7662 §2.2)."""
-    client = server.deployment.add_client(
-        "noscope", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
-    )
-    auth = (client["client_id"], client["client_secret"])
-    with server.client() as http:
-        issued = http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=auth).json()
-        assert "scope" not in issued
-        info = http.post("/oauth2/introspect", data={"token": issued["access_token"]}, auth=auth).json()
-    assert info["active"] is True and info["client_id"] == client["client_id"]
-    assert "scope" not in info

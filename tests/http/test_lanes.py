@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import SERVER_XML
 
-LANES = Path(__file__).with_name("lanes.py")
+LANES = Path(__file__).parent.parent / "lanes.py"
 
 #: Sent after each request of the corpus on the same connection: whether the connection is
 #: still usable after it, and that it then closes, without waiting for an idle timeout.

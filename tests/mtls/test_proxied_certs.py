@@ -8,6 +8,7 @@ the proxy, so they reach the server over TLS without a certificate and send the 
 from __future__ import annotations
 
 import base64
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -428,3 +429,132 @@ def test_events_name_the_certificate_that_was_used(
         [client["client_id"], pair.x5t_s256(), "tls"],
         [client["client_id"], None, None],
     ]
+
+
+# --- one server per proxy setting ----------------------------------------------------------------
+
+
+def proxied_deployment(tmp_path, keystore, wheel_cache, proxies: str, fmt: str = "auto"):  # noqa: ANN001, ANN201
+    return new_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        oauth=(f'<ClientCertificateHeader name="X-Client-Cert" format="{fmt}" trustedProxies="{proxies}"/>'),
+    )
+
+
+def nginx_escaped(pem: bytes) -> str:
+    """nginx's $ssl_client_escaped_cert: the PEM, percent-encoded ('+' encoded as %2B)."""
+    return urllib.parse.quote(pem.decode(), safe="")
+
+
+def rfc9440(der: bytes) -> str:
+    import base64
+
+    return f":{base64.b64encode(der).decode()}:"
+
+
+@pytest.mark.parametrize("fmt", ["nginx", "rfc9440", "pem", "base64-der"])
+def test_header_from_trusted_proxy_is_used(tmp_path, keystore, wheel_cache, serve, fmt) -> None:  # noqa: ANN001
+    """A certificate header from a trusted proxy authenticates the client and binds the token."""
+    import base64
+
+    dep = proxied_deployment(tmp_path, keystore, wheel_cache, "127.0.0.0/8", fmt)
+    pair = pki.self_signed()
+    while fmt == "nginx" and b"+" not in pair.pem:  # prove that '+' survives
+        pair = pki.self_signed()
+    files = pair.write(tmp_path, "proxied")
+    client_id = str(
+        dep.add_client(
+            "p",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(files[0]),
+        )["client_id"]
+    )
+    value = {
+        "nginx": nginx_escaped(pair.pem),
+        "rfc9440": rfc9440(pair.der),
+        "pem": pair.pem.decode().replace("\n", " ").strip(),
+        "base64-der": base64.b64encode(pair.der).decode(),
+    }[fmt]
+    server = serve(dep)
+    with server.client() as http:
+        response = http.post(
+            "/oauth2/token",
+            headers={"X-Client-Cert": value},
+            data={"grant_type": "client_credentials", "client_id": client_id},
+        )
+    assert response.status_code == 200, response.text
+
+
+def test_header_from_untrusted_address_is_ignored_and_logged(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    """From an address outside TrustedProxies the header is ignored, and that is logged."""
+    dep = proxied_deployment(tmp_path, keystore, wheel_cache, "10.0.0.0/8")
+    pair = pki.self_signed()
+    client_id = str(
+        dep.add_client(
+            "p",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(pair.write(tmp_path, "u")[0]),
+        )["client_id"]
+    )
+    server = serve(dep)
+    with server.client() as http:
+        response = http.post(
+            "/oauth2/token",
+            headers={"X-Client-Cert": nginx_escaped(pair.pem)},
+            data={"grant_type": "client_credentials", "client_id": client_id},
+        )
+    assert response.status_code == 401
+    assert "ignored a X-Client-Cert header from 127.0.0.1, which is not a trusted proxy" in server.log()
+
+
+def test_tls_certificate_wins_over_header(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    """When the handshake has a certificate, a header naming another one is not used."""
+    dep = proxied_deployment(tmp_path, keystore, wheel_cache, "127.0.0.0/8")
+    mine, theirs = pki.self_signed(), pki.self_signed()
+    mine_files = mine.write(tmp_path, "mine")
+    client_id = str(
+        dep.add_client(
+            "p",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(mine_files[0]),
+        )["client_id"]
+    )
+    other_id = str(
+        dep.add_client(
+            "q",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str(theirs.write(tmp_path, "theirs")[0]),
+        )["client_id"]
+    )
+    server = serve(dep)
+    with server.client(cert=mine_files) as http:
+        spoofed = http.post(
+            "/oauth2/token",
+            headers={"X-Client-Cert": nginx_escaped(theirs.pem)},
+            data={"grant_type": "client_credentials", "client_id": other_id},
+        )
+        honest = http.post(
+            "/oauth2/token",
+            headers={"X-Client-Cert": nginx_escaped(theirs.pem)},
+            data={"grant_type": "client_credentials", "client_id": client_id},
+        )
+    assert spoofed.status_code == 401
+    assert honest.status_code == 200

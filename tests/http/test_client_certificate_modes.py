@@ -1,4 +1,5 @@
-"""tokensmith.http.tls_accept: real TLS handshakes over 127.0.0.1 with certificates made per test."""
+"""Client certificate modes: tokensmith.http.tls_accept in real TLS handshakes over 127.0.0.1
+with certificates made per test, then the real server's want, need and false connectors."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pki
 import pytest
+from conftest import Server
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from servers import handshake, roundtrip
 from tokensmith.http import tls_accept
 from tokensmith.http.tls_accept import accept_any_client_certificate, peer_certificate_chain
 
@@ -295,3 +299,54 @@ def test_wrong_struct_layout_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(RuntimeError, match="layout"):
         accept_any_client_certificate(context, required=True)
     assert context.verify_mode == ssl.CERT_NONE
+
+
+# --- the real server's connectors ---------------------------------------------------------------
+
+
+@pytest.fixture
+def server(tls_server) -> Server:  # noqa: ANN001
+    """The server with a want, a need and a false connector (tests/servers.py)."""
+    return tls_server
+
+
+def test_want_completes_without_a_certificate(server) -> None:  # noqa: ANN001
+    """On a want connector a client without a certificate is served."""
+    with handshake(server, index=0) as tls:
+        assert roundtrip(tls).startswith(b"HTTP/1.1 200")
+
+
+def test_need_refuses_a_client_without_a_certificate(server, tmp_path) -> None:  # noqa: ANN001
+    """On a need connector a client without a certificate is refused; with one it is served."""
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        with handshake(server, index=1) as tls:  # TLS 1.3: the refusal arrives after the handshake
+            roundtrip(tls)
+            raise ssl.SSLError("served without a certificate")
+    cert = pki.self_signed().write(tmp_path, "need")
+    with handshake(server, index=1, cert=cert) as tls:
+        assert roundtrip(tls).startswith(b"HTTP/1.1 200")
+
+
+def test_false_connector_never_asks(server, tmp_path) -> None:  # noqa: ANN001
+    """On a clientAuth="false" connector no certificate is requested, so none is sent."""
+    client_id = str(
+        server.deployment.add_client(
+            "f",
+            "--grant-type",
+            "client_credentials",
+            "--auth-method",
+            "self_signed_tls_client_auth",
+            "--cert",
+            str((files := pki.self_signed().write(tmp_path, "f"))[0]),
+        )["client_id"]
+    )
+    with server.client(cert=files, url=server.urls[2]) as http:
+        response = http.post(
+            "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
+        )
+    assert response.status_code == 401
+    with server.client(cert=files, url=server.urls[0]) as http:
+        response = http.post(
+            "/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id}
+        )
+    assert response.status_code == 200

@@ -11,11 +11,10 @@ import contextlib
 import io
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pki
 import pytest
-from conftest import Server, new_deployment, start_server
+from conftest import ROOT, Server, new_deployment, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokensmith import cli
@@ -242,7 +241,7 @@ def test_arbitrary_pem_files_given_to_the_cli(tmp_path_factory, keystore, wheel_
         assert err.count("\n") <= 2 and "Traceback" not in err and err.startswith("tokensmith: ")
 
 
-IDENTITY = (Path(__file__).parent.parent / "conf" / "identity.xml").read_bytes()
+IDENTITY = (ROOT / "conf" / "identity.xml").read_bytes()
 
 
 @given(
