@@ -5,8 +5,8 @@ rewrite, and the admin API and dynamic registration through Quart's test client.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import base64
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
