@@ -264,9 +264,8 @@ def _options(body: dict[str, Any]) -> client_ops.ClientOptions:
         kind = _OPTIONS.get(name)
         if kind is None:
             raise OperationError(f"unknown option {name!r}; known: {', '.join(_OPTIONS)}")
-        if not isinstance(value, kind) or (
-            kind is int and (isinstance(value, bool) or not 1 <= value <= 315360000)
-        ):
+        out_of_range = isinstance(value, int) and kind is int and not 1 <= value <= 315360000
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or out_of_range:
             raise OperationError(
                 f"option {name} must be a {kind.__name__}" + (" from 1 to 315360000" if kind is int else "")
             )
