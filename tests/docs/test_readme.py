@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Deployment, start_server
+from conftest import BUNDLED, ROOT, Deployment, start_server
 from lxml import etree
+from tokensmith.listeners.wheelbuild import build_plugin
 
 README = (ROOT / "README.md").read_text()
 MARK = "@@ readme block"
@@ -60,6 +61,10 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory, keystore: Path, wheel_
     git(clone, "commit", "-q", "-m", "clone")
     for wheel in wheel_cache.glob("*.whl"):
         shutil.copy(wheel, clone / "dropins")
+    # make run builds every plugin in plugins/; the session cache holds those most tests load.
+    for plugin in sorted((ROOT / "plugins").iterdir()):
+        if plugin.name not in BUNDLED and (plugin / "pyproject.toml").exists():
+            build_plugin(plugin, clone / "dropins")
     subprocess.run(
         [str(Path(sys.executable).with_name("tokensmith")), "keystore", "init"],
         cwd=clone,
