@@ -637,7 +637,9 @@ def cmd_sp_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_sp_initial_token(args: argparse.Namespace) -> int:
-    from tokensmith.config.authenticators import load_authenticators as load_admin_settings
+    from tokensmith.config.authenticators import (
+        load_authenticators as load_admin_settings,  # the lifetime only
+    )
 
     config = load_config(args.conf)
     lifetime = (
