@@ -165,10 +165,12 @@ async def register() -> Response:
         # Taken before the registration, in one statement, so that two registrations racing
         # with one token cannot both succeed; put back if the registration is refused.
         found = rt.storage.find_registration_token(token_hash(initial), "initial")
-        taken = found is not None and await asyncio.to_thread(
-            rt.storage.delete_registration_tokens, token_hash=token_hash(initial)
-        )
-        if not taken or found is None:
+        taken = 0
+        if found is not None:
+            taken = await asyncio.to_thread(
+                rt.storage.delete_registration_tokens, token_hash=token_hash(initial)
+            )
+        if taken == 0 or found is None:
             raise _Refused(
                 401,
                 "invalid_token",
