@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
 from lxml import etree
 
 from tokensmith.admin.audit import Actor, OperationError, not_found, record
@@ -129,11 +130,19 @@ def reorder_listeners(
     record(store, actor, "listener.reorder", None, order=list(order))
 
 
-def import_anchor(truststore: Truststore, store: Storage, alias: str, pem: bytes, actor: Actor) -> str:
+def import_anchor(
+    truststore: Truststore,
+    store: Storage,
+    alias: str,
+    pem: bytes,
+    actor: Actor,
+    *,
+    allow_non_ca: bool = False,
+) -> x509.Certificate:
     """Trust a CA certificate for tls_client_auth (and the admin MutualSSLAuthenticator)."""
-    cert = truststore.import_(alias, pem)
+    cert = truststore.import_(alias, pem, allow_non_ca=allow_non_ca)
     record(store, actor, "truststore.import", alias, subject=cert.subject.rfc4514_string())
-    return alias
+    return cert
 
 
 def remove_anchor(truststore: Truststore, store: Storage, alias: str, actor: Actor) -> None:
