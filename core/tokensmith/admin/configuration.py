@@ -18,7 +18,7 @@ from tokensmith.admin.audit import Actor, OperationError, not_found, record
 from tokensmith.config.settings import load_identity
 from tokensmith.config.xml import MAX_CONFIG_BYTES, ConfigError, UnreadableFile, read_regular_file
 from tokensmith.models import Storage
-from tokensmith.security.hashing import token_hash
+from tokensmith.oauth.tokens import token_hash
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 
