@@ -17,9 +17,14 @@ import pytest
 CHROMIUM = os.environ.get("TOKENSMITH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium per test module.
+
+    Not per session: Playwright's sync API keeps an event loop running in the test thread
+    while it is started, and the in-process tests that run their own loop would fail after
+    the first browser test.
+    """
     from playwright.sync_api import sync_playwright
 
     if not os.path.exists(CHROMIUM):
