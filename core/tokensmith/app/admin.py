@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,7 +46,7 @@ from tokensmith.config.authenticators import BASIC, AdminAuthenticator
 from tokensmith.config.xml import ConfigError
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.listeners.dropins import scan_dropins
-from tokensmith.models import Client
+from tokensmith.models import Client, User
 from tokensmith.oauth.clientcert import client_certificates
 from tokensmith.oauth.clientmetadata import client_metadata
 from tokensmith.oauth.messages import Answer
@@ -56,7 +57,7 @@ from tokensmith.security.signing import SigningKeyError
 from tokensmith.security.truststore import TruststoreError
 from tokensmith.security.x509 import CertificateError, load_pem_certificates, normalize_dn, verify_chain
 
-__all__ = ["admin", "client_view"]
+__all__ = ["admin", "client_view", "check_password", "check_certificate", "Unauthenticated", "reload_all"]
 
 log = logging.getLogger("tokensmith")
 
@@ -108,22 +109,29 @@ async def _basic(rt: Runtime) -> Caller | None:
         raise Unauthenticated("the Basic credentials are not base64 of user:password") from None
     if not colon or not username:
         raise Unauthenticated("the Basic credentials are not user:password")
-    store = rt.storage
-    source = request.remote_addr or "?"
-    policy = rt.identity.login_policy
-    import time
-
-    if not await asyncio.to_thread(store.take_login_attempt, username, source, int(time.time()), policy):
-        raise Unauthenticated("authentication failed")
-    user = store.get_user(username)
-    ok = await kdf.check(password, user.password_hash if user else None)
-    await asyncio.to_thread(store.end_login_attempt, username, source, ok and user is not None)
-    if not ok or user is None:
+    user = await check_password(rt, username, password, request.remote_addr or "?")
+    if user is None:
         raise Unauthenticated("authentication failed")
     return Caller(user.username, user.role, "basic")
 
 
-def _mutual_tls(rt: Runtime, settings: AdminAuthenticator) -> Caller | None:
+async def check_password(rt: Runtime, username: str, password: str, source: str) -> User | None:
+    """The user whose password this is, or None; a failure counts towards the user's lockout
+    as the password grant's do (the console's sign-in uses it too)."""
+    store = rt.storage
+    if not await asyncio.to_thread(
+        store.take_login_attempt, username, source, int(time.time()), rt.identity.login_policy
+    ):
+        return None
+    user = store.get_user(username)
+    ok = await kdf.check(password, user.password_hash if user else None)
+    await asyncio.to_thread(store.end_login_attempt, username, source, ok and user is not None)
+    return user if ok and user is not None else None
+
+
+def check_certificate(rt: Runtime, settings: AdminAuthenticator) -> str | None:
+    """The subject DN of the request's client certificate when the MutualSSLAuthenticator
+    admits it, None when there is no certificate; ``Unauthenticated`` when it is refused."""
     chain, _ = client_certificates(request.scope, request.remote_addr, rt.identity.forwarded_certificates)
     if not chain:
         return None
@@ -137,6 +145,12 @@ def _mutual_tls(rt: Runtime, settings: AdminAuthenticator) -> Caller | None:
             raise Unauthenticated(f"the client certificate is not trusted: {exc}") from None
     if settings.whitelist_enabled and normalize_dn(leaf.subject) not in settings.whitelist:
         raise Unauthenticated("the client certificate's subject is not in the WhiteList")
+    return leaf.subject.rfc4514_string()
+
+
+def _mutual_tls(rt: Runtime, settings: AdminAuthenticator) -> Caller | None:
+    if check_certificate(rt, settings) is None:
+        return None
     username = request.headers.get(settings.username_header)
     if not username:
         raise Unauthenticated(f"the {settings.username_header} header names no user")
@@ -485,11 +499,11 @@ def _known(rt: Runtime) -> list[tuple[str, str]]:
     return [(item.type, item.name) for item in rt.listeners]
 
 
-def _reload_all() -> None:
+def reload_all() -> None:
     """Reload every process serving this configuration, as SIGHUP does."""
-    reload_all = current_app.extensions.get(RELOAD_ALL)
-    if reload_all is not None:
-        reload_all()
+    everywhere = current_app.extensions.get(RELOAD_ALL)
+    if everywhere is not None:
+        everywhere()
         return
     from tokensmith.app.factory import reload_app
 
@@ -521,7 +535,7 @@ async def change_listener(family: str, name: str) -> Response:
         order=order,
         known=_known(rt),
     )
-    _reload_all()
+    reload_all()
     return _json(202, {"reloading": True})
 
 
@@ -533,7 +547,7 @@ async def reorder_listeners() -> Response:
         raise OperationError("order must be a list of type/name strings")
     rt = _rt()
     await _run(config_ops.reorder_listeners, rt.identity.path, rt.storage, order, _actor(), _known(rt))
-    _reload_all()
+    reload_all()
     return _json(202, {"reloading": True})
 
 

@@ -17,6 +17,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from tokensmith.app.admin import admin
+from tokensmith.app.console import console
 from tokensmith.app.fastlane import OAuthEndpoints
 from tokensmith.app.registration import registration
 from tokensmith.app.responses import error_answer, plain_error, to_response
@@ -122,6 +123,8 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.register_blueprint(oauth)
     app.register_blueprint(registration)
     app.register_blueprint(admin)
+    if config.server.console.enabled:
+        app.register_blueprint(console)
     try:
         add_plugin_routes(app, first.listeners)
     except BaseException:

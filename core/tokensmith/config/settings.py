@@ -36,6 +36,7 @@ __all__ = [
     "Config",
     "Connector",
     "KeystoreSettings",
+    "ConsoleSettings",
     "ServerSettings",
     "IdentitySettings",
     "ListenerEntry",
@@ -87,6 +88,19 @@ class KeystoreSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """``<Console>``: the web console under ``/console/`` (app/console.py).
+
+    ``enabled="false"`` takes it off the URL map (a 404). ``idleTimeout`` is the seconds a
+    signed-in session lasts without a request; ``maxSessionAge`` the seconds it lasts at most.
+    """
+
+    enabled: bool = True
+    idle_timeout: int = 900
+    max_session_age: int = 8 * 3600
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     path: Path
     connectors: tuple[Connector, ...]
@@ -94,6 +108,7 @@ class ServerSettings:
     database: Path
     dropins: Path
     truststore: Path
+    console: ConsoleSettings = ConsoleSettings()
 
 
 @dataclass(frozen=True)
@@ -217,7 +232,19 @@ def load_server(path: Path) -> ServerSettings:
         database=_path(path, database or "../var/tokensmith.db"),
         dropins=_path(path, dropins),
         truststore=_path(path, _text_attr(root, "Truststore", "path") or "security/truststore"),
+        console=_console(path, root),
     )
+
+
+def _console(path: Path, root: etree._Element) -> ConsoleSettings:
+    el = root.find("Console")
+    if el is None:
+        return ConsoleSettings()
+    defaults = ConsoleSettings()
+    idle = attr_int(path, el, "idleTimeout", defaults.idle_timeout, minimum=1, maximum=86400)
+    age = attr_int(path, el, "maxSessionAge", defaults.max_session_age, minimum=1, maximum=7 * 86400)
+    assert idle is not None and age is not None
+    return ConsoleSettings(attr_bool(path, el, "enabled", True), idle, age)
 
 
 def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:
