@@ -461,7 +461,7 @@ async def new_client() -> Response:
     }
     errors: dict[str, str] = {}
     checked = _Certificates()
-    context = {"methods": methods, "grant_types": GRANT_TYPES}
+    context: dict[str, Any] = {"methods": methods, "grant_types": GRANT_TYPES}
     if request.method == "GET":
         return await _page("client_new.html", values=values, errors=errors, checked=checked, **context)
     form = await request.form

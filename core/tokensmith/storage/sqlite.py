@@ -392,7 +392,8 @@ class SQLiteStorage:
         # The page is cut in SQL: the console lists 100,000 clients as fast as 100. Newest
         # first, by rowid (insertion order), which needs no index of its own; the search is a
         # case-insensitive substring of the name or the client_id.
-        where, params = "", ()
+        where = ""
+        params: tuple[str, ...] = ()
         if query:
             where = " WHERE instr(lower(name), ?) > 0 OR instr(lower(client_id), ?) > 0"
             params = (query.lower(), query.lower())
