@@ -230,7 +230,8 @@ async def finish(response: Response) -> Response:
     for name, value in _HEADERS.items():
         response.headers[name] = value
     session: Session | None = g.get("session")
-    if session is None or not session.key:
+    if session is None or not session.key or request.endpoint == "console.static":
+        # A stylesheet fetched by an open page does not keep its session alive.
         return response
     rt = _rt()
     console_settings = rt.config.server.console
