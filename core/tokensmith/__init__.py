@@ -31,6 +31,7 @@ from tokensmith.listeners.registry import Listener
 from tokensmith.listeners.state import PluginState, StateUnavailableError
 from tokensmith.models import Client, RegisteredCertificate
 from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest, RequestContext
+from tokensmith.oauth.clientmetadata import client_metadata
 from tokensmith.oauth.events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
 from tokensmith.oauth.hookspecs import hookimpl
 from tokensmith.security.x509 import (
@@ -53,6 +54,7 @@ __all__ = [
     "PluginState",
     "StateUnavailableError",
     "Client",
+    "client_metadata",
     "RegisteredCertificate",
     "Listener",
     "TokenIssueEvent",

@@ -7,6 +7,7 @@ meter, and its configuration examples are the shipped files.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,8 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Deployment, start_server
+from conftest import BUNDLED, ROOT, Deployment, start_server
 from lxml import etree
+from tokensmith.listeners.wheelbuild import build_plugin
 
 README = (ROOT / "README.md").read_text()
 MARK = "@@ readme block"
@@ -59,6 +61,10 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory, keystore: Path, wheel_
     git(clone, "commit", "-q", "-m", "clone")
     for wheel in wheel_cache.glob("*.whl"):
         shutil.copy(wheel, clone / "dropins")
+    # make run builds every plugin in plugins/; the session cache holds those most tests load.
+    for plugin in sorted((ROOT / "plugins").iterdir()):
+        if plugin.name not in BUNDLED and (plugin / "pyproject.toml").exists():
+            build_plugin(plugin, clone / "dropins")
     subprocess.run(
         [str(Path(sys.executable).with_name("tokensmith")), "keystore", "init"],
         cwd=clone,
@@ -110,7 +116,14 @@ def test_every_block_is_a_named_walkthrough() -> None:
     """Every sh block after the first is a walkthrough the test below runs, each name once."""
     names = [name for name, _ in sh_blocks()[1:]]
     assert None not in names and len(set(names)) == len(names)
-    assert names == ["first-token", "client-secret-post", "mutual-tls", "wso2-password", "endpoints"]
+    assert names == [
+        "first-token",
+        "client-secret-post",
+        "mutual-tls",
+        "wso2-password",
+        "endpoints",
+        "administration",
+    ]
 
 
 def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) -> None:
@@ -138,6 +151,21 @@ def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) 
     assert inactive == '{"active":false}'
     assert f'"issuer":"https://127.0.0.1:{port}"' in metadata and '"mtls_endpoint_aliases"' not in metadata
     assert jwks == '{"keys":[]}'
+
+    # Administration: created, rotated and removed remotely; a client registers itself.
+    admin = out["administration"].strip().splitlines()
+    assert admin[0] == '{"username": "console", "role": "admin"}'
+    first_token, added, removed, second_token, deleted, registered, audit = admin[1:]
+    assert '"token_type":"Bearer"' in first_token and '"token_type":"Bearer"' in second_token
+    assert (added, removed, deleted) == ("201", "200", "204")
+    assert '"registration_access_token":' in registered and '"client_secret":' in registered
+    actions = [entry["action"] for entry in json.loads(audit)]
+    assert actions == [
+        "client.create",
+        "registration.initial_access_token",
+        "client.delete",
+        "client.certificates",
+    ]
 
     assert "% Total" not in result.stderr, result.stderr
     # (The server's log is this test's own: start_server writes it into the deployment's root.)

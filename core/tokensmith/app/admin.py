@@ -116,17 +116,22 @@ async def _basic(rt: Runtime) -> Caller | None:
 
 
 async def check_password(rt: Runtime, username: str, password: str, source: str) -> User | None:
-    """The user whose password this is, or None; a failure counts towards the user's lockout
-    as the password grant's do (the console's sign-in uses it too)."""
+    """The user whose password this is, or None (the console's sign-in uses it too).
+
+    As the password grant does: the attempt is counted before the password is checked, and
+    an unknown or locked-out user costs the same KDF run as a wrong password, so that the
+    answer's timing tells nothing about which users exist.
+    """
     store = rt.storage
-    if not await asyncio.to_thread(
-        store.take_login_attempt, username, source, int(time.time()), rt.identity.login_policy
-    ):
-        return None
     user = store.get_user(username)
-    ok = await kdf.check(password, user.password_hash if user else None)
-    await asyncio.to_thread(store.end_login_attempt, username, source, ok and user is not None)
-    return user if ok and user is not None else None
+    kdf.admit()
+    taken = user is not None and await asyncio.to_thread(
+        store.take_login_attempt, username, source, int(time.time()), rt.identity.login_policy
+    )
+    correct = await kdf.check(password, user.password_hash if user is not None and taken else None)
+    if user is not None and taken:
+        await asyncio.to_thread(store.end_login_attempt, username, source, correct)
+    return user if user is not None and taken and correct else None
 
 
 def check_certificate(rt: Runtime, settings: AdminAuthenticator) -> str | None:
@@ -278,9 +283,8 @@ def _options(body: dict[str, Any]) -> client_ops.ClientOptions:
         kind = _OPTIONS.get(name)
         if kind is None:
             raise OperationError(f"unknown option {name!r}; known: {', '.join(_OPTIONS)}")
-        if not isinstance(value, kind) or (
-            kind is int and (isinstance(value, bool) or not 1 <= value <= 315360000)
-        ):
+        out_of_range = isinstance(value, int) and kind is int and not 1 <= value <= 315360000
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or out_of_range:
             raise OperationError(
                 f"option {name} must be a {kind.__name__}" + (" from 1 to 315360000" if kind is int else "")
             )

@@ -570,8 +570,7 @@ def build_listeners(
                 f"{path}:{entry.line}: unknown listener type {entry.type!r};"
                 f" known types: {', '.join(FAMILIES)}"
             )
-        source = by_name.get(entry.name)
-        if source is None or entry.type not in families_of(entry.name):
+        if entry.name not in by_name or entry.type not in families_of(entry.name):
             if not entry.enabled:
                 continue
             available = sorted(n for n in by_name if entry.type in families_of(n))
@@ -591,16 +590,18 @@ def build_listeners(
         with _plugin_code(source, "listener_default_order"):
             default = _default_order(pm, source)
         for family in families:
-            entry = entries.get((family, name))
+            configured = entries.get((family, name))
             listeners.append(
                 Listener(
                     type=family,
                     name=name,
-                    order_id=entry.order_id if entry and entry.order_id is not None else default,
-                    enabled=entry.enabled if entry else True,
-                    properties=MappingProxyType(dict(entry.properties) if entry else {}),
+                    order_id=configured.order_id
+                    if configured and configured.order_id is not None
+                    else default,
+                    enabled=configured.enabled if configured else True,
+                    properties=MappingProxyType(dict(configured.properties) if configured else {}),
                     source=source,
-                    configured_in=f"{path}:{entry.line}" if entry else None,
+                    configured_in=f"{path}:{configured.line}" if configured else None,
                     state=PluginState(storage, name),
                     conf_dir=path.parent.resolve() if path else Path.cwd(),
                 )

@@ -284,7 +284,7 @@ def apply_metadata(client: Client, document: Mapping[str, Any], *, merge: bool =
         token_endpoint_auth_method=document["token_endpoint_auth_method"],
         grant_types=tuple(dict.fromkeys(document["grant_types"])),
         scopes=tuple(dict.fromkeys(document.get("scope", "").split())),
-        tls_subject=subject,  # type: ignore[arg-type]
+        tls_subject=subject,
         certificates=tuple(certificates),
         metadata=MappingProxyType(rest),
     )

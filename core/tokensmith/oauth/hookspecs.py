@@ -40,6 +40,7 @@ def listener_default_order() -> int:
     Called once when the plugin is loaded. A plugin that does not implement it runs at 1000.
     Must not be a coroutine.
     """
+    raise NotImplementedError  # a specification: pluggy never calls it
 
 
 @hookspec
@@ -81,6 +82,7 @@ def client_auth_methods(listener: Listener) -> list[str]:
     registered with one of them can only be authenticated by this listener.
     Must not be a coroutine.
     """
+    raise NotImplementedError  # a specification: pluggy never calls it
 
 
 @hookspec
@@ -118,7 +120,8 @@ def check_client_metadata(metadata: Mapping[str, Any], listener: Listener) -> No
 
     Called for the enabled authenticator that declared the client's
     ``token_endpoint_auth_method``, whenever a client is registered or its metadata changed,
-    by whatever way (the CLI now; an administration API or dynamic registration later).
+    by whatever way: the CLI, the admin API (/api/clients) or dynamic registration
+    (/oauth2/register, RFC 7591).
     Must not be a coroutine, and should not touch the network.
     """
 
@@ -131,6 +134,7 @@ def server_metadata(listener: Listener) -> dict[str, Any]:
     sets itself is not replaced; between plugins the first in calling order wins. Called
     once per load, after ``listener_configure``. Must not be a coroutine.
     """
+    raise NotImplementedError  # a specification: pluggy never calls it
 
 
 # ---------------------------------------------------------------------------------------------

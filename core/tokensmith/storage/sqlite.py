@@ -329,7 +329,7 @@ class SQLiteStorage:
                         before, frames = frames, self._passive()
                         if frames - before < 256:
                             break
-                    self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                    self._maintenance().execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.path}: checkpoint: {exc}") from exc
 
@@ -510,7 +510,15 @@ class SQLiteStorage:
         if row is None:
             return None
         return TokenRecord(
-            *row[:9],
+            token_hash=row[0],
+            kind=row[1],
+            client_id=row[2],
+            scope=row[3],
+            issued_at=row[4],
+            expires_at=row[5],
+            username=row[6],
+            cnf_x5t_s256=row[7],
+            grant_id=row[8],
             revoked=bool(row[9] or row[15]),
             claims=json.loads(row[10]),
             used=bool(row[11]),
@@ -963,7 +971,7 @@ def _client(row: tuple) -> Client:
             )
             for c in json.loads(row[8])
         ),
-        tls_subject=tuple(json.loads(row[9])) if row[9] else None,  # type: ignore[arg-type]
+        tls_subject=tuple(json.loads(row[9])) if row[9] else None,
         access_token_lifetime=row[10],
         refresh_token_lifetime=row[11],
         jwt_access_tokens=None if row[12] is None else bool(row[12]),
