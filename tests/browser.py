@@ -17,9 +17,14 @@ import pytest
 CHROMIUM = os.environ.get("TOKENSMITH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium for a test module.
+
+    Not for the whole session: while Playwright's sync API is open, an asyncio event loop is
+    running on the main thread, and every later test that runs a loop of its own (the
+    in-process tests) would fail with "Cannot run the event loop while another loop is running".
+    """
     from playwright.sync_api import sync_playwright
 
     if not os.path.exists(CHROMIUM):

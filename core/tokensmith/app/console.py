@@ -55,6 +55,7 @@ from tokensmith.oauth.clientmetadata import certificate_jwk, client_metadata
 from tokensmith.oauth.grants import GRANT_TYPES
 from tokensmith.oauth.registration import RegistrationError, registered_certificate
 from tokensmith.oauth.runtime import Runtime
+from tokensmith.security.hashing import KdfBusy
 from tokensmith.security.signing import ALGORITHMS, SigningKeyError
 from tokensmith.security.truststore import TruststoreError
 from tokensmith.security.x509 import CertificateError, load_pem_certificates, validity_problem
@@ -282,8 +283,15 @@ async def sign_in() -> Response:
         elif not basic:
             errors["form"] = "Sign-in with a password is off (conf/authenticators.xml)."
         else:
-            user = await check_password(rt, username, form.get("password", ""), request.remote_addr or "?")
-            if user is None:
+            try:
+                user = await check_password(
+                    rt, username, form.get("password", ""), request.remote_addr or "?"
+                )
+            except KdfBusy:
+                errors["form"] = "The server is busy checking other passwords; try again in a moment."
+            if errors:
+                pass
+            elif user is None:
                 errors["password"] = "Wrong user name or password, or the user is locked out."
             elif user.role != "admin":
                 errors["username"] = f"{username} is not an administrator."
