@@ -315,6 +315,25 @@ def test_not_a_certificate_and_an_expired_one_are_refused_beside_the_field(env: 
     assert "Broken" not in env.dep.cli("sp", "list").stdout
 
 
+def test_a_tls_client_auth_client_is_registered_by_its_certificate_subject(env: Console, page: Any) -> None:
+    """RFC 8705 §2.1: the pasted CA-issued certificate gives the subject DN; another
+    certificate with that subject from the same CA authenticates the client too."""
+    first = pki.issue(env.authority, "billing", org="Example")
+    sign_in(page, env)
+    page.goto(env.url("/console/clients/new"))
+    page.fill("#name", "Billing")
+    page.select_option("#auth_method", "tls_client_auth")
+    page.fill("#certificate", first.pem.decode())
+    page.click("button:has-text('Register')")
+    client_id = page.input_value("#client_id")
+    renewed = pki.issue(env.authority, "billing", org="Example").write(env.root, "billing-renewed")
+    assert token(env, client_id, cert=renewed).status_code == 200
+    stranger = pki.issue(env.authority, "someone else", org="Example").write(env.root, "stranger")
+    assert token(env, client_id, cert=stranger).status_code == 401
+    page.goto(env.url(f"/console/clients/{client_id}"))
+    assert "CN=billing,O=Example" in page.inner_text("main")
+
+
 def test_rotate_a_certificate_then_delete_with_confirmation(env: Console, page: Any) -> None:
     first, second = pki.self_signed("rotating"), pki.self_signed("rotating-next")
     first_paths, second_paths = first.write(env.root, "rot-1"), second.write(env.root, "rot-2")

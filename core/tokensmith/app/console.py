@@ -266,6 +266,8 @@ async def sign_in() -> Response:
             certificate_error = str(exc)
     errors: dict[str, str] = {}
     username = ""
+    if request.method == "GET" and _session().user is not None:
+        return _go("/console/")
     if request.method == "POST":
         form = await request.form
         username = form.get("username", "").strip()
