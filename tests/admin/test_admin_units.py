@@ -19,7 +19,7 @@ from tokensmith.admin import clients as client_ops
 from tokensmith.admin import configuration as config_ops
 from tokensmith.admin import users as user_ops
 from tokensmith.admin.audit import Actor, OperationError, local_actor, record
-from tokensmith.app.admin import client_view
+from tokensmith.app.admin import client_view, resolve
 from tokensmith.app.factory import create_app
 from tokensmith.app.openapi import document
 from tokensmith.app.registration import REGISTER_PATH
@@ -97,12 +97,18 @@ def test_tried_in_descending_priority(tmp_path: Path) -> None:
             3,
             "cannot read",
         ),
+        (
+            '<Authenticator name="MutualSSLAuthenticator"><Config>'
+            '<Parameter name="WhiteList">not a DN</Parameter></Config></Authenticator>',
+            3,
+            "WhiteList",
+        ),
     ],
 )
 def test_mistakes_name_the_file_and_line(tmp_path: Path, body: str, line: int, words: str) -> None:
     path = write(tmp_path / "authenticators.xml", body)
     with pytest.raises(ConfigError) as caught:
-        load_authenticators(path)
+        resolve(load_authenticators(path))  # as the server loads it
     assert f"authenticators.xml:{line}:" in str(caught.value)
     assert words in str(caught.value)
 
@@ -116,7 +122,7 @@ def test_admin_certificates_are_registered_by_hash(tmp_path: Path) -> None:
         '<Parameter name="AdminCertificates">admins.pem</Parameter></Config></Authenticator>',
     )
 
-    mutual = load_authenticators(path).enabled(MUTUAL_SSL)
+    mutual = resolve(load_authenticators(path)).enabled(MUTUAL_SSL)
     assert mutual is not None
     assert mutual.admin_certificates == {hashlib.sha256(pair.der).hexdigest()}
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tokensmith.models import Client, Issue, StorageError, TokenRecord
+from tokensmith.models import AuditEntry, Client, Issue, StorageError, TokenRecord, User
 from tokensmith.storage import groupcommit
 from tokensmith.storage.groupcommit import GroupCommit
 from tokensmith.storage.sqlite import _RESTART_FRAMES, _SCHEMA_VERSION, SQLiteStorage
@@ -329,6 +329,7 @@ def test_a_version_5_database_gains_client_metadata_and_plugin_state(tmp_path) -
     with SQLiteStorage(path) as store:
         store.add_client(Client("c1", "one", "client_secret_basic", ("client_credentials",)))
     with sqlite3.connect(path) as db:  # back to schema 5: no metadata, no plugin_state
+        _drop_schema_7(db)
         db.execute("DROP TABLE plugin_state")
         db.execute("ALTER TABLE clients DROP COLUMN metadata")
         db.execute("PRAGMA user_version=5")
@@ -378,3 +379,31 @@ def test_plugin_key_value_state_expires_and_is_purged(tmp_path) -> None:  # noqa
         assert rows == [("p", "kept"), ("q", "kept")]
         assert other.delete_state("p", "kept")
         assert store.get_state("p", "kept") is None
+
+
+def _drop_schema_7(db: sqlite3.Connection) -> None:
+    """Undo what schema 7 added: users.role, audit_log, registration_tokens."""
+    db.execute("DROP TABLE audit_log")
+    db.execute("DROP TABLE registration_tokens")
+    db.execute("ALTER TABLE users DROP COLUMN role")
+
+
+def test_a_version_6_database_gains_roles_audit_and_registration_tokens(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "tokens.db"
+    with SQLiteStorage(path) as store:
+        store.add_user(User("ann", "hash", 1))
+    with sqlite3.connect(path) as db:
+        _drop_schema_7(db)
+        db.execute("PRAGMA user_version=6")
+    with SQLiteStorage(path) as store:
+        user = store.get_user("ann")
+        assert user is not None and user.role is None
+        assert store.set_user_role("ann", "admin")
+        store.add_audit(AuditEntry(1, "cli:x", "cli", None, "user.role", "ann", {"role": "admin"}))
+        store.add_registration_token("h", "initial", None, None)
+    with SQLiteStorage(path) as store:
+        assert store.get_user("ann").role == "admin"  # type: ignore[union-attr]
+        assert [e.action for e in store.list_audit()] == ["user.role"]
+        assert store.find_registration_token("h", "initial") == (None, None)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 7

@@ -227,7 +227,8 @@ def change_client(
         method = document.get("token_endpoint_auth_method", client.token_endpoint_auth_method)
         if method != client.token_endpoint_auth_method:
             raise OperationError(
-                "token_endpoint_auth_method cannot be changed: register a new client",
+                "token_endpoint_auth_method cannot be changed by sp update or an update through the API:"
+                " register the client again and remove this one",
                 400,
                 "invalid_client_metadata",
             )

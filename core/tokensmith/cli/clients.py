@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tokensmith.admin import clients as client_ops
-from tokensmith.admin.audit import local_actor
+from tokensmith.admin.audit import OperationError, local_actor
 from tokensmith.admin.configuration import issue_initial_access_token
 from tokensmith.cli.base import CLIError, Parser, open_storage, warn
 from tokensmith.config.settings import Config, load_config
@@ -521,6 +521,10 @@ def _metadata_refusals(method: str) -> Iterator[None]:
     """An authenticator's refusal of the metadata as one CLI line."""
     try:
         yield
+    except OperationError as exc:
+        if exc.error != "invalid_client_metadata":
+            raise
+        raise CLIError(f"invalid_client_metadata: {exc}") from None
     except InvalidClientMetadataError as exc:
         raise CLIError(
             f"invalid_client_metadata: {exc.description or 'refused by its authenticator'}"
@@ -633,7 +637,9 @@ def cmd_sp_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_sp_initial_token(args: argparse.Namespace) -> int:
-    from tokensmith.config.authenticators import load_authenticators as load_admin_settings
+    from tokensmith.config.authenticators import (
+        load_authenticators as load_admin_settings,  # the lifetime only
+    )
 
     config = load_config(args.conf)
     lifetime = (
