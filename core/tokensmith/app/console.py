@@ -193,11 +193,12 @@ async def guard() -> Response | None:
     rt = runtime(current_app)
     g.rt = rt
     g.cookie = None
+    if request.endpoint == "console.static":
+        # Stylesheet and script: no session is read, kept alive or made for them.
+        g.session = None
+        return None
     session = await _run(_load_session, rt)
     g.expired = session is None and COOKIE in request.cookies
-    if request.endpoint == "console.static":
-        g.session = session or Session("", "", 0)
-        return None
     if session is None:
         session = _new_session()
     g.session = session
@@ -231,8 +232,7 @@ async def finish(response: Response) -> Response:
     for name, value in _HEADERS.items():
         response.headers[name] = value
     session: Session | None = g.get("session")
-    if session is None or not session.key or request.endpoint == "console.static":
-        # A stylesheet fetched by an open page does not keep its session alive.
+    if session is None:
         return response
     rt = _rt()
     console_settings = rt.config.server.console
