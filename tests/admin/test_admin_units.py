@@ -28,7 +28,7 @@ from tokensmith.config.settings import load_config, load_identity
 from tokensmith.config.xml import ConfigError
 from tokensmith.models import TokenRecord
 from tokensmith.oauth.clientmetadata import client_metadata
-from tokensmith.security.hashing import token_hash
+from tokensmith.oauth.tokens import token_hash
 from tokensmith.storage.sqlite import SQLiteStorage
 
 ACTOR = Actor("tester", "cli", "local")
@@ -357,3 +357,24 @@ def test_in_process_registration(app: App) -> None:
     assert status == 201 and body["grant_types"] == ["client_credentials"]
     status, _, metadata = app.call("GET", "/.well-known/oauth-authorization-server")
     assert metadata["registration_endpoint"].endswith(REGISTER_PATH)
+
+
+def test_the_cli_audits_truststore_and_signing_changes(tmp_path, keystore, wheel_cache) -> None:  # noqa: ANN001
+    """The CLI changes through the same operations, so its changes are in the audit log too."""
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
+    (tmp_path / "ca.pem").write_bytes(pki.ca().pem)
+    dep.cli("truststore", "import", "--alias", "partner", "--file", str(tmp_path / "ca.pem"))
+    dep.cli("truststore", "remove", "partner")
+    assert dep.cli("truststore", "remove", "partner", check=False).returncode == 1
+    kid = dep.cli("signing", "rotate").stdout.split()[0]
+    newer = dep.cli("signing", "rotate").stdout.split()[0]
+    dep.cli("signing", "retire", kid)
+    with SQLiteStorage(dep.database) as opened:
+        entries = [(e.action, e.target, e.via) for e in reversed(opened.list_audit())]
+    assert entries == [
+        ("truststore.import", "partner", "cli"),
+        ("truststore.remove", "partner", "cli"),
+        ("signing.rotate", kid, "cli"),
+        ("signing.rotate", newer, "cli"),
+        ("signing.retire", kid, "cli"),
+    ]

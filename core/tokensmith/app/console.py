@@ -51,6 +51,7 @@ from tokensmith.app.state import runtime
 from tokensmith.config.authenticators import BASIC, MUTUAL_SSL
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.models import Client, RegisteredCertificate
+from tokensmith.oauth import clientauth
 from tokensmith.oauth.clientmetadata import certificate_jwk, client_metadata
 from tokensmith.oauth.grants import GRANT_TYPES
 from tokensmith.oauth.registration import RegistrationError, registered_certificate
@@ -420,7 +421,7 @@ def _check_callback(url: str) -> str | None:
 
 
 def _methods(rt: Runtime) -> list[str]:
-    return list(dict.fromkeys([*client_ops.KNOWN_METHODS, *rt.listeners.auth_methods_supported()]))
+    return list(dict.fromkeys([*client_ops.KNOWN_METHODS, *clientauth.auth_methods_supported(rt.listeners)]))
 
 
 def _field_of(message: str) -> str:

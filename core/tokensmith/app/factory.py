@@ -29,10 +29,11 @@ from tokensmith.config.xml import ConfigError
 from tokensmith.listeners.dropins import DropinLoader
 from tokensmith.listeners.registry import ListenerSet, build_listeners
 from tokensmith.models import Storage, StorageError
+from tokensmith.oauth.clientauth import VerifiedSecrets, collect_server_metadata
 from tokensmith.oauth.endpoints import POST_ENDPOINTS
+from tokensmith.oauth.hookspecs import LISTENER_TYPES
 from tokensmith.oauth.runtime import Runtime
 from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
-from tokensmith.security.hashing import VerifiedSecrets
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 from tokensmith.storage.sqlite import SQLiteStorage
@@ -63,7 +64,7 @@ def _build_runtime(
     verified: VerifiedSecrets,
     generation: int,
 ) -> Runtime:
-    listeners = build_listeners(loader.load(identity.allowed_wheels), identity, storage)
+    listeners = build_listeners(loader.load(identity.allowed_wheels), identity, LISTENER_TYPES, storage)
     jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
     issuer = TokenIssuer(
         storage,
@@ -84,7 +85,8 @@ def _build_runtime(
         verified,
         generation,
         lambda: public_urls_of(app),
-        load_admin_settings(config.conf_dir),
+        collect_server_metadata(listeners),
+        admin=load_admin_settings(config.conf_dir),
     )
 
 
@@ -226,7 +228,7 @@ def inspect_listeners(
     identity = identity or config.identity
     loader = DropinLoader(config.server.dropins, unpack_root)
     try:
-        return build_listeners(loader.load(identity.allowed_wheels), identity)
+        return build_listeners(loader.load(identity.allowed_wheels), identity, LISTENER_TYPES)
     finally:
         loader.close()
 

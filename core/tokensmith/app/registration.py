@@ -30,7 +30,7 @@ from tokensmith.oauth.clientmetadata import STANDARD_MEMBERS, client_metadata, i
 from tokensmith.oauth.endpoints import REGISTRATION_PATH
 from tokensmith.oauth.messages import Answer
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.security.hashing import token_hash
+from tokensmith.oauth.tokens import token_hash
 
 __all__ = ["registration", "REGISTER_PATH"]
 

@@ -28,6 +28,7 @@ from tokensmith.config.settings import Config, load_config
 from tokensmith.config.xml import ConfigError
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.models import Client, RegisteredCertificate
+from tokensmith.oauth import clientauth
 from tokensmith.oauth.clientmetadata import apply_metadata, certificate_jwk, client_metadata
 from tokensmith.oauth.grants import GRANT_TYPES
 from tokensmith.oauth.registration import (
@@ -353,7 +354,7 @@ def load_authenticators(config: Config) -> ListenerSet:
 def check_with_authenticator(listeners: ListenerSet, client: Client) -> None:
     """Run the client's authenticator's ``check_client_metadata`` (RFC 7591 §3.2.2)."""
     try:
-        listeners.check_client_metadata(client_metadata(client))
+        clientauth.check_client_metadata(listeners, client_metadata(client))
     except InvalidClientMetadataError as exc:
         raise CLIError(
             f"invalid_client_metadata: {exc.description or 'refused by its authenticator'}"
@@ -472,7 +473,7 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
         document["scope"] = " ".join(args.scopes)
     config = load_config(args.conf)
     listeners = load_authenticators(config)
-    methods = list(dict.fromkeys([*KNOWN_METHODS, *listeners.auth_methods_supported()]))
+    methods = list(dict.fromkeys([*KNOWN_METHODS, *clientauth.auth_methods_supported(listeners)]))
     subject = _check_method_options(args, methods, document)
     check_registration(args.auth_method, args.grant_types)
     check_text(args.name, "the name")

@@ -8,31 +8,9 @@ from types import MappingProxyType
 from typing import Any
 
 from tokensmith.models import Client
+from tokensmith.oauth.claims import REGISTERED_CLAIMS  # what interceptors may not set
 
 __all__ = ["TokenIssueEvent", "TokenRevokeEvent", "ClientAuthEvent", "REGISTERED_CLAIMS"]
-
-#: Claims the server owns; interceptors may not add or replace them (RFC 7519 §4.1,
-#: RFC 7662 §2.2, RFC 9068 §2.2, RFC 8705 §3.1).
-REGISTERED_CLAIMS = frozenset(
-    {
-        "iss",
-        "sub",
-        "aud",
-        "exp",
-        "nbf",
-        "iat",
-        "jti",
-        "client_id",
-        "scope",
-        "cnf",
-        "token_type",
-        "active",
-        "username",
-        "auth_time",
-        "acr",
-        "amr",
-    }
-)
 
 
 @dataclass(frozen=True)

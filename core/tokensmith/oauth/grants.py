@@ -19,9 +19,9 @@ from tokensmith.errors import (
 )
 from tokensmith.models import LoginPolicy, Storage, StorageError
 from tokensmith.oauth.clientauth import AuthenticatedClient
-from tokensmith.oauth.tokens import IssuedToken, RotationRefused, TokenIssuer
+from tokensmith.oauth.tokens import IssuedToken, RotationRefused, TokenIssuer, token_hash
 from tokensmith.security import hashing as kdf
-from tokensmith.security.x509 import x5t_s256
+from tokensmith.security.jose import x5t_s256
 
 __all__ = [
     "GRANT_TYPES",
@@ -203,7 +203,7 @@ async def refresh_token(request: Grant) -> IssuedToken:
     if value is None:
         raise InvalidRequestError("refresh_token is missing")
     now = int(time.time())
-    record = storage.get_token(kdf.token_hash(value))
+    record = storage.get_token(token_hash(value))
     if record is None or record.kind != "refresh" or record.client_id != auth.client.client_id:
         raise InvalidGrantError("the refresh token is invalid")
     if record.used and not record.revoked:
