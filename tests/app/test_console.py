@@ -292,6 +292,10 @@ def test_a_secret_is_shown_once_and_a_resent_form_makes_no_second_client(env: Co
     page.click("button:has-text('Reset the secret')")
     new_secret = page.input_value("#client_secret")
     assert new_secret != secret
+    # Reloading that page re-sends the form: no third secret.
+    resent = page.reload()
+    assert resent is not None and resent.status == 409
+    assert "reset was done already" in page.inner_text("main")
     assert token(env, client_id, auth=(client_id, secret)).status_code == 401
     assert token(env, client_id, auth=(client_id, new_secret)).status_code == 200
 

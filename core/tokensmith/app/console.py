@@ -558,7 +558,13 @@ def _client_or_404(client_id: str) -> Client:
 @console.get("/clients/<client_id>")
 async def client(client_id: str) -> Response:
     found = _client_or_404(client_id)
-    return await _page("client.html", client=found, metadata=client_metadata(found), checked=_Certificates())
+    return await _page(
+        "client.html",
+        client=found,
+        metadata=client_metadata(found),
+        checked=_Certificates(),
+        submission=secrets.token_urlsafe(16),
+    )
 
 
 @console.post("/clients/<client_id>/certificates")
@@ -591,6 +597,7 @@ async def add_certificates(client_id: str) -> Response:
         client=found,
         metadata=client_metadata(found),
         checked=checked,
+        submission=secrets.token_urlsafe(16),
     )
 
 
@@ -606,7 +613,15 @@ async def remove_certificate(client_id: str, sha256: str) -> Response:
 
 @console.post("/clients/<client_id>/secret")
 async def reset_secret(client_id: str) -> Response:
-    updated = await _run(client_ops.reset_secret, _rt().storage, client_id, _actor())
+    rt = _rt()
+    form = await request.form
+    submission = form.get("submission", "")[:64]
+    if not submission or not await _run(
+        rt.storage.put_if_absent, _SUBMISSIONS, submission, int(time.time()) + 86400
+    ):
+        # A reload of the page that showed the new secret must not make yet another one.
+        raise OperationError("this reset was done already; reset again from the service provider's page", 409)
+    updated = await _run(client_ops.reset_secret, rt.storage, client_id, _actor())
     return await _page(
         "client_created.html",
         200,
