@@ -407,6 +407,7 @@ def test_a_listener_toggled_off_really_refuses_and_the_order_changes_live(env: C
 def test_truststore_signing_keys_and_a_narrow_window(env: Console, page: Any) -> None:
     other = pki.ca("Partner CA")
     sign_in(page, env)
+    shot(page, "service-providers")
     page.click("nav >> text=Truststore")
     page.fill("#alias", "partner")
     page.fill("#certificate", other.pem.decode())
