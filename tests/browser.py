@@ -19,11 +19,11 @@ CHROMIUM = os.environ.get("TOKENSMITH_CHROMIUM") or shutil.which("chromium") or 
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for a test module.
+    """One headless Chromium per test module.
 
-    Not for the whole session: while Playwright's sync API is open, an asyncio event loop is
-    running on the main thread, and every later test that runs a loop of its own (the
-    in-process tests) would fail with "Cannot run the event loop while another loop is running".
+    Not per session: Playwright's sync API keeps an event loop running in the test thread
+    while it is started, and the in-process tests that run their own loop would fail after
+    the first browser test.
     """
     from playwright.sync_api import sync_playwright
 

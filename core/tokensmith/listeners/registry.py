@@ -40,6 +40,7 @@ from tokensmith.config.xml import ConfigError
 from tokensmith.errors import OAuth2Error, ServerError
 from tokensmith.listeners.dropins import PluginSource
 from tokensmith.listeners.state import PluginState
+from tokensmith.metrics import metrics
 from tokensmith.models import Storage
 
 __all__ = ["Listener", "ListenerSet", "ListenerTypes", "build_listeners", "DEFAULT_ORDER"]
@@ -276,8 +277,10 @@ class ListenerSet:
     def implements(self, listener: Listener, hook_name: str) -> bool:
         return (listener.source.name, hook_name) in self._impls
 
-    def fail(self, listener: Listener, hook_name: str, what: str) -> None:
-        """Log a listener's misbehaviour with its name and raise ``ServerError``."""
+    def fail(self, listener: Listener, hook_name: str, what: str, kind: str = "error") -> None:
+        """Log a listener's misbehaviour with its name, count it (*kind*: error, timeout or
+        blocked) and raise ``ServerError``."""
+        metrics().listener_errors.labels(listener.name, kind).inc()
         log.error("listener %s/%s failed in %s: %s", listener.type, listener.name, hook_name, what)
         raise ServerError("an internal error occurred")
 
@@ -331,6 +334,7 @@ class ListenerSet:
                     )
                 if isinstance(result, _PlainHookFailed):
                     if result.raised:
+                        metrics().listener_errors.labels(listener.name, "error").inc()
                         log.error(
                             "listener %s/%s raised in %s\n%s",
                             listener.type,
@@ -343,7 +347,7 @@ class ListenerSet:
         except OAuth2Error:
             raise
         except TimeoutError:
-            self.fail(listener, hook_name, f"no answer within {self.timeout:g} s")
+            self.fail(listener, hook_name, f"no answer within {self.timeout:g} s", "timeout")
         except _Blocked as blocked:
             self.fail(
                 listener,
@@ -351,6 +355,7 @@ class ListenerSet:
                 f"held the event loop for {blocked} s without"
                 " awaiting; an async def hook must not block (write it as a plain def"
                 " to run it in a thread)",
+                "blocked",
             )
         except asyncio.CancelledError:
             task = asyncio.current_task()

@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from tokensmith.metrics import metrics
 from tokensmith.models import Issue, StorageError, TokenRecord
 
 __all__ = ["GroupCommit", "BUSY_TIMEOUT"]
@@ -63,12 +64,16 @@ class GroupCommit:
 
     def _flush(self) -> None:
         batch = self._pending
+        started = time.perf_counter()
         try:
             stored = self._write([issue for issue, _ in batch], int(time.time()))
         except Exception as exc:  # noqa: BLE001 - every waiter gets the store's error
             self._settle(exc)
             return
         if stored is not None:
+            m = metrics()
+            m.commit.observe(time.perf_counter() - started)
+            m.batch.observe(len(batch))
             self._settle(None, stored)
             return
         loop = asyncio.get_running_loop()
