@@ -301,10 +301,10 @@ async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest
     if outcome.client.token_endpoint_auth_method != outcome.method:
         raise InvalidClientError(
             "the client is not registered for this authentication method",
+            client_id=outcome.client.client_id,
             reason="auth_method_not_registered",
             detail=f"client {outcome.client.client_id} authenticated by {outcome.method} but is registered"
             f" for {outcome.client.token_endpoint_auth_method}",
-            client_id=outcome.client.client_id,
         )
     return outcome
 
