@@ -48,8 +48,10 @@ def _client(n: int, name: str) -> Client:
     return Client(f"id-{n:05d}", name, "client_secret_basic", ("client_credentials",), created_at=1)
 
 
-def test_search_clients_pages_newest_first_and_matches_name_or_id(tmp_path: Path) -> None:
-    with SQLiteStorage(tmp_path / "db") as store:
+def test_search_clients_pages_newest_first_and_matches_name_or_id(open_store) -> None:  # noqa: ANN001
+    """On both backends (SQLite and PostgreSQL)."""
+    store = open_store()
+    if True:
         for n in range(120):
             store.add_client(_client(n, f"App {n:03d}" if n % 2 else f"Service {n:03d}"))
         total, page = store.search_clients("", 50, 0)

@@ -38,7 +38,7 @@ from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
 from tokensmith.requestlog import refused as log_refusal
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
-from tokensmith.storage.sqlite import SQLiteStorage
+from tokensmith.storage import open_store
 
 __all__ = [
     "create_app",
@@ -105,7 +105,7 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.url_map.strict_slashes = False
     loader = DropinLoader(config.server.dropins, unpack_root)
     try:
-        storage = SQLiteStorage(config.server.database)
+        storage = open_store(config.server)
         first = _build_runtime(
             app,
             config,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tokensmith.admin.audit import OperationError
 from tokensmith.cli import clients as cli_clients
+from tokensmith.cli import db as cli_db
 from tokensmith.cli import doctor as cli_doctor
 from tokensmith.cli import security as cli_security
 from tokensmith.cli import signing as cli_signing
@@ -120,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_users.add_commands(commands, common)
     cli_signing.add_commands(commands, common)
     cli_doctor.add_commands(commands, common)
+    cli_db.add_commands(commands, common)
     return parser
 
 

@@ -160,6 +160,10 @@ class ServerSettings:
     trusted_proxies: tuple[Network, ...] = ()
     access_log: AccessLogSettings = AccessLogSettings()
     metrics: MetricsSettings = MetricsSettings(allow=LOOPBACK)
+    #: A PostgreSQL URL (<Database url=...> or TOKENSMITH_DATABASE_URL): the shared store
+    #: instead of the SQLite file *database*. It may hold a password: show it only through
+    #: ``storage.postgres.redact_url``.
+    database_url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -307,6 +311,7 @@ def load_server(path: Path) -> ServerSettings:
             )
 
     database = os.environ.get("TOKENSMITH_DB") or _text_attr(root, "Database", "path")
+    database_url = _database_url(path, root)
     dropins = _text_attr(root, "Dropins", "path") or str(default("server.xml", "Dropins", "path"))
     truststore = _text_attr(root, "Truststore", "path") or str(default("server.xml", "Truststore", "path"))
     return ServerSettings(
@@ -320,6 +325,7 @@ def load_server(path: Path) -> ServerSettings:
         trusted_proxies=trusted,
         access_log=_access_log(path, root.find("AccessLog")),
         metrics=_metrics(path, root.find("Metrics")),
+        database_url=database_url,
     )
 
 
@@ -384,6 +390,28 @@ def _console(path: Path, root: etree._Element) -> ConsoleSettings:
     )
     assert idle is not None and age is not None
     return ConsoleSettings(attr_bool(path, el, "enabled", _CONSOLE_ENABLED.default == "true"), idle, age)
+
+
+#: Overrides <Database>: the URL of a PostgreSQL database, so that a password need not be
+#: written into server.xml.
+DATABASE_URL_ENV = "TOKENSMITH_DATABASE_URL"
+
+
+def _database_url(path: Path, root: etree._Element) -> str | None:
+    """The PostgreSQL URL, if the store is PostgreSQL: TOKENSMITH_DATABASE_URL, else
+    ``<Database url=...>``; exactly one of url= and path= on the element."""
+    el = root.find("Database")
+    if el is not None and (el.get("url") is None) == (el.get("path") is None):
+        raise ConfigError(f"{where(path, el)}: <Database> needs either path= (SQLite) or url= (PostgreSQL)")
+    from_env = os.environ.get(DATABASE_URL_ENV)
+    url = from_env or (el.get("url") if el is not None else None)
+    if url is None:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        place = DATABASE_URL_ENV if from_env else where(path, el)
+        # Not the URL itself: it may hold a password.
+        raise ConfigError(f"{place}: the database URL must start with postgresql://")
+    return url
 
 
 def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:

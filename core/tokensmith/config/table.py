@@ -244,11 +244,21 @@ SETTINGS: tuple[Setting, ...] = (
         "server.xml",
         "Database",
         "path",
-        "The SQLite database; the environment variable TOKENSMITH_DB overrides it.",
+        "The SQLite database; the environment variable TOKENSMITH_DB overrides it. Give either"
+        " path= or url=.",
         "a path, relative to server.xml",
         "../var/tokensmith.db",
-        required=True,
         default_text="`../var/tokensmith.db` without the element",
+    ),
+    Setting(
+        "server.xml",
+        "Database",
+        "url",
+        "A PostgreSQL database shared by several instances, instead of the SQLite file"
+        " (docs/deployment.md); the environment variable TOKENSMITH_DATABASE_URL overrides it"
+        " and path=.",
+        "a postgresql:// URL",
+        default_text="none: the SQLite file",
     ),
     Setting(
         "server.xml",

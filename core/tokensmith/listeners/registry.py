@@ -41,7 +41,7 @@ from tokensmith.errors import OAuth2Error, ServerError
 from tokensmith.listeners.dropins import PluginSource
 from tokensmith.listeners.state import PluginState
 from tokensmith.metrics import metrics
-from tokensmith.models import Storage
+from tokensmith.models import Storage, StorageError
 
 __all__ = ["Listener", "ListenerSet", "ListenerTypes", "build_listeners", "DEFAULT_ORDER"]
 
@@ -311,7 +311,7 @@ class ListenerSet:
         An ``async def`` hook runs on the event loop and is awaited at most the timeout; a
         plain ``def`` hook runs in a thread (``HOOK_THREADS``), so it may block, and is
         answered at the deadline whether or not it returned. OAuth errors raised by the
-        plugin pass through; anything else, ``BaseException`` included (``SystemExit``,
+        plugin pass through, and so does ``StorageError`` from the store it asked; anything else, ``BaseException`` included (``SystemExit``,
         ``KeyboardInterrupt``, ``GeneratorExit``, a ``CancelledError`` that nobody asked
         for), is logged with the plugin's name and becomes ``server_error`` for this
         request only.
@@ -344,7 +344,9 @@ class ListenerSet:
                         )
                         raise ServerError("an internal error occurred")
                     self.fail(listener, hook_name, result.text)
-        except OAuth2Error:
+        except (OAuth2Error, StorageError):
+            # StorageError: the store the plugin asked through the request (check_secret)
+            # could not answer: 503 temporarily_unavailable, not the plugin's fault.
             raise
         except TimeoutError:
             self.fail(listener, hook_name, f"no answer within {self.timeout:g} s", "timeout")
@@ -409,11 +411,12 @@ def _run_plain_hook(function: Callable[..., Any], args: list[Any]) -> Any:
 
     Whatever of the plugin's could block runs here, never on the event loop: its exception is
     formatted here (a ``__str__`` may sleep), and an awaitable it returns is refused rather
-    than awaited on the loop (its ``__await__`` may sleep too). OAuth errors pass through.
+    than awaited on the loop (its ``__await__`` may sleep too). OAuth errors pass through,
+    and so does the store's failure (503).
     """
     try:
         result = function(*args)
-    except OAuth2Error:
+    except (OAuth2Error, StorageError):
         raise
     except BaseException as exc:  # noqa: B036 - SystemExit from a hook must not stop the server
         try:
