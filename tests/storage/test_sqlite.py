@@ -514,34 +514,6 @@ def test_put_if_absent_admits_one_caller_across_connections(open_store) -> None:
     assert not stores[2].put_if_absent("jwt", "old", later)
 
 
-def _drop_schema_7(db: sqlite3.Connection) -> None:
-    """Undo what schema 7 added: users.role, audit_log, registration_tokens."""
-    db.execute("DROP TABLE audit_log")
-    db.execute("DROP TABLE registration_tokens")
-    db.execute("ALTER TABLE users DROP COLUMN role")
-
-
-def test_a_version_6_database_gains_roles_audit_and_registration_tokens(tmp_path) -> None:  # noqa: ANN001
-    path = tmp_path / "tokens.db"
-    with SQLiteStorage(path) as store:
-        store.add_user(User("ann", "hash", 1))
-    with sqlite3.connect(path) as db:
-        _drop_schema_7(db)
-        db.execute("PRAGMA user_version=6")
-    with SQLiteStorage(path) as store:
-        user = store.get_user("ann")
-        assert user is not None and user.role is None
-        assert store.set_user_role("ann", "admin")
-        store.add_audit(AuditEntry(1, "cli:x", "cli", None, "user.role", "ann", {"role": "admin"}))
-        store.add_registration_token("h", "initial", None, None)
-    with SQLiteStorage(path) as store:
-        assert store.get_user("ann").role == "admin"  # type: ignore[union-attr]
-        assert [e.action for e in store.list_audit()] == ["user.role"]
-        assert store.find_registration_token("h", "initial") == (None, None)
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 7
-
-
 def _state_rows(open_store) -> list[tuple[str, str]]:  # noqa: ANN001
     """Every plugin_state row, expired or not, straight from the database."""
     query = "SELECT namespace, key FROM plugin_state ORDER BY 1, 2"
@@ -570,3 +542,31 @@ def test_plugin_key_value_state_expires_and_is_purged(open_store) -> None:  # no
     assert _state_rows(open_store) == [("p", "kept"), ("q", "kept")]
     assert other.delete_state("p", "kept")
     assert store.get_state("p", "kept") is None
+
+
+def _drop_schema_7(db: sqlite3.Connection) -> None:
+    """Undo what schema 7 added: users.role, audit_log, registration_tokens."""
+    db.execute("DROP TABLE audit_log")
+    db.execute("DROP TABLE registration_tokens")
+    db.execute("ALTER TABLE users DROP COLUMN role")
+
+
+def test_a_version_6_database_gains_roles_audit_and_registration_tokens(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "tokens.db"
+    with SQLiteStorage(path) as store:
+        store.add_user(User("ann", "hash", 1))
+    with sqlite3.connect(path) as db:
+        _drop_schema_7(db)
+        db.execute("PRAGMA user_version=6")
+    with SQLiteStorage(path) as store:
+        user = store.get_user("ann")
+        assert user is not None and user.role is None
+        assert store.set_user_role("ann", "admin")
+        store.add_audit(AuditEntry(1, "cli:x", "cli", None, "user.role", "ann", {"role": "admin"}))
+        store.add_registration_token("h", "initial", None, None)
+    with SQLiteStorage(path) as store:
+        assert store.get_user("ann").role == "admin"  # type: ignore[union-attr]
+        assert [e.action for e in store.list_audit()] == ["user.role"]
+        assert store.find_registration_token("h", "initial") == (None, None)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 7
