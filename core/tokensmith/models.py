@@ -250,6 +250,11 @@ class Storage(Protocol):
 
     def list_clients(self) -> list[Client]: ...
 
+    def search_clients(self, query: str = "", limit: int = 50, offset: int = 0) -> tuple[int, list[Client]]:
+        """How many clients match *query* (a substring of the name or client_id, any case;
+        empty: all), and the page of them from *offset*, newest first."""
+        ...
+
     def remove_client(self, client_id: str) -> bool:
         """Remove the client; every token issued to it is revoked with it (RFC 7592 §2.3)."""
         ...

@@ -53,7 +53,7 @@ from tokensmith.config.authenticators import (
 from tokensmith.config.xml import MAX_CONFIG_BYTES, ConfigError, UnreadableFile, read_regular_file
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.listeners.dropins import scan_dropins
-from tokensmith.models import Client
+from tokensmith.models import Client, User
 from tokensmith.oauth.clientcert import client_certificates
 from tokensmith.oauth.clientmetadata import client_metadata
 from tokensmith.oauth.messages import Answer
@@ -64,7 +64,16 @@ from tokensmith.security.signing import SigningKeyError
 from tokensmith.security.truststore import TruststoreError
 from tokensmith.security.x509 import CertificateError, load_pem_certificates, normalize_dn, verify_chain
 
-__all__ = ["admin", "client_view", "resolve", "load_admin_settings"]
+__all__ = [
+    "admin",
+    "client_view",
+    "resolve",
+    "load_admin_settings",
+    "check_password",
+    "check_certificate",
+    "Unauthenticated",
+    "reload_all",
+]
 
 log = logging.getLogger("tokensmith")
 
@@ -151,11 +160,20 @@ async def _basic(rt: Runtime) -> Caller | None:
         raise Unauthenticated("the Basic credentials are not base64 of user:password") from None
     if not colon or not username:
         raise Unauthenticated("the Basic credentials are not user:password")
+    user = await check_password(rt, username, password, request.remote_addr or "?")
+    if user is None:
+        raise Unauthenticated("authentication failed")
+    return Caller(user.username, user.role, "basic")
+
+
+async def check_password(rt: Runtime, username: str, password: str, source: str) -> User | None:
+    """The user whose password this is, or None (the console's sign-in uses it too).
+
+    As the password grant does: the attempt is counted before the password is checked, and
+    an unknown or locked-out user costs the same KDF run as a wrong password, so that the
+    answer's timing tells nothing about which users exist.
+    """
     store = rt.storage
-    source = request.remote_addr or "?"
-    # As the password grant does: the attempt is counted before the password is checked, and
-    # an unknown or locked-out user costs the same KDF run as a wrong password, so that the
-    # answer's timing tells nothing about which users exist.
     user = store.get_user(username)
     kdf.admit()
     taken = user is not None and await asyncio.to_thread(
@@ -164,12 +182,12 @@ async def _basic(rt: Runtime) -> Caller | None:
     correct = await kdf.check(password, user.password_hash if user is not None and taken else None)
     if user is not None and taken:
         await asyncio.to_thread(store.end_login_attempt, username, source, correct)
-    if user is None or not taken or not correct:
-        raise Unauthenticated("authentication failed")
-    return Caller(user.username, user.role, "basic")
+    return user if user is not None and taken and correct else None
 
 
-def _mutual_tls(rt: Runtime, settings: AdminAuthenticator) -> Caller | None:
+def check_certificate(rt: Runtime, settings: AdminAuthenticator) -> str | None:
+    """The subject DN of the request's client certificate when the MutualSSLAuthenticator
+    admits it, None when there is no certificate; ``Unauthenticated`` when it is refused."""
     chain, _ = client_certificates(request.scope, request.remote_addr, rt.identity.forwarded_certificates)
     if not chain:
         return None
@@ -183,6 +201,12 @@ def _mutual_tls(rt: Runtime, settings: AdminAuthenticator) -> Caller | None:
             raise Unauthenticated(f"the client certificate is not trusted: {exc}") from None
     if settings.whitelist_enabled and normalize_dn(leaf.subject) not in settings.whitelist:
         raise Unauthenticated("the client certificate's subject is not in the WhiteList")
+    return leaf.subject.rfc4514_string()
+
+
+def _mutual_tls(rt: Runtime, settings: AdminAuthenticator) -> Caller | None:
+    if check_certificate(rt, settings) is None:
+        return None
     username = request.headers.get(settings.username_header)
     if not username:
         raise Unauthenticated(f"the {settings.username_header} header names no user")
@@ -530,7 +554,7 @@ def _known(rt: Runtime) -> list[tuple[str, str]]:
     return [(item.type, item.name) for item in rt.listeners]
 
 
-def _reload_all() -> None:
+def reload_all() -> None:
     """Reload every process serving this configuration, as SIGHUP does (``RELOAD_ALL``)."""
     current_app.extensions[RELOAD_ALL]()
 
@@ -559,7 +583,7 @@ async def change_listener(family: str, name: str) -> Response:
         order=order,
         known=_known(rt),
     )
-    _reload_all()
+    reload_all()
     return _json(202, {"reloading": True})
 
 
@@ -571,7 +595,7 @@ async def reorder_listeners() -> Response:
         raise OperationError("order must be a list of type/name strings")
     rt = _rt()
     await _run(config_ops.reorder_listeners, rt.identity.path, rt.storage, order, _actor(), _known(rt))
-    _reload_all()
+    reload_all()
     return _json(202, {"reloading": True})
 
 

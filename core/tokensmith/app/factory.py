@@ -18,6 +18,7 @@ from quart import Quart, Response, abort, request
 from werkzeug.exceptions import HTTPException
 
 from tokensmith.app.admin import admin, load_admin_settings
+from tokensmith.app.console import console
 from tokensmith.app.fastlane import OAuthEndpoints
 from tokensmith.app.registration import registration
 from tokensmith.app.responses import error_answer, plain_error, to_response
@@ -147,6 +148,8 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.register_blueprint(oauth)
     app.register_blueprint(registration)
     app.register_blueprint(admin)
+    if config.server.console.enabled:
+        app.register_blueprint(console)
     try:
         add_plugin_routes(app, first.listeners)
     except BaseException:

@@ -37,6 +37,7 @@ __all__ = [
     "Config",
     "Connector",
     "KeystoreSettings",
+    "ConsoleSettings",
     "ServerSettings",
     "IdentitySettings",
     "ListenerEntry",
@@ -58,6 +59,9 @@ _PORT = setting("server.xml", "Connector", "port")
 _TIMEOUT = setting("server.xml", "Connector", "connectionTimeout")
 _KEYSTORE_TYPE = setting("server.xml", "Keystore", "type")
 _ORDER_ID = setting("identity.xml", "EventListeners/EventListener", "orderId")
+_CONSOLE_ENABLED = setting("server.xml", "Console", "enabled")
+_CONSOLE_IDLE = setting("server.xml", "Console", "idleTimeout")
+_CONSOLE_AGE = setting("server.xml", "Console", "maxSessionAge")
 _FORWARDED_FORMAT = setting("identity.xml", "OAuth/ClientCertificateHeader", "format")
 CLIENT_AUTH_MODES = _CLIENT_AUTH.choices
 #: Who serves HTTP/1.1 on a connector: Hypercorn (h11), or tokensmith's own llhttp lane.
@@ -133,6 +137,19 @@ PROXY_HEADERS = ("x-forwarded", "forwarded")
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """``<Console>``: the web console under ``/console/`` (app/console.py).
+
+    ``enabled="false"`` takes it off the URL map (a 404). ``idleTimeout`` is the seconds a
+    signed-in session lasts without a request; ``maxSessionAge`` the seconds it lasts at most.
+    """
+
+    enabled: bool = _CONSOLE_ENABLED.default == "true"
+    idle_timeout: int = int(_CONSOLE_IDLE.default or 0)
+    max_session_age: int = int(_CONSOLE_AGE.default or 0)
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     path: Path
     connectors: tuple[Connector, ...]
@@ -140,6 +157,7 @@ class ServerSettings:
     database: Path
     dropins: Path
     truststore: Path
+    console: ConsoleSettings = ConsoleSettings()
     #: ``<TrustedProxies addresses=>``: the proxies whose X-Request-Id, X-Forwarded-For,
     #: X-Forwarded-Proto and Forwarded are believed, and the only peers a plain-HTTP
     #: connector answers.
@@ -316,6 +334,7 @@ def load_server(path: Path) -> ServerSettings:
         database=_path(path, database or str(default("server.xml", "Database", "path"))),
         dropins=_path(path, dropins),
         truststore=_path(path, truststore),
+        console=_console(path, root),
         trusted_proxies=trusted,
         proxy_headers=proxy_headers,
         access_log=_access_log(path, root.find("AccessLog")),
@@ -361,6 +380,30 @@ def _metrics(path: Path, el: etree._Element | None) -> MetricsSettings:
 def _int(value: object) -> int:
     assert isinstance(value, int)
     return value
+
+
+def _console(path: Path, root: etree._Element) -> ConsoleSettings:
+    el = root.find("Console")
+    if el is None:
+        return ConsoleSettings()
+    idle = attr_int(
+        path,
+        el,
+        "idleTimeout",
+        _int(_CONSOLE_IDLE.default),
+        minimum=_int(_CONSOLE_IDLE.minimum),
+        maximum=_int(_CONSOLE_IDLE.maximum),
+    )
+    age = attr_int(
+        path,
+        el,
+        "maxSessionAge",
+        _int(_CONSOLE_AGE.default),
+        minimum=_int(_CONSOLE_AGE.minimum),
+        maximum=_int(_CONSOLE_AGE.maximum),
+    )
+    assert idle is not None and age is not None
+    return ConsoleSettings(attr_bool(path, el, "enabled", _CONSOLE_ENABLED.default == "true"), idle, age)
 
 
 #: Overrides <Database>: the URL of a PostgreSQL database, so that a password need not be
