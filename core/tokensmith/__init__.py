@@ -19,6 +19,7 @@ if _os.path.basename(_sys.argv[0]) == "tokensmith" and _sys.argv[1:2] == ["serve
 
 from tokensmith.errors import (
     InvalidClientError,
+    InvalidClientMetadataError,
     InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
@@ -27,8 +28,10 @@ from tokensmith.errors import (
     UnauthorizedClientError,
 )
 from tokensmith.listeners.registry import Listener
+from tokensmith.listeners.state import PluginState, StateUnavailableError
 from tokensmith.models import Client, RegisteredCertificate
-from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest
+from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest, RequestContext
+from tokensmith.oauth.clientmetadata import client_metadata
 from tokensmith.oauth.events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
 from tokensmith.oauth.hookspecs import hookimpl
 from tokensmith.security.x509 import (
@@ -47,7 +50,11 @@ __all__ = [
     "hookimpl",
     "AuthenticatedClient",
     "ClientAuthRequest",
+    "RequestContext",
+    "PluginState",
+    "StateUnavailableError",
     "Client",
+    "client_metadata",
     "RegisteredCertificate",
     "Listener",
     "TokenIssueEvent",
@@ -65,6 +72,7 @@ __all__ = [
     "OAuth2Error",
     "InvalidRequestError",
     "InvalidClientError",
+    "InvalidClientMetadataError",
     "InvalidGrantError",
     "InvalidScopeError",
     "UnauthorizedClientError",

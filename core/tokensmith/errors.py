@@ -21,6 +21,7 @@ __all__ = [
     "UnsupportedTokenTypeError",
     "ServerError",
     "TemporarilyUnavailableError",
+    "InvalidClientMetadataError",
 ]
 
 # RFC 6749 §5.2: error_description is limited to %x20-21 / %x23-5B / %x5D-7E.
@@ -68,6 +69,19 @@ class InvalidClientError(OAuth2Error):
     error = "invalid_client"
     status_code = 401
 
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        client_id: str | None = None,
+    ):
+        super().__init__(description, headers=headers)
+        #: The client the refused credential claimed to be, when the authenticator knows it
+        #: (an assertion's ``iss``, a certificate's client): the ``client_auth_failure``
+        #: event carries it. Never sent to the caller.
+        self.client_id = client_id
+
 
 class InvalidGrantError(OAuth2Error):
     """RFC 6749 §5.2 ``invalid_grant``."""
@@ -111,6 +125,14 @@ class TemporarilyUnavailableError(OAuth2Error):
 
     error = "temporarily_unavailable"
     status_code = 503
+
+
+class InvalidClientMetadataError(OAuth2Error):
+    """RFC 7591 §3.2.2 ``invalid_client_metadata``: "The value of one of the client metadata
+    fields is invalid and the server has rejected this request." Raised by a
+    ``check_client_metadata`` hook; the description says which field and why."""
+
+    error = "invalid_client_metadata"
 
 
 class RequestRefused(Exception):

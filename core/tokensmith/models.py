@@ -8,8 +8,10 @@ Secrets and tokens reach storage only as hashes.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Protocol
 
 __all__ = [
     "Client",
@@ -82,6 +84,17 @@ class Client:
     resource_server: bool = False
     #: Absolute lifetime of a grant's refresh tokens, counted from the grant (RFC 9700 §4.14.2).
     refresh_token_max_lifetime: int | None = None
+    #: The rest of the client's RFC 7591 metadata, under the RFC's names (``jwks``,
+    #: ``jwks_uri``, ``token_endpoint_auth_signing_alg``, ``contacts``, ``software_id``,
+    #: namespaced members of plugins, ...). The members kept in the fields above
+    #: (``client_name``, ``grant_types``, ``scope``, ``token_endpoint_auth_method``, the
+    #: ``tls_client_auth_*`` subject) are never in it; ``registration.client_metadata``
+    #: gives the whole document.
+    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def without_secret(self) -> Client:
+        """This client as plugins see it: ``secret_hash`` is always None."""
+        return self if self.secret_hash is None else replace(self, secret_hash=None)
 
     def public_view(self) -> dict[str, object]:
         """What ``sp list`` shows: everything but the secret hash."""
@@ -108,6 +121,8 @@ class Client:
                 view[name] = getattr(self, name)
         if self.resource_server:
             view["resource_server"] = True
+        if self.metadata:
+            view["metadata"] = dict(self.metadata)
         return view
 
 
@@ -250,7 +265,9 @@ class Storage(Protocol):
 
     def purge_expired(self, before: int, limit: int | None = None) -> int | None:
         """Delete tokens that expired before *before*, at most *limit* of them; return how
-        many, or None without waiting if the store is busy now. Called from a worker thread."""
+        many, or None without waiting if the store is busy now. Called from a worker thread.
+        Expired plugin state rows (``put_if_absent``, ``set_state``) go too, at most *limit*
+        of them; they are not counted."""
         ...
 
     def add_user(self, user: User) -> None: ...
@@ -274,6 +291,34 @@ class Storage(Protocol):
 
     def unlock_user(self, username: str) -> bool:
         """Forget every failure and lock of *username*; False if there is no such user."""
+        ...
+
+    # -- plugin state: shared by every worker and instance on this store, kept across
+    # restarts. *namespace* is the plugin's name; *key* any text (up to 512 characters, the
+    # callers check). A row whose *expires_at* (Unix time) is not after now counts as absent
+    # for every method here, and ``purge_expired`` deletes it like an expired token.
+
+    def put_if_absent(self, namespace: str, key: str, expires_at: int) -> bool:
+        """Store *key*, with no value, unless it is present; atomically.
+
+        True for exactly one of any number of concurrent callers (threads, workers, hosts)
+        while the key is absent or expired; False, changing nothing, while it is present.
+        What replay checks of single-use values need (RFC 7523 §3 item 7: ``jti``).
+        """
+        ...
+
+    def get_state(self, namespace: str, key: str) -> str | None:
+        """The value stored under *key*, or None when absent or expired (or stored by
+        ``put_if_absent``, which stores none)."""
+        ...
+
+    def set_state(self, namespace: str, key: str, value: str, expires_at: int | None = None) -> None:
+        """Store *value* (text, up to 64 KiB, the callers check) under *key*, replacing what is
+        there; kept until *expires_at*, or until deleted when None."""
+        ...
+
+    def delete_state(self, namespace: str, key: str) -> bool:
+        """Delete *key*; True if it was present (and not expired)."""
         ...
 
     def serving(self) -> None:

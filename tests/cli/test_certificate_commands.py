@@ -6,6 +6,7 @@ runs as a real ``tokensmith`` subprocess against a real deployment.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import json
@@ -231,14 +232,6 @@ def test_pki_client_registers_one_subject(deployment, option, value, kind, store
     ("args", "expected"),
     [
         (
-            ["--auth-method", "client_secret_basic", "--cert", "{cert}"],
-            "--cert is for self_signed_tls_client_auth clients, not client_secret_basic",
-        ),
-        (
-            ["--auth-method", "tls_client_auth", "--cert", "{cert}", "--subject-dn", "CN=a"],
-            "--cert is for self_signed_tls_client_auth clients, not tls_client_auth",
-        ),
-        (
             ["--auth-method", "self_signed_tls_client_auth"],
             "self_signed_tls_client_auth needs the client's certificate: --cert FILE",
         ),
@@ -301,8 +294,6 @@ def test_pki_client_registers_one_subject(deployment, option, value, kind, store
         ),
     ],
     ids=[
-        "cert-with-secret",
-        "cert-with-pki",
         "self-signed-without-cert",
         "pki-without-subject",
         "subject-with-self-signed",
@@ -415,7 +406,7 @@ def test_removing_the_last_certificate_is_refused(deployment, tmp_path) -> None:
         (["--remove-cert", "AB:CD"], "'AB:CD' is not a SHA-256 fingerprint"),
         (["--add-cert", "{registered}"], "is already registered for client"),
         (["--add-cert", "{key}"], "contains a private key, not a certificate"),
-        ([], "nothing to change: give --add-cert FILE or --remove-cert SHA256"),
+        ([], "nothing to change: give --add-cert FILE, --remove-cert SHA256, --metadata FILE.json"),
     ],
     ids=["unknown-hash", "not-a-hash", "already-registered", "private-key", "nothing"],
 )
@@ -436,17 +427,29 @@ def test_update_mistakes_are_one_line(deployment, tmp_path, args, expected) -> N
     assert [c["sha256"] for c in listed(deployment)[0]["certificates"]] == [sha256(cert)]
 
 
-def test_update_refuses_other_clients(deployment, tmp_path) -> None:  # noqa: ANN001
-    """Certificates cannot be added to a secret-based client or to a client that does not exist."""
-    path = write(tmp_path, "client.pem", pem(make_cert("client")))
-    secret_client = deployment.add_client("s", *CC, "--auth-method", "client_secret_basic")
-    line = one_line_error(
-        run(deployment, "sp", "update", str(secret_client["client_id"]), "--add-cert", str(path))
+def test_a_certificate_is_registered_for_a_client_of_any_method(deployment, tmp_path) -> None:  # noqa: ANN001
+    """--cert and --add-cert register certificates for a secret-based client too (RFC 8705
+    §2.2: a JWK with x5c in its jwks); sp show prints them in its metadata document."""
+    first, second = make_cert("client"), make_cert("next")
+    secret_client = deployment.add_client(
+        "s", *CC, "--auth-method", "client_secret_basic", "--cert", str(write(tmp_path, "a.pem", pem(first)))
     )
-    assert (
-        "uses client_secret_basic; certificates are registered only for self_signed_tls_client_auth" in line
-    )
+    client_id = str(secret_client["client_id"])
+    deployment.cli("sp", "update", client_id, "--add-cert", str(write(tmp_path, "b.pem", pem(second))))
+    assert [c["sha256"] for c in listed(deployment)[0]["certificates"]] == [sha256(first), sha256(second)]
+    shown = json.loads(deployment.cli("sp", "show", client_id).stdout)["client_metadata"]
+    assert shown["token_endpoint_auth_method"] == "client_secret_basic"
+    x5c = [key["x5c"][0] for key in shown["jwks"]["keys"]]
+    assert x5c == [
+        base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in (first, second)
+    ]
+    # Removing the last one is fine for a client that does not authenticate with it.
+    deployment.cli("sp", "update", client_id, "--remove-cert", sha256(first), "--remove-cert", sha256(second))
     assert "certificates" not in listed(deployment)[0]
+
+
+def test_update_refuses_an_unknown_client(deployment, tmp_path) -> None:  # noqa: ANN001
+    path = write(tmp_path, "client.pem", pem(make_cert("client")))
     line = one_line_error(run(deployment, "sp", "update", "nobody", "--add-cert", str(path)))
     assert "no service provider with client_id 'nobody'" in line
 

@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     ["sp", "list"],
     ["sp", "remove"],
     ["sp", "show"],
+    ["sp", "update"],
     ["sp", "reset-secret"],
     ["plugins"],
     ["plugins", "build"],
@@ -381,3 +382,45 @@ def test_signing_cli_rotate_list_retire(deployment) -> None:  # noqa: ANN001
     assert [k["kid"] for k in json.loads(deployment.cli("signing", "list", "--json").stdout)["keys"]] == [
         second
     ]
+
+
+def test_sp_metadata_add_show_update(deployment, tmp_path) -> None:  # noqa: ANN001
+    """--metadata registers an RFC 7591 document (options override its members), sp show prints
+    it back, sp update --metadata merges (null removes a member); mistakes are one line."""
+    document = {
+        "client_name": "from the file",
+        "grant_types": ["client_credentials"],
+        "token_endpoint_auth_method": "client_secret_post",
+        "scope": "read",
+        "contacts": ["ops@partner.example"],
+        "software_version": "2.1",
+    }
+    path = tmp_path / "client.json"
+    path.write_text(json.dumps(document))
+    added = deployment.add_client("partner", "--metadata", str(path), "--scope", "write")
+    assert added["token_endpoint_auth_method"] == "client_secret_post" and "client_secret" in added
+    client_id = str(added["client_id"])
+    shown = json.loads(deployment.cli("sp", "show", client_id).stdout)["client_metadata"]
+    assert shown == {**document, "client_id": client_id, "client_name": "partner", "scope": "write"}
+    change = tmp_path / "change.json"
+    change.write_text(json.dumps({"contacts": None, "software_version": "2.2", "scope": "read write"}))
+    deployment.cli("sp", "update", client_id, "--metadata", str(change))
+    shown = json.loads(deployment.cli("sp", "show", client_id).stdout)["client_metadata"]
+    assert "contacts" not in shown and shown["software_version"] == "2.2" and shown["scope"] == "read write"
+    mistakes = {
+        '{"colour": "blue"}': "invalid_client_metadata: unknown client metadata 'colour'",
+        '{"jwks_uri": "http://x.example/jwks"}': "invalid_client_metadata: jwks_uri must be an https URL",
+        '{"token_endpoint_auth_method": "none"}': "token_endpoint_auth_method cannot be changed by sp update",
+        "[1, 2]": "client metadata must be a JSON object",
+        "{": "not JSON",
+    }
+    for text, expected in mistakes.items():
+        change.write_text(text)
+        result = deployment.cli("sp", "update", client_id, "--metadata", str(change), check=False)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert expected in result.stderr
+    both = deployment.cli(
+        "sp", "update", client_id, "--jwks", str(path), "--jwks-uri", "https://x", check=False
+    )
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    assert json.loads(deployment.cli("sp", "show", client_id).stdout)["client_metadata"] == shown

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -319,3 +322,59 @@ def test_login_attempts_are_counted_before_the_check_across_connections(tmp_path
     finally:
         one.close()
         two.close()
+
+
+def test_a_version_5_database_gains_client_metadata_and_plugin_state(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "tokens.db"
+    with SQLiteStorage(path) as store:
+        store.add_client(Client("c1", "one", "client_secret_basic", ("client_credentials",)))
+    with sqlite3.connect(path) as db:  # back to schema 5: no metadata, no plugin_state
+        db.execute("DROP TABLE plugin_state")
+        db.execute("ALTER TABLE clients DROP COLUMN metadata")
+        db.execute("PRAGMA user_version=5")
+    with SQLiteStorage(path) as store:
+        client = store.get_client("c1")
+        assert client is not None and dict(client.metadata) == {}
+        store.update_client(replace(client, metadata={"jwks_uri": "https://c.example/jwks"}))
+        assert store.put_if_absent("p", "k", int(time.time()) + 60)
+    with SQLiteStorage(path) as store:
+        client = store.get_client("c1")
+        assert client is not None and client.metadata == {"jwks_uri": "https://c.example/jwks"}
+        assert not store.put_if_absent("p", "k", int(time.time()) + 60)
+
+
+def test_put_if_absent_admits_one_caller_across_connections(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "tokens.db"
+    stores = [SQLiteStorage(path) for _ in range(4)]
+    try:
+        later = int(time.time()) + 60
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: stores[i % 4].put_if_absent("jwt", "jti-1", later), range(32)))
+        assert answers.count(True) == 1
+        # Namespaces are apart; an expired key is absent and may be taken again.
+        assert stores[0].put_if_absent("other", "jti-1", later)
+        assert stores[0].put_if_absent("jwt", "old", int(time.time()) - 1)
+        assert stores[1].put_if_absent("jwt", "old", later)
+        assert not stores[2].put_if_absent("jwt", "old", later)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_plugin_key_value_state_expires_and_is_purged(tmp_path) -> None:  # noqa: ANN001
+    with SQLiteStorage(tmp_path / "tokens.db") as store, SQLiteStorage(tmp_path / "tokens.db") as other:
+        now = int(time.time())
+        store.set_state("p", "kept", '{"a": 1}')
+        store.set_state("p", "gone", "x", expires_at=now - 1)
+        store.set_state("q", "kept", "q's")
+        assert other.get_state("p", "kept") == '{"a": 1}'
+        assert other.get_state("q", "kept") == "q's"
+        assert other.get_state("p", "gone") is None
+        assert not other.delete_state("p", "gone")
+        store.set_state("p", "kept", "new")
+        assert other.get_state("p", "kept") == "new"
+        assert store.purge_expired(now) == 0
+        rows = store._db.execute("SELECT namespace, key FROM plugin_state ORDER BY 1, 2").fetchall()
+        assert rows == [("p", "kept"), ("q", "kept")]
+        assert other.delete_state("p", "kept")
+        assert store.get_state("p", "kept") is None

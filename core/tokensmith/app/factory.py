@@ -59,7 +59,7 @@ def _build_runtime(
     verified: VerifiedSecrets,
     generation: int,
 ) -> Runtime:
-    listeners = build_listeners(loader.load(identity.allowed_wheels), identity)
+    listeners = build_listeners(loader.load(identity.allowed_wheels), identity, storage)
     jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
     issuer = TokenIssuer(
         storage,
@@ -69,7 +69,18 @@ def _build_runtime(
         jwt,
         identity.refresh_token_max_lifetime,
     )
-    return Runtime(config, identity, storage, listeners, issuer, truststore, signing, verified, generation)
+    return Runtime(
+        config,
+        identity,
+        storage,
+        listeners,
+        issuer,
+        truststore,
+        signing,
+        verified,
+        generation,
+        lambda: public_urls_of(app),
+    )
 
 
 def create_app(config: Config, unpack_root: Path | None = None) -> Quart:

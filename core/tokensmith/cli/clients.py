@@ -1,5 +1,10 @@
 """``tokensmith sp``: register, update, list and remove service providers (OAuth clients).
 
+A client is its RFC 7591 metadata (``oauth/clientmetadata.py``): ``--metadata FILE.json``
+gives a whole document, and the other options are shorthands for members of it. Any method a
+loaded ClientAuthenticator declares can be registered, and that authenticator checks the
+metadata (its ``check_client_metadata`` hook) before anything is stored.
+
 Mutual-TLS clients (RFC 8705 §2) are registered here as WSO2's console does it: a
 ``self_signed_tls_client_auth`` client with its "Application Certificate" (``--cert``), a
 ``tls_client_auth`` client with the one subject attribute its CA-issued certificate must carry.
@@ -18,8 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tokensmith.cli.base import CLIError, Parser, open_storage, warn
-from tokensmith.config.settings import load_config
+from tokensmith.config.settings import Config, load_config
+from tokensmith.config.xml import ConfigError
+from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.models import Client, RegisteredCertificate
+from tokensmith.oauth.clientmetadata import apply_metadata, certificate_jwk, client_metadata
 from tokensmith.oauth.grants import GRANT_TYPES
 from tokensmith.oauth.registration import (
     certificates_from_file,
@@ -36,6 +44,7 @@ from tokensmith.oauth.registration import (
 from tokensmith.security import hashing as kdf
 
 if TYPE_CHECKING:
+    from tokensmith.listeners.registry import ListenerSet
     from tokensmith.storage.sqlite import SQLiteStorage
 
 __all__ = ["add_commands", "client_view", "SECRET_METHODS", "KNOWN_METHODS"]
@@ -63,14 +72,24 @@ self_signed_tls_client_auth registers the client's own certificate with --cert F
 repeated, so a client can hold its current and its next certificate. tls_client_auth
 registers exactly one attribute that the client's CA-issued certificate must carry:
 --subject-dn, --san-dns, --san-uri, --san-ip or --san-email (its CA goes into the truststore:
-tokensmith truststore import)."""
+tokensmith truststore import).
+
+Any other method a ClientAuthenticator in dropins/ declares is accepted too (the plugins are
+loaded to learn them), and that plugin checks the client's metadata. --metadata FILE.json
+gives an RFC 7591 client metadata document (client_name, grant_types, scope,
+token_endpoint_auth_method, jwks, jwks_uri, token_endpoint_auth_signing_alg, contacts, ...,
+and plugins' own "<plugin>.<name>" members); the options override its members. --jwks and
+--jwks-uri register the client's public keys; --cert registers a certificate for a client of
+any method, as a JWK with x5c in its jwks (RFC 8705 §2.2)."""
 
 UPDATE_DESCRIPTION = """\
-Rotate the certificates of a self_signed_tls_client_auth client and print the updated client
-as JSON. --add-cert registers every certificate in FILE; --remove-cert takes a SHA-256
-fingerprint as `openssl x509 -noout -fingerprint -sha256` or `sp list --json` prints it
-(colons and case do not matter). Both may be repeated and combined; removing the last
-certificate is refused."""
+Change a client's certificates or metadata and print the updated client as JSON.
+--add-cert registers every certificate in FILE; --remove-cert takes a SHA-256 fingerprint as
+`openssl x509 -noout -fingerprint -sha256` or `sp list --json` prints it (colons and case do
+not matter). Both may be repeated and combined; removing the last certificate of a
+self_signed_tls_client_auth client is refused. --metadata FILE.json changes the members it
+gives (null removes one); --jwks and --jwks-uri replace the client's keys. The client's
+authenticator checks the result before it is stored."""
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -92,19 +111,21 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
         "--grant-type",
         action="append",
         dest="grant_types",
-        required=True,
         metavar="GRANT",
         help="a grant type the client may use (repeatable): "
         + ", ".join(GRANT_TYPES)
         + "; a public client (--auth-method none) may not"
-        " use client_credentials",
+        " use client_credentials; required unless --metadata gives grant_types",
     )
     add.add_argument(
         "--auth-method",
-        required=True,
         metavar="METHOD",
-        help="token_endpoint_auth_method (RFC 7591): " + ", ".join(KNOWN_METHODS),
+        help="token_endpoint_auth_method (RFC 7591): "
+        + ", ".join(KNOWN_METHODS)
+        + ", or one a ClientAuthenticator in dropins/ declares; required unless"
+        " --metadata gives it",
     )
+    _metadata_options(add)
     add.add_argument(
         "--scope",
         action="append",
@@ -120,9 +141,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
         default=[],
         type=Path,
         metavar="FILE",
-        help="self_signed_tls_client_auth: a PEM (or DER) file with"
-        " the client's certificate; every certificate in it is registered"
-        " (repeatable)",
+        help="a PEM (or DER) file with the client's certificate, required for"
+        " self_signed_tls_client_auth; every certificate in it is registered, as a JWK"
+        " with x5c in the client's jwks (repeatable)",
     )
     subject = add.add_mutually_exclusive_group()
     subject.add_argument(
@@ -194,7 +215,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     update = actions.add_parser(
         "update",
         parents=[common],
-        help="add or remove a client's certificates",
+        help="change a client's certificates or metadata",
         description=UPDATE_DESCRIPTION,
     )
     update.set_defaults(handler=cmd_sp_update)
@@ -216,12 +237,14 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
         metavar="SHA256",
         help="unregister the certificate with this SHA-256 fingerprint (repeatable)",
     )
+    _metadata_options(update)
 
     show = actions.add_parser(
         "show",
         parents=[common],
         help="show one service provider",
-        description="Print one service provider as JSON, as sp list --json does (never its secret).",
+        description="Print one service provider as JSON, as sp list --json does (never its"
+        ' secret), with its whole RFC 7591 metadata document under "client_metadata".',
     )
     show.set_defaults(handler=cmd_sp_show)
     show.add_argument("client_id")
@@ -247,6 +270,78 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     )
     remove.set_defaults(handler=cmd_sp_remove)
     remove.add_argument("client_id")
+
+
+def _metadata_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metadata",
+        type=Path,
+        metavar="FILE.json",
+        help="an RFC 7591 client metadata document (a JSON object)",
+    )
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--jwks",
+        type=Path,
+        metavar="FILE",
+        help="the client's public keys: a JWK Set or one JWK, as JSON (metadata jwks)",
+    )
+    keys.add_argument(
+        "--jwks-uri",
+        metavar="URL",
+        help="the https URL of the client's JWK Set (metadata jwks_uri)",
+    )
+
+
+def _json_file(path: Path, what: str) -> dict[str, object]:
+    try:
+        value = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise CLIError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CLIError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CLIError(f"{path}: {what} must be a JSON object")
+    return value
+
+
+def _metadata_changes(args: argparse.Namespace) -> dict[str, object]:
+    """The members --metadata, --jwks and --jwks-uri give."""
+    document = _json_file(args.metadata, "client metadata") if args.metadata else {}
+    if args.jwks is not None:
+        jwks = _json_file(args.jwks, "a JWK Set")
+        document["jwks"] = jwks if "keys" in jwks else {"keys": [jwks]}
+        document.pop("jwks_uri", None)
+    if args.jwks_uri is not None:
+        document["jwks_uri"] = args.jwks_uri
+        document.pop("jwks", None)
+    return document
+
+
+def load_authenticators(config: Config) -> ListenerSet:
+    """The listeners of dropins/ as the server would load them, for their methods and their
+    metadata checks; a configuration that would not load is refused in one line."""
+    from tokensmith.app.factory import inspect_listeners
+
+    try:
+        return inspect_listeners(config)
+    except ConfigError as exc:
+        raise CLIError(f"cannot load the plugins in dropins/ to check the registration: {exc}") from None
+
+
+def check_with_authenticator(listeners: ListenerSet, client: Client) -> None:
+    """Run the client's authenticator's ``check_client_metadata`` (RFC 7591 §3.2.2)."""
+    try:
+        listeners.check_client_metadata(client_metadata(client))
+    except InvalidClientMetadataError as exc:
+        raise CLIError(
+            f"invalid_client_metadata: {exc.description or 'refused by its authenticator'}"
+        ) from None
+    except OAuth2Error:
+        raise CLIError(
+            f"the authenticator of {client.token_endpoint_auth_method} failed while checking the"
+            " client's metadata; its log line above says why"
+        ) from None
 
 
 def client_view(client: Client) -> dict[str, object]:
@@ -279,26 +374,31 @@ def _certificates(files: list[Path]) -> list[RegisteredCertificate]:
     return list(found.values())
 
 
-def _check_method_options(args: argparse.Namespace) -> tuple[str, str] | None:
+def _check_method_options(
+    args: argparse.Namespace, methods: list[str], document: dict[str, object]
+) -> tuple[str, str] | None:
     """Refuse options that do not fit --auth-method; the chosen subject option, if any."""
     method = args.auth_method
-    if method not in KNOWN_METHODS:
-        raise CLIError(f"unknown --auth-method {method!r}; use one of {', '.join(KNOWN_METHODS)}")
+    if method not in methods:
+        raise CLIError(f"unknown --auth-method {method!r}; use one of {', '.join(methods)}")
     chosen = next(
         ((option, getattr(args, option)) for option in SUBJECT_OPTIONS if getattr(args, option) is not None),
         None,
     )
     flag = f"--{chosen[0].replace('_', '-')}" if chosen else ""
-    if args.certs and method != SELF_SIGNED:
-        raise CLIError(
-            f"--cert is for {SELF_SIGNED} clients, not {method}"
-            + ("; a tls_client_auth client registers its subject instead" if method == PKI else "")
-        )
-    if method == SELF_SIGNED and not args.certs:
+    has_certificate = args.certs or any(
+        isinstance(key, dict) and "x5c" in key
+        for key in (document.get("jwks") or {}).get("keys", [])  # type: ignore[attr-defined]
+    )
+    if method == SELF_SIGNED and not has_certificate:
         raise CLIError(f"{SELF_SIGNED} needs the client's certificate: --cert FILE")
+    if args.certs and "jwks_uri" in document:
+        raise CLIError(
+            "--cert registers the certificate in jwks, and jwks_uri must not be given with jwks (RFC 7591 §2)"
+        )
     if chosen and method != PKI:
         raise CLIError(f"{flag} is for {PKI} clients, not {method}")
-    if method == PKI and not chosen:
+    if method == PKI and not chosen and not any(kind in document for kind in SUBJECT_OPTIONS.values()):
         raise CLIError(
             f"{PKI} needs the subject its certificate must carry: one of --subject-dn,"
             " --san-dns, --san-uri, --san-ip, --san-email"
@@ -336,7 +436,23 @@ def new_client_id() -> str:
 
 
 def cmd_sp_add(args: argparse.Namespace) -> int:
-    subject = _check_method_options(args)
+    document = _metadata_changes(args)
+    if args.auth_method is None:
+        method = document.get("token_endpoint_auth_method")
+        if not isinstance(method, str):
+            raise CLIError("give --auth-method METHOD (or token_endpoint_auth_method in --metadata)")
+        args.auth_method = method
+    if not args.grant_types:
+        grant_types = document.get("grant_types")
+        if not isinstance(grant_types, list) or not grant_types:
+            raise CLIError("give --grant-type GRANT (or grant_types in --metadata)")
+        args.grant_types = grant_types
+    if args.scopes:
+        document["scope"] = " ".join(args.scopes)
+    config = load_config(args.conf)
+    listeners = load_authenticators(config)
+    methods = list(dict.fromkeys([*KNOWN_METHODS, *listeners.auth_methods_supported()]))
+    subject = _check_method_options(args, methods, document)
     check_registration(args.auth_method, args.grant_types)
     check_text(args.name, "the name")
     if subject is not None:
@@ -344,30 +460,41 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
     for scope in args.scopes:
         check_scope(scope)
     warnings = check_grant_types(args.grant_types, args.auth_method, args.force)
-    config = load_config(args.conf)
     certificates = _certificates(args.certs)
     method = args.auth_method
+    document.update(
+        client_name=args.name, token_endpoint_auth_method=method, grant_types=list(args.grant_types)
+    )
+    if subject is not None:
+        for kind in SUBJECT_OPTIONS.values():
+            document.pop(kind, None)
+        document[subject[0]] = tls_subject(*subject)[1]
+    if certificates:
+        jwks = document.setdefault("jwks", {"keys": []})
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise CLIError('the metadata\'s jwks must be a JWK Set: {"keys": [...]}')
+        jwks["keys"] = [*jwks["keys"], *map(certificate_jwk, certificates)]
     secret = secrets.token_urlsafe(32) if method in SECRET_METHODS else None
     client = Client(
         client_id=new_client_id(),
         name=args.name,
         token_endpoint_auth_method=method,
         grant_types=tuple(dict.fromkeys(args.grant_types)),
-        scopes=tuple(dict.fromkeys(args.scopes)),
         secret_hash=kdf.hash_secret(secret) if secret else None,
         bind_tokens=args.bind_tokens,
         created_at=int(time.time()),
-        certificates=tuple(certificates),
-        tls_subject=tls_subject(*subject) if subject else None,
         access_token_lifetime=args.access_token_lifetime,
         refresh_token_lifetime=args.refresh_token_lifetime,
         jwt_access_tokens=None if args.token_format is None else args.token_format == "jwt",
         resource_server=args.resource_server,
         refresh_token_max_lifetime=args.refresh_token_max_lifetime,
     )
+    client = _applied(client, document, merge=False)
+    check_registration(client.token_endpoint_auth_method, client.grant_types)
+    check_with_authenticator(listeners, client)
     with open_storage(config) as store:
         store.add_client(client)
-    for line in [*warnings, *validity_warnings(certificates)]:
+    for line in [*warnings, *validity_warnings(client.certificates)]:
         warn(line)
     shown = client_view(client)
     if secret is not None:
@@ -376,22 +503,45 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _applied(client: Client, document: dict[str, object], *, merge: bool) -> Client:
+    try:
+        return apply_metadata(client, document, merge=merge)
+    except InvalidClientMetadataError as exc:
+        raise CLIError(f"invalid_client_metadata: {exc.description}") from None
+
+
 def cmd_sp_update(args: argparse.Namespace) -> int:
-    if not args.add_certs and not args.remove_certs:
-        raise CLIError("nothing to change: give --add-cert FILE or --remove-cert SHA256")
+    changes_metadata = args.metadata is not None or args.jwks is not None or args.jwks_uri is not None
+    if not args.add_certs and not args.remove_certs and not changes_metadata:
+        raise CLIError(
+            "nothing to change: give --add-cert FILE, --remove-cert SHA256, --metadata FILE.json,"
+            " --jwks FILE or --jwks-uri URL"
+        )
     remove = [parse_fingerprint(text) for text in args.remove_certs]
     config = load_config(args.conf)
     added = _certificates(args.add_certs)
+    document = _metadata_changes(args)
+    if changes_metadata and (added or remove) and "jwks" in document:
+        raise CLIError("give either new jwks or --add-cert/--remove-cert, not both")
+    listeners = load_authenticators(config)
     with open_storage(config) as store:
         client = store.get_client(args.client_id)
         if client is None:
             raise CLIError(f"no service provider with client_id {args.client_id!r}")
-        if client.token_endpoint_auth_method != SELF_SIGNED:
+        if document.get("token_endpoint_auth_method", client.token_endpoint_auth_method) != (
+            client.token_endpoint_auth_method
+        ):
             raise CLIError(
-                f"client {client.client_id} uses {client.token_endpoint_auth_method};"
-                f" certificates are registered only for {SELF_SIGNED} clients"
+                "token_endpoint_auth_method cannot be changed by sp update: register the client"
+                " again with sp add and remove this one"
             )
-        updated = change_certificates(client, added, remove)
+        updated = change_certificates(client, added, remove) if added or remove else client
+        if changes_metadata:
+            updated = _applied(updated, document, merge=True)
+            check_registration(updated.token_endpoint_auth_method, updated.grant_types)
+            if updated.token_endpoint_auth_method == SELF_SIGNED and not updated.certificates:
+                raise CLIError(f"a {SELF_SIGNED} client needs a certificate; this change would leave it none")
+        check_with_authenticator(listeners, updated)
         if not store.update_client(updated):
             raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
         # The certificate was the client's credential: what it authenticated ends with it
@@ -401,7 +551,8 @@ def cmd_sp_update(args: argparse.Namespace) -> int:
             if cert.sha256 not in kept:
                 thumbprint = base64.urlsafe_b64encode(bytes.fromhex(cert.sha256)).decode().rstrip("=")
                 store.revoke_bound_tokens(client.client_id, thumbprint)  # RFC 8705 §3.1
-    for line in validity_warnings(added):
+    before = {c.sha256 for c in client.certificates}
+    for line in validity_warnings([c for c in updated.certificates if c.sha256 not in before]):
         warn(line)
     print(json.dumps(client_view(updated), indent=2))
     return 0
@@ -436,7 +587,9 @@ def _client(store: SQLiteStorage, client_id: str) -> Client:
 def cmd_sp_show(args: argparse.Namespace) -> int:
     with open_storage(load_config(args.conf)) as store:
         client = _client(store, args.client_id)
-    print(json.dumps(client_view(client), indent=2))
+    view = client_view(client)
+    view["client_metadata"] = client_metadata(client)
+    print(json.dumps(view, indent=2))
     return 0
 
 

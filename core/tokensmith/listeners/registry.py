@@ -21,6 +21,7 @@ import time
 import traceback
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -30,6 +31,8 @@ from tokensmith.config.settings import IdentitySettings
 from tokensmith.config.xml import ConfigError
 from tokensmith.errors import OAuth2Error, ServerError
 from tokensmith.listeners.dropins import PluginSource
+from tokensmith.listeners.state import PluginState
+from tokensmith.models import Storage
 from tokensmith.oauth import hookspecs
 
 __all__ = ["Listener", "ListenerSet", "build_listeners", "FAMILIES", "DEFAULT_ORDER", "INTERCEPTOR"]
@@ -40,7 +43,12 @@ DEFAULT_ORDER = 1000
 
 #: Listener types and the hooks that make a plugin one of them.
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "ClientAuthenticator": ("client_auth_methods", "authenticate_client"),
+    "ClientAuthenticator": (
+        "client_auth_methods",
+        "authenticate_client",
+        "check_client_metadata",
+        "server_metadata",
+    ),
     "OAuthEventInterceptor": (
         "pre_token_issue",
         "post_token_issue",
@@ -145,8 +153,27 @@ class Listener:
     properties: Mapping[str, str]
     source: PluginSource
     configured_in: str | None = None  # "identity.xml:LINE" when an entry names it
-    #: Free for the plugin to keep its state in; fresh on every (re)load.
+    #: Free for the plugin to keep its state in; fresh on every (re)load, per process.
     stash: dict[str, Any] = field(default_factory=dict)
+    #: State shared by every worker and kept across restarts, in the server's store
+    #: (``PluginState``); the namespace is the plugin's name.
+    state: PluginState = field(default_factory=lambda: PluginState(None, ""))
+    #: The directory of identity.xml: relative paths in Properties are relative to it
+    #: (``resolve``).
+    conf_dir: Path = field(default_factory=Path.cwd)
+
+    def require(self, name: str) -> str:
+        """The ``<Property name>`` *name*; a missing one stops loading with identity.xml's
+        file and line (or the note that no entry names this plugin) and the name."""
+        value = self.properties.get(name)
+        if value is None:
+            where = "" if self.configured_in else " (no <EventListener> entry in identity.xml names it)"
+            raise ValueError(f"required Property {name!r} is missing{where}")
+        return value
+
+    def resolve(self, value: str) -> Path:
+        """A path from a Property: absolute as given, relative to identity.xml's directory."""
+        return (self.conf_dir / value).resolve()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -187,6 +214,22 @@ class ListenerSet:
         self._is_async = {
             key: inspect.iscoroutinefunction(impl.function) for key, impl in self._impls.items()
         }
+        self._server_metadata: dict[str, Any] = {}
+
+    def _collect_server_metadata(self) -> None:
+        """Ask the enabled authenticators for their RFC 8414 members (after configuring)."""
+        for item in self._enabled["ClientAuthenticator"]:
+            with _plugin_code(item.source, "server_metadata"):
+                extra = self._call_sync(item, "server_metadata", listener=item)
+            if extra is None:
+                continue
+            if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
+                raise ConfigError(
+                    f"{item.source.wheel}: plugin {item.name!r}: server_metadata must return a"
+                    f" dict, not {_short(repr(extra))}"
+                )
+            for name, value in extra.items():
+                self._server_metadata.setdefault(name, value)
 
     def _declared_methods(self, item: Listener) -> tuple[str, ...]:
         with _plugin_code(item.source, "client_auth_methods"):
@@ -216,6 +259,36 @@ class ListenerSet:
     def auth_methods_supported(self) -> list[str]:
         """Every method of every enabled authenticator, in calling order, without repeats."""
         return list(dict.fromkeys(m for ms in self._methods.values() for m in ms))
+
+    def authenticator_for(self, method: str) -> Listener | None:
+        """The first enabled authenticator, in calling order, that declared *method*."""
+        return next(
+            (item for item in self._enabled["ClientAuthenticator"] if method in self.methods(item)), None
+        )
+
+    def server_metadata(self) -> dict[str, Any]:
+        """The RFC 8414 members the enabled authenticators add (the first one's value wins)."""
+        return dict(self._server_metadata)
+
+    def check_client_metadata(self, metadata: Mapping[str, Any]) -> None:
+        """Let the authenticator of ``metadata["token_endpoint_auth_method"]`` check a client's
+        RFC 7591 metadata; it raises ``InvalidClientMetadataError`` (RFC 7591 §3.2.2).
+
+        Anything else it raises is its own fault and becomes ``ServerError``, logged.
+        """
+        listener = self.authenticator_for(str(metadata.get("token_endpoint_auth_method")))
+        if listener is None or not self.implements(listener, "check_client_metadata"):
+            return
+        frozen = MappingProxyType(dict(metadata))
+        try:
+            self._call_sync(listener, "check_client_metadata", metadata=frozen, listener=listener)
+        except OAuth2Error:
+            raise
+        except ConfigError as exc:
+            self.fail(listener, "check_client_metadata", str(exc))
+        except BaseException:  # noqa: B036 - a plugin's SystemExit must not stop the caller
+            log.exception("listener %s/%s raised in check_client_metadata", listener.type, listener.name)
+            raise ServerError("an internal error occurred") from None
 
     def has_interceptors(self, *hook_names: str) -> bool:
         """Whether an enabled interceptor implements any of *hook_names*."""
@@ -456,8 +529,14 @@ class _Resume:
                 raise
 
 
-def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings) -> ListenerSet:
-    """Register *sources* with a fresh plugin manager and order them by *identity*."""
+def build_listeners(
+    sources: Iterable[PluginSource], identity: IdentitySettings, storage: Storage | None = None
+) -> ListenerSet:
+    """Register *sources* with a fresh plugin manager and order them by *identity*.
+
+    *storage* backs each listener's ``state``; without it (checking a configuration) state
+    raises ``StateUnavailableError`` when used.
+    """
     pm = pluggy.PluginManager("tokensmith")
     pm.add_hookspecs(hookspecs)
     by_name: dict[str, PluginSource] = {}
@@ -491,8 +570,7 @@ def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings)
                 f"{path}:{entry.line}: unknown listener type {entry.type!r};"
                 f" known types: {', '.join(FAMILIES)}"
             )
-        source = by_name.get(entry.name)
-        if source is None or entry.type not in families_of(entry.name):
+        if entry.name not in by_name or entry.type not in families_of(entry.name):
             if not entry.enabled:
                 continue
             available = sorted(n for n in by_name if entry.type in families_of(n))
@@ -512,16 +590,20 @@ def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings)
         with _plugin_code(source, "listener_default_order"):
             default = _default_order(pm, source)
         for family in families:
-            entry = entries.get((family, name))
+            configured = entries.get((family, name))
             listeners.append(
                 Listener(
                     type=family,
                     name=name,
-                    order_id=entry.order_id if entry and entry.order_id is not None else default,
-                    enabled=entry.enabled if entry else True,
-                    properties=MappingProxyType(dict(entry.properties) if entry else {}),
+                    order_id=configured.order_id
+                    if configured and configured.order_id is not None
+                    else default,
+                    enabled=configured.enabled if configured else True,
+                    properties=MappingProxyType(dict(configured.properties) if configured else {}),
                     source=source,
-                    configured_in=f"{path}:{entry.line}" if entry else None,
+                    configured_in=f"{path}:{configured.line}" if configured else None,
+                    state=PluginState(storage, name),
+                    conf_dir=path.parent.resolve() if path else Path.cwd(),
                 )
             )
 
@@ -535,13 +617,14 @@ def build_listeners(sources: Iterable[PluginSource], identity: IdentitySettings)
         except ConfigError:
             raise
         except ValueError as exc:
-            at = listener.configured_in or str(path)
+            at = listener.configured_in or f"{path} ({listener.source.wheel.name})"
             raise ConfigError(f"{at}: listener {listener.name!r}: {exc}") from None
         except BaseException as exc:  # noqa: B036 - SystemExit too: see _plugin_code
             raise ConfigError(
                 f"{listener.source.wheel}: listener {listener.name!r}: listener_configure"
                 f" raised {type(exc).__name__}: {exc}"
             ) from None
+    result._collect_server_metadata()
     return result
 
 

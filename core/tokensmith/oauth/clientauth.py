@@ -9,9 +9,10 @@ credential, but wrong).
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -23,7 +24,7 @@ from tokensmith.models import Client, Storage
 from tokensmith.security import hashing as kdf
 from tokensmith.security.truststore import Truststore
 
-__all__ = ["ClientAuthRequest", "AuthenticatedClient", "authenticate_client"]
+__all__ = ["ClientAuthRequest", "AuthenticatedClient", "RequestContext", "authenticate_client"]
 
 AUTHENTICATOR = "ClientAuthenticator"
 PUBLIC = "none"
@@ -43,6 +44,24 @@ class AuthenticatedClient:
     certificate: bytes | None = None
 
 
+@dataclass(frozen=True)
+class RequestContext:
+    """Where a request arrived: what RFC 7523 §3 and RFC 7521 §5.1 call the audience.
+
+    ``issuer`` is the server's issuer identifier (RFC 8414 §2, identity.xml ``<Issuer>`` or
+    the first connector's URL); ``endpoint`` is ``"token"``, ``"introspect"`` or
+    ``"revoke"``; ``endpoint_url`` its URL under the issuer, as the server metadata
+    publishes it; ``endpoint_urls`` that URL and, when there are ``mtls_endpoint_aliases``
+    (RFC 8705 §5), the alias; ``token_endpoint_urls`` the same for the token endpoint.
+    """
+
+    issuer: str
+    endpoint: str
+    endpoint_url: str
+    endpoint_urls: tuple[str, ...]
+    token_endpoint_urls: tuple[str, ...]
+
+
 class ClientAuthRequest:
     """What an authenticator sees of one request."""
 
@@ -57,8 +76,10 @@ class ClientAuthRequest:
         truststore: Truststore | None = None,
         verified: kdf.VerifiedSecrets | None = None,
         client_cert_source: str | None = None,
+        context: RequestContext | Callable[[], RequestContext] | None = None,
     ):
         self._storage = storage
+        self._context = context
         self._truststore = truststore
         self._verified = verified
         #: The body parameters (RFC 6749 §3.2), each present at most once, none empty.
@@ -74,9 +95,19 @@ class ClientAuthRequest:
         self.remote_addr = remote_addr
         self.headers: Mapping[str, str] = headers or {}
 
+    @functools.cached_property
+    def context(self) -> RequestContext:
+        """The issuer, the endpoint being served and its public URLs (``RequestContext``)."""
+        context = self._context() if callable(self._context) else self._context
+        if context is None:
+            raise RuntimeError("this request has no context")
+        return context
+
     def get_client(self, client_id: str) -> Client | None:
-        """The registered client *client_id*, or None."""
-        return self._storage.get_client(client_id)
+        """The registered client *client_id* (without its secret hash), or None if there is
+        none. Not a coroutine: it reads the store's cache, refreshed whenever clients change."""
+        client = self._storage.get_client(client_id)
+        return None if client is None else client.without_secret()
 
     def trust_anchors(self) -> list[x509.Certificate]:
         """The truststore's CA certificates, for ``tls_client_auth`` (current, no restart)."""
@@ -93,11 +124,11 @@ class ClientAuthRequest:
         stored = client.secret_hash if client is not None else None
         now = time.monotonic()
         if stored is not None and self._verified is not None and self._verified.known(stored, secret, now):
-            return client  # type: ignore[return-value]
+            return client.without_secret()  # type: ignore[union-attr]
         if await kdf.check(secret, stored) and client is not None:
             if stored is not None and self._verified is not None:
                 self._verified.remember(stored, secret, now)
-            return client
+            return client.without_secret()
         raise InvalidClientError("client authentication failed")
 
 
@@ -130,7 +161,9 @@ async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest
     if isinstance(outcome, OAuth2Error):
         raise outcome
     if outcome.client.token_endpoint_auth_method != outcome.method:
-        raise InvalidClientError("the client is not registered for this authentication method")
+        raise InvalidClientError(
+            "the client is not registered for this authentication method", client_id=outcome.client.client_id
+        )
     return outcome
 
 

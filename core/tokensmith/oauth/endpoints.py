@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from types import MappingProxyType
 
 from tokensmith.config.settings import PublicUrls
 from tokensmith.errors import (
@@ -25,6 +26,7 @@ from tokensmith.models import TokenRecord
 from tokensmith.oauth.clientauth import (
     AuthenticatedClient,
     ClientAuthRequest,
+    RequestContext,
     authenticate_client,
     challenge,
     claimed_client_id,
@@ -80,6 +82,24 @@ def _certificate_fields(chain: tuple[bytes, ...], source: str | None) -> dict[st
     }
 
 
+def request_context(rt: Runtime, endpoint: str) -> RequestContext:
+    """The issuer and the public URLs of *endpoint*, as the server metadata gives them."""
+    assert rt.urls is not None
+    urls = rt.urls()
+    names = {
+        "token": "token_endpoint",
+        "introspect": "introspection_endpoint",
+        "revoke": "revocation_endpoint",
+    }
+
+    def under(name: str) -> tuple[str, ...]:
+        path = ENDPOINT_PATHS[name]
+        return (f"{urls.issuer}{path}",) + ((f"{urls.mtls}{path}",) if urls.mtls else ())
+
+    own = under(names[endpoint])
+    return RequestContext(urls.issuer, endpoint, own[0], own, under("token_endpoint"))
+
+
 async def authenticate(
     rt: Runtime, request: HttpRequest, form: Mapping[str, str], endpoint: str
 ) -> AuthenticatedClient:
@@ -105,6 +125,7 @@ async def authenticate(
             rt.truststore,
             rt.verified_secrets,
             client_cert_source=source,
+            context=lambda: request_context(rt, endpoint),
         )
         auth = await authenticate_client(rt.listeners, auth_request)
         if auth.method == PUBLIC and not PUBLIC_CLIENTS_ALLOWED[endpoint]:
@@ -115,7 +136,8 @@ async def authenticate(
                 "client_auth_failure",
                 event=ClientAuthEvent(
                     endpoint,
-                    claimed_client_id(form, authorization),
+                    (isinstance(error, InvalidClientError) and error.client_id)
+                    or claimed_client_id(form, authorization),
                     error=error.error,
                     remote_addr=request.remote_addr,
                     **_certificate_fields(chain, source),
@@ -235,7 +257,7 @@ async def revoke(rt: Runtime, request: HttpRequest) -> Answer:
         # the token could end the client's session with it.
         raise UnauthorizedClientError("the token is bound to another certificate")
     kind = "refresh_token" if record.kind == "refresh" else "access_token"
-    event = TokenRevokeEvent(auth.client, kind, token_claims(record))
+    event = TokenRevokeEvent(auth.client, kind, MappingProxyType(token_claims(record)))
     await rt.listeners.intercept("pre_token_revoke", event=event)
     rt.storage.revoke_token(record.token_hash)
     if record.kind == "refresh" and record.grant_id:
@@ -294,6 +316,8 @@ async def metadata(rt: Runtime, urls: PublicUrls) -> Answer:
             "tls_client_certificate_bound_access_tokens": True,
         }
     )
+    for name, value in rt.listeners.server_metadata().items():
+        body.setdefault(name, value)  # what an authenticator adds (RFC 8414 §2), never ours
     if urls.mtls is not None:
         body["mtls_endpoint_aliases"] = {name: f"{urls.mtls}{path}" for name, path in ENDPOINT_PATHS.items()}
     return Answer(200, body, no_store=False)

@@ -15,7 +15,7 @@ may accept any subset of a spec's arguments.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -40,6 +40,7 @@ def listener_default_order() -> int:
     Called once when the plugin is loaded. A plugin that does not implement it runs at 1000.
     Must not be a coroutine.
     """
+    raise NotImplementedError  # a specification: pluggy never calls it
 
 
 @hookspec
@@ -81,6 +82,7 @@ def client_auth_methods(listener: Listener) -> list[str]:
     registered with one of them can only be authenticated by this listener.
     Must not be a coroutine.
     """
+    raise NotImplementedError  # a specification: pluggy never calls it
 
 
 @hookspec
@@ -95,13 +97,43 @@ def authenticate_client(
     :return: ``None`` when the request carries no credential of this kind ("not mine"), or
         an ``AuthenticatedClient`` naming the client and the method used.
     :raises InvalidClientError: the request carries a credential of this kind, but it is
-        wrong ("mine, but invalid").
+        wrong ("mine, but invalid"). Give ``client_id=`` the client the credential claimed
+        to be, when known: the ``client_auth_failure`` event carries it.
 
     Every enabled authenticator is asked. If more than one engages (returns a client or
     raises), the request is refused with ``invalid_request`` (RFC 6749 §2.3: a client MUST
     NOT use more than one authentication method per request). The method returned must be the
     client's registered ``token_endpoint_auth_method``, or the request gets ``invalid_client``.
     """
+
+
+@hookspec
+def check_client_metadata(metadata: Mapping[str, Any], listener: Listener) -> None:
+    """Check the RFC 7591 metadata of a client registered for one of this plugin's methods.
+
+    :param metadata: the client's whole RFC 7591 document as it would be stored
+        (``client_name``, ``token_endpoint_auth_method``, ``grant_types``, ``scope``,
+        ``jwks``, ``jwks_uri``, the plugin's own namespaced members, ...), read-only.
+    :raises InvalidClientMetadataError: the metadata does not fit the method; the
+        registration is refused with RFC 7591 §3.2.2 ``invalid_client_metadata`` and the
+        description (``sp add``/``sp update`` print it as one line).
+
+    Called for the enabled authenticator that declared the client's
+    ``token_endpoint_auth_method``, whenever a client is registered or its metadata changed,
+    by whatever way (the CLI now; an administration API or dynamic registration later).
+    Must not be a coroutine, and should not touch the network.
+    """
+
+
+@hookspec
+def server_metadata(listener: Listener) -> dict[str, Any]:
+    """Return members this authenticator adds to the server's metadata (RFC 8414 §2).
+
+    For instance ``token_endpoint_auth_signing_alg_values_supported``. A member the server
+    sets itself is not replaced; between plugins the first in calling order wins. Called
+    once per load, after ``listener_configure``. Must not be a coroutine.
+    """
+    raise NotImplementedError  # a specification: pluggy never calls it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +191,8 @@ def client_auth_success(event: ClientAuthEvent, listener: Listener) -> None | Aw
 def client_auth_failure(event: ClientAuthEvent, listener: Listener) -> None | Awaitable[None]:
     """Called when client authentication failed; cannot change the outcome.
 
-    ``event.client_id`` is the identifier the request claimed, if any; ``event.error`` the
-    OAuth error code the client receives. No secret is ever passed.
+    ``event.client_id`` is the client the refusing authenticator named
+    (``InvalidClientError(client_id=...)``), else the identifier the request claimed
+    (``client_id`` in the body or the Basic user name), else None; ``event.error`` the OAuth
+    error code the client receives. No secret is ever passed.
     """

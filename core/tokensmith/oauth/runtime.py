@@ -7,9 +7,10 @@ for the whole request, so that a request never sees half of two configurations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from tokensmith.config.settings import Config, IdentitySettings
+from tokensmith.config.settings import Config, IdentitySettings, PublicUrls
 from tokensmith.listeners.registry import ListenerSet
 from tokensmith.models import Storage
 from tokensmith.oauth.tokens import TokenIssuer
@@ -33,3 +34,6 @@ class Runtime:
     signing: SigningKeys
     verified_secrets: VerifiedSecrets
     generation: int
+    #: The public URLs now (RFC 8414 §2): the issuer and the endpoints' URLs under it; they
+    #: depend on the ports the sockets got, so they are asked for, not stored.
+    urls: Callable[[], PublicUrls] | None = None

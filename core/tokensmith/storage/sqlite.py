@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 from tokensmith.models import (
     Client,
@@ -30,7 +31,7 @@ from tokensmith.models import (
 )
 from tokensmith.security.files import private_file
 
-_SCHEMA_VERSION = 5
+_SCHEMA_VERSION = 6
 
 #: Any change to clients, from any connection, bumps clients_version (see get_client).
 _CLIENTS_VERSION = """
@@ -67,6 +68,24 @@ CREATE TABLE IF NOT EXISTS login_failures (
 ) WITHOUT ROWID;
 """
 
+#: Schema 6: what third-party authenticators need.
+#: - clients.metadata: the client's RFC 7591 metadata beyond the typed columns (``jwks``,
+#:   ``jwks_uri``, ``contacts``, namespaced members of plugins, ...), one JSON object;
+#: - plugin_state: plugins' shared state (``put_if_absent`` for single-use values such as
+#:   RFC 7523 ``jti``, and a small key-value store), per namespace (the plugin's name);
+#:   a row whose ``expires_at`` has passed is absent to every read and purged with tokens.
+_PLUGIN_STATE = """
+CREATE TABLE IF NOT EXISTS plugin_state (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT,
+    expires_at INTEGER,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS plugin_state_expiry ON plugin_state(expires_at)
+    WHERE expires_at IS NOT NULL;
+"""
+
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS clients (
@@ -84,7 +103,8 @@ CREATE TABLE IF NOT EXISTS clients (
     refresh_token_lifetime INTEGER,
     jwt_access_tokens INTEGER,
     resource_server INTEGER NOT NULL DEFAULT 0,
-    refresh_token_max_lifetime INTEGER
+    refresh_token_max_lifetime INTEGER,
+    metadata TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY,
@@ -123,6 +143,7 @@ CREATE TABLE IF NOT EXISTS users (
 );
 """
     + _LIFECYCLE
+    + _PLUGIN_STATE
 )
 
 _CLIENT_CACHE = 200_000
@@ -181,6 +202,7 @@ UPDATE tokens SET user_id = (SELECT u.user_id FROM users u WHERE u.username = to
 UPDATE tokens SET revoked = 1 WHERE username IS NOT NULL AND user_id IS NULL;
 """
     + _LIFECYCLE,
+    6: "ALTER TABLE clients ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';\n" + _PLUGIN_STATE,
 }
 
 
@@ -276,7 +298,7 @@ class SQLiteStorage:
                         before, frames = frames, self._passive()
                         if frames - before < 256:
                             break
-                    self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                    self._maintenance().execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.path}: checkpoint: {exc}") from exc
 
@@ -297,7 +319,7 @@ class SQLiteStorage:
 
     def add_client(self, client: Client) -> None:
         self._run(
-            "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _client_row(client)
+            "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _client_row(client)
         )
 
     def update_client(self, client: Client) -> bool:
@@ -306,8 +328,8 @@ class SQLiteStorage:
             "UPDATE clients SET name = ?, token_endpoint_auth_method = ?, grant_types = ?,"
             " scopes = ?, secret_hash = ?, bind_tokens = ?, created_at = ?, certificates = ?,"
             " tls_subject = ?, access_token_lifetime = ?, refresh_token_lifetime = ?,"
-            " jwt_access_tokens = ?, resource_server = ?, refresh_token_max_lifetime = ?"
-            " WHERE client_id = ?",
+            " jwt_access_tokens = ?, resource_server = ?, refresh_token_max_lifetime = ?,"
+            " metadata = ? WHERE client_id = ?",
             (*row[1:], row[0]),
         )
         return cursor.rowcount > 0
@@ -441,7 +463,15 @@ class SQLiteStorage:
         if row is None:
             return None
         return TokenRecord(
-            *row[:9],
+            token_hash=row[0],
+            kind=row[1],
+            client_id=row[2],
+            scope=row[3],
+            issued_at=row[4],
+            expires_at=row[5],
+            username=row[6],
+            cnf_x5t_s256=row[7],
+            grant_id=row[8],
             revoked=bool(row[9] or row[15]),
             claims=json.loads(row[10]),
             used=bool(row[11]),
@@ -551,6 +581,11 @@ class SQLiteStorage:
                         "DELETE FROM login_failures WHERE locked_until < ? AND last_failure < ?",
                         (before, before - _FAILURES_KEPT),
                     )
+                    db.execute(
+                        "DELETE FROM plugin_state WHERE (namespace, key) IN (SELECT namespace, key"
+                        " FROM plugin_state WHERE expires_at < ? LIMIT ?)",
+                        (before, -1 if limit is None else limit),
+                    )
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
@@ -559,6 +594,44 @@ class SQLiteStorage:
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.path}: purge: {exc}") from exc
         return removed
+
+    # -- plugin state ---------------------------------------------------------------------
+
+    def put_if_absent(self, namespace: str, key: str, expires_at: int) -> bool:
+        # One statement, so that among concurrent callers (threads, workers, the CLI) exactly
+        # one changes a row: SQLite serialises writers. An expired row is taken over.
+        return (
+            self._run(
+                "INSERT INTO plugin_state VALUES (?, ?, NULL, ?) ON CONFLICT (namespace, key)"
+                " DO UPDATE SET value = NULL, expires_at = excluded.expires_at"
+                " WHERE plugin_state.expires_at IS NOT NULL AND plugin_state.expires_at <= ?",
+                (namespace, key, expires_at, int(time.time())),
+            ).rowcount
+            == 1
+        )
+
+    def get_state(self, namespace: str, key: str) -> str | None:
+        row = self._run(
+            "SELECT value FROM plugin_state WHERE namespace = ? AND key = ?"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (namespace, key, int(time.time())),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def set_state(self, namespace: str, key: str, value: str, expires_at: int | None = None) -> None:
+        self._run(
+            "INSERT OR REPLACE INTO plugin_state VALUES (?, ?, ?, ?)", (namespace, key, value, expires_at)
+        )
+
+    def delete_state(self, namespace: str, key: str) -> bool:
+        return (
+            self._run(
+                "DELETE FROM plugin_state WHERE namespace = ? AND key = ?"
+                " AND (expires_at IS NULL OR expires_at > ?)",
+                (namespace, key, int(time.time())),
+            ).rowcount
+            > 0
+        )
 
     # -- users ----------------------------------------------------------------------------
 
@@ -744,6 +817,7 @@ def _client_row(client: Client) -> tuple[object, ...]:
         None if client.jwt_access_tokens is None else int(client.jwt_access_tokens),
         int(client.resource_server),
         client.refresh_token_max_lifetime,
+        json.dumps(dict(client.metadata)),
     )
 
 
@@ -763,10 +837,11 @@ def _client(row: tuple) -> Client:
             )
             for c in json.loads(row[8])
         ),
-        tls_subject=tuple(json.loads(row[9])) if row[9] else None,  # type: ignore[arg-type]
+        tls_subject=tuple(json.loads(row[9])) if row[9] else None,
         access_token_lifetime=row[10],
         refresh_token_lifetime=row[11],
         jwt_access_tokens=None if row[12] is None else bool(row[12]),
         resource_server=bool(row[13]),
         refresh_token_max_lifetime=row[14],
+        metadata=MappingProxyType(json.loads(row[15])),
     )
