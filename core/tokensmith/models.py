@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 __all__ = [
+    "AuditEntry",
     "Client",
     "Issue",
     "LoginPolicy",
@@ -195,14 +196,48 @@ class User:
     #: added under the same name do not share tokens.
     user_id: str = field(default_factory=lambda: secrets.token_hex(16))
     last_failure: int = 0
+    #: For the admin API: ``admin`` (everything), ``reader`` (read only) or None (none).
+    role: str | None = None
 
     def public_view(self) -> dict[str, object]:
         return {
             "username": self.username,
+            "role": self.role,
             "user_id": self.user_id,
             "created_at": self.created_at,
             "failed_attempts": self.failed_attempts,
             "locked_until": self.locked_until,
+        }
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One change made to the server's configuration or registrations, never with a secret.
+
+    *actor* is who made it (an admin user, ``cli:LOGIN``, a client registering itself),
+    *via* how they were authenticated (``basic``, ``mutual_tls``, ``cli``,
+    ``registration``), *source* the remote address, when there is one.
+    """
+
+    at: int
+    actor: str
+    via: str
+    source: str | None
+    action: str
+    target: str | None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+    def view(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "actor": self.actor,
+            "via": self.via,
+            "source": self.source,
+            "action": self.action,
+            "target": self.target,
+            "details": dict(self.details),
         }
 
 
@@ -271,6 +306,35 @@ class Storage(Protocol):
         ...
 
     def add_user(self, user: User) -> None: ...
+
+    def set_user_role(self, username: str, role: str | None) -> bool: ...
+
+    def set_user_password(self, username: str, password_hash: str) -> bool: ...
+
+    def revoke_client_tokens(self, client_id: str) -> int:
+        """Revoke every token and grant of *client_id*, keeping the client; how many tokens."""
+        ...
+
+    def add_audit(self, entry: AuditEntry) -> None: ...
+
+    def list_audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        """The newest *limit* entries with an id below *before*, newest first."""
+        ...
+
+    def add_registration_token(
+        self, token_hash: str, kind: str, client_id: str | None, expires_at: int | None
+    ) -> None:
+        """Store the hash of an ``initial`` (RFC 7591 §3) or ``registration`` (RFC 7592 §3)
+        access token; a client's new registration token replaces its old one."""
+        ...
+
+    def find_registration_token(self, token_hash: str, kind: str) -> tuple[str | None, int | None] | None:
+        """``(client_id, expires_at)`` of a live token of *kind*, or None."""
+        ...
+
+    def delete_registration_tokens(
+        self, *, token_hash: str | None = None, client_id: str | None = None
+    ) -> int: ...
 
     def get_user(self, username: str) -> User | None: ...
 

@@ -16,10 +16,13 @@ from pathlib import Path
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
+from tokensmith.app.admin import admin
 from tokensmith.app.fastlane import OAuthEndpoints
+from tokensmith.app.registration import registration
 from tokensmith.app.responses import error_answer, plain_error, to_response
 from tokensmith.app.routes import add_plugin_routes, oauth
 from tokensmith.app.state import LOADER, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
+from tokensmith.config.authenticators import load_authenticators
 from tokensmith.config.settings import Config, IdentitySettings, load_identity
 from tokensmith.config.xml import ConfigError
 from tokensmith.listeners.dropins import DropinLoader
@@ -80,6 +83,7 @@ def _build_runtime(
         verified,
         generation,
         lambda: public_urls_of(app),
+        load_authenticators(config.conf_dir / "authenticators.xml"),
     )
 
 
@@ -116,6 +120,8 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.extensions[RUNTIME] = first
     app.extensions[LOADER] = loader
     app.register_blueprint(oauth)
+    app.register_blueprint(registration)
+    app.register_blueprint(admin)
     try:
         add_plugin_routes(app, first.listeners)
     except BaseException:

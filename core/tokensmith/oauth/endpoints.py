@@ -278,6 +278,8 @@ POST_ENDPOINTS = {
 #: Where the metadata (RFC 8414 §3) and the signing keys are served.
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 JWKS_PATH = "/oauth2/jwks"
+#: Dynamic client registration (RFC 7591 §3), served by app/registration.py.
+REGISTRATION_PATH = "/oauth2/register"
 
 #: The metadata names of the endpoints (RFC 8414 §2) and their paths under the issuer.
 ENDPOINT_PATHS = {
@@ -316,6 +318,9 @@ async def metadata(rt: Runtime, urls: PublicUrls) -> Answer:
             "tls_client_certificate_bound_access_tokens": True,
         }
     )
+    if rt.admin.registration_mode != "disabled":
+        # RFC 8414 §2 / RFC 7591 §3: where clients register themselves.
+        body["registration_endpoint"] = f"{urls.issuer}{REGISTRATION_PATH}"
     for name, value in rt.listeners.server_metadata().items():
         body.setdefault(name, value)  # what an authenticator adds (RFC 8414 §2), never ours
     if urls.mtls is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tokensmith.config.authenticators import AdminSettings
 from tokensmith.config.settings import Config, IdentitySettings, PublicUrls
 from tokensmith.listeners.registry import ListenerSet
 from tokensmith.models import Storage
@@ -34,6 +35,7 @@ class Runtime:
     signing: SigningKeys
     verified_secrets: VerifiedSecrets
     generation: int
-    #: The public URLs now (RFC 8414 §2): the issuer and the endpoints' URLs under it; they
-    #: depend on the ports the sockets got, so they are asked for, not stored.
+    #: The public URLs now (RFC 8414 §2): the issuer and the endpoints' URLs under it.
     urls: Callable[[], PublicUrls] | None = None
+    #: conf/authenticators.xml: who may call the admin API and register clients.
+    admin: AdminSettings = AdminSettings()

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from tokensmith.models import (
+    AuditEntry,
     Client,
     Issue,
     LoginPolicy,
@@ -31,7 +32,7 @@ from tokensmith.models import (
 )
 from tokensmith.security.files import private_file
 
-_SCHEMA_VERSION = 6
+_SCHEMA_VERSION = 7
 
 #: Any change to clients, from any connection, bumps clients_version (see get_client).
 _CLIENTS_VERSION = """
@@ -84,6 +85,33 @@ CREATE TABLE IF NOT EXISTS plugin_state (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS plugin_state_expiry ON plugin_state(expires_at)
     WHERE expires_at IS NOT NULL;
+"""
+
+#: Schema 7: remote administration (app/admin.py, app/registration.py).
+#: - users.role: ``admin``, ``reader`` or NULL (a resource owner only), for the admin API;
+#: - audit_log: every change made through the admin API, the CLI or dynamic registration;
+#: - registration_tokens: RFC 7591 initial access tokens and RFC 7592 registration access
+#:   tokens, by the SHA-256 of their value (never the value).
+_ADMINISTRATION = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    via TEXT NOT NULL,
+    source TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS registration_tokens (
+    token_hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    client_id TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS registration_tokens_client ON registration_tokens(client_id)
+    WHERE client_id IS NOT NULL;
 """
 
 _SCHEMA = (
@@ -139,11 +167,13 @@ CREATE TABLE IF NOT EXISTS users (
     failed_attempts INTEGER NOT NULL DEFAULT 0,
     locked_until INTEGER NOT NULL DEFAULT 0,
     user_id TEXT,
-    last_failure INTEGER NOT NULL DEFAULT 0
+    last_failure INTEGER NOT NULL DEFAULT 0,
+    role TEXT
 );
 """
     + _LIFECYCLE
     + _PLUGIN_STATE
+    + _ADMINISTRATION
 )
 
 _CLIENT_CACHE = 200_000
@@ -203,6 +233,7 @@ UPDATE tokens SET revoked = 1 WHERE username IS NOT NULL AND user_id IS NULL;
 """
     + _LIFECYCLE,
     6: "ALTER TABLE clients ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';\n" + _PLUGIN_STATE,
+    7: "ALTER TABLE users ADD COLUMN role TEXT;\n" + _ADMINISTRATION,
 }
 
 
@@ -374,6 +405,7 @@ class SQLiteStorage:
                     self._db.execute(
                         "INSERT OR IGNORE INTO revoked_clients VALUES (?, ?)", (client_id, int(time.time()))
                     )
+                    self._db.execute("DELETE FROM registration_tokens WHERE client_id = ?", (client_id,))
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
         return removed
@@ -633,11 +665,86 @@ class SQLiteStorage:
             > 0
         )
 
+    def revoke_client_tokens(self, client_id: str) -> int:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                now = int(time.time())
+                self._db.execute(
+                    "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
+                    " WHERE client_id = ? AND grant_id IS NOT NULL",
+                    (now, client_id),
+                )
+                return self._db.execute(
+                    "UPDATE tokens SET revoked = 1 WHERE client_id = ? AND revoked = 0", (client_id,)
+                ).rowcount
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    # -- administration: audit log, registration tokens -----------------------------------
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        self._run(
+            "INSERT INTO audit_log (at, actor, via, source, action, target, details)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.at,
+                entry.actor,
+                entry.via,
+                entry.source,
+                entry.action,
+                entry.target,
+                json.dumps(dict(entry.details), separators=(",", ":")),
+            ),
+        )
+
+    def list_audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        rows = self._run(
+            "SELECT id, at, actor, via, source, action, target, details FROM audit_log"
+            " WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (before if before is not None else 2**62, limit),
+        )
+        return [AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), id=r[0]) for r in rows]
+
+    def add_registration_token(
+        self, token_hash: str, kind: str, client_id: str | None, expires_at: int | None
+    ) -> None:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                if kind == "registration" and client_id is not None:
+                    # RFC 7592 §3: a new registration access token replaces the old one.
+                    self._db.execute(
+                        "DELETE FROM registration_tokens WHERE kind = 'registration' AND client_id = ?",
+                        (client_id,),
+                    )
+                self._db.execute(
+                    "INSERT INTO registration_tokens VALUES (?, ?, ?, ?, ?)",
+                    (token_hash, kind, client_id, int(time.time()), expires_at),
+                )
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def find_registration_token(self, token_hash: str, kind: str) -> tuple[str | None, int | None] | None:
+        row = self._run(
+            "SELECT client_id, expires_at FROM registration_tokens WHERE token_hash = ? AND kind = ?"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (token_hash, kind, int(time.time())),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def delete_registration_tokens(
+        self, *, token_hash: str | None = None, client_id: str | None = None
+    ) -> int:
+        if token_hash is not None:
+            return self._run("DELETE FROM registration_tokens WHERE token_hash = ?", (token_hash,)).rowcount
+        return self._run("DELETE FROM registration_tokens WHERE client_id = ?", (client_id,)).rowcount
+
     # -- users ----------------------------------------------------------------------------
 
     def add_user(self, user: User) -> None:
         self._run(
-            "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 user.username,
                 user.password_hash,
@@ -646,7 +753,19 @@ class SQLiteStorage:
                 user.locked_until,
                 user.user_id,
                 user.last_failure,
+                user.role,
             ),
+        )
+
+    def set_user_role(self, username: str, role: str | None) -> bool:
+        return self._run("UPDATE users SET role = ? WHERE username = ?", (role, username)).rowcount > 0
+
+    def set_user_password(self, username: str, password_hash: str) -> bool:
+        return (
+            self._run(
+                "UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)
+            ).rowcount
+            > 0
         )
 
     def get_user(self, username: str) -> User | None:
