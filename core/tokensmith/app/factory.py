@@ -21,6 +21,7 @@ from tokensmith.app.fastlane import OAuthEndpoints
 from tokensmith.app.registration import registration
 from tokensmith.app.responses import error_answer, plain_error, to_response
 from tokensmith.app.routes import add_plugin_routes, oauth
+from tokensmith.app.signin import signin
 from tokensmith.app.state import LOADER, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
 from tokensmith.config.authenticators import load_authenticators
 from tokensmith.config.settings import Config, IdentitySettings, load_identity
@@ -92,7 +93,9 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
 
     Wheels are unpacked under *unpack_root* (a new private temporary directory when None).
     """
-    app = Quart("tokensmith")
+    # conf/templates/ first: the operator's pages take precedence over the bundled ones
+    # (app/templates/, the signin blueprint's folder).
+    app = Quart("tokensmith", template_folder=str(config.conf_dir / "templates"))
     # Routing never redirects: Werkzeug's redirects for merged or trailing slashes are built
     # from the request's Host, which the client chooses (and a cacheable 308 to another host
     # is an open redirect). A path that does not match exactly is a 404.
@@ -122,6 +125,7 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.register_blueprint(oauth)
     app.register_blueprint(registration)
     app.register_blueprint(admin)
+    app.register_blueprint(signin)
     try:
         add_plugin_routes(app, first.listeners)
     except BaseException:

@@ -150,6 +150,11 @@ class IdentitySettings:
     max_failed_logins: int = 5
     max_failed_logins_per_user: int = 100
     lockout_seconds: int = 300
+    #: Authorization codes live this long (RFC 6749 §4.1.2: "a maximum authorization code
+    #: lifetime of 10 minutes is RECOMMENDED"; a browser redirect takes seconds).
+    authorization_code_lifetime: int = 60
+    #: How long a sign-in on the login page lasts before the user signs in again.
+    signin_session_lifetime: int = 8 * 3600
     #: SHA-256 (hex) of the wheels allowed in dropins/; None when pinning is off.
     allowed_wheels: frozenset[str] | None = None
     #: Client certificates forwarded by trusted proxies; None: only the TLS handshake's.
@@ -317,6 +322,8 @@ def load_identity(path: Path) -> IdentitySettings:
             ("MaxFailedLogins", "max_failed_logins", int),
             ("MaxFailedLoginsPerUser", "max_failed_logins_per_user", int),
             ("LockoutSeconds", "lockout_seconds", int),
+            ("AuthorizationCodeLifetime", "authorization_code_lifetime", int),
+            ("SignInSessionLifetime", "signin_session_lifetime", int),
         ):
             el = oauth.find(tag)
             if el is None:

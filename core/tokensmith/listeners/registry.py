@@ -56,6 +56,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "post_token_revoke",
         "client_auth_success",
         "client_auth_failure",
+        "authorization_code_issued",
+        "authorization_code_redeemed",
     ),
 }
 INTERCEPTOR = "OAuthEventInterceptor"

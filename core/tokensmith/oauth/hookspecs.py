@@ -23,7 +23,12 @@ import pluggy
 if TYPE_CHECKING:
     from tokensmith.listeners.registry import Listener
     from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest
-    from tokensmith.oauth.events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
+    from tokensmith.oauth.events import (
+        AuthorizationCodeEvent,
+        ClientAuthEvent,
+        TokenIssueEvent,
+        TokenRevokeEvent,
+    )
 
 hookspec = pluggy.HookspecMarker("tokensmith")
 hookimpl = pluggy.HookimplMarker("tokensmith")
@@ -195,4 +200,24 @@ def client_auth_failure(event: ClientAuthEvent, listener: Listener) -> None | Aw
     (``InvalidClientError(client_id=...)``), else the identifier the request claimed
     (``client_id`` in the body or the Basic user name), else None; ``event.error`` the OAuth
     error code the client receives. No secret is ever passed.
+    """
+
+
+@hookspec
+def authorization_code_issued(event: AuthorizationCodeEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called when a signed-in user's browser is sent back to the client with a code
+    (RFC 6749 §4.1.2): the client, the user, the scopes consented to and the redirect URI.
+
+    Cannot change the outcome: anything raised is logged with the listener's name. The code
+    itself is never passed.
+    """
+
+
+@hookspec
+def authorization_code_redeemed(event: AuthorizationCodeEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called when a client exchanged a code for tokens at the token endpoint (RFC 6749
+    §4.1.3), after the tokens were stored; ``event.x5t_s256`` is the certificate they are
+    bound to, if any. A code presented twice is refused and never reaches this hook.
+
+    Cannot change the outcome: anything raised is logged with the listener's name.
     """
