@@ -210,7 +210,7 @@ def test_serve_prints_listeners_and_url_and_stops_on_ctrl_c(deployment) -> None:
 # --- what a new user meets (issue 15) -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("grant", ["bogus", "authorization_code", "implicit"])
+@pytest.mark.parametrize("grant", ["bogus", "device_code", "implicit"])
 def test_sp_add_refuses_grant_types_not_served(deployment, grant) -> None:  # noqa: ANN001
     """A grant type the token endpoint does not serve is refused at registration, in one line
     that lists those it serves; nothing is stored."""

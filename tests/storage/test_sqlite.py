@@ -11,7 +11,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tokensmith.models import Client, Issue, StorageError, TokenRecord
+from tokensmith.models import (
+    AuthorizationCode,
+    Client,
+    Consent,
+    Issue,
+    SignInSession,
+    StorageError,
+    TokenRecord,
+    User,
+)
 from tokensmith.storage import groupcommit
 from tokensmith.storage.groupcommit import GroupCommit
 from tokensmith.storage.sqlite import _RESTART_FRAMES, _SCHEMA_VERSION, SQLiteStorage
@@ -329,8 +338,17 @@ def test_a_version_5_database_gains_client_metadata_and_plugin_state(tmp_path) -
     with SQLiteStorage(path) as store:
         store.add_client(Client("c1", "one", "client_secret_basic", ("client_credentials",)))
     with sqlite3.connect(path) as db:  # back to schema 5: no metadata, no plugin_state
-        db.execute("DROP TABLE plugin_state")
+        for table in (
+            "plugin_state",
+            "audit_log",
+            "registration_tokens",
+            "authorization_codes",
+            "consents",
+            "signin_sessions",
+        ):
+            db.execute(f"DROP TABLE {table}")
         db.execute("ALTER TABLE clients DROP COLUMN metadata")
+        db.execute("ALTER TABLE users DROP COLUMN role")
         db.execute("PRAGMA user_version=5")
     with SQLiteStorage(path) as store:
         client = store.get_client("c1")
@@ -378,3 +396,76 @@ def test_plugin_key_value_state_expires_and_is_purged(tmp_path) -> None:  # noqa
         assert rows == [("p", "kept"), ("q", "kept")]
         assert other.delete_state("p", "kept")
         assert store.get_state("p", "kept") is None
+
+
+def test_a_version_7_database_gains_codes_consents_and_sessions(tmp_path) -> None:  # noqa: ANN001
+    """Schema 8 (the authorization code grant) upgrades a schema 7 database in place: the
+    tables it adds work, and what was there stays."""
+    path = tmp_path / "tokens.db"
+    with SQLiteStorage(path) as store:
+        store.add_user(User("alice", "hash"))
+    with sqlite3.connect(path) as db:
+        for table in ("authorization_codes", "consents", "signin_sessions"):
+            db.execute(f"DROP TABLE {table}")
+        db.execute("PRAGMA user_version=7")
+    now = int(time.time())
+    with SQLiteStorage(path) as store:
+        user = store.get_user("alice")
+        assert user is not None
+        code = AuthorizationCode(
+            "h", "c1", "https://c/cb", True, "read", "x" * 43, user.user_id, "alice", "g", now, now + 60
+        )
+        store.add_authorization_code(code)
+        store.add_consent(Consent(user.user_id, "c1", ("read",), now))
+        store.add_session(SignInSession("s", user.user_id, "alice", now, now + 60))
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 8
+    with SQLiteStorage(path) as store:
+        assert store.get_authorization_code("h") == code
+        assert store.get_session("s") is not None and store.get_consent(user.user_id, "c1") is not None
+
+
+def test_codes_are_single_use_across_connections(tmp_path) -> None:  # noqa: ANN001
+    """use_authorization_code: exactly one of many concurrent callers redeems a code."""
+    path = tmp_path / "tokens.db"
+    stores = [SQLiteStorage(path) for _ in range(4)]
+    try:
+        now = int(time.time())
+        stores[0].add_authorization_code(
+            AuthorizationCode(
+                "h", "c1", "https://c/cb", False, "", "x" * 43, "u", "alice", "g", now, now + 60
+            )
+        )
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: stores[i % 4].use_authorization_code("h"), range(32)))
+        assert answers.count(True) == 1
+        stored = stores[1].get_authorization_code("h")
+        assert stored is not None and stored.used
+        assert stores[2].get_authorization_code("other") is None
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_consents_add_up_and_are_revocable_and_sessions_end_with_their_user(tmp_path) -> None:  # noqa: ANN001
+    with SQLiteStorage(tmp_path / "tokens.db") as store:
+        store.add_user(User("alice", "hash"))
+        user = store.get_user("alice")
+        assert user is not None
+        now = int(time.time())
+        store.add_consent(Consent(user.user_id, "c1", ("read",), now))
+        store.add_consent(Consent(user.user_id, "c1", ("write", "read"), now))
+        store.add_consent(Consent(user.user_id, "c2", (), now))
+        consent = store.get_consent(user.user_id, "c1")
+        assert consent is not None and consent.scopes == ("read", "write")
+        assert [c.client_id for c in store.list_consents(user.user_id)] == ["c1", "c2"]
+        assert store.revoke_consent(user.user_id, "c1") and not store.revoke_consent(user.user_id, "c1")
+        assert store.get_consent(user.user_id, "c1") is None
+        store.add_session(SignInSession("live", user.user_id, "alice", now, now + 60))
+        store.add_session(SignInSession("old", user.user_id, "alice", now - 120, now - 60))
+        assert store.get_session("live") is not None and store.get_session("old") is None
+        store.purge_expired(now)
+        assert store.delete_session("live") and not store.delete_session("old")
+        store.add_session(SignInSession("again", user.user_id, "alice", now, now + 60))
+        store.remove_user("alice")
+        assert store.get_session("again") is None and store.list_consents(user.user_id) == []
