@@ -7,6 +7,7 @@ meter, and its configuration examples are the shipped files.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, Deployment, start_server
 from lxml import etree
+from tokensmith.listeners.wheelbuild import build_plugin
 
 README = (ROOT / "README.md").read_text()
 MARK = "@@ readme block"
@@ -59,6 +61,12 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory, keystore: Path, wheel_
     git(clone, "commit", "-q", "-m", "clone")
     for wheel in wheel_cache.glob("*.whl"):
         shutil.copy(wheel, clone / "dropins")
+    # Every plugin the shipped identity.xml enables, as `make run` builds them all.
+    for plugin in sorted((ROOT / "plugins").iterdir()):
+        if (plugin / "pyproject.toml").exists() and not any(
+            (clone / "dropins").glob(f"*{plugin.name}-*.whl")
+        ):
+            build_plugin(plugin, clone / "dropins")
     subprocess.run(
         [str(Path(sys.executable).with_name("tokensmith")), "keystore", "init"],
         cwd=clone,
@@ -110,7 +118,14 @@ def test_every_block_is_a_named_walkthrough() -> None:
     """Every sh block after the first is a walkthrough the test below runs, each name once."""
     names = [name for name, _ in sh_blocks()[1:]]
     assert None not in names and len(set(names)) == len(names)
-    assert names == ["first-token", "client-secret-post", "mutual-tls", "wso2-password", "endpoints"]
+    assert names == [
+        "first-token",
+        "client-secret-post",
+        "mutual-tls",
+        "wso2-password",
+        "browser-sign-in",
+        "endpoints",
+    ]
 
 
 def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) -> None:
@@ -130,8 +145,24 @@ def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) 
         re.search(r"^HTTP/\S+ 200", out["wso2-password"], re.M) and '"access_token":' in out["wso2-password"]
     )
 
+    # The seed's playground signs a user in with the authorization code grant and PKCE: the
+    # browser lands on its callback with the code, state and iss, and the token it gets for
+    # the code is bound to its certificate; the code's second use revokes it.
+    signin = out["browser-sign-in"].strip().splitlines()
+    assert signin[0].startswith(f"https://localhost:{port}/oauth2/authorize?response_type=code&client_id=")
+    assert signin[1] == (
+        f"http://127.0.0.1:8080/playground2/oauth2client?code=...&state=xyz&iss=https%3A%2F%2F127.0.0.1%3A{port}"
+    )
+    assert (
+        '"active":true' in signin[2]
+        and '"username":"admin"' in signin[2]
+        and '"cnf":{"x5t#S256":' in signin[2]
+    )
+    assert '"error":"invalid_grant"' in signin[3]
+    assert signin[4] == '{"active":false}'
+
     lines = out["endpoints"].strip().splitlines()
-    assert lines[0] == '{"username": "alice"}'
+    assert json.loads(lines[0])["username"] == "alice"
     active, revoked_status, inactive, metadata, jwks = lines[1:]
     assert '"active":true' in active and '"username":"alice"' in active and '"scope":"read"' in active
     assert revoked_status == "200"
