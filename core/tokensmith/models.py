@@ -94,7 +94,7 @@ class Client:
     #: (``client_name``, ``grant_types``, ``scope``, ``token_endpoint_auth_method``, the
     #: ``tls_client_auth_*`` subject) are never in it; ``registration.client_metadata``
     #: gives the whole document.
-    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def without_secret(self) -> Client:
         """This client as plugins see it: ``secret_hash`` is always None."""

@@ -41,6 +41,7 @@ from tokensmith import (
     CertificateError,
     ClientAuthRequest,
     InvalidClientError,
+    InvalidClientMetadataError,
     Listener,
     dn_matches,
     hookimpl,
@@ -50,6 +51,14 @@ from tokensmith import (
 
 SELF_SIGNED = "self_signed_tls_client_auth"
 PKI = "tls_client_auth"
+#: RFC 8705 §2.1.2: the subject members, exactly one of which a tls_client_auth client has.
+SUBJECT_MEMBERS = (
+    "tls_client_auth_subject_dn",
+    "tls_client_auth_san_dns",
+    "tls_client_auth_san_uri",
+    "tls_client_auth_san_ip",
+    "tls_client_auth_san_email",
+)
 METHODS = (PKI, SELF_SIGNED)
 
 log = logging.getLogger("tokensmith.plugins.mutual_tls")
@@ -102,6 +111,27 @@ def listener_configure(listener: Listener) -> None:
         ),
         dn_matching=dn_matching,
     )
+
+
+@hookimpl
+def check_client_metadata(metadata, listener: Listener) -> None:  # noqa: ANN001
+    """RFC 8705 §2.1.2: a tls_client_auth client registers exactly one subject member; §2.2:
+    a self_signed_tls_client_auth client its certificates, as JWKs with ``x5c`` in ``jwks``
+    (this authenticator does not fetch a ``jwks_uri``)."""
+    method = metadata.get("token_endpoint_auth_method")
+    if method == PKI:
+        subjects = [name for name in SUBJECT_MEMBERS if name in metadata]
+        if len(subjects) != 1:
+            raise InvalidClientMetadataError(
+                "a tls_client_auth client registers exactly one of " + ", ".join(SUBJECT_MEMBERS)
+            )
+    elif method == SELF_SIGNED:
+        keys = (metadata.get("jwks") or {}).get("keys", [])
+        if not any("x5c" in key for key in keys):
+            raise InvalidClientMetadataError(
+                "a self_signed_tls_client_auth client needs its certificate: a JWK with x5c in"
+                " jwks (RFC 8705 §2.2); jwks_uri is not fetched"
+            )
 
 
 def _refused(client_id: str, reason: str) -> InvalidClientError:

@@ -18,7 +18,8 @@ whatever failed, and the reason in the log for the operator):
    ``private_key_jwt``; its ``token_endpoint_auth_signing_alg``, if registered, is ``alg``.
 3. The signature, with the client's registered keys: its ``jwks`` (including certificates
    registered as JWKs with ``x5c``), or the JWK Set at its ``jwks_uri``, fetched over HTTPS
-   with a timeout, a size limit and a cache. A ``kid`` in the header picks the key; an
+   with a timeout, a size limit and a cache (directly: no redirects, and no proxy from the
+   environment's ``https_proxy``, which would see which clients authenticate when). A ``kid`` in the header picks the key; an
    unknown ``kid`` refetches a ``jwks_uri`` once (the client may have rotated its keys),
    at most every ``JwksUriMinRefetchSeconds``.
 4. ``aud`` contains the issuer or a URL of the token endpoint or of the endpoint being

@@ -369,21 +369,6 @@ def test_sp_list_columns_stay_in_line(deployment) -> None:  # noqa: ANN001
     assert len(starts) == 1 and len(next(iter(starts))) == 3, lines
 
 
-def test_signing_cli_rotate_list_retire(deployment) -> None:  # noqa: ANN001
-    """signing rotate makes the active key, list shows it first, retire removes an old one."""
-    first = deployment.cli("signing", "rotate").stdout.split()[0]
-    second = deployment.cli("signing", "rotate", "--algorithm", "RS256").stdout.split()[0]
-    lines = deployment.cli("signing", "list").stdout.splitlines()
-    assert [line.split()[0] for line in lines] == [second, first]
-    assert lines[0].split()[1] == "RS256" and lines[0].endswith("active")
-    refused = deployment.cli("signing", "retire", second, check=False)
-    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
-    deployment.cli("signing", "retire", first)
-    assert [k["kid"] for k in json.loads(deployment.cli("signing", "list", "--json").stdout)["keys"]] == [
-        second
-    ]
-
-
 def test_sp_metadata_add_show_update(deployment, tmp_path) -> None:  # noqa: ANN001
     """--metadata registers an RFC 7591 document (options override its members), sp show prints
     it back, sp update --metadata merges (null removes a member); mistakes are one line."""
@@ -424,3 +409,18 @@ def test_sp_metadata_add_show_update(deployment, tmp_path) -> None:  # noqa: ANN
     )
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
     assert json.loads(deployment.cli("sp", "show", client_id).stdout)["client_metadata"] == shown
+
+
+def test_signing_cli_rotate_list_retire(deployment) -> None:  # noqa: ANN001
+    """signing rotate makes the active key, list shows it first, retire removes an old one."""
+    first = deployment.cli("signing", "rotate").stdout.split()[0]
+    second = deployment.cli("signing", "rotate", "--algorithm", "RS256").stdout.split()[0]
+    lines = deployment.cli("signing", "list").stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [second, first]
+    assert lines[0].split()[1] == "RS256" and lines[0].endswith("active")
+    refused = deployment.cli("signing", "retire", second, check=False)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    deployment.cli("signing", "retire", first)
+    assert [k["kid"] for k in json.loads(deployment.cli("signing", "list", "--json").stdout)["keys"]] == [
+        second
+    ]

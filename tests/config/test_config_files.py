@@ -95,7 +95,7 @@ def test_duplicate_listener_entry(deployment) -> None:  # noqa: ANN001
 
 
 def test_defaults_of_the_shipped_files(tmp_path) -> None:  # noqa: ANN001
-    """The shipped conf/ loads: one want connector on 127.0.0.1:9443 and both secret authenticators."""
+    """The shipped conf/ loads: one want connector on 127.0.0.1:9443 and the bundled authenticators."""
     from conftest import ROOT
 
     config = load_config(ROOT / "conf")
@@ -106,6 +106,7 @@ def test_defaults_of_the_shipped_files(tmp_path) -> None:  # noqa: ANN001
         ("basic_auth", 100, True),
         ("post_body_auth", 110, True),
         ("mutual_tls", 158, True),
+        ("private_key_jwt", 170, True),
     ]
     assert config.server.database == (ROOT / "var" / "tokensmith.db")
 

@@ -12,7 +12,8 @@ from types import MappingProxyType
 
 import pytest
 from conftest import DEFAULT_LISTENERS, StartupFailed, new_deployment, start_server
-from tokensmith import InvalidClientMetadataError, PluginState, StateUnavailableError
+from tokensmith import InvalidClientMetadataError
+from tokensmith.listeners.state import MAX_VALUE_BYTES, PluginState, StateUnavailableError
 from tokensmith.models import Client
 from tokensmith.oauth.clientmetadata import apply_metadata, client_metadata
 from tokensmith.storage.sqlite import SQLiteStorage
@@ -160,7 +161,7 @@ def test_plugin_state_is_namespaced_and_needs_a_store(tmp_path) -> None:  # noqa
         assert one.get("short") is None
         assert one.delete("k") and not one.delete("k")
         with pytest.raises(ValueError, match="at most 65536 bytes"):
-            one.set("big", "x" * 70000)
+            one.set("big", "x" * MAX_VALUE_BYTES)
         with pytest.raises(ValueError, match="a state key"):
             one.get("")
     with pytest.raises(StateUnavailableError):
@@ -208,3 +209,28 @@ def test_metadata_documents_round_trip_and_are_checked() -> None:
 
 def _without_nones(document: dict) -> dict:
     return {name: value for name, value in document.items() if value is not None}
+
+
+def test_mutual_tls_checks_its_clients_metadata(deployment, tmp_path) -> None:  # noqa: ANN001
+    """mutual_tls's check_client_metadata: removing a tls_client_auth client's subject, or a
+    self-signed client's certificates by new jwks, is refused (RFC 8705 §2.1.2, §2.2)."""
+    added = deployment.add_client(
+        "pki",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "tls_client_auth",
+        "--san-dns",
+        "a.example",
+    )
+    change = tmp_path / "change.json"
+    change.write_text(json.dumps({"tls_client_auth_san_dns": None}))
+    result = deployment.cli("sp", "update", str(added["client_id"]), "--metadata", str(change), check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "tokensmith: error: invalid_client_metadata: a tls_client_auth client registers exactly one of"
+    )
+    change.write_text(json.dumps({"tls_client_auth_san_dns": "b.example"}))
+    deployment.cli("sp", "update", str(added["client_id"]), "--metadata", str(change))
+    shown = json.loads(deployment.cli("sp", "show", str(added["client_id"])).stdout)
+    assert shown["client_metadata"]["tls_client_auth_san_dns"] == "b.example"
