@@ -127,6 +127,21 @@ class TemporarilyUnavailableError(OAuth2Error):
     status_code = 503
 
 
+class InvalidClientMetadataError(OAuth2Error):
+    """RFC 7591 §3.2.2 ``invalid_client_metadata``: "The value of one of the client metadata
+    fields is invalid and the server has rejected this request." Raised by a
+    ``check_client_metadata`` hook; the description says which field and why."""
+
+    error = "invalid_client_metadata"
+
+
+class InvalidRedirectUriError(OAuth2Error):
+    """RFC 7591 §3.2.2 ``invalid_redirect_uri``: "The value of one or more redirection URIs is
+    invalid." """
+
+    error = "invalid_redirect_uri"
+
+
 class RequestRefused(Exception):
     """A request refused before any endpoint reads it, at the HTTP level: it cannot be parsed,
     or is over a size or time limit. The connection closes after the answer (*status*)."""
@@ -134,11 +149,3 @@ class RequestRefused(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
         self.status, self.reason = status, reason
-
-
-class InvalidClientMetadataError(OAuth2Error):
-    """RFC 7591 §3.2.2 ``invalid_client_metadata``: "The value of one of the client metadata
-    fields is invalid and the server has rejected this request." Raised by a
-    ``check_client_metadata`` hook; the description says which field and why."""
-
-    error = "invalid_client_metadata"

@@ -123,6 +123,7 @@ def test_every_block_is_a_named_walkthrough() -> None:
         "wso2-password",
         "browser-sign-in",
         "endpoints",
+        "administration",
     ]
 
 
@@ -167,6 +168,21 @@ def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) 
     assert inactive == '{"active":false}'
     assert f'"issuer":"https://127.0.0.1:{port}"' in metadata and '"mtls_endpoint_aliases"' not in metadata
     assert jwks == '{"keys":[]}'
+
+    # Administration: created, rotated and removed remotely; a client registers itself.
+    admin = out["administration"].strip().splitlines()
+    assert admin[0] == '{"username": "console", "role": "admin"}'
+    first_token, added, removed, second_token, deleted, registered, audit = admin[1:]
+    assert '"token_type":"Bearer"' in first_token and '"token_type":"Bearer"' in second_token
+    assert (added, removed, deleted) == ("201", "200", "204")
+    assert '"registration_access_token":' in registered and '"client_secret":' in registered
+    actions = [entry["action"] for entry in json.loads(audit)]
+    assert actions == [
+        "client.create",
+        "registration.initial_access_token",
+        "client.delete",
+        "client.certificates",
+    ]
 
     assert "% Total" not in result.stderr, result.stderr
     # (The server's log is this test's own: start_server writes it into the deployment's root.)

@@ -38,6 +38,7 @@ __all__ = [
     "KNOWN_METHODS",
     "new_client_id",
     "register_client",
+    "change_client",
     "update_client",
     "change_client_certificates",
     "reset_secret",
@@ -195,6 +196,63 @@ def _store_update(store: Storage, before: Client, after: Client) -> None:
     _revoke_dropped(store, before, after)
 
 
+def change_client(
+    store: Storage,
+    listeners: ListenerSet | None,
+    client_id: str,
+    actor: Actor,
+    *,
+    document: Mapping[str, Any] | None = None,
+    merge: bool = True,
+    add: Sequence[RegisteredCertificate] = (),
+    remove: Sequence[str] = (),
+) -> Registered:
+    """Change a client in one store write: certificates added and removed (rotation; the last
+    certificate of a ``self_signed_tls_client_auth`` client cannot go), then its RFC 7591
+    metadata: with *merge* only the members of *document* given (``null`` removes one),
+    without it *document* is the whole new metadata (RFC 7592 §2.2). The method cannot change:
+    the client's credential belongs to it. Tokens bound to a removed certificate are revoked
+    (RFC 8705 §3.1)."""
+    client = get_client(store, client_id)
+    updated = client
+    if add or remove:
+        try:
+            updated = change_certificates(client, add, remove)
+        except RegistrationError as exc:
+            status = 404 if "has no certificate" in str(exc) else 409 if "already" in str(exc) else 400
+            raise OperationError(
+                str(exc), status, "not_found" if status == 404 else "invalid_request"
+            ) from None
+    if document is not None:
+        method = document.get("token_endpoint_auth_method", client.token_endpoint_auth_method)
+        if method != client.token_endpoint_auth_method:
+            raise OperationError(
+                "token_endpoint_auth_method cannot be changed: register a new client",
+                400,
+                "invalid_client_metadata",
+            )
+        if not merge:
+            document = {"token_endpoint_auth_method": method, **document}
+        try:
+            updated = apply_metadata(updated, document, merge=merge)
+        except InvalidClientMetadataError as exc:
+            raise _metadata_error(exc) from None
+    _check(updated, listeners)
+    _store_update(store, client, updated)
+    details: dict[str, Any] = {}
+    if add or remove:
+        details.update(added=[c.sha256 for c in add], removed=list(remove))
+    if document is not None:
+        details["members"] = sorted(document)
+    record(
+        store, actor, "client.update" if document is not None else "client.certificates", client_id, **details
+    )
+    before = {c.sha256 for c in client.certificates}
+    return Registered(
+        updated, None, tuple(validity_warnings([c for c in updated.certificates if c.sha256 not in before]))
+    )
+
+
 def update_client(
     store: Storage,
     listeners: ListenerSet | None,
@@ -204,30 +262,8 @@ def update_client(
     *,
     merge: bool = True,
 ) -> Registered:
-    """Change a client's RFC 7591 metadata: with *merge* only the members given (``null``
-    removes one), without it *document* is the whole new metadata (RFC 7592 §2.2). The
-    method cannot change: the client's credential belongs to it."""
-    client = get_client(store, client_id)
-    method = document.get("token_endpoint_auth_method", client.token_endpoint_auth_method)
-    if method != client.token_endpoint_auth_method:
-        raise OperationError(
-            "token_endpoint_auth_method cannot be changed: register a new client",
-            400,
-            "invalid_client_metadata",
-        )
-    if not merge:
-        document = {"token_endpoint_auth_method": method, **document}
-    try:
-        updated = apply_metadata(client, document, merge=merge)
-    except InvalidClientMetadataError as exc:
-        raise _metadata_error(exc) from None
-    _check(updated, listeners)
-    _store_update(store, client, updated)
-    record(store, actor, "client.update", client_id, members=sorted(document))
-    before = {c.sha256 for c in client.certificates}
-    return Registered(
-        updated, None, tuple(validity_warnings([c for c in updated.certificates if c.sha256 not in before]))
-    )
+    """``change_client`` with metadata only."""
+    return change_client(store, listeners, client_id, actor, document=document, merge=merge)
 
 
 def change_client_certificates(
@@ -238,25 +274,8 @@ def change_client_certificates(
     remove: Sequence[str],
     actor: Actor,
 ) -> Registered:
-    """Add and remove registered certificates (rotation); the last certificate of a
-    ``self_signed_tls_client_auth`` client cannot be removed."""
-    client = get_client(store, client_id)
-    try:
-        updated = change_certificates(client, add, remove)
-    except RegistrationError as exc:
-        status = 404 if "has no certificate" in str(exc) else 409 if "already" in str(exc) else 400
-        raise OperationError(str(exc), status, "not_found" if status == 404 else "invalid_request") from None
-    _check(updated, listeners)
-    _store_update(store, client, updated)
-    record(
-        store,
-        actor,
-        "client.certificates",
-        client_id,
-        added=[c.sha256 for c in add],
-        removed=list(remove),
-    )
-    return Registered(updated, None, tuple(validity_warnings(add)))
+    """``change_client`` with certificates only."""
+    return change_client(store, listeners, client_id, actor, add=add, remove=remove)
 
 
 def reset_secret(store: Storage, client_id: str, actor: Actor) -> Registered:

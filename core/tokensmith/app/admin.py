@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,15 +111,18 @@ async def _basic(rt: Runtime) -> Caller | None:
         raise Unauthenticated("the Basic credentials are not user:password")
     store = rt.storage
     source = request.remote_addr or "?"
-    policy = rt.identity.login_policy
-    import time
-
-    if not await asyncio.to_thread(store.take_login_attempt, username, source, int(time.time()), policy):
-        raise Unauthenticated("authentication failed")
+    # As the password grant does: the attempt is counted before the password is checked, and
+    # an unknown or locked-out user costs the same KDF run as a wrong password, so that the
+    # answer's timing tells nothing about which users exist.
     user = store.get_user(username)
-    ok = await kdf.check(password, user.password_hash if user else None)
-    await asyncio.to_thread(store.end_login_attempt, username, source, ok and user is not None)
-    if not ok or user is None:
+    kdf.admit()
+    taken = user is not None and await asyncio.to_thread(
+        store.take_login_attempt, username, source, int(time.time()), rt.identity.login_policy
+    )
+    correct = await kdf.check(password, user.password_hash if user is not None and taken else None)
+    if user is not None and taken:
+        await asyncio.to_thread(store.end_login_attempt, username, source, correct)
+    if user is None or not taken or not correct:
         raise Unauthenticated("authentication failed")
     return Caller(user.username, user.role, "basic")
 
@@ -264,9 +268,8 @@ def _options(body: dict[str, Any]) -> client_ops.ClientOptions:
         kind = _OPTIONS.get(name)
         if kind is None:
             raise OperationError(f"unknown option {name!r}; known: {', '.join(_OPTIONS)}")
-        if not isinstance(value, kind) or (
-            kind is int and (isinstance(value, bool) or not 1 <= value <= 315360000)
-        ):
+        out_of_range = isinstance(value, int) and kind is int and not 1 <= value <= 315360000
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or out_of_range:
             raise OperationError(
                 f"option {name} must be a {kind.__name__}" + (" from 1 to 315360000" if kind is int else "")
             )

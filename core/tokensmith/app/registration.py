@@ -16,6 +16,7 @@ import json
 import secrets
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, current_app, request
 
@@ -23,7 +24,7 @@ from tokensmith.admin import clients as client_ops
 from tokensmith.admin.audit import Actor, OperationError
 from tokensmith.app.responses import to_response
 from tokensmith.app.state import public_urls_of, runtime
-from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
+from tokensmith.errors import InvalidClientMetadataError, InvalidRedirectUriError, OAuth2Error
 from tokensmith.models import Client
 from tokensmith.oauth.clientmetadata import STANDARD_MEMBERS, client_metadata, is_namespaced
 from tokensmith.oauth.endpoints import REGISTRATION_PATH
@@ -84,6 +85,7 @@ def _understood(document: Mapping[str, Any]) -> dict[str, Any]:
         for name, value in document.items()
         if (name in STANDARD_MEMBERS or is_namespaced(name)) and value is not None
     }
+    _check_redirect_uris(kept.get("redirect_uris"))
     kept.setdefault("token_endpoint_auth_method", "client_secret_basic")
     if "grant_types" not in kept:
         kept["grant_types"] = ["client_credentials"]
@@ -96,6 +98,28 @@ def _understood(document: Mapping[str, Any]) -> dict[str, Any]:
     # client registers none (RFC 7591 §2.1: grant_types and response_types must agree).
     kept.pop("response_types", None)
     return kept
+
+
+def _check_redirect_uris(uris: object) -> None:
+    """RFC 6749 §3.1.2: a redirection URI is absolute and has no fragment; RFC 7591 §3.2.2
+    answers ``invalid_redirect_uri`` otherwise. (This server has no redirect-based grant:
+    the URIs are kept for the client's record.)"""
+    if uris is None:
+        return
+    if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+        raise InvalidRedirectUriError("redirect_uris must be a list of URIs")
+    for uri in uris:
+        parts = urlsplit(uri)
+        if (
+            not parts.scheme
+            or not parts.netloc
+            or parts.fragment
+            or "#" in uri
+            or any(c.isspace() for c in uri)
+        ):
+            raise InvalidRedirectUriError(
+                f"redirect_uri {uri!r:.80} is not an absolute URI without a fragment"
+            )
 
 
 def _answer(rt: Runtime, client: Client, status: int, *, secret: str | None, token: str | None) -> Answer:

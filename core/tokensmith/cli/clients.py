@@ -13,7 +13,6 @@ Mutual-TLS clients (RFC 8705 §2) are registered here as WSO2's console does it:
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import secrets
@@ -33,7 +32,6 @@ from tokensmith.oauth.clientmetadata import apply_metadata, certificate_jwk, cli
 from tokensmith.oauth.grants import GRANT_TYPES
 from tokensmith.oauth.registration import (
     certificates_from_file,
-    change_certificates,
     check_grant_types,
     check_registration,
     check_scope,
@@ -41,7 +39,6 @@ from tokensmith.oauth.registration import (
     parse_fingerprint,
     printable,
     tls_subject,
-    validity_warnings,
 )
 
 if TYPE_CHECKING:
@@ -572,37 +569,22 @@ def cmd_sp_update(args: argparse.Namespace) -> int:
     if changes_metadata and (added or remove) and "jwks" in document:
         raise CLIError("give either new jwks or --add-cert/--remove-cert, not both")
     listeners = load_authenticators(config)
+    # The one implementation the admin API and RFC 7592 use too.
     with open_storage(config) as store:
-        client = store.get_client(args.client_id)
-        if client is None:
-            raise CLIError(f"no service provider with client_id {args.client_id!r}")
-        if document.get("token_endpoint_auth_method", client.token_endpoint_auth_method) != (
-            client.token_endpoint_auth_method
-        ):
-            raise CLIError(
-                "token_endpoint_auth_method cannot be changed by sp update: register the client"
-                " again with sp add and remove this one"
+        method = _client(store, args.client_id).token_endpoint_auth_method
+        with _metadata_refusals(method):
+            changed = client_ops.change_client(
+                store,
+                listeners,
+                args.client_id,
+                local_actor(),
+                document=document if changes_metadata else None,
+                add=added,
+                remove=remove,
             )
-        updated = change_certificates(client, added, remove) if added or remove else client
-        if changes_metadata:
-            updated = _applied(updated, document, merge=True)
-            check_registration(updated.token_endpoint_auth_method, updated.grant_types)
-            if updated.token_endpoint_auth_method == SELF_SIGNED and not updated.certificates:
-                raise CLIError(f"a {SELF_SIGNED} client needs a certificate; this change would leave it none")
-        check_with_authenticator(listeners, updated)
-        if not store.update_client(updated):
-            raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
-        # The certificate was the client's credential: what it authenticated ends with it
-        # (as removing a client or a user revokes their tokens).
-        kept = {c.sha256 for c in updated.certificates}
-        for cert in client.certificates:
-            if cert.sha256 not in kept:
-                thumbprint = base64.urlsafe_b64encode(bytes.fromhex(cert.sha256)).decode().rstrip("=")
-                store.revoke_bound_tokens(client.client_id, thumbprint)  # RFC 8705 §3.1
-    before = {c.sha256 for c in client.certificates}
-    for line in validity_warnings([c for c in updated.certificates if c.sha256 not in before]):
+    for line in changed.warnings:
         warn(line)
-    print(json.dumps(client_view(updated), indent=2))
+    print(json.dumps(client_view(changed.client), indent=2))
     return 0
 
 

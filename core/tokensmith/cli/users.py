@@ -121,7 +121,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     password = _read_password(args.password_stdin)
     with open_storage(config) as store:
         user = users.add_user(store, username, password, args.role, local_actor())
-    print(json.dumps({"username": user.username, "role": user.role}))
+    print(json.dumps({"username": user.username, **({"role": user.role} if user.role else {})}))
     return 0
 
 

@@ -5,7 +5,8 @@ a ``<Priority>`` and ``<Config><Parameter name=...>`` values. Authenticators are
 descending priority (the highest first; ties by name). The file is optional: without it,
 ``BasicAuthenticator`` alone is enabled and dynamic registration needs an initial access
 token. It is schema-checked (``authenticators.xsd``) and re-read on every reload (SIGHUP),
-like identity.xml.
+like identity.xml. An authenticator the file does not name keeps its default (Basic enabled
+at priority 10, MutualSSL disabled); ``disabled="true"`` turns one off.
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ def load_authenticators(path: Path) -> AdminSettings:
         enabled.append(
             AdminAuthenticator(name, priority, header, flag == "true", frozenset(whitelist), frozenset(certs))
         )
+    # An authenticator the file does not name keeps its default: Basic on, MutualSSL off.
+    if BASIC not in seen:
+        enabled.append(AdminAuthenticator(BASIC, 10))
+    if MUTUAL_SSL not in seen:
+        disabled.append(MUTUAL_SSL)
     enabled.sort(key=lambda a: (-a.priority, a.name))
     settings: dict[str, object] = {}
     dcr = root.find("DynamicClientRegistration")

@@ -125,7 +125,8 @@ def check_client_metadata(metadata: Mapping[str, Any], listener: Listener) -> No
 
     Called for the enabled authenticator that declared the client's
     ``token_endpoint_auth_method``, whenever a client is registered or its metadata changed,
-    by whatever way (the CLI now; an administration API or dynamic registration later).
+    by whatever way: the CLI, the admin API (/api/clients) or dynamic registration
+    (/oauth2/register, RFC 7591).
     Must not be a coroutine, and should not touch the network.
     """
 

@@ -35,7 +35,8 @@ class Runtime:
     signing: SigningKeys
     verified_secrets: VerifiedSecrets
     generation: int
-    #: The public URLs now (RFC 8414 §2): the issuer and the endpoints' URLs under it.
+    #: The public URLs now (RFC 8414 §2): the issuer and the endpoints' URLs under it; they
+    #: depend on the ports the sockets got, so they are asked for, not stored.
     urls: Callable[[], PublicUrls] | None = None
     #: conf/authenticators.xml: who may call the admin API and register clients.
     admin: AdminSettings = AdminSettings()

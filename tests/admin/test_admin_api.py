@@ -423,3 +423,20 @@ def test_a_bad_authenticators_xml_is_refused_with_its_line(tmp_path, keystore, w
     assert "'Kerberos'" in started.stderr and "MutualSSLAuthenticator" in started.stderr
     assert "Traceback" not in started.stderr
     assert len(started.stderr.strip().splitlines()) == 1
+
+
+def test_a_listener_change_reloads_every_worker(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    """With workers, the API's change goes through the supervisor as SIGHUP does: it checks
+    the new identity.xml, then every worker reloads."""
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
+    write_authenticators(dep, mtls=False)
+    add_users(dep)
+    server = serve(dep, "--workers", "2")
+    with server.client(auth=("root", PASSWORDS["root"])) as http:
+        answer = http.patch("/api/listeners/ClientAuthenticator/post_body_auth", json={"enabled": False})
+    assert answer.status_code == 202, answer.text
+    server.wait_for_log("reloaded: configuration 2", count=2)
+    for _ in range(6):  # new connections, whichever worker takes them
+        with server.client() as http:
+            methods = http.get("/.well-known/oauth-authorization-server").json()
+        assert "client_secret_post" not in methods["token_endpoint_auth_methods_supported"]
