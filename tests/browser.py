@@ -17,9 +17,14 @@ import pytest
 CHROMIUM = os.environ.get("TOKENSMITH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium for the module.
+
+    Not for the session: Playwright's sync API keeps its own event loop running in the main
+    thread while it is started, and every later test that runs an asyncio loop
+    (``asyncio.run``, an in-process app) would then fail with "Cannot run the event loop
+    while another loop is running"."""
     from playwright.sync_api import sync_playwright
 
     if not os.path.exists(CHROMIUM):

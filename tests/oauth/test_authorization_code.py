@@ -748,3 +748,20 @@ def test_the_metadata_describes_the_endpoint(env: Env) -> None:
     assert meta["authorization_response_iss_parameter_supported"] is True
     assert "authorization_code" in meta["grant_types_supported"]
     assert "none" in meta["token_endpoint_auth_methods_supported"]
+
+
+def test_a_forged_request_field_cannot_split_the_redirect(env: Env, browser: Browser) -> None:
+    """The login form's request field goes into a Location header: a CR LF in it is encoded,
+    never sent raw, and the answer is a redirect like any other."""
+    page = browser.get("/oauth2/login")
+    answer = browser.post(
+        "/oauth2/login",
+        {
+            "csrf_token": csrf(page.text),
+            "request": "client_id=x\r\nSet-Cookie: evil=1",
+            "username": "bob",
+            "password": PASSWORD,
+        },
+    )
+    assert answer.status_code == 303 and "evil" not in answer.headers.get("set-cookie", "")
+    assert answer.headers["location"] == "/oauth2/authorize?client_id=x%0D%0ASet-Cookie%3A+evil%3D1"

@@ -20,14 +20,22 @@ from typing import Any
 from quart import Blueprint, Response, current_app, render_template, request
 
 from tokensmith.app.state import public_urls_of, runtime
+from tokensmith.errors import ServerError, TemporarilyUnavailableError
 from tokensmith.models import SignInSession, StorageError
 from tokensmith.oauth import authorize
 from tokensmith.oauth.authorize import AUTHORIZE_PATH, AccessDeniedError, RedirectedError, ShownError
 from tokensmith.oauth.grants import check_password, login_source
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.errors import ServerError, TemporarilyUnavailableError
 
-__all__ = ["signin", "SESSION_COOKIE", "CSRF_COOKIE", "LOGIN_PATH", "CONSENT_PATH", "SIGNOUT_PATH", "ACCOUNT_PATH"]
+__all__ = [
+    "signin",
+    "SESSION_COOKIE",
+    "CSRF_COOKIE",
+    "LOGIN_PATH",
+    "CONSENT_PATH",
+    "SIGNOUT_PATH",
+    "ACCOUNT_PATH",
+]
 
 log = logging.getLogger("tokensmith.signin")
 
@@ -93,8 +101,17 @@ def _csrf_ok(form: dict[str, str]) -> bool:
     return authorize.csrf_matches(request.cookies.get(CSRF_COOKIE), form.get("csrf_token"))
 
 
+def _safe(query: str) -> str:
+    """*query* as it may go into a Location header: printable ASCII only. Anything else
+    (bytes a browser would have percent-encoded, a CR or LF from a forged form) is
+    re-encoded, so that no header can be split and no redirect fails."""
+    if all("!" <= c <= "~" for c in query):
+        return query
+    return urllib.parse.urlencode(urllib.parse.parse_qsl(query, keep_blank_values=True, errors="replace"))
+
+
 def _query() -> str:
-    return request.query_string.decode("latin-1")
+    return _safe(request.query_string.decode("latin-1"))
 
 
 async def _continue(rt: Runtime, query: str, session: SignInSession | None) -> Response:
@@ -121,7 +138,9 @@ async def _continue(rt: Runtime, query: str, session: SignInSession | None) -> R
     return await _send_code(rt, checked, session)
 
 
-async def _send_code(rt: Runtime, checked: authorize.AuthorizationRequest, session: SignInSession) -> Response:
+async def _send_code(
+    rt: Runtime, checked: authorize.AuthorizationRequest, session: SignInSession
+) -> Response:
     """Issue the code and send the browser back to the client. A store that does not answer
     is ``temporarily_unavailable``, anything else ``server_error`` (RFC 6749 §4.1.2.1), both
     sent to the client, which is established by now."""
@@ -135,7 +154,9 @@ async def _send_code(rt: Runtime, checked: authorize.AuthorizationRequest, sessi
         return _redirect(authorize.error_location(failure, _issuer()))
     except Exception:
         log.exception("issuing an authorization code for client %s failed", checked.client.client_id)
-        failure = RedirectedError(ServerError("an internal error occurred"), checked.redirect_uri, checked.state)
+        failure = RedirectedError(
+            ServerError("an internal error occurred"), checked.redirect_uri, checked.state
+        )
         return _redirect(authorize.error_location(failure, _issuer()))
     return _redirect(authorize.code_location(checked, code, _issuer()))
 
@@ -162,7 +183,9 @@ async def login() -> Response:
     form = await _form()
     query = form.get("request", "")
     if not _csrf_ok(form):
-        return await _shown("The form has expired or did not come from this site. Go back and try again.", 403)
+        return await _shown(
+            "The form has expired or did not come from this site. Go back and try again.", 403
+        )
     username, password = form.get("username", ""), form.get("password", "")
     user = None
     if username and password and len(username) <= MAX_FIELD and len(password) <= MAX_FIELD:
@@ -183,7 +206,9 @@ async def login() -> Response:
             username=username[:MAX_FIELD],
             error="The username or password is wrong, or there were too many attempts; try again later.",
         )
-    value = authorize.start_session(rt.storage, user.user_id, user.username, rt.identity.signin_session_lifetime)
+    value = authorize.start_session(
+        rt.storage, user.user_id, user.username, rt.identity.signin_session_lifetime
+    )
     # A new CSRF token with the new session: one an attacker planted before sign-in is void.
     response = _redirect(f"{AUTHORIZE_PATH}?{query}" if query else ACCOUNT_PATH)
     response.set_cookie(
@@ -207,8 +232,10 @@ async def consent() -> Response:
     rt = runtime(current_app)
     form = await _form()
     if not _csrf_ok(form):
-        return await _shown("The form has expired or did not come from this site. Go back and try again.", 403)
-    query = form.get("request", "")
+        return await _shown(
+            "The form has expired or did not come from this site. Go back and try again.", 403
+        )
+    query = _safe(form.get("request", ""))
     try:
         checked = authorize.validate(rt.storage, query)
     except ShownError as error:
@@ -237,7 +264,13 @@ async def account() -> Response:
     consents = []
     for item in rt.storage.list_consents(session.user_id):
         client = rt.storage.get_client(item.client_id)
-        consents.append({"client_id": item.client_id, "name": client.name if client else item.client_id, "scopes": item.scopes})
+        consents.append(
+            {
+                "client_id": item.client_id,
+                "name": client.name if client else item.client_id,
+                "scopes": item.scopes,
+            }
+        )
     return await _page("account.html", username=session.username, consents=consents)
 
 
@@ -246,7 +279,9 @@ async def revoke_consent() -> Response:
     rt = runtime(current_app)
     form = await _form()
     if not _csrf_ok(form):
-        return await _shown("The form has expired or did not come from this site. Go back and try again.", 403)
+        return await _shown(
+            "The form has expired or did not come from this site. Go back and try again.", 403
+        )
     session = _session(rt)
     if session is None:
         return _redirect(LOGIN_PATH)
@@ -264,7 +299,9 @@ async def signout() -> Response:
     rt = runtime(current_app)
     form = await _form()
     if not _csrf_ok(form):
-        return await _shown("The form has expired or did not come from this site. Go back and try again.", 403)
+        return await _shown(
+            "The form has expired or did not come from this site. Go back and try again.", 403
+        )
     authorize.end_session(rt.storage, request.cookies.get(SESSION_COOKIE))
     response = await _page("signout.html", signed_out=True)
     response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")

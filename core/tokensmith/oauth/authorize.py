@@ -30,8 +30,8 @@ from tokensmith.errors import (
 )
 from tokensmith.models import AuthorizationCode, Client, Consent, SignInSession, Storage
 from tokensmith.oauth import pkce
-from tokensmith.oauth.events import AuthorizationCodeEvent
 from tokensmith.oauth.endpoints import AUTHORIZE_PATH
+from tokensmith.oauth.events import AuthorizationCodeEvent
 from tokensmith.oauth.grants import resolve_scope
 from tokensmith.oauth.runtime import Runtime
 from tokensmith.security.hashing import token_hash
@@ -133,7 +133,9 @@ def validate(storage: Storage, query: str) -> AuthorizationRequest:
     client_ids = params.get("client_id", [])
     if len(client_ids) != 1 or not client_ids[0]:
         raise ShownError(
-            "The request names no client." if not client_ids else "The request names the client more than once."
+            "The request names no client."
+            if not client_ids
+            else "The request names the client more than once."
         )
     client = storage.get_client(client_ids[0])
     if client is None:
@@ -239,7 +241,10 @@ async def issue_code(rt: Runtime, request: AuthorizationRequest, session: SignIn
     await rt.listeners.notify(
         "authorization_code_issued",
         event=AuthorizationCodeEvent(
-            request.client.without_secret(), session.username, tuple(request.scope.split()), request.redirect_uri
+            request.client.without_secret(),
+            session.username,
+            tuple(request.scope.split()),
+            request.redirect_uri,
         ),
     )
     return value
@@ -289,4 +294,3 @@ def csrf_matches(cookie: str | None, form_value: str | None) -> bool:
     if not cookie or not form_value:
         return False
     return hmac.compare_digest(cookie.encode(), form_value.encode())
-

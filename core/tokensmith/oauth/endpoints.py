@@ -23,6 +23,7 @@ from tokensmith.errors import (
     UnauthorizedClientError,
 )
 from tokensmith.models import TokenRecord
+from tokensmith.oauth import pkce
 from tokensmith.oauth.clientauth import (
     AuthenticatedClient,
     ClientAuthRequest,
@@ -31,7 +32,6 @@ from tokensmith.oauth.clientauth import (
     challenge,
     claimed_client_id,
 )
-from tokensmith.oauth import pkce
 from tokensmith.oauth.clientcert import client_certificates
 from tokensmith.oauth.events import ClientAuthEvent, TokenRevokeEvent
 from tokensmith.oauth.forms import check_content_type, parse_form

@@ -9,7 +9,13 @@ from typing import Any
 
 from tokensmith.models import Client
 
-__all__ = ["TokenIssueEvent", "TokenRevokeEvent", "ClientAuthEvent", "AuthorizationCodeEvent", "REGISTERED_CLAIMS"]
+__all__ = [
+    "TokenIssueEvent",
+    "TokenRevokeEvent",
+    "ClientAuthEvent",
+    "AuthorizationCodeEvent",
+    "REGISTERED_CLAIMS",
+]
 
 #: Claims the server owns; interceptors may not add or replace them (RFC 7519 §4.1,
 #: RFC 7662 §2.2, RFC 9068 §2.2, RFC 8705 §3.1).

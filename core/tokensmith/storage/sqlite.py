@@ -453,6 +453,10 @@ class SQLiteStorage:
                         "INSERT OR IGNORE INTO revoked_clients VALUES (?, ?)", (client_id, int(time.time()))
                     )
                     self._db.execute("DELETE FROM registration_tokens WHERE client_id = ?", (client_id,))
+                    # Its codes can no longer be redeemed (no client), and nobody consents to
+                    # a client that is gone.
+                    self._db.execute("DELETE FROM authorization_codes WHERE client_id = ?", (client_id,))
+                    self._db.execute("DELETE FROM consents WHERE client_id = ?", (client_id,))
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
         return removed
