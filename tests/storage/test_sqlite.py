@@ -466,6 +466,9 @@ def test_consents_add_up_and_are_revocable_and_sessions_end_with_their_user(tmp_
         assert store.get_session("live") is not None and store.get_session("old") is None
         store.purge_expired(now)
         assert store.delete_session("live") and not store.delete_session("old")
+        store.add_session(SignInSession("revoked", user.user_id, "alice", now, now + 60))
+        store.revoke_user_tokens(user.user_id)
+        assert store.get_session("revoked") is None
         store.add_session(SignInSession("again", user.user_id, "alice", now, now + 60))
         store.remove_user("alice")
         assert store.get_session("again") is None and store.list_consents(user.user_id) == []

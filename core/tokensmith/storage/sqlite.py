@@ -592,6 +592,8 @@ class SQLiteStorage:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
+                # Their sign-ins on the login page end too: a revoked user signs in again.
+                self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (user_id,))
                 return self._revoke_user(user_id)
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
