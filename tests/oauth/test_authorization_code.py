@@ -765,3 +765,24 @@ def test_a_forged_request_field_cannot_split_the_redirect(env: Env, browser: Bro
     )
     assert answer.status_code == 303 and "evil" not in answer.headers.get("set-cookie", "")
     assert answer.headers["location"] == "/oauth2/authorize?client_id=x%0D%0ASet-Cookie%3A+evil%3D1"
+
+
+def test_signing_in_again_ends_the_previous_session(env: Env, browser: Browser) -> None:
+    """Every sign-in gets a new session id and ends the one the browser had (session fixation)."""
+    query = authorize_query(env.mtls, new_verifier())
+    assert browser.sign_in(query).status_code == 303
+    first = browser.http.cookies["__Host-tokensmith-session"]
+    page = browser.get(f"/oauth2/login?{query}")
+    assert page.status_code == 303  # signed in: straight on to the request
+    login = browser.get("/oauth2/login")
+    again = browser.post(
+        "/oauth2/login",
+        {"csrf_token": csrf(login.text), "request": query, "username": "bob", "password": PASSWORD},
+    )
+    assert again.status_code == 303
+    second = browser.http.cookies["__Host-tokensmith-session"]
+    assert second != first
+    with env.server.client() as other:
+        other.cookies.set("__Host-tokensmith-session", first, domain="127.0.0.1")
+        stale = other.get(f"/oauth2/authorize?{query}")
+    assert stale.status_code == 303 and stale.headers["location"].startswith("/oauth2/login?")

@@ -181,7 +181,7 @@ async def login() -> Response:
     """Sign in against the user store, with the password grant's lockout (``check_password``)."""
     rt = runtime(current_app)
     form = await _form()
-    query = form.get("request", "")
+    query = _safe(form.get("request", ""))
     if not _csrf_ok(form):
         return await _shown(
             "The form has expired or did not come from this site. Go back and try again.", 403
@@ -206,6 +206,9 @@ async def login() -> Response:
             username=username[:MAX_FIELD],
             error="The username or password is wrong, or there were too many attempts; try again later.",
         )
+    # A new session on every sign-in, the old one ended: a session id planted in the
+    # browser before sign-in never becomes a signed-in one (session fixation).
+    authorize.end_session(rt.storage, request.cookies.get(SESSION_COOKIE))
     value = authorize.start_session(
         rt.storage, user.user_id, user.username, rt.identity.signin_session_lifetime
     )
