@@ -34,16 +34,15 @@ from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest, 
 from tokensmith.oauth.clientmetadata import client_metadata
 from tokensmith.oauth.events import AuthorizationCodeEvent, ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
 from tokensmith.oauth.hookspecs import hookimpl
+from tokensmith.oauth.mtls import FORWARDED_FORMATS, parse_forwarded_certificate
+from tokensmith.security.jose import x5t_s256
 from tokensmith.security.x509 import (
     DN_MATCHING,
-    FORWARDED_FORMATS,
     CertificateError,
     dn_matches,
-    parse_forwarded_certificate,
     san_matches,
     validity_problem,
     verify_chain,
-    x5t_s256,
 )
 
 __all__ = [

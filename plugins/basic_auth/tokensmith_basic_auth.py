@@ -7,9 +7,6 @@ using the same algorithm and used as the password."
 
 from __future__ import annotations
 
-import base64
-from urllib.parse import unquote_plus
-
 from tokensmith import AuthenticatedClient, ClientAuthRequest, InvalidClientError, hookimpl
 
 METHOD = "client_secret_basic"
@@ -28,21 +25,13 @@ def client_auth_methods() -> list[str]:
 @hookimpl
 async def authenticate_client(request: ClientAuthRequest) -> AuthenticatedClient | None:
     """Engage when the request has ``Authorization: Basic``; otherwise it is not ours."""
-    header = request.authorization
-    if header is None:
-        return None
-    scheme, _, credentials = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
     try:
-        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-        client_id, colon, secret = decoded.partition(":")
-        client_id = unquote_plus(client_id, errors="strict")
-        secret = unquote_plus(secret, errors="strict")
-    except ValueError:  # binascii.Error, non-ASCII input, UnicodeDecodeError
+        credentials = request.basic_credentials()
+    except ValueError:
         raise InvalidClientError("malformed Basic credentials") from None
-    if not colon or not client_id:
-        raise InvalidClientError("malformed Basic credentials")
+    if credentials is None:
+        return None
+    client_id, secret = credentials
     body_client_id = request.form.get("client_id")
     if body_client_id is not None and body_client_id != client_id:
         raise InvalidClientError("client_id in the body differs from the Basic credentials")

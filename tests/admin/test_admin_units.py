@@ -19,7 +19,7 @@ from tokensmith.admin import clients as client_ops
 from tokensmith.admin import configuration as config_ops
 from tokensmith.admin import users as user_ops
 from tokensmith.admin.audit import Actor, OperationError, local_actor, record
-from tokensmith.app.admin import client_view
+from tokensmith.app.admin import client_view, resolve
 from tokensmith.app.factory import create_app
 from tokensmith.app.openapi import document
 from tokensmith.app.registration import REGISTER_PATH
@@ -28,7 +28,7 @@ from tokensmith.config.settings import load_config, load_identity
 from tokensmith.config.xml import ConfigError
 from tokensmith.models import TokenRecord
 from tokensmith.oauth.clientmetadata import client_metadata
-from tokensmith.security.hashing import token_hash
+from tokensmith.oauth.tokens import token_hash
 from tokensmith.storage.sqlite import SQLiteStorage
 
 ACTOR = Actor("tester", "cli", "local")
@@ -97,12 +97,18 @@ def test_tried_in_descending_priority(tmp_path: Path) -> None:
             3,
             "cannot read",
         ),
+        (
+            '<Authenticator name="MutualSSLAuthenticator"><Config>'
+            '<Parameter name="WhiteList">not a DN</Parameter></Config></Authenticator>',
+            3,
+            "WhiteList",
+        ),
     ],
 )
 def test_mistakes_name_the_file_and_line(tmp_path: Path, body: str, line: int, words: str) -> None:
     path = write(tmp_path / "authenticators.xml", body)
     with pytest.raises(ConfigError) as caught:
-        load_authenticators(path)
+        resolve(load_authenticators(path))  # as the server loads it
     assert f"authenticators.xml:{line}:" in str(caught.value)
     assert words in str(caught.value)
 
@@ -116,7 +122,7 @@ def test_admin_certificates_are_registered_by_hash(tmp_path: Path) -> None:
         '<Parameter name="AdminCertificates">admins.pem</Parameter></Config></Authenticator>',
     )
 
-    mutual = load_authenticators(path).enabled(MUTUAL_SSL)
+    mutual = resolve(load_authenticators(path)).enabled(MUTUAL_SSL)
     assert mutual is not None
     assert mutual.admin_certificates == {hashlib.sha256(pair.der).hexdigest()}
 
@@ -351,3 +357,24 @@ def test_in_process_registration(app: App) -> None:
     assert status == 201 and body["grant_types"] == ["client_credentials"]
     status, _, metadata = app.call("GET", "/.well-known/oauth-authorization-server")
     assert metadata["registration_endpoint"].endswith(REGISTER_PATH)
+
+
+def test_the_cli_audits_truststore_and_signing_changes(tmp_path, keystore, wheel_cache) -> None:  # noqa: ANN001
+    """The CLI changes through the same operations, so its changes are in the audit log too."""
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
+    (tmp_path / "ca.pem").write_bytes(pki.ca().pem)
+    dep.cli("truststore", "import", "--alias", "partner", "--file", str(tmp_path / "ca.pem"))
+    dep.cli("truststore", "remove", "partner")
+    assert dep.cli("truststore", "remove", "partner", check=False).returncode == 1
+    kid = dep.cli("signing", "rotate").stdout.split()[0]
+    newer = dep.cli("signing", "rotate").stdout.split()[0]
+    dep.cli("signing", "retire", kid)
+    with SQLiteStorage(dep.database) as opened:
+        entries = [(e.action, e.target, e.via) for e in reversed(opened.list_audit())]
+    assert entries == [
+        ("truststore.import", "partner", "cli"),
+        ("truststore.remove", "partner", "cli"),
+        ("signing.rotate", kid, "cli"),
+        ("signing.rotate", newer, "cli"),
+        ("signing.retire", kid, "cli"),
+    ]

@@ -298,6 +298,9 @@ def test_initial_access_token_mode(tmp_path, keystore, wheel_cache, serve) -> No
     cli_token = dep.cli("sp", "initial-token").stdout
     with server.client() as http:
         bearer = {"Authorization": f"Bearer {initial}"}
+        # A refused registration does not use the token up.
+        refused = http.post("/oauth2/register", json={"grant_types": ["implicit"]}, headers=bearer)
+        assert refused.status_code == 400
         first = http.post("/oauth2/register", json={"client_name": "with token"}, headers=bearer)
         assert first.status_code == 201, first.text
         # Once only.

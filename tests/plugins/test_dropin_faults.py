@@ -121,6 +121,18 @@ def plugin_wheels(tmp_path_factory, make_wheel) -> dict[str, Path]:  # noqa: ANN
         ),
         "methods-int": make_wheel("int_methods", METHODS.format(value="7")),
         "methods-str": make_wheel("str_methods", METHODS.format(value='"header_key"')),
+        "tryfirst": make_wheel(
+            "first_auth",
+            METHODS.format(value='["first"]').replace(
+                "@hookimpl\ndef auth", "@hookimpl(tryfirst=True)\ndef auth"
+            ),
+        ),
+        "async-load-hook": make_wheel(
+            "async_methods",
+            METHODS.format(value='["early"]').replace(
+                "def client_auth_methods", "async def client_auth_methods"
+            ),
+        ),
     }
 
 
@@ -149,11 +161,21 @@ def break_deployment(case: str, dep: Deployment, wheels: dict[str, Path]) -> tup
         "two-entry-points": "both name twice_auth",
         "methods-int": "client_auth_methods must return a list of method names, not 7",
         "methods-str": "client_auth_methods must return a list of method names, not 'header_key'",
+        "tryfirst": "plugin 'first_auth': hook authenticate_client: @hookimpl(tryfirst=True) is not supported",
+        "async-load-hook": "plugin 'async_methods': hook client_auth_methods: must not be a coroutine",
     }[case]
     return (lambda: (dep.dropins / wheel.name).unlink()), expected
 
 
-CASES = [*FILE_CASES, "utf16-pin-file", "two-entry-points", "methods-int", "methods-str"]
+CASES = [
+    *FILE_CASES,
+    "utf16-pin-file",
+    "two-entry-points",
+    "methods-int",
+    "methods-str",
+    "tryfirst",
+    "async-load-hook",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

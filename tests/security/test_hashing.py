@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tokensmith.oauth.clientauth import VerifiedSecrets
 from tokensmith.security import hashing as kdf
 
 
@@ -15,7 +16,7 @@ def test_hash_verifies_only_the_right_secret() -> None:
 
 def test_verified_secrets_remember_only_what_matched() -> None:
     """A remembered secret is known for its hash only; another secret or hash is not."""
-    memory = kdf.VerifiedSecrets(ttl=10)
+    memory = VerifiedSecrets(ttl=10)
     memory.remember("hash-a", "right", now=0)
     assert memory.known("hash-a", "right", now=5)
     assert not memory.known("hash-a", "wrong", now=5)
@@ -24,7 +25,7 @@ def test_verified_secrets_remember_only_what_matched() -> None:
 
 def test_verified_secrets_expire_and_are_bounded() -> None:
     """Entries expire after ttl, and the oldest go when capacity is exceeded."""
-    memory = kdf.VerifiedSecrets(capacity=2, ttl=10)
+    memory = VerifiedSecrets(capacity=2, ttl=10)
     memory.remember("a", "1", now=0)
     assert not memory.known("a", "1", now=10)
     for name in ("x", "y", "z"):
@@ -35,7 +36,7 @@ def test_verified_secrets_expire_and_are_bounded() -> None:
 
 def test_memory_holds_no_secret_in_clear() -> None:
     """What the memory keeps is a keyed MAC, not the secret."""
-    memory = kdf.VerifiedSecrets()
+    memory = VerifiedSecrets()
     memory.remember("h", "plain-secret-value", now=0)
     assert b"plain-secret-value" not in repr(memory._entries).encode()
 

@@ -21,13 +21,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from tokensmith.security.jose import b64url_decode, b64url_encode
 from tokensmith.security.signing import (
     SigningKey,
     SigningKeyError,
     SigningKeys,
     VerificationKey,
-    b64url_decode,
-    b64url_encode,
     jwk_thumbprint,
 )
 

@@ -1,4 +1,5 @@
-"""Certificate facts for mutual-TLS client authentication (tokensmith.security.x509).
+"""Certificate facts for mutual-TLS client authentication (tokensmith.security.x509, the
+forwarded-header parsing of tokensmith.oauth.mtls and the thumbprint of tokensmith.security.jose).
 
 Every certificate is generated here with ``cryptography``, valid around a fixed instant
 ``NOW`` so that no test depends on the wall clock; the one exception is RFC 8705's own
@@ -23,19 +24,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tokensmith.oauth.mtls import MAX_HEADER_CHARS, parse_forwarded_certificate
+from tokensmith.security.jose import x5t_s256
 from tokensmith.security.x509 import (
     MAX_CERTIFICATE_BYTES,
-    MAX_HEADER_CHARS,
     MAX_INTERMEDIATES,
     CertificateError,
     dn_matches,
     load_pem_certificates,
     normalize_dn,
-    parse_forwarded_certificate,
     san_matches,
     validity_problem,
     verify_chain,
-    x5t_s256,
 )
 
 NOW = datetime(2031, 3, 14, 12, 0, tzinfo=UTC)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from tokensmith.models import (
+    AuditEntry,
     AuthorizationCode,
     Client,
     Consent,
@@ -338,15 +339,9 @@ def test_a_version_5_database_gains_client_metadata_and_plugin_state(tmp_path) -
     with SQLiteStorage(path) as store:
         store.add_client(Client("c1", "one", "client_secret_basic", ("client_credentials",)))
     with sqlite3.connect(path) as db:  # back to schema 5: no metadata, no plugin_state
-        for table in (
-            "plugin_state",
-            "audit_log",
-            "registration_tokens",
-            "authorization_codes",
-            "consents",
-            "signin_sessions",
-        ):
-            db.execute(f"DROP TABLE {table}")
+        _drop_schema_8(db)
+        _drop_schema_7(db)
+        db.execute("DROP TABLE plugin_state")
         db.execute("ALTER TABLE clients DROP COLUMN metadata")
         db.execute("ALTER TABLE users DROP COLUMN role")
         db.execute("PRAGMA user_version=5")
@@ -398,6 +393,40 @@ def test_plugin_key_value_state_expires_and_is_purged(tmp_path) -> None:  # noqa
         assert store.get_state("p", "kept") is None
 
 
+def _drop_schema_8(db: sqlite3.Connection) -> None:
+    """Undo what schema 8 added: the authorization code grant's tables."""
+    for table in ("authorization_codes", "consents", "signin_sessions"):
+        db.execute(f"DROP TABLE {table}")
+
+
+def _drop_schema_7(db: sqlite3.Connection) -> None:
+    """Undo what schema 7 added: users.role, audit_log, registration_tokens."""
+    db.execute("DROP TABLE audit_log")
+    db.execute("DROP TABLE registration_tokens")
+    db.execute("ALTER TABLE users DROP COLUMN role")
+
+
+def test_a_version_6_database_gains_roles_audit_and_registration_tokens(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "tokens.db"
+    with SQLiteStorage(path) as store:
+        store.add_user(User("ann", "hash", 1))
+    with sqlite3.connect(path) as db:
+        _drop_schema_7(db)
+        db.execute("PRAGMA user_version=6")
+    with SQLiteStorage(path) as store:
+        user = store.get_user("ann")
+        assert user is not None and user.role is None
+        assert store.set_user_role("ann", "admin")
+        store.add_audit(AuditEntry(1, "cli:x", "cli", None, "user.role", "ann", {"role": "admin"}))
+        store.add_registration_token("h", "initial", None, None)
+    with SQLiteStorage(path) as store:
+        assert store.get_user("ann").role == "admin"  # type: ignore[union-attr]
+        assert [e.action for e in store.list_audit()] == ["user.role"]
+        assert store.find_registration_token("h", "initial") == (None, None)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 7
+
+
 def test_a_version_7_database_gains_codes_consents_and_sessions(tmp_path) -> None:  # noqa: ANN001
     """Schema 8 (the authorization code grant) upgrades a schema 7 database in place: the
     tables it adds work, and what was there stays."""
@@ -405,8 +434,7 @@ def test_a_version_7_database_gains_codes_consents_and_sessions(tmp_path) -> Non
     with SQLiteStorage(path) as store:
         store.add_user(User("alice", "hash"))
     with sqlite3.connect(path) as db:
-        for table in ("authorization_codes", "consents", "signin_sessions"):
-            db.execute(f"DROP TABLE {table}")
+        _drop_schema_8(db)
         db.execute("PRAGMA user_version=7")
     now = int(time.time())
     with SQLiteStorage(path) as store:

@@ -20,6 +20,7 @@ from tokensmith.admin.audit import Actor, OperationError, not_found, record
 from tokensmith.errors import InvalidClientMetadataError
 from tokensmith.listeners.registry import ListenerSet
 from tokensmith.models import Client, RegisteredCertificate, Storage
+from tokensmith.oauth import clientauth
 from tokensmith.oauth.clientmetadata import apply_metadata, client_metadata
 from tokensmith.oauth.registration import (
     RegistrationError,
@@ -90,7 +91,7 @@ def _metadata_error(exc: Exception) -> OperationError:
 
 def _check(client: Client, listeners: ListenerSet | None) -> None:
     """What every registered client must satisfy, and its authenticator's own check."""
-    methods = list(KNOWN_METHODS) + (listeners.auth_methods_supported() if listeners else [])
+    methods = list(KNOWN_METHODS) + (clientauth.auth_methods_supported(listeners) if listeners else [])
     method = client.token_endpoint_auth_method
     if method not in methods:
         raise OperationError(
@@ -121,7 +122,7 @@ def _check(client: Client, listeners: ListenerSet | None) -> None:
             f"{client.tls_subject[0]} is for {PKI} clients, not {method}", 400, "invalid_client_metadata"
         )
     if listeners is not None:
-        listeners.check_client_metadata(client_metadata(client))  # InvalidClientMetadataError
+        clientauth.check_client_metadata(listeners, client_metadata(client))  # InvalidClientMetadataError
 
 
 def register_client(
@@ -227,7 +228,8 @@ def change_client(
         method = document.get("token_endpoint_auth_method", client.token_endpoint_auth_method)
         if method != client.token_endpoint_auth_method:
             raise OperationError(
-                "token_endpoint_auth_method cannot be changed: register a new client",
+                "token_endpoint_auth_method cannot be changed by sp update or an update through the API:"
+                " register the client again and remove this one",
                 400,
                 "invalid_client_metadata",
             )

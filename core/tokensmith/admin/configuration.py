@@ -11,13 +11,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
 from lxml import etree
 
 from tokensmith.admin.audit import Actor, OperationError, not_found, record
 from tokensmith.config.settings import load_identity
 from tokensmith.config.xml import MAX_CONFIG_BYTES, ConfigError, UnreadableFile, read_regular_file
 from tokensmith.models import Storage
-from tokensmith.security.hashing import token_hash
+from tokensmith.oauth.tokens import token_hash
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 
@@ -129,11 +130,19 @@ def reorder_listeners(
     record(store, actor, "listener.reorder", None, order=list(order))
 
 
-def import_anchor(truststore: Truststore, store: Storage, alias: str, pem: bytes, actor: Actor) -> str:
+def import_anchor(
+    truststore: Truststore,
+    store: Storage,
+    alias: str,
+    pem: bytes,
+    actor: Actor,
+    *,
+    allow_non_ca: bool = False,
+) -> x509.Certificate:
     """Trust a CA certificate for tls_client_auth (and the admin MutualSSLAuthenticator)."""
-    cert = truststore.import_(alias, pem)
+    cert = truststore.import_(alias, pem, allow_non_ca=allow_non_ca)
     record(store, actor, "truststore.import", alias, subject=cert.subject.rfc4514_string())
-    return alias
+    return cert
 
 
 def remove_anchor(truststore: Truststore, store: Storage, alias: str, actor: Actor) -> None:

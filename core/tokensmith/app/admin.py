@@ -26,13 +26,14 @@ import binascii
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from quart import Blueprint, Response, current_app, g, request
 
 from tokensmith.admin import clients as client_ops
@@ -42,8 +43,14 @@ from tokensmith.admin.audit import Actor, OperationError
 from tokensmith.app.openapi import document as openapi_document
 from tokensmith.app.responses import to_response
 from tokensmith.app.state import RELOAD_ALL, runtime
-from tokensmith.config.authenticators import BASIC, AdminAuthenticator
-from tokensmith.config.xml import ConfigError
+from tokensmith.config.authenticators import (
+    BASIC,
+    MUTUAL_SSL,
+    AdminAuthenticator,
+    AdminSettings,
+    load_authenticators,
+)
+from tokensmith.config.xml import MAX_CONFIG_BYTES, ConfigError, UnreadableFile, read_regular_file
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.listeners.dropins import scan_dropins
 from tokensmith.models import Client
@@ -57,7 +64,7 @@ from tokensmith.security.signing import SigningKeyError
 from tokensmith.security.truststore import TruststoreError
 from tokensmith.security.x509 import CertificateError, load_pem_certificates, normalize_dn, verify_chain
 
-__all__ = ["admin", "client_view"]
+__all__ = ["admin", "client_view", "resolve", "load_admin_settings"]
 
 log = logging.getLogger("tokensmith")
 
@@ -66,6 +73,41 @@ admin = Blueprint("admin", __name__, url_prefix="/api")
 #: Roles that may call each kind of method: reading needs a role, changing needs admin.
 _READ_ROLES = ("admin", "reader")
 _SAFE = ("GET", "HEAD")
+
+
+def resolve(settings: AdminSettings) -> AdminSettings:
+    """*settings* with the WhiteList's DNs normalized (RFC 4514) and the AdminCertificates
+    read and hashed; a mistake is a ``ConfigError`` naming authenticators.xml and the line."""
+    resolved = []
+    for item in settings.authenticators:
+        if item.name != MUTUAL_SSL:
+            resolved.append(item)
+            continue
+        try:
+            whitelist = frozenset(normalize_dn(dn) for dn in item.whitelist)
+        except CertificateError as exc:
+            raise ConfigError(f"{item.where}: WhiteList: {exc}") from None
+        hashes: frozenset[str] = frozenset()
+        if item.admin_certificates_file is not None:
+            try:
+                data = read_regular_file(item.admin_certificates_file, MAX_CONFIG_BYTES)
+                found = load_pem_certificates(data, source=str(item.admin_certificates_file))
+            except UnreadableFile as exc:
+                raise ConfigError(
+                    f"{item.where}: AdminCertificates {item.admin_certificates_file}: cannot read: {exc}"
+                ) from None
+            except CertificateError as exc:
+                raise ConfigError(f"{item.where}: AdminCertificates: {exc}") from None
+            hashes = frozenset(
+                hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).hexdigest() for c in found
+            )
+        resolved.append(replace(item, whitelist=whitelist, admin_certificates=hashes))
+    return replace(settings, authenticators=tuple(resolved))
+
+
+def load_admin_settings(conf_dir: Path) -> AdminSettings:
+    """conf/authenticators.xml, loaded and resolved: what the server runs with."""
+    return resolve(load_authenticators(conf_dir / "authenticators.xml"))
 
 
 @dataclass(frozen=True)
@@ -489,15 +531,8 @@ def _known(rt: Runtime) -> list[tuple[str, str]]:
 
 
 def _reload_all() -> None:
-    """Reload every process serving this configuration, as SIGHUP does."""
-    reload_all = current_app.extensions.get(RELOAD_ALL)
-    if reload_all is not None:
-        reload_all()
-        return
-    from tokensmith.app.factory import reload_app
-
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    threading.Thread(target=reload_app, args=(app,), name="tokensmith-reload", daemon=True).start()
+    """Reload every process serving this configuration, as SIGHUP does (``RELOAD_ALL``)."""
+    current_app.extensions[RELOAD_ALL]()
 
 
 @admin.get("/listeners")

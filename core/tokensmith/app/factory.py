@@ -10,29 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from tokensmith.app.admin import admin
+from tokensmith.app.admin import admin, load_admin_settings
 from tokensmith.app.fastlane import OAuthEndpoints
 from tokensmith.app.registration import registration
 from tokensmith.app.responses import error_answer, plain_error, to_response
 from tokensmith.app.routes import add_plugin_routes, oauth
 from tokensmith.app.signin import signin
-from tokensmith.app.state import LOADER, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
-from tokensmith.config.authenticators import load_authenticators
+from tokensmith.app.state import LOADER, RELOAD_ALL, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
 from tokensmith.config.settings import Config, IdentitySettings, load_identity
 from tokensmith.config.xml import ConfigError
 from tokensmith.listeners.dropins import DropinLoader
 from tokensmith.listeners.registry import ListenerSet, build_listeners
 from tokensmith.models import Storage, StorageError
+from tokensmith.oauth.clientauth import VerifiedSecrets, collect_server_metadata
 from tokensmith.oauth.endpoints import POST_ENDPOINTS
+from tokensmith.oauth.hookspecs import LISTENER_TYPES
 from tokensmith.oauth.runtime import Runtime
 from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
-from tokensmith.security.hashing import VerifiedSecrets
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 from tokensmith.storage.sqlite import SQLiteStorage
@@ -63,7 +64,7 @@ def _build_runtime(
     verified: VerifiedSecrets,
     generation: int,
 ) -> Runtime:
-    listeners = build_listeners(loader.load(identity.allowed_wheels), identity, storage)
+    listeners = build_listeners(loader.load(identity.allowed_wheels), identity, LISTENER_TYPES, storage)
     jwt = JWTSettings(signing, lambda: issuer_url(app), identity.access_token_format == "jwt")
     issuer = TokenIssuer(
         storage,
@@ -84,7 +85,8 @@ def _build_runtime(
         verified,
         generation,
         lambda: public_urls_of(app),
-        load_authenticators(config.conf_dir / "authenticators.xml"),
+        collect_server_metadata(listeners),
+        admin=load_admin_settings(config.conf_dir),
     )
 
 
@@ -122,6 +124,11 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = config.identity.max_body_bytes
     app.extensions[RUNTIME] = first
     app.extensions[LOADER] = loader
+    # This app alone, in a thread as SIGHUP's reload runs; whatever serves the app replaces
+    # it with what reloads every process (cli/__init__.py, cli/supervisor.py).
+    app.extensions[RELOAD_ALL] = lambda: threading.Thread(
+        target=reload_app, args=(app,), name="tokensmith-reload", daemon=True
+    ).start()
     app.register_blueprint(oauth)
     app.register_blueprint(registration)
     app.register_blueprint(admin)
@@ -222,7 +229,7 @@ def inspect_listeners(
     identity = identity or config.identity
     loader = DropinLoader(config.server.dropins, unpack_root)
     try:
-        return build_listeners(loader.load(identity.allowed_wheels), identity)
+        return build_listeners(loader.load(identity.allowed_wheels), identity, LISTENER_TYPES)
     finally:
         loader.close()
 

@@ -34,7 +34,7 @@ from tokensmith.oauth.clientmetadata import (
 from tokensmith.oauth.endpoints import REGISTRATION_PATH
 from tokensmith.oauth.messages import Answer
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.security.hashing import token_hash
+from tokensmith.oauth.tokens import token_hash
 
 __all__ = ["registration", "REGISTER_PATH"]
 
@@ -156,23 +156,40 @@ async def register() -> Response:
     """RFC 7591 §3.1: register a client; 201 with its metadata and credentials."""
     rt = runtime(current_app)
     mode = _mode(rt)
-    initial = _bearer()
-    if mode == "initial_access_token":
-        if initial is None:
-            raise _Refused(401, "invalid_token", "an initial access token is required", _bearer_challenge())
-        if rt.storage.find_registration_token(token_hash(initial), "initial") is None:
+    initial = _bearer() if mode == "initial_access_token" else None
+    if mode == "initial_access_token" and initial is None:
+        raise _Refused(401, "invalid_token", "an initial access token is required", _bearer_challenge())
+    document = _understood(await _document())
+    actor = Actor("registration", "initial_access_token" if initial else "open", request.remote_addr)
+    if initial is not None:
+        # Taken before the registration, in one statement, so that two registrations racing
+        # with one token cannot both succeed; put back if the registration is refused.
+        found = rt.storage.find_registration_token(token_hash(initial), "initial")
+        taken = 0
+        if found is not None:
+            taken = await asyncio.to_thread(
+                rt.storage.delete_registration_tokens, token_hash=token_hash(initial)
+            )
+        if taken == 0 or found is None:
             raise _Refused(
                 401,
                 "invalid_token",
                 "the initial access token is not valid",
                 _bearer_challenge("invalid_token"),
             )
-    document = _understood(await _document())
-    actor = Actor("registration", "initial_access_token" if mode != "open" else "open", request.remote_addr)
-    created = await asyncio.to_thread(client_ops.register_client, rt.storage, rt.listeners, document, actor)
-    if initial is not None and mode == "initial_access_token":
-        # Used once: a second registration with it needs a new token from an admin.
-        await asyncio.to_thread(rt.storage.delete_registration_tokens, token_hash=token_hash(initial))
+        try:
+            created = await asyncio.to_thread(
+                client_ops.register_client, rt.storage, rt.listeners, document, actor
+            )
+        except BaseException:
+            await asyncio.to_thread(
+                rt.storage.add_registration_token, token_hash(initial), "initial", None, found[1]
+            )
+            raise
+    else:
+        created = await asyncio.to_thread(
+            client_ops.register_client, rt.storage, rt.listeners, document, actor
+        )
     token = await _issue_registration_token(rt, created.client.client_id)
     return to_response(_answer(rt, created.client, 201, secret=created.secret, token=token))
 

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tokensmith.admin import clients as client_ops
-from tokensmith.admin.audit import local_actor
+from tokensmith.admin.audit import OperationError, local_actor
 from tokensmith.admin.configuration import issue_initial_access_token
 from tokensmith.cli.base import CLIError, Parser, open_storage, warn
 from tokensmith.config.settings import Config, load_config
 from tokensmith.config.xml import ConfigError
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.models import Client, RegisteredCertificate
+from tokensmith.oauth import clientauth
 from tokensmith.oauth.clientmetadata import apply_metadata, certificate_jwk, client_metadata
 from tokensmith.oauth.grants import GRANT_TYPES
 from tokensmith.oauth.registration import (
@@ -364,7 +365,7 @@ def load_authenticators(config: Config) -> ListenerSet:
 def check_with_authenticator(listeners: ListenerSet, client: Client) -> None:
     """Run the client's authenticator's ``check_client_metadata`` (RFC 7591 §3.2.2)."""
     try:
-        listeners.check_client_metadata(client_metadata(client))
+        clientauth.check_client_metadata(listeners, client_metadata(client))
     except InvalidClientMetadataError as exc:
         raise CLIError(
             f"invalid_client_metadata: {exc.description or 'refused by its authenticator'}"
@@ -483,7 +484,7 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
         document["scope"] = " ".join(args.scopes)
     config = load_config(args.conf)
     listeners = load_authenticators(config)
-    methods = list(dict.fromkeys([*KNOWN_METHODS, *listeners.auth_methods_supported()]))
+    methods = list(dict.fromkeys([*KNOWN_METHODS, *clientauth.auth_methods_supported(listeners)]))
     subject = _check_method_options(args, methods, document)
     check_registration(args.auth_method, args.grant_types)
     check_text(args.name, "the name")
@@ -532,6 +533,10 @@ def _metadata_refusals(method: str) -> Iterator[None]:
     """An authenticator's refusal of the metadata as one CLI line."""
     try:
         yield
+    except OperationError as exc:
+        if exc.error != "invalid_client_metadata":
+            raise
+        raise CLIError(f"invalid_client_metadata: {exc}") from None
     except InvalidClientMetadataError as exc:
         raise CLIError(
             f"invalid_client_metadata: {exc.description or 'refused by its authenticator'}"
@@ -649,7 +654,9 @@ def cmd_sp_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_sp_initial_token(args: argparse.Namespace) -> int:
-    from tokensmith.config.authenticators import load_authenticators as load_admin_settings
+    from tokensmith.config.authenticators import (
+        load_authenticators as load_admin_settings,  # the lifetime only
+    )
 
     config = load_config(args.conf)
     lifetime = (

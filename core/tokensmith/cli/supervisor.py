@@ -38,7 +38,6 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from tokensmith.config.authenticators import load_authenticators
 from tokensmith.config.settings import Config, load_config, load_identity
 
 __all__ = ["supervise", "RESTART_LIMIT", "RESTART_WINDOW", "CHECK_TIMEOUT"]
@@ -144,11 +143,12 @@ def _check(config: Config, unpack: Path, answer: int, listening: list[socket.soc
     _die_with_parent(parent)
     for sock in listening:
         sock.close()
+    from tokensmith.app.admin import load_admin_settings
     from tokensmith.app.factory import inspect_listeners, one_line
 
     try:
         identity = load_identity(config.identity.path)
-        load_authenticators(config.conf_dir / "authenticators.xml")
+        load_admin_settings(config.conf_dir)
         listeners = inspect_listeners(config, identity, unpack)
         reply: list[Any] = [True, [item.describe() for item in listeners]]
     except BaseException as exc:  # noqa: B036 - the whole point: any failure is one line

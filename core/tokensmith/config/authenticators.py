@@ -11,16 +11,11 @@ at priority 10, MutualSSL disabled); ``disabled="true"`` turns one off.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from lxml import etree
-
-from tokensmith.config.xml import ConfigError, UnreadableFile, parse_xml, read_regular_file, where
-from tokensmith.security.x509 import CertificateError, load_pem_certificates, normalize_dn
+from tokensmith.config.xml import ConfigError, parse_xml, where
 
 __all__ = [
     "AdminAuthenticator",
@@ -49,10 +44,14 @@ class AdminAuthenticator:
     priority: int
     username_header: str = "UserName"
     whitelist_enabled: bool = False
-    #: Normalized subject DNs (``security.x509.normalize_dn``).
+    #: Subject DNs as written; ``app/admin.resolve`` normalizes them (RFC 4514).
     whitelist: frozenset[str] = frozenset()
-    #: SHA-256 (hex) of the DER of certificates accepted without chaining to the truststore.
+    #: The PEM file of certificates accepted without chaining to the truststore.
+    admin_certificates_file: Path | None = None
+    #: SHA-256 (hex) of the DER of those certificates, filled in by ``app/admin.resolve``.
     admin_certificates: frozenset[str] = frozenset()
+    #: Where the ``<Authenticator>`` is, for messages: "authenticators.xml:LINE".
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,23 +105,23 @@ def load_authenticators(path: Path) -> AdminSettings:
         flag = params.get("WhiteListEnabled", "false").lower()
         if flag not in ("true", "false"):
             raise ConfigError(f"{where(path, el)}: WhiteListEnabled must be true or false, not {flag!r}")
-        whitelist = set()
-        for dn in re.split(r"[;\n]", params.get("WhiteList", "")):
-            if dn.strip():
-                try:
-                    whitelist.add(normalize_dn(dn.strip()))
-                except CertificateError as exc:
-                    raise ConfigError(f"{where(path, el)}: WhiteList entry {dn.strip()!r}: {exc}") from None
+        whitelist = {dn.strip() for dn in re.split(r"[;\n]", params.get("WhiteList", "")) if dn.strip()}
         if flag == "true" and not whitelist:
             raise ConfigError(
                 f"{where(path, el)}: WhiteListEnabled is true but WhiteList names no subject DN;"
                 " no certificate could ever be accepted"
             )
-        certs: set[str] = set()
-        if params.get("AdminCertificates"):
-            certs = _certificate_hashes(path, el, (path.parent / params["AdminCertificates"]).resolve())
+        certs = params.get("AdminCertificates")
         enabled.append(
-            AdminAuthenticator(name, priority, header, flag == "true", frozenset(whitelist), frozenset(certs))
+            AdminAuthenticator(
+                name,
+                priority,
+                header,
+                flag == "true",
+                frozenset(whitelist),
+                (path.parent / certs).resolve() if certs else None,
+                where=where(path, el),
+            )
         )
     # An authenticator the file does not name keeps its default: Basic on, MutualSSL off.
     if BASIC not in seen:
@@ -140,15 +139,3 @@ def load_authenticators(path: Path) -> AdminSettings:
                 raise ConfigError(f"{where(path, dcr)}: initialAccessTokenLifetime must be positive")
             settings["initial_access_token_lifetime"] = lifetime
     return AdminSettings(path, tuple(enabled), disabled=tuple(disabled), **settings)  # type: ignore[arg-type]
-
-
-def _certificate_hashes(path: Path, el: etree._Element, pem_path: Path) -> set[str]:
-    """The SHA-256 of every certificate in the PEM file *pem_path*."""
-    try:
-        data = read_regular_file(pem_path, 1024 * 1024)
-        found = load_pem_certificates(data, source=str(pem_path))
-    except UnreadableFile as exc:
-        raise ConfigError(f"{where(path, el)}: AdminCertificates {pem_path}: cannot read: {exc}") from None
-    except CertificateError as exc:
-        raise ConfigError(f"{where(path, el)}: AdminCertificates: {exc}") from None
-    return {hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).hexdigest() for c in found}

@@ -3,7 +3,8 @@
 ``server.xml`` says where and how to listen (connectors, keystore, database, dropins);
 ``identity.xml`` says what the server does (event listeners and OAuth settings), as WSO2
 Identity Server's files of the same names do. Relative paths are relative to the file that
-names them.
+names them. What each setting is called, its default and its allowed values come from the
+table in ``config/table.py`` (docs/configuration.md is generated from it).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from tokensmith.config.table import SETTINGS, Setting, default, setting
 from tokensmith.config.xml import (
     MAX_CONFIG_BYTES,
     ConfigError,
@@ -30,7 +32,6 @@ from tokensmith.config.xml import (
     where,
 )
 from tokensmith.models import LoginPolicy
-from tokensmith.security.x509 import FORWARDED_FORMATS
 
 __all__ = [
     "Config",
@@ -47,10 +48,19 @@ __all__ = [
     "public_urls",
 ]
 
-CLIENT_AUTH_MODES = ("want", "need", "false")
+_CLIENT_AUTH = setting("server.xml", "Connector", "clientAuth")
+_TLS_PROTOCOL = setting("server.xml", "Connector", "sslProtocol")
+_HTTP1 = setting("server.xml", "Connector", "http1")
+_PORT = setting("server.xml", "Connector", "port")
+_TIMEOUT = setting("server.xml", "Connector", "connectionTimeout")
+_KEYSTORE_TYPE = setting("server.xml", "Keystore", "type")
+_ORDER_ID = setting("identity.xml", "EventListeners/EventListener", "orderId")
+_FORWARDED_FORMAT = setting("identity.xml", "OAuth/ClientCertificateHeader", "format")
+CLIENT_AUTH_MODES = _CLIENT_AUTH.choices
 #: Who serves HTTP/1.1 on a connector: Hypercorn (h11), or tokensmith's own llhttp lane.
-HTTP1_LANES = ("hypercorn", "llhttp")
-KEYSTORE_TYPES = ("PEM", "PKCS12")
+HTTP1_LANES = _HTTP1.choices
+KEYSTORE_TYPES = _KEYSTORE_TYPE.choices
+FORWARDED_FORMATS = _FORWARDED_FORMAT.choices
 
 
 @dataclass(frozen=True)
@@ -59,14 +69,14 @@ class Connector:
 
     address: str
     port: int
-    client_auth: str = "want"
+    client_auth: str = str(_CLIENT_AUTH.default)
     #: Seconds a client has for its TLS handshake, for a request's headers once it has
     #: started one, and for a request's body (Tomcat's connectionTimeout, in seconds here).
-    connection_timeout: float = 10.0
+    connection_timeout: float = int(_TIMEOUT.default or 0) / 1000
     #: ``hypercorn`` (the default) serves HTTP/1.1 through Hypercorn and h11; ``llhttp`` through
     #: tokensmith's own protocol over httptools (http/llhttp.py), faster and opt-in. HTTP/2 is always
     #: Hypercorn's.
-    http1: str = "hypercorn"
+    http1: str = str(_HTTP1.default)
 
 
 @dataclass(frozen=True)
@@ -127,34 +137,42 @@ class ForwardedCertificates:
     chain_header: str | None = None
 
 
+#: The ``<OAuth>`` child elements whose text is one value, by the field they set.
+_OAUTH: dict[str, Setting] = {
+    row.key: row
+    for row in SETTINGS
+    if row.file == "identity.xml" and row.element.startswith("OAuth/") and row.attribute is None and row.key
+}
+
+
 @dataclass(frozen=True)
 class IdentitySettings:
     path: Path
     listeners: tuple[ListenerEntry, ...]
-    realm: str = "tokensmith"
+    realm: str = str(_OAUTH["realm"].default)
     #: The issuer URL (RFC 8414 §2); None: the first connector's URL.
     issuer: str | None = None
     #: The base URL of mtls_endpoint_aliases (RFC 8705 §5); None: the first need connector.
     mtls_base_url: str | None = None
-    access_token_lifetime: int = 3600
-    refresh_token_lifetime: int = 14 * 24 * 3600
+    access_token_lifetime: int = int(_OAUTH["access_token_lifetime"].default or 0)
+    refresh_token_lifetime: int = int(_OAUTH["refresh_token_lifetime"].default or 0)
     #: A grant's absolute lifetime: refreshing never extends it (RFC 9700 §4.14.2).
-    refresh_token_max_lifetime: int = 90 * 24 * 3600
+    refresh_token_max_lifetime: int = int(_OAUTH["refresh_token_max_lifetime"].default or 0)
     #: "opaque" (the default) or "jwt" (RFC 9068) for clients that do not choose.
-    access_token_format: str = "opaque"
-    max_body_bytes: int = 64 * 1024
-    listener_timeout: float = 5.0
+    access_token_format: str = str(_OAUTH["access_token_format"].default)
+    max_body_bytes: int = int(_OAUTH["max_body_bytes"].default or 0)
+    listener_timeout: float = float(_OAUTH["listener_timeout"].default or 0)
     #: Password grant: failures from one source address before that source is locked out of
     #: the user, failures from all sources before the user is locked out everywhere, and
     #: for how long (storage.LoginPolicy, docs/reliability.md).
-    max_failed_logins: int = 5
-    max_failed_logins_per_user: int = 100
-    lockout_seconds: int = 300
+    max_failed_logins: int = int(_OAUTH["max_failed_logins"].default or 0)
+    max_failed_logins_per_user: int = int(_OAUTH["max_failed_logins_per_user"].default or 0)
+    lockout_seconds: int = int(_OAUTH["lockout_seconds"].default or 0)
     #: Authorization codes live this long (RFC 6749 §4.1.2: "a maximum authorization code
     #: lifetime of 10 minutes is RECOMMENDED"; a browser redirect takes seconds).
-    authorization_code_lifetime: int = 60
+    authorization_code_lifetime: int = int(_OAUTH["authorization_code_lifetime"].default or 0)
     #: How long a sign-in on the login page lasts before the user signs in again.
-    signin_session_lifetime: int = 8 * 3600
+    signin_session_lifetime: int = int(_OAUTH["signin_session_lifetime"].default or 0)
     #: SHA-256 (hex) of the wheels allowed in dropins/; None when pinning is off.
     allowed_wheels: frozenset[str] | None = None
     #: Client certificates forwarded by trusted proxies; None: only the TLS handshake's.
@@ -190,39 +208,60 @@ def load_server(path: Path) -> ServerSettings:
         raise ConfigError(f"{where(path, root)}: root element must be <Server>, not <{root.tag}>")
     connectors = []
     for el in root.iter("Connector"):
-        client_auth = el.get("clientAuth", "want")
+        client_auth = el.get("clientAuth", str(_CLIENT_AUTH.default))
         if client_auth not in CLIENT_AUTH_MODES:
             raise ConfigError(
                 f"{where(path, el)}: clientAuth={client_auth!r} must be one of {', '.join(CLIENT_AUTH_MODES)}"
             )
-        protocol = el.get("sslProtocol", "TLS")
-        if protocol not in ("TLS", "TLSv1.2", "TLSv1.3"):
+        protocol = el.get("sslProtocol", str(_TLS_PROTOCOL.default))
+        if protocol not in _TLS_PROTOCOL.choices:
             raise ConfigError(
                 f"{where(path, el)}: sslProtocol={protocol!r}: only TLS 1.2 and newer are served"
             )
-        port = attr_int(path, el, "port", 9443, maximum=65535)
+        port = attr_int(
+            path, el, "port", _int(_PORT.default), minimum=_int(_PORT.minimum), maximum=_int(_PORT.maximum)
+        )
         assert port is not None
-        timeout_ms = attr_int(path, el, "connectionTimeout", 10_000, minimum=100, maximum=600_000)
+        timeout_ms = attr_int(
+            path,
+            el,
+            "connectionTimeout",
+            _int(_TIMEOUT.default),
+            minimum=_int(_TIMEOUT.minimum),
+            maximum=_int(_TIMEOUT.maximum),
+        )
         assert timeout_ms is not None
-        http1 = el.get("http1", "hypercorn")
+        http1 = el.get("http1", str(_HTTP1.default))
         if http1 not in HTTP1_LANES:
             raise ConfigError(f"{where(path, el)}: http1={http1!r} must be one of {', '.join(HTTP1_LANES)}")
         connectors.append(
-            Connector(el.get("address", "127.0.0.1"), port, client_auth, timeout_ms / 1000, http1)
+            Connector(
+                el.get("address", str(default("server.xml", "Connector", "address"))),
+                port,
+                client_auth,
+                timeout_ms / 1000,
+                http1,
+            )
         )
     if not connectors:
         raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
 
     database = os.environ.get("TOKENSMITH_DB") or _text_attr(root, "Database", "path")
-    dropins = _text_attr(root, "Dropins", "path") or "../dropins"
+    dropins = _text_attr(root, "Dropins", "path") or str(default("server.xml", "Dropins", "path"))
+    truststore = _text_attr(root, "Truststore", "path") or str(default("server.xml", "Truststore", "path"))
     return ServerSettings(
         path=path,
         connectors=tuple(connectors),
         keystore=_keystore(path, root),
-        database=_path(path, database or "../var/tokensmith.db"),
+        database=_path(path, database or str(default("server.xml", "Database", "path"))),
         dropins=_path(path, dropins),
-        truststore=_path(path, _text_attr(root, "Truststore", "path") or "security/truststore"),
+        truststore=_path(path, truststore),
     )
+
+
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
 
 
 def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:
@@ -240,7 +279,7 @@ def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:
         )
     el = found[0]
     at = where(path, el)
-    kind = el.get("type", "PEM")
+    kind = el.get("type", str(_KEYSTORE_TYPE.default))
     if kind not in KEYSTORE_TYPES:  # the schema already refuses it; kept for direct callers
         raise ConfigError(f"{at}: <Keystore type={kind!r}> must be PEM or PKCS12")
     if kind == "PKCS12":
@@ -300,7 +339,14 @@ def load_identity(path: Path) -> IdentitySettings:
             ListenerEntry(
                 type=type_,
                 name=name,
-                order_id=attr_int(path, el, "orderId", None),
+                order_id=attr_int(
+                    path,
+                    el,
+                    "orderId",
+                    None,
+                    minimum=_int(_ORDER_ID.minimum),
+                    maximum=_int(_ORDER_ID.maximum),
+                ),
                 enabled=attr_bool(path, el, "enable", True),
                 properties=properties,
                 line=el.sourceline or 0,
@@ -309,35 +355,11 @@ def load_identity(path: Path) -> IdentitySettings:
     oauth = root.find("OAuth")
     settings: dict[str, object] = {}
     if oauth is not None:
-        for tag, key, cast in (
-            ("Realm", "realm", str),
-            ("Issuer", "issuer", str),
-            ("MtlsBaseUrl", "mtls_base_url", str),
-            ("AccessTokenLifetime", "access_token_lifetime", int),
-            ("RefreshTokenLifetime", "refresh_token_lifetime", int),
-            ("RefreshTokenMaxLifetime", "refresh_token_max_lifetime", int),
-            ("AccessTokenFormat", "access_token_format", str),
-            ("MaxRequestBodyBytes", "max_body_bytes", int),
-            ("ListenerTimeoutSeconds", "listener_timeout", float),
-            ("MaxFailedLogins", "max_failed_logins", int),
-            ("MaxFailedLoginsPerUser", "max_failed_logins_per_user", int),
-            ("LockoutSeconds", "lockout_seconds", int),
-            ("AuthorizationCodeLifetime", "authorization_code_lifetime", int),
-            ("SignInSessionLifetime", "signin_session_lifetime", int),
-        ):
+        for key, row in _OAUTH.items():
+            tag = row.element.split("/")[-1]
             el = oauth.find(tag)
-            if el is None:
-                continue
-            text = (el.text or "").strip()
-            try:
-                value = cast(text)
-            except ValueError:
-                raise ConfigError(f"{where(path, el)}: <{tag}> {text!r} is not valid") from None
-            if cast is not str and value <= 0:  # type: ignore[operator]
-                raise ConfigError(f"{where(path, el)}: <{tag}> must be positive")
-            if cast is str and not value:
-                raise ConfigError(f"{where(path, el)}: <{tag}> must not be empty")
-            settings[key] = value
+            if el is not None:
+                settings[key] = _oauth_value(path, el, tag, row)
         header = oauth.find("ClientCertificateHeader")
         if header is not None:
             settings["forwarded_certificates"] = _forwarded(path, header)
@@ -347,13 +369,35 @@ def load_identity(path: Path) -> IdentitySettings:
     return IdentitySettings(path=path, listeners=tuple(entries), **settings)  # type: ignore[arg-type]
 
 
+def _oauth_value(path: Path, el: etree._Element, tag: str, row: Setting) -> str | int | float:
+    """The text of one ``<OAuth>`` child, checked against its row of the table.
+
+    The schema has refused what it can already; this holds for a file that bypassed it.
+    """
+    text = (el.text or "").strip()
+    if row.minimum is None:
+        if row.choices and text not in row.choices:
+            raise ConfigError(f"{where(path, el)}: <{tag}> {text!r} is not valid")
+        if not text:
+            raise ConfigError(f"{where(path, el)}: <{tag}> must not be empty")
+        return text
+    cast = float if row.exclusive_minimum else int
+    try:
+        value = cast(text)
+    except ValueError:
+        raise ConfigError(f"{where(path, el)}: <{tag}> {text!r} is not valid") from None
+    if value < row.minimum or (row.exclusive_minimum and value <= row.minimum):
+        raise ConfigError(f"{where(path, el)}: <{tag}> must be positive")
+    return value
+
+
 def _forwarded(path: Path, el: etree._Element) -> ForwardedCertificates:
     """``<ClientCertificateHeader name= format= trustedProxies= chainHeader=/>``."""
     at = where(path, el)
     name = el.get("name", "").strip()
     if not _FIELD_NAME.fullmatch(name):
         raise ConfigError(f"{at}: <ClientCertificateHeader name={name!r}> is not a header field name")
-    fmt = el.get("format", "auto")
+    fmt = el.get("format", str(_FORWARDED_FORMAT.default))
     if fmt not in FORWARDED_FORMATS:
         raise ConfigError(
             f"{at}: <ClientCertificateHeader format={fmt!r}> must be one of {', '.join(FORWARDED_FORMATS)}"

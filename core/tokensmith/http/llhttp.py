@@ -106,9 +106,9 @@ def no_delay(sock: Any) -> None:
     """Turn Nagle's algorithm off on an accepted connection.
 
     asyncio does it only for sockets whose proto is IPPROTO_TCP, and sockets accepted from
-    socket.create_server's have proto 0. Without it, Nagle held the second write of every
-    response (Hypercorn writes headers, then body) until the client's delayed ACK: 40 ms a keep-alive
-    request, which capped 32 connections at about 700 requests/s in the benchmark.
+    socket.create_server's have proto 0. Without it, Nagle holds the second write of every
+    response (Hypercorn writes headers, then body) until the client's delayed ACK, so each
+    keep-alive request waits for a timer instead of the work (docs/benchmarks.md).
     """
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -13,7 +13,7 @@ this layer once it proves the private key; trust is decided by the authenticator
 Session tickets are off. A resumed TLS 1.3 session re-proves nothing about the client's key
 and keeps only the leaf of its chain, and issuing the two default tickets cost more than the
 rest of the handshake: OpenSSL 3.0 copies the session for each by encoding and decoding it,
-client certificate included (about 17% of the server's CPU in the new-connection benchmark).
+client certificate included (docs/benchmarks.md has the profile).
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ work too.
 
 from __future__ import annotations
 
-import base64
 import configparser
 import csv
 import functools
@@ -40,6 +39,7 @@ from packaging.tags import parse_tag, sys_tags
 from packaging.utils import canonicalize_name
 
 from tokensmith.config.xml import ConfigError, UnreadableFile, read_regular_file
+from tokensmith.security.jose import b64url_encode
 
 __all__ = [
     "PluginSource",
@@ -99,7 +99,7 @@ def _refuse(path: Path, reason: str) -> WheelError:
 
 
 def _record_digest(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode().rstrip("=")
+    return "sha256=" + b64url_encode(hashlib.sha256(data).digest())
 
 
 def _central_directory_entries(path: Path, raw: bytes) -> int:

@@ -3,7 +3,16 @@
 pluggy validates hook implementations against ``hookspecs`` when a plugin registers, but it
 calls implementations last-registered-first. The host therefore owns the order: for each
 listener type it keeps the enabled listeners sorted by (orderId, name) and calls their
-implementations one at a time, awaiting coroutines.
+implementations one at a time, awaiting coroutines. Because pluggy's own calling loop is not
+used, the hookimpl options that only it honours (``wrapper``, ``hookwrapper``, ``tryfirst``,
+``trylast``) would be silently ignored; a plugin that uses one is refused when it registers,
+as is one whose hook is of the wrong kind (a coroutine where the hook is called while the
+plugin loads, a generator anywhere).
+
+The registry knows listeners, not what they are for: the layer above gives it a
+``ListenerTypes`` naming its hookspecs, the listener types (families of hooks) and the hooks
+whose answers are declarations checked at load. Every set of hookspecs declares the
+framework's own two hooks, ``listener_default_order`` and ``listener_configure``.
 """
 
 from __future__ import annotations
@@ -15,14 +24,13 @@ import functools
 import inspect
 import logging
 import queue
-import re
 import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 import pluggy
@@ -33,38 +41,21 @@ from tokensmith.errors import OAuth2Error, ServerError
 from tokensmith.listeners.dropins import PluginSource
 from tokensmith.listeners.state import PluginState
 from tokensmith.models import Storage
-from tokensmith.oauth import hookspecs
 
-__all__ = ["Listener", "ListenerSet", "build_listeners", "FAMILIES", "DEFAULT_ORDER", "INTERCEPTOR"]
+__all__ = ["Listener", "ListenerSet", "ListenerTypes", "build_listeners", "DEFAULT_ORDER"]
 
 log = logging.getLogger("tokensmith.listeners.registry")
 
 DEFAULT_ORDER = 1000
 
-#: Listener types and the hooks that make a plugin one of them.
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "ClientAuthenticator": (
-        "client_auth_methods",
-        "authenticate_client",
-        "check_client_metadata",
-        "server_metadata",
-    ),
-    "OAuthEventInterceptor": (
-        "pre_token_issue",
-        "post_token_issue",
-        "pre_token_revoke",
-        "post_token_revoke",
-        "client_auth_success",
-        "client_auth_failure",
-        "authorization_code_issued",
-        "authorization_code_redeemed",
-    ),
-}
-INTERCEPTOR = "OAuthEventInterceptor"
-_COMMON_HOOKS = ("listener_default_order", "listener_configure", "register_routes")
+#: The framework's own hooks, which every listener may implement, whatever its type.
+_COMMON_HOOKS = ("listener_default_order", "listener_configure")
+#: pluggy hookimpl options that only pluggy's own calling loop honours. This host calls each
+#: listener itself in orderId order, so a wrapper would never wrap and tryfirst would not
+#: reorder anything: accepting them would let a plugin believe it runs where it does not.
+UNSUPPORTED_HOOKIMPL_OPTIONS = ("wrapper", "hookwrapper", "tryfirst", "trylast")
 #: An RFC 7591 token_endpoint_auth_method name, as a client registers it: a registered
 #: name or an absolute URI (§2), so printable ASCII without spaces, quotes or backslashes.
-_METHOD_NAME = re.compile(r"[!#-\[\]-~]{1,256}")
 #: Threads for hooks written as plain ``def``: they may block (a file, a socket, a lock)
 #: without stopping the event loop. A thread still running at the deadline is left to
 #: finish; its result is discarded. With every thread stuck, further calls queue and are
@@ -121,6 +112,34 @@ def _hook_pool() -> _HookThreads:
         if _pool is None:
             _pool = _HookThreads(HOOK_THREADS)
         return _pool
+
+
+@dataclass(frozen=True)
+class ListenerTypes:
+    """What the layer above tells the registry about its listeners.
+
+    ``hookspecs`` is the module (or class) holding the ``@hookspec`` functions of *project*,
+    the framework's two hooks among them. ``families`` maps each listener type (the ``type``
+    of ``<EventListener>``) to the hooks that make a plugin one of that type. ``declarations``
+    maps a hook called once per enabled listener at load to a check of its answer: the check
+    returns the value to keep or raises ``ValueError`` saying what the hook must return.
+    ``shared_hooks`` are further hooks a listener of any type may implement, which the layer
+    above calls while loading (``call_sync``), never per request.
+    """
+
+    hookspecs: ModuleType | type
+    families: Mapping[str, tuple[str, ...]]
+    declarations: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    shared_hooks: tuple[str, ...] = ()
+    project: str = "tokensmith"
+
+    @property
+    def load_hooks(self) -> frozenset[str]:
+        """Hooks called while a plugin loads, outside any event loop: plain functions only."""
+        return frozenset({*_COMMON_HOOKS, *self.shared_hooks, *self.declarations})
+
+    def family_of(self, hook_name: str) -> str:
+        return next(family for family, hooks in self.families.items() if hook_name in hooks)
 
 
 class _Blocked(Exception):
@@ -192,60 +211,52 @@ class Listener:
 class ListenerSet:
     """The loaded listeners of one configuration, and the way to call their hooks."""
 
-    def __init__(self, pm: pluggy.PluginManager, listeners: list[Listener], timeout: float):
+    def __init__(
+        self, pm: pluggy.PluginManager, listeners: list[Listener], timeout: float, types: ListenerTypes
+    ):
         self.pm = pm
         self.timeout = timeout
+        self.types = types
         self._all = sorted(listeners, key=lambda item: (item.type, item.order_id, item.name))
         self._enabled = {
             family: [item for item in self._all if item.type == family and item.enabled]
-            for family in FAMILIES
+            for family in types.families
         }
         self._impls: dict[tuple[str, str], Any] = {}
-        for hook_name in (*_COMMON_HOOKS, *(h for hooks in FAMILIES.values() for h in hooks)):
+        for hook_name in (
+            *_COMMON_HOOKS,
+            *types.shared_hooks,
+            *(h for hooks in types.families.values() for h in hooks),
+        ):
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 self._impls[impl.plugin_name, hook_name] = impl
-        self._intercepting = {
+        self._implemented = {
             hook
-            for hook in FAMILIES[INTERCEPTOR]
-            for item in self._enabled[INTERCEPTOR]
+            for family, hooks in types.families.items()
+            for hook in hooks
+            for item in self._enabled[family]
             if (item.source.name, hook) in self._impls
         }
-        self._methods = {
-            item.name: self._declared_methods(item) for item in self._enabled["ClientAuthenticator"]
+        self._declared = {
+            (item.name, hook): self._declaration(item, hook, check)
+            for hook, check in types.declarations.items()
+            for item in self._enabled[types.family_of(hook)]
+        }
+        #: The enabled listeners whose type has *hook*, in calling order (looked up per request).
+        self._callers = {
+            hook: self._enabled[family] for family, hooks in types.families.items() for hook in hooks
         }
         self._is_async = {
             key: inspect.iscoroutinefunction(impl.function) for key, impl in self._impls.items()
         }
-        self._server_metadata: dict[str, Any] = {}
 
-    def _collect_server_metadata(self) -> None:
-        """Ask the enabled authenticators for their RFC 8414 members (after configuring)."""
-        for item in self._enabled["ClientAuthenticator"]:
-            with _plugin_code(item.source, "server_metadata"):
-                extra = self._call_sync(item, "server_metadata", listener=item)
-            if extra is None:
-                continue
-            if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
-                raise ConfigError(
-                    f"{item.source.wheel}: plugin {item.name!r}: server_metadata must return a"
-                    f" dict, not {_short(repr(extra))}"
-                )
-            for name, value in extra.items():
-                self._server_metadata.setdefault(name, value)
-
-    def _declared_methods(self, item: Listener) -> tuple[str, ...]:
-        with _plugin_code(item.source, "client_auth_methods"):
-            value = self._call_sync(item, "client_auth_methods", listener=item)
-        if value is None:
-            return ()
-        if not isinstance(value, (list, tuple)) or not all(
-            isinstance(m, str) and _METHOD_NAME.fullmatch(m) for m in value
-        ):
-            raise ConfigError(
-                f"{item.source.wheel}: plugin {item.name!r}: client_auth_methods must return a"
-                f" list of method names, not {_short(repr(value))}"
-            )
-        return tuple(value)
+    def _declaration(self, item: Listener, hook_name: str, check: Callable[[Any], Any]) -> Any:
+        with _plugin_code(item.source, hook_name):
+            value = self._call_sync(item, hook_name, listener=item)
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise ConfigError(f"{item.source.wheel}: plugin {item.name!r}: {hook_name} {exc}") from None
 
     def __iter__(self):
         return iter(self._all)
@@ -254,47 +265,13 @@ class ListenerSet:
         """The enabled listeners of *family*, in calling order."""
         return self._enabled[family]
 
-    def methods(self, listener: Listener) -> tuple[str, ...]:
-        """The RFC 7591 method names an enabled authenticator declared."""
-        return self._methods.get(listener.name, ())
+    def declared(self, listener: Listener, hook_name: str) -> Any:
+        """What an enabled *listener* answered, checked, to a declaration hook at load."""
+        return self._declared.get((listener.name, hook_name))
 
-    def auth_methods_supported(self) -> list[str]:
-        """Every method of every enabled authenticator, in calling order, without repeats."""
-        return list(dict.fromkeys(m for ms in self._methods.values() for m in ms))
-
-    def authenticator_for(self, method: str) -> Listener | None:
-        """The first enabled authenticator, in calling order, that declared *method*."""
-        return next(
-            (item for item in self._enabled["ClientAuthenticator"] if method in self.methods(item)), None
-        )
-
-    def server_metadata(self) -> dict[str, Any]:
-        """The RFC 8414 members the enabled authenticators add (the first one's value wins)."""
-        return dict(self._server_metadata)
-
-    def check_client_metadata(self, metadata: Mapping[str, Any]) -> None:
-        """Let the authenticator of ``metadata["token_endpoint_auth_method"]`` check a client's
-        RFC 7591 metadata; it raises ``InvalidClientMetadataError`` (RFC 7591 §3.2.2).
-
-        Anything else it raises is its own fault and becomes ``ServerError``, logged.
-        """
-        listener = self.authenticator_for(str(metadata.get("token_endpoint_auth_method")))
-        if listener is None or not self.implements(listener, "check_client_metadata"):
-            return
-        frozen = MappingProxyType(dict(metadata))
-        try:
-            self._call_sync(listener, "check_client_metadata", metadata=frozen, listener=listener)
-        except OAuth2Error:
-            raise
-        except ConfigError as exc:
-            self.fail(listener, "check_client_metadata", str(exc))
-        except BaseException:  # noqa: B036 - a plugin's SystemExit must not stop the caller
-            log.exception("listener %s/%s raised in check_client_metadata", listener.type, listener.name)
-            raise ServerError("an internal error occurred") from None
-
-    def has_interceptors(self, *hook_names: str) -> bool:
-        """Whether an enabled interceptor implements any of *hook_names*."""
-        return any(hook in self._intercepting for hook in hook_names)
+    def any_implements(self, *hook_names: str) -> bool:
+        """Whether an enabled listener implements any of *hook_names*."""
+        return any(hook in self._implemented for hook in hook_names)
 
     def implements(self, listener: Listener, hook_name: str) -> bool:
         return (listener.source.name, hook_name) in self._impls
@@ -387,16 +364,16 @@ class ListenerSet:
         return result
 
     async def intercept(self, hook_name: str, /, **kwargs: Any) -> list[tuple[Listener, Any]]:
-        """Call every enabled interceptor's *hook_name* in order; OAuth errors refuse."""
+        """Call *hook_name* of every enabled listener of its type in order; OAuth errors refuse."""
         results = []
-        for listener in self._enabled[INTERCEPTOR]:
+        for listener in self._callers[hook_name]:
             if self.implements(listener, hook_name):
                 results.append((listener, await self.call(listener, hook_name, listener=listener, **kwargs)))
         return results
 
     async def notify(self, hook_name: str, /, **kwargs: Any) -> None:
-        """Call every enabled interceptor's *hook_name*; failures are logged, never raised."""
-        for listener in self._enabled[INTERCEPTOR]:
+        """Call *hook_name* of every enabled listener of its type; failures are logged, never raised."""
+        for listener in self._callers[hook_name]:
             if not self.implements(listener, hook_name):
                 continue
             try:
@@ -456,9 +433,9 @@ async def _eagerly(coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
     """Run *coro* at once; only if it has to wait does it get a deadline.
 
     Most hook coroutines finish without waiting for anything (a lookup, a hash). Starting
-    them in place and arming ``asyncio.timeout`` only when they suspend keeps the timer
-    (about 9 µs a call, measured) off the hot path, while a hook that hangs is still cut
-    off after *timeout* seconds.
+    them in place and arming ``asyncio.timeout`` only when they suspend keeps the timer's
+    cost, paid several times a request, off the hot path (docs/benchmarks.md), while a hook
+    that hangs is still cut off after *timeout* seconds.
     """
     started = time.monotonic()
     try:
@@ -532,15 +509,23 @@ class _Resume:
 
 
 def build_listeners(
-    sources: Iterable[PluginSource], identity: IdentitySettings, storage: Storage | None = None
+    sources: Iterable[PluginSource],
+    identity: IdentitySettings,
+    types: ListenerTypes,
+    storage: Storage | None = None,
 ) -> ListenerSet:
     """Register *sources* with a fresh plugin manager and order them by *identity*.
 
+    *types* says which hooks there are and how they make listener types (``ListenerTypes``).
     *storage* backs each listener's ``state``; without it (checking a configuration) state
     raises ``StateUnavailableError`` when used.
     """
-    pm = pluggy.PluginManager("tokensmith")
-    pm.add_hookspecs(hookspecs)
+    pm = pluggy.PluginManager(types.project)
+    pm.add_hookspecs(types.hookspecs)
+    missing = [hook for hook in _COMMON_HOOKS if getattr(pm.hook, hook, None) is None]
+    if missing:
+        raise TypeError(f"{types.hookspecs!r} does not declare {', '.join(missing)}")
+    hooks_of_type = types.families
     by_name: dict[str, PluginSource] = {}
     for source in sources:
         with _plugin_code(source, "registering"):
@@ -549,6 +534,7 @@ def build_listeners(
             except (pluggy.PluginValidationError, ValueError) as exc:
                 # ValueError: one object under two names, from two entry points
                 raise ConfigError(f"{source.wheel}: plugin {source.name!r}: {exc}") from None
+        _check_hookimpls(pm, source, types.load_hooks)
         by_name[source.name] = source
     try:
         pm.check_pending()
@@ -558,7 +544,7 @@ def build_listeners(
     def families_of(name: str) -> list[str]:
         return [
             family
-            for family, hooks in FAMILIES.items()
+            for family, hooks in hooks_of_type.items()
             if any(
                 pm.get_plugin(name) in [i.plugin for i in getattr(pm.hook, h).get_hookimpls()] for h in hooks
             )
@@ -567,10 +553,10 @@ def build_listeners(
     path = identity.path
     entries = {(e.type, e.name): e for e in identity.listeners}
     for entry in identity.listeners:
-        if entry.type not in FAMILIES:
+        if entry.type not in hooks_of_type:
             raise ConfigError(
                 f"{path}:{entry.line}: unknown listener type {entry.type!r};"
-                f" known types: {', '.join(FAMILIES)}"
+                f" known types: {', '.join(hooks_of_type)}"
             )
         if entry.name not in by_name or entry.type not in families_of(entry.name):
             if not entry.enabled:
@@ -587,7 +573,7 @@ def build_listeners(
         if not families:
             raise ConfigError(
                 f"{source.wheel}: plugin {name!r} implements no listener hooks"
-                f" ({', '.join(h for hooks in FAMILIES.values() for h in hooks)})"
+                f" ({', '.join(h for hooks in hooks_of_type.values() for h in hooks)})"
             )
         with _plugin_code(source, "listener_default_order"):
             default = _default_order(pm, source)
@@ -610,7 +596,7 @@ def build_listeners(
             )
 
     timeout = identity.listener_timeout
-    result = ListenerSet(pm, listeners, timeout)
+    result = ListenerSet(pm, listeners, timeout, types)
     for listener in result:
         if not listener.enabled:
             continue
@@ -626,12 +612,42 @@ def build_listeners(
                 f"{listener.source.wheel}: listener {listener.name!r}: listener_configure"
                 f" raised {type(exc).__name__}: {exc}"
             ) from None
-    result._collect_server_metadata()
     return result
 
 
-def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
+def _check_hookimpls(pm: pluggy.PluginManager, source: PluginSource, load_hooks: frozenset[str]) -> None:
+    """Refuse *source* if one of its hook implementations could not run as it is written.
+
+    pluggy checks the arguments against the spec; this checks what pluggy accepts but this
+    host would not honour, so that the plugin's author hears of it at load, in one line.
+    """
+    plugin = pm.get_plugin(source.name)
+    for caller in pm.get_hookcallers(plugin) or ():
+        if caller.spec is None and not any(i.optionalhook for i in caller.get_hookimpls()):
+            continue  # an unknown hook: check_pending names it
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin:
+                problem = _hookimpl_problem(impl, caller.name in load_hooks)
+                if problem:
+                    raise ConfigError(
+                        f"{source.wheel}: plugin {source.name!r}: hook {caller.name}: {problem}"
+                    )
+
+
+def _hookimpl_problem(impl: Any, load_hook: bool) -> str | None:
+    """What is wrong with one hook implementation, in words for its author, or ``None``."""
+    options = [option for option in UNSUPPORTED_HOOKIMPL_OPTIONS if getattr(impl, option, False)]
+    if options:
+        return (
+            f"@hookimpl({', '.join(f'{option}=True' for option in options)}) is not supported:"
+            " listeners are called one at a time in orderId order (set it in identity.xml)"
+        )
+    function = impl.function
+    if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+        return "is a generator function; a hook returns its result"
+    if load_hook and inspect.iscoroutinefunction(function):
+        return "must not be a coroutine (async def): it is called while the plugin loads"
+    return None
 
 
 def _default_order(pm: pluggy.PluginManager, source: PluginSource) -> int:

@@ -34,7 +34,7 @@ from tokensmith.oauth.endpoints import AUTHORIZE_PATH
 from tokensmith.oauth.events import AuthorizationCodeEvent
 from tokensmith.oauth.grants import resolve_scope
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.security.hashing import token_hash
+from tokensmith.oauth.tokens import token_hash
 
 __all__ = [
     "AUTHORIZE_PATH",

@@ -10,25 +10,83 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import hmac
+import logging
 import re
+import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 from urllib.parse import unquote_plus
 
 from cryptography import x509
 
-from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error
-from tokensmith.listeners.registry import ListenerSet
+from tokensmith.config.xml import ConfigError
+from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError
+from tokensmith.listeners.registry import Listener, ListenerSet
 from tokensmith.models import Client, Storage
+from tokensmith.oauth.hookspecs import AUTHENTICATOR
 from tokensmith.security import hashing as kdf
 from tokensmith.security.truststore import Truststore
 
-__all__ = ["ClientAuthRequest", "AuthenticatedClient", "RequestContext", "authenticate_client"]
+__all__ = [
+    "ClientAuthRequest",
+    "AuthenticatedClient",
+    "RequestContext",
+    "VerifiedSecrets",
+    "authenticate_client",
+]
 
-AUTHENTICATOR = "ClientAuthenticator"
+log = logging.getLogger("tokensmith.oauth.clientauth")
+
 PUBLIC = "none"
 _SCHEME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+class VerifiedSecrets:
+    """A short memory of client secrets that passed the slow KDF, so that a client's every
+    request does not pay scrypt again.
+
+    Only secrets that were verified are remembered, as an HMAC under a key that lives in this
+    process alone, and keyed by the stored hash: a new secret (a new hash) misses, and a wrong
+    secret, an unknown client or an expired entry always takes the full KDF. Client secrets
+    are 256 random bits, so the HMAC gives an attacker who reads this memory nothing to
+    search. User passwords, which people choose, are never kept here.
+    """
+
+    def __init__(self, capacity: int = 10_000, ttl: float = 300.0):
+        self._key = secrets.token_bytes(32)
+        self._capacity = capacity
+        self._ttl = ttl
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+
+    def _mac(self, secret: str) -> bytes:
+        return hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+    def known(self, stored_hash: str, secret: str, now: float) -> bool:
+        """Whether *secret* was verified against *stored_hash* within the last ``ttl`` seconds."""
+        entry = self._entries.get(stored_hash)
+        if entry is None:
+            return False
+        mac, expires = entry
+        if expires <= now:
+            del self._entries[stored_hash]
+            return False
+        if not hmac.compare_digest(mac, self._mac(secret)):
+            return False
+        self._entries.move_to_end(stored_hash)
+        return True
+
+    def remember(self, stored_hash: str, secret: str, now: float) -> None:
+        """Note that *secret* matched *stored_hash* just now."""
+        self._entries[stored_hash] = (self._mac(secret), now + self._ttl)
+        self._entries.move_to_end(stored_hash)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -74,7 +132,7 @@ class ClientAuthRequest:
         remote_addr: str | None = None,
         headers: Mapping[str, str] | None = None,
         truststore: Truststore | None = None,
-        verified: kdf.VerifiedSecrets | None = None,
+        verified: VerifiedSecrets | None = None,
         client_cert_source: str | None = None,
         context: RequestContext | Callable[[], RequestContext] | None = None,
     ):
@@ -102,6 +160,15 @@ class ClientAuthRequest:
         if context is None:
             raise RuntimeError("this request has no context")
         return context
+
+    def basic_credentials(self) -> tuple[str, str] | None:
+        """The client id and secret of ``Authorization: Basic`` (RFC 6749 §2.3.1), decoded.
+
+        None when the request has no Authorization header or another scheme ("not mine");
+        ``ValueError`` when it is Basic but malformed (not base64 of UTF-8 ``id:secret``, an
+        empty id, or a bad form-urlencoding).
+        """
+        return basic_credentials(self.authorization)
 
     def get_client(self, client_id: str) -> Client | None:
         """The registered client *client_id* (without its secret hash), or None if there is
@@ -132,6 +199,69 @@ class ClientAuthRequest:
         raise InvalidClientError("client authentication failed")
 
 
+def auth_methods(listeners: ListenerSet, listener: Listener) -> tuple[str, ...]:
+    """The RFC 7591 method names an enabled authenticator declared (``client_auth_methods``)."""
+    return listeners.declared(listener, "client_auth_methods") or ()
+
+
+def auth_methods_supported(listeners: ListenerSet) -> list[str]:
+    """Every method of every enabled authenticator, in calling order, without repeats."""
+    return list(
+        dict.fromkeys(m for item in listeners.enabled(AUTHENTICATOR) for m in auth_methods(listeners, item))
+    )
+
+
+def authenticator_for(listeners: ListenerSet, method: str) -> Listener | None:
+    """The first enabled authenticator, in calling order, that declared *method*."""
+    return next(
+        (item for item in listeners.enabled(AUTHENTICATOR) if method in auth_methods(listeners, item)), None
+    )
+
+
+def check_client_metadata(listeners: ListenerSet, metadata: Mapping[str, Any]) -> None:
+    """Let the authenticator of ``metadata["token_endpoint_auth_method"]`` check a client's
+    RFC 7591 metadata; it raises ``InvalidClientMetadataError`` (RFC 7591 §3.2.2). Every way
+    of registering a client calls this. Anything else the plugin raises is its own fault:
+    logged, and ``ServerError``."""
+    listener = authenticator_for(listeners, str(metadata.get("token_endpoint_auth_method")))
+    if listener is None or not listeners.implements(listener, "check_client_metadata"):
+        return
+    try:
+        listeners.call_sync(
+            listener, "check_client_metadata", metadata=MappingProxyType(dict(metadata)), listener=listener
+        )
+    except OAuth2Error:
+        raise
+    except BaseException:  # noqa: B036 - a plugin's SystemExit must not stop the caller
+        log.exception("listener %s/%s raised in check_client_metadata", listener.type, listener.name)
+        raise ServerError("an internal error occurred") from None
+
+
+def collect_server_metadata(listeners: ListenerSet) -> dict[str, Any]:
+    """The RFC 8414 members the enabled authenticators add (``server_metadata``), the first
+    one's value winning; called once per load, after ``listener_configure``. A plugin that
+    fails, or answers with something other than a dict, stops the load (``ConfigError``)."""
+    merged: dict[str, Any] = {}
+    for item in listeners.enabled(AUTHENTICATOR):
+        try:
+            extra = listeners.call_sync(item, "server_metadata", listener=item)
+        except ConfigError:
+            raise
+        except BaseException as exc:  # noqa: B036
+            raise ConfigError(
+                f"{item.source.wheel}: plugin {item.name!r}: server_metadata raised {type(exc).__name__}: {exc}"
+            ) from None
+        if extra is None:
+            continue
+        if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
+            raise ConfigError(
+                f"{item.source.wheel}: plugin {item.name!r}: server_metadata must return a dict"
+            )
+        for name, value in extra.items():
+            merged.setdefault(name, value)
+    return merged
+
+
 async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest) -> AuthenticatedClient:
     """Run the enabled authenticators over *request* and return the one client they agree on."""
     engaged: list[tuple[str, AuthenticatedClient | OAuth2Error]] = []
@@ -145,7 +275,7 @@ async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest
             continue
         if not isinstance(result, AuthenticatedClient):
             listeners.fail(listener, "authenticate_client", f"returned {type(result).__name__}")
-        if result.method not in listeners.methods(listener):
+        if result.method not in auth_methods(listeners, listener):
             listeners.fail(
                 listener, "authenticate_client", f"answered for undeclared method {result.method!r}"
             )
@@ -180,18 +310,37 @@ def _public_client(request: ClientAuthRequest) -> AuthenticatedClient:
     raise InvalidClientError("client authentication failed")
 
 
+def basic_credentials(authorization: str | None, *, strict: bool = True) -> tuple[str, str] | None:
+    """The (client_id, client_secret) of an ``Authorization: Basic`` header, or None.
+
+    RFC 6749 §2.3.1: the credentials are base64 of ``id:secret`` (RFC 7617), each part
+    encoded with application/x-www-form-urlencoded. None without a header or for another
+    scheme. A Basic header that is not that raises ``ValueError``; with *strict* False (to
+    name who a request claims to be, in logs and events) a missing ':' or a bad
+    percent-encoding is let through as best it can be read.
+    """
+    scheme, _, credentials = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    # binascii.Error, non-ASCII input and UnicodeDecodeError are all ValueError
+    decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    client_id, colon, secret = decoded.partition(":")
+    errors = "strict" if strict else "replace"
+    client_id, secret = unquote_plus(client_id, errors=errors), unquote_plus(secret, errors=errors)
+    if strict and (not colon or not client_id):
+        raise ValueError("malformed Basic credentials")
+    return client_id, secret
+
+
 def claimed_client_id(form: Mapping[str, str], authorization: str | None) -> str | None:
     """The client id a request claims (body or Basic user name), for logs and events only."""
     if "client_id" in form:
         return form["client_id"]
-    scheme, _, credentials = (authorization or "").partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            user = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")[0]
-            return unquote_plus(user) or None
-        except ValueError:  # binascii.Error, non-ASCII input, UnicodeDecodeError
-            return None
-    return None
+    try:
+        credentials = basic_credentials(authorization, strict=False)
+    except ValueError:
+        return None
+    return (credentials[0] or None) if credentials else None
 
 
 def challenge(authorization: str | None, realm: str) -> dict[str, str]:

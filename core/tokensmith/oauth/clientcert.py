@@ -21,8 +21,9 @@ from typing import Any
 
 from tokensmith.config.settings import ForwardedCertificates
 from tokensmith.errors import InvalidClientError, InvalidRequestError
+from tokensmith.oauth.mtls import parse_forwarded_certificate, parse_forwarded_chain
 from tokensmith.scope import DER_KEY
-from tokensmith.security.x509 import CertificateError, parse_forwarded_certificate, parse_forwarded_chain
+from tokensmith.security.x509 import CertificateError
 
 __all__ = ["handshake_chain", "client_certificates"]
 

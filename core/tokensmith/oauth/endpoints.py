@@ -23,7 +23,7 @@ from tokensmith.errors import (
     UnauthorizedClientError,
 )
 from tokensmith.models import TokenRecord
-from tokensmith.oauth import pkce
+from tokensmith.oauth import clientauth, pkce
 from tokensmith.oauth.clientauth import (
     AuthenticatedClient,
     ClientAuthRequest,
@@ -38,10 +38,9 @@ from tokensmith.oauth.forms import check_content_type, parse_form
 from tokensmith.oauth.grants import GRANT_TYPES, PUBLIC, Grant, binding, check_grant_type, grant, login_source
 from tokensmith.oauth.messages import Answer, HttpRequest
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.oauth.tokens import token_claims
-from tokensmith.security.hashing import token_hash
-from tokensmith.security.signing import SigningKeys, b64url_decode
-from tokensmith.security.x509 import x5t_s256
+from tokensmith.oauth.tokens import token_claims, token_hash
+from tokensmith.security.jose import b64url_decode, x5t_s256
+from tokensmith.security.signing import SigningKeys
 
 __all__ = [
     "token",
@@ -296,7 +295,7 @@ def auth_methods_supported(rt: Runtime, endpoint: str) -> list[str]:
     """The client authentication methods *endpoint* accepts: those of the enabled
     authenticators, and ``none`` where ``PUBLIC_CLIENTS_ALLOWED`` lets public clients in. The
     metadata lists exactly this, so that it says what the endpoint enforces."""
-    methods = list(rt.listeners.auth_methods_supported())
+    methods = clientauth.auth_methods_supported(rt.listeners)
     return [*methods, PUBLIC] if PUBLIC_CLIENTS_ALLOWED[endpoint] else methods
 
 
@@ -329,7 +328,7 @@ async def metadata(rt: Runtime, urls: PublicUrls) -> Answer:
     if rt.admin.registration_mode != "disabled":
         # RFC 8414 §2 / RFC 7591 §3: where clients register themselves.
         body["registration_endpoint"] = f"{urls.issuer}{REGISTRATION_PATH}"
-    for name, value in rt.listeners.server_metadata().items():
+    for name, value in rt.server_metadata.items():
         body.setdefault(name, value)  # what an authenticator adds (RFC 8414 §2), never ours
     if urls.mtls is not None:
         body["mtls_endpoint_aliases"] = {name: f"{urls.mtls}{path}" for name, path in ENDPOINT_PATHS.items()}

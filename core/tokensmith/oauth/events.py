@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tokensmith.models import Client
+from tokensmith.oauth.claims import REGISTERED_CLAIMS  # what interceptors may not set
 
 __all__ = [
     "TokenIssueEvent",
@@ -16,29 +17,6 @@ __all__ = [
     "AuthorizationCodeEvent",
     "REGISTERED_CLAIMS",
 ]
-
-#: Claims the server owns; interceptors may not add or replace them (RFC 7519 §4.1,
-#: RFC 7662 §2.2, RFC 9068 §2.2, RFC 8705 §3.1).
-REGISTERED_CLAIMS = frozenset(
-    {
-        "iss",
-        "sub",
-        "aud",
-        "exp",
-        "nbf",
-        "iat",
-        "jti",
-        "client_id",
-        "scope",
-        "cnf",
-        "token_type",
-        "active",
-        "username",
-        "auth_time",
-        "acr",
-        "amr",
-    }
-)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from tokensmith.models import LoginPolicy, Storage, StorageError, User
 from tokensmith.oauth import pkce
 from tokensmith.oauth.clientauth import AuthenticatedClient
 from tokensmith.oauth.events import AuthorizationCodeEvent
-from tokensmith.oauth.tokens import IssuedToken, RotationRefused, TokenIssuer
+from tokensmith.oauth.tokens import IssuedToken, RotationRefused, TokenIssuer, token_hash
 from tokensmith.security import hashing as kdf
-from tokensmith.security.x509 import x5t_s256
+from tokensmith.security.jose import x5t_s256
 
 __all__ = [
     "GRANT_TYPES",
@@ -238,7 +238,7 @@ async def authorization_code(request: Grant) -> IssuedToken:
         raise InvalidRequestError("code is missing")
     if verifier is None:
         raise InvalidRequestError("code_verifier is missing (PKCE, RFC 7636 §4.5)")
-    code = storage.get_authorization_code(kdf.token_hash(value))
+    code = storage.get_authorization_code(token_hash(value))
     if code is None or code.client_id != auth.client.client_id:
         if code is not None:
             log.warning(
@@ -303,7 +303,7 @@ async def refresh_token(request: Grant) -> IssuedToken:
     if value is None:
         raise InvalidRequestError("refresh_token is missing")
     now = int(time.time())
-    record = storage.get_token(kdf.token_hash(value))
+    record = storage.get_token(token_hash(value))
     if record is None or record.kind != "refresh" or record.client_id != auth.client.client_id:
         raise InvalidGrantError("the refresh token is invalid")
     if record.used and not record.revoked:

@@ -15,10 +15,14 @@ may accept any subset of a spec's arguments.
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+from tokensmith.listeners.registry import ListenerTypes
 
 if TYPE_CHECKING:
     from tokensmith.listeners.registry import Listener
@@ -45,7 +49,7 @@ def listener_default_order() -> int:
     Called once when the plugin is loaded. A plugin that does not implement it runs at 1000.
     Must not be a coroutine.
     """
-    raise NotImplementedError  # a specification: pluggy never calls it
+    raise NotImplementedError  # a spec: plugins implement it
 
 
 @hookspec
@@ -87,7 +91,7 @@ def client_auth_methods(listener: Listener) -> list[str]:
     registered with one of them can only be authenticated by this listener.
     Must not be a coroutine.
     """
-    raise NotImplementedError  # a specification: pluggy never calls it
+    raise NotImplementedError  # a spec: plugins implement it
 
 
 @hookspec
@@ -139,7 +143,7 @@ def server_metadata(listener: Listener) -> dict[str, Any]:
     sets itself is not replaced; between plugins the first in calling order wins. Called
     once per load, after ``listener_configure``. Must not be a coroutine.
     """
-    raise NotImplementedError  # a specification: pluggy never calls it
+    raise NotImplementedError  # a spec: plugins implement it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,3 +226,51 @@ def authorization_code_redeemed(event: AuthorizationCodeEvent, listener: Listene
 
     Cannot change the outcome: anything raised is logged with the listener's name.
     """
+
+
+# ---------------------------------------------------------------------------------------------
+# The listener types, as the registry is told them (listeners/ knows nothing of OAuth)
+# ---------------------------------------------------------------------------------------------
+
+AUTHENTICATOR = "ClientAuthenticator"
+INTERCEPTOR = "OAuthEventInterceptor"
+#: An RFC 7591 token_endpoint_auth_method name, as a client registers it: a registered
+#: name or an absolute URI (§2), so printable ASCII without spaces, quotes or backslashes.
+_METHOD_NAME = re.compile(r"[!#-\[\]-~]{1,256}")
+
+
+def auth_method_names(value: object) -> tuple[str, ...]:
+    """Check what ``client_auth_methods`` returned; ``ValueError`` says what it must return."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(m, str) and _METHOD_NAME.fullmatch(m) for m in value
+    ):
+        text = repr(value)
+        raise ValueError(
+            f"must return a list of method names, not {text if len(text) <= 80 else text[:80] + '...'}"
+        )
+    return tuple(value)
+
+
+#: What ``listeners.registry.build_listeners`` is given: these hookspecs, the two listener
+#: types and the hooks that make a plugin one of them, and the declaration checked at load.
+LISTENER_TYPES = ListenerTypes(
+    hookspecs=sys.modules[__name__],
+    families={
+        AUTHENTICATOR: ("client_auth_methods", "authenticate_client"),
+        INTERCEPTOR: (
+            "pre_token_issue",
+            "post_token_issue",
+            "pre_token_revoke",
+            "post_token_revoke",
+            "client_auth_success",
+            "client_auth_failure",
+            "authorization_code_issued",
+            "authorization_code_redeemed",
+        ),
+    },
+    declarations={"client_auth_methods": auth_method_names},
+    # Called while registering clients and loading, for the authenticator of a method.
+    shared_hooks=("register_routes", "check_client_metadata", "server_metadata"),
+)

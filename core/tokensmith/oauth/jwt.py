@@ -21,13 +21,9 @@ import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from tokensmith.security.signing import (
-    SigningKey,
-    SigningKeyError,
-    VerificationKey,
-    b64url_decode,
-    b64url_encode,
-)
+from tokensmith.oauth.claims import REQUIRED_CLAIMS, TOKEN_CLAIMS
+from tokensmith.security.jose import b64url_decode, b64url_encode
+from tokensmith.security.signing import SigningKey, SigningKeyError, VerificationKey
 
 __all__ = [
     "TokenInvalid",
@@ -46,10 +42,6 @@ MAX_TOKEN_CHARS = 16 * 1024
 # holding the public key "sign" with it (the classic algorithm confusion, RFC 8725 §2.1).
 ALLOWED_ALGORITHMS = frozenset({"ES256", "RS256"})
 # RFC 9068 §2.2: required in every JWT access token.
-REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
-# Claims access_token_claims sets itself, plus the other RFC 7519 §4.1 registered names:
-# extra claims may not replace them.
-_OWN_CLAIMS = frozenset({*REQUIRED_CLAIMS, "nbf", "scope", "cnf"})
 # RFC 7515 §4.1.9 and RFC 9068 §4: "at+jwt" is short for this media type.
 _MEDIA_TYPE = "application/at+jwt"
 # 128 bits: jti values must not collide (RFC 7519 §4.1.7).
@@ -110,7 +102,7 @@ def access_token_claims(
     if cnf_x5t_s256 is not None:
         claims["cnf"] = {"x5t#S256": cnf_x5t_s256}
     for name, value in (extra or {}).items():
-        if name in _OWN_CLAIMS:
+        if name in TOKEN_CLAIMS:
             raise ValueError(f"extra claim {name!r} would replace a registered claim")
         claims[name] = value
     return claims

@@ -7,15 +7,16 @@ for the whole request, so that a request never sees half of two configurations.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from tokensmith.config.authenticators import AdminSettings
 from tokensmith.config.settings import Config, IdentitySettings, PublicUrls
 from tokensmith.listeners.registry import ListenerSet
 from tokensmith.models import Storage
+from tokensmith.oauth.clientauth import VerifiedSecrets
 from tokensmith.oauth.tokens import TokenIssuer
-from tokensmith.security.hashing import VerifiedSecrets
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 
@@ -38,5 +39,7 @@ class Runtime:
     #: The public URLs now (RFC 8414 §2): the issuer and the endpoints' URLs under it; they
     #: depend on the ports the sockets got, so they are asked for, not stored.
     urls: Callable[[], PublicUrls] | None = None
+    #: What the enabled authenticators add to the server metadata (RFC 8414 §2).
+    server_metadata: Mapping[str, Any] = field(default_factory=dict)
     #: conf/authenticators.xml: who may call the admin API and register clients.
     admin: AdminSettings = AdminSettings()

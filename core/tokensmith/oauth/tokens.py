@@ -7,6 +7,7 @@ are called before (may refuse or add claims) and after (told) every issue.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -19,11 +20,15 @@ from tokensmith.listeners.registry import ListenerSet
 from tokensmith.models import Client, Storage, TokenRecord
 from tokensmith.oauth.events import REGISTERED_CLAIMS, TokenIssueEvent
 from tokensmith.oauth.jwt import access_token_claims, encode_access_token
-from tokensmith.security.hashing import token_hash
 from tokensmith.security.signing import SigningKeys
 from tokensmith.storage.groupcommit import GroupCommit
 
-__all__ = ["TokenIssuer", "IssuedToken", "JWTSettings", "RotationRefused", "token_claims"]
+__all__ = ["TokenIssuer", "IssuedToken", "JWTSettings", "RotationRefused", "token_claims", "token_hash"]
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 of an issued token, hex: tokens carry >= 128 random bits, so no KDF is needed."""
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
 class RotationRefused(Exception):
@@ -207,7 +212,7 @@ class TokenIssuer:
             grant_type=origin,
         )
         # Events are made only when an interceptor will see them: this is the hot path.
-        listening = self.listeners.has_interceptors("pre_token_issue", "post_token_issue")
+        listening = self.listeners.any_implements("pre_token_issue", "post_token_issue")
         event = (
             TokenIssueEvent(
                 grant_type=grant_type,
@@ -220,7 +225,7 @@ class TokenIssuer:
             if listening
             else None
         )
-        if event is not None and self.listeners.has_interceptors("pre_token_issue"):
+        if event is not None and self.listeners.any_implements("pre_token_issue"):
             record = replace(record, claims=await self._extra_claims(event))
         if self._wants_jwt(client):
             value, record = self._as_jwt(record)

@@ -10,27 +10,18 @@ timing must not tell which client ids exist).
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import os
 import secrets
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from tokensmith.errors import TemporarilyUnavailableError
+from tokensmith.security.jose import b64url_decode, b64url_encode
 
 _N, _R, _P = 2**14, 8, 1
 _SALT_BYTES = 16
 _KEY_BYTES = 32
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _derive(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -41,7 +32,7 @@ def hash_secret(secret: str) -> str:
     """Return ``scrypt$n$r$p$salt$key`` for *secret*, with a fresh random salt."""
     salt = secrets.token_bytes(_SALT_BYTES)
     key = _derive(secret, salt, _N, _R, _P)
-    return f"scrypt${_N}${_R}${_P}${_b64(salt)}${_b64(key)}"
+    return f"scrypt${_N}${_R}${_P}${b64url_encode(salt)}${b64url_encode(key)}"
 
 
 def verify_secret(secret: str, encoded: str) -> bool:
@@ -50,8 +41,8 @@ def verify_secret(secret: str, encoded: str) -> bool:
         scheme, n, r, p, salt, key = encoded.split("$")
         if scheme != "scrypt":
             return False
-        expected = _unb64(key)
-        actual = _derive(secret, _unb64(salt), int(n), int(r), int(p))
+        expected = b64url_decode(key)
+        actual = _derive(secret, b64url_decode(salt), int(n), int(r), int(p))
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
@@ -115,50 +106,3 @@ async def check(secret: str, encoded: str | None) -> bool:
         return await asyncio.get_running_loop().run_in_executor(_pool, verify_or_waste, secret, encoded)
     finally:
         _pending -= 1
-
-
-def token_hash(token: str) -> str:
-    """SHA-256 of an issued token, hex: tokens carry >= 128 random bits, so no KDF is needed."""
-    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
-
-
-class VerifiedSecrets:
-    """A short memory of client secrets that passed the slow KDF, so that a client's every
-    request does not pay scrypt again.
-
-    Only secrets that were verified are remembered, as an HMAC under a key that lives in this
-    process alone, and keyed by the stored hash: a new secret (a new hash) misses, and a wrong
-    secret, an unknown client or an expired entry always takes the full KDF. Client secrets
-    are 256 random bits, so the HMAC gives an attacker who reads this memory nothing to
-    search. User passwords, which people choose, are never kept here.
-    """
-
-    def __init__(self, capacity: int = 10_000, ttl: float = 300.0):
-        self._key = secrets.token_bytes(32)
-        self._capacity = capacity
-        self._ttl = ttl
-        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-
-    def _mac(self, secret: str) -> bytes:
-        return hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
-
-    def known(self, stored_hash: str, secret: str, now: float) -> bool:
-        """Whether *secret* was verified against *stored_hash* within the last ``ttl`` seconds."""
-        entry = self._entries.get(stored_hash)
-        if entry is None:
-            return False
-        mac, expires = entry
-        if expires <= now:
-            del self._entries[stored_hash]
-            return False
-        if not hmac.compare_digest(mac, self._mac(secret)):
-            return False
-        self._entries.move_to_end(stored_hash)
-        return True
-
-    def remember(self, stored_hash: str, secret: str, now: float) -> None:
-        """Note that *secret* matched *stored_hash* just now."""
-        self._entries[stored_hash] = (self._mac(secret), now + self._ttl)
-        self._entries.move_to_end(stored_hash)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)

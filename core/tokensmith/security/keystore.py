@@ -203,11 +203,8 @@ def load_into(context: ssl.SSLContext, settings: KeystoreSettings) -> None:
     try:
         if settings.type == "PEM":
             # As written, so OpenSSL reads exactly the operator's files.
-            context.load_cert_chain(
-                settings.certificate_file,
-                settings.key_file,  # type: ignore[arg-type]
-                password=settings.password,
-            )
+            assert settings.certificate_file is not None  # load_keystore checked both
+            context.load_cert_chain(settings.certificate_file, settings.key_file, password=settings.password)
         else:
             with _private_file(loaded.pem()) as path:
                 context.load_cert_chain(path)

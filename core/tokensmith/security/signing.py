@@ -19,8 +19,6 @@ give away the other.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import fcntl  # POSIX, like the server's signal handling
 import hashlib
 import json
@@ -42,6 +40,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from tokensmith.security.files import private_dir
+from tokensmith.security.jose import b64url_decode, b64url_encode
+from tokensmith.security.pemdir import PemDirectory
 
 __all__ = [
     "ALGORITHMS",
@@ -52,11 +52,10 @@ __all__ = [
     "VerificationKey",
     "SigningKeys",
     "jwk_thumbprint",
-    "b64url_encode",
-    "b64url_decode",
 ]
 
 log = logging.getLogger(__name__)
+
 
 ALGORITHMS = ("ES256", "RS256")
 # RFC 7518 §3.3: "A key of size 2048 bits or larger MUST be used with these algorithms."
@@ -69,37 +68,11 @@ _MAX_KEY_FILE_BYTES = 64 * 1024
 _P256_OCTETS = 32
 _STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 _KEY_FILE = re.compile(r"(\d{8}T\d{12}Z)\.([A-Za-z0-9_-]{43})\.pem")
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _THUMBPRINT_MEMBERS = MappingProxyType({"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")})
 
 
 class SigningKeyError(ValueError):
     """A signing key, key file or JWK was refused, or a keyring operation is not allowed."""
-
-
-# --- base64url (RFC 7515 §2) -------------------------------------------------------------
-
-
-def b64url_encode(data: bytes) -> str:
-    """base64url without padding (RFC 7515 §2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(text: str) -> bytes:
-    """Strict base64url: no padding, no other characters, canonical; ValueError otherwise.
-
-    Canonical means the unused low bits of the last character are zero, so every byte string
-    has exactly one encoding and a token cannot be altered without changing its bytes.
-    """
-    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
-        raise ValueError("not base64url")
-    try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64url") from None
-    if b64url_encode(data) != text:
-        raise ValueError("not canonical base64url")
-    return data
 
 
 def _uint(value: int) -> str:
@@ -312,9 +285,6 @@ class SigningKey:
 
 # --- the keyring -------------------------------------------------------------------------
 
-# (name, inode, size, mtime) of each *.pem file: changes whenever any key file does.
-_Stamp = tuple[tuple[str, int, int, int], ...]
-
 
 class SigningKeys:
     """The keyring in *directory*: the newest key signs, older ones stay published until retired.
@@ -323,76 +293,36 @@ class SigningKeys:
     (``20310314T120000000000Z``), so names sort by age. Files are written atomically (a hidden
     temporary file renamed into place) with mode 0600, and the directory is 0700.
 
-    Every call looks at the directory with one ``scandir`` and re-reads it only when a key
-    file was added, removed or replaced, so a rotation or retirement made by the CLI in
-    another process applies to a running server's next token. Stat results are compared per
-    file, not the directory's mtime, which a filesystem with coarse timestamps would leave
-    unchanged across two quick changes. A ``*.pem`` file that is not a readable key named as
-    above is skipped with a warning, as the truststore does with bad certificates, so that one
-    stray file cannot stop token issuance.
+    The directory is read through ``pemdir.PemDirectory``: every call looks at it with one
+    ``scandir`` and re-reads it only when a key file was added, removed or replaced, so a
+    rotation or retirement made by the CLI in another process applies to a running server's
+    next token. A ``*.pem`` file that is not a readable key named as above is skipped with a
+    warning, as the truststore does with bad certificates, so that one stray file cannot stop
+    token issuance.
     """
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
-        self._cache: tuple[_Stamp, tuple[SigningKey, ...]] | None = None
-        self._parsed: dict[tuple[str, int, int, int], SigningKey] = {}
+        self._files: PemDirectory[SigningKey] = PemDirectory(
+            self.directory,
+            label="signing keys",
+            accept=_is_key_file,
+            parse=_load,
+            log=log,
+        )
+        # (what the directory gave, the keys newest first), replaced whole.
+        self._newest_first: tuple[tuple[tuple[str, SigningKey], ...], tuple[SigningKey, ...]] = ((), ())
 
     # reading
 
-    def _stamp(self) -> _Stamp:
-        found = []
-        try:
-            with os.scandir(self.directory) as entries:
-                for item in entries:
-                    # names starting with '.' are ours: the lock and temporary files
-                    if item.name.startswith(".") or not item.name.endswith(".pem"):
-                        continue
-                    with suppress(FileNotFoundError):  # removed while we looked
-                        st = item.stat()
-                        found.append((item.name, st.st_ino, st.st_size, st.st_mtime_ns))
-        except (FileNotFoundError, NotADirectoryError):
-            return ()
-        return tuple(sorted(found))  # fixed-width timestamps first: oldest key first
-
-    def _load(self, name: str) -> SigningKey:
-        """The key in file *name*; SigningKeyError or OSError if it is not a good key file."""
-        match = _KEY_FILE.fullmatch(name)
-        if match is None:
-            raise SigningKeyError("not a keyring file name (<created>.<kid>.pem); create keys with rotate")
-        stamp, kid = match.groups()
-        with open(self.directory / name, "rb") as file:
-            data = file.read(_MAX_KEY_FILE_BYTES + 1)
-        if len(data) > _MAX_KEY_FILE_BYTES:
-            raise SigningKeyError("too large to be a signing key")
-        created = datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC)
-        key = SigningKey.from_pem(data, created=created)
-        if key.kid != kid:
-            raise SigningKeyError(f"the key's thumbprint is {key.kid}, not the kid in its name")
-        return key
-
     def _keys(self) -> tuple[SigningKey, ...]:
         """Every usable key, newest first, re-read only if a key file changed."""
-        stamp = self._stamp()
-        if self._cache is not None and self._cache[0] == stamp:
-            return self._cache[1]
-        parsed: dict[tuple[str, int, int, int], SigningKey] = {}
-        for entry in stamp:
-            name = entry[0]
-            try:
-                # an unchanged file is not parsed again (RSA key checks take milliseconds)
-                parsed[entry] = self._parsed.get(entry) or self._load(name)
-            except FileNotFoundError:
-                continue  # retired since the scandir; the next stamp will differ
-            except (OSError, SigningKeyError) as exc:
-                log.warning(
-                    "signing keys: skipping %s: %s",
-                    self.directory / name,
-                    getattr(exc, "strerror", None) or exc,
-                )
-        # Read after stat: any later change alters the stamp and forces another read.
-        self._parsed = parsed
-        self._cache = (stamp, tuple(reversed(parsed.values())))
-        return self._cache[1]
+        items = self._files.items()  # by name: fixed-width timestamps first, oldest key first
+        seen, keys = self._newest_first
+        if items is not seen:
+            keys = tuple(key for _, key in reversed(items))
+            self._newest_first = (items, keys)
+        return keys
 
     def all(self) -> list[SigningKey]:
         """The active key first, then the previous keys still published, newest first."""
@@ -421,7 +351,7 @@ class SigningKeys:
             yield
         finally:
             os.close(fd)  # closing releases the lock
-            self._cache = None
+            self._files.forget()
 
     def _sync_directory(self) -> None:
         """Make a rename or unlink durable: POSIX needs the directory itself fsynced."""
@@ -481,9 +411,31 @@ class SigningKeys:
             keys = self._keys()
             if keys and keys[0].kid == kid:
                 raise SigningKeyError(f"{kid} is the active signing key; rotate before retiring it")
-            for (name, *_), key in self._parsed.items():
+            for name, key in self._files.items():
                 if key.kid == kid:
                     os.unlink(self.directory / name)
                     self._sync_directory()
                     return
             raise SigningKeyError(f"no signing key {kid!r} in {self.directory}")
+
+
+def _is_key_file(item: os.DirEntry[str]) -> bool:
+    # names starting with '.' are ours: the lock and temporary files
+    return not item.name.startswith(".") and item.name.endswith(".pem")
+
+
+def _load(path: Path) -> SigningKey:
+    """The key in file *path*; SigningKeyError or OSError if it is not a good key file."""
+    match = _KEY_FILE.fullmatch(path.name)
+    if match is None:
+        raise SigningKeyError("not a keyring file name (<created>.<kid>.pem); create keys with rotate")
+    stamp, kid = match.groups()
+    with open(path, "rb") as file:
+        data = file.read(_MAX_KEY_FILE_BYTES + 1)
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise SigningKeyError("too large to be a signing key")
+    created = datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC)
+    key = SigningKey.from_pem(data, created=created)
+    if key.kid != kid:
+        raise SigningKeyError(f"the key's thumbprint is {key.kid}, not the kid in its name")
+    return key

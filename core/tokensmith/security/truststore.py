@@ -3,12 +3,13 @@
 The seed's ``keytool -import -alias NAME`` into ``client-truststore.jks`` becomes
 ``Truststore(conf/security/truststore).import_("NAME", pem)``, which writes ``NAME.pem``.
 Only CA certificates are anchors by default. The TLS layer never loads these files: the
-handshake accepts any certificate the client proves it holds, and ``rfc8705.verify_chain``
+handshake accepts any certificate the client proves it holds, and ``x509.verify_chain``
 decides trust per request: one verify store with many same-subject client certificates
 breaks OpenSSL handshakes, and loading it grows faster than linearly.
 
 Changes apply to the next request without a restart: ``anchors()`` re-reads the directory
-whenever a file in it was added, removed or replaced, which one ``scandir`` detects.
+whenever a file in it was added, removed or replaced, which one ``scandir`` detects
+(``pemdir.PemDirectory``, shared with the signing keyring).
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tokensmith.security.files import private_dir
+from tokensmith.security.pemdir import PemDirectory
 from tokensmith.security.x509 import CertificateError, load_pem_certificates, validity_problem
 
 __all__ = ["Truststore", "TrustedCertificate", "TruststoreError", "ALIAS_PATTERN", "anchor_problem"]
 
 log = logging.getLogger(__name__)
+
 
 # The first character is alphanumeric so that an alias is never a hidden file, never '..',
 # and never collides with the '.tmp' files written next to the certificates.
@@ -64,7 +67,6 @@ class _Entry:
     cert: x509.Certificate
 
 
-_Stamp = tuple[tuple[str, int, int, int], ...]
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
 
@@ -154,8 +156,14 @@ class Truststore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        # (stamp, entries) as one tuple, replaced whole, so readers never see a torn pair.
-        self._cache: tuple[_Stamp, tuple[_Entry, ...]] | None = None
+        self._files: PemDirectory[x509.Certificate] = PemDirectory(
+            self.directory,
+            label="truststore",
+            accept=_is_anchor_file,
+            parse=_read_anchor,
+            describe=_why_skipped,
+            log=log,
+        )
 
     def import_(self, alias: str, pem: bytes, *, allow_non_ca: bool = False) -> x509.Certificate:
         """Trust the one certificate in *pem* (PEM or DER) under *alias*; return it.
@@ -174,7 +182,7 @@ class Truststore:
         problem = anchor_problem(cert, datetime.now(UTC), allow_non_ca=allow_non_ca)
         if problem is not None:
             raise CertificateError(f"{source}: {problem}")
-        for existing in self._stamp():
+        for existing in self._files.stamp():
             if existing[0].lower() == f"{alias}{_SUFFIX}".lower():
                 raise TruststoreError(f"alias {alias!r} already exists")
         der = cert.public_bytes(serialization.Encoding.DER)
@@ -211,7 +219,7 @@ class Truststore:
             with suppress(FileNotFoundError):
                 os.unlink(temporary)
         _fsync_directory(self.directory)
-        self._cache = None
+        self._files.forget()
 
     def list(self) -> list[TrustedCertificate]:
         """Every valid anchor, by alias: subject, SHA-256 fingerprint (hex), expiry."""
@@ -232,7 +240,7 @@ class Truststore:
             (self.directory / f"{alias}{_SUFFIX}").unlink()
         except FileNotFoundError:
             return False
-        self._cache = None
+        self._files.forget()
         return True
 
     # builtins.list: inside the class body, plain ``list`` is the method above.
@@ -240,47 +248,26 @@ class Truststore:
         """The anchor certificates as of now, re-read only when the directory changed."""
         return [entry.cert for entry in self._entries()]
 
-    def _stamp(self) -> _Stamp:
-        """Name, inode, size and mtime of each candidate file: changes when any file does."""
-        found = []
-        try:
-            with os.scandir(self.directory) as entries:
-                for item in entries:
-                    alias = item.name[: -len(_SUFFIX)]
-                    if not (
-                        item.name.endswith(_SUFFIX) and ALIAS_PATTERN.fullmatch(alias) and item.is_file()
-                    ):
-                        continue
-                    with suppress(FileNotFoundError):  # removed while we looked
-                        st = item.stat()
-                        found.append((item.name, st.st_ino, st.st_size, st.st_mtime_ns))
-        except (FileNotFoundError, NotADirectoryError):
-            return ()
-        return tuple(sorted(found))
-
     def _entries(self) -> tuple[_Entry, ...]:
-        stamp = self._stamp()
-        cached = self._cache
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        entries = []
-        for name, *_ in stamp:
-            path = self.directory / name
-            try:
-                certs = load_pem_certificates(path.read_bytes(), source=str(path))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:  # unreadable: skip it like a bad certificate
-                log.warning("truststore: skipping %s: %s", path, exc)
-                continue
-            except CertificateError as exc:
-                log.warning("truststore: skipping %s", exc)
-                continue
-            if len(certs) != 1:
-                log.warning("truststore: skipping %s: holds %d certificates, not one", path, len(certs))
-                continue
-            entries.append(_Entry(name[: -len(_SUFFIX)], certs[0]))
-        # Read after stat: the contents are at least as new as the stamp, and any later change
-        # alters the stamp and forces another read.
-        self._cache = (stamp, tuple(sorted(entries, key=lambda entry: entry.alias)))
-        return self._cache[1]
+        entries = (_Entry(name[: -len(_SUFFIX)], cert) for name, cert in self._files.items())
+        return tuple(sorted(entries, key=lambda entry: entry.alias))
+
+
+def _is_anchor_file(item: os.DirEntry[str]) -> bool:
+    """``ALIAS.pem`` files only: other files (README, editor backups, our temporaries) are not read."""
+    alias = item.name[: -len(_SUFFIX)]
+    return item.name.endswith(_SUFFIX) and ALIAS_PATTERN.fullmatch(alias) is not None and item.is_file()
+
+
+def _read_anchor(path: Path) -> x509.Certificate:
+    """The one certificate in *path*; ``CertificateError`` or ``ValueError`` if it is not one."""
+    certs = load_pem_certificates(path.read_bytes(), source=str(path))
+    if len(certs) != 1:
+        raise ValueError(f"holds {len(certs)} certificates, not one")
+    return certs[0]
+
+
+def _why_skipped(path: Path, exc: Exception) -> str:
+    if isinstance(exc, CertificateError):
+        return str(exc)  # it names the file already
+    return f"{path}: {getattr(exc, 'strerror', None) or exc}"

@@ -1,15 +1,14 @@
-"""Certificate facts for OAuth 2.0 mutual-TLS client authentication (RFC 8705).
+"""X.509 certificates: PEM and DER input, RFC 4514 names, subject alternative names, chains.
 
-What the token endpoint needs to know about a client certificate, whoever obtained it:
+What anything that judges a client certificate needs, whoever obtained it (the mutual-TLS
+specifics, RFC 8705 and the proxy headers of RFC 9440, are in ``oauth/mtls.py``; the
+``x5t#S256`` thumbprint is in ``security/jose.py``):
 
-- ``x5t_s256``: the thumbprint that binds tokens to the certificate (RFC 8705 §3.1).
-- ``load_pem_certificates``: certificates an administrator hands us, refused with one line.
-- ``normalize_dn``, ``dn_matches`` and ``san_matches``: the ``tls_client_auth`` registration
-  checks (RFC 8705 §2.1.2); distinguished names are RFC 4514 text.
-- ``validity_problem`` and ``verify_chain``: PKI validation against trust anchors (§2.1).
-- ``parse_forwarded_certificate`` and ``parse_forwarded_chain``: a certificate and its chain
-  forwarded by a TLS-terminating proxy (RFC 9440, RFC 8705 §6.5). Whether that proxy is
-  trusted is the caller's decision.
+- ``load_pem_certificates``: certificates an administrator hands us, refused with one line;
+  ``parse_der_certificate``, ``pem_certificate_ders`` and ``decode_base64``, its parts.
+- ``normalize_dn``, ``dn_matches`` and ``san_matches``: the checks of a registered subject
+  (RFC 8705 §2.1.2 uses them); distinguished names are RFC 4514 text.
+- ``validity_problem`` and ``verify_chain``: PKI validation against trust anchors.
 
 Every function refuses bad certificate input with ``CertificateError`` and nothing else, and
 bounds its work before parsing (RFC 8705 §7.5 warns about X.509 parsing complexity).
@@ -19,14 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import ipaddress
 import re
 import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
-from urllib.parse import unquote_to_bytes
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -45,19 +42,17 @@ __all__ = [
     "CertificateError",
     "MAX_CERTIFICATE_BYTES",
     "MAX_INTERMEDIATES",
-    "MAX_HEADER_CHARS",
     "SAN_KINDS",
-    "FORWARDED_FORMATS",
     "DN_MATCHING",
-    "x5t_s256",
     "load_pem_certificates",
+    "parse_der_certificate",
+    "pem_certificate_ders",
+    "decode_base64",
     "normalize_dn",
     "dn_matches",
     "san_matches",
     "validity_problem",
     "verify_chain",
-    "parse_forwarded_certificate",
-    "parse_forwarded_chain",
 ]
 
 # A client certificate with an RSA-4096 key and a handful of SANs is about 2 KiB. 16 KiB
@@ -67,32 +62,20 @@ MAX_CERTIFICATE_BYTES = 16 * 1024
 # Path building tries candidate issuers; capping the chain a client may send (and the depth
 # the verifier will build) keeps that search small. Real client PKIs use one or two.
 MAX_INTERMEDIATES = 8
-# One PEM certificate of MAX_CERTIFICATE_BYTES, percent-encoded, stays below this.
-MAX_HEADER_CHARS = 64 * 1024
 # A truststore bundle (even a full public root store) is a few hundred KiB.
 MAX_PEM_INPUT_BYTES = 1024 * 1024
 
 SAN_KINDS = ("san_dns", "san_uri", "san_ip", "san_email")
-FORWARDED_FORMATS = ("rfc9440", "nginx", "pem", "base64-der", "auto")
 
 
 class CertificateError(ValueError):
     """A certificate, chain, distinguished name or forwarded header was refused; one line."""
 
 
-# --- thumbprint --------------------------------------------------------------------------
-
-
-def x5t_s256(der: bytes) -> str:
-    """RFC 8705 §3.1 ``x5t#S256``: base64url of SHA-256 over the certificate DER, unpadded."""
-    digest = hashlib.sha256(der).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
 # --- loading -----------------------------------------------------------------------------
 
 
-def _parse_der(der: bytes, source: str) -> x509.Certificate:
+def parse_der_certificate(der: bytes, source: str) -> x509.Certificate:
     """One DER certificate, fully parsed, or CertificateError."""
     if not der:
         raise CertificateError(f"{source}: empty certificate")
@@ -128,7 +111,7 @@ def _pem_blocks(text: str, source: str) -> list[tuple[str, str]]:
     return blocks
 
 
-def _b64decode(text: str, source: str) -> bytes:
+def decode_base64(text: str, source: str) -> bytes:
     """Standard base64, '=' padding optional (RFC 8941 §4.2.7 asks parsers to tolerate it)."""
     if not re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", text):
         raise CertificateError(f"{source}: not base64")
@@ -138,7 +121,7 @@ def _b64decode(text: str, source: str) -> bytes:
         raise CertificateError(f"{source}: not base64") from None
 
 
-def _certificate_blocks(text: str, source: str) -> list[bytes]:
+def pem_certificate_ders(text: str, source: str) -> list[bytes]:
     """The DER of each CERTIFICATE block; a private key anywhere is refused outright."""
     if "PRIVATE KEY-----" in text:
         raise CertificateError(f"{source}: contains a private key, not a certificate: never share it")
@@ -147,7 +130,7 @@ def _certificate_blocks(text: str, source: str) -> list[bytes]:
         if label != "CERTIFICATE":
             raise CertificateError(f"{source}: contains a {label}, not a CERTIFICATE")
         # Proxies and copy-paste turn newlines into spaces or into the two characters '\n'.
-        ders.append(_b64decode("".join(re.sub(r"\\[nrt]", " ", body).split()), source))
+        ders.append(decode_base64("".join(re.sub(r"\\[nrt]", " ", body).split()), source))
     return ders
 
 
@@ -175,15 +158,16 @@ def load_pem_certificates(data: bytes, *, source: str) -> list[x509.Certificate]
     if not data.strip():
         raise CertificateError(f"{source}: empty file")
     text = data.decode("latin-1")  # never fails; PEM itself is ASCII
-    ders = _certificate_blocks(text, source)
+    ders = pem_certificate_ders(text, source)
     if ders:
         many = len(ders) > 1
         return [
-            _parse_der(der, f"{source}: certificate {n}" if many else source) for n, der in enumerate(ders, 1)
+            parse_der_certificate(der, f"{source}: certificate {n}" if many else source)
+            for n, der in enumerate(ders, 1)
         ]
     if "-----BEGIN" not in text and data[:1] == b"\x30":  # an ASN.1 SEQUENCE: maybe DER
         try:
-            return [_parse_der(data, source)]
+            return [parse_der_certificate(data, source)]
         except CertificateError:
             if _is_der_private_key(data):
                 raise CertificateError(
@@ -507,12 +491,12 @@ def san_matches(kind: str, value: str, cert: x509.Certificate) -> bool:
     if kind == "san_ip":
         try:
             # Certificates carry bare octets; a zone index ('%eth0') can never match.
-            wanted = ipaddress.ip_address(value) if "%" not in value else None
+            address = ipaddress.ip_address(value) if "%" not in value else None
         except ValueError:
-            wanted = None
-        if wanted is None:
+            address = None
+        if address is None:
             raise CertificateError(f"registered san_ip {value!r} is not an IP address")
-        return wanted in san.get_values_for_type(x509.IPAddress)
+        return address in san.get_values_for_type(x509.IPAddress)
     local, at, domain = value.rpartition("@")
     if not (local and at and domain):
         raise CertificateError(f"registered san_email {value!r} is not an email address")
@@ -638,9 +622,9 @@ def verify_chain(
             f"client sent {len(chain_der) - 1} intermediate certificates; "
             f"at most {MAX_INTERMEDIATES} are accepted"
         )
-    leaf = _parse_der(chain_der[0], "client certificate")
+    leaf = parse_der_certificate(chain_der[0], "client certificate")
     intermediates = [
-        _parse_der(der, f"intermediate certificate {n}") for n, der in enumerate(chain_der[1:], 1)
+        parse_der_certificate(der, f"intermediate certificate {n}") for n, der in enumerate(chain_der[1:], 1)
     ]
     for n, cert in enumerate((leaf, *intermediates)):
         try:
@@ -754,108 +738,3 @@ def _check_subject(leaf: x509.Certificate, cas: Sequence[x509.Certificate]) -> N
                     "client certificate subject is outside the directoryName "
                     "name constraints of the CA that issued it"
                 )
-
-
-# --- certificates forwarded by a proxy ---------------------------------------------------
-
-
-def _percent_decode(value: str) -> str:
-    """Strict percent-decoding that keeps '+' (a base64 character), unlike form decoding."""
-    if re.search(r"%(?![0-9A-Fa-f]{2})", value):
-        raise CertificateError("forwarded certificate: bad percent-encoding")
-    try:
-        return unquote_to_bytes(value).decode("ascii")
-    except UnicodeDecodeError:
-        raise CertificateError("forwarded certificate: not ASCII after percent-decoding") from None
-
-
-def _one_pem_certificate(text: str) -> bytes:
-    ders = _certificate_blocks(text, "forwarded certificate")
-    if len(ders) != 1:
-        raise CertificateError(
-            f"forwarded certificate: expected exactly one PEM CERTIFICATE, found {len(ders)}"
-        )
-    return ders[0]
-
-
-def parse_forwarded_certificate(value: str, fmt: str) -> bytes:
-    """The DER of the leaf certificate in a proxy's header *value*, in format *fmt*.
-
-    - ``rfc9440``: the ``Client-Cert`` field, an RFC 8941 Byte Sequence ``:BASE64-DER:``
-      (RFC 9440 §2.1, §2.2); parameters are not accepted.
-    - ``nginx``: ``$ssl_client_escaped_cert``, percent-encoded PEM. Decoded strictly, and a
-      literal '+' stays '+' (form decoding would turn it into a space and break base64).
-    - ``pem``: PEM whose newlines a proxy turned into spaces, or into literal ``\\n``; any
-      whitespace and ``\\n``, ``\\r``, ``\\t`` escapes inside the base64 are ignored.
-    - ``base64-der``: the DER in standard base64 (HAProxy's ``ssl_c_der,base64``).
-    - ``auto``: ``rfc9440`` if it starts with ':', ``nginx`` if it contains '%', ``pem`` if
-      it contains '-----BEGIN', else ``base64-der``; these never overlap.
-
-    The value must hold exactly one certificate that parses. Anything else, or more than
-    ``MAX_HEADER_CHARS`` characters, raises ``CertificateError``.
-    """
-    if fmt not in FORWARDED_FORMATS:
-        raise CertificateError(
-            f"unknown forwarded-certificate format {fmt!r}; expected one of {', '.join(FORWARDED_FORMATS)}"
-        )
-    if len(value) > MAX_HEADER_CHARS:
-        raise CertificateError(f"forwarded certificate: header longer than {MAX_HEADER_CHARS}")
-    if not value.isascii():
-        raise CertificateError("forwarded certificate: not ASCII")
-    value = value.strip(" \t")
-    if not value:
-        raise CertificateError("forwarded certificate: empty header")
-    if fmt == "auto":
-        fmt = (
-            "rfc9440"
-            if value.startswith(":")
-            else "nginx"
-            if "%" in value
-            else "pem"
-            if "-----BEGIN" in value
-            else "base64-der"
-        )
-    if fmt == "rfc9440":
-        m = re.fullmatch(r":([^:]*):", value)
-        if not m:
-            raise CertificateError("forwarded certificate: not an RFC 8941 byte sequence ':...:'")
-        der = _b64decode(m.group(1), "forwarded certificate")
-    elif fmt == "nginx":
-        der = _one_pem_certificate(_percent_decode(value))
-    elif fmt == "pem":
-        der = _one_pem_certificate(value)
-    else:
-        der = _b64decode(value, "forwarded certificate")
-    _parse_der(der, "forwarded certificate")
-    return der
-
-
-def parse_forwarded_chain(value: str) -> list[bytes]:
-    """The DER of each certificate in an RFC 9440 §2.3 ``Client-Cert-Chain`` *value*.
-
-    The field is an RFC 8941 List of Byte Sequences (§3.1, §3.3.5), the issuer of the leaf
-    first; several field lines are one list joined with ',' (RFC 9110 §5.3). Parameters are
-    not accepted. At most ``MAX_INTERMEDIATES`` certificates, as in a TLS handshake; each
-    must parse. Anything else raises ``CertificateError``.
-    """
-    if len(value) > MAX_INTERMEDIATES * MAX_HEADER_CHARS:
-        raise CertificateError("forwarded certificate chain: header too long")
-    if not value.isascii():
-        raise CertificateError("forwarded certificate chain: not ASCII")
-    members = [member.strip(" \t") for member in value.split(",")]
-    if members == [""]:
-        return []
-    if len(members) > MAX_INTERMEDIATES:
-        raise CertificateError(
-            f"forwarded certificate chain: {len(members)} certificates; "
-            f"at most {MAX_INTERMEDIATES} are accepted"
-        )
-    ders = []
-    for n, member in enumerate(members, 1):
-        m = re.fullmatch(r":([^:]*):", member)
-        if not m:
-            raise CertificateError("forwarded certificate chain: not an RFC 8941 list of byte sequences")
-        der = _b64decode(m.group(1), f"forwarded chain certificate {n}")
-        _parse_der(der, f"forwarded chain certificate {n}")
-        ders.append(der)
-    return ders

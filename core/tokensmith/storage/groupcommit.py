@@ -3,7 +3,8 @@
 Every token response is stored before it is sent, and storing one opaque token was one
 SQLite transaction: its commit writes each B-tree page the insert touched (the table, the
 primary-key index, the expiry and grant indexes) to the WAL, four pages of 4 KiB for a
-160-byte row. The benchmark profile showed that commit as 40% of the server's CPU time.
+row of a few hundred bytes: the commit, not the request, was the server's main cost
+(docs/benchmarks.md).
 Requests that reach the store in the same turn of the event loop now share one transaction
 and so share the pages they touch in common; each still waits for the commit before its
 response goes out, so a 200 still means the token is stored, and a failed commit fails

@@ -367,9 +367,9 @@ class SQLiteStorage:
                 if frames > _RESTART_FRAMES:
                     # Under steady writes a passive checkpoint never catches up with the last
                     # commit, and the WAL only starts over once one has. RESTART does, but
-                    # holds writers while it copies and syncs: 60-70 ms after a second of
-                    # load. Passive rounds first copy what arrived during the previous one,
-                    # until little is left, so that RESTART holds them a few ms at most.
+                    # holds writers for as long as it copies and syncs, which grows with the
+                    # WAL. Passive rounds first copy what arrived during the previous one,
+                    # until little is left, so that RESTART has little left to hold them for.
                     # With a busy timeout of a few ms, RESTART soon gives up when a reader
                     # still uses the WAL: the WAL then grows until that reader is done.
                     for _ in range(4):
