@@ -343,7 +343,6 @@ def test_a_version_5_database_gains_client_metadata_and_plugin_state(tmp_path) -
         _drop_schema_7(db)
         db.execute("DROP TABLE plugin_state")
         db.execute("ALTER TABLE clients DROP COLUMN metadata")
-        db.execute("ALTER TABLE users DROP COLUMN role")
         db.execute("PRAGMA user_version=5")
     with SQLiteStorage(path) as store:
         client = store.get_client("c1")
@@ -411,6 +410,7 @@ def test_a_version_6_database_gains_roles_audit_and_registration_tokens(tmp_path
     with SQLiteStorage(path) as store:
         store.add_user(User("ann", "hash", 1))
     with sqlite3.connect(path) as db:
+        _drop_schema_8(db)
         _drop_schema_7(db)
         db.execute("PRAGMA user_version=6")
     with SQLiteStorage(path) as store:
@@ -424,7 +424,7 @@ def test_a_version_6_database_gains_roles_audit_and_registration_tokens(tmp_path
         assert [e.action for e in store.list_audit()] == ["user.role"]
         assert store.find_registration_token("h", "initial") == (None, None)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 7
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION
 
 
 def test_a_version_7_database_gains_codes_consents_and_sessions(tmp_path) -> None:  # noqa: ANN001
