@@ -83,6 +83,16 @@ def test_requests_without_a_place_to_answer_are_shown(store: SQLiteStorage, para
         authorize.validate(store, query(**params))
 
 
+def test_a_parameter_without_a_value_is_omitted(store: SQLiteStorage) -> None:
+    """RFC 6749 §3.1: an empty scope is no scope (all the client may have), an empty state
+    no state, an empty response_type a missing one."""
+    checked = authorize.validate(store, query(scope="", state=""))
+    assert checked.scope == "read write" and checked.state is None
+    with pytest.raises(RedirectedError) as raised:
+        authorize.validate(store, query(response_type=""))
+    assert raised.value.error.error == "invalid_request"
+
+
 def test_an_overlong_or_undecodable_request_is_shown(store: SQLiteStorage) -> None:
     with pytest.raises(ShownError):
         authorize.validate(store, query(state="x" * 9000))

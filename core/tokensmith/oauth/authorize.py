@@ -107,7 +107,9 @@ def _parameters(query: str) -> dict[str, list[str]]:
     if len(query) > MAX_QUERY:
         raise ShownError("The authorization request is too long.")
     try:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=False, errors="strict")
+        # RFC 6749 §3.1: "Parameters sent without a value MUST be treated as if they were
+        # omitted from the request."
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=False, strict_parsing=False, errors="strict")
     except (ValueError, UnicodeDecodeError):
         raise ShownError("The authorization request is not a valid query string.") from None
     params: dict[str, list[str]] = {}
