@@ -16,6 +16,13 @@ HTTP/1.1) and "tokensmith-llhttp" the opt-in lane (http1="llhttp" on the connect
   3. client_credentials, client_secret_basic, keep-alive        (first size only)
   4. introspection of a certificate-bound token, keep-alive     (first size only)
 
+With a PostgreSQL database (--postgres URL, TOKENSMITH_BENCH_POSTGRES_URL or the tests'
+TOKENSMITH_TEST_POSTGRES_URL), "tokensmith-postgres"
+is the default lane on PostgreSQL instead of SQLite, at the first size, beside the others; and
+one against two independent instances on that database, behind bench/harness/balancer.py on the
+whole machine, compared as requests per CPU-second of the servers (a 2-core machine cannot show
+two instances doubling the rate). Each run uses a new schema of the database and drops it.
+
 It also records startup time and resident memory per size, the time from `tokensmith sp add`
 to the new client's first token on the running server, and 1 against 2 workers on the whole
 machine. Results: bench/results/latest.json and latest.md (smoke.json and smoke.md with
@@ -26,6 +33,7 @@ machine. Results: bench/results/latest.json and latest.md (smoke.json and smoke.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -35,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,6 +62,7 @@ from harness.servers import (
     introspect,
     post,
     start_bare,
+    start_instances,
     start_node,
     start_tokensmith,
 )
@@ -116,6 +126,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " default lane: all (default) or only the first (saves about 5 minutes of a"
         " full run)",
     )
+    p.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=os.environ.get("TOKENSMITH_BENCH_POSTGRES_URL")
+        or os.environ.get("TOKENSMITH_TEST_POSTGRES_URL", ""),
+        help="a PostgreSQL database to benchmark tokensmith on (a schema of its own is made and"
+        " dropped); default TOKENSMITH_BENCH_POSTGRES_URL, else TOKENSMITH_TEST_POSTGRES_URL;"
+        " without one the PostgreSQL rows are skipped with a note",
+    )
+    p.add_argument("--skip-instances", action="store_true", help="skip 1 vs 2 instances on PostgreSQL")
     p.add_argument("--skip-node", action="store_true", help="do not run node-oidc")
     p.add_argument("--skip-workers", action="store_true", help="skip 1 vs 2 workers")
     p.add_argument(
@@ -186,10 +206,13 @@ class Run:
             self.calm,
         )
         self.code_seen: dict[str, list[str]] = {}
+        #: --postgres with a schema of this run's own (see postgres_schema), or "".
+        self.postgres_url = ""
         self.results: dict = {
             "servers": {},
             "registration": {},
             "workers": {},
+            "instances": {},
             "notes": [],
             "sizes": args.sizes,
             "status": "running",
@@ -350,6 +373,12 @@ class Run:
         fresh_lines = [line.split() for line in fresh.cert_list.read_text().splitlines()]
         servers = self.results["servers"]
         first_dep: Deployment | None = None
+        pg_dep: Deployment | None = None
+        if not self.postgres_url:
+            self.note(
+                "PostgreSQL rows skipped: no database given (--postgres URL or"
+                " TOKENSMITH_BENCH_POSTGRES_URL)."
+            )
         for index, size in enumerate(args.sizes):
             keys = list(SCENARIOS) if index == 0 else ["s1", "s2"]
             self.log(f"{size:,} registered mutual-TLS clients: generating")
@@ -373,6 +402,15 @@ class Run:
                 )
             if index == 0:
                 starters["bare-hypercorn"] = lambda: start_bare(self.procs, clients, work, cpus=SERVER_CPUS)
+            if index == 0 and self.postgres_url:
+                pg_dep = Deployment.create(
+                    work / "tokensmith-postgres", clients, args.dropins, self.postgres_url
+                )
+                pg_dep.register_bulk(clients)
+                pg_dep.register_basic()
+                starters["tokensmith-postgres"] = lambda: start_tokensmith(
+                    self.procs, pg_dep, work, cpus=SERVER_CPUS
+                )
             entries = self.measure(
                 starters,
                 clients,
@@ -419,6 +457,35 @@ class Run:
             self.results["workers"] = {
                 "1": entries["tokensmith-1-worker"],
                 "2": entries["tokensmith-2-workers"],
+            }
+        if self.postgres_url and not args.skip_instances and pg_dep is not None:
+            self.log("tokensmith on PostgreSQL: 1 instance and 2 instances behind a balancer, whole machine")
+            whole = Settings(
+                args.rounds,
+                args.duration,
+                args.warmup,
+                args.connections,
+                None,
+                args.retries,
+                args.disturbed,
+                self.calm,
+            )
+            entries = self.measure(
+                {
+                    "tokensmith-postgres-1-instance": lambda: start_instances(
+                        self.procs, pg_dep, work, 1, label="tokensmith-postgres-1-instance"
+                    ),
+                    "tokensmith-postgres-2-instances": lambda: start_instances(
+                        self.procs, pg_dep, work, 2, label="tokensmith-postgres-2-instances"
+                    ),
+                },
+                first_clients,
+                ["s1", "s2"],
+                settings=whole,
+            )
+            self.results["instances"] = {
+                "1": entries["tokensmith-postgres-1-instance"],
+                "2": entries["tokensmith-postgres-2-instances"],
             }
 
 
@@ -514,7 +581,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         standing_notes(run)
         try:
-            run.execute()
+            with postgres_schema(args.postgres) as url:
+                run.postgres_url = url
+                run.execute()
             results["status"] = "complete"
         except (Exception, KeyboardInterrupt, SystemExit) as exc:
             results["status"] = "incomplete"
@@ -539,6 +608,27 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep_workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if results["status"] == "complete" else 1
+
+
+@contextlib.contextmanager
+def postgres_schema(url: str) -> Iterator[str]:
+    """A new schema of the database *url* for this run, dropped at its end; "" without one."""
+    if not url:
+        yield ""
+        return
+    import psycopg
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pg import with_search_path
+
+    schema = f"tokensmith_bench_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as db:
+        db.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield with_search_path(url, schema)
+    finally:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as db:
+            db.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def write(results: dict, args: argparse.Namespace, archive: bool = True) -> None:

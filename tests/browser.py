@@ -19,12 +19,12 @@ CHROMIUM = os.environ.get("TOKENSMITH_CHROMIUM") or shutil.which("chromium") or 
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the module.
+    """One headless Chromium per test module.
 
-    Not for the session: Playwright's sync API keeps its own event loop running in the main
-    thread while it is started, and every later test that runs an asyncio loop
-    (``asyncio.run``, an in-process app) would then fail with "Cannot run the event loop
-    while another loop is running"."""
+    Not per session: Playwright's sync API keeps an event loop running in the test thread
+    while it is started, and the in-process tests that run their own loop would fail after
+    the first browser test.
+    """
     from playwright.sync_api import sync_playwright
 
     if not os.path.exists(CHROMIUM):

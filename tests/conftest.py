@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pg
 import pytest
 from tokensmith.listeners.wheelbuild import build_plugin
 from tokensmith.security.keystore import generate_dev_keystore
@@ -38,7 +39,7 @@ SERVER_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <Server>
     <Keystore certificateFile="security/server.crt" keyFile="security/server.key"/>
     {connectors}
-    <Database path="../var/tokensmith.db"/>
+    {database}
     <Dropins path="../dropins"/>
 </Server>
 """
@@ -111,6 +112,8 @@ class Deployment:
     connectors: str = '<Connector address="127.0.0.1" port="0" clientAuth="want"/>'
     listeners: str = DEFAULT_LISTENERS
     oauth: str = ""
+    #: The <Database> element: SQLite in var/ unless a test names a PostgreSQL URL.
+    database_xml: str = '<Database path="../var/tokensmith.db"/>'
 
     @property
     def conf(self) -> Path:
@@ -135,7 +138,9 @@ class Deployment:
             target = self.conf / "security" / name
             if not target.exists():
                 shutil.copy(self.keystore / name, target)
-        (self.conf / "server.xml").write_text(SERVER_XML.format(connectors=self.connectors))
+        (self.conf / "server.xml").write_text(
+            SERVER_XML.format(connectors=self.connectors, database=self.database_xml)
+        )
         (self.conf / "identity.xml").write_text(
             IDENTITY_XML.format(oauth=self.oauth, listeners=self.listeners)
         )
@@ -343,3 +348,48 @@ def make_wheel(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         return wheel
 
     return _make
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL of an empty PostgreSQL schema of its own (see tests/pg.py); skips the test when
+    TOKENSMITH_TEST_POSTGRES_URL is not set."""
+    url = pg.base_url()
+    if url is None:
+        pytest.skip(pg.SKIPPED)
+    with pg.fresh_schema(url) as schema_url:
+        yield schema_url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
+    """Opens stores of one backend on one database (each call: another worker, instance or
+    the CLI); the storage contract tests run once per backend. ``open_store.kind`` names it,
+    ``open_store.location`` is the SQLite path or the PostgreSQL URL."""
+    from tokensmith.storage.postgres import PostgresStorage
+    from tokensmith.storage.sqlite import SQLiteStorage
+
+    location: Path | str
+    if request.param == "sqlite":
+        location = tmp_path / "store.db"
+    else:
+        location = request.getfixturevalue("postgres_url")
+    opened: list = []
+
+    def _open():  # noqa: ANN202
+        store = SQLiteStorage(location) if isinstance(location, Path) else PostgresStorage(location)
+        opened.append(store)
+        return store
+
+    _open.kind = request.param  # type: ignore[attr-defined]
+    _open.location = location  # type: ignore[attr-defined]
+    yield _open
+    for store in opened:
+        store.close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    """One line when the PostgreSQL tests were skipped, saying why and how to run them."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if any(pg.SKIPPED in str(getattr(report, "longrepr", "")) for report in skipped):
+        terminalreporter.write_line(pg.SKIPPED)

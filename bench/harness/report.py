@@ -18,7 +18,8 @@ __all__ = ["targets", "observations", "markdown", "update_docs", "BEGIN", "END"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 TS, TSL, NODE, BARE = "tokensmith", "tokensmith-llhttp", "node-oidc", "bare-hypercorn"
-ORDER = (TS, TSL, NODE, BARE)
+PG = "tokensmith-postgres"
+ORDER = (TS, TSL, PG, NODE, BARE)
 LANE_TEXT = {"hypercorn": "default lane, Hypercorn h11", "llhttp": 'llhttp lane, http1="llhttp"'}
 
 
@@ -60,6 +61,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _rps(summary: dict | None) -> float | None:
     return summary.get("rps") if summary else None
+
+
+def _per_cpu_s(summary: dict | None) -> float | None:
+    """Requests per CPU-second of the server's processes (rps over their CPU in cores)."""
+    if not summary or not summary.get("rps") or not summary.get("server_cpu_pct"):
+        return None
+    return round(summary["rps"] / (summary["server_cpu_pct"] / 100), 1)
 
 
 def _bare(results: dict, key: str) -> dict | None:
@@ -135,6 +143,28 @@ def targets(results: dict) -> list[dict[str, object]]:
         worst is not None and worst < 1,
         " s",
     )
+    if PG in results["servers"]:
+        r = _ratio(_rps(_scen(results, PG, first, "s1")), _rps(_scen(results, NODE, first, "s1")))
+        add(
+            "PostgreSQL store: scenario 1 throughput vs node-oidc",
+            ">= 1.0x",
+            r,
+            r is not None and r >= 1.0,
+            "x",
+        )
+    instances = results.get("instances", {})
+    if instances:
+        r = _ratio(
+            _per_cpu_s(instances.get("2", {}).get("scenarios", {}).get("s1")),
+            _per_cpu_s(instances.get("1", {}).get("scenarios", {}).get("s1")),
+        )
+        add(
+            "PostgreSQL: 2 instances vs 1, requests per CPU-second (scenario 1)",
+            ">= 0.9x",
+            r,
+            r is not None and r >= 0.9,
+            "x",
+        )
     workers = results.get("workers", {})
     if workers:
         r = _ratio(
@@ -295,7 +325,7 @@ def markdown(results: dict) -> str:
             continue
         node, bare, ts = found.get(NODE), _bare(results, key), found.get(TS)
         for row, (server, summary) in enumerate(found.items()):
-            ours = server in (TS, TSL)
+            ours = server in (TS, TSL, PG)
             out.append(
                 f"| {f'{key[1]}. {scenario.title}' if row == 0 else ''} | {server} | "
                 + " | ".join(
@@ -303,7 +333,7 @@ def markdown(results: dict) -> str:
                     + [
                         _f(_ratio(_rps(summary), _rps(node)), 2) if ours else "",
                         _f(_ratio(_rps(summary), _rps(bare)), 2) if ours else "",
-                        _f(_ratio(_rps(summary), _rps(ts)), 2) if server == TSL else "",
+                        _f(_ratio(_rps(summary), _rps(ts)), 2) if server in (TSL, PG) else "",
                         _cpu(summary),
                     ]
                 )
@@ -387,6 +417,26 @@ def markdown(results: dict) -> str:
                     f"| {key[1]} | {_cells(one)[0]} | {_cells(one)[2]} | {_cells(one)[4]} | "
                     f"{_cells(two)[0]} | {_cells(two)[2]} | {_cells(two)[4]} | "
                     f"{_f(_ratio(_rps(two), _rps(one)), 2)} | {_cpu(one, two)} |"
+                )
+
+    instances = results.get("instances", {})
+    if instances:
+        out += [
+            "",
+            f"### PostgreSQL: 1 instance vs 2 instances (default lane; {first:,} client{'s' if first != 1 else ''};"
+            " one database; behind one TCP balancer in both cases; whole machine)",
+            "",
+            "| scenario | 1 instance rps | CPU | req/CPU-s | 2 instances rps | CPU | req/CPU-s | 2i/1i per CPU-s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key in ("s1", "s2"):
+            one = instances.get("1", {}).get("scenarios", {}).get(key)
+            two = instances.get("2", {}).get("scenarios", {}).get(key)
+            if one or two:
+                out.append(
+                    f"| {key[1]} | {_cells(one)[0]} | {_cells(one)[4]} | {_f(_per_cpu_s(one))} | "
+                    f"{_cells(two)[0]} | {_cells(two)[4]} | {_f(_per_cpu_s(two))} | "
+                    f"{_f(_ratio(_per_cpu_s(two), _per_cpu_s(one)), 2)} |"
                 )
 
     out += ["", "### Targets", "", "| target | wanted | measured | met |", "|---|---|---:|---|"]

@@ -39,6 +39,7 @@ __all__ = [
     "Deployment",
     "Server",
     "start_tokensmith",
+    "start_instances",
     "start_node",
     "start_bare",
     "post",
@@ -59,7 +60,7 @@ SERVER_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <Server>
     <Keystore certificateFile="security/server.crt" keyFile="security/server.key"/>
     <Connector address="127.0.0.1" port="0" clientAuth="want"{http1}/>
-    <Database path="../var/tokensmith.db"/>
+    {database}
     <Dropins path="../dropins"/>
 </Server>
 """
@@ -124,6 +125,8 @@ class Deployment:
     """A tokensmith installation: conf/, conf-llhttp/, dropins/, var/ under *root*."""
 
     root: Path
+    #: A PostgreSQL URL: the deployment's store (else SQLite in var/).
+    database_url: str | None = None
     basic_id: str = ""
     basic_secret: str = ""
     registered: int = 0
@@ -140,14 +143,23 @@ class Deployment:
         return self.conf if lane == "hypercorn" else self.root / f"conf-{lane}"
 
     @classmethod
-    def create(cls, root: Path, clients: Clients, dropins: Path) -> Deployment:
-        dep = cls(root)
+    def create(
+        cls, root: Path, clients: Clients, dropins: Path, database_url: str | None = None
+    ) -> Deployment:
+        from xml.sax.saxutils import quoteattr
+
+        dep = cls(root, database_url)
+        database = (
+            f"<Database url={quoteattr(database_url)}/>"
+            if database_url
+            else '<Database path="../var/tokensmith.db"/>'
+        )
         (dep.conf / "security").mkdir(parents=True)
         (root / "dropins").mkdir()
         (root / "var").mkdir()
         shutil.copy(clients.server_cert, dep.conf / "security" / "server.crt")
         shutil.copy(clients.server_key, dep.conf / "security" / "server.key")
-        (dep.conf / "server.xml").write_text(SERVER_XML.format(http1=""))
+        (dep.conf / "server.xml").write_text(SERVER_XML.format(http1="", database=database))
         (dep.conf / "identity.xml").write_text(IDENTITY_XML)
         for lane in LANES:
             conf = dep.conf_for(lane)
@@ -157,7 +169,7 @@ class Deployment:
             # one security/ for both lanes: the server key, the truststore and the signing keys
             # (always conf_dir/security/signing) must be the same for tokens to mean the same
             (conf / "security").symlink_to(Path("..") / "conf" / "security", target_is_directory=True)
-            (conf / "server.xml").write_text(SERVER_XML.format(http1=f' http1="{lane}"'))
+            (conf / "server.xml").write_text(SERVER_XML.format(http1=f' http1="{lane}"', database=database))
             (conf / "identity.xml").write_text(IDENTITY_XML)
         wheels = sorted(dropins.glob("*.whl"))
         if not wheels:
@@ -181,10 +193,15 @@ class Deployment:
         from cryptography import x509
         from tokensmith.models import Client
         from tokensmith.oauth.registration import registered_certificate
+        from tokensmith.storage.postgres import PostgresStorage
         from tokensmith.storage.sqlite import SQLiteStorage
 
         started = time.perf_counter()
-        store = SQLiteStorage(self.root / "var" / "tokensmith.db")
+        store: SQLiteStorage | PostgresStorage = (
+            PostgresStorage(self.database_url)
+            if self.database_url
+            else SQLiteStorage(self.root / "var" / "tokensmith.db")
+        )
         now = int(time.time())
         try:
             with open(clients.dir / "clients.jsonl") as lines:
@@ -267,6 +284,53 @@ def start_tokensmith(
     url, startup, rss = _ready(proc, r"^tokensmith serving (https://\S+)/oauth2/token", timeout)
     server = Server(label, url, proc, startup, rss, (dep.basic_id, dep.basic_secret))
     server.extra["lane"] = lane
+    return server
+
+
+class Group:
+    """Processes measured as one (a balancer and the instances behind it): their CPU time
+    and memory add up; stopping it stops them all."""
+
+    def __init__(self, procs: list[Proc]):
+        self.procs = procs
+        self.pid = procs[0].pid
+
+    def cpu_s(self) -> float:
+        return sum(proc.cpu_s() for proc in self.procs)
+
+    def rss_mb(self) -> float:
+        return sum(proc.rss_mb() for proc in self.procs)
+
+    def fds(self) -> int:
+        return sum(proc.fds() for proc in self.procs)
+
+    def alive(self) -> bool:
+        return all(proc.alive() for proc in self.procs)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        codes = [proc.stop(timeout) for proc in self.procs]
+        return next((code for code in codes if code), codes[0])
+
+
+def start_instances(
+    procs: Procs, dep: Deployment, work: Path, count: int, *, label: str, timeout: float = 60
+) -> Server:
+    """*count* independent `tokensmith serve` processes of *dep* (each its own port, as on
+    separate machines) behind bench/harness/balancer.py, unpinned: the whole machine."""
+    started = time.monotonic()
+    instances = [start_tokensmith(procs, dep, work, cpus=None, timeout=timeout) for _ in range(count)]
+    backends = [urllib.parse.urlsplit(server.base).netloc for server in instances]
+    balancer = procs.start(
+        f"{label}-balancer",
+        [sys.executable, str(ROOT / "bench" / "harness" / "balancer.py"), *backends],
+        log=work / f"{label}-balancer-{time.time_ns()}.log",
+    )
+    url, _, _ = _ready(balancer, r"^balancing (https://\S+)", timeout)
+    group = Group([balancer, *(server.proc for server in instances)])
+    server = Server(
+        label, url, group, time.monotonic() - started, group.rss_mb(), (dep.basic_id, dep.basic_secret)
+    )  # type: ignore[arg-type]
+    server.extra["instances"] = count
     return server
 
 

@@ -39,10 +39,22 @@ class OAuth2Error(Exception):
     error: ClassVar[str] = "invalid_request"
     status_code: ClassVar[int] = 400
 
-    def __init__(self, description: str | None = None, *, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+    ):
         super().__init__(description or self.error)
         self.description = safe_description(description) if description else None
         self.headers = dict(headers or {})
+        #: For the operator only, never in the response: a short code (``secret_mismatch``)
+        #: and words (``secret mismatch for client X``) saying why the request was refused.
+        #: The refusal log line carries them; the client gets ``body()`` and nothing more.
+        self.reason = reason or self.error
+        self.detail = detail or self.description or self.error
 
     def body(self) -> dict[str, str]:
         body = {"error": self.error}
@@ -74,9 +86,11 @@ class InvalidClientError(OAuth2Error):
         description: str | None = None,
         *,
         headers: dict[str, str] | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
         client_id: str | None = None,
     ):
-        super().__init__(description, headers=headers)
+        super().__init__(description, headers=headers, reason=reason, detail=detail)
         #: The client the refused credential claimed to be, when the authenticator knows it
         #: (an assertion's ``iss``, a certificate's client): the ``client_auth_failure``
         #: event carries it. Never sent to the caller.

@@ -28,11 +28,15 @@ async def authenticate_client(request: ClientAuthRequest) -> AuthenticatedClient
     try:
         credentials = request.basic_credentials()
     except ValueError:
-        raise InvalidClientError("malformed Basic credentials") from None
+        raise InvalidClientError(
+            "malformed Basic credentials", reason="malformed_basic_credentials"
+        ) from None
     if credentials is None:
         return None
     client_id, secret = credentials
     body_client_id = request.form.get("client_id")
     if body_client_id is not None and body_client_id != client_id:
-        raise InvalidClientError("client_id in the body differs from the Basic credentials")
+        raise InvalidClientError(
+            "client_id in the body differs from the Basic credentials", reason="client_id_mismatch"
+        )
     return AuthenticatedClient(await request.check_secret(client_id, secret), METHOD)

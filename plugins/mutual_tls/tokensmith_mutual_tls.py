@@ -134,15 +134,18 @@ def check_client_metadata(metadata, listener: Listener) -> None:  # noqa: ANN001
             )
 
 
-def _refused(client_id: str, reason: str) -> InvalidClientError:
+def _refused(client_id: str, reason: str, code: str) -> InvalidClientError:
     """The refusal a caller sees, the same whatever failed; the reason goes to the log.
 
     An unauthenticated caller must not learn from the answer whether a client_id exists or
     which method it uses (an unknown client and a wrong secret get "client authentication
     failed" too); the operator reads why in the log.
     """
-    log.info("mutual_tls: client %s refused: %s", client_id, reason)
-    return InvalidClientError("client authentication failed")
+    return InvalidClientError(
+        "client authentication failed",
+        reason=code,
+        detail=f"mutual_tls: client {client_id} refused: {reason}",
+    )
 
 
 @hookimpl
@@ -163,13 +166,21 @@ async def authenticate_client(request: ClientAuthRequest, listener: Listener) ->
         digest = hashlib.sha256(chain[0]).hexdigest()
         match = next((c for c in client.certificates if hmac.compare_digest(c.sha256, digest)), None)
         if match is None:
-            raise _refused(client_id, "the client certificate is not registered for this client")
+            raise _refused(
+                client_id,
+                "the client certificate is not registered for this client",
+                "certificate_not_registered",
+            )
         if not settings.allow_expired_self_signed and not match.not_before <= now <= match.not_after:
-            raise _refused(client_id, "the registered client certificate is expired or not yet valid")
+            raise _refused(
+                client_id,
+                "the registered client certificate is expired or not yet valid",
+                "certificate_expired",
+            )
         return AuthenticatedClient(client, SELF_SIGNED, certificate=chain[0])
 
     if client.tls_subject is None:
-        raise _refused(client_id, "the client has no registered certificate subject")
+        raise _refused(client_id, "the client has no registered certificate subject", "no_registered_subject")
     try:
         leaf = verify_chain(chain, request.trust_anchors(), datetime.fromtimestamp(now, UTC))
         kind, value = client.tls_subject
@@ -181,7 +192,11 @@ async def authenticate_client(request: ClientAuthRequest, listener: Listener) ->
         if "name constraint" in str(exc):
             # The CA's set-up, not the client, decides this one: the operator needs to know.
             log.warning("tls_client_auth: refused the certificate chain of client %s: %s", client_id, exc)
-        raise _refused(client_id, f"the client certificate was refused: {exc}") from None
+        raise _refused(
+            client_id, f"the client certificate was refused: {exc}", "certificate_chain_refused"
+        ) from None
     if not matched:
-        raise _refused(client_id, "the client certificate does not match the registered subject")
+        raise _refused(
+            client_id, "the client certificate does not match the registered subject", "subject_mismatch"
+        )
     return AuthenticatedClient(client, PKI, certificate=chain[0])

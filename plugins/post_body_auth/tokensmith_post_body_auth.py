@@ -30,5 +30,7 @@ async def authenticate_client(request: ClientAuthRequest) -> AuthenticatedClient
         return None
     client_id = request.form.get("client_id")
     if client_id is None:
-        raise InvalidClientError("client_secret was sent without client_id")
+        raise InvalidClientError(
+            "client_secret was sent without client_id", reason="secret_without_client_id"
+        )
     return AuthenticatedClient(await request.check_secret(client_id, secret), METHOD)

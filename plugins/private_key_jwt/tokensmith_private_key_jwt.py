@@ -546,4 +546,9 @@ def authenticate_client(request: ClientAuthRequest, listener: Listener) -> Authe
         # The caller learns only that authentication failed: which check it was would tell
         # an unauthenticated caller which client_ids exist and how each is registered.
         log.warning("private_key_jwt: client %s refused: %s", claimed or "(unknown)", exc.args[0])
-        raise InvalidClientError("client authentication failed", client_id=claimed) from None
+        raise InvalidClientError(
+            "client authentication failed",
+            client_id=claimed,
+            reason="private_key_jwt_refused",
+            detail=f"private_key_jwt: client {claimed or '(unknown)'} refused: {exc.args[0]}",
+        ) from None

@@ -22,7 +22,9 @@ PACKAGE = ROOT / "core" / "tokensmith"
 LAYERS: dict[str, int] = {
     "errors": 0,
     "scope": 0,
+    "metrics": 0,
     "models": 1,
+    "requestlog": 1,
     "config": 2,
     "security": 3,
     "storage": 4,
@@ -32,6 +34,7 @@ LAYERS: dict[str, int] = {
     "admin": 7,
     "app": 8,
     "cli": 9,
+    "asgi": 9,
 }
 
 

@@ -141,7 +141,7 @@ def test_unsafe_realm_is_refused(deployment) -> None:  # noqa: ANN001
         (
             "connectors",
             '<Connector port="0"/><Conector/>',
-            "<Server> may contain <Keystore>, <Connector>, <Database>, <Truststore>, <Dropins>",
+            "<Server> may contain <Keystore>, <Connector>, <TrustedProxies>, <AccessLog>, <Metrics>, <Database>,",
         ),
         (
             "oauth",

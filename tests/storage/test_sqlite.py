@@ -1,4 +1,5 @@
-"""The SQLite store: schema upgrades, the client cache, group commit and checkpoints."""
+"""The stores: one contract for SQLite and PostgreSQL (the tests taking ``open_store`` run
+once per backend), and what is SQLite's own: schema upgrades, group commit, checkpoints."""
 
 from __future__ import annotations
 
@@ -56,36 +57,56 @@ def test_a_version_1_database_is_upgraded(tmp_path) -> None:  # noqa: ANN001
         assert db.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION
 
 
-def test_client_cache_sees_changes_from_another_connection(tmp_path) -> None:  # noqa: ANN001
-    """A client changed through another connection (the CLI, another worker) is seen at once."""
-    path = tmp_path / "store.db"
-    server, cli = SQLiteStorage(path), SQLiteStorage(path)
-    try:
-        cli.add_client(Client("c1", "first", "client_secret_basic", ("client_credentials",)))
-        assert server.get_client("c1").name == "first"
-        cli.update_client(Client("c1", "renamed", "client_secret_basic", ("client_credentials",)))
-        assert server.get_client("c1").name == "renamed"
-        cli.remove_client("c1")
-        assert server.get_client("c1") is None
-    finally:
-        server.close()
-        cli.close()
+@pytest.mark.parametrize("serving", [False, True])
+def test_client_cache_sees_changes_from_another_connection(open_store, serving) -> None:  # noqa: ANN001
+    """A client changed through another connection (the CLI, another worker or instance) is
+    seen at once, also by a serving store that caches clients."""
+    server, cli = open_store(), open_store()
+    if serving:
+        server.serving()
+        _wait_until_caching(server)
+    cli.add_client(Client("c1", "first", "client_secret_basic", ("client_credentials",)))
+    assert server.get_client("c1").name == "first"
+    assert server.get_client("c1").name == "first"  # now cached
+    cli.update_client(Client("c1", "renamed", "client_secret_basic", ("client_credentials",)))
+    assert _eventually(lambda: server.get_client("c1").name) == "renamed"
+    cli.remove_client("c1")
+    assert _eventually(lambda: server.get_client("c1")) is None
 
 
-def test_purge_removes_only_expired_tokens(tmp_path) -> None:  # noqa: ANN001
+def _wait_until_caching(store) -> None:  # noqa: ANN001
+    """PostgreSQL caches clients once its LISTEN connection is up (see storage/postgres.py)."""
+    deadline = time.monotonic() + 10
+    while getattr(store, "_listening", True) is False:
+        assert time.monotonic() < deadline, "the store never started listening"
+        time.sleep(0.01)
+
+
+def _eventually(read, within: float = 0.5):  # noqa: ANN001, ANN202
+    """*read()* after a change another connection committed. SQLite sees it on the next
+    read; PostgreSQL once the NOTIFY sent at commit has reached the listening connection: a
+    read that still sees the old value is repeated for up to *within* seconds (a value that
+    never changes still fails the assertion on it)."""
+    first = read()
+    deadline = time.monotonic() + within
+    value = first
+    while value == first and time.monotonic() < deadline:
+        time.sleep(0.005)
+        value = read()
+    return value
+
+
+def test_purge_removes_only_expired_tokens(open_store) -> None:  # noqa: ANN001
     """purge_expired deletes tokens past their expiry and keeps live ones."""
-    store = SQLiteStorage(tmp_path / "store.db")
-    try:
-        store.add_tokens(
-            [
-                TokenRecord("dead", "access", "c", "", 0, 100),
-                TokenRecord("live", "access", "c", "", 0, 10_000),
-            ]
-        )
-        assert store.purge_expired(5_000) == 1
-        assert store.get_token("dead") is None and store.get_token("live") is not None
-    finally:
-        store.close()
+    store = open_store()
+    store.add_tokens(
+        [
+            TokenRecord("dead", "access", "c", "", 0, 100),
+            TokenRecord("live", "access", "c", "", 0, 10_000),
+        ]
+    )
+    assert store.purge_expired(5_000) == 1
+    assert store.get_token("dead") is None and store.get_token("live") is not None
 
 
 def _token(name: str) -> TokenRecord:
@@ -286,52 +307,188 @@ def _refresh(name: str, expires_at: int = 10_000) -> TokenRecord:
     return TokenRecord(name, "refresh", "c", "", 0, expires_at, grant_id="g")
 
 
-def test_rotation_and_its_successors_commit_together(tmp_path) -> None:  # noqa: ANN001
-    """try_issue marks the rotated refresh token used only together with storing its
-    successors: a failed store leaves it unused, and a second rotation of it stores nothing."""
-    path = tmp_path / "store.db"
-    store = SQLiteStorage(path)
-    try:
-        store.add_tokens([_refresh("r0")])
-        with sqlite3.connect(path) as db:
+def _refuse_poison(open_store) -> None:  # noqa: ANN001
+    """Make the store's database refuse to store the token 'poison' (a failed commit)."""
+    if open_store.kind == "sqlite":
+        with sqlite3.connect(open_store.location) as db:
             db.execute(
                 "CREATE TRIGGER refuse BEFORE INSERT ON tokens WHEN NEW.token_hash = 'poison'"
                 " BEGIN SELECT RAISE(ABORT, 'refused'); END"
             )
-        with pytest.raises(StorageError, match="refused"):
-            store.try_issue([Issue((_token("poison"),), rotates="r0")], 1)
-        assert store.get_token("r0").used is False
-        assert store.try_issue(
-            [Issue((_refresh("r1"),), rotates="r0"), Issue((_refresh("r2"),), rotates="r0")], 1
-        ) == [True, False]
-        assert store.get_token("r0").used and store.get_token("r1") and store.get_token("r2") is None
-        assert store.try_issue([Issue((_token("late"),), rotates="r1")], 20_000) == [False]
-    finally:
-        store.close()
+        return
+    import psycopg
+
+    with psycopg.connect(open_store.location, autocommit=True) as db:
+        db.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.token_hash = 'poison' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$"
+        )
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON tokens FOR EACH ROW EXECUTE FUNCTION refuse()")
 
 
-def test_login_attempts_are_counted_before_the_check_across_connections(tmp_path) -> None:  # noqa: ANN001
+def test_rotation_and_its_successors_commit_together(open_store) -> None:  # noqa: ANN001
+    """try_issue marks the rotated refresh token used only together with storing its
+    successors: a failed store leaves it unused, and a second rotation of it stores nothing."""
+    store = open_store()
+    store.add_tokens([_refresh("r0")])
+    _refuse_poison(open_store)
+    with pytest.raises(StorageError, match="refused"):
+        store.try_issue([Issue((_token("poison"),), rotates="r0")], 1)
+    assert store.get_token("r0").used is False
+    assert store.try_issue(
+        [Issue((_refresh("r1"),), rotates="r0"), Issue((_refresh("r2"),), rotates="r0")], 1
+    ) == [True, False]
+    assert store.get_token("r0").used and store.get_token("r1") and store.get_token("r2") is None
+    assert store.try_issue([Issue((_token("late"),), rotates="r1")], 20_000) == [False]
+    # A failed batch stores none of its issues, also those that were fine.
+    with pytest.raises(StorageError, match="refused"):
+        store.try_issue([Issue((_token("fine"),)), Issue((_token("poison"),))], 1)
+    assert store.get_token("fine") is None
+    assert store.try_issue([Issue((_token("fine"),))], 1) == [True] and store.get_token("fine")
+
+
+def test_login_attempts_are_counted_before_the_check_across_connections(open_store) -> None:  # noqa: ANN001
     """Two connections (two workers) taking attempts for one user and source get no more
     than the limit between them; another source is not affected; a success clears the
     count; after the lock the count starts afresh."""
     from tokensmith.models import LoginPolicy, User
 
-    path = tmp_path / "store.db"
-    one, two = SQLiteStorage(path), SQLiteStorage(path)
+    one, two = open_store(), open_store()
     policy = LoginPolicy(max_failures=3, max_failures_per_user=100, lockout_seconds=60)
-    try:
-        one.add_user(User("u", "hash"))
-        taken = [store.take_login_attempt("u", "10.0.0.1", 1000, policy) for store in (one, two) * 4]
-        assert taken.count(True) == 3 and taken[:3] == [True] * 3
-        assert two.take_login_attempt("u", "10.0.0.2", 1000, policy)
-        two.end_login_attempt("u", "10.0.0.2", succeeded=True)
-        assert not one.take_login_attempt("u", "10.0.0.1", 1059, policy)
-        assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # the lock is over
-        assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # a new count
-        assert one.remove_user("u") and not one.take_login_attempt("u", "10.0.0.1", 1060, policy)
-    finally:
-        one.close()
-        two.close()
+    one.add_user(User("u", "hash"))
+    taken = [store.take_login_attempt("u", "10.0.0.1", 1000, policy) for store in (one, two) * 4]
+    assert taken.count(True) == 3 and taken[:3] == [True] * 3
+    assert two.take_login_attempt("u", "10.0.0.2", 1000, policy)
+    two.end_login_attempt("u", "10.0.0.2", succeeded=True)
+    assert not one.take_login_attempt("u", "10.0.0.1", 1059, policy)
+    assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # the lock is over
+    assert one.take_login_attempt("u", "10.0.0.1", 1060, policy)  # a new count
+    assert one.remove_user("u") and not one.take_login_attempt("u", "10.0.0.1", 1060, policy)
+
+
+def test_removals_and_revocations_reach_every_token(open_store) -> None:  # noqa: ANN001
+    """A revoked grant, a removed client and a removed user revoke their tokens, also those
+    stored after the revocation (a request that raced with it); a certificate's tokens go
+    with their grants."""
+    from tokensmith.models import User
+
+    store, other = open_store(), open_store()
+    store.add_client(Client("c", "c", "client_secret_basic", ("client_credentials",), scopes=("b", "a")))
+    store.add_client(Client("d", "d", "client_secret_basic", ("client_credentials",), scopes=("a", "z")))
+    assert store.scopes_in_use() == ["a", "b", "z"]
+    assert [c.client_id for c in other.list_clients()] == ["c", "d"]
+
+    store.add_tokens([TokenRecord("g1", "refresh", "c", "", 0, 10_000, grant_id="g")])
+    assert other.revoke_grant("g") == 1
+    store.add_tokens([TokenRecord("g2", "access", "c", "", 0, 10_000, grant_id="g")])
+    assert store.get_token("g1").revoked and store.get_token("g2").revoked
+
+    user = User("u", "hash")
+    store.add_user(user)
+    assert other.get_user("u") == user and [u.username for u in other.list_users()] == ["u"]
+    store.add_tokens([TokenRecord("u1", "access", "d", "", 0, 10_000, user_id=user.user_id, grant_id="h")])
+    assert other.revoke_user_tokens(user.user_id) == 1 and store.get_token("u1").revoked
+    store.add_tokens([TokenRecord("u2", "access", "d", "", 0, 10_000, user_id=user.user_id)])
+    assert not store.get_token("u2").revoked
+    assert other.remove_user("u") and not other.remove_user("u")
+    assert store.get_token("u2").revoked and store.get_user("u") is None
+
+    store.add_tokens(
+        [
+            TokenRecord("b1", "access", "d", "", 0, 10_000, cnf_x5t_s256="X", grant_id="k"),
+            TokenRecord("b2", "access", "d", "", 0, 10_000, cnf_x5t_s256="Y"),
+        ]
+    )
+    assert other.revoke_bound_tokens("d", "X") == 1
+    store.add_tokens([TokenRecord("b3", "refresh", "d", "", 0, 10_000, grant_id="k")])
+    assert store.get_token("b3").revoked and not store.get_token("b2").revoked
+
+    assert other.revoke_token("b2") and not other.revoke_token("b2") and store.get_token("b2").revoked
+    store.add_tokens([TokenRecord("c1", "access", "c", "", 0, 10_000)])
+    assert other.remove_client("c") and not other.remove_client("c")
+    store.add_tokens([TokenRecord("c2", "access", "c", "", 0, 10_000)])
+    assert store.get_token("c1").revoked and store.get_token("c2").revoked
+    assert store.get_token("c2").claims == {} and store.get_token("nothing") is None
+
+
+def test_a_refresh_token_is_used_once_among_concurrent_connections(open_store) -> None:  # noqa: ANN001
+    """use_refresh_token and rotations through try_issue, from eight connections at once
+    (workers or instances): exactly one caller wins."""
+    stores = [open_store() for _ in range(8)]
+    stores[0].add_tokens([_refresh("r0")])
+    start = threading.Barrier(len(stores))
+    results: list[bool] = []
+
+    def use(index: int) -> None:
+        start.wait()
+        if index % 2:
+            results.append(stores[index].use_refresh_token("r0", 1))
+        else:
+            answer = None
+            while answer is None:  # SQLite: busy now, as the group commit would retry
+                answer = stores[index].try_issue([Issue((_refresh(f"next{index}"),), rotates="r0")], 1)
+            results.extend(answer)
+
+    threads = [threading.Thread(target=use, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert sum(stores[0].get_token(f"next{i}") is not None for i in range(0, 8, 2)) <= 1
+
+
+def test_unlock_forgets_failures(open_store) -> None:  # noqa: ANN001
+    from tokensmith.models import LoginPolicy, User
+
+    store = open_store()
+    policy = LoginPolicy(max_failures=1, max_failures_per_user=1, lockout_seconds=60)
+    store.add_user(User("u", "hash"))
+    assert store.take_login_attempt("u", "s", 1000, policy)
+    assert not store.take_login_attempt("u", "s", 1001, policy)
+    assert store.get_user("u").locked_until == 1060
+    assert store.unlock_user("u") and not store.unlock_user("nobody")
+    assert store.take_login_attempt("u", "s", 1002, policy)
+
+
+def test_a_threaded_group_commit_keeps_the_loop_serving_and_batches_what_arrives() -> None:
+    """A networked store commits in a thread: the event loop runs while a commit is in
+    flight, the requests that arrive meanwhile are committed together in the next batch,
+    and a failed batch fails only its own callers."""
+    batches: list[list[str]] = []
+    release = threading.Event()
+
+    def try_issue(issues: list[Issue], now: int) -> list[bool] | None:
+        names = [issue.tokens[0].token_hash for issue in issues]
+        batches.append(names)
+        if len(batches) == 1:
+            release.wait(5)  # the first commit is slow
+        if "bad" in names:
+            raise StorageError("refused")
+        return [True] * len(issues)
+
+    commits = GroupCommit(try_issue, threaded=True)
+
+    async def outcome(name: str) -> str:
+        try:
+            return str(await commits.add([_token(name)]))
+        except StorageError:
+            return "503"
+
+    async def run() -> tuple[list[str], int]:
+        first = asyncio.ensure_future(outcome("first"))
+        await asyncio.sleep(0.05)  # the first batch is in flight, in its thread
+        ticks = 0
+        later = [asyncio.ensure_future(outcome(name)) for name in ("a", "b", "bad")]
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            ticks += 1  # the loop turns while the commit waits
+        release.set()
+        return [await first, *[await task for task in later]], ticks
+
+    results, ticks = asyncio.run(run())
+    assert ticks == 5 and batches == [["first"], ["a", "b", "bad"]]
+    assert results == ["True", "503", "503", "503"]
 
 
 def test_a_version_5_database_gains_client_metadata_and_plugin_state(tmp_path) -> None:  # noqa: ANN001
@@ -355,41 +512,47 @@ def test_a_version_5_database_gains_client_metadata_and_plugin_state(tmp_path) -
         assert not store.put_if_absent("p", "k", int(time.time()) + 60)
 
 
-def test_put_if_absent_admits_one_caller_across_connections(tmp_path) -> None:  # noqa: ANN001
-    path = tmp_path / "tokens.db"
-    stores = [SQLiteStorage(path) for _ in range(4)]
-    try:
-        later = int(time.time()) + 60
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda i: stores[i % 4].put_if_absent("jwt", "jti-1", later), range(32)))
-        assert answers.count(True) == 1
-        # Namespaces are apart; an expired key is absent and may be taken again.
-        assert stores[0].put_if_absent("other", "jti-1", later)
-        assert stores[0].put_if_absent("jwt", "old", int(time.time()) - 1)
-        assert stores[1].put_if_absent("jwt", "old", later)
-        assert not stores[2].put_if_absent("jwt", "old", later)
-    finally:
-        for store in stores:
-            store.close()
+def test_put_if_absent_admits_one_caller_across_connections(open_store) -> None:  # noqa: ANN001
+    stores = [open_store() for _ in range(4)]
+    later = int(time.time()) + 60
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: stores[i % 4].put_if_absent("jwt", "jti-1", later), range(32)))
+    assert answers.count(True) == 1
+    # Namespaces are apart; an expired key is absent and may be taken again.
+    assert stores[0].put_if_absent("other", "jti-1", later)
+    assert stores[0].put_if_absent("jwt", "old", int(time.time()) - 1)
+    assert stores[1].put_if_absent("jwt", "old", later)
+    assert not stores[2].put_if_absent("jwt", "old", later)
 
 
-def test_plugin_key_value_state_expires_and_is_purged(tmp_path) -> None:  # noqa: ANN001
-    with SQLiteStorage(tmp_path / "tokens.db") as store, SQLiteStorage(tmp_path / "tokens.db") as other:
-        now = int(time.time())
-        store.set_state("p", "kept", '{"a": 1}')
-        store.set_state("p", "gone", "x", expires_at=now - 1)
-        store.set_state("q", "kept", "q's")
-        assert other.get_state("p", "kept") == '{"a": 1}'
-        assert other.get_state("q", "kept") == "q's"
-        assert other.get_state("p", "gone") is None
-        assert not other.delete_state("p", "gone")
-        store.set_state("p", "kept", "new")
-        assert other.get_state("p", "kept") == "new"
-        assert store.purge_expired(now) == 0
-        rows = store._db.execute("SELECT namespace, key FROM plugin_state ORDER BY 1, 2").fetchall()
-        assert rows == [("p", "kept"), ("q", "kept")]
-        assert other.delete_state("p", "kept")
-        assert store.get_state("p", "kept") is None
+def _state_rows(open_store) -> list[tuple[str, str]]:  # noqa: ANN001
+    """Every plugin_state row, expired or not, straight from the database."""
+    query = "SELECT namespace, key FROM plugin_state ORDER BY 1, 2"
+    if open_store.kind == "sqlite":
+        with sqlite3.connect(open_store.location) as db:
+            return db.execute(query).fetchall()
+    import psycopg
+
+    with psycopg.connect(open_store.location) as db:
+        return db.execute(query).fetchall()
+
+
+def test_plugin_key_value_state_expires_and_is_purged(open_store) -> None:  # noqa: ANN001
+    store, other = open_store(), open_store()
+    now = int(time.time())
+    store.set_state("p", "kept", '{"a": 1}')
+    store.set_state("p", "gone", "x", expires_at=now - 1)
+    store.set_state("q", "kept", "q's")
+    assert other.get_state("p", "kept") == '{"a": 1}'
+    assert other.get_state("q", "kept") == "q's"
+    assert other.get_state("p", "gone") is None
+    assert not other.delete_state("p", "gone")
+    store.set_state("p", "kept", "new")
+    assert other.get_state("p", "kept") == "new"
+    assert store.purge_expired(now) == 0
+    assert _state_rows(open_store) == [("p", "kept"), ("q", "kept")]
+    assert other.delete_state("p", "kept")
+    assert store.get_state("p", "kept") is None
 
 
 def _drop_schema_8(db: sqlite3.Connection) -> None:

@@ -99,6 +99,11 @@ def _check(client: Client, listeners: ListenerSet | None) -> None:
             400,
             "invalid_client_metadata",
         )
+    if listeners is not None:
+        # First: the method's own authenticator says best what its clients need (the
+        # mutual_tls plugin for RFC 8705's subject and certificates); what follows is the
+        # floor that holds even without the plugins loaded.
+        clientauth.check_client_metadata(listeners, client_metadata(client))  # InvalidClientMetadataError
     try:
         check_registration(method, client.grant_types)
         check_text(client.name, "client_name")
@@ -121,8 +126,6 @@ def _check(client: Client, listeners: ListenerSet | None) -> None:
         raise OperationError(
             f"{client.tls_subject[0]} is for {PKI} clients, not {method}", 400, "invalid_client_metadata"
         )
-    if listeners is not None:
-        clientauth.check_client_metadata(listeners, client_metadata(client))  # InvalidClientMetadataError
 
 
 def register_client(

@@ -28,15 +28,17 @@ from tokensmith.config.settings import Config, IdentitySettings, load_identity
 from tokensmith.config.xml import ConfigError
 from tokensmith.listeners.dropins import DropinLoader
 from tokensmith.listeners.registry import ListenerSet, build_listeners
+from tokensmith.metrics import metrics
 from tokensmith.models import Storage, StorageError
 from tokensmith.oauth.clientauth import VerifiedSecrets, collect_server_metadata
 from tokensmith.oauth.endpoints import POST_ENDPOINTS
 from tokensmith.oauth.hookspecs import LISTENER_TYPES
 from tokensmith.oauth.runtime import Runtime
 from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
+from tokensmith.requestlog import refused as log_refusal
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
-from tokensmith.storage.sqlite import SQLiteStorage
+from tokensmith.storage import open_store
 
 __all__ = [
     "create_app",
@@ -105,7 +107,7 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.url_map.strict_slashes = False
     loader = DropinLoader(config.server.dropins, unpack_root)
     try:
-        storage = SQLiteStorage(config.server.database)
+        storage = open_store(config.server)
         first = _build_runtime(
             app,
             config,
@@ -139,6 +141,9 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
         loader.close()
         raise
     app.asgi_app = OAuthEndpoints(POST_ENDPOINTS, lambda: runtime(app), app.asgi_app)  # type: ignore[method-assign]
+    from tokensmith.app.operations import install
+
+    install(app, config)  # access log and request ids, /healthz, /readyz, /metrics
 
     purging: list[asyncio.Task] = []
 
@@ -163,7 +168,9 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     @app.errorhandler(Exception)
     async def oauth_error(error: Exception) -> Response:
         # OAuth errors, an unreachable store and anything unexpected, rendered the one way.
-        return to_response(error_answer(error, path=request.path, http2=request.http_version == "2"))
+        answer = error_answer(error, path=request.path, http2=request.http_version == "2")
+        log_refusal(request.scope, answer.status, error)
+        return to_response(answer)
 
     return app
 
@@ -267,10 +274,12 @@ def reload_app(app: Quart) -> bool:
         )
     except BaseException as exc:  # noqa: B036 - nothing read from disk may stop a running server
         log.error("reload refused, still serving configuration %d: %s", current.generation, one_line(exc))
+        metrics().reloads.labels("refused").inc()
         return False
     _warn_about_new_routes(app, new.listeners)
     app.config["MAX_CONTENT_LENGTH"] = identity.max_body_bytes
     app.extensions[RUNTIME] = new
+    metrics().reloads.labels("ok").inc()
     log.info(
         "reloaded: configuration %d with %d listeners",
         new.generation,

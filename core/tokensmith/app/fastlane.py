@@ -18,6 +18,7 @@ from tokensmith.app.responses import error_answer, send_answer
 from tokensmith.errors import InvalidRequestError, RequestRefused
 from tokensmith.oauth.messages import Answer, Headers, HttpRequest
 from tokensmith.oauth.runtime import Runtime
+from tokensmith.requestlog import refused as log_refusal
 from tokensmith.scope import TIMEOUT_KEY
 
 __all__ = ["OAuthEndpoints", "read_body"]
@@ -48,6 +49,7 @@ class OAuthEndpoints:
             return
         if scope["method"] != "POST":
             # RFC 6749 §3.2: "The client MUST use the HTTP "POST" method".
+            log_refusal(scope, 405, InvalidRequestError("use POST", reason="not_post"))
             await send_answer(
                 send,
                 Answer(405, {"error": "invalid_request", "error_description": "use POST"}, {"Allow": "POST"}),
@@ -65,6 +67,7 @@ class OAuthEndpoints:
             answer = await endpoint(rt, HttpRequest(scope, headers, body))
         except Exception as error:
             answer = error_answer(error, path=scope.get("path", ""), http2=scope.get("http_version") == "2")
+            log_refusal(scope, answer.status, error)
         await send_answer(send, answer)
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tokensmith.admin.audit import OperationError
 from tokensmith.cli import clients as cli_clients
+from tokensmith.cli import db as cli_db
+from tokensmith.cli import doctor as cli_doctor
 from tokensmith.cli import security as cli_security
 from tokensmith.cli import signing as cli_signing
 from tokensmith.cli import users as cli_users
@@ -118,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     cli_security.add_commands(commands, common)
     cli_users.add_commands(commands, common)
     cli_signing.add_commands(commands, common)
+    cli_doctor.add_commands(commands, common)
+    cli_db.add_commands(commands, common)
     return parser
 
 

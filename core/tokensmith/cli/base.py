@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, NoReturn
 from tokensmith.config.settings import Config
 
 if TYPE_CHECKING:
+    from tokensmith.storage.postgres import PostgresStorage
     from tokensmith.storage.sqlite import SQLiteStorage
 
 __all__ = ["CLIError", "Parser", "common_options", "open_storage", "warn"]
@@ -39,11 +40,11 @@ def common_options() -> Parser:
     return common
 
 
-def open_storage(config: Config) -> SQLiteStorage:
+def open_storage(config: Config) -> SQLiteStorage | PostgresStorage:
     """The store server.xml names (the caller closes it)."""
-    from tokensmith.storage.sqlite import SQLiteStorage
+    from tokensmith.storage import open_store
 
-    return SQLiteStorage(config.server.database)
+    return open_store(config.server)
 
 
 def warn(message: str) -> None:

@@ -27,7 +27,7 @@ from tokensmith.cli.base import CLIError, Parser, open_storage, warn
 from tokensmith.config.settings import Config, load_config
 from tokensmith.config.xml import ConfigError
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
-from tokensmith.models import Client, RegisteredCertificate
+from tokensmith.models import Client, RegisteredCertificate, Storage
 from tokensmith.oauth import clientauth
 from tokensmith.oauth.clientmetadata import apply_metadata, certificate_jwk, client_metadata
 from tokensmith.oauth.grants import GRANT_TYPES
@@ -44,7 +44,6 @@ from tokensmith.oauth.registration import (
 
 if TYPE_CHECKING:
     from tokensmith.listeners.registry import ListenerSet
-    from tokensmith.storage.sqlite import SQLiteStorage
 
 __all__ = ["add_commands", "client_view", "SECRET_METHODS", "KNOWN_METHODS"]
 
@@ -612,7 +611,7 @@ def cmd_sp_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(store: SQLiteStorage, client_id: str) -> Client:
+def _client(store: Storage, client_id: str) -> Client:
     client = store.get_client(client_id)
     if client is None:
         raise CLIError(f"no service provider with client_id {client_id!r} (sp list shows them)")

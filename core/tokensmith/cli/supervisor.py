@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tokensmith.config.settings import Config, load_config, load_identity
+from tokensmith.metrics import MULTIPROC_ENV, process_exited
 
 __all__ = ["supervise", "RESTART_LIMIT", "RESTART_WINDOW", "CHECK_TIMEOUT"]
 
@@ -331,6 +332,8 @@ class _Supervisor:
             if process is None or process.is_alive():
                 continue
             process.join()
+            if process.pid is not None:
+                process_exited(process.pid)  # its connections are closed: off the live gauge
             dead.append((slot, process.exitcode))
             self.processes[slot] = None
             self.ready.discard(slot)
@@ -471,6 +474,10 @@ def supervise(
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     root = Path(tempfile.mkdtemp(prefix="tokensmith-supervisor-"))
+    # Before any worker forks and builds its metrics: each then keeps them in files here,
+    # summed when any worker answers /metrics (prometheus_client's multiprocess mode).
+    (root / "metrics").mkdir()
+    os.environ[MULTIPROC_ENV] = str(root / "metrics")
     supervisor = _Supervisor(config, workers, root)
     try:
         return supervisor.run(ready, listeners)

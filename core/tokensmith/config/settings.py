@@ -41,6 +41,8 @@ __all__ = [
     "IdentitySettings",
     "ListenerEntry",
     "ForwardedCertificates",
+    "AccessLogSettings",
+    "MetricsSettings",
     "load_config",
     "load_identity",
     "ConfigError",
@@ -48,6 +50,7 @@ __all__ = [
     "public_urls",
 ]
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _CLIENT_AUTH = setting("server.xml", "Connector", "clientAuth")
 _TLS_PROTOCOL = setting("server.xml", "Connector", "sslProtocol")
 _HTTP1 = setting("server.xml", "Connector", "http1")
@@ -77,6 +80,32 @@ class Connector:
     #: tokensmith's own protocol over httptools (http/llhttp.py), faster and opt-in. HTTP/2 is always
     #: Hypercorn's.
     http1: str = str(_HTTP1.default)
+    #: False (``SSLEnabled="false"``, as Tomcat's): plain HTTP behind a TLS-terminating load
+    #: balancer, answering only the server's ``<TrustedProxies>`` (RFC 6749 §3.2 requires TLS
+    #: on the token endpoint: the proxy provides it).
+    ssl_enabled: bool = True
+
+
+#: Access log formats: one JSON object a line, or Apache's common log format with the
+#: request id and duration after it.
+ACCESS_LOG_FORMATS = ("json", "common")
+
+
+@dataclass(frozen=True)
+class AccessLogSettings:
+    """``<AccessLog enabled= format= file=/>``: one line per request; None file: stderr."""
+
+    enabled: bool = False
+    format: str = "json"
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """``<Metrics enabled= allow=/>``: who may read ``GET /metrics`` (peer addresses)."""
+
+    enabled: bool = True
+    allow: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +125,9 @@ class KeystoreSettings:
     where: str = ""
 
 
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     path: Path
@@ -104,6 +136,16 @@ class ServerSettings:
     database: Path
     dropins: Path
     truststore: Path
+    #: ``<TrustedProxies addresses=>``: the proxies whose X-Request-Id, X-Forwarded-For,
+    #: X-Forwarded-Proto and Forwarded are believed, and the only peers a plain-HTTP
+    #: connector answers.
+    trusted_proxies: tuple[Network, ...] = ()
+    access_log: AccessLogSettings = AccessLogSettings()
+    metrics: MetricsSettings = MetricsSettings(allow=LOOPBACK)
+    #: A PostgreSQL URL (<Database url=...> or TOKENSMITH_DATABASE_URL): the shared store
+    #: instead of the SQLite file *database*. It may hold a password: show it only through
+    #: ``storage.postgres.redact_url``.
+    database_url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -118,7 +160,6 @@ class ListenerEntry:
     line: int = 0
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # RFC 9110 §5.1: a field name is a token.
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -234,6 +275,7 @@ def load_server(path: Path) -> ServerSettings:
         http1 = el.get("http1", str(_HTTP1.default))
         if http1 not in HTTP1_LANES:
             raise ConfigError(f"{where(path, el)}: http1={http1!r} must be one of {', '.join(HTTP1_LANES)}")
+        ssl_enabled = attr_bool(path, el, "SSLEnabled", True)
         connectors.append(
             Connector(
                 el.get("address", str(default("server.xml", "Connector", "address"))),
@@ -241,12 +283,22 @@ def load_server(path: Path) -> ServerSettings:
                 client_auth,
                 timeout_ms / 1000,
                 http1,
+                ssl_enabled,
             )
         )
     if not connectors:
         raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
+    proxies_el = root.find("TrustedProxies")
+    trusted = _networks(path, proxies_el, "addresses") if proxies_el is not None else ()
+    for connector, el in zip(connectors, root.iter("Connector")):
+        if not connector.ssl_enabled and not trusted:
+            raise ConfigError(
+                f'{where(path, el)}: a connector with SSLEnabled="false" answers only trusted proxies:'
+                " name them in <TrustedProxies addresses=...>"
+            )
 
     database = os.environ.get("TOKENSMITH_DB") or _text_attr(root, "Database", "path")
+    database_url = _database_url(path, root)
     dropins = _text_attr(root, "Dropins", "path") or str(default("server.xml", "Dropins", "path"))
     truststore = _text_attr(root, "Truststore", "path") or str(default("server.xml", "Truststore", "path"))
     return ServerSettings(
@@ -256,12 +308,72 @@ def load_server(path: Path) -> ServerSettings:
         database=_path(path, database or str(default("server.xml", "Database", "path"))),
         dropins=_path(path, dropins),
         truststore=_path(path, truststore),
+        trusted_proxies=trusted,
+        access_log=_access_log(path, root.find("AccessLog")),
+        metrics=_metrics(path, root.find("Metrics")),
+        database_url=database_url,
     )
+
+
+def _networks(path: Path, el: etree._Element, attr: str) -> tuple[Network, ...]:
+    """The comma-separated addresses or networks in *attr* of *el*."""
+    networks = []
+    for item in filter(None, (p.strip() for p in el.get(attr, "").split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{where(path, el)}: {attr}: {item!r} is not an address or network") from None
+    return tuple(networks)
+
+
+def _access_log(path: Path, el: etree._Element | None) -> AccessLogSettings:
+    """``<AccessLog>``; absent: no access log. ``file="-"`` or no file: stderr."""
+    if el is None:
+        return AccessLogSettings()
+    fmt = el.get("format", "json")
+    if fmt not in ACCESS_LOG_FORMATS:
+        raise ConfigError(
+            f"{where(path, el)}: <AccessLog format={fmt!r}> must be one of {', '.join(ACCESS_LOG_FORMATS)}"
+        )
+    raw = el.get("file", "-").strip()
+    return AccessLogSettings(
+        attr_bool(path, el, "enabled", True), fmt, None if raw in ("", "-") else _path(path, raw)
+    )
+
+
+def _metrics(path: Path, el: etree._Element | None) -> MetricsSettings:
+    """``<Metrics>``; absent: on, for loopback peers only."""
+    if el is None:
+        return MetricsSettings(allow=LOOPBACK)
+    allow = _networks(path, el, "allow") if el.get("allow") is not None else LOOPBACK
+    return MetricsSettings(attr_bool(path, el, "enabled", True), allow)
 
 
 def _int(value: object) -> int:
     assert isinstance(value, int)
     return value
+
+
+#: Overrides <Database>: the URL of a PostgreSQL database, so that a password need not be
+#: written into server.xml.
+DATABASE_URL_ENV = "TOKENSMITH_DATABASE_URL"
+
+
+def _database_url(path: Path, root: etree._Element) -> str | None:
+    """The PostgreSQL URL, if the store is PostgreSQL: TOKENSMITH_DATABASE_URL, else
+    ``<Database url=...>``; exactly one of url= and path= on the element."""
+    el = root.find("Database")
+    if el is not None and (el.get("url") is None) == (el.get("path") is None):
+        raise ConfigError(f"{where(path, el)}: <Database> needs either path= (SQLite) or url= (PostgreSQL)")
+    from_env = os.environ.get(DATABASE_URL_ENV)
+    url = from_env or (el.get("url") if el is not None else None)
+    if url is None:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        place = DATABASE_URL_ENV if from_env else where(path, el)
+        # Not the URL itself: it may hold a password.
+        raise ConfigError(f"{place}: the database URL must start with postgresql://")
+    return url
 
 
 def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:
@@ -459,8 +571,8 @@ def this_host() -> str:
     return name if name and name not in WILDCARD_ADDRESSES else "localhost"
 
 
-def _https(host: str, port: int) -> str:
-    return f"https://{f'[{host}]' if ':' in host else host}:{port}"
+def _https(host: str, port: int, tls: bool = True) -> str:
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -495,7 +607,7 @@ def public_urls(
     connectors = server.connectors
     ports = list(ports) if ports else [c.port for c in connectors]
     own = tuple(
-        _https(this_host() if c.address in WILDCARD_ADDRESSES else c.address, port)
+        _https(this_host() if c.address in WILDCARD_ADDRESSES else c.address, port, c.ssl_enabled)
         for c, port in zip(connectors, ports)
     )
     file = identity.path.name if identity.path else "identity.xml"
@@ -519,6 +631,11 @@ def public_urls(
                 wildcard_note(0)
                 if connectors[0].address in WILDCARD_ADDRESSES
                 else f"; <Issuer> in {file} sets the public URL"
+            )
+            + (
+                ", which is plain HTTP behind the proxy: set <Issuer> to the https URL clients use"
+                if not connectors[0].ssl_enabled
+                else ""
             )
         )
     mtls = None

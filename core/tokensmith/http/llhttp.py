@@ -48,6 +48,7 @@ from urllib.parse import unquote
 import httptools
 
 from tokensmith.errors import RequestRefused
+from tokensmith.metrics import metrics
 from tokensmith.scope import TIMEOUT_KEY
 
 __all__ = ["Http1Connection", "no_delay", "valid_host", "MAX_HEAD_BYTES", "MAX_HEADERS"]
@@ -308,6 +309,7 @@ class Http1Connection(asyncio.Protocol):
             return
         self.transport = transport
         self.connections.add(self)
+        metrics().connections.inc()
         tls = self.tls_of(ssl_object)
         self.extensions = (
             {TIMEOUT_KEY: self.timeout} if tls is None else {"tls": tls, TIMEOUT_KEY: self.timeout}
@@ -369,7 +371,9 @@ class Http1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = self.closing = True
-        self.connections.discard(self)
+        if self in self.connections:
+            self.connections.discard(self)
+            metrics().connections.dec()
         if self.timer is not None:
             self.timer.cancel()
         # The parser and the transport refer back to this protocol: left in place, every

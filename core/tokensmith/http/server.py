@@ -30,6 +30,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,6 +47,8 @@ from tokensmith.http.llhttp import MAX_HEAD_BYTES, MAX_HEADERS, Http1Connection,
 from tokensmith.http.protocols import install as install_hypercorn_protocols
 from tokensmith.http.tls import server_context
 from tokensmith.http.tls_accept import peer_certificate_chain
+from tokensmith.metrics import metrics
+from tokensmith.requestlog import forwarded_for, trusted_peer
 from tokensmith.scope import BOUND_URLS, DER_KEY, TIMEOUT_KEY
 
 __all__ = ["serve", "bind", "urls", "no_delay", "tls_extension"]
@@ -85,12 +88,19 @@ class _Connection:
     for ``timeout`` seconds.
     """
 
-    __slots__ = ("app", "tls", "timeout", "active", "last", "loop", "sending", "ids", "writer")
+    __slots__ = ("app", "tls", "timeout", "active", "last", "loop", "sending", "ids", "writer", "plain")
 
     def __init__(
-        self, app: Any, writer: asyncio.StreamWriter, timeout: float, loop: asyncio.AbstractEventLoop
+        self,
+        app: Any,
+        writer: asyncio.StreamWriter,
+        timeout: float,
+        loop: asyncio.AbstractEventLoop,
+        plain: bool = False,
     ):
         self.app, self.writer, self.timeout, self.loop = app, writer, timeout, loop
+        #: A plain-HTTP connector's connection, from a trusted proxy (``SSLEnabled="false"``).
+        self.plain = plain
         self.tls = tls_extension(writer.get_extra_info("ssl_object"))
         self.active = 0
         self.last = loop.time()
@@ -108,6 +118,9 @@ class _Connection:
             status = refused(scope)
             if status:
                 await _answer(send, scope, status, close=True)
+                return
+            if self.plain and not _proxied_https(scope):
+                await _answer(send, scope, 403, _TLS_REQUIRED, close=True)
                 return
             if self.active >= MAX_IN_FLIGHT:
                 # HTTP/2 streams a client resets still run in the app, and do not count
@@ -146,6 +159,28 @@ class _Connection:
         if self.sending and now - next(iter(self.sending.values())) > self.timeout:
             return True
         return self.active == 0 and now - self.last > self.timeout
+
+
+_TLS_REQUIRED = json.dumps(
+    {
+        "error": "invalid_request",
+        "error_description": "TLS is required: send the request over HTTPS through the proxy",
+    }
+).encode()
+
+
+def _proxied_https(scope: dict[str, Any]) -> bool:
+    """On a plain-HTTP connector (its peer is a trusted proxy): take the scheme the proxy
+    says the client used (X-Forwarded-Proto, or Forwarded's proto=, RFC 7239 §5.4). The OAuth
+    endpoints answer only a request that reached the proxy over TLS (RFC 6749 §3.2: the
+    token endpoint requires TLS; RFC 7662 §4 and RFC 7009 §5 likewise), and so does every
+    other path under /oauth2/; health probes and the metadata may come over HTTP."""
+    proto = forwarded_for(scope["headers"])[1]
+    if proto == "https":
+        scope["scheme"] = "https"
+        return True
+    scope["scheme"] = "http"
+    return not scope["path"].startswith("/oauth2/")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -262,6 +297,62 @@ def trim_memory() -> None:
     mallopt(_M_ARENA_MAX, 2)
 
 
+def count_handshakes() -> None:
+    """Count TLS handshakes and their failures for /metrics.
+
+    asyncio gives the server no word of a failed handshake (the connection is dropped before
+    any protocol of ours sees it), so the count is taken where asyncio completes one, in
+    ``SSLProtocol._on_handshake_complete`` (asyncio 3.11 to 3.13); without that method
+    the counts stay at zero and serving is unchanged.
+    """
+    from asyncio import sslproto
+
+    original = getattr(sslproto.SSLProtocol, "_on_handshake_complete", None)
+    if original is None or getattr(original, "_tokensmith_counted", False):
+        return
+    m = metrics()
+
+    def on_handshake_complete(self: Any, handshake_exc: BaseException | None) -> None:
+        (m.tls_handshakes if handshake_exc is None else m.tls_failures).inc()
+        original(self, handshake_exc)
+
+    on_handshake_complete._tokensmith_counted = True  # type: ignore[attr-defined]
+    sslproto.SSLProtocol._on_handshake_complete = on_handshake_complete  # type: ignore[method-assign]
+
+
+def _tls_arguments(config: Config, connector: Connector) -> dict[str, Any]:
+    """``create_server``'s TLS arguments for *connector*: none for a plain-HTTP one."""
+    if not connector.ssl_enabled:
+        return {}
+    return {
+        "ssl": server_context(config.server, connector),
+        "ssl_handshake_timeout": connector.connection_timeout,
+        "ssl_shutdown_timeout": connector.connection_timeout,
+    }
+
+
+_refused_peers = {"count": 0, "logged": 0.0}
+
+
+def _from_trusted_proxy(writer: asyncio.StreamWriter, trusted: tuple[Any, ...]) -> bool:
+    """Whether a plain-HTTP connection's peer is one of the trusted proxies; the others are
+    dropped unanswered (RFC 6749 §3.2: no token over plain HTTP), and logged at most once a
+    minute, with how many were dropped, so that a scan cannot flood the log."""
+    peer = writer.get_extra_info("peername")
+    if trusted_peer({"client": peer}, trusted):
+        return True
+    _refused_peers["count"] += 1
+    now = time.monotonic()
+    if now - _refused_peers["logged"] >= 60:
+        log.warning(
+            "plain-HTTP connector: dropped %d connection(s) from peers outside <TrustedProxies>, the last from %s",
+            _refused_peers["count"],
+            peer[0] if peer else "?",
+        )
+        _refused_peers["count"], _refused_peers["logged"] = 0, now
+    return False
+
+
 def _hypercorn_config(keep_alive: float = 5.0) -> HypercornConfig:
     hc = HypercornConfig()
     hc.accesslog = None
@@ -324,12 +415,14 @@ def _refuse_if_served(family: socket.AddressFamily, address: tuple[str, int]) ->
         probe.bind(address)
 
 
-def urls(sockets: list[socket.socket]) -> list[str]:
-    """The https URLs of *sockets* (with the real port where the connector said 0)."""
+def urls(sockets: list[socket.socket], connectors: tuple[Connector, ...] | None = None) -> list[str]:
+    """The URLs of *sockets* (with the real port where the connector said 0): https, or
+    http for a plain-HTTP connector among *connectors*."""
     result = []
-    for sock in sockets:
+    for index, sock in enumerate(sockets):
         host, port = sock.getsockname()[:2]
-        result.append(f"https://{f'[{host}]' if ':' in host else host}:{port}")
+        plain = connectors is not None and not connectors[index].ssl_enabled
+        result.append(f"{'http' if plain else 'https'}://{f'[{host}]' if ':' in host else host}:{port}")
     return result
 
 
@@ -349,7 +442,9 @@ async def serve(
     one at a time, while requests go on being served.
     """
     trim_memory()
+    count_handshakes()
     install_hypercorn_protocols()
+    gauge = metrics().connections
     loop = asyncio.get_running_loop()
     hc = _hypercorn_config()
     stop = asyncio.Event()
@@ -401,15 +496,22 @@ async def serve(
     http1: set[Http1Connection] = set()
 
     async def serve_connection(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connector_hc: HypercornConfig
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connector_hc: HypercornConfig,
+        plain: bool = False,
     ) -> None:
+        if plain and not _from_trusted_proxy(writer, config.server.trusted_proxies):
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
         task.add_done_callback(connections.discard)
         no_delay(writer.get_extra_info("socket"))
-        connection = _Connection(app, writer, connector_hc.keep_alive_timeout, loop)
+        connection = _Connection(app, writer, connector_hc.keep_alive_timeout, loop, plain)
         hypercorn.add(entry := (connection, writer))
+        gauge.inc()
         try:
             await TCPServer(
                 ASGIWrapper(connection),  # type: ignore[arg-type]  # Hypercorn types its scopes as TypedDicts
@@ -426,6 +528,7 @@ async def serve(
             pass
         finally:
             hypercorn.discard(entry)
+            gauge.dec()
 
     async def watchdog() -> None:
         period = min(1.0, min(c.connection_timeout for c in config.server.connectors) / 2)
@@ -436,11 +539,13 @@ async def serve(
                 if connection.expired(now) and not writer.is_closing():
                     writer.transport.abort()
 
-    def hypercorn_protocol(connector_hc: HypercornConfig) -> asyncio.StreamReaderProtocol:
+    def hypercorn_protocol(
+        connector_hc: HypercornConfig, plain: bool = False
+    ) -> asyncio.StreamReaderProtocol:
         # What asyncio.start_server makes for each connection, with our callback.
         return asyncio.StreamReaderProtocol(
             asyncio.StreamReader(loop=loop),
-            functools.partial(serve_connection, connector_hc=connector_hc),
+            functools.partial(serve_connection, connector_hc=connector_hc, plain=plain),
             loop=loop,
         )
 
@@ -452,6 +557,9 @@ async def serve(
 
     def connection_factory(connector: Connector) -> Callable[[], asyncio.Protocol]:
         connector_hc = _hypercorn_config(keep_alive=connector.connection_timeout)
+        if not connector.ssl_enabled:
+            # Behind a TLS-terminating proxy: Hypercorn's HTTP/1.1 (and h2c), whatever http1 says.
+            return functools.partial(hypercorn_protocol, connector_hc, True)
         if connector.http1 != "llhttp":
             return functools.partial(hypercorn_protocol, connector_hc)
         hand_over = functools.partial(to_hypercorn, connector_hc=connector_hc)
@@ -477,16 +585,14 @@ async def serve(
                 await loop.create_server(
                     connection_factory(connector),
                     sock=sock,
-                    ssl=server_context(config.server, connector),
-                    ssl_handshake_timeout=connector.connection_timeout,
-                    ssl_shutdown_timeout=connector.connection_timeout,
+                    **_tls_arguments(config, connector),
                 )
             )
         extensions = getattr(app, "extensions", None)
         if isinstance(extensions, dict):
             extensions[BOUND_URLS] = urls(sockets)  # for the metadata's issuer
         if ready is not None:
-            ready(urls(sockets))
+            ready(urls(sockets, config.server.connectors))
         await (shutdown_trigger() if shutdown_trigger is not None else stop.wait())
     finally:
         sweeper.cancel()

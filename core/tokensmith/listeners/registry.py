@@ -40,7 +40,8 @@ from tokensmith.config.xml import ConfigError
 from tokensmith.errors import OAuth2Error, ServerError
 from tokensmith.listeners.dropins import PluginSource
 from tokensmith.listeners.state import PluginState
-from tokensmith.models import Storage
+from tokensmith.metrics import metrics
+from tokensmith.models import Storage, StorageError
 
 __all__ = ["Listener", "ListenerSet", "ListenerTypes", "build_listeners", "DEFAULT_ORDER"]
 
@@ -276,8 +277,10 @@ class ListenerSet:
     def implements(self, listener: Listener, hook_name: str) -> bool:
         return (listener.source.name, hook_name) in self._impls
 
-    def fail(self, listener: Listener, hook_name: str, what: str) -> None:
-        """Log a listener's misbehaviour with its name and raise ``ServerError``."""
+    def fail(self, listener: Listener, hook_name: str, what: str, kind: str = "error") -> None:
+        """Log a listener's misbehaviour with its name, count it (*kind*: error, timeout or
+        blocked) and raise ``ServerError``."""
+        metrics().listener_errors.labels(listener.name, kind).inc()
         log.error("listener %s/%s failed in %s: %s", listener.type, listener.name, hook_name, what)
         raise ServerError("an internal error occurred")
 
@@ -308,7 +311,7 @@ class ListenerSet:
         An ``async def`` hook runs on the event loop and is awaited at most the timeout; a
         plain ``def`` hook runs in a thread (``HOOK_THREADS``), so it may block, and is
         answered at the deadline whether or not it returned. OAuth errors raised by the
-        plugin pass through; anything else, ``BaseException`` included (``SystemExit``,
+        plugin pass through, and so does ``StorageError`` from the store it asked; anything else, ``BaseException`` included (``SystemExit``,
         ``KeyboardInterrupt``, ``GeneratorExit``, a ``CancelledError`` that nobody asked
         for), is logged with the plugin's name and becomes ``server_error`` for this
         request only.
@@ -331,6 +334,7 @@ class ListenerSet:
                     )
                 if isinstance(result, _PlainHookFailed):
                     if result.raised:
+                        metrics().listener_errors.labels(listener.name, "error").inc()
                         log.error(
                             "listener %s/%s raised in %s\n%s",
                             listener.type,
@@ -340,10 +344,12 @@ class ListenerSet:
                         )
                         raise ServerError("an internal error occurred")
                     self.fail(listener, hook_name, result.text)
-        except OAuth2Error:
+        except (OAuth2Error, StorageError):
+            # StorageError: the store the plugin asked through the request (check_secret)
+            # could not answer: 503 temporarily_unavailable, not the plugin's fault.
             raise
         except TimeoutError:
-            self.fail(listener, hook_name, f"no answer within {self.timeout:g} s")
+            self.fail(listener, hook_name, f"no answer within {self.timeout:g} s", "timeout")
         except _Blocked as blocked:
             self.fail(
                 listener,
@@ -351,6 +357,7 @@ class ListenerSet:
                 f"held the event loop for {blocked} s without"
                 " awaiting; an async def hook must not block (write it as a plain def"
                 " to run it in a thread)",
+                "blocked",
             )
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -404,11 +411,12 @@ def _run_plain_hook(function: Callable[..., Any], args: list[Any]) -> Any:
 
     Whatever of the plugin's could block runs here, never on the event loop: its exception is
     formatted here (a ``__str__`` may sleep), and an awaitable it returns is refused rather
-    than awaited on the loop (its ``__await__`` may sleep too). OAuth errors pass through.
+    than awaited on the loop (its ``__await__`` may sleep too). OAuth errors pass through,
+    and so does the store's failure (503).
     """
     try:
         result = function(*args)
-    except OAuth2Error:
+    except (OAuth2Error, StorageError):
         raise
     except BaseException as exc:  # noqa: B036 - SystemExit from a hook must not stop the server
         try:

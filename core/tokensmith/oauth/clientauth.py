@@ -196,7 +196,14 @@ class ClientAuthRequest:
             if stored is not None and self._verified is not None:
                 self._verified.remember(stored, secret, now)
             return client.without_secret()
-        raise InvalidClientError("client authentication failed")
+        # Same answer to the caller in all three cases; the operator's log tells them apart.
+        if client is None:
+            reason, detail = "unknown_client", f"unknown client {client_id}"
+        elif stored is None:
+            reason, detail = "no_secret", f"client {client_id} has no secret (it authenticates otherwise)"
+        else:
+            reason, detail = "secret_mismatch", f"secret mismatch for client {client_id}"
+        raise InvalidClientError("client authentication failed", reason=reason, detail=detail)
 
 
 def auth_methods(listeners: ListenerSet, listener: Listener) -> tuple[str, ...]:
@@ -283,7 +290,8 @@ async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest
 
     if len(engaged) > 1:
         raise InvalidRequestError(
-            f"more than one client authentication method was used ({', '.join(name for name, _ in engaged)})"
+            reason="several_auth_methods",
+            description=f"more than one client authentication method was used ({', '.join(name for name, _ in engaged)})",
         )
     if not engaged:
         return _public_client(request)
@@ -292,7 +300,11 @@ async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest
         raise outcome
     if outcome.client.token_endpoint_auth_method != outcome.method:
         raise InvalidClientError(
-            "the client is not registered for this authentication method", client_id=outcome.client.client_id
+            "the client is not registered for this authentication method",
+            client_id=outcome.client.client_id,
+            reason="auth_method_not_registered",
+            detail=f"client {outcome.client.client_id} authenticated by {outcome.method} but is registered"
+            f" for {outcome.client.token_endpoint_auth_method}",
         )
     return outcome
 
@@ -307,7 +319,33 @@ def _public_client(request: ClientAuthRequest) -> AuthenticatedClient:
     client = request.get_client(client_id) if client_id is not None else None
     if client is not None and client.token_endpoint_auth_method == PUBLIC and request.authorization is None:
         return AuthenticatedClient(client, PUBLIC)
-    raise InvalidClientError("client authentication failed")
+    reason, detail = _why_unauthenticated(request, client_id, client)
+    raise InvalidClientError("client authentication failed", reason=reason, detail=detail)
+
+
+_CERTIFICATE_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")
+
+
+def _why_unauthenticated(
+    request: ClientAuthRequest, client_id: str | None, client: Client | None
+) -> tuple[str, str]:
+    """Why no authenticator took a request, for the operator's refusal line: code, words."""
+    if client_id is None:
+        if request.authorization is not None:
+            scheme = request.authorization.split(" ", 1)[0][:20]
+            return "unsupported_auth_scheme", f"Authorization scheme {scheme!r} not accepted"
+        return "no_client_id", "no client_id and no client credentials"
+    if client is None:
+        return "unknown_client", f"unknown client {client_id}"
+    method = client.token_endpoint_auth_method
+    if method in _CERTIFICATE_METHODS and not request.client_cert_chain:
+        return "no_client_certificate", f"no client certificate presented (client {client_id} uses {method})"
+    if method == PUBLIC:
+        return "public_client_with_credentials", f"public client {client_id} sent an Authorization header"
+    return (
+        "no_credentials",
+        f"no credentials for client {client_id}, registered for {method} (is its authenticator enabled?)",
+    )
 
 
 def basic_credentials(authorization: str | None, *, strict: bool = True) -> tuple[str, str] | None:

@@ -39,6 +39,7 @@ from tokensmith.oauth.grants import GRANT_TYPES, PUBLIC, Grant, binding, check_g
 from tokensmith.oauth.messages import Answer, HttpRequest
 from tokensmith.oauth.runtime import Runtime
 from tokensmith.oauth.tokens import token_claims, token_hash
+from tokensmith.requestlog import note
 from tokensmith.security.jose import b64url_decode, x5t_s256
 from tokensmith.security.signing import SigningKeys
 
@@ -131,6 +132,7 @@ async def authenticate(
         if auth.method == PUBLIC and not PUBLIC_CLIENTS_ALLOWED[endpoint]:
             raise InvalidClientError(f"{endpoint} requires client authentication; a public client has none")
     except OAuth2Error as error:
+        note(request.scope, claimed_client_id=claimed_client_id(form, authorization))
         if not isinstance(error, ServerError):
             await rt.listeners.notify(
                 "client_auth_failure",
@@ -146,6 +148,7 @@ async def authenticate(
         if isinstance(error, InvalidClientError):
             error.headers.update(challenge(authorization, rt.identity.realm))
         raise
+    note(request.scope, client_id=auth.client.client_id, auth_method=auth.method)
     await rt.listeners.notify(
         "client_auth_success",
         event=ClientAuthEvent(
@@ -167,7 +170,7 @@ async def authenticate(
 async def token(rt: Runtime, request: HttpRequest) -> Answer:
     """The token endpoint (RFC 6749 §3.2)."""
     form = read_form(request)
-    check_grant_type(form)
+    note(request.scope, grant_type=check_grant_type(form))
     auth = await authenticate(rt, request, form, "token")
     issued = await grant(
         Grant(rt.issuer, rt.storage, auth, form, rt.identity.login_policy, login_source(request.remote_addr))

@@ -124,7 +124,11 @@ async def grant(request: Grant) -> IssuedToken:
     """
     grant_type = check_grant_type(request.form)
     if grant_type not in request.auth.client.grant_types:
-        raise UnauthorizedClientError("the client is not registered for this grant_type")
+        raise UnauthorizedClientError(
+            "the client is not registered for this grant_type",
+            reason="grant_not_allowed",
+            detail=f"grant {grant_type} not allowed for client {request.auth.client.client_id}",
+        )
     if request.auth.method == PUBLIC and grant_type not in PUBLIC_CLIENT_GRANTS:
         raise UnauthorizedClientError(
             f"{grant_type} is for confidential clients only; a public client cannot use it"
@@ -167,7 +171,7 @@ async def password(request: Grant) -> IssuedToken:
         f"client {auth.client.client_id}",
     )
     if user is None:
-        raise InvalidGrantError("the resource owner credentials are invalid")
+        raise InvalidGrantError("the resource owner credentials are invalid", reason="bad_user_credentials")
     return await request.issuer.issue(
         auth.client,
         scope,

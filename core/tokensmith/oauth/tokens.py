@@ -103,7 +103,8 @@ class TokenIssuer:
         refresh_token_max_lifetime: int = 90 * 24 * 3600,
     ):
         self.storage = storage
-        self.commits = GroupCommit(storage.try_issue)
+        # A networked store commits off the event loop's thread (see storage/groupcommit.py).
+        self.commits = GroupCommit(storage.try_issue, threaded=getattr(storage, "commits_in_thread", False))
         self.refresh_token_max_lifetime = refresh_token_max_lifetime
         self.listeners = listeners
         self.access_token_lifetime = access_token_lifetime

@@ -15,14 +15,22 @@ on the next turns of the event loop for up to 2 ms, then on a timer, instead of 
 SQLite's busy handler, which would sleep on the event loop's thread; requests arriving
 meanwhile join it. After ``BUSY_TIMEOUT`` seconds it fails with 503, as
 SQLite's own busy timeout did.
+
+A networked store (PostgreSQL) commits in a thread instead (*threaded*): its commit is a
+round trip and an fsync on another machine, during which the event loop goes on reading
+requests; they form the next batch, which starts when this one is committed. One batch is
+in flight at a time, so that batches grow with the load instead of the round trips.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 import time
 from collections.abc import Callable
 
+from tokensmith.metrics import metrics
 from tokensmith.models import Issue, StorageError, TokenRecord
 
 __all__ = ["GroupCommit", "BUSY_TIMEOUT"]
@@ -32,6 +40,17 @@ BUSY_TIMEOUT = 5.0
 _SPIN = 0.002
 _FIRST_RETRY = 0.001
 _MAX_RETRY = 0.01
+_COMMIT_THREAD: concurrent.futures.ThreadPoolExecutor | None = None
+_COMMIT_THREAD_LOCK = threading.Lock()
+
+
+def _commit_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that threaded group commits run in (shared across reloads)."""
+    global _COMMIT_THREAD
+    with _COMMIT_THREAD_LOCK:
+        if _COMMIT_THREAD is None:
+            _COMMIT_THREAD = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokensmith-commit")
+        return _COMMIT_THREAD
 
 
 class GroupCommit:
@@ -42,8 +61,10 @@ class GroupCommit:
     None when the store is busy (nothing stored), or raises ``StorageError``.
     """
 
-    def __init__(self, write: Callable[[list[Issue], int], list[bool] | None]):
+    def __init__(self, write: Callable[[list[Issue], int], list[bool] | None], threaded: bool = False):
         self._write = write
+        self._threaded = threaded
+        self._in_flight = False
         self._pending: list[tuple[Issue, asyncio.Future[bool]]] = []
         self._busy_since: float | None = None
         self._retry = _FIRST_RETRY
@@ -54,7 +75,7 @@ class GroupCommit:
         nothing was stored."""
         loop = asyncio.get_running_loop()
         committed: asyncio.Future[bool] = loop.create_future()
-        if not self._pending:
+        if not self._pending and not self._in_flight:
             # Runs after the callbacks already queued for this turn, which are the other
             # requests whose data arrived together with this one's.
             loop.call_soon(self._flush)
@@ -62,13 +83,20 @@ class GroupCommit:
         return await committed
 
     def _flush(self) -> None:
+        if self._threaded:
+            self._flush_in_thread()
+            return
         batch = self._pending
+        started = time.perf_counter()
         try:
             stored = self._write([issue for issue, _ in batch], int(time.time()))
         except Exception as exc:  # noqa: BLE001 - every waiter gets the store's error
             self._settle(exc)
             return
         if stored is not None:
+            m = metrics()
+            m.commit.observe(time.perf_counter() - started)
+            m.batch.observe(len(batch))
             self._settle(None, stored)
             return
         loop = asyncio.get_running_loop()
@@ -87,13 +115,41 @@ class GroupCommit:
         loop.call_later(self._retry, self._flush)  # later arrivals join this batch
         self._retry = min(self._retry * 2, _MAX_RETRY)
 
+    def _flush_in_thread(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        self._in_flight = True
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(
+            _commit_thread(), self._write, [issue for issue, _ in batch], int(time.time())
+        )
+
+        def committed(future: asyncio.Future[list[bool] | None]) -> None:
+            self._in_flight = False
+            error = future.exception()
+            stored = None if error is not None else future.result()
+            if error is None and stored is None:
+                error = StorageError("the store was busy")  # a threaded store never is
+            _answer(batch, error, stored)
+            if self._pending:
+                loop.call_soon(self._flush)
+
+        done.add_done_callback(committed)
+
     def _settle(self, error: BaseException | None, stored: list[bool] | None = None) -> None:
         batch, self._pending = self._pending, []
         self._busy_since, self._retry = None, _FIRST_RETRY
-        for index, (_, committed) in enumerate(batch):
-            if committed.done():
-                continue  # its request was cancelled
-            if error is None:
-                committed.set_result(stored[index] if stored is not None else True)
-            else:
-                committed.set_exception(error)
+        _answer(batch, error, stored)
+
+
+def _answer(
+    batch: list[tuple[Issue, asyncio.Future[bool]]], error: BaseException | None, stored: list[bool] | None
+) -> None:
+    for index, (_, committed) in enumerate(batch):
+        if committed.done():
+            continue  # its request was cancelled
+        if error is None:
+            committed.set_result(stored[index] if stored is not None else True)
+        else:
+            committed.set_exception(error)

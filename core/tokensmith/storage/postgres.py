@@ -1,0 +1,807 @@
+"""The shared store: PostgreSQL, for several tokensmith instances on one database.
+
+Every guarantee the embedded store gives within one machine holds here across machines,
+because each is one statement or one transaction that PostgreSQL serialises:
+
+- a refresh token is marked used by one ``UPDATE ... WHERE used = false``: of concurrent
+  callers, on any instance, exactly one changes the row (under READ COMMITTED the others
+  wait for its row lock and then re-check the condition against the committed row);
+- a token response is stored in one transaction together with the rotation it follows
+  (``try_issue``), so a crash or a dropped connection never acknowledges half of it;
+- login attempts lock the user's row (``SELECT ... FOR UPDATE``) while they are counted;
+- clients are cached per process and the cache is dropped on a ``NOTIFY`` that a trigger
+  sends with every change to ``clients`` (from any instance or the CLI). While the listening
+  connection is down nothing is cached, so a change can never be missed.
+
+The server calls the store from its event loop's thread, as it does SQLite; every call is a
+round trip of its own connection, bounded by deadlines (connect, statement, TCP), so that a
+database that is unreachable answers ``StorageError`` (503) within seconds and never hangs a
+request. After a failure the connection is opened again on a later call: no restart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from tokensmith.models import (
+    Client,
+    Issue,
+    LoginPolicy,
+    StorageError,
+    TokenRecord,
+    User,
+)
+from tokensmith.storage.sqlite import _client, _client_row, _count, _token_row
+
+__all__ = ["PostgresStorage", "SCHEMA_VERSION", "redact_url", "is_postgres_url"]
+
+#: Deadlines: establishing a connection, one statement, unacknowledged TCP data.
+CONNECT_TIMEOUT = 3
+STATEMENT_TIMEOUT_MS = 5_000
+TCP_USER_TIMEOUT_MS = 5_000
+#: After a failed connection attempt, calls fail at once for this long instead of each
+#: waiting for a connect timeout of its own.
+RETRY_AFTER = 0.5
+#: Chosen once; every tokensmith migrating any schema of a database takes this lock.
+_MIGRATION_LOCK = 0x746F6B656E736D
+_CLIENT_CACHE = 200_000
+#: Login failure rows are kept this long after their last failure or lock.
+_FAILURES_KEPT = 24 * 3600
+
+#: Schema migrations, by the version they lead to; each runs once, in one transaction, under
+#: an advisory lock (instances starting together migrate once). Times are Unix seconds.
+_MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE clients (
+    client_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    token_endpoint_auth_method TEXT NOT NULL,
+    grant_types TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    secret_hash TEXT,
+    bind_tokens BOOLEAN NOT NULL DEFAULT false,
+    created_at BIGINT NOT NULL,
+    certificates TEXT NOT NULL DEFAULT '[]',
+    tls_subject TEXT,
+    access_token_lifetime BIGINT,
+    refresh_token_lifetime BIGINT,
+    jwt_access_tokens BOOLEAN,
+    resource_server BOOLEAN NOT NULL DEFAULT false,
+    refresh_token_max_lifetime BIGINT
+);
+CREATE TABLE tokens (
+    token_hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    issued_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    username TEXT,
+    cnf_x5t_s256 TEXT,
+    grant_id TEXT,
+    revoked BOOLEAN NOT NULL DEFAULT false,
+    claims TEXT NOT NULL DEFAULT '{}',
+    used BOOLEAN NOT NULL DEFAULT false,
+    user_id TEXT,
+    grant_type TEXT,
+    grant_expires_at BIGINT
+);
+CREATE INDEX tokens_grant ON tokens(grant_id);
+CREATE INDEX tokens_expiry ON tokens(expires_at);
+CREATE INDEX tokens_user ON tokens(user_id) WHERE user_id IS NOT NULL;
+CREATE INDEX tokens_bound ON tokens(client_id, cnf_x5t_s256) WHERE cnf_x5t_s256 IS NOT NULL;
+CREATE TABLE revoked_grants (grant_id TEXT PRIMARY KEY, revoked_at BIGINT NOT NULL);
+CREATE TABLE revoked_clients (client_id TEXT PRIMARY KEY, revoked_at BIGINT NOT NULL);
+CREATE TABLE users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    failed_attempts INTEGER NOT NULL DEFAULT 0,
+    locked_until BIGINT NOT NULL DEFAULT 0,
+    user_id TEXT NOT NULL UNIQUE,
+    last_failure BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE login_failures (
+    username TEXT NOT NULL,
+    source TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    last_failure BIGINT NOT NULL,
+    locked_until BIGINT NOT NULL,
+    PRIMARY KEY (username, source)
+);
+CREATE FUNCTION tokensmith_clients_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('tokensmith_clients_' || current_schema(), '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER clients_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON clients
+    FOR EACH STATEMENT EXECUTE FUNCTION tokensmith_clients_changed();
+""",
+    # What third-party authenticators need (as SQLite's schema 6): the client's RFC 7591
+    # metadata beyond the typed columns, one JSON object; plugins' shared state per
+    # namespace (the plugin's name), a row whose expires_at has passed being absent.
+    2: """
+ALTER TABLE clients ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE plugin_state (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT,
+    expires_at BIGINT,
+    PRIMARY KEY (namespace, key)
+);
+CREATE INDEX plugin_state_expiry ON plugin_state(expires_at) WHERE expires_at IS NOT NULL;
+""",
+}
+SCHEMA_VERSION = max(_MIGRATIONS)
+
+_TOKEN_COLUMNS = (
+    "token_hash, kind, client_id, scope, issued_at, expires_at, username, cnf_x5t_s256,"
+    " grant_id, revoked, claims, used, user_id, grant_type, grant_expires_at"
+)
+_LIVE_REFRESH = (
+    "token_hash = %s AND kind = 'refresh' AND NOT used AND NOT revoked AND expires_at > %s"
+    " AND NOT EXISTS (SELECT 1 FROM revoked_grants g WHERE g.grant_id = tokens.grant_id)"
+    " AND NOT EXISTS (SELECT 1 FROM revoked_clients c WHERE c.client_id = tokens.client_id)"
+)
+#: One token response as one statement: the rotated refresh token is marked used and the
+#: successors inserted only if that changed a row (RFC 9700 §4.14.2: both or neither).
+_ROTATE_AND_INSERT = (
+    f"WITH rotated AS (UPDATE tokens SET used = true WHERE {_LIVE_REFRESH} RETURNING 1)"
+    f" INSERT INTO tokens ({_TOKEN_COLUMNS}) SELECT {_TOKEN_COLUMNS}"
+    " FROM jsonb_populate_recordset(NULL::tokens, %s::jsonb) WHERE EXISTS (SELECT 1 FROM rotated)"
+)
+_INSERT = (
+    f"INSERT INTO tokens ({_TOKEN_COLUMNS}) SELECT {_TOKEN_COLUMNS}"
+    " FROM jsonb_populate_recordset(NULL::tokens, %s::jsonb)"
+)
+_TOKEN_NAMES = [name.strip() for name in _TOKEN_COLUMNS.split(",")]
+_CLIENT_COLUMNS = (
+    "client_id, name, token_endpoint_auth_method, grant_types, scopes, secret_hash, bind_tokens,"
+    " created_at, certificates, tls_subject, access_token_lifetime, refresh_token_lifetime,"
+    " jwt_access_tokens, resource_server, refresh_token_max_lifetime, metadata"
+)
+_USER_COLUMNS = "username, password_hash, created_at, failed_attempts, locked_until, user_id, last_failure"
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """*url* with its password, if any, replaced: what logs and messages may show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(parts.username or '', safe='')}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _redact_message(message: str) -> str:
+    """One line, and no password: libpq messages span lines and may quote the connection
+    string."""
+    message = " ".join(message.split())
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message))
+
+
+class _Connection:
+    """One connection, opened on first use and again after it failed, with deadlines."""
+
+    def __init__(self, url: str, autocommit: bool = True):
+        self._url = url
+        self._autocommit = autocommit
+        self._conn: psycopg.Connection[Any] | None = None
+        self._failed_at = 0.0
+        self._error = ""
+        self.lock = threading.RLock()
+        #: The last get() returned a connection opened earlier, which may have gone stale.
+        self.was_open = False
+
+    def get(self) -> psycopg.Connection[Any]:
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            self.was_open = True
+            return conn
+        self.was_open = False
+        self.drop()
+        if time.monotonic() - self._failed_at < RETRY_AFTER:
+            raise StorageError(self._error)
+        try:
+            self._conn = psycopg.connect(**_conninfo(self._url, "tokensmith"), autocommit=self._autocommit)
+        except psycopg.Error as exc:
+            self._failed_at = time.monotonic()
+            self._error = f"{redact_url(self._url)}: {_redact_message(str(exc).strip())}"
+            raise StorageError(self._error) from None
+        return self._conn
+
+    def drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+
+class PostgresStorage:
+    """``Storage`` over a PostgreSQL database (see the module docstring).
+
+    *migrate*: create or upgrade the schema on open (what ``serve`` does); without it an
+    out-of-date schema is an error that says to run ``tokensmith db migrate``, unless not
+    *check* (``db status`` and ``db migrate`` themselves).
+    """
+
+    #: GroupCommit runs try_issue in a thread of its own: the loop serves meanwhile.
+    commits_in_thread = True
+
+    def __init__(self, url: str, migrate: bool = True, check: bool = True):
+        self.url = url
+        self.shown = redact_url(url)
+        self._main = _Connection(url)
+        #: try_issue's own connection: the group commit thread uses it while the event
+        #: loop's thread reads through _main.
+        self._writer = _Connection(url)
+        self._maint = _Connection(url)
+        self._clients: dict[str, Client] = {}
+        self._generation = 0
+        self._cache_lock = threading.Lock()
+        self._listening = False
+        #: The backend of the LISTEN connection, while there is one (for tests and operators).
+        self.listener_pid: int | None = None
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+        try:
+            if migrate:
+                self.migrate()
+            elif check:
+                version = self.schema_version()
+                if version != SCHEMA_VERSION:
+                    raise StorageError(
+                        f"{self.shown}: database schema {version} is not this tokensmith's"
+                        f" ({SCHEMA_VERSION}): run `tokensmith db migrate`"
+                    )
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections ---------------------------------------------------------------------
+
+    @contextmanager
+    def _cursor(self, maintenance: bool = False, transaction: bool = False) -> Iterator[psycopg.Cursor[Any]]:
+        holder = self._maint if maintenance else self._main
+        with holder.lock:
+            conn = holder.get()
+            try:
+                if transaction:
+                    with conn.transaction(), conn.cursor() as cur:
+                        yield cur
+                else:
+                    with conn.cursor() as cur:
+                        yield cur
+            except psycopg.errors.UniqueViolation:
+                raise
+            except psycopg.Error as exc:
+                if conn.broken or isinstance(exc, psycopg.OperationalError):
+                    holder.drop()
+                raise StorageError(f"{self.shown}: {_redact_message(str(exc).strip())}") from None
+
+    def _read_one(self, query: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
+        """One row of a read. A read is safe to repeat: when the connection it used had been
+        closed by the server meanwhile (a restart or failover of the database, an idle
+        timeout of a proxy), it is tried once more on a new connection, so that the first
+        request after the database came back is not answered 503 for a stale connection."""
+        for attempt in (1, 2):
+            try:
+                with self._cursor() as cur:
+                    cur.execute(query, params)
+                    return cur.fetchone()
+            except StorageError:
+                if attempt == 2 or not self._main.was_open:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- schema --------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        """The schema version of the database; 0 if tokensmith never migrated it."""
+        with self._cursor() as cur:
+            cur.execute("SELECT to_regclass('tokensmith_schema') IS NOT NULL")
+            row = cur.fetchone()
+            if not row or not row[0]:
+                return 0
+            cur.execute("SELECT coalesce(max(version), 0) FROM tokensmith_schema")
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
+
+    def migrate(self) -> list[int]:
+        """Bring the schema up to SCHEMA_VERSION; return the versions applied (none if it
+        was already). One transaction under an advisory lock: instances started together
+        migrate once, and a failure midway leaves the previous schema."""
+        applied: list[int] = []
+        with self._cursor(transaction=True) as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS tokensmith_schema"
+                " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+            )
+            cur.execute("SELECT coalesce(max(version), 0) FROM tokensmith_schema")
+            row = cur.fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.shown}: database schema {version} is newer than this tokensmith"
+                    f" ({SCHEMA_VERSION})"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                cur.execute(_MIGRATIONS[target].encode())
+                cur.execute("INSERT INTO tokensmith_schema VALUES (%s, %s)", (target, int(time.time())))
+                applied.append(target)
+        return applied
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def serving(self) -> None:
+        """Start listening for client changes, so that clients can be cached."""
+        if self._listener is None:
+            self._listener = threading.Thread(target=self._listen, name="tokensmith-pg-listen", daemon=True)
+            self._listener.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                conn = psycopg.connect(**_conninfo(self.url, "tokensmith-listen"), autocommit=True)
+                row = conn.execute(
+                    "SELECT 'tokensmith_clients_' || current_schema(), pg_backend_pid()"
+                ).fetchone()
+                assert row is not None
+                self.listener_pid = row[1]
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(row[0])))
+                self._invalidate(listening=True)  # changes made while not listening
+                while not self._stop.is_set():
+                    for _ in conn.notifies(timeout=1.0):
+                        self._invalidate(listening=True)
+                    conn.execute("SELECT 1")  # a dead connection shows here, within deadlines
+            except (psycopg.Error, AssertionError):
+                self._invalidate(listening=False)
+                self._stop.wait(RETRY_AFTER)
+            finally:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except psycopg.Error:
+                        pass
+        self._invalidate(listening=False)
+
+    def _invalidate(self, listening: bool) -> None:
+        with self._cache_lock:
+            self._clients = {}
+            self._generation += 1
+            self._listening = listening
+
+    def checkpoint(self) -> None:
+        """Nothing to do: PostgreSQL checkpoints on its own."""
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout=3)
+            self._listener = None
+        with self._main.lock:
+            self._main.drop()
+        with self._maint.lock:
+            self._maint.drop()
+        with self._writer.lock:
+            self._writer.drop()
+
+    def __enter__(self) -> PostgresStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def add_client(self, client: Client) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES ({_placeholders(16)})",
+                _pg_client_row(client),
+            )
+
+    def update_client(self, client: Client) -> bool:
+        row = _pg_client_row(client)
+        with self._cursor() as cur:
+            cur.execute(
+                "UPDATE clients SET name = %s, token_endpoint_auth_method = %s, grant_types = %s,"
+                " scopes = %s, secret_hash = %s, bind_tokens = %s, created_at = %s, certificates = %s,"
+                " tls_subject = %s, access_token_lifetime = %s, refresh_token_lifetime = %s,"
+                " jwt_access_tokens = %s, resource_server = %s, refresh_token_max_lifetime = %s,"
+                " metadata = %s WHERE client_id = %s",
+                (*row[1:], row[0]),
+            )
+            return cur.rowcount > 0
+
+    def get_client(self, client_id: str) -> Client | None:
+        with self._cache_lock:
+            cached = self._clients.get(client_id) if self._listening else None
+            generation = self._generation
+        if cached is not None:
+            return cached
+        row = self._read_one(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = %s", (client_id,))
+        if row is None:
+            return None  # unknown ids are not cached: anyone can make up millions
+        client = _client(row)
+        with self._cache_lock:
+            # Only if no change was announced since the read began: else it may be stale.
+            if self._listening and generation == self._generation:
+                if len(self._clients) >= _CLIENT_CACHE:
+                    self._clients = {}
+                self._clients[client_id] = client
+        return client
+
+    def list_clients(self) -> list[Client]:
+        with self._cursor() as cur:
+            cur.execute(f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY created_at, name")
+            return [_client(row) for row in cur.fetchall()]
+
+    def scopes_in_use(self) -> list[str]:
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT DISTINCT s FROM clients, jsonb_array_elements_text(clients.scopes::jsonb) s ORDER BY s"
+            )
+            return [row[0] for row in cur.fetchall()]
+
+    def remove_client(self, client_id: str) -> bool:
+        # As in SQLite: one revoked_clients row revokes every token of the client on read.
+        with self._cursor(transaction=True) as cur:
+            cur.execute("DELETE FROM clients WHERE client_id = %s", (client_id,))
+            removed = cur.rowcount > 0
+            if removed:
+                cur.execute(
+                    "INSERT INTO revoked_clients VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    (client_id, int(time.time())),
+                )
+        return removed
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def add_token(self, token: TokenRecord) -> None:
+        self.add_tokens([token])
+
+    def add_tokens(self, tokens: list[TokenRecord]) -> None:
+        with self._cursor() as cur:
+            cur.execute(_INSERT, (_token_json(tokens),))  # one statement: all or none
+
+    def try_add_tokens(self, tokens: list[TokenRecord]) -> bool:
+        return self.try_issue([Issue(tuple(tokens))], int(time.time())) is not None
+
+    def try_issue(self, issues: list[Issue], now: int) -> list[bool] | None:
+        """Store token responses in one transaction and one round trip (pipeline mode).
+
+        Never busy: PostgreSQL's row locks let concurrent writers proceed together, so this
+        never returns None. A rotation is one statement with its successors (see
+        ``_ROTATE_AND_INSERT``): its row count says whether the rotated token was live.
+        """
+        holder = self._writer
+        with holder.lock:
+            conn = holder.get()
+            try:
+                # Pipeline mode on an autocommit connection: the statements go out together,
+                # followed by one Sync, and the statements before a Sync are one implicit
+                # transaction (all or none; committed at the Sync). One round trip for the
+                # batch; an explicit transaction would add one for BEGIN and one for COMMIT.
+                plain = [t for issue in issues if issue.rotates is None for t in issue.tokens]
+                rotations: list[psycopg.Cursor[Any] | None] = []
+                with conn.pipeline():
+                    for issue in issues:
+                        if issue.rotates is None:
+                            rotations.append(None)
+                            continue
+                        rotation = conn.cursor()
+                        if issue.tokens:
+                            rotation.execute(
+                                _ROTATE_AND_INSERT, (issue.rotates, now, _token_json(list(issue.tokens)))
+                            )
+                        else:
+                            rotation.execute(
+                                f"UPDATE tokens SET used = true WHERE {_LIVE_REFRESH}", (issue.rotates, now)
+                            )
+                        rotations.append(rotation)
+                    if plain:
+                        conn.cursor().execute(_INSERT, (_token_json(plain),))
+                stored = [True if c is None else c.rowcount > 0 for c in rotations]
+            except psycopg.Error as exc:
+                if conn.broken or isinstance(exc, psycopg.OperationalError):
+                    holder.drop()
+                raise StorageError(f"{self.shown}: {_redact_message(str(exc).strip())}") from None
+        return stored
+
+    def get_token(self, token_hash: str) -> TokenRecord | None:
+        # As in SQLite: a revoked grant, a removed client or user revokes every token of
+        # theirs, also one stored after the revocation.
+        row = self._read_one(
+            f"SELECT {', '.join('t.' + n for n in _TOKEN_NAMES)},"
+            " EXISTS(SELECT 1 FROM revoked_grants g WHERE g.grant_id = t.grant_id)"
+            " OR EXISTS(SELECT 1 FROM revoked_clients c WHERE c.client_id = t.client_id)"
+            " OR (t.user_id IS NOT NULL AND NOT EXISTS(SELECT 1 FROM users u WHERE u.user_id = t.user_id))"
+            " FROM tokens t WHERE t.token_hash = %s",
+            (token_hash,),
+        )
+        if row is None:
+            return None
+        return TokenRecord(
+            token_hash=row[0],
+            kind=row[1],
+            client_id=row[2],
+            scope=row[3],
+            issued_at=row[4],
+            expires_at=row[5],
+            username=row[6],
+            cnf_x5t_s256=row[7],
+            grant_id=row[8],
+            revoked=bool(row[9] or row[15]),
+            claims=json.loads(row[10]),
+            used=bool(row[11]),
+            user_id=row[12],
+            grant_type=row[13],
+            grant_expires_at=row[14],
+        )
+
+    def revoke_token(self, token_hash: str) -> bool:
+        with self._cursor() as cur:
+            cur.execute(
+                "UPDATE tokens SET revoked = true WHERE token_hash = %s AND NOT revoked", (token_hash,)
+            )
+            return cur.rowcount > 0
+
+    def revoke_grant(self, grant_id: str) -> int:
+        with self._cursor(transaction=True) as cur:
+            cur.execute(
+                "INSERT INTO revoked_grants VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (grant_id, int(time.time())),
+            )
+            cur.execute("UPDATE tokens SET revoked = true WHERE grant_id = %s AND NOT revoked", (grant_id,))
+            return cur.rowcount
+
+    def use_refresh_token(self, token_hash: str, now: int) -> bool:
+        with self._cursor() as cur:
+            cur.execute(f"UPDATE tokens SET used = true WHERE {_LIVE_REFRESH}", (token_hash, now))
+            return cur.rowcount == 1
+
+    def revoke_user_tokens(self, user_id: str) -> int:
+        with self._cursor(transaction=True) as cur:
+            return _revoke_user(cur, user_id)
+
+    def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
+        with self._cursor(transaction=True) as cur:
+            cur.execute(
+                "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM tokens"
+                " WHERE client_id = %s AND cnf_x5t_s256 = %s AND grant_id IS NOT NULL ON CONFLICT DO NOTHING",
+                (int(time.time()), client_id, x5t_s256),
+            )
+            cur.execute(
+                "UPDATE tokens SET revoked = true WHERE client_id = %s AND cnf_x5t_s256 = %s AND NOT revoked",
+                (client_id, x5t_s256),
+            )
+            return cur.rowcount
+
+    def purge_expired(self, before: int, limit: int | None = None) -> int | None:
+        with self._cursor(maintenance=True, transaction=True) as cur:
+            if limit is None:
+                cur.execute("DELETE FROM tokens WHERE expires_at < %s", (before,))
+            else:
+                cur.execute(
+                    "DELETE FROM tokens WHERE ctid = ANY(ARRAY(SELECT ctid FROM tokens"
+                    " WHERE expires_at < %s LIMIT %s))",
+                    (before, limit),
+                )
+            removed = cur.rowcount
+            cur.execute(
+                "DELETE FROM login_failures WHERE locked_until < %s AND last_failure < %s",
+                (before, before - _FAILURES_KEPT),
+            )
+            cur.execute(
+                "DELETE FROM plugin_state WHERE ctid = ANY(ARRAY(SELECT ctid FROM plugin_state"
+                " WHERE expires_at < %s LIMIT %s))",
+                (before, limit),  # LIMIT NULL: no limit
+            )
+        return removed
+
+    # -- plugin state: shared by every instance on the database ------------------------------
+
+    def put_if_absent(self, namespace: str, key: str, expires_at: int) -> bool:
+        # One statement: of concurrent callers on any instance, the first inserts and the
+        # others wait for its row lock, then find the row present (ON CONFLICT re-reads the
+        # committed row), so exactly one changes a row. An expired row is taken over.
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO plugin_state VALUES (%s, %s, NULL, %s) ON CONFLICT (namespace, key)"
+                " DO UPDATE SET value = NULL, expires_at = excluded.expires_at"
+                " WHERE plugin_state.expires_at IS NOT NULL AND plugin_state.expires_at <= %s",
+                (namespace, key, expires_at, int(time.time())),
+            )
+            return cur.rowcount == 1
+
+    def get_state(self, namespace: str, key: str) -> str | None:
+        row = self._read_one(
+            "SELECT value FROM plugin_state WHERE namespace = %s AND key = %s"
+            " AND (expires_at IS NULL OR expires_at > %s)",
+            (namespace, key, int(time.time())),
+        )
+        return None if row is None else row[0]
+
+    def set_state(self, namespace: str, key: str, value: str, expires_at: int | None = None) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO plugin_state VALUES (%s, %s, %s, %s) ON CONFLICT (namespace, key)"
+                " DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                (namespace, key, value, expires_at),
+            )
+
+    def delete_state(self, namespace: str, key: str) -> bool:
+        with self._cursor() as cur:
+            cur.execute(
+                "DELETE FROM plugin_state WHERE namespace = %s AND key = %s"
+                " AND (expires_at IS NULL OR expires_at > %s)",
+                (namespace, key, int(time.time())),
+            )
+            return cur.rowcount > 0
+
+    # -- users -------------------------------------------------------------------------------
+
+    def add_user(self, user: User) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ({_placeholders(7)})",
+                (
+                    user.username,
+                    user.password_hash,
+                    user.created_at,
+                    user.failed_attempts,
+                    user.locked_until,
+                    user.user_id,
+                    user.last_failure,
+                ),
+            )
+
+    def get_user(self, username: str) -> User | None:
+        with self._cursor() as cur:
+            cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = %s", (username,))
+            row = cur.fetchone()
+        return User(*row) if row else None
+
+    def list_users(self) -> list[User]:
+        with self._cursor() as cur:
+            cur.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY username")
+            return [User(*row) for row in cur.fetchall()]
+
+    def remove_user(self, username: str) -> bool:
+        with self._cursor(transaction=True) as cur:
+            cur.execute("SELECT user_id FROM users WHERE username = %s FOR UPDATE", (username,))
+            row = cur.fetchone()
+            if row is None:
+                return False
+            _revoke_user(cur, row[0])
+            cur.execute("DELETE FROM login_failures WHERE username = %s", (username,))
+            cur.execute("DELETE FROM users WHERE username = %s", (username,))
+        return True
+
+    def take_login_attempt(self, username: str, source: str, now: int, policy: LoginPolicy) -> bool:
+        # The user's row lock orders concurrent attempts from every instance: no more than
+        # the limit are let through to the password check.
+        with self._cursor(transaction=True) as cur:
+            cur.execute(
+                "SELECT failed_attempts, last_failure, locked_until FROM users WHERE username = %s FOR UPDATE",
+                (username,),
+            )
+            user = cur.fetchone()
+            if user is None:
+                return False
+            cur.execute(
+                "SELECT failures, last_failure, locked_until FROM login_failures"
+                " WHERE username = %s AND source = %s",
+                (username, source),
+            )
+            here = cur.fetchone()
+            counted_here = _count(here, now, policy.max_failures, policy.lockout_seconds)
+            counted_all = _count(user, now, policy.max_failures_per_user, policy.lockout_seconds)
+            if counted_here is None or counted_all is None:
+                return False  # locked out: not counted, so that the lock is not extended
+            cur.execute(
+                "INSERT INTO login_failures VALUES (%s, %s, %s, %s, %s) ON CONFLICT (username, source)"
+                " DO UPDATE SET failures = excluded.failures, last_failure = excluded.last_failure,"
+                " locked_until = excluded.locked_until",
+                (username, source, *counted_here),
+            )
+            cur.execute(
+                "UPDATE users SET failed_attempts = %s, last_failure = %s, locked_until = %s WHERE username = %s",
+                (*counted_all, username),
+            )
+        return True
+
+    def end_login_attempt(self, username: str, source: str, succeeded: bool) -> None:
+        if not succeeded:
+            return  # counted when it was taken
+        with self._cursor(transaction=True) as cur:
+            cur.execute("DELETE FROM login_failures WHERE username = %s AND source = %s", (username, source))
+            cur.execute(
+                "UPDATE users SET failed_attempts = 0, locked_until = 0 WHERE username = %s", (username,)
+            )
+
+    def unlock_user(self, username: str) -> bool:
+        with self._cursor(transaction=True) as cur:
+            cur.execute("DELETE FROM login_failures WHERE username = %s", (username,))
+            cur.execute(
+                "UPDATE users SET failed_attempts = 0, locked_until = 0, last_failure = 0 WHERE username = %s",
+                (username,),
+            )
+            return cur.rowcount > 0
+
+
+def _revoke_user(cur: psycopg.Cursor[Any], user_id: str) -> int:
+    cur.execute(
+        "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM tokens"
+        " WHERE user_id = %s AND grant_id IS NOT NULL ON CONFLICT DO NOTHING",
+        (int(time.time()), user_id),
+    )
+    cur.execute("UPDATE tokens SET revoked = true WHERE user_id = %s AND NOT revoked", (user_id,))
+    return cur.rowcount
+
+
+def _conninfo(url: str, application: str) -> dict[str, Any]:
+    """Connection parameters: the URL's, with tokensmith's deadlines added to them (the
+    URL's own ``options``, such as a search_path, are kept; its own timeouts win)."""
+    try:
+        params: dict[str, Any] = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise StorageError(f"{redact_url(url)}: {_redact_message(str(exc))}") from None
+    deadlines = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS}"
+    params["options"] = f"{deadlines} {params['options']}" if params.get("options") else deadlines
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    params.setdefault("tcp_user_timeout", TCP_USER_TIMEOUT_MS)
+    params.setdefault("keepalives", 1)
+    params.setdefault("keepalives_idle", 5)
+    params.setdefault("keepalives_interval", 2)
+    params.setdefault("keepalives_count", 2)
+    params.setdefault("application_name", application)
+    return params
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(["%s"] * count)
+
+
+def _pg_client_row(client: Client) -> tuple[object, ...]:
+    """The SQLite row, with PostgreSQL booleans."""
+    row = list(_client_row(client))
+    row[6] = bool(row[6])
+    row[12] = None if row[12] is None else bool(row[12])
+    row[13] = bool(row[13])
+    return tuple(row)
+
+
+def _token_json(tokens: list[TokenRecord]) -> str:
+    """Token rows as one JSON array, for jsonb_populate_recordset: one parameter however
+    many tokens, typed by the table's own columns."""
+    rows = []
+    for token in tokens:
+        row = dict(zip(_TOKEN_NAMES, _token_row(token)))
+        row["revoked"], row["used"] = bool(row["revoked"]), bool(row["used"])
+        rows.append(row)
+    return json.dumps(rows)
