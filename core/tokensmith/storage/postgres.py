@@ -35,6 +35,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tokensmith.models import (
+    AuditEntry,
     Client,
     Issue,
     LoginPolicy,
@@ -142,6 +143,29 @@ CREATE TABLE plugin_state (
 );
 CREATE INDEX plugin_state_expiry ON plugin_state(expires_at) WHERE expires_at IS NOT NULL;
 """,
+    # Remote administration (as SQLite's schema 7): users' admin API role, the audit log,
+    # and the hashes of RFC 7591 initial and RFC 7592 registration access tokens.
+    3: """
+ALTER TABLE users ADD COLUMN role TEXT;
+CREATE TABLE audit_log (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    via TEXT NOT NULL,
+    source TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE registration_tokens (
+    token_hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    client_id TEXT,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT
+);
+CREATE INDEX registration_tokens_client ON registration_tokens(client_id) WHERE client_id IS NOT NULL;
+""",
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 
@@ -171,7 +195,9 @@ _CLIENT_COLUMNS = (
     " created_at, certificates, tls_subject, access_token_lifetime, refresh_token_lifetime,"
     " jwt_access_tokens, resource_server, refresh_token_max_lifetime, metadata"
 )
-_USER_COLUMNS = "username, password_hash, created_at, failed_attempts, locked_until, user_id, last_failure"
+_USER_COLUMNS = (
+    "username, password_hash, created_at, failed_attempts, locked_until, user_id, last_failure, role"
+)
 
 
 def is_postgres_url(url: str) -> bool:
@@ -477,6 +503,7 @@ class PostgresStorage:
                     "INSERT INTO revoked_clients VALUES (%s, %s) ON CONFLICT DO NOTHING",
                     (client_id, int(time.time())),
                 )
+                cur.execute("DELETE FROM registration_tokens WHERE client_id = %s", (client_id,))
         return removed
 
     # -- tokens ------------------------------------------------------------------------------
@@ -668,7 +695,7 @@ class PostgresStorage:
     def add_user(self, user: User) -> None:
         with self._cursor() as cur:
             cur.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ({_placeholders(7)})",
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ({_placeholders(8)})",
                 (
                     user.username,
                     user.password_hash,
@@ -677,8 +704,90 @@ class PostgresStorage:
                     user.locked_until,
                     user.user_id,
                     user.last_failure,
+                    user.role,
                 ),
             )
+
+    def set_user_role(self, username: str, role: str | None) -> bool:
+        with self._cursor() as cur:
+            cur.execute("UPDATE users SET role = %s WHERE username = %s", (role, username))
+            return cur.rowcount > 0
+
+    def set_user_password(self, username: str, password_hash: str) -> bool:
+        with self._cursor() as cur:
+            cur.execute("UPDATE users SET password_hash = %s WHERE username = %s", (password_hash, username))
+            return cur.rowcount > 0
+
+    def revoke_client_tokens(self, client_id: str) -> int:
+        with self._cursor(transaction=True) as cur:
+            cur.execute(
+                "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM tokens"
+                " WHERE client_id = %s AND grant_id IS NOT NULL ON CONFLICT DO NOTHING",
+                (int(time.time()), client_id),
+            )
+            cur.execute("UPDATE tokens SET revoked = true WHERE client_id = %s AND NOT revoked", (client_id,))
+            return cur.rowcount
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO audit_log (at, actor, via, source, action, target, details)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    entry.at,
+                    entry.actor,
+                    entry.via,
+                    entry.source,
+                    entry.action,
+                    entry.target,
+                    json.dumps(dict(entry.details), separators=(",", ":")),
+                ),
+            )
+
+    def list_audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT id, at, actor, via, source, action, target, details FROM audit_log"
+                " WHERE id < %s ORDER BY id DESC LIMIT %s",
+                (before if before is not None else 2**62, limit),
+            )
+            rows = cur.fetchall()
+        return [AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), id=r[0]) for r in rows]
+
+    def add_registration_token(
+        self, token_hash: str, kind: str, client_id: str | None, expires_at: int | None
+    ) -> None:
+        with self._cursor(transaction=True) as cur:
+            if kind == "registration" and client_id is not None:
+                # RFC 7592 §3: a new registration access token replaces the old one.
+                cur.execute(
+                    "DELETE FROM registration_tokens WHERE kind = 'registration' AND client_id = %s",
+                    (client_id,),
+                )
+            cur.execute(
+                "INSERT INTO registration_tokens VALUES (%s, %s, %s, %s, %s)",
+                (token_hash, kind, client_id, int(time.time()), expires_at),
+            )
+
+    def find_registration_token(self, token_hash: str, kind: str) -> tuple[str | None, int | None] | None:
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT client_id, expires_at FROM registration_tokens WHERE token_hash = %s AND kind = %s"
+                " AND (expires_at IS NULL OR expires_at > %s)",
+                (token_hash, kind, int(time.time())),
+            )
+            row = cur.fetchone()
+        return (row[0], row[1]) if row else None
+
+    def delete_registration_tokens(
+        self, *, token_hash: str | None = None, client_id: str | None = None
+    ) -> int:
+        with self._cursor() as cur:
+            if token_hash is not None:
+                cur.execute("DELETE FROM registration_tokens WHERE token_hash = %s", (token_hash,))
+            else:
+                cur.execute("DELETE FROM registration_tokens WHERE client_id = %s", (client_id,))
+            return cur.rowcount
 
     def get_user(self, username: str) -> User | None:
         with self._cursor() as cur:
