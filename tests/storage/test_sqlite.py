@@ -616,50 +616,69 @@ def test_a_version_7_database_gains_codes_consents_and_sessions(tmp_path) -> Non
         assert store.get_session("s") is not None and store.get_consent(user.user_id, "c1") is not None
 
 
-def test_codes_are_single_use_across_connections(tmp_path) -> None:  # noqa: ANN001
+def test_codes_are_single_use_across_connections(open_store) -> None:  # noqa: ANN001
     """use_authorization_code: exactly one of many concurrent callers redeems a code."""
-    path = tmp_path / "tokens.db"
-    stores = [SQLiteStorage(path) for _ in range(4)]
-    try:
-        now = int(time.time())
-        stores[0].add_authorization_code(
+    stores = [open_store() for _ in range(4)]
+    now = int(time.time())
+    stores[0].add_authorization_code(
+        AuthorizationCode("h", "c1", "https://c/cb", False, "", "x" * 43, "u", "alice", "g", now, now + 60)
+    )
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: stores[i % 4].use_authorization_code("h"), range(32)))
+    assert answers.count(True) == 1
+    stored = stores[1].get_authorization_code("h")
+    assert stored is not None and stored.used and not stored.redirect_uri_given
+    assert stored.client_id == "c1" and stored.expires_at == now + 60
+    assert stores[2].get_authorization_code("other") is None
+
+
+def test_codes_are_kept_a_day_past_expiry_and_go_with_their_client(open_store) -> None:  # noqa: ANN001
+    store = open_store()
+    now = int(time.time())
+    store.add_client(Client("c1", "one", "client_secret_basic", ("authorization_code",), ("read",)))
+    for name, client_id, expires_at in (
+        ("recent", "c2", now - 60),
+        ("ancient", "c2", now - 2 * 24 * 3600),
+        ("mine", "c1", now + 60),
+    ):
+        store.add_authorization_code(
             AuthorizationCode(
-                "h", "c1", "https://c/cb", False, "", "x" * 43, "u", "alice", "g", now, now + 60
+                name, client_id, "https://c/cb", True, "", "x" * 43, "u", "alice", "g", now, expires_at
             )
         )
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda i: stores[i % 4].use_authorization_code("h"), range(32)))
-        assert answers.count(True) == 1
-        stored = stores[1].get_authorization_code("h")
-        assert stored is not None and stored.used
-        assert stores[2].get_authorization_code("other") is None
-    finally:
-        for store in stores:
-            store.close()
+    store.add_consent(Consent("u", "c1", ("read",), now))
+    store.purge_expired(now)
+    assert store.get_authorization_code("recent") is not None
+    assert store.get_authorization_code("ancient") is None
+    code = store.get_authorization_code("mine")
+    assert code is not None and code.redirect_uri_given
+    assert store.remove_client("c1")
+    assert store.get_authorization_code("mine") is None and store.get_consent("u", "c1") is None
 
 
-def test_consents_add_up_and_are_revocable_and_sessions_end_with_their_user(tmp_path) -> None:  # noqa: ANN001
-    with SQLiteStorage(tmp_path / "tokens.db") as store:
-        store.add_user(User("alice", "hash"))
-        user = store.get_user("alice")
-        assert user is not None
-        now = int(time.time())
-        store.add_consent(Consent(user.user_id, "c1", ("read",), now))
-        store.add_consent(Consent(user.user_id, "c1", ("write", "read"), now))
-        store.add_consent(Consent(user.user_id, "c2", (), now))
-        consent = store.get_consent(user.user_id, "c1")
-        assert consent is not None and consent.scopes == ("read", "write")
-        assert [c.client_id for c in store.list_consents(user.user_id)] == ["c1", "c2"]
-        assert store.revoke_consent(user.user_id, "c1") and not store.revoke_consent(user.user_id, "c1")
-        assert store.get_consent(user.user_id, "c1") is None
-        store.add_session(SignInSession("live", user.user_id, "alice", now, now + 60))
-        store.add_session(SignInSession("old", user.user_id, "alice", now - 120, now - 60))
-        assert store.get_session("live") is not None and store.get_session("old") is None
-        store.purge_expired(now)
-        assert store.delete_session("live") and not store.delete_session("old")
-        store.add_session(SignInSession("revoked", user.user_id, "alice", now, now + 60))
-        store.revoke_user_tokens(user.user_id)
-        assert store.get_session("revoked") is None
-        store.add_session(SignInSession("again", user.user_id, "alice", now, now + 60))
-        store.remove_user("alice")
-        assert store.get_session("again") is None and store.list_consents(user.user_id) == []
+def test_consents_add_up_and_are_revocable_and_sessions_end_with_their_user(open_store) -> None:  # noqa: ANN001
+    store = open_store()
+    store.add_user(User("alice", "hash"))
+    user = store.get_user("alice")
+    assert user is not None
+    now = int(time.time())
+    store.add_consent(Consent(user.user_id, "c1", ("read",), now))
+    store.add_consent(Consent(user.user_id, "c1", ("write", "read"), now))
+    store.add_consent(Consent(user.user_id, "c2", (), now))
+    consent = store.get_consent(user.user_id, "c1")
+    assert consent is not None and consent.scopes == ("read", "write")
+    assert [c.client_id for c in store.list_consents(user.user_id)] == ["c1", "c2"]
+    assert store.revoke_consent(user.user_id, "c1") and not store.revoke_consent(user.user_id, "c1")
+    assert store.get_consent(user.user_id, "c1") is None
+    store.add_session(SignInSession("live", user.user_id, "alice", now, now + 60))
+    store.add_session(SignInSession("old", user.user_id, "alice", now - 120, now - 60))
+    assert store.get_session("live") == SignInSession("live", user.user_id, "alice", now, now + 60)
+    assert store.get_session("old") is None
+    store.purge_expired(now)
+    assert store.delete_session("live") and not store.delete_session("old")
+    store.add_session(SignInSession("revoked", user.user_id, "alice", now, now + 60))
+    store.revoke_user_tokens(user.user_id)
+    assert store.get_session("revoked") is None
+    store.add_session(SignInSession("again", user.user_id, "alice", now, now + 60))
+    store.remove_user("alice")
+    assert store.get_session("again") is None and store.list_consents(user.user_id) == []
