@@ -15,6 +15,9 @@ from typing import Any, Protocol
 
 __all__ = [
     "AuditEntry",
+    "AuthorizationCode",
+    "Consent",
+    "SignInSession",
     "Client",
     "Issue",
     "LoginPolicy",
@@ -241,6 +244,51 @@ class AuditEntry:
         }
 
 
+@dataclass(frozen=True)
+class AuthorizationCode:
+    """An authorization code (RFC 6749 §4.1.2), stored by the SHA-256 of its value.
+
+    Bound to the client, the redirect URI and the PKCE challenge (RFC 7636 §4.4) it was
+    issued with; *redirect_uri_given* says whether the request named the redirect URI, in
+    which case the token request must repeat it (RFC 6749 §4.1.3). *grant_id* is the grant
+    the tokens issued for it belong to, so that a second use revokes them (§4.1.2).
+    """
+
+    code_hash: str
+    client_id: str
+    redirect_uri: str
+    redirect_uri_given: bool
+    scope: str
+    code_challenge: str
+    user_id: str
+    username: str
+    grant_id: str
+    issued_at: int
+    expires_at: int
+    used: bool = False
+
+
+@dataclass(frozen=True)
+class Consent:
+    """The scopes a user consented to give a client; asked again only for more."""
+
+    user_id: str
+    client_id: str
+    scopes: tuple[str, ...]
+    granted_at: int
+
+
+@dataclass(frozen=True)
+class SignInSession:
+    """A user signed in to the login page, found by the SHA-256 of the session cookie."""
+
+    session_hash: str
+    user_id: str
+    username: str
+    created_at: int
+    expires_at: int
+
+
 class Storage(Protocol):
     """What the server needs from a store. Implementations raise ``StorageError`` on failure."""
 
@@ -398,5 +446,37 @@ class Storage(Protocol):
         """Housekeeping off the request path; the server calls it from a worker thread
         once a second while it serves. May do nothing."""
         ...
+
+    # -- authorization code grant (RFC 6749 §4.1): codes, consents, sign-in sessions -----
+
+    def add_authorization_code(self, code: AuthorizationCode) -> None: ...
+
+    def get_authorization_code(self, code_hash: str) -> AuthorizationCode | None:
+        """The code stored under *code_hash*, used or not, expired or not (until purged)."""
+        ...
+
+    def use_authorization_code(self, code_hash: str) -> bool:
+        """Mark the code used, atomically: True for exactly one caller, ever."""
+        ...
+
+    def get_consent(self, user_id: str, client_id: str) -> Consent | None: ...
+
+    def add_consent(self, consent: Consent) -> None:
+        """Remember *consent*, adding its scopes to those already consented to."""
+        ...
+
+    def list_consents(self, user_id: str) -> list[Consent]: ...
+
+    def revoke_consent(self, user_id: str, client_id: str) -> bool:
+        """Forget the consent; the tokens issued under it stay until revoked or expired."""
+        ...
+
+    def add_session(self, session: SignInSession) -> None: ...
+
+    def get_session(self, session_hash: str) -> SignInSession | None:
+        """The live session (not expired, its user still the same user), or None."""
+        ...
+
+    def delete_session(self, session_hash: str) -> bool: ...
 
     def close(self) -> None: ...

@@ -101,6 +101,33 @@ def test_rfc7591_example_1(open_server: Server) -> None:
     assert token(open_server, body["client_id"], body["client_secret"]) == 200
 
 
+def test_a_client_registers_itself_for_the_authorization_code_grant(open_server: Server) -> None:
+    """A public native client with a loopback redirect URI (RFC 8252 §7.3): response_types
+    follows from grant_types (RFC 7591 §2.1), and the authorization endpoint knows the client."""
+    document = {
+        "client_name": "native",
+        "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "redirect_uris": ["http://127.0.0.1:8123/cb"],
+    }
+    with open_server.client() as http:
+        answer = http.post("/oauth2/register", json=document)
+        assert answer.status_code == 201, answer.text
+        body = answer.json()
+        assert body["response_types"] == ["code"] and body["redirect_uris"] == document["redirect_uris"]
+        assert "client_secret" not in body
+        page = http.get(
+            "/oauth2/authorize",
+            params={
+                "response_type": "code",
+                "client_id": body["client_id"],
+                "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                "code_challenge_method": "S256",
+            },
+        )
+    assert page.status_code == 303 and page.headers["location"].startswith("/oauth2/login?")
+
+
 def test_rfc7591_example_2(open_server: Server) -> None:
     with open_server.client() as http:
         answer = http.post("/oauth2/register", json=RFC7591_EXAMPLE_2)
@@ -118,6 +145,12 @@ def test_rfc7591_example_2(open_server: Server) -> None:
         ({"grant_types": ["authorization_code"], "response_types": ["implicit"]}, "invalid_client_metadata"),
         ({"redirect_uris": ["not a uri"]}, "invalid_redirect_uri"),
         ({"redirect_uris": ["https://client.example.org/cb#frag"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["http://client.example.org/cb"]}, "invalid_redirect_uri"),  # http off loopback
+        ({"grant_types": ["authorization_code"]}, "invalid_client_metadata"),  # no redirect_uris
+        (
+            {"grant_types": ["client_credentials"], "response_types": ["code"]},
+            "invalid_client_metadata",
+        ),
         ({"token_endpoint_auth_method": "private_key_jwt"}, "invalid_client_metadata"),
         (
             {"grant_types": ["client_credentials"], "token_endpoint_auth_method": "none"},

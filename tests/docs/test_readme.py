@@ -121,6 +121,7 @@ def test_every_block_is_a_named_walkthrough() -> None:
         "client-secret-post",
         "mutual-tls",
         "wso2-password",
+        "browser-sign-in",
         "endpoints",
         "administration",
     ]
@@ -143,8 +144,24 @@ def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) 
         re.search(r"^HTTP/\S+ 200", out["wso2-password"], re.M) and '"access_token":' in out["wso2-password"]
     )
 
+    # The seed's playground signs a user in with the authorization code grant and PKCE: the
+    # browser lands on its callback with the code, state and iss, and the token it gets for
+    # the code is bound to its certificate; the code's second use revokes it.
+    signin = out["browser-sign-in"].strip().splitlines()
+    assert signin[0].startswith(f"https://localhost:{port}/oauth2/authorize?response_type=code&client_id=")
+    assert signin[1] == (
+        f"http://127.0.0.1:8080/playground2/oauth2client?code=...&state=xyz&iss=https%3A%2F%2F127.0.0.1%3A{port}"
+    )
+    assert (
+        '"active":true' in signin[2]
+        and '"username":"admin"' in signin[2]
+        and '"cnf":{"x5t#S256":' in signin[2]
+    )
+    assert '"error":"invalid_grant"' in signin[3]
+    assert signin[4] == '{"active":false}'
+
     lines = out["endpoints"].strip().splitlines()
-    assert lines[0] == '{"username": "alice"}'
+    assert json.loads(lines[0])["username"] == "alice"
     active, revoked_status, inactive, metadata, jwks = lines[1:]
     assert '"active":true' in active and '"username":"alice"' in active and '"scope":"read"' in active
     assert revoked_status == "200"

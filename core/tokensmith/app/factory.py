@@ -23,6 +23,7 @@ from tokensmith.app.fastlane import OAuthEndpoints
 from tokensmith.app.registration import registration
 from tokensmith.app.responses import error_answer, plain_error, to_response
 from tokensmith.app.routes import add_plugin_routes, oauth
+from tokensmith.app.signin import signin
 from tokensmith.app.state import LOADER, RELOAD_ALL, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
 from tokensmith.config.settings import Config, IdentitySettings, load_identity
 from tokensmith.config.xml import ConfigError
@@ -112,7 +113,9 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
 
     Wheels are unpacked under *unpack_root* (a new private temporary directory when None).
     """
-    app = Quart("tokensmith")
+    # conf/templates/ first: the operator's pages take precedence over the bundled ones
+    # (app/templates/, the signin blueprint's folder).
+    app = Quart("tokensmith", template_folder=str(config.conf_dir / "templates"))
     # Routing never redirects: Werkzeug's redirects for merged or trailing slashes are built
     # from the request's Host, which the client chooses (and a cacheable 308 to another host
     # is an open redirect). A path that does not match exactly is a 404.
@@ -150,6 +153,7 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.register_blueprint(admin)
     if config.server.console.enabled:
         app.register_blueprint(console)
+    app.register_blueprint(signin)
     try:
         add_plugin_routes(app, first.listeners)
     except BaseException:

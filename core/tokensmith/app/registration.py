@@ -16,7 +16,6 @@ import json
 import secrets
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, current_app, request
 
@@ -26,7 +25,12 @@ from tokensmith.app.responses import to_response
 from tokensmith.app.state import public_urls_of, runtime
 from tokensmith.errors import InvalidClientMetadataError, InvalidRedirectUriError, OAuth2Error
 from tokensmith.models import Client
-from tokensmith.oauth.clientmetadata import STANDARD_MEMBERS, client_metadata, is_namespaced
+from tokensmith.oauth.clientmetadata import (
+    STANDARD_MEMBERS,
+    check_redirect_uri,
+    client_metadata,
+    is_namespaced,
+)
 from tokensmith.oauth.endpoints import REGISTRATION_PATH
 from tokensmith.oauth.messages import Answer
 from tokensmith.oauth.runtime import Runtime
@@ -77,8 +81,10 @@ def _understood(document: Mapping[str, Any]) -> dict[str, Any]:
     not understand" (a plugin's namespaced members are understood by that plugin), and
     §3.2.1 lets it replace requested values with suitable ones, which the response then
     shows: ``token_endpoint_auth_method`` defaults to ``client_secret_basic``, and
-    ``grant_types``, whose RFC default ``authorization_code`` this server has no endpoint for,
-    to ``client_credentials`` (``refresh_token`` would need the password grant).
+    ``grant_types`` to ``client_credentials`` (the RFC's default, ``authorization_code``,
+    needs ``redirect_uris``, which most machine clients do not have). ``response_types``
+    must agree with ``grant_types`` (§2.1): ``["code"]`` with ``authorization_code`` (the
+    default then), none without it.
     """
     kept = {
         name: value
@@ -89,37 +95,31 @@ def _understood(document: Mapping[str, Any]) -> dict[str, Any]:
     kept.setdefault("token_endpoint_auth_method", "client_secret_basic")
     if "grant_types" not in kept:
         kept["grant_types"] = ["client_credentials"]
-    if "authorization_code" in kept["grant_types"] if isinstance(kept["grant_types"], list) else False:
+    code = isinstance(kept["grant_types"], list) and "authorization_code" in kept["grant_types"]
+    response_types = kept.pop("response_types", None)
+    if response_types is not None and response_types != (["code"] if code else []):
         raise InvalidClientMetadataError(
-            "grant_types: authorization_code is not served here (no authorization endpoint);"
-            " use client_credentials, password or refresh_token"
+            'response_types must be ["code"] with the authorization_code grant and empty'
+            " without it (RFC 7591 §2.1); no other response type is served"
         )
-    # response_types are for the authorization endpoint; with no redirect-based grant the
-    # client registers none (RFC 7591 §2.1: grant_types and response_types must agree).
-    kept.pop("response_types", None)
+    if code:
+        kept["response_types"] = ["code"]
     return kept
 
 
 def _check_redirect_uris(uris: object) -> None:
-    """RFC 6749 §3.1.2: a redirection URI is absolute and has no fragment; RFC 7591 §3.2.2
-    answers ``invalid_redirect_uri`` otherwise. (This server has no redirect-based grant:
-    the URIs are kept for the client's record.)"""
+    """RFC 7591 §3.2.2 ``invalid_redirect_uri`` for a redirection URI the authorization
+    endpoint would not redirect to (``clientmetadata.check_redirect_uri``: absolute, no
+    fragment, https or http to loopback)."""
     if uris is None:
         return
     if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
         raise InvalidRedirectUriError("redirect_uris must be a list of URIs")
     for uri in uris:
-        parts = urlsplit(uri)
-        if (
-            not parts.scheme
-            or not parts.netloc
-            or parts.fragment
-            or "#" in uri
-            or any(c.isspace() for c in uri)
-        ):
-            raise InvalidRedirectUriError(
-                f"redirect_uri {uri!r:.80} is not an absolute URI without a fragment"
-            )
+        try:
+            check_redirect_uri(uri)
+        except InvalidClientMetadataError as exc:
+            raise InvalidRedirectUriError(exc.description) from None
 
 
 def _answer(rt: Runtime, client: Client, status: int, *, secret: str | None, token: str | None) -> Answer:

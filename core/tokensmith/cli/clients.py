@@ -300,6 +300,15 @@ def _metadata_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.json",
         help="an RFC 7591 client metadata document (a JSON object)",
     )
+    parser.add_argument(
+        "--redirect-uri",
+        action="append",
+        dest="redirect_uris",
+        metavar="URI",
+        help="a redirect URI for the authorization_code grant (repeatable; metadata"
+        " redirect_uris, compared exactly): https, or http to a loopback address such as"
+        " http://127.0.0.1:8080/callback (RFC 8252 §7.3); sp update replaces the list",
+    )
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument(
         "--jwks",
@@ -336,6 +345,8 @@ def _metadata_changes(args: argparse.Namespace) -> dict[str, object]:
     if args.jwks_uri is not None:
         document["jwks_uri"] = args.jwks_uri
         document.pop("jwks", None)
+    if args.redirect_uris:
+        document["redirect_uris"] = list(args.redirect_uris)
     return document
 
 
@@ -544,11 +555,16 @@ def _applied(client: Client, document: dict[str, object], *, merge: bool) -> Cli
 
 
 def cmd_sp_update(args: argparse.Namespace) -> int:
-    changes_metadata = args.metadata is not None or args.jwks is not None or args.jwks_uri is not None
+    changes_metadata = (
+        args.metadata is not None
+        or args.jwks is not None
+        or args.jwks_uri is not None
+        or bool(args.redirect_uris)
+    )
     if not args.add_certs and not args.remove_certs and not changes_metadata:
         raise CLIError(
             "nothing to change: give --add-cert FILE, --remove-cert SHA256, --metadata FILE.json,"
-            " --jwks FILE or --jwks-uri URL"
+            " --jwks FILE, --jwks-uri URL or --redirect-uri URI"
         )
     remove = [parse_fingerprint(text) for text in args.remove_certs]
     config = load_config(args.conf)

@@ -234,6 +234,11 @@ class IdentitySettings:
     max_failed_logins: int = int(_OAUTH["max_failed_logins"].default or 0)
     max_failed_logins_per_user: int = int(_OAUTH["max_failed_logins_per_user"].default or 0)
     lockout_seconds: int = int(_OAUTH["lockout_seconds"].default or 0)
+    #: Authorization codes live this long (RFC 6749 §4.1.2: "a maximum authorization code
+    #: lifetime of 10 minutes is RECOMMENDED"; a browser redirect takes seconds).
+    authorization_code_lifetime: int = int(_OAUTH["authorization_code_lifetime"].default or 0)
+    #: How long a sign-in on the login page lasts before the user signs in again.
+    signin_session_lifetime: int = int(_OAUTH["signin_session_lifetime"].default or 0)
     #: SHA-256 (hex) of the wheels allowed in dropins/; None when pinning is off.
     allowed_wheels: frozenset[str] | None = None
     #: Client certificates forwarded by trusted proxies; None: only the TLS handshake's.

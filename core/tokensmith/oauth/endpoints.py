@@ -23,7 +23,7 @@ from tokensmith.errors import (
     UnauthorizedClientError,
 )
 from tokensmith.models import TokenRecord
-from tokensmith.oauth import clientauth
+from tokensmith.oauth import clientauth, pkce
 from tokensmith.oauth.clientauth import (
     AuthenticatedClient,
     ClientAuthRequest,
@@ -280,6 +280,8 @@ POST_ENDPOINTS = {
 }
 
 
+#: The authorization endpoint (RFC 6749 §3.1), served by app/signin.py.
+AUTHORIZE_PATH = "/oauth2/authorize"
 #: Where the metadata (RFC 8414 §3) and the signing keys are served.
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 JWKS_PATH = "/oauth2/jwks"
@@ -315,7 +317,12 @@ async def metadata(rt: Runtime, urls: PublicUrls) -> Answer:
         {
             "jwks_uri": f"{urls.issuer}{JWKS_PATH}",
             "grant_types_supported": list(GRANT_TYPES),
-            "response_types_supported": [],
+            # RFC 6749 §4.1 with PKCE (RFC 7636 §6.2: S256 only) and RFC 9207's iss.
+            "authorization_endpoint": f"{urls.issuer}{AUTHORIZE_PATH}",
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "code_challenge_methods_supported": list(pkce.METHODS),
+            "authorization_response_iss_parameter_supported": True,
             "scopes_supported": rt.storage.scopes_in_use(),
             "token_endpoint_auth_methods_supported": auth_methods_supported(rt, "token"),
             "introspection_endpoint_auth_methods_supported": auth_methods_supported(rt, "introspect"),

@@ -36,9 +36,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tokensmith.models import (
     AuditEntry,
+    AuthorizationCode,
     Client,
+    Consent,
     Issue,
     LoginPolicy,
+    SignInSession,
     StorageError,
     TokenRecord,
     User,
@@ -59,6 +62,9 @@ _MIGRATION_LOCK = 0x746F6B656E736D
 _CLIENT_CACHE = 200_000
 #: Login failure rows are kept this long after their last failure or lock.
 _FAILURES_KEPT = 24 * 3600
+#: A code is kept this long after it expired, so that a late replay still revokes the
+#: tokens issued for it (RFC 6749 §4.1.2) rather than finding no code at all.
+_USED_CODES_KEPT = 24 * 3600
 
 #: Schema migrations, by the version they lead to; each runs once, in one transaction, under
 #: an advisory lock (instances starting together migrate once). Times are Unix seconds.
@@ -165,6 +171,44 @@ CREATE TABLE registration_tokens (
     expires_at BIGINT
 );
 CREATE INDEX registration_tokens_client ON registration_tokens(client_id) WHERE client_id IS NOT NULL;
+""",
+    # The authorization code grant (as SQLite's schema 8): codes by the SHA-256 of the code
+    # (never the code), single use; the scopes each user consented to give each client; the
+    # login page's sessions, by the SHA-256 of the cookie value.
+    4: """
+CREATE TABLE authorization_codes (
+    code_hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    redirect_uri_given BOOLEAN NOT NULL,
+    scope TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    grant_id TEXT NOT NULL,
+    issued_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used BOOLEAN NOT NULL DEFAULT false
+);
+CREATE INDEX authorization_codes_expiry ON authorization_codes(expires_at);
+CREATE INDEX authorization_codes_client ON authorization_codes(client_id);
+CREATE TABLE consents (
+    user_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    granted_at BIGINT NOT NULL,
+    PRIMARY KEY (user_id, client_id)
+);
+CREATE INDEX consents_client ON consents(client_id);
+CREATE TABLE signin_sessions (
+    session_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX signin_sessions_expiry ON signin_sessions(expires_at);
+CREATE INDEX signin_sessions_user ON signin_sessions(user_id);
 """,
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
@@ -523,6 +567,10 @@ class PostgresStorage:
                     (client_id, int(time.time())),
                 )
                 cur.execute("DELETE FROM registration_tokens WHERE client_id = %s", (client_id,))
+                # Its codes can no longer be redeemed (no client), and nobody consents to
+                # a client that is gone.
+                cur.execute("DELETE FROM authorization_codes WHERE client_id = %s", (client_id,))
+                cur.execute("DELETE FROM consents WHERE client_id = %s", (client_id,))
         return removed
 
     # -- tokens ------------------------------------------------------------------------------
@@ -632,6 +680,8 @@ class PostgresStorage:
 
     def revoke_user_tokens(self, user_id: str) -> int:
         with self._cursor(transaction=True) as cur:
+            # Their sign-ins on the login page end too: a revoked user signs in again.
+            cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (user_id,))
             return _revoke_user(cur, user_id)
 
     def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
@@ -666,6 +716,16 @@ class PostgresStorage:
                 "DELETE FROM plugin_state WHERE ctid = ANY(ARRAY(SELECT ctid FROM plugin_state"
                 " WHERE expires_at < %s LIMIT %s))",
                 (before, limit),  # LIMIT NULL: no limit
+            )
+            cur.execute(
+                "DELETE FROM authorization_codes WHERE ctid = ANY(ARRAY(SELECT ctid FROM"
+                " authorization_codes WHERE expires_at < %s LIMIT %s))",
+                (before - _USED_CODES_KEPT, limit),
+            )
+            cur.execute(
+                "DELETE FROM signin_sessions WHERE ctid = ANY(ARRAY(SELECT ctid FROM signin_sessions"
+                " WHERE expires_at < %s LIMIT %s))",
+                (before, limit),
             )
         return removed
 
@@ -826,6 +886,8 @@ class PostgresStorage:
             if row is None:
                 return False
             _revoke_user(cur, row[0])
+            cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (row[0],))
+            cur.execute("DELETE FROM consents WHERE user_id = %s", (row[0],))
             cur.execute("DELETE FROM login_failures WHERE username = %s", (username,))
             cur.execute("DELETE FROM users WHERE username = %s", (username,))
         return True
@@ -879,6 +941,130 @@ class PostgresStorage:
                 "UPDATE users SET failed_attempts = 0, locked_until = 0, last_failure = 0 WHERE username = %s",
                 (username,),
             )
+            return cur.rowcount > 0
+
+    # -- authorization code grant ------------------------------------------------------------
+
+    def add_authorization_code(self, code: AuthorizationCode) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO authorization_codes VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    code.code_hash,
+                    code.client_id,
+                    code.redirect_uri,
+                    code.redirect_uri_given,
+                    code.scope,
+                    code.code_challenge,
+                    code.user_id,
+                    code.username,
+                    code.grant_id,
+                    code.issued_at,
+                    code.expires_at,
+                    code.used,
+                ),
+            )
+
+    def get_authorization_code(self, code_hash: str) -> AuthorizationCode | None:
+        row = self._read_one(
+            "SELECT code_hash, client_id, redirect_uri, redirect_uri_given, scope, code_challenge,"
+            " user_id, username, grant_id, issued_at, expires_at, used"
+            " FROM authorization_codes WHERE code_hash = %s",
+            (code_hash,),
+        )
+        if row is None:
+            return None
+        return AuthorizationCode(
+            code_hash=row[0],
+            client_id=row[1],
+            redirect_uri=row[2],
+            redirect_uri_given=bool(row[3]),
+            scope=row[4],
+            code_challenge=row[5],
+            user_id=row[6],
+            username=row[7],
+            grant_id=row[8],
+            issued_at=row[9],
+            expires_at=row[10],
+            used=bool(row[11]),
+        )
+
+    def use_authorization_code(self, code_hash: str) -> bool:
+        # One UPDATE: of concurrent redeemers on any instance, the others wait for the first
+        # one's row lock and then find the row used, so exactly one changes it.
+        with self._cursor() as cur:
+            cur.execute(
+                "UPDATE authorization_codes SET used = true WHERE code_hash = %s AND NOT used", (code_hash,)
+            )
+            return cur.rowcount == 1
+
+    def get_consent(self, user_id: str, client_id: str) -> Consent | None:
+        row = self._read_one(
+            "SELECT scopes, granted_at FROM consents WHERE user_id = %s AND client_id = %s",
+            (user_id, client_id),
+        )
+        return None if row is None else Consent(user_id, client_id, tuple(row[0].split()), row[1])
+
+    def add_consent(self, consent: Consent) -> None:
+        # Adds to the scopes already consented to. The row lock (or, for a first consent, the
+        # primary key's conflict) orders concurrent consents so that none is lost.
+        with self._cursor(transaction=True) as cur:
+            cur.execute(
+                "INSERT INTO consents VALUES (%s, %s, '', %s) ON CONFLICT (user_id, client_id) DO NOTHING",
+                (consent.user_id, consent.client_id, consent.granted_at),
+            )
+            cur.execute(
+                "SELECT scopes FROM consents WHERE user_id = %s AND client_id = %s FOR UPDATE",
+                (consent.user_id, consent.client_id),
+            )
+            row = cur.fetchone()
+            scopes = dict.fromkeys([*(row[0].split() if row else ()), *consent.scopes])
+            cur.execute(
+                "UPDATE consents SET scopes = %s, granted_at = %s WHERE user_id = %s AND client_id = %s",
+                (" ".join(scopes), consent.granted_at, consent.user_id, consent.client_id),
+            )
+
+    def list_consents(self, user_id: str) -> list[Consent]:
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT client_id, scopes, granted_at FROM consents WHERE user_id = %s ORDER BY client_id",
+                (user_id,),
+            )
+            rows = cur.fetchall()
+        return [Consent(user_id, row[0], tuple(row[1].split()), row[2]) for row in rows]
+
+    def revoke_consent(self, user_id: str, client_id: str) -> bool:
+        with self._cursor() as cur:
+            cur.execute("DELETE FROM consents WHERE user_id = %s AND client_id = %s", (user_id, client_id))
+            return cur.rowcount > 0
+
+    def add_session(self, session: SignInSession) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO signin_sessions VALUES (%s, %s, %s, %s, %s)",
+                (
+                    session.session_hash,
+                    session.user_id,
+                    session.username,
+                    session.created_at,
+                    session.expires_at,
+                ),
+            )
+
+    def get_session(self, session_hash: str) -> SignInSession | None:
+        # The user must still exist as the same user: removing a user ends their sessions,
+        # and a new user under the old name is not signed in by them.
+        row = self._read_one(
+            "SELECT s.session_hash, s.user_id, s.username, s.created_at, s.expires_at"
+            " FROM signin_sessions s JOIN users u ON u.user_id = s.user_id"
+            " WHERE s.session_hash = %s AND s.expires_at > %s",
+            (session_hash, int(time.time())),
+        )
+        return None if row is None else SignInSession(*row)
+
+    def delete_session(self, session_hash: str) -> bool:
+        with self._cursor() as cur:
+            cur.execute("DELETE FROM signin_sessions WHERE session_hash = %s", (session_hash,))
             return cur.rowcount > 0
 
 

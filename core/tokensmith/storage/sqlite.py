@@ -22,17 +22,20 @@ from types import MappingProxyType
 
 from tokensmith.models import (
     AuditEntry,
+    AuthorizationCode,
     Client,
+    Consent,
     Issue,
     LoginPolicy,
     RegisteredCertificate,
+    SignInSession,
     StorageError,
     TokenRecord,
     User,
 )
 from tokensmith.security.files import private_file
 
-_SCHEMA_VERSION = 7
+_SCHEMA_VERSION = 8
 
 #: Any change to clients, from any connection, bumps clients_version (see get_client).
 _CLIENTS_VERSION = """
@@ -114,6 +117,48 @@ CREATE INDEX IF NOT EXISTS registration_tokens_client ON registration_tokens(cli
     WHERE client_id IS NOT NULL;
 """
 
+#: Schema 8: the authorization code grant (oauth/authorize.py, app/signin.py).
+#: - authorization_codes: by the SHA-256 of the code (never the code), single use;
+#: - consents: the scopes each user consented to give each client;
+#: - signin_sessions: the login page's sessions, by the SHA-256 of the cookie value.
+_AUTHORIZATION = """
+CREATE TABLE IF NOT EXISTS authorization_codes (
+    code_hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    redirect_uri_given INTEGER NOT NULL,
+    scope TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    grant_id TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS authorization_codes_expiry ON authorization_codes(expires_at);
+CREATE TABLE IF NOT EXISTS consents (
+    user_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    granted_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, client_id)
+);
+CREATE TABLE IF NOT EXISTS signin_sessions (
+    session_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signin_sessions_expiry ON signin_sessions(expires_at);
+CREATE INDEX IF NOT EXISTS signin_sessions_user ON signin_sessions(user_id);
+"""
+
+#: A code is kept this long after it expired, so that a late replay still revokes the
+#: tokens issued for it (RFC 6749 §4.1.2) rather than finding no code at all.
+_USED_CODES_KEPT = 24 * 3600
+
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS clients (
@@ -174,6 +219,7 @@ CREATE TABLE IF NOT EXISTS users (
     + _LIFECYCLE
     + _PLUGIN_STATE
     + _ADMINISTRATION
+    + _AUTHORIZATION
 )
 
 _CLIENT_CACHE = 200_000
@@ -234,6 +280,7 @@ UPDATE tokens SET revoked = 1 WHERE username IS NOT NULL AND user_id IS NULL;
     + _LIFECYCLE,
     6: "ALTER TABLE clients ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';\n" + _PLUGIN_STATE,
     7: "ALTER TABLE users ADD COLUMN role TEXT;\n" + _ADMINISTRATION,
+    8: _AUTHORIZATION,
 }
 
 
@@ -422,6 +469,10 @@ class SQLiteStorage:
                         "INSERT OR IGNORE INTO revoked_clients VALUES (?, ?)", (client_id, int(time.time()))
                     )
                     self._db.execute("DELETE FROM registration_tokens WHERE client_id = ?", (client_id,))
+                    # Its codes can no longer be redeemed (no client), and nobody consents to
+                    # a client that is gone.
+                    self._db.execute("DELETE FROM authorization_codes WHERE client_id = ?", (client_id,))
+                    self._db.execute("DELETE FROM consents WHERE client_id = ?", (client_id,))
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
         return removed
@@ -557,6 +608,8 @@ class SQLiteStorage:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
+                # Their sign-ins on the login page end too: a revoked user signs in again.
+                self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (user_id,))
                 return self._revoke_user(user_id)
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
@@ -628,6 +681,16 @@ class SQLiteStorage:
                     db.execute(
                         "DELETE FROM login_failures WHERE locked_until < ? AND last_failure < ?",
                         (before, before - _FAILURES_KEPT),
+                    )
+                    db.execute(
+                        "DELETE FROM authorization_codes WHERE rowid IN (SELECT rowid FROM"
+                        " authorization_codes WHERE expires_at < ? LIMIT ?)",
+                        (before - _USED_CODES_KEPT, -1 if limit is None else limit),
+                    )
+                    db.execute(
+                        "DELETE FROM signin_sessions WHERE rowid IN (SELECT rowid FROM"
+                        " signin_sessions WHERE expires_at < ? LIMIT ?)",
+                        (before, -1 if limit is None else limit),
                     )
                     db.execute(
                         "DELETE FROM plugin_state WHERE (namespace, key) IN (SELECT namespace, key"
@@ -799,6 +862,8 @@ class SQLiteStorage:
                 if row is None:
                     return False
                 self._revoke_user(row[0])
+                self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (row[0],))
+                self._db.execute("DELETE FROM consents WHERE user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM login_failures WHERE username = ?", (username,))
                 self._db.execute("DELETE FROM users WHERE username = ?", (username,))
         except sqlite3.Error as exc:
@@ -870,6 +935,112 @@ class SQLiteStorage:
                 )
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
+
+    # -- authorization code grant --------------------------------------------------------
+
+    def add_authorization_code(self, code: AuthorizationCode) -> None:
+        self._run(
+            "INSERT INTO authorization_codes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                code.code_hash,
+                code.client_id,
+                code.redirect_uri,
+                int(code.redirect_uri_given),
+                code.scope,
+                code.code_challenge,
+                code.user_id,
+                code.username,
+                code.grant_id,
+                code.issued_at,
+                code.expires_at,
+                int(code.used),
+            ),
+        )
+
+    def get_authorization_code(self, code_hash: str) -> AuthorizationCode | None:
+        row = self._run("SELECT * FROM authorization_codes WHERE code_hash = ?", (code_hash,)).fetchone()
+        if row is None:
+            return None
+        return AuthorizationCode(
+            code_hash=row[0],
+            client_id=row[1],
+            redirect_uri=row[2],
+            redirect_uri_given=bool(row[3]),
+            scope=row[4],
+            code_challenge=row[5],
+            user_id=row[6],
+            username=row[7],
+            grant_id=row[8],
+            issued_at=row[9],
+            expires_at=row[10],
+            used=bool(row[11]),
+        )
+
+    def use_authorization_code(self, code_hash: str) -> bool:
+        # One UPDATE: among concurrent redeemers (threads or workers) exactly one changes it.
+        return (
+            self._run(
+                "UPDATE authorization_codes SET used = 1 WHERE code_hash = ? AND used = 0", (code_hash,)
+            ).rowcount
+            == 1
+        )
+
+    def get_consent(self, user_id: str, client_id: str) -> Consent | None:
+        row = self._run(
+            "SELECT scopes, granted_at FROM consents WHERE user_id = ? AND client_id = ?",
+            (user_id, client_id),
+        ).fetchone()
+        return None if row is None else Consent(user_id, client_id, tuple(row[0].split()), row[1])
+
+    def add_consent(self, consent: Consent) -> None:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute(
+                    "SELECT scopes FROM consents WHERE user_id = ? AND client_id = ?",
+                    (consent.user_id, consent.client_id),
+                ).fetchone()
+                scopes = dict.fromkeys([*(row[0].split() if row else ()), *consent.scopes])
+                self._db.execute(
+                    "INSERT OR REPLACE INTO consents VALUES (?, ?, ?, ?)",
+                    (consent.user_id, consent.client_id, " ".join(scopes), consent.granted_at),
+                )
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def list_consents(self, user_id: str) -> list[Consent]:
+        rows = self._run(
+            "SELECT client_id, scopes, granted_at FROM consents WHERE user_id = ? ORDER BY client_id",
+            (user_id,),
+        ).fetchall()
+        return [Consent(user_id, row[0], tuple(row[1].split()), row[2]) for row in rows]
+
+    def revoke_consent(self, user_id: str, client_id: str) -> bool:
+        return (
+            self._run(
+                "DELETE FROM consents WHERE user_id = ? AND client_id = ?", (user_id, client_id)
+            ).rowcount
+            > 0
+        )
+
+    def add_session(self, session: SignInSession) -> None:
+        self._run(
+            "INSERT INTO signin_sessions VALUES (?, ?, ?, ?, ?)",
+            (session.session_hash, session.user_id, session.username, session.created_at, session.expires_at),
+        )
+
+    def get_session(self, session_hash: str) -> SignInSession | None:
+        # The user must still exist as the same user: removing a user ends their sessions,
+        # and a new user under the old name is not signed in by them.
+        row = self._run(
+            "SELECT s.* FROM signin_sessions s JOIN users u ON u.user_id = s.user_id"
+            " WHERE s.session_hash = ? AND s.expires_at > ?",
+            (session_hash, int(time.time())),
+        ).fetchone()
+        return None if row is None else SignInSession(*row)
+
+    def delete_session(self, session_hash: str) -> bool:
+        return self._run("DELETE FROM signin_sessions WHERE session_hash = ?", (session_hash,)).rowcount > 0
 
     def close(self) -> None:
         with self._checkpoint_lock:
