@@ -76,6 +76,35 @@ def test_redact_url_hides_only_the_password() -> None:
     assert redact_url("postgresql://u:x@[::1]:5432/d") == "postgresql://u:***@[::1]:5432/d"
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://h/d?password=s3cret&sslmode=require", "postgresql://h/d?password=***&sslmode=require"),
+        ("postgresql://h/d?user=u&PassWord=s3cret#f", "postgresql://h/d?user=u&PassWord=***#f"),
+        ("postgresql://h/d?pass%77ord=s3cret", "postgresql://h/d?pass%77ord=***"),
+        ("postgresql://h/d?sslpassword=s3cret", "postgresql://h/d?sslpassword=***"),
+        # libpq splits a raw @ at the first, urlsplit at the last: hide up to the last.
+        ("postgresql://postgres:s3@cret@127.0.0.1:1/x", "postgresql://postgres:***@127.0.0.1:1/x"),
+        ("host=h password=s3cret dbname=x", "host=h password=*** dbname=x"),
+        ("host=h password = 's3 cret' sslpassword=s3cret", "host=h password = *** sslpassword=***"),
+        ("postgresql://[::1:1", "postgresql://[::1:1"),
+    ],
+)
+def test_redact_url_hides_every_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_an_unreachable_store_with_a_password_parameter_never_shows_it(deployment, monkeypatch) -> None:  # noqa: ANN001
+    """`db status` on a database that cannot be reached: one line, the password replaced."""
+    monkeypatch.setenv(
+        "TOKENSMITH_DATABASE_URL", "postgresql://u@127.0.0.1:1/x?password=s3cret&connect_timeout=2"
+    )
+    result = deployment.cli("db", "status", check=False)
+    assert result.returncode != 0
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "password=***" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_instances_starting_together_migrate_once(postgres_url) -> None:  # noqa: ANN001
     """Six stores opened at once on an empty schema: one migrates under the advisory lock,
     the others find it done; `db status`'s reading agrees."""

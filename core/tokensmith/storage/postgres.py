@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import psycopg
 from psycopg import sql
@@ -178,25 +178,49 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
+#: libpq parameters whose values are secrets (a URL query parameter or a key=value pair).
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+_SECRET_PAIR = re.compile(r"\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """*url* with its password, if any, replaced: what logs and messages may show."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{quote(parts.username or '', safe='')}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """*url* with every password replaced: what logs and messages may show.
+
+    Never raises and never relies on the URL being well formed: the userinfo is everything
+    before the last ``@`` of the authority (libpq splits at the first, Python's urlsplit at
+    the last: up to the last hides what either would take for the password), and every
+    ``password``/``sslpassword`` query parameter is replaced as well. A key=value connection
+    string (``host=h password=p``) has its password pairs replaced.
+    """
+    if not is_postgres_url(url):
+        return _SECRET_PAIR.sub(r"\1***", url)
+    scheme, rest = url.split("://", 1)
+    head, sep, query = rest.partition("?")
+    fragment = ""
+    if "#" in query:
+        query, fragment = query.split("#", 1)
+        fragment = "#" + fragment
+    at = head.rfind("@")
+    if at >= 0:
+        userinfo, hostpart = head[:at], head[at + 1 :]
+        if ":" in userinfo:
+            head = f"{userinfo.split(':', 1)[0]}:***@{hostpart}"
+    if sep:
+        pairs = []
+        for pair in query.split("&"):
+            key, eq, _ = pair.partition("=")
+            pairs.append(f"{key}=***" if eq and unquote(key).strip().lower() in _SECRET_KEYS else pair)
+        query = "&".join(pairs)
+    return f"{scheme}://{head}{sep}{query}{fragment}"
 
 
 def _redact_message(message: str) -> str:
     """One line, and no password: libpq messages span lines and may quote the connection
     string."""
     message = " ".join(message.split())
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message))
+    message = re.sub(r"(://[^:/@\s]*:)[^\s/]*@", r"\1***@", message)
+    message = re.sub(r"([?&](?:ssl)?password=)[^&\s#]*", r"\1***", message, flags=re.IGNORECASE)
+    return _SECRET_PAIR.sub(r"\1***", message)
 
 
 class _Connection:
