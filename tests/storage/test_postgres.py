@@ -56,6 +56,22 @@ def test_database_url_selects_postgres_and_the_env_overrides_it(tmp_path, monkey
             '<Database url="mysql://u:pw@h/b"/>',
             r"server\.xml:5: the database URL must start with postgresql://",
         ),
+        (
+            '<Database url="postgresql://u:pw@rd@127.0.0.1:1/x"/>',
+            r"server\.xml:5: the database URL is not valid: an @ in the user name or password must be written %40$",
+        ),
+        (
+            '<Database url="postgresql://u:pw@[::1:1/x"/>',
+            r"server\.xml:5: the database URL is not valid: .*IPv6 host address$",
+        ),
+        (
+            '<Database url="postgresql://u:pw@127.0.0.1:99999/x"/>',
+            r"server\.xml:5: the database URL is not valid: port '99999' is not a port number",
+        ),
+        (
+            '<Database url="postgresql://u@h/x?password=pw&amp;bogus=1"/>',
+            r'server\.xml:5: the database URL is not valid: invalid URI query parameter: "bogus"$',
+        ),
     ],
 )
 def test_a_bad_database_element_names_the_line_and_never_the_password(
