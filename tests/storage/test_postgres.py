@@ -330,13 +330,22 @@ def test_db_status_and_migrate_on_sqlite(deployment) -> None:  # noqa: ANN001
 
     from tokensmith.storage.sqlite import _SCHEMA_VERSION
 
-    status = json.loads(deployment.cli("db", "status", "--json").stdout)
+    result = deployment.cli("db", "status", "--json", check=False)
+    assert result.returncode == 3  # documented in --help: needs migrate
+    status = json.loads(result.stdout)
     assert status["store"].startswith("SQLite ") and status["state"] == "needs migrate"
     assert not deployment.database.exists()  # status only reads
     assert f"schema version {_SCHEMA_VERSION}" in deployment.cli("db", "migrate").stdout
     status = json.loads(deployment.cli("db", "status", "--json").stdout)
     assert status["schema_version"] == status["release_schema_version"] == _SCHEMA_VERSION
     assert status["state"] == "up to date"
+    import sqlite3
+
+    with sqlite3.connect(deployment.database) as db:
+        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION + 1}")
+    newer = deployment.cli("db", "status", check=False)
+    assert newer.returncode == 4 and "newer than this release" in newer.stdout
+    assert "3 when it needs" in deployment.cli("db", "status", "--help").stdout
     wrong = deployment.cli("db", "nonsense", check=False)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
 
