@@ -213,6 +213,31 @@ def test_a_read_after_the_database_dropped_the_connection_is_answered(postgres_u
         store.close()
 
 
+def test_a_statement_timeout_is_not_taken_for_a_lost_connection(postgres_url, monkeypatch) -> None:  # noqa: ANN001
+    """A read that waits out its lock timeout fails once, after one timeout, on the
+    connection it used: the session is sound, so it is neither replaced nor repeated."""
+    import psycopg
+    from tokensmith.storage import postgres
+
+    monkeypatch.setattr(postgres, "STATEMENT_TIMEOUT_MS", 1_000)
+    store = PostgresStorage(postgres_url)
+    try:
+        store.add_tokens([TokenRecord("t", "access", "c", "", 0, 10_000)])
+        pid = store._main.get().info.backend_pid
+        with psycopg.connect(postgres_url) as locker:
+            locker.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="timeout"):
+                store.get_token("t")
+            elapsed = time.monotonic() - started
+            locker.rollback()
+        assert 0.9 < elapsed < 1.8  # one timeout, not two
+        assert store._main.get().info.backend_pid == pid
+        assert store.get_token("t") is not None
+    finally:
+        store.close()
+
+
 def test_a_connection_dropped_during_commits_loses_nothing_acknowledged(postgres_url) -> None:  # noqa: ANN001
     """Batches committed while the connection is cut: every batch that was answered as
     stored is stored whole; the others failed with StorageError (the client got 503)."""

@@ -235,6 +235,9 @@ class _Connection:
         self.lock = threading.RLock()
         #: The last get() returned a connection opened earlier, which may have gone stale.
         self.was_open = False
+        #: The last failure was the connection's own (closed by the server, broken), not a
+        #: statement's: only then is a read worth repeating on a new connection.
+        self.lost = False
 
     def get(self) -> psycopg.Connection[Any]:
         conn = self._conn
@@ -320,7 +323,12 @@ class PostgresStorage:
             except psycopg.errors.UniqueViolation:
                 raise
             except psycopg.Error as exc:
-                if conn.broken or isinstance(exc, psycopg.OperationalError):
+                # Only a connection the server closed (or that broke under us) is replaced: a
+                # statement or lock timeout (QueryCanceled, LockNotAvailable) is an
+                # OperationalError too, but the session is fine and repeating the statement
+                # would only wait as long again.
+                holder.lost = conn.broken or conn.closed
+                if holder.lost:
                     holder.drop()
                 raise StorageError(f"{self.shown}: {_redact_message(str(exc).strip())}") from None
 
@@ -335,7 +343,7 @@ class PostgresStorage:
                     cur.execute(query, params)
                     return cur.fetchone()
             except StorageError:
-                if attempt == 2 or not self._main.was_open:
+                if attempt == 2 or not self._main.was_open or not self._main.lost:
                     raise
         raise AssertionError("unreachable")
 
@@ -551,7 +559,8 @@ class PostgresStorage:
                         conn.cursor().execute(_INSERT, (_token_json(plain),))
                 stored = [True if c is None else c.rowcount > 0 for c in rotations]
             except psycopg.Error as exc:
-                if conn.broken or isinstance(exc, psycopg.OperationalError):
+                holder.lost = conn.broken or conn.closed
+                if holder.lost:
                     holder.drop()
                 raise StorageError(f"{self.shown}: {_redact_message(str(exc).strip())}") from None
         return stored
