@@ -238,6 +238,29 @@ def test_a_statement_timeout_is_not_taken_for_a_lost_connection(postgres_url, mo
         store.close()
 
 
+def test_the_first_write_after_the_database_dropped_the_connection_is_stored(postgres_url) -> None:  # noqa: ANN001
+    """The database ended the writer's idle connection: the next try_issue finds it closed
+    before sending anything, and stores on a new connection instead of failing (503)."""
+    import psycopg
+    from tokensmith.models import Issue
+
+    store = PostgresStorage(postgres_url)
+    try:
+        assert store.try_issue([Issue((TokenRecord("a", "access", "c", "", 0, 10_000),))], 1) == [True]
+        pid = store._writer.get().info.backend_pid
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+            deadline = time.monotonic() + 5
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert store.try_issue([Issue((TokenRecord("b", "access", "c", "", 0, 10_000),))], 1) == [True]
+        assert store.get_token("b") is not None
+        assert store._writer.get().info.backend_pid != pid
+    finally:
+        store.close()
+
+
 def test_a_connection_dropped_during_commits_loses_nothing_acknowledged(postgres_url) -> None:  # noqa: ANN001
     """Batches committed while the connection is cut: every batch that was answered as
     stored is stored whole; the others failed with StorageError (the client got 503)."""

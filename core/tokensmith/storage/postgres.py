@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -223,6 +224,20 @@ def _redact_message(message: str) -> str:
     return _SECRET_PAIR.sub(r"\1***", message)
 
 
+def _closed_by_server(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server has ended this idle connection (a restart, a failover, an idle
+    timeout, pg_terminate_backend), seen before anything is sent on it: an idle session of
+    ours is sent nothing unasked, so a readable socket is the server's goodbye (its error
+    message, then end of file). Found now, a new connection is opened and the statement sent
+    once on it, instead of failing on the dead one; a write cannot be repeated safely after
+    it was sent, but this costs no round trip and sends nothing."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
+
+
 class _Connection:
     """One connection, opened on first use and again after it failed, with deadlines."""
 
@@ -241,7 +256,7 @@ class _Connection:
 
     def get(self) -> psycopg.Connection[Any]:
         conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
+        if conn is not None and not conn.closed and not conn.broken and not _closed_by_server(conn):
             self.was_open = True
             return conn
         self.was_open = False
