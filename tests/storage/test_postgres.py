@@ -261,6 +261,37 @@ def test_the_first_write_after_the_database_dropped_the_connection_is_stored(pos
         store.close()
 
 
+def test_a_stalled_database_fails_each_call_at_its_client_side_deadline(postgres_url, monkeypatch) -> None:  # noqa: ANN001
+    """The database stops answering but its host still acknowledges (a frozen host, a stuck
+    pooler): the server's own timeouts cannot fire, so a read and a write each fail at the
+    client's deadline instead of hanging; once the database answers again, so does the store."""
+    from tokensmith.models import Issue
+    from tokensmith.storage import postgres
+
+    monkeypatch.setattr(postgres, "STATEMENT_TIMEOUT_MS", 500)
+    monkeypatch.setattr(postgres, "CALL_MARGIN", 0.5)
+    with pg.Proxy(postgres_url) as proxy:
+        store = PostgresStorage(proxy.url)
+        try:
+            store.add_tokens([TokenRecord("t", "access", "c", "", 0, 10_000)])
+            assert store.try_issue([Issue((TokenRecord("a", "access", "c", "", 0, 10_000),))], 1) == [True]
+            proxy.freeze()
+            for call in (
+                lambda: store.get_token("t"),
+                lambda: store.try_issue([Issue((TokenRecord("b", "access", "c", "", 0, 10_000),))], 1),
+            ):
+                started = time.monotonic()
+                with pytest.raises(StorageError, match="no answer within the deadline"):
+                    call()
+                assert 0.9 < time.monotonic() - started < 3  # one deadline, no retry
+            proxy.thaw()
+            time.sleep(0.6)  # past the reconnect back-off
+            assert store.get_token("t") is not None
+            assert store.try_issue([Issue((TokenRecord("c", "access", "c", "", 0, 10_000),))], 1) == [True]
+        finally:
+            store.close()
+
+
 def test_a_connection_dropped_during_commits_loses_nothing_acknowledged(postgres_url) -> None:  # noqa: ANN001
     """Batches committed while the connection is cut: every batch that was answered as
     stored is stored whole; the others failed with StorageError (the client got 503)."""

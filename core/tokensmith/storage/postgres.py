@@ -22,12 +22,14 @@ request. After a failure the connection is opened again on a later call: no rest
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 from urllib.parse import unquote
 
@@ -54,6 +56,10 @@ TCP_USER_TIMEOUT_MS = 5_000
 #: After a failed connection attempt, calls fail at once for this long instead of each
 #: waiting for a connect timeout of its own.
 RETRY_AFTER = 0.5
+#: A call may run this much longer than STATEMENT_TIMEOUT_MS before the client gives up on
+#: it: the server's own deadlines cannot help when the server (or a pooler, or the host)
+#: stalls while the kernel still acknowledges our packets.
+CALL_MARGIN = 2.0
 #: Chosen once; every tokensmith migrating any schema of a database takes this lock.
 _MIGRATION_LOCK = 0x746F6B656E736D
 _CLIENT_CACHE = 200_000
@@ -238,6 +244,21 @@ def _closed_by_server(conn: psycopg.Connection[Any]) -> bool:
     return bool(readable)
 
 
+def _shut_down(conn: psycopg.Connection[Any]) -> None:
+    """End *conn*'s TCP connection under the thread blocked reading it: that read then
+    fails at once, and psycopg marks the connection broken."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except (OSError, psycopg.Error):
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 class _Connection:
     """One connection, opened on first use and again after it failed, with deadlines."""
 
@@ -253,6 +274,12 @@ class _Connection:
         #: The last failure was the connection's own (closed by the server, broken), not a
         #: statement's: only then is a read worth repeating on a new connection.
         self.lost = False
+        #: The watchdog ended the last call: it had no answer within its deadline.
+        self.killed = False
+        self._watch = threading.Condition()
+        self._watched: tuple[float, psycopg.Connection[Any]] | None = None
+        self._watcher: threading.Thread | None = None
+        self._closing = False
 
     def get(self) -> psycopg.Connection[Any]:
         conn = self._conn
@@ -270,6 +297,51 @@ class _Connection:
             self._error = f"{redact_url(self._url)}: {_redact_message(str(exc).strip())}"
             raise StorageError(self._error) from None
         return self._conn
+
+    @contextmanager
+    def watched(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """A client-side deadline for one call on *conn*: past it, the watchdog shuts the
+        socket down, so that the blocked read returns an error now (StorageError, 503)
+        instead of waiting as long as the stalled server does, with the event loop held."""
+        seconds = STATEMENT_TIMEOUT_MS / 1000 + CALL_MARGIN
+        with self._watch:
+            self.killed = False
+            self._watched = (time.monotonic() + seconds, conn)
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watchdog, name="tokensmith-pg-watchdog", daemon=True
+                )
+                self._watcher.start()
+            self._watch.notify()
+        try:
+            yield
+        finally:
+            with self._watch:
+                self._watched = None
+
+    def _watchdog(self) -> None:
+        with self._watch:
+            while not self._closing:
+                if self._watched is None:
+                    self._watch.wait()
+                    continue
+                deadline, conn = self._watched
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._watch.wait(left)
+                    continue
+                self._watched = None
+                self.killed = True
+                _shut_down(conn)
+
+    def close(self) -> None:
+        with self.lock:
+            self.drop()
+        with self._watch:
+            self._closing = True
+            self._watch.notify()
+        if self._watcher is not None:
+            self._watcher.join(timeout=3)
 
     def drop(self) -> None:
         if self._conn is not None:
@@ -328,16 +400,23 @@ class PostgresStorage:
         holder = self._maint if maintenance else self._main
         with holder.lock:
             conn = holder.get()
+            # Migrations (maintenance) may rightly take long; requests' calls may not.
+            watch = nullcontext() if maintenance else holder.watched(conn)
             try:
-                if transaction:
-                    with conn.transaction(), conn.cursor() as cur:
-                        yield cur
-                else:
-                    with conn.cursor() as cur:
-                        yield cur
+                with watch:
+                    if transaction:
+                        with conn.transaction(), conn.cursor() as cur:
+                            yield cur
+                    else:
+                        with conn.cursor() as cur:
+                            yield cur
             except psycopg.errors.UniqueViolation:
                 raise
             except psycopg.Error as exc:
+                if holder.killed:
+                    holder.lost = False  # the server stalls: asking again would stall too
+                    holder.drop()
+                    raise StorageError(f"{self.shown}: no answer within the deadline") from None
                 # Only a connection the server closed (or that broke under us) is replaced: a
                 # statement or lock timeout (QueryCanceled, LockNotAvailable) is an
                 # OperationalError too, but the session is fine and repeating the statement
@@ -449,12 +528,9 @@ class PostgresStorage:
         if self._listener is not None:
             self._listener.join(timeout=3)
             self._listener = None
-        with self._main.lock:
-            self._main.drop()
-        with self._maint.lock:
-            self._maint.drop()
-        with self._writer.lock:
-            self._writer.drop()
+        self._main.close()
+        self._maint.close()
+        self._writer.close()
 
     def __enter__(self) -> PostgresStorage:
         return self
@@ -555,7 +631,7 @@ class PostgresStorage:
                 # batch; an explicit transaction would add one for BEGIN and one for COMMIT.
                 plain = [t for issue in issues if issue.rotates is None for t in issue.tokens]
                 rotations: list[psycopg.Cursor[Any] | None] = []
-                with conn.pipeline():
+                with holder.watched(conn), conn.pipeline():
                     for issue in issues:
                         if issue.rotates is None:
                             rotations.append(None)
@@ -574,9 +650,11 @@ class PostgresStorage:
                         conn.cursor().execute(_INSERT, (_token_json(plain),))
                 stored = [True if c is None else c.rowcount > 0 for c in rotations]
             except psycopg.Error as exc:
-                holder.lost = conn.broken or conn.closed
-                if holder.lost:
+                holder.lost = (conn.broken or conn.closed) and not holder.killed
+                if holder.lost or holder.killed:
                     holder.drop()
+                if holder.killed:
+                    raise StorageError(f"{self.shown}: no answer within the deadline") from None
                 raise StorageError(f"{self.shown}: {_redact_message(str(exc).strip())}") from None
         return stored
 
