@@ -320,3 +320,30 @@ def test_control_characters_of_the_client_id_are_escaped(mtls) -> None:  # noqa:
     result = client_doctor(server, "evil\x1b[2J\x07id", files)
     assert "\x1b" not in result.stdout and "\x07" not in result.stdout
     assert "client evil\\x1b[2J\\x07id: not registered" in failed(result)
+
+
+def test_storage_checks_the_configured_postgres(deployment: Deployment, postgres_url, monkeypatch) -> None:  # noqa: ANN001
+    """server.xml names PostgreSQL: doctor asks it (no SQLite file appears), and says when its
+    schema needs migrating."""
+    monkeypatch.setenv("TOKENSMITH_DATABASE_URL", postgres_url)
+    text = failed(doctor(deployment))
+    assert "✗ storage PostgreSQL postgresql://" in text and "tokensmith db migrate" in text
+    deployment.cli("db", "migrate")
+    result = doctor(deployment)
+    assert result.returncode == 0, result.stdout
+    assert "✓ storage PostgreSQL postgresql://" in result.stdout
+    assert not deployment.database.exists()
+
+
+def test_an_unreachable_postgres_is_reported_without_its_password(
+    deployment: Deployment, monkeypatch
+) -> None:  # noqa: ANN001
+    monkeypatch.setenv(
+        "TOKENSMITH_DATABASE_URL", "postgresql://u@127.0.0.1:1/x?password=s3cret&connect_timeout=2"
+    )
+    result = doctor(deployment)
+    text = failed(result)
+    assert "✗ storage PostgreSQL postgresql://u@127.0.0.1:1/x?password=***" in text
+    assert "fix: check the <Database url=>" in text
+    assert "s3cret" not in result.stdout + result.stderr
+    assert not deployment.database.exists()

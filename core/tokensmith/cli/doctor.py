@@ -237,17 +237,22 @@ def _dropins(config: Config, report: Report) -> None:
 
 
 def _storage(config: Config, report: Report) -> None:
+    """The store server.xml names (SQLite, or PostgreSQL with its schema checked, not
+    migrated), asked for a client within DEADLINE; never shows a password."""
     import threading
 
     from tokensmith.models import StorageError
+    from tokensmith.storage import describe_store, open_store
 
+    server = config.server
+    postgres = server.database_url is not None
+    # SQLite keeps its path as the name; PostgreSQL's URL has its password replaced.
+    label = describe_store(server) if postgres else str(server.database)
     answer: list[BaseException | None] = []
 
     def probe() -> None:
         try:
-            from tokensmith.storage.sqlite import SQLiteStorage
-
-            storage = SQLiteStorage(config.server.database)
+            storage = open_store(server, migrate=False)
             try:
                 storage.get_client("")
             finally:
@@ -261,16 +266,21 @@ def _storage(config: Config, report: Report) -> None:
     thread.join(DEADLINE)
     if not answer:
         report.fail(
-            f"storage {config.server.database}: no answer within {DEADLINE:g} s",
-            "find what holds the database locked",
+            f"storage {label}: no answer within {DEADLINE:g} s",
+            "find what holds the database locked"
+            if not postgres
+            else "check that the database is up and reachable from this host",
         )
     elif answer[0] is not None:
         report.fail(
-            f"storage {config.server.database}: {type(answer[0]).__name__}: {answer[0]}",
-            "check the <Database path=> (or TOKENSMITH_DB), its directory and permissions",
+            f"storage {label}: {type(answer[0]).__name__}: {answer[0]}",
+            "check the <Database path=> (or TOKENSMITH_DB), its directory and permissions"
+            if not postgres
+            else "check the <Database url=> (or TOKENSMITH_DATABASE_URL), that the database is"
+            " reachable, and `tokensmith db status`",
         )
     else:
-        report.ok(f"storage {config.server.database}: answers")
+        report.ok(f"storage {label}: answers")
 
 
 # -- a mutual-TLS client ------------------------------------------------------------------
@@ -330,12 +340,17 @@ def _client(args: argparse.Namespace, config: Config | None, report: Report) -> 
 
 
 def _registration(client_id: str, der: list[bytes], config: Config, report: Report) -> None:
+    from tokensmith.models import StorageError
     from tokensmith.security.truststore import Truststore
     from tokensmith.security.x509 import CertificateError, dn_matches, san_matches, verify_chain
-    from tokensmith.storage.sqlite import SQLiteStorage
+    from tokensmith.storage import open_store
 
     shown = _shown(client_id)
-    storage = SQLiteStorage(config.server.database)
+    try:
+        storage = open_store(config.server, migrate=False)
+    except StorageError as exc:
+        report.fail(f"client {shown}: the store cannot be read: {exc}", "see the storage check")
+        return
     try:
         client = storage.get_client(client_id)
     finally:

@@ -430,7 +430,37 @@ def _database_url(path: Path, root: etree._Element) -> str | None:
         place = DATABASE_URL_ENV if from_env else where(path, el)
         # Not the URL itself: it may hold a password.
         raise ConfigError(f"{place}: the database URL must start with postgresql://")
+    problem = _url_problem(url)
+    if problem:
+        place = DATABASE_URL_ENV if from_env else where(path, el)
+        raise ConfigError(f"{place}: the database URL is not valid: {problem}")
     return url
+
+
+def _url_problem(url: str) -> str | None:
+    """Why libpq would misread or refuse *url*, in words that never repeat its password."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    authority = re.split(r"[/?#]", url.split("://", 1)[1], maxsplit=1)[0]
+    if authority.count("@") > 1:
+        # libpq ends the user name and password at the first @, Python's URL parser at the
+        # last: the rest of the password would be taken for the host, and shown as one.
+        return "an @ in the user name or password must be written %40"
+    secrets = [s for s in re.findall(r"(?:^|[?&])(?:ssl)?password=([^&#]*)", url, re.IGNORECASE) if s]
+    if "@" in authority and ":" in authority.split("@")[0]:
+        secrets.append(authority.split("@")[0].split(":", 1)[1])
+    try:
+        params = conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        message = re.sub(r'\s*in URI: ".*', "", " ".join(str(exc).split()))
+        for secret in filter(None, secrets):
+            message = message.replace(secret, "***")
+        return message
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            return f"port {port!r} is not a port number (1-65535)"
+    return None
 
 
 def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:

@@ -22,13 +22,16 @@ request. After a failure the connection is opened again on a later call: no rest
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import psycopg
 from psycopg import sql
@@ -57,6 +60,10 @@ TCP_USER_TIMEOUT_MS = 5_000
 #: After a failed connection attempt, calls fail at once for this long instead of each
 #: waiting for a connect timeout of its own.
 RETRY_AFTER = 0.5
+#: A call may run this much longer than STATEMENT_TIMEOUT_MS before the client gives up on
+#: it: the server's own deadlines cannot help when the server (or a pooler, or the host)
+#: stalls while the kernel still acknowledges our packets.
+CALL_MARGIN = 2.0
 #: Chosen once; every tokensmith migrating any schema of a database takes this lock.
 _MIGRATION_LOCK = 0x746F6B656E736D
 _CLIENT_CACHE = 200_000
@@ -248,25 +255,78 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
+#: libpq parameters whose values are secrets (a URL query parameter or a key=value pair).
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+_SECRET_PAIR = re.compile(r"\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """*url* with its password, if any, replaced: what logs and messages may show."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{quote(parts.username or '', safe='')}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """*url* with every password replaced: what logs and messages may show.
+
+    Never raises and never relies on the URL being well formed: the userinfo is everything
+    before the last ``@`` of the authority (libpq splits at the first, Python's urlsplit at
+    the last: up to the last hides what either would take for the password), and every
+    ``password``/``sslpassword`` query parameter is replaced as well. A key=value connection
+    string (``host=h password=p``) has its password pairs replaced.
+    """
+    if not is_postgres_url(url):
+        return _SECRET_PAIR.sub(r"\1***", url)
+    scheme, rest = url.split("://", 1)
+    head, sep, query = rest.partition("?")
+    fragment = ""
+    if "#" in query:
+        query, fragment = query.split("#", 1)
+        fragment = "#" + fragment
+    at = head.rfind("@")
+    if at >= 0:
+        userinfo, hostpart = head[:at], head[at + 1 :]
+        if ":" in userinfo:
+            head = f"{userinfo.split(':', 1)[0]}:***@{hostpart}"
+    if sep:
+        pairs = []
+        for pair in query.split("&"):
+            key, eq, _ = pair.partition("=")
+            pairs.append(f"{key}=***" if eq and unquote(key).strip().lower() in _SECRET_KEYS else pair)
+        query = "&".join(pairs)
+    return f"{scheme}://{head}{sep}{query}{fragment}"
 
 
 def _redact_message(message: str) -> str:
     """One line, and no password: libpq messages span lines and may quote the connection
     string."""
     message = " ".join(message.split())
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message))
+    message = re.sub(r"(://[^:/@\s]*:)[^\s/]*@", r"\1***@", message)
+    message = re.sub(r"([?&](?:ssl)?password=)[^&\s#]*", r"\1***", message, flags=re.IGNORECASE)
+    return _SECRET_PAIR.sub(r"\1***", message)
+
+
+def _closed_by_server(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server has ended this idle connection (a restart, a failover, an idle
+    timeout, pg_terminate_backend), seen before anything is sent on it: an idle session of
+    ours is sent nothing unasked, so a readable socket is the server's goodbye (its error
+    message, then end of file). Found now, a new connection is opened and the statement sent
+    once on it, instead of failing on the dead one; a write cannot be repeated safely after
+    it was sent, but this costs no round trip and sends nothing."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
+
+
+def _shut_down(conn: psycopg.Connection[Any]) -> None:
+    """End *conn*'s TCP connection under the thread blocked reading it: that read then
+    fails at once, and psycopg marks the connection broken."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except (OSError, psycopg.Error):
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 class _Connection:
@@ -281,10 +341,19 @@ class _Connection:
         self.lock = threading.RLock()
         #: The last get() returned a connection opened earlier, which may have gone stale.
         self.was_open = False
+        #: The last failure was the connection's own (closed by the server, broken), not a
+        #: statement's: only then is a read worth repeating on a new connection.
+        self.lost = False
+        #: The watchdog ended the last call: it had no answer within its deadline.
+        self.killed = False
+        self._watch = threading.Condition()
+        self._watched: tuple[float, psycopg.Connection[Any]] | None = None
+        self._watcher: threading.Thread | None = None
+        self._closing = False
 
     def get(self) -> psycopg.Connection[Any]:
         conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
+        if conn is not None and not conn.closed and not conn.broken and not _closed_by_server(conn):
             self.was_open = True
             return conn
         self.was_open = False
@@ -298,6 +367,51 @@ class _Connection:
             self._error = f"{redact_url(self._url)}: {_redact_message(str(exc).strip())}"
             raise StorageError(self._error) from None
         return self._conn
+
+    @contextmanager
+    def watched(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """A client-side deadline for one call on *conn*: past it, the watchdog shuts the
+        socket down, so that the blocked read returns an error now (StorageError, 503)
+        instead of waiting as long as the stalled server does, with the event loop held."""
+        seconds = STATEMENT_TIMEOUT_MS / 1000 + CALL_MARGIN
+        with self._watch:
+            self.killed = False
+            self._watched = (time.monotonic() + seconds, conn)
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watchdog, name="tokensmith-pg-watchdog", daemon=True
+                )
+                self._watcher.start()
+            self._watch.notify()
+        try:
+            yield
+        finally:
+            with self._watch:
+                self._watched = None
+
+    def _watchdog(self) -> None:
+        with self._watch:
+            while not self._closing:
+                if self._watched is None:
+                    self._watch.wait()
+                    continue
+                deadline, conn = self._watched
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._watch.wait(left)
+                    continue
+                self._watched = None
+                self.killed = True
+                _shut_down(conn)
+
+    def close(self) -> None:
+        with self.lock:
+            self.drop()
+        with self._watch:
+            self._closing = True
+            self._watch.notify()
+        if self._watcher is not None:
+            self._watcher.join(timeout=3)
 
     def drop(self) -> None:
         if self._conn is not None:
@@ -356,17 +470,29 @@ class PostgresStorage:
         holder = self._maint if maintenance else self._main
         with holder.lock:
             conn = holder.get()
+            # Migrations (maintenance) may rightly take long; requests' calls may not.
+            watch = nullcontext() if maintenance else holder.watched(conn)
             try:
-                if transaction:
-                    with conn.transaction(), conn.cursor() as cur:
-                        yield cur
-                else:
-                    with conn.cursor() as cur:
-                        yield cur
+                with watch:
+                    if transaction:
+                        with conn.transaction(), conn.cursor() as cur:
+                            yield cur
+                    else:
+                        with conn.cursor() as cur:
+                            yield cur
             except psycopg.errors.UniqueViolation:
                 raise
             except psycopg.Error as exc:
-                if conn.broken or isinstance(exc, psycopg.OperationalError):
+                if holder.killed:
+                    holder.lost = False  # the server stalls: asking again would stall too
+                    holder.drop()
+                    raise StorageError(f"{self.shown}: no answer within the deadline") from None
+                # Only a connection the server closed (or that broke under us) is replaced: a
+                # statement or lock timeout (QueryCanceled, LockNotAvailable) is an
+                # OperationalError too, but the session is fine and repeating the statement
+                # would only wait as long again.
+                holder.lost = conn.broken or conn.closed
+                if holder.lost:
                     holder.drop()
                 raise StorageError(f"{self.shown}: {_redact_message(str(exc).strip())}") from None
 
@@ -381,7 +507,7 @@ class PostgresStorage:
                     cur.execute(query, params)
                     return cur.fetchone()
             except StorageError:
-                if attempt == 2 or not self._main.was_open:
+                if attempt == 2 or not self._main.was_open or not self._main.lost:
                     raise
         raise AssertionError("unreachable")
 
@@ -472,12 +598,9 @@ class PostgresStorage:
         if self._listener is not None:
             self._listener.join(timeout=3)
             self._listener = None
-        with self._main.lock:
-            self._main.drop()
-        with self._maint.lock:
-            self._maint.drop()
-        with self._writer.lock:
-            self._writer.drop()
+        self._main.close()
+        self._maint.close()
+        self._writer.close()
 
     def __enter__(self) -> PostgresStorage:
         return self
@@ -602,7 +725,7 @@ class PostgresStorage:
                 # batch; an explicit transaction would add one for BEGIN and one for COMMIT.
                 plain = [t for issue in issues if issue.rotates is None for t in issue.tokens]
                 rotations: list[psycopg.Cursor[Any] | None] = []
-                with conn.pipeline():
+                with holder.watched(conn), conn.pipeline():
                     for issue in issues:
                         if issue.rotates is None:
                             rotations.append(None)
@@ -621,8 +744,11 @@ class PostgresStorage:
                         conn.cursor().execute(_INSERT, (_token_json(plain),))
                 stored = [True if c is None else c.rowcount > 0 for c in rotations]
             except psycopg.Error as exc:
-                if conn.broken or isinstance(exc, psycopg.OperationalError):
+                holder.lost = (conn.broken or conn.closed) and not holder.killed
+                if holder.lost or holder.killed:
                     holder.drop()
+                if holder.killed:
+                    raise StorageError(f"{self.shown}: no answer within the deadline") from None
                 raise StorageError(f"{self.shown}: {_redact_message(str(exc).strip())}") from None
         return stored
 
