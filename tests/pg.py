@@ -43,8 +43,29 @@ def fresh_schema(url: str) -> Iterator[str]:
     try:
         yield with_search_path(url, schema)
     finally:
-        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        drop_schema(url, schema)
+
+
+def drop_schema(url: str, schema: str) -> None:
+    """Drop *schema*; sessions still holding locks in it (a store a test left in the middle of
+    a transaction) are ended first, so that the cleanup never waits for ever."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("SET lock_timeout = '5s'")
+        for _ in range(3):
+            try:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+                return
+            except psycopg.errors.LockNotAvailable:
+                conn.execute(
+                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks l"
+                    " JOIN pg_class c ON c.oid = l.relation"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = %s AND l.pid <> pg_backend_pid()",
+                    (schema,),
+                )
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 class Proxy:

@@ -210,7 +210,7 @@ def test_serve_prints_listeners_and_url_and_stops_on_ctrl_c(deployment) -> None:
 # --- what a new user meets (issue 15) -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("grant", ["bogus", "authorization_code", "implicit"])
+@pytest.mark.parametrize("grant", ["bogus", "device_code", "implicit"])
 def test_sp_add_refuses_grant_types_not_served(deployment, grant) -> None:  # noqa: ANN001
     """A grant type the token endpoint does not serve is refused at registration, in one line
     that lists those it serves; nothing is stored."""
@@ -470,3 +470,46 @@ def test_sp_metadata_input_is_bounded_and_checked(deployment, tmp_path) -> None:
         check=False,
     )
     assert result.returncode not in (0, 70) and "lone surrogate" in result.stderr, result.stderr
+
+
+def test_sp_redirect_uris_add_show_update(deployment) -> None:  # noqa: ANN001
+    """--redirect-uri (repeatable) registers the metadata redirect_uris, sp show prints them,
+    sp update --redirect-uri replaces them; a URI the authorization endpoint would not
+    redirect to, or a code client without one, is refused in one line and nothing is stored."""
+    added = deployment.add_client(
+        "web",
+        "--grant-type",
+        "authorization_code",
+        "--auth-method",
+        "none",
+        "--redirect-uri",
+        "https://app.example/cb",
+        "--redirect-uri",
+        "http://127.0.0.1:8123/cb",
+    )
+    client_id = str(added["client_id"])
+    shown = json.loads(deployment.cli("sp", "show", client_id).stdout)["client_metadata"]
+    assert shown["redirect_uris"] == ["https://app.example/cb", "http://127.0.0.1:8123/cb"]
+    deployment.cli("sp", "update", client_id, "--redirect-uri", "https://app.example/new")
+    shown = json.loads(deployment.cli("sp", "show", client_id).stdout)["client_metadata"]
+    assert shown["redirect_uris"] == ["https://app.example/new"]
+    before = deployment.cli("sp", "list", "--json").stdout
+    for args, expected in [
+        (["--redirect-uri", "http://app.example/cb"], "http to a loopback address"),
+        (["--redirect-uri", "https://app.example/cb#x"], "has a fragment"),
+        ([], "needs redirect_uris"),
+    ]:
+        result = deployment.cli(
+            "sp",
+            "add",
+            "bad",
+            "--grant-type",
+            "authorization_code",
+            "--auth-method",
+            "none",
+            *args,
+            check=False,
+        )
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+    assert deployment.cli("sp", "list", "--json").stdout == before

@@ -266,6 +266,15 @@ def test_a_version_1_schema_gains_client_metadata_and_plugin_state(postgres_url)
     with PostgresStorage(postgres_url) as store:
         store.add_client(Client("c1", "one", "client_secret_basic", ("client_credentials",)))
     with psycopg.connect(postgres_url, autocommit=True) as db:  # back to schema 1
+        for table in (
+            "authorization_codes",
+            "consents",
+            "signin_sessions",
+            "audit_log",
+            "registration_tokens",
+        ):
+            db.execute(f"DROP TABLE {table}")  # schemas 4 and 3
+        db.execute("ALTER TABLE users DROP COLUMN role")
         db.execute("DROP TABLE plugin_state")
         db.execute("ALTER TABLE clients DROP COLUMN metadata")
         db.execute("DELETE FROM tokensmith_schema WHERE version > 1")

@@ -359,14 +359,32 @@ def _public_client(request: ClientAuthRequest) -> AuthenticatedClient:
 _CERTIFICATE_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")
 
 
+#: Schemes of the HTTP Authentication Scheme Registry (RFC 9110 §16.4) worth naming in a log
+#: line; any other first word may be the start of a credential sent without a scheme.
+_KNOWN_SCHEMES = {"basic", "bearer", "digest", "dpop", "hoba", "mutual", "negotiate", "ntlm", "scram-sha-256"}
+_SCHEME_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _authorization_shape(value: str) -> str:
+    """An Authorization field for the operator, without any of its text: a registered scheme
+    is named, anything else only described (a credential sent without a scheme would
+    otherwise leave its start in the log)."""
+    first, space, _ = value.partition(" ")
+    if first.lower() in _KNOWN_SCHEMES and space:
+        return f"Authorization scheme {first.capitalize()} not accepted ({len(value)} characters)"
+    shape = (
+        "an unknown scheme token and credentials" if space and _SCHEME_TOKEN.fullmatch(first) else "no scheme"
+    )
+    return f"Authorization field not accepted: {shape}, {len(value)} characters"
+
+
 def _why_unauthenticated(
     request: ClientAuthRequest, client_id: str | None, client: Client | None
 ) -> tuple[str, str]:
     """Why no authenticator took a request, for the operator's refusal line: code, words."""
     if client_id is None:
         if request.authorization is not None:
-            scheme = request.authorization.split(" ", 1)[0][:20]
-            return "unsupported_auth_scheme", f"Authorization scheme {scheme!r} not accepted"
+            return "unsupported_auth_scheme", _authorization_shape(request.authorization)
         return "no_client_id", "no client_id and no client credentials"
     if client is None:
         return "unknown_client", f"unknown client {client_id}"

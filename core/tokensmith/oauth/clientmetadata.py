@@ -41,6 +41,7 @@ __all__ = [
     "apply_metadata",
     "certificate_jwk",
     "check_document",
+    "check_redirect_uri",
     "is_namespaced",
 ]
 
@@ -170,6 +171,42 @@ def _check_https(name: str, value: str) -> None:
         raise _fail(f"{name} must not hold credentials (user:password@)")
 
 
+#: Redirect URIs a client may register at most: each is compared on every authorization.
+MAX_REDIRECT_URIS = 32
+
+
+def check_redirect_uri(value: str) -> str:
+    """Refuse a redirect URI this server will not redirect a browser to; return it as is.
+
+    Absolute, no fragment (RFC 6749 §3.1.2), at most 2000 characters, no spaces; ``https``,
+    or ``http`` to a loopback IP literal only, as RFC 8252 §7.3 allows native apps (§8.3:
+    ``localhost`` is NOT RECOMMENDED, since it may resolve elsewhere). Compared character
+    for character on every request (RFC 9700 §4.1.3), so it is stored exactly as given.
+    """
+    if len(value) > 2000 or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise _fail(f"redirect_uris: {value!r:.80} is not a URI")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise _fail(f"redirect_uris: {value!r:.80} is not a URI") from None
+    if parts.fragment or "#" in value:
+        raise _fail(f"redirect_uris: {value!r:.80} has a fragment (RFC 6749 §3.1.2)")
+    if parts.scheme == "https" and host:
+        return value
+    if parts.scheme == "http" and host:
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return value
+        except ValueError:
+            pass
+    raise _fail(
+        f"redirect_uris: {value!r:.80} must be an https URL, or http to a loopback address"
+        " such as http://127.0.0.1:PORT/ (RFC 8252 §7.3)"
+    )
+
+
 def _check_jwk(index: int, key: Any) -> None:
     if not isinstance(key, dict) or not isinstance(key.get("kty"), str):
         raise _fail(f"jwks.keys[{index}] is not a JWK (an object with kty)")
@@ -241,6 +278,14 @@ def check_document(document: Mapping[str, Any]) -> None:
     for name in _URI_MEMBERS:
         if name in document:
             _check_https(name, document[name])
+    redirect_uris = document.get("redirect_uris", [])
+    if len(redirect_uris) > MAX_REDIRECT_URIS:
+        raise _fail(f"redirect_uris holds {len(redirect_uris)} URIs; at most {MAX_REDIRECT_URIS}")
+    for uri in redirect_uris:
+        check_redirect_uri(uri)
+    if "authorization_code" in document.get("grant_types", ()) and not redirect_uris:
+        # RFC 6749 §3.1.2.2: clients of the code grant MUST register their redirect URIs.
+        raise _fail("a client of the authorization_code grant needs redirect_uris (--redirect-uri URI)")
     if "jwks" in document and "jwks_uri" in document:
         # RFC 7591 §2: "The "jwks_uri" and "jwks" parameters MUST NOT both be present".
         raise _fail("jwks and jwks_uri must not both be present (RFC 7591 §2)")
