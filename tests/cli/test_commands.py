@@ -426,6 +426,52 @@ def test_signing_cli_rotate_list_retire(deployment) -> None:  # noqa: ANN001
     ]
 
 
+def test_sp_metadata_input_is_bounded_and_checked(deployment, tmp_path) -> None:  # noqa: ANN001
+    """sp add/update --metadata and --jwks: a lone surrogate, JSON nested too deep, a device
+    instead of a file, documents beyond the size limits, a member of a plugin that is not
+    loaded, credentials in jwks_uri: each one readable line and a non-zero exit, quickly."""
+    added = deployment.add_client(
+        "c", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
+    client_id = str(added["client_id"])
+
+    def write(text: str) -> str:
+        path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(text)
+        return str(path)
+
+    cases = {
+        "lone surrogate": ("--metadata", write('{"client_name": "\\ud800"}')),
+        "nested too deeply": ("--metadata", write('{"a.b":' + "[" * 100000 + "]" * 100000 + "}")),
+        "nested too deeply ": ("--jwks", write('{"keys":' + "[" * 100000 + "]" * 100000 + "}")),
+        "not a regular file": ("--jwks", "/dev/zero"),
+        "larger than 1048576 bytes": ("--metadata", write(json.dumps({"client_name": "x" * 5_000_000}))),
+        "longer than 2000 characters": ("--metadata", write(json.dumps({"client_name": "x" * 5000}))),
+        "more than 100 items": ("--metadata", write(json.dumps({"contacts": ["a@example.com"] * 200}))),
+        "which is not loaded": ("--metadata", write('{"other_plugin.foo": 1}')),
+        "must not hold credentials": ("--jwks-uri", "https://user:secretpw@example.com/jwks"),
+    }
+    for reason, (option, value) in cases.items():
+        result = deployment.cli("sp", "update", client_id, option, value, check=False)
+        assert result.returncode not in (0, 70), (reason, result.stderr)
+        assert reason.strip() in result.stderr, (reason, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "secretpw" not in result.stderr
+    result = deployment.cli(
+        "sp",
+        "add",
+        "d",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        "--metadata",
+        write('{"contacts": ["\\udfff"]}'),
+        check=False,
+    )
+    assert result.returncode not in (0, 70) and "lone surrogate" in result.stderr, result.stderr
+
+
 def test_sp_redirect_uris_add_show_update(deployment) -> None:  # noqa: ANN001
     """--redirect-uri (repeatable) registers the metadata redirect_uris, sp show prints them,
     sp update --redirect-uri replaces them; a URI the authorization endpoint would not

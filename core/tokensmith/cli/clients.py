@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -323,11 +325,27 @@ def _metadata_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The largest --metadata or --jwks file: client metadata is a small document.
+MAX_JSON_FILE_BYTES = 1024 * 1024
+
+
 def _json_file(path: Path, what: str) -> dict[str, object]:
+    """The JSON object in the regular file *path*, of at most ``MAX_JSON_FILE_BYTES``
+    (a device such as /dev/zero or a FIFO would never end)."""
     try:
-        value = json.loads(path.read_bytes())
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise CLIError(f"{path}: not a regular file")
+            data = file.read(MAX_JSON_FILE_BYTES + 1)
     except OSError as exc:
         raise CLIError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_JSON_FILE_BYTES:
+        raise CLIError(f"{path}: larger than {MAX_JSON_FILE_BYTES} bytes")
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise CLIError(f"{path}: not JSON: nested too deeply") from None
     except ValueError as exc:
         raise CLIError(f"{path}: not JSON: {exc}") from None
     if not isinstance(value, dict):

@@ -26,7 +26,13 @@ from urllib.parse import unquote_plus
 from cryptography import x509
 
 from tokensmith.config.xml import ConfigError
-from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError
+from tokensmith.errors import (
+    InvalidClientError,
+    InvalidClientMetadataError,
+    InvalidRequestError,
+    OAuth2Error,
+    ServerError,
+)
 from tokensmith.listeners.registry import Listener, ListenerSet
 from tokensmith.models import Client, Storage
 from tokensmith.oauth.hookspecs import AUTHENTICATOR
@@ -172,7 +178,12 @@ class ClientAuthRequest:
 
     def get_client(self, client_id: str) -> Client | None:
         """The registered client *client_id* (without its secret hash), or None if there is
-        none. Not a coroutine: it reads the store's cache, refreshed whenever clients change."""
+        none. Not a coroutine: it reads the store's cache, refreshed whenever clients change.
+
+        An id no client can have (not a str, or not encodable as UTF-8, such as a lone
+        surrogate from a JSON ``"\\ud800"``) is None, without asking the store."""
+        if not storable_id(client_id):
+            return None
         client = self._storage.get_client(client_id)
         return None if client is None else client.without_secret()
 
@@ -187,7 +198,7 @@ class ClientAuthRequest:
         and give the same error, so that responses do not tell which client ids exist. The
         slow KDF runs in a thread, off the event loop.
         """
-        client = self._storage.get_client(client_id)
+        client = self._storage.get_client(client_id) if storable_id(client_id) else None
         stored = client.secret_hash if client is not None else None
         now = time.monotonic()
         if stored is not None and self._verified is not None and self._verified.known(stored, secret, now):
@@ -204,6 +215,21 @@ class ClientAuthRequest:
         else:
             reason, detail = "secret_mismatch", f"secret mismatch for client {client_id}"
         raise InvalidClientError("client authentication failed", reason=reason, detail=detail)
+
+
+def storable_id(client_id: object) -> bool:
+    """Whether *client_id* could be a registered client's id: a str the store can take.
+
+    Callers choose ids (a form parameter, a Basic user name, a JWT claim); one with a lone
+    surrogate cannot be encoded for the database, and must be "no such client", not a 500.
+    """
+    if not isinstance(client_id, str):
+        return False
+    try:
+        client_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def auth_methods(listeners: ListenerSet, listener: Listener) -> tuple[str, ...]:
@@ -230,6 +256,13 @@ def check_client_metadata(listeners: ListenerSet, metadata: Mapping[str, Any]) -
     RFC 7591 metadata; it raises ``InvalidClientMetadataError`` (RFC 7591 §3.2.2). Every way
     of registering a client calls this. Anything else the plugin raises is its own fault:
     logged, and ``ServerError``."""
+    loaded = {item.name for item in listeners}
+    for name in metadata:
+        plugin = name.split(".", 1)[0] if "." in name else None
+        if plugin is not None and plugin not in loaded:
+            raise InvalidClientMetadataError(
+                f"client metadata {name!r} belongs to plugin {plugin!r}, which is not loaded"
+            )
     listener = authenticator_for(listeners, str(metadata.get("token_endpoint_auth_method")))
     if listener is None or not listeners.implements(listener, "check_client_metadata"):
         return

@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -150,9 +151,24 @@ def _fail(text: str) -> InvalidClientMetadataError:
 
 
 def _check_https(name: str, value: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname or parts.fragment or any(c.isspace() for c in value):
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        parts, port_ok = None, False
+    if (
+        parts is None
+        or not port_ok
+        or parts.scheme != "https"
+        or not parts.hostname
+        or parts.fragment
+        or any(c.isspace() or not c.isprintable() for c in value)
+    ):
         raise _fail(f"{name} must be an https URL without a fragment, not {value!r:.80}")
+    if parts.username is not None or parts.password is not None:
+        # Credentials in a URL end up in logs and in every view of the client; a URL with
+        # them is refused, and not repeated in the message.
+        raise _fail(f"{name} must not hold credentials (user:password@)")
 
 
 #: Redirect URIs a client may register at most: each is compared on every authorization.
@@ -203,9 +219,46 @@ def _check_jwk(index: int, key: Any) -> None:
             raise _fail(f"jwks.keys[{index}].{name} must be a string")
 
 
+#: Limits on a client's metadata: RFC 7591 sets none, but the document is stored with the
+#: client and shown by ``sp list``; these are far above any real client's.
+MAX_DOCUMENT_BYTES = 64 * 1024
+MAX_STRING_CHARS = 2000
+MAX_LIST_ITEMS = 100
+
+
+def _check_sizes(value: Any, where: str) -> None:
+    """Every string encodable as UTF-8 (a lone surrogate, which JSON can spell, cannot be
+    stored) and of at most ``MAX_STRING_CHARS``; every list of at most ``MAX_LIST_ITEMS``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _fail(f"{where} is not valid Unicode (a lone surrogate)") from None
+        if len(value) > MAX_STRING_CHARS:
+            raise _fail(f"{where} is longer than {MAX_STRING_CHARS} characters")
+    elif isinstance(value, list):
+        if len(value) > MAX_LIST_ITEMS:
+            raise _fail(f"{where} has more than {MAX_LIST_ITEMS} items")
+        for index, item in enumerate(value):
+            _check_sizes(item, f"{where}[{index}]")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _check_sizes(name, f"{where} member name")
+            _check_sizes(item, f"{where}.{name}" if where else str(name))
+
+
 def check_document(document: Mapping[str, Any]) -> None:
     """Refuse members of unknown names (other than a plugin's namespaced ones) and standard
-    members of the wrong type or form (RFC 7591 §2)."""
+    members of the wrong type or form (RFC 7591 §2), and documents beyond the size limits."""
+    try:
+        _check_sizes(dict(document), "")
+        size = len(json.dumps(dict(document), separators=(",", ":")).encode())
+    except RecursionError:
+        raise _fail("the client metadata is nested too deeply") from None
+    except (TypeError, ValueError):
+        raise _fail("the client metadata is not a JSON document") from None
+    if size > MAX_DOCUMENT_BYTES:
+        raise _fail(f"the client metadata is larger than {MAX_DOCUMENT_BYTES} bytes as JSON")
     for name, value in document.items():
         if name == "client_id":
             continue
