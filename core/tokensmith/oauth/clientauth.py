@@ -251,6 +251,11 @@ def authenticator_for(listeners: ListenerSet, method: str) -> Listener | None:
     )
 
 
+#: Metadata namespaces the server itself owns (the console keeps a client's description under
+#: ``console.description``); a plugin of the same name cannot claim them.
+CORE_NAMESPACES = frozenset({"console"})
+
+
 def check_client_metadata(listeners: ListenerSet, metadata: Mapping[str, Any]) -> None:
     """Let the authenticator of ``metadata["token_endpoint_auth_method"]`` check a client's
     RFC 7591 metadata; it raises ``InvalidClientMetadataError`` (RFC 7591 §3.2.2). Every way
@@ -259,7 +264,7 @@ def check_client_metadata(listeners: ListenerSet, metadata: Mapping[str, Any]) -
     loaded = {item.name for item in listeners}
     for name in metadata:
         plugin = name.split(".", 1)[0] if "." in name else None
-        if plugin is not None and plugin not in loaded:
+        if plugin is not None and plugin not in loaded and plugin not in CORE_NAMESPACES:
             raise InvalidClientMetadataError(
                 f"client metadata {name!r} belongs to plugin {plugin!r}, which is not loaded"
             )
