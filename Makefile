@@ -10,7 +10,7 @@ PLUGIN_DIRS := $(wildcard plugins/*)
 run: setup
 	$(BIN)/tokensmith serve
 
-test: setup browser
+test: setup browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff (lint and format) and mypy over the package; `make test` runs them first.

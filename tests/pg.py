@@ -43,14 +43,36 @@ def fresh_schema(url: str) -> Iterator[str]:
     try:
         yield with_search_path(url, schema)
     finally:
-        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        drop_schema(url, schema)
+
+
+def drop_schema(url: str, schema: str) -> None:
+    """Drop *schema*; sessions still holding locks in it (a store a test left in the middle of
+    a transaction) are ended first, so that the cleanup never waits for ever."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("SET lock_timeout = '5s'")
+        for _ in range(3):
+            try:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+                return
+            except psycopg.errors.LockNotAvailable:
+                conn.execute(
+                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks l"
+                    " JOIN pg_class c ON c.oid = l.relation"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = %s AND l.pid <> pg_backend_pid()",
+                    (schema,),
+                )
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 class Proxy:
     """A TCP proxy to the PostgreSQL server of *url* that a test can cut and restore: while
     cut, every open connection is closed and new ones are closed as soon as accepted, as
-    when the database host goes away. ``url`` is *url* through the proxy."""
+    when the database host goes away; while frozen, connections stay open but nothing is
+    forwarded. ``url`` is *url* through the proxy."""
 
     def __init__(self, url: str):
         import socket
@@ -66,6 +88,7 @@ class Proxy:
         userinfo = f"{netloc[0]}@" if len(netloc) == 2 else ""
         self.url = urlunsplit((parts.scheme, f"{userinfo}127.0.0.1:{port}", parts.path, parts.query, ""))
         self._cut = threading.Event()
+        self._frozen = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -98,11 +121,14 @@ class Proxy:
                 thread.start()
                 self._threads.append(thread)
 
-    @staticmethod
-    def _pipe(source, sink) -> None:  # noqa: ANN001
+    def _pipe(self, source, sink) -> None:  # noqa: ANN001
+        import time
+
         try:
             source.settimeout(None)  # in the try: a cut may have closed it already
             while data := source.recv(65536):
+                while self._frozen.is_set() and not self._stop.is_set():
+                    time.sleep(0.02)
                 sink.sendall(data)
         except OSError:
             pass
@@ -128,6 +154,14 @@ class Proxy:
 
     def restore(self) -> None:
         self._cut.clear()
+
+    def freeze(self) -> None:
+        """Forward nothing more, keeping every connection open: the kernel still
+        acknowledges what is sent, as when the database host or a pooler stalls."""
+        self._frozen.set()
+
+    def thaw(self) -> None:
+        self._frozen.clear()
 
     def close(self) -> None:
         self._stop.set()

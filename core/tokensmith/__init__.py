@@ -32,7 +32,7 @@ from tokensmith.listeners.state import PluginState, StateUnavailableError
 from tokensmith.models import Client, RegisteredCertificate
 from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest, RequestContext
 from tokensmith.oauth.clientmetadata import client_metadata
-from tokensmith.oauth.events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
+from tokensmith.oauth.events import AuthorizationCodeEvent, ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
 from tokensmith.oauth.hookspecs import hookimpl
 from tokensmith.oauth.mtls import FORWARDED_FORMATS, parse_forwarded_certificate
 from tokensmith.security.jose import x5t_s256
@@ -59,6 +59,7 @@ __all__ = [
     "TokenIssueEvent",
     "TokenRevokeEvent",
     "ClientAuthEvent",
+    "AuthorizationCodeEvent",
     "CertificateError",
     "FORWARDED_FORMATS",
     "DN_MATCHING",

@@ -149,6 +149,13 @@ class InvalidClientMetadataError(OAuth2Error):
     error = "invalid_client_metadata"
 
 
+class InvalidRedirectUriError(OAuth2Error):
+    """RFC 7591 §3.2.2 ``invalid_redirect_uri``: "The value of one or more redirection URIs is
+    invalid." """
+
+    error = "invalid_redirect_uri"
+
+
 class RequestRefused(Exception):
     """A request refused before any endpoint reads it, at the HTTP level: it cannot be parsed,
     or is over a size or time limit. The connection closes after the answer (*status*)."""

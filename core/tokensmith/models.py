@@ -14,6 +14,10 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 __all__ = [
+    "AuditEntry",
+    "AuthorizationCode",
+    "Consent",
+    "SignInSession",
     "Client",
     "Issue",
     "LoginPolicy",
@@ -195,15 +199,94 @@ class User:
     #: added under the same name do not share tokens.
     user_id: str = field(default_factory=lambda: secrets.token_hex(16))
     last_failure: int = 0
+    #: For the admin API: ``admin`` (everything), ``reader`` (read only) or None (none).
+    role: str | None = None
 
     def public_view(self) -> dict[str, object]:
         return {
             "username": self.username,
+            "role": self.role,
             "user_id": self.user_id,
             "created_at": self.created_at,
             "failed_attempts": self.failed_attempts,
             "locked_until": self.locked_until,
         }
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One change made to the server's configuration or registrations, never with a secret.
+
+    *actor* is who made it (an admin user, ``cli:LOGIN``, a client registering itself),
+    *via* how they were authenticated (``basic``, ``mutual_tls``, ``cli``,
+    ``registration``), *source* the remote address, when there is one.
+    """
+
+    at: int
+    actor: str
+    via: str
+    source: str | None
+    action: str
+    target: str | None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+    def view(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "actor": self.actor,
+            "via": self.via,
+            "source": self.source,
+            "action": self.action,
+            "target": self.target,
+            "details": dict(self.details),
+        }
+
+
+@dataclass(frozen=True)
+class AuthorizationCode:
+    """An authorization code (RFC 6749 §4.1.2), stored by the SHA-256 of its value.
+
+    Bound to the client, the redirect URI and the PKCE challenge (RFC 7636 §4.4) it was
+    issued with; *redirect_uri_given* says whether the request named the redirect URI, in
+    which case the token request must repeat it (RFC 6749 §4.1.3). *grant_id* is the grant
+    the tokens issued for it belong to, so that a second use revokes them (§4.1.2).
+    """
+
+    code_hash: str
+    client_id: str
+    redirect_uri: str
+    redirect_uri_given: bool
+    scope: str
+    code_challenge: str
+    user_id: str
+    username: str
+    grant_id: str
+    issued_at: int
+    expires_at: int
+    used: bool = False
+
+
+@dataclass(frozen=True)
+class Consent:
+    """The scopes a user consented to give a client; asked again only for more."""
+
+    user_id: str
+    client_id: str
+    scopes: tuple[str, ...]
+    granted_at: int
+
+
+@dataclass(frozen=True)
+class SignInSession:
+    """A user signed in to the login page, found by the SHA-256 of the session cookie."""
+
+    session_hash: str
+    user_id: str
+    username: str
+    created_at: int
+    expires_at: int
 
 
 class Storage(Protocol):
@@ -214,6 +297,11 @@ class Storage(Protocol):
     def get_client(self, client_id: str) -> Client | None: ...
 
     def list_clients(self) -> list[Client]: ...
+
+    def search_clients(self, query: str = "", limit: int = 50, offset: int = 0) -> tuple[int, list[Client]]:
+        """How many clients match *query* (a substring of the name or client_id, any case;
+        empty: all), and the page of them from *offset*, newest first."""
+        ...
 
     def remove_client(self, client_id: str) -> bool:
         """Remove the client; every token issued to it is revoked with it (RFC 7592 §2.3)."""
@@ -272,6 +360,35 @@ class Storage(Protocol):
 
     def add_user(self, user: User) -> None: ...
 
+    def set_user_role(self, username: str, role: str | None) -> bool: ...
+
+    def set_user_password(self, username: str, password_hash: str) -> bool: ...
+
+    def revoke_client_tokens(self, client_id: str) -> int:
+        """Revoke every token and grant of *client_id*, keeping the client; how many tokens."""
+        ...
+
+    def add_audit(self, entry: AuditEntry) -> None: ...
+
+    def list_audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        """The newest *limit* entries with an id below *before*, newest first."""
+        ...
+
+    def add_registration_token(
+        self, token_hash: str, kind: str, client_id: str | None, expires_at: int | None
+    ) -> None:
+        """Store the hash of an ``initial`` (RFC 7591 §3) or ``registration`` (RFC 7592 §3)
+        access token; a client's new registration token replaces its old one."""
+        ...
+
+    def find_registration_token(self, token_hash: str, kind: str) -> tuple[str | None, int | None] | None:
+        """``(client_id, expires_at)`` of a live token of *kind*, or None."""
+        ...
+
+    def delete_registration_tokens(
+        self, *, token_hash: str | None = None, client_id: str | None = None
+    ) -> int: ...
+
     def get_user(self, username: str) -> User | None: ...
 
     def list_users(self) -> list[User]: ...
@@ -329,5 +446,37 @@ class Storage(Protocol):
         """Housekeeping off the request path; the server calls it from a worker thread
         once a second while it serves. May do nothing."""
         ...
+
+    # -- authorization code grant (RFC 6749 §4.1): codes, consents, sign-in sessions -----
+
+    def add_authorization_code(self, code: AuthorizationCode) -> None: ...
+
+    def get_authorization_code(self, code_hash: str) -> AuthorizationCode | None:
+        """The code stored under *code_hash*, used or not, expired or not (until purged)."""
+        ...
+
+    def use_authorization_code(self, code_hash: str) -> bool:
+        """Mark the code used, atomically: True for exactly one caller, ever."""
+        ...
+
+    def get_consent(self, user_id: str, client_id: str) -> Consent | None: ...
+
+    def add_consent(self, consent: Consent) -> None:
+        """Remember *consent*, adding its scopes to those already consented to."""
+        ...
+
+    def list_consents(self, user_id: str) -> list[Consent]: ...
+
+    def revoke_consent(self, user_id: str, client_id: str) -> bool:
+        """Forget the consent; the tokens issued under it stay until revoked or expired."""
+        ...
+
+    def add_session(self, session: SignInSession) -> None: ...
+
+    def get_session(self, session_hash: str) -> SignInSession | None:
+        """The live session (not expired, its user still the same user), or None."""
+        ...
+
+    def delete_session(self, session_hash: str) -> bool: ...
 
     def close(self) -> None: ...

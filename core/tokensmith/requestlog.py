@@ -24,7 +24,16 @@ from tokensmith.metrics import endpoint_label, metrics
 if TYPE_CHECKING:
     from tokensmith.config.settings import Network
 
-__all__ = ["RECORD", "note", "request_id", "refused", "trusted_peer", "forwarded_for"]
+__all__ = [
+    "RECORD",
+    "PLAIN_HTTP_PATHS",
+    "note",
+    "request_id",
+    "refused",
+    "trusted_peer",
+    "forwarded_for",
+    "plain_http_refused",
+]
 
 #: The scope key of the request's access-log record (a dict).
 RECORD = "tokensmith.record"
@@ -107,38 +116,63 @@ def _address(text: str) -> str | None:
         text = text[1:].partition("]")[0]
     elif text.count(":") == 1:
         text = text.partition(":")[0]  # IPv4 with a port
+    # An IPv6 zone id (RFC 4007 §11) is any text at all; it says nothing about the client.
+    text = text.partition("%")[0]
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
 
 
-def forwarded_for(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+#: The paths a plain-HTTP request that did not reach a trusted proxy over TLS may still ask
+#: for: the probes (which say nothing) and /metrics (which has its own access control).
+PLAIN_HTTP_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]:
+    """The comma-separated values of every *name* field, in order (RFC 9110 §5.3)."""
+    values: list[str] = []
+    for key, value in headers:
+        if key == name:
+            values += [item.strip() for item in value.decode("latin-1").split(",")]
+    return values
+
+
+def forwarded_for(
+    headers: list[tuple[bytes, bytes]], mode: str = "x-forwarded"
+) -> tuple[str | None, str | None]:
     """The client address and protocol a trusted proxy forwarded, from its headers.
 
+    *mode* names the one header family the proxy is believed for: ``x-forwarded``
+    (X-Forwarded-For and X-Forwarded-Proto) or ``forwarded`` (RFC 7239). The other family is
+    ignored, since a proxy that sets one usually passes the client's copy of the other through.
     The last entry is the one the proxy next to us added (RFC 7239 §5.2, and X-Forwarded-For
     as proxies append to it); anything before it came from further away, unverified.
     """
-    xff: str | None = None
-    proto: str | None = None
-    forwarded: str | None = None
-    for name, value in headers:
-        if name == b"x-forwarded-for":
-            xff = value.decode("latin-1")
-        elif name == b"x-forwarded-proto":
-            proto = value.decode("latin-1").strip().lower()
-        elif name == b"forwarded":
-            forwarded = value.decode("latin-1")
-    address = None
-    if forwarded is not None:
-        last = forwarded.split(",")[-1]
-        for pair in last.split(";"):
-            key, _, text = pair.strip().partition("=")
-            key = key.lower()
-            if key == "for":
-                address = _address(text)
-            elif key == "proto":
-                proto = text.strip().strip('"').lower()
-    if address is None and xff is not None:
-        address = _address(xff.split(",")[-1])
-    return address, proto
+    if mode == "forwarded":
+        elements = _values(headers, b"forwarded")
+        address = proto = None
+        if elements:
+            for pair in elements[-1].split(";"):
+                key, _, text = pair.strip().partition("=")
+                key = key.lower()
+                if key == "for":
+                    address = _address(text)
+                elif key == "proto":
+                    proto = text.strip().strip('"').lower()
+        return address, proto
+    addresses = _values(headers, b"x-forwarded-for")
+    protos = _values(headers, b"x-forwarded-proto")
+    return (_address(addresses[-1]) if addresses else None), (protos[-1].lower() if protos else None)
+
+
+def plain_http_refused(scope: Mapping[str, Any], trusted: tuple[Network, ...], mode: str) -> bool:
+    """Whether a request that came without TLS must be refused: it did, unless a trusted proxy
+    says the client reached it over https, or the path is one of ``PLAIN_HTTP_PATHS`` (RFC 6749
+    §3.1 and §3.2 require TLS at the endpoints; RFC 7662 §4 and RFC 7009 §5 likewise). The path
+    must match exactly: a variant (``//oauth2/token``) is refused too."""
+    if scope.get("scheme") == "https":
+        return False
+    if trusted_peer(scope, trusted) and forwarded_for(scope["headers"], mode)[1] == "https":
+        return False
+    return scope.get("path") not in PLAIN_HTTP_PATHS

@@ -145,6 +145,7 @@ def _refused(client_id: str, reason: str, code: str) -> InvalidClientError:
         "client authentication failed",
         reason=code,
         detail=f"mutual_tls: client {client_id} refused: {reason}",
+        client_id=client_id,
     )
 
 

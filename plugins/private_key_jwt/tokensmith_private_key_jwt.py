@@ -17,8 +17,10 @@ whatever failed, and the reason in the log for the operator):
    ``client_id`` parameter when one is sent (RFC 7521 §4.2), of a client registered for
    ``private_key_jwt``; its ``token_endpoint_auth_signing_alg``, if registered, is ``alg``.
 3. The signature, with the client's registered keys: its ``jwks`` (including certificates
-   registered as JWKs with ``x5c``), or the JWK Set at its ``jwks_uri``, fetched over HTTPS
-   with a timeout, a size limit and a cache (directly: no redirects, and no proxy from the
+   registered as JWKs with ``x5c``, refused outside the certificate's validity), or the JWK
+   Set at its ``jwks_uri``, fetched over HTTPS within one deadline for the whole exchange
+   (``JwksUriTimeoutSeconds``), a size limit and a cache, one fetch per URL at a time, a
+   failure remembered for a few seconds (directly: no redirects, and no proxy from the
    environment's ``https_proxy``, which would see which clients authenticate when). A ``kid`` in the header picks the key; an
    unknown ``kid`` refetches a ``jwks_uri`` once (the client may have rotated its keys),
    at most every ``JwksUriMinRefetchSeconds``.
@@ -30,8 +32,11 @@ whatever failed, and the reason in the log for the operator):
    leeway each way.
 6. ``jti`` is present and has not been seen for this client before (item 7), across every
    worker and restart: it is remembered in the server's shared state until the assertion
-   expires. This check comes last, so that nobody can use up a client's ``jti`` values
-   without its key.
+   expires (rounded up to the second). This check comes last, so that nobody can use up a
+   client's ``jti`` values without its key; a request that also carries another client
+   authentication (``Authorization`` or ``client_secret``), which the server refuses, is
+   refused before it, so it does not use up the ``jti`` either. A request refused later,
+   after authentication (a bad grant, say), has used it: the client authenticated.
 
 Properties (identity.xml ``<Property name=...>``), all optional:
 
@@ -51,14 +56,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import http.client
+import io
 import json
 import logging
 import math
+import socket
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,8 +245,9 @@ def _int(text: Any) -> int:
 _CURVES = {"P-256": (ec.SECP256R1, 32), "P-384": (ec.SECP384R1, 48), "P-521": (ec.SECP521R1, 66)}
 
 
-def _public_key(jwk: Mapping[str, Any]) -> Any:
-    """The public key of *jwk*; a JWK with ``x5c`` is its certificate's key."""
+def _public_key(jwk: Mapping[str, Any], now: float | None = None) -> Any:
+    """The public key of *jwk*; a JWK with ``x5c`` is its certificate's key, refused when
+    the certificate is outside its validity at *now* (Unix time; default: now)."""
     if not isinstance(jwk, Mapping):
         raise Refused("a JWK must be an object")
     if jwk.get("use", "sig") != "sig":
@@ -248,9 +255,17 @@ def _public_key(jwk: Mapping[str, Any]) -> Any:
     if "x5c" in jwk:
         try:
             der = base64.b64decode(jwk["x5c"][0], validate=True)
-            return x509.load_der_x509_certificate(der).public_key()
+            cert = x509.load_der_x509_certificate(der)
         except (binascii.Error, ValueError, TypeError, IndexError, KeyError):
             raise Refused("x5c[0] is not a certificate") from None
+        # The key of an expired certificate is not the client's any more (RFC 5280 §4.1.2.5).
+        at = time.time() if now is None else now
+        if not cert.not_valid_before_utc.timestamp() <= at <= cert.not_valid_after_utc.timestamp():
+            raise Refused(
+                f"x5c[0] is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} to"
+                f" {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC, not now"
+            )
+        return cert.public_key()
     kty = jwk.get("kty")
     try:
         if kty == "EC":
@@ -320,6 +335,30 @@ class Assertion:
     signature: bytes
 
 
+def _json(data: bytes) -> Any:
+    """*data* as JSON; ``ValueError`` for anything else, including nesting too deep for the
+    parser (a caller's ``[[[[...`` must be a refusal, not a ``RecursionError``)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _printable(value: object) -> str:
+    """*value* for a log line: a caller chose it, so no control characters (which would
+    forge log lines), no lone surrogates, and not too long."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(value))
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: JSON allows "\ud800", UTF-8 does not
+        return False
+    return True
+
+
 def _parse(text: str) -> Assertion:
     if len(text) > MAX_ASSERTION_CHARS:
         raise Refused("the assertion is too long")
@@ -327,8 +366,8 @@ def _parse(text: str) -> Assertion:
     if len(parts) != 3:
         raise Refused("not a JWS compact serialisation")
     try:
-        header = json.loads(_b64url(parts[0]))
-        claims = json.loads(_b64url(parts[1]))
+        header = _json(_b64url(parts[0]))
+        claims = _json(_b64url(parts[1]))
     except ValueError:
         raise Refused("the header or the claims are not JSON") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
@@ -339,77 +378,183 @@ def _parse(text: str) -> Assertion:
 # -- jwks_uri ---------------------------------------------------------------------------------
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a redirect is an error: the client registered this URL, not another
-
-
 class JwksCache:
-    """Fetched JWK Sets by URL, per process; a failed fetch is remembered briefly too, so
-    that callers of one client cannot make the server fetch on every request."""
+    """Fetched JWK Sets by URL, per process; a failed fetch (a timeout too) is remembered
+    for ``FAILED_FOR`` seconds, so that callers of one client cannot make the server fetch
+    on every request.
+
+    One fetch per URL at a time: concurrent requests for a URL being fetched wait for that
+    fetch (never longer than its deadline) instead of starting their own, so that a slow
+    ``jwks_uri`` holds at most one of the server's hook threads, not all of them.
+    """
 
     FAILED_FOR = 10
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sets: dict[str, tuple[float, list[Any] | None]] = {}
+        self._inflight: dict[str, threading.Event] = {}
+
+    def _cached(self, url: str, settings: Settings, refresh: bool, now: float) -> list[Any] | None:
+        cached = self._sets.get(url)
+        if cached is None:
+            return None
+        fetched, keys = cached
+        age = now - fetched
+        fresh = age < (settings.cache_seconds if keys is not None else self.FAILED_FOR)
+        if not fresh or (refresh and keys is not None and age >= settings.min_refetch):
+            return None
+        if keys is None:
+            raise Refused(f"jwks_uri {_safe_url(url)} failed recently; not fetched again yet")
+        return keys
 
     def keys(self, url: str, settings: Settings, *, refresh: bool = False) -> list[Any]:
-        now = time.monotonic()
         with self._lock:
-            cached = self._sets.get(url)
-        if cached is not None:
-            fetched, keys = cached
-            age = now - fetched
-            fresh = age < (settings.cache_seconds if keys is not None else self.FAILED_FOR)
-            if fresh and not (refresh and age >= settings.min_refetch):
-                if keys is None:
-                    raise Refused(f"jwks_uri {url} failed recently; not fetched again yet")
+            keys = self._cached(url, settings, refresh, time.monotonic())
+            if keys is not None:
                 return keys
-        try:
-            keys = _fetch(url, settings)
-        except Refused:
+            event = self._inflight.get(url)
+            mine = event is None
+            if mine:
+                event = self._inflight[url] = threading.Event()
+        assert event is not None
+        if not mine:
+            # Another thread is fetching this URL: its answer (or failure) is ours too.
+            if not event.wait(settings.timeout + 1):
+                raise Refused(f"jwks_uri {_safe_url(url)}: no answer within {settings.timeout:g} s")
             with self._lock:
-                self._sets[url] = (now, None)
-            raise
-        with self._lock:
-            self._sets[url] = (now, keys)
-        return keys
+                keys = self._cached(url, settings, False, time.monotonic())
+            if keys is None:
+                raise Refused(f"jwks_uri {_safe_url(url)}: not fetched")
+            return keys
+        try:
+            try:
+                keys = _fetch(url, settings)
+            except Refused:
+                with self._lock:
+                    self._sets[url] = (time.monotonic(), None)
+                raise
+            with self._lock:
+                self._sets[url] = (time.monotonic(), keys)
+            return keys
+        finally:
+            with self._lock:
+                del self._inflight[url]
+            event.set()
+
+
+def _safe_url(url: str) -> str:
+    """*url* for a log line: without credentials, escaped, not too long."""
+    try:
+        parts = urlsplit(url)
+        if "@" in parts.netloc:
+            url = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+    except ValueError:
+        pass
+    return _printable(url)
+
+
+class _Deadline:
+    """What is left of one fetch's time: connect, TLS handshake, request and the whole
+    answer share it, so that a server sending a byte at a time cannot stretch a fetch
+    (a socket timeout alone restarts with every byte)."""
+
+    def __init__(self, seconds: float, url: str):
+        self.end = time.monotonic() + seconds
+        self.seconds = seconds
+        self.url = url
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise Refused(f"jwks_uri {_safe_url(self.url)}: no whole answer within {self.seconds:g} s")
+        return left
+
+
+class _Buffered:
+    """A finished answer, as the socket ``http.client.HTTPResponse`` parses from."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> Any:
+        return io.BytesIO(self._data)
 
 
 def _fetch(url: str, settings: Settings) -> list[Any]:
-    """GET the JWK Set at *url*: HTTPS only, no redirects, within the timeout and size."""
-    if urlsplit(url).scheme != "https":
-        raise Refused(f"jwks_uri {url} is not https")
-    opener = urllib.request.build_opener(
-        urllib.request.HTTPSHandler(context=settings.tls), _NoRedirects, urllib.request.ProxyHandler({})
-    )
-    request = urllib.request.Request(url, headers={"Accept": "application/jwk-set+json, application/json"})
-    deadline = time.monotonic() + settings.timeout
+    """GET the JWK Set at *url*: HTTPS only, no redirects, no proxy, within one deadline for
+    the whole exchange and within the size limit.
+
+    The answer is read whole, to the end of the connection (HTTP/1.0 without keep-alive)
+    with the time left set before every read, then parsed; anything wrong with it
+    (connection, TLS, status line, headers, body, JSON) is a refusal.
+    """
+    safe = _safe_url(url)
     try:
-        with opener.open(request, timeout=settings.timeout) as response:
-            if response.status != 200:
-                raise Refused(f"jwks_uri {url} answered {response.status}")
-            body = b""
-            while len(body) <= settings.max_bytes:
-                if time.monotonic() > deadline:
-                    raise Refused(f"jwks_uri {url}: no whole answer within {settings.timeout:g} s")
-                chunk = response.read(min(16384, settings.max_bytes + 1 - len(body)))
-                if not chunk:
-                    break
-                body += chunk
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or 443
+    except ValueError:
+        raise Refused(f"jwks_uri {safe} is not a URL") from None
+    if parts.scheme != "https" or not host:
+        raise Refused(f"jwks_uri {safe} is not an https URL")
+    if parts.username is not None or parts.password is not None:
+        raise Refused(f"jwks_uri {safe} has credentials in it")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if any(not c.isprintable() or c.isspace() for c in target + host):
+        raise Refused(f"jwks_uri {safe} is not a URL")
+    authority = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        authority += f":{port}"
+    deadline = _Deadline(settings.timeout, url)
+    # Headers are small; the body is at most max_bytes.
+    limit = settings.max_bytes + 16384
+    data = bytearray()
+    try:
+        raw = socket.create_connection((host, port), timeout=deadline.left())
+        try:
+            raw.settimeout(deadline.left())
+            # The handshake's timeout bounds the whole handshake.
+            with settings.tls.wrap_socket(raw, server_hostname=host) as sock:
+                sock.settimeout(deadline.left())
+                sock.sendall(
+                    f"GET {target} HTTP/1.0\r\nHost: {authority}\r\n"
+                    "Accept: application/jwk-set+json, application/json\r\n"
+                    "Connection: close\r\nUser-Agent: tokensmith-private-key-jwt\r\n\r\n".encode("ascii")
+                )
+                while len(data) <= limit:
+                    sock.settimeout(deadline.left())
+                    chunk = sock.recv(min(16384, limit + 1 - len(data)))
+                    if not chunk:
+                        break
+                    data += chunk
+        finally:
+            raw.close()
     except Refused:
         raise
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise Refused(f"jwks_uri {url}: {getattr(exc, 'reason', exc)}") from None
-    if len(body) > settings.max_bytes:
-        raise Refused(f"jwks_uri {url}: the JWK Set is larger than {settings.max_bytes} bytes")
+    except TimeoutError:  # the time left ran out inside a read
+        raise Refused(f"jwks_uri {safe}: no whole answer within {settings.timeout:g} s") from None
+    except (OSError, ValueError, UnicodeError) as exc:
+        raise Refused(f"jwks_uri {safe}: {_printable(exc)}") from None
+    if len(data) > limit:
+        raise Refused(f"jwks_uri {safe}: the JWK Set is larger than {settings.max_bytes} bytes")
+    response = http.client.HTTPResponse(_Buffered(bytes(data)))  # type: ignore[arg-type]
     try:
-        keys = json.loads(body)["keys"]
+        response.begin()
+        if response.status != 200:
+            raise Refused(f"jwks_uri {safe} answered {response.status}")
+        body = response.read(settings.max_bytes + 1)
+    except Refused:
+        raise
+    except (http.client.HTTPException, OSError, ValueError) as exc:
+        raise Refused(f"jwks_uri {safe}: not an HTTP answer ({type(exc).__name__})") from None
+    if len(body) > settings.max_bytes:
+        raise Refused(f"jwks_uri {safe}: the JWK Set is larger than {settings.max_bytes} bytes")
+    try:
+        keys = _json(body)["keys"]
     except (ValueError, KeyError, TypeError):
-        raise Refused(f"jwks_uri {url}: not a JWK Set") from None
+        raise Refused(f"jwks_uri {safe}: not a JWK Set") from None
     if not isinstance(keys, list):
-        raise Refused(f"jwks_uri {url}: not a JWK Set")
+        raise Refused(f"jwks_uri {safe}: not a JWK Set")
     return keys
 
 
@@ -451,9 +596,15 @@ def _check_claims(
         value = claims.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Refused(f"{name} is not a NumericDate")
-        times[name] = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int such as 10**400, which JSON allows
+            raise Refused(f"{name} is not a NumericDate (out of range)") from None
+        if not math.isfinite(number):
+            raise Refused(f"{name} is not a NumericDate")
+        times[name] = number
     if "exp" not in times:
         raise Refused("exp is missing")
     exp, skew = times["exp"], settings.skew
@@ -485,6 +636,8 @@ def _authenticate(request: ClientAuthRequest, listener: Listener) -> Authenticat
     client_id = claims.get("sub")
     if not isinstance(client_id, str) or claims.get("iss") != client_id:
         raise Refused("iss and sub are not the same client_id")
+    if not _utf8(client_id):
+        raise Refused(f"sub {_printable(client_id)} is not a client_id (not UTF-8)")
     if request.form.get("client_id", client_id) != client_id:
         raise Refused("the client_id parameter is not the assertion's sub", client_id)
     client = request.get_client(client_id)
@@ -522,11 +675,17 @@ def _authenticate(request: ClientAuthRequest, listener: Listener) -> Authenticat
     except Refused as exc:
         raise Refused(str(exc), client_id) from None
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not 1 <= len(jti) <= MAX_JTI_CHARS:
-        raise Refused("jti is missing (or not a string of at most 256 characters)", client_id)
+    if not isinstance(jti, str) or not 1 <= len(jti) <= MAX_JTI_CHARS or not _utf8(jti):
+        raise Refused("jti is missing (or not a UTF-8 string of at most 256 characters)", client_id)
+    if request.authorization is not None or "client_secret" in request.form:
+        # The server refuses a request that authenticates twice (400): say so before the
+        # jti is used up, so that such a request leaves the assertion usable.
+        raise Refused("the request uses another authentication method too", client_id)
     key = "jti:" + hashlib.sha256(f"{client_id}\0{jti}".encode()).hexdigest()
-    if not listener.state.put_if_absent(key, remember_until):
-        raise Refused(f"jti {jti!r:.80} was used before (a replayed assertion)", client_id)
+    # Remembered for as long as the assertion is accepted, to the second after exp + skew:
+    # the store keeps whole seconds, and rounding down would let a replay in the last one.
+    if not listener.state.put_if_absent(key, math.ceil(remember_until)):
+        raise Refused(f"jti {_printable(jti)[:80]} was used before (a replayed assertion)", client_id)
     return AuthenticatedClient(client, METHOD)
 
 
@@ -545,10 +704,14 @@ def authenticate_client(request: ClientAuthRequest, listener: Listener) -> Authe
         claimed = exc.args[1] if len(exc.args) > 1 else None
         # The caller learns only that authentication failed: which check it was would tell
         # an unauthenticated caller which client_ids exist and how each is registered.
-        log.warning("private_key_jwt: client %s refused: %s", claimed or "(unknown)", exc.args[0])
+        # Both come from the caller (sub, kid, jti, ...): escaped, so that a newline or a
+        # NUL in them cannot forge a log line.
+        who = _printable(claimed) if claimed is not None else "(unknown)"
+        why = _printable(exc.args[0])
+        log.warning("private_key_jwt: client %s refused: %s", who, why)
         raise InvalidClientError(
             "client authentication failed",
             client_id=claimed,
             reason="private_key_jwt_refused",
-            detail=f"private_key_jwt: client {claimed or '(unknown)'} refused: {exc.args[0]}",
+            detail=f"private_key_jwt: client {who} refused: {why}",
         ) from None

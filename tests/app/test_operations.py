@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import ssl
 import time
@@ -169,6 +170,26 @@ def test_refusals_say_why_to_the_operator_only(env) -> None:  # noqa: ANN001
     assert "wrong-secret" not in server.log() and "wrong-secret" not in log.read_text()
 
 
+def test_refusal_of_an_authorization_field_logs_none_of_it(env) -> None:  # noqa: ANN001
+    """A credential sent without a scheme, or with one no plugin takes: the refusal line says
+    what it looked like and how long it was, and none of its text."""
+    server, _, _, _ = env
+    cases = {
+        "SECRETSTARTxyz0123456789abcdef": "no scheme, 30 characters",
+        "Frobnicate SECRETSTART2": "an unknown scheme token and credentials, 23 characters",
+        "Bearer SECRETSTART3": "Authorization scheme Bearer not accepted (19 characters)",
+    }
+    for value, words in cases.items():
+        with server.client() as http:
+            response = http.post(
+                "/oauth2/token", data={"grant_type": "client_credentials"}, headers={"Authorization": value}
+            )
+        assert response.status_code == 401, response.text
+        line = refusal_line(server, response.headers["x-request-id"])
+        assert " unsupported_auth_scheme: " in line and words in line, line
+    assert "SECRETSTART" not in server.log() and "Frobnicate" not in server.log()
+
+
 def test_grant_not_allowed_is_explained(env) -> None:  # noqa: ANN001
     server, secret, _, _ = env
     with server.client() as http:
@@ -316,14 +337,16 @@ def test_readyz_says_when_the_keystore_expired(tmp_path: Path, wheel_cache: Path
 # --- plain HTTP behind a TLS-terminating proxy (SSLEnabled="false") ---------------------------
 
 
-def plain_deployment(tmp_path: Path, keystore: Path, wheel_cache: Path, proxies: str) -> Deployment:
+def plain_deployment(
+    tmp_path: Path, keystore: Path, wheel_cache: Path, proxies: str, headers: str = "x-forwarded"
+) -> Deployment:
     return new_deployment(
         tmp_path / "ts",
         keystore,
         wheel_cache,
         connectors=(
             '<Connector address="127.0.0.1" port="0" SSLEnabled="false"/>\n'
-            f'    <TrustedProxies addresses="{proxies}"/>\n'
+            f'    <TrustedProxies addresses="{proxies}" headers="{headers}"/>\n'
             '    <AccessLog file="../logs/access.log"/>'
         ),
     )
@@ -354,21 +377,19 @@ def test_plain_http_connector_answers_its_trusted_proxy(tmp_path, keystore, whee
             "/oauth2/token",
             auth=credentials,
             data=form,
+            # Not believed: the proxy is trusted for X-Forwarded-* (the default).
             headers={"Forwarded": "for=198.51.100.7;proto=https"},
         )
         cleartext = http.post("/oauth2/token", auth=credentials, data=form)
         health = http.get("/healthz")
     assert proxied.status_code == 200, proxied.text
     assert proxied.headers["x-request-id"] == "lb-1234"
-    assert forwarded.status_code == 200, forwarded.text
+    assert forwarded.status_code == 403, forwarded.text
     assert cleartext.status_code == 403 and cleartext.json()["error"] == "invalid_request"
     assert health.status_code == 200
     entry = logged(dep.root / "logs" / "access.log", "lb-1234")
     assert entry["forwarded_for"] == "203.0.113.9" and entry["remote_addr"] == "127.0.0.1"
     assert entry["tls_version"] is None and entry["client_id"] == client["client_id"]
-    assert logged(dep.root / "logs" / "access.log", forwarded.headers["x-request-id"])["forwarded_for"] == (
-        "198.51.100.7"
-    )
 
 
 def test_plain_http_connector_drops_other_peers(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
@@ -470,3 +491,99 @@ def test_log_file_moved_away_is_reopened(tmp_path: Path) -> None:
         "/before"
     ]
     assert [json.loads(line)["path"] for line in log.read_text().splitlines()] == ["/after"]
+
+
+def test_failed_reopen_keeps_no_closed_descriptor(tmp_path: Path) -> None:
+    """The log's directory moved away (so the reopen fails), a new file gets the descriptor
+    number the log had, the directory comes back: the new file receives no log line and
+    stays open, the log reopens on its own, and closing raises nothing."""
+    from tokensmith.app.accesslog import _Writer
+
+    logs = tmp_path / "logs"
+    writer = _Writer(logs / "access.log")
+    old_fd = writer.fd
+    writer.write("first")
+    writer.flush()
+    logs.rename(tmp_path / "logs.away")
+    writer.write("lost")
+    writer.flush()  # fails: warned, not raised
+    victim_path = tmp_path / "victim"
+    victim = os.open(victim_path, os.O_RDWR | os.O_CREAT)  # the lowest free number: the log's old one
+    try:
+        assert victim == old_fd
+        writer.write("still away")
+        writer.flush()
+        (tmp_path / "logs.away").rename(logs)
+        writer.write("second")
+        writer.flush()
+        os.fstat(victim)  # still open
+        assert victim_path.read_bytes() == b""
+    finally:
+        os.close(victim)
+    writer.close()
+    writer.close()
+    assert (logs / "access.log").read_text().splitlines() == ["first", "second"]
+
+
+def test_common_format_escapes_every_field(tmp_path: Path) -> None:
+    """A forwarded IPv6 zone id, a client id with spaces, ESC and DEL: each stays inside its
+    own field of the common format, escaped, so no value adds fields of its own."""
+    import asyncio
+    import ipaddress
+
+    from tokensmith.app.accesslog import AccessLog
+    from tokensmith.config.settings import AccessLogSettings
+    from tokensmith.requestlog import note
+
+    async def app(scope: dict, receive: object, send) -> None:  # noqa: ANN001
+        note(scope, client_id='a b\x1b[31m\x7f"', grant_type="x y")
+        await _answer_ok(scope, receive, send)
+
+    async def run() -> list[str]:
+        path = tmp_path / "common.log"
+        trusted = (ipaddress.ip_network("192.0.2.0/24"),)
+        middleware = AccessLog(app, AccessLogSettings(True, "common", path), trusted, "forwarded")
+        scope = _scope("/healthz")
+        scope["headers"] = [(b"forwarded", b'for="[fe80::1%x\\" 200 999 \\"FAKE]"')]
+
+        async def send(message: dict) -> None:
+            return None
+
+        await middleware(scope, None, send)
+        middleware.close()
+        return path.read_text().splitlines()
+
+    (line,) = asyncio.run(run())
+    assert "\x1b" not in line and "\x7f" not in line and "FAKE" not in line, line
+    fields = line.split(" ")
+    assert fields[2] == "a\\x20b\\x1b[31m\\x7f\\x22", line
+    assert fields[-3:] == ["cert=-", "for=fe80::1", "grant_type=x\\x20y"], line
+
+
+@pytest.mark.parametrize("header", [":AAAA:", "garbage", ":MIIBkTCB+wIJAK:"])
+def test_unusable_forwarded_certificate_gets_a_generic_answer(
+    deployment: Deployment, serve, header: str
+) -> None:  # noqa: ANN001
+    """The client is told its forwarded certificate was refused, not which check failed
+    (RFC 6749 §5.2 invalid_client); the operator's refusal line says why."""
+    deployment.oauth = (
+        '<ClientCertificateHeader name="Client-Cert" format="rfc9440" trustedProxies="127.0.0.1"/>'
+    )
+    deployment.write()
+    server = serve(deployment)
+    with server.client() as http:
+        response = http.post(
+            "/oauth2/token",
+            headers={"Client-Cert": header},
+            data={"grant_type": "client_credentials", "client_id": "x"},
+        )
+    assert response.status_code == 401, response.text
+    assert response.json() == {
+        "error": "invalid_client",
+        "error_description": "the forwarded client certificate is unusable",
+    }
+    line = refusal_line(server, response.headers["x-request-id"])
+    assert (
+        " forwarded_certificate_unusable: " in line
+        and len(line.split(" forwarded_certificate_unusable: ")[1]) > 3
+    )

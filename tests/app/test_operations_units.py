@@ -26,15 +26,16 @@ def test_forwarded_for_takes_the_nearest_proxys_entry() -> None:
     """The last X-Forwarded-For entry and Forwarded element are the proxy next to us; a port
     or brackets around IPv6 are dropped; junk gives None (RFC 7239 §5.2, §6)."""
     assert forwarded_for([(b"x-forwarded-for", b"198.51.100.1, 203.0.113.9")]) == ("203.0.113.9", None)
-    assert forwarded_for([(b"forwarded", b'for=192.0.2.1, for="[2001:db8::1]:4711";proto=https')]) == (
-        "2001:db8::1",
-        "https",
-    )
-    assert forwarded_for([(b"forwarded", b"for=192.0.2.7:80"), (b"x-forwarded-proto", b"HTTP")]) == (
-        "192.0.2.7",
-        "http",
-    )
+    forwarded = [(b"forwarded", b'for=192.0.2.1, for="[2001:db8::1]:4711";proto=https')]
+    assert forwarded_for(forwarded, "forwarded") == ("2001:db8::1", "https")
+    assert forwarded_for(forwarded) == (None, None)  # not the header family the proxy is believed for
+    both = [(b"forwarded", b"for=192.0.2.7:80;proto=https"), (b"x-forwarded-proto", b"HTTP")]
+    assert forwarded_for(both, "forwarded") == ("192.0.2.7", "https")
+    assert forwarded_for(both) == (None, "http")
     assert forwarded_for([(b"x-forwarded-for", b"not-an-address")]) == (None, None)
+    # The proxy appends its own line: the right-most address across lines is the one it added.
+    lines = [(b"x-forwarded-for", b"6.6.6.6, 10.0.0.1"), (b"x-forwarded-for", b"203.0.113.9")]
+    assert forwarded_for(lines + [(b"x-forwarded-proto", b"http, HTTPS")]) == ("203.0.113.9", "https")
 
 
 def test_trusted_peer() -> None:

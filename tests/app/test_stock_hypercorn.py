@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def hypercorn(deployment: Deployment) -> Iterator[tuple[str, Deployment, Path]]:
     security = deployment.conf / "security"
     config.write_text(
         'bind = ["127.0.0.1:0"]\n'
+        'insecure_bind = ["127.0.0.1:0"]\n'
         f'certfile = "{security / "server.crt"}"\n'
         f'keyfile = "{security / "server.key"}"\n'
         'errorlog = "-"\n'
@@ -55,7 +57,10 @@ def hypercorn(deployment: Deployment) -> Iterator[tuple[str, Deployment, Path]]:
         )
     try:
         deadline = time.monotonic() + 30
-        while not (match := re.search(r"Running on (https://127\.0\.0\.1:\d+)", log.read_text())):
+        while not (
+            (match := re.search(r"Running on (https://127\.0\.0\.1:\d+)", log.read_text()))
+            and re.search(r"Running on http://127\.0\.0\.1:\d+", log.read_text())
+        ):
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         yield match[1], deployment, log
@@ -113,3 +118,49 @@ def test_stock_hypercorn_serves_the_full_app(hypercorn, tmp_path: Path) -> None:
         time.sleep(0.05)  # lines are written a block at a time, within a fraction of a second
     assert response.headers["x-request-id"] in access.read_text()
     assert secret["client_secret"] not in access.read_text()
+
+
+def _plain_url(log: Path) -> str:
+    match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text())
+    assert match, log.read_text()
+    return match[1]
+
+
+def test_stock_hypercorn_refuses_h2c_upgrade_over_tls(hypercorn) -> None:  # noqa: ANN001
+    """Importing tokensmith.asgi installs the protocol refusals: ``Upgrade: h2c`` over TLS is
+    refused, not switched to HTTP/2 with 101 (RFC 9113 §3.2: HTTP/2 over TLS is ALPN only)."""
+    url, dep, _ = hypercorn
+    host, port = url.removeprefix("https://").split(":")
+    context = ssl.create_default_context(cafile=str(dep.server_cert))
+    context.set_alpn_protocols(["http/1.1"])
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(
+                b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            )
+            head = tls.recv(4096)
+    assert head.startswith(b"HTTP/1.1 400"), head
+
+
+def test_stock_hypercorn_plain_port_serves_only_the_probes(hypercorn) -> None:  # noqa: ANN001
+    """On Hypercorn's insecure_bind, a client that is not a trusted proxy saying https gets no
+    token (RFC 6749 §3.2), under any spelling of the path; the probes answer."""
+    url, dep, log = hypercorn
+    secret = dep.add_client("h", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+    plain = _plain_url(log)
+    auth = (secret["client_id"], secret["client_secret"])
+    with httpx.Client(base_url=plain, timeout=10) as http:
+        refused = http.post(
+            "/oauth2/token",
+            auth=auth,
+            data={"grant_type": "client_credentials"},
+            headers={"X-Forwarded-Proto": "https"},
+        )
+        assert refused.status_code == 403 and refused.json()["error"] == "invalid_request"
+        assert (
+            http.post("/oauth2/token/", auth=auth, data={"grant_type": "client_credentials"}).status_code
+            == 403
+        )
+        assert http.get("/.well-known/oauth-authorization-server").status_code == 403
+        assert http.get("/healthz").status_code == 200

@@ -31,9 +31,10 @@ LAYERS: dict[str, int] = {
     "listeners": 5,
     "oauth": 6,
     "http": 6,
-    "app": 7,
-    "cli": 8,
-    "asgi": 8,
+    "admin": 7,
+    "app": 8,
+    "cli": 9,
+    "asgi": 9,
 }
 
 

@@ -210,7 +210,7 @@ def test_serve_prints_listeners_and_url_and_stops_on_ctrl_c(deployment) -> None:
 # --- what a new user meets (issue 15) -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("grant", ["bogus", "authorization_code", "implicit"])
+@pytest.mark.parametrize("grant", ["bogus", "device_code", "implicit"])
 def test_sp_add_refuses_grant_types_not_served(deployment, grant) -> None:  # noqa: ANN001
     """A grant type the token endpoint does not serve is refused at registration, in one line
     that lists those it serves; nothing is stored."""
@@ -424,3 +424,92 @@ def test_signing_cli_rotate_list_retire(deployment) -> None:  # noqa: ANN001
     assert [k["kid"] for k in json.loads(deployment.cli("signing", "list", "--json").stdout)["keys"]] == [
         second
     ]
+
+
+def test_sp_metadata_input_is_bounded_and_checked(deployment, tmp_path) -> None:  # noqa: ANN001
+    """sp add/update --metadata and --jwks: a lone surrogate, JSON nested too deep, a device
+    instead of a file, documents beyond the size limits, a member of a plugin that is not
+    loaded, credentials in jwks_uri: each one readable line and a non-zero exit, quickly."""
+    added = deployment.add_client(
+        "c", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic"
+    )
+    client_id = str(added["client_id"])
+
+    def write(text: str) -> str:
+        path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(text)
+        return str(path)
+
+    cases = {
+        "lone surrogate": ("--metadata", write('{"client_name": "\\ud800"}')),
+        "nested too deeply": ("--metadata", write('{"a.b":' + "[" * 100000 + "]" * 100000 + "}")),
+        "nested too deeply ": ("--jwks", write('{"keys":' + "[" * 100000 + "]" * 100000 + "}")),
+        "not a regular file": ("--jwks", "/dev/zero"),
+        "larger than 1048576 bytes": ("--metadata", write(json.dumps({"client_name": "x" * 5_000_000}))),
+        "longer than 2000 characters": ("--metadata", write(json.dumps({"client_name": "x" * 5000}))),
+        "more than 100 items": ("--metadata", write(json.dumps({"contacts": ["a@example.com"] * 200}))),
+        "which is not loaded": ("--metadata", write('{"other_plugin.foo": 1}')),
+        "must not hold credentials": ("--jwks-uri", "https://user:secretpw@example.com/jwks"),
+    }
+    for reason, (option, value) in cases.items():
+        result = deployment.cli("sp", "update", client_id, option, value, check=False)
+        assert result.returncode not in (0, 70), (reason, result.stderr)
+        assert reason.strip() in result.stderr, (reason, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "secretpw" not in result.stderr
+    result = deployment.cli(
+        "sp",
+        "add",
+        "d",
+        "--grant-type",
+        "client_credentials",
+        "--auth-method",
+        "client_secret_basic",
+        "--metadata",
+        write('{"contacts": ["\\udfff"]}'),
+        check=False,
+    )
+    assert result.returncode not in (0, 70) and "lone surrogate" in result.stderr, result.stderr
+
+
+def test_sp_redirect_uris_add_show_update(deployment) -> None:  # noqa: ANN001
+    """--redirect-uri (repeatable) registers the metadata redirect_uris, sp show prints them,
+    sp update --redirect-uri replaces them; a URI the authorization endpoint would not
+    redirect to, or a code client without one, is refused in one line and nothing is stored."""
+    added = deployment.add_client(
+        "web",
+        "--grant-type",
+        "authorization_code",
+        "--auth-method",
+        "none",
+        "--redirect-uri",
+        "https://app.example/cb",
+        "--redirect-uri",
+        "http://127.0.0.1:8123/cb",
+    )
+    client_id = str(added["client_id"])
+    shown = json.loads(deployment.cli("sp", "show", client_id).stdout)["client_metadata"]
+    assert shown["redirect_uris"] == ["https://app.example/cb", "http://127.0.0.1:8123/cb"]
+    deployment.cli("sp", "update", client_id, "--redirect-uri", "https://app.example/new")
+    shown = json.loads(deployment.cli("sp", "show", client_id).stdout)["client_metadata"]
+    assert shown["redirect_uris"] == ["https://app.example/new"]
+    before = deployment.cli("sp", "list", "--json").stdout
+    for args, expected in [
+        (["--redirect-uri", "http://app.example/cb"], "http to a loopback address"),
+        (["--redirect-uri", "https://app.example/cb#x"], "has a fragment"),
+        ([], "needs redirect_uris"),
+    ]:
+        result = deployment.cli(
+            "sp",
+            "add",
+            "bad",
+            "--grant-type",
+            "authorization_code",
+            "--auth-method",
+            "none",
+            *args,
+            check=False,
+        )
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+    assert deployment.cli("sp", "list", "--json").stdout == before

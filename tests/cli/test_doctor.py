@@ -249,3 +249,101 @@ def test_storage_unusable(deployment: Deployment) -> None:
     deployment.database.mkdir()  # a directory where the database file should be
     text = failed(doctor(deployment))
     assert f"✗ storage {deployment.database}: " in text and "fix: check the <Database path=>" in text
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("https://[::1", "--url is not a valid URL"),
+        ("https://127.0.0.1:99999/", "--url is not a valid URL"),
+        ("https://127.0.0.1:abc", "--url is not a valid URL"),
+        ("http://127.0.0.1:1", "--url must be https://host:port"),
+    ],
+)
+def test_a_bad_url_is_one_readable_line(mtls, url: str, words: str) -> None:  # noqa: ANN001
+    server, client_id, files = mtls
+    result = doctor(
+        server.deployment,
+        "--client-id",
+        client_id,
+        "--cert",
+        str(files[0]),
+        "--key",
+        str(files[1]),
+        "--url",
+        url,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_password_in_the_url_is_not_printed(mtls) -> None:  # noqa: ANN001
+    server, client_id, files = mtls
+    url = server.url.replace("https://", "https://user:HUNTER2SECRET@")
+    result = client_doctor(server, client_id, files, "--url", url)
+    assert "HUNTER2SECRET" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("ca", ["/dev/null", "/tmp", "/nonexistent/ca.pem"])
+def test_an_unusable_ca_is_a_failed_check(mtls, ca: str) -> None:  # noqa: ANN001
+    server, client_id, files = mtls
+    text = failed(client_doctor(server, client_id, files, "--ca", ca))
+    assert f"CA file {ca}: unusable" in text, text
+
+
+def test_a_key_that_is_no_file_is_refused_at_once(mtls, tmp_path: Path) -> None:  # noqa: ANN001
+    """/dev/zero never ends and a FIFO blocks until a writer comes: neither is read."""
+    import os
+
+    server, client_id, files = mtls
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for key in ("/dev/zero", str(fifo)):
+        result = doctor(
+            server.deployment,
+            "--client-id",
+            client_id,
+            "--cert",
+            str(files[0]),
+            "--key",
+            key,
+            "--url",
+            server.url,
+        )
+        assert f"key {key}: unreadable: not a regular file" in failed(result)
+
+
+def test_control_characters_of_the_client_id_are_escaped(mtls) -> None:  # noqa: ANN001
+    server, _, files = mtls
+    result = client_doctor(server, "evil\x1b[2J\x07id", files)
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "client evil\\x1b[2J\\x07id: not registered" in failed(result)
+
+
+def test_storage_checks_the_configured_postgres(deployment: Deployment, postgres_url, monkeypatch) -> None:  # noqa: ANN001
+    """server.xml names PostgreSQL: doctor asks it (no SQLite file appears), and says when its
+    schema needs migrating."""
+    monkeypatch.setenv("TOKENSMITH_DATABASE_URL", postgres_url)
+    text = failed(doctor(deployment))
+    assert "✗ storage PostgreSQL postgresql://" in text and "tokensmith db migrate" in text
+    deployment.cli("db", "migrate")
+    result = doctor(deployment)
+    assert result.returncode == 0, result.stdout
+    assert "✓ storage PostgreSQL postgresql://" in result.stdout
+    assert not deployment.database.exists()
+
+
+def test_an_unreachable_postgres_is_reported_without_its_password(
+    deployment: Deployment, monkeypatch
+) -> None:  # noqa: ANN001
+    monkeypatch.setenv(
+        "TOKENSMITH_DATABASE_URL", "postgresql://u@127.0.0.1:1/x?password=s3cret&connect_timeout=2"
+    )
+    result = doctor(deployment)
+    text = failed(result)
+    assert "✗ storage PostgreSQL postgresql://u@127.0.0.1:1/x?password=***" in text
+    assert "fix: check the <Database url=>" in text
+    assert "s3cret" not in result.stdout + result.stderr
+    assert not deployment.database.exists()

@@ -7,6 +7,7 @@ meter, and its configuration examples are the shipped files.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -115,7 +116,15 @@ def test_every_block_is_a_named_walkthrough() -> None:
     """Every sh block after the first is a walkthrough the test below runs, each name once."""
     names = [name for name, _ in sh_blocks()[1:]]
     assert None not in names and len(set(names)) == len(names)
-    assert names == ["first-token", "client-secret-post", "mutual-tls", "wso2-password", "endpoints"]
+    assert names == [
+        "first-token",
+        "client-secret-post",
+        "mutual-tls",
+        "wso2-password",
+        "browser-sign-in",
+        "endpoints",
+        "administration",
+    ]
 
 
 def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) -> None:
@@ -135,14 +144,45 @@ def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) 
         re.search(r"^HTTP/\S+ 200", out["wso2-password"], re.M) and '"access_token":' in out["wso2-password"]
     )
 
+    # The seed's playground signs a user in with the authorization code grant and PKCE: the
+    # browser lands on its callback with the code, state and iss, and the token it gets for
+    # the code is bound to its certificate; the code's second use revokes it.
+    signin = out["browser-sign-in"].strip().splitlines()
+    assert signin[0].startswith(f"https://localhost:{port}/oauth2/authorize?response_type=code&client_id=")
+    assert signin[1] == (
+        f"http://127.0.0.1:8080/playground2/oauth2client?code=...&state=xyz&iss=https%3A%2F%2F127.0.0.1%3A{port}"
+    )
+    assert (
+        '"active":true' in signin[2]
+        and '"username":"admin"' in signin[2]
+        and '"cnf":{"x5t#S256":' in signin[2]
+    )
+    assert '"error":"invalid_grant"' in signin[3]
+    assert signin[4] == '{"active":false}'
+
     lines = out["endpoints"].strip().splitlines()
-    assert lines[0] == '{"username": "alice"}'
+    assert json.loads(lines[0])["username"] == "alice"
     active, revoked_status, inactive, metadata, jwks = lines[1:]
     assert '"active":true' in active and '"username":"alice"' in active and '"scope":"read"' in active
     assert revoked_status == "200"
     assert inactive == '{"active":false}'
     assert f'"issuer":"https://127.0.0.1:{port}"' in metadata and '"mtls_endpoint_aliases"' not in metadata
     assert jwks == '{"keys":[]}'
+
+    # Administration: created, rotated and removed remotely; a client registers itself.
+    admin = out["administration"].strip().splitlines()
+    assert admin[0] == '{"username": "console", "role": "admin"}'
+    first_token, added, removed, second_token, deleted, registered, audit = admin[1:]
+    assert '"token_type":"Bearer"' in first_token and '"token_type":"Bearer"' in second_token
+    assert (added, removed, deleted) == ("201", "200", "204")
+    assert '"registration_access_token":' in registered and '"client_secret":' in registered
+    actions = [entry["action"] for entry in json.loads(audit)]
+    assert actions == [
+        "client.create",
+        "registration.initial_access_token",
+        "client.delete",
+        "client.certificates",
+    ]
 
     assert "% Total" not in result.stderr, result.stderr
     # (The server's log is this test's own: start_server writes it into the deployment's root.)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import SERVER_XML
+from conftest import SERVER_XML, Deployment
 
 LANES = Path(__file__).parent.parent / "lanes.py"
 
@@ -202,7 +202,9 @@ def lanes(tmp_path_factory: pytest.TempPathFactory, keystore: Path) -> Iterator[
         '<Connector address="127.0.0.1" port="0" connectionTimeout="3000"/>\n'
         '<Connector address="127.0.0.1" port="0" connectionTimeout="3000" http1="llhttp"/>'
     )
-    (conf / "server.xml").write_text(SERVER_XML.format(connectors=connectors))
+    (conf / "server.xml").write_text(
+        SERVER_XML.format(connectors=connectors, database=Deployment.database_xml)
+    )
     (conf / "identity.xml").write_text("<Identity/>")
     process = subprocess.Popen([sys.executable, str(LANES), str(conf)], stdout=subprocess.PIPE, text=True)
     try:

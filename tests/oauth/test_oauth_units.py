@@ -86,7 +86,7 @@ def test_check_grant_type() -> None:
     with pytest.raises(InvalidRequestError):
         check_grant_type({})
     with pytest.raises(UnsupportedGrantTypeError):
-        check_grant_type({"grant_type": "authorization_code"})
+        check_grant_type({"grant_type": "implicit"})
 
 
 @pytest.mark.parametrize(

@@ -173,7 +173,7 @@ def test_post_client_authenticates_in_the_body(app: InProcess, post_client: dict
         ("", 400, "invalid_request"),  # no grant_type
         ("scope=read", 400, "invalid_request"),
         ("grant_type=", 400, "invalid_request"),  # an empty value is an absent parameter
-        ("grant_type=authorization_code", 400, "unsupported_grant_type"),
+        ("grant_type=authorization_code&code=x&code_verifier=y", 400, "unauthorized_client"),
         ("grant_type=urn:example:bogus", 400, "unsupported_grant_type"),
         ("grant_type=password&username=a&password=b", 400, "unauthorized_client"),
         ("grant_type=refresh_token&refresh_token=x", 400, "unauthorized_client"),
@@ -396,9 +396,19 @@ def test_metadata_names_every_endpoint_under_the_issuer(app: InProcess) -> None:
         ("introspection_endpoint", "/oauth2/introspect"),
         ("revocation_endpoint", "/oauth2/revoke"),
         ("jwks_uri", "/oauth2/jwks"),
+        ("authorization_endpoint", "/oauth2/authorize"),
     ]:
         assert meta[name] == issuer + path
-    assert set(meta["grant_types_supported"]) == {"client_credentials", "password", "refresh_token"}
+    assert set(meta["grant_types_supported"]) == {
+        "authorization_code",
+        "client_credentials",
+        "password",
+        "refresh_token",
+    }
+    # RFC 6749 §4.1 with PKCE S256 only (RFC 7636 §6.2) and the iss response parameter (RFC 9207 §3).
+    assert meta["response_types_supported"] == ["code"]
+    assert meta["code_challenge_methods_supported"] == ["S256"]
+    assert meta["authorization_response_iss_parameter_supported"] is True
     assert {"client_secret_basic", "client_secret_post"} <= set(meta["token_endpoint_auth_methods_supported"])
     assert "none" not in meta["introspection_endpoint_auth_methods_supported"]
     assert meta["tls_client_certificate_bound_access_tokens"] is True

@@ -4,18 +4,22 @@ Properties, and the RFC 7591 metadata of its clients (``oauth/clientmetadata.py`
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import shutil
 import time
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 from conftest import DEFAULT_LISTENERS, StartupFailed, new_deployment, start_server
-from tokensmith import InvalidClientMetadataError
+from tokensmith import InvalidClientError, InvalidClientMetadataError
 from tokensmith.listeners.state import MAX_VALUE_BYTES, PluginState, StateUnavailableError
 from tokensmith.models import Client
-from tokensmith.oauth.clientmetadata import apply_metadata, client_metadata
+from tokensmith.oauth.clientauth import ClientAuthRequest
+from tokensmith.oauth.clientmetadata import apply_metadata, check_document, client_metadata
 from tokensmith.storage.sqlite import SQLiteStorage
 
 #: An authenticator for "probe" clients (X-Probe: CLIENT_ID) that records what it is given,
@@ -166,6 +170,61 @@ def test_plugin_state_is_namespaced_and_needs_a_store(tmp_path) -> None:  # noqa
             one.get("")
     with pytest.raises(StateUnavailableError):
         PluginState(None, "one").get("k")
+
+
+def test_plugin_state_namespace_is_read_only(tmp_path) -> None:  # noqa: ANN001
+    """A plugin cannot switch its state to another plugin's namespace, nor reach the store
+    through an obvious attribute (hygiene: plugins run in-process)."""
+    with SQLiteStorage(tmp_path / "db") as store:
+        state = PluginState(store, "one")
+        with pytest.raises(AttributeError):
+            state.namespace = "two"  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            state._storage  # noqa: B018
+        with pytest.raises(AttributeError):
+            state.extra = 1  # type: ignore[attr-defined]
+        assert state.namespace == "one"
+
+
+def test_put_if_absent_keeps_a_key_for_all_of_its_last_second(tmp_path) -> None:  # noqa: ANN001
+    """expires_at inside a second: remembered to its end (rounded up), not dropped at the
+    start of that second, which would let a replay in."""
+    with SQLiteStorage(tmp_path / "db") as store:
+        state = PluginState(store, "one")
+        while time.time() % 1 > 0.5:  # far from the next whole second
+            time.sleep(0.05)
+        expires_at = math.floor(time.time()) + 0.999
+        assert state.put_if_absent("jti", expires_at)
+        assert not state.put_if_absent("jti", expires_at)
+
+
+def test_an_id_the_store_cannot_take_is_no_client(tmp_path) -> None:  # noqa: ANN001
+    """A lone surrogate (JSON can spell one) is "no such client", never a storage error."""
+    with SQLiteStorage(tmp_path / "db") as store:
+        request = ClientAuthRequest(store, {}, None)
+        assert request.get_client("\ud800") is None
+        with pytest.raises(InvalidClientError):
+            asyncio.run(request.check_secret("\ud800", "secret"))
+
+
+def test_client_metadata_limits() -> None:
+    """Sizes and forms RFC 7591 leaves open, refused with one line: a lone surrogate, a
+    5 MB name, 200000 contacts, JSON nested too deep, credentials in jwks_uri."""
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    cases = {
+        "lone surrogate": {"client_name": "\ud800"},
+        "longer than": {"client_name": "x" * 5_000_000},
+        "more than 100 items": {"contacts": ["a@example.com"] * 200_000},
+        "nested too deeply": {"mutual_tls.deep": deep},
+        "larger than 65536 bytes": {"mutual_tls.x": ["y" * 1000] * 90},
+        "must not hold credentials": {"jwks_uri": "https://user:pw@example.com/jwks"},
+    }
+    for reason, document in cases.items():
+        with pytest.raises(InvalidClientMetadataError, match=reason) as info:
+            check_document(document)
+        assert "pw@" not in str(info.value)
 
 
 def test_metadata_documents_round_trip_and_are_checked() -> None:

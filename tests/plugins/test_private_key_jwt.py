@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import ssl
+import sys
 import threading
 import time
 import uuid
@@ -469,3 +470,333 @@ def test_registration_is_checked_by_the_plugin(dep, tmp_path) -> None:  # noqa: 
     added = dep.add_client(*base[2:], "--jwks", str(good))
     shown = json.loads(dep.cli("sp", "show", str(added["client_id"])).stdout)["client_metadata"]
     assert shown["jwks"] == {"keys": [json.loads(good.read_text())]}
+
+
+# -- red-team findings: jwks_uri servers that misbehave, and hostile assertions --------------
+
+
+class BadJwksServer:
+    """An HTTPS server that answers every GET in one bad way (*mode*) and counts connections.
+
+    ``drip``: a status line, then one header byte every 0.2 s for as long as the client
+    listens (a socket timeout alone never fires); ``headers``: 150 headers; ``status``: a
+    status line that is not one; ``deep``: a JSON body nested 10000 deep.
+    """
+
+    def __init__(self, cert: Path, key: Path, mode: str):
+        self.mode = mode
+        self.connections = 0
+        self.stopping = threading.Event()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.threads: list[threading.Thread] = []
+        self.accepter = threading.Thread(target=self._accept, daemon=True)
+        self.accepter.start()
+        self.url = f"https://127.0.0.1:{self.listener.getsockname()[1]}/jwks.json"
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        sock.settimeout(5)
+        try:
+            with self.context.wrap_socket(sock, server_side=True) as tls:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                if self.mode == "drip":
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    while not self.stopping.wait(0.2):
+                        tls.sendall(b"a")
+                    return
+                if self.mode == "status":
+                    tls.sendall(b"garbage\r\n\r\n")
+                    return
+                body = b'{"keys":[]}'
+                if self.mode == "deep":
+                    body = b'{"keys":' + b"[" * 10000 + b"]" * 10000 + b"}"
+                head = b"HTTP/1.1 200 OK\r\n"
+                if self.mode == "headers":
+                    head += b"".join(b"X-%d: y\r\n" % n for n in range(150))
+                tls.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.listener.close()
+        self.accepter.join(5)
+        for thread in self.threads:
+            thread.join(5)
+
+
+@pytest.fixture
+def bad_jwks(tmp_path: Path) -> Iterator[Any]:
+    generate_dev_keystore(tmp_path / "jwks.crt", tmp_path / "jwks.key")
+    servers: list[BadJwksServer] = []
+
+    def start(mode: str) -> BadJwksServer:
+        server = BadJwksServer(tmp_path / "jwks.crt", tmp_path / "jwks.key", mode)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def uri_client(dep: Deployment, url: str) -> str:
+    added = dep.add_client(
+        "jwt", "--grant-type", "client_credentials", "--auth-method", "private_key_jwt", "--jwks-uri", url
+    )
+    return str(added["client_id"])
+
+
+def test_a_dripping_jwks_uri_holds_one_thread_for_one_deadline(
+    tmp_path, keystore, wheel_cache, jwt_wheel, serve, bad_jwks
+) -> None:  # noqa: ANN001
+    """A jwks_uri that sends a byte every 0.2 s forever: the fetch ends at its deadline
+    (connect, headers and body together), 40 concurrent assertions for that client share one
+    fetch, its failure is remembered, and meanwhile a client_secret_basic client keeps
+    getting tokens."""
+    dep = jwt_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        jwt_wheel,
+        f'<Property name="JwksUriCAFile">{tmp_path / "jwks.crt"}</Property>'
+        '<Property name="JwksUriTimeoutSeconds">1</Property>',
+    )
+    slow = bad_jwks("drip")
+    client_id = uri_client(dep, slow.url)
+    basic = dep.add_client("b", "--grant-type", "client_credentials", "--auth-method", "client_secret_basic")
+    server = serve(dep)
+    url = f"{server.url}/oauth2/token"
+    key = Key("ES256")
+    results: list[tuple[int, float]] = []
+
+    def attack() -> None:
+        started = time.monotonic()
+        with server.client() as http:
+            status = token_request(http, assertion(key, client_id, url)).status_code
+        results.append((status, time.monotonic() - started))
+
+    threads = [threading.Thread(target=attack) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    basic_statuses = []
+    with server.client() as http:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            response = http.post(
+                "/oauth2/token",
+                data={"grant_type": "client_credentials"},
+                auth=(str(basic["client_id"]), str(basic["client_secret"])),
+            )
+            basic_statuses.append(response.status_code)
+    for thread in threads:
+        thread.join(30)
+    assert basic_statuses and set(basic_statuses) == {200}, basic_statuses
+    assert [status for status, _ in results] == [401] * 40, results
+    assert max(elapsed for _, elapsed in results) < 4, results
+    assert slow.connections == 1
+    server.wait_for_log("no whole answer within 1 s")
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [("headers", "not an HTTP answer"), ("status", "not an HTTP answer"), ("deep", "not a JWK Set")],
+)
+def test_a_jwks_uri_with_a_broken_answer_is_invalid_client(
+    tmp_path, keystore, wheel_cache, jwt_wheel, serve, bad_jwks, mode, reason
+) -> None:  # noqa: ANN001
+    """Too many headers, a bad status line, JSON nested too deep: invalid_client, never a
+    500, and the failure is remembered (a second request does not fetch again)."""
+    dep = jwt_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        jwt_wheel,
+        f'<Property name="JwksUriCAFile">{tmp_path / "jwks.crt"}</Property>',
+    )
+    bad = bad_jwks(mode)
+    client_id = uri_client(dep, bad.url)
+    server = serve(dep)
+    url = f"{server.url}/oauth2/token"
+    key = Key("ES256")
+    with server.client() as http:
+        for _ in range(2):
+            response = token_request(http, assertion(key, client_id, url))
+            assert response.status_code == 401 and response.json() == REFUSED
+    server.wait_for_log(reason)
+    assert bad.connections == 1
+
+
+def signed(key: Key, head: str, body: str) -> str:
+    """An assertion of exactly these JSON texts, signed by *key*."""
+    signing_input = f"{b64url(head.encode())}.{b64url(body.encode())}"
+    return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"
+
+
+def test_hostile_assertions_are_invalid_client_not_500(dep, serve, tmp_path) -> None:  # noqa: ANN001
+    """JSON nested 10000 deep, a lone surrogate in sub or jti, times of 10**400: refused as
+    invalid_client (never a 500); a newline in sub does not forge a log line."""
+    key = Key("ES256")
+    client_id = register(dep, tmp_path, key)
+    server = serve(dep)
+    url = f"{server.url}/oauth2/token"
+    now = int(time.time())
+
+    def claims(**changes: Any) -> str:
+        body = {"iss": client_id, "sub": client_id, "aud": url, "exp": now + 60, "iat": now}
+        body["jti"] = uuid.uuid4().hex
+        body.update(changes)
+        return json.dumps(body)
+
+    head = json.dumps({"alg": "ES256", "kid": key.kid})
+    cases = {
+        "deep header": signed(key, "[" * 10000 + "]" * 10000, claims()),
+        "deep claims": signed(key, head, '{"a":' + "[" * 10000 + "]" * 10000 + "}"),
+        "surrogate sub": signed(key, head, claims(iss="\ud800", sub="\ud800")),
+        "surrogate jti": signed(key, head, claims(jti="\udfff")),
+        "huge exp": signed(key, head, claims(exp=10**400)),
+        "negative exp": signed(key, head, claims(exp=-(10**400))),
+        "huge iat": signed(key, head, claims(iat=10**400)),
+        "huge nbf": signed(key, head, claims(nbf=-(10**400))),
+        "forged log line": signed(key, head, claims(iss="x\nFORGED\x00", sub="x\nFORGED\x00")),
+    }
+    with server.client() as http:
+        for name, value in cases.items():
+            response = token_request(http, value)
+            assert response.status_code == 401, (name, response.text)
+            assert response.json() == REFUSED, name
+        response = token_request(http, assertion(key, client_id, url))
+        assert response.status_code == 200, response.text
+    server.wait_for_log("client x\\nFORGED\\x00 refused")
+    log = server.log()
+    assert "Traceback" not in log
+    assert not any(line.startswith("FORGED") for line in log.splitlines())
+
+
+def test_the_jti_is_kept_to_the_end_of_the_last_second(dep, serve, tmp_path) -> None:  # noqa: ANN001
+    """An assertion whose exp + skew falls inside a second: a replay is refused up to the
+    very end of its acceptance, not only up to the whole second before it."""
+    dep.listeners = dep.listeners.replace(
+        LISTENER.format(""), LISTENER.format('<Property name="ClockSkewSeconds">0</Property>')
+    )
+    dep.write()
+    key = Key("ES256")
+    client_id = register(dep, tmp_path, key)
+    server = serve(dep)
+    url = f"{server.url}/oauth2/token"
+    # exp a little past a whole second, soon: the window between floor(exp) and exp.
+    now = time.time()
+    exp = int(now) + 3 + 0.9
+    value = assertion(key, client_id, url, exp=exp, iat=int(now))
+    with server.client() as http:
+        assert token_request(http, value).status_code == 200
+        time.sleep(max(0, int(exp) + 0.2 - time.time()))  # past floor(exp), before exp
+        assert time.time() < exp
+        response = token_request(http, value)
+    assert response.status_code == 401 and response.json() == REFUSED
+    server.wait_for_log("was used before")
+
+
+def test_an_assertion_refused_for_basic_auth_too_keeps_its_jti(dep, serve, tmp_path) -> None:  # noqa: ANN001
+    """An assertion sent with Authorization: Basic is refused (two methods, 400) without
+    using up its jti: the same assertion alone still authenticates."""
+    key = Key("ES256")
+    client_id = register(dep, tmp_path, key)
+    server = serve(dep)
+    value = assertion(key, client_id, f"{server.url}/oauth2/token")
+    with server.client() as http:
+        response = http.post(
+            "/oauth2/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_assertion_type": JWT_BEARER,
+                "client_assertion": value,
+            },
+            auth=(client_id, "whatever"),
+        )
+        assert response.status_code == 400, response.text
+        response = token_request(http, value)
+    assert response.status_code == 200, response.text
+
+
+def test_the_key_of_an_expired_certificate_is_refused(dep, serve, tmp_path) -> None:  # noqa: ANN001
+    """--cert: an expired certificate is refused at registration; one that expires after it
+    was registered no longer authenticates its client."""
+    key = Key("ES256")
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jwt client")])
+    now = time.time()
+
+    def cert_file(not_after: float) -> Path:
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.private.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime_of(now - 3600))
+            .not_valid_after(datetime_of(not_after))
+            .sign(key.private, hashes.SHA256())
+        )
+        path = tmp_path / f"{uuid.uuid4().hex}.pem"
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    base = ("sp", "add", "jwt", "--grant-type", "client_credentials", "--auth-method", "private_key_jwt")
+    result = dep.cli(*base, "--cert", str(cert_file(now - 60)), check=False)
+    assert result.returncode != 0 and "x5c[0] is valid from" in result.stderr, result.stderr
+    soon = int(now) + 4
+    added = dep.add_client(*base[2:], "--cert", str(cert_file(soon)))
+    server = serve(dep)
+    url = f"{server.url}/oauth2/token"
+    with server.client() as http:
+        assert (
+            token_request(
+                http, assertion(key, str(added["client_id"]), url, header={"kid": None})
+            ).status_code
+            == 200
+        )
+        time.sleep(max(0, soon + 1.5 - time.time()))
+        response = token_request(http, assertion(key, str(added["client_id"]), url, header={"kid": None}))
+    assert response.status_code == 401 and response.json() == REFUSED
+    server.wait_for_log("no registered ES256 key")
+
+
+def test_a_jwks_uri_with_credentials_is_refused_without_logging_them() -> None:
+    """In-process: a jwks_uri stored with user:password@ (registered before registration
+    refused them) is refused, and the refusal names the URL without the credentials."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "pkjwt_source", ROOT / "plugins" / "private_key_jwt" / "tokensmith_private_key_jwt.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    with pytest.raises(module.Refused) as info:
+        module._fetch("https://user:secretpw@127.0.0.1:1/jwks", module.Settings(timeout=1))
+    assert "has credentials" in str(info.value) and "secretpw" not in str(info.value)
+    assert "secretpw" not in module._safe_url("https://user:secretpw@host/x")

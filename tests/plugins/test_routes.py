@@ -63,15 +63,26 @@ def test_a_plugin_route_is_served_and_follows_its_listener(deployment, serve, ma
 
 
 @pytest.mark.parametrize(
-    ("rule", "message"),
+    ("rules", "message"),
     [
-        ("/oauth2/jwks", "register_routes: the rule /oauth2/jwks is already served"),
-        ("relative", "a rule must be a path starting with '/'"),
+        (["/oauth2/jwks"], "the rule /oauth2/jwks is refused: /oauth2 is the core's"),
+        (["/oauth2/token/"], "the rule /oauth2/token/ is refused: /oauth2 is the core's"),
+        (["/oauth2/<path:rest>"], "the rule /oauth2/<path:rest> is refused: /oauth2 is the core's"),
+        (["/<path:any>"], "its first segment is a variable"),
+        (["/<name>/x"], "its first segment is a variable"),
+        (["/.well-known/openid-configuration"], "/.well-known is the core's"),
+        (["/healthz"], "/healthz is the core's"),
+        (["/metrics/extra"], "/metrics is the core's"),
+        (["/api/clients"], "/api is the core's"),
+        (["//audit"], "it starts with '//'"),
+        (["/audit", "/audit/"], "register_routes: the rule /audit/ is already served"),
+        (["relative"], "a rule must be a path starting with '/'"),
     ],
 )
-def test_a_route_that_cannot_be_served_stops_startup(deployment, make_wheel, rule, message) -> None:  # noqa: ANN001
-    """A plugin's rule that an OAuth endpoint already has, or that is not a path, stops the
-    server from starting with one line naming the plugin."""
+def test_a_route_that_cannot_be_served_stops_startup(deployment, make_wheel, rules, message) -> None:  # noqa: ANN001
+    """A plugin's rule at or under the core's paths, or one whose first segment is a variable
+    (it would catch the core's paths), or served twice, or not a path, stops the server from
+    starting with one line naming the plugin."""
     code = textwrap.dedent(f"""
         from tokensmith import hookimpl
 
@@ -83,7 +94,7 @@ def test_a_route_that_cannot_be_served_stops_startup(deployment, make_wheel, rul
         def register_routes():
             async def view():
                 return {{}}
-            return [({rule!r}, view)]
+            return [(rule, view) for rule in {rules!r}]
     """)
     shutil.copy(make_wheel("greedy_routes", code), deployment.dropins)
     deployment.listeners = DEFAULT_LISTENERS + (
@@ -95,3 +106,40 @@ def test_a_route_that_cannot_be_served_stops_startup(deployment, make_wheel, rul
     assert "plugin 'greedy_routes'" in str(failed.value)
     assert message in str(failed.value)
     assert "Traceback" not in str(failed.value)
+
+
+BOTH = textwrap.dedent("""
+    from tokensmith import hookimpl
+
+    @hookimpl
+    def register_routes(listener):
+        async def hello():
+            return {"both": True}
+        return [("/both", hello)]
+
+    @hookimpl
+    def client_auth_methods(listener):
+        return ["both_method"]
+
+    @hookimpl
+    def authenticate_client(request, listener):
+        return None
+
+    @hookimpl
+    def post_token_issue(event, listener):
+        return None
+""")
+
+
+def test_a_plugin_of_two_listener_types_adds_its_routes_once(deployment, serve, make_wheel) -> None:  # noqa: ANN001
+    """A plugin enabled as an authenticator and as an interceptor serves its route once; it
+    answers while either of its listeners is enabled."""
+    shutil.copy(make_wheel("both_kinds", BOTH), deployment.dropins)
+    deployment.listeners = DEFAULT_LISTENERS + (
+        '\n        <EventListener type="ClientAuthenticator" name="both_kinds" orderId="120" enable="true"/>'
+        '\n        <EventListener type="OAuthEventInterceptor" name="both_kinds" orderId="1" enable="true"/>'
+    )
+    deployment.write()
+    server = serve(deployment)
+    with server.client() as http:
+        assert http.get("/both").json() == {"both": True}

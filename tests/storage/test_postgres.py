@@ -56,6 +56,22 @@ def test_database_url_selects_postgres_and_the_env_overrides_it(tmp_path, monkey
             '<Database url="mysql://u:pw@h/b"/>',
             r"server\.xml:5: the database URL must start with postgresql://",
         ),
+        (
+            '<Database url="postgresql://u:pw@rd@127.0.0.1:1/x"/>',
+            r"server\.xml:5: the database URL is not valid: an @ in the user name or password must be written %40$",
+        ),
+        (
+            '<Database url="postgresql://u:pw@[::1:1/x"/>',
+            r"server\.xml:5: the database URL is not valid: .*IPv6 host address$",
+        ),
+        (
+            '<Database url="postgresql://u:pw@127.0.0.1:99999/x"/>',
+            r"server\.xml:5: the database URL is not valid: port '99999' is not a port number",
+        ),
+        (
+            '<Database url="postgresql://u@h/x?password=pw&amp;bogus=1"/>',
+            r'server\.xml:5: the database URL is not valid: invalid URI query parameter: "bogus"$',
+        ),
     ],
 )
 def test_a_bad_database_element_names_the_line_and_never_the_password(
@@ -74,6 +90,35 @@ def test_redact_url_hides_only_the_password() -> None:
     )
     assert redact_url("postgresql://u@[::1]/d") == "postgresql://u@[::1]/d"
     assert redact_url("postgresql://u:x@[::1]:5432/d") == "postgresql://u:***@[::1]:5432/d"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://h/d?password=s3cret&sslmode=require", "postgresql://h/d?password=***&sslmode=require"),
+        ("postgresql://h/d?user=u&PassWord=s3cret#f", "postgresql://h/d?user=u&PassWord=***#f"),
+        ("postgresql://h/d?pass%77ord=s3cret", "postgresql://h/d?pass%77ord=***"),
+        ("postgresql://h/d?sslpassword=s3cret", "postgresql://h/d?sslpassword=***"),
+        # libpq splits a raw @ at the first, urlsplit at the last: hide up to the last.
+        ("postgresql://postgres:s3@cret@127.0.0.1:1/x", "postgresql://postgres:***@127.0.0.1:1/x"),
+        ("host=h password=s3cret dbname=x", "host=h password=*** dbname=x"),
+        ("host=h password = 's3 cret' sslpassword=s3cret", "host=h password = *** sslpassword=***"),
+        ("postgresql://[::1:1", "postgresql://[::1:1"),
+    ],
+)
+def test_redact_url_hides_every_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_an_unreachable_store_with_a_password_parameter_never_shows_it(deployment, monkeypatch) -> None:  # noqa: ANN001
+    """`db status` on a database that cannot be reached: one line, the password replaced."""
+    monkeypatch.setenv(
+        "TOKENSMITH_DATABASE_URL", "postgresql://u@127.0.0.1:1/x?password=s3cret&connect_timeout=2"
+    )
+    result = deployment.cli("db", "status", check=False)
+    assert result.returncode != 0
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "password=***" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_instances_starting_together_migrate_once(postgres_url) -> None:  # noqa: ANN001
@@ -166,6 +211,85 @@ def test_a_read_after_the_database_dropped_the_connection_is_answered(postgres_u
         assert store.get_token("t") is not None
     finally:
         store.close()
+
+
+def test_a_statement_timeout_is_not_taken_for_a_lost_connection(postgres_url, monkeypatch) -> None:  # noqa: ANN001
+    """A read that waits out its lock timeout fails once, after one timeout, on the
+    connection it used: the session is sound, so it is neither replaced nor repeated."""
+    import psycopg
+    from tokensmith.storage import postgres
+
+    monkeypatch.setattr(postgres, "STATEMENT_TIMEOUT_MS", 1_000)
+    store = PostgresStorage(postgres_url)
+    try:
+        store.add_tokens([TokenRecord("t", "access", "c", "", 0, 10_000)])
+        pid = store._main.get().info.backend_pid
+        with psycopg.connect(postgres_url) as locker:
+            locker.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="timeout"):
+                store.get_token("t")
+            elapsed = time.monotonic() - started
+            locker.rollback()
+        assert 0.9 < elapsed < 1.8  # one timeout, not two
+        assert store._main.get().info.backend_pid == pid
+        assert store.get_token("t") is not None
+    finally:
+        store.close()
+
+
+def test_the_first_write_after_the_database_dropped_the_connection_is_stored(postgres_url) -> None:  # noqa: ANN001
+    """The database ended the writer's idle connection: the next try_issue finds it closed
+    before sending anything, and stores on a new connection instead of failing (503)."""
+    import psycopg
+    from tokensmith.models import Issue
+
+    store = PostgresStorage(postgres_url)
+    try:
+        assert store.try_issue([Issue((TokenRecord("a", "access", "c", "", 0, 10_000),))], 1) == [True]
+        pid = store._writer.get().info.backend_pid
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+            deadline = time.monotonic() + 5
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert store.try_issue([Issue((TokenRecord("b", "access", "c", "", 0, 10_000),))], 1) == [True]
+        assert store.get_token("b") is not None
+        assert store._writer.get().info.backend_pid != pid
+    finally:
+        store.close()
+
+
+def test_a_stalled_database_fails_each_call_at_its_client_side_deadline(postgres_url, monkeypatch) -> None:  # noqa: ANN001
+    """The database stops answering but its host still acknowledges (a frozen host, a stuck
+    pooler): the server's own timeouts cannot fire, so a read and a write each fail at the
+    client's deadline instead of hanging; once the database answers again, so does the store."""
+    from tokensmith.models import Issue
+    from tokensmith.storage import postgres
+
+    monkeypatch.setattr(postgres, "STATEMENT_TIMEOUT_MS", 500)
+    monkeypatch.setattr(postgres, "CALL_MARGIN", 0.5)
+    with pg.Proxy(postgres_url) as proxy:
+        store = PostgresStorage(proxy.url)
+        try:
+            store.add_tokens([TokenRecord("t", "access", "c", "", 0, 10_000)])
+            assert store.try_issue([Issue((TokenRecord("a", "access", "c", "", 0, 10_000),))], 1) == [True]
+            proxy.freeze()
+            for call in (
+                lambda: store.get_token("t"),
+                lambda: store.try_issue([Issue((TokenRecord("b", "access", "c", "", 0, 10_000),))], 1),
+            ):
+                started = time.monotonic()
+                with pytest.raises(StorageError, match="no answer within the deadline"):
+                    call()
+                assert 0.9 < time.monotonic() - started < 3  # one deadline, no retry
+            proxy.thaw()
+            time.sleep(0.6)  # past the reconnect back-off
+            assert store.get_token("t") is not None
+            assert store.try_issue([Issue((TokenRecord("c", "access", "c", "", 0, 10_000),))], 1) == [True]
+        finally:
+            store.close()
 
 
 def test_a_connection_dropped_during_commits_loses_nothing_acknowledged(postgres_url) -> None:  # noqa: ANN001
@@ -266,6 +390,15 @@ def test_a_version_1_schema_gains_client_metadata_and_plugin_state(postgres_url)
     with PostgresStorage(postgres_url) as store:
         store.add_client(Client("c1", "one", "client_secret_basic", ("client_credentials",)))
     with psycopg.connect(postgres_url, autocommit=True) as db:  # back to schema 1
+        for table in (
+            "authorization_codes",
+            "consents",
+            "signin_sessions",
+            "audit_log",
+            "registration_tokens",
+        ):
+            db.execute(f"DROP TABLE {table}")  # schemas 4 and 3
+        db.execute("ALTER TABLE users DROP COLUMN role")
         db.execute("DROP TABLE plugin_state")
         db.execute("ALTER TABLE clients DROP COLUMN metadata")
         db.execute("DELETE FROM tokensmith_schema WHERE version > 1")
@@ -285,13 +418,22 @@ def test_db_status_and_migrate_on_sqlite(deployment) -> None:  # noqa: ANN001
 
     from tokensmith.storage.sqlite import _SCHEMA_VERSION
 
-    status = json.loads(deployment.cli("db", "status", "--json").stdout)
+    result = deployment.cli("db", "status", "--json", check=False)
+    assert result.returncode == 3  # documented in --help: needs migrate
+    status = json.loads(result.stdout)
     assert status["store"].startswith("SQLite ") and status["state"] == "needs migrate"
     assert not deployment.database.exists()  # status only reads
     assert f"schema version {_SCHEMA_VERSION}" in deployment.cli("db", "migrate").stdout
     status = json.loads(deployment.cli("db", "status", "--json").stdout)
     assert status["schema_version"] == status["release_schema_version"] == _SCHEMA_VERSION
     assert status["state"] == "up to date"
+    import sqlite3
+
+    with sqlite3.connect(deployment.database) as db:
+        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION + 1}")
+    newer = deployment.cli("db", "status", check=False)
+    assert newer.returncode == 4 and "newer than this release" in newer.stdout
+    assert "3 when it needs" in deployment.cli("db", "status", "--help").stdout
     wrong = deployment.cli("db", "nonsense", check=False)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
 

@@ -383,3 +383,40 @@ def test_workers_of_one_instance_share_the_database_too(pair) -> None:  # noqa: 
         assert all(introspect(a, t.json()["access_token"])["active"] for t in tokens)
     finally:
         c.stop()
+
+
+def test_a_stalled_database_is_503_at_the_deadline_and_the_instance_keeps_answering(
+    tmp_path, keystore, wheel_cache, schema_url
+) -> None:  # noqa: ANN001
+    """Through a proxy that the test freezes: connections stay open and acknowledged but
+    nothing comes back (a frozen database host, a stuck pooler), so PostgreSQL's own
+    timeouts never fire. A token request is still answered 503 at the client-side deadline
+    (STATEMENT_TIMEOUT_MS + CALL_MARGIN), /healthz answers meanwhile, and the instance
+    serves again once the database does."""
+    with pg.Proxy(schema_url) as proxy:
+        dep = pg_deployment(tmp_path / "ts", keystore, wheel_cache, proxy.url)
+        server = start_server(dep)
+        try:
+            client = secret_client(server, "client_credentials")
+            assert client_credentials(server, client).status_code == 200
+            proxy.freeze()
+            with ThreadPoolExecutor(2) as pool:
+                started = time.monotonic()
+                token = pool.submit(client_credentials, server, client)
+                time.sleep(0.5)
+                with server.client() as http:
+                    health = http.get("/healthz")
+                health_after = time.monotonic() - started
+                response = token.result()
+                token_after = time.monotonic() - started
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "temporarily_unavailable"
+            assert token_after < 10 and health_after < 10
+            assert health.status_code in (200, 503)
+            proxy.thaw()
+            deadline = time.monotonic() + 10
+            while (response := client_credentials(server, client)).status_code != 200:
+                assert response.status_code == 503 and time.monotonic() < deadline
+                time.sleep(0.2)
+        finally:
+            server.stop()

@@ -12,7 +12,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tokensmith.models import Client, Issue, StorageError, TokenRecord
+from tokensmith.models import (
+    AuditEntry,
+    AuthorizationCode,
+    Client,
+    Consent,
+    Issue,
+    SignInSession,
+    StorageError,
+    TokenRecord,
+    User,
+)
 from tokensmith.storage import groupcommit
 from tokensmith.storage.groupcommit import GroupCommit
 from tokensmith.storage.sqlite import _RESTART_FRAMES, _SCHEMA_VERSION, SQLiteStorage
@@ -486,6 +496,8 @@ def test_a_version_5_database_gains_client_metadata_and_plugin_state(tmp_path) -
     with SQLiteStorage(path) as store:
         store.add_client(Client("c1", "one", "client_secret_basic", ("client_credentials",)))
     with sqlite3.connect(path) as db:  # back to schema 5: no metadata, no plugin_state
+        _drop_schema_8(db)
+        _drop_schema_7(db)
         db.execute("DROP TABLE plugin_state")
         db.execute("ALTER TABLE clients DROP COLUMN metadata")
         db.execute("PRAGMA user_version=5")
@@ -541,3 +553,132 @@ def test_plugin_key_value_state_expires_and_is_purged(open_store) -> None:  # no
     assert _state_rows(open_store) == [("p", "kept"), ("q", "kept")]
     assert other.delete_state("p", "kept")
     assert store.get_state("p", "kept") is None
+
+
+def _drop_schema_8(db: sqlite3.Connection) -> None:
+    """Undo what schema 8 added: the authorization code grant's tables."""
+    for table in ("authorization_codes", "consents", "signin_sessions"):
+        db.execute(f"DROP TABLE {table}")
+
+
+def _drop_schema_7(db: sqlite3.Connection) -> None:
+    """Undo what schema 7 added: users.role, audit_log, registration_tokens."""
+    db.execute("DROP TABLE audit_log")
+    db.execute("DROP TABLE registration_tokens")
+    db.execute("ALTER TABLE users DROP COLUMN role")
+
+
+def test_a_version_6_database_gains_roles_audit_and_registration_tokens(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "tokens.db"
+    with SQLiteStorage(path) as store:
+        store.add_user(User("ann", "hash", 1))
+    with sqlite3.connect(path) as db:
+        _drop_schema_8(db)
+        _drop_schema_7(db)
+        db.execute("PRAGMA user_version=6")
+    with SQLiteStorage(path) as store:
+        user = store.get_user("ann")
+        assert user is not None and user.role is None
+        assert store.set_user_role("ann", "admin")
+        store.add_audit(AuditEntry(1, "cli:x", "cli", None, "user.role", "ann", {"role": "admin"}))
+        store.add_registration_token("h", "initial", None, None)
+    with SQLiteStorage(path) as store:
+        assert store.get_user("ann").role == "admin"  # type: ignore[union-attr]
+        assert [e.action for e in store.list_audit()] == ["user.role"]
+        assert store.find_registration_token("h", "initial") == (None, None)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION
+
+
+def test_a_version_7_database_gains_codes_consents_and_sessions(tmp_path) -> None:  # noqa: ANN001
+    """Schema 8 (the authorization code grant) upgrades a schema 7 database in place: the
+    tables it adds work, and what was there stays."""
+    path = tmp_path / "tokens.db"
+    with SQLiteStorage(path) as store:
+        store.add_user(User("alice", "hash"))
+    with sqlite3.connect(path) as db:
+        _drop_schema_8(db)
+        db.execute("PRAGMA user_version=7")
+    now = int(time.time())
+    with SQLiteStorage(path) as store:
+        user = store.get_user("alice")
+        assert user is not None
+        code = AuthorizationCode(
+            "h", "c1", "https://c/cb", True, "read", "x" * 43, user.user_id, "alice", "g", now, now + 60
+        )
+        store.add_authorization_code(code)
+        store.add_consent(Consent(user.user_id, "c1", ("read",), now))
+        store.add_session(SignInSession("s", user.user_id, "alice", now, now + 60))
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 8
+    with SQLiteStorage(path) as store:
+        assert store.get_authorization_code("h") == code
+        assert store.get_session("s") is not None and store.get_consent(user.user_id, "c1") is not None
+
+
+def test_codes_are_single_use_across_connections(open_store) -> None:  # noqa: ANN001
+    """use_authorization_code: exactly one of many concurrent callers redeems a code."""
+    stores = [open_store() for _ in range(4)]
+    now = int(time.time())
+    stores[0].add_authorization_code(
+        AuthorizationCode("h", "c1", "https://c/cb", False, "", "x" * 43, "u", "alice", "g", now, now + 60)
+    )
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: stores[i % 4].use_authorization_code("h"), range(32)))
+    assert answers.count(True) == 1
+    stored = stores[1].get_authorization_code("h")
+    assert stored is not None and stored.used and not stored.redirect_uri_given
+    assert stored.client_id == "c1" and stored.expires_at == now + 60
+    assert stores[2].get_authorization_code("other") is None
+
+
+def test_codes_are_kept_a_day_past_expiry_and_go_with_their_client(open_store) -> None:  # noqa: ANN001
+    store = open_store()
+    now = int(time.time())
+    store.add_client(Client("c1", "one", "client_secret_basic", ("authorization_code",), ("read",)))
+    for name, client_id, expires_at in (
+        ("recent", "c2", now - 60),
+        ("ancient", "c2", now - 2 * 24 * 3600),
+        ("mine", "c1", now + 60),
+    ):
+        store.add_authorization_code(
+            AuthorizationCode(
+                name, client_id, "https://c/cb", True, "", "x" * 43, "u", "alice", "g", now, expires_at
+            )
+        )
+    store.add_consent(Consent("u", "c1", ("read",), now))
+    store.purge_expired(now)
+    assert store.get_authorization_code("recent") is not None
+    assert store.get_authorization_code("ancient") is None
+    code = store.get_authorization_code("mine")
+    assert code is not None and code.redirect_uri_given
+    assert store.remove_client("c1")
+    assert store.get_authorization_code("mine") is None and store.get_consent("u", "c1") is None
+
+
+def test_consents_add_up_and_are_revocable_and_sessions_end_with_their_user(open_store) -> None:  # noqa: ANN001
+    store = open_store()
+    store.add_user(User("alice", "hash"))
+    user = store.get_user("alice")
+    assert user is not None
+    now = int(time.time())
+    store.add_consent(Consent(user.user_id, "c1", ("read",), now))
+    store.add_consent(Consent(user.user_id, "c1", ("write", "read"), now))
+    store.add_consent(Consent(user.user_id, "c2", (), now))
+    consent = store.get_consent(user.user_id, "c1")
+    assert consent is not None and consent.scopes == ("read", "write")
+    assert [c.client_id for c in store.list_consents(user.user_id)] == ["c1", "c2"]
+    assert store.revoke_consent(user.user_id, "c1") and not store.revoke_consent(user.user_id, "c1")
+    assert store.get_consent(user.user_id, "c1") is None
+    store.add_session(SignInSession("live", user.user_id, "alice", now, now + 60))
+    store.add_session(SignInSession("old", user.user_id, "alice", now - 120, now - 60))
+    assert store.get_session("live") == SignInSession("live", user.user_id, "alice", now, now + 60)
+    assert store.get_session("old") is None
+    store.purge_expired(now)
+    assert store.delete_session("live") and not store.delete_session("old")
+    store.add_session(SignInSession("revoked", user.user_id, "alice", now, now + 60))
+    store.revoke_user_tokens(user.user_id)
+    assert store.get_session("revoked") is None
+    store.add_session(SignInSession("again", user.user_id, "alice", now, now + 60))
+    store.remove_user("alice")
+    assert store.get_session("again") is None and store.list_consents(user.user_id) == []

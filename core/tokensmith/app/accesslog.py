@@ -37,7 +37,7 @@ from typing import Any
 from tokensmith.config.settings import AccessLogSettings, Network
 from tokensmith.metrics import endpoint_label, metrics
 from tokensmith.requestlog import RECORD, forwarded_for, trusted_peer
-from tokensmith.scope import DER_KEY
+from tokensmith.scope import CLIENT_ADDRESS, DER_KEY
 
 __all__ = ["AccessLog"]
 
@@ -107,21 +107,33 @@ class _Writer:
             log.warning("access log: %s: %s", self.path or "stderr", exc.strerror or exc)
 
     def _reopen_if_moved(self) -> None:
+        """Open the file again when it was moved away, or when an earlier reopen failed.
+
+        The old descriptor is forgotten before it is closed: the kernel hands its number to
+        the next socket or file, and a descriptor kept after close would write the log into
+        a client's connection. While the file cannot be opened (its directory moved too),
+        ``fd`` stays -1 and each block tries again.
+        """
         assert self.path is not None
         try:
             status = os.stat(self.path)
-            moved = (status.st_dev, status.st_ino) != self.inode
-        except FileNotFoundError:
+            moved = self.fd < 0 or (status.st_dev, status.st_ino) != self.inode
+        except OSError:
             moved = True
         if moved:
-            os.close(self.fd)
+            fd, self.fd, self.inode = self.fd, -1, None
+            if fd >= 0:
+                os.close(fd)
             self._open()
 
     def close(self) -> None:
         self.flush()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError as exc:  # shutting down: say so, and let the rest shut down
+                log.warning("access log: %s: %s", self.path, exc.strerror or exc)
 
 
 #: Seconds a log line may wait to be written with others, and the bytes that are written at once.
@@ -159,8 +171,15 @@ def _clf_time(second: float) -> str:
 _CLF_PLAIN = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]*")
 
 
+def _clf_field(text: str) -> str:
+    """An unquoted field of the common format: escaped as ``_clf_escape`` does, and no space,
+    so that no value can add a field of its own."""
+    return _clf_escape(text).replace(" ", "\\x20")
+
+
 def _clf_escape(text: str) -> str:
-    """Apache's escaping for a quoted field: no quote, backslash or control character."""
+    """Apache's escaping for a quoted field: no quote, backslash or control character (DEL
+    included)."""
     if _CLF_PLAIN.fullmatch(text):
         return text
     return "".join(
@@ -172,10 +191,14 @@ def _clf_escape(text: str) -> str:
 class AccessLog:
     """ASGI middleware: request ids, the access log, and the request metrics."""
 
-    def __init__(self, app: Any, settings: AccessLogSettings, trusted: tuple[Network, ...]):
+    def __init__(
+        self, app: Any, settings: AccessLogSettings, trusted: tuple[Network, ...], mode: str = "x-forwarded"
+    ):
         self.app = app
         self.settings = settings
         self.trusted = trusted
+        #: The forwarded headers the trusted proxies are believed for.
+        self.mode = mode
         self.writer = _Writer(settings.file) if settings.enabled else None
         self.json = settings.format == "json"
         self.clock = _Clock(_iso if self.json else _clf_time)
@@ -195,11 +218,16 @@ class AccessLog:
             return
         start = time.perf_counter()
         request_id = forwarded = None
+        client = scope.get("client")
+        scope[CLIENT_ADDRESS] = client[0] if client else None
         if self.trusted and trusted_peer(scope, self.trusted):
             for name, value in scope["headers"]:
                 if name == b"x-request-id" and _REQUEST_ID.fullmatch(value.strip()):
                     request_id = value.strip().decode("ascii")
-            forwarded = forwarded_for(scope["headers"])[0]
+            forwarded = forwarded_for(scope["headers"], self.mode)[0]
+            if forwarded is not None:
+                # The client's own address, for the password lockout and /metrics' allow list.
+                scope[CLIENT_ADDRESS] = forwarded
         if request_id is None:
             request_id = f"{self.prefix}-{next(self.counter):x}"
         record: dict[str, Any] = {"request_id": request_id}
@@ -293,7 +321,7 @@ class AccessLog:
                 f'"reason":{_json_text(reason) if reason else "null"}}}'
             )
         request = _clf_escape(f"{scope.get('method')} {scope.get('path')} HTTP/{scope.get('http_version')}")
-        user = _clf_escape(record.get("client_id") or "-").replace(" ", "_")
+        user = _clf_field(record.get("client_id") or "-")
         extras = [
             f"rid={record['request_id']}",
             f"ms={duration * 1000:.3f}",
@@ -301,11 +329,11 @@ class AccessLog:
             f"cert={digest or '-'}",
         ]
         if forwarded:
-            extras.append(f"for={forwarded}")
+            extras.append(f"for={_clf_field(forwarded)}")
         for key in ("auth_method", "grant_type", "reason"):
             if record.get(key):
-                extras.append(f"{key}={_clf_escape(str(record[key]))}")
+                extras.append(f"{key}={_clf_field(str(record[key]))}")
         return (
-            f'{remote or "-"} - {user} {self.clock(now)} "{request}" {status or "-"} {size}'
+            f'{_clf_field(remote) if remote else "-"} - {user} {self.clock(now)} "{request}" {status or "-"} {size}'
             f" {' '.join(extras)}"
         )

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 
-from quart import Quart, Response, request
+from quart import Quart, Response, abort, request
 from werkzeug.exceptions import HTTPException
 
+from tokensmith.app.admin import admin, load_admin_settings
+from tokensmith.app.console import console
 from tokensmith.app.fastlane import OAuthEndpoints
+from tokensmith.app.registration import registration
 from tokensmith.app.responses import error_answer, plain_error, to_response
 from tokensmith.app.routes import add_plugin_routes, oauth
-from tokensmith.app.state import LOADER, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
+from tokensmith.app.signin import signin
+from tokensmith.app.state import LOADER, RELOAD_ALL, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
 from tokensmith.config.settings import Config, IdentitySettings, load_identity
 from tokensmith.config.xml import ConfigError
 from tokensmith.listeners.dropins import DropinLoader
@@ -84,7 +89,23 @@ def _build_runtime(
         generation,
         lambda: public_urls_of(app),
         collect_server_metadata(listeners),
+        admin=load_admin_settings(config.conf_dir),
     )
+
+
+async def _exact_path() -> None:
+    """A path only Werkzeug's routing would match is a 404, as the fast lane would not serve
+    it: Werkzeug drops leading slashes (``//oauth2/token``, or an HTTP/2 ``:path`` without
+    one) and, with ``strict_slashes`` off, a trailing slash the rule does not have. Without
+    this, such variants reached the endpoints past every check keyed on the exact path."""
+    path = request.scope.get("path", "")
+    rule = request.url_rule
+    if (
+        not path.startswith("/")
+        or path.startswith("//")
+        or (rule is not None and path.endswith("/") != rule.rule.endswith("/"))
+    ):
+        abort(404)
 
 
 def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
@@ -92,12 +113,15 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
 
     Wheels are unpacked under *unpack_root* (a new private temporary directory when None).
     """
-    app = Quart("tokensmith")
+    # conf/templates/ first: the operator's pages take precedence over the bundled ones
+    # (app/templates/, the signin blueprint's folder).
+    app = Quart("tokensmith", template_folder=str(config.conf_dir / "templates"))
     # Routing never redirects: Werkzeug's redirects for merged or trailing slashes are built
     # from the request's Host, which the client chooses (and a cacheable 308 to another host
     # is an open redirect). A path that does not match exactly is a 404.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
+    app.before_request(_exact_path)
     loader = DropinLoader(config.server.dropins, unpack_root)
     try:
         storage = open_store(config.server)
@@ -119,7 +143,17 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = config.identity.max_body_bytes
     app.extensions[RUNTIME] = first
     app.extensions[LOADER] = loader
+    # This app alone, in a thread as SIGHUP's reload runs; whatever serves the app replaces
+    # it with what reloads every process (cli/__init__.py, cli/supervisor.py).
+    app.extensions[RELOAD_ALL] = lambda: threading.Thread(
+        target=reload_app, args=(app,), name="tokensmith-reload", daemon=True
+    ).start()
     app.register_blueprint(oauth)
+    app.register_blueprint(registration)
+    app.register_blueprint(admin)
+    if config.server.console.enabled:
+        app.register_blueprint(console)
+    app.register_blueprint(signin)
     try:
         add_plugin_routes(app, first.listeners)
     except BaseException:

@@ -2,7 +2,8 @@
 
 Only the peers in server.xml's ``<Metrics allow=...>`` may read it (loopback by default);
 everyone else gets 404, as if there were no such resource. The peer is the connection's own
-address, never one a header claims.
+address, or the client address a ``<TrustedProxies>`` proxy forwarded (so a proxy on
+loopback does not open it to everyone behind it); never one an untrusted peer claims.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from quart import Blueprint, Response, current_app, request
 
 from tokensmith.app.state import runtime
 from tokensmith.metrics import exposition
+from tokensmith.scope import CLIENT_ADDRESS
 
 __all__ = ["metrics_blueprint"]
 
@@ -21,11 +23,15 @@ metrics_blueprint = Blueprint("metrics", __name__)
 
 def _allowed() -> bool:
     settings = runtime(current_app).config.server.metrics
-    client = request.scope.get("client")
+    # Through a trusted proxy, the client behind it decides: a loopback proxy must not make
+    # every client it forwards a loopback one.
+    peer = request.scope.get("client")
+    forwarded = request.scope.get(CLIENT_ADDRESS)
+    client = forwarded if isinstance(forwarded, str) else (peer[0] if peer else None)
     if not settings.enabled or not client:
         return False
     try:
-        address = ipaddress.ip_address(client[0])
+        address = ipaddress.ip_address(client)
     except ValueError:
         return False
     if address.version == 6 and address.ipv4_mapped is not None:

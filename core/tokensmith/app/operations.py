@@ -17,7 +17,9 @@ def install(app: Quart, config: Config) -> None:
     """Register the health and metrics endpoints and put the access log in front of *app*."""
     app.register_blueprint(health)
     app.register_blueprint(metrics_blueprint)
-    access = AccessLog(app.asgi_app, config.server.access_log, config.server.trusted_proxies)
+    access = AccessLog(
+        app.asgi_app, config.server.access_log, config.server.trusted_proxies, config.server.proxy_headers
+    )
     app.asgi_app = access  # type: ignore[method-assign,assignment]
     app.after_serving(_closer(access))
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from quart import Blueprint, Quart, Response, abort, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from tokensmith.app import fastlane
 from tokensmith.app.responses import to_response
 from tokensmith.app.state import public_urls_of, runtime
 from tokensmith.config.xml import ConfigError
+from tokensmith.errors import RequestRefused
 from tokensmith.listeners.registry import Listener, ListenerSet
 from tokensmith.oauth import endpoints
-from tokensmith.oauth.messages import Headers, HttpRequest
 
 __all__ = ["oauth", "add_plugin_routes", "check_plugin_routes"]
 
@@ -30,19 +32,29 @@ oauth = Blueprint("oauth", __name__)
 
 def _post(endpoint: Callable[..., Awaitable[Any]]) -> Callable[[], Awaitable[Response]]:
     async def view() -> Response:
-        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        scope = request.scope
-        headers = Headers(list(scope["headers"]))
-        answer = await endpoint(runtime(current_app), HttpRequest(scope, headers, bytes(body)))
-        return to_response(answer)
+        # As the fast lane answers: the same body limit and deadline, RFC 6749 JSON errors.
+        return to_response(await fastlane.answer(endpoint, runtime(current_app), request.scope, _chunks()))
 
     view.__name__ = endpoint.__name__
     view.__doc__ = endpoint.__doc__
     return view
 
 
+async def _chunks() -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.body:
+            yield chunk
+    except RequestEntityTooLarge:  # Quart's own MAX_CONTENT_LENGTH, if it is the lower one
+        raise RequestRefused(413, "the request body is too large") from None
+
+
+#: Every method goes to the view, which answers anything but POST with the fast lane's JSON
+#: 405 (RFC 6749 §3.2), not Quart's plain-text one, and OPTIONS is not answered 200 for it.
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 for _path, _endpoint in endpoints.POST_ENDPOINTS.items():
-    oauth.add_url_rule(_path, view_func=_post(_endpoint), methods=["POST"])
+    oauth.add_url_rule(
+        _path, view_func=_post(_endpoint), methods=_ANY_METHOD, provide_automatic_options=False
+    )
 
 
 @oauth.get(endpoints.METADATA_PATH)
@@ -53,6 +65,23 @@ async def metadata() -> Response:
 @oauth.get(endpoints.JWKS_PATH)
 async def jwks() -> Response:
     return to_response(await endpoints.jwks(runtime(current_app)))
+
+
+#: Paths the core serves or keeps for itself; no plugin rule may be at or under one.
+RESERVED_PREFIXES = ("/oauth2", "/.well-known", "/api", "/console", "/healthz", "/readyz", "/metrics")
+
+
+def _reserved(rule: str) -> str | None:
+    """Why *rule* may not be a plugin's, or None."""
+    if rule.startswith("//"):
+        return "it starts with '//'"
+    first = rule[1:].split("/", 1)[0]
+    if "<" in first:
+        return "its first segment is a variable, which would match the core's paths"
+    for prefix in RESERVED_PREFIXES:
+        if rule == prefix or rule.startswith(prefix + "/") or rule.startswith(prefix + "<"):
+            return f"{prefix} is the core's"
+    return None
 
 
 def _routes_of(listeners: ListenerSet, listener: Listener) -> list[tuple[str, Any, list[str]]]:
@@ -71,21 +100,37 @@ def _routes_of(listeners: ListenerSet, listener: Listener) -> list[tuple[str, An
         methods = list(route[2]) if len(route) == 3 else ["GET"]
         if not isinstance(rule, str) or not rule.startswith("/"):
             raise ConfigError(f"{where}: a rule must be a path starting with '/', not {rule!r}")
+        why = _reserved(rule)
+        if why is not None:
+            raise ConfigError(f"{where}: the rule {rule} is refused: {why}")
         if not callable(view):
             raise ConfigError(f"{where}: the view for {rule} is not callable")
         routes.append((rule, view, methods))
     return routes
 
 
-def check_plugin_routes(listeners: ListenerSet, taken: set[str]) -> None:
-    """Refuse, with a ConfigError naming the plugin, routes that clash with *taken* rules or
-    with each other."""
-    seen = set(taken)
+def _plugins(listeners: ListenerSet) -> list[tuple[Listener, list[str]]]:
+    """One enabled listener for each plugin with routes, and the listener types it serves
+    enabled: a plugin that implements hooks of two listener types adds its routes once."""
+    plugins: dict[tuple[str, str], tuple[Listener, list[str]]] = {}
     for listener in listeners:
         if not listener.enabled or not listeners.implements(listener, "register_routes"):
             continue
+        key = (listener.source.wheel.name, listener.name)
+        if key in plugins:
+            plugins[key][1].append(listener.type)
+        else:
+            plugins[key] = (listener, [listener.type])
+    return list(plugins.values())
+
+
+def check_plugin_routes(listeners: ListenerSet, taken: set[str]) -> None:
+    """Refuse, with a ConfigError naming the plugin, routes under the core's paths, or that
+    clash with *taken* rules or with each other."""
+    seen = set(taken)
+    for listener, _ in _plugins(listeners):
         for rule, _, _ in _routes_of(listeners, listener):
-            if rule in seen:
+            if rule in seen or rule.rstrip("/") in seen or rule + "/" in seen:
                 raise ConfigError(
                     f"plugin {listener.name!r} ({listener.source.wheel.name}): register_routes: the"
                     f" rule {rule} is already served"
@@ -94,28 +139,27 @@ def check_plugin_routes(listeners: ListenerSet, taken: set[str]) -> None:
 
 
 def add_plugin_routes(app: Quart, listeners: ListenerSet) -> None:
-    """Put the routes of the enabled listeners' plugins on *app*'s URL map.
+    """Put the routes of the enabled listeners' plugins on *app*'s URL map, once per plugin.
 
-    Each view answers only while its listener is enabled in the app's current Runtime, so a
-    reload that disables the listener takes its routes away (404) without touching the map.
+    Each view answers only while one of its plugin's listeners is enabled in the app's current
+    Runtime, so a reload that disables them takes its routes away (404) without touching the map.
     """
     check_plugin_routes(listeners, {rule.rule for rule in app.url_map.iter_rules()})
-    for listener in listeners:
-        if not listener.enabled or not listeners.implements(listener, "register_routes"):
-            continue
+    for listener, families in _plugins(listeners):
         for index, (rule, view, methods) in enumerate(_routes_of(listeners, listener)):
             app.add_url_rule(
                 rule,
                 endpoint=f"plugin.{listener.type}.{listener.name}.{index}",
-                view_func=_while_enabled(listener.type, listener.name, view),
+                view_func=_while_enabled(tuple(families), listener.name, view),
                 methods=methods,
             )
 
 
-def _while_enabled(family: str, name: str, view: Callable[..., Any]) -> Callable[..., Any]:
+def _while_enabled(families: tuple[str, ...], name: str, view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)
     async def guarded(**kwargs: Any) -> Any:
-        if not any(item.name == name for item in runtime(current_app).listeners.enabled(family)):
+        listeners = runtime(current_app).listeners
+        if not any(item.name == name for family in families for item in listeners.enabled(family)):
             abort(404)
         return await current_app.ensure_async(view)(**kwargs)
 

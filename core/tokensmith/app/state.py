@@ -10,10 +10,13 @@ from tokensmith.config.settings import PublicUrls, public_urls
 from tokensmith.oauth.runtime import Runtime
 from tokensmith.scope import BOUND_URLS
 
-__all__ = ["RUNTIME", "LOADER", "runtime", "bound_ports", "public_urls_of", "issuer_url"]
+__all__ = ["RUNTIME", "LOADER", "RELOAD_ALL", "runtime", "bound_ports", "public_urls_of", "issuer_url"]
 
 RUNTIME = "tokensmith"
 LOADER = "tokensmith.loader"
+#: A callable that reloads every process serving this configuration, as SIGHUP does; set by
+#: whatever serves the app (``tokensmith serve``, a supervisor's worker). Absent: this app only.
+RELOAD_ALL = "tokensmith.reload_all"
 
 
 def runtime(app: Quart) -> Runtime:

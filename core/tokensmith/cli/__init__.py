@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tokensmith.admin.audit import OperationError
 from tokensmith.cli import clients as cli_clients
 from tokensmith.cli import db as cli_db
 from tokensmith.cli import doctor as cli_doctor
@@ -35,6 +36,7 @@ Command = Callable[[argparse.Namespace], int]
 #: Errors whose message is meant for the user as it stands: one line, exit status 1.
 USER_ERRORS = (
     CLIError,
+    OperationError,
     ConfigError,
     StorageError,
     RegistrationError,
@@ -148,6 +150,7 @@ def _listener_lines(listeners, *, detail: bool = False, described: bool = False)
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from tokensmith.app.factory import bound_ports, create_app, reload_app, runtime
+    from tokensmith.app.state import RELOAD_ALL
     from tokensmith.http.server import bind, serve
     from tokensmith.security.keystore import load_keystore
 
@@ -177,6 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         status = supervise(config, args.workers, ready, listed)
     else:
         app = create_app(config)
+        # The admin API reloads the server as SIGHUP does (app/admin.py).
+        app.extensions[RELOAD_ALL] = lambda: os.kill(os.getpid(), signal.SIGHUP)
         for line in _listener_lines(runtime(app).listeners):
             print(line)
         sockets = bind(config)[0]

@@ -13,14 +13,18 @@ Mutual-TLS clients (RFC 8705 §2) are registered here as WSO2's console does it:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import secrets
-import time
-from collections.abc import Callable
-from dataclasses import replace
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tokensmith.admin import clients as client_ops
+from tokensmith.admin.audit import OperationError, local_actor
+from tokensmith.admin.configuration import issue_initial_access_token
 from tokensmith.cli.base import CLIError, Parser, open_storage, warn
 from tokensmith.config.settings import Config, load_config
 from tokensmith.config.xml import ConfigError
@@ -31,7 +35,6 @@ from tokensmith.oauth.clientmetadata import apply_metadata, certificate_jwk, cli
 from tokensmith.oauth.grants import GRANT_TYPES
 from tokensmith.oauth.registration import (
     certificates_from_file,
-    change_certificates,
     check_grant_types,
     check_registration,
     check_scope,
@@ -39,10 +42,7 @@ from tokensmith.oauth.registration import (
     parse_fingerprint,
     printable,
     tls_subject,
-    validity_warnings,
 )
-from tokensmith.security import hashing as kdf
-from tokensmith.security.jose import b64url_encode
 
 if TYPE_CHECKING:
     from tokensmith.listeners.registry import ListenerSet
@@ -271,6 +271,29 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     remove.set_defaults(handler=cmd_sp_remove)
     remove.add_argument("client_id")
 
+    revoke = actions.add_parser(
+        "revoke",
+        parents=[common],
+        help="revoke a client's tokens",
+        description="Revoke every access and refresh token issued to a client, and its grants,"
+        " without removing the client.",
+    )
+    revoke.set_defaults(handler=cmd_sp_revoke)
+    revoke.add_argument("client_id")
+
+    initial = actions.add_parser(
+        "initial-token",
+        parents=[common],
+        help="issue an initial access token for dynamic registration",
+        description="Print a new RFC 7591 initial access token: with <DynamicClientRegistration"
+        ' mode="initial_access_token"> in authenticators.xml, a client registers itself at'
+        " /oauth2/register with it, once, before it expires.",
+    )
+    initial.set_defaults(handler=cmd_sp_initial_token)
+    initial.add_argument(
+        "--lifetime", type=_seconds, metavar="SECONDS", help="default: authenticators.xml's lifetime"
+    )
+
 
 def _metadata_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -278,6 +301,15 @@ def _metadata_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE.json",
         help="an RFC 7591 client metadata document (a JSON object)",
+    )
+    parser.add_argument(
+        "--redirect-uri",
+        action="append",
+        dest="redirect_uris",
+        metavar="URI",
+        help="a redirect URI for the authorization_code grant (repeatable; metadata"
+        " redirect_uris, compared exactly): https, or http to a loopback address such as"
+        " http://127.0.0.1:8080/callback (RFC 8252 §7.3); sp update replaces the list",
     )
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument(
@@ -293,11 +325,27 @@ def _metadata_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The largest --metadata or --jwks file: client metadata is a small document.
+MAX_JSON_FILE_BYTES = 1024 * 1024
+
+
 def _json_file(path: Path, what: str) -> dict[str, object]:
+    """The JSON object in the regular file *path*, of at most ``MAX_JSON_FILE_BYTES``
+    (a device such as /dev/zero or a FIFO would never end)."""
     try:
-        value = json.loads(path.read_bytes())
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise CLIError(f"{path}: not a regular file")
+            data = file.read(MAX_JSON_FILE_BYTES + 1)
     except OSError as exc:
         raise CLIError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_JSON_FILE_BYTES:
+        raise CLIError(f"{path}: larger than {MAX_JSON_FILE_BYTES} bytes")
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise CLIError(f"{path}: not JSON: nested too deeply") from None
     except ValueError as exc:
         raise CLIError(f"{path}: not JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -315,6 +363,8 @@ def _metadata_changes(args: argparse.Namespace) -> dict[str, object]:
     if args.jwks_uri is not None:
         document["jwks_uri"] = args.jwks_uri
         document.pop("jwks", None)
+    if args.redirect_uris:
+        document["redirect_uris"] = list(args.redirect_uris)
     return document
 
 
@@ -459,7 +509,7 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
         check_text(subject[1], "the subject")
     for scope in args.scopes:
         check_scope(scope)
-    warnings = check_grant_types(args.grant_types, args.auth_method, args.force)
+    check_grant_types(args.grant_types, args.auth_method, args.force)  # refused early, in CLI words
     certificates = _certificates(args.certs)
     method = args.auth_method
     document.update(
@@ -474,33 +524,45 @@ def cmd_sp_add(args: argparse.Namespace) -> int:
         if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
             raise CLIError('the metadata\'s jwks must be a JWK Set: {"keys": [...]}')
         jwks["keys"] = [*jwks["keys"], *map(certificate_jwk, certificates)]
-    secret = secrets.token_urlsafe(32) if method in SECRET_METHODS else None
-    client = Client(
-        client_id=new_client_id(),
-        name=args.name,
-        token_endpoint_auth_method=method,
-        grant_types=tuple(dict.fromkeys(args.grant_types)),
-        secret_hash=kdf.hash_secret(secret) if secret else None,
+    options = client_ops.ClientOptions(
         bind_tokens=args.bind_tokens,
-        created_at=int(time.time()),
+        resource_server=args.resource_server,
+        token_format=args.token_format,
         access_token_lifetime=args.access_token_lifetime,
         refresh_token_lifetime=args.refresh_token_lifetime,
-        jwt_access_tokens=None if args.token_format is None else args.token_format == "jwt",
-        resource_server=args.resource_server,
         refresh_token_max_lifetime=args.refresh_token_max_lifetime,
+        force=args.force,
     )
-    client = _applied(client, document, merge=False)
-    check_registration(client.token_endpoint_auth_method, client.grant_types)
-    check_with_authenticator(listeners, client)
-    with open_storage(config) as store:
-        store.add_client(client)
-    for line in [*warnings, *validity_warnings(client.certificates)]:
+    # The one implementation the admin API and dynamic registration use too.
+    with open_storage(config) as store, _metadata_refusals(method):
+        created = client_ops.register_client(store, listeners, document, local_actor(), options)
+    for line in created.warnings:
         warn(line)
-    shown = client_view(client)
-    if secret is not None:
-        shown["client_secret"] = secret
+    shown = client_view(created.client)
+    if created.secret is not None:
+        shown["client_secret"] = created.secret
     print(json.dumps(shown, indent=2))
     return 0
+
+
+@contextlib.contextmanager
+def _metadata_refusals(method: str) -> Iterator[None]:
+    """An authenticator's refusal of the metadata as one CLI line."""
+    try:
+        yield
+    except OperationError as exc:
+        if exc.error != "invalid_client_metadata":
+            raise
+        raise CLIError(f"invalid_client_metadata: {exc}") from None
+    except InvalidClientMetadataError as exc:
+        raise CLIError(
+            f"invalid_client_metadata: {exc.description or 'refused by its authenticator'}"
+        ) from None
+    except OAuth2Error:
+        raise CLIError(
+            f"the authenticator of {method} failed while checking the client's metadata; its log line"
+            " above says why"
+        ) from None
 
 
 def _applied(client: Client, document: dict[str, object], *, merge: bool) -> Client:
@@ -511,11 +573,16 @@ def _applied(client: Client, document: dict[str, object], *, merge: bool) -> Cli
 
 
 def cmd_sp_update(args: argparse.Namespace) -> int:
-    changes_metadata = args.metadata is not None or args.jwks is not None or args.jwks_uri is not None
+    changes_metadata = (
+        args.metadata is not None
+        or args.jwks is not None
+        or args.jwks_uri is not None
+        or bool(args.redirect_uris)
+    )
     if not args.add_certs and not args.remove_certs and not changes_metadata:
         raise CLIError(
             "nothing to change: give --add-cert FILE, --remove-cert SHA256, --metadata FILE.json,"
-            " --jwks FILE or --jwks-uri URL"
+            " --jwks FILE, --jwks-uri URL or --redirect-uri URI"
         )
     remove = [parse_fingerprint(text) for text in args.remove_certs]
     config = load_config(args.conf)
@@ -524,37 +591,22 @@ def cmd_sp_update(args: argparse.Namespace) -> int:
     if changes_metadata and (added or remove) and "jwks" in document:
         raise CLIError("give either new jwks or --add-cert/--remove-cert, not both")
     listeners = load_authenticators(config)
+    # The one implementation the admin API and RFC 7592 use too.
     with open_storage(config) as store:
-        client = store.get_client(args.client_id)
-        if client is None:
-            raise CLIError(f"no service provider with client_id {args.client_id!r}")
-        if document.get("token_endpoint_auth_method", client.token_endpoint_auth_method) != (
-            client.token_endpoint_auth_method
-        ):
-            raise CLIError(
-                "token_endpoint_auth_method cannot be changed by sp update: register the client"
-                " again with sp add and remove this one"
+        method = _client(store, args.client_id).token_endpoint_auth_method
+        with _metadata_refusals(method):
+            changed = client_ops.change_client(
+                store,
+                listeners,
+                args.client_id,
+                local_actor(),
+                document=document if changes_metadata else None,
+                add=added,
+                remove=remove,
             )
-        updated = change_certificates(client, added, remove) if added or remove else client
-        if changes_metadata:
-            updated = _applied(updated, document, merge=True)
-            check_registration(updated.token_endpoint_auth_method, updated.grant_types)
-            if updated.token_endpoint_auth_method == SELF_SIGNED and not updated.certificates:
-                raise CLIError(f"a {SELF_SIGNED} client needs a certificate; this change would leave it none")
-        check_with_authenticator(listeners, updated)
-        if not store.update_client(updated):
-            raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
-        # The certificate was the client's credential: what it authenticated ends with it
-        # (as removing a client or a user revokes their tokens).
-        kept = {c.sha256 for c in updated.certificates}
-        for cert in client.certificates:
-            if cert.sha256 not in kept:
-                thumbprint = b64url_encode(bytes.fromhex(cert.sha256))
-                store.revoke_bound_tokens(client.client_id, thumbprint)  # RFC 8705 §3.1
-    before = {c.sha256 for c in client.certificates}
-    for line in validity_warnings([c for c in updated.certificates if c.sha256 not in before]):
+    for line in changed.warnings:
         warn(line)
-    print(json.dumps(client_view(updated), indent=2))
+    print(json.dumps(client_view(changed.client), indent=2))
     return 0
 
 
@@ -594,30 +646,41 @@ def cmd_sp_show(args: argparse.Namespace) -> int:
 
 
 def cmd_sp_reset_secret(args: argparse.Namespace) -> int:
-    config = load_config(args.conf)
-    secret = secrets.token_urlsafe(32)
-    with open_storage(config) as store:
-        client = _client(store, args.client_id)
-        if client.token_endpoint_auth_method not in SECRET_METHODS:
-            raise CLIError(
-                f"client {client.client_id} uses {client.token_endpoint_auth_method},"
-                f" which has no secret; secrets are for {' and '.join(SECRET_METHODS)}"
-            )
-        # A new hash: the server's client cache follows the store's change counter, and its
-        # cache of verified secrets is keyed by the stored hash, so the old secret stops at once.
-        updated = replace(client, secret_hash=kdf.hash_secret(secret))
-        if not store.update_client(updated):
-            raise CLIError(f"service provider {args.client_id!r} was removed meanwhile")
-    shown = client_view(updated)
-    shown["client_secret"] = secret
+    # A new hash: the server's client cache follows the store's change counter, and its
+    # cache of verified secrets is keyed by the stored hash, so the old secret stops at once.
+    with open_storage(load_config(args.conf)) as store:
+        updated = client_ops.reset_secret(store, args.client_id, local_actor())
+    shown = client_view(updated.client)
+    shown["client_secret"] = updated.secret
     print(json.dumps(shown, indent=2))
     return 0
 
 
 def cmd_sp_remove(args: argparse.Namespace) -> int:
     with open_storage(load_config(args.conf)) as store:
-        removed = store.remove_client(args.client_id)
-    if not removed:
-        raise CLIError(f"no service provider with client_id {args.client_id!r}")
+        client_ops.remove_client(store, args.client_id, local_actor())
     print(f"removed {args.client_id} and revoked its tokens")
+    return 0
+
+
+def cmd_sp_revoke(args: argparse.Namespace) -> int:
+    with open_storage(load_config(args.conf)) as store:
+        count = client_ops.revoke_client_tokens(store, args.client_id, local_actor())
+    print(f"revoked {count} tokens of {args.client_id}")
+    return 0
+
+
+def cmd_sp_initial_token(args: argparse.Namespace) -> int:
+    from tokensmith.config.authenticators import (
+        load_authenticators as load_admin_settings,  # the lifetime only
+    )
+
+    config = load_config(args.conf)
+    lifetime = (
+        args.lifetime
+        or load_admin_settings(config.conf_dir / "authenticators.xml").initial_access_token_lifetime
+    )
+    with open_storage(config) as store:
+        value, expires_at = issue_initial_access_token(store, lifetime, local_actor())
+    print(json.dumps({"initial_access_token": value, "expires_at": expires_at}))
     return 0

@@ -17,7 +17,12 @@ from tokensmith.config.settings import load_config
 from tokensmith.models import StorageError
 from tokensmith.storage import describe_store
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "NEEDS_MIGRATE", "NEWER"]
+
+#: ``db status``'s exit status when the schema is older than this release's.
+NEEDS_MIGRATE = 3
+#: ``db status``'s exit status when the schema is newer than this release's.
+NEWER = 4
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -42,6 +47,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
         parents=[common],
         help="show the store and its schema version",
         description="Show which store is configured, its schema version and this release's.",
+        epilog="Exit status: 0 when the schema is this release's, 3 when it needs `tokensmith db"
+        " migrate`, 4 when it is newer than this release (a newer release migrated it), 1 when"
+        " the store cannot be read or the configuration is wrong.",
     )
     status.add_argument("--json", action="store_true", help="print JSON")
     migrate.set_defaults(handler=cmd_migrate)
@@ -85,7 +93,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"store: {store}")
         print(f"schema version: {version} (this release: {current}): {state}")
-    return 0
+    # Scripts and deployment checks act on the exit status: only a ready schema is 0.
+    return 0 if version == current else (NEWER if version > current else NEEDS_MIGRATE)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

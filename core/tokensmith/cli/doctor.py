@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import socket
 import ssl
+import stat
 import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +84,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     client_options = (args.client_id, args.cert, args.key)
     if any(client_options) and not all(client_options):
         raise CLIError("doctor: --client-id, --cert and --key go together")
+    if args.url is not None:
+        args.url = _checked_url(args.url)
     report = Report()
     config = _configuration(args.conf, report)
     if args.client_id:
@@ -91,6 +94,44 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         _installation(config, report)
     print(f"{'all checks passed' if not report.failed else f'{report.failed} check(s) failed'}")
     return 1 if report.failed else 0
+
+
+#: The most doctor reads of a --cert or --key file: a PEM certificate chain or key is far less.
+MAX_FILE_BYTES = 1024 * 1024
+
+
+def _shown(text: str) -> str:
+    """*text* (the user's, or a file's) for the terminal: control characters escaped."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _checked_url(url: str) -> str:
+    """*url* as doctor uses it: https, a host and a valid port, and no user or password (one
+    given is dropped, never printed back); a CLIError naming what is wrong otherwise."""
+    from tokensmith.cli.base import CLIError
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise CLIError(f"doctor: --url is not a valid URL: {_shown(str(exc))}") from None
+    if parts.scheme != "https" or not host:
+        raise CLIError("doctor: --url must be https://host:port")
+    netloc = f"[{host}]" if ":" in host else host
+    return f"https://{netloc}{f':{port}' if port is not None else ''}{_shown(parts.path)}"
+
+
+def _read_file(path: Path) -> bytes:
+    """The bytes of *path*, a regular file of at most ``MAX_FILE_BYTES``: a FIFO, a device or
+    a directory is refused at once rather than read (``/dev/zero`` never ends)."""
+    status = path.stat()
+    if not stat.S_ISREG(status.st_mode):
+        raise ValueError("not a regular file")
+    with path.open("rb") as file:
+        data = file.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+    return data
 
 
 # -- the installation ------------------------------------------------------------------------
@@ -196,17 +237,22 @@ def _dropins(config: Config, report: Report) -> None:
 
 
 def _storage(config: Config, report: Report) -> None:
+    """The store server.xml names (SQLite, or PostgreSQL with its schema checked, not
+    migrated), asked for a client within DEADLINE; never shows a password."""
     import threading
 
     from tokensmith.models import StorageError
+    from tokensmith.storage import describe_store, open_store
 
+    server = config.server
+    postgres = server.database_url is not None
+    # SQLite keeps its path as the name; PostgreSQL's URL has its password replaced.
+    label = describe_store(server) if postgres else str(server.database)
     answer: list[BaseException | None] = []
 
     def probe() -> None:
         try:
-            from tokensmith.storage.sqlite import SQLiteStorage
-
-            storage = SQLiteStorage(config.server.database)
+            storage = open_store(server, migrate=False)
             try:
                 storage.get_client("")
             finally:
@@ -220,16 +266,21 @@ def _storage(config: Config, report: Report) -> None:
     thread.join(DEADLINE)
     if not answer:
         report.fail(
-            f"storage {config.server.database}: no answer within {DEADLINE:g} s",
-            "find what holds the database locked",
+            f"storage {label}: no answer within {DEADLINE:g} s",
+            "find what holds the database locked"
+            if not postgres
+            else "check that the database is up and reachable from this host",
         )
     elif answer[0] is not None:
         report.fail(
-            f"storage {config.server.database}: {type(answer[0]).__name__}: {answer[0]}",
-            "check the <Database path=> (or TOKENSMITH_DB), its directory and permissions",
+            f"storage {label}: {type(answer[0]).__name__}: {answer[0]}",
+            "check the <Database path=> (or TOKENSMITH_DB), its directory and permissions"
+            if not postgres
+            else "check the <Database url=> (or TOKENSMITH_DATABASE_URL), that the database is"
+            " reachable, and `tokensmith db status`",
         )
     else:
-        report.ok(f"storage {config.server.database}: answers")
+        report.ok(f"storage {label}: answers")
 
 
 # -- a mutual-TLS client ------------------------------------------------------------------
@@ -240,14 +291,14 @@ def _client(args: argparse.Namespace, config: Config | None, report: Report) -> 
     from cryptography.hazmat.primitives import serialization
 
     try:
-        pem = args.cert.read_bytes()
+        pem = _read_file(args.cert)
         chain = x509.load_pem_x509_certificates(pem)
     except (OSError, ValueError) as exc:
         report.fail(f"certificate {args.cert}: unreadable: {exc}", "give --cert a PEM certificate file")
         return
     leaf = chain[0]
     try:
-        key = serialization.load_pem_private_key(args.key.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(_read_file(args.key), password=None)
     except (OSError, ValueError, TypeError) as exc:
         report.fail(
             f"key {args.key}: unreadable: {exc}", "give --key the certificate's private key, PEM, unencrypted"
@@ -289,29 +340,35 @@ def _client(args: argparse.Namespace, config: Config | None, report: Report) -> 
 
 
 def _registration(client_id: str, der: list[bytes], config: Config, report: Report) -> None:
+    from tokensmith.models import StorageError
     from tokensmith.security.truststore import Truststore
     from tokensmith.security.x509 import CertificateError, dn_matches, san_matches, verify_chain
-    from tokensmith.storage.sqlite import SQLiteStorage
+    from tokensmith.storage import open_store
 
-    storage = SQLiteStorage(config.server.database)
+    shown = _shown(client_id)
+    try:
+        storage = open_store(config.server, migrate=False)
+    except StorageError as exc:
+        report.fail(f"client {shown}: the store cannot be read: {exc}", "see the storage check")
+        return
     try:
         client = storage.get_client(client_id)
     finally:
         storage.close()
     if client is None:
-        report.fail(f"client {client_id}: not registered", "register it with `tokensmith sp add`")
+        report.fail(f"client {shown}: not registered", "register it with `tokensmith sp add`")
         return
     method = client.token_endpoint_auth_method
     digest = hashlib.sha256(der[0]).hexdigest()
     if method == "self_signed_tls_client_auth":
         registered = {c.sha256 for c in client.certificates}
         if digest in registered:
-            report.ok(f"client {client_id}: certificate SHA-256 {digest} is registered")
+            report.ok(f"client {shown}: certificate SHA-256 {digest} is registered")
         else:
             report.fail(
-                f"client {client_id}: certificate SHA-256 {digest} is not among its"
+                f"client {shown}: certificate SHA-256 {digest} is not among its"
                 f" {len(registered)} registered certificate(s)",
-                f"`tokensmith sp update {client_id} --add-cert CERT`, or present a registered certificate",
+                f"`tokensmith sp update {shown} --add-cert CERT`, or present a registered certificate",
             )
     elif method == "tls_client_auth":
         from cryptography import x509
@@ -320,13 +377,13 @@ def _registration(client_id: str, der: list[bytes], config: Config, report: Repo
             verify_chain(der, Truststore(config.server.truststore).anchors(), datetime.now(UTC))
         except CertificateError as exc:
             report.fail(
-                f"client {client_id}: chain refused against the truststore: {exc}",
+                f"client {shown}: chain refused against the truststore: {exc}",
                 "import the issuing CA with `tokensmith truststore import`, or send the intermediates in --cert",
             )
             return
-        report.ok(f"client {client_id}: chain verifies against the truststore")
+        report.ok(f"client {shown}: chain verifies against the truststore")
         if client.tls_subject is None:
-            report.fail(f"client {client_id}: no registered subject", "register one with `tokensmith sp add`")
+            report.fail(f"client {shown}: no registered subject", "register one with `tokensmith sp add`")
             return
         kind, value = client.tls_subject
         cert = x509.load_der_x509_certificate(der[0])
@@ -335,16 +392,16 @@ def _registration(client_id: str, der: list[bytes], config: Config, report: Repo
         else:
             matched = san_matches(kind.removeprefix("tls_client_auth_"), value, cert)
         if matched:
-            report.ok(f"client {client_id}: {kind.removeprefix('tls_client_auth_')} matches {value!r}")
+            report.ok(f"client {shown}: {kind.removeprefix('tls_client_auth_')} matches {value!r}")
         else:
             report.fail(
-                f"client {client_id}: the certificate does not match the registered {kind} {value!r}"
+                f"client {shown}: the certificate does not match the registered {kind} {value!r}"
                 f" (subject {cert.subject.rfc4514_string()!r})",
                 "register the certificate's subject, or use a certificate issued for the registered one",
             )
     else:
         report.fail(
-            f"client {client_id}: registered for {method}, not mutual TLS",
+            f"client {shown}: registered for {method}, not mutual TLS",
             "register a client with --auth-method self_signed_tls_client_auth or tls_client_auth",
         )
 
@@ -400,7 +457,15 @@ def _connect(args: argparse.Namespace, config: Config | None, url: str, key_ok: 
     if trust is None and config is not None and config.server.keystore.certificate_file is not None:
         trust = config.server.keystore.certificate_file
     if trust is not None:
-        context = ssl.create_default_context(cafile=str(trust))
+        try:
+            _read_file(Path(trust))  # a regular file of sensible size, or why not
+            context = ssl.create_default_context(cafile=str(trust))
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            report.fail(
+                f"CA file {_shown(str(trust))}: unusable: {_shown(str(getattr(exc, 'strerror', None) or exc))}",
+                "give --ca a PEM file of CA certificates",
+            )
+            return
     if key_ok:
         context.load_cert_chain(str(args.cert), str(args.key))
     asked: list[bool] = []

@@ -17,7 +17,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tokensmith.cli.base import CLIError, Parser
+from tokensmith.admin.audit import OperationError, local_actor
+from tokensmith.admin.configuration import import_anchor, remove_anchor
+from tokensmith.cli.base import CLIError, Parser, open_storage
 from tokensmith.config.settings import load_config
 from tokensmith.security.truststore import Truststore
 from tokensmith.security.x509 import load_pem_certificates
@@ -157,7 +159,8 @@ def cmd_truststore_import(args: argparse.Namespace) -> int:
     certs = load_pem_certificates(data, source=str(args.file))
     if len(certs) != 1:
         raise CLIError(f"{args.file}: holds {len(certs)} certificates; import one per alias")
-    cert = store.import_(args.alias, data, allow_non_ca=args.allow_non_ca)
+    with open_storage(load_config(args.conf)) as db:  # for the audit log
+        cert = import_anchor(store, db, args.alias, data, local_actor(), allow_non_ca=args.allow_non_ca)
     print(f"imported {args.alias} sha256={_fingerprint(cert)} subject={cert.subject.rfc4514_string()}")
     return 0
 
@@ -187,7 +190,10 @@ def cmd_truststore_list(args: argparse.Namespace) -> int:
 
 def cmd_truststore_remove(args: argparse.Namespace) -> int:
     store = _truststore(args)
-    if not store.remove(args.alias):
-        raise CLIError(f"no trusted certificate with alias {args.alias!r} in {store.directory}")
+    with open_storage(load_config(args.conf)) as db:  # for the audit log
+        try:
+            remove_anchor(store, db, args.alias, local_actor())
+        except OperationError:
+            raise CLIError(f"no trusted certificate with alias {args.alias!r} in {store.directory}") from None
     print(f"removed {args.alias}")
     return 0

@@ -11,7 +11,9 @@ import argparse
 import json
 from collections.abc import Callable
 
-from tokensmith.cli.base import CLIError, Parser
+from tokensmith.admin.audit import OperationError, local_actor
+from tokensmith.admin.configuration import retire_signing_key, rotate_signing_key
+from tokensmith.cli.base import CLIError, Parser, open_storage
 from tokensmith.config.settings import load_config
 from tokensmith.security.signing import ALGORITHMS, SigningKeys
 
@@ -78,15 +80,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    key = _keys(args).rotate(args.algorithm)
+    keys = _keys(args)
+    with open_storage(load_config(args.conf)) as db:  # for the audit log
+        kid = rotate_signing_key(keys, db, args.algorithm, local_actor())
+    key = next(k for k in keys.all() if k.kid == kid)
     print(f"{key.kid}  {key.alg}  active")
     return 0
 
 
 def cmd_retire(args: argparse.Namespace) -> int:
     keys = _keys(args)
-    if args.kid not in {key.kid for key in keys.all()}:
-        raise CLIError(f"no signing key with kid {args.kid!r}")
-    keys.retire(args.kid)
+    with open_storage(load_config(args.conf)) as db:  # for the audit log
+        try:
+            retire_signing_key(keys, db, args.kid, local_actor())
+        except OperationError:
+            raise CLIError(f"no signing key with kid {args.kid!r}") from None
     print(f"retired {args.kid}")
     return 0

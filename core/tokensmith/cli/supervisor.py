@@ -92,11 +92,15 @@ def _worker(
     import asyncio
 
     from tokensmith.app.factory import create_app, one_line, reload_app
+    from tokensmith.app.state import RELOAD_ALL
     from tokensmith.http.server import serve
 
     try:
         config = load_config(conf_dir)
         app = create_app(config, unpack)
+        # The admin API changes identity.xml and then reloads every worker as SIGHUP does:
+        # through the supervisor, which checks the configuration first.
+        app.extensions[RELOAD_ALL] = lambda: os.kill(parent, signal.SIGHUP)
     except BaseException as exc:  # noqa: B036 - reported by the supervisor, in one line
         ready.send(one_line(exc))
         ready.close()
@@ -140,10 +144,12 @@ def _check(config: Config, unpack: Path, answer: int, listening: list[socket.soc
     _die_with_parent(parent)
     for sock in listening:
         sock.close()
+    from tokensmith.app.admin import load_admin_settings
     from tokensmith.app.factory import inspect_listeners, one_line
 
     try:
         identity = load_identity(config.identity.path)
+        load_admin_settings(config.conf_dir)
         listeners = inspect_listeners(config, identity, unpack)
         reply: list[Any] = [True, [item.describe() for item in listeners]]
     except BaseException as exc:  # noqa: B036 - the whole point: any failure is one line

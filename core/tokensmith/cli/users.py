@@ -13,11 +13,12 @@ import sys
 import time
 from collections.abc import Callable
 
+from tokensmith.admin import users
+from tokensmith.admin.audit import local_actor
+from tokensmith.admin.users import ROLES
 from tokensmith.cli.base import CLIError, Parser, open_storage, warn
 from tokensmith.config.settings import load_config
-from tokensmith.models import User
 from tokensmith.oauth.registration import printable
-from tokensmith.security import hashing as kdf
 
 __all__ = ["add_commands"]
 
@@ -47,6 +48,21 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
         action="store_true",
         help="read the password from standard input instead of a prompt",
     )
+    add.add_argument(
+        "--role",
+        choices=ROLES,
+        help="a role for the admin API (/api/): admin may do everything, reader may only read;"
+        " default: none (a resource owner of the password grant only)",
+    )
+    role = actions.add_parser(
+        "role",
+        parents=[common],
+        help="set or clear a user's admin API role",
+        description="Give a user the admin or reader role of the admin API, or take it away (none).",
+    )
+    role.set_defaults(handler=cmd_role)
+    role.add_argument("username")
+    role.add_argument("role", choices=(*ROLES, "none"))
     listing = actions.add_parser(
         "list", parents=[common], help="list users", description="List users and their failed-login state."
     )
@@ -100,18 +116,20 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    username = args.username
-    if not username or not username.isprintable() or len(username) > 256 or username != username.strip():
-        raise CLIError(
-            "the username must be printable, at most 256 characters, without leading or trailing spaces"
-        )
+    username = users.check_username(args.username)
     config = load_config(args.conf)
     password = _read_password(args.password_stdin)
     with open_storage(config) as store:
-        if store.get_user(username) is not None:
-            raise CLIError(f"user {username!r} exists already")
-        store.add_user(User(username, kdf.hash_secret(password), int(time.time())))
-    print(json.dumps({"username": username}))
+        user = users.add_user(store, username, password, args.role, local_actor())
+    print(json.dumps({"username": user.username, **({"role": user.role} if user.role else {})}))
+    return 0
+
+
+def cmd_role(args: argparse.Namespace) -> int:
+    role = None if args.role == "none" else args.role
+    with open_storage(load_config(args.conf)) as store:
+        user = users.set_role(store, args.username, role, local_actor())
+    print(json.dumps({"username": user.username, "role": user.role}))
     return 0
 
 
@@ -124,32 +142,29 @@ def cmd_list(args: argparse.Namespace) -> int:
         now = int(time.time())
         for u in users:
             state = "locked" if u.locked_until > now else "ok"
-            print(f"{printable(u.username):<32} {state:<7} failed={u.failed_attempts}")
+            print(
+                f"{printable(u.username):<32} {state:<7} failed={u.failed_attempts}"
+                + (f" role={u.role}" if u.role else "")
+            )
     return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
     with open_storage(load_config(args.conf)) as store:
-        removed = store.remove_user(args.username)
-    if not removed:
-        raise CLIError(f"no user {args.username!r}")
+        users.remove_user(store, args.username, local_actor())
     print(f"removed {args.username!r} and revoked their tokens")
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     with open_storage(load_config(args.conf)) as store:
-        user = store.get_user(args.username)
-        if user is None:
-            raise CLIError(f"no user {args.username!r}")
-        count = store.revoke_user_tokens(user.user_id)
+        count = users.revoke_user_tokens(store, args.username, local_actor())
     print(f"revoked {count} tokens of {args.username!r}")
     return 0
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     with open_storage(load_config(args.conf)) as store:
-        if not store.unlock_user(args.username):
-            raise CLIError(f"no user {args.username!r}")
+        users.unlock_user(store, args.username, local_actor())
     print(f"unlocked {args.username!r}")
     return 0

@@ -37,6 +37,7 @@ __all__ = [
     "Config",
     "Connector",
     "KeystoreSettings",
+    "ConsoleSettings",
     "ServerSettings",
     "IdentitySettings",
     "ListenerEntry",
@@ -58,6 +59,9 @@ _PORT = setting("server.xml", "Connector", "port")
 _TIMEOUT = setting("server.xml", "Connector", "connectionTimeout")
 _KEYSTORE_TYPE = setting("server.xml", "Keystore", "type")
 _ORDER_ID = setting("identity.xml", "EventListeners/EventListener", "orderId")
+_CONSOLE_ENABLED = setting("server.xml", "Console", "enabled")
+_CONSOLE_IDLE = setting("server.xml", "Console", "idleTimeout")
+_CONSOLE_AGE = setting("server.xml", "Console", "maxSessionAge")
 _FORWARDED_FORMAT = setting("identity.xml", "OAuth/ClientCertificateHeader", "format")
 CLIENT_AUTH_MODES = _CLIENT_AUTH.choices
 #: Who serves HTTP/1.1 on a connector: Hypercorn (h11), or tokensmith's own llhttp lane.
@@ -128,6 +132,23 @@ class KeystoreSettings:
 LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
+#: The forwarded headers a trusted proxy may be believed for (``<TrustedProxies headers=>``).
+PROXY_HEADERS = ("x-forwarded", "forwarded")
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """``<Console>``: the web console under ``/console/`` (app/console.py).
+
+    ``enabled="false"`` takes it off the URL map (a 404). ``idleTimeout`` is the seconds a
+    signed-in session lasts without a request; ``maxSessionAge`` the seconds it lasts at most.
+    """
+
+    enabled: bool = _CONSOLE_ENABLED.default == "true"
+    idle_timeout: int = int(_CONSOLE_IDLE.default or 0)
+    max_session_age: int = int(_CONSOLE_AGE.default or 0)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     path: Path
@@ -136,10 +157,14 @@ class ServerSettings:
     database: Path
     dropins: Path
     truststore: Path
+    console: ConsoleSettings = ConsoleSettings()
     #: ``<TrustedProxies addresses=>``: the proxies whose X-Request-Id, X-Forwarded-For,
     #: X-Forwarded-Proto and Forwarded are believed, and the only peers a plain-HTTP
     #: connector answers.
     trusted_proxies: tuple[Network, ...] = ()
+    #: ``<TrustedProxies headers=>``: the header family those proxies are believed for,
+    #: ``x-forwarded`` (X-Forwarded-For/-Proto) or ``forwarded`` (RFC 7239).
+    proxy_headers: str = "x-forwarded"
     access_log: AccessLogSettings = AccessLogSettings()
     metrics: MetricsSettings = MetricsSettings(allow=LOOPBACK)
     #: A PostgreSQL URL (<Database url=...> or TOKENSMITH_DATABASE_URL): the shared store
@@ -209,6 +234,11 @@ class IdentitySettings:
     max_failed_logins: int = int(_OAUTH["max_failed_logins"].default or 0)
     max_failed_logins_per_user: int = int(_OAUTH["max_failed_logins_per_user"].default or 0)
     lockout_seconds: int = int(_OAUTH["lockout_seconds"].default or 0)
+    #: Authorization codes live this long (RFC 6749 §4.1.2: "a maximum authorization code
+    #: lifetime of 10 minutes is RECOMMENDED"; a browser redirect takes seconds).
+    authorization_code_lifetime: int = int(_OAUTH["authorization_code_lifetime"].default or 0)
+    #: How long a sign-in on the login page lasts before the user signs in again.
+    signin_session_lifetime: int = int(_OAUTH["signin_session_lifetime"].default or 0)
     #: SHA-256 (hex) of the wheels allowed in dropins/; None when pinning is off.
     allowed_wheels: frozenset[str] | None = None
     #: Client certificates forwarded by trusted proxies; None: only the TLS handshake's.
@@ -285,6 +315,12 @@ def load_server(path: Path) -> ServerSettings:
         raise ConfigError(f"{where(path, root)}: at least one <Connector> is needed")
     proxies_el = root.find("TrustedProxies")
     trusted = _networks(path, proxies_el, "addresses") if proxies_el is not None else ()
+    proxy_headers = proxies_el.get("headers", "x-forwarded") if proxies_el is not None else "x-forwarded"
+    if proxy_headers not in PROXY_HEADERS:
+        raise ConfigError(
+            f"{where(path, proxies_el)}: <TrustedProxies headers={proxy_headers!r}> must be one of"
+            f" {', '.join(PROXY_HEADERS)}"
+        )
     for connector, el in zip(connectors, root.iter("Connector")):
         if not connector.ssl_enabled and not trusted:
             raise ConfigError(
@@ -303,7 +339,9 @@ def load_server(path: Path) -> ServerSettings:
         database=_path(path, database or str(default("server.xml", "Database", "path"))),
         dropins=_path(path, dropins),
         truststore=_path(path, truststore),
+        console=_console(path, root),
         trusted_proxies=trusted,
+        proxy_headers=proxy_headers,
         access_log=_access_log(path, root.find("AccessLog")),
         metrics=_metrics(path, root.find("Metrics")),
         database_url=database_url,
@@ -349,6 +387,30 @@ def _int(value: object) -> int:
     return value
 
 
+def _console(path: Path, root: etree._Element) -> ConsoleSettings:
+    el = root.find("Console")
+    if el is None:
+        return ConsoleSettings()
+    idle = attr_int(
+        path,
+        el,
+        "idleTimeout",
+        _int(_CONSOLE_IDLE.default),
+        minimum=_int(_CONSOLE_IDLE.minimum),
+        maximum=_int(_CONSOLE_IDLE.maximum),
+    )
+    age = attr_int(
+        path,
+        el,
+        "maxSessionAge",
+        _int(_CONSOLE_AGE.default),
+        minimum=_int(_CONSOLE_AGE.minimum),
+        maximum=_int(_CONSOLE_AGE.maximum),
+    )
+    assert idle is not None and age is not None
+    return ConsoleSettings(attr_bool(path, el, "enabled", _CONSOLE_ENABLED.default == "true"), idle, age)
+
+
 #: Overrides <Database>: the URL of a PostgreSQL database, so that a password need not be
 #: written into server.xml.
 DATABASE_URL_ENV = "TOKENSMITH_DATABASE_URL"
@@ -368,7 +430,37 @@ def _database_url(path: Path, root: etree._Element) -> str | None:
         place = DATABASE_URL_ENV if from_env else where(path, el)
         # Not the URL itself: it may hold a password.
         raise ConfigError(f"{place}: the database URL must start with postgresql://")
+    problem = _url_problem(url)
+    if problem:
+        place = DATABASE_URL_ENV if from_env else where(path, el)
+        raise ConfigError(f"{place}: the database URL is not valid: {problem}")
     return url
+
+
+def _url_problem(url: str) -> str | None:
+    """Why libpq would misread or refuse *url*, in words that never repeat its password."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    authority = re.split(r"[/?#]", url.split("://", 1)[1], maxsplit=1)[0]
+    if authority.count("@") > 1:
+        # libpq ends the user name and password at the first @, Python's URL parser at the
+        # last: the rest of the password would be taken for the host, and shown as one.
+        return "an @ in the user name or password must be written %40"
+    secrets = [s for s in re.findall(r"(?:^|[?&])(?:ssl)?password=([^&#]*)", url, re.IGNORECASE) if s]
+    if "@" in authority and ":" in authority.split("@")[0]:
+        secrets.append(authority.split("@")[0].split(":", 1)[1])
+    try:
+        params = conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        message = re.sub(r'\s*in URI: ".*', "", " ".join(str(exc).split()))
+        for secret in filter(None, secrets):
+            message = message.replace(secret, "***")
+        return message
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            return f"port {port!r} is not a port number (1-65535)"
+    return None
 
 
 def _keystore(path: Path, root: etree._Element) -> KeystoreSettings:

@@ -41,14 +41,14 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
-from tokensmith.config.settings import Config, Connector
+from tokensmith.config.settings import Config, Connector, Network
 from tokensmith.config.xml import ConfigError
 from tokensmith.http.llhttp import MAX_HEAD_BYTES, MAX_HEADERS, Http1Connection, no_delay, valid_host
 from tokensmith.http.protocols import install as install_hypercorn_protocols
 from tokensmith.http.tls import server_context
 from tokensmith.http.tls_accept import peer_certificate_chain
 from tokensmith.metrics import metrics
-from tokensmith.requestlog import forwarded_for, trusted_peer
+from tokensmith.requestlog import forwarded_for, plain_http_refused, trusted_peer
 from tokensmith.scope import BOUND_URLS, DER_KEY, TIMEOUT_KEY
 
 __all__ = ["serve", "bind", "urls", "no_delay", "tls_extension"]
@@ -96,10 +96,11 @@ class _Connection:
         writer: asyncio.StreamWriter,
         timeout: float,
         loop: asyncio.AbstractEventLoop,
-        plain: bool = False,
+        plain: tuple[tuple[Network, ...], str] | None = None,
     ):
         self.app, self.writer, self.timeout, self.loop = app, writer, timeout, loop
-        #: A plain-HTTP connector's connection, from a trusted proxy (``SSLEnabled="false"``).
+        #: A plain-HTTP connector's connection, from a trusted proxy (``SSLEnabled="false"``):
+        #: the trusted proxies and the header family they are believed for; None over TLS.
         self.plain = plain
         self.tls = tls_extension(writer.get_extra_info("ssl_object"))
         self.active = 0
@@ -119,7 +120,7 @@ class _Connection:
             if status:
                 await _answer(send, scope, status, close=True)
                 return
-            if self.plain and not _proxied_https(scope):
+            if self.plain is not None and not _proxied_https(scope, *self.plain):
                 await _answer(send, scope, 403, _TLS_REQUIRED, close=True)
                 return
             if self.active >= MAX_IN_FLIGHT:
@@ -169,18 +170,21 @@ _TLS_REQUIRED = json.dumps(
 ).encode()
 
 
-def _proxied_https(scope: dict[str, Any]) -> bool:
-    """On a plain-HTTP connector (its peer is a trusted proxy): take the scheme the proxy
-    says the client used (X-Forwarded-Proto, or Forwarded's proto=, RFC 7239 §5.4). The OAuth
-    endpoints answer only a request that reached the proxy over TLS (RFC 6749 §3.2: the
-    token endpoint requires TLS; RFC 7662 §4 and RFC 7009 §5 likewise), and so does every
-    other path under /oauth2/; health probes and the metadata may come over HTTP."""
-    proto = forwarded_for(scope["headers"])[1]
-    if proto == "https":
+def _proxied_https(scope: dict[str, Any], trusted: tuple[Network, ...], mode: str) -> bool:
+    """On a plain-HTTP connector (its peer is a trusted proxy): whether to answer the request.
+
+    Only a request the proxy says reached it over TLS (X-Forwarded-Proto or Forwarded's
+    proto=, RFC 7239 §5.4, whichever ``<TrustedProxies headers=>`` names) is answered in full
+    (RFC 6749 §3.2: the token endpoint requires TLS; RFC 7662 §4 and RFC 7009 §5 likewise);
+    any other gets only the exact paths of ``PLAIN_HTTP_PATHS`` (probes and /metrics). The
+    rule names what is allowed, not what is refused: a path variant that some router might
+    map onto an endpoint (``//oauth2/token``) is refused with the rest."""
+    refused = plain_http_refused(scope, trusted, mode)
+    if forwarded_for(scope["headers"], mode)[1] == "https":
         scope["scheme"] = "https"
-        return True
-    scope["scheme"] = "http"
-    return not scope["path"].startswith("/oauth2/")
+    else:
+        scope["scheme"] = "http"
+    return not refused
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -509,7 +513,8 @@ async def serve(
         connections.add(task)
         task.add_done_callback(connections.discard)
         no_delay(writer.get_extra_info("socket"))
-        connection = _Connection(app, writer, connector_hc.keep_alive_timeout, loop, plain)
+        proxies = (config.server.trusted_proxies, config.server.proxy_headers) if plain else None
+        connection = _Connection(app, writer, connector_hc.keep_alive_timeout, loop, proxies)
         hypercorn.add(entry := (connection, writer))
         gauge.inc()
         try:

@@ -9,6 +9,7 @@ name, so that two plugins cannot read or overwrite each other's keys.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -39,19 +40,26 @@ class PluginState:
     method, and the server deletes it later.
     """
 
-    __slots__ = ("_storage", "namespace")
+    __slots__ = ("__storage", "__namespace")
 
     def __init__(self, storage: Storage | None, namespace: str):
-        self._storage = storage
-        #: The plugin's name: the namespace of its keys.
-        self.namespace = namespace
+        # Name-mangled and read-only from outside: a plugin keeps to its own namespace by
+        # API, not by accident. Plugins run in the server's process, so this is hygiene,
+        # not isolation (see docs/plugins.md).
+        self.__storage = storage
+        self.__namespace = namespace
+
+    @property
+    def namespace(self) -> str:
+        """The plugin's name: the namespace of its keys."""
+        return self.__namespace
 
     def _store(self, key: str) -> Storage:
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_CHARS:
             raise ValueError(f"a state key is a str of 1 to {MAX_KEY_CHARS} characters, not {key!r:.40}")
-        if self._storage is None:
+        if self.__storage is None:
             raise StateUnavailableError(f"plugin {self.namespace!r}: no store here (not serving)")
-        return self._storage
+        return self.__storage
 
     def put_if_absent(self, key: str, expires_at: float) -> bool:
         """Remember *key* until *expires_at* unless it is remembered already; atomically.
@@ -61,7 +69,8 @@ class PluginState:
         value needs (RFC 7523 §3 item 7, ``jti``): remember it until the assertion expires.
         """
         store = self._store(key)
-        return store.put_if_absent(self.namespace, key, int(expires_at))
+        # Rounded up: the key must be remembered for all of its last second.
+        return store.put_if_absent(self.namespace, key, math.ceil(expires_at))
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value stored under *key* (as JSON gave it back), or *default*."""
@@ -80,7 +89,7 @@ class PluginState:
             raise ValueError(f"a state value is at most {MAX_VALUE_BYTES} bytes of JSON")
         if ttl is not None:
             expires_at = time.time() + ttl
-        store.set_state(self.namespace, key, text, None if expires_at is None else int(expires_at))
+        store.set_state(self.namespace, key, text, None if expires_at is None else math.ceil(expires_at))
 
     def delete(self, key: str) -> bool:
         """Forget *key*; True if it was there."""

@@ -26,7 +26,13 @@ from urllib.parse import unquote_plus
 from cryptography import x509
 
 from tokensmith.config.xml import ConfigError
-from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error, ServerError
+from tokensmith.errors import (
+    InvalidClientError,
+    InvalidClientMetadataError,
+    InvalidRequestError,
+    OAuth2Error,
+    ServerError,
+)
 from tokensmith.listeners.registry import Listener, ListenerSet
 from tokensmith.models import Client, Storage
 from tokensmith.oauth.hookspecs import AUTHENTICATOR
@@ -172,7 +178,12 @@ class ClientAuthRequest:
 
     def get_client(self, client_id: str) -> Client | None:
         """The registered client *client_id* (without its secret hash), or None if there is
-        none. Not a coroutine: it reads the store's cache, refreshed whenever clients change."""
+        none. Not a coroutine: it reads the store's cache, refreshed whenever clients change.
+
+        An id no client can have (not a str, or not encodable as UTF-8, such as a lone
+        surrogate from a JSON ``"\\ud800"``) is None, without asking the store."""
+        if not storable_id(client_id):
+            return None
         client = self._storage.get_client(client_id)
         return None if client is None else client.without_secret()
 
@@ -187,7 +198,7 @@ class ClientAuthRequest:
         and give the same error, so that responses do not tell which client ids exist. The
         slow KDF runs in a thread, off the event loop.
         """
-        client = self._storage.get_client(client_id)
+        client = self._storage.get_client(client_id) if storable_id(client_id) else None
         stored = client.secret_hash if client is not None else None
         now = time.monotonic()
         if stored is not None and self._verified is not None and self._verified.known(stored, secret, now):
@@ -204,6 +215,21 @@ class ClientAuthRequest:
         else:
             reason, detail = "secret_mismatch", f"secret mismatch for client {client_id}"
         raise InvalidClientError("client authentication failed", reason=reason, detail=detail)
+
+
+def storable_id(client_id: object) -> bool:
+    """Whether *client_id* could be a registered client's id: a str the store can take.
+
+    Callers choose ids (a form parameter, a Basic user name, a JWT claim); one with a lone
+    surrogate cannot be encoded for the database, and must be "no such client", not a 500.
+    """
+    if not isinstance(client_id, str):
+        return False
+    try:
+        client_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def auth_methods(listeners: ListenerSet, listener: Listener) -> tuple[str, ...]:
@@ -230,6 +256,13 @@ def check_client_metadata(listeners: ListenerSet, metadata: Mapping[str, Any]) -
     RFC 7591 metadata; it raises ``InvalidClientMetadataError`` (RFC 7591 §3.2.2). Every way
     of registering a client calls this. Anything else the plugin raises is its own fault:
     logged, and ``ServerError``."""
+    loaded = {item.name for item in listeners}
+    for name in metadata:
+        plugin = name.split(".", 1)[0] if "." in name else None
+        if plugin is not None and plugin not in loaded:
+            raise InvalidClientMetadataError(
+                f"client metadata {name!r} belongs to plugin {plugin!r}, which is not loaded"
+            )
     listener = authenticator_for(listeners, str(metadata.get("token_endpoint_auth_method")))
     if listener is None or not listeners.implements(listener, "check_client_metadata"):
         return
@@ -326,14 +359,32 @@ def _public_client(request: ClientAuthRequest) -> AuthenticatedClient:
 _CERTIFICATE_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")
 
 
+#: Schemes of the HTTP Authentication Scheme Registry (RFC 9110 §16.4) worth naming in a log
+#: line; any other first word may be the start of a credential sent without a scheme.
+_KNOWN_SCHEMES = {"basic", "bearer", "digest", "dpop", "hoba", "mutual", "negotiate", "ntlm", "scram-sha-256"}
+_SCHEME_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _authorization_shape(value: str) -> str:
+    """An Authorization field for the operator, without any of its text: a registered scheme
+    is named, anything else only described (a credential sent without a scheme would
+    otherwise leave its start in the log)."""
+    first, space, _ = value.partition(" ")
+    if first.lower() in _KNOWN_SCHEMES and space:
+        return f"Authorization scheme {first.capitalize()} not accepted ({len(value)} characters)"
+    shape = (
+        "an unknown scheme token and credentials" if space and _SCHEME_TOKEN.fullmatch(first) else "no scheme"
+    )
+    return f"Authorization field not accepted: {shape}, {len(value)} characters"
+
+
 def _why_unauthenticated(
     request: ClientAuthRequest, client_id: str | None, client: Client | None
 ) -> tuple[str, str]:
     """Why no authenticator took a request, for the operator's refusal line: code, words."""
     if client_id is None:
         if request.authorization is not None:
-            scheme = request.authorization.split(" ", 1)[0][:20]
-            return "unsupported_auth_scheme", f"Authorization scheme {scheme!r} not accepted"
+            return "unsupported_auth_scheme", _authorization_shape(request.authorization)
         return "no_client_id", "no client_id and no client credentials"
     if client is None:
         return "unknown_client", f"unknown client {client_id}"

@@ -91,5 +91,11 @@ def client_certificates(
         # RFC 9110 §5.3: a list field may be split over several lines; joined, it is one list.
         intermediates = parse_forwarded_chain(", ".join(chain_fields)) if chain_fields else []
     except CertificateError as exc:
-        raise InvalidClientError(f"the forwarded client certificate is unusable: {exc}") from None
+        # The client learns only that the certificate was refused; which check failed is the
+        # operator's to read in the refusal line (a prober could map the parser otherwise).
+        raise InvalidClientError(
+            "the forwarded client certificate is unusable",
+            reason="forwarded_certificate_unusable",
+            detail=str(exc),
+        ) from None
     return (leaf, *intermediates), "proxy"

@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -40,6 +41,7 @@ __all__ = [
     "apply_metadata",
     "certificate_jwk",
     "check_document",
+    "check_redirect_uri",
     "is_namespaced",
 ]
 
@@ -149,9 +151,60 @@ def _fail(text: str) -> InvalidClientMetadataError:
 
 
 def _check_https(name: str, value: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname or parts.fragment or any(c.isspace() for c in value):
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        parts, port_ok = None, False
+    if (
+        parts is None
+        or not port_ok
+        or parts.scheme != "https"
+        or not parts.hostname
+        or parts.fragment
+        or any(c.isspace() or not c.isprintable() for c in value)
+    ):
         raise _fail(f"{name} must be an https URL without a fragment, not {value!r:.80}")
+    if parts.username is not None or parts.password is not None:
+        # Credentials in a URL end up in logs and in every view of the client; a URL with
+        # them is refused, and not repeated in the message.
+        raise _fail(f"{name} must not hold credentials (user:password@)")
+
+
+#: Redirect URIs a client may register at most: each is compared on every authorization.
+MAX_REDIRECT_URIS = 32
+
+
+def check_redirect_uri(value: str) -> str:
+    """Refuse a redirect URI this server will not redirect a browser to; return it as is.
+
+    Absolute, no fragment (RFC 6749 §3.1.2), at most 2000 characters, no spaces; ``https``,
+    or ``http`` to a loopback IP literal only, as RFC 8252 §7.3 allows native apps (§8.3:
+    ``localhost`` is NOT RECOMMENDED, since it may resolve elsewhere). Compared character
+    for character on every request (RFC 9700 §4.1.3), so it is stored exactly as given.
+    """
+    if len(value) > 2000 or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise _fail(f"redirect_uris: {value!r:.80} is not a URI")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise _fail(f"redirect_uris: {value!r:.80} is not a URI") from None
+    if parts.fragment or "#" in value:
+        raise _fail(f"redirect_uris: {value!r:.80} has a fragment (RFC 6749 §3.1.2)")
+    if parts.scheme == "https" and host:
+        return value
+    if parts.scheme == "http" and host:
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return value
+        except ValueError:
+            pass
+    raise _fail(
+        f"redirect_uris: {value!r:.80} must be an https URL, or http to a loopback address"
+        " such as http://127.0.0.1:PORT/ (RFC 8252 §7.3)"
+    )
 
 
 def _check_jwk(index: int, key: Any) -> None:
@@ -166,9 +219,46 @@ def _check_jwk(index: int, key: Any) -> None:
             raise _fail(f"jwks.keys[{index}].{name} must be a string")
 
 
+#: Limits on a client's metadata: RFC 7591 sets none, but the document is stored with the
+#: client and shown by ``sp list``; these are far above any real client's.
+MAX_DOCUMENT_BYTES = 64 * 1024
+MAX_STRING_CHARS = 2000
+MAX_LIST_ITEMS = 100
+
+
+def _check_sizes(value: Any, where: str) -> None:
+    """Every string encodable as UTF-8 (a lone surrogate, which JSON can spell, cannot be
+    stored) and of at most ``MAX_STRING_CHARS``; every list of at most ``MAX_LIST_ITEMS``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _fail(f"{where} is not valid Unicode (a lone surrogate)") from None
+        if len(value) > MAX_STRING_CHARS:
+            raise _fail(f"{where} is longer than {MAX_STRING_CHARS} characters")
+    elif isinstance(value, list):
+        if len(value) > MAX_LIST_ITEMS:
+            raise _fail(f"{where} has more than {MAX_LIST_ITEMS} items")
+        for index, item in enumerate(value):
+            _check_sizes(item, f"{where}[{index}]")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _check_sizes(name, f"{where} member name")
+            _check_sizes(item, f"{where}.{name}" if where else str(name))
+
+
 def check_document(document: Mapping[str, Any]) -> None:
     """Refuse members of unknown names (other than a plugin's namespaced ones) and standard
-    members of the wrong type or form (RFC 7591 §2)."""
+    members of the wrong type or form (RFC 7591 §2), and documents beyond the size limits."""
+    try:
+        _check_sizes(dict(document), "")
+        size = len(json.dumps(dict(document), separators=(",", ":")).encode())
+    except RecursionError:
+        raise _fail("the client metadata is nested too deeply") from None
+    except (TypeError, ValueError):
+        raise _fail("the client metadata is not a JSON document") from None
+    if size > MAX_DOCUMENT_BYTES:
+        raise _fail(f"the client metadata is larger than {MAX_DOCUMENT_BYTES} bytes as JSON")
     for name, value in document.items():
         if name == "client_id":
             continue
@@ -188,6 +278,14 @@ def check_document(document: Mapping[str, Any]) -> None:
     for name in _URI_MEMBERS:
         if name in document:
             _check_https(name, document[name])
+    redirect_uris = document.get("redirect_uris", [])
+    if len(redirect_uris) > MAX_REDIRECT_URIS:
+        raise _fail(f"redirect_uris holds {len(redirect_uris)} URIs; at most {MAX_REDIRECT_URIS}")
+    for uri in redirect_uris:
+        check_redirect_uri(uri)
+    if "authorization_code" in document.get("grant_types", ()) and not redirect_uris:
+        # RFC 6749 §3.1.2.2: clients of the code grant MUST register their redirect URIs.
+        raise _fail("a client of the authorization_code grant needs redirect_uris (--redirect-uri URI)")
     if "jwks" in document and "jwks_uri" in document:
         # RFC 7591 §2: "The "jwks_uri" and "jwks" parameters MUST NOT both be present".
         raise _fail("jwks and jwks_uri must not both be present (RFC 7591 §2)")

@@ -23,7 +23,7 @@ from tokensmith.errors import (
     UnauthorizedClientError,
 )
 from tokensmith.models import TokenRecord
-from tokensmith.oauth import clientauth
+from tokensmith.oauth import clientauth, pkce
 from tokensmith.oauth.clientauth import (
     AuthenticatedClient,
     ClientAuthRequest,
@@ -173,7 +173,9 @@ async def token(rt: Runtime, request: HttpRequest) -> Answer:
     note(request.scope, grant_type=check_grant_type(form))
     auth = await authenticate(rt, request, form, "token")
     issued = await grant(
-        Grant(rt.issuer, rt.storage, auth, form, rt.identity.login_policy, login_source(request.remote_addr))
+        Grant(
+            rt.issuer, rt.storage, auth, form, rt.identity.login_policy, login_source(request.client_address)
+        )
     )
     return Answer(200, issued.response())
 
@@ -278,9 +280,13 @@ POST_ENDPOINTS = {
 }
 
 
+#: The authorization endpoint (RFC 6749 §3.1), served by app/signin.py.
+AUTHORIZE_PATH = "/oauth2/authorize"
 #: Where the metadata (RFC 8414 §3) and the signing keys are served.
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 JWKS_PATH = "/oauth2/jwks"
+#: Dynamic client registration (RFC 7591 §3), served by app/registration.py.
+REGISTRATION_PATH = "/oauth2/register"
 
 #: The metadata names of the endpoints (RFC 8414 §2) and their paths under the issuer.
 ENDPOINT_PATHS = {
@@ -311,7 +317,12 @@ async def metadata(rt: Runtime, urls: PublicUrls) -> Answer:
         {
             "jwks_uri": f"{urls.issuer}{JWKS_PATH}",
             "grant_types_supported": list(GRANT_TYPES),
-            "response_types_supported": [],
+            # RFC 6749 §4.1 with PKCE (RFC 7636 §6.2: S256 only) and RFC 9207's iss.
+            "authorization_endpoint": f"{urls.issuer}{AUTHORIZE_PATH}",
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "code_challenge_methods_supported": list(pkce.METHODS),
+            "authorization_response_iss_parameter_supported": True,
             "scopes_supported": rt.storage.scopes_in_use(),
             "token_endpoint_auth_methods_supported": auth_methods_supported(rt, "token"),
             "introspection_endpoint_auth_methods_supported": auth_methods_supported(rt, "introspect"),
@@ -319,6 +330,9 @@ async def metadata(rt: Runtime, urls: PublicUrls) -> Answer:
             "tls_client_certificate_bound_access_tokens": True,
         }
     )
+    if rt.admin.registration_mode != "disabled":
+        # RFC 8414 §2 / RFC 7591 §3: where clients register themselves.
+        body["registration_endpoint"] = f"{urls.issuer}{REGISTRATION_PATH}"
     for name, value in rt.server_metadata.items():
         body.setdefault(name, value)  # what an authenticator adds (RFC 8414 §2), never ours
     if urls.mtls is not None:

@@ -10,7 +10,13 @@ from typing import Any
 from tokensmith.models import Client
 from tokensmith.oauth.claims import REGISTERED_CLAIMS  # what interceptors may not set
 
-__all__ = ["TokenIssueEvent", "TokenRevokeEvent", "ClientAuthEvent", "REGISTERED_CLAIMS"]
+__all__ = [
+    "TokenIssueEvent",
+    "TokenRevokeEvent",
+    "ClientAuthEvent",
+    "AuthorizationCodeEvent",
+    "REGISTERED_CLAIMS",
+]
 
 
 @dataclass(frozen=True)
@@ -48,3 +54,16 @@ class ClientAuthEvent:
     #: token binding saw. None without one.
     x5t_s256: str | None = None
     certificate_source: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthorizationCodeEvent:
+    """An authorization code just issued to a browser, or just redeemed at the token endpoint
+    (RFC 6749 §4.1). The code itself is never passed."""
+
+    client: Client
+    username: str
+    scopes: tuple[str, ...]
+    redirect_uri: str
+    #: Redeemed: whether the tokens are bound to a certificate (RFC 8705 §3.1), its ``x5t#S256``.
+    x5t_s256: str | None = None

@@ -17,8 +17,10 @@ from tokensmith.errors import (
     UnauthorizedClientError,
     UnsupportedGrantTypeError,
 )
-from tokensmith.models import LoginPolicy, Storage, StorageError
+from tokensmith.models import LoginPolicy, Storage, StorageError, User
+from tokensmith.oauth import pkce
 from tokensmith.oauth.clientauth import AuthenticatedClient
+from tokensmith.oauth.events import AuthorizationCodeEvent
 from tokensmith.oauth.tokens import IssuedToken, RotationRefused, TokenIssuer, token_hash
 from tokensmith.security import hashing as kdf
 from tokensmith.security.jose import x5t_s256
@@ -33,19 +35,21 @@ __all__ = [
     "binding",
     "SCOPE_TOKEN",
     "login_source",
+    "check_password",
 ]
 
 log = logging.getLogger("tokensmith.oauth.grants")
 
-GRANT_TYPES = ("client_credentials", "password", "refresh_token")
+GRANT_TYPES = ("authorization_code", "client_credentials", "password", "refresh_token")
 
 #: The token_endpoint_auth_method of a public client (RFC 6749 §2.1): it has no credentials.
 PUBLIC = "none"
 #: The grants a public client may use. The client credentials grant "MUST only be used by
 #: confidential clients" (RFC 6749 §4.4); the password grant (§4.3) and refresh (§6) allow
 #: public clients, whose refresh tokens rotate and, when the client presents a certificate,
-#: are bound to it (RFC 8705 §4, RFC 9700 §4.14.2).
-PUBLIC_CLIENT_GRANTS = ("password", "refresh_token")
+#: are bound to it (RFC 8705 §4, RFC 9700 §4.14.2); so does the authorization code grant
+#: (§4.1), where PKCE (RFC 7636) stands in for the credentials a public client lacks.
+PUBLIC_CLIENT_GRANTS = ("authorization_code", "password", "refresh_token")
 
 
 @dataclass(frozen=True)
@@ -157,25 +161,16 @@ async def password(request: Grant) -> IssuedToken:
     if username is None or secret is None:
         raise InvalidRequestError("username and password are required")
     scope = resolve_scope(form.get("scope"), auth.client.scopes)
-    user = storage.get_user(username)
-    kdf.admit()  # before the attempt is counted: a busy server must not cost the user a guess
-    taken = user is not None and storage.take_login_attempt(
-        user.username, request.source, int(time.time()), request.policy
+    user = await check_password(
+        storage,
+        username,
+        secret,
+        request.source,
+        request.policy,
+        "password grant",
+        f"client {auth.client.client_id}",
     )
-    stored = user.password_hash if user is not None and taken else None
-    correct = await kdf.check(secret, stored)
-    if user is not None and taken:
-        storage.end_login_attempt(user.username, request.source, correct)
-    if user is None or not taken or not correct:
-        if user is not None and not taken:
-            log.warning(
-                "password grant refused: user %r is locked out for %s after failed attempts (client %s)",
-                username,
-                request.source or "this source",
-                auth.client.client_id,
-            )
-        else:
-            log.warning("password grant failed for user %r (client %s)", username, auth.client.client_id)
+    if user is None:
         raise InvalidGrantError("the resource owner credentials are invalid", reason="bad_user_credentials")
     return await request.issuer.issue(
         auth.client,
@@ -187,6 +182,111 @@ async def password(request: Grant) -> IssuedToken:
         refresh="refresh_token" in auth.client.grant_types,
         refresh_cnf_x5t_s256=binding(auth) if auth.method == "none" else None,
     )
+
+
+async def check_password(
+    storage: Storage, username: str, secret: str, source: str, policy: LoginPolicy, what: str, context: str
+) -> User | None:
+    """The user *username* if *secret* is their password and neither they nor *source* is
+    locked out; None otherwise. The password grant and the login page both sign in here.
+
+    Guessing is limited as ``LoginPolicy`` says (RFC 6749 §10.10 and RFC 6819 §4.4.3.6: "the
+    authorization server ... MUST protect the endpoint against brute force attacks"): the
+    attempt is counted in the store before the password is checked, atomically, so that
+    concurrent requests and several workers together never get more guesses checked than
+    the policy allows. An unknown user, a wrong password and a locked-out user all get the
+    same answer at the same cost (one KDF run), so that the answer tells nobody whether the
+    name exists. The password is never logged.
+    """
+    user = storage.get_user(username)
+    kdf.admit()  # before the attempt is counted: a busy server must not cost the user a guess
+    taken = user is not None and storage.take_login_attempt(user.username, source, int(time.time()), policy)
+    stored = user.password_hash if user is not None and taken else None
+    correct = await kdf.check(secret, stored)
+    if user is not None and taken:
+        storage.end_login_attempt(user.username, source, correct)
+    if user is None or not taken or not correct:
+        if user is not None and not taken:
+            log.warning(
+                "%s refused: user %r is locked out for %s after failed attempts (%s)",
+                what,
+                username,
+                source or "this source",
+                context,
+            )
+        else:
+            log.warning("%s failed for user %r (%s)", what, username, context)
+        return None
+    return user
+
+
+async def authorization_code(request: Grant) -> IssuedToken:
+    """RFC 6749 §4.1.3: exchange an authorization code, with its PKCE verifier (RFC 7636 §4.5).
+
+    The code must have been issued to this client, for the redirect URI the request repeats
+    (exactly, when the authorization request named one), and the verifier must hash to the
+    challenge it was issued with (§4.6); it is single use. A code presented a second time
+    revokes the tokens issued for it (RFC 6749 §4.1.2: "the authorization server MUST deny
+    the request and SHOULD revoke (when possible) all tokens previously issued based on
+    that authorization code"). A code presented by another client is refused and left
+    alone, so that a client cannot spoil another's code. Every refusal of the code itself is
+    ``invalid_grant`` (§5.2), saying no more than that.
+
+    Tokens: as for the password grant, the access token is bound to the request's
+    certificate (RFC 8705 §3), and a public client's refresh token to it as well (§4).
+    ``scope`` may narrow what the code grants, never widen it (§3.3).
+    """
+    form, storage, auth = request.form, request.storage, request.auth
+    value, verifier = form.get("code"), form.get("code_verifier")
+    if value is None:
+        raise InvalidRequestError("code is missing")
+    if verifier is None:
+        raise InvalidRequestError("code_verifier is missing (PKCE, RFC 7636 §4.5)")
+    code = storage.get_authorization_code(token_hash(value))
+    if code is None or code.client_id != auth.client.client_id:
+        if code is not None:
+            log.warning(
+                "client %s presented an authorization code issued to client %s",
+                auth.client.client_id,
+                code.client_id,
+            )
+        raise InvalidGrantError("the authorization code is invalid")
+    if code.used or not storage.use_authorization_code(code.code_hash):
+        _revoke_family(storage, code.grant_id, auth.client.client_id, "authorization code")
+        raise InvalidGrantError("the authorization code was already used")
+    if code.expires_at <= int(time.time()):
+        raise InvalidGrantError("the authorization code has expired")
+    given = form.get("redirect_uri")
+    if (code.redirect_uri_given or given is not None) and given != code.redirect_uri:
+        raise InvalidGrantError("redirect_uri does not match the authorization request")
+    if not pkce.verifier_matches(verifier, code.code_challenge):
+        raise InvalidGrantError("code_verifier does not match the code_challenge")
+    owner = storage.get_user(code.username)
+    if owner is None or owner.user_id != code.user_id:
+        raise InvalidGrantError("the authorization code is invalid")
+    scope = resolve_scope(form.get("scope"), code.scope.split()) if "scope" in form else code.scope
+    issued = await request.issuer.issue(
+        auth.client,
+        scope,
+        grant_type="authorization_code",
+        username=owner.username,
+        user_id=owner.user_id,
+        cnf_x5t_s256=binding(auth),
+        refresh="refresh_token" in auth.client.grant_types,
+        grant_id=code.grant_id,
+        refresh_cnf_x5t_s256=binding(auth) if auth.method == PUBLIC else None,
+    )
+    await request.issuer.listeners.notify(
+        "authorization_code_redeemed",
+        event=AuthorizationCodeEvent(
+            auth.client.without_secret(),
+            owner.username,
+            tuple(scope.split()),
+            code.redirect_uri,
+            x5t_s256=binding(auth),
+        ),
+    )
+    return issued
 
 
 async def refresh_token(request: Grant) -> IssuedToken:
@@ -211,7 +311,7 @@ async def refresh_token(request: Grant) -> IssuedToken:
     if record is None or record.kind != "refresh" or record.client_id != auth.client.client_id:
         raise InvalidGrantError("the refresh token is invalid")
     if record.used and not record.revoked:
-        _revoke_family(storage, record.grant_id, auth.client.client_id)
+        _revoke_family(storage, record.grant_id, auth.client.client_id, "refresh token")
         raise InvalidGrantError("the refresh token was already used")
     if record.revoked or record.expires_at <= now:
         raise InvalidGrantError("the refresh token is invalid")
@@ -241,11 +341,11 @@ async def refresh_token(request: Grant) -> IssuedToken:
     except RotationRefused:
         # Exchanged by someone else since we read it, or revoked meanwhile: a replay
         # (RFC 9700 §4.14.2) unless it was revoked, and revoking its grant again is harmless.
-        _revoke_family(storage, record.grant_id, auth.client.client_id)
+        _revoke_family(storage, record.grant_id, auth.client.client_id, "refresh token")
         raise InvalidGrantError("the refresh token was already used") from None
 
 
-def _revoke_family(storage: Storage, grant_id: str | None, client_id: str) -> None:
+def _revoke_family(storage: Storage, grant_id: str | None, client_id: str, what: str) -> None:
     """Revoke the grant of a replayed refresh token (RFC 9700 §4.14.2), failing closed: if the
     store cannot take the revocation now, it is retried in the background until it can, and
     the replay is refused all the same."""
@@ -255,16 +355,17 @@ def _revoke_family(storage: Storage, grant_id: str | None, client_id: str) -> No
         count = storage.revoke_grant(grant_id)
     except StorageError as exc:
         log.error(
-            "refresh token replay by client %s: the store is unavailable (%s); its grant"
+            "%s replay by client %s: the store is unavailable (%s); its grant"
             " is revoked as soon as it can be",
+            what,
             client_id,
             exc,
         )
-        task = asyncio.get_running_loop().create_task(_revoke_later(storage, grant_id, client_id))
+        task = asyncio.get_running_loop().create_task(_revoke_later(storage, grant_id, client_id, what))
         _RETRYING.add(task)
         task.add_done_callback(_RETRYING.discard)
         return
-    log.warning("refresh token replay by client %s: revoked its grant (%d tokens)", client_id, count)
+    log.warning("%s replay by client %s: revoked its grant (%d tokens)", what, client_id, count)
 
 
 _RETRYING: set[asyncio.Task] = set()
@@ -272,7 +373,7 @@ _RETRYING: set[asyncio.Task] = set()
 _RETRY_FOR = 600.0
 
 
-async def _revoke_later(storage: Storage, grant_id: str, client_id: str) -> None:
+async def _revoke_later(storage: Storage, grant_id: str, client_id: str, what: str) -> None:
     delay, waited = 0.1, 0.0
     while waited < _RETRY_FOR:
         await asyncio.sleep(delay)
@@ -282,13 +383,11 @@ async def _revoke_later(storage: Storage, grant_id: str, client_id: str) -> None
         except StorageError:
             delay = min(delay * 2, 5.0)
             continue
-        log.warning(
-            "refresh token replay by client %s: revoked its grant (%d tokens), late", client_id, count
-        )
+        log.warning("%s replay by client %s: revoked its grant (%d tokens), late", what, client_id, count)
         return
     log.error(
-        "refresh token replay by client %s: could not revoke its grant %s: the store has"
-        " been unavailable for %.0f s",
+        "%s replay by client %s: could not revoke its grant %s: the store has been unavailable for %.0f s",
+        what,
         client_id,
         grant_id,
         _RETRY_FOR,
@@ -296,6 +395,7 @@ async def _revoke_later(storage: Storage, grant_id: str, client_id: str) -> None
 
 
 _HANDLERS = {
+    "authorization_code": authorization_code,
     "client_credentials": client_credentials,
     "password": password,
     "refresh_token": refresh_token,

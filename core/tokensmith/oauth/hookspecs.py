@@ -27,7 +27,12 @@ from tokensmith.listeners.registry import ListenerTypes
 if TYPE_CHECKING:
     from tokensmith.listeners.registry import Listener
     from tokensmith.oauth.clientauth import AuthenticatedClient, ClientAuthRequest
-    from tokensmith.oauth.events import ClientAuthEvent, TokenIssueEvent, TokenRevokeEvent
+    from tokensmith.oauth.events import (
+        AuthorizationCodeEvent,
+        ClientAuthEvent,
+        TokenIssueEvent,
+        TokenRevokeEvent,
+    )
 
 hookspec = pluggy.HookspecMarker("tokensmith")
 hookimpl = pluggy.HookimplMarker("tokensmith")
@@ -124,7 +129,8 @@ def check_client_metadata(metadata: Mapping[str, Any], listener: Listener) -> No
 
     Called for the enabled authenticator that declared the client's
     ``token_endpoint_auth_method``, whenever a client is registered or its metadata changed,
-    by whatever way (the CLI now; an administration API or dynamic registration later).
+    by whatever way: the CLI, the admin API (/api/clients) or dynamic registration
+    (/oauth2/register, RFC 7591).
     Must not be a coroutine, and should not touch the network.
     """
 
@@ -202,6 +208,26 @@ def client_auth_failure(event: ClientAuthEvent, listener: Listener) -> None | Aw
     """
 
 
+@hookspec
+def authorization_code_issued(event: AuthorizationCodeEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called when a signed-in user's browser is sent back to the client with a code
+    (RFC 6749 §4.1.2): the client, the user, the scopes consented to and the redirect URI.
+
+    Cannot change the outcome: anything raised is logged with the listener's name. The code
+    itself is never passed.
+    """
+
+
+@hookspec
+def authorization_code_redeemed(event: AuthorizationCodeEvent, listener: Listener) -> None | Awaitable[None]:
+    """Called when a client exchanged a code for tokens at the token endpoint (RFC 6749
+    §4.1.3), after the tokens were stored; ``event.x5t_s256`` is the certificate they are
+    bound to, if any. A code presented twice is refused and never reaches this hook.
+
+    Cannot change the outcome: anything raised is logged with the listener's name.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # The listener types, as the registry is told them (listeners/ knows nothing of OAuth)
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +266,8 @@ LISTENER_TYPES = ListenerTypes(
             "post_token_revoke",
             "client_auth_success",
             "client_auth_failure",
+            "authorization_code_issued",
+            "authorization_code_redeemed",
         ),
     },
     declarations={"client_auth_methods": auth_method_names},

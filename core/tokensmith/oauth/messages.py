@@ -11,6 +11,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokensmith.scope import CLIENT_ADDRESS
+
 __all__ = ["Headers", "HttpRequest", "Answer", "JSON"]
 
 JSON = "application/json"
@@ -56,6 +58,12 @@ class HttpRequest:
     def remote_addr(self) -> str | None:
         client = self.scope.get("client")
         return client[0] if client else None
+
+    @property
+    def client_address(self) -> str | None:
+        """The client's own address: the one a trusted proxy forwarded (``requestlog.origin``,
+        put into the scope by the access log), else the peer's."""
+        return self.scope.get(CLIENT_ADDRESS, self.remote_addr)
 
 
 @dataclass

@@ -103,7 +103,7 @@ def check_registration(method: str, grant_types: Sequence[str]) -> None:
             raise RegistrationError(
                 f"--grant-type {grant_type} is for confidential clients only"
                 " (RFC 6749 §4.4): a public client (--auth-method none) may use"
-                f" {' and '.join(PUBLIC_CLIENT_GRANTS)}"
+                f" {', '.join(PUBLIC_CLIENT_GRANTS)}"
             )
 
 

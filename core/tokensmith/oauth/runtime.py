@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokensmith.config.authenticators import AdminSettings
 from tokensmith.config.settings import Config, IdentitySettings, PublicUrls
 from tokensmith.listeners.registry import ListenerSet
 from tokensmith.models import Storage
@@ -40,3 +41,5 @@ class Runtime:
     urls: Callable[[], PublicUrls] | None = None
     #: What the enabled authenticators add to the server metadata (RFC 8414 §2).
     server_metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: conf/authenticators.xml: who may call the admin API and register clients.
+    admin: AdminSettings = AdminSettings()

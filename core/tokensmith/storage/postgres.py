@@ -22,22 +22,29 @@ request. After a failure the connection is opened again on a later call: no rest
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tokensmith.models import (
+    AuditEntry,
+    AuthorizationCode,
     Client,
+    Consent,
     Issue,
     LoginPolicy,
+    SignInSession,
     StorageError,
     TokenRecord,
     User,
@@ -53,11 +60,18 @@ TCP_USER_TIMEOUT_MS = 5_000
 #: After a failed connection attempt, calls fail at once for this long instead of each
 #: waiting for a connect timeout of its own.
 RETRY_AFTER = 0.5
+#: A call may run this much longer than STATEMENT_TIMEOUT_MS before the client gives up on
+#: it: the server's own deadlines cannot help when the server (or a pooler, or the host)
+#: stalls while the kernel still acknowledges our packets.
+CALL_MARGIN = 2.0
 #: Chosen once; every tokensmith migrating any schema of a database takes this lock.
 _MIGRATION_LOCK = 0x746F6B656E736D
 _CLIENT_CACHE = 200_000
 #: Login failure rows are kept this long after their last failure or lock.
 _FAILURES_KEPT = 24 * 3600
+#: A code is kept this long after it expired, so that a late replay still revokes the
+#: tokens issued for it (RFC 6749 §4.1.2) rather than finding no code at all.
+_USED_CODES_KEPT = 24 * 3600
 
 #: Schema migrations, by the version they lead to; each runs once, in one transaction, under
 #: an advisory lock (instances starting together migrate once). Times are Unix seconds.
@@ -142,6 +156,67 @@ CREATE TABLE plugin_state (
 );
 CREATE INDEX plugin_state_expiry ON plugin_state(expires_at) WHERE expires_at IS NOT NULL;
 """,
+    # Remote administration (as SQLite's schema 7): users' admin API role, the audit log,
+    # and the hashes of RFC 7591 initial and RFC 7592 registration access tokens.
+    3: """
+ALTER TABLE users ADD COLUMN role TEXT;
+CREATE TABLE audit_log (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    via TEXT NOT NULL,
+    source TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE registration_tokens (
+    token_hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    client_id TEXT,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT
+);
+CREATE INDEX registration_tokens_client ON registration_tokens(client_id) WHERE client_id IS NOT NULL;
+""",
+    # The authorization code grant (as SQLite's schema 8): codes by the SHA-256 of the code
+    # (never the code), single use; the scopes each user consented to give each client; the
+    # login page's sessions, by the SHA-256 of the cookie value.
+    4: """
+CREATE TABLE authorization_codes (
+    code_hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    redirect_uri_given BOOLEAN NOT NULL,
+    scope TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    grant_id TEXT NOT NULL,
+    issued_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used BOOLEAN NOT NULL DEFAULT false
+);
+CREATE INDEX authorization_codes_expiry ON authorization_codes(expires_at);
+CREATE INDEX authorization_codes_client ON authorization_codes(client_id);
+CREATE TABLE consents (
+    user_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    granted_at BIGINT NOT NULL,
+    PRIMARY KEY (user_id, client_id)
+);
+CREATE INDEX consents_client ON consents(client_id);
+CREATE TABLE signin_sessions (
+    session_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX signin_sessions_expiry ON signin_sessions(expires_at);
+CREATE INDEX signin_sessions_user ON signin_sessions(user_id);
+""",
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 
@@ -171,32 +246,87 @@ _CLIENT_COLUMNS = (
     " created_at, certificates, tls_subject, access_token_lifetime, refresh_token_lifetime,"
     " jwt_access_tokens, resource_server, refresh_token_max_lifetime, metadata"
 )
-_USER_COLUMNS = "username, password_hash, created_at, failed_attempts, locked_until, user_id, last_failure"
+_USER_COLUMNS = (
+    "username, password_hash, created_at, failed_attempts, locked_until, user_id, last_failure, role"
+)
 
 
 def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
+#: libpq parameters whose values are secrets (a URL query parameter or a key=value pair).
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+_SECRET_PAIR = re.compile(r"\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """*url* with its password, if any, replaced: what logs and messages may show."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{quote(parts.username or '', safe='')}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """*url* with every password replaced: what logs and messages may show.
+
+    Never raises and never relies on the URL being well formed: the userinfo is everything
+    before the last ``@`` of the authority (libpq splits at the first, Python's urlsplit at
+    the last: up to the last hides what either would take for the password), and every
+    ``password``/``sslpassword`` query parameter is replaced as well. A key=value connection
+    string (``host=h password=p``) has its password pairs replaced.
+    """
+    if not is_postgres_url(url):
+        return _SECRET_PAIR.sub(r"\1***", url)
+    scheme, rest = url.split("://", 1)
+    head, sep, query = rest.partition("?")
+    fragment = ""
+    if "#" in query:
+        query, fragment = query.split("#", 1)
+        fragment = "#" + fragment
+    at = head.rfind("@")
+    if at >= 0:
+        userinfo, hostpart = head[:at], head[at + 1 :]
+        if ":" in userinfo:
+            head = f"{userinfo.split(':', 1)[0]}:***@{hostpart}"
+    if sep:
+        pairs = []
+        for pair in query.split("&"):
+            key, eq, _ = pair.partition("=")
+            pairs.append(f"{key}=***" if eq and unquote(key).strip().lower() in _SECRET_KEYS else pair)
+        query = "&".join(pairs)
+    return f"{scheme}://{head}{sep}{query}{fragment}"
 
 
 def _redact_message(message: str) -> str:
     """One line, and no password: libpq messages span lines and may quote the connection
     string."""
     message = " ".join(message.split())
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message))
+    message = re.sub(r"(://[^:/@\s]*:)[^\s/]*@", r"\1***@", message)
+    message = re.sub(r"([?&](?:ssl)?password=)[^&\s#]*", r"\1***", message, flags=re.IGNORECASE)
+    return _SECRET_PAIR.sub(r"\1***", message)
+
+
+def _closed_by_server(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server has ended this idle connection (a restart, a failover, an idle
+    timeout, pg_terminate_backend), seen before anything is sent on it: an idle session of
+    ours is sent nothing unasked, so a readable socket is the server's goodbye (its error
+    message, then end of file). Found now, a new connection is opened and the statement sent
+    once on it, instead of failing on the dead one; a write cannot be repeated safely after
+    it was sent, but this costs no round trip and sends nothing."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
+
+
+def _shut_down(conn: psycopg.Connection[Any]) -> None:
+    """End *conn*'s TCP connection under the thread blocked reading it: that read then
+    fails at once, and psycopg marks the connection broken."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except (OSError, psycopg.Error):
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 class _Connection:
@@ -211,10 +341,19 @@ class _Connection:
         self.lock = threading.RLock()
         #: The last get() returned a connection opened earlier, which may have gone stale.
         self.was_open = False
+        #: The last failure was the connection's own (closed by the server, broken), not a
+        #: statement's: only then is a read worth repeating on a new connection.
+        self.lost = False
+        #: The watchdog ended the last call: it had no answer within its deadline.
+        self.killed = False
+        self._watch = threading.Condition()
+        self._watched: tuple[float, psycopg.Connection[Any]] | None = None
+        self._watcher: threading.Thread | None = None
+        self._closing = False
 
     def get(self) -> psycopg.Connection[Any]:
         conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
+        if conn is not None and not conn.closed and not conn.broken and not _closed_by_server(conn):
             self.was_open = True
             return conn
         self.was_open = False
@@ -228,6 +367,51 @@ class _Connection:
             self._error = f"{redact_url(self._url)}: {_redact_message(str(exc).strip())}"
             raise StorageError(self._error) from None
         return self._conn
+
+    @contextmanager
+    def watched(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """A client-side deadline for one call on *conn*: past it, the watchdog shuts the
+        socket down, so that the blocked read returns an error now (StorageError, 503)
+        instead of waiting as long as the stalled server does, with the event loop held."""
+        seconds = STATEMENT_TIMEOUT_MS / 1000 + CALL_MARGIN
+        with self._watch:
+            self.killed = False
+            self._watched = (time.monotonic() + seconds, conn)
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watchdog, name="tokensmith-pg-watchdog", daemon=True
+                )
+                self._watcher.start()
+            self._watch.notify()
+        try:
+            yield
+        finally:
+            with self._watch:
+                self._watched = None
+
+    def _watchdog(self) -> None:
+        with self._watch:
+            while not self._closing:
+                if self._watched is None:
+                    self._watch.wait()
+                    continue
+                deadline, conn = self._watched
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._watch.wait(left)
+                    continue
+                self._watched = None
+                self.killed = True
+                _shut_down(conn)
+
+    def close(self) -> None:
+        with self.lock:
+            self.drop()
+        with self._watch:
+            self._closing = True
+            self._watch.notify()
+        if self._watcher is not None:
+            self._watcher.join(timeout=3)
 
     def drop(self) -> None:
         if self._conn is not None:
@@ -286,17 +470,29 @@ class PostgresStorage:
         holder = self._maint if maintenance else self._main
         with holder.lock:
             conn = holder.get()
+            # Migrations (maintenance) may rightly take long; requests' calls may not.
+            watch = nullcontext() if maintenance else holder.watched(conn)
             try:
-                if transaction:
-                    with conn.transaction(), conn.cursor() as cur:
-                        yield cur
-                else:
-                    with conn.cursor() as cur:
-                        yield cur
+                with watch:
+                    if transaction:
+                        with conn.transaction(), conn.cursor() as cur:
+                            yield cur
+                    else:
+                        with conn.cursor() as cur:
+                            yield cur
             except psycopg.errors.UniqueViolation:
                 raise
             except psycopg.Error as exc:
-                if conn.broken or isinstance(exc, psycopg.OperationalError):
+                if holder.killed:
+                    holder.lost = False  # the server stalls: asking again would stall too
+                    holder.drop()
+                    raise StorageError(f"{self.shown}: no answer within the deadline") from None
+                # Only a connection the server closed (or that broke under us) is replaced: a
+                # statement or lock timeout (QueryCanceled, LockNotAvailable) is an
+                # OperationalError too, but the session is fine and repeating the statement
+                # would only wait as long again.
+                holder.lost = conn.broken or conn.closed
+                if holder.lost:
                     holder.drop()
                 raise StorageError(f"{self.shown}: {_redact_message(str(exc).strip())}") from None
 
@@ -311,7 +507,7 @@ class PostgresStorage:
                     cur.execute(query, params)
                     return cur.fetchone()
             except StorageError:
-                if attempt == 2 or not self._main.was_open:
+                if attempt == 2 or not self._main.was_open or not self._main.lost:
                     raise
         raise AssertionError("unreachable")
 
@@ -402,12 +598,9 @@ class PostgresStorage:
         if self._listener is not None:
             self._listener.join(timeout=3)
             self._listener = None
-        with self._main.lock:
-            self._main.drop()
-        with self._maint.lock:
-            self._maint.drop()
-        with self._writer.lock:
-            self._writer.drop()
+        self._main.close()
+        self._maint.close()
+        self._writer.close()
 
     def __enter__(self) -> PostgresStorage:
         return self
@@ -460,6 +653,25 @@ class PostgresStorage:
             cur.execute(f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY created_at, name")
             return [_client(row) for row in cur.fetchall()]
 
+    def search_clients(self, query: str = "", limit: int = 50, offset: int = 0) -> tuple[int, list[Client]]:
+        # The page is cut in SQL (the console lists 100,000 clients as fast as 100); newest
+        # first. strpos, not LIKE: the search text's % and _ are characters like any other.
+        where = ""
+        params: tuple[str, ...] = ()
+        if query:
+            where = " WHERE strpos(lower(name), %s) > 0 OR strpos(lower(client_id), %s) > 0"
+            params = (query.lower(), query.lower())
+        with self._cursor() as cur:
+            cur.execute("SELECT count(*) FROM clients" + where, params)
+            row = cur.fetchone()
+            total = int(row[0]) if row is not None else 0
+            cur.execute(
+                f"SELECT {_CLIENT_COLUMNS} FROM clients" + where + " ORDER BY created_at DESC, client_id DESC"
+                " LIMIT %s OFFSET %s",
+                (*params, limit, offset),
+            )
+            return total, [_client(r) for r in cur.fetchall()]
+
     def scopes_in_use(self) -> list[str]:
         with self._cursor() as cur:
             cur.execute(
@@ -477,6 +689,11 @@ class PostgresStorage:
                     "INSERT INTO revoked_clients VALUES (%s, %s) ON CONFLICT DO NOTHING",
                     (client_id, int(time.time())),
                 )
+                cur.execute("DELETE FROM registration_tokens WHERE client_id = %s", (client_id,))
+                # Its codes can no longer be redeemed (no client), and nobody consents to
+                # a client that is gone.
+                cur.execute("DELETE FROM authorization_codes WHERE client_id = %s", (client_id,))
+                cur.execute("DELETE FROM consents WHERE client_id = %s", (client_id,))
         return removed
 
     # -- tokens ------------------------------------------------------------------------------
@@ -508,7 +725,7 @@ class PostgresStorage:
                 # batch; an explicit transaction would add one for BEGIN and one for COMMIT.
                 plain = [t for issue in issues if issue.rotates is None for t in issue.tokens]
                 rotations: list[psycopg.Cursor[Any] | None] = []
-                with conn.pipeline():
+                with holder.watched(conn), conn.pipeline():
                     for issue in issues:
                         if issue.rotates is None:
                             rotations.append(None)
@@ -527,8 +744,11 @@ class PostgresStorage:
                         conn.cursor().execute(_INSERT, (_token_json(plain),))
                 stored = [True if c is None else c.rowcount > 0 for c in rotations]
             except psycopg.Error as exc:
-                if conn.broken or isinstance(exc, psycopg.OperationalError):
+                holder.lost = (conn.broken or conn.closed) and not holder.killed
+                if holder.lost or holder.killed:
                     holder.drop()
+                if holder.killed:
+                    raise StorageError(f"{self.shown}: no answer within the deadline") from None
                 raise StorageError(f"{self.shown}: {_redact_message(str(exc).strip())}") from None
         return stored
 
@@ -586,6 +806,8 @@ class PostgresStorage:
 
     def revoke_user_tokens(self, user_id: str) -> int:
         with self._cursor(transaction=True) as cur:
+            # Their sign-ins on the login page end too: a revoked user signs in again.
+            cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (user_id,))
             return _revoke_user(cur, user_id)
 
     def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
@@ -620,6 +842,16 @@ class PostgresStorage:
                 "DELETE FROM plugin_state WHERE ctid = ANY(ARRAY(SELECT ctid FROM plugin_state"
                 " WHERE expires_at < %s LIMIT %s))",
                 (before, limit),  # LIMIT NULL: no limit
+            )
+            cur.execute(
+                "DELETE FROM authorization_codes WHERE ctid = ANY(ARRAY(SELECT ctid FROM"
+                " authorization_codes WHERE expires_at < %s LIMIT %s))",
+                (before - _USED_CODES_KEPT, limit),
+            )
+            cur.execute(
+                "DELETE FROM signin_sessions WHERE ctid = ANY(ARRAY(SELECT ctid FROM signin_sessions"
+                " WHERE expires_at < %s LIMIT %s))",
+                (before, limit),
             )
         return removed
 
@@ -668,7 +900,7 @@ class PostgresStorage:
     def add_user(self, user: User) -> None:
         with self._cursor() as cur:
             cur.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ({_placeholders(7)})",
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ({_placeholders(8)})",
                 (
                     user.username,
                     user.password_hash,
@@ -677,8 +909,90 @@ class PostgresStorage:
                     user.locked_until,
                     user.user_id,
                     user.last_failure,
+                    user.role,
                 ),
             )
+
+    def set_user_role(self, username: str, role: str | None) -> bool:
+        with self._cursor() as cur:
+            cur.execute("UPDATE users SET role = %s WHERE username = %s", (role, username))
+            return cur.rowcount > 0
+
+    def set_user_password(self, username: str, password_hash: str) -> bool:
+        with self._cursor() as cur:
+            cur.execute("UPDATE users SET password_hash = %s WHERE username = %s", (password_hash, username))
+            return cur.rowcount > 0
+
+    def revoke_client_tokens(self, client_id: str) -> int:
+        with self._cursor(transaction=True) as cur:
+            cur.execute(
+                "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM tokens"
+                " WHERE client_id = %s AND grant_id IS NOT NULL ON CONFLICT DO NOTHING",
+                (int(time.time()), client_id),
+            )
+            cur.execute("UPDATE tokens SET revoked = true WHERE client_id = %s AND NOT revoked", (client_id,))
+            return cur.rowcount
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO audit_log (at, actor, via, source, action, target, details)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    entry.at,
+                    entry.actor,
+                    entry.via,
+                    entry.source,
+                    entry.action,
+                    entry.target,
+                    json.dumps(dict(entry.details), separators=(",", ":")),
+                ),
+            )
+
+    def list_audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT id, at, actor, via, source, action, target, details FROM audit_log"
+                " WHERE id < %s ORDER BY id DESC LIMIT %s",
+                (before if before is not None else 2**62, limit),
+            )
+            rows = cur.fetchall()
+        return [AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), id=r[0]) for r in rows]
+
+    def add_registration_token(
+        self, token_hash: str, kind: str, client_id: str | None, expires_at: int | None
+    ) -> None:
+        with self._cursor(transaction=True) as cur:
+            if kind == "registration" and client_id is not None:
+                # RFC 7592 §3: a new registration access token replaces the old one.
+                cur.execute(
+                    "DELETE FROM registration_tokens WHERE kind = 'registration' AND client_id = %s",
+                    (client_id,),
+                )
+            cur.execute(
+                "INSERT INTO registration_tokens VALUES (%s, %s, %s, %s, %s)",
+                (token_hash, kind, client_id, int(time.time()), expires_at),
+            )
+
+    def find_registration_token(self, token_hash: str, kind: str) -> tuple[str | None, int | None] | None:
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT client_id, expires_at FROM registration_tokens WHERE token_hash = %s AND kind = %s"
+                " AND (expires_at IS NULL OR expires_at > %s)",
+                (token_hash, kind, int(time.time())),
+            )
+            row = cur.fetchone()
+        return (row[0], row[1]) if row else None
+
+    def delete_registration_tokens(
+        self, *, token_hash: str | None = None, client_id: str | None = None
+    ) -> int:
+        with self._cursor() as cur:
+            if token_hash is not None:
+                cur.execute("DELETE FROM registration_tokens WHERE token_hash = %s", (token_hash,))
+            else:
+                cur.execute("DELETE FROM registration_tokens WHERE client_id = %s", (client_id,))
+            return cur.rowcount
 
     def get_user(self, username: str) -> User | None:
         with self._cursor() as cur:
@@ -698,6 +1012,8 @@ class PostgresStorage:
             if row is None:
                 return False
             _revoke_user(cur, row[0])
+            cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (row[0],))
+            cur.execute("DELETE FROM consents WHERE user_id = %s", (row[0],))
             cur.execute("DELETE FROM login_failures WHERE username = %s", (username,))
             cur.execute("DELETE FROM users WHERE username = %s", (username,))
         return True
@@ -751,6 +1067,130 @@ class PostgresStorage:
                 "UPDATE users SET failed_attempts = 0, locked_until = 0, last_failure = 0 WHERE username = %s",
                 (username,),
             )
+            return cur.rowcount > 0
+
+    # -- authorization code grant ------------------------------------------------------------
+
+    def add_authorization_code(self, code: AuthorizationCode) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO authorization_codes VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    code.code_hash,
+                    code.client_id,
+                    code.redirect_uri,
+                    code.redirect_uri_given,
+                    code.scope,
+                    code.code_challenge,
+                    code.user_id,
+                    code.username,
+                    code.grant_id,
+                    code.issued_at,
+                    code.expires_at,
+                    code.used,
+                ),
+            )
+
+    def get_authorization_code(self, code_hash: str) -> AuthorizationCode | None:
+        row = self._read_one(
+            "SELECT code_hash, client_id, redirect_uri, redirect_uri_given, scope, code_challenge,"
+            " user_id, username, grant_id, issued_at, expires_at, used"
+            " FROM authorization_codes WHERE code_hash = %s",
+            (code_hash,),
+        )
+        if row is None:
+            return None
+        return AuthorizationCode(
+            code_hash=row[0],
+            client_id=row[1],
+            redirect_uri=row[2],
+            redirect_uri_given=bool(row[3]),
+            scope=row[4],
+            code_challenge=row[5],
+            user_id=row[6],
+            username=row[7],
+            grant_id=row[8],
+            issued_at=row[9],
+            expires_at=row[10],
+            used=bool(row[11]),
+        )
+
+    def use_authorization_code(self, code_hash: str) -> bool:
+        # One UPDATE: of concurrent redeemers on any instance, the others wait for the first
+        # one's row lock and then find the row used, so exactly one changes it.
+        with self._cursor() as cur:
+            cur.execute(
+                "UPDATE authorization_codes SET used = true WHERE code_hash = %s AND NOT used", (code_hash,)
+            )
+            return cur.rowcount == 1
+
+    def get_consent(self, user_id: str, client_id: str) -> Consent | None:
+        row = self._read_one(
+            "SELECT scopes, granted_at FROM consents WHERE user_id = %s AND client_id = %s",
+            (user_id, client_id),
+        )
+        return None if row is None else Consent(user_id, client_id, tuple(row[0].split()), row[1])
+
+    def add_consent(self, consent: Consent) -> None:
+        # Adds to the scopes already consented to. The row lock (or, for a first consent, the
+        # primary key's conflict) orders concurrent consents so that none is lost.
+        with self._cursor(transaction=True) as cur:
+            cur.execute(
+                "INSERT INTO consents VALUES (%s, %s, '', %s) ON CONFLICT (user_id, client_id) DO NOTHING",
+                (consent.user_id, consent.client_id, consent.granted_at),
+            )
+            cur.execute(
+                "SELECT scopes FROM consents WHERE user_id = %s AND client_id = %s FOR UPDATE",
+                (consent.user_id, consent.client_id),
+            )
+            row = cur.fetchone()
+            scopes = dict.fromkeys([*(row[0].split() if row else ()), *consent.scopes])
+            cur.execute(
+                "UPDATE consents SET scopes = %s, granted_at = %s WHERE user_id = %s AND client_id = %s",
+                (" ".join(scopes), consent.granted_at, consent.user_id, consent.client_id),
+            )
+
+    def list_consents(self, user_id: str) -> list[Consent]:
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT client_id, scopes, granted_at FROM consents WHERE user_id = %s ORDER BY client_id",
+                (user_id,),
+            )
+            rows = cur.fetchall()
+        return [Consent(user_id, row[0], tuple(row[1].split()), row[2]) for row in rows]
+
+    def revoke_consent(self, user_id: str, client_id: str) -> bool:
+        with self._cursor() as cur:
+            cur.execute("DELETE FROM consents WHERE user_id = %s AND client_id = %s", (user_id, client_id))
+            return cur.rowcount > 0
+
+    def add_session(self, session: SignInSession) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO signin_sessions VALUES (%s, %s, %s, %s, %s)",
+                (
+                    session.session_hash,
+                    session.user_id,
+                    session.username,
+                    session.created_at,
+                    session.expires_at,
+                ),
+            )
+
+    def get_session(self, session_hash: str) -> SignInSession | None:
+        # The user must still exist as the same user: removing a user ends their sessions,
+        # and a new user under the old name is not signed in by them.
+        row = self._read_one(
+            "SELECT s.session_hash, s.user_id, s.username, s.created_at, s.expires_at"
+            " FROM signin_sessions s JOIN users u ON u.user_id = s.user_id"
+            " WHERE s.session_hash = %s AND s.expires_at > %s",
+            (session_hash, int(time.time())),
+        )
+        return None if row is None else SignInSession(*row)
+
+    def delete_session(self, session_hash: str) -> bool:
+        with self._cursor() as cur:
+            cur.execute("DELETE FROM signin_sessions WHERE session_hash = %s", (session_hash,))
             return cur.rowcount > 0
 
 

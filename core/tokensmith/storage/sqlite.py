@@ -21,17 +21,21 @@ from pathlib import Path
 from types import MappingProxyType
 
 from tokensmith.models import (
+    AuditEntry,
+    AuthorizationCode,
     Client,
+    Consent,
     Issue,
     LoginPolicy,
     RegisteredCertificate,
+    SignInSession,
     StorageError,
     TokenRecord,
     User,
 )
 from tokensmith.security.files import private_file
 
-_SCHEMA_VERSION = 6
+_SCHEMA_VERSION = 8
 
 #: Any change to clients, from any connection, bumps clients_version (see get_client).
 _CLIENTS_VERSION = """
@@ -86,6 +90,75 @@ CREATE INDEX IF NOT EXISTS plugin_state_expiry ON plugin_state(expires_at)
     WHERE expires_at IS NOT NULL;
 """
 
+#: Schema 7: remote administration (app/admin.py, app/registration.py).
+#: - users.role: ``admin``, ``reader`` or NULL (a resource owner only), for the admin API;
+#: - audit_log: every change made through the admin API, the CLI or dynamic registration;
+#: - registration_tokens: RFC 7591 initial access tokens and RFC 7592 registration access
+#:   tokens, by the SHA-256 of their value (never the value).
+_ADMINISTRATION = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    via TEXT NOT NULL,
+    source TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS registration_tokens (
+    token_hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    client_id TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS registration_tokens_client ON registration_tokens(client_id)
+    WHERE client_id IS NOT NULL;
+"""
+
+#: Schema 8: the authorization code grant (oauth/authorize.py, app/signin.py).
+#: - authorization_codes: by the SHA-256 of the code (never the code), single use;
+#: - consents: the scopes each user consented to give each client;
+#: - signin_sessions: the login page's sessions, by the SHA-256 of the cookie value.
+_AUTHORIZATION = """
+CREATE TABLE IF NOT EXISTS authorization_codes (
+    code_hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    redirect_uri_given INTEGER NOT NULL,
+    scope TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    grant_id TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS authorization_codes_expiry ON authorization_codes(expires_at);
+CREATE TABLE IF NOT EXISTS consents (
+    user_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    granted_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, client_id)
+);
+CREATE TABLE IF NOT EXISTS signin_sessions (
+    session_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signin_sessions_expiry ON signin_sessions(expires_at);
+CREATE INDEX IF NOT EXISTS signin_sessions_user ON signin_sessions(user_id);
+"""
+
+#: A code is kept this long after it expired, so that a late replay still revokes the
+#: tokens issued for it (RFC 6749 §4.1.2) rather than finding no code at all.
+_USED_CODES_KEPT = 24 * 3600
+
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS clients (
@@ -139,11 +212,14 @@ CREATE TABLE IF NOT EXISTS users (
     failed_attempts INTEGER NOT NULL DEFAULT 0,
     locked_until INTEGER NOT NULL DEFAULT 0,
     user_id TEXT,
-    last_failure INTEGER NOT NULL DEFAULT 0
+    last_failure INTEGER NOT NULL DEFAULT 0,
+    role TEXT
 );
 """
     + _LIFECYCLE
     + _PLUGIN_STATE
+    + _ADMINISTRATION
+    + _AUTHORIZATION
 )
 
 _CLIENT_CACHE = 200_000
@@ -203,6 +279,8 @@ UPDATE tokens SET revoked = 1 WHERE username IS NOT NULL AND user_id IS NULL;
 """
     + _LIFECYCLE,
     6: "ALTER TABLE clients ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';\n" + _PLUGIN_STATE,
+    7: "ALTER TABLE users ADD COLUMN role TEXT;\n" + _ADMINISTRATION,
+    8: _AUTHORIZATION,
 }
 
 
@@ -357,6 +435,22 @@ class SQLiteStorage:
     def list_clients(self) -> list[Client]:
         return [_client(r) for r in self._run("SELECT * FROM clients ORDER BY created_at, name")]
 
+    def search_clients(self, query: str = "", limit: int = 50, offset: int = 0) -> tuple[int, list[Client]]:
+        # The page is cut in SQL: the console lists 100,000 clients as fast as 100. Newest
+        # first, by rowid (insertion order), which needs no index of its own; the search is a
+        # case-insensitive substring of the name or the client_id.
+        where = ""
+        params: tuple[str, ...] = ()
+        if query:
+            where = " WHERE instr(lower(name), ?) > 0 OR instr(lower(client_id), ?) > 0"
+            params = (query.lower(), query.lower())
+        total = self._run("SELECT count(*) FROM clients" + where, params).fetchone()[0]
+        rows = self._run(
+            "SELECT * FROM clients" + where + " ORDER BY rowid DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return total, [_client(r) for r in rows]
+
     def scopes_in_use(self) -> list[str]:
         rows = self._run("SELECT DISTINCT s.value FROM clients, json_each(clients.scopes) s ORDER BY s.value")
         return [row[0] for row in rows]
@@ -374,6 +468,11 @@ class SQLiteStorage:
                     self._db.execute(
                         "INSERT OR IGNORE INTO revoked_clients VALUES (?, ?)", (client_id, int(time.time()))
                     )
+                    self._db.execute("DELETE FROM registration_tokens WHERE client_id = ?", (client_id,))
+                    # Its codes can no longer be redeemed (no client), and nobody consents to
+                    # a client that is gone.
+                    self._db.execute("DELETE FROM authorization_codes WHERE client_id = ?", (client_id,))
+                    self._db.execute("DELETE FROM consents WHERE client_id = ?", (client_id,))
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
         return removed
@@ -509,6 +608,8 @@ class SQLiteStorage:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
+                # Their sign-ins on the login page end too: a revoked user signs in again.
+                self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (user_id,))
                 return self._revoke_user(user_id)
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
@@ -582,6 +683,16 @@ class SQLiteStorage:
                         (before, before - _FAILURES_KEPT),
                     )
                     db.execute(
+                        "DELETE FROM authorization_codes WHERE rowid IN (SELECT rowid FROM"
+                        " authorization_codes WHERE expires_at < ? LIMIT ?)",
+                        (before - _USED_CODES_KEPT, -1 if limit is None else limit),
+                    )
+                    db.execute(
+                        "DELETE FROM signin_sessions WHERE rowid IN (SELECT rowid FROM"
+                        " signin_sessions WHERE expires_at < ? LIMIT ?)",
+                        (before, -1 if limit is None else limit),
+                    )
+                    db.execute(
                         "DELETE FROM plugin_state WHERE (namespace, key) IN (SELECT namespace, key"
                         " FROM plugin_state WHERE expires_at < ? LIMIT ?)",
                         (before, -1 if limit is None else limit),
@@ -633,11 +744,86 @@ class SQLiteStorage:
             > 0
         )
 
+    def revoke_client_tokens(self, client_id: str) -> int:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                now = int(time.time())
+                self._db.execute(
+                    "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
+                    " WHERE client_id = ? AND grant_id IS NOT NULL",
+                    (now, client_id),
+                )
+                return self._db.execute(
+                    "UPDATE tokens SET revoked = 1 WHERE client_id = ? AND revoked = 0", (client_id,)
+                ).rowcount
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    # -- administration: audit log, registration tokens -----------------------------------
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        self._run(
+            "INSERT INTO audit_log (at, actor, via, source, action, target, details)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.at,
+                entry.actor,
+                entry.via,
+                entry.source,
+                entry.action,
+                entry.target,
+                json.dumps(dict(entry.details), separators=(",", ":")),
+            ),
+        )
+
+    def list_audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        rows = self._run(
+            "SELECT id, at, actor, via, source, action, target, details FROM audit_log"
+            " WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (before if before is not None else 2**62, limit),
+        )
+        return [AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), id=r[0]) for r in rows]
+
+    def add_registration_token(
+        self, token_hash: str, kind: str, client_id: str | None, expires_at: int | None
+    ) -> None:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                if kind == "registration" and client_id is not None:
+                    # RFC 7592 §3: a new registration access token replaces the old one.
+                    self._db.execute(
+                        "DELETE FROM registration_tokens WHERE kind = 'registration' AND client_id = ?",
+                        (client_id,),
+                    )
+                self._db.execute(
+                    "INSERT INTO registration_tokens VALUES (?, ?, ?, ?, ?)",
+                    (token_hash, kind, client_id, int(time.time()), expires_at),
+                )
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def find_registration_token(self, token_hash: str, kind: str) -> tuple[str | None, int | None] | None:
+        row = self._run(
+            "SELECT client_id, expires_at FROM registration_tokens WHERE token_hash = ? AND kind = ?"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (token_hash, kind, int(time.time())),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def delete_registration_tokens(
+        self, *, token_hash: str | None = None, client_id: str | None = None
+    ) -> int:
+        if token_hash is not None:
+            return self._run("DELETE FROM registration_tokens WHERE token_hash = ?", (token_hash,)).rowcount
+        return self._run("DELETE FROM registration_tokens WHERE client_id = ?", (client_id,)).rowcount
+
     # -- users ----------------------------------------------------------------------------
 
     def add_user(self, user: User) -> None:
         self._run(
-            "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 user.username,
                 user.password_hash,
@@ -646,7 +832,19 @@ class SQLiteStorage:
                 user.locked_until,
                 user.user_id,
                 user.last_failure,
+                user.role,
             ),
+        )
+
+    def set_user_role(self, username: str, role: str | None) -> bool:
+        return self._run("UPDATE users SET role = ? WHERE username = ?", (role, username)).rowcount > 0
+
+    def set_user_password(self, username: str, password_hash: str) -> bool:
+        return (
+            self._run(
+                "UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)
+            ).rowcount
+            > 0
         )
 
     def get_user(self, username: str) -> User | None:
@@ -664,6 +862,8 @@ class SQLiteStorage:
                 if row is None:
                     return False
                 self._revoke_user(row[0])
+                self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (row[0],))
+                self._db.execute("DELETE FROM consents WHERE user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM login_failures WHERE username = ?", (username,))
                 self._db.execute("DELETE FROM users WHERE username = ?", (username,))
         except sqlite3.Error as exc:
@@ -735,6 +935,112 @@ class SQLiteStorage:
                 )
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
+
+    # -- authorization code grant --------------------------------------------------------
+
+    def add_authorization_code(self, code: AuthorizationCode) -> None:
+        self._run(
+            "INSERT INTO authorization_codes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                code.code_hash,
+                code.client_id,
+                code.redirect_uri,
+                int(code.redirect_uri_given),
+                code.scope,
+                code.code_challenge,
+                code.user_id,
+                code.username,
+                code.grant_id,
+                code.issued_at,
+                code.expires_at,
+                int(code.used),
+            ),
+        )
+
+    def get_authorization_code(self, code_hash: str) -> AuthorizationCode | None:
+        row = self._run("SELECT * FROM authorization_codes WHERE code_hash = ?", (code_hash,)).fetchone()
+        if row is None:
+            return None
+        return AuthorizationCode(
+            code_hash=row[0],
+            client_id=row[1],
+            redirect_uri=row[2],
+            redirect_uri_given=bool(row[3]),
+            scope=row[4],
+            code_challenge=row[5],
+            user_id=row[6],
+            username=row[7],
+            grant_id=row[8],
+            issued_at=row[9],
+            expires_at=row[10],
+            used=bool(row[11]),
+        )
+
+    def use_authorization_code(self, code_hash: str) -> bool:
+        # One UPDATE: among concurrent redeemers (threads or workers) exactly one changes it.
+        return (
+            self._run(
+                "UPDATE authorization_codes SET used = 1 WHERE code_hash = ? AND used = 0", (code_hash,)
+            ).rowcount
+            == 1
+        )
+
+    def get_consent(self, user_id: str, client_id: str) -> Consent | None:
+        row = self._run(
+            "SELECT scopes, granted_at FROM consents WHERE user_id = ? AND client_id = ?",
+            (user_id, client_id),
+        ).fetchone()
+        return None if row is None else Consent(user_id, client_id, tuple(row[0].split()), row[1])
+
+    def add_consent(self, consent: Consent) -> None:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute(
+                    "SELECT scopes FROM consents WHERE user_id = ? AND client_id = ?",
+                    (consent.user_id, consent.client_id),
+                ).fetchone()
+                scopes = dict.fromkeys([*(row[0].split() if row else ()), *consent.scopes])
+                self._db.execute(
+                    "INSERT OR REPLACE INTO consents VALUES (?, ?, ?, ?)",
+                    (consent.user_id, consent.client_id, " ".join(scopes), consent.granted_at),
+                )
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def list_consents(self, user_id: str) -> list[Consent]:
+        rows = self._run(
+            "SELECT client_id, scopes, granted_at FROM consents WHERE user_id = ? ORDER BY client_id",
+            (user_id,),
+        ).fetchall()
+        return [Consent(user_id, row[0], tuple(row[1].split()), row[2]) for row in rows]
+
+    def revoke_consent(self, user_id: str, client_id: str) -> bool:
+        return (
+            self._run(
+                "DELETE FROM consents WHERE user_id = ? AND client_id = ?", (user_id, client_id)
+            ).rowcount
+            > 0
+        )
+
+    def add_session(self, session: SignInSession) -> None:
+        self._run(
+            "INSERT INTO signin_sessions VALUES (?, ?, ?, ?, ?)",
+            (session.session_hash, session.user_id, session.username, session.created_at, session.expires_at),
+        )
+
+    def get_session(self, session_hash: str) -> SignInSession | None:
+        # The user must still exist as the same user: removing a user ends their sessions,
+        # and a new user under the old name is not signed in by them.
+        row = self._run(
+            "SELECT s.* FROM signin_sessions s JOIN users u ON u.user_id = s.user_id"
+            " WHERE s.session_hash = ? AND s.expires_at > ?",
+            (session_hash, int(time.time())),
+        ).fetchone()
+        return None if row is None else SignInSession(*row)
+
+    def delete_session(self, session_hash: str) -> bool:
+        return self._run("DELETE FROM signin_sessions WHERE session_hash = ?", (session_hash,)).rowcount > 0
 
     def close(self) -> None:
         with self._checkpoint_lock:

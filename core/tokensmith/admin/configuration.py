@@ -1,0 +1,179 @@
+"""Changes to the configuration on disk: the listeners in identity.xml, the truststore,
+the signing keys, and the initial access tokens of dynamic registration (RFC 7591 §3)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from lxml import etree
+
+from tokensmith.admin.audit import Actor, OperationError, not_found, record
+from tokensmith.config.settings import load_identity
+from tokensmith.config.xml import MAX_CONFIG_BYTES, ConfigError, UnreadableFile, read_regular_file
+from tokensmith.models import Storage
+from tokensmith.oauth.tokens import token_hash
+from tokensmith.security.signing import SigningKeys
+from tokensmith.security.truststore import Truststore
+
+__all__ = [
+    "change_listener",
+    "reorder_listeners",
+    "import_anchor",
+    "remove_anchor",
+    "rotate_signing_key",
+    "retire_signing_key",
+    "issue_initial_access_token",
+]
+
+
+def _read_identity(path: Path) -> etree._ElementTree:
+    """identity.xml as a tree that keeps its comments, parsed as safely as the loader does."""
+    try:
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
+    except UnreadableFile as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    parser = etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_comments=False
+    )
+    return etree.ElementTree(etree.fromstring(data, parser))
+
+
+def _write_identity(path: Path, tree: etree._ElementTree) -> None:
+    """Write *tree* over identity.xml atomically, only if the result loads: a change the
+    loader would refuse never reaches the file."""
+    data = etree.tostring(tree, xml_declaration=True, encoding="UTF-8")
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".identity-", suffix=".xml")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data + b"\n")
+            out.flush()
+            os.fchmod(out.fileno(), os.stat(path).st_mode & 0o7777)
+            os.fsync(out.fileno())
+        try:
+            load_identity(Path(temporary))
+        except ConfigError as exc:
+            raise OperationError(f"the change would make identity.xml invalid: {exc}", 400) from None
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _entries(tree: etree._ElementTree) -> etree._Element:
+    root = tree.getroot()
+    listeners = root.find("EventListeners")
+    if listeners is None:
+        listeners = etree.SubElement(root, "EventListeners")
+    return listeners
+
+
+def _entry(listeners: etree._Element, family: str, name: str) -> etree._Element:
+    for el in listeners.iterfind("EventListener"):
+        if el.get("type") == family and el.get("name") == name:
+            return el
+    el = etree.SubElement(listeners, "EventListener", type=family, name=name)
+    return el
+
+
+def change_listener(
+    identity: Path,
+    store: Storage,
+    family: str,
+    name: str,
+    actor: Actor,
+    *,
+    enabled: bool | None = None,
+    order: int | None = None,
+    known: Sequence[tuple[str, str]] = (),
+) -> None:
+    """Enable or disable a listener, or set its orderId, in identity.xml (comments kept)."""
+    if known and (family, name) not in known:
+        raise not_found(f"no listener {family}/{name} is loaded")
+    if order is not None and not 0 <= order <= 2**31 - 1:
+        raise OperationError("order must be a whole number from 0 to 2147483647")
+    tree = _read_identity(identity)
+    el = _entry(_entries(tree), family, name)
+    if enabled is not None:
+        el.set("enable", "true" if enabled else "false")
+    if order is not None:
+        el.set("orderId", str(order))
+    _write_identity(identity, tree)
+    record(store, actor, "listener.change", f"{family}/{name}", enabled=enabled, order=order)
+
+
+def reorder_listeners(
+    identity: Path, store: Storage, order: Sequence[str], actor: Actor, known: Sequence[tuple[str, str]] = ()
+) -> None:
+    """Give the listeners *order* (``type/name``, first called first) orderIds 100, 110, ..."""
+    pairs = []
+    for item in order:
+        family, _, name = item.partition("/")
+        if not family or not name:
+            raise OperationError(f"{item!r} is not type/name")
+        if known and (family, name) not in known:
+            raise not_found(f"no listener {item} is loaded")
+        pairs.append((family, name))
+    if len(set(pairs)) != len(pairs):
+        raise OperationError("a listener is named twice")
+    tree = _read_identity(identity)
+    listeners = _entries(tree)
+    for index, (family, name) in enumerate(pairs):
+        _entry(listeners, family, name).set("orderId", str(100 + 10 * index))
+    _write_identity(identity, tree)
+    record(store, actor, "listener.reorder", None, order=list(order))
+
+
+def import_anchor(
+    truststore: Truststore,
+    store: Storage,
+    alias: str,
+    pem: bytes,
+    actor: Actor,
+    *,
+    allow_non_ca: bool = False,
+) -> x509.Certificate:
+    """Trust a CA certificate for tls_client_auth (and the admin MutualSSLAuthenticator)."""
+    cert = truststore.import_(alias, pem, allow_non_ca=allow_non_ca)
+    record(store, actor, "truststore.import", alias, subject=cert.subject.rfc4514_string())
+    return cert
+
+
+def remove_anchor(truststore: Truststore, store: Storage, alias: str, actor: Actor) -> None:
+    if not truststore.remove(alias):
+        raise not_found(f"no truststore alias {alias!r}")
+    record(store, actor, "truststore.remove", alias)
+
+
+def rotate_signing_key(keys: SigningKeys, store: Storage, algorithm: str, actor: Actor) -> str:
+    key = keys.rotate(algorithm)
+    record(store, actor, "signing.rotate", key.kid, alg=key.alg)
+    return key.kid
+
+
+def retire_signing_key(keys: SigningKeys, store: Storage, kid: str, actor: Actor) -> None:
+    if kid not in {key.kid for key in keys.all()}:
+        raise not_found(f"no signing key with kid {kid!r}")
+    keys.retire(kid)
+    record(store, actor, "signing.retire", kid)
+
+
+def issue_initial_access_token(store: Storage, lifetime: int, actor: Actor) -> tuple[str, int]:
+    """A new RFC 7591 §3 initial access token (stored hashed), and when it expires."""
+    value = secrets.token_urlsafe(32)
+    expires_at = int(time.time()) + lifetime
+    store.add_registration_token(token_hash(value), "initial", None, expires_at)
+    record(
+        store,
+        actor,
+        "registration.initial_access_token",
+        hashlib.sha256(token_hash(value).encode()).hexdigest()[:16],
+        expires_at=expires_at,
+    )
+    return value, expires_at

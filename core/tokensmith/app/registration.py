@@ -1,0 +1,269 @@
+"""Dynamic client registration: ``POST /oauth2/register`` (RFC 7591) and the client
+configuration endpoint ``/oauth2/register/<client_id>`` (RFC 7592).
+
+conf/authenticators.xml's ``<DynamicClientRegistration mode=...>`` decides who may register:
+``open`` (anyone), ``initial_access_token`` (a bearer token an admin issued, RFC 7591 §3,
+each usable once) or ``disabled`` (404). A registered client gets a registration access
+token (RFC 7592 §3) for reading, replacing and deleting its registration; the server keeps
+only its SHA-256. Registration goes through ``admin.clients``, like the admin API and the CLI:
+the same checks, the client's authenticator's ``check_client_metadata``, an audit entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from quart import Blueprint, Response, current_app, request
+
+from tokensmith.admin import clients as client_ops
+from tokensmith.admin.audit import Actor, OperationError
+from tokensmith.app.responses import to_response
+from tokensmith.app.state import public_urls_of, runtime
+from tokensmith.errors import InvalidClientMetadataError, InvalidRedirectUriError, OAuth2Error
+from tokensmith.models import Client
+from tokensmith.oauth.clientmetadata import (
+    STANDARD_MEMBERS,
+    check_redirect_uri,
+    client_metadata,
+    is_namespaced,
+)
+from tokensmith.oauth.endpoints import REGISTRATION_PATH
+from tokensmith.oauth.messages import Answer
+from tokensmith.oauth.runtime import Runtime
+from tokensmith.oauth.tokens import token_hash
+
+__all__ = ["registration", "REGISTER_PATH"]
+
+REGISTER_PATH = REGISTRATION_PATH
+
+registration = Blueprint("registration", __name__)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error: str, description: str, headers: dict[str, str] | None = None):
+        super().__init__(description)
+        self.answer = Answer(status, {"error": error, "error_description": description}, headers or {})
+
+
+def _bearer_challenge(error: str | None = None) -> dict[str, str]:
+    # RFC 6750 §3: the initial and registration access tokens are bearer tokens.
+    value = 'Bearer realm="registration"'
+    if error:
+        value += f', error="{error}"'
+    return {"WWW-Authenticate": value}
+
+
+def _bearer() -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def _document() -> dict[str, Any]:
+    data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidClientMetadataError("the request body must be a JSON object (RFC 7591 §3.1)") from None
+    if not isinstance(value, dict):
+        raise InvalidClientMetadataError("the request body must be a JSON object (RFC 7591 §3.1)")
+    return value
+
+
+def _understood(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The members this server understands, with RFC 7591's defaults replaced where this
+    server cannot serve them.
+
+    RFC 7591 §2: the server "MUST ignore any client metadata sent by the client that it does
+    not understand" (a plugin's namespaced members are understood by that plugin), and
+    §3.2.1 lets it replace requested values with suitable ones, which the response then
+    shows: ``token_endpoint_auth_method`` defaults to ``client_secret_basic``, and
+    ``grant_types`` to ``client_credentials`` (the RFC's default, ``authorization_code``,
+    needs ``redirect_uris``, which most machine clients do not have). ``response_types``
+    must agree with ``grant_types`` (§2.1): ``["code"]`` with ``authorization_code`` (the
+    default then), none without it.
+    """
+    kept = {
+        name: value
+        for name, value in document.items()
+        if (name in STANDARD_MEMBERS or is_namespaced(name)) and value is not None
+    }
+    _check_redirect_uris(kept.get("redirect_uris"))
+    kept.setdefault("token_endpoint_auth_method", "client_secret_basic")
+    if "grant_types" not in kept:
+        kept["grant_types"] = ["client_credentials"]
+    code = isinstance(kept["grant_types"], list) and "authorization_code" in kept["grant_types"]
+    response_types = kept.pop("response_types", None)
+    if response_types is not None and response_types != (["code"] if code else []):
+        raise InvalidClientMetadataError(
+            'response_types must be ["code"] with the authorization_code grant and empty'
+            " without it (RFC 7591 §2.1); no other response type is served"
+        )
+    if code:
+        kept["response_types"] = ["code"]
+    return kept
+
+
+def _check_redirect_uris(uris: object) -> None:
+    """RFC 7591 §3.2.2 ``invalid_redirect_uri`` for a redirection URI the authorization
+    endpoint would not redirect to (``clientmetadata.check_redirect_uri``: absolute, no
+    fragment, https or http to loopback)."""
+    if uris is None:
+        return
+    if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+        raise InvalidRedirectUriError("redirect_uris must be a list of URIs")
+    for uri in uris:
+        try:
+            check_redirect_uri(uri)
+        except InvalidClientMetadataError as exc:
+            raise InvalidRedirectUriError(exc.description) from None
+
+
+def _answer(rt: Runtime, client: Client, status: int, *, secret: str | None, token: str | None) -> Answer:
+    """RFC 7591 §3.2.1 / RFC 7592 §3: the client's metadata with what the server assigned."""
+    body: dict[str, Any] = client_metadata(client)
+    body["client_id_issued_at"] = client.created_at
+    if secret is not None:
+        body["client_secret"] = secret
+        body["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: 0, it does not expire
+    if token is not None:
+        body["registration_access_token"] = token
+    body["registration_client_uri"] = (
+        f"{public_urls_of(current_app).issuer}{REGISTER_PATH}/{client.client_id}"
+    )
+    return Answer(status, body)
+
+
+def _mode(rt: Runtime) -> str:
+    if rt.admin.registration_mode == "disabled":
+        raise _Refused(404, "not_found", "dynamic client registration is disabled")
+    return rt.admin.registration_mode
+
+
+async def _issue_registration_token(rt: Runtime, client_id: str) -> str:
+    token = secrets.token_urlsafe(32)
+    await asyncio.to_thread(
+        rt.storage.add_registration_token, token_hash(token), "registration", client_id, None
+    )
+    return token
+
+
+@registration.post(REGISTER_PATH)
+async def register() -> Response:
+    """RFC 7591 §3.1: register a client; 201 with its metadata and credentials."""
+    rt = runtime(current_app)
+    mode = _mode(rt)
+    initial = _bearer() if mode == "initial_access_token" else None
+    if mode == "initial_access_token" and initial is None:
+        raise _Refused(401, "invalid_token", "an initial access token is required", _bearer_challenge())
+    document = _understood(await _document())
+    actor = Actor("registration", "initial_access_token" if initial else "open", request.remote_addr)
+    if initial is not None:
+        # Taken before the registration, in one statement, so that two registrations racing
+        # with one token cannot both succeed; put back if the registration is refused.
+        found = rt.storage.find_registration_token(token_hash(initial), "initial")
+        taken = 0
+        if found is not None:
+            taken = await asyncio.to_thread(
+                rt.storage.delete_registration_tokens, token_hash=token_hash(initial)
+            )
+        if taken == 0 or found is None:
+            raise _Refused(
+                401,
+                "invalid_token",
+                "the initial access token is not valid",
+                _bearer_challenge("invalid_token"),
+            )
+        try:
+            created = await asyncio.to_thread(
+                client_ops.register_client, rt.storage, rt.listeners, document, actor
+            )
+        except BaseException:
+            await asyncio.to_thread(
+                rt.storage.add_registration_token, token_hash(initial), "initial", None, found[1]
+            )
+            raise
+    else:
+        created = await asyncio.to_thread(
+            client_ops.register_client, rt.storage, rt.listeners, document, actor
+        )
+    token = await _issue_registration_token(rt, created.client.client_id)
+    return to_response(_answer(rt, created.client, 201, secret=created.secret, token=token))
+
+
+def _authorized(rt: Runtime, client_id: str) -> Client:
+    """RFC 7592 §2: the registration access token must be this client's; otherwise 401
+    (also for a client that does not exist, §2.1)."""
+    token = _bearer()
+    if token is None:
+        raise _Refused(401, "invalid_token", "the registration access token is required", _bearer_challenge())
+    found = rt.storage.find_registration_token(token_hash(token), "registration")
+    client = rt.storage.get_client(client_id) if found is not None and found[0] == client_id else None
+    if client is None:
+        raise _Refused(
+            401,
+            "invalid_token",
+            "the registration access token is not valid",
+            _bearer_challenge("invalid_token"),
+        )
+    return client
+
+
+@registration.get(f"{REGISTER_PATH}/<client_id>")
+async def read(client_id: str) -> Response:
+    """RFC 7592 §2.1: the client's current registration (its secret is not shown again)."""
+    rt = runtime(current_app)
+    _mode(rt)
+    client = _authorized(rt, client_id)
+    return to_response(_answer(rt, client, 200, secret=None, token=None))
+
+
+@registration.put(f"{REGISTER_PATH}/<client_id>")
+async def replace(client_id: str) -> Response:
+    """RFC 7592 §2.2: replace the client's metadata; members left out are removed. The
+    body's client_id must be the client's; a client_secret in it, if any, is ignored (the
+    secret is never changed this way)."""
+    rt = runtime(current_app)
+    _mode(rt)
+    client = _authorized(rt, client_id)
+    raw = await _document()
+    if raw.get("client_id") != client.client_id:
+        raise InvalidClientMetadataError("client_id in the body must be the client's own (RFC 7592 §2.2)")
+    document = _understood(raw)
+    actor = Actor(f"client:{client_id}", "registration_access_token", request.remote_addr)
+    updated = await asyncio.to_thread(
+        client_ops.update_client, rt.storage, rt.listeners, client_id, document, actor, merge=False
+    )
+    return to_response(_answer(rt, updated.client, 200, secret=None, token=None))
+
+
+@registration.delete(f"{REGISTER_PATH}/<client_id>")
+async def deregister(client_id: str) -> Response:
+    """RFC 7592 §2.3: remove the client; its tokens and registration token go with it."""
+    rt = runtime(current_app)
+    _mode(rt)
+    _authorized(rt, client_id)
+    actor = Actor(f"client:{client_id}", "registration_access_token", request.remote_addr)
+    await asyncio.to_thread(client_ops.remove_client, rt.storage, client_id, actor)
+    return to_response(Answer(204, None))
+
+
+@registration.errorhandler(_Refused)
+async def refused(error: _Refused) -> Response:
+    return to_response(error.answer)
+
+
+@registration.errorhandler(OperationError)
+async def operation_error(error: OperationError) -> Response:
+    # RFC 7591 §3.2.2: every refusal of the metadata is invalid_client_metadata.
+    status = error.status if error.status != 409 else 400
+    code = error.error if error.error == "invalid_client_metadata" else "invalid_client_metadata"
+    return to_response(Answer(status, {"error": code, "error_description": str(error)}))
+
+
+@registration.errorhandler(OAuth2Error)
+async def oauth_error(error: OAuth2Error) -> Response:
+    return to_response(Answer(error.status_code, error.body(), error.headers))

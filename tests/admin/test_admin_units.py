@@ -1,0 +1,380 @@
+"""Focused, in-process tests of the administration modules: conf/authenticators.xml's loader,
+the shared operations (tokensmith.admin) against a real SQLite store, the identity.xml
+rewrite, and the admin API and dynamic registration through Quart's test client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pki
+import pytest
+from conftest import new_deployment
+from tokensmith.admin import clients as client_ops
+from tokensmith.admin import configuration as config_ops
+from tokensmith.admin import users as user_ops
+from tokensmith.admin.audit import Actor, OperationError, local_actor, record
+from tokensmith.app.admin import client_view, resolve
+from tokensmith.app.factory import create_app
+from tokensmith.app.openapi import document
+from tokensmith.app.registration import REGISTER_PATH
+from tokensmith.config.authenticators import BASIC, MUTUAL_SSL, load_authenticators
+from tokensmith.config.settings import load_config, load_identity
+from tokensmith.config.xml import ConfigError
+from tokensmith.models import TokenRecord
+from tokensmith.oauth.clientmetadata import client_metadata
+from tokensmith.oauth.tokens import token_hash
+from tokensmith.storage.sqlite import SQLiteStorage
+
+ACTOR = Actor("tester", "cli", "local")
+
+
+# --- conf/authenticators.xml ---------------------------------------------------------------
+
+
+def write(path: Path, body: str) -> Path:
+    path.write_text(f'<?xml version="1.0"?>\n<Authenticators>\n{body}\n</Authenticators>\n')
+    return path
+
+
+def test_without_the_file_basic_alone_and_initial_access_tokens(tmp_path: Path) -> None:
+    settings = load_authenticators(tmp_path / "authenticators.xml")
+    assert [a.name for a in settings.authenticators] == [BASIC]
+    assert settings.registration_mode == "initial_access_token"
+
+
+def test_the_shipped_file_loads_with_mutual_ssl_disabled() -> None:
+    settings = load_authenticators(Path(__file__).resolve().parents[2] / "conf" / "authenticators.xml")
+    assert settings.enabled(MUTUAL_SSL) is None and MUTUAL_SSL in settings.disabled
+    assert settings.enabled(BASIC) is not None
+
+
+def test_tried_in_descending_priority(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "a.xml",
+        '<Authenticator name="BasicAuthenticator"><Priority>1</Priority></Authenticator>'
+        '<Authenticator name="MutualSSLAuthenticator" disabled="false"><Priority>7</Priority>'
+        '<Config><Parameter name="UsernameHeader">X-Admin</Parameter>'
+        '<Parameter name="WhiteListEnabled">true</Parameter>'
+        '<Parameter name="WhiteList">CN=a,O=Example; CN=b</Parameter></Config></Authenticator>',
+    )
+    settings = load_authenticators(path)
+    assert [a.name for a in settings.authenticators] == [MUTUAL_SSL, BASIC]
+    mutual = settings.authenticators[0]
+    assert mutual.username_header == "X-Admin" and mutual.whitelist_enabled and len(mutual.whitelist) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "words"),
+    [
+        ('<Authenticator name="BasicAuthenticator">\n<Priority>-1</Priority></Authenticator>', 4, "Priority"),
+        (
+            '<Authenticator name="MutualSSLAuthenticator">\n<Config><Parameter name="Colour">red</Parameter>'
+            "</Config></Authenticator>",
+            4,
+            "no Parameter 'Colour'",
+        ),
+        (
+            '<Authenticator name="MutualSSLAuthenticator"><Config>'
+            '<Parameter name="WhiteListEnabled">true</Parameter></Config></Authenticator>',
+            3,
+            "names no subject DN",
+        ),
+        (
+            '<Authenticator name="BasicAuthenticator"/>\n<Authenticator name="BasicAuthenticator"/>',
+            4,
+            "already",
+        ),
+        ('<DynamicClientRegistration mode="sometimes"/>', 3, "'sometimes'"),
+        (
+            '<Authenticator name="MutualSSLAuthenticator"><Config>'
+            '<Parameter name="AdminCertificates">missing.pem</Parameter></Config></Authenticator>',
+            3,
+            "cannot read",
+        ),
+        (
+            '<Authenticator name="MutualSSLAuthenticator"><Config>'
+            '<Parameter name="WhiteList">not a DN</Parameter></Config></Authenticator>',
+            3,
+            "WhiteList",
+        ),
+    ],
+)
+def test_mistakes_name_the_file_and_line(tmp_path: Path, body: str, line: int, words: str) -> None:
+    path = write(tmp_path / "authenticators.xml", body)
+    with pytest.raises(ConfigError) as caught:
+        resolve(load_authenticators(path))  # as the server loads it
+    assert f"authenticators.xml:{line}:" in str(caught.value)
+    assert words in str(caught.value)
+
+
+def test_admin_certificates_are_registered_by_hash(tmp_path: Path) -> None:
+    pair = pki.self_signed("console")
+    (tmp_path / "admins.pem").write_bytes(pair.pem)
+    path = write(
+        tmp_path / "a.xml",
+        '<Authenticator name="MutualSSLAuthenticator"><Config>'
+        '<Parameter name="AdminCertificates">admins.pem</Parameter></Config></Authenticator>',
+    )
+
+    mutual = resolve(load_authenticators(path)).enabled(MUTUAL_SSL)
+    assert mutual is not None
+    assert mutual.admin_certificates == {hashlib.sha256(pair.der).hexdigest()}
+
+
+# --- the shared operations -----------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStorage]:
+    with SQLiteStorage(tmp_path / "db.sqlite") as opened:
+        yield opened
+
+
+def test_the_audit_log_refuses_anything_named_like_a_secret(store: SQLiteStorage) -> None:
+    for name in ("client_secret", "password", "access_token", "private_key"):
+        with pytest.raises(ValueError):
+            record(store, ACTOR, "x", None, **{name: "v"})
+    record(store, ACTOR, "client.create", "c1", name="n")
+    (entry,) = store.list_audit()
+    assert (entry.actor, entry.via, entry.source, entry.action, entry.details) == (
+        "tester",
+        "cli",
+        "local",
+        "client.create",
+        {"name": "n"},
+    )
+    assert local_actor().name.startswith("cli:")
+
+
+def test_users_and_roles(store: SQLiteStorage) -> None:
+    user = user_ops.add_user(store, "ann", "pw-pw-pw-pw", "reader", ACTOR)
+    assert store.get_user("ann").role == "reader" and user.password_hash != "pw-pw-pw-pw"
+    with pytest.raises(OperationError) as caught:
+        user_ops.add_user(store, "ann", "x", None, ACTOR)
+    assert caught.value.status == 409
+    with pytest.raises(OperationError):
+        user_ops.set_role(store, "ann", "superuser", ACTOR)
+    assert user_ops.set_role(store, "ann", "admin", ACTOR).role == "admin"
+    assert user_ops.set_role(store, "ann", None, ACTOR).role is None
+    for bad in ("", " ann", "a\nb"):
+        with pytest.raises(OperationError):
+            user_ops.check_username(bad)
+    user_ops.remove_user(store, "ann", ACTOR)
+    with pytest.raises(OperationError) as caught:
+        user_ops.remove_user(store, "ann", ACTOR)
+    assert caught.value.status == 404
+    assert [e.action for e in store.list_audit()] == ["user.delete", "user.role", "user.role", "user.create"]
+    assert "pw-pw-pw-pw" not in json.dumps([e.view() for e in store.list_audit()])
+
+
+def test_clients(store: SQLiteStorage) -> None:
+    created = client_ops.register_client(
+        store,
+        None,
+        {
+            "client_name": "c",
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["client_credentials"],
+        },
+        ACTOR,
+    )
+    assert created.secret and store.get_client(created.client.client_id).secret_hash != created.secret
+    view = client_view(created.client)
+    assert "secret_hash" not in json.dumps(view) and created.secret not in json.dumps(view)
+    store.add_token(
+        TokenRecord(token_hash("t1"), "access", created.client.client_id, "", 0, 2**40, grant_id="g")
+    )
+    assert client_ops.revoke_client_tokens(store, created.client.client_id, ACTOR) == 1
+    assert store.get_token(token_hash("t1")).revoked
+    reset = client_ops.reset_secret(store, created.client.client_id, ACTOR)
+    assert reset.secret != created.secret
+    with pytest.raises(OperationError) as caught:
+        client_ops.update_client(
+            store, None, created.client.client_id, {"token_endpoint_auth_method": "none"}, ACTOR
+        )
+    assert caught.value.error == "invalid_client_metadata"
+    for refused in (
+        {"token_endpoint_auth_method": "self_signed_tls_client_auth", "grant_types": ["client_credentials"]},
+        {"token_endpoint_auth_method": "tls_client_auth", "grant_types": ["client_credentials"]},
+        {
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["client_credentials"],
+            "tls_client_auth_san_dns": "a.example",
+        },
+        {"token_endpoint_auth_method": "none", "grant_types": ["client_credentials"]},
+        {"token_endpoint_auth_method": "none", "grant_types": ["password"]},
+    ):
+        with pytest.raises(OperationError):
+            client_ops.register_client(store, None, refused, ACTOR)
+    pair = pki.self_signed("own")
+    own = client_ops.register_client(
+        store,
+        None,
+        {
+            "token_endpoint_auth_method": "self_signed_tls_client_auth",
+            "grant_types": ["client_credentials"],
+            "jwks": {"keys": [{"kty": "EC", "x5c": [base64.b64encode(pair.der).decode()]}]},
+        },
+        ACTOR,
+    )
+    assert own.secret is None and len(own.client.certificates) == 1
+    # The document the API and RFC 7592 show: the certificate as a JWK with x5c (RFC 8705 §2.2).
+    shown = client_metadata(own.client)
+    assert shown["jwks"]["keys"][0]["x5c"] == [base64.b64encode(pair.der).decode()]
+    assert "client_secret" not in shown
+    with pytest.raises(OperationError):
+        client_ops.change_client_certificates(
+            store, None, own.client.client_id, [], [own.client.certificates[0].sha256], ACTOR
+        )
+    client_ops.remove_client(store, own.client.client_id, ACTOR)
+    with pytest.raises(OperationError) as caught:
+        client_ops.get_client(store, own.client.client_id)
+    assert caught.value.status == 404
+    assert created.secret not in json.dumps([e.view() for e in store.list_audit()])
+
+
+def test_registration_tokens_are_stored_hashed(store: SQLiteStorage) -> None:
+    value, expires_at = config_ops.issue_initial_access_token(store, 60, ACTOR)
+    assert store.find_registration_token(token_hash(value), "initial") == (None, expires_at)
+    assert store.find_registration_token(value, "initial") is None
+    store.add_registration_token(token_hash("r1"), "registration", "c", None)
+    store.add_registration_token(token_hash("r2"), "registration", "c", None)
+    assert store.find_registration_token(token_hash("r1"), "registration") is None  # replaced
+    assert store.find_registration_token(token_hash("r2"), "registration") == ("c", None)
+
+
+IDENTITY = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- top comment -->
+<Identity>
+    <EventListeners>
+        <!-- inner comment -->
+        <EventListener type="ClientAuthenticator" name="basic_auth" orderId="100" enable="true"/>
+    </EventListeners>
+</Identity>
+"""
+
+
+def test_listener_changes_rewrite_identity_xml_keeping_comments(tmp_path: Path, store: SQLiteStorage) -> None:
+    path = tmp_path / "identity.xml"
+    path.write_text(IDENTITY)
+    config_ops.change_listener(path, store, "ClientAuthenticator", "basic_auth", ACTOR, enabled=False)
+    config_ops.change_listener(path, store, "ClientAuthenticator", "mutual_tls", ACTOR, order=5)
+    text = path.read_text()
+    assert "top comment" in text and "inner comment" in text
+    entries = {(e.name, e.enabled, e.order_id) for e in load_identity(path).listeners}
+    assert entries == {("basic_auth", False, 100), ("mutual_tls", True, 5)}
+    config_ops.reorder_listeners(
+        path, store, ["ClientAuthenticator/mutual_tls", "ClientAuthenticator/basic_auth"], ACTOR
+    )
+    assert [(e.name, e.order_id) for e in load_identity(path).listeners] == [
+        ("basic_auth", 110),
+        ("mutual_tls", 100),
+    ]
+    before = path.read_text()
+    with pytest.raises(OperationError):
+        config_ops.change_listener(path, store, "ClientAuthenticator", "bad name!", ACTOR, enabled=True)
+    with pytest.raises(OperationError):
+        config_ops.reorder_listeners(path, store, ["nonsense"], ACTOR)
+    with pytest.raises(OperationError):
+        config_ops.change_listener(path, store, "X", "y", ACTOR, enabled=True, known=[("A", "b")])
+    assert path.read_text() == before  # a refused change never reaches the file
+    assert [e.action for e in store.list_audit()][:1] == ["listener.reorder"]
+
+
+# --- the admin API and registration in process ---------------------------------------------
+
+
+class App:
+    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop):
+        self.app, self.loop, self.client = app, loop, app.test_client()
+
+    def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any, Any]:
+        async def go() -> tuple[int, Any, Any]:
+            response = await self.client.open(path, method=method, json=body, **kwargs)
+            data = await response.get_data()
+            return response.status_code, response.headers, json.loads(data) if data else None
+
+        return self.loop.run_until_complete(go())
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, keystore, wheel_cache) -> Iterator[App]:  # noqa: ANN001
+    dep = new_deployment(tmp_path_factory.mktemp("admin-in-process") / "ts", keystore, wheel_cache)
+    (dep.conf / "authenticators.xml").write_text(
+        '<?xml version="1.0"?><Authenticators><DynamicClientRegistration mode="open"/></Authenticators>'
+    )
+    with SQLiteStorage(dep.database) as opened:
+        user_ops.add_user(opened, "root", "root-password", "admin", ACTOR)
+        user_ops.add_user(opened, "viewer", "viewer-password", "reader", ACTOR)
+    loop = asyncio.new_event_loop()
+    quart = create_app(load_config(dep.conf))
+    started = quart.test_app()
+    loop.run_until_complete(started.__aenter__())
+    try:
+        yield App(quart, loop)
+    finally:
+        loop.run_until_complete(started.__aexit__(None, None, None))
+        loop.close()
+
+
+def test_in_process_guard_and_crud(app: App) -> None:
+    status, headers, _ = app.call("GET", "/api/clients")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+    assert app.call("GET", "/api/clients", auth=("viewer", "viewer-password"))[0] == 200
+    assert (
+        app.call(
+            "POST", "/api/users", {"username": "x", "password": "y"}, auth=("viewer", "viewer-password")
+        )[0]
+        == 403
+    )
+    status, _, body = app.call(
+        "POST",
+        "/api/clients",
+        {
+            "token_endpoint_auth_method": "client_secret_post",
+            "grant_types": ["client_credentials"],
+            "options": {"bind_tokens": True},
+        },
+        auth=("root", "root-password"),
+    )
+    assert status == 201 and body["bind_tokens"] is True and body["client_secret"]
+    for bad in ({"options": []}, {"options": {"colour": 1}}, {"options": {"access_token_lifetime": 0}}):
+        assert app.call("POST", "/api/clients", bad, auth=("root", "root-password"))[0] == 400
+    status, _, body = app.call("POST", "/api/users", [1], auth=("root", "root-password"))
+    assert status == 400 and body["error"] == "invalid_request"
+    assert app.call("GET", "/api/audit?limit=0", auth=("root", "root-password"))[0] == 400
+    assert app.call("GET", "/api/openapi.json")[2] == document()
+
+
+def test_in_process_registration(app: App) -> None:
+    status, _, body = app.call("POST", REGISTER_PATH, {"client_name": "self"})
+    assert status == 201 and body["grant_types"] == ["client_credentials"]
+    status, _, metadata = app.call("GET", "/.well-known/oauth-authorization-server")
+    assert metadata["registration_endpoint"].endswith(REGISTER_PATH)
+
+
+def test_the_cli_audits_truststore_and_signing_changes(tmp_path, keystore, wheel_cache) -> None:  # noqa: ANN001
+    """The CLI changes through the same operations, so its changes are in the audit log too."""
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
+    (tmp_path / "ca.pem").write_bytes(pki.ca().pem)
+    dep.cli("truststore", "import", "--alias", "partner", "--file", str(tmp_path / "ca.pem"))
+    dep.cli("truststore", "remove", "partner")
+    assert dep.cli("truststore", "remove", "partner", check=False).returncode == 1
+    kid = dep.cli("signing", "rotate").stdout.split()[0]
+    newer = dep.cli("signing", "rotate").stdout.split()[0]
+    dep.cli("signing", "retire", kid)
+    with SQLiteStorage(dep.database) as opened:
+        entries = [(e.action, e.target, e.via) for e in reversed(opened.list_audit())]
+    assert entries == [
+        ("truststore.import", "partner", "cli"),
+        ("truststore.remove", "partner", "cli"),
+        ("signing.rotate", kid, "cli"),
+        ("signing.rotate", newer, "cli"),
+        ("signing.retire", kid, "cli"),
+    ]

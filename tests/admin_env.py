@@ -1,0 +1,68 @@
+"""A running server with the admin API guarded by both authenticators, for the admin tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pki
+from conftest import Deployment, Server
+
+AUTHENTICATORS_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- admin test configuration -->
+<Authenticators>
+    <Authenticator name="MutualSSLAuthenticator" disabled="{mtls_disabled}">
+        <Priority>5</Priority>
+        <Config>
+            <Parameter name="UsernameHeader">UserName</Parameter>
+            <Parameter name="WhiteListEnabled">{whitelist_enabled}</Parameter>
+            <Parameter name="WhiteList">{whitelist}</Parameter>
+        </Config>
+    </Authenticator>
+    <Authenticator name="BasicAuthenticator" disabled="false">
+        <Priority>10</Priority>
+    </Authenticator>
+    <DynamicClientRegistration mode="{mode}"/>
+</Authenticators>
+"""
+
+PASSWORDS = {"root": "root-password-1", "viewer": "viewer-password-1", "plain": "plain-password-1"}
+
+
+def write_authenticators(
+    dep: Deployment,
+    *,
+    mtls: bool = True,
+    mode: str = "initial_access_token",
+    whitelist: str = "",
+) -> None:
+    (dep.conf / "authenticators.xml").write_text(
+        AUTHENTICATORS_XML.format(
+            mtls_disabled="false" if mtls else "true",
+            whitelist_enabled="true" if whitelist else "false",
+            whitelist=whitelist,
+            mode=mode,
+        )
+    )
+
+
+def add_users(dep: Deployment) -> None:
+    dep.cli("user", "add", "root", "--role", "admin", "--password-stdin", input=PASSWORDS["root"] + "\n")
+    dep.cli("user", "add", "viewer", "--role", "reader", "--password-stdin", input=PASSWORDS["viewer"] + "\n")
+    dep.cli("user", "add", "plain", "--password-stdin", input=PASSWORDS["plain"] + "\n")
+
+
+@dataclass
+class AdminEnv:
+    server: Server
+    root: Path
+    authority: pki.Pair
+    #: A client certificate issued by the truststore CA: (PEM, key).
+    cert: tuple[Path, Path]
+
+    def basic(self, user: str = "root") -> httpx.Client:
+        return self.server.client(auth=(user, PASSWORDS[user]))
+
+    def mtls(self, user: str = "root") -> httpx.Client:
+        return self.server.client(cert=self.cert, headers={"UserName": user})

@@ -1,0 +1,484 @@
+"""The web console under /console/, driven in headless Chromium against a real server over
+real TLS (tests/browser.py): sign-in, adding a service provider and then getting a token
+with its certificate, secrets shown once, certificates refused beside their field, a
+listener toggled and the toggled authenticator refusing, CSRF, session expiry, 100,000
+service providers paged in SQL, and the console switched off.
+
+With TOKENSMITH_SCREENSHOTS=DIR the tests also save screenshots of the main pages there
+(docs/console/ holds the ones the documentation shows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pki
+import pytest
+from admin_env import PASSWORDS, add_users, write_authenticators
+from conftest import Deployment, Server, new_deployment, start_server
+from tokensmith.models import Client
+from tokensmith.storage.sqlite import SQLiteStorage
+
+SHOTS = os.environ.get("TOKENSMITH_SCREENSHOTS")
+
+
+def shot(page: Any, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+
+
+class Console:
+    def __init__(self, server: Server, root: Path, authority: pki.Pair, admin_cert: tuple[Path, Path]):
+        self.server, self.root, self.authority, self.admin_cert = server, root, authority, admin_cert
+
+    @property
+    def dep(self) -> Deployment:
+        return self.server.deployment
+
+    def url(self, path: str = "/console/") -> str:
+        return self.server.url + path
+
+
+def make_console(root: Path, keystore: Path, wheel_cache: Path, console_xml: str = "") -> Console:
+    dep = new_deployment(
+        root / "ts",
+        keystore,
+        wheel_cache,
+        connectors='<Connector address="127.0.0.1" port="0" clientAuth="want"/>' + console_xml,
+    )
+    authority = pki.ca()
+    (root / "ca.pem").write_bytes(authority.pem)
+    dep.cli("truststore", "import", "--alias", "admin-root", "--file", str(root / "ca.pem"))
+    write_authenticators(dep, mtls=True)
+    add_users(dep)
+    admin_cert = pki.issue(authority, "console admin", org="Example").write(root, "admin")
+    return Console(start_server(dep), root, authority, admin_cert)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, keystore, wheel_cache) -> Iterator[Console]:  # noqa: ANN001
+    console = make_console(tmp_path_factory.mktemp("console"), keystore, wheel_cache)
+    yield console
+    console.server.stop()
+
+
+def sign_in(page: Any, env: Console, user: str = "root") -> None:
+    page.goto(env.url())
+    assert page.url.endswith("/console/login")
+    page.fill("#username", user)
+    page.fill("#password", PASSWORDS[user])
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url(env.url("/console/"))
+
+
+def fingerprint(pair: pki.Pair) -> str:
+    digest = hashlib.sha256(pair.der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def token(
+    env: Console, client_id: str, cert: tuple[Path, Path] | None = None, **kwargs: Any
+) -> httpx.Response:
+    with env.server.client(cert=cert, **kwargs) as http:
+        return http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
+
+
+# -- sign-in and the safe defaults ---------------------------------------------------------
+
+
+def test_sign_in_by_keyboard_sets_a_strict_session_cookie_and_headers(env: Console, page: Any) -> None:
+    response = page.goto(env.url())
+    assert page.url.endswith("/console/login")
+    assert response is not None
+    headers = response.headers
+    csp = headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert headers["cache-control"] == "no-store"
+    shot(page, "login")
+    # Keyboard only: the skip link, then the user name, the password, Enter.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "username"
+    page.keyboard.type("root")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "password"
+    page.keyboard.type(PASSWORDS["root"])
+    page.keyboard.press("Enter")
+    page.wait_for_url(env.url("/console/"))
+    assert page.get_by_role("heading", name="Service providers").is_visible()
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == "__Host-tokensmith-console"]
+    assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/"
+
+
+def test_a_wrong_password_is_shown_beside_the_field_and_a_non_admin_is_refused(
+    env: Console, page: Any
+) -> None:
+    page.goto(env.url("/console/login"))
+    page.fill("#username", "root")
+    page.fill("#password", "not the password")
+    page.click("button:has-text('Sign in')")
+    assert "Wrong user name or password" in page.inner_text("#password-error")
+    assert page.get_attribute("#password", "aria-invalid") == "true"
+    page.fill("#username", "viewer")
+    page.fill("#password", PASSWORDS["viewer"])
+    page.click("button:has-text('Sign in')")
+    assert "not an administrator" in page.inner_text("#username-error")
+    assert page.goto(env.url("/console/users")) is not None
+    assert page.url.endswith("/console/login")
+
+
+def test_sign_in_with_a_client_certificate(env: Console, chromium: Any) -> None:
+    """The MutualSSLAuthenticator admits a certificate from the truststore's CA; the
+    administrator it signs in as is named in the form (the API's UsernameHeader)."""
+    cert, key = env.admin_cert
+    context = chromium.new_context(
+        ignore_https_errors=True,
+        client_certificates=[{"origin": env.server.url, "certPath": str(cert), "keyPath": str(key)}],
+    )
+    try:
+        page = context.new_page()
+        page.goto(env.url("/console/login"))
+        assert "CN=console admin,O=Example" in page.inner_text("main")
+        page.fill("#cert-username", "root")
+        page.click("button:has-text('Sign in with this certificate')")
+        page.wait_for_url(env.url("/console/"))
+        page.goto(env.url("/console/audit"))
+        assert page.url.endswith("/console/audit")
+    finally:
+        context.close()
+
+
+def test_a_form_without_its_csrf_token_is_refused(env: Console, page: Any) -> None:
+    sign_in(page, env)
+    page.goto(env.url("/console/users"))
+    # A forged form: the right session cookie, a wrong token.
+    page.fill("#username", "forged")
+    page.fill("#password", "forged-password-1")
+    page.evaluate("document.querySelector('form.card input[name=csrf]').value = 'forged'")
+    page.click("button:has-text('Add user')")
+    assert page.get_by_role("heading", name="Refused").is_visible()
+    assert "CSRF" in page.inner_text("main")
+    # The same POST with no token at all, from outside the page, with the session's cookie.
+    answer = page.context.request.post(
+        env.url("/console/users"), form={"username": "forged", "password": "forged-password-1"}
+    )
+    assert answer.status == 403
+    assert "forged" not in env.dep.cli("user", "list").stdout
+    # The console still works with the right token.
+    page.goto(env.url("/console/users"))
+    page.fill("#username", "second-admin")
+    page.fill("#password", "second-password-1")
+    page.select_option("#role", "admin")
+    page.click("button:has-text('Add user')")
+    assert "Added user second-admin" in page.inner_text("main")
+    shot(page, "users")
+
+
+def test_the_console_ends_an_idle_session(tmp_path, keystore, wheel_cache, chromium) -> None:  # noqa: ANN001
+    console = make_console(tmp_path, keystore, wheel_cache, '\n    <Console idleTimeout="2"/>')
+    context = chromium.new_context(ignore_https_errors=True)
+    try:
+        page = context.new_page()
+        sign_in(page, console)
+        page.click("nav >> text=Listeners")  # a request inside the timeout keeps it alive
+        assert page.url.endswith("/console/listeners")
+        time.sleep(3)
+        page.click("nav >> text=Users")
+        assert page.url.endswith("/console/login")
+        assert "Your session has ended" in page.inner_text("main")
+        # A form posted from the expired page is refused too.
+        answer = context.request.post(console.url("/console/users"), form={"username": "x", "password": "y"})
+        assert answer.status == 403
+    finally:
+        context.close()
+        console.server.stop()
+
+
+def test_signing_out_ends_the_session_on_the_server(env: Console, page: Any) -> None:
+    sign_in(page, env)
+    cookie = next(c for c in page.context.cookies() if c["name"] == "__Host-tokensmith-console")
+    page.click("button:has-text('Sign out')")
+    assert page.url.endswith("/console/login")
+    with env.server.client(cookies={cookie["name"]: cookie["value"]}) as http:
+        answer = http.get("/console/users")
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/login"
+
+
+# -- service providers -----------------------------------------------------------------------
+
+
+def test_add_a_self_signed_mtls_client_and_get_a_token_with_its_certificate(env: Console, page: Any) -> None:
+    """The WSO2 way: name, description, grant type, method, callback URL and the application
+    certificate uploaded; its SHA-256, subject and validity shown before saving; the
+    client_id shown once with a copy button; then a real token request with the certificate."""
+    pair = pki.self_signed("payments-app")
+    cert = pair.write(env.root, "payments-app")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    sign_in(page, env)
+    page.click("text=Add a service provider")
+    page.fill("#name", "Payments app")
+    page.fill("#description", "Pays the bills")
+    page.select_option("#auth_method", "self_signed_tls_client_auth")
+    page.fill("#callback_url", "https://payments.example/callback")
+    page.set_input_files("#certificate_file", str(cert[0]))
+    page.click("button:has-text('Check certificate')")
+    preview = page.inner_text(".preview")
+    assert fingerprint(pair) in preview
+    assert "CN=payments-app" in preview
+    assert pair.cert.not_valid_after_utc.strftime("%Y-%m-%d") in preview
+    assert page.input_value("#name") == "Payments app"  # kept across the preview
+    shot(page, "add-service-provider")
+    page.click("button:has-text('Register')")
+    assert page.get_by_role("heading", name="Payments app is registered").is_visible()
+    client_id = page.input_value("#client_id")
+    assert page.locator("#client_secret").count() == 0  # a certificate client has no secret
+    page.click("button[data-copy=client_id]")
+    page.wait_for_function("document.querySelector('.copied').textContent !== ''")
+    assert page.evaluate("navigator.clipboard.readText()") == client_id
+    shot(page, "service-provider-registered")
+
+    answer = token(env, client_id, cert=cert)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["token_type"] in ("Bearer", "N_A", "bearer")
+    assert token(env, client_id).status_code == 401  # no certificate, no token
+
+    page.goto(env.url("/console/clients?q=payments"))
+    page.click("text=Payments app")
+    details = page.inner_text("main")
+    assert "Pays the bills" in details and "https://payments.example/callback" in details
+    assert fingerprint(pair) in details
+    shot(page, "service-provider")
+
+
+def test_a_secret_is_shown_once_and_a_resent_form_makes_no_second_client(env: Console, page: Any) -> None:
+    sign_in(page, env)
+    page.goto(env.url("/console/clients/new"))
+    page.fill("#name", "Reporting job")
+    page.select_option("#auth_method", "client_secret_basic")
+    page.click("button:has-text('Register')")
+    client_id = page.input_value("#client_id")
+    secret = page.input_value("#client_secret")
+    assert "Shown this once" in page.inner_text("main")
+    assert secret not in page.url
+    answer = token(env, client_id, auth=(client_id, secret))
+    assert answer.status_code == 200, answer.text
+    # The client's page never shows it again.
+    page.goto(env.url(f"/console/clients/{client_id}"))
+    assert secret not in page.content()
+    # The browser re-sending the form (same single-use id) makes no second client.
+    page.goto(env.url("/console/clients/new"))
+    csrf = page.get_attribute("input[name=csrf]", "value")
+    form = {"csrf": csrf, "submission": "resent-1", "name": "Twice", "grant_types": "client_credentials"}
+    form |= {"auth_method": "client_secret_basic", "action": "save"}
+    first = page.context.request.post(env.url("/console/clients/new"), multipart=form)
+    second = page.context.request.post(env.url("/console/clients/new"), multipart=form)
+    assert first.status == 201 and second.status == 409
+    assert "submitted already" in second.text()
+    names = [c["name"] for c in json.loads(env.dep.cli("sp", "list", "--json").stdout)]
+    assert names.count("Twice") == 1
+    # Reset: a new secret, shown once; the old one stops working.
+    page.goto(env.url(f"/console/clients/{client_id}"))
+    page.click("button:has-text('Reset the secret')")
+    new_secret = page.input_value("#client_secret")
+    assert new_secret != secret
+    # Reloading that page re-sends the form: no third secret.
+    resent = page.reload()
+    assert resent is not None and resent.status == 409
+    assert "reset was done already" in page.inner_text("main")
+    assert token(env, client_id, auth=(client_id, secret)).status_code == 401
+    assert token(env, client_id, auth=(client_id, new_secret)).status_code == 200
+
+
+def test_not_a_certificate_and_an_expired_one_are_refused_beside_the_field(env: Console, page: Any) -> None:
+    sign_in(page, env)
+    page.goto(env.url("/console/clients/new"))
+    page.fill("#name", "Broken")
+    page.fill("#certificate", "hello, I am not a certificate")
+    page.click("button:has-text('Register')")
+    assert "This is not a certificate" in page.inner_text("#certificate-error")
+    assert page.get_attribute("#certificate", "aria-invalid") == "true"
+    shot(page, "certificate-refused")
+    expired = pki.self_signed("old", not_before=pki.NOW - 30 * pki.DAY, not_after=pki.NOW - pki.DAY)
+    page.fill("#certificate", expired.pem.decode())
+    page.click("button:has-text('Check certificate')")
+    assert "expired on" in page.inner_text("#certificate-error")
+    page.uncheck("input[value=client_credentials]")
+    page.click("button:has-text('Register')")
+    assert "at least one grant type" in page.inner_text("#grant_types-error")
+    assert "Broken" not in env.dep.cli("sp", "list").stdout
+
+
+def test_a_tls_client_auth_client_is_registered_by_its_certificate_subject(env: Console, page: Any) -> None:
+    """RFC 8705 §2.1: the pasted CA-issued certificate gives the subject DN; another
+    certificate with that subject from the same CA authenticates the client too."""
+    first = pki.issue(env.authority, "billing", org="Example")
+    sign_in(page, env)
+    page.goto(env.url("/console/clients/new"))
+    page.fill("#name", "Billing")
+    page.select_option("#auth_method", "tls_client_auth")
+    page.fill("#certificate", first.pem.decode())
+    page.click("button:has-text('Register')")
+    client_id = page.input_value("#client_id")
+    renewed = pki.issue(env.authority, "billing", org="Example").write(env.root, "billing-renewed")
+    assert token(env, client_id, cert=renewed).status_code == 200
+    stranger = pki.issue(env.authority, "someone else", org="Example").write(env.root, "stranger")
+    assert token(env, client_id, cert=stranger).status_code == 401
+    page.goto(env.url(f"/console/clients/{client_id}"))
+    assert "CN=billing,O=Example" in page.inner_text("main")
+
+
+def test_rotate_a_certificate_then_delete_with_confirmation(env: Console, page: Any) -> None:
+    first, second = pki.self_signed("rotating"), pki.self_signed("rotating-next")
+    first_paths, second_paths = first.write(env.root, "rot-1"), second.write(env.root, "rot-2")
+    sign_in(page, env)
+    page.goto(env.url("/console/clients/new"))
+    page.fill("#name", "Rotating")
+    page.fill("#certificate", first.pem.decode())
+    page.click("button:has-text('Register')")
+    client_id = page.input_value("#client_id")
+    page.goto(env.url(f"/console/clients/{client_id}"))
+    page.set_input_files("#certificate_file", str(second_paths[0]))
+    page.click("button:has-text('Add certificate')")
+    assert "Added 1 certificate" in page.inner_text("main")
+    assert token(env, client_id, cert=second_paths).status_code == 200
+    page.click("button[aria-label='Remove certificate CN=rotating']")
+    assert token(env, client_id, cert=first_paths).status_code == 401
+    assert token(env, client_id, cert=second_paths).status_code == 200
+    page.click("text=Delete…")
+    assert page.get_by_role("heading", name="Delete Rotating?").is_visible()
+    page.click("text=Cancel")
+    assert token(env, client_id, cert=second_paths).status_code == 200
+    page.click("text=Delete…")
+    page.click("button:has-text('Delete it')")
+    assert "Deleted Rotating" in page.inner_text("main")
+    assert token(env, client_id, cert=second_paths).status_code == 401
+
+
+# -- listeners ------------------------------------------------------------------------------
+
+
+def test_a_listener_toggled_off_really_refuses_and_the_order_changes_live(env: Console, page: Any) -> None:
+    client = env.dep.add_client(
+        "basic-client", "--auth-method", "client_secret_basic", "--grant-type", "client_credentials"
+    )
+    client_id, secret = str(client["client_id"]), str(client["client_secret"])
+    assert token(env, client_id, auth=(client_id, secret)).status_code == 200
+    sign_in(page, env)
+    page.click("nav >> text=Listeners")
+    row = page.locator("#listener-ClientAuthenticator-basic_auth")
+    assert "enabled" in row.inner_text() and "0.1" in row.inner_text()
+    shot(page, "listeners")
+    row.locator("button:has-text('Disable')").click()
+    assert "basic_auth disabled" in page.inner_text("main")
+    assert "disabled" in page.locator("#listener-ClientAuthenticator-basic_auth").inner_text()
+    refused = token(env, client_id, auth=(client_id, secret))
+    assert refused.status_code in (400, 401) and refused.json()["error"] == "invalid_client"
+    page.locator("#listener-ClientAuthenticator-basic_auth button:has-text('Enable')").click()
+    assert token(env, client_id, auth=(client_id, secret)).status_code == 200
+    # Reorder: post_body_auth moves above basic_auth, in identity.xml and on the page.
+    page.click("button[aria-label='Move post_body_auth up']")
+    names = page.locator(
+        "section:has(h2:has-text('ClientAuthenticator')) tbody tr td:nth-child(2)"
+    ).all_inner_texts()
+    assert names.index("post_body_auth") < names.index("basic_auth")
+    identity = (env.dep.conf / "identity.xml").read_text()
+    assert re.search(r'name="post_body_auth"[^>]*orderId="100"', identity)
+    assert re.search(r'name="basic_auth"[^>]*orderId="110"', identity)
+    page.click("nav >> text=Audit log")
+    audit = page.inner_text("main")
+    assert "listener.change" in audit and "listener.reorder" in audit and "console:password" in audit
+    shot(page, "audit-log")
+
+
+# -- the other pages -------------------------------------------------------------------------
+
+
+def test_truststore_signing_keys_and_a_narrow_window(env: Console, page: Any) -> None:
+    other = pki.ca("Partner CA")
+    sign_in(page, env)
+    shot(page, "service-providers")
+    page.click("nav >> text=Truststore")
+    page.fill("#alias", "partner")
+    page.fill("#certificate", other.pem.decode())
+    page.click("button:has-text('Check certificate')")
+    assert fingerprint(other) in page.inner_text(".preview")
+    page.click("button:has-text('Trust it')")
+    assert "Trusted partner" in page.inner_text("main")
+    assert "partner" in env.dep.cli("truststore", "list").stdout
+    shot(page, "truststore")
+    page.click("nav >> text=Signing keys")
+    before = page.locator("tbody tr").count()
+    page.click("button:has-text('Rotate')")
+    assert page.locator("tbody tr").count() == before + 1
+    shot(page, "signing-keys")
+    # Readable on a narrow window: nothing wider than the viewport but the tables' own scroll.
+    for path in ("/console/clients", "/console/clients/new", "/console/listeners", "/console/users"):
+        page.set_viewport_size({"width": 380, "height": 800})
+        page.goto(env.url(path))
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 1, (path, overflow)
+    shot(page, "narrow-users")
+
+
+def test_one_hundred_thousand_service_providers_stay_usable(tmp_path, keystore, wheel_cache, page) -> None:  # noqa: ANN001
+    console = make_console(tmp_path, keystore, wheel_cache)
+    try:
+        store = SQLiteStorage(console.dep.database)
+        now = int(time.time())
+        store._db.execute("BEGIN")  # one transaction, so that 100,000 inserts take seconds
+        for n in range(100_000):
+            store.add_client(
+                Client(
+                    f"bulk-{n:06d}",
+                    f"Bulk client {n:06d}",
+                    "client_secret_basic",
+                    ("client_credentials",),
+                    (),
+                    None,
+                    created_at=now,
+                )
+            )
+        store._db.execute("COMMIT")
+        store.close()
+        sign_in(page, console)
+        started = time.monotonic()
+        page.goto(console.url("/console/clients"))
+        assert "100,000 service providers, page 1 of 2,000" in page.inner_text(".count")
+        assert page.locator("tbody tr").count() == 50
+        assert page.locator("tbody tr").first.inner_text().startswith("Bulk client 099999")
+        page.click("text=Last »")
+        assert page.locator("tbody tr").last.inner_text().startswith("Bulk client 000000")
+        page.fill("#q", "client 042424")
+        page.click("button:has-text('Search')")
+        assert "1 service provider matching" in page.inner_text(".count")
+        assert "bulk-042424" in page.inner_text("tbody")
+        page.goto(console.url("/console/clients?page=1234"))
+        assert "page 1,234 of 2,000" in page.inner_text(".count")
+        # Five pages and a search over 100,000 rows: seconds, not minutes.
+        assert time.monotonic() - started < 20
+    finally:
+        console.server.stop()
+
+
+def test_the_console_can_be_switched_off(tmp_path, keystore, wheel_cache) -> None:  # noqa: ANN001
+    console = make_console(tmp_path, keystore, wheel_cache, '\n    <Console enabled="false"/>')
+    try:
+        with console.server.client() as http:
+            assert http.get("/console/").status_code == 404
+            assert http.get("/console/login").status_code == 404
+            assert http.get("/api/openapi.json").status_code == 200
+    finally:
+        console.server.stop()

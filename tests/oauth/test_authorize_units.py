@@ -1,0 +1,176 @@
+"""Focused tests of the authorization code grant's parts: PKCE, request validation, the
+redirects, redirect URI registration, CSRF, and the pages in process (templates in conf/
+take precedence). tests/oauth/test_authorization_code.py runs them through the server."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from conftest import new_deployment
+from tokensmith.app.factory import create_app
+from tokensmith.app.signin import ACCOUNT_PATH, LOGIN_PATH
+from tokensmith.config.settings import load_config
+from tokensmith.errors import InvalidClientMetadataError
+from tokensmith.models import Client
+from tokensmith.oauth import authorize, pkce
+from tokensmith.oauth.authorize import RedirectedError, ShownError
+from tokensmith.oauth.clientmetadata import check_redirect_uri
+from tokensmith.storage.sqlite import SQLiteStorage
+
+
+def test_s256_matches_rfc_7636_appendix_b() -> None:
+    verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+    assert pkce.s256(verifier) == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    assert pkce.verifier_matches(verifier, "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")
+    assert not pkce.verifier_matches(verifier[:-1] + "l", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")
+    # §4.1: 43 to 128 unreserved characters; anything else never matches.
+    for bad in ("a" * 42, "a" * 129, "a" * 42 + "+", "a" * 42 + " "):
+        assert not pkce.verifier_matches(bad, pkce.s256(bad))
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # noqa: ANN201
+    with SQLiteStorage(tmp_path / "tokens.db") as storage:
+        storage.add_client(
+            Client(
+                "c1",
+                "one",
+                "client_secret_basic",
+                ("authorization_code",),
+                ("read", "write"),
+                metadata={"redirect_uris": ["https://c.example/cb?tenant=1"]},
+            )
+        )
+        storage.add_client(Client("c2", "two", "client_secret_basic", ("client_credentials",)))
+        yield storage
+
+
+def query(**params: str | None) -> str:
+    base = {
+        "response_type": "code",
+        "client_id": "c1",
+        "code_challenge": pkce.s256("v" * 43),
+        "code_challenge_method": "S256",
+        "state": "st",
+    }
+    base.update(params)
+    return urllib.parse.urlencode({k: v for k, v in base.items() if v is not None})
+
+
+def test_a_valid_request_takes_the_one_registered_redirect_uri_and_all_scopes(store: SQLiteStorage) -> None:
+    checked = authorize.validate(store, query())
+    assert checked.redirect_uri == "https://c.example/cb?tenant=1" and not checked.redirect_uri_given
+    assert checked.scope == "read write" and checked.state == "st"
+    named = authorize.validate(store, query(redirect_uri="https://c.example/cb?tenant=1", scope="read"))
+    assert named.redirect_uri_given and named.scope == "read"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"client_id": None},
+        {"client_id": "nobody"},
+        {"client_id": "c2"},  # no redirect URI registered
+        {"redirect_uri": "https://c.example/cb?tenant=2"},
+        {"redirect_uri": "https://c.example/cb"},  # the query is part of the URI
+    ],
+)
+def test_requests_without_a_place_to_answer_are_shown(store: SQLiteStorage, params: dict) -> None:
+    with pytest.raises(ShownError):
+        authorize.validate(store, query(**params))
+
+
+def test_a_parameter_without_a_value_is_omitted(store: SQLiteStorage) -> None:
+    """RFC 6749 §3.1: an empty scope is no scope (all the client may have), an empty state
+    no state, an empty response_type a missing one."""
+    checked = authorize.validate(store, query(scope="", state=""))
+    assert checked.scope == "read write" and checked.state is None
+    with pytest.raises(RedirectedError) as raised:
+        authorize.validate(store, query(response_type=""))
+    assert raised.value.error.error == "invalid_request"
+
+
+def test_an_overlong_or_undecodable_request_is_shown(store: SQLiteStorage) -> None:
+    with pytest.raises(ShownError):
+        authorize.validate(store, query(state="x" * 9000))
+    with pytest.raises(ShownError):
+        authorize.validate(store, query() + "&state=%ff")
+
+
+def test_errors_keep_the_registered_query_and_add_state_and_iss(store: SQLiteStorage) -> None:
+    with pytest.raises(RedirectedError) as raised:
+        authorize.validate(store, query(response_type="token"))
+    location = authorize.error_location(raised.value, "https://as.example")
+    parts = urllib.parse.urlsplit(location)
+    assert location.startswith("https://c.example/cb?tenant=1&")
+    assert dict(urllib.parse.parse_qsl(parts.query)) == {
+        "tenant": "1",
+        "error": "unsupported_response_type",
+        "error_description": "only response_type=code is supported",
+        "state": "st",
+        "iss": "https://as.example",
+    }
+    checked = authorize.validate(store, query(state=None))
+    assert "state=" not in authorize.code_location(checked, "abc", "https://as.example")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://app.example/cb",
+        "https://app.example:8443/cb?x=1",
+        "http://127.0.0.1:8080/callback",
+        "http://[::1]:9000/cb",
+    ],
+)
+def test_redirect_uris_that_may_be_registered(uri: str) -> None:
+    assert check_redirect_uri(uri) == uri
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://app.example/cb",  # plain http off loopback
+        "http://localhost:8080/cb",  # RFC 8252 §8.3: localhost is not recommended
+        "https://app.example/cb#frag",
+        "/relative",
+        "https://app.example/c b",
+        "https://app.example:port/",
+        "javascript:alert(1)",
+    ],
+)
+def test_redirect_uris_that_may_not(uri: str) -> None:
+    with pytest.raises(InvalidClientMetadataError):
+        check_redirect_uri(uri)
+
+
+def test_csrf_matches_only_the_same_non_empty_value() -> None:
+    token = authorize.new_csrf_token()
+    assert authorize.csrf_matches(token, token)
+    assert not authorize.csrf_matches(token, token + "x")
+    assert not authorize.csrf_matches(None, token) and not authorize.csrf_matches("", "")
+
+
+def test_pages_come_from_conf_templates_first(tmp_path: Path, keystore: Path, wheel_cache: Path) -> None:
+    """An operator's conf/templates/login.html replaces the bundled one; the other pages stay."""
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
+    (dep.conf / "templates").mkdir()
+    (dep.conf / "templates" / "login.html").write_text(
+        '{% extends "base.html" %}{% block main %}<p id="acme">ACME sign-in</p>'
+        '<input name="csrf_token" value="{{ csrf_token }}">{% endblock %}'
+    )
+    app = create_app(load_config(dep.conf))
+
+    async def go() -> tuple[str, int, str]:
+        async with app.test_app():
+            client = app.test_client()
+            login = await client.get(LOGIN_PATH)
+            account = await client.get(ACCOUNT_PATH)
+            return (await login.get_data(as_text=True)), account.status_code, account.headers["Location"]
+
+    login, status, location = asyncio.run(go())
+    assert '<p id="acme">ACME sign-in</p>' in login and "<title>tokensmith</title>" in login
+    assert status == 303 and location == LOGIN_PATH  # not signed in
