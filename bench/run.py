@@ -57,6 +57,7 @@ from harness.servers import (
     ROOT,
     Clients,
     Deployment,
+    PgBackends,
     Server,  # noqa: E402
     fetch_token,
     introspect,
@@ -65,6 +66,7 @@ from harness.servers import (
     start_instances,
     start_node,
     start_tokensmith,
+    with_database,
 )
 
 RESULTS = ROOT / "bench" / "results"
@@ -408,8 +410,9 @@ class Run:
                 )
                 pg_dep.register_bulk(clients)
                 pg_dep.register_basic()
-                starters["tokensmith-postgres"] = lambda: start_tokensmith(
-                    self.procs, pg_dep, work, cpus=SERVER_CPUS
+                starters["tokensmith-postgres"] = lambda: with_database(
+                    start_tokensmith(self.procs, pg_dep, work, cpus=SERVER_CPUS),
+                    PgBackends.for_url(self.args.postgres),
                 )
             entries = self.measure(
                 starters,
@@ -472,11 +475,13 @@ class Run:
             )
             entries = self.measure(
                 {
-                    "tokensmith-postgres-1-instance": lambda: start_instances(
-                        self.procs, pg_dep, work, 1, label="tokensmith-postgres-1-instance"
+                    "tokensmith-postgres-1-instance": lambda: with_database(
+                        start_instances(self.procs, pg_dep, work, 1, label="tokensmith-postgres-1-instance"),
+                        PgBackends.for_url(self.args.postgres),
                     ),
-                    "tokensmith-postgres-2-instances": lambda: start_instances(
-                        self.procs, pg_dep, work, 2, label="tokensmith-postgres-2-instances"
+                    "tokensmith-postgres-2-instances": lambda: with_database(
+                        start_instances(self.procs, pg_dep, work, 2, label="tokensmith-postgres-2-instances"),
+                        PgBackends.for_url(self.args.postgres),
                     ),
                 },
                 first_clients,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -40,6 +41,8 @@ __all__ = [
     "Server",
     "start_tokensmith",
     "start_instances",
+    "PgBackends",
+    "with_database",
     "start_node",
     "start_bare",
     "post",
@@ -310,6 +313,68 @@ class Group:
     def stop(self, timeout: float = 15) -> int | None:
         codes = [proc.stop(timeout) for proc in self.procs]
         return next((code for code in codes if code), codes[0])
+
+
+class PgBackends:
+    """The PostgreSQL backend processes serving database *dbname*, measured like a Proc (CPU
+    only); stopping it stops nothing. Backends that exit take their CPU time with them, so it
+    is read while the servers' connection pools hold their connections."""
+
+    def __init__(self, dbname: str):
+        self.marker = f" {dbname} "
+        self.pid = 0
+
+    @classmethod
+    def for_url(cls, url: str) -> PgBackends:
+        """The backends of the database a postgresql:// URL names (other users of the same
+        database, such as a test run on it, would be counted too: give the benchmark its own)."""
+        return cls(urllib.parse.urlsplit(url).path.lstrip("/") or "postgres")
+
+    def _pids(self) -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if title.startswith("postgres: ") and self.marker in title:
+                pids.append(int(entry))
+        return pids
+
+    def cpu_s(self) -> float:
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self._pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / ticks
+
+    def rss_mb(self) -> float:
+        return 0.0
+
+    def fds(self) -> int:
+        return 0
+
+    def alive(self) -> bool:
+        return True
+
+    def stop(self, timeout: float = 15) -> int | None:
+        return None
+
+
+def with_database(server: Server, backends: PgBackends) -> Server:
+    """*server* with the database's backends counted in its CPU: the cost of a request on
+    PostgreSQL includes the database's work, and the harness would otherwise count that work as
+    another process disturbing the round."""
+    procs = server.proc.procs if isinstance(server.proc, Group) else [server.proc]
+    server.proc = Group([*procs, backends])  # type: ignore[assignment, list-item]
+    server.extra["cpu_includes_postgres_backends"] = True
+    return server
 
 
 def start_instances(
