@@ -109,6 +109,40 @@ def test_n_stalled_postgres_calls_take_one_deadline_not_n(postgres_url: str, mon
             store.close()
 
 
+def test_the_watchdog_ends_every_stalled_connection_at_its_deadline(postgres_url: str, monkeypatch) -> None:  # noqa: ANN001
+    """The database host freezes (nothing answers, the kernel still acknowledges) while three
+    calls are at it on three connections: the one watchdog ends each at its client-side
+    deadline, together, and the store serves again once the host does."""
+    import pg
+    from tokensmith.storage import postgres
+
+    monkeypatch.setattr(postgres, "STATEMENT_TIMEOUT_MS", 500)
+    monkeypatch.setattr(postgres, "CALL_MARGIN", 0.5)
+    with pg.Proxy(postgres_url) as proxy:
+        store = PostgresStorage(proxy.url, pool_size=3)
+        try:
+            store.add_tokens([TokenRecord("t", "access", "c", "", 0, 10_000)])
+
+            async def main() -> list[object]:
+                # Three connections open first, so that the freeze finds each mid-call.
+                await asyncio.gather(*(store.call(store.get_token, "t") for _ in range(3)))
+                proxy.freeze()
+                return await asyncio.gather(
+                    *(store.call(store.get_token, "t") for _ in range(3)), return_exceptions=True
+                )
+
+            started = time.monotonic()
+            results = asyncio.run(main())
+            elapsed = time.monotonic() - started
+            assert all(isinstance(r, StorageError) and "deadline" in str(r) for r in results), results
+            assert elapsed < 2.5  # one deadline (1 s), not three
+            proxy.thaw()
+            time.sleep(0.6)  # past the reconnect back-off
+            assert store.get_token("t") is not None
+        finally:
+            store.close()
+
+
 # -- one `tokensmith serve` process ----------------------------------------------------------
 
 
