@@ -40,6 +40,30 @@ def tokens_locked(url: str) -> Iterator[None]:
             locker.rollback()
 
 
+def test_pool_size_is_read_from_server_xml_and_bounded(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """``<Database poolSize>``: 8 unless given; outside 1..256 a file+line error."""
+    from tokensmith.config.settings import load_server
+    from tokensmith.config.xml import ConfigError
+    from tokensmith.storage.postgres import POOL_SIZE
+
+    monkeypatch.delenv("TOKENSMITH_DATABASE_URL", raising=False)
+    path = tmp_path / "server.xml"
+
+    def server(database: str) -> Path:
+        path.write_text(
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Server>\n'
+            '    <Keystore certificateFile="security/server.crt" keyFile="security/server.key"/>\n'
+            f'    <Connector port="0"/>\n    {database}\n</Server>\n'
+        )
+        return path
+
+    assert load_server(server('<Database url="postgresql://h/db"/>')).database_pool_size == POOL_SIZE == 8
+    assert load_server(server('<Database url="postgresql://h/db" poolSize="3"/>')).database_pool_size == 3
+    for bad in ("0", "257", "x"):
+        with pytest.raises(ConfigError, match=r"server\.xml:5"):
+            load_server(server(f'<Database url="postgresql://h/db" poolSize="{bad}"/>'))
+
+
 def test_sqlite_calls_stay_on_the_callers_thread(tmp_path: Path) -> None:
     """No thread hop for the embedded store: its reads take less than one would."""
     store = SQLiteStorage(tmp_path / "s.db")
