@@ -8,10 +8,10 @@ Secrets and tokens reach storage only as hashes.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 __all__ = [
     "AuditEntry",
@@ -28,6 +28,9 @@ __all__ = [
     "StorageError",
     "TLS_SUBJECT_KINDS",
 ]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: RFC 8705 §2.1.2 client metadata: the one subject attribute a tls_client_auth client
 #: registers, and the certificate field it is matched against.
@@ -291,6 +294,13 @@ class SignInSession:
 
 class Storage(Protocol):
     """What the server needs from a store. Implementations raise ``StorageError`` on failure."""
+
+    async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)``, *fn* being a method of this store (or a function of it),
+        for a request handler on the event loop. Each store chooses how, once: the embedded
+        store calls it directly (a local read is faster than a thread hop), a networked one
+        in a thread of its own, so that a slow database never holds the event loop."""
+        ...
 
     def add_client(self, client: Client) -> None: ...
 

@@ -174,7 +174,7 @@ async def check_password(rt: Runtime, username: str, password: str, source: str)
     answer's timing tells nothing about which users exist.
     """
     store = rt.storage
-    user = store.get_user(username)
+    user = await store.call(store.get_user, username)
     kdf.admit()
     taken = user is not None and await asyncio.to_thread(
         store.take_login_attempt, username, source, int(time.time()), rt.identity.login_policy
@@ -204,13 +204,13 @@ def check_certificate(rt: Runtime, settings: AdminAuthenticator) -> str | None:
     return leaf.subject.rfc4514_string()
 
 
-def _mutual_tls(rt: Runtime, settings: AdminAuthenticator) -> Caller | None:
+async def _mutual_tls(rt: Runtime, settings: AdminAuthenticator) -> Caller | None:
     if check_certificate(rt, settings) is None:
         return None
     username = request.headers.get(settings.username_header)
     if not username:
         raise Unauthenticated(f"the {settings.username_header} header names no user")
-    user = rt.storage.get_user(username)
+    user = await rt.storage.call(rt.storage.get_user, username)
     if user is None:
         raise Unauthenticated(f"no user {username!r}")
     return Caller(user.username, user.role, "mutual_tls")
@@ -219,7 +219,7 @@ def _mutual_tls(rt: Runtime, settings: AdminAuthenticator) -> Caller | None:
 async def authenticate(rt: Runtime) -> Caller:
     """The caller, by the first authenticator (in priority order) that recognises its credential."""
     for settings in rt.admin.authenticators:
-        caller = await _basic(rt) if settings.name == BASIC else _mutual_tls(rt, settings)
+        caller = await (_basic(rt) if settings.name == BASIC else _mutual_tls(rt, settings))
         if caller is not None:
             return caller
     raise Unauthenticated("authentication required")
@@ -346,7 +346,8 @@ def _options(body: dict[str, Any]) -> client_ops.ClientOptions:
 
 @admin.get("/clients")
 async def list_clients() -> Response:
-    return _json(200, [client_view(c) for c in _rt().storage.list_clients()])
+    store = _rt().storage
+    return _json(200, [client_view(c) for c in await store.call(store.list_clients)])
 
 
 @admin.post("/clients")
@@ -364,7 +365,8 @@ async def create_client() -> Response:
 
 @admin.get("/clients/<client_id>")
 async def get_client(client_id: str) -> Response:
-    return _json(200, client_view(client_ops.get_client(_rt().storage, client_id)))
+    store = _rt().storage
+    return _json(200, client_view(await store.call(client_ops.get_client, store, client_id)))
 
 
 @admin.route("/clients/<client_id>", methods=["PATCH", "PUT"])
@@ -428,7 +430,8 @@ async def revoke_client_tokens(client_id: str) -> Response:
 
 @admin.get("/users")
 async def list_users() -> Response:
-    return _json(200, [u.public_view() for u in _rt().storage.list_users()])
+    store = _rt().storage
+    return _json(200, [u.public_view() for u in await store.call(store.list_users)])
 
 
 @admin.post("/users")
@@ -443,7 +446,8 @@ async def create_user() -> Response:
 
 @admin.get("/users/<username>")
 async def get_user(username: str) -> Response:
-    return _json(200, user_ops.get_user(_rt().storage, username).public_view())
+    store = _rt().storage
+    return _json(200, (await store.call(user_ops.get_user, store, username)).public_view())
 
 
 @admin.patch("/users/<username>")
@@ -654,4 +658,5 @@ async def audit() -> Response:
         raise OperationError("limit must be from 1 to 1000")
     if before_id is not None and not 0 <= before_id <= 2**62:
         raise OperationError("before must be an entry id, from 0 to 2**62")
-    return _json(200, [entry.view() for entry in _rt().storage.list_audit(limit, before_id)])
+    store = _rt().storage
+    return _json(200, [entry.view() for entry in await store.call(store.list_audit, limit, before_id)])

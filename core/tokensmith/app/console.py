@@ -217,7 +217,7 @@ async def guard() -> Response | None:
             )
     if request.endpoint in _OPEN:
         return None
-    user = rt.storage.get_user(session.user) if session.user else None
+    user = await rt.storage.call(rt.storage.get_user, session.user) if session.user else None
     if user is None or user.role != "admin":
         if session.user is not None:
             session = _new_session()
@@ -280,7 +280,7 @@ async def sign_in() -> Response:
             if mutual is None or certificate is None:
                 errors["form"] = certificate_error or "Your browser presented no client certificate."
             else:
-                user = rt.storage.get_user(username)
+                user = await rt.storage.call(rt.storage.get_user, username)
                 if user is None or user.role != "admin":
                     errors["username"] = f"{username} is not an administrator."
         elif not basic:
@@ -551,13 +551,14 @@ def _token_url(rt: Runtime) -> str:
     return (urls.mtls or urls.issuer).rstrip("/") + "/oauth2/token"
 
 
-def _client_or_404(client_id: str) -> Client:
-    return client_ops.get_client(_rt().storage, client_id)
+async def _client_or_404(client_id: str) -> Client:
+    store = _rt().storage
+    return await store.call(client_ops.get_client, store, client_id)
 
 
 @console.get("/clients/<client_id>")
 async def client(client_id: str) -> Response:
-    found = _client_or_404(client_id)
+    found = await _client_or_404(client_id)
     return await _page(
         "client.html",
         client=found,
@@ -570,7 +571,7 @@ async def client(client_id: str) -> Response:
 @console.post("/clients/<client_id>/certificates")
 async def add_certificates(client_id: str) -> Response:
     rt = _rt()
-    found = _client_or_404(client_id)
+    found = await _client_or_404(client_id)
     form = await request.form
     checked = await _read_certificates(form, True)
     if checked.error is None and form.get("action") == "save":
@@ -635,7 +636,7 @@ async def reset_secret(client_id: str) -> Response:
 
 @console.route("/clients/<client_id>/delete", methods=["GET", "POST"])
 async def delete_client(client_id: str) -> Response:
-    found = _client_or_404(client_id)
+    found = await _client_or_404(client_id)
     if request.method == "GET":
         return await _page("client_delete.html", client=found)
     await _run(client_ops.remove_client, _rt().storage, client_id, _actor())
@@ -786,7 +787,7 @@ async def users() -> Response:
     return await _page(
         "users.html",
         400 if errors else 200,
-        users=rt.storage.list_users(),
+        users=await rt.storage.call(rt.storage.list_users),
         errors=errors,
         values=values,
         roles=user_ops.ROLES,

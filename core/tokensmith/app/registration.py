@@ -164,7 +164,7 @@ async def register() -> Response:
     if initial is not None:
         # Taken before the registration, in one statement, so that two registrations racing
         # with one token cannot both succeed; put back if the registration is refused.
-        found = rt.storage.find_registration_token(token_hash(initial), "initial")
+        found = await rt.storage.call(rt.storage.find_registration_token, token_hash(initial), "initial")
         taken = 0
         if found is not None:
             taken = await asyncio.to_thread(
@@ -194,14 +194,18 @@ async def register() -> Response:
     return to_response(_answer(rt, created.client, 201, secret=created.secret, token=token))
 
 
-def _authorized(rt: Runtime, client_id: str) -> Client:
+async def _authorized(rt: Runtime, client_id: str) -> Client:
     """RFC 7592 §2: the registration access token must be this client's; otherwise 401
     (also for a client that does not exist, §2.1)."""
     token = _bearer()
     if token is None:
         raise _Refused(401, "invalid_token", "the registration access token is required", _bearer_challenge())
-    found = rt.storage.find_registration_token(token_hash(token), "registration")
-    client = rt.storage.get_client(client_id) if found is not None and found[0] == client_id else None
+    found = await rt.storage.call(rt.storage.find_registration_token, token_hash(token), "registration")
+    client = (
+        await rt.storage.call(rt.storage.get_client, client_id)
+        if found is not None and found[0] == client_id
+        else None
+    )
     if client is None:
         raise _Refused(
             401,
@@ -217,7 +221,7 @@ async def read(client_id: str) -> Response:
     """RFC 7592 §2.1: the client's current registration (its secret is not shown again)."""
     rt = runtime(current_app)
     _mode(rt)
-    client = _authorized(rt, client_id)
+    client = await _authorized(rt, client_id)
     return to_response(_answer(rt, client, 200, secret=None, token=None))
 
 
@@ -228,7 +232,7 @@ async def replace(client_id: str) -> Response:
     secret is never changed this way)."""
     rt = runtime(current_app)
     _mode(rt)
-    client = _authorized(rt, client_id)
+    client = await _authorized(rt, client_id)
     raw = await _document()
     if raw.get("client_id") != client.client_id:
         raise InvalidClientMetadataError("client_id in the body must be the client's own (RFC 7592 §2.2)")
@@ -245,7 +249,7 @@ async def deregister(client_id: str) -> Response:
     """RFC 7592 §2.3: remove the client; its tokens and registration token go with it."""
     rt = runtime(current_app)
     _mode(rt)
-    _authorized(rt, client_id)
+    await _authorized(rt, client_id)
     actor = Actor(f"client:{client_id}", "registration_access_token", request.remote_addr)
     await asyncio.to_thread(client_ops.remove_client, rt.storage, client_id, actor)
     return to_response(Answer(204, None))

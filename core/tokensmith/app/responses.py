@@ -82,7 +82,9 @@ def error_answer(error: BaseException, *, path: str = "", http2: bool = False) -
     if isinstance(error, StorageError):
         log.error("storage unavailable: %s", error)
         unavailable = TemporarilyUnavailableError("storage is unavailable")
-        return Answer(unavailable.status_code, unavailable.body())
+        # RFC 9110 §10.2.3: with a 503, when to try again; the store's own deadlines are
+        # seconds, and a client that retries at once only adds to the queue.
+        return Answer(unavailable.status_code, unavailable.body(), {"Retry-After": "1"})
     log.error("unexpected error at %s", path or "?", exc_info=error)
     return Answer(500, ServerError("an internal error occurred").body())
 

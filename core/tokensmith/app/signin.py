@@ -88,8 +88,8 @@ async def _shown(message: str, status: int = 400) -> Response:
     return await _page("error.html", status=status, message=message)
 
 
-def _session(rt: Runtime) -> SignInSession | None:
-    return authorize.find_session(rt.storage, request.cookies.get(SESSION_COOKIE))
+async def _session(rt: Runtime) -> SignInSession | None:
+    return await rt.storage.call(authorize.find_session, rt.storage, request.cookies.get(SESSION_COOKIE))
 
 
 async def _form() -> dict[str, str]:
@@ -118,14 +118,14 @@ async def _continue(rt: Runtime, query: str, session: SignInSession | None) -> R
     """Answer the authorization request *query*: to the login page without a session, to the
     consent page without consent for its scopes, else back to the client with a code."""
     try:
-        checked = authorize.validate(rt.storage, query)
+        checked = await rt.storage.call(authorize.validate, rt.storage, query)
     except ShownError as error:
         return await _shown(str(error))
     except RedirectedError as error:
         return _redirect(authorize.error_location(error, _issuer()))
     if session is None:
         return _redirect(f"{LOGIN_PATH}?{query}")
-    if not authorize.consent_covers(rt.storage, session, checked):
+    if not await rt.storage.call(authorize.consent_covers, rt.storage, session, checked):
         return await _page(
             "consent.html",
             client_name=checked.client.name,
@@ -165,13 +165,13 @@ async def _send_code(
 async def authorization_endpoint() -> Response:
     """The authorization endpoint (RFC 6749 §3.1, §4.1.1)."""
     rt = runtime(current_app)
-    return await _continue(rt, _query(), _session(rt))
+    return await _continue(rt, _query(), await _session(rt))
 
 
 @signin.get(LOGIN_PATH)
 async def login_page() -> Response:
     rt = runtime(current_app)
-    if _session(rt) is not None and request.query_string:
+    if await _session(rt) is not None and request.query_string:
         return _redirect(f"{AUTHORIZE_PATH}?{_query()}")
     return await _page("login.html", request_query=_query(), error=None, username="")
 
@@ -208,9 +208,9 @@ async def login() -> Response:
         )
     # A new session on every sign-in, the old one ended: a session id planted in the
     # browser before sign-in never becomes a signed-in one (session fixation).
-    authorize.end_session(rt.storage, request.cookies.get(SESSION_COOKIE))
-    value = authorize.start_session(
-        rt.storage, user.user_id, user.username, rt.identity.signin_session_lifetime
+    await rt.storage.call(authorize.end_session, rt.storage, request.cookies.get(SESSION_COOKIE))
+    value = await rt.storage.call(
+        authorize.start_session, rt.storage, user.user_id, user.username, rt.identity.signin_session_lifetime
     )
     # A new CSRF token with the new session: one an attacker planted before sign-in is void.
     response = _redirect(f"{AUTHORIZE_PATH}?{query}" if query else ACCOUNT_PATH)
@@ -240,12 +240,12 @@ async def consent() -> Response:
         )
     query = _safe(form.get("request", ""))
     try:
-        checked = authorize.validate(rt.storage, query)
+        checked = await rt.storage.call(authorize.validate, rt.storage, query)
     except ShownError as error:
         return await _shown(str(error))
     except RedirectedError as error:
         return _redirect(authorize.error_location(error, _issuer()))
-    session = _session(rt)
+    session = await _session(rt)
     if session is None:
         return _redirect(f"{LOGIN_PATH}?{query}")
     if form.get("decision") != "allow":
@@ -253,7 +253,7 @@ async def consent() -> Response:
             AccessDeniedError("the resource owner denied the request"), checked.redirect_uri, checked.state
         )
         return _redirect(authorize.error_location(denied, _issuer()))
-    authorize.remember_consent(rt.storage, session, checked)
+    await rt.storage.call(authorize.remember_consent, rt.storage, session, checked)
     return await _send_code(rt, checked, session)
 
 
@@ -261,12 +261,12 @@ async def consent() -> Response:
 async def account() -> Response:
     """The signed-in user's remembered consents, each revocable, and the sign-out button."""
     rt = runtime(current_app)
-    session = _session(rt)
+    session = await _session(rt)
     if session is None:
         return _redirect(LOGIN_PATH)
     consents = []
-    for item in rt.storage.list_consents(session.user_id):
-        client = rt.storage.get_client(item.client_id)
+    for item in await rt.storage.call(rt.storage.list_consents, session.user_id):
+        client = await rt.storage.call(rt.storage.get_client, item.client_id)
         consents.append(
             {
                 "client_id": item.client_id,
@@ -285,10 +285,10 @@ async def revoke_consent() -> Response:
         return await _shown(
             "The form has expired or did not come from this site. Go back and try again.", 403
         )
-    session = _session(rt)
+    session = await _session(rt)
     if session is None:
         return _redirect(LOGIN_PATH)
-    rt.storage.revoke_consent(session.user_id, form.get("client_id", ""))
+    await rt.storage.call(rt.storage.revoke_consent, session.user_id, form.get("client_id", ""))
     return _redirect(ACCOUNT_PATH)
 
 
@@ -305,7 +305,7 @@ async def signout() -> Response:
         return await _shown(
             "The form has expired or did not come from this site. Go back and try again.", 403
         )
-    authorize.end_session(rt.storage, request.cookies.get(SESSION_COOKIE))
+    await rt.storage.call(authorize.end_session, rt.storage, request.cookies.get(SESSION_COOKIE))
     response = await _page("signout.html", signed_out=True)
     response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
     return response

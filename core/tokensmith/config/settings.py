@@ -61,6 +61,7 @@ _KEYSTORE_TYPE = setting("server.xml", "Keystore", "type")
 _ORDER_ID = setting("identity.xml", "EventListeners/EventListener", "orderId")
 _CONSOLE_ENABLED = setting("server.xml", "Console", "enabled")
 _CONSOLE_IDLE = setting("server.xml", "Console", "idleTimeout")
+_POOL_SIZE = setting("server.xml", "Database", "poolSize")
 _CONSOLE_AGE = setting("server.xml", "Console", "maxSessionAge")
 _FORWARDED_FORMAT = setting("identity.xml", "OAuth/ClientCertificateHeader", "format")
 CLIENT_AUTH_MODES = _CLIENT_AUTH.choices
@@ -171,6 +172,8 @@ class ServerSettings:
     #: instead of the SQLite file *database*. It may hold a password: show it only through
     #: ``storage.postgres.redact_url``.
     database_url: str | None = field(default=None, repr=False)
+    #: ``<Database poolSize>``: PostgreSQL connections (and threads) for requests' calls.
+    database_pool_size: int = int(_POOL_SIZE.default or 0)
 
 
 @dataclass(frozen=True)
@@ -345,6 +348,7 @@ def load_server(path: Path) -> ServerSettings:
         access_log=_access_log(path, root.find("AccessLog")),
         metrics=_metrics(path, root.find("Metrics")),
         database_url=database_url,
+        database_pool_size=_pool_size(path, root),
     )
 
 
@@ -435,6 +439,22 @@ def _database_url(path: Path, root: etree._Element) -> str | None:
         place = DATABASE_URL_ENV if from_env else where(path, el)
         raise ConfigError(f"{place}: the database URL is not valid: {problem}")
     return url
+
+
+def _pool_size(path: Path, root: etree._Element) -> int:
+    el = root.find("Database")
+    if el is None:
+        return _int(_POOL_SIZE.default)
+    size = attr_int(
+        path,
+        el,
+        "poolSize",
+        _int(_POOL_SIZE.default),
+        minimum=_int(_POOL_SIZE.minimum),
+        maximum=_int(_POOL_SIZE.maximum),
+    )
+    assert size is not None
+    return size
 
 
 def _url_problem(url: str) -> str | None:

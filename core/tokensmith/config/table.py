@@ -274,6 +274,20 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "server.xml",
+        "Database",
+        "poolSize",
+        "With url=: how many connections (and threads) each tokensmith process uses for"
+        " requests' calls to PostgreSQL; a slow database holds at most this many requests'"
+        " calls at once, and the others wait for a free connection, each within its deadline"
+        " (docs/deployment.md). Ignored for SQLite.",
+        "a whole number from 1 to 256",
+        8,
+        minimum=1,
+        maximum=256,
+        key="database_pool_size",
+    ),
+    Setting(
+        "server.xml",
         "Truststore",
         "path",
         "The directory of PEM trust anchors of tls_client_auth clients (`tokensmith truststore`).",

@@ -225,7 +225,8 @@ async def issue_code(rt: Runtime, request: AuthorizationRequest, session: SignIn
     """
     value = secrets.token_urlsafe(32)
     now = int(time.time())
-    rt.storage.add_authorization_code(
+    await rt.storage.call(
+        rt.storage.add_authorization_code,
         AuthorizationCode(
             code_hash=token_hash(value),
             client_id=request.client.client_id,
@@ -238,7 +239,7 @@ async def issue_code(rt: Runtime, request: AuthorizationRequest, session: SignIn
             grant_id=secrets.token_urlsafe(16),
             issued_at=now,
             expires_at=now + rt.identity.authorization_code_lifetime,
-        )
+        ),
     )
     await rt.listeners.notify(
         "authorization_code_issued",

@@ -34,7 +34,7 @@ from tokensmith.errors import (
     ServerError,
 )
 from tokensmith.listeners.registry import Listener, ListenerSet
-from tokensmith.models import Client, Storage
+from tokensmith.models import Client, Storage, StorageError
 from tokensmith.oauth.hookspecs import AUTHENTICATOR
 from tokensmith.security import hashing as kdf
 from tokensmith.security.truststore import Truststore
@@ -126,6 +126,10 @@ class RequestContext:
     token_endpoint_urls: tuple[str, ...]
 
 
+#: A client id not read ahead (``ClientAuthRequest.prefetch``).
+_UNREAD: Any = object()
+
+
 class ClientAuthRequest:
     """What an authenticator sees of one request."""
 
@@ -143,6 +147,8 @@ class ClientAuthRequest:
         context: RequestContext | Callable[[], RequestContext] | None = None,
     ):
         self._storage = storage
+        #: Clients read ahead of the authenticators, off the event loop (``prefetch``).
+        self._clients: dict[str, Client | None | StorageError] = {}
         self._context = context
         self._truststore = truststore
         self._verified = verified
@@ -178,14 +184,31 @@ class ClientAuthRequest:
 
     def get_client(self, client_id: str) -> Client | None:
         """The registered client *client_id* (without its secret hash), or None if there is
-        none. Not a coroutine: it reads the store's cache, refreshed whenever clients change.
+        none. Not a coroutine: the server read the request's ``client_id`` ahead
+        (``prefetch``), and the store caches clients, refreshed whenever they change.
 
         An id no client can have (not a str, or not encodable as UTF-8, such as a lone
         surrogate from a JSON ``"\\ud800"``) is None, without asking the store."""
         if not storable_id(client_id):
             return None
-        client = self._storage.get_client(client_id)
+        client = self._clients.get(client_id, _UNREAD)
+        if client is _UNREAD:
+            client = self._storage.get_client(client_id)
+        if isinstance(client, StorageError):
+            raise StorageError(str(client))
         return None if client is None else client.without_secret()
+
+    async def prefetch(self, client_id: str | None) -> None:
+        """Read client *client_id* now, through ``Storage.call``, for the authenticators'
+        ``get_client`` and ``check_secret`` to find: they are synchronous and some run on
+        the event loop, which must never wait for a networked store. A store that cannot
+        answer is remembered, and answers them with its StorageError (503)."""
+        if client_id is None or not storable_id(client_id) or client_id in self._clients:
+            return
+        try:
+            self._clients[client_id] = await self._storage.call(self._storage.get_client, client_id)
+        except StorageError as exc:
+            self._clients[client_id] = exc
 
     def trust_anchors(self) -> list[x509.Certificate]:
         """The truststore's CA certificates, for ``tls_client_auth`` (current, no restart)."""
@@ -198,7 +221,10 @@ class ClientAuthRequest:
         and give the same error, so that responses do not tell which client ids exist. The
         slow KDF runs in a thread, off the event loop.
         """
-        client = self._storage.get_client(client_id) if storable_id(client_id) else None
+        await self.prefetch(client_id)
+        client = self._clients.get(client_id) if storable_id(client_id) else None
+        if isinstance(client, StorageError):
+            raise StorageError(str(client))
         stored = client.secret_hash if client is not None else None
         now = time.monotonic()
         if stored is not None and self._verified is not None and self._verified.known(stored, secret, now):
@@ -310,6 +336,7 @@ def collect_server_metadata(listeners: ListenerSet) -> dict[str, Any]:
 async def authenticate_client(listeners: ListenerSet, request: ClientAuthRequest) -> AuthenticatedClient:
     """Run the enabled authenticators over *request* and return the one client they agree on."""
     engaged: list[tuple[str, AuthenticatedClient | OAuth2Error]] = []
+    await request.prefetch(request.form.get("client_id"))
     for listener in listeners.enabled(AUTHENTICATOR):
         try:
             result = await listeners.call(listener, "authenticate_client", request=request, listener=listener)

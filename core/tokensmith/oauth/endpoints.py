@@ -224,7 +224,7 @@ async def introspect(rt: Runtime, request: HttpRequest) -> Answer:
     caller = await authenticate(rt, request, form, "introspect")
     if value is None:
         raise InvalidRequestError("token is missing")
-    record = rt.storage.get_token(token_hash(value))
+    record = await rt.storage.call(rt.storage.get_token, token_hash(value))
     if not _active(record, value, rt.signing):
         return Answer(200, {"active": False})
     assert record is not None
@@ -251,7 +251,7 @@ async def revoke(rt: Runtime, request: HttpRequest) -> Answer:
     auth = await authenticate(rt, request, form, "revoke")
     if value is None:
         raise InvalidRequestError("token is missing")
-    record = rt.storage.get_token(token_hash(value))
+    record = await rt.storage.call(rt.storage.get_token, token_hash(value))
     if record is None or record.revoked:
         return Answer(200, None)
     if record.client_id != auth.client.client_id:
@@ -264,9 +264,9 @@ async def revoke(rt: Runtime, request: HttpRequest) -> Answer:
     kind = "refresh_token" if record.kind == "refresh" else "access_token"
     event = TokenRevokeEvent(auth.client, kind, MappingProxyType(token_claims(record)))
     await rt.listeners.intercept("pre_token_revoke", event=event)
-    rt.storage.revoke_token(record.token_hash)
+    await rt.storage.call(rt.storage.revoke_token, record.token_hash)
     if record.kind == "refresh" and record.grant_id:
-        rt.storage.revoke_grant(record.grant_id)
+        await rt.storage.call(rt.storage.revoke_grant, record.grant_id)
     await rt.listeners.notify("post_token_revoke", event=event)
     return Answer(200, None)
 
@@ -323,7 +323,7 @@ async def metadata(rt: Runtime, urls: PublicUrls) -> Answer:
             "response_modes_supported": ["query"],
             "code_challenge_methods_supported": list(pkce.METHODS),
             "authorization_response_iss_parameter_supported": True,
-            "scopes_supported": rt.storage.scopes_in_use(),
+            "scopes_supported": await rt.storage.call(rt.storage.scopes_in_use),
             "token_endpoint_auth_methods_supported": auth_methods_supported(rt, "token"),
             "introspection_endpoint_auth_methods_supported": auth_methods_supported(rt, "introspect"),
             "revocation_endpoint_auth_methods_supported": auth_methods_supported(rt, "revoke"),

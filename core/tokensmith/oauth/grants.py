@@ -198,13 +198,15 @@ async def check_password(
     same answer at the same cost (one KDF run), so that the answer tells nobody whether the
     name exists. The password is never logged.
     """
-    user = storage.get_user(username)
+    user = await storage.call(storage.get_user, username)
     kdf.admit()  # before the attempt is counted: a busy server must not cost the user a guess
-    taken = user is not None and storage.take_login_attempt(user.username, source, int(time.time()), policy)
+    taken = user is not None and await storage.call(
+        storage.take_login_attempt, user.username, source, int(time.time()), policy
+    )
     stored = user.password_hash if user is not None and taken else None
     correct = await kdf.check(secret, stored)
     if user is not None and taken:
-        storage.end_login_attempt(user.username, source, correct)
+        await storage.call(storage.end_login_attempt, user.username, source, correct)
     if user is None or not taken or not correct:
         if user is not None and not taken:
             log.warning(
@@ -242,7 +244,7 @@ async def authorization_code(request: Grant) -> IssuedToken:
         raise InvalidRequestError("code is missing")
     if verifier is None:
         raise InvalidRequestError("code_verifier is missing (PKCE, RFC 7636 §4.5)")
-    code = storage.get_authorization_code(token_hash(value))
+    code = await storage.call(storage.get_authorization_code, token_hash(value))
     if code is None or code.client_id != auth.client.client_id:
         if code is not None:
             log.warning(
@@ -251,8 +253,8 @@ async def authorization_code(request: Grant) -> IssuedToken:
                 code.client_id,
             )
         raise InvalidGrantError("the authorization code is invalid")
-    if code.used or not storage.use_authorization_code(code.code_hash):
-        _revoke_family(storage, code.grant_id, auth.client.client_id, "authorization code")
+    if code.used or not await storage.call(storage.use_authorization_code, code.code_hash):
+        await _revoke_family(storage, code.grant_id, auth.client.client_id, "authorization code")
         raise InvalidGrantError("the authorization code was already used")
     if code.expires_at <= int(time.time()):
         raise InvalidGrantError("the authorization code has expired")
@@ -261,7 +263,7 @@ async def authorization_code(request: Grant) -> IssuedToken:
         raise InvalidGrantError("redirect_uri does not match the authorization request")
     if not pkce.verifier_matches(verifier, code.code_challenge):
         raise InvalidGrantError("code_verifier does not match the code_challenge")
-    owner = storage.get_user(code.username)
+    owner = await storage.call(storage.get_user, code.username)
     if owner is None or owner.user_id != code.user_id:
         raise InvalidGrantError("the authorization code is invalid")
     scope = resolve_scope(form.get("scope"), code.scope.split()) if "scope" in form else code.scope
@@ -307,18 +309,18 @@ async def refresh_token(request: Grant) -> IssuedToken:
     if value is None:
         raise InvalidRequestError("refresh_token is missing")
     now = int(time.time())
-    record = storage.get_token(token_hash(value))
+    record = await storage.call(storage.get_token, token_hash(value))
     if record is None or record.kind != "refresh" or record.client_id != auth.client.client_id:
         raise InvalidGrantError("the refresh token is invalid")
     if record.used and not record.revoked:
-        _revoke_family(storage, record.grant_id, auth.client.client_id, "refresh token")
+        await _revoke_family(storage, record.grant_id, auth.client.client_id, "refresh token")
         raise InvalidGrantError("the refresh token was already used")
     if record.revoked or record.expires_at <= now:
         raise InvalidGrantError("the refresh token is invalid")
     if record.grant_type is not None and record.grant_type not in auth.client.grant_types:
         raise InvalidGrantError("the client is no longer registered for the grant of this token")
     if record.username is not None:
-        owner = storage.get_user(record.username)
+        owner = await storage.call(storage.get_user, record.username)
         if owner is None or owner.user_id != record.user_id:
             raise InvalidGrantError("the refresh token is invalid")
     if record.cnf_x5t_s256 is not None and binding(auth) != record.cnf_x5t_s256:
@@ -341,18 +343,18 @@ async def refresh_token(request: Grant) -> IssuedToken:
     except RotationRefused:
         # Exchanged by someone else since we read it, or revoked meanwhile: a replay
         # (RFC 9700 §4.14.2) unless it was revoked, and revoking its grant again is harmless.
-        _revoke_family(storage, record.grant_id, auth.client.client_id, "refresh token")
+        await _revoke_family(storage, record.grant_id, auth.client.client_id, "refresh token")
         raise InvalidGrantError("the refresh token was already used") from None
 
 
-def _revoke_family(storage: Storage, grant_id: str | None, client_id: str, what: str) -> None:
+async def _revoke_family(storage: Storage, grant_id: str | None, client_id: str, what: str) -> None:
     """Revoke the grant of a replayed refresh token (RFC 9700 §4.14.2), failing closed: if the
     store cannot take the revocation now, it is retried in the background until it can, and
     the replay is refused all the same."""
     if grant_id is None:
         return
     try:
-        count = storage.revoke_grant(grant_id)
+        count = await storage.call(storage.revoke_grant, grant_id)
     except StorageError as exc:
         log.error(
             "%s replay by client %s: the store is unavailable (%s); its grant"
@@ -379,7 +381,7 @@ async def _revoke_later(storage: Storage, grant_id: str, client_id: str, what: s
         await asyncio.sleep(delay)
         waited += delay
         try:
-            count = storage.revoke_grant(grant_id)
+            count = await storage.call(storage.revoke_grant, grant_id)
         except StorageError:
             delay = min(delay * 2, 5.0)
             continue

@@ -18,7 +18,7 @@ def open_store(server: ServerSettings, migrate: bool = True) -> SQLiteStorage | 
     if server.database_url is not None:
         from tokensmith.storage.postgres import PostgresStorage
 
-        return PostgresStorage(server.database_url, migrate=migrate)
+        return PostgresStorage(server.database_url, migrate=migrate, pool_size=server.database_pool_size)
     from tokensmith.storage.sqlite import SQLiteStorage
 
     return SQLiteStorage(server.database)

@@ -13,14 +13,22 @@ because each is one statement or one transaction that PostgreSQL serialises:
   sends with every change to ``clients`` (from any instance or the CLI). While the listening
   connection is down nothing is cached, so a change can never be missed.
 
-The server calls the store from its event loop's thread, as it does SQLite; every call is a
-round trip of its own connection, bounded by deadlines (connect, statement, TCP), so that a
-database that is unreachable answers ``StorageError`` (503) within seconds and never hangs a
-request. After a failure the connection is opened again on a later call: no restart.
+The server never calls this store from its event loop's thread: requests' calls go through
+``call``, to a small pool of threads and connections (``<Database poolSize>``), so that a
+database that is slow or stalled holds only the requests waiting for it while the others
+(health checks, metrics, refusals that need no store) are answered. Every call is bounded by
+deadlines (connect, statement, TCP, and the watchdog's deadline for the whole call), so that
+a database that is unreachable answers ``StorageError`` (503) within seconds and never hangs
+a request. After a failure a connection is opened again on a later call: no restart.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
 import json
 import os
 import re
@@ -28,9 +36,9 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote
 
 import psycopg
@@ -51,7 +59,10 @@ from tokensmith.models import (
 )
 from tokensmith.storage.sqlite import _client, _client_row, _count, _token_row
 
-__all__ = ["PostgresStorage", "SCHEMA_VERSION", "redact_url", "is_postgres_url"]
+__all__ = ["PostgresStorage", "SCHEMA_VERSION", "POOL_SIZE", "redact_url", "is_postgres_url"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: Deadlines: establishing a connection, one statement, unacknowledged TCP data.
 CONNECT_TIMEOUT = 3
@@ -64,6 +75,10 @@ RETRY_AFTER = 0.5
 #: it: the server's own deadlines cannot help when the server (or a pooler, or the host)
 #: stalls while the kernel still acknowledges our packets.
 CALL_MARGIN = 2.0
+#: How much longer than call_deadline() a request waits for its call, in the queue and running.
+_QUEUE_MARGIN = 1.0
+#: Connections for requests' calls, per process (``<Database poolSize>`` in server.xml).
+POOL_SIZE = 8
 #: Chosen once; every tokensmith migrating any schema of a database takes this lock.
 _MIGRATION_LOCK = 0x746F6B656E736D
 _CLIENT_CACHE = 200_000
@@ -251,6 +266,11 @@ _USER_COLUMNS = (
 )
 
 
+def call_deadline() -> float:
+    """The longest a request's call may take, on the server and in the client together."""
+    return STATEMENT_TIMEOUT_MS / 1000 + CALL_MARGIN
+
+
 def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
@@ -329,15 +349,85 @@ def _shut_down(conn: psycopg.Connection[Any]) -> None:
         sock.close()
 
 
+class _Failures:
+    """The last failure to connect, shared by every connection of one store: after one
+    attempt failed, calls on any connection fail at once for RETRY_AFTER, instead of each
+    waiting for a connect timeout of its own."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+        self.error = ""
+
+
+class _Watchdog:
+    """Client-side deadlines for the calls of every connection of one store, in one thread.
+
+    Past a call's deadline the watchdog shuts its socket down, so that the blocked read
+    returns an error now (StorageError, 503) instead of waiting as long as the stalled server
+    does; the thread that made the call is then free for the next one.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._watched: dict[int, tuple[float, psycopg.Connection[Any], _Connection]] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    @contextmanager
+    def watch(self, holder: _Connection, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        with self._cond:
+            holder.killed = False
+            key = self._next
+            self._next += 1
+            # Every call has the same deadline, so a new one is never the earliest: the
+            # thread needs waking only when it waits for none.
+            if not self._watched:
+                self._cond.notify()
+            self._watched[key] = (time.monotonic() + call_deadline(), conn, holder)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tokensmith-pg-watchdog", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._watched.pop(key, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closing:
+                if not self._watched:
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                first = min(deadline for deadline, _, _ in self._watched.values())
+                if first > now:
+                    self._cond.wait(first - now)
+                    continue
+                for key, (deadline, conn, holder) in list(self._watched.items()):
+                    if deadline <= now:
+                        del self._watched[key]
+                        holder.killed = True
+                        _shut_down(conn)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=3)
+
+
 class _Connection:
     """One connection, opened on first use and again after it failed, with deadlines."""
 
-    def __init__(self, url: str, autocommit: bool = True):
+    def __init__(self, url: str, failures: _Failures, watchdog: _Watchdog, autocommit: bool = True):
         self._url = url
         self._autocommit = autocommit
         self._conn: psycopg.Connection[Any] | None = None
-        self._failed_at = 0.0
-        self._error = ""
+        self._failures = failures
+        self._watchdog = watchdog
         self.lock = threading.RLock()
         #: The last get() returned a connection opened earlier, which may have gone stale.
         self.was_open = False
@@ -346,10 +436,6 @@ class _Connection:
         self.lost = False
         #: The watchdog ended the last call: it had no answer within its deadline.
         self.killed = False
-        self._watch = threading.Condition()
-        self._watched: tuple[float, psycopg.Connection[Any]] | None = None
-        self._watcher: threading.Thread | None = None
-        self._closing = False
 
     def get(self) -> psycopg.Connection[Any]:
         conn = self._conn
@@ -358,60 +444,24 @@ class _Connection:
             return conn
         self.was_open = False
         self.drop()
-        if time.monotonic() - self._failed_at < RETRY_AFTER:
-            raise StorageError(self._error)
+        failures = self._failures
+        if time.monotonic() - failures.at < RETRY_AFTER:
+            raise StorageError(failures.error)
         try:
             self._conn = psycopg.connect(**_conninfo(self._url, "tokensmith"), autocommit=self._autocommit)
         except psycopg.Error as exc:
-            self._failed_at = time.monotonic()
-            self._error = f"{redact_url(self._url)}: {_redact_message(str(exc).strip())}"
-            raise StorageError(self._error) from None
+            failures.error = f"{redact_url(self._url)}: {_redact_message(str(exc).strip())}"
+            failures.at = time.monotonic()
+            raise StorageError(failures.error) from None
         return self._conn
 
-    @contextmanager
-    def watched(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
-        """A client-side deadline for one call on *conn*: past it, the watchdog shuts the
-        socket down, so that the blocked read returns an error now (StorageError, 503)
-        instead of waiting as long as the stalled server does, with the event loop held."""
-        seconds = STATEMENT_TIMEOUT_MS / 1000 + CALL_MARGIN
-        with self._watch:
-            self.killed = False
-            self._watched = (time.monotonic() + seconds, conn)
-            if self._watcher is None:
-                self._watcher = threading.Thread(
-                    target=self._watchdog, name="tokensmith-pg-watchdog", daemon=True
-                )
-                self._watcher.start()
-            self._watch.notify()
-        try:
-            yield
-        finally:
-            with self._watch:
-                self._watched = None
-
-    def _watchdog(self) -> None:
-        with self._watch:
-            while not self._closing:
-                if self._watched is None:
-                    self._watch.wait()
-                    continue
-                deadline, conn = self._watched
-                left = deadline - time.monotonic()
-                if left > 0:
-                    self._watch.wait(left)
-                    continue
-                self._watched = None
-                self.killed = True
-                _shut_down(conn)
+    def watched(self, conn: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[None]:
+        """A client-side deadline for one call on *conn* (``_Watchdog``)."""
+        return self._watchdog.watch(self, conn)
 
     def close(self) -> None:
         with self.lock:
             self.drop()
-        with self._watch:
-            self._closing = True
-            self._watch.notify()
-        if self._watcher is not None:
-            self._watcher.join(timeout=3)
 
     def drop(self) -> None:
         if self._conn is not None:
@@ -420,6 +470,69 @@ class _Connection:
             except psycopg.Error:
                 pass
             self._conn = None
+
+
+class _Pool:
+    """Up to *size* connections for requests' calls, each used by one thread at a time
+    (a psycopg connection serves one statement at a time). A thread that holds one and
+    calls the store again (a read retried, a call made from within another) uses the same.
+
+    A thread that finds every connection busy waits for one up to call_deadline(), then gets
+    StorageError: a store whose every connection is stalled answers 503, it does not queue
+    requests without end.
+    """
+
+    def __init__(self, url: str, size: int, failures: _Failures, watchdog: _Watchdog, shown: str):
+        self._url = url
+        self._size = size
+        self._failures = failures
+        self._watchdog = watchdog
+        self._shown = shown
+        self._idle: list[_Connection] = []
+        self._all: list[_Connection] = []
+        self._cond = threading.Condition()
+        self._held = threading.local()
+        self._closed = False
+
+    @contextmanager
+    def take(self) -> Iterator[_Connection]:
+        held: _Connection | None = getattr(self._held, "holder", None)
+        if held is not None:
+            yield held
+            return
+        with self._cond:
+            deadline = time.monotonic() + call_deadline()
+            while not self._idle and len(self._all) >= self._size:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    raise StorageError(
+                        f"{self._shown}: every connection stayed busy for {call_deadline():g} s"
+                    )
+                self._cond.wait(left)
+            if self._idle:
+                holder = self._idle.pop()  # the most recently used: the fewest go stale
+            else:
+                holder = _Connection(self._url, self._failures, self._watchdog)
+                self._all.append(holder)
+        self._held.holder = holder
+        try:
+            yield holder
+        finally:
+            self._held.holder = None
+            with self._cond:
+                if self._closed:
+                    holder.close()
+                else:
+                    self._idle.append(holder)
+                self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for holder in idle:
+            holder.close()
 
 
 class PostgresStorage:
@@ -433,14 +546,18 @@ class PostgresStorage:
     #: GroupCommit runs try_issue in a thread of its own: the loop serves meanwhile.
     commits_in_thread = True
 
-    def __init__(self, url: str, migrate: bool = True, check: bool = True):
+    def __init__(self, url: str, migrate: bool = True, check: bool = True, pool_size: int = POOL_SIZE):
         self.url = url
         self.shown = redact_url(url)
-        self._main = _Connection(url)
-        #: try_issue's own connection: the group commit thread uses it while the event
-        #: loop's thread reads through _main.
-        self._writer = _Connection(url)
-        self._maint = _Connection(url)
+        self.pool_size = pool_size
+        failures, self._watchdog = _Failures(), _Watchdog()
+        self._pool = _Pool(url, pool_size, failures, self._watchdog, self.shown)
+        #: try_issue's own connection: the group commit thread uses it while the pool's
+        #: threads read.
+        self._writer = _Connection(url, failures, self._watchdog)
+        self._maint = _Connection(url, failures, self._watchdog)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
         self._clients: dict[str, Client] = {}
         self._generation = 0
         self._cache_lock = threading.Lock()
@@ -465,10 +582,43 @@ class PostgresStorage:
 
     # -- connections ---------------------------------------------------------------------
 
+    async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)``, a call of this store's, in one of the pool's threads: the
+        event loop serves other requests meanwhile, and a stalled database holds only the
+        requests that wait for it. The thread takes a connection of the pool for the call.
+
+        The call has call_deadline() from now, its wait for a free thread included; past it,
+        StorageError (503), and a call still queued is dropped. One running on a stalled
+        connection is ended by the watchdog, which frees its thread.
+        """
+        loop = asyncio.get_running_loop()
+        # In the caller's context, as asyncio.to_thread would: a function may read context
+        # variables (the request's, a log's).
+        context = contextvars.copy_context()
+        future = loop.run_in_executor(self._threads(), functools.partial(context.run, fn, *args, **kwargs))
+        try:
+            # A little past the watchdog's deadline: a call that is running is ended by the
+            # watchdog, with its own error; this bounds the wait for a thread as well.
+            return await asyncio.wait_for(future, call_deadline() + _QUEUE_MARGIN)
+        except TimeoutError:
+            if future.cancelled():
+                raise StorageError(f"{self.shown}: no answer within the deadline") from None
+            raise
+
+    def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
+        executor = self._executor
+        if executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        self.pool_size, thread_name_prefix="tokensmith-pg"
+                    )
+                executor = self._executor
+        return executor
+
     @contextmanager
     def _cursor(self, maintenance: bool = False, transaction: bool = False) -> Iterator[psycopg.Cursor[Any]]:
-        holder = self._maint if maintenance else self._main
-        with holder.lock:
+        with nullcontext(self._maint) if maintenance else self._pool.take() as holder, holder.lock:
             conn = holder.get()
             # Migrations (maintenance) may rightly take long; requests' calls may not.
             watch = nullcontext() if maintenance else holder.watched(conn)
@@ -502,13 +652,14 @@ class PostgresStorage:
         timeout of a proxy), it is tried once more on a new connection, so that the first
         request after the database came back is not answered 503 for a stale connection."""
         for attempt in (1, 2):
-            try:
-                with self._cursor() as cur:
-                    cur.execute(query, params)
-                    return cur.fetchone()
-            except StorageError:
-                if attempt == 2 or not self._main.was_open or not self._main.lost:
-                    raise
+            with self._pool.take() as holder:
+                try:
+                    with self._cursor() as cur:
+                        cur.execute(query, params)
+                        return cur.fetchone()
+                except StorageError:
+                    if attempt == 2 or not holder.was_open or not holder.lost:
+                        raise
         raise AssertionError("unreachable")
 
     # -- schema --------------------------------------------------------------------------
@@ -598,9 +749,12 @@ class PostgresStorage:
         if self._listener is not None:
             self._listener.join(timeout=3)
             self._listener = None
-        self._main.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
         self._maint.close()
         self._writer.close()
+        self._watchdog.close()
 
     def __enter__(self) -> PostgresStorage:
         return self

@@ -1,0 +1,252 @@
+"""A slow PostgreSQL holds only the requests that wait for it (issue 18).
+
+Requests' store calls go through ``Storage.call``: PostgreSQL runs them in a pool of threads
+and connections, so that while one call waits for the database (here: for a table lock that
+another connection holds) the event loop answers everything else, and N stalled calls take
+one deadline, not N of them. SQLite calls stay on the caller's thread.
+
+The PostgreSQL tests skip, saying how to run them, without TOKENSMITH_TEST_POSTGRES_URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import httpx
+import pytest
+from conftest import Server, new_deployment, start_server
+from tokensmith.models import StorageError, TokenRecord
+from tokensmith.storage.postgres import PostgresStorage
+from tokensmith.storage.sqlite import SQLiteStorage
+
+
+@contextmanager
+def tokens_locked(url: str) -> Iterator[None]:
+    """Another session holds the tokens table: every read of a token waits for it."""
+    import psycopg
+
+    with psycopg.connect(url) as locker:
+        locker.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            locker.rollback()
+
+
+def test_pool_size_is_read_from_server_xml_and_bounded(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """``<Database poolSize>``: 8 unless given; outside 1..256 a file+line error."""
+    from tokensmith.config.settings import load_server
+    from tokensmith.config.xml import ConfigError
+    from tokensmith.storage.postgres import POOL_SIZE
+
+    monkeypatch.delenv("TOKENSMITH_DATABASE_URL", raising=False)
+    path = tmp_path / "server.xml"
+
+    def server(database: str) -> Path:
+        path.write_text(
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Server>\n'
+            '    <Keystore certificateFile="security/server.crt" keyFile="security/server.key"/>\n'
+            f'    <Connector port="0"/>\n    {database}\n</Server>\n'
+        )
+        return path
+
+    assert load_server(server('<Database url="postgresql://h/db"/>')).database_pool_size == POOL_SIZE == 8
+    assert load_server(server('<Database url="postgresql://h/db" poolSize="3"/>')).database_pool_size == 3
+    for bad in ("0", "257", "x"):
+        with pytest.raises(ConfigError, match=r"server\.xml:5"):
+            load_server(server(f'<Database url="postgresql://h/db" poolSize="{bad}"/>'))
+
+
+def test_sqlite_calls_stay_on_the_callers_thread(tmp_path: Path) -> None:
+    """No thread hop for the embedded store: its reads take less than one would."""
+    store = SQLiteStorage(tmp_path / "s.db")
+    try:
+        store.add_tokens([TokenRecord("t", "access", "c", "", 0, 10_000)])
+
+        async def main() -> tuple[int, TokenRecord | None]:
+            return await store.call(lambda: threading.get_ident()), await store.call(store.get_token, "t")
+
+        ident, token = asyncio.run(main())
+        assert ident == threading.get_ident()
+        assert token is not None and token.token_hash == "t"
+    finally:
+        store.close()
+
+
+def test_a_stalled_postgres_call_leaves_the_event_loop_free(postgres_url: str) -> None:
+    """While a read waits for a lock, the loop keeps turning; the read then completes."""
+    store = PostgresStorage(postgres_url)
+    try:
+        store.add_tokens([TokenRecord("t", "access", "c", "", 0, 10_000)])
+
+        async def main() -> tuple[float, TokenRecord | None, int]:
+            with tokens_locked(postgres_url):
+                read = asyncio.ensure_future(store.call(store.get_token, "t"))
+                worst, ticks = 0.0, 0
+                for _ in range(30):
+                    started = time.monotonic()
+                    await asyncio.sleep(0.01)
+                    worst = max(worst, time.monotonic() - started)
+                    ticks += 1
+                assert not read.done()  # still waiting for the lock
+            return worst, await read, threading.get_ident()
+
+        worst, token, _ = asyncio.run(main())
+        assert worst < 0.2
+        assert token is not None
+    finally:
+        store.close()
+
+
+def test_n_stalled_postgres_calls_take_one_deadline_not_n(postgres_url: str, monkeypatch) -> None:  # noqa: ANN001
+    """Four reads stalled on a lock each fail at their own lock timeout, together: not one
+    after the other. With a pool of two, the two queued behind them still end within the
+    call's deadline (StorageError), never later."""
+    from tokensmith.storage import postgres
+
+    monkeypatch.setattr(postgres, "STATEMENT_TIMEOUT_MS", 1_000)
+    for pool_size, limit in ((4, 1.0 + 0.9), (2, postgres.call_deadline() + postgres._QUEUE_MARGIN + 0.5)):
+        store = PostgresStorage(postgres_url, pool_size=pool_size)
+        try:
+            store.add_tokens([TokenRecord(f"t{pool_size}", "access", "c", "", 0, 10_000)])
+
+            async def main(store: PostgresStorage = store) -> list[object]:
+                return await asyncio.gather(
+                    *(store.call(store.get_token, "t") for _ in range(4)), return_exceptions=True
+                )
+
+            with tokens_locked(postgres_url):
+                started = time.monotonic()
+                results = asyncio.run(main())
+                elapsed = time.monotonic() - started
+            assert all(isinstance(r, StorageError) for r in results), results
+            assert elapsed < limit, (pool_size, elapsed)  # one after the other: 4 s
+            assert store.get_token(f"t{pool_size}") is not None  # the pool serves again
+        finally:
+            store.close()
+
+
+def test_the_watchdog_ends_every_stalled_connection_at_its_deadline(postgres_url: str, monkeypatch) -> None:  # noqa: ANN001
+    """The database host freezes (nothing answers, the kernel still acknowledges) while three
+    calls are at it on three connections: the one watchdog ends each at its client-side
+    deadline, together, and the store serves again once the host does."""
+    import pg
+    from tokensmith.storage import postgres
+
+    monkeypatch.setattr(postgres, "STATEMENT_TIMEOUT_MS", 500)
+    monkeypatch.setattr(postgres, "CALL_MARGIN", 0.5)
+    with pg.Proxy(postgres_url) as proxy:
+        store = PostgresStorage(proxy.url, pool_size=3)
+        try:
+            store.add_tokens([TokenRecord("t", "access", "c", "", 0, 10_000)])
+
+            async def main() -> list[object]:
+                # Three connections open first, so that the freeze finds each mid-call.
+                await asyncio.gather(*(store.call(store.get_token, "t") for _ in range(3)))
+                proxy.freeze()
+                return await asyncio.gather(
+                    *(store.call(store.get_token, "t") for _ in range(3)), return_exceptions=True
+                )
+
+            started = time.monotonic()
+            results = asyncio.run(main())
+            elapsed = time.monotonic() - started
+            assert all(isinstance(r, StorageError) and "deadline" in str(r) for r in results), results
+            assert elapsed < 2.5  # one deadline (1 s), not three
+            proxy.thaw()
+            time.sleep(0.6)  # past the reconnect back-off
+            assert store.get_token("t") is not None
+        finally:
+            store.close()
+
+
+# -- one `tokensmith serve` process ----------------------------------------------------------
+
+
+@pytest.fixture
+def pg_server(tmp_path, keystore, wheel_cache, postgres_url) -> Iterator[tuple[Server, dict]]:  # noqa: ANN001
+    """A server on PostgreSQL whose lock waits end after 2 s (the URL's own options win),
+    and a client of it."""
+    assert "options=" in postgres_url  # its schema's search_path (tests/pg.py)
+    url = postgres_url.replace("options=", "options=-clock_timeout%3D2000%20", 1)
+    dep = new_deployment(
+        tmp_path / "ts", keystore, wheel_cache, database_xml=f"<Database url={quoteattr(url)}/>"
+    )
+    server = start_server(dep)
+    try:
+        client = dep.add_client(
+            "c", "--grant-type=client_credentials", "--scope=read", "--auth-method", "client_secret_basic"
+        )
+        yield server, client
+    finally:
+        server.stop()
+
+
+def _token(server: Server, client: dict) -> str:
+    with server.client() as http:
+        response = http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client["client_id"], client["client_secret"]),
+        )
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
+def _introspect(server: Server, client: dict, value: str) -> tuple[httpx.Response, float]:
+    with server.client() as http:
+        response = http.post(
+            "/oauth2/introspect", data={"token": value}, auth=(client["client_id"], client["client_secret"])
+        )
+    return response, time.monotonic()
+
+
+def test_while_a_request_waits_for_the_database_the_server_answers_others(pg_server, postgres_url) -> None:  # noqa: ANN001
+    """One process, one introspection stalled on a lock: /healthz, /metrics and a token request
+    refused before it needs the store are answered at once, while the introspection is still
+    waiting; it is answered once the lock is gone."""
+    server, client = pg_server
+    value = _token(server, client)
+    with ThreadPoolExecutor(1) as pool, server.client() as http:
+        with tokens_locked(postgres_url):
+            stalled = pool.submit(_introspect, server, client, value)
+            time.sleep(0.3)  # the introspection is at the database now
+            for method, path, data in (
+                ("GET", "/healthz", None),
+                ("GET", "/metrics", None),
+                ("POST", "/oauth2/token", {"grant_type": "urn:example:unknown"}),
+            ):
+                started = time.monotonic()
+                answer = http.request(method, path, data=data)
+                assert time.monotonic() - started < 1.0, path
+                assert answer.status_code in (200, 400), (path, answer.text)
+            assert not stalled.done()
+            released = time.monotonic()
+        response, answered = stalled.result()
+    assert response.status_code == 200 and response.json()["active"] is True
+    assert answered >= released
+
+
+def test_n_stalled_requests_are_answered_together_503_with_retry_after(pg_server, postgres_url) -> None:  # noqa: ANN001
+    """Four introspections wait on the lock until their lock timeout (2 s): each is 503
+    temporarily_unavailable with Retry-After, all within about one timeout, not four."""
+    server, client = pg_server
+    value = _token(server, client)
+    with tokens_locked(postgres_url), ThreadPoolExecutor(4) as pool:
+        started = time.monotonic()
+        answers = list(pool.map(lambda _: _introspect(server, client, value), range(4)))
+        elapsed = time.monotonic() - started
+    for response, _ in answers:
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "temporarily_unavailable"
+        assert response.headers["Retry-After"] == "1"
+    assert elapsed < 5.0  # one after the other: 8 s
+    response, _ = _introspect(server, client, value)
+    assert response.status_code == 200 and response.json()["active"] is True
