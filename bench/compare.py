@@ -12,9 +12,13 @@ these servers, each started pinned to CPU 0 with loadgen on CPU 1, rounds interl
                         dropins, made with `make setup`), its deployment built by that tree's own
                         bench harness, default lane, SQLite, no access log
   tokensmith-postgres   this tree, default lane, on PostgreSQL (--postgres)
+  tokensmith-llhttp     this tree, the opt-in llhttp lane (http1="llhttp"), SQLite (--llhttp)
+  tokensmith-postgres-llhttp
+                        this tree, the llhttp lane, on PostgreSQL (--llhttp and --postgres)
   node-oidc             node-oidc-provider (bench/peers/node-oidc)
 
-Scenario 1 runs on all of them; scenario 2 on tokensmith, tokensmith-postgres and node-oidc.
+Scenario 1 runs on all of them; scenario 2 on tokensmith, tokensmith-postgres, their llhttp
+rows and node-oidc.
 Then, on the whole machine (nothing pinned), one tokensmith instance on PostgreSQL against two,
 each behind bench/harness/balancer.py, scenarios 1 and 2, compared in requests per CPU-second.
 For the PostgreSQL rows the server's CPU includes the PostgreSQL backends serving the run's
@@ -65,6 +69,8 @@ BASE = "tokensmith"
 ACCESSLOG = "tokensmith-accesslog"
 BEFORE = "before"
 POSTGRES = "tokensmith-postgres"
+LLHTTP = "tokensmith-llhttp"
+POSTGRES_LLHTTP = "tokensmith-postgres-llhttp"
 NODE = "node-oidc"
 ONE, TWO = "tokensmith-postgres-1-instance", "tokensmith-postgres-2-instances"
 
@@ -133,6 +139,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " TOKENSMITH_BENCH_POSTGRES_URL; without one the PostgreSQL comparisons are skipped",
     )
     p.add_argument("--skip-node", action="store_true", help="do not run node-oidc")
+    p.add_argument(
+        "--llhttp",
+        action="store_true",
+        help="also run this tree on the opt-in llhttp lane (SQLite, and PostgreSQL with --postgres)",
+    )
     p.add_argument("--skip-accesslog", action="store_true", help="skip the access log on/off comparison")
     p.add_argument("--skip-instances", action="store_true", help="skip 1 vs 2 instances on PostgreSQL")
     p.add_argument(
@@ -247,6 +258,8 @@ def execute(run: Run, args: argparse.Namespace, work: Path) -> None:
     dep.register_bulk(clients)
     dep.register_basic()
     starters: dict = {BASE: lambda: start_tokensmith(run.procs, dep, work, cpus=SERVER_CPUS)}
+    if args.llhttp:
+        starters[LLHTTP] = lambda: start_tokensmith(run.procs, dep, work, lane="llhttp", cpus=SERVER_CPUS)
     if not args.skip_accesslog:
         conf = accesslog_conf(dep)
         starters[ACCESSLOG] = lambda: start_conf(
@@ -279,9 +292,13 @@ def execute(run: Run, args: argparse.Namespace, work: Path) -> None:
         starters[POSTGRES] = lambda: with_database(
             start_tokensmith(run.procs, pg_dep, work, cpus=SERVER_CPUS), backends
         )
+        if args.llhttp:
+            starters[POSTGRES_LLHTTP] = lambda: with_database(
+                start_tokensmith(run.procs, pg_dep, work, lane="llhttp", cpus=SERVER_CPUS), backends
+            )
     if not node_skip:
         starters[NODE] = lambda: start_node(run.procs, clients, work, adapter="map", cpus=SERVER_CPUS)
-    plan = {"s1": list(starters), "s2": [BASE, POSTGRES, NODE]}
+    plan = {"s1": list(starters), "s2": [BASE, POSTGRES, LLHTTP, POSTGRES_LLHTTP, NODE]}
     run.log(f"pinned servers: {', '.join(starters)}")
     results["servers"] = measure(run, starters, clients, plan, run.settings)
     access_log = dep.root / "var" / "access.log"
@@ -415,6 +432,17 @@ def comparisons(results: dict) -> list[dict]:
                 NODE,
                 floor,
                 POSTGRES,
+            )
+    if POSTGRES_LLHTTP in results.get("servers", {}):
+        # The same target on the opt-in lane, reported beside (never instead of) the default's.
+        for key, floor in (("s1", 1.0), ("s2", None)):
+            add(
+                f"B'. PostgreSQL vs SQLite vs node-oidc on the llhttp lane, scenario {key[1]}",
+                key,
+                [(NODE, NODE), (LLHTTP + " (SQLite)", LLHTTP), (POSTGRES_LLHTTP, POSTGRES_LLHTTP)],
+                NODE,
+                floor,
+                POSTGRES_LLHTTP,
             )
     instances = results.get("instances")
     if instances:
