@@ -478,7 +478,9 @@ class Storage(Protocol):
     def list_consents(self, user_id: str) -> list[Consent]: ...
 
     def revoke_consent(self, user_id: str, client_id: str) -> bool:
-        """Forget the consent; the tokens issued under it stay until revoked or expired."""
+        """Forget the consent and, in the same transaction, revoke what the client holds for
+        the user: its tokens and their grants (also tokens of them stored later), and its
+        codes not yet redeemed. True if there was a consent."""
         ...
 
     def add_session(self, session: SignInSession) -> None: ...

@@ -146,6 +146,10 @@ def test_rfc7591_example_2(open_server: Server) -> None:
         ({"redirect_uris": ["not a uri"]}, "invalid_redirect_uri"),
         ({"redirect_uris": ["https://client.example.org/cb#frag"]}, "invalid_redirect_uri"),
         ({"redirect_uris": ["http://client.example.org/cb"]}, "invalid_redirect_uri"),  # http off loopback
+        # Userinfo: it reads as trusted.example and goes to evil.example (RFC 3986 §7.6).
+        ({"redirect_uris": ["https://trusted.example@evil.example/cb"]}, "invalid_redirect_uri"),
+        # Not ASCII: it would be sent as raw UTF-8 in Location (RFC 3986 §2.1).
+        ({"redirect_uris": ["https://client.example.org/cb/日本"]}, "invalid_redirect_uri"),
         ({"grant_types": ["authorization_code"]}, "invalid_client_metadata"),  # no redirect_uris
         (
             {"grant_types": ["client_credentials"], "response_types": ["code"]},
@@ -171,6 +175,28 @@ def test_errors_are_rfc7591_json(open_server: Server, document: dict, error: str
     assert answer.headers["content-type"] == "application/json"
     assert answer.json()["error"] == error
     assert answer.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "said"),
+    [
+        ("https://trusted.example@evil.example/cb", "userinfo"),
+        ("https://client.example.org/caf\u00e9", "ASCII"),
+    ],
+)
+def test_the_admin_api_refuses_such_redirect_uris_too(open_server: Server, uri: str, said: str) -> None:
+    document = {
+        "client_name": "refused",
+        "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code"],
+        "redirect_uris": [uri],
+    }
+    with open_server.client(auth=("root", PASSWORDS["root"])) as admin:
+        before = admin.get("/api/clients").json()
+        answer = admin.post("/api/clients", json=document)
+        assert answer.status_code == 400, answer.text
+        assert said in answer.json()["error_description"]
+        assert admin.get("/api/clients").json() == before
 
 
 def test_not_json_is_invalid_client_metadata(open_server: Server) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import urllib.parse
 from collections.abc import Iterator
@@ -192,3 +193,40 @@ def test_metrics_through_a_loopback_proxy_decide_on_the_client(proxied) -> None:
     server, _ = proxied
     assert get(server, "/metrics", "X-Forwarded-For: 8.8.8.8\r\nX-Forwarded-Proto: https\r\n")[0] == 404
     assert get(server, "/metrics", "X-Forwarded-For: 127.0.0.1\r\n")[0] == 200
+
+
+def test_login_page_lockout_counts_the_forwarded_client(proxied) -> None:  # noqa: ANN001
+    """The login page counts failed sign-ins as the token endpoint does: per address the
+    trusted proxy forwarded, not the proxy's own, so an attacker behind the proxy cannot
+    lock a user out for everybody behind it; and the log names the forwarded address."""
+    server, _ = proxied
+    server.deployment.cli("user", "add", "dave", "--password-stdin", input=PASSWORD + "\n")
+
+    def sign_in(address: str, password: str) -> int:
+        proxy = f"X-Forwarded-Proto: https\r\nX-Forwarded-For: {address}\r\n"
+        status, fields, body = get(server, "/oauth2/login", proxy)
+        assert status == 200, body
+        token = re.search(rb'name="csrf_token" value="([^"]+)"', body)
+        assert token is not None, body
+        form = urllib.parse.urlencode(
+            {"csrf_token": token.group(1).decode(), "request": "", "username": "dave", "password": password}
+        ).encode()
+        status, _, _ = raw(
+            server,
+            (
+                "POST /oauth2/login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\n"
+                f"Cookie: __Host-tokensmith-csrf={token.group(1).decode()}\r\n"
+                f"Content-Length: {len(form)}\r\n{proxy}\r\n"
+            ).encode("latin-1")
+            + form,
+        )
+        return status
+
+    for _ in range(3):
+        assert sign_in("6.6.6.9", "wrong") == 401
+    assert sign_in("6.6.6.9", PASSWORD) == 401  # the attacker's address is locked out
+    assert sign_in("5.5.5.9", PASSWORD) == 303  # dave behind the same proxy is not
+    log = server.log()
+    assert "sign-in failed for user 'dave' (login page, from 6.6.6.9)" in log
+    assert "locked out for 6.6.6.9" in log and "for 127.0.0.1" not in log

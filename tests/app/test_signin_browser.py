@@ -156,3 +156,73 @@ def test_sign_in_consent_and_a_certificate_bound_token_in_chromium(
     assert page.locator("#signed-out").is_visible()
     page.goto(f"{server.url}/oauth2/authorize?{query}")
     assert page.title().startswith("Sign in")
+
+
+def test_a_native_app_on_any_loopback_port_and_withdrawing_its_consent_in_chromium(
+    deployment: Deployment, serve, page, callback: Callback
+) -> None:  # noqa: ANN001
+    """A native app registered http://127.0.0.1:9/callback and listens on whatever port was
+    free (RFC 8252 §7.3): Chromium signs in, the consent page names that host and port, and
+    lands on the app's real port with the code. Withdrawing the consent on the account page,
+    which says what it does, ends the app's access: its refresh token is refused."""
+    deployment.cli("user", "add", "admin", "--password-stdin", input=PASSWORD + "\n")
+    registered = "http://127.0.0.1:9/callback"
+    assert callback.url != registered
+    client = deployment.add_client(
+        "native",
+        "--grant-type",
+        "authorization_code",
+        "--grant-type",
+        "refresh_token",
+        "--auth-method",
+        "none",
+        "--redirect-uri",
+        registered,
+    )
+    server: Server = serve(deployment)
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    query = urllib.parse.urlencode(
+        {
+            "response_type": "code",
+            "client_id": client["client_id"],
+            "redirect_uri": callback.url,
+            "state": "s",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+    )
+    page.goto(f"{server.url}/oauth2/authorize?{query}")
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    assert page.get_by_role("heading").inner_text() == "Allow native access?"
+    host = urllib.parse.urlsplit(callback.url).netloc
+    assert f"will receive it at {host}." in page.locator("main").inner_text()
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url(callback.url + "?*")
+    code = callback.received[0]["code"]
+    with server.client() as http_client:
+        answer = http_client.post(
+            "/oauth2/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "code_verifier": verifier,
+                "redirect_uri": callback.url,
+                "client_id": client["client_id"],
+            },
+        )
+    assert answer.status_code == 200, answer.text
+    refresh = answer.json()["refresh_token"]
+
+    page.goto(f"{server.url}/oauth2/account")
+    assert "stop working at once" in page.locator("#withdraw-note").inner_text()
+    page.get_by_role("button", name="Withdraw consent for native").click()
+    assert page.locator("#no-consents").is_visible()
+    with server.client() as http_client:
+        refused = http_client.post(
+            "/oauth2/token",
+            data={"grant_type": "refresh_token", "refresh_token": refresh, "client_id": client["client_id"]},
+        )
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant", refused.text

@@ -497,6 +497,8 @@ def test_sp_redirect_uris_add_show_update(deployment) -> None:  # noqa: ANN001
     for args, expected in [
         (["--redirect-uri", "http://app.example/cb"], "http to a loopback address"),
         (["--redirect-uri", "https://app.example/cb#x"], "has a fragment"),
+        (["--redirect-uri", "https://trusted.example@evil.example/cb"], "must not hold userinfo"),
+        (["--redirect-uri", "https://app.example/caf\u00e9"], "not ASCII"),
         ([], "needs redirect_uris"),
     ]:
         result = deployment.cli(

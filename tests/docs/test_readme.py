@@ -159,6 +159,8 @@ def test_readme_blocks_run_in_order_from_a_fresh_clone(fresh_clone: Deployment) 
     )
     assert '"error":"invalid_grant"' in signin[3]
     assert signin[4] == '{"active":false}'
+    # Withdrawing the consent revoked the token of the code issued after it was remembered.
+    assert signin[5] == '{"active":true,' and signin[6] == '{"active":false}' and len(signin) == 7
 
     lines = out["endpoints"].strip().splitlines()
     assert json.loads(lines[0])["username"] == "alice"

@@ -7,6 +7,7 @@ Codes are exchanged over real TLS, with the client's certificate where it has on
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -16,8 +17,10 @@ import shutil
 import sqlite3
 import ssl
 import textwrap
+import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,6 +335,51 @@ def test_consent_is_remembered_per_scope_and_revocable(env: Env, browser: Browse
     assert asked.status_code == 200 and "Allow" in asked.text
 
 
+def test_withdrawing_consent_revokes_the_clients_tokens_and_codes(env: Env, browser: Browser) -> None:
+    """Withdrawing consent on the account page ends the client's access for this user, as
+    the page says: its access and refresh tokens stop working and a code it has not yet
+    redeemed is refused; another user's tokens for the same client are untouched."""
+    secret = (str(env.secret["client_id"]), str(env.secret["client_secret"]))
+
+    def active(token: str) -> bool:
+        with env.server.client() as http:
+            answer = http.post("/oauth2/introspect", data={"token": token}, auth=secret)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["active"]
+
+    verifier = new_verifier()
+    code = browser.code_for(env.secret, verifier, user="bob", scope="read", redirect_uri=CALLBACK)["code"]
+    tokens = exchange(env, env.secret, code, verifier).json()
+    pending_verifier = new_verifier()
+    pending = browser.code_for(env.secret, pending_verifier, scope="read", redirect_uri=CALLBACK)["code"]
+    other = Browser(env.server)
+    try:
+        other_verifier = new_verifier()
+        other_code = other.code_for(
+            env.secret, other_verifier, user="alice", scope="read", redirect_uri=CALLBACK
+        )
+        other_tokens = exchange(env, env.secret, other_code["code"], other_verifier).json()
+    finally:
+        other.close()
+    assert active(tokens["access_token"]) and active(tokens["refresh_token"])
+    account = browser.get("/oauth2/account")
+    assert "tokens it holds for you stop working" in account.text
+    withdrawn = browser.post(
+        "/oauth2/account", {"csrf_token": csrf(account.text), "client_id": str(env.secret["client_id"])}
+    )
+    assert withdrawn.status_code == 303
+    assert not active(tokens["access_token"]) and not active(tokens["refresh_token"])
+    with env.server.client() as http:
+        refreshed = http.post(
+            "/oauth2/token",
+            data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+            auth=secret,
+        )
+    assert_error(refreshed, 400, "invalid_grant")
+    assert_error(exchange(env, env.secret, pending, pending_verifier), 400, "invalid_grant")
+    assert active(other_tokens["access_token"]) and active(other_tokens["refresh_token"])
+
+
 def test_the_session_cookie_is_secure_httponly_lax_and_sign_out_ends_it(env: Env, browser: Browser) -> None:
     query = authorize_query(env.mtls, new_verifier())
     signed_in = browser.sign_in(query)
@@ -363,6 +411,44 @@ def test_forms_without_the_csrf_token_are_refused(env: Env, browser: Browser) ->
     assert browser.sign_in(query).status_code == 303
     consent = browser.post("/oauth2/consent", {"csrf_token": "forged", "request": query, "decision": "allow"})
     assert consent.status_code == 403 and "location" not in consent.headers
+
+
+def test_a_flood_of_sign_ins_gets_busy_pages_not_json(env: Env) -> None:
+    """Sign-ins for made-up users sent at once fill the password hashing pool (each costs a
+    KDF run all the same); the ones past it get 503 with Retry-After and a page, with the
+    pages' security headers, asking to try again: never the token endpoint's JSON."""
+
+    async def flood() -> list[httpx.Response]:
+        context = ssl.create_default_context(cafile=str(env.server.deployment.server_cert))
+        clients = [httpx.AsyncClient(base_url=env.server.url, verify=context, timeout=60) for _ in range(90)]
+        try:
+            tokens = [csrf((await c.get("/oauth2/login")).text) for c in clients]
+            return list(
+                await asyncio.gather(
+                    *(
+                        c.post(
+                            "/oauth2/login",
+                            data={"csrf_token": t, "request": "", "username": f"ghost{i}", "password": "p"},
+                        )
+                        for i, (c, t) in enumerate(zip(clients, tokens, strict=True))
+                    )
+                )
+            )
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    for _ in range(3):  # the pool fills unless the machine is very fast; try again if not
+        answers = asyncio.run(flood())
+        if any(a.status_code == 503 for a in answers):
+            break
+    assert {a.status_code for a in answers} == {401, 503}
+    for answer in answers:
+        assert answer.headers["content-type"].startswith("text/html"), answer.text
+        assert answer.headers["x-frame-options"] == "DENY" and answer.headers["cache-control"] == "no-store"
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+        if answer.status_code == 503:
+            assert answer.headers["retry-after"] == "1" and "busy" in answer.text
 
 
 def test_the_login_page_locks_out_as_the_password_grant_does(env: Env, browser: Browser) -> None:
@@ -409,6 +495,38 @@ def test_a_public_client_with_pkce_and_a_certificate_gets_a_bound_refresh_token(
     assert own.status_code == 200, own.text
 
 
+@pytest.mark.parametrize("port", [8123, 51234, 1])
+def test_a_loopback_redirect_uri_may_name_any_port(env: Env, browser: Browser, port: int) -> None:
+    """RFC 8252 §7.3: the native client registered http://127.0.0.1:8123/cb and listens on
+    whichever port was free; the code goes to the port it named, and the token request must
+    repeat that URI."""
+    redirect_uri = f"http://127.0.0.1:{port}/cb"
+    verifier = new_verifier()
+    code = browser.code_for(env.public, verifier, scope="read", redirect_uri=redirect_uri)["code"]
+    if port != 8123:
+        assert_error(exchange(env, env.public, code, verifier, redirect_uri=LOOPBACK), 400, "invalid_grant")
+    answer = exchange(env, env.public, code, verifier, redirect_uri=redirect_uri)
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize(
+    "redirect_uri",
+    [
+        "http://127.0.0.1:51234/cb/",
+        "http://127.0.0.2:8123/cb",
+        "http://localhost:8123/cb",
+        "http://[::1]:8123/cb",
+    ],
+)
+def test_a_loopback_redirect_uri_differing_but_in_its_port_is_shown(
+    env: Env, browser: Browser, redirect_uri: str
+) -> None:
+    query = authorize_query(env.public, new_verifier(), redirect_uri=redirect_uri)
+    answer = browser.get(f"/oauth2/authorize?{query}")
+    assert answer.status_code == 400 and "not registered for this client" in answer.text
+
+
+# --- what the authorization endpoint shows instead of redirecting ---------------------------------
 # --- what the authorization endpoint shows instead of redirecting ---------------------------------
 
 
@@ -545,10 +663,82 @@ def test_replaying_a_code_revokes_the_tokens_issued_for_it(env: Env, issued: tup
     env.server.wait_for_log("authorization code replay by client")
 
 
-def test_a_wrong_verifier_is_invalid_grant_and_spends_the_code(env: Env, issued: tuple[str, str]) -> None:
+@pytest.mark.parametrize(
+    "wrong", ["another verifier", "the verifier cut short", "another redirect URI", "no redirect URI"]
+)
+def test_a_wrong_verifier_or_redirect_uri_leaves_the_code_to_its_client(
+    env: Env, browser: Browser, wrong: str
+) -> None:
+    """RFC 7636 §4.6, RFC 6749 §4.1.3: the verifier and the redirect URI are checked before
+    the code is spent, so whoever else holds the code cannot burn it with wrong ones."""
+    verifier = new_verifier()
+    code = browser.code_for(env.mtls, verifier, scope="read", redirect_uri=CALLBACK)["code"]
+    given: dict[str, str | None] = {
+        "another verifier": {"verifier": new_verifier()},
+        "the verifier cut short": {"verifier": verifier[:-1]},
+        "another redirect URI": {"redirect_uri": CALLBACK + "/"},
+        "no redirect URI": {"redirect_uri": None},  # named in the request, so required here
+    }[wrong]
+    answer = exchange(
+        env,
+        env.mtls,
+        code,
+        given.get("verifier", verifier),
+        cert=env.cert,
+        redirect_uri=given.get("redirect_uri", CALLBACK),
+    )
+    assert_error(answer, 400, "invalid_grant")
+    assert exchange(env, env.mtls, code, verifier, cert=env.cert).status_code == 200
+
+
+def test_a_replay_failing_the_checks_revokes_nothing(env: Env, issued: tuple[str, str]) -> None:
+    """RFC 6749 §4.1.2's revocation on a code's second use is for its client's own replay:
+    someone holding a leaked code, once redeemed, cannot revoke the client's tokens with a
+    wrong verifier, a wrong redirect URI or as another client."""
     code, verifier = issued
+    first = exchange(env, env.mtls, code, verifier, cert=env.cert)
+    assert first.status_code == 200, first.text
+    tokens = first.json()
     assert_error(exchange(env, env.mtls, code, new_verifier(), cert=env.cert), 400, "invalid_grant")
+    assert_error(
+        exchange(env, env.mtls, code, verifier, cert=env.cert, redirect_uri=OTHER_CALLBACK),
+        400,
+        "invalid_grant",
+    )
+    assert_error(exchange(env, env.public, code, verifier, redirect_uri=CALLBACK), 400, "invalid_grant")
+    assert introspect(env, env.mtls, tokens["access_token"])["active"] is True
+    assert introspect(env, env.mtls, tokens["refresh_token"])["active"] is True
+    # The client's own replay still revokes them.
     assert_error(exchange(env, env.mtls, code, verifier, cert=env.cert), 400, "invalid_grant")
+    assert introspect(env, env.mtls, tokens["access_token"]) == {"active": False}
+
+
+def test_concurrent_redemptions_of_a_code_give_exactly_one_token(env: Env, issued: tuple[str, str]) -> None:
+    """The code is spent atomically once the checks pass: of 20 redemptions sent at once,
+    exactly one gets tokens."""
+    code, verifier = issued
+    statuses: Counter[int] = Counter()
+    barrier = threading.Barrier(20)
+
+    def redeem() -> None:
+        data = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "redirect_uri": CALLBACK,
+            "client_id": str(env.mtls["client_id"]),
+        }
+        with env.server.client(cert=env.cert) as http:
+            http.get("/.well-known/oauth-authorization-server")  # connected before the barrier
+            barrier.wait()
+            statuses[http.post("/oauth2/token", data=data).status_code] += 1
+
+    threads = [threading.Thread(target=redeem) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert statuses == Counter({200: 1, 400: 19})
 
 
 def test_a_redirect_uri_differing_by_one_character_is_invalid_grant(

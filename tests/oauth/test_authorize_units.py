@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from conftest import new_deployment
 from tokensmith.app.factory import create_app
-from tokensmith.app.signin import ACCOUNT_PATH, LOGIN_PATH
+from tokensmith.app.signin import ACCOUNT_PATH, CSRF_COOKIE, LOGIN_PATH, redirect_host
 from tokensmith.config.settings import load_config
 from tokensmith.errors import InvalidClientMetadataError
 from tokensmith.models import Client
 from tokensmith.oauth import authorize, pkce
 from tokensmith.oauth.authorize import RedirectedError, ShownError
 from tokensmith.oauth.clientmetadata import check_redirect_uri
+from tokensmith.security import hashing as kdf
 from tokensmith.storage.sqlite import SQLiteStorage
 
 
@@ -140,11 +141,96 @@ def test_redirect_uris_that_may_be_registered(uri: str) -> None:
         "https://app.example/c b",
         "https://app.example:port/",
         "javascript:alert(1)",
+        "https://trusted.example@evil.example/cb",  # goes to evil.example (RFC 3986 §7.6)
+        "https://user:secret@app.example/cb",
+        "https://app.example@/cb",
+        "http://127.0.0.1:80@127.0.0.2/cb",
     ],
 )
 def test_redirect_uris_that_may_not(uri: str) -> None:
-    with pytest.raises(InvalidClientMetadataError):
+    with pytest.raises(InvalidClientMetadataError) as raised:
         check_redirect_uri(uri)
+    assert "secret" not in str(raised.value)  # userinfo may be a password: never repeated
+
+
+@pytest.mark.parametrize(
+    "uri", ["https://client.example/cb/日本", "https://bücher.example/cb", "https://app.example/cb?q=é"]
+)
+def test_a_redirect_uri_must_be_ascii(uri: str) -> None:
+    """RFC 3986 §2: a URI is ASCII; anything else would go into Location as raw UTF-8."""
+    with pytest.raises(InvalidClientMetadataError, match="not ASCII.*percent-encodes"):
+        check_redirect_uri(uri)
+    assert check_redirect_uri("https://client.example/cb/%E6%97%A5%E6%9C%AC")
+
+
+@pytest.mark.parametrize(
+    "uri, registered, matches",
+    [
+        ("http://127.0.0.1:51004/cb", "http://127.0.0.1:8123/cb", True),
+        ("http://127.0.0.1/cb", "http://127.0.0.1:8123/cb", True),
+        ("http://127.0.0.1:51004/cb", "http://127.0.0.1/cb", True),
+        ("http://[::1]:51004/cb?x=1", "http://[::1]:8123/cb?x=1", True),
+        ("http://127.0.0.1:51004/cb/", "http://127.0.0.1:8123/cb", False),  # the path exactly
+        ("http://127.0.0.1:51004/cb?x=2", "http://127.0.0.1:8123/cb?x=1", False),
+        ("http://127.0.0.2:8123/cb", "http://127.0.0.1:8123/cb", False),  # the host exactly
+        ("http://[::1]:8123/cb", "http://127.0.0.1:8123/cb", False),
+        ("http://127.0.0.1:0/cb", "http://127.0.0.1:8123/cb", False),
+        ("http://127.0.0.1:65536/cb", "http://127.0.0.1:8123/cb", False),
+        ("http://127.0.0.1:80@evil.example/cb", "http://127.0.0.1:8123/cb", False),
+        ("https://127.0.0.1:51004/cb", "https://127.0.0.1:8123/cb", False),  # http only
+        ("http://localhost:51004/cb", "http://localhost:8123/cb", False),  # RFC 8252 §8.3
+        ("HTTP://127.0.0.1:51004/cb", "http://127.0.0.1:8123/cb", False),
+        ("https://app.example:8443/cb", "https://app.example/cb", False),
+    ],
+)
+def test_a_loopback_redirect_uri_matches_on_any_port(uri: str, registered: str, matches: bool) -> None:
+    """RFC 8252 §7.3: a loopback IP redirect URI with any port; everything else exactly."""
+    assert authorize.redirect_uri_registered(uri, [registered]) is matches
+
+
+def test_the_request_keeps_the_loopback_port_it_named(store: SQLiteStorage) -> None:
+    store.add_client(
+        Client(
+            "native",
+            "native",
+            "none",
+            ("authorization_code",),
+            metadata={"redirect_uris": ["http://127.0.0.1:8123/cb", "http://localhost:8123/cb"]},
+        )
+    )
+    checked = authorize.validate(store, query(client_id="native", redirect_uri="http://127.0.0.1:40001/cb"))
+    assert checked.redirect_uri == "http://127.0.0.1:40001/cb" and checked.redirect_uri_given
+    location = authorize.code_location(checked, "abc", "https://as.example")
+    assert location.startswith("http://127.0.0.1:40001/cb?code=abc&")
+    with pytest.raises(ShownError):
+        authorize.validate(store, query(client_id="native", redirect_uri="http://localhost:40001/cb"))
+
+
+@pytest.mark.parametrize("uri", ["https://trusted.example@evil.example/cb", "https://client.example/cb/日本"])
+def test_a_redirect_uri_stored_before_the_rules_is_never_redirected_to(
+    store: SQLiteStorage, uri: str
+) -> None:
+    """A client registered when userinfo and non-ASCII were still accepted: shown, not sent."""
+    store.add_client(Client("old", "old", "none", ("authorization_code",), metadata={"redirect_uris": [uri]}))
+    with pytest.raises(ShownError, match="register it again"):
+        authorize.validate(store, query(client_id="old"))
+    with pytest.raises(ShownError):
+        authorize.validate(store, query(client_id="old", redirect_uri=uri))
+
+
+@pytest.mark.parametrize(
+    "uri, host",
+    [
+        ("https://client.example/cb", "client.example"),
+        ("https://client.example:8443/cb?x=1", "client.example:8443"),
+        ("https://trusted.example@evil.example/cb", "evil.example"),
+        ("https://a:b@evil.example:444/cb", "evil.example:444"),
+        ("http://[::1]:8123/cb", "[::1]:8123"),
+        ("http://127.0.0.1:8123/cb", "127.0.0.1:8123"),
+    ],
+)
+def test_the_consent_page_names_the_host_alone(uri: str, host: str) -> None:
+    assert redirect_host(uri) == host
 
 
 def test_csrf_matches_only_the_same_non_empty_value() -> None:
@@ -174,3 +260,37 @@ def test_pages_come_from_conf_templates_first(tmp_path: Path, keystore: Path, wh
     login, status, location = asyncio.run(go())
     assert '<p id="acme">ACME sign-in</p>' in login and "<title>tokensmith</title>" in login
     assert status == 303 and location == LOGIN_PATH  # not signed in
+
+
+def test_a_busy_login_page_is_a_page_with_its_headers_and_retry_after(
+    tmp_path: Path, keystore: Path, wheel_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the password hashing pool full (KdfBusy), the login page answers 503 with a page
+    saying so, its security headers and Retry-After, not the token endpoint's JSON; the
+    username and the authorization request stay in the form for the retry."""
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
+    app = create_app(load_config(dep.conf))
+    monkeypatch.setattr(kdf, "_pending", kdf.MAX_PENDING)
+
+    async def go():  # noqa: ANN202
+        async with app.test_app():
+            client = app.test_client()
+            return await client.post(
+                LOGIN_PATH,
+                form={
+                    "csrf_token": "t" * 43,
+                    "request": "client_id=c1",
+                    "username": "alice",
+                    "password": "x",
+                },
+                headers={"Cookie": f"{CSRF_COOKIE}={'t' * 43}"},
+                scheme="https",
+            )
+
+    answer = asyncio.run(go())
+    body = asyncio.run(answer.get_data(as_text=True))
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+    assert answer.headers["Content-Type"].startswith("text/html")
+    assert answer.headers["X-Frame-Options"] == "DENY" and answer.headers["Cache-Control"] == "no-store"
+    assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
+    assert "busy" in body and 'value="alice"' in body and 'value="client_id=c1"' in body

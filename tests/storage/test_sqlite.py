@@ -656,6 +656,65 @@ def test_codes_are_kept_a_day_past_expiry_and_go_with_their_client(open_store) -
     assert store.get_authorization_code("mine") is None and store.get_consent("u", "c1") is None
 
 
+def test_withdrawing_a_consent_revokes_the_clients_tokens_grants_and_codes_for_that_user(
+    open_store,  # noqa: ANN001
+) -> None:
+    """revoke_consent takes with it what the client holds for the user: tokens, their grants
+    (a token of one stored later is revoked too) and codes not yet redeemed; nothing of
+    another user's or another client's."""
+    store = open_store()
+    now = int(time.time())
+    ids = {}
+    for name in ("u1", "u2"):
+        store.add_user(User(name, "hash"))
+        ids[name] = store.get_user(name).user_id
+
+    def token(value: str, kind: str, name: str, client: str, grant: str) -> TokenRecord:
+        return TokenRecord(value, kind, client, "read", now, now + 600, user_id=ids[name], grant_id=grant)
+
+    for name, client in (("u1", "c1"), ("u1", "c2"), ("u2", "c1")):
+        key = f"{name}-{client}"
+        store.add_consent(Consent(ids[name], client, ("read",), now))
+        store.add_tokens(
+            [
+                token(f"a-{key}", "access", name, client, f"g-{key}"),
+                token(f"r-{key}", "refresh", name, client, f"g-{key}"),
+            ]
+        )
+        store.add_authorization_code(
+            AuthorizationCode(
+                f"code-{key}",
+                client,
+                "https://c/cb",
+                True,
+                "read",
+                "x" * 43,
+                ids[name],
+                name,
+                f"cg-{key}",
+                now,
+                now + 60,
+            )
+        )
+    assert store.revoke_consent(ids["u1"], "c1")
+    assert store.get_consent(ids["u1"], "c1") is None
+    assert store.get_token("a-u1-c1").revoked and store.get_token("r-u1-c1").revoked
+    assert not store.use_refresh_token("r-u1-c1", now)
+    assert store.get_authorization_code("code-u1-c1") is None
+    # A token of the grant stored after the withdrawal (a refresh racing it) is revoked too,
+    # and so is one issued for the withdrawn code's grant (a redemption racing it).
+    store.add_token(token("late", "access", "u1", "c1", "g-u1-c1"))
+    store.add_token(token("raced", "access", "u1", "c1", "cg-u1-c1"))
+    assert store.get_token("late").revoked and store.get_token("raced").revoked
+    for name, client in (("u1", "c2"), ("u2", "c1")):
+        assert store.get_consent(ids[name], client) is not None
+        assert not store.get_token(f"a-{name}-{client}").revoked
+        code = store.get_authorization_code(f"code-{name}-{client}")
+        assert code is not None and not code.used
+    # Withdrawing again: no consent, nothing more to revoke, no error.
+    assert not store.revoke_consent(ids["u1"], "c1")
+
+
 def test_consents_add_up_and_are_revocable_and_sessions_end_with_their_user(open_store) -> None:  # noqa: ANN001
     store = open_store()
     store.add_user(User("alice", "hash"))

@@ -26,6 +26,8 @@ from tokensmith.oauth import authorize
 from tokensmith.oauth.authorize import AUTHORIZE_PATH, AccessDeniedError, RedirectedError, ShownError
 from tokensmith.oauth.grants import check_password, login_source
 from tokensmith.oauth.runtime import Runtime
+from tokensmith.scope import CLIENT_ADDRESS
+from tokensmith.security.hashing import KdfBusy
 
 __all__ = [
     "signin",
@@ -35,6 +37,7 @@ __all__ = [
     "CONSENT_PATH",
     "SIGNOUT_PATH",
     "ACCOUNT_PATH",
+    "redirect_host",
 ]
 
 log = logging.getLogger("tokensmith.signin")
@@ -88,6 +91,14 @@ async def _shown(message: str, status: int = 400) -> Response:
     return await _page("error.html", status=status, message=message)
 
 
+def _client_address() -> str | None:
+    """The browser's address: behind a trusted proxy (``<TrustedProxies>``) the one it
+    forwarded, as the token endpoint counts it, so that the lockout of the login page and
+    of the password grant is per client, not one for everybody behind the proxy."""
+    forwarded = request.scope.get(CLIENT_ADDRESS)
+    return forwarded if isinstance(forwarded, str) else request.remote_addr
+
+
 async def _session(rt: Runtime) -> SignInSession | None:
     return await rt.storage.call(authorize.find_session, rt.storage, request.cookies.get(SESSION_COOKIE))
 
@@ -114,6 +125,21 @@ def _query() -> str:
     return _safe(request.query_string.decode("latin-1"))
 
 
+def redirect_host(redirect_uri: str) -> str:
+    """Where the consent page says the code goes: ``hostname[:port]`` of *redirect_uri*,
+    nothing of any userinfo (registration refuses it; an older registration may hold one,
+    and ``trusted.example@evil.example`` must not read as trusted.example)."""
+    parts = urllib.parse.urlsplit(redirect_uri)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port is not None else host
+
+
 async def _continue(rt: Runtime, query: str, session: SignInSession | None) -> Response:
     """Answer the authorization request *query*: to the login page without a session, to the
     consent page without consent for its scopes, else back to the client with a code."""
@@ -132,7 +158,7 @@ async def _continue(rt: Runtime, query: str, session: SignInSession | None) -> R
             client_id=checked.client.client_id,
             scopes=checked.scope.split(),
             username=session.username,
-            redirect_host=urllib.parse.urlsplit(checked.redirect_uri).netloc,
+            redirect_host=redirect_host(checked.redirect_uri),
             request_query=query,
         )
     return await _send_code(rt, checked, session)
@@ -189,15 +215,29 @@ async def login() -> Response:
     username, password = form.get("username", ""), form.get("password", "")
     user = None
     if username and password and len(username) <= MAX_FIELD and len(password) <= MAX_FIELD:
-        user = await check_password(
-            rt.storage,
-            username,
-            password,
-            login_source(request.remote_addr),
-            rt.identity.login_policy,
-            "sign-in",
-            "login page",
-        )
+        address = _client_address()
+        try:
+            user = await check_password(
+                rt.storage,
+                username,
+                password,
+                login_source(address),
+                rt.identity.login_policy,
+                "sign-in",
+                f"login page, from {address or 'an unknown address'}",
+            )
+        except KdfBusy as busy:
+            # A page for the person at the browser, with the pages' headers, not the token
+            # endpoint's JSON; the attempt was not counted (check_password admits first).
+            response = await _page(
+                "login.html",
+                status=503,
+                request_query=query,
+                username=username,
+                error="The service is busy; please try again in a moment.",
+            )
+            response.headers.update(busy.headers)
+            return response
     if user is None:
         return await _page(
             "login.html",

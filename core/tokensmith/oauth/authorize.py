@@ -15,7 +15,9 @@ sent back to the client on its redirect URI (``RedirectedError``).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import re
 import secrets
 import time
 import urllib.parse
@@ -23,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tokensmith.errors import (
+    InvalidClientMetadataError,
     InvalidRequestError,
     InvalidScopeError,
     OAuth2Error,
@@ -30,6 +33,7 @@ from tokensmith.errors import (
 )
 from tokensmith.models import AuthorizationCode, Client, Consent, SignInSession, Storage
 from tokensmith.oauth import pkce
+from tokensmith.oauth.clientmetadata import check_redirect_uri
 from tokensmith.oauth.endpoints import AUTHORIZE_PATH
 from tokensmith.oauth.events import AuthorizationCodeEvent
 from tokensmith.oauth.grants import resolve_scope
@@ -44,6 +48,7 @@ __all__ = [
     "UnsupportedResponseTypeError",
     "AccessDeniedError",
     "validate",
+    "redirect_uri_registered",
     "issue_code",
     "code_location",
     "error_location",
@@ -118,11 +123,49 @@ def _parameters(query: str) -> dict[str, list[str]]:
     return params
 
 
+#: An ``http`` redirect URI to a loopback IP literal (RFC 8252 §7.3), its port apart.
+_LOOPBACK_URI = re.compile(
+    r"http://(?P<host>[0-9.]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?(?P<rest>[/?][!-~]*)?",
+    re.ASCII,
+)
+
+
+def _loopback_key(uri: str) -> tuple[str, str] | None:
+    """*uri* without its port, if it is ``http`` to a loopback IP literal; else None."""
+    found = _LOOPBACK_URI.fullmatch(uri)
+    if found is None:
+        return None
+    port = found["port"]
+    if port is not None and not 0 < int(port) < 65536:
+        return None
+    try:
+        if not ipaddress.ip_address(found["host"].strip("[]")).is_loopback:
+            return None
+    except ValueError:
+        return None
+    return found["host"], found["rest"] or ""
+
+
+def redirect_uri_registered(uri: str, registered: list[str]) -> bool:
+    """Whether *uri* is one of the *registered* redirect URIs: character for character
+    (RFC 9700 §4.1.3), except that for ``http`` to a loopback IP literal the port may
+    differ, since a native app gets whatever port is free when it runs (RFC 8252 §7.3:
+    the authorization server "MUST allow any port to be specified at the time of the
+    request for loopback IP redirect URIs"). Not for ``localhost``, which is matched
+    exactly like any host name (§8.3 does not recommend it; registration refuses it).
+    """
+    if uri in registered:
+        return True
+    key = _loopback_key(uri)
+    return key is not None and any(_loopback_key(other) == key for other in registered)
+
+
 def validate(storage: Storage, query: str) -> AuthorizationRequest:
     """Check an authorization request (RFC 6749 §4.1.1) given as its query string.
 
     The client and its redirect URI first: an unknown client, a redirect URI not registered
-    for it character for character (RFC 9700 §4.1.3: "exact string matching"), a missing one
+    for it character for character (RFC 9700 §4.1.3: "exact string matching"; a loopback
+    one's port aside, ``redirect_uri_registered``), a missing one
     when the client registered several (RFC 6749 §3.1.2.3), or either parameter given twice
     (§3.1: parameters "MUST NOT be included more than once") is a ``ShownError``. Then, with
     somewhere to send them, ``RedirectedError``: any parameter repeated, ``response_type``
@@ -147,7 +190,7 @@ def validate(storage: Storage, query: str) -> AuthorizationRequest:
     if len(given) > 1:
         raise ShownError("The request names the redirect URI more than once.")
     if given:
-        if given[0] not in registered:
+        if not redirect_uri_registered(given[0], registered):
             raise ShownError("The redirect URI is not registered for this client.")
         redirect_uri = given[0]
     elif len(registered) == 1:
@@ -158,6 +201,15 @@ def validate(storage: Storage, query: str) -> AuthorizationRequest:
             if registered
             else "The client has no registered redirect URI."
         )
+    try:
+        # Registered before registration refused such URIs (userinfo, not ASCII): never
+        # redirected to.
+        check_redirect_uri(redirect_uri)
+    except InvalidClientMetadataError:
+        raise ShownError(
+            "The client's registered redirect URI is not one this server redirects to;"
+            " its operator must register it again."
+        ) from None
     states = params.get("state", [])
     state = states[0] if len(states) == 1 else None
 

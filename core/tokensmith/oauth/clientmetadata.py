@@ -182,15 +182,31 @@ def check_redirect_uri(value: str) -> str:
     or ``http`` to a loopback IP literal only, as RFC 8252 §7.3 allows native apps (§8.3:
     ``localhost`` is NOT RECOMMENDED, since it may resolve elsewhere). Compared character
     for character on every request (RFC 9700 §4.1.3), so it is stored exactly as given.
+
+    ASCII only: a URI is (RFC 3986 §2), and any other character would go into the Location
+    header as raw UTF-8, which browsers read differently; the client percent-encodes it
+    (§2.1). No userinfo (RFC 3986 §3.2.1): ``https://trusted.example@evil.example/cb``
+    goes to evil.example while it reads as trusted.example, and RFC 3986 §7.6 warns of
+    exactly that; the value is not repeated in the message, as it may hold a password.
     """
     if len(value) > 2000 or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise _fail(f"redirect_uris: {value!r:.80} is not a URI")
+    if not value.isascii():
+        raise _fail(
+            f"redirect_uris: {value!r:.80} holds characters that are not ASCII; a URI percent-encodes"
+            " them (RFC 3986 §2.1), e.g. /caf%C3%A9 for /café"
+        )
     try:
         parts = urlsplit(value)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         raise _fail(f"redirect_uris: {value!r:.80} is not a URI") from None
+    if "@" in parts.netloc:
+        raise _fail(
+            "redirect_uris: a redirect URI must not hold userinfo (user@ before the host,"
+            " RFC 3986 §3.2.1): it names the host alone"
+        )
     if parts.fragment or "#" in value:
         raise _fail(f"redirect_uris: {value!r:.80} has a fragment (RFC 6749 §3.1.2)")
     if parts.scheme == "https" and host:

@@ -227,12 +227,16 @@ async def authorization_code(request: Grant) -> IssuedToken:
 
     The code must have been issued to this client, for the redirect URI the request repeats
     (exactly, when the authorization request named one), and the verifier must hash to the
-    challenge it was issued with (§4.6); it is single use. A code presented a second time
-    revokes the tokens issued for it (RFC 6749 §4.1.2: "the authorization server MUST deny
-    the request and SHOULD revoke (when possible) all tokens previously issued based on
-    that authorization code"). A code presented by another client is refused and left
-    alone, so that a client cannot spoil another's code. Every refusal of the code itself is
-    ``invalid_grant`` (§5.2), saying no more than that.
+    challenge it was issued with (RFC 7636 §4.6); it is single use. These are checked against
+    the stored code before anything is changed: a presentation failing them (another
+    client's, a wrong redirect URI, a wrong verifier) is refused and leaves the code alone,
+    so that someone holding a leaked code can neither spend it nor, once it is redeemed,
+    revoke the real client's tokens. A presentation passing them is the client's own: the
+    code is then marked used atomically (of concurrent ones exactly one gets tokens), and
+    one that finds it already used revokes the tokens issued for it (RFC 6749 §4.1.2: "the
+    authorization server MUST deny the request and SHOULD revoke (when possible) all tokens
+    previously issued based on that authorization code"). Every refusal of the code itself
+    is ``invalid_grant`` (§5.2), saying no more than that.
 
     Tokens: as for the password grant, the access token is bound to the request's
     certificate (RFC 8705 §3), and a public client's refresh token to it as well (§4).
@@ -253,19 +257,25 @@ async def authorization_code(request: Grant) -> IssuedToken:
                 code.client_id,
             )
         raise InvalidGrantError("the authorization code is invalid")
-    if code.used or not await storage.call(storage.use_authorization_code, code.code_hash):
-        await _revoke_family(storage, code.grant_id, auth.client.client_id, "authorization code")
-        raise InvalidGrantError("the authorization code was already used")
-    if code.expires_at <= int(time.time()):
-        raise InvalidGrantError("the authorization code has expired")
     given = form.get("redirect_uri")
     if (code.redirect_uri_given or given is not None) and given != code.redirect_uri:
         raise InvalidGrantError("redirect_uri does not match the authorization request")
     if not pkce.verifier_matches(verifier, code.code_challenge):
         raise InvalidGrantError("code_verifier does not match the code_challenge")
+    # Only now is this the presentation of the client that asked for the code: a replay
+    # revokes, and a first presentation spends it.
+    if code.used:
+        await _revoke_family(storage, code.grant_id, auth.client.client_id, "authorization code")
+        raise InvalidGrantError("the authorization code was already used")
+    if code.expires_at <= int(time.time()):
+        raise InvalidGrantError("the authorization code has expired")
     owner = await storage.call(storage.get_user, code.username)
     if owner is None or owner.user_id != code.user_id:
         raise InvalidGrantError("the authorization code is invalid")
+    if not await storage.call(storage.use_authorization_code, code.code_hash):
+        # Spent by a concurrent request since we read it: a replay like any other.
+        await _revoke_family(storage, code.grant_id, auth.client.client_id, "authorization code")
+        raise InvalidGrantError("the authorization code was already used")
     scope = resolve_scope(form.get("scope"), code.scope.split()) if "scope" in form else code.scope
     issued = await request.issuer.issue(
         auth.client,

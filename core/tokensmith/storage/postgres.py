@@ -1314,7 +1314,27 @@ class PostgresStorage:
         return [Consent(user_id, row[0], tuple(row[1].split()), row[2]) for row in rows]
 
     def revoke_consent(self, user_id: str, client_id: str) -> bool:
-        with self._cursor() as cur:
+        with self._cursor(transaction=True) as cur:
+            # As SQLite: the grants go into revoked_grants, so that a code redeemed meanwhile
+            # on any instance gives only revoked tokens; the codes are deleted.
+            now = int(time.time())
+            cur.execute(
+                "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM tokens"
+                " WHERE user_id = %s AND client_id = %s AND grant_id IS NOT NULL ON CONFLICT DO NOTHING",
+                (now, user_id, client_id),
+            )
+            cur.execute(
+                "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM authorization_codes"
+                " WHERE user_id = %s AND client_id = %s ON CONFLICT DO NOTHING",
+                (now, user_id, client_id),
+            )
+            cur.execute(
+                "DELETE FROM authorization_codes WHERE user_id = %s AND client_id = %s", (user_id, client_id)
+            )
+            cur.execute(
+                "UPDATE tokens SET revoked = true WHERE user_id = %s AND client_id = %s AND NOT revoked",
+                (user_id, client_id),
+            )
             cur.execute("DELETE FROM consents WHERE user_id = %s AND client_id = %s", (user_id, client_id))
             return cur.rowcount > 0
 

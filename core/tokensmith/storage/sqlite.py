@@ -1027,12 +1027,39 @@ class SQLiteStorage:
         return [Consent(user_id, row[0], tuple(row[1].split()), row[2]) for row in rows]
 
     def revoke_consent(self, user_id: str, client_id: str) -> bool:
-        return (
-            self._run(
-                "DELETE FROM consents WHERE user_id = ? AND client_id = ?", (user_id, client_id)
-            ).rowcount
-            > 0
-        )
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                # The grants of the client's codes and tokens for the user go into
+                # revoked_grants, so that a code being redeemed meanwhile gives only tokens
+                # that are revoked already; the codes themselves are deleted.
+                now = int(time.time())
+                self._db.execute(
+                    "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
+                    " WHERE user_id = ? AND client_id = ? AND grant_id IS NOT NULL",
+                    (now, user_id, client_id),
+                )
+                self._db.execute(
+                    "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ?"
+                    " FROM authorization_codes WHERE user_id = ? AND client_id = ?",
+                    (now, user_id, client_id),
+                )
+                self._db.execute(
+                    "DELETE FROM authorization_codes WHERE user_id = ? AND client_id = ?",
+                    (user_id, client_id),
+                )
+                self._db.execute(
+                    "UPDATE tokens SET revoked = 1 WHERE user_id = ? AND client_id = ? AND revoked = 0",
+                    (user_id, client_id),
+                )
+                return (
+                    self._db.execute(
+                        "DELETE FROM consents WHERE user_id = ? AND client_id = ?", (user_id, client_id)
+                    ).rowcount
+                    > 0
+                )
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
 
     def add_session(self, session: SignInSession) -> None:
         self._run(
