@@ -7,7 +7,9 @@ the first that recognises the request's credential decides who the caller is:
 - ``MutualSSLAuthenticator``: the request's client certificate (from this connection's
   handshake, or a trusted proxy's header as for the OAuth endpoints) chains to the truststore
   or is one of the ``AdminCertificates``; with ``WhiteListEnabled`` its subject DN must be
-  listed; the caller is the user the ``UsernameHeader`` header names, who must exist.
+  listed; the caller is the user the ``UsernameHeader`` header names, who must exist and
+  hold the ``admin`` role: a certificate stands for an administrator, so any other role
+  (``reader`` included) is answered 403 whatever the method.
 - ``BasicAuthenticator``: HTTP Basic (RFC 7617) with a user's name and password; failures
   count towards the user's lockout as the password grant's do.
 
@@ -235,9 +237,13 @@ async def guard() -> Response | None:
         caller = await authenticate(rt)
     except Unauthenticated as exc:
         return _error(401, "unauthorized", str(exc), _challenge(rt))
-    allowed = _READ_ROLES if request.method in _SAFE else ("admin",)
+    # Issue 20: the MutualSSLAuthenticator acts as an administrator, never as a reader.
+    allowed = _READ_ROLES if request.method in _SAFE and caller.via == "basic" else ("admin",)
     if caller.role not in allowed:
-        return _error(403, "forbidden", f"user {caller.username!r} (role {caller.role}) may not do this")
+        why = " through the MutualSSLAuthenticator, which needs the admin role" if caller.via != "basic" else ""
+        return _error(
+            403, "forbidden", f"user {caller.username!r} (role {caller.role}) may not do this{why}"
+        )
     g.actor = Actor(caller.username, caller.via, request.remote_addr)
     return None
 

@@ -147,7 +147,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Invalid input",
         401: "No valid credential (WWW-Authenticate says how)",
-        403: "The user's role does not allow this",
+        403: "The user's role does not allow this (a client certificate needs the admin role)",
         404: "Not found",
         409: "Conflicts with what exists",
     }
@@ -193,8 +193,9 @@ def document() -> dict[str, Any]:
             "version": "1",
             "description": "Service providers, users, truststore, signing keys, listeners and"
             " dropins of a tokensmith server. Callers authenticate as conf/authenticators.xml"
-            " says: HTTP Basic, or a client certificate with the UserName header. Reading needs"
-            " the reader or admin role, changing needs admin.",
+            " says: HTTP Basic, or a client certificate with the UserName header. With Basic,"
+            " reading needs the reader or admin role and changing needs admin; a client"
+            " certificate acts only for a user with the admin role (any other is 403).",
         },
         "paths": {
             "/api/openapi.json": {
