@@ -445,3 +445,32 @@ def test_a_listener_change_reloads_every_worker(tmp_path, keystore, wheel_cache,
         with server.client() as http:
             methods = http.get("/.well-known/oauth-authorization-server").json()
         assert "client_secret_post" not in methods["token_endpoint_auth_methods_supported"]
+
+
+def test_lone_surrogates_in_ids_and_fields_are_refused_not_a_500(env: AdminEnv) -> None:
+    """Issue 22, reproduced against the server: JSON may escape a lone surrogate ("\\ud800"),
+    which no PEM, alias or name holds and nothing can encode; percent-encoded invalid UTF-8 in
+    a path or query names nothing. Each is a 4xx in RFC 6749 error JSON (or the authorization
+    endpoint's error page), never a 500."""
+    pem = env.authority.pem.decode().replace("\n", "\\n")
+    lone = "\\ud800"
+    with env.basic() as http:
+        for method, path, body in [
+            ("POST", f"/api/clients/{CLIENT_ID}/certificates", f'{{"certificate":"{lone}"}}'),
+            ("POST", "/api/truststore", f'{{"alias":"ok","certificate":"{pem}{lone}"}}'),
+            ("POST", "/api/truststore", f'{{"alias":"{lone}","certificate":"{pem}"}}'),
+            ("POST", "/api/users", f'{{"username":"u","password":"{lone}"}}'),
+            ("POST", "/api/signing-keys", f'{{"algorithm":"{lone}"}}'),
+            ("GET", "/api/clients/%ED%A0%80", None),
+            ("DELETE", "/api/clients/%ED%A0%80", None),
+            ("GET", "/api/users/%ED%A0%80", None),
+        ]:
+            headers = {"content-type": "application/json"} if body else {}
+            answer = http.request(method, path, content=body.encode() if body else None, headers=headers)
+            assert answer.status_code in (400, 404), (method, path, answer.text)
+            assert answer.json()["error"] in ("invalid_request", "not_found"), answer.text
+    with env.server.client() as http:
+        for client_id in ("%ED%A0%80", "%80", "%F0%90%80"):
+            answer = http.get(f"/oauth2/authorize?response_type=code&client_id={client_id}")
+            assert answer.status_code == 400, answer.text
+            assert "text/html" in answer.headers["content-type"]

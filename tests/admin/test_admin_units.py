@@ -239,6 +239,27 @@ def test_clients(store: SQLiteStorage) -> None:
     assert created.secret not in json.dumps([e.view() for e in store.list_audit()])
 
 
+def test_an_id_or_name_the_store_cannot_take_is_not_found(store: SQLiteStorage) -> None:
+    """Issue 22: a lone surrogate (a CLI argument that is not UTF-8, a JSON "\\ud800") cannot
+    be encoded for the store; the operations answer "not found" (404), not a 500."""
+    for lone in ("\ud800", "a\udcff"):
+        for operation, args in (
+            (client_ops.get_client, (store, lone)),
+            (client_ops.remove_client, (store, lone, ACTOR)),
+            (client_ops.reset_secret, (store, lone, ACTOR)),
+            (client_ops.revoke_client_tokens, (store, lone, ACTOR)),
+            (client_ops.update_client, (store, None, lone, {"client_name": "x"}, ACTOR)),
+            (user_ops.get_user, (store, lone)),
+            (user_ops.remove_user, (store, lone, ACTOR)),
+            (user_ops.set_role, (store, lone, "admin", ACTOR)),
+            (user_ops.unlock_user, (store, lone, ACTOR)),
+            (user_ops.revoke_user_tokens, (store, lone, ACTOR)),
+        ):
+            with pytest.raises(OperationError) as refused:
+                operation(*args)
+            assert refused.value.status == 404
+
+
 def test_registration_tokens_are_stored_hashed(store: SQLiteStorage) -> None:
     value, expires_at = config_ops.issue_initial_access_token(store, 60, ACTOR)
     assert store.find_registration_token(token_hash(value), "initial") == (None, expires_at)

@@ -56,6 +56,7 @@ from tokensmith.config.xml import MAX_CONFIG_BYTES, ConfigError, UnreadableFile,
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.listeners.dropins import scan_dropins
 from tokensmith.models import Client, User
+from tokensmith.oauth.clientauth import storable_id
 from tokensmith.oauth.clientcert import client_certificates
 from tokensmith.oauth.clientmetadata import client_metadata
 from tokensmith.oauth.messages import Answer
@@ -240,10 +241,10 @@ async def guard() -> Response | None:
     # Issue 20: the MutualSSLAuthenticator acts as an administrator, never as a reader.
     allowed = _READ_ROLES if request.method in _SAFE and caller.via == "basic" else ("admin",)
     if caller.role not in allowed:
-        why = " through the MutualSSLAuthenticator, which needs the admin role" if caller.via != "basic" else ""
-        return _error(
-            403, "forbidden", f"user {caller.username!r} (role {caller.role}) may not do this{why}"
+        why = (
+            " through the MutualSSLAuthenticator, which needs the admin role" if caller.via != "basic" else ""
         )
+        return _error(403, "forbidden", f"user {caller.username!r} (role {caller.role}) may not do this{why}")
     g.actor = Actor(caller.username, caller.via, request.remote_addr)
     return None
 
@@ -287,6 +288,10 @@ def _field(body: dict[str, Any], name: str, kind: type, required: bool = True) -
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise OperationError(f"{name} must be a {'string' if kind is str else kind.__name__}")
+    if kind is str and not storable_id(value):
+        # JSON may escape a lone surrogate ("\ud800"): no name, password or PEM has one, and
+        # it cannot be encoded to be stored or parsed (issue 22).
+        raise OperationError(f"{name} is not valid Unicode (a lone surrogate)")
     return value
 
 
