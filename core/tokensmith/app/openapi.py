@@ -1,4 +1,7 @@
-"""The OpenAPI 3.1 document of the admin API (``/api/openapi.json``)."""
+"""The OpenAPI 3.1 document of the admin API (``/api/openapi.json``), with dynamic client
+registration beside it: ``POST /oauth2/register`` (RFC 7591) and the client configuration
+endpoint ``/oauth2/register/{client_id}`` (RFC 7592), which authenticate by bearer tokens,
+not as ``/api/`` does."""
 
 from __future__ import annotations
 
@@ -135,6 +138,51 @@ _AUDIT = {
 }
 
 
+#: RFC 7591 §2: what a client sends to register itself; members the server does not
+#: understand are ignored (a plugin's own, <plugin>.<name>, are understood by that plugin).
+_REGISTRATION_REQUEST = {
+    "type": "object",
+    "description": "RFC 7591 §2 client metadata. Defaults (RFC 7591 §3.2.1, shown in the answer):"
+    " token_endpoint_auth_method client_secret_basic, grant_types [client_credentials];"
+    " response_types must be [code] with authorization_code and empty without it.",
+    "properties": {
+        **{name: schema for name, schema in _METADATA["properties"].items() if name != "options"},
+        "redirect_uris": {"type": "array", "items": {"type": "string"}},
+        "response_types": {"type": "array", "items": {"type": "string"}},
+    },
+}
+#: RFC 7591 §3.2.1 / RFC 7592 §3: the registered metadata with what the server assigned.
+_REGISTERED = {
+    "allOf": [
+        _REGISTRATION_REQUEST,
+        {
+            "type": "object",
+            "required": [
+                "client_id",
+                "client_id_issued_at",
+                "registration_client_uri",
+                "token_endpoint_auth_method",
+                "grant_types",
+            ],
+            "properties": {
+                "client_id": {"type": "string"},
+                "client_id_issued_at": {"type": "integer"},
+                "client_secret": {
+                    "type": "string",
+                    "description": "Only in the answer to the registration, for secret methods.",
+                },
+                "client_secret_expires_at": {"type": "integer", "const": 0},
+                "registration_access_token": {
+                    "type": "string",
+                    "description": "Only in the answer to the registration (RFC 7592 §3).",
+                },
+                "registration_client_uri": {"type": "string"},
+            },
+        },
+    ]
+}
+
+
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -179,6 +227,40 @@ def _op(
 
 _NO_CONTENT = {"description": "Done"}
 
+#: RFC 6750 §3: a refused bearer token (initial or registration access token) is answered
+#: 401 with a challenge.
+_BEARER_REFUSED = {
+    "description": "No valid initial or registration access token (RFC 6750 §3)",
+    "headers": {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+    "content": {"application/json": {"schema": _ERROR}},
+}
+
+
+def _registration(
+    summary: str, status: int, ok: dict[str, Any], security: list[dict[str, Any]], *, body: bool = False
+) -> dict[str, Any]:
+    """An operation of dynamic registration: authenticated by a bearer token, not as /api/."""
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "tags": ["registration"],
+        "security": security,
+        "responses": {
+            str(status): ok,
+            "401": _BEARER_REFUSED,
+            "404": _json(_ref("Error"), "Dynamic registration is disabled (authenticators.xml)"),
+        },
+    }
+    if body:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("RegistrationRequest")}},
+        }
+        operation["responses"]["400"] = _json(
+            _ref("Error"),
+            "invalid_client_metadata or invalid_redirect_uri (RFC 7591 §3.2.2)",
+        )
+    return operation
+
 
 @functools.cache
 def document() -> dict[str, Any]:
@@ -195,7 +277,9 @@ def document() -> dict[str, Any]:
             " dropins of a tokensmith server. Callers authenticate as conf/authenticators.xml"
             " says: HTTP Basic, or a client certificate with the UserName header. With Basic,"
             " reading needs the reader or admin role and changing needs admin; a client"
-            " certificate acts only for a user with the admin role (any other is 403).",
+            " certificate acts only for a user with the admin role (any other is 403)."
+            " Dynamic client registration (RFC 7591, RFC 7592) is described here too; it is"
+            " authenticated by bearer tokens instead.",
         },
         "paths": {
             "/api/openapi.json": {
@@ -400,6 +484,41 @@ def document() -> dict[str, Any]:
                     status=201,
                 )
             },
+            "/oauth2/register": {
+                "post": _registration(
+                    "RFC 7591 §3.1: a client registers itself (as <DynamicClientRegistration mode>"
+                    " allows: open, or with an initial access token an admin issued)",
+                    201,
+                    _json(_ref("RegisteredClient"), "Registered; the secret and token are shown only here"),
+                    [{"initialAccessToken": []}, {}],
+                    body=True,
+                )
+            },
+            "/oauth2/register/{client_id}": {
+                "parameters": [
+                    {"name": "client_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "get": _registration(
+                    "RFC 7592 §2.1: read the client's registration",
+                    200,
+                    _json(_ref("RegisteredClient")),
+                    [{"registrationAccessToken": []}],
+                ),
+                "put": _registration(
+                    "RFC 7592 §2.2: replace the client's metadata (client_id in the body must be"
+                    " the client's; members left out are removed)",
+                    200,
+                    _json(_ref("RegisteredClient")),
+                    [{"registrationAccessToken": []}],
+                    body=True,
+                ),
+                "delete": _registration(
+                    "RFC 7592 §2.3: remove the client; its tokens are revoked",
+                    204,
+                    _NO_CONTENT,
+                    [{"registrationAccessToken": []}],
+                ),
+            },
             "/api/audit": {
                 "get": {
                     **_op(
@@ -425,6 +544,17 @@ def document() -> dict[str, Any]:
                 "basic": {"type": "http", "scheme": "basic"},
                 "mutualTLS": {"type": "mutualTLS"},
                 "userName": {"type": "apiKey", "in": "header", "name": "UserName"},
+                "initialAccessToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "RFC 7591 §3: an initial access token from"
+                    " POST /api/registration/initial-access-tokens; each registers one client.",
+                },
+                "registrationAccessToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "RFC 7592 §3: the client's registration access token.",
+                },
             },
             "schemas": {
                 "Error": _ERROR,
@@ -436,6 +566,8 @@ def document() -> dict[str, Any]:
                 "SigningKey": _KEY,
                 "Listener": _LISTENER,
                 "AuditEntry": _AUDIT,
+                "RegistrationRequest": _REGISTRATION_REQUEST,
+                "RegisteredClient": _REGISTERED,
             },
         },
     }
