@@ -641,6 +641,46 @@ async def list_dropins() -> Response:
     )
 
 
+def _pinned(rt: Runtime, added: list[str]) -> Response:
+    if added:
+        reload_all()
+    return _json(202 if added else 200, {"reloading": bool(added), "pinned": added})
+
+
+@admin.post("/dropins/pins")
+async def pin_dropins() -> Response:
+    """Pin several wheels at once: pinning turns on with the first pin, and then every wheel
+    in dropins/ must be pinned, so turning it on takes all of their digests together."""
+    body = await _body()
+    digests = _field(body, "sha256", list)
+    if not digests or not all(isinstance(item, str) for item in digests):
+        raise OperationError("sha256 must be a list of SHA-256 digests (hex)")
+    rt = _rt()
+    added = await _run(
+        config_ops.pin_wheels, rt.identity.path, rt.config.server.dropins, rt.storage, digests, _actor()
+    )
+    return _pinned(rt, added)
+
+
+@admin.put("/dropins/<sha256>/pin")
+async def pin_dropin(sha256: str) -> Response:
+    rt = _rt()
+    added = await _run(
+        config_ops.pin_wheels, rt.identity.path, rt.config.server.dropins, rt.storage, [sha256], _actor()
+    )
+    return _pinned(rt, added)
+
+
+@admin.delete("/dropins/<sha256>/pin")
+async def unpin_dropin(sha256: str) -> Response:
+    rt = _rt()
+    await _run(
+        config_ops.unpin_wheel, rt.identity.path, rt.config.server.dropins, rt.storage, sha256, _actor()
+    )
+    reload_all()
+    return _json(202, {"reloading": True})
+
+
 # -- registration and audit --------------------------------------------------------------
 
 

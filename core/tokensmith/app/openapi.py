@@ -43,7 +43,7 @@ _CLIENT = {
         "warnings": {"type": "array", "items": {"type": "string"}},
     },
 }
-_METADATA = {
+_METADATA: dict[str, Any] = {
     "type": "object",
     "description": "RFC 7591 §2 client metadata (and RFC 8705 §2.1.2 tls_client_auth_* members);"
     " a plugin's own members are namespaced, <plugin>.<name>.",
@@ -226,6 +226,21 @@ def _op(
 
 
 _NO_CONTENT = {"description": "Done"}
+_PINNED = {
+    "type": "object",
+    "required": ["reloading", "pinned"],
+    "properties": {
+        "reloading": {"type": "boolean"},
+        "pinned": {"type": "array", "items": {"type": "string"}, "description": "The digests newly pinned"},
+    },
+}
+
+
+def _unchanged(operation: dict[str, Any]) -> dict[str, Any]:
+    """A pin operation: 200 when everything named was pinned already (nothing reloads)."""
+    operation["responses"]["200"] = _json(_PINNED, "Pinned already; nothing changed")
+    return operation
+
 
 #: RFC 6750 §3: a refused bearer token (initial or registration access token) is answered
 #: 401 with a challenge.
@@ -467,6 +482,46 @@ def document() -> dict[str, Any]:
                     _json({"type": "object", "required": ["pinning", "wheels"]}),
                     409,
                 )
+            },
+            "/api/dropins/pins": {
+                "post": _unchanged(
+                    _op(
+                        "Pin several wheels by SHA-256 in identity.xml (<Dropins><AllowedWheel>) and"
+                        " reload every worker. Pinning turns on with the first pin; then every wheel"
+                        " in dropins/ must be pinned, so turning it on takes all their digests at once",
+                        _json(_PINNED, "Accepted; the workers reload"),
+                        409,
+                        status=202,
+                        body={
+                            "type": "object",
+                            "required": ["sha256"],
+                            "properties": {"sha256": {"type": "array", "items": {"type": "string"}}},
+                        },
+                    )
+                ),
+            },
+            "/api/dropins/{sha256}/pin": {
+                "put": _unchanged(
+                    _op(
+                        "Pin one wheel by SHA-256 (refused if a wheel in dropins/ would be left"
+                        " unpinned); reloads every worker",
+                        _json(_PINNED, "Accepted; the workers reload"),
+                        400,
+                        409,
+                        status=202,
+                        params=["sha256"],
+                    )
+                ),
+                "delete": _op(
+                    "Remove a pin from identity.xml (refused while its wheel is in dropins/, or"
+                    " when an AllowedWheelsFile holds it); reloads every worker",
+                    _json(reloading, "Accepted; the workers reload"),
+                    400,
+                    404,
+                    409,
+                    status=202,
+                    params=["sha256"],
+                ),
             },
             "/api/registration/initial-access-tokens": {
                 "post": _op(
