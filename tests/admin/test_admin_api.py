@@ -48,6 +48,10 @@ ENDPOINTS = [
     ("PATCH", "/api/listeners/ClientAuthenticator/nothing", {"enabled": True}),
     ("PUT", "/api/listeners/order", {"order": []}),
     ("GET", "/api/dropins", None),
+    # With pinning off, one pin would leave the other wheels unpinned: 409, nothing written.
+    ("POST", "/api/dropins/pins", {"sha256": ["0" * 64]}),
+    ("PUT", f"/api/dropins/{'0' * 64}/pin", None),
+    ("DELETE", f"/api/dropins/{'0' * 64}/pin", None),
     ("POST", "/api/registration/initial-access-tokens", None),
     ("GET", "/api/audit", None),
 ]
@@ -114,17 +118,22 @@ def test_a_wrong_password_or_unknown_user_is_401(env: AdminEnv, method: str, pat
 @pytest.mark.parametrize("via", ["basic", "mtls"])
 @pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
 def test_roles(env: AdminEnv, via: str, method: str, path: str, body: object) -> None:
-    """A user without a role may do nothing; a reader may read; a change needs admin."""
+    """A user without a role may do nothing; a reader may read through Basic; a change needs
+    admin, and so does everything through the MutualSSLAuthenticator (issue 20: the request
+    "acts as the user named in the UsernameHeader header, who must exist and hold the admin
+    role")."""
     connect = env.basic if via == "basic" else env.mtls
     with connect("plain") as http:
         assert call(http, method, path, body).status_code == 403
     with connect("viewer") as http:
         answer = call(http, method, path, body)
-    if method == "GET":
+    if method == "GET" and via == "basic":
         assert answer.status_code in (200, 404), answer.text
     else:
         assert answer.status_code == 403, answer.text
         assert answer.json()["error"] == "forbidden"
+        if via == "mtls":
+            assert "admin role" in answer.json()["error_description"]
     with connect("root") as http:
         answer = call(http, method, path, body)
     assert answer.status_code not in (401, 403, 500), answer.text
@@ -440,3 +449,93 @@ def test_a_listener_change_reloads_every_worker(tmp_path, keystore, wheel_cache,
         with server.client() as http:
             methods = http.get("/.well-known/oauth-authorization-server").json()
         assert "client_secret_post" not in methods["token_endpoint_auth_methods_supported"]
+
+
+def test_lone_surrogates_in_ids_and_fields_are_refused_not_a_500(env: AdminEnv) -> None:
+    """Issue 22, reproduced against the server: JSON may escape a lone surrogate ("\\ud800"),
+    which no PEM, alias or name holds and nothing can encode; percent-encoded invalid UTF-8 in
+    a path or query names nothing. Each is a 4xx in RFC 6749 error JSON (or the authorization
+    endpoint's error page), never a 500."""
+    pem = env.authority.pem.decode().replace("\n", "\\n")
+    lone = "\\ud800"
+    with env.basic() as http:
+        for method, path, body in [
+            ("POST", f"/api/clients/{CLIENT_ID}/certificates", f'{{"certificate":"{lone}"}}'),
+            ("POST", "/api/truststore", f'{{"alias":"ok","certificate":"{pem}{lone}"}}'),
+            ("POST", "/api/truststore", f'{{"alias":"{lone}","certificate":"{pem}"}}'),
+            ("POST", "/api/users", f'{{"username":"u","password":"{lone}"}}'),
+            ("POST", "/api/signing-keys", f'{{"algorithm":"{lone}"}}'),
+            ("GET", "/api/clients/%ED%A0%80", None),
+            ("DELETE", "/api/clients/%ED%A0%80", None),
+            ("GET", "/api/users/%ED%A0%80", None),
+        ]:
+            headers = {"content-type": "application/json"} if body else {}
+            answer = http.request(method, path, content=body.encode() if body else None, headers=headers)
+            assert answer.status_code in (400, 404), (method, path, answer.text)
+            assert answer.json()["error"] in ("invalid_request", "not_found"), answer.text
+    with env.server.client() as http:
+        for client_id in ("%ED%A0%80", "%80", "%F0%90%80"):
+            answer = http.get(f"/oauth2/authorize?response_type=code&client_id={client_id}")
+            assert answer.status_code == 400, answer.text
+            assert "text/html" in answer.headers["content-type"]
+
+
+def test_dropin_pins_are_set_and_removed_through_identity_xml(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    """Issue 20: the API edits the dropins' pins (<Dropins><AllowedWheel>) with the code the
+    CLI's `plugins pin --add/--remove` runs, audited, then reloads: pinning turns on only with
+    every wheel pinned, a wheel still in dropins/ keeps its pin, and the server loads on."""
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
+    authority = pki.ca()
+    (tmp_path / "ca.pem").write_bytes(authority.pem)
+    dep.cli("truststore", "import", "--alias", "admin-root", "--file", str(tmp_path / "ca.pem"))
+    write_authenticators(dep, mtls=True)
+    add_users(dep)
+    cert = pki.issue(authority, "pins", org="Example").write(tmp_path, "pins")
+    identity = dep.conf / "identity.xml"
+    server = serve(dep)
+    spare = "ab" * 32
+    with server.client(auth=("root", PASSWORDS["root"])) as http:
+        listed = http.get("/api/dropins").json()
+        assert listed["pinning"] is False and len(listed["wheels"]) >= 2
+        digests = [w["sha256"] for w in listed["wheels"]]
+        before = identity.read_text()
+        one = http.put(f"/api/dropins/{digests[0]}/pin")
+        assert one.status_code == 409, one.text
+        assert listed["wheels"][1]["file"] in one.json()["error_description"]
+        assert identity.read_text() == before
+        assert http.put("/api/dropins/not-a-digest/pin").status_code == 400
+        assert http.post("/api/dropins/pins", json={"sha256": "x"}).status_code == 400
+        every = http.post("/api/dropins/pins", json={"sha256": digests})
+        assert every.status_code == 202, every.text
+        assert sorted(every.json()["pinned"]) == sorted(digests)
+        server.wait_for_log("reloaded: configuration 2")
+        pinned = http.get("/api/dropins").json()
+        assert pinned["pinning"] is True
+        assert all(w["pinned"] and w["loaded"] for w in pinned["wheels"]), pinned
+        assert identity.read_text().count("<AllowedWheel ") == len(digests)
+        kept = http.delete(f"/api/dropins/{digests[0]}/pin")
+        assert kept.status_code == 409 and "remove the wheel first" in kept.json()["error_description"]
+        assert http.delete(f"/api/dropins/{spare}/pin").status_code == 404
+        assert http.post("/api/dropins/pins", json={"sha256": digests}).json() == {
+            "reloading": False,
+            "pinned": [],
+        }
+    with server.client(cert=cert, headers={"UserName": "root"}) as http:
+        # A wheel to come can be pinned before it is dropped in, and unpinned again.
+        assert http.put(f"/api/dropins/{spare}/pin").status_code == 202
+        server.wait_for_log("reloaded: configuration 3")
+        assert spare in identity.read_text()
+        assert http.put(f"/api/dropins/{spare}/pin").status_code == 200
+        assert http.delete(f"/api/dropins/{spare}/pin").status_code == 202
+        server.wait_for_log("reloaded: configuration 4")
+        assert spare not in identity.read_text()
+        assert all(w["loaded"] for w in http.get("/api/dropins").json()["wheels"])
+        entries = http.get("/api/audit").json()
+    done = [(e["action"], e["target"], e["actor"], e["via"]) for e in entries]
+    assert ("dropins.pin", digests[0], "root", "basic") in done
+    assert ("dropins.pin", spare, "root", "mutual_tls") in done
+    assert ("dropins.unpin", spare, "root", "mutual_tls") in done
+    # The CLI runs the same code: the pins it sees are the API's, and it refuses the same way.
+    refused = dep.cli("plugins", "pin", "--remove", digests[0], check=False)
+    assert refused.returncode not in (0, 70) and "remove the wheel first" in refused.stderr
+    assert refused.stderr.count("\n") == 1

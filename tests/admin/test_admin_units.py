@@ -239,6 +239,27 @@ def test_clients(store: SQLiteStorage) -> None:
     assert created.secret not in json.dumps([e.view() for e in store.list_audit()])
 
 
+def test_an_id_or_name_the_store_cannot_take_is_not_found(store: SQLiteStorage) -> None:
+    """Issue 22: a lone surrogate (a CLI argument that is not UTF-8, a JSON "\\ud800") cannot
+    be encoded for the store; the operations answer "not found" (404), not a 500."""
+    for lone in ("\ud800", "a\udcff"):
+        for operation, args in (
+            (client_ops.get_client, (store, lone)),
+            (client_ops.remove_client, (store, lone, ACTOR)),
+            (client_ops.reset_secret, (store, lone, ACTOR)),
+            (client_ops.revoke_client_tokens, (store, lone, ACTOR)),
+            (client_ops.update_client, (store, None, lone, {"client_name": "x"}, ACTOR)),
+            (user_ops.get_user, (store, lone)),
+            (user_ops.remove_user, (store, lone, ACTOR)),
+            (user_ops.set_role, (store, lone, "admin", ACTOR)),
+            (user_ops.unlock_user, (store, lone, ACTOR)),
+            (user_ops.revoke_user_tokens, (store, lone, ACTOR)),
+        ):
+            with pytest.raises(OperationError) as refused:
+                operation(*args)
+            assert refused.value.status == 404
+
+
 def test_registration_tokens_are_stored_hashed(store: SQLiteStorage) -> None:
     value, expires_at = config_ops.issue_initial_access_token(store, 60, ACTOR)
     assert store.find_registration_token(token_hash(value), "initial") == (None, expires_at)
@@ -258,6 +279,49 @@ IDENTITY = """<?xml version="1.0" encoding="UTF-8"?>
     </EventListeners>
 </Identity>
 """
+
+
+def test_pins_are_written_to_identity_xml_keeping_comments(
+    tmp_path: Path, store: SQLiteStorage, wheel_cache: Path
+) -> None:
+    """The one implementation of pinning the API and `plugins pin --add/--remove` share."""
+    path = tmp_path / "identity.xml"
+    path.write_text(IDENTITY)
+    dropins = tmp_path / "dropins"
+    dropins.mkdir()
+    wheels = sorted(wheel_cache.glob("*.whl"))[:2]
+    for wheel in wheels:
+        (dropins / wheel.name).write_bytes(wheel.read_bytes())
+    digests = [hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels]
+    with pytest.raises(OperationError) as refused:
+        config_ops.pin_wheels(path, dropins, store, [digests[0]], ACTOR)  # the other would be refused
+    assert refused.value.status == 409 and wheels[1].name in str(refused.value)
+    assert load_identity(path).allowed_wheels is None
+    assert sorted(config_ops.pin_wheels(path, dropins, store, None, ACTOR)) == sorted(digests)
+    assert load_identity(path).allowed_wheels == frozenset(digests)
+    assert config_ops.pin_wheels(path, dropins, store, [digests[0].upper()], ACTOR) == []
+    assert "top comment" in path.read_text() and f'name="{wheels[0].name}"' in path.read_text()
+    # A pin from an AllowedWheelsFile is that file's; new pins go before it (the schema's order).
+    spare, other = "ab" * 32, "cd" * 32
+    (tmp_path / "pins.txt").write_text(f"{spare}  future.whl\n")
+    path.write_text(
+        path.read_text().replace("</Dropins>", "<AllowedWheelsFile>pins.txt</AllowedWheelsFile></Dropins>")
+    )
+    assert config_ops.pin_wheels(path, dropins, store, [other], ACTOR) == [other]
+    assert load_identity(path).allowed_wheels == frozenset([*digests, spare, other])
+    with pytest.raises(OperationError, match="AllowedWheelsFile"):
+        config_ops.unpin_wheel(path, dropins, store, spare, ACTOR)
+    with pytest.raises(OperationError, match="remove the wheel first"):
+        config_ops.unpin_wheel(path, dropins, store, digests[1], ACTOR)
+    with pytest.raises(OperationError) as missing:
+        config_ops.unpin_wheel(path, dropins, store, "ef" * 32, ACTOR)
+    assert missing.value.status == 404
+    with pytest.raises(OperationError, match="not a SHA-256"):
+        config_ops.pin_wheels(path, dropins, store, ["ab"], ACTOR)
+    config_ops.unpin_wheel(path, dropins, store, other, ACTOR)
+    assert other not in (load_identity(path).allowed_wheels or ())
+    actions = [(e.action, e.target) for e in store.list_audit(50, None)]
+    assert ("dropins.unpin", other) in actions and ("dropins.pin", digests[1]) in actions
 
 
 def test_listener_changes_rewrite_identity_xml_keeping_comments(tmp_path: Path, store: SQLiteStorage) -> None:

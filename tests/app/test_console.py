@@ -92,6 +92,32 @@ def token(
         return http.post("/oauth2/token", data={"grant_type": "client_credentials", "client_id": client_id})
 
 
+def no_horizontal_overflow(page: Any, name: str, directory: Path) -> None:
+    """Nothing is wider than the window: the document does not scroll sideways, and a
+    full-page screenshot is exactly as wide as the viewport."""
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), (
+        name,
+        page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]"),
+    )
+    png = page.screenshot(path=str(directory / f"{name}.png"), full_page=True)
+    assert int.from_bytes(png[16:20], "big") == page.viewport_size["width"], name
+    shot(page, name)
+
+
+def change_forms(page: Any) -> int:
+    """The forms on the page that would change something: all but signing out and searching."""
+    return page.locator("form:not(.signout):not([method=get])").count()
+
+
+def tab_to(page: Any, script: str, limit: int = 40) -> None:
+    """Press Tab until *script* (about document.activeElement) is true."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate(f"(e => {script})(document.activeElement)"):
+            return
+    raise AssertionError(f"Tab never reached {script}")
+
+
 # -- sign-in and the safe defaults ---------------------------------------------------------
 
 
@@ -121,7 +147,7 @@ def test_sign_in_by_keyboard_sets_a_strict_session_cookie_and_headers(env: Conso
     assert cookie["path"] == "/"
 
 
-def test_a_wrong_password_is_shown_beside_the_field_and_a_non_admin_is_refused(
+def test_a_wrong_password_is_shown_beside_the_field_and_a_user_without_a_role_is_refused(
     env: Console, page: Any
 ) -> None:
     page.goto(env.url("/console/login"))
@@ -130,10 +156,10 @@ def test_a_wrong_password_is_shown_beside_the_field_and_a_non_admin_is_refused(
     page.click("button:has-text('Sign in')")
     assert "Wrong user name or password" in page.inner_text("#password-error")
     assert page.get_attribute("#password", "aria-invalid") == "true"
-    page.fill("#username", "viewer")
-    page.fill("#password", PASSWORDS["viewer"])
+    page.fill("#username", "plain")
+    page.fill("#password", PASSWORDS["plain"])
     page.click("button:has-text('Sign in')")
-    assert "not an administrator" in page.inner_text("#username-error")
+    assert "neither the admin nor the reader role" in page.inner_text("#username-error")
     assert page.goto(env.url("/console/users")) is not None
     assert page.url.endswith("/console/login")
 
@@ -363,6 +389,174 @@ def test_rotate_a_certificate_then_delete_with_confirmation(env: Console, page: 
     page.click("button:has-text('Delete it')")
     assert "Deleted Rotating" in page.inner_text("main")
     assert token(env, client_id, cert=second_paths).status_code == 401
+
+
+def test_add_a_service_provider_by_keyboard_only(env: Console, page: Any) -> None:
+    """Tab and Enter (and the arrow keys in a list) through sign-in and the new service
+    provider's form, as someone who uses no mouse does."""
+    page.goto(env.url())
+    tab_to(page, "e.id === 'username'")
+    page.keyboard.type("root")
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORDS["root"])
+    page.keyboard.press("Enter")
+    page.wait_for_url(env.url("/console/"))
+    tab_to(page, "e.textContent.trim() === 'Add a service provider'")
+    page.keyboard.press("Enter")
+    page.wait_for_url(env.url("/console/clients/new"))
+    tab_to(page, "e.id === 'name'")
+    page.keyboard.type("Keyboard app")
+    tab_to(page, "e.id === 'auth_method'")
+    for _ in range(10):
+        if page.evaluate("document.activeElement.value") == "client_secret_basic":
+            break
+        page.keyboard.press("ArrowUp")
+    assert page.evaluate("document.activeElement.value") == "client_secret_basic"
+    tab_to(page, "e.tagName === 'BUTTON' && e.textContent.trim() === 'Register'")
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Keyboard app is registered").wait_for()
+    client_id = page.input_value("#client_id")
+    secret = page.input_value("#client_secret")
+    with env.server.client() as http:
+        answer = http.post(
+            "/oauth2/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)
+        )
+    assert answer.status_code == 200, answer.text
+
+
+def test_removals_ask_for_confirmation_first(env: Console, page: Any, tmp_path: Path) -> None:
+    """Users, trust anchors and signing keys, like service providers, are removed only from a
+    page that says what goes; Cancel leaves everything as it was."""
+    env.dep.cli("user", "add", "leaving", "--password-stdin", input="leaving-password\n")
+    spare = pki.ca("Spare CA")
+    (env.root / "spare.pem").write_bytes(spare.pem)
+    env.dep.cli("truststore", "import", "--alias", "spare", "--file", str(env.root / "spare.pem"))
+    sign_in(page, env)
+    page.set_viewport_size({"width": 400, "height": 800})
+
+    page.goto(env.url("/console/users"))
+    page.click("a[aria-label='Remove leaving…']")
+    assert page.get_by_role("heading", name="Remove leaving?").is_visible()
+    no_horizontal_overflow(page, "confirm-remove-user", tmp_path)
+    page.click("text=Cancel")
+    assert page.url.endswith("/console/users")
+    assert "leaving" in env.dep.cli("user", "list").stdout
+    page.click("a[aria-label='Remove leaving…']")
+    page.click("button:has-text('Remove it')")
+    assert "Removed leaving" in page.inner_text("main")
+    assert "leaving" not in env.dep.cli("user", "list").stdout
+    assert page.locator("a[aria-label='Remove root…']").count() == 0  # not yourself
+
+    page.goto(env.url("/console/truststore"))
+    page.click("a[aria-label='Remove spare…']")
+    assert page.get_by_role("heading", name="Stop trusting spare?").is_visible()
+    assert fingerprint(spare) in page.inner_text("main")
+    page.click("text=Cancel")
+    assert "spare" in env.dep.cli("truststore", "list").stdout
+    page.click("a[aria-label='Remove spare…']")
+    page.click("button:has-text('Remove it')")
+    assert "Removed spare" in page.inner_text("main")
+    assert "spare" not in env.dep.cli("truststore", "list").stdout
+
+    page.goto(env.url("/console/signing-keys"))
+    for _ in range(2):  # the active key cannot be retired: make sure there is another
+        page.click("button:has-text('Rotate')")
+        page.get_by_text("New active signing key").wait_for()
+    retire = page.locator("a[aria-label^='Retire key']").first
+    kid = retire.get_attribute("aria-label").removeprefix("Retire key ").removesuffix("…")
+    retire.click()
+    assert page.get_by_role("heading", name=f"Retire signing key {kid}?").is_visible()
+    page.click("text=Cancel")
+    assert kid in page.inner_text("main")
+    page.locator(f"a[aria-label='Retire key {kid}…']").click()
+    page.click("button:has-text('Retire it')")
+    assert f"Retired signing key {kid}" in page.inner_text("main")
+    assert page.locator(f"a[aria-label='Retire key {kid}…']").count() == 0
+    # A removal can only be posted from its confirmation page's form; a GET changes nothing.
+    env.dep.cli("user", "add", "staying", "--password-stdin", input="staying-password\n")
+    page.goto(env.url("/console/users/staying/remove"))
+    assert "staying" in env.dep.cli("user", "list").stdout
+
+
+def test_a_reader_gets_a_read_only_console(env: Console, page: Any, tmp_path: Path) -> None:
+    """A reader signs in with a password and sees every page without one form that changes
+    anything; a change posted anyway (with a valid CSRF token) is refused with 403 and a page
+    that says why, and nothing changes."""
+    client = env.dep.add_client(
+        "read-only view", "--auth-method", "client_secret_basic", "--grant-type", "client_credentials"
+    )
+    sign_in(page, env, "viewer")
+    assert "read only" in page.inner_text("header")
+    page.set_viewport_size({"width": 400, "height": 800})
+    for path in (
+        "/console/clients",
+        f"/console/clients/{client['client_id']}",
+        "/console/listeners",
+        "/console/truststore",
+        "/console/users",
+        "/console/signing-keys",
+        "/console/audit",
+    ):
+        answer = page.goto(env.url(path))
+        assert answer is not None and answer.status == 200, path
+        assert change_forms(page) == 0, path
+        assert page.locator("a[href$='/delete'], a[href$='/remove'], a[href$='/retire']").count() == 0
+        assert page.locator("a[href='/console/clients/new']").count() == 0
+        no_horizontal_overflow(page, "reader" + path.replace("/", "-"), tmp_path)
+    for path in (
+        "/console/clients/new",
+        f"/console/clients/{client['client_id']}/delete",
+        "/console/users/root/remove",
+    ):
+        answer = page.goto(env.url(path))
+        assert answer is not None and answer.status == 403, path
+        assert page.get_by_role("heading", name="Read only").is_visible()
+        assert "a reader" in page.inner_text("main") and change_forms(page) == 0
+    csrf = page.get_attribute("form.signout input[name=csrf]", "value")
+    for path, fields in (
+        ("/console/users", {"username": "sneaky", "password": "sneaky-password", "role": "admin"}),
+        ("/console/users/viewer/role", {"role": "admin"}),
+        ("/console/users/root/remove", {}),
+        ("/console/truststore/admin-root/remove", {}),
+        ("/console/signing-keys", {"algorithm": "ES256"}),
+        ("/console/listeners/ClientAuthenticator/basic_auth", {"enabled": "false"}),
+        (f"/console/clients/{client['client_id']}/secret", {"submission": "s-1"}),
+        (f"/console/clients/{client['client_id']}/delete", {}),
+    ):
+        answer = page.request.post(env.url(path), form={"csrf": csrf, **fields}, max_redirects=0)
+        assert answer.status == 403, (path, answer.status)
+        assert "change nothing" in answer.text(), path
+    users = env.dep.cli("user", "list").stdout
+    assert "sneaky" not in users and "root" in users
+    assert re.search(r"viewer .* role=reader\n", users), users
+    assert "admin-root" in env.dep.cli("truststore", "list").stdout
+    assert client["client_id"] in env.dep.cli("sp", "list").stdout
+    # Signing out is the one thing a reader posts.
+    page.goto(env.url("/console/"))
+    page.click("button:has-text('Sign out')")
+    page.wait_for_url(env.url("/console/login"))
+
+
+def test_a_reader_cannot_sign_in_with_a_certificate(env: Console, chromium: Any) -> None:
+    """The MutualSSLAuthenticator acts for admins only (issue 20), in the console as in the API."""
+    context = chromium.new_context(
+        ignore_https_errors=True,
+        client_certificates=[
+            {
+                "origin": env.server.url,
+                "certPath": str(env.admin_cert[0]),
+                "keyPath": str(env.admin_cert[1]),
+            }
+        ],
+    )
+    try:
+        page = context.new_page()
+        page.goto(env.url("/console/login"))
+        page.fill("#cert-username", "viewer")
+        page.click("button:has-text('Sign in with this certificate')")
+        assert "not an administrator" in page.inner_text("#cert-username-error, #username-error")
+    finally:
+        context.close()
 
 
 # -- listeners ------------------------------------------------------------------------------

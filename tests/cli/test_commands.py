@@ -472,6 +472,27 @@ def test_sp_metadata_input_is_bounded_and_checked(deployment, tmp_path) -> None:
     assert result.returncode not in (0, 70) and "lone surrogate" in result.stderr, result.stderr
 
 
+def test_an_argument_that_is_not_utf8_names_no_client_and_no_user(deployment) -> None:  # noqa: ANN001
+    """Issue 22: a client id or user name that is not UTF-8 (Python hands such an argument over
+    as lone surrogates) is "no such client/user" in one line, not an internal error."""
+    not_utf8 = "\udcff\udced"  # the bytes 0xFF 0xED on the command line
+    for args in (
+        ["sp", "show", not_utf8],
+        ["sp", "revoke", not_utf8],
+        ["sp", "remove", not_utf8],
+        ["sp", "reset-secret", not_utf8],
+        ["sp", "update", not_utf8, "--redirect-uri", "https://a.example/cb"],
+        ["user", "remove", not_utf8],
+        ["user", "role", not_utf8, "admin"],
+        ["user", "unlock", not_utf8],
+        ["user", "revoke", not_utf8],
+    ):
+        result = deployment.cli(*args, check=False)
+        assert result.returncode not in (0, 70), (args, result.stderr)
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and "no " in result.stderr, (args, result.stderr)
+
+
 def test_sp_redirect_uris_add_show_update(deployment) -> None:  # noqa: ANN001
     """--redirect-uri (repeatable) registers the metadata redirect_uris, sp show prints them,
     sp update --redirect-uri replaces them; a URI the authorization endpoint would not

@@ -84,6 +84,15 @@ def test_requests_without_a_place_to_answer_are_shown(store: SQLiteStorage, para
         authorize.validate(store, query(**params))
 
 
+def test_a_client_id_the_store_cannot_take_is_no_client(store: SQLiteStorage) -> None:
+    """Issue 22: a client_id with a lone surrogate is "not registered here", not an encoding
+    error from the store. (Over HTTP the query string is decoded strictly and such an id never
+    gets this far; validate does not count on its callers for that.)"""
+    for lone in ("\ud800", "c1\udcff"):
+        with pytest.raises(ShownError, match="not registered"):
+            authorize.validate(store, query(client_id=None) + "&client_id=" + lone)
+
+
 def test_a_parameter_without_a_value_is_omitted(store: SQLiteStorage) -> None:
     """RFC 6749 §3.1: an empty scope is no scope (all the client may have), an empty state
     no state, an empty response_type a missing one."""

@@ -178,7 +178,10 @@ def register_client(
 
 
 def get_client(store: Storage, client_id: str) -> Client:
-    client = store.get_client(client_id)
+    """The client *client_id*; ``not_found`` when there is none, or when the id is one no client
+    can have (``clientauth.storable_id``: a CLI argument that is not UTF-8 comes as lone
+    surrogates, which the store cannot even look up)."""
+    client = store.get_client(client_id) if clientauth.storable_id(client_id) else None
     if client is None:
         raise not_found(f"no service provider with client_id {client_id!r}")
     return client
@@ -303,7 +306,7 @@ def reset_secret(store: Storage, client_id: str, actor: Actor) -> Registered:
 
 def remove_client(store: Storage, client_id: str, actor: Actor) -> None:
     """Remove the client and revoke every token issued to it (RFC 7592 §2.3)."""
-    if not store.remove_client(client_id):
+    if not clientauth.storable_id(client_id) or not store.remove_client(client_id):
         raise not_found(f"no service provider with client_id {client_id!r}")
     record(store, actor, "client.delete", client_id)
 

@@ -1,10 +1,12 @@
-"""Changes to the configuration on disk: the listeners in identity.xml, the truststore,
-the signing keys, and the initial access tokens of dynamic registration (RFC 7591 §3)."""
+"""Changes to the configuration on disk: the listeners and the dropins' pins in identity.xml,
+the truststore, the signing keys, and the initial access tokens of dynamic registration
+(RFC 7591 §3)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -17,6 +19,7 @@ from lxml import etree
 from tokensmith.admin.audit import Actor, OperationError, not_found, record
 from tokensmith.config.settings import load_identity
 from tokensmith.config.xml import MAX_CONFIG_BYTES, ConfigError, UnreadableFile, read_regular_file
+from tokensmith.listeners.dropins import WheelInfo, scan_dropins
 from tokensmith.models import Storage
 from tokensmith.oauth.tokens import token_hash
 from tokensmith.security.signing import SigningKeys
@@ -25,6 +28,8 @@ from tokensmith.security.truststore import Truststore
 __all__ = [
     "change_listener",
     "reorder_listeners",
+    "pin_wheels",
+    "unpin_wheel",
     "import_anchor",
     "remove_anchor",
     "rotate_signing_key",
@@ -128,6 +133,126 @@ def reorder_listeners(
         _entry(listeners, family, name).set("orderId", str(100 + 10 * index))
     _write_identity(identity, tree)
     record(store, actor, "listener.reorder", None, order=list(order))
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _digest(value: str) -> str:
+    digest = value.strip().lower()
+    if not _SHA256.fullmatch(digest):
+        raise OperationError(f"{value!r} is not a SHA-256: 64 hexadecimal digits, as sha256sum prints")
+    return digest
+
+
+def _wheels(dropins: Path) -> list[WheelInfo]:
+    try:
+        return scan_dropins(dropins)
+    except ConfigError as exc:
+        raise OperationError(f"dropins/ cannot be checked: {exc}", 409, "conflict") from None
+
+
+def _pins(identity: Path) -> frozenset[str] | None:
+    """The pins identity.xml holds now (None: pinning is off)."""
+    try:
+        return load_identity(identity).allowed_wheels
+    except ConfigError as exc:
+        raise OperationError(f"identity.xml cannot be read: {exc}", 409, "conflict") from None
+
+
+def _refused_after(wheels: Sequence[WheelInfo], allowed: set[str]) -> list[str]:
+    return [info.path.name for info in wheels if info.sha256 not in allowed]
+
+
+def pin_wheels(
+    identity: Path, dropins: Path, store: Storage, digests: Sequence[str] | None, actor: Actor
+) -> list[str]:
+    """Pin *digests* (every wheel now in *dropins* when None, as ``plugins pin`` prints them)
+    as ``<Dropins><AllowedWheel sha256 name>`` in identity.xml, comments kept; the digests
+    newly pinned. A digest need not be a wheel that is there yet (pin before dropping in).
+
+    Pinning turns on with the first pin, and then every wheel in dropins/ must be pinned or the
+    whole directory is refused (``listeners/dropins``): a change that would leave one out is
+    refused (409) naming it, before identity.xml is touched."""
+    wheels = _wheels(dropins)
+    wanted = [info.sha256 for info in wheels] if digests is None else [_digest(d) for d in digests]
+    if not wanted:
+        raise OperationError("name at least one SHA-256 to pin (dropins/ has no wheel)")
+    current = _pins(identity)
+    allowed = set(current or ()) | set(wanted)
+    refused = _refused_after(wheels, allowed)
+    if refused:
+        raise OperationError(
+            ("pinning is off: pinning turns it on, and" if current is None else "with pinning on,")
+            + f" these wheels in dropins/ would be refused: {', '.join(refused)};"
+            " pin them too (all at once), or remove them from dropins/",
+            409,
+            "conflict",
+        )
+    added = [digest for digest in dict.fromkeys(wanted) if current is None or digest not in current]
+    if not added and current is not None:
+        return []
+    tree = _read_identity(identity)
+    root = tree.getroot()
+    pins = root.find("Dropins")
+    if pins is None:
+        pins = etree.SubElement(root, "Dropins")
+        previous = pins.getprevious()
+        if previous is not None:
+            pins.tail, previous.tail = previous.tail, "\n    "
+    names = {info.sha256: info.path.name for info in wheels}
+    # The schema wants every AllowedWheel before any AllowedWheelsFile.
+    files = pins.find("AllowedWheelsFile")
+    for digest in added:
+        el = etree.Element("AllowedWheel", sha256=digest)
+        if digest in names:
+            el.set("name", names[digest])
+        if files is not None:
+            files.addprevious(el)
+        else:
+            pins.append(el)
+    etree.indent(pins, space="    ", level=1)
+    _write_identity(identity, tree)
+    for digest in added:
+        record(store, actor, "dropins.pin", digest, wheel=names.get(digest))
+    return added
+
+
+def unpin_wheel(identity: Path, dropins: Path, store: Storage, digest: str, actor: Actor) -> None:
+    """Remove the ``<AllowedWheel>`` of *digest* from identity.xml. Refused (409) while its
+    wheel is in dropins/ (the directory would be refused as a whole: remove the wheel first)
+    and for a pin that comes from an ``<AllowedWheelsFile>`` (edit that file). The last pin
+    leaves pinning on, with nothing allowed: removing a pin never turns pinning off."""
+    digest = _digest(digest)
+    current = _pins(identity)
+    if current is None or digest not in current:
+        raise not_found(f"{digest} is not pinned")
+    present = [info.path.name for info in _wheels(dropins) if info.sha256 == digest]
+    if present:
+        raise OperationError(
+            f"{present[0]} in dropins/ is this wheel: unpinning it would have dropins/ refused;"
+            " remove the wheel first",
+            409,
+            "conflict",
+        )
+    tree = _read_identity(identity)
+    pins = tree.getroot().find("Dropins")
+    found = (
+        []
+        if pins is None
+        else [el for el in pins.iterfind("AllowedWheel") if el.get("sha256", "").lower() == digest]
+    )
+    if not found:
+        raise OperationError(
+            f"{digest} is pinned by an <AllowedWheelsFile>, not in identity.xml: edit that file",
+            409,
+            "conflict",
+        )
+    for el in found:
+        pins.remove(el)
+    etree.indent(pins, space="    ", level=1)
+    _write_identity(identity, tree)
+    record(store, actor, "dropins.unpin", digest)
 
 
 def import_anchor(

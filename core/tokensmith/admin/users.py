@@ -7,6 +7,7 @@ import time
 
 from tokensmith.admin.audit import Actor, OperationError, not_found, record
 from tokensmith.models import Storage, User
+from tokensmith.oauth.clientauth import storable_id
 from tokensmith.security import hashing as kdf
 
 __all__ = [
@@ -51,7 +52,7 @@ def add_user(store: Storage, username: str, password: str, role: str | None, act
 
 
 def get_user(store: Storage, username: str) -> User:
-    user = store.get_user(username)
+    user = store.get_user(username) if storable_id(username) else None
     if user is None:
         raise not_found(f"no user {username!r}")
     return user
@@ -59,7 +60,7 @@ def get_user(store: Storage, username: str) -> User:
 
 def set_role(store: Storage, username: str, role: str | None, actor: Actor) -> User:
     check_role(role)
-    if not store.set_user_role(username, role):
+    if not storable_id(username) or not store.set_user_role(username, role):
         raise not_found(f"no user {username!r}")
     record(store, actor, "user.role", username, role=role)
     return get_user(store, username)
@@ -67,7 +68,7 @@ def set_role(store: Storage, username: str, role: str | None, actor: Actor) -> U
 
 def remove_user(store: Storage, username: str, actor: Actor) -> None:
     """Remove the user and revoke every token and grant issued for them."""
-    if not store.remove_user(username):
+    if not storable_id(username) or not store.remove_user(username):
         raise not_found(f"no user {username!r}")
     record(store, actor, "user.delete", username)
 
@@ -80,6 +81,6 @@ def revoke_user_tokens(store: Storage, username: str, actor: Actor) -> int:
 
 
 def unlock_user(store: Storage, username: str, actor: Actor) -> None:
-    if not store.unlock_user(username):
+    if not storable_id(username) or not store.unlock_user(username):
         raise not_found(f"no user {username!r}")
     record(store, actor, "user.unlock", username)

@@ -7,7 +7,9 @@ the first that recognises the request's credential decides who the caller is:
 - ``MutualSSLAuthenticator``: the request's client certificate (from this connection's
   handshake, or a trusted proxy's header as for the OAuth endpoints) chains to the truststore
   or is one of the ``AdminCertificates``; with ``WhiteListEnabled`` its subject DN must be
-  listed; the caller is the user the ``UsernameHeader`` header names, who must exist.
+  listed; the caller is the user the ``UsernameHeader`` header names, who must exist and
+  hold the ``admin`` role: a certificate stands for an administrator, so any other role
+  (``reader`` included) is answered 403 whatever the method.
 - ``BasicAuthenticator``: HTTP Basic (RFC 7617) with a user's name and password; failures
   count towards the user's lockout as the password grant's do.
 
@@ -54,6 +56,7 @@ from tokensmith.config.xml import MAX_CONFIG_BYTES, ConfigError, UnreadableFile,
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.listeners.dropins import scan_dropins
 from tokensmith.models import Client, User
+from tokensmith.oauth.clientauth import storable_id
 from tokensmith.oauth.clientcert import client_certificates
 from tokensmith.oauth.clientmetadata import client_metadata
 from tokensmith.oauth.messages import Answer
@@ -235,9 +238,13 @@ async def guard() -> Response | None:
         caller = await authenticate(rt)
     except Unauthenticated as exc:
         return _error(401, "unauthorized", str(exc), _challenge(rt))
-    allowed = _READ_ROLES if request.method in _SAFE else ("admin",)
+    # Issue 20: the MutualSSLAuthenticator acts as an administrator, never as a reader.
+    allowed = _READ_ROLES if request.method in _SAFE and caller.via == "basic" else ("admin",)
     if caller.role not in allowed:
-        return _error(403, "forbidden", f"user {caller.username!r} (role {caller.role}) may not do this")
+        why = (
+            " through the MutualSSLAuthenticator, which needs the admin role" if caller.via != "basic" else ""
+        )
+        return _error(403, "forbidden", f"user {caller.username!r} (role {caller.role}) may not do this{why}")
     g.actor = Actor(caller.username, caller.via, request.remote_addr)
     return None
 
@@ -281,6 +288,10 @@ def _field(body: dict[str, Any], name: str, kind: type, required: bool = True) -
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise OperationError(f"{name} must be a {'string' if kind is str else kind.__name__}")
+    if kind is str and not storable_id(value):
+        # JSON may escape a lone surrogate ("\ud800"): no name, password or PEM has one, and
+        # it cannot be encoded to be stored or parsed (issue 22).
+        raise OperationError(f"{name} is not valid Unicode (a lone surrogate)")
     return value
 
 
@@ -632,6 +643,46 @@ async def list_dropins() -> Response:
             ],
         },
     )
+
+
+def _pinned(rt: Runtime, added: list[str]) -> Response:
+    if added:
+        reload_all()
+    return _json(202 if added else 200, {"reloading": bool(added), "pinned": added})
+
+
+@admin.post("/dropins/pins")
+async def pin_dropins() -> Response:
+    """Pin several wheels at once: pinning turns on with the first pin, and then every wheel
+    in dropins/ must be pinned, so turning it on takes all of their digests together."""
+    body = await _body()
+    digests = _field(body, "sha256", list)
+    if not digests or not all(isinstance(item, str) for item in digests):
+        raise OperationError("sha256 must be a list of SHA-256 digests (hex)")
+    rt = _rt()
+    added = await _run(
+        config_ops.pin_wheels, rt.identity.path, rt.config.server.dropins, rt.storage, digests, _actor()
+    )
+    return _pinned(rt, added)
+
+
+@admin.put("/dropins/<sha256>/pin")
+async def pin_dropin(sha256: str) -> Response:
+    rt = _rt()
+    added = await _run(
+        config_ops.pin_wheels, rt.identity.path, rt.config.server.dropins, rt.storage, [sha256], _actor()
+    )
+    return _pinned(rt, added)
+
+
+@admin.delete("/dropins/<sha256>/pin")
+async def unpin_dropin(sha256: str) -> Response:
+    rt = _rt()
+    await _run(
+        config_ops.unpin_wheel, rt.identity.path, rt.config.server.dropins, rt.storage, sha256, _actor()
+    )
+    reload_all()
+    return _json(202, {"reloading": True})
 
 
 # -- registration and audit --------------------------------------------------------------

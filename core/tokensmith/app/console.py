@@ -2,9 +2,13 @@
 
 Every change goes through ``tokensmith.admin`` (the same functions as the admin API and the
 CLI, which write the audit log), with the signed-in user as the actor (``via="console"``).
-Sign-in is by an admin user's password (when conf/authenticators.xml enables the
-BasicAuthenticator) or by a client certificate the MutualSSLAuthenticator admits, naming the
-admin user (the certificate takes the place of the API's UsernameHeader).
+Sign-in is by the password of a user with the admin or reader role (when
+conf/authenticators.xml enables the BasicAuthenticator) or by a client certificate the
+MutualSSLAuthenticator admits, naming an admin user (the certificate takes the place of the
+API's UsernameHeader, and acts for admins only, as it does for the API). A reader gets the
+same pages without a single form that changes anything, and any change it posts anyway is
+refused with 403, as the API refuses it. Removing anything that cannot be put back (a service
+provider, a user, a trust anchor, a signing key) asks for confirmation on a page of its own.
 
 Safe by default:
 
@@ -35,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -169,6 +173,10 @@ async def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+#: The roles the console lets in; only ``admin`` may change anything (as in the admin API).
+_ROLES = ("admin", "reader")
+
+
 async def _page(template: str, status: int = 200, **context: Any) -> Response:
     session = _session()
     flashes, session.flashes = session.flashes, []
@@ -177,6 +185,7 @@ async def _page(template: str, status: int = 200, **context: Any) -> Response:
         f"console/{template}",
         csrf=session.csrf,
         user=session.user,
+        read_only=g.get("role") != "admin",
         flashes=flashes,
         realm=rt.identity.realm,
         **context,
@@ -187,6 +196,16 @@ async def _page(template: str, status: int = 200, **context: Any) -> Response:
 # -- the guard ---------------------------------------------------------------------------
 
 _OPEN = ("console.sign_in", "console.static")
+#: What a reader may post: signing out, and nothing else.
+_READER_POSTS = ("console.sign_out",)
+#: Pages that exist only to make a change (a form, a confirmation): a reader gets the 403.
+_CHANGE_PAGES = (
+    "console.new_client",
+    "console.delete_client",
+    "console.remove_user",
+    "console.remove_anchor",
+    "console.retire_key",
+)
 
 
 @console.before_request
@@ -218,13 +237,25 @@ async def guard() -> Response | None:
     if request.endpoint in _OPEN:
         return None
     user = await rt.storage.call(rt.storage.get_user, session.user) if session.user else None
-    if user is None or user.role != "admin":
+    if user is None or user.role not in _ROLES:
         if session.user is not None:
             session = _new_session()
             g.session = session
         if g.expired:
             _flash("error", "Your session has ended; sign in again.")
         return _go("/console/login")
+    g.role = user.role
+    if user.role != "admin" and (
+        (request.method == "POST" and request.endpoint not in _READER_POSTS)
+        or request.endpoint in _CHANGE_PAGES
+    ):
+        return await _page(
+            "error.html",
+            403,
+            title="Read only",
+            message=f"You are signed in as {user.username}, a reader: you may look at everything"
+            " here but change nothing. Ask an administrator to make this change.",
+        )
     return None
 
 
@@ -282,7 +313,9 @@ async def sign_in() -> Response:
             else:
                 user = await rt.storage.call(rt.storage.get_user, username)
                 if user is None or user.role != "admin":
-                    errors["username"] = f"{username} is not an administrator."
+                    errors["username"] = (
+                        f"{username} is not an administrator (a certificate signs in administrators only)."
+                    )
         elif not basic:
             errors["form"] = "Sign-in with a password is off (conf/authenticators.xml)."
         else:
@@ -296,8 +329,8 @@ async def sign_in() -> Response:
                 pass
             elif user is None:
                 errors["password"] = "Wrong user name or password, or the user is locked out."
-            elif user.role != "admin":
-                errors["username"] = f"{username} is not an administrator."
+            elif user.role not in _ROLES:
+                errors["username"] = f"{username} has neither the admin nor the reader role."
                 user = None
         if user is not None and not errors:
             old = _session()
@@ -748,9 +781,23 @@ async def truststore() -> Response:
     )
 
 
-@console.post("/truststore/<alias>/remove")
+@console.route("/truststore/<alias>/remove", methods=["GET", "POST"])
 async def remove_anchor(alias: str) -> Response:
     rt = _rt()
+    found = next((a for a in rt.truststore.list() if a.alias == alias), None)
+    if found is None:
+        raise OperationError(f"no truststore alias {alias!r}", 404, "not_found")
+    if request.method == "GET":
+        return await _page(
+            "confirm.html",
+            title=f"Stop trusting {alias}?",
+            text=f"The CA certificate {found.subject} (SHA-256 {_fingerprint(found.sha256_hex)}) leaves"
+            " the truststore: tls_client_auth clients, and administrators' certificates, that chain"
+            " only to it are refused from the next request on.",
+            action=f"/console/truststore/{quote(alias, safe='')}/remove",
+            button="Remove it",
+            cancel="/console/truststore",
+        )
     await _run(config_ops.remove_anchor, rt.truststore, rt.storage, alias, _actor())
     _flash("info", f"Removed {alias} from the truststore.")
     return _go("/console/truststore")
@@ -808,13 +855,29 @@ async def change_user(username: str, action: str) -> Response:
     elif action == "unlock":
         await _run(user_ops.unlock_user, rt.storage, username, _actor())
         _flash("info", f"Unlocked {username}.")
-    elif action == "remove":
-        if username == _session().user:
-            raise OperationError("you cannot remove yourself")
-        await _run(user_ops.remove_user, rt.storage, username, _actor())
-        _flash("info", f"Removed {username}; their tokens are revoked.")
     else:
         raise OperationError(f"unknown action {action!r}", 404, "not_found")
+    return _go("/console/users")
+
+
+@console.route("/users/<username>/remove", methods=["GET", "POST"])
+async def remove_user(username: str) -> Response:
+    rt = _rt()
+    if username == _session().user:
+        raise OperationError("you cannot remove yourself")
+    found = user_ops.get_user(rt.storage, username)
+    if request.method == "GET":
+        return await _page(
+            "confirm.html",
+            title=f"Remove {username}?",
+            text=f"The user {username} (role {found.role or 'none'}) is removed, and every token and"
+            " grant issued for them is revoked. This cannot be undone.",
+            action=f"/console/users/{quote(username, safe='')}/remove",
+            button="Remove it",
+            cancel="/console/users",
+        )
+    await _run(user_ops.remove_user, rt.storage, username, _actor())
+    _flash("info", f"Removed {username}; their tokens are revoked.")
     return _go("/console/users")
 
 
@@ -833,9 +896,23 @@ async def signing_keys() -> Response:
     return await _page("signing_keys.html", keys=rt.signing.all(), algorithms=ALGORITHMS)
 
 
-@console.post("/signing-keys/<kid>/retire")
+@console.route("/signing-keys/<kid>/retire", methods=["GET", "POST"])
 async def retire_key(kid: str) -> Response:
     rt = _rt()
+    keys = rt.signing.all()
+    found = next((key for key in keys if key.kid == kid), None)
+    if found is None:
+        raise OperationError(f"no signing key with kid {kid!r}", 404, "not_found")
+    if request.method == "GET":
+        return await _page(
+            "confirm.html",
+            title=f"Retire signing key {kid}?",
+            text=f"The {found.alg} key {kid} leaves the JWKS: JWT access tokens it signed no longer"
+            " verify at resource servers that fetch the JWKS again. This cannot be undone.",
+            action=f"/console/signing-keys/{quote(kid, safe='')}/retire",
+            button="Retire it",
+            cancel="/console/signing-keys",
+        )
     try:
         await _run(config_ops.retire_signing_key, rt.signing, rt.storage, kid, _actor())
     except SigningKeyError as exc:

@@ -1,4 +1,7 @@
-"""The OpenAPI 3.1 document of the admin API (``/api/openapi.json``)."""
+"""The OpenAPI 3.1 document of the admin API (``/api/openapi.json``), with dynamic client
+registration beside it: ``POST /oauth2/register`` (RFC 7591) and the client configuration
+endpoint ``/oauth2/register/{client_id}`` (RFC 7592), which authenticate by bearer tokens,
+not as ``/api/`` does."""
 
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ _CLIENT = {
         "warnings": {"type": "array", "items": {"type": "string"}},
     },
 }
-_METADATA = {
+_METADATA: dict[str, Any] = {
     "type": "object",
     "description": "RFC 7591 §2 client metadata (and RFC 8705 §2.1.2 tls_client_auth_* members);"
     " a plugin's own members are namespaced, <plugin>.<name>.",
@@ -135,6 +138,51 @@ _AUDIT = {
 }
 
 
+#: RFC 7591 §2: what a client sends to register itself; members the server does not
+#: understand are ignored (a plugin's own, <plugin>.<name>, are understood by that plugin).
+_REGISTRATION_REQUEST = {
+    "type": "object",
+    "description": "RFC 7591 §2 client metadata. Defaults (RFC 7591 §3.2.1, shown in the answer):"
+    " token_endpoint_auth_method client_secret_basic, grant_types [client_credentials];"
+    " response_types must be [code] with authorization_code and empty without it.",
+    "properties": {
+        **{name: schema for name, schema in _METADATA["properties"].items() if name != "options"},
+        "redirect_uris": {"type": "array", "items": {"type": "string"}},
+        "response_types": {"type": "array", "items": {"type": "string"}},
+    },
+}
+#: RFC 7591 §3.2.1 / RFC 7592 §3: the registered metadata with what the server assigned.
+_REGISTERED = {
+    "allOf": [
+        _REGISTRATION_REQUEST,
+        {
+            "type": "object",
+            "required": [
+                "client_id",
+                "client_id_issued_at",
+                "registration_client_uri",
+                "token_endpoint_auth_method",
+                "grant_types",
+            ],
+            "properties": {
+                "client_id": {"type": "string"},
+                "client_id_issued_at": {"type": "integer"},
+                "client_secret": {
+                    "type": "string",
+                    "description": "Only in the answer to the registration, for secret methods.",
+                },
+                "client_secret_expires_at": {"type": "integer", "const": 0},
+                "registration_access_token": {
+                    "type": "string",
+                    "description": "Only in the answer to the registration (RFC 7592 §3).",
+                },
+                "registration_client_uri": {"type": "string"},
+            },
+        },
+    ]
+}
+
+
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -147,7 +195,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Invalid input",
         401: "No valid credential (WWW-Authenticate says how)",
-        403: "The user's role does not allow this",
+        403: "The user's role does not allow this (a client certificate needs the admin role)",
         404: "Not found",
         409: "Conflicts with what exists",
     }
@@ -178,6 +226,55 @@ def _op(
 
 
 _NO_CONTENT = {"description": "Done"}
+_PINNED = {
+    "type": "object",
+    "required": ["reloading", "pinned"],
+    "properties": {
+        "reloading": {"type": "boolean"},
+        "pinned": {"type": "array", "items": {"type": "string"}, "description": "The digests newly pinned"},
+    },
+}
+
+
+def _unchanged(operation: dict[str, Any]) -> dict[str, Any]:
+    """A pin operation: 200 when everything named was pinned already (nothing reloads)."""
+    operation["responses"]["200"] = _json(_PINNED, "Pinned already; nothing changed")
+    return operation
+
+
+#: RFC 6750 §3: a refused bearer token (initial or registration access token) is answered
+#: 401 with a challenge.
+_BEARER_REFUSED = {
+    "description": "No valid initial or registration access token (RFC 6750 §3)",
+    "headers": {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+    "content": {"application/json": {"schema": _ERROR}},
+}
+
+
+def _registration(
+    summary: str, status: int, ok: dict[str, Any], security: list[dict[str, Any]], *, body: bool = False
+) -> dict[str, Any]:
+    """An operation of dynamic registration: authenticated by a bearer token, not as /api/."""
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "tags": ["registration"],
+        "security": security,
+        "responses": {
+            str(status): ok,
+            "401": _BEARER_REFUSED,
+            "404": _json(_ref("Error"), "Dynamic registration is disabled (authenticators.xml)"),
+        },
+    }
+    if body:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("RegistrationRequest")}},
+        }
+        operation["responses"]["400"] = _json(
+            _ref("Error"),
+            "invalid_client_metadata or invalid_redirect_uri (RFC 7591 §3.2.2)",
+        )
+    return operation
 
 
 @functools.cache
@@ -193,8 +290,11 @@ def document() -> dict[str, Any]:
             "version": "1",
             "description": "Service providers, users, truststore, signing keys, listeners and"
             " dropins of a tokensmith server. Callers authenticate as conf/authenticators.xml"
-            " says: HTTP Basic, or a client certificate with the UserName header. Reading needs"
-            " the reader or admin role, changing needs admin.",
+            " says: HTTP Basic, or a client certificate with the UserName header. With Basic,"
+            " reading needs the reader or admin role and changing needs admin; a client"
+            " certificate acts only for a user with the admin role (any other is 403)."
+            " Dynamic client registration (RFC 7591, RFC 7592) is described here too; it is"
+            " authenticated by bearer tokens instead.",
         },
         "paths": {
             "/api/openapi.json": {
@@ -383,6 +483,46 @@ def document() -> dict[str, Any]:
                     409,
                 )
             },
+            "/api/dropins/pins": {
+                "post": _unchanged(
+                    _op(
+                        "Pin several wheels by SHA-256 in identity.xml (<Dropins><AllowedWheel>) and"
+                        " reload every worker. Pinning turns on with the first pin; then every wheel"
+                        " in dropins/ must be pinned, so turning it on takes all their digests at once",
+                        _json(_PINNED, "Accepted; the workers reload"),
+                        409,
+                        status=202,
+                        body={
+                            "type": "object",
+                            "required": ["sha256"],
+                            "properties": {"sha256": {"type": "array", "items": {"type": "string"}}},
+                        },
+                    )
+                ),
+            },
+            "/api/dropins/{sha256}/pin": {
+                "put": _unchanged(
+                    _op(
+                        "Pin one wheel by SHA-256 (refused if a wheel in dropins/ would be left"
+                        " unpinned); reloads every worker",
+                        _json(_PINNED, "Accepted; the workers reload"),
+                        400,
+                        409,
+                        status=202,
+                        params=["sha256"],
+                    )
+                ),
+                "delete": _op(
+                    "Remove a pin from identity.xml (refused while its wheel is in dropins/, or"
+                    " when an AllowedWheelsFile holds it); reloads every worker",
+                    _json(reloading, "Accepted; the workers reload"),
+                    400,
+                    404,
+                    409,
+                    status=202,
+                    params=["sha256"],
+                ),
+            },
             "/api/registration/initial-access-tokens": {
                 "post": _op(
                     "Issue an RFC 7591 initial access token, shown once",
@@ -398,6 +538,41 @@ def document() -> dict[str, Any]:
                     ),
                     status=201,
                 )
+            },
+            "/oauth2/register": {
+                "post": _registration(
+                    "RFC 7591 §3.1: a client registers itself (as <DynamicClientRegistration mode>"
+                    " allows: open, or with an initial access token an admin issued)",
+                    201,
+                    _json(_ref("RegisteredClient"), "Registered; the secret and token are shown only here"),
+                    [{"initialAccessToken": []}, {}],
+                    body=True,
+                )
+            },
+            "/oauth2/register/{client_id}": {
+                "parameters": [
+                    {"name": "client_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "get": _registration(
+                    "RFC 7592 §2.1: read the client's registration",
+                    200,
+                    _json(_ref("RegisteredClient")),
+                    [{"registrationAccessToken": []}],
+                ),
+                "put": _registration(
+                    "RFC 7592 §2.2: replace the client's metadata (client_id in the body must be"
+                    " the client's; members left out are removed)",
+                    200,
+                    _json(_ref("RegisteredClient")),
+                    [{"registrationAccessToken": []}],
+                    body=True,
+                ),
+                "delete": _registration(
+                    "RFC 7592 §2.3: remove the client; its tokens are revoked",
+                    204,
+                    _NO_CONTENT,
+                    [{"registrationAccessToken": []}],
+                ),
             },
             "/api/audit": {
                 "get": {
@@ -424,6 +599,17 @@ def document() -> dict[str, Any]:
                 "basic": {"type": "http", "scheme": "basic"},
                 "mutualTLS": {"type": "mutualTLS"},
                 "userName": {"type": "apiKey", "in": "header", "name": "UserName"},
+                "initialAccessToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "RFC 7591 §3: an initial access token from"
+                    " POST /api/registration/initial-access-tokens; each registers one client.",
+                },
+                "registrationAccessToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "RFC 7592 §3: the client's registration access token.",
+                },
             },
             "schemas": {
                 "Error": _ERROR,
@@ -435,6 +621,8 @@ def document() -> dict[str, Any]:
                 "SigningKey": _KEY,
                 "Listener": _LISTENER,
                 "AuditEntry": _AUDIT,
+                "RegistrationRequest": _REGISTRATION_REQUEST,
+                "RegisteredClient": _REGISTERED,
             },
         },
     }

@@ -22,7 +22,7 @@ from tokensmith.cli import doctor as cli_doctor
 from tokensmith.cli import security as cli_security
 from tokensmith.cli import signing as cli_signing
 from tokensmith.cli import users as cli_users
-from tokensmith.cli.base import CLIError, Parser, common_options
+from tokensmith.cli.base import CLIError, Parser, common_options, open_storage
 from tokensmith.config.settings import ConfigError, load_config, public_urls
 from tokensmith.models import StorageError
 from tokensmith.oauth.registration import RegistrationError
@@ -110,10 +110,25 @@ def _parser() -> argparse.ArgumentParser:
     pin = plugin_commands.add_parser(
         "pin",
         parents=[common],
-        help="print pins for the current wheels",
+        help="print the wheels' pins, or pin and unpin them in identity.xml",
         description="Check every wheel in dropins/ and print its SHA-256"
         " in sha256sum's format, for an <AllowedWheelsFile> in"
-        " identity.xml.",
+        " identity.xml. With --add, --add-all or --remove, change the"
+        " <Dropins><AllowedWheel> pins of identity.xml instead (comments kept, audited, as"
+        " the admin API does); a running server applies them on SIGHUP. Pinning turns on"
+        " with the first pin, and then every wheel in dropins/ must be pinned: a change"
+        " that would leave one out is refused.",
+    )
+    pin.add_argument(
+        "--add", action="append", default=[], metavar="SHA256", help="pin this digest (repeatable)"
+    )
+    pin.add_argument("--add-all", action="store_true", help="pin every wheel now in dropins/")
+    pin.add_argument(
+        "--remove",
+        action="append",
+        default=[],
+        metavar="SHA256",
+        help="remove this pin (refused while its wheel is in dropins/; repeatable)",
     )
 
     pin.set_defaults(handler=cmd_plugins_pin)
@@ -220,10 +235,34 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins_pin(args: argparse.Namespace) -> int:
+    from tokensmith.admin import configuration as config_ops
+    from tokensmith.admin.audit import local_actor
     from tokensmith.listeners.dropins import scan_dropins
 
-    for info in scan_dropins(load_config(args.conf).server.dropins):
-        print(f"{info.sha256}  {info.path.name}")
+    config = load_config(args.conf)
+    if not (args.add or args.add_all or args.remove):
+        for info in scan_dropins(config.server.dropins):
+            print(f"{info.sha256}  {info.path.name}")
+        return 0
+    if args.add_all and args.add:
+        raise CLIError("--add-all pins every wheel already; give it without --add")
+    with open_storage(config) as store:
+        if args.add or args.add_all:
+            added = config_ops.pin_wheels(
+                config.identity.path,
+                config.server.dropins,
+                store,
+                None if args.add_all else args.add,
+                local_actor(),
+            )
+            for digest in added:
+                print(f"pinned {digest}")
+            if not added:
+                print("pinned already; nothing changed")
+        for digest in args.remove:
+            config_ops.unpin_wheel(config.identity.path, config.server.dropins, store, digest, local_actor())
+            print(f"unpinned {digest}")
+    print("identity.xml changed: send the server SIGHUP to apply it", file=sys.stderr)
     return 0
 
 

@@ -630,7 +630,7 @@ def cmd_sp_list(args: argparse.Namespace) -> int:
 
 
 def _client(store: Storage, client_id: str) -> Client:
-    client = store.get_client(client_id)
+    client = store.get_client(client_id) if clientauth.storable_id(client_id) else None
     if client is None:
         raise CLIError(f"no service provider with client_id {client_id!r} (sp list shows them)")
     return client

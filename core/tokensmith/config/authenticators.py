@@ -42,6 +42,7 @@ class AdminAuthenticator:
 
     name: str
     priority: int
+    #: The header naming the user the request acts as; that user must hold the admin role.
     username_header: str = "UserName"
     whitelist_enabled: bool = False
     #: Subject DNs as written; ``app/admin.resolve`` normalizes them (RFC 4514).

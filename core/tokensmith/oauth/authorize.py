@@ -33,6 +33,7 @@ from tokensmith.errors import (
 )
 from tokensmith.models import AuthorizationCode, Client, Consent, SignInSession, Storage
 from tokensmith.oauth import pkce
+from tokensmith.oauth.clientauth import storable_id
 from tokensmith.oauth.clientmetadata import check_redirect_uri
 from tokensmith.oauth.endpoints import AUTHORIZE_PATH
 from tokensmith.oauth.events import AuthorizationCodeEvent
@@ -182,7 +183,10 @@ def validate(storage: Storage, query: str) -> AuthorizationRequest:
             if not client_ids
             else "The request names the client more than once."
         )
-    client = storage.get_client(client_ids[0])
+    # Issue 22: an id the store cannot take (a lone surrogate) is no client, not a 500. The
+    # query parser decodes strictly, so none arrives from the wire today; this holds for any
+    # other caller.
+    client = storage.get_client(client_ids[0]) if storable_id(client_ids[0]) else None
     if client is None:
         raise ShownError("The request names a client that is not registered here.")
     registered = [uri for uri in client.metadata.get("redirect_uris", ()) if isinstance(uri, str)]
