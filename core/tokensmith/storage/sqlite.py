@@ -13,12 +13,15 @@ instead, which the server calls from a worker thread once a second.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
+from typing import Concatenate, ParamSpec, TypeVar
 
 from tokensmith.models import (
     AuditEntry,
@@ -284,8 +287,34 @@ UPDATE tokens SET revoked = 1 WHERE username IS NOT NULL AND user_id IS NULL;
 }
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _serialised(
+    method: Callable[Concatenate[SQLiteStorage, _P], _R],
+) -> Callable[Concatenate[SQLiteStorage, _P], _R]:
+    """*method*, holding the store's lock while it uses the shared connection.
+
+    The server calls the store from the event loop's thread and from worker threads
+    (``asyncio.to_thread``) at once, on one connection. A connection has one transaction:
+    without the lock, one thread's ``BEGIN`` inside another's transaction fails ("cannot
+    start a transaction within a transaction"), and a statement run meanwhile joins the
+    other thread's transaction and is rolled back with it. The lock is held for the whole
+    method, so that its statements, and the rows it reads, are one unit; uncontended, as on
+    the token path, it costs a fraction of a microsecond.
+    """
+
+    @functools.wraps(method)
+    def locked(self: SQLiteStorage, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class SQLiteStorage:
-    """``Storage`` over one SQLite file."""
+    """``Storage`` over one SQLite file, safe to call from several threads (``_serialised``)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -295,6 +324,11 @@ class SQLiteStorage:
         self._writer: sqlite3.Connection | None = None
         self._serving = False
         self._checkpoint_lock = threading.Lock()
+        #: Held around each use of ``_db`` (``_serialised``); re-entrant, since add_token
+        #: calls add_tokens.
+        self._lock = threading.RLock()
+        #: Held around each use of ``_writer`` (``try_issue``), which has its own transactions.
+        self._writer_lock = threading.Lock()
         try:
             # 0600 before SQLite opens it: SQLite gives the -wal and -shm files its mode.
             private_file(self.path)
@@ -395,11 +429,13 @@ class SQLiteStorage:
 
     # -- clients --------------------------------------------------------------------------
 
+    @_serialised
     def add_client(self, client: Client) -> None:
         self._run(
             "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _client_row(client)
         )
 
+    @_serialised
     def update_client(self, client: Client) -> bool:
         row = _client_row(client)
         cursor = self._run(
@@ -412,6 +448,7 @@ class SQLiteStorage:
         )
         return cursor.rowcount > 0
 
+    @_serialised
     def get_client(self, client_id: str) -> Client | None:
         # Clients are read on every request and change rarely: they are cached, and the cache
         # is dropped whenever clients_version moves. Triggers bump it on any change to
@@ -432,9 +469,11 @@ class SQLiteStorage:
             self._clients[client_id] = client
         return client
 
+    @_serialised
     def list_clients(self) -> list[Client]:
         return [_client(r) for r in self._run("SELECT * FROM clients ORDER BY created_at, name")]
 
+    @_serialised
     def search_clients(self, query: str = "", limit: int = 50, offset: int = 0) -> tuple[int, list[Client]]:
         # The page is cut in SQL: the console lists 100,000 clients as fast as 100. Newest
         # first, by rowid (insertion order), which needs no index of its own; the search is a
@@ -451,10 +490,12 @@ class SQLiteStorage:
         )
         return total, [_client(r) for r in rows]
 
+    @_serialised
     def scopes_in_use(self) -> list[str]:
         rows = self._run("SELECT DISTINCT s.value FROM clients, json_each(clients.scopes) s ORDER BY s.value")
         return [row[0] for row in rows]
 
+    @_serialised
     def remove_client(self, client_id: str) -> bool:
         # Its tokens are revoked through revoked_clients, which every read of a token and
         # every refresh checks: one row, however many tokens the client holds.
@@ -479,9 +520,11 @@ class SQLiteStorage:
 
     # -- tokens ---------------------------------------------------------------------------
 
+    @_serialised
     def add_token(self, token: TokenRecord) -> None:
         self.add_tokens([token])
 
+    @_serialised
     def add_tokens(self, tokens: list[TokenRecord]) -> None:
         try:
             with self._db:  # one transaction: the token response is stored whole or not at all
@@ -521,6 +564,10 @@ class SQLiteStorage:
         successors are stored: both happen or neither does (RFC 9700 §4.14.2 replay
         detection must not take a client's retry after a crash for a replay).
         """
+        with self._writer_lock:
+            return self._issue(issues, now)
+
+    def _issue(self, issues: list[Issue], now: int) -> list[bool] | None:
         writer = self._writer_connection()
         try:
             writer.execute("BEGIN IMMEDIATE")  # the write lock now, or SQLITE_BUSY now
@@ -548,6 +595,7 @@ class SQLiteStorage:
             raise StorageError(f"{self.path}: {exc}") from exc
         return stored
 
+    @_serialised
     def get_token(self, token_hash: str) -> TokenRecord | None:
         # A revoked grant revokes every token of it, also those stored after the revocation
         # (a refresh that raced with a replay detection); a removed client or user, every
@@ -579,12 +627,14 @@ class SQLiteStorage:
             grant_expires_at=row[14],
         )
 
+    @_serialised
     def revoke_token(self, token_hash: str) -> bool:
         cursor = self._run(
             "UPDATE tokens SET revoked = 1 WHERE token_hash = ? AND revoked = 0", (token_hash,)
         )
         return cursor.rowcount > 0
 
+    @_serialised
     def revoke_grant(self, grant_id: str) -> int:
         try:
             with self._db:
@@ -599,11 +649,13 @@ class SQLiteStorage:
             raise StorageError(f"{self.path}: {exc}") from exc
         return cursor.rowcount
 
+    @_serialised
     def use_refresh_token(self, token_hash: str, now: int) -> bool:
         # One UPDATE, so that among concurrent callers (threads or processes) exactly one
         # sees a row change: SQLite serialises writers.
         return self._run(_USE_REFRESH, (token_hash, now)).rowcount == 1
 
+    @_serialised
     def revoke_user_tokens(self, user_id: str) -> int:
         try:
             with self._db:
@@ -614,6 +666,7 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    @_serialised
     def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
         try:
             with self._db:
@@ -708,6 +761,7 @@ class SQLiteStorage:
 
     # -- plugin state ---------------------------------------------------------------------
 
+    @_serialised
     def put_if_absent(self, namespace: str, key: str, expires_at: int) -> bool:
         # One statement, so that among concurrent callers (threads, workers, the CLI) exactly
         # one changes a row: SQLite serialises writers. An expired row is taken over.
@@ -721,6 +775,7 @@ class SQLiteStorage:
             == 1
         )
 
+    @_serialised
     def get_state(self, namespace: str, key: str) -> str | None:
         row = self._run(
             "SELECT value FROM plugin_state WHERE namespace = ? AND key = ?"
@@ -729,11 +784,13 @@ class SQLiteStorage:
         ).fetchone()
         return None if row is None else row[0]
 
+    @_serialised
     def set_state(self, namespace: str, key: str, value: str, expires_at: int | None = None) -> None:
         self._run(
             "INSERT OR REPLACE INTO plugin_state VALUES (?, ?, ?, ?)", (namespace, key, value, expires_at)
         )
 
+    @_serialised
     def delete_state(self, namespace: str, key: str) -> bool:
         return (
             self._run(
@@ -744,6 +801,7 @@ class SQLiteStorage:
             > 0
         )
 
+    @_serialised
     def revoke_client_tokens(self, client_id: str) -> int:
         try:
             with self._db:
@@ -762,6 +820,7 @@ class SQLiteStorage:
 
     # -- administration: audit log, registration tokens -----------------------------------
 
+    @_serialised
     def add_audit(self, entry: AuditEntry) -> None:
         self._run(
             "INSERT INTO audit_log (at, actor, via, source, action, target, details)"
@@ -777,6 +836,7 @@ class SQLiteStorage:
             ),
         )
 
+    @_serialised
     def list_audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
         rows = self._run(
             "SELECT id, at, actor, via, source, action, target, details FROM audit_log"
@@ -785,6 +845,7 @@ class SQLiteStorage:
         )
         return [AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), id=r[0]) for r in rows]
 
+    @_serialised
     def add_registration_token(
         self, token_hash: str, kind: str, client_id: str | None, expires_at: int | None
     ) -> None:
@@ -804,6 +865,7 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    @_serialised
     def find_registration_token(self, token_hash: str, kind: str) -> tuple[str | None, int | None] | None:
         row = self._run(
             "SELECT client_id, expires_at FROM registration_tokens WHERE token_hash = ? AND kind = ?"
@@ -812,6 +874,7 @@ class SQLiteStorage:
         ).fetchone()
         return (row[0], row[1]) if row else None
 
+    @_serialised
     def delete_registration_tokens(
         self, *, token_hash: str | None = None, client_id: str | None = None
     ) -> int:
@@ -821,6 +884,7 @@ class SQLiteStorage:
 
     # -- users ----------------------------------------------------------------------------
 
+    @_serialised
     def add_user(self, user: User) -> None:
         self._run(
             "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -836,9 +900,11 @@ class SQLiteStorage:
             ),
         )
 
+    @_serialised
     def set_user_role(self, username: str, role: str | None) -> bool:
         return self._run("UPDATE users SET role = ? WHERE username = ?", (role, username)).rowcount > 0
 
+    @_serialised
     def set_user_password(self, username: str, password_hash: str) -> bool:
         return (
             self._run(
@@ -847,13 +913,16 @@ class SQLiteStorage:
             > 0
         )
 
+    @_serialised
     def get_user(self, username: str) -> User | None:
         row = self._run("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
         return User(*row) if row else None
 
+    @_serialised
     def list_users(self) -> list[User]:
         return [User(*row) for row in self._run("SELECT * FROM users ORDER BY username")]
 
+    @_serialised
     def remove_user(self, username: str) -> bool:
         try:
             with self._db:
@@ -870,6 +939,7 @@ class SQLiteStorage:
             raise StorageError(f"{self.path}: {exc}") from exc
         return True
 
+    @_serialised
     def take_login_attempt(self, username: str, source: str, now: int, policy: LoginPolicy) -> bool:
         # One transaction holding the write lock: concurrent attempts, from this process or
         # another worker, are counted one after the other, so no more than the limit are
@@ -905,6 +975,7 @@ class SQLiteStorage:
             raise StorageError(f"{self.path}: {exc}") from exc
         return True
 
+    @_serialised
     def end_login_attempt(self, username: str, source: str, succeeded: bool) -> None:
         if not succeeded:
             return  # counted when it was taken
@@ -920,6 +991,7 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    @_serialised
     def unlock_user(self, username: str) -> bool:
         try:
             with self._db:
@@ -938,6 +1010,7 @@ class SQLiteStorage:
 
     # -- authorization code grant --------------------------------------------------------
 
+    @_serialised
     def add_authorization_code(self, code: AuthorizationCode) -> None:
         self._run(
             "INSERT INTO authorization_codes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -957,6 +1030,7 @@ class SQLiteStorage:
             ),
         )
 
+    @_serialised
     def get_authorization_code(self, code_hash: str) -> AuthorizationCode | None:
         row = self._run("SELECT * FROM authorization_codes WHERE code_hash = ?", (code_hash,)).fetchone()
         if row is None:
@@ -976,6 +1050,7 @@ class SQLiteStorage:
             used=bool(row[11]),
         )
 
+    @_serialised
     def use_authorization_code(self, code_hash: str) -> bool:
         # One UPDATE: among concurrent redeemers (threads or workers) exactly one changes it.
         return (
@@ -985,6 +1060,7 @@ class SQLiteStorage:
             == 1
         )
 
+    @_serialised
     def get_consent(self, user_id: str, client_id: str) -> Consent | None:
         row = self._run(
             "SELECT scopes, granted_at FROM consents WHERE user_id = ? AND client_id = ?",
@@ -992,6 +1068,7 @@ class SQLiteStorage:
         ).fetchone()
         return None if row is None else Consent(user_id, client_id, tuple(row[0].split()), row[1])
 
+    @_serialised
     def add_consent(self, consent: Consent) -> None:
         try:
             with self._db:
@@ -1008,6 +1085,7 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    @_serialised
     def list_consents(self, user_id: str) -> list[Consent]:
         rows = self._run(
             "SELECT client_id, scopes, granted_at FROM consents WHERE user_id = ? ORDER BY client_id",
@@ -1015,6 +1093,7 @@ class SQLiteStorage:
         ).fetchall()
         return [Consent(user_id, row[0], tuple(row[1].split()), row[2]) for row in rows]
 
+    @_serialised
     def revoke_consent(self, user_id: str, client_id: str) -> bool:
         return (
             self._run(
@@ -1023,12 +1102,14 @@ class SQLiteStorage:
             > 0
         )
 
+    @_serialised
     def add_session(self, session: SignInSession) -> None:
         self._run(
             "INSERT INTO signin_sessions VALUES (?, ?, ?, ?, ?)",
             (session.session_hash, session.user_id, session.username, session.created_at, session.expires_at),
         )
 
+    @_serialised
     def get_session(self, session_hash: str) -> SignInSession | None:
         # The user must still exist as the same user: removing a user ends their sessions,
         # and a new user under the old name is not signed in by them.
@@ -1039,6 +1120,7 @@ class SQLiteStorage:
         ).fetchone()
         return None if row is None else SignInSession(*row)
 
+    @_serialised
     def delete_session(self, session_hash: str) -> bool:
         return self._run("DELETE FROM signin_sessions WHERE session_hash = ?", (session_hash,)).rowcount > 0
 
@@ -1047,9 +1129,11 @@ class SQLiteStorage:
             if self._checkpointer is not None:
                 self._checkpointer.close()
                 self._checkpointer = None
-        if self._writer is not None:
-            self._writer.close()
-        self._db.close()
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> SQLiteStorage:
         return self
