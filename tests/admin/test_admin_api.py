@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pki
 import pytest
-from admin_env import PASSWORDS, AdminEnv, add_users, write_authenticators
+from admin_env import JSON, PASSWORDS, AdminEnv, add_users, write_authenticators
 from conftest import TOKENSMITH, new_deployment, start_server
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 CLIENT_ID = "no-such-client"
 
@@ -58,7 +60,10 @@ ENDPOINTS = [
 
 
 def call(http, method: str, path: str, body: object | None):  # noqa: ANN001, ANN201
-    return http.request(method, path, json=body) if body is not None else http.request(method, path)
+    headers = JSON if method not in ("GET", "HEAD") else {}
+    if body is not None:
+        return http.request(method, path, json=body, headers=headers)
+    return http.request(method, path, headers=headers)
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +73,20 @@ def env(tmp_path_factory, keystore, wheel_cache) -> Iterator[AdminEnv]:  # noqa:
     authority = pki.ca()
     (root / "ca.pem").write_bytes(authority.pem)
     dep.cli("truststore", "import", "--alias", "admin-root", "--file", str(root / "ca.pem"))
-    write_authenticators(dep, mtls=True)
+    cert = pki.issue(authority, "console", org="Example").write(root, "console")
+    # Listed too, but outside their validity periods (test_an_admin_certificate_must_be_valid).
+    expired = pki.issue(
+        authority, "retired", org="Example", not_before=pki.NOW - 10 * pki.DAY, not_after=pki.NOW - pki.DAY
+    )
+    early = pki.issue(
+        authority, "early", org="Example", not_before=pki.NOW + pki.DAY, not_after=pki.NOW + 9 * pki.DAY
+    )
+    expired.write(root, "expired")
+    early.write(root, "early")
+    (root / "admins.pem").write_bytes(cert[0].read_bytes() + expired.pem + early.pem)
+    write_authenticators(dep, mtls=True, admin_certificates=root / "admins.pem")
     add_users(dep)
     dep.cli("user", "add", "decoy", "--role", "admin", "--password-stdin", input="decoy-password\n")
-    cert = pki.issue(authority, "console", org="Example").write(root, "console")
     server = start_server(dep)
     yield AdminEnv(server, root, authority, cert)
     server.stop()
@@ -139,16 +154,56 @@ def test_roles(env: AdminEnv, via: str, method: str, path: str, body: object) ->
     assert answer.status_code not in (401, 403, 500), answer.text
 
 
-def test_mutual_ssl_needs_a_trusted_certificate_and_a_user(env: AdminEnv) -> None:
+def test_mutual_ssl_needs_an_admin_certificate_and_a_user(env: AdminEnv) -> None:
     stranger = pki.issue(pki.ca("Other CA"), "console").write(env.root, "stranger")
     with env.server.client(cert=stranger, headers={"UserName": "root"}) as http:
         answer = http.get("/api/clients")
     assert answer.status_code == 401
-    assert "not trusted" in answer.json()["error_description"]
+    assert "AdminCertificates" in answer.json()["error_description"]
     with env.server.client(cert=env.cert) as http:
         assert http.get("/api/clients").status_code == 401  # no UserName header
+    # An unknown user and a user without a role: the first answer must not tell them apart.
     with env.server.client(cert=env.cert, headers={"UserName": "ghost"}) as http:
-        assert http.get("/api/clients").status_code == 401
+        ghost = http.get("/api/clients")
+    assert ghost.status_code == 401
+    assert "ghost" not in ghost.text and ghost.json()["error_description"] == "authentication failed"
+
+
+def test_an_admin_certificate_must_be_valid(env: AdminEnv) -> None:
+    """An AdminCertificates certificate outside its validity period (RFC 5280 §4.1.2.5) is
+    refused like any other."""
+    for name, words in (("expired", "expired on"), ("early", "not valid before")):
+        files = (env.root / f"{name}.pem", env.root / f"{name}.key")
+        with env.server.client(cert=files, headers={"UserName": "root"}) as http:
+            answer = http.get("/api/users")
+        assert answer.status_code == 401, name
+        assert words in answer.json()["error_description"]
+
+
+def test_a_certificate_that_only_chains_to_the_truststore_is_no_admin(env: AdminEnv) -> None:
+    """The truststore also anchors OAuth tls_client_auth clients' certificates: such a
+    client's certificate, from the very CA the admin certificate comes from, may not act as
+    an admin (WhiteList off: only AdminCertificates are accepted)."""
+    client_cert = pki.issue(env.authority, "payments", org="Example").write(env.root, "oauth-client")
+    with env.server.client(cert=client_cert, headers={"UserName": "root", **JSON}) as http:
+        created = http.post("/api/users", json={"username": "pwned", "password": "pwned", "role": "admin"})
+        listed = http.get("/api/users")
+    assert created.status_code == 401 and listed.status_code == 401
+    assert "AdminCertificates" in created.json()["error_description"]
+    with env.basic() as http:
+        assert http.get("/api/users/pwned").status_code == 404
+
+
+def test_audit_entries_made_with_a_certificate_name_it(env: AdminEnv) -> None:
+    with env.mtls() as http:
+        assert http.post("/api/users/root/unlock").status_code == 200
+        entry = http.get("/api/audit", params={"limit": 1}).json()[0]
+    assert (entry["action"], entry["actor"], entry["via"]) == ("user.unlock", "root", "mutual_tls")
+    leaf = x509.load_pem_x509_certificate(env.cert[0].read_bytes())
+    assert entry["details"]["certificate"] == {
+        "subject": "CN=console,O=Example",
+        "sha256": _sha256(leaf.public_bytes(serialization.Encoding.DER)),
+    }
 
 
 def _self_signed_pem(name: str) -> tuple[pki.Pair, tuple[Path, Path]]:
@@ -488,13 +543,13 @@ def test_dropin_pins_are_set_and_removed_through_identity_xml(tmp_path, keystore
     authority = pki.ca()
     (tmp_path / "ca.pem").write_bytes(authority.pem)
     dep.cli("truststore", "import", "--alias", "admin-root", "--file", str(tmp_path / "ca.pem"))
-    write_authenticators(dep, mtls=True)
     add_users(dep)
     cert = pki.issue(authority, "pins", org="Example").write(tmp_path, "pins")
+    write_authenticators(dep, mtls=True, admin_certificates=cert[0])
     identity = dep.conf / "identity.xml"
     server = serve(dep)
     spare = "ab" * 32
-    with server.client(auth=("root", PASSWORDS["root"])) as http:
+    with server.client(auth=("root", PASSWORDS["root"]), headers=JSON) as http:
         listed = http.get("/api/dropins").json()
         assert listed["pinning"] is False and len(listed["wheels"]) >= 2
         digests = [w["sha256"] for w in listed["wheels"]]
@@ -520,7 +575,7 @@ def test_dropin_pins_are_set_and_removed_through_identity_xml(tmp_path, keystore
             "reloading": False,
             "pinned": [],
         }
-    with server.client(cert=cert, headers={"UserName": "root"}) as http:
+    with server.client(cert=cert, headers={"UserName": "root", **JSON}) as http:
         # A wheel to come can be pinned before it is dropped in, and unpinned again.
         assert http.put(f"/api/dropins/{spare}/pin").status_code == 202
         server.wait_for_log("reloaded: configuration 3")
@@ -539,3 +594,235 @@ def test_dropin_pins_are_set_and_removed_through_identity_xml(tmp_path, keystore
     refused = dep.cli("plugins", "pin", "--remove", digests[0], check=False)
     assert refused.returncode not in (0, 70) and "remove the wheel first" in refused.stderr
     assert refused.stderr.count("\n") == 1
+
+
+# -- cross-site request forgery -------------------------------------------------------------
+
+
+class _AttackerSite:
+    """A page on another origin (plain HTTP on its own port) that makes the browser POST a
+    text/plain form spelling a JSON object to the admin API: a "simple" request, which needs
+    no CORS preflight and carries the credentials the browser cached."""
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import threading
+
+        page = (
+            "<!doctype html><title>prize</title>"
+            f'<form id=f method=POST action="{target}/api/users" enctype="text/plain">'
+            """<input type=hidden name='{"username":"csrfadmin","password":"csrf-owned","role":"admin","z":"'"""
+            """ value='"}'></form><script>document.getElementById('f').submit()</script>"""
+        ).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def test_a_cross_site_form_cannot_use_the_browsers_basic_credentials(env: AdminEnv, page) -> None:  # noqa: ANN001
+    """The admin once opened the API in the browser (credentials cached), then visits a page
+    on another origin whose form posts JSON as text/plain: no admin may be created."""
+    host = env.server.url.split("://", 1)[1]
+    shown = page.goto(f"https://root:{PASSWORDS['root']}@{host}/api/users")
+    assert shown.status == 200
+    attacker = _AttackerSite(env.server.url)
+    try:
+        with page.expect_response(
+            lambda r: r.url.endswith("/api/users") and r.request.method == "POST"
+        ) as sent:
+            page.goto(attacker.url)
+        forged = sent.value
+    finally:
+        attacker.stop()
+    assert forged.request.all_headers().get("authorization", "").startswith("Basic ")  # it did carry them
+    assert forged.status == 403
+    with env.basic() as http:
+        assert http.get("/api/users/csrfadmin").status_code == 404
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [e for e in ENDPOINTS if e[0] not in ("GET", "HEAD")])
+def test_a_change_without_the_json_content_type_is_415(
+    env: AdminEnv, method: str, path: str, body: object
+) -> None:
+    """Every POST, PUT, PATCH and DELETE, bodyless ones included, must say it sends JSON: a
+    page on another origin can send text/plain, form-urlencoded or multipart without a CORS
+    preflight, but not application/json. Checked before the credentials are."""
+    data = json.dumps(body).encode() if body is not None else None
+    for content_type in (None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        headers = {"Content-Type": content_type} if content_type else {}
+        with env.server.client(auth=("root", PASSWORDS["root"])) as http:
+            answer = http.request(method, path, content=data, headers=headers)
+        assert answer.status_code == 415, (content_type, answer.text)
+        assert answer.json()["error"] == "unsupported_media_type"
+
+
+def test_json_posted_as_text_plain_creates_nobody(env: AdminEnv) -> None:
+    body = json.dumps({"username": "textplain", "password": "text-plain-1", "role": "admin"})
+    with env.server.client(auth=("root", PASSWORDS["root"])) as http:
+        answer = http.post("/api/users", content=body, headers={"Content-Type": "text/plain"})
+        assert answer.status_code == 415
+        with env.basic() as admin_http:
+            assert admin_http.get("/api/users/textplain").status_code == 404
+        # The same with the header is accepted (and a charset parameter is fine).
+        done = http.post(
+            "/api/users", content=body, headers={"Content-Type": "application/json; charset=utf-8"}
+        )
+        assert done.status_code == 201, done.text
+        assert http.request("DELETE", "/api/users/textplain", headers=JSON).status_code == 204
+
+
+def test_a_request_from_another_origin_is_403(env: AdminEnv) -> None:
+    with env.basic() as http:
+        for origin in ("https://evil.example", "null", env.server.url.replace("https://", "http://")):
+            answer = http.post("/api/users/root/unlock", headers={"Origin": origin})
+            assert answer.status_code == 403, origin
+            assert answer.json()["error"] == "forbidden"
+        # The server's own origin (a page it served) and no Origin at all (curl) are fine.
+        assert http.post("/api/users/root/unlock", headers={"Origin": env.server.url}).status_code == 200
+        assert http.post("/api/users/root/unlock").status_code == 200
+        # Reading is not refused: a cross-origin page cannot read the answer anyway.
+        assert http.get("/api/users", headers={"Origin": "https://evil.example"}).status_code == 200
+
+
+# -- races -----------------------------------------------------------------------------------
+
+
+def _at_once(calls: list) -> list:  # noqa: ANN001
+    """Run *calls* (functions of no argument) in threads released together; their results.
+    Threads, not asyncio: this module's browser keeps an event loop in the test thread."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(len(calls))
+
+    def run(call):  # noqa: ANN001, ANN202
+        barrier.wait()
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def test_parallel_secret_resets_hand_out_only_a_secret_that_works(env: AdminEnv) -> None:
+    """Of resets racing on one secret, one wins; the others are 409 and show no secret."""
+    with env.basic() as http:
+        client_id = http.post(
+            "/api/clients",
+            json={
+                "client_name": "race",
+                "token_endpoint_auth_method": "client_secret_basic",
+                "grant_types": ["client_credentials"],
+            },
+        ).json()["client_id"]
+    # By certificate: six Basic sign-ins at once would count as pending failures (lockout).
+    clients = [env.mtls() for _ in range(6)]
+    for http in clients:
+        http.get("/api/users")  # connected before the race
+    try:
+        answers = _at_once([lambda h=http: h.post(f"/api/clients/{client_id}/secret") for http in clients])
+    finally:
+        for http in clients:
+            http.close()
+    assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers]
+    assert all("client_secret" not in a.json() for a in answers if a.status_code == 409)
+    secrets = [a.json()["client_secret"] for a in answers if a.status_code == 200]
+    with env.server.client() as oauth:
+        works = [
+            s
+            for s in secrets
+            if oauth.post(
+                "/oauth2/token", data={"grant_type": "client_credentials"}, auth=(client_id, s)
+            ).status_code
+            == 200
+        ]
+    # Every secret handed out works: resets that did not overlap may each win in turn, but
+    # then only the last is current, so exactly one was handed out among overlapping ones.
+    assert len(works) == 1 and len(secrets) == 1, [a.status_code for a in answers]
+
+
+def test_concurrent_listener_changes_are_all_kept(env: AdminEnv) -> None:
+    """PATCHes at once, each of another listener's orderId: identity.xml keeps them all."""
+    import re
+
+    identity = env.server.deployment.conf / "identity.xml"
+    names = ["basic_auth", "post_body_auth", "mutual_tls"]
+    clients = [env.mtls() for _ in names]
+    for http in clients:
+        http.get("/api/users")
+    try:
+        for round_ in range(4):
+            values = {n: 1000 + 10 * round_ + i for i, n in enumerate(names)}
+            answers = _at_once(
+                [
+                    lambda h=http, n=n, v=values[n]: h.patch(
+                        f"/api/listeners/ClientAuthenticator/{n}", json={"orderId": v}
+                    )
+                    for http, n in zip(clients, names, strict=True)
+                ]
+            )
+            assert [a.status_code for a in answers] == [202] * len(names)
+            text = identity.read_text()
+            kept = {n: int(re.search(rf'name="{n}"[^>]*orderId="(\d+)"', text).group(1)) for n in names}
+            assert kept == values, round_
+        # Back to the order the other tests expect.
+        order = [f"ClientAuthenticator/{n}" for n in ("mutual_tls", "basic_auth", "post_body_auth")]
+        assert clients[0].put("/api/listeners/order", json={"order": order}).status_code == 202
+    finally:
+        for http in clients:
+            http.close()
+
+
+def test_deeply_nested_json_is_400_not_500(env: AdminEnv) -> None:
+    with env.basic() as http:
+        answer = http.post("/api/users", content=b"[" * 60000)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_request"
+    assert "Traceback" not in answer.text
+
+
+def test_basic_failures_count_against_the_forwarded_client_address(
+    tmp_path, keystore, wheel_cache, serve
+) -> None:  # noqa: ANN001
+    """Behind a trusted proxy every request's peer is the proxy: the lockout counts the
+    client's own address (X-Forwarded-For), as the token endpoint's does, so that one client
+    guessing passwords does not lock every other client out."""
+    import sqlite3
+
+    import httpx
+
+    dep = new_deployment(
+        tmp_path / "ts",
+        keystore,
+        wheel_cache,
+        connectors=(
+            '<Connector address="127.0.0.1" port="0" SSLEnabled="false"/>\n'
+            '    <TrustedProxies addresses="127.0.0.1" headers="x-forwarded"/>'
+        ),
+    )
+    write_authenticators(dep, mtls=False)
+    add_users(dep)
+    server = serve(dep)
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+    with httpx.Client(base_url=server.url, timeout=10, headers=proxied) as http:
+        assert http.get("/api/users", auth=("viewer", "wrong")).status_code == 401
+    with sqlite3.connect(dep.database) as db:
+        sources = db.execute("SELECT source FROM login_failures WHERE username = 'viewer'").fetchall()
+    assert sources == [("203.0.113.9",)]

@@ -51,6 +51,9 @@ def session(env: AdminEnv) -> Iterator[requests.Session]:
     with requests.Session() as http:
         http.verify = str(env.server.deployment.server_cert)
         http.auth = ("root", PASSWORDS["root"])
+        # Every change must say it sends JSON, also without a body (CSRF); with a body,
+        # schemathesis sets the same.
+        http.headers["Content-Type"] = "application/json"
         yield http
 
 

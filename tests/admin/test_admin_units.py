@@ -260,6 +260,65 @@ def test_an_id_or_name_the_store_cannot_take_is_not_found(store: SQLiteStorage) 
             assert refused.value.status == 404
 
 
+def test_updates_apply_the_grant_type_checks_of_registration(store: SQLiteStorage) -> None:
+    secret = client_ops.register_client(
+        store,
+        None,
+        {"token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"]},
+        ACTOR,
+    ).client
+    with pytest.raises(OperationError, match="refresh_token"):
+        client_ops.update_client(store, None, secret.client_id, {"grant_types": ["refresh_token"]}, ACTOR)
+    public = client_ops.register_client(
+        store,
+        None,
+        {
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["refresh_token", "authorization_code"],
+            "redirect_uris": ["https://app.example/cb"],
+        },
+        ACTOR,
+    ).client
+    with pytest.raises(OperationError, match="RFC 9700") as caught:
+        client_ops.update_client(
+            store, None, public.client_id, {"grant_types": ["password", "authorization_code"]}, ACTOR
+        )
+    assert caught.value.error == "invalid_client_metadata"
+    assert store.get_client(public.client_id).grant_types == public.grant_types
+    # Registered for the password grant with force (an administrator's decision), a public
+    # client keeps it through other changes.
+    forced = client_ops.register_client(
+        store,
+        None,
+        {"token_endpoint_auth_method": "none", "grant_types": ["password"]},
+        ACTOR,
+        client_ops.ClientOptions(force=True),
+    ).client
+    renamed = client_ops.update_client(store, None, forced.client_id, {"client_name": "renamed"}, ACTOR)
+    assert renamed.client.name == "renamed" and renamed.client.grant_types == ("password",)
+
+
+def test_a_secret_reset_is_a_compare_and_swap(store: SQLiteStorage, monkeypatch) -> None:  # noqa: ANN001
+    """Two resets that read the same stored secret: the second is 409, with no secret."""
+    client = client_ops.register_client(
+        store,
+        None,
+        {"token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"]},
+        ACTOR,
+    ).client
+    read = client_ops.get_client
+    # The second reset read the client before the first one stored its new secret.
+    monkeypatch.setattr(client_ops, "get_client", lambda s, cid: client)
+    first = client_ops.reset_secret(store, client.client_id, ACTOR)
+    with pytest.raises(OperationError) as caught:
+        client_ops.reset_secret(store, client.client_id, ACTOR)
+    assert caught.value.status == 409
+    monkeypatch.setattr(client_ops, "get_client", read)
+    assert store.get_client(client.client_id).secret_hash == first.client.secret_hash
+    # A reset that reads the current secret goes through, as ever.
+    assert client_ops.reset_secret(store, client.client_id, ACTOR).secret != first.secret
+
+
 def test_registration_tokens_are_stored_hashed(store: SQLiteStorage) -> None:
     value, expires_at = config_ops.issue_initial_access_token(store, 60, ACTOR)
     assert store.find_registration_token(token_hash(value), "initial") == (None, expires_at)
@@ -349,6 +408,60 @@ def test_listener_changes_rewrite_identity_xml_keeping_comments(tmp_path: Path, 
         config_ops.change_listener(path, store, "X", "y", ACTOR, enabled=True, known=[("A", "b")])
     assert path.read_text() == before  # a refused change never reaches the file
     assert [e.action for e in store.list_audit()][:1] == ["listener.reorder"]
+
+
+def test_concurrent_listener_changes_are_serialised(tmp_path: Path, store: SQLiteStorage) -> None:
+    """Each change is applied to identity.xml as the previous one left it (a file lock):
+    threads changing different listeners at once lose none of the changes."""
+    import re
+    import threading
+
+    path = tmp_path / "identity.xml"
+    names = ["basic_auth", "mutual_tls", *(f"extra{i}" for i in range(6))]
+    path.write_text(IDENTITY)
+    barrier = threading.Barrier(len(names))
+
+    def change(index: int) -> None:
+        barrier.wait()
+        config_ops.change_listener(path, store, "ClientAuthenticator", names[index], ACTOR, order=500 + index)
+
+    threads = [threading.Thread(target=change, args=(i,)) for i in range(len(names))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    text = path.read_text()
+    assert {n: int(re.search(rf'name="{n}"[^>]*orderId="(\d+)"', text).group(1)) for n in names} == {
+        n: 500 + i for i, n in enumerate(names)
+    }
+
+
+def test_mutual_ssl_that_names_no_certificate_warns_once(tmp_path: Path, caplog, monkeypatch) -> None:  # noqa: ANN001
+    """Enabled with neither a WhiteList nor AdminCertificates, MutualSSL accepts nobody: one
+    warning, not one per reload."""
+    import tokensmith.app.admin as admin_module
+
+    monkeypatch.setattr(admin_module, "_warned_nobody", False)
+    path = write(
+        tmp_path / "authenticators.xml",
+        '<Authenticator name="MutualSSLAuthenticator" disabled="false"><Priority>5</Priority></Authenticator>',
+    )
+    with caplog.at_level("WARNING", logger="tokensmith"):
+        resolve(load_authenticators(path))
+        resolve(load_authenticators(path))
+    warnings = [r.getMessage() for r in caplog.records if "accepts no certificate" in r.getMessage()]
+    assert len(warnings) == 1 and "authenticators.xml:" in warnings[0]
+    caplog.clear()
+    monkeypatch.setattr(admin_module, "_warned_nobody", False)
+    (tmp_path / "admins.pem").write_bytes(pki.self_signed("admin").pem)
+    named = write(
+        tmp_path / "named.xml",
+        '<Authenticator name="MutualSSLAuthenticator" disabled="false"><Config>'
+        '<Parameter name="AdminCertificates">admins.pem</Parameter></Config></Authenticator>',
+    )
+    with caplog.at_level("WARNING", logger="tokensmith"):
+        resolve(load_authenticators(named))
+    assert not [r for r in caplog.records if "accepts no certificate" in r.getMessage()]
 
 
 # --- the admin API and registration in process ---------------------------------------------

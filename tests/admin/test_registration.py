@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pki
 import pytest
-from admin_env import PASSWORDS, add_users, write_authenticators
+from admin_env import JSON, PASSWORDS, add_users, write_authenticators
 from conftest import DEFAULT_LISTENERS, Server, new_deployment, start_server
 
 #: RFC 7591 §3.1, the first example registration request (without its language-tagged name).
@@ -289,6 +289,54 @@ def test_rfc7592_read_update_delete(open_server: Server) -> None:
     assert token(open_server, body["client_id"], body["client_secret"]) == 401
 
 
+@pytest.mark.parametrize(
+    ("method", "grant_types"),
+    [("none", ["authorization_code", "password"]), ("client_secret_basic", ["refresh_token"])],
+)
+def test_an_update_cannot_give_grant_types_registration_refuses(
+    open_server: Server, method: str, grant_types: list[str]
+) -> None:
+    """The password grant for a public client (RFC 9700 §2.4) and refresh_token alone are
+    refused at registration; neither RFC 7592 PUT nor the admin API's PATCH or PUT may set
+    them afterwards."""
+    document = {"client_name": "grows", "token_endpoint_auth_method": method}
+    if method == "none":
+        document |= {"grant_types": ["authorization_code"], "redirect_uris": ["https://app.example/cb"]}
+    with open_server.client() as http:
+        assert http.post("/oauth2/register", json={**document, "grant_types": grant_types}).status_code == 400
+        body = http.post("/oauth2/register", json=document).json()
+        path = body["registration_client_uri"].removeprefix(open_server.url)
+        bearer = {"Authorization": f"Bearer {body['registration_access_token']}"}
+        replaced = http.put(
+            path,
+            headers=bearer,
+            json={**document, "client_id": body["client_id"], "grant_types": grant_types},
+        )
+        assert replaced.status_code == 400, replaced.text
+        assert replaced.json()["error"] == "invalid_client_metadata"
+    client_path = f"/api/clients/{body['client_id']}"
+    with open_server.client(auth=("root", PASSWORDS["root"]), headers=JSON) as admin:
+        patched = admin.patch(client_path, json={"grant_types": grant_types})
+        assert patched.status_code == 400, patched.text
+        assert patched.json()["error"] == "invalid_client_metadata"
+        put = admin.put(client_path, json={**document, "grant_types": grant_types})
+        assert put.status_code == 400, put.text
+        assert admin.get(client_path).json()["grant_types"] == document.get(
+            "grant_types", ["client_credentials"]
+        )
+
+
+def test_deeply_nested_json_is_invalid_client_metadata(open_server: Server) -> None:
+    """RFC 7591 §3.2.2: a body nested past the parser's recursion limit is malformed
+    metadata like any other, not a server error."""
+    with open_server.client() as http:
+        answer = http.post(
+            "/oauth2/register", content=b"[" * 60000, headers={"Content-Type": "application/json"}
+        )
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_client_metadata"
+
+
 def test_the_metadata_names_the_registration_endpoint(open_server: Server) -> None:
     with open_server.client() as http:
         metadata = http.get("/.well-known/oauth-authorization-server").json()
@@ -317,8 +365,14 @@ def test_initial_access_token_mode(tmp_path, keystore, wheel_cache, serve) -> No
         assert anonymous.headers["www-authenticate"].startswith("Bearer")
         wrong = http.post("/oauth2/register", json={}, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_token"
+        # The token is checked before the body is parsed: whatever the body, 401.
+        for content in (b"[" * 60000, b"not json"):
+            unparsed = http.post(
+                "/oauth2/register", content=content, headers={"Authorization": "Bearer nope", **JSON}
+            )
+            assert unparsed.status_code == 401 and unparsed.json()["error"] == "invalid_token"
     with server.client(auth=("root", PASSWORDS["root"])) as admin:
-        issued = admin.post("/api/registration/initial-access-tokens")
+        issued = admin.post("/api/registration/initial-access-tokens", headers=JSON)
         assert issued.status_code == 201
     initial = issued.json()["initial_access_token"]
     cli_token = dep.cli("sp", "initial-token").stdout

@@ -58,9 +58,9 @@ def make_console(root: Path, keystore: Path, wheel_cache: Path, console_xml: str
     authority = pki.ca()
     (root / "ca.pem").write_bytes(authority.pem)
     dep.cli("truststore", "import", "--alias", "admin-root", "--file", str(root / "ca.pem"))
-    write_authenticators(dep, mtls=True)
-    add_users(dep)
     admin_cert = pki.issue(authority, "console admin", org="Example").write(root, "admin")
+    write_authenticators(dep, mtls=True, admin_certificates=admin_cert[0])
+    add_users(dep)
     return Console(start_server(dep), root, authority, admin_cert)
 
 

@@ -741,3 +741,39 @@ def test_consents_add_up_and_are_revocable_and_sessions_end_with_their_user(open
     store.add_session(SignInSession("again", user.user_id, "alice", now, now + 60))
     store.remove_user("alice")
     assert store.get_session("again") is None and store.list_consents(user.user_id) == []
+
+
+def test_one_store_serves_many_threads_at_once(open_store) -> None:  # noqa: ANN001
+    """The server calls one store object from the event loop's thread and from worker
+    threads (asyncio.to_thread) at once: transactions of different threads must not mix
+    ("cannot start a transaction within a transaction"), and none may be lost."""
+    import threading
+
+    from tokensmith.models import AuditEntry, LoginPolicy, User
+
+    store = open_store()
+    policy = LoginPolicy(max_failures=1000, max_failures_per_user=100000, lockout_seconds=60)
+    threads, rounds = 8, 40
+    for index in range(threads):
+        store.add_user(User(f"u{index}", "hash"))
+    barrier = threading.Barrier(threads)
+    failures: list[BaseException] = []
+
+    def work(index: int) -> None:
+        barrier.wait()
+        try:
+            for round_ in range(rounds):
+                assert store.take_login_attempt(f"u{index}", "10.0.0.1", 1000, policy)
+                store.end_login_attempt(f"u{index}", "10.0.0.1", succeeded=round_ % 2 == 0)
+                store.add_audit(AuditEntry(1, f"u{index}", "basic", None, "user.unlock", str(round_), {}))
+                assert store.get_user(f"u{index}") is not None
+        except BaseException as exc:  # noqa: BLE001 - reported below, with the thread's failure
+            failures.append(exc)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not failures, failures[:3]
+    assert len(store.list_audit(1000)) == threads * rounds

@@ -36,6 +36,10 @@ class Actor:
     name: str
     via: str
     source: str | None = None
+    #: What identifies the credential beyond the name, recorded with each entry: for a client
+    #: certificate (the admin API's MutualSSL), its subject DN and SHA-256 fingerprint. Never
+    #: a secret.
+    credential: tuple[tuple[str, str], ...] = ()
 
 
 def local_actor() -> Actor:
@@ -52,6 +56,8 @@ def record(store: Storage, actor: Actor, action: str, target: str | None, **deta
     for name in details:
         if any(word in name.lower() for word in _SECRET_WORDS):
             raise ValueError(f"audit detail {name!r} could hold a secret")
+    if actor.credential:
+        details = {**details, "certificate": dict(actor.credential)}
     store.add_audit(
         AuditEntry(int(time.time()), actor.name, actor.via, actor.source, action, target, details)
     )

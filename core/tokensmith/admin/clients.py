@@ -10,6 +10,7 @@ as ``ClientOptions``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,11 @@ SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 SELF_SIGNED = "self_signed_tls_client_auth"
 PKI = "tls_client_auth"
 KNOWN_METHODS = (*SECRET_METHODS, PKI, SELF_SIGNED, "none")
+#: Claims of ``reset_secret`` in the store's shared state (a namespace no plugin can have: a
+#: plugin's is its name). A replaced hash never comes back, so a claim need only outlive the
+#: requests racing for it.
+_RESET_NAMESPACE = "tokensmith:reset_secret"
+_RESET_CLAIM_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,21 @@ def _store_update(store: Storage, before: Client, after: Client) -> None:
     _revoke_dropped(store, before, after)
 
 
+def _check_changed_grant_types(before: Client, after: Client) -> None:
+    """``check_grant_types`` for an update, as for a registration: an update (RFC 7592 PUT,
+    the admin API's PATCH or PUT, ``sp update``) must not give a client grant types its
+    registration would have refused. A public client registered for the password grant with
+    *force* keeps it through updates that leave it; it cannot gain it by one."""
+    try:
+        check_grant_types(
+            list(after.grant_types),
+            after.token_endpoint_auth_method,
+            force="password" in before.grant_types,
+        )
+    except RegistrationError as exc:
+        raise _metadata_error(exc) from None
+
+
 def change_client(
     store: Storage,
     listeners: ListenerSet | None,
@@ -245,6 +266,7 @@ def change_client(
             updated = apply_metadata(updated, document, merge=merge)
         except InvalidClientMetadataError as exc:
             raise _metadata_error(exc) from None
+        _check_changed_grant_types(client, updated)
     _check(updated, listeners)
     _store_update(store, client, updated)
     details: dict[str, Any] = {}
@@ -297,9 +319,25 @@ def reset_secret(store: Storage, client_id: str, actor: Actor) -> Registered:
             409,
             "invalid_request",
         )
+    # Compare-and-swap on the stored hash: of resets that read the same secret (parallel
+    # requests, two workers), one replaces it and the others are refused, rather than each
+    # answering with a secret that only one of them made current. put_if_absent is atomic
+    # across threads, workers and hosts on both backends.
+    claim = f"{client_id} {hashlib.sha256(str(client.secret_hash).encode()).hexdigest()}"
+    if not store.put_if_absent(_RESET_NAMESPACE, claim, int(time.time()) + _RESET_CLAIM_SECONDS):
+        raise OperationError(
+            f"the secret of client {client_id} was reset meanwhile by another request; reset it again"
+            " if that one's secret is not the one you want",
+            409,
+            "conflict",
+        )
     secret = secrets.token_urlsafe(32)
     updated = replace(client, secret_hash=kdf.hash_secret(secret))
-    _store_update(store, client, updated)
+    try:
+        _store_update(store, client, updated)
+    except BaseException:
+        store.delete_state(_RESET_NAMESPACE, claim)
+        raise
     record(store, actor, "client.reset_secret", client_id)
     return Registered(updated, secret)
 

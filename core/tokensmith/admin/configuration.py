@@ -4,13 +4,15 @@ the truststore, the signing keys, and the initial access tokens of dynamic regis
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import secrets
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -71,6 +73,26 @@ def _write_identity(path: Path, tree: etree._ElementTree) -> None:
             os.unlink(temporary)
 
 
+@contextlib.contextmanager
+def _identity_locked(path: Path) -> Iterator[None]:
+    """Hold the lock of identity.xml's read-modify-write for the block.
+
+    Several requests (and workers: each serving process is one) may change listeners at
+    once; each reads identity.xml, changes its copy and writes it back, so without the lock
+    the last write drops the others' changes although each was answered 202. An inter-process
+    lock (flock) on a file beside identity.xml serialises them, and each change is applied to
+    the file as the previous one left it. The lock file is never the configuration itself,
+    which ``_write_identity`` replaces by renaming.
+    """
+    lock = path.parent / f".{path.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _entries(tree: etree._ElementTree) -> etree._Element:
     root = tree.getroot()
     listeners = root.find("EventListeners")
@@ -103,13 +125,14 @@ def change_listener(
         raise not_found(f"no listener {family}/{name} is loaded")
     if order is not None and not 0 <= order <= 2**31 - 1:
         raise OperationError("order must be a whole number from 0 to 2147483647")
-    tree = _read_identity(identity)
-    el = _entry(_entries(tree), family, name)
-    if enabled is not None:
-        el.set("enable", "true" if enabled else "false")
-    if order is not None:
-        el.set("orderId", str(order))
-    _write_identity(identity, tree)
+    with _identity_locked(identity):
+        tree = _read_identity(identity)
+        el = _entry(_entries(tree), family, name)
+        if enabled is not None:
+            el.set("enable", "true" if enabled else "false")
+        if order is not None:
+            el.set("orderId", str(order))
+        _write_identity(identity, tree)
     record(store, actor, "listener.change", f"{family}/{name}", enabled=enabled, order=order)
 
 
@@ -127,11 +150,12 @@ def reorder_listeners(
         pairs.append((family, name))
     if len(set(pairs)) != len(pairs):
         raise OperationError("a listener is named twice")
-    tree = _read_identity(identity)
-    listeners = _entries(tree)
-    for index, (family, name) in enumerate(pairs):
-        _entry(listeners, family, name).set("orderId", str(100 + 10 * index))
-    _write_identity(identity, tree)
+    with _identity_locked(identity):
+        tree = _read_identity(identity)
+        listeners = _entries(tree)
+        for index, (family, name) in enumerate(pairs):
+            _entry(listeners, family, name).set("orderId", str(100 + 10 * index))
+        _write_identity(identity, tree)
     record(store, actor, "listener.reorder", None, order=list(order))
 
 

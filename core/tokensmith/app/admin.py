@@ -5,19 +5,22 @@ Every call but the document itself is authenticated by the authenticators of
 the first that recognises the request's credential decides who the caller is:
 
 - ``MutualSSLAuthenticator``: the request's client certificate (from this connection's
-  handshake, or a trusted proxy's header as for the OAuth endpoints) chains to the truststore
-  or is one of the ``AdminCertificates``; with ``WhiteListEnabled`` its subject DN must be
-  listed; the caller is the user the ``UsernameHeader`` header names, who must exist and
-  hold the ``admin`` role: a certificate stands for an administrator, so any other role
-  (``reader`` included) is answered 403 whatever the method.
+  handshake, or a trusted proxy's header as for the OAuth endpoints) is one of the
+  ``AdminCertificates``, or, only with ``WhiteListEnabled``, chains to the truststore and has
+  a listed subject DN (``certificate_identity`` says why no less); the caller is the user the
+  ``UsernameHeader`` header names, who must exist and hold the ``admin`` role: a certificate
+  stands for an administrator, so any other role (``reader`` included) is answered 403
+  whatever the method. The audit log records the certificate.
 - ``BasicAuthenticator``: HTTP Basic (RFC 7617) with a user's name and password; failures
   count towards the user's lockout as the password grant's do.
 
-No credential, or a wrong one: 401 with ``WWW-Authenticate``. A user whose role does not allow
-the call: 403 (``reader`` may only read). These authenticators see ``/api/`` only: a client
-certificate at ``/oauth2/token`` is the mutual_tls client authenticator's, whatever is enabled
-here. Every change goes through ``tokensmith.admin`` (shared with the CLI), which writes the
-audit log.
+Before any of them, a POST, PUT, PATCH or DELETE a cross-site page could have sent is
+refused (``forgery_refusal``): 415 without ``Content-Type: application/json``, 403 with a
+foreign ``Origin``. No credential, or a wrong one: 401 with ``WWW-Authenticate``. A user
+whose role does not allow the call: 403 (``reader`` may only read). These authenticators
+see ``/api/`` only: a client certificate at ``/oauth2/token`` is the mutual_tls client
+authenticator's, whatever is enabled here. Every change goes through ``tokensmith.admin``
+(shared with the CLI), which writes the audit log.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from quart import Blueprint, Response, current_app, g, request
@@ -44,7 +48,7 @@ from tokensmith.admin import users as user_ops
 from tokensmith.admin.audit import Actor, OperationError
 from tokensmith.app.openapi import document as openapi_document
 from tokensmith.app.responses import to_response
-from tokensmith.app.state import RELOAD_ALL, runtime
+from tokensmith.app.state import RELOAD_ALL, public_urls_of, runtime
 from tokensmith.config.authenticators import (
     BASIC,
     MUTUAL_SSL,
@@ -59,13 +63,21 @@ from tokensmith.models import Client, User
 from tokensmith.oauth.clientauth import storable_id
 from tokensmith.oauth.clientcert import client_certificates
 from tokensmith.oauth.clientmetadata import client_metadata
+from tokensmith.oauth.grants import login_source
 from tokensmith.oauth.messages import Answer
 from tokensmith.oauth.registration import RegistrationError, parse_fingerprint, registered_certificate
 from tokensmith.oauth.runtime import Runtime
+from tokensmith.scope import CLIENT_ADDRESS
 from tokensmith.security import hashing as kdf
 from tokensmith.security.signing import SigningKeyError
 from tokensmith.security.truststore import TruststoreError
-from tokensmith.security.x509 import CertificateError, load_pem_certificates, normalize_dn, verify_chain
+from tokensmith.security.x509 import (
+    CertificateError,
+    load_pem_certificates,
+    normalize_dn,
+    validity_problem,
+    verify_chain,
+)
 
 __all__ = [
     "admin",
@@ -74,6 +86,8 @@ __all__ = [
     "load_admin_settings",
     "check_password",
     "check_certificate",
+    "certificate_identity",
+    "CertificateIdentity",
     "Unauthenticated",
     "reload_all",
 ]
@@ -114,7 +128,28 @@ def resolve(settings: AdminSettings) -> AdminSettings:
                 hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).hexdigest() for c in found
             )
         resolved.append(replace(item, whitelist=whitelist, admin_certificates=hashes))
+        _warn_if_nobody(item, hashes)
     return replace(settings, authenticators=tuple(resolved))
+
+
+#: Whether this process has warned that MutualSSL admits nobody: once, not on every reload.
+_warned_nobody = False
+
+
+def _warn_if_nobody(item: AdminAuthenticator, hashes: frozenset[str]) -> None:
+    """One warning when the MutualSSLAuthenticator is enabled but names no certificate: it
+    then accepts nobody (``certificate_identity``), which is likely not what was meant."""
+    global _warned_nobody
+    if item.whitelist_enabled or hashes or _warned_nobody:
+        return
+    _warned_nobody = True
+    log.warning(
+        "%s: %s is enabled with neither a WhiteList (WhiteListEnabled true) nor AdminCertificates:"
+        " it accepts no certificate; a certificate that only chains to the truststore is not an"
+        " admin's",
+        item.where or "authenticators.xml",
+        MUTUAL_SSL,
+    )
 
 
 def load_admin_settings(conf_dir: Path) -> AdminSettings:
@@ -127,6 +162,7 @@ class Caller:
     username: str
     role: str | None
     via: str  # "basic" or "mutual_tls"
+    certificate: CertificateIdentity | None = None
 
 
 class Unauthenticated(Exception):
@@ -163,7 +199,11 @@ async def _basic(rt: Runtime) -> Caller | None:
         raise Unauthenticated("the Basic credentials are not base64 of user:password") from None
     if not colon or not username:
         raise Unauthenticated("the Basic credentials are not user:password")
-    user = await check_password(rt, username, password, request.remote_addr or "?")
+    # The lockout counts by the client's own address, as the token endpoint's does: behind
+    # a trusted proxy every request's peer is the proxy.
+    forwarded = request.scope.get(CLIENT_ADDRESS, request.remote_addr)
+    source = login_source(forwarded if isinstance(forwarded, str) else None) or "?"
+    user = await check_password(rt, username, password, source)
     if user is None:
         raise Unauthenticated("authentication failed")
     return Caller(user.username, user.role, "basic")
@@ -188,35 +228,77 @@ async def check_password(rt: Runtime, username: str, password: str, source: str)
     return user if user is not None and taken and correct else None
 
 
-def check_certificate(rt: Runtime, settings: AdminAuthenticator) -> str | None:
-    """The subject DN of the request's client certificate when the MutualSSLAuthenticator
-    admits it, None when there is no certificate; ``Unauthenticated`` when it is refused."""
+@dataclass(frozen=True)
+class CertificateIdentity:
+    """The admin certificate a request was accepted with: what the audit log records of it."""
+
+    subject: str  # RFC 4514
+    sha256: str  # of the DER, hex
+
+
+def certificate_identity(rt: Runtime, settings: AdminAuthenticator) -> CertificateIdentity | None:
+    """The request's client certificate when the MutualSSLAuthenticator admits it, None when
+    there is no certificate; ``Unauthenticated`` when it is refused.
+
+    Admitted are only:
+
+    - a certificate listed in ``AdminCertificates`` (by the SHA-256 of its DER), inside its
+      validity period;
+    - with ``WhiteListEnabled``, a certificate that chains to the truststore (path
+      validation, validity included) and whose subject DN is in the ``WhiteList``.
+
+    This is stricter than WSO2's MutualSSLAuthenticator, from which the configuration comes,
+    where with the WhiteList off any certificate the server's truststore trusts may act as any
+    user. Here the truststore also anchors the certificates of OAuth ``tls_client_auth``
+    clients (RFC 8705 §2.1): trusting it for the admin API too would let every such client
+    act as an administrator. So a certificate that merely chains to the truststore is never
+    enough: it must be named, by fingerprint (AdminCertificates) or subject (WhiteList).
+    """
     chain, _ = client_certificates(request.scope, request.remote_addr, rt.identity.forwarded_certificates)
     if not chain:
         return None
     from cryptography import x509
 
     leaf = x509.load_der_x509_certificate(chain[0])
-    if hashlib.sha256(chain[0]).hexdigest() not in settings.admin_certificates:
+    digest = hashlib.sha256(chain[0]).hexdigest()
+    now = datetime.now(UTC)
+    if digest in settings.admin_certificates:
+        problem = validity_problem(leaf, now)
+        if problem is not None:
+            raise Unauthenticated(f"the client certificate is an admin certificate but {problem}")
+    elif not settings.whitelist_enabled:
+        raise Unauthenticated("the client certificate is not one of the AdminCertificates")
+    else:
         try:
-            verify_chain(chain, rt.truststore.anchors(), datetime.now(UTC))
+            verify_chain(chain, rt.truststore.anchors(), now)
         except CertificateError as exc:
             raise Unauthenticated(f"the client certificate is not trusted: {exc}") from None
-    if settings.whitelist_enabled and normalize_dn(leaf.subject) not in settings.whitelist:
-        raise Unauthenticated("the client certificate's subject is not in the WhiteList")
-    return leaf.subject.rfc4514_string()
+        if normalize_dn(leaf.subject) not in settings.whitelist:
+            raise Unauthenticated("the client certificate's subject is not in the WhiteList")
+    return CertificateIdentity(leaf.subject.rfc4514_string(), digest)
+
+
+def check_certificate(rt: Runtime, settings: AdminAuthenticator) -> str | None:
+    """The subject DN of the request's client certificate when the MutualSSLAuthenticator
+    admits it (``certificate_identity``), None when there is no certificate;
+    ``Unauthenticated`` when it is refused. The console's certificate sign-in uses it."""
+    identity = certificate_identity(rt, settings)
+    return None if identity is None else identity.subject
 
 
 async def _mutual_tls(rt: Runtime, settings: AdminAuthenticator) -> Caller | None:
-    if check_certificate(rt, settings) is None:
+    certificate = certificate_identity(rt, settings)
+    if certificate is None:
         return None
     username = request.headers.get(settings.username_header)
     if not username:
         raise Unauthenticated(f"the {settings.username_header} header names no user")
     user = await rt.storage.call(rt.storage.get_user, username)
     if user is None:
-        raise Unauthenticated(f"no user {username!r}")
-    return Caller(user.username, user.role, "mutual_tls")
+        # The same words whatever the reason: an admitted certificate must not learn which
+        # user names exist.
+        raise Unauthenticated("authentication failed")
+    return Caller(user.username, user.role, "mutual_tls", certificate)
 
 
 async def authenticate(rt: Runtime) -> Caller:
@@ -228,12 +310,70 @@ async def authenticate(rt: Runtime) -> Caller:
     raise Unauthenticated("authentication required")
 
 
+def _origin(url: str) -> str:
+    """The RFC 6454 §6.2 serialization of *url*'s origin: scheme://host[:port], lowercase,
+    without the default port."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"https": 443, "http": 80}.get(scheme)
+    try:
+        port = parts.port
+    except ValueError:
+        return ""
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
+def _own_origins() -> set[str]:
+    """The origins this server is reached at: the one the request was sent to, and the
+    public URLs (the issuer, the mTLS alias, each connector), for a proxy that rewrites Host."""
+    urls = public_urls_of(current_app)
+    found = {_origin(f"{request.scheme}://{request.host}"), _origin(urls.issuer)}
+    found.update(_origin(url) for url in (urls.mtls, *urls.connectors) if url)
+    return found
+
+
+def forgery_refusal() -> Response | None:
+    """Refuse a state-changing request a cross-site page could have sent (CSRF).
+
+    A browser attaches credentials it cached (HTTP Basic, a client certificate) to any
+    request, even one a page on another origin makes it send. Such a page can send, without
+    asking, only a "simple" request (Fetch standard, CORS protocol): a form's POST with the
+    Content-Type ``text/plain``, ``application/x-www-form-urlencoded`` or
+    ``multipart/form-data``, and a text/plain form can spell a JSON object. Requiring
+    ``Content-Type: application/json`` on every POST, PUT, PATCH and DELETE, with a body or
+    not, forces a CORS preflight, which this server never answers with permission. And a
+    browser names the page's origin in ``Origin`` (RFC 6454 §7): one that is not this
+    server's own is refused outright. Clients that are not browsers (curl, scripts) send no
+    Origin and only need the header.
+    """
+    if request.method in _SAFE or request.method == "OPTIONS":
+        return None
+    origin = request.headers.get("Origin")
+    if origin is not None and _origin(origin) not in _own_origins():
+        return _error(403, "forbidden", f"cross-origin request from {origin[:100]!r} refused")
+    content_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/json":
+        return _error(
+            415,
+            "unsupported_media_type",
+            f"{request.method} requests to /api/ must send Content-Type: application/json"
+            " (also without a body)",
+        )
+    return None
+
+
 @admin.before_request
 async def guard() -> Response | None:
     if request.path == "/api/openapi.json":
         return None
     rt = runtime(current_app)
     g.rt = rt
+    refusal = forgery_refusal()
+    if refusal is not None:
+        return refusal
     try:
         caller = await authenticate(rt)
     except Unauthenticated as exc:
@@ -245,7 +385,13 @@ async def guard() -> Response | None:
             " through the MutualSSLAuthenticator, which needs the admin role" if caller.via != "basic" else ""
         )
         return _error(403, "forbidden", f"user {caller.username!r} (role {caller.role}) may not do this{why}")
-    g.actor = Actor(caller.username, caller.via, request.remote_addr)
+    certificate = caller.certificate
+    g.actor = Actor(
+        caller.username,
+        caller.via,
+        request.remote_addr,
+        () if certificate is None else (("subject", certificate.subject), ("sha256", certificate.sha256)),
+    )
     return None
 
 
@@ -275,7 +421,9 @@ async def _body() -> dict[str, Any]:
     data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     try:
         value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: nesting deeper than the parser's recursion limit ('[' * 60000 fits
+        # in the body limit); a client's mistake like any other malformed JSON.
         raise OperationError("the request body must be a JSON object") from None
     if not isinstance(value, dict):
         raise OperationError("the request body must be a JSON object")

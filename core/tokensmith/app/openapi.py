@@ -218,6 +218,7 @@ def _op(
     if body is not None:
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
         operation["responses"].setdefault("400", _json(_ref("Error"), "Invalid input"))
+
     if params:
         operation["parameters"] = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in params
@@ -283,7 +284,7 @@ def document() -> dict[str, Any]:
     client_list = {"type": "array", "items": _ref("Client")}
     revoked = {"type": "object", "required": ["revoked"], "properties": {"revoked": {"type": "integer"}}}
     reloading = {"type": "object", "properties": {"reloading": {"type": "boolean"}}}
-    return {
+    spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "tokensmith admin API",
@@ -293,6 +294,9 @@ def document() -> dict[str, Any]:
             " says: HTTP Basic, or a client certificate with the UserName header. With Basic,"
             " reading needs the reader or admin role and changing needs admin; a client"
             " certificate acts only for a user with the admin role (any other is 403)."
+            " Against cross-site request forgery, every POST, PUT, PATCH and DELETE under /api/"
+            " must send Content-Type: application/json, also without a body (415 otherwise),"
+            " and a request whose Origin header is not the server's own origin is refused (403)."
             " Dynamic client registration (RFC 7591, RFC 7592) is described here too; it is"
             " authenticated by bearer tokens instead.",
         },
@@ -626,3 +630,19 @@ def document() -> dict[str, Any]:
             },
         },
     }
+    for operations in spec["paths"].values():
+        for method, operation in operations.items():
+            if method in ("post", "put", "patch", "delete"):
+                _forgery_answers(operation)
+    return spec
+
+
+def _forgery_answers(operation: dict[str, Any]) -> None:
+    """What a state-changing operation answers a request a cross-site page could have sent
+    (``app/admin.forgery_refusal``)."""
+    operation["responses"]["403"] = _json(
+        _ref("Error"), "The user's role does not allow this, or the request's Origin is another site's"
+    )
+    operation["responses"]["415"] = _json(
+        _ref("Error"), "Not sent with Content-Type: application/json (required also without a body)"
+    )

@@ -66,7 +66,9 @@ async def _document() -> dict[str, Any]:
     data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     try:
         value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: nesting deeper than the parser's recursion limit, which fits in the
+        # body limit; RFC 7591 §3.2.2 invalid_client_metadata like any other malformed body.
         raise InvalidClientMetadataError("the request body must be a JSON object (RFC 7591 §3.1)") from None
     if not isinstance(value, dict):
         raise InvalidClientMetadataError("the request body must be a JSON object (RFC 7591 §3.1)")
@@ -159,24 +161,25 @@ async def register() -> Response:
     initial = _bearer() if mode == "initial_access_token" else None
     if mode == "initial_access_token" and initial is None:
         raise _Refused(401, "invalid_token", "an initial access token is required", _bearer_challenge())
+    not_valid = _Refused(
+        401, "invalid_token", "the initial access token is not valid", _bearer_challenge("invalid_token")
+    )
+    # The token is checked before the body is read: whoever holds none gets nothing parsed.
+    found = (
+        await rt.storage.call(rt.storage.find_registration_token, token_hash(initial), "initial")
+        if initial
+        else None
+    )
+    if initial is not None and found is None:
+        raise not_valid
     document = _understood(await _document())
     actor = Actor("registration", "initial_access_token" if initial else "open", request.remote_addr)
-    if initial is not None:
+    if initial is not None and found is not None:
         # Taken before the registration, in one statement, so that two registrations racing
         # with one token cannot both succeed; put back if the registration is refused.
-        found = await rt.storage.call(rt.storage.find_registration_token, token_hash(initial), "initial")
-        taken = 0
-        if found is not None:
-            taken = await asyncio.to_thread(
-                rt.storage.delete_registration_tokens, token_hash=token_hash(initial)
-            )
-        if taken == 0 or found is None:
-            raise _Refused(
-                401,
-                "invalid_token",
-                "the initial access token is not valid",
-                _bearer_challenge("invalid_token"),
-            )
+        taken = await asyncio.to_thread(rt.storage.delete_registration_tokens, token_hash=token_hash(initial))
+        if taken == 0:
+            raise not_valid
         try:
             created = await asyncio.to_thread(
                 client_ops.register_client, rt.storage, rt.listeners, document, actor

@@ -13,6 +13,7 @@ instead, which the server calls from a worker thread once a second.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import sqlite3
 import threading
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
-from typing import ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 from tokensmith.models import (
     AuditEntry,
@@ -286,14 +287,36 @@ UPDATE tokens SET revoked = 1 WHERE username IS NOT NULL AND user_id IS NULL;
 }
 
 
-P = ParamSpec("P")
-T = TypeVar("T")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _serialised(
+    method: Callable[Concatenate[SQLiteStorage, _P], _R],
+) -> Callable[Concatenate[SQLiteStorage, _P], _R]:
+    """*method*, holding the store's lock while it uses the shared connection.
+
+    The server calls the store from the event loop's thread and from worker threads
+    (``asyncio.to_thread``) at once, on one connection. A connection has one transaction:
+    without the lock, one thread's ``BEGIN`` inside another's transaction fails ("cannot
+    start a transaction within a transaction"), and a statement run meanwhile joins the
+    other thread's transaction and is rolled back with it. The lock is held for the whole
+    method, so that its statements, and the rows it reads, are one unit; uncontended, as on
+    the token path, it costs a fraction of a microsecond.
+    """
+
+    @functools.wraps(method)
+    def locked(self: SQLiteStorage, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class SQLiteStorage:
-    """``Storage`` over one SQLite file."""
+    """``Storage`` over one SQLite file, safe to call from several threads (``_serialised``)."""
 
-    async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def call(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """``fn(*args, **kwargs)``, directly: a read of the local file takes microseconds,
         less than a hop to another thread and back would (``Storage.call``)."""
         return fn(*args, **kwargs)
@@ -306,6 +329,11 @@ class SQLiteStorage:
         self._writer: sqlite3.Connection | None = None
         self._serving = False
         self._checkpoint_lock = threading.Lock()
+        #: Held around each use of ``_db`` (``_serialised``); re-entrant, since add_token
+        #: calls add_tokens.
+        self._lock = threading.RLock()
+        #: Held around each use of ``_writer`` (``try_issue``), which has its own transactions.
+        self._writer_lock = threading.Lock()
         try:
             # 0600 before SQLite opens it: SQLite gives the -wal and -shm files its mode.
             private_file(self.path)
@@ -406,11 +434,13 @@ class SQLiteStorage:
 
     # -- clients --------------------------------------------------------------------------
 
+    @_serialised
     def add_client(self, client: Client) -> None:
         self._run(
             "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _client_row(client)
         )
 
+    @_serialised
     def update_client(self, client: Client) -> bool:
         row = _client_row(client)
         cursor = self._run(
@@ -423,6 +453,7 @@ class SQLiteStorage:
         )
         return cursor.rowcount > 0
 
+    @_serialised
     def get_client(self, client_id: str) -> Client | None:
         # Clients are read on every request and change rarely: they are cached, and the cache
         # is dropped whenever clients_version moves. Triggers bump it on any change to
@@ -443,9 +474,11 @@ class SQLiteStorage:
             self._clients[client_id] = client
         return client
 
+    @_serialised
     def list_clients(self) -> list[Client]:
         return [_client(r) for r in self._run("SELECT * FROM clients ORDER BY created_at, name")]
 
+    @_serialised
     def search_clients(self, query: str = "", limit: int = 50, offset: int = 0) -> tuple[int, list[Client]]:
         # The page is cut in SQL: the console lists 100,000 clients as fast as 100. Newest
         # first, by rowid (insertion order), which needs no index of its own; the search is a
@@ -462,10 +495,12 @@ class SQLiteStorage:
         )
         return total, [_client(r) for r in rows]
 
+    @_serialised
     def scopes_in_use(self) -> list[str]:
         rows = self._run("SELECT DISTINCT s.value FROM clients, json_each(clients.scopes) s ORDER BY s.value")
         return [row[0] for row in rows]
 
+    @_serialised
     def remove_client(self, client_id: str) -> bool:
         # Its tokens are revoked through revoked_clients, which every read of a token and
         # every refresh checks: one row, however many tokens the client holds.
@@ -490,9 +525,11 @@ class SQLiteStorage:
 
     # -- tokens ---------------------------------------------------------------------------
 
+    @_serialised
     def add_token(self, token: TokenRecord) -> None:
         self.add_tokens([token])
 
+    @_serialised
     def add_tokens(self, tokens: list[TokenRecord]) -> None:
         try:
             with self._db:  # one transaction: the token response is stored whole or not at all
@@ -532,6 +569,10 @@ class SQLiteStorage:
         successors are stored: both happen or neither does (RFC 9700 §4.14.2 replay
         detection must not take a client's retry after a crash for a replay).
         """
+        with self._writer_lock:
+            return self._issue(issues, now)
+
+    def _issue(self, issues: list[Issue], now: int) -> list[bool] | None:
         writer = self._writer_connection()
         try:
             writer.execute("BEGIN IMMEDIATE")  # the write lock now, or SQLITE_BUSY now
@@ -559,6 +600,7 @@ class SQLiteStorage:
             raise StorageError(f"{self.path}: {exc}") from exc
         return stored
 
+    @_serialised
     def get_token(self, token_hash: str) -> TokenRecord | None:
         # A revoked grant revokes every token of it, also those stored after the revocation
         # (a refresh that raced with a replay detection); a removed client or user, every
@@ -590,12 +632,14 @@ class SQLiteStorage:
             grant_expires_at=row[14],
         )
 
+    @_serialised
     def revoke_token(self, token_hash: str) -> bool:
         cursor = self._run(
             "UPDATE tokens SET revoked = 1 WHERE token_hash = ? AND revoked = 0", (token_hash,)
         )
         return cursor.rowcount > 0
 
+    @_serialised
     def revoke_grant(self, grant_id: str) -> int:
         try:
             with self._db:
@@ -610,11 +654,13 @@ class SQLiteStorage:
             raise StorageError(f"{self.path}: {exc}") from exc
         return cursor.rowcount
 
+    @_serialised
     def use_refresh_token(self, token_hash: str, now: int) -> bool:
         # One UPDATE, so that among concurrent callers (threads or processes) exactly one
         # sees a row change: SQLite serialises writers.
         return self._run(_USE_REFRESH, (token_hash, now)).rowcount == 1
 
+    @_serialised
     def revoke_user_tokens(self, user_id: str) -> int:
         try:
             with self._db:
@@ -625,6 +671,7 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    @_serialised
     def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
         try:
             with self._db:
@@ -719,6 +766,7 @@ class SQLiteStorage:
 
     # -- plugin state ---------------------------------------------------------------------
 
+    @_serialised
     def put_if_absent(self, namespace: str, key: str, expires_at: int) -> bool:
         # One statement, so that among concurrent callers (threads, workers, the CLI) exactly
         # one changes a row: SQLite serialises writers. An expired row is taken over.
@@ -732,6 +780,7 @@ class SQLiteStorage:
             == 1
         )
 
+    @_serialised
     def get_state(self, namespace: str, key: str) -> str | None:
         row = self._run(
             "SELECT value FROM plugin_state WHERE namespace = ? AND key = ?"
@@ -740,11 +789,13 @@ class SQLiteStorage:
         ).fetchone()
         return None if row is None else row[0]
 
+    @_serialised
     def set_state(self, namespace: str, key: str, value: str, expires_at: int | None = None) -> None:
         self._run(
             "INSERT OR REPLACE INTO plugin_state VALUES (?, ?, ?, ?)", (namespace, key, value, expires_at)
         )
 
+    @_serialised
     def delete_state(self, namespace: str, key: str) -> bool:
         return (
             self._run(
@@ -755,6 +806,7 @@ class SQLiteStorage:
             > 0
         )
 
+    @_serialised
     def revoke_client_tokens(self, client_id: str) -> int:
         try:
             with self._db:
@@ -773,6 +825,7 @@ class SQLiteStorage:
 
     # -- administration: audit log, registration tokens -----------------------------------
 
+    @_serialised
     def add_audit(self, entry: AuditEntry) -> None:
         self._run(
             "INSERT INTO audit_log (at, actor, via, source, action, target, details)"
@@ -788,6 +841,7 @@ class SQLiteStorage:
             ),
         )
 
+    @_serialised
     def list_audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
         rows = self._run(
             "SELECT id, at, actor, via, source, action, target, details FROM audit_log"
@@ -796,6 +850,7 @@ class SQLiteStorage:
         )
         return [AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), id=r[0]) for r in rows]
 
+    @_serialised
     def add_registration_token(
         self, token_hash: str, kind: str, client_id: str | None, expires_at: int | None
     ) -> None:
@@ -815,6 +870,7 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    @_serialised
     def find_registration_token(self, token_hash: str, kind: str) -> tuple[str | None, int | None] | None:
         row = self._run(
             "SELECT client_id, expires_at FROM registration_tokens WHERE token_hash = ? AND kind = ?"
@@ -823,6 +879,7 @@ class SQLiteStorage:
         ).fetchone()
         return (row[0], row[1]) if row else None
 
+    @_serialised
     def delete_registration_tokens(
         self, *, token_hash: str | None = None, client_id: str | None = None
     ) -> int:
@@ -832,6 +889,7 @@ class SQLiteStorage:
 
     # -- users ----------------------------------------------------------------------------
 
+    @_serialised
     def add_user(self, user: User) -> None:
         self._run(
             "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -847,9 +905,11 @@ class SQLiteStorage:
             ),
         )
 
+    @_serialised
     def set_user_role(self, username: str, role: str | None) -> bool:
         return self._run("UPDATE users SET role = ? WHERE username = ?", (role, username)).rowcount > 0
 
+    @_serialised
     def set_user_password(self, username: str, password_hash: str) -> bool:
         return (
             self._run(
@@ -858,13 +918,16 @@ class SQLiteStorage:
             > 0
         )
 
+    @_serialised
     def get_user(self, username: str) -> User | None:
         row = self._run("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
         return User(*row) if row else None
 
+    @_serialised
     def list_users(self) -> list[User]:
         return [User(*row) for row in self._run("SELECT * FROM users ORDER BY username")]
 
+    @_serialised
     def remove_user(self, username: str) -> bool:
         try:
             with self._db:
@@ -881,6 +944,7 @@ class SQLiteStorage:
             raise StorageError(f"{self.path}: {exc}") from exc
         return True
 
+    @_serialised
     def take_login_attempt(self, username: str, source: str, now: int, policy: LoginPolicy) -> bool:
         # One transaction holding the write lock: concurrent attempts, from this process or
         # another worker, are counted one after the other, so no more than the limit are
@@ -916,6 +980,7 @@ class SQLiteStorage:
             raise StorageError(f"{self.path}: {exc}") from exc
         return True
 
+    @_serialised
     def end_login_attempt(self, username: str, source: str, succeeded: bool) -> None:
         if not succeeded:
             return  # counted when it was taken
@@ -931,6 +996,7 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    @_serialised
     def unlock_user(self, username: str) -> bool:
         try:
             with self._db:
@@ -949,6 +1015,7 @@ class SQLiteStorage:
 
     # -- authorization code grant --------------------------------------------------------
 
+    @_serialised
     def add_authorization_code(self, code: AuthorizationCode) -> None:
         self._run(
             "INSERT INTO authorization_codes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -968,6 +1035,7 @@ class SQLiteStorage:
             ),
         )
 
+    @_serialised
     def get_authorization_code(self, code_hash: str) -> AuthorizationCode | None:
         row = self._run("SELECT * FROM authorization_codes WHERE code_hash = ?", (code_hash,)).fetchone()
         if row is None:
@@ -987,6 +1055,7 @@ class SQLiteStorage:
             used=bool(row[11]),
         )
 
+    @_serialised
     def use_authorization_code(self, code_hash: str) -> bool:
         # One UPDATE: among concurrent redeemers (threads or workers) exactly one changes it.
         return (
@@ -996,6 +1065,7 @@ class SQLiteStorage:
             == 1
         )
 
+    @_serialised
     def get_consent(self, user_id: str, client_id: str) -> Consent | None:
         row = self._run(
             "SELECT scopes, granted_at FROM consents WHERE user_id = ? AND client_id = ?",
@@ -1003,6 +1073,7 @@ class SQLiteStorage:
         ).fetchone()
         return None if row is None else Consent(user_id, client_id, tuple(row[0].split()), row[1])
 
+    @_serialised
     def add_consent(self, consent: Consent) -> None:
         try:
             with self._db:
@@ -1019,6 +1090,7 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    @_serialised
     def list_consents(self, user_id: str) -> list[Consent]:
         rows = self._run(
             "SELECT client_id, scopes, granted_at FROM consents WHERE user_id = ? ORDER BY client_id",
@@ -1026,6 +1098,7 @@ class SQLiteStorage:
         ).fetchall()
         return [Consent(user_id, row[0], tuple(row[1].split()), row[2]) for row in rows]
 
+    @_serialised
     def revoke_consent(self, user_id: str, client_id: str) -> bool:
         try:
             with self._db:
@@ -1061,12 +1134,14 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    @_serialised
     def add_session(self, session: SignInSession) -> None:
         self._run(
             "INSERT INTO signin_sessions VALUES (?, ?, ?, ?, ?)",
             (session.session_hash, session.user_id, session.username, session.created_at, session.expires_at),
         )
 
+    @_serialised
     def get_session(self, session_hash: str) -> SignInSession | None:
         # The user must still exist as the same user: removing a user ends their sessions,
         # and a new user under the old name is not signed in by them.
@@ -1077,6 +1152,7 @@ class SQLiteStorage:
         ).fetchone()
         return None if row is None else SignInSession(*row)
 
+    @_serialised
     def delete_session(self, session_hash: str) -> bool:
         return self._run("DELETE FROM signin_sessions WHERE session_hash = ?", (session_hash,)).rowcount > 0
 
@@ -1085,9 +1161,11 @@ class SQLiteStorage:
             if self._checkpointer is not None:
                 self._checkpointer.close()
                 self._checkpointer = None
-        if self._writer is not None:
-            self._writer.close()
-        self._db.close()
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> SQLiteStorage:
         return self
