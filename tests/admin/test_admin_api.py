@@ -278,7 +278,9 @@ def test_users_truststore_signing_keys(env: AdminEnv) -> None:
             "/api/users", json={"username": "alice", "password": "alice-password", "role": "reader"}
         )
         assert created.status_code == 201, created.text
-        assert http.post("/api/users", json={"username": "alice", "password": "alice-other"}).status_code == 409
+        assert (
+            http.post("/api/users", json={"username": "alice", "password": "alice-other"}).status_code == 409
+        )
         short = http.post("/api/users", json={"username": "bob", "password": "short"})
         assert short.status_code == 400 and "at least 8 characters" in short.json()["error_description"]
         assert http.patch("/api/users/alice", json={"role": "admin"}).json()["role"] == "admin"

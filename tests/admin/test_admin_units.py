@@ -328,6 +328,48 @@ def test_listener_changes_rewrite_identity_xml_keeping_comments(tmp_path: Path, 
     assert [e.action for e in store.list_audit()][:1] == ["listener.reorder"]
 
 
+def test_listener_moves_apply_to_the_order_in_the_file_not_a_snapshot(
+    tmp_path: Path, store: SQLiteStorage
+) -> None:
+    """Two console pages loaded with the same order each move a listener: both moves count,
+    as moves from identity.xml's order when each is made."""
+    path = tmp_path / "identity.xml"
+    path.write_text(IDENTITY)
+    family = "ClientAuthenticator"
+    # What the server loaded: basic_auth 100 (from the file), the others at their defaults.
+    loaded = [
+        (family, "basic_auth", 100),
+        (family, "post_body", 200),
+        (family, "jwt", 300),
+        ("Other", "x", 1),
+    ]
+
+    def order() -> list[str]:
+        found = {e.name: e.order_id for e in load_identity(path).listeners if e.type == family}
+        defaults = {n: o for f, n, o in loaded if f == family}
+        merged = {n: found.get(n, defaults[n]) for n in defaults}
+        return sorted(merged, key=lambda n: (merged[n], n))
+
+    assert config_ops.move_listener(path, store, family, "jwt", "up", ACTOR, loaded)
+    assert order() == ["basic_auth", "jwt", "post_body"]
+    # The same stale snapshot again: jwt moves up once more, from where it is now.
+    assert config_ops.move_listener(path, store, family, "jwt", "up", ACTOR, loaded)
+    assert order() == ["jwt", "basic_auth", "post_body"]
+    assert not config_ops.move_listener(path, store, family, "jwt", "up", ACTOR, loaded)
+    assert config_ops.move_listener(path, store, family, "basic_auth", "down", ACTOR, loaded)
+    assert order() == ["jwt", "post_body", "basic_auth"]
+    with pytest.raises(OperationError):
+        config_ops.move_listener(path, store, family, "x", "up", ACTOR, loaded)
+    with pytest.raises(OperationError):
+        config_ops.move_listener(path, store, family, "jwt", "sideways", ACTOR, loaded)
+    entry = store.list_audit()[0]
+    assert (entry.action, entry.target, entry.details["direction"]) == (
+        "listener.reorder",
+        f"{family}/basic_auth",
+        "down",
+    )
+
+
 # --- the admin API and registration in process ---------------------------------------------
 
 

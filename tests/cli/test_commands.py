@@ -106,10 +106,15 @@ def test_user_passwords_are_at_least_8_characters_and_can_be_set(deployment) -> 
     slash = deployment.cli("user", "add", "a/b", "--password-stdin", input="long-enough\n", check=False)
     assert slash.returncode == 1 and "must not contain '/'" in slash.stderr
     deployment.cli("user", "add", "ann", "--password-stdin", input="first-password\n")
-    assert deployment.cli("user", "password", "ann", "--password-stdin", input="short\n", check=False).returncode == 1
+    assert (
+        deployment.cli("user", "password", "ann", "--password-stdin", input="short\n", check=False).returncode
+        == 1
+    )
     changed = deployment.cli("user", "password", "ann", "--password-stdin", input="second-password\n")
     assert json.loads(changed.stdout) == {"username": "ann", "password": "changed"}
-    missing = deployment.cli("user", "password", "bob", "--password-stdin", input="long-enough\n", check=False)
+    missing = deployment.cli(
+        "user", "password", "bob", "--password-stdin", input="long-enough\n", check=False
+    )
     assert missing.returncode == 1 and "no user 'bob'" in missing.stderr
     with SQLiteStorage(deployment.database) as store:
         assert [e.action for e in store.list_audit()][:2] == ["user.password", "user.create"]

@@ -25,6 +25,7 @@ from tokensmith.security.truststore import Truststore
 __all__ = [
     "change_listener",
     "reorder_listeners",
+    "move_listener",
     "import_anchor",
     "remove_anchor",
     "rotate_signing_key",
@@ -128,6 +129,54 @@ def reorder_listeners(
         _entry(listeners, family, name).set("orderId", str(100 + 10 * index))
     _write_identity(identity, tree)
     record(store, actor, "listener.reorder", None, order=list(order))
+
+
+def move_listener(
+    identity: Path,
+    store: Storage,
+    family: str,
+    name: str,
+    direction: str,
+    actor: Actor,
+    loaded: Sequence[tuple[str, str, int]],
+) -> bool:
+    """Move listener *family*/*name* one place up (called earlier) or down among its family,
+    from the order identity.xml gives now, not from the order a caller saw: two moves made at
+    once are both applied. *loaded* is ``(type, name, orderId)`` of every loaded listener;
+    the orderId counts for a listener that identity.xml gives none. False when it is already
+    first (up) or last (down); its family then gets orderIds 100, 110, ... as ``reorder_listeners``
+    gives."""
+    if direction not in ("up", "down"):
+        raise OperationError("direction must be up or down")
+    defaults = {(f, n): order for f, n, order in loaded if f == family}
+    if (family, name) not in defaults:
+        raise not_found(f"no listener {family}/{name} is loaded")
+    tree = _read_identity(identity)
+    listeners = _entries(tree)
+    current = dict(defaults)
+    for el in listeners.iterfind("EventListener"):
+        key = (el.get("type") or "", el.get("name") or "")
+        order = el.get("orderId")
+        if key in current and order is not None and order.strip().isdigit():
+            current[key] = int(order)
+    members = sorted(current, key=lambda key: (current[key], key[1]))
+    index = members.index((family, name))
+    other = index - 1 if direction == "up" else index + 1
+    if not 0 <= other < len(members):
+        return False
+    members[index], members[other] = members[other], members[index]
+    for position, (f, n) in enumerate(members):
+        _entry(listeners, f, n).set("orderId", str(100 + 10 * position))
+    _write_identity(identity, tree)
+    record(
+        store,
+        actor,
+        "listener.reorder",
+        f"{family}/{name}",
+        direction=direction,
+        order=[f"{f}/{n}" for f, n in members],
+    )
+    return True
 
 
 def import_anchor(
