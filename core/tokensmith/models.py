@@ -448,6 +448,12 @@ class Storage(Protocol):
         """Delete *key*; True if it was present (and not expired)."""
         ...
 
+    def replace_state(self, namespace: str, key: str, value: str, expires_at: int | None = None) -> bool:
+        """Store *value* under *key* only if *key* is present (and not expired), atomically;
+        False, storing nothing, when it is not: what was deleted stays deleted, whatever a
+        caller that read it earlier writes back."""
+        ...
+
     def serving(self) -> None:
         """The store is about to serve requests: defer housekeeping to ``checkpoint``."""
         ...

@@ -342,8 +342,16 @@ def test_users_truststore_signing_keys(env: AdminEnv) -> None:
             "/api/users", json={"username": "alice", "password": "alice-password", "role": "reader"}
         )
         assert created.status_code == 201, created.text
-        assert http.post("/api/users", json={"username": "alice", "password": "x"}).status_code == 409
+        assert (
+            http.post("/api/users", json={"username": "alice", "password": "alice-other"}).status_code == 409
+        )
+        short = http.post("/api/users", json={"username": "bob", "password": "short"})
+        assert short.status_code == 400 and "at least 8 characters" in short.json()["error_description"]
         assert http.patch("/api/users/alice", json={"role": "admin"}).json()["role"] == "admin"
+        # A new password: both fields checked before either changes.
+        assert http.patch("/api/users/alice", json={"password": "new", "role": None}).status_code == 400
+        assert http.patch("/api/users/alice", json={"password": "alice-new-password"}).status_code == 200
+        assert http.get("/api/users/alice").json()["role"] == "admin"
         assert http.post("/api/users/alice/unlock").status_code == 200
         assert http.post("/api/users/alice/revoke-tokens").json() == {"revoked": 0}
         assert http.delete("/api/users/alice").status_code == 204

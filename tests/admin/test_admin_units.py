@@ -156,7 +156,7 @@ def test_users_and_roles(store: SQLiteStorage) -> None:
     user = user_ops.add_user(store, "ann", "pw-pw-pw-pw", "reader", ACTOR)
     assert store.get_user("ann").role == "reader" and user.password_hash != "pw-pw-pw-pw"
     with pytest.raises(OperationError) as caught:
-        user_ops.add_user(store, "ann", "x", None, ACTOR)
+        user_ops.add_user(store, "ann", "other-password", None, ACTOR)
     assert caught.value.status == 409
     with pytest.raises(OperationError):
         user_ops.set_role(store, "ann", "superuser", ACTOR)
@@ -171,6 +171,47 @@ def test_users_and_roles(store: SQLiteStorage) -> None:
     assert caught.value.status == 404
     assert [e.action for e in store.list_audit()] == ["user.delete", "user.role", "user.role", "user.create"]
     assert "pw-pw-pw-pw" not in json.dumps([e.view() for e in store.list_audit()])
+
+
+def test_passwords_have_a_minimum_length_and_names_no_slash(store: SQLiteStorage) -> None:
+    """One rule for the CLI, the admin API and the console, which all call these."""
+    with pytest.raises(OperationError, match="at least 8 characters"):
+        user_ops.add_user(store, "bob", "seven77", None, ACTOR)
+    with pytest.raises(OperationError, match="must not contain '/'"):
+        user_ops.add_user(store, "sl/ash", "long-enough", "admin", ACTOR)
+    assert store.list_users() == []
+    user_ops.add_user(store, "bob", "eight888", None, ACTOR)
+    with pytest.raises(OperationError, match="at least 8 characters"):
+        user_ops.set_password(store, "bob", "short", ACTOR)
+    with pytest.raises(OperationError) as caught:
+        user_ops.set_password(store, "nobody", "long-enough", ACTOR)
+    assert caught.value.status == 404
+    before = store.get_user("bob").password_hash
+    user_ops.set_password(store, "bob", "a new passphrase", ACTOR)
+    assert store.get_user("bob").password_hash != before
+    entry = store.list_audit()[0]
+    assert (entry.action, entry.target, entry.details) == ("user.password", "bob", {})
+    assert "a new passphrase" not in json.dumps([e.view() for e in store.list_audit()])
+
+
+def test_a_session_stamp_changes_with_the_user_password_and_role(store: SQLiteStorage) -> None:
+    """What ends the console's sessions: a removed user re-created under the same name, a new
+    password, a role taken away and given back; not a role set to what it was."""
+    user = user_ops.add_user(store, "eve", "eve-password", "admin", ACTOR)
+    stamp = user_ops.session_stamp(store, user)
+    assert user_ops.session_stamp(store, store.get_user("eve")) == stamp
+    user_ops.set_role(store, "eve", "admin", ACTOR)
+    assert user_ops.session_stamp(store, store.get_user("eve")) == stamp
+    user_ops.set_role(store, "eve", "reader", ACTOR)
+    user_ops.set_role(store, "eve", "admin", ACTOR)
+    demoted = user_ops.session_stamp(store, store.get_user("eve"))
+    assert demoted != stamp
+    user_ops.set_password(store, "eve", "eve-password", ACTOR)  # even the same password
+    changed = user_ops.session_stamp(store, store.get_user("eve"))
+    assert changed not in (stamp, demoted)
+    user_ops.remove_user(store, "eve", ACTOR)
+    again = user_ops.add_user(store, "eve", "eve-password", "admin", ACTOR)
+    assert user_ops.session_stamp(store, again) not in (stamp, demoted, changed)
 
 
 def test_clients(store: SQLiteStorage) -> None:
@@ -462,6 +503,48 @@ def test_mutual_ssl_that_names_no_certificate_warns_once(tmp_path: Path, caplog,
     with caplog.at_level("WARNING", logger="tokensmith"):
         resolve(load_authenticators(named))
     assert not [r for r in caplog.records if "accepts no certificate" in r.getMessage()]
+
+
+def test_listener_moves_apply_to_the_order_in_the_file_not_a_snapshot(
+    tmp_path: Path, store: SQLiteStorage
+) -> None:
+    """Two console pages loaded with the same order each move a listener: both moves count,
+    as moves from identity.xml's order when each is made."""
+    path = tmp_path / "identity.xml"
+    path.write_text(IDENTITY)
+    family = "ClientAuthenticator"
+    # What the server loaded: basic_auth 100 (from the file), the others at their defaults.
+    loaded = [
+        (family, "basic_auth", 100),
+        (family, "post_body", 200),
+        (family, "jwt", 300),
+        ("Other", "x", 1),
+    ]
+
+    def order() -> list[str]:
+        found = {e.name: e.order_id for e in load_identity(path).listeners if e.type == family}
+        defaults = {n: o for f, n, o in loaded if f == family}
+        merged = {n: found.get(n, defaults[n]) for n in defaults}
+        return sorted(merged, key=lambda n: (merged[n], n))
+
+    assert config_ops.move_listener(path, store, family, "jwt", "up", ACTOR, loaded)
+    assert order() == ["basic_auth", "jwt", "post_body"]
+    # The same stale snapshot again: jwt moves up once more, from where it is now.
+    assert config_ops.move_listener(path, store, family, "jwt", "up", ACTOR, loaded)
+    assert order() == ["jwt", "basic_auth", "post_body"]
+    assert not config_ops.move_listener(path, store, family, "jwt", "up", ACTOR, loaded)
+    assert config_ops.move_listener(path, store, family, "basic_auth", "down", ACTOR, loaded)
+    assert order() == ["jwt", "post_body", "basic_auth"]
+    with pytest.raises(OperationError):
+        config_ops.move_listener(path, store, family, "x", "up", ACTOR, loaded)
+    with pytest.raises(OperationError):
+        config_ops.move_listener(path, store, family, "jwt", "sideways", ACTOR, loaded)
+    entry = store.list_audit()[0]
+    assert (entry.action, entry.target, entry.details["direction"]) == (
+        "listener.reorder",
+        f"{family}/basic_auth",
+        "down",
+    )
 
 
 # --- the admin API and registration in process ---------------------------------------------

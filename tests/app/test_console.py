@@ -11,10 +11,16 @@ With TOKENSMITH_SCREENSHOTS=DIR the tests also save screenshots of the main page
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import re
+import socket
+import sqlite3
+import ssl
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,8 @@ import pki
 import pytest
 from admin_env import PASSWORDS, add_users, write_authenticators
 from conftest import Deployment, Server, new_deployment, start_server
-from tokensmith.models import Client
+from tokensmith.models import Client, User
+from tokensmith.security.hashing import hash_secret
 from tokensmith.storage.sqlite import SQLiteStorage
 
 SHOTS = os.environ.get("TOKENSMITH_SCREENSHOTS")
@@ -183,6 +190,16 @@ def test_sign_in_with_a_client_certificate(env: Console, chromium: Any) -> None:
         assert page.url.endswith("/console/audit")
     finally:
         context.close()
+    # The sign-in is audited with the certificate's subject and SHA-256.
+    der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    with SQLiteStorage(env.dep.database) as store:
+        entry = next(e for e in store.list_audit(500) if e.action == "console.sign_in")
+    assert (entry.actor, entry.via, entry.target) == ("root", "console:certificate", "root")
+    assert entry.details == {
+        "outcome": "accepted",
+        "subject": "CN=console admin,O=Example",
+        "sha256": hashlib.sha256(der).hexdigest(),
+    }
 
 
 def test_a_form_without_its_csrf_token_is_refused(env: Console, page: Any) -> None:
@@ -235,7 +252,8 @@ def test_signing_out_ends_the_session_on_the_server(env: Console, page: Any) -> 
     sign_in(page, env)
     cookie = next(c for c in page.context.cookies() if c["name"] == "__Host-tokensmith-console")
     page.click("button:has-text('Sign out')")
-    assert page.url.endswith("/console/login")
+    assert page.url.endswith("/console/login?signed-out")
+    assert "You have signed out" in page.inner_text("main")
     with env.server.client(cookies={cookie["name"]: cookie["value"]}) as http:
         answer = http.get("/console/users")
     assert answer.status_code == 303 and answer.headers["location"] == "/console/login"
@@ -676,3 +694,225 @@ def test_the_console_can_be_switched_off(tmp_path, keystore, wheel_cache) -> Non
             assert http.get("/api/openapi.json").status_code == 200
     finally:
         console.server.stop()
+
+
+# -- sessions under attack (red team, 2026-11-30) ---------------------------------------------
+
+COOKIE = "__Host-tokensmith-console"
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html[:300]
+    return found.group(1)
+
+
+def http_sign_in(env: Console, user: str = "root", password: str | None = None) -> tuple[httpx.Client, str]:
+    """A signed-in HTTP client and its session's CSRF token."""
+    http = env.server.client()
+    login = http.get("/console/login")
+    answer = http.post(
+        "/console/login",
+        data={
+            "csrf": csrf_of(login.text),
+            "method": "password",
+            "username": user,
+            "password": password or PASSWORDS[user],
+        },
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/", answer.text[:500]
+    return http, csrf_of(http.get("/console/clients").text)
+
+
+def signed_in(env: Console, cookie: str) -> bool:
+    with env.server.client(cookies={COOKIE: cookie}) as http:
+        answer = http.get("/console/users")
+    assert answer.status_code in (200, 303)
+    return answer.status_code == 200
+
+
+def session_rows(env: Console) -> int:
+    with sqlite3.connect(env.dep.database) as db:
+        return db.execute(
+            "SELECT count(*) FROM plugin_state WHERE namespace = 'console.session' AND expires_at > ?",
+            (int(time.time()),),
+        ).fetchone()[0]
+
+
+def test_a_request_in_flight_at_sign_out_does_not_bring_the_session_back(env: Console) -> None:
+    """A form whose body is still arriving when its user signs out is refused, and does not
+    write the ended session back when it finishes."""
+    http, csrf = http_sign_in(env)
+    cookie = http.cookies[COOKIE]
+    host, port = urllib.parse.urlsplit(env.server.url).netloc.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(env.dep.server_cert))
+    context.check_hostname = False
+    context.set_alpn_protocols(["http/1.1"])
+    body = urllib.parse.urlencode({"csrf": csrf, "algorithm": "ES256", "padding": "x" * 40}).encode()
+    with context.wrap_socket(socket.create_connection((host, int(port))), server_hostname=host) as slow:
+        slow.sendall(
+            f"POST /console/signing-keys HTTP/1.1\r\nHost: {host}:{port}\r\nCookie: {COOKIE}={cookie}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body[:5]
+        )
+        time.sleep(1)  # the request has started; its body has not all arrived
+        out = http.post("/console/logout", data={"csrf": csrf})
+        assert out.status_code == 303
+        assert not signed_in(env, cookie)
+        slow.sendall(body[5:])
+        answer = b""
+        while chunk := slow.recv(65536):
+            answer += chunk
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"403"
+    assert not signed_in(env, cookie)
+    http.close()
+
+
+def test_a_link_from_another_site_keeps_the_administrator_signed_in(env: Console, page: Any) -> None:
+    """SameSite=Strict: the cookie does not come with a navigation from another site. The
+    console answers with a page that continues from its own origin (which brings the cookie)
+    and never replaces the cookie."""
+    target = env.url("/console/users?from=elsewhere")
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(f'<a id="go" href="{target}">the console</a>'.encode())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    elsewhere = http.server.HTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    try:
+        sign_in(page, env)
+        before = next(c["value"] for c in page.context.cookies() if c["name"] == COOKIE)
+        page.goto(f"http://localhost:{elsewhere.server_address[1]}/")
+        page.click("#go")
+        page.wait_for_url(target)
+        page.wait_for_selector("h1:has-text('Users')")
+        after = next(c["value"] for c in page.context.cookies() if c["name"] == COOKIE)
+        assert after == before
+    finally:
+        elsewhere.shutdown()
+        elsewhere.server_close()
+    # Without a session, the same link leads to the sign-in page, one hop later.
+    page.context.clear_cookies()
+    with env.server.client(headers={"Sec-Fetch-Site": "cross-site"}) as anonymous:
+        answer = anonymous.get("/console/users")
+    assert answer.status_code == 200 and "set-cookie" not in answer.headers
+    assert 'http-equiv="refresh" content="0; url=/console/users"' in answer.text
+
+
+def test_anonymous_requests_store_no_session(env: Console) -> None:
+    before = session_rows(env)
+    with env.server.client() as anonymous:
+        for _ in range(20):
+            login = anonymous.get("/console/login", headers={"Cookie": ""})
+            assert login.status_code == 200 and COOKIE in login.headers.get("set-cookie", "")
+            away = anonymous.get("/console/clients", headers={"Cookie": ""})
+            assert away.status_code == 303 and "set-cookie" not in away.headers
+    assert session_rows(env) == before
+    # The sign-in form's token still guards the form: it belongs to the cookie it came with.
+    with env.server.client() as one, env.server.client() as two:
+        token = csrf_of(one.get("/console/login").text)
+        two.get("/console/login")
+        refused = two.post(
+            "/console/login",
+            data={"csrf": token, "method": "password", "username": "root", "password": PASSWORDS["root"]},
+        )
+        assert refused.status_code == 403
+        accepted = one.post(
+            "/console/login",
+            data={"csrf": token, "method": "password", "username": "root", "password": PASSWORDS["root"]},
+        )
+        assert accepted.status_code == 303
+    assert session_rows(env) == before + 1
+
+
+def test_sessions_end_when_their_user_is_demoted_removed_or_gets_a_new_password(env: Console) -> None:
+    admin, csrf = http_sign_in(env)
+    added = admin.post(
+        "/console/users",
+        data={"csrf": csrf, "username": "victim", "password": "victim-password-1", "role": "admin"},
+    )
+    assert added.status_code == 303
+    victim, _ = http_sign_in(env, "victim", "victim-password-1")
+    cookie = victim.cookies[COOKIE]
+    assert signed_in(env, cookie)
+    # Demoted and promoted again: the session made before is over.
+    admin.post("/console/users/victim/role", data={"csrf": csrf, "role": "reader"})
+    admin.post("/console/users/victim/role", data={"csrf": csrf, "role": "admin"})
+    assert not signed_in(env, cookie)
+    # A new password (set in the console) ends the sessions too.
+    victim.close()
+    victim, _ = http_sign_in(env, "victim", "victim-password-1")
+    cookie = victim.cookies[COOKIE]
+    short = admin.post("/console/users/victim/password", data={"csrf": csrf, "password": "short"})
+    assert short.status_code == 400 and "at least 8 characters" in short.text
+    assert signed_in(env, cookie)
+    changed = admin.post(
+        "/console/users/victim/password", data={"csrf": csrf, "password": "victim-password-2"}
+    )
+    assert changed.status_code == 303
+    assert not signed_in(env, cookie)
+    # Removed, and another user added under the same name: nothing of the old sessions.
+    victim.close()
+    victim, _ = http_sign_in(env, "victim", "victim-password-2")
+    cookie = victim.cookies[COOKIE]
+    admin.post("/console/users/victim/remove", data={"csrf": csrf})
+    admin.post(
+        "/console/users",
+        data={"csrf": csrf, "username": "victim", "password": "someone-else-1", "role": "admin"},
+    )
+    assert not signed_in(env, cookie)
+    admin.post("/console/users/victim/remove", data={"csrf": csrf})
+    # Every sign-in is in the audit log, the refused ones too, and never a password.
+    with env.server.client() as http:
+        login = http.get("/console/login")
+        http.post(
+            "/console/login",
+            data={
+                "csrf": csrf_of(login.text),
+                "method": "password",
+                "username": "victim",
+                "password": "nope-nope",
+            },
+        )
+    with SQLiteStorage(env.dep.database) as store:
+        entries = [e for e in store.list_audit(500) if e.action == "console.sign_in"]
+        text = json.dumps([e.view() for e in store.list_audit(500)])
+    assert ("victim", "console:password", "refused") == (
+        entries[0].target,
+        entries[0].via,
+        entries[0].details["outcome"],
+    )
+    assert sum(1 for e in entries if e.target == "victim" and e.details["outcome"] == "accepted") == 3
+    assert "victim-password-1" not in text and "nope-nope" not in text
+    admin.close()
+    victim.close()
+
+
+def test_user_names_with_a_slash_are_refused_and_old_ones_can_be_removed(env: Console, page: Any) -> None:
+    sign_in(page, env)
+    page.goto(env.url("/console/users"))
+    page.fill("#username", "sl/ash")
+    page.fill("#password", "slash-password-1")
+    page.click("button:has-text('Add user')")
+    assert "must not contain '/'" in page.inner_text("#username-error")
+    # One added before names were checked: the console can still remove it.
+    with SQLiteStorage(env.dep.database) as store:
+        store.add_user(User("old/name", hash_secret("old-password-1"), role="reader"))
+    page.goto(env.url("/console/users"))
+    row = page.locator("tr", has_text="old/name")
+    row.locator("input[name=password]").fill("new-password-2")
+    row.locator("button:has-text('Set password')").click()
+    assert "old/name has a new password" in page.inner_text("main")
+    with SQLiteStorage(env.dep.database) as store:
+        entry = store.list_audit(1)[0]
+        assert (entry.action, entry.target, entry.actor) == ("user.password", "old/name", "root")
+    page.click("button[aria-label='Remove old/name']")
+    assert "Removed old/name" in page.inner_text("main")

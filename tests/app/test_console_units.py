@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pki
 import pytest
-from tokensmith.app.console import _check_callback, _check_certificates, _field_of
+from tokensmith.app.console import _check_callback, _check_certificates, _console_words, _field_of
 from tokensmith.config.settings import ConsoleSettings, load_config
 from tokensmith.config.xml import ConfigError
 from tokensmith.models import Client
+from tokensmith.oauth import registration
+from tokensmith.oauth.registration import RegistrationError, check_grant_types
 from tokensmith.storage.sqlite import SQLiteStorage
 
 CONNECTOR = '<Connector address="127.0.0.1" port="0"/>'
@@ -86,7 +88,12 @@ def test_search_clients_over_100000_rows_is_fast(tmp_path: Path) -> None:
     [
         ("https://app.example/cb", True),
         ("http://127.0.0.1:8080/cb", True),
-        ("http://localhost/cb", True),
+        ("http://[::1]:9000/cb", True),
+        # One rule with registration (check_redirect_uri): RFC 8252 §8.3 advises against
+        # localhost, which may resolve elsewhere.
+        ("http://localhost/cb", False),
+        ("https://[::1/", False),  # urlsplit raises: was a 500
+        ("http://evil.example\\@127.0.0.1/cb", False),  # a browser goes to evil.example
         ("http://app.example/cb", False),
         ("https://app.example/cb#frag", False),
         ("javascript:alert(1)", False),
@@ -94,7 +101,22 @@ def test_search_clients_over_100000_rows_is_fast(tmp_path: Path) -> None:
     ],
 )
 def test_callback_urls(url: str, ok: bool) -> None:
-    assert (_check_callback(url) is None) is ok
+    problem = _check_callback(url)
+    assert (problem is None) is ok
+    assert problem is None or problem.startswith("The callback URL ")
+
+
+def test_refusals_name_the_console_fields_not_the_cli_options() -> None:
+    with pytest.raises(RegistrationError) as caught:
+        check_grant_types(["password"], "none", force=False)
+    shown = _console_words(str(caught.value))
+    assert "--" not in shown and "client authentication method none" in shown
+    with pytest.raises(RegistrationError) as caught:
+        registration.check_registration("none", ["client_credentials"])
+    shown = _console_words(str(caught.value))
+    assert "--" not in shown and shown.startswith("The grant type client_credentials")
+    assert _field_of(shown) == "grant_types"
+    assert _field_of(_check_callback("http://x.example/") or "") == "callback_url"
 
 
 def test_certificates_are_checked_for_form_and_validity() -> None:

@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, TOKENSMITH, start_server
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from tokensmith.storage.sqlite import SQLiteStorage
 
 SUBCOMMANDS = [
     [],
@@ -32,6 +33,7 @@ SUBCOMMANDS = [
     ["keystore"],
     ["keystore", "init"],
     ["keystore", "export"],
+    ["user", "password"],
 ]
 
 
@@ -95,6 +97,27 @@ def test_sp_add_list_remove(deployment) -> None:  # noqa: ANN001
     assert str(added["client_id"]) in deployment.cli("sp", "list").stdout
     assert deployment.cli("sp", "remove", str(added["client_id"])).returncode == 0
     assert json.loads(deployment.cli("sp", "list", "--json").stdout) == []
+
+
+def test_user_passwords_are_at_least_8_characters_and_can_be_set(deployment) -> None:  # noqa: ANN001
+    short = deployment.cli("user", "add", "ann", "--password-stdin", input="seven77\n", check=False)
+    assert short.returncode == 1 and short.stderr.count("\n") == 1
+    assert "at least 8 characters" in short.stderr
+    slash = deployment.cli("user", "add", "a/b", "--password-stdin", input="long-enough\n", check=False)
+    assert slash.returncode == 1 and "must not contain '/'" in slash.stderr
+    deployment.cli("user", "add", "ann", "--password-stdin", input="first-password\n")
+    assert (
+        deployment.cli("user", "password", "ann", "--password-stdin", input="short\n", check=False).returncode
+        == 1
+    )
+    changed = deployment.cli("user", "password", "ann", "--password-stdin", input="second-password\n")
+    assert json.loads(changed.stdout) == {"username": "ann", "password": "changed"}
+    missing = deployment.cli(
+        "user", "password", "bob", "--password-stdin", input="long-enough\n", check=False
+    )
+    assert missing.returncode == 1 and "no user 'bob'" in missing.stderr
+    with SQLiteStorage(deployment.database) as store:
+        assert [e.action for e in store.list_audit()][:2] == ["user.password", "user.create"]
 
 
 def test_database_path_can_be_overridden(deployment, tmp_path) -> None:  # noqa: ANN001

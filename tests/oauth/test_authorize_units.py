@@ -242,6 +242,23 @@ def test_the_consent_page_names_the_host_alone(uri: str, host: str) -> None:
     assert redirect_host(uri) == host
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://evil.example\\@127.0.0.1/cb",  # a browser goes to evil.example
+        "https://app.example/a\\b",
+        "https://app.example/<script>",
+        'https://app.example/"x"',
+        "https://app.example/{x}|^`",
+    ],
+)
+def test_a_redirect_uri_with_a_character_no_uri_holds_is_refused(uri: str) -> None:
+    """RFC 3986 §2: urlsplit takes ``\\`` as part of the userinfo, browsers as ``/``."""
+    with pytest.raises(InvalidClientMetadataError, match="RFC 3986"):
+        check_redirect_uri(uri)
+    assert check_redirect_uri("https://app.example/a%5Cb?q=%20&r=~!$'()*+,;=:@") is not None
+
+
 def test_csrf_matches_only_the_same_non_empty_value() -> None:
     token = authorize.new_csrf_token()
     assert authorize.csrf_matches(token, token)

@@ -525,6 +525,24 @@ def test_put_if_absent_admits_one_caller_across_connections(open_store) -> None:
     assert not stores[2].put_if_absent("jwt", "old", later)
 
 
+def test_replace_state_never_brings_back_a_deleted_key(open_store) -> None:  # noqa: ANN001
+    """The console writes a session back only while it exists: a sign-out (a delete) between
+    another request's read and its write wins."""
+    one, two = open_store(), open_store()
+    later = int(time.time()) + 60
+    assert not one.replace_state("s", "k", "v", later)
+    assert one.get_state("s", "k") is None
+    one.set_state("s", "k", "v1", later)
+    assert two.replace_state("s", "k", "v2", later + 1)
+    assert one.get_state("s", "k") == "v2"
+    assert one.delete_state("s", "k")
+    assert not two.replace_state("s", "k", "v3", later)
+    assert one.get_state("s", "k") is None
+    one.set_state("s", "old", "v", int(time.time()) - 1)
+    assert not one.replace_state("s", "old", "v", later)
+    assert one.get_state("s", "old") is None
+
+
 def _state_rows(open_store) -> list[tuple[str, str]]:  # noqa: ANN001
     """Every plugin_state row, expired or not, straight from the database."""
     query = "SELECT namespace, key FROM plugin_state ORDER BY 1, 2"

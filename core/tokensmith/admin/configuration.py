@@ -32,6 +32,7 @@ __all__ = [
     "reorder_listeners",
     "pin_wheels",
     "unpin_wheel",
+    "move_listener",
     "import_anchor",
     "remove_anchor",
     "rotate_signing_key",
@@ -191,6 +192,14 @@ def _refused_after(wheels: Sequence[WheelInfo], allowed: set[str]) -> list[str]:
 def pin_wheels(
     identity: Path, dropins: Path, store: Storage, digests: Sequence[str] | None, actor: Actor
 ) -> list[str]:
+    """Pin *digests* (see ``_pin_wheels``) under identity.xml's lock."""
+    with _identity_locked(identity):
+        return _pin_wheels(identity, dropins, store, digests, actor)
+
+
+def _pin_wheels(
+    identity: Path, dropins: Path, store: Storage, digests: Sequence[str] | None, actor: Actor
+) -> list[str]:
     """Pin *digests* (every wheel now in *dropins* when None, as ``plugins pin`` prints them)
     as ``<Dropins><AllowedWheel sha256 name>`` in identity.xml, comments kept; the digests
     newly pinned. A digest need not be a wheel that is there yet (pin before dropping in).
@@ -243,6 +252,12 @@ def pin_wheels(
 
 
 def unpin_wheel(identity: Path, dropins: Path, store: Storage, digest: str, actor: Actor) -> None:
+    """Remove the pin of *digest* (see ``_unpin_wheel``) under identity.xml's lock."""
+    with _identity_locked(identity):
+        _unpin_wheel(identity, dropins, store, digest, actor)
+
+
+def _unpin_wheel(identity: Path, dropins: Path, store: Storage, digest: str, actor: Actor) -> None:
     """Remove the ``<AllowedWheel>`` of *digest* from identity.xml. Refused (409) while its
     wheel is in dropins/ (the directory would be refused as a whole: remove the wheel first)
     and for a pin that comes from an ``<AllowedWheelsFile>`` (edit that file). The last pin
@@ -277,6 +292,55 @@ def unpin_wheel(identity: Path, dropins: Path, store: Storage, digest: str, acto
     etree.indent(pins, space="    ", level=1)
     _write_identity(identity, tree)
     record(store, actor, "dropins.unpin", digest)
+
+
+def move_listener(
+    identity: Path,
+    store: Storage,
+    family: str,
+    name: str,
+    direction: str,
+    actor: Actor,
+    loaded: Sequence[tuple[str, str, int]],
+) -> bool:
+    """Move listener *family*/*name* one place up (called earlier) or down among its family,
+    from the order identity.xml gives now, not from the order a caller saw: two moves made at
+    once are both applied. *loaded* is ``(type, name, orderId)`` of every loaded listener;
+    the orderId counts for a listener that identity.xml gives none. False when it is already
+    first (up) or last (down); its family then gets orderIds 100, 110, ... as ``reorder_listeners``
+    gives."""
+    if direction not in ("up", "down"):
+        raise OperationError("direction must be up or down")
+    defaults = {(f, n): order for f, n, order in loaded if f == family}
+    if (family, name) not in defaults:
+        raise not_found(f"no listener {family}/{name} is loaded")
+    with _identity_locked(identity):
+        tree = _read_identity(identity)
+        listeners = _entries(tree)
+        current = dict(defaults)
+        for el in listeners.iterfind("EventListener"):
+            key = (el.get("type") or "", el.get("name") or "")
+            order = el.get("orderId")
+            if key in current and order is not None and order.strip().isdigit():
+                current[key] = int(order)
+        members = sorted(current, key=lambda key: (current[key], key[1]))
+        index = members.index((family, name))
+        other = index - 1 if direction == "up" else index + 1
+        if not 0 <= other < len(members):
+            return False
+        members[index], members[other] = members[other], members[index]
+        for position, (f, n) in enumerate(members):
+            _entry(listeners, f, n).set("orderId", str(100 + 10 * position))
+        _write_identity(identity, tree)
+    record(
+        store,
+        actor,
+        "listener.reorder",
+        f"{family}/{name}",
+        direction=direction,
+        order=[f"{f}/{n}" for f, n in members],
+    )
+    return True
 
 
 def import_anchor(

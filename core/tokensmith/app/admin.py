@@ -612,10 +612,16 @@ async def get_user(username: str) -> Response:
 @admin.patch("/users/<username>")
 async def change_user(username: str) -> Response:
     body = await _body()
-    if "role" not in body:
-        raise OperationError("give role: admin, reader or null")
-    role = _field(body, "role", str, required=False)
-    user = await _run(user_ops.set_role, _rt().storage, username, role, _actor())
+    if "role" not in body and "password" not in body:
+        raise OperationError("give role (admin, reader or null), password, or both")
+    # Both checked before either is changed.
+    role = user_ops.check_role(_field(body, "role", str, required=False))
+    password = user_ops.check_password_policy(_field(body, "password", str)) if "password" in body else None
+    user = user_ops.get_user(_rt().storage, username)
+    if password is not None:
+        user = await _run(user_ops.set_password, _rt().storage, username, password, _actor())
+    if "role" in body:
+        user = await _run(user_ops.set_role, _rt().storage, username, role, _actor())
     return _json(200, user.public_view())
 
 

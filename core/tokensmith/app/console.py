@@ -16,10 +16,20 @@ Safe by default:
   SHA-256 of the cookie's value), so every worker process sees them and signing out ends
   them everywhere. The cookie is ``__Host-`` prefixed, ``Secure``, ``HttpOnly`` and
   ``SameSite=Strict`` (RFC 6265bis §4.1.3); a session ends after ``<Console idleTimeout>``
-  seconds without a request and ``maxSessionAge`` seconds after sign-in.
+  seconds without a request and ``maxSessionAge`` seconds after sign-in, and when its user
+  is removed, loses the admin role or gets a new password (``users.session_stamp``). A
+  request writes its session back only while it exists, so a sign-out always wins over
+  requests still in flight.
+- Only a signed-in user has a stored session. Before sign-in the cookie holds a random value
+  that the sign-in form's CSRF token is derived from (a double-submit token: the ``__Host-``
+  prefix keeps other hosts from setting the cookie), so anonymous requests store nothing.
+  Only the sign-in page sets that cookie; no request that arrives without a cookie replaces
+  one (a link from another site arrives without the ``Strict`` cookie: it gets a page that
+  continues to the same address from this origin, with the cookie).
 - Every form carries the session's CSRF token, compared in constant time; a POST without it
   is refused with 403 before anything is read or changed. Signing in replaces the session
-  (and its token), so a session id planted before sign-in is worth nothing after.
+  (and its token), so a session id planted before sign-in is worth nothing after. Every
+  sign-in, accepted or refused, is in the audit log (a certificate's subject and SHA-256).
 - A strict Content-Security-Policy: scripts and styles from this origin only, no inline
   script, no framing (``frame-ancestors 'none'``), forms post to this origin only.
 - A client secret is rendered once, in the answer to the POST that made it (``no-store``),
@@ -39,24 +49,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from markupsafe import escape
 from quart import Blueprint, Response, current_app, g, redirect, render_template, request
 from werkzeug.datastructures import MultiDict
 
 from tokensmith.admin import clients as client_ops
 from tokensmith.admin import configuration as config_ops
 from tokensmith.admin import users as user_ops
-from tokensmith.admin.audit import Actor, OperationError
+from tokensmith.admin.audit import Actor, OperationError, record
 from tokensmith.app.admin import Unauthenticated, check_certificate, check_password, reload_all
 from tokensmith.app.state import runtime
 from tokensmith.config.authenticators import BASIC, MUTUAL_SSL
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.models import Client, RegisteredCertificate
 from tokensmith.oauth import clientauth
-from tokensmith.oauth.clientmetadata import certificate_jwk, client_metadata
+from tokensmith.oauth.clientcert import client_certificates
+from tokensmith.oauth.clientmetadata import certificate_jwk, check_redirect_uri, client_metadata
 from tokensmith.oauth.grants import GRANT_TYPES
 from tokensmith.oauth.registration import RegistrationError, registered_certificate
 from tokensmith.oauth.runtime import Runtime
@@ -79,6 +91,8 @@ console = Blueprint(
 #: ``__Host-``: the browser keeps it only if it is Secure, has Path=/ and no Domain, so no
 #: other host or path can set or shadow it.
 COOKIE = "__Host-tokensmith-console"
+#: The cookie's value before sign-in starts with this: it names no stored session.
+_ANONYMOUS = "pre."
 _SESSIONS = "console.session"
 _SUBMISSIONS = "console.submission"
 #: Service providers on one page of the list.
@@ -103,12 +117,20 @@ _CERT_METHODS = (client_ops.SELF_SIGNED, client_ops.PKI)
 
 @dataclass
 class Session:
+    """A signed-in user's session (stored, *key* set) or an anonymous one (*key* empty,
+    never stored; *csrf* empty when the request brought no sign-in cookie)."""
+
     key: str
     csrf: str
     created: int
     user: str | None = None
     via: str | None = None
     flashes: list[tuple[str, str]] = field(default_factory=list)
+    #: ``users.session_stamp`` of the user at sign-in.
+    stamp: str | None = None
+    #: The user's role, as the store has it now (read with the session, never stored).
+    role: str | None = None
+    #: Made by this request: stored whole, not written back.
     fresh: bool = False
 
     def dump(self) -> str:
@@ -119,6 +141,7 @@ class Session:
                 "user": self.user,
                 "via": self.via,
                 "flashes": self.flashes,
+                "stamp": self.stamp,
             }
         )
 
@@ -141,24 +164,61 @@ def _actor() -> Actor:
     return Actor(session.user, f"console:{session.via}", request.remote_addr)
 
 
-def _new_session(user: str | None = None, via: str | None = None) -> Session:
+def _new_session(user: str, via: str, stamp: str) -> Session:
     cookie = secrets.token_urlsafe(32)
     g.cookie = cookie
-    return Session(_key(cookie), secrets.token_urlsafe(32), int(time.time()), user, via, fresh=True)
+    return Session(
+        _key(cookie), secrets.token_urlsafe(32), int(time.time()), user, via, stamp=stamp, fresh=True
+    )
 
 
-def _load_session(rt: Runtime) -> Session | None:
-    cookie = request.cookies.get(COOKIE)
-    if not cookie or len(cookie) > 100:
+def _login_csrf(cookie: str) -> str:
+    """The sign-in form's token, derived from the anonymous cookie (double submit): only a
+    page of this origin, which saw the form, can send both."""
+    return hashlib.sha256(f"tokensmith console sign-in\0{cookie}".encode()).hexdigest()
+
+
+def _anonymous(cookie: str | None, issue: bool) -> Session:
+    """A session that is not stored: its CSRF token comes from the anonymous cookie, which
+    *issue* makes when the request brought none (the sign-in page only)."""
+    if cookie is None or not cookie.startswith(_ANONYMOUS):
+        if not issue:
+            return Session("", "", int(time.time()))
+        cookie = _ANONYMOUS + secrets.token_urlsafe(32)
+        g.cookie = cookie
+    return Session("", _login_csrf(cookie), int(time.time()))
+
+
+def _load_session(rt: Runtime, cookie: str | None) -> Session | None:
+    """The signed-in session the cookie names, while it is stored and its user is still an
+    administrator with the same identity and password; an invalid one is deleted."""
+    if not cookie or len(cookie) > 100 or cookie.startswith(_ANONYMOUS):
         return None
     key = _key(cookie)
     raw = rt.storage.get_state(_SESSIONS, key)
     if raw is None:
         return None
     data = json.loads(raw)
-    return Session(
-        key, data["csrf"], data["created"], data["user"], data["via"], [tuple(f) for f in data["flashes"]]
+    session = Session(
+        key,
+        data["csrf"],
+        data["created"],
+        data["user"],
+        data["via"],
+        [tuple(f) for f in data["flashes"]],
+        data.get("stamp"),
     )
+    user = rt.storage.get_user(session.user) if session.user else None
+    if (
+        user is None
+        or user.role not in _ROLES
+        or session.stamp is None
+        or not hmac.compare_digest(session.stamp, user_ops.session_stamp(rt.storage, user))
+    ):
+        rt.storage.delete_state(_SESSIONS, key)
+        return None
+    session.role = user.role
+    return session
 
 
 def _flash(kind: str, text: str) -> None:
@@ -207,26 +267,46 @@ _CHANGE_PAGES = (
     "console.retire_key",
 )
 
+_CONTINUE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="0; url={url}">
+<title>tokensmith console</title></head>
+<body><p><a href="{url}">Continue to the console</a></p></body></html>
+"""
+
+
+def _continue_here() -> Response:
+    """A link from another site arrives without the ``SameSite=Strict`` cookie: a refresh
+    from this page is a same-site navigation (RFC 6265bis §5.2.1), which brings it. Nothing
+    is read, stored or set."""
+    url = str(escape(request.full_path if request.query_string else request.path))
+    return Response(_CONTINUE.format(url=url), 200, content_type="text/html; charset=utf-8")
+
 
 @console.before_request
 async def guard() -> Response | None:
     rt = runtime(current_app)
     g.rt = rt
     g.cookie = None
+    g.session = None
     if request.endpoint == "console.static":
         # Stylesheet and script: no session is read, kept alive or made for them.
-        g.session = None
         return None
-    session = await _run(_load_session, rt)
-    g.expired = session is None and COOKIE in request.cookies
+    cookie = request.cookies.get(COOKIE)
+    if request.method == "POST":
+        # The whole form first, the session after: a sign-out that ends the session while
+        # this request's body is still arriving is seen.
+        form = await request.form
+    elif cookie is None and request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return _continue_here()
+    session = await _run(_load_session, rt, cookie)
+    g.expired = session is None and cookie is not None and not cookie.startswith(_ANONYMOUS)
     if session is None:
-        session = _new_session()
+        session = _anonymous(cookie, request.endpoint == "console.sign_in" and request.method == "GET")
     g.session = session
     if request.method == "POST":
-        form = await request.form
         sent = form.get("csrf", "")
-        if session.fresh or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-            g.session.flashes = []
+        if not session.csrf or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
             return await _page(
                 "error.html",
                 403,
@@ -236,16 +316,10 @@ async def guard() -> Response | None:
             )
     if request.endpoint in _OPEN:
         return None
-    user = await rt.storage.call(rt.storage.get_user, session.user) if session.user else None
-    if user is None or user.role not in _ROLES:
-        if session.user is not None:
-            session = _new_session()
-            g.session = session
-        if g.expired:
-            _flash("error", "Your session has ended; sign in again.")
+    if session.user is None:
         return _go("/console/login")
-    g.role = user.role
-    if user.role != "admin" and (
+    g.role = session.role
+    if session.role != "admin" and (
         (request.method == "POST" and request.endpoint not in _READER_POSTS)
         or request.endpoint in _CHANGE_PAGES
     ):
@@ -253,7 +327,7 @@ async def guard() -> Response | None:
             "error.html",
             403,
             title="Read only",
-            message=f"You are signed in as {user.username}, a reader: you may look at everything"
+            message=f"You are signed in as {session.user}, a reader: you may look at everything"
             " here but change nothing. Ask an administrator to make this change.",
         )
     return None
@@ -264,14 +338,18 @@ async def finish(response: Response) -> Response:
     for name, value in _HEADERS.items():
         response.headers[name] = value
     session: Session | None = g.get("session")
-    if session is None:
-        return response
-    rt = _rt()
-    console_settings = rt.config.server.console
-    now = int(time.time())
-    expires = min(now + console_settings.idle_timeout, session.created + console_settings.max_session_age)
-    await _run(rt.storage.set_state, _SESSIONS, session.key, session.dump(), expires)
-    if g.cookie is not None:
+    if session is not None and session.key:
+        rt = _rt()
+        console_settings = rt.config.server.console
+        now = int(time.time())
+        expires = min(now + console_settings.idle_timeout, session.created + console_settings.max_session_age)
+        if session.fresh:
+            await _run(rt.storage.set_state, _SESSIONS, session.key, session.dump(), expires)
+        else:
+            # Only while it exists: a session deleted meanwhile (signed out, its user changed)
+            # stays deleted.
+            await _run(rt.storage.replace_state, _SESSIONS, session.key, session.dump(), expires)
+    if g.get("cookie") is not None:
         response.set_cookie(COOKIE, g.cookie, path="/", secure=True, httponly=True, samesite="Strict")
     return response
 
@@ -303,7 +381,7 @@ async def sign_in() -> Response:
     if request.method == "POST":
         form = await request.form
         username = form.get("username", "").strip()
-        method = form.get("method", "password")
+        method = "certificate" if form.get("method") == "certificate" else "password"
         user = None
         if not username:
             errors["username"] = "Enter your user name."
@@ -316,6 +394,7 @@ async def sign_in() -> Response:
                     errors["username"] = (
                         f"{username} is not an administrator (a certificate signs in administrators only)."
                     )
+                    user = None
         elif not basic:
             errors["form"] = "Sign-in with a password is off (conf/authenticators.xml)."
         else:
@@ -332,10 +411,13 @@ async def sign_in() -> Response:
             elif user.role not in _ROLES:
                 errors["username"] = f"{username} has neither the admin nor the reader role."
                 user = None
+        await _run(_audit_sign_in, rt, username, method, certificate, errors)
         if user is not None and not errors:
             old = _session()
-            await _run(rt.storage.delete_state, _SESSIONS, old.key)
-            g.session = _new_session(user.username, "certificate" if method == "certificate" else "password")
+            if old.key:
+                await _run(rt.storage.delete_state, _SESSIONS, old.key)
+            stamp = await _run(user_ops.session_stamp, rt.storage, user)
+            g.session = _new_session(user.username, method, stamp)
             return _go("/console/")
     return await _page(
         "login.html",
@@ -346,17 +428,36 @@ async def sign_in() -> Response:
         certificate_error=certificate_error,
         errors=errors,
         username=username,
-        expired=g.expired,
+        expired=g.expired and not errors,
+        signed_out="signed-out" in request.args,
     )
+
+
+def _audit_sign_in(
+    rt: Runtime, username: str, method: str, subject: str | None, errors: dict[str, str]
+) -> None:
+    """Every sign-in, accepted or refused, in the audit log: who, how, from where, and for a
+    certificate its subject and SHA-256 (never the password)."""
+    details: dict[str, Any] = {"outcome": "refused" if errors else "accepted"}
+    if errors:
+        details["reason"] = next(iter(errors.values()))
+    if method == "certificate":
+        chain, _ = client_certificates(request.scope, request.remote_addr, rt.identity.forwarded_certificates)
+        details["subject"] = subject
+        details["sha256"] = hashlib.sha256(chain[0]).hexdigest() if chain else None
+    name = username[:256] or "?"
+    actor = Actor(name, f"console:{method}", request.remote_addr)
+    record(rt.storage, actor, "console.sign_in", name, **details)
 
 
 @console.post("/logout")
 async def sign_out() -> Response:
     rt = _rt()
-    await _run(rt.storage.delete_state, _SESSIONS, _session().key)
-    g.session = _new_session()
-    _flash("info", "You have signed out.")
-    return _go("/console/login")
+    session = _session()
+    if session.key:
+        await _run(rt.storage.delete_state, _SESSIONS, session.key)
+    g.session = _anonymous(None, True)
+    return _go("/console/login?signed-out")
 
 
 # -- service providers -------------------------------------------------------------------
@@ -441,16 +542,31 @@ def _check_certificates(data: bytes, text: str) -> _Certificates:
 
 
 def _check_callback(url: str) -> str | None:
-    """RFC 6749 §3.1.2: an absolute URI without a fragment; https, or http on the loopback
-    interface for native apps (RFC 8252 §7.3)."""
-    parts = urlsplit(url)
-    if parts.fragment or any(c.isspace() for c in url):
-        return "The callback URL must be an absolute URL without a fragment (#...)."
-    if parts.scheme == "https" and parts.hostname:
-        return None
-    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"):
-        return None
-    return "The callback URL must start with https:// (http:// only for 127.0.0.1 or localhost)."
+    """What is wrong with a callback URL, by the one rule for redirect URIs that registration
+    applies too (``check_redirect_uri``), worded for the form's field; None when it is good."""
+    try:
+        check_redirect_uri(url)
+    except InvalidClientMetadataError as exc:
+        return _console_words(exc.description or "The callback URL is refused.")
+    return None
+
+
+#: The shared checks name the CLI's options; the console names its own fields instead.
+_CLI_WORDS = (
+    ("redirect_uris: ", "The callback URL "),
+    (" (--redirect-uri URI)", " (a callback URL)"),
+    ("--grant-type ", "the grant type "),
+    ("a public client (--auth-method none)", "a public client (client authentication method none)"),
+    ("; give --force to register it all the same", ""),
+    (" (sp list --json shows them)", " (listed on the service provider's page)"),
+    (" (--add-cert)", ""),
+)
+
+
+def _console_words(text: str) -> str:
+    for cli, console_words in _CLI_WORDS:
+        text = text.replace(cli, console_words)
+    return text[:1].upper() + text[1:]
 
 
 def _methods(rt: Runtime) -> list[str]:
@@ -461,11 +577,11 @@ def _field_of(message: str) -> str:
     """Which field a refusal of the operations layer is about, to show it beside that field."""
     lowered = message.lower()
     for words, name in (
+        (("redirect", "callback"), "callback_url"),
         (("grant",), "grant_types"),
         (("certificate", "jwks", "x5c", "subject"), "certificate"),
         (("client_name", "name"), "name"),
         (("token_endpoint_auth_method", "method"), "auth_method"),
-        (("redirect",), "callback_url"),
     ):
         if any(word in lowered for word in words):
             return name
@@ -561,7 +677,9 @@ async def new_client() -> Response:
     try:
         created = await _run(client_ops.register_client, rt.storage, rt.listeners, document, _actor())
     except (OperationError, InvalidClientMetadataError) as exc:
-        text = exc.description if isinstance(exc, InvalidClientMetadataError) else str(exc)
+        text = _console_words(
+            (exc.description if isinstance(exc, InvalidClientMetadataError) else str(exc)) or ""
+        )
         errors[_field_of(text or "")] = text or "The registration was refused."
         await _run(rt.storage.delete_state, _SUBMISSIONS, values["submission"])
         values["submission"] = secrets.token_urlsafe(16)
@@ -619,7 +737,9 @@ async def add_certificates(client_id: str) -> Response:
                 _actor(),
             )
         except (OperationError, InvalidClientMetadataError) as exc:
-            checked.error = exc.description if isinstance(exc, InvalidClientMetadataError) else str(exc)
+            checked.error = _console_words(
+                (exc.description if isinstance(exc, InvalidClientMetadataError) else str(exc)) or ""
+            )
         else:
             for line in updated.warnings:
                 _flash("warning", line)
@@ -731,14 +851,14 @@ async def move_listener() -> Response:
     target = form.get("listener", "")
     direction = form.get("direction")
     kind, _, name = target.partition("/")
-    members = [f"{item.type}/{item.name}" for item in rt.listeners if item.type == kind]
-    if target not in members or direction not in ("up", "down"):
+    if direction not in ("up", "down"):
         raise OperationError(f"no listener {target!r} to move {direction}")
-    index = members.index(target)
-    other = index - 1 if direction == "up" else index + 1
-    if 0 <= other < len(members):
-        members[index], members[other] = members[other], members[index]
-        await _run(config_ops.reorder_listeners, rt.identity.path, rt.storage, members, _actor(), _known(rt))
+    # Relative to identity.xml as it is when the move is made, not to the order this page
+    # showed: moves made at once from pages loaded at once all count.
+    loaded = [(item.type, item.name, item.order_id) for item in rt.listeners]
+    if await _run(
+        config_ops.move_listener, rt.identity.path, rt.storage, kind, name, direction, _actor(), loaded
+    ):
         await _reload_and_wait(rt)
         _flash("info", f"{name} moved {direction}.")
     return _go("/console/listeners")
@@ -816,6 +936,10 @@ async def users() -> Response:
             errors["username"] = "Give a user name."
         if not password:
             errors["password"] = "Give a password."
+        elif len(password) < user_ops.MIN_PASSWORD_LENGTH:
+            errors["password"] = (
+                f"The password must be at least {user_ops.MIN_PASSWORD_LENGTH} characters long."
+            )
         if not errors:
             try:
                 await _run(
@@ -839,10 +963,11 @@ async def users() -> Response:
         values=values,
         roles=user_ops.ROLES,
         now=int(time.time()),
+        min_password=user_ops.MIN_PASSWORD_LENGTH,
     )
 
 
-@console.post("/users/<username>/<action>")
+@console.post("/users/<path:username>/<action>")
 async def change_user(username: str, action: str) -> Response:
     rt = _rt()
     if action == "role":
@@ -855,12 +980,22 @@ async def change_user(username: str, action: str) -> Response:
     elif action == "unlock":
         await _run(user_ops.unlock_user, rt.storage, username, _actor())
         _flash("info", f"Unlocked {username}.")
+    elif action == "password":
+        form = await request.form
+        await _run(user_ops.set_password, rt.storage, username, form.get("password", ""), _actor())
+        if username == _session().user:
+            # A new password ends every session of the user, this one too.
+            await _run(rt.storage.delete_state, _SESSIONS, _session().key)
+            g.session = _anonymous(None, True)
+            return _go("/console/login")
+        _flash("info", f"{username} has a new password; their console sessions have ended.")
     else:
+        # Removing goes through remove_user's confirmation page.
         raise OperationError(f"unknown action {action!r}", 404, "not_found")
     return _go("/console/users")
 
 
-@console.route("/users/<username>/remove", methods=["GET", "POST"])
+@console.route("/users/<path:username>/remove", methods=["GET", "POST"])
 async def remove_user(username: str) -> Response:
     rt = _rt()
     if username == _session().user:
@@ -933,9 +1068,13 @@ async def audit() -> Response:
 @console.errorhandler(TruststoreError)
 @console.errorhandler(CertificateError)
 async def refused(error: Exception) -> Response:
-    return await _page("error.html", 400, title="Refused", message=" ".join(str(error).splitlines()))
+    return await _page(
+        "error.html", 400, title="Refused", message=_console_words(" ".join(str(error).splitlines()))
+    )
 
 
 @console.errorhandler(OAuth2Error)
 async def oauth_refused(error: OAuth2Error) -> Response:
-    return await _page("error.html", 400, title="Refused", message=error.description or error.error)
+    return await _page(
+        "error.html", 400, title="Refused", message=_console_words(error.description or error.error)
+    )

@@ -384,8 +384,8 @@ def document() -> dict[str, Any]:
                         "type": "object",
                         "required": ["username", "password"],
                         "properties": {
-                            "username": {"type": "string"},
-                            "password": {"type": "string"},
+                            "username": {"type": "string", "pattern": "^[^/]+$"},
+                            "password": {"type": "string", "minLength": 8},
                             "role": {"enum": ["admin", "reader", None]},
                         },
                     },
@@ -394,13 +394,16 @@ def document() -> dict[str, Any]:
             "/api/users/{username}": {
                 "get": _op("Show a user", _json(_ref("User")), 404, params=["username"]),
                 "patch": _op(
-                    "Change a user's role",
+                    "Change a user's role or password (either ends their console sessions)",
                     _json(_ref("User")),
                     404,
                     body={
                         "type": "object",
-                        "required": ["role"],
-                        "properties": {"role": {"enum": ["admin", "reader", None]}},
+                        "minProperties": 1,
+                        "properties": {
+                            "role": {"enum": ["admin", "reader", None]},
+                            "password": {"type": "string", "minLength": 8},
+                        },
                     },
                     params=["username"],
                 ),

@@ -16,14 +16,13 @@ from collections.abc import Callable
 from tokensmith.admin import users
 from tokensmith.admin.audit import local_actor
 from tokensmith.admin.users import ROLES
-from tokensmith.cli.base import CLIError, Parser, open_storage, warn
+from tokensmith.cli.base import CLIError, Parser, open_storage
 from tokensmith.config.settings import load_config
 from tokensmith.oauth.registration import printable
 
 __all__ = ["add_commands"]
 
 Command = Callable[[argparse.Namespace], int]
-SHORT_PASSWORD = 8
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -37,7 +36,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
         "add",
         parents=[common],
         help="add a user",
-        description="Add a user. The password is asked for at a prompt,"
+        description="Add a user. The password (at least"
+        f" {users.MIN_PASSWORD_LENGTH} characters) is asked for at a prompt,"
         " or read from the first line of standard input with"
         " --password-stdin.",
     )
@@ -63,6 +63,22 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     role.set_defaults(handler=cmd_role)
     role.add_argument("username")
     role.add_argument("role", choices=(*ROLES, "none"))
+    password = actions.add_parser(
+        "password",
+        parents=[common],
+        help="set a user's password",
+        description="Give a user a new password (at least"
+        f" {users.MIN_PASSWORD_LENGTH} characters), asked for at a prompt or read from the first"
+        " line of standard input with --password-stdin. Their console sessions end; their"
+        " tokens stay (revoke them with `user revoke`).",
+    )
+    password.set_defaults(handler=cmd_password)
+    password.add_argument("username")
+    password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input instead of a prompt",
+    )
     listing = actions.add_parser(
         "list", parents=[common], help="list users", description="List users and their failed-login state."
     )
@@ -108,11 +124,7 @@ def _read_password(from_stdin: bool) -> str:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
             raise CLIError("the passwords differ")
-    if not password:
-        raise CLIError("the password is empty")
-    if len(password) < SHORT_PASSWORD:
-        warn(f"a password of {len(password)} characters is easy to guess")
-    return password
+    return users.check_password_policy(password)
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -130,6 +142,15 @@ def cmd_role(args: argparse.Namespace) -> int:
     with open_storage(load_config(args.conf)) as store:
         user = users.set_role(store, args.username, role, local_actor())
     print(json.dumps({"username": user.username, "role": user.role}))
+    return 0
+
+
+def cmd_password(args: argparse.Namespace) -> int:
+    config = load_config(args.conf)
+    password = _read_password(args.password_stdin)
+    with open_storage(config) as store:
+        user = users.set_password(store, args.username, password, local_actor())
+    print(json.dumps({"username": user.username, "password": "changed"}))
     return 0
 
 

@@ -70,6 +70,8 @@ STANDARD_MEMBERS: Mapping[str, type] = MappingProxyType(
 #: Members kept in Client's typed fields, not in Client.metadata.
 _TYPED = frozenset({"client_name", "token_endpoint_auth_method", "grant_types", "scope", *TLS_SUBJECT_KINDS})
 #: A plugin's own member: "<plugin name>.<member>", e.g. "header_key.key_id".
+#: RFC 3986 §2.1-2.3: unreserved, reserved and "%" (of a percent-encoding).
+_URI_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
 _NAMESPACED = re.compile(r"[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_.-]{1,64}")
 _URI_MEMBERS = ("jwks_uri", "client_uri", "logo_uri", "tos_uri", "policy_uri")
 _STRING_LISTS = ("grant_types", "redirect_uris", "response_types", "contacts")
@@ -196,6 +198,11 @@ def check_redirect_uri(value: str) -> str:
             f"redirect_uris: {value!r:.80} holds characters that are not ASCII; a URI percent-encodes"
             " them (RFC 3986 §2.1), e.g. /caf%C3%A9 for /café"
         )
+    if not _URI_CHARACTERS.fullmatch(value):
+        # RFC 3986 §2: only these characters appear in a URI. A backslash in particular is
+        # read by urlsplit as part of the userinfo but by browsers as "/" (WHATWG URL), so
+        # http://evil.example\@127.0.0.1/ would pass for loopback and send the code elsewhere.
+        raise _fail(f"redirect_uris: {value!r:.80} has a character a URI cannot hold (RFC 3986 §2)")
     try:
         parts = urlsplit(value)
         host = parts.hostname

@@ -1049,6 +1049,15 @@ class PostgresStorage:
             )
             return cur.rowcount > 0
 
+    def replace_state(self, namespace: str, key: str, value: str, expires_at: int | None = None) -> bool:
+        with self._cursor() as cur:
+            cur.execute(
+                "UPDATE plugin_state SET value = %s, expires_at = %s WHERE namespace = %s AND key = %s"
+                " AND (expires_at IS NULL OR expires_at > %s)",
+                (value, expires_at, namespace, key, int(time.time())),
+            )
+            return cur.rowcount > 0
+
     # -- users -------------------------------------------------------------------------------
 
     def add_user(self, user: User) -> None:

@@ -807,6 +807,17 @@ class SQLiteStorage:
         )
 
     @_serialised
+    def replace_state(self, namespace: str, key: str, value: str, expires_at: int | None = None) -> bool:
+        return (
+            self._run(
+                "UPDATE plugin_state SET value = ?, expires_at = ? WHERE namespace = ? AND key = ?"
+                " AND (expires_at IS NULL OR expires_at > ?)",
+                (value, expires_at, namespace, key, int(time.time())),
+            ).rowcount
+            > 0
+        )
+
+    @_serialised
     def revoke_client_tokens(self, client_id: str) -> int:
         try:
             with self._db:
