@@ -73,7 +73,7 @@ def _self_signed(directory: Path) -> tuple[Path, bytes, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trace-client")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -121,10 +121,8 @@ def deployment(root: Path, mtls: bool) -> tuple[Path, dict[str, Any], tuple[byte
 
 def token_scope(client: dict[str, Any], cert: tuple[bytes, str] | None) -> tuple[dict[str, Any], bytes]:
     """The ASGI scope and body of a token request, as Hypercorn gives them on a TLS connection."""
-    try:
-        from tokensmith.scope import DER_KEY, TIMEOUT_KEY
-    except ImportError:  # the flat layout before the restructure
-        from tokensmith.asgi import DER_KEY, TIMEOUT_KEY  # type: ignore[attr-defined,no-redef]
+    # The scope keys' values, which the flat layout before the restructure had too.
+    DER_KEY, TIMEOUT_KEY = "tokensmith.client_cert_der", "tokensmith.timeout"
 
     if cert is None:
         body = b"grant_type=client_credentials"
@@ -173,7 +171,11 @@ async def request(app: Any, scope: dict[str, Any], body: bytes) -> list[dict[str
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await app(dict(scope, extensions={**scope["extensions"], "tls": dict(scope["extensions"]["tls"])}), receive, send)
+    await app(
+        dict(scope, extensions={**scope["extensions"], "tls": dict(scope["extensions"]["tls"])}),
+        receive,
+        send,
+    )
     return sent
 
 
@@ -233,13 +235,20 @@ def _unpacked_plugins() -> Iterator[tuple[str, str]]:
 
 def app_factory() -> tuple[Any, Any]:
     """``create_app`` and ``load_config``, in this tree's layout or the flat one before it."""
-    try:
-        from tokensmith.app.factory import create_app
-        from tokensmith.config.settings import load_config
-    except ImportError:
-        from tokensmith.app import create_app  # type: ignore[attr-defined,no-redef]
-        from tokensmith.config import load_config  # type: ignore[attr-defined,no-redef]
-    return create_app, load_config
+    import importlib.util
+
+    if (
+        importlib.util.find_spec("tokensmith.app") is not None
+        and importlib.util.find_spec("tokensmith.app.factory") is None
+    ):
+        from tokensmith.app import create_app  # type: ignore[attr-defined]
+        from tokensmith.config import load_config  # type: ignore[attr-defined]
+
+        return create_app, load_config
+    from tokensmith.app.factory import create_app as create
+    from tokensmith.config.settings import load_config as load
+
+    return create, load
 
 
 def main() -> int:

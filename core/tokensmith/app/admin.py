@@ -54,7 +54,7 @@ from tokensmith.config.xml import MAX_CONFIG_BYTES, ConfigError, UnreadableFile,
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.listeners.dropins import scan_dropins
 from tokensmith.models import Client, User
-from tokensmith.oauth.clientcert import client_certificates
+from tokensmith.oauth.clientauth import client_certificates
 from tokensmith.oauth.clientmetadata import client_metadata
 from tokensmith.oauth.messages import Answer
 from tokensmith.oauth.registration import RegistrationError, parse_fingerprint, registered_certificate

@@ -15,8 +15,7 @@ from typing import Any
 from quart import Blueprint, Quart, Response, abort, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from tokensmith.app import fastlane
-from tokensmith.app.responses import to_response
+from tokensmith.app.responses import answer, to_response
 from tokensmith.app.state import public_urls_of, runtime
 from tokensmith.config.xml import ConfigError
 from tokensmith.errors import RequestRefused
@@ -33,7 +32,7 @@ oauth = Blueprint("oauth", __name__)
 def _post(endpoint: Callable[..., Awaitable[Any]]) -> Callable[[], Awaitable[Response]]:
     async def view() -> Response:
         # As the fast lane answers: the same body limit and deadline, RFC 6749 JSON errors.
-        return to_response(await fastlane.answer(endpoint, runtime(current_app), request.scope, _chunks()))
+        return to_response(await answer(endpoint, runtime(current_app), request.scope, _chunks()))
 
     view.__name__ = endpoint.__name__
     view.__doc__ = endpoint.__doc__
