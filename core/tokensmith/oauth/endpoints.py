@@ -215,16 +215,17 @@ async def authenticate(
             error.headers.update(challenge(authorization, rt.identity.realm))
         raise
     note(request.scope, client_id=auth.client.client_id, auth_method=auth.method)
-    await rt.listeners.notify(
-        "client_auth_success",
-        event=ClientAuthEvent(
-            endpoint,
-            auth.client.client_id,
-            method=auth.method,
-            remote_addr=request.remote_addr,
-            **_certificate_fields(chain, source),
-        ),
-    )
+    if rt.listeners.any_implements("client_auth_success"):  # the event only for a listener
+        await rt.listeners.notify(
+            "client_auth_success",
+            event=ClientAuthEvent(
+                endpoint,
+                auth.client.client_id,
+                method=auth.method,
+                remote_addr=request.remote_addr,
+                **_certificate_fields(chain, source),
+            ),
+        )
     if auth.certificate is None and (auth.client.bind_tokens or auth.method == "none") and chain:
         # RFC 8705 §3 and §4: a secret client registered for bound tokens, or a public client,
         # gets tokens bound to the certificate of this request (its handshake's, or the one a
