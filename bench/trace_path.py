@@ -235,16 +235,13 @@ def _unpacked_plugins() -> Iterator[tuple[str, str]]:
 
 def app_factory() -> tuple[Any, Any]:
     """``create_app`` and ``load_config``, in this tree's layout or the flat one before it."""
-    import importlib.util
+    import importlib
 
-    if (
-        importlib.util.find_spec("tokensmith.app") is not None
-        and importlib.util.find_spec("tokensmith.app.factory") is None
-    ):
-        from tokensmith.app import create_app  # type: ignore[attr-defined]
+    flat = importlib.import_module("tokensmith.app")
+    if hasattr(flat, "create_app"):
         from tokensmith.config import load_config  # type: ignore[attr-defined]
 
-        return create_app, load_config
+        return flat.create_app, load_config
     from tokensmith.app.factory import create_app as create
     from tokensmith.config.settings import load_config as load
 

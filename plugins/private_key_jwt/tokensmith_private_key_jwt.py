@@ -702,7 +702,9 @@ def _threads() -> concurrent.futures.ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(ASSERTION_THREADS, thread_name_prefix="private-key-jwt")
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                ASSERTION_THREADS, thread_name_prefix="private-key-jwt"
+            )
         return _pool
 
 

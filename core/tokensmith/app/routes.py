@@ -1,8 +1,9 @@
 """The routes of the Quart app: the OAuth endpoints, and the routes plugins add.
 
 Every endpoint is on the app's URL map, so ``app.url_map`` lists what the server answers.
-The three POST endpoints are also served ahead of Quart by ``fastlane.py``, which calls the
-same functions; these routes answer them when the app runs without it (a test client).
+The three POST endpoints are also served ahead of Quart by the fast lane (``responses.py``),
+which calls the same functions; these routes answer them when the app runs without it (a test
+client).
 """
 
 from __future__ import annotations

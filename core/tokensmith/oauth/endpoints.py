@@ -2,8 +2,8 @@
 authorization server metadata (RFC 8414) and the signing keys (RFC 7517).
 
 Each is a coroutine from a ``Runtime`` and an ``HttpRequest`` to an ``Answer``, with no web
-framework in sight: ``app/routes.py`` puts them on the Quart app's URL map, and
-``app/fastlane.py`` calls the same functions for the three POST endpoints on the hot path.
+framework in sight: ``app/routes.py`` puts them on the Quart app's URL map, and the fast lane
+(``app/responses.py``) calls the same functions for the three POST endpoints on the hot path.
 """
 
 from __future__ import annotations
@@ -342,8 +342,9 @@ async def revoke(rt: Runtime, request: HttpRequest) -> Answer:
     return Answer(200, None)
 
 
-#: The POST endpoints by path: ``app/fastlane.py`` serves them ahead of Quart, since they are
-#: the hot path and a form-in, JSON-out exchange needs none of a framework's request machinery.
+#: The POST endpoints by path: the fast lane (``app/responses.py``) serves them ahead of Quart,
+#: since they are the hot path and a form-in, JSON-out exchange needs none of a framework's
+#: request machinery.
 POST_ENDPOINTS = {
     "/oauth2/token": token,
     "/oauth2/introspect": introspect,
