@@ -19,7 +19,8 @@ files, switched from one file to another (a call into another file, or a return 
 in another file; a coroutine resumed after a wait re-enters each file of its await chain,
 and each such entry that changes the file counts). ``--sequence`` prints the moves themselves.
 Module-level code of a file (its import) is not a request's and is not seen here: the
-modules are imported before the trace starts.
+modules are imported before the trace starts. Only the event loop's thread is traced: a plain
+``def`` hook, which runs in a hook thread, does not appear.
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ def _ours(filename: str) -> str | None:
 
 
 class Trace:
-    """Records, per thread of control, which of our files is running."""
+    """Records which of our files is running on the traced thread, the event loop's (work a
+    hook hands to another thread is not seen, nor counted)."""
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
