@@ -34,7 +34,7 @@ from quart import Quart
 from tokensmith.app.factory import create_app
 from tokensmith.config.settings import Network, load_config
 from tokensmith.http.protocols import install as install_hypercorn_protocols
-from tokensmith.requestlog import plain_http_refused
+from tokensmith.http.proxies import plain_http_refused
 from tokensmith.scope import BOUND_URLS
 
 __all__ = ["app", "create", "CONF_ENV"]

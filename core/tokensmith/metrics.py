@@ -16,7 +16,7 @@ import os
 import threading
 from typing import Any
 
-__all__ = ["metrics", "exposition", "MULTIPROC_ENV", "Metrics", "endpoint_label"]
+__all__ = ["metrics", "exposition", "MULTIPROC_ENV", "Metrics", "endpoint_label", "ENDPOINTS"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -100,8 +100,17 @@ class Client:
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def without_secret(self) -> Client:
-        """This client as plugins see it: ``secret_hash`` is always None."""
-        return self if self.secret_hash is None else replace(self, secret_hash=None)
+        """This client as plugins see it: ``secret_hash`` is always None.
+
+        Made once per client object and kept on it: the store caches its clients, and a
+        secret client's every request asks for this view."""
+        if self.secret_hash is None:
+            return self
+        public: Client | None = self.__dict__.get("_without_secret")
+        if public is None:
+            public = replace(self, secret_hash=None)
+            object.__setattr__(self, "_without_secret", public)  # not a field: frozen as before
+        return public
 
     def public_view(self) -> dict[str, object]:
         """What ``sp list`` shows: everything but the secret hash."""

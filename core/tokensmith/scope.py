@@ -6,7 +6,7 @@ here, at the bottom, so that neither imports the other.
 
 from __future__ import annotations
 
-__all__ = ["DER_KEY", "TIMEOUT_KEY", "BOUND_URLS", "CLIENT_ADDRESS"]
+__all__ = ["DER_KEY", "TIMEOUT_KEY", "BOUND_URLS", "CLIENT_ADDRESS", "RECORD"]
 
 #: In scope["extensions"]["tls"]: the DER of the client's certificates, next to the ASGI TLS
 #: extension's PEM, so that no request converts them again.
@@ -19,3 +19,8 @@ BOUND_URLS = "tokensmith.urls"
 #: In an HTTP scope: the client's own address, set by the access log: the one a trusted proxy
 #: forwarded, else the peer's.
 CLIENT_ADDRESS = "tokensmith.client_address"
+#: In an HTTP scope: the request's access-log record (a dict), put there by the access log
+#: before the app runs; the endpoints add what only they know (the authenticated client and
+#: method, the grant type). Nothing secret is ever noted: no secret, token, assertion,
+#: password or code, only identifiers.
+RECORD = "tokensmith.record"

@@ -53,8 +53,10 @@ Properties (identity.xml ``<Property name=...>``), all optional:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import concurrent.futures
 import hashlib
 import http.client
 import io
@@ -385,7 +387,7 @@ class JwksCache:
 
     One fetch per URL at a time: concurrent requests for a URL being fetched wait for that
     fetch (never longer than its deadline) instead of starting their own, so that a slow
-    ``jwks_uri`` holds at most one of the server's hook threads, not all of them.
+    ``jwks_uri`` holds at most one of the assertion threads, not all of them.
     """
 
     FAILED_FOR = 10
@@ -689,15 +691,39 @@ def _authenticate(request: ClientAuthRequest, listener: Listener) -> Authenticat
     return AuthenticatedClient(client, METHOD)
 
 
+#: Threads for assertions (a jwks_uri fetch blocks): as many as the server gives plain ``def``
+#: hooks. Made on first use, so that a worker forked from the supervisor has its own.
+ASSERTION_THREADS = 16
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _threads() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                ASSERTION_THREADS, thread_name_prefix="private-key-jwt"
+            )
+        return _pool
+
+
 @hookimpl
-def authenticate_client(request: ClientAuthRequest, listener: Listener) -> AuthenticatedClient | None:
+async def authenticate_client(request: ClientAuthRequest, listener: Listener) -> AuthenticatedClient | None:
     """Engage for ``client_assertion_type`` jwt-bearer (RFC 7521 §4.2); otherwise not mine.
 
-    A plain ``def``: it may fetch a ``jwks_uri``, which blocks, so the server runs it in a
-    thread.
+    Every token request reaches this hook, and most are not ours: they are declined here, on
+    the event loop, at no cost. An assertion is checked in a thread, since it may fetch a
+    ``jwks_uri``, which blocks; the server's deadline for the hook (``ListenerTimeoutSeconds``)
+    bounds the wait for it.
     """
     if request.form.get("client_assertion_type") != ASSERTION_TYPE:
         return None
+    return await asyncio.get_running_loop().run_in_executor(_threads(), _check_assertion, request, listener)
+
+
+def _check_assertion(request: ClientAuthRequest, listener: Listener) -> AuthenticatedClient:
+    """``_authenticate``, its refusal logged and turned into ``invalid_client``."""
     try:
         return _authenticate(request, listener)
     except Refused as exc:

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from conftest import new_deployment
 from tokensmith.app.factory import create_app
-from tokensmith.app.fastlane import OAuthEndpoints
-from tokensmith.app.responses import error_answer, plain_error, render
+from tokensmith.app.responses import OAuthEndpoints, error_answer, plain_error, render
 from tokensmith.app.routes import oauth
 from tokensmith.app.state import bound_ports
 from tokensmith.config.settings import load_config

@@ -533,7 +533,7 @@ def test_common_format_escapes_every_field(tmp_path: Path) -> None:
 
     from tokensmith.app.accesslog import AccessLog
     from tokensmith.config.settings import AccessLogSettings
-    from tokensmith.requestlog import note
+    from tokensmith.oauth.endpoints import note
 
     async def app(scope: dict, receive: object, send) -> None:  # noqa: ANN001
         note(scope, client_id='a b\x1b[31m\x7f"', grant_type="x y")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import new_deployment
-from tokensmith.app.accesslog import AccessLog
+from tokensmith.app.accesslog import AccessLog, refused, request_id
 from tokensmith.app.factory import create_app
 from tokensmith.app.health import health
 from tokensmith.app.metrics import metrics_blueprint
@@ -18,8 +18,10 @@ from tokensmith.app.operations import install
 from tokensmith.cli.doctor import FAIL, OK, Report
 from tokensmith.config.settings import load_config
 from tokensmith.errors import InvalidClientError, RequestRefused, ServerError
+from tokensmith.http.proxies import forwarded_for, trusted_peer
 from tokensmith.metrics import endpoint_label, exposition, metrics
-from tokensmith.requestlog import RECORD, forwarded_for, note, refused, request_id, trusted_peer
+from tokensmith.oauth.endpoints import note
+from tokensmith.scope import RECORD
 
 
 def test_forwarded_for_takes_the_nearest_proxys_entry() -> None:

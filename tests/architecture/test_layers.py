@@ -24,7 +24,6 @@ LAYERS: dict[str, int] = {
     "scope": 0,
     "metrics": 0,
     "models": 1,
-    "requestlog": 1,
     "config": 2,
     "security": 3,
     "storage": 4,

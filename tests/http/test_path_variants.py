@@ -16,7 +16,7 @@ import pytest
 from conftest import Deployment
 from test_serving import h2_connection, h2_exchange
 from tokensmith.app.factory import create_app
-from tokensmith.app.fastlane import OAuthEndpoints
+from tokensmith.app.responses import OAuthEndpoints
 from tokensmith.config.settings import load_config
 
 

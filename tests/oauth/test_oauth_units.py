@@ -10,11 +10,9 @@ import dataclasses
 import pytest
 from tokensmith.errors import InvalidRequestError, InvalidScopeError, UnsupportedGrantTypeError
 from tokensmith.oauth import hookspecs
-from tokensmith.oauth.clientauth import challenge, claimed_client_id
-from tokensmith.oauth.clientcert import handshake_chain
-from tokensmith.oauth.endpoints import POST_ENDPOINTS
+from tokensmith.oauth.clientauth import challenge, claimed_client_id, handshake_chain
+from tokensmith.oauth.endpoints import POST_ENDPOINTS, check_content_type, parse_form
 from tokensmith.oauth.events import REGISTERED_CLAIMS
-from tokensmith.oauth.forms import check_content_type, parse_form
 from tokensmith.oauth.grants import check_grant_type, login_source, resolve_scope
 from tokensmith.oauth.messages import Headers, HttpRequest
 from tokensmith.oauth.registration import RegistrationError, check_scope, check_text, printable

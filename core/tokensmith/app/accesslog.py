@@ -15,6 +15,11 @@ handshake carried a client certificate and its SHA-256, and, when the endpoint k
 the authenticated client_id, its authentication method, the grant type and why the request
 was refused. Never a query string (a client may put a secret there, which the endpoints then
 refuse), a header value, a body, a secret, token, assertion, password or code.
+
+``refused`` logs each 400/401 at the OAuth endpoints once, at INFO on the
+``tokensmith.refusals`` logger, with the request id, a reason code and words
+(``OAuth2Error.reason`` and ``.detail``). The client's answer is the RFC 6749 §5.2 error
+alone; the words are for the operator.
 """
 
 from __future__ import annotations
@@ -30,16 +35,17 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from tokensmith.config.settings import AccessLogSettings, Network
-from tokensmith.metrics import endpoint_label, metrics
-from tokensmith.requestlog import RECORD, forwarded_for, trusted_peer
-from tokensmith.scope import CLIENT_ADDRESS, DER_KEY
+from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error, RequestRefused
+from tokensmith.http.proxies import forwarded_for, trusted_peer
+from tokensmith.metrics import ENDPOINTS, endpoint_label, metrics
+from tokensmith.scope import CLIENT_ADDRESS, DER_KEY, RECORD
 
-__all__ = ["AccessLog"]
+__all__ = ["AccessLog", "refused", "request_id"]
 
 _TLS_NAMES = {0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
 #: A request id a proxy may set: what common proxies and tracing systems generate (UUIDs,
@@ -48,6 +54,56 @@ _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=-]{1,128}")
 _DIGEST = "tokensmith.client_cert_sha256"
 
 log = logging.getLogger("tokensmith.access")
+refusals = logging.getLogger("tokensmith.refusals")
+
+
+def request_id(scope: Mapping[str, Any]) -> str | None:
+    record = scope.get(RECORD)
+    return record.get("request_id") if record is not None else None
+
+
+def _printable(value: object) -> str:
+    """*value* for a log line: no control characters (a client chose it), and not too long."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(value))
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+_REFUSED_CODES = {408: "body_timeout", 413: "body_too_large"}
+
+
+def refused(
+    scope: Mapping[str, Any], status: int, error: BaseException, client_id: str | None = None
+) -> None:
+    """Log once that the request of *scope* was refused with *error*, and why."""
+    if status >= 500:
+        return  # server errors are logged where they happen, with their traceback
+    if isinstance(error, RequestRefused):
+        error = InvalidRequestError(error.reason, reason=_REFUSED_CODES.get(status, "request_refused"))
+    if not isinstance(error, OAuth2Error):
+        return
+    record: MutableMapping[str, Any] | None = scope.get(RECORD)
+    if record is not None:
+        if record.get("reason"):
+            return
+        record["reason"] = error.reason
+        client_id = client_id or record.get("client_id") or record.get("claimed_client_id")
+    endpoint = endpoint_label(scope.get("path", ""))
+    m = metrics()
+    m.refusals.labels(endpoint, error.error).inc()
+    if isinstance(error, InvalidClientError):
+        m.auth_failures.labels(error.reason).inc()
+    client = scope.get("client")
+    refusals.info(
+        "refused %d %s at %s [request_id=%s client_id=%s remote=%s] %s: %s",
+        status,
+        error.error,
+        endpoint,
+        request_id(scope) or "-",
+        _printable(client_id) if client_id else "-",
+        client[0] if client else "-",
+        error.reason,
+        _printable(error.detail),
+    )
 
 
 class _Writer:
@@ -250,7 +306,8 @@ class AccessLog:
             await self.app(scope, receive, logged_send)
         finally:
             duration = time.perf_counter() - start
-            endpoint = endpoint_label(scope.get("path", ""))
+            path = scope.get("path", "")
+            endpoint = path if path in ENDPOINTS else "other"  # endpoint_label, without a call
             self._count(endpoint, status, duration, record)
             if self.writer is not None:
                 self.writer.write(self._line(scope, record, status, size, duration, forwarded))

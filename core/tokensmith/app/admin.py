@@ -60,8 +60,7 @@ from tokensmith.config.xml import MAX_CONFIG_BYTES, ConfigError, UnreadableFile,
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.listeners.dropins import scan_dropins
 from tokensmith.models import Client, User
-from tokensmith.oauth.clientauth import storable_id
-from tokensmith.oauth.clientcert import client_certificates
+from tokensmith.oauth.clientauth import client_certificates, storable_id
 from tokensmith.oauth.clientmetadata import client_metadata
 from tokensmith.oauth.grants import login_source
 from tokensmith.oauth.messages import Answer

@@ -67,7 +67,7 @@ from tokensmith.config.authenticators import BASIC, MUTUAL_SSL
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
 from tokensmith.models import Client, RegisteredCertificate
 from tokensmith.oauth import clientauth
-from tokensmith.oauth.clientcert import client_certificates
+from tokensmith.oauth.clientauth import client_certificates
 from tokensmith.oauth.clientmetadata import certificate_jwk, check_redirect_uri, client_metadata
 from tokensmith.oauth.grants import GRANT_TYPES
 from tokensmith.oauth.registration import RegistrationError, registered_certificate

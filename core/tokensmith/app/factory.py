@@ -9,19 +9,23 @@ with, and an invalid configuration leaves the running one in place.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import operator
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from quart import Quart, Response, abort, request
 from werkzeug.exceptions import HTTPException
 
+from tokensmith.app.accesslog import refused as log_refusal
 from tokensmith.app.admin import admin, load_admin_settings
 from tokensmith.app.console import console
-from tokensmith.app.fastlane import OAuthEndpoints
 from tokensmith.app.registration import registration
-from tokensmith.app.responses import error_answer, plain_error, to_response
+from tokensmith.app.responses import OAuthEndpoints, error_answer, plain_error, to_response
 from tokensmith.app.routes import add_plugin_routes, oauth
 from tokensmith.app.signin import signin
 from tokensmith.app.state import LOADER, RELOAD_ALL, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
@@ -36,7 +40,6 @@ from tokensmith.oauth.endpoints import POST_ENDPOINTS
 from tokensmith.oauth.hookspecs import LISTENER_TYPES
 from tokensmith.oauth.runtime import Runtime
 from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
-from tokensmith.requestlog import refused as log_refusal
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 from tokensmith.storage import open_store
@@ -159,7 +162,9 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
     except BaseException:
         loader.close()
         raise
-    app.asgi_app = OAuthEndpoints(POST_ENDPOINTS, lambda: runtime(app), app.asgi_app)  # type: ignore[method-assign]
+    # The Runtime as ``runtime(app)`` reads it, without a Python call per request.
+    current = cast(Callable[[], Runtime], functools.partial(operator.getitem, app.extensions, RUNTIME))
+    app.asgi_app = OAuthEndpoints(POST_ENDPOINTS, current, app.asgi_app)  # type: ignore[method-assign]
     from tokensmith.app.operations import install
 
     install(app, config)  # access log and request ids, /healthz, /readyz, /metrics

@@ -1,8 +1,9 @@
 """The routes of the Quart app: the OAuth endpoints, and the routes plugins add.
 
 Every endpoint is on the app's URL map, so ``app.url_map`` lists what the server answers.
-The three POST endpoints are also served ahead of Quart by ``fastlane.py``, which calls the
-same functions; these routes answer them when the app runs without it (a test client).
+The three POST endpoints are also served ahead of Quart by the fast lane (``responses.py``),
+which calls the same functions; these routes answer them when the app runs without it (a test
+client).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from typing import Any
 from quart import Blueprint, Quart, Response, abort, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from tokensmith.app import fastlane
-from tokensmith.app.responses import to_response
+from tokensmith.app.responses import answer, to_response
 from tokensmith.app.state import public_urls_of, runtime
 from tokensmith.config.xml import ConfigError
 from tokensmith.errors import RequestRefused
@@ -33,7 +33,7 @@ oauth = Blueprint("oauth", __name__)
 def _post(endpoint: Callable[..., Awaitable[Any]]) -> Callable[[], Awaitable[Response]]:
     async def view() -> Response:
         # As the fast lane answers: the same body limit and deadline, RFC 6749 JSON errors.
-        return to_response(await fastlane.answer(endpoint, runtime(current_app), request.scope, _chunks()))
+        return to_response(await answer(endpoint, runtime(current_app), request.scope, _chunks()))
 
     view.__name__ = endpoint.__name__
     view.__doc__ = endpoint.__doc__

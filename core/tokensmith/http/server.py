@@ -45,10 +45,10 @@ from tokensmith.config.settings import Config, Connector, Network
 from tokensmith.config.xml import ConfigError
 from tokensmith.http.llhttp import MAX_HEAD_BYTES, MAX_HEADERS, Http1Connection, no_delay, valid_host
 from tokensmith.http.protocols import install as install_hypercorn_protocols
+from tokensmith.http.proxies import forwarded_for, plain_http_refused, trusted_peer
 from tokensmith.http.tls import server_context
 from tokensmith.http.tls_accept import peer_certificate_chain
 from tokensmith.metrics import metrics
-from tokensmith.requestlog import forwarded_for, plain_http_refused, trusted_peer
 from tokensmith.scope import BOUND_URLS, DER_KEY, TIMEOUT_KEY
 
 __all__ = ["serve", "bind", "urls", "no_delay", "tls_extension"]

@@ -272,7 +272,7 @@ class ListenerSet:
 
     def any_implements(self, *hook_names: str) -> bool:
         """Whether an enabled listener implements any of *hook_names*."""
-        return any(hook in self._implemented for hook in hook_names)
+        return not self._implemented.isdisjoint(hook_names)
 
     def implements(self, listener: Listener, hook_name: str) -> bool:
         return (listener.source.name, hook_name) in self._impls
@@ -285,7 +285,7 @@ class ListenerSet:
         raise ServerError("an internal error occurred")
 
     def _args(self, impl: Any, kwargs: dict[str, Any]) -> list[Any]:
-        return [kwargs[name] for name in impl.argnames]
+        return list(map(kwargs.__getitem__, impl.argnames))
 
     def call_sync(self, listener: Listener, hook_name: str, /, **kwargs: Any) -> Any:
         """Call a hook that must answer at once (configuration hooks, never per request)."""
@@ -321,10 +321,10 @@ class ListenerSet:
         if impl is None:
             return None
         try:
-            args = self._args(impl, kwargs)
+            args = list(map(kwargs.__getitem__, impl.argnames))  # _args, without a call
             if self._is_async[key]:
                 result = await _eagerly(impl.function(*args), self.timeout)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     async with asyncio.timeout(self.timeout):
                         result = await result
             else:
@@ -449,7 +449,8 @@ async def _eagerly(coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
     try:
         pending = coro.send(None)
     except StopIteration as done:
-        _check_step(started, timeout)
+        if time.monotonic() - started > timeout:
+            _check_step(started, timeout)
         return done.value
     except BaseException:
         coro.close()

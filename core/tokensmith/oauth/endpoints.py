@@ -2,17 +2,20 @@
 authorization server metadata (RFC 8414) and the signing keys (RFC 7517).
 
 Each is a coroutine from a ``Runtime`` and an ``HttpRequest`` to an ``Answer``, with no web
-framework in sight: ``app/routes.py`` puts them on the Quart app's URL map, and
-``app/fastlane.py`` calls the same functions for the three POST endpoints on the hot path.
+framework in sight: ``app/routes.py`` puts them on the Quart app's URL map, and the fast lane
+(``app/responses.py``) calls the same functions for the three POST endpoints on the hot path.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
+from typing import Any
+from urllib.parse import unquote_plus
 
 from tokensmith.config.settings import PublicUrls
 from tokensmith.errors import (
@@ -22,7 +25,7 @@ from tokensmith.errors import (
     ServerError,
     UnauthorizedClientError,
 )
-from tokensmith.models import TokenRecord
+from tokensmith.models import LoginPolicy, TokenRecord
 from tokensmith.oauth import clientauth, pkce
 from tokensmith.oauth.clientauth import (
     AuthenticatedClient,
@@ -31,15 +34,14 @@ from tokensmith.oauth.clientauth import (
     authenticate_client,
     challenge,
     claimed_client_id,
+    client_certificates,
 )
-from tokensmith.oauth.clientcert import client_certificates
 from tokensmith.oauth.events import ClientAuthEvent, TokenRevokeEvent
-from tokensmith.oauth.forms import check_content_type, parse_form
 from tokensmith.oauth.grants import GRANT_TYPES, PUBLIC, Grant, binding, check_grant_type, grant, login_source
 from tokensmith.oauth.messages import Answer, HttpRequest
 from tokensmith.oauth.runtime import Runtime
 from tokensmith.oauth.tokens import token_claims, token_hash
-from tokensmith.requestlog import note
+from tokensmith.scope import RECORD
 from tokensmith.security.jose import b64url_decode, x5t_s256
 from tokensmith.security.signing import SigningKeys
 
@@ -54,6 +56,9 @@ __all__ = [
     "ENDPOINT_PATHS",
     "METADATA_PATH",
     "JWKS_PATH",
+    "parse_form",
+    "check_content_type",
+    "note",
 ]
 
 #: Whether each endpoint serves a public client (RFC 6749 §2.1: token_endpoint_auth_method
@@ -63,6 +68,59 @@ __all__ = [
 #: public client's own tokens (RFC 7009 §2.1 validates credentials only "in case of a
 #: confidential client").
 PUBLIC_CLIENTS_ALLOWED = {"token": True, "introspect": False, "revoke": True}
+#: The login policy of a grant that signs no user in (it is never consulted).
+_NO_LOGIN = LoginPolicy()
+
+
+# -- Reading OAuth request bodies (RFC 6749 §3.2 and Appendix B) ------------------------------
+# Reading OAuth request bodies (RFC 6749 §3.2 and Appendix B).
+#
+# "The client MUST use the HTTP POST method when making access token requests"; parameters
+# travel form-encoded in the body, "parameters sent without a value MUST be treated as if they
+# were omitted", and "request and response parameters MUST NOT be included more than once".
+
+_FORM = "application/x-www-form-urlencoded"
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_PARAM_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Refuse any body that is not ``application/x-www-form-urlencoded`` in UTF-8."""
+    mimetype, _, params = (content_type or "").partition(";")
+    if mimetype.strip().lower() != _FORM:
+        raise InvalidRequestError(f"the request body must be {_FORM}")
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise InvalidRequestError("the request body must be UTF-8")
+
+
+def parse_form(body: bytes) -> Mapping[str, str]:
+    """Parse a form body; raise ``InvalidRequestError`` for bad encoding or a repeated name."""
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidRequestError("the request body is not form-encoded ASCII") from None
+    if _BAD_PERCENT.search(text):
+        raise InvalidRequestError("the request body has an invalid percent-encoding")
+    form: dict[str, str] = {}
+    seen: set[str] = set()
+    for pair in text.split("&"):
+        if not pair:
+            continue
+        raw_name, _, raw_value = pair.partition("=")
+        try:
+            name = unquote_plus(raw_name, errors="strict")
+            value = unquote_plus(raw_value, errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidRequestError("a request parameter is not valid UTF-8") from None
+        if name in seen:
+            shown = f" {name}" if _PARAM_NAME.match(name) else ""
+            raise InvalidRequestError(f"parameter{shown} is repeated")
+        seen.add(name)
+        if value:
+            form[name] = value
+    return form
 
 
 def read_form(request: HttpRequest) -> Mapping[str, str]:
@@ -73,6 +131,14 @@ def read_form(request: HttpRequest) -> Mapping[str, str]:
         raise InvalidRequestError("parameters must be sent in the request body")
     check_content_type(request.headers.get("content-type"))
     return parse_form(request.body)
+
+
+def note(scope: Mapping[str, Any], **fields: Any) -> None:
+    """Add *fields* to the request's access-log record (``scope.RECORD``; none without an
+    access log). Identifiers only: never a secret, token, assertion, password or code."""
+    record = scope.get(RECORD)
+    if record is not None:
+        record.update(fields)
 
 
 def _certificate_fields(chain: tuple[bytes, ...], source: str | None) -> dict[str, str | None]:
@@ -107,7 +173,7 @@ async def authenticate(
     """Authenticate the calling client and tell the interceptors how it went.
 
     The client's certificate is decided here, once, before any listener runs: every
-    authenticator and the token binding see the same one (see ``clientcert``).
+    authenticator and the token binding see the same one (see ``client_certificates``).
     """
     authorization = request.headers.get("authorization")
     chain: tuple[bytes, ...] = ()
@@ -149,16 +215,17 @@ async def authenticate(
             error.headers.update(challenge(authorization, rt.identity.realm))
         raise
     note(request.scope, client_id=auth.client.client_id, auth_method=auth.method)
-    await rt.listeners.notify(
-        "client_auth_success",
-        event=ClientAuthEvent(
-            endpoint,
-            auth.client.client_id,
-            method=auth.method,
-            remote_addr=request.remote_addr,
-            **_certificate_fields(chain, source),
-        ),
-    )
+    if rt.listeners.any_implements("client_auth_success"):  # the event only for a listener
+        await rt.listeners.notify(
+            "client_auth_success",
+            event=ClientAuthEvent(
+                endpoint,
+                auth.client.client_id,
+                method=auth.method,
+                remote_addr=request.remote_addr,
+                **_certificate_fields(chain, source),
+            ),
+        )
     if auth.certificate is None and (auth.client.bind_tokens or auth.method == "none") and chain:
         # RFC 8705 §3 and §4: a secret client registered for bound tokens, or a public client,
         # gets tokens bound to the certificate of this request (its handshake's, or the one a
@@ -170,13 +237,17 @@ async def authenticate(
 async def token(rt: Runtime, request: HttpRequest) -> Answer:
     """The token endpoint (RFC 6749 §3.2)."""
     form = read_form(request)
-    note(request.scope, grant_type=check_grant_type(form))
+    grant_type = check_grant_type(form)
+    note(request.scope, grant_type=grant_type)
     auth = await authenticate(rt, request, form, "token")
-    issued = await grant(
-        Grant(
-            rt.issuer, rt.storage, auth, form, rt.identity.login_policy, login_source(request.client_address)
-        )
+    # Only the password grant signs a user in, so only it needs the lockout's policy and the
+    # request's source; the other grants are not made to work them out.
+    policy, source = (
+        (rt.identity.login_policy, login_source(request.client_address))
+        if grant_type == "password"
+        else (_NO_LOGIN, "")
     )
+    issued = await grant(Grant(rt.issuer, rt.storage, auth, form, policy, source))
     return Answer(200, issued.response())
 
 
@@ -271,8 +342,9 @@ async def revoke(rt: Runtime, request: HttpRequest) -> Answer:
     return Answer(200, None)
 
 
-#: The POST endpoints by path: ``app/fastlane.py`` serves them ahead of Quart, since they are
-#: the hot path and a form-in, JSON-out exchange needs none of a framework's request machinery.
+#: The POST endpoints by path: the fast lane (``app/responses.py``) serves them ahead of Quart,
+#: since they are the hot path and a form-in, JSON-out exchange needs none of a framework's
+#: request machinery.
 POST_ENDPOINTS = {
     "/oauth2/token": token,
     "/oauth2/introspect": introspect,

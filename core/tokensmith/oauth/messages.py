@@ -19,12 +19,18 @@ JSON = "application/json"
 
 
 class Headers(Mapping[str, str]):
-    """A request's headers, looked up case-insensitively (the last of repeated names wins)."""
+    """A request's headers, looked up case-insensitively (the last of repeated names wins):
+    what plugins see (``ClientAuthRequest.headers``), whose header names come from their
+    configuration in any case. *raw* is the ASGI field list, or a dict of lower-case names
+    (``HttpRequest.headers``)."""
 
     __slots__ = ("_items",)
 
-    def __init__(self, raw: list[tuple[bytes, bytes]]):
-        self._items = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
+    def __init__(self, raw: list[tuple[bytes, bytes]] | Mapping[str, str]):
+        if isinstance(raw, Mapping):
+            self._items = {name.lower(): value for name, value in raw.items()}
+        else:
+            self._items = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
 
     def __getitem__(self, name: str) -> str:
         return self._items[name.lower()]
@@ -44,26 +50,28 @@ class Headers(Mapping[str, str]):
 
 @dataclass
 class HttpRequest:
-    """What an endpoint needs of one HTTP request: its ASGI scope, headers and whole body."""
+    """What an endpoint needs of one HTTP request: its ASGI scope, headers and whole body.
+
+    ``headers`` is looked up with lower-case names (the fast lane makes it a plain dict, the
+    last of repeated names winning: a dict lookup is all the hot path pays); ``Headers``
+    takes any case. The addresses are read from the scope once, when the request is made.
+    """
 
     scope: Mapping[str, Any]
-    headers: Headers
+    headers: Mapping[str, str]
     body: bytes
+    query_string: bytes = field(init=False)
+    remote_addr: str | None = field(init=False)
+    #: The client's own address: the one a trusted proxy forwarded (put into the scope by the
+    #: access log), else the peer's.
+    client_address: str | None = field(init=False)
 
-    @property
-    def query_string(self) -> bytes:
-        return self.scope.get("query_string", b"")
-
-    @property
-    def remote_addr(self) -> str | None:
-        client = self.scope.get("client")
-        return client[0] if client else None
-
-    @property
-    def client_address(self) -> str | None:
-        """The client's own address: the one a trusted proxy forwarded (``requestlog.origin``,
-        put into the scope by the access log), else the peer's."""
-        return self.scope.get(CLIENT_ADDRESS, self.remote_addr)
+    def __post_init__(self) -> None:
+        scope = self.scope
+        client = scope.get("client")
+        self.query_string = scope.get("query_string", b"")
+        self.remote_addr = client[0] if client else None
+        self.client_address = scope.get(CLIENT_ADDRESS, self.remote_addr)
 
 
 @dataclass

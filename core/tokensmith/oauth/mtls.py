@@ -3,7 +3,7 @@ TLS-terminating proxy forwards in a header.
 
 - ``parse_forwarded_certificate`` and ``parse_forwarded_chain``: a certificate and its chain
   forwarded by a TLS-terminating proxy (RFC 9440, RFC 8705 §6.5). Whether that proxy is
-  trusted is the caller's decision (``oauth/clientcert.py``).
+  trusted is the caller's decision (``client_certificates`` in ``oauth/clientauth.py``).
 
 The X.509 work underneath (parsing, names, chains) is ``security/x509.py``; the token binding
 thumbprint, ``x5t_s256`` (RFC 8705 §3.1), is ``security/jose.py``. Every function refuses bad

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tokensmith.metrics import metrics
+from tokensmith.metrics import Metrics, metrics
 from tokensmith.models import Issue, StorageError, TokenRecord
 
 __all__ = ["GroupCommit", "BUSY_TIMEOUT"]
@@ -68,6 +68,7 @@ class GroupCommit:
         self._pending: list[tuple[Issue, asyncio.Future[bool]]] = []
         self._busy_since: float | None = None
         self._retry = _FIRST_RETRY
+        self._metrics: Metrics | None = None
 
     async def add(self, records: list[TokenRecord], rotates: str | None = None) -> bool:
         """Store *records* (one token response: all or none), marking the refresh token
@@ -94,7 +95,9 @@ class GroupCommit:
             self._settle(exc)
             return
         if stored is not None:
-            m = metrics()
+            m = self._metrics
+            if m is None:  # built on first use, as metrics() is: after the supervisor forked
+                m = self._metrics = metrics()
             m.commit.observe(time.perf_counter() - started)
             m.batch.observe(len(batch))
             self._settle(None, stored)
