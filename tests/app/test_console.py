@@ -15,6 +15,7 @@ import http.server
 import json
 import os
 import re
+import signal
 import socket
 import sqlite3
 import ssl
@@ -22,6 +23,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ import pki
 import pytest
 from admin_env import PASSWORDS, add_users, write_authenticators
 from conftest import Deployment, Server, new_deployment, start_server
+from test_proxy_trust import plain
 from tokensmith.models import Client, User
 from tokensmith.security.hashing import hash_secret
 from tokensmith.storage.sqlite import SQLiteStorage
@@ -917,3 +920,217 @@ def test_user_names_with_a_slash_are_refused_and_old_ones_can_be_removed(env: Co
     page.click("a[aria-label='Remove old/name…']")
     page.click("button:has-text('Remove it')")
     assert "Removed old/name" in page.inner_text("main")
+
+
+# -- the second red team's findings ---------------------------------------------------------
+
+
+def cert_sign_in(env: Console, cert: tuple[Path, Path], user: str = "root") -> tuple[httpx.Client, str]:
+    """An HTTP client presenting *cert*, signed in with it, and its session's CSRF token."""
+    http = env.server.client(cert=cert)
+    login = http.get("/console/login")
+    answer = http.post(
+        "/console/login", data={"csrf": csrf_of(login.text), "method": "certificate", "username": user}
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/", answer.text[:500]
+    return http, csrf_of(http.get("/console/clients").text)
+
+
+def reload_server(env: Console, generation: int) -> None:
+    env.server.process.send_signal(signal.SIGHUP)
+    env.server.wait_for_log(f"reloaded: configuration {generation}")
+
+
+def test_a_certificate_session_ends_when_the_certificate_is_no_longer_admitted(
+    tmp_path: Path, keystore: Path, wheel_cache: Path, chromium: Any
+) -> None:
+    """A session signed in by certificate lasts only while each request brings that same
+    certificate and the MutualSSLAuthenticator still admits it, as the API would: a trust
+    anchor removed, another certificate, an expired one or the authenticator switched off
+    ends it (and deletes it), and the browser is sent to sign in again."""
+    env = make_console(tmp_path, keystore, wheel_cache)
+    try:
+        listed = pki.issue(env.authority, "wl admin", org="Example").write(tmp_path, "listed")
+        other = pki.issue(env.authority, "other admin", org="Example").write(tmp_path, "other")
+        admitted = tmp_path / "admitted.pem"
+        admitted.write_text(env.admin_cert[0].read_text() + other[0].read_text())
+        write_authenticators(env.dep, whitelist="CN=wl admin,O=Example", admin_certificates=admitted)
+        reload_server(env, 2)
+        # The WhiteList certificate, in Chromium: the trust anchor goes, the session with it.
+        context = chromium.new_context(
+            ignore_https_errors=True,
+            client_certificates=[
+                {"origin": env.server.url, "certPath": str(listed[0]), "keyPath": str(listed[1])}
+            ],
+        )
+        try:
+            page = context.new_page()
+            page.goto(env.url("/console/login"))
+            page.fill("#cert-username", "root")
+            page.click("button:has-text('Sign in with this certificate')")
+            page.wait_for_url(env.url("/console/"))
+            page.goto(env.url("/console/users"))
+            assert page.url.endswith("/console/users")
+            csrf = page.get_attribute("input[name=csrf]", "value")
+            with env.server.client(
+                auth=("root", PASSWORDS["root"]), headers={"Content-Type": "application/json"}
+            ) as api:
+                assert api.delete("/api/truststore/admin-root").status_code in (200, 204)
+            with env.server.client(cert=listed, headers={"UserName": "root"}) as api:
+                assert api.get("/api/users").status_code == 401
+            page.goto(env.url("/console/users"))
+            assert page.url.endswith("/console/login")
+            assert "Your session has ended" in page.inner_text("main")
+            planted = context.request.post(
+                env.url("/console/users"),
+                form={
+                    "csrf": csrf or "",
+                    "username": "planted",
+                    "password": "planted-password-1",
+                    "role": "admin",
+                },
+            )
+            assert planted.status == 403
+            assert "planted" not in env.dep.cli("user", "list").stdout
+        finally:
+            context.close()
+        # An AdminCertificates certificate: the same cookie with another admitted certificate
+        # is not the same session, and the session is gone for the first one too.
+        first, _ = cert_sign_in(env, env.admin_cert)
+        cookie = first.cookies[COOKIE]
+        with env.server.client(cert=other, cookies={COOKIE: cookie}) as stranger:
+            assert stranger.get("/console/users").status_code == 303
+        assert first.get("/console/users").status_code == 303
+        first.close()
+        # Nor without a certificate at all.
+        first, _ = cert_sign_in(env, env.admin_cert)
+        with env.server.client(cookies={COOKIE: first.cookies[COOKIE]}) as bare:
+            assert bare.get("/console/users").status_code == 303
+        first.close()
+        # A certificate that expires during the session.
+        short_end = time.time() + 10
+        short = pki.issue(
+            env.authority, "short admin", org="Example", not_after=datetime.fromtimestamp(short_end, UTC)
+        ).write(tmp_path, "short")
+        admitted.write_text(admitted.read_text() + short[0].read_text())
+        write_authenticators(env.dep, whitelist="CN=wl admin,O=Example", admin_certificates=admitted)
+        reload_server(env, 3)
+        expiring, _ = cert_sign_in(env, short)
+        assert expiring.get("/console/users").status_code == 200
+        time.sleep(max(0.0, short_end - time.time()) + 1)
+        assert expiring.get("/console/users").status_code == 303
+        expiring.close()
+        # The MutualSSLAuthenticator switched off: its sessions end, password sessions stay.
+        kept, _ = cert_sign_in(env, env.admin_cert)
+        assert kept.get("/console/users").status_code == 200
+        password, _ = http_sign_in(env)
+        write_authenticators(env.dep, mtls=False)
+        reload_server(env, 4)
+        assert kept.get("/console/users").status_code == 303
+        assert password.get("/console/users").status_code == 200
+        kept.close()
+        password.close()
+    finally:
+        env.server.stop()
+
+
+def test_sign_in_lockout_counts_the_forwarded_client(
+    tmp_path: Path, keystore: Path, wheel_cache: Path
+) -> None:
+    """Behind a trusted proxy (``<TrustedProxies>``) the console counts failed sign-ins per
+    address the proxy forwarded, as the admin API and the login page do: an attacker behind
+    the proxy locks out its own address only, not the administrator behind the same proxy;
+    the audit log names the forwarded address."""
+    dep = plain(tmp_path / "ts", keystore, wheel_cache)
+    add_users(dep)
+    server = start_server(dep)
+    try:
+
+        def attempt(address: str, password: str) -> httpx.Response:
+            headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": address}
+            with httpx.Client(base_url=server.url, headers=headers, timeout=10) as http:
+                login = http.get("/console/login")
+                assert login.status_code == 200, login.text[:300]
+                # The cookie is Secure: the client would not send it over the proxy's plain
+                # hop by itself.
+                cookie = f"{COOKIE}={login.cookies[COOKIE]}"
+                return http.post(
+                    "/console/login",
+                    data={
+                        "csrf": csrf_of(login.text),
+                        "method": "password",
+                        "username": "root",
+                        "password": password,
+                    },
+                    headers={"Cookie": cookie},
+                )
+
+        for _ in range(3):
+            assert attempt("6.6.6.9", "wrong password").status_code == 400
+        refused = attempt("6.6.6.9", PASSWORDS["root"])  # the attacker's address is locked out
+        assert refused.status_code == 400 and "locked out" in refused.text
+        accepted = attempt("5.5.5.9", PASSWORDS["root"])  # root behind the same proxy is not
+        assert accepted.status_code == 303 and accepted.headers["location"] == "/console/"
+        with SQLiteStorage(dep.database) as store:
+            entries = [e for e in store.list_audit(50) if e.action == "console.sign_in"]
+        assert [(e.source, e.details["outcome"]) for e in entries] == [("5.5.5.9", "accepted")] + [
+            ("6.6.6.9", "refused")
+        ] * 4
+    finally:
+        server.stop()
+
+
+def test_setting_ones_own_password_asks_for_the_current_one(env: Console, page: Any) -> None:
+    """A session alone does not set its user's password: the current one is asked for (on
+    the user's own row only) and checked as a sign-in is, lockout included; errors appear
+    beside the field. An administrator sets someone else's password without theirs."""
+    env.dep.cli("user", "add", "selfish", "--role", "admin", "--password-stdin", input="selfish-password-1\n")
+    page.goto(env.url("/console/login"))
+    page.fill("#username", "selfish")
+    page.fill("#password", "selfish-password-1")
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url(env.url("/console/"))
+    page.goto(env.url("/console/users"))
+    assert page.locator("input[name=current_password]").count() == 1
+    own = page.locator("tr", has_text="selfish")
+    assert own.locator("#current-password").count() == 1
+    # A wrong current password: refused beside the field, counted as a failed sign-in.
+    own.locator("#current-password").fill("not-my-password")
+    own.locator("input[name=password]").fill("selfish-password-2")
+    own.locator("button:has-text('Set password')").click()
+    assert "not your current password" in page.inner_text("#current-password-error")
+    assert page.get_attribute("#current-password", "aria-invalid") == "true"
+    with SQLiteStorage(env.dep.database) as store:
+        user = store.get_user("selfish")
+        assert user is not None and user.failed_attempts == 1
+    # Without the field at all (a form made elsewhere, with the session's token): refused.
+    csrf = page.get_attribute("input[name=csrf]", "value") or ""
+    answer = page.context.request.post(
+        env.url("/console/users/selfish/password"), form={"csrf": csrf, "password": "selfish-password-3"}
+    )
+    assert answer.status == 400 and "current password" in answer.text()
+    http_sign_in(env, "selfish", "selfish-password-1")[0].close()  # unchanged
+    # A too short new password is shown beside the new password's field.
+    page.goto(env.url("/console/users"))
+    own = page.locator("tr", has_text="selfish")
+    own.locator("#current-password").fill("selfish-password-1")
+    own.locator("input[name=password]").fill("short")
+    own.locator("input[name=password]").evaluate("e => e.removeAttribute('minlength')")
+    own.locator("button:has-text('Set password')").click()
+    row = page.locator("tr", has_text="selfish")
+    assert "at least 8 characters" in row.locator(".error").inner_text()
+    # With the current password: changed, and this session ends.
+    row.locator("#current-password").fill("selfish-password-1")
+    row.locator("input[name=password]").fill("selfish-password-2")
+    row.locator("button:has-text('Set password')").click()
+    page.wait_for_url(env.url("/console/login"))
+    http_sign_in(env, "selfish", "selfish-password-2")[0].close()
+    # Someone else's password, by an administrator: no current password asked for.
+    admin, csrf = http_sign_in(env)
+    changed = admin.post(
+        "/console/users/selfish/password", data={"csrf": csrf, "password": "selfish-password-4"}
+    )
+    assert changed.status_code == 303
+    http_sign_in(env, "selfish", "selfish-password-4")[0].close()
+    admin.post("/console/users/selfish/remove", data={"csrf": csrf})
+    admin.close()

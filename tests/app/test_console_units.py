@@ -3,17 +3,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from pathlib import Path
 
 import pki
 import pytest
-from tokensmith.app.console import _check_callback, _check_certificates, _console_words, _field_of
+from quart import Quart, request
+from tokensmith.app.console import (
+    Session,
+    _check_callback,
+    _check_certificates,
+    _client_address,
+    _console_words,
+    _field_of,
+)
 from tokensmith.config.settings import ConsoleSettings, load_config
 from tokensmith.config.xml import ConfigError
 from tokensmith.models import Client
 from tokensmith.oauth import registration
 from tokensmith.oauth.registration import RegistrationError, check_grant_types
+from tokensmith.scope import CLIENT_ADDRESS
 from tokensmith.storage.sqlite import SQLiteStorage
 
 CONNECTOR = '<Connector address="127.0.0.1" port="0"/>'
@@ -138,3 +149,30 @@ def test_refusals_go_beside_their_field() -> None:
     assert _field_of("grant_types: client_credentials is for confidential clients") == "grant_types"
     assert _field_of("a self_signed_tls_client_auth client needs its certificate") == "certificate"
     assert _field_of("something else entirely") == "form"
+
+
+def _address_in(scope: dict[str, object]) -> tuple[str | None, str | None]:
+    """The console's client address and the peer's, in a request with *scope*."""
+
+    async def read() -> tuple[str | None, str | None]:
+        app = Quart(__name__)
+        async with app.test_request_context("/console/login", scope_base=scope):
+            return _client_address(), request.remote_addr
+
+    return asyncio.run(read())
+
+
+def test_the_sign_in_counts_the_address_a_trusted_proxy_forwarded() -> None:
+    """The lockout's source and the audit's address: the client's address as the access log
+    took it from a trusted proxy's header (``CLIENT_ADDRESS``), else the peer's."""
+    assert _address_in({CLIENT_ADDRESS: "203.0.113.7"})[0] == "203.0.113.7"
+    address, peer = _address_in({})
+    assert address == peer
+
+
+def test_a_session_keeps_the_certificate_it_signed_in_with() -> None:
+    """A certificate session stores its certificate's SHA-256, which each request must match;
+    a session stored without it (made before) cannot pass as a certificate session."""
+    session = Session("k", "c", 1, "root", "certificate", stamp="s", certificate="ab" * 32)
+    assert json.loads(session.dump())["certificate"] == "ab" * 32
+    assert "credential" not in json.loads(session.dump())

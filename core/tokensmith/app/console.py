@@ -20,6 +20,14 @@ Safe by default:
   is removed, loses the admin role or gets a new password (``users.session_stamp``). A
   request writes its session back only while it exists, so a sign-out always wins over
   requests still in flight.
+- A session signed in by certificate keeps the certificate's SHA-256 and lasts only while
+  each request brings that same certificate and the MutualSSLAuthenticator still admits it
+  (``certificate_identity``, the API's check, made again on every request): a trust anchor
+  removed, the certificate taken off ``AdminCertificates`` or the ``WhiteList``, its expiry
+  or the authenticator switched off ends the session, as the API refuses the certificate.
+- Sign-in failures count towards the lockout by the client's address (behind a trusted
+  proxy, the one it forwarded), as the admin API and the login page count them. Setting
+  one's own password asks for the current one, checked with the same lockout.
 - Only a signed-in user has a stored session. Before sign-in the cookie holds a random value
   that the sign-in form's CSRF token is derived from (a double-submit token: the ``__Host-``
   prefix keeps other hosts from setting the cookie), so anonymous requests store nothing.
@@ -61,7 +69,13 @@ from tokensmith.admin import clients as client_ops
 from tokensmith.admin import configuration as config_ops
 from tokensmith.admin import users as user_ops
 from tokensmith.admin.audit import Actor, OperationError, record
-from tokensmith.app.admin import Unauthenticated, check_certificate, check_password, reload_all
+from tokensmith.app.admin import (
+    CertificateIdentity,
+    Unauthenticated,
+    certificate_identity,
+    check_password,
+    reload_all,
+)
 from tokensmith.app.state import runtime
 from tokensmith.config.authenticators import BASIC, MUTUAL_SSL
 from tokensmith.errors import InvalidClientMetadataError, OAuth2Error
@@ -69,9 +83,10 @@ from tokensmith.models import Client, RegisteredCertificate
 from tokensmith.oauth import clientauth
 from tokensmith.oauth.clientauth import client_certificates
 from tokensmith.oauth.clientmetadata import certificate_jwk, check_redirect_uri, client_metadata
-from tokensmith.oauth.grants import GRANT_TYPES
+from tokensmith.oauth.grants import GRANT_TYPES, login_source
 from tokensmith.oauth.registration import RegistrationError, registered_certificate
 from tokensmith.oauth.runtime import Runtime
+from tokensmith.scope import CLIENT_ADDRESS
 from tokensmith.security.hashing import KdfBusy
 from tokensmith.security.signing import ALGORITHMS, SigningKeyError
 from tokensmith.security.truststore import TruststoreError
@@ -132,6 +147,11 @@ class Session:
     role: str | None = None
     #: Made by this request: stored whole, not written back.
     fresh: bool = False
+    #: A certificate session's certificate (SHA-256 of its DER, hex): each request must
+    #: bring the same one.
+    certificate: str | None = None
+    #: The certificate as this request presented it, for the audit log (never stored).
+    credential: tuple[tuple[str, str], ...] = ()
 
     def dump(self) -> str:
         return json.dumps(
@@ -142,6 +162,7 @@ class Session:
                 "via": self.via,
                 "flashes": self.flashes,
                 "stamp": self.stamp,
+                "certificate": self.certificate,
             }
         )
 
@@ -158,18 +179,57 @@ def _session() -> Session:
     return g.session
 
 
+def _client_address() -> str | None:
+    """The browser's address: behind a trusted proxy (``<TrustedProxies>``) the one it
+    forwarded, as the admin API and the login page take it, so that the lockout counts per
+    client and not one for everybody behind the proxy."""
+    forwarded = request.scope.get(CLIENT_ADDRESS, request.remote_addr)
+    return forwarded if isinstance(forwarded, str) else None
+
+
 def _actor() -> Actor:
     session = _session()
     assert session.user is not None
-    return Actor(session.user, f"console:{session.via}", request.remote_addr)
+    return Actor(session.user, f"console:{session.via}", _client_address(), session.credential)
 
 
-def _new_session(user: str, via: str, stamp: str) -> Session:
+def _new_session(user: str, via: str, stamp: str, certificate: CertificateIdentity | None) -> Session:
     cookie = secrets.token_urlsafe(32)
     g.cookie = cookie
     return Session(
-        _key(cookie), secrets.token_urlsafe(32), int(time.time()), user, via, stamp=stamp, fresh=True
+        _key(cookie),
+        secrets.token_urlsafe(32),
+        int(time.time()),
+        user,
+        via,
+        stamp=stamp,
+        fresh=True,
+        certificate=None if certificate is None else certificate.sha256,
+        credential=_credential(certificate),
     )
+
+
+def _credential(certificate: CertificateIdentity | None) -> tuple[tuple[str, str], ...]:
+    if certificate is None:
+        return ()
+    return (("subject", certificate.subject), ("sha256", certificate.sha256))
+
+
+def _same_certificate(rt: Runtime, session: Session) -> bool:
+    """Whether this request brings the certificate *session* signed in with, and the
+    MutualSSLAuthenticator (as it is configured now) still admits it: the API's check, made
+    on every request, so that the session ends when the API would refuse the certificate."""
+    settings = rt.admin.enabled(MUTUAL_SSL)
+    if settings is None or session.certificate is None:
+        return False
+    try:
+        identity = certificate_identity(rt, settings)
+    except Unauthenticated:
+        return False
+    if identity is None or not hmac.compare_digest(identity.sha256, session.certificate):
+        return False
+    session.credential = _credential(identity)
+    return True
 
 
 def _login_csrf(cookie: str) -> str:
@@ -191,7 +251,9 @@ def _anonymous(cookie: str | None, issue: bool) -> Session:
 
 def _load_session(rt: Runtime, cookie: str | None) -> Session | None:
     """The signed-in session the cookie names, while it is stored and its user is still an
-    administrator with the same identity and password; an invalid one is deleted."""
+    administrator with the same identity and password, and, for a certificate session, while
+    the request brings the same certificate and it is still admitted; an invalid one is
+    deleted."""
     if not cookie or len(cookie) > 100 or cookie.startswith(_ANONYMOUS):
         return None
     key = _key(cookie)
@@ -207,6 +269,7 @@ def _load_session(rt: Runtime, cookie: str | None) -> Session | None:
         data["via"],
         [tuple(f) for f in data["flashes"]],
         data.get("stamp"),
+        certificate=data.get("certificate"),
     )
     user = rt.storage.get_user(session.user) if session.user else None
     if (
@@ -214,6 +277,7 @@ def _load_session(rt: Runtime, cookie: str | None) -> Session | None:
         or user.role not in _ROLES
         or session.stamp is None
         or not hmac.compare_digest(session.stamp, user_ops.session_stamp(rt.storage, user))
+        or (session.via == "certificate" and (user.role != "admin" or not _same_certificate(rt, session)))
     ):
         rt.storage.delete_state(_SESSIONS, key)
         return None
@@ -367,11 +431,11 @@ async def sign_in() -> Response:
     rt = _rt()
     basic = rt.admin.enabled(BASIC) is not None
     mutual = rt.admin.enabled(MUTUAL_SSL)
-    certificate: str | None = None
+    certificate: CertificateIdentity | None = None
     certificate_error: str | None = None
     if mutual is not None:
         try:
-            certificate = check_certificate(rt, mutual)
+            certificate = certificate_identity(rt, mutual)
         except Unauthenticated as exc:
             certificate_error = str(exc)
     errors: dict[str, str] = {}
@@ -400,7 +464,7 @@ async def sign_in() -> Response:
         else:
             try:
                 user = await check_password(
-                    rt, username, form.get("password", ""), request.remote_addr or "?"
+                    rt, username, form.get("password", ""), login_source(_client_address()) or "?"
                 )
             except KdfBusy:
                 errors["form"] = "The server is busy checking other passwords; try again in a moment."
@@ -417,14 +481,16 @@ async def sign_in() -> Response:
             if old.key:
                 await _run(rt.storage.delete_state, _SESSIONS, old.key)
             stamp = await _run(user_ops.session_stamp, rt.storage, user)
-            g.session = _new_session(user.username, method, stamp)
+            g.session = _new_session(
+                user.username, method, stamp, certificate if method == "certificate" else None
+            )
             return _go("/console/")
     return await _page(
         "login.html",
         400 if errors else 200,
         basic=basic,
         mutual=mutual is not None,
-        certificate=certificate,
+        certificate=None if certificate is None else certificate.subject,
         certificate_error=certificate_error,
         errors=errors,
         username=username,
@@ -434,19 +500,27 @@ async def sign_in() -> Response:
 
 
 def _audit_sign_in(
-    rt: Runtime, username: str, method: str, subject: str | None, errors: dict[str, str]
+    rt: Runtime, username: str, method: str, certificate: CertificateIdentity | None, errors: dict[str, str]
 ) -> None:
-    """Every sign-in, accepted or refused, in the audit log: who, how, from where, and for a
-    certificate its subject and SHA-256 (never the password)."""
+    """Every sign-in, accepted or refused, in the audit log: who, how, from where (the
+    client's address, forwarded by a trusted proxy), and for a certificate its subject and
+    SHA-256 (never the password)."""
     details: dict[str, Any] = {"outcome": "refused" if errors else "accepted"}
     if errors:
         details["reason"] = next(iter(errors.values()))
     if method == "certificate":
-        chain, _ = client_certificates(request.scope, request.remote_addr, rt.identity.forwarded_certificates)
+        subject: str | None = None if certificate is None else certificate.subject
+        sha256 = None if certificate is None else certificate.sha256
+        if certificate is None:
+            # A refused certificate: its fingerprint still says which one was tried.
+            chain, _ = client_certificates(
+                request.scope, request.remote_addr, rt.identity.forwarded_certificates
+            )
+            sha256 = hashlib.sha256(chain[0]).hexdigest() if chain else None
         details["subject"] = subject
-        details["sha256"] = hashlib.sha256(chain[0]).hexdigest() if chain else None
+        details["sha256"] = sha256
     name = username[:256] or "?"
-    actor = Actor(name, f"console:{method}", request.remote_addr)
+    actor = Actor(name, f"console:{method}", _client_address())
     record(rt.storage, actor, "console.sign_in", name, **details)
 
 
@@ -955,16 +1029,46 @@ async def users() -> Response:
             else:
                 _flash("info", f"Added user {values['username']}.")
                 return _go("/console/users")
+    return await _users_page(400 if errors else 200, errors=errors, values=values)
+
+
+async def _users_page(
+    status: int,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+    row_user: str | None = None,
+    row_errors: dict[str, str] | None = None,
+) -> Response:
+    """The Users page; *row_errors* (``current``, ``password``) go beside the password
+    fields of *row_user*'s row."""
+    rt = _rt()
     return await _page(
         "users.html",
-        400 if errors else 200,
+        status,
         users=await rt.storage.call(rt.storage.list_users),
-        errors=errors,
-        values=values,
+        errors=errors or {},
+        values=values or {"username": "", "role": ""},
         roles=user_ops.ROLES,
         now=int(time.time()),
         min_password=user_ops.MIN_PASSWORD_LENGTH,
+        row_user=row_user,
+        row_errors=row_errors or {},
     )
+
+
+async def _current_password_problem(rt: Runtime, username: str, current: str) -> str | None:
+    """Why *current* does not prove the signed-in user's password, or None: the sign-in's
+    check, counted towards the same lockout, so that a session left open (or taken over) is
+    not enough to take the account with a password of one's own choosing."""
+    if not current:
+        return "Enter your current password to set a new one."
+    try:
+        user = await check_password(rt, username, current, login_source(_client_address()) or "?")
+    except KdfBusy:
+        return "The server is busy checking other passwords; try again in a moment."
+    if user is None:
+        return "This is not your current password, or you are locked out."
+    return None
 
 
 @console.post("/users/<path:username>/<action>")
@@ -982,8 +1086,29 @@ async def change_user(username: str, action: str) -> Response:
         _flash("info", f"Unlocked {username}.")
     elif action == "password":
         form = await request.form
-        await _run(user_ops.set_password, rt.storage, username, form.get("password", ""), _actor())
-        if username == _session().user:
+        password = form.get("password", "")
+        own = username == _session().user
+        if len(password) < user_ops.MIN_PASSWORD_LENGTH:
+            # Checked before the current password: a mistake here costs no sign-in attempt.
+            return await _users_page(
+                400,
+                row_user=username,
+                row_errors={
+                    "password": f"The password must be at least {user_ops.MIN_PASSWORD_LENGTH}"
+                    " characters long."
+                },
+            )
+        if own:
+            problem = await _current_password_problem(rt, username, form.get("current_password", ""))
+            if problem is not None:
+                return await _users_page(400, row_user=username, row_errors={"current": problem})
+        try:
+            await _run(user_ops.set_password, rt.storage, username, password, _actor())
+        except OperationError as exc:
+            if exc.status != 400:
+                raise
+            return await _users_page(400, row_user=username, row_errors={"password": str(exc)})
+        if own:
             # A new password ends every session of the user, this one too.
             await _run(rt.storage.delete_state, _SESSIONS, _session().key)
             g.session = _anonymous(None, True)
