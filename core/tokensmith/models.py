@@ -326,7 +326,13 @@ class Storage(Protocol):
         """Remove the client; every token issued to it is revoked with it (RFC 7592 §2.3)."""
         ...
 
-    def update_client(self, client: Client) -> bool: ...
+    def update_client(self, client: Client, expected: Client | None = None) -> bool:
+        """Write *client* over the stored one; False when there is none. With *expected*
+        (the client as read before the change) it is a compare-and-swap: False, writing
+        nothing, unless the stored secret hash and certificates are still *expected*'s, so
+        that a change made from a stale read never brings back a replaced secret or a
+        removed certificate."""
+        ...
 
     def scopes_in_use(self) -> list[str]:
         """Every scope some client is registered for, sorted (for ``scopes_supported``)."""

@@ -360,6 +360,77 @@ def test_a_secret_reset_is_a_compare_and_swap(store: SQLiteStorage, monkeypatch)
     assert client_ops.reset_secret(store, client.client_id, ACTOR).secret != first.secret
 
 
+def test_an_update_from_a_read_before_a_reset_cannot_bring_the_old_secret_back(
+    store: SQLiteStorage,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    """Red team: an RFC 7592 PUT (or admin PATCH) that read the client before a secret reset
+    and wrote after it stored the old secret again. It is 409 now, and the reset stands."""
+    client = client_ops.register_client(
+        store,
+        None,
+        {"token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"]},
+        ACTOR,
+    ).client
+    reset = client_ops.reset_secret(store, client.client_id, ACTOR)
+    monkeypatch.setattr(client_ops, "get_client", lambda s, cid: client)  # read before the reset
+    for merge in (True, False):  # the admin API's PATCH, RFC 7592's PUT
+        document = {"client_name": "renamed", "grant_types": ["client_credentials"]}
+        with pytest.raises(OperationError) as caught:
+            client_ops.update_client(store, None, client.client_id, document, ACTOR, merge=merge)
+        assert caught.value.status == 409 and caught.value.error == "conflict"
+    stored = store.get_client(client.client_id)
+    assert stored.secret_hash == reset.client.secret_hash and stored.name == ""
+    monkeypatch.undo()
+    # Read again, the change goes through and keeps the new secret.
+    client_ops.update_client(store, None, client.client_id, {"client_name": "renamed"}, ACTOR)
+    stored = store.get_client(client.client_id)
+    assert stored.secret_hash == reset.client.secret_hash and stored.name == "renamed"
+
+
+def test_an_update_from_a_read_before_a_removal_cannot_bring_the_certificate_back(
+    store: SQLiteStorage,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    first, second = pki.self_signed("first"), pki.self_signed("second")
+    jwks = {"keys": [{"kty": "EC", "x5c": [base64.b64encode(p.der).decode()]} for p in (first, second)]}
+    client = client_ops.register_client(
+        store,
+        None,
+        {
+            "token_endpoint_auth_method": "self_signed_tls_client_auth",
+            "grant_types": ["client_credentials"],
+            "jwks": jwks,
+        },
+        ACTOR,
+    ).client
+    removed = client.certificates[0].sha256
+    client_ops.change_client_certificates(store, None, client.client_id, [], [removed], ACTOR)
+    monkeypatch.setattr(client_ops, "get_client", lambda s, cid: client)  # read before the removal
+    with pytest.raises(OperationError) as caught:
+        client_ops.update_client(store, None, client.client_id, {"client_name": "renamed"}, ACTOR)
+    assert caught.value.status == 409
+    assert [c.sha256 for c in store.get_client(client.client_id).certificates] == [
+        client.certificates[1].sha256
+    ]
+
+
+def test_a_secret_reset_leaves_no_claim_behind(store: SQLiteStorage) -> None:
+    """Red team: reset_secret's claim on the hash it replaced lasted an hour, so that once the
+    old hash was stored again (a lost update, a restore) every reset was 409 for that hour. The
+    compare-and-swap needs no claim: a reset that reads the stored hash goes through."""
+    client = client_ops.register_client(
+        store,
+        None,
+        {"token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"]},
+        ACTOR,
+    ).client
+    client_ops.reset_secret(store, client.client_id, ACTOR)
+    assert store.update_client(client)  # the old hash back, as a backup restored would put it
+    again = client_ops.reset_secret(store, client.client_id, ACTOR)
+    assert store.get_client(client.client_id).secret_hash == again.client.secret_hash != client.secret_hash
+
+
 def test_registration_tokens_are_stored_hashed(store: SQLiteStorage) -> None:
     value, expires_at = config_ops.issue_initial_access_token(store, 60, ACTOR)
     assert store.find_registration_token(token_hash(value), "initial") == (None, expires_at)

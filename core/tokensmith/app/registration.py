@@ -265,6 +265,10 @@ async def refused(error: _Refused) -> Response:
 
 @registration.errorhandler(OperationError)
 async def operation_error(error: OperationError) -> Response:
+    if error.error == "conflict":
+        # Not the metadata's fault: a change of the client (an administrator's secret reset
+        # or certificate removal) overtook this request; the client reads and repeats it.
+        return to_response(Answer(409, {"error": "conflict", "error_description": str(error)}))
     # RFC 7591 §3.2.2: every refusal of the metadata is invalid_client_metadata.
     status = error.status if error.status != 409 else 400
     code = error.error if error.error == "invalid_client_metadata" else "invalid_client_metadata"
