@@ -387,7 +387,10 @@ class Storage(Protocol):
 
     def set_user_role(self, username: str, role: str | None) -> bool: ...
 
-    def set_user_password(self, username: str, password_hash: str) -> bool: ...
+    def set_user_password(self, username: str, password_hash: str) -> bool:
+        """Replace the user's password hash and end the user's sign-in sessions on the login
+        page (``signin_sessions``) in the same transaction; False when there is no such user."""
+        ...
 
     def revoke_client_tokens(self, client_id: str) -> int:
         """Revoke every token and grant of *client_id*, keeping the client; how many tokens."""

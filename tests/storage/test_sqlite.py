@@ -148,6 +148,22 @@ def test_concurrent_secret_resets_have_one_winner(open_store) -> None:  # noqa: 
     assert stores[0].get_client("c").secret_hash == f"new{won.index(True)}"
 
 
+def test_a_password_change_ends_the_users_sign_in_sessions(open_store) -> None:  # noqa: ANN001
+    """set_user_password ends the user's login-page sessions (a stolen cookie is worth no more
+    than the old password), and only that user's."""
+    store, other = open_store(), open_store()
+    alice, bob = User("alice", "h1"), User("bob", "h2")
+    store.add_user(alice)
+    store.add_user(bob)
+    far = int(time.time()) + 3600
+    store.add_session(SignInSession("s-alice", alice.user_id, "alice", 0, far))
+    store.add_session(SignInSession("s-bob", bob.user_id, "bob", 0, far))
+    assert other.set_user_password("alice", "h3")
+    assert store.get_session("s-alice") is None and store.get_user("alice").password_hash == "h3"
+    assert store.get_session("s-bob") is not None
+    assert not other.set_user_password("nobody", "h4")
+
+
 def test_purge_removes_only_expired_tokens(open_store) -> None:  # noqa: ANN001
     """purge_expired deletes tokens past their expiry and keeps live ones."""
     store = open_store()

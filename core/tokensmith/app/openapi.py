@@ -408,7 +408,7 @@ def document() -> dict[str, Any]:
             "/api/users/{username}": {
                 "get": _op("Show a user", _json(_ref("User")), 404, params=["username"]),
                 "patch": _op(
-                    "Change a user's role or password (either ends their console sessions)",
+                    "Change a user's role or password (either ends their console sessions; a password also their sign-in sessions)",
                     _json(_ref("User")),
                     404,
                     body={

@@ -1092,9 +1092,17 @@ class PostgresStorage:
             return cur.rowcount > 0
 
     def set_user_password(self, username: str, password_hash: str) -> bool:
-        with self._cursor() as cur:
-            cur.execute("UPDATE users SET password_hash = %s WHERE username = %s", (password_hash, username))
-            return cur.rowcount > 0
+        with self._cursor(transaction=True) as cur:
+            cur.execute(
+                "UPDATE users SET password_hash = %s WHERE username = %s RETURNING user_id",
+                (password_hash, username),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return False
+            # As SQLite: the user's sign-ins on the login page end with the old password.
+            cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (row[0],))
+            return True
 
     def revoke_client_tokens(self, client_id: str) -> int:
         with self._cursor(transaction=True) as cur:

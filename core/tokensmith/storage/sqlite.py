@@ -936,12 +936,21 @@ class SQLiteStorage:
 
     @_serialised
     def set_user_password(self, username: str, password_hash: str) -> bool:
-        return (
-            self._run(
-                "UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)
-            ).rowcount
-            > 0
-        )
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute("SELECT user_id FROM users WHERE username = ?", (username,)).fetchone()
+                if row is None:
+                    return False
+                self._db.execute(
+                    "UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)
+                )
+                # Their sign-ins on the login page end with the old password: a stolen
+                # session cookie is worth no more than the stolen password it stood for.
+                self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (row[0],))
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        return True
 
     @_serialised
     def get_user(self, username: str) -> User | None:
