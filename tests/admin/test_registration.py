@@ -146,6 +146,9 @@ def test_rfc7591_example_2(open_server: Server) -> None:
         ({"redirect_uris": ["not a uri"]}, "invalid_redirect_uri"),
         ({"redirect_uris": ["https://client.example.org/cb#frag"]}, "invalid_redirect_uri"),
         ({"redirect_uris": ["http://client.example.org/cb"]}, "invalid_redirect_uri"),  # http off loopback
+        # RFC 8252 §7.3: 127.0.0.1 and [::1] only, no zone identifier.
+        ({"redirect_uris": ["http://127.0.0.2/cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["http://[::1%25lo]/cb"]}, "invalid_redirect_uri"),
         # Userinfo: it reads as trusted.example and goes to evil.example (RFC 3986 §7.6).
         ({"redirect_uris": ["https://trusted.example@evil.example/cb"]}, "invalid_redirect_uri"),
         # Not ASCII: it would be sent as raw UTF-8 in Location (RFC 3986 §2.1).
