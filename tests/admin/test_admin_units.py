@@ -48,6 +48,14 @@ def test_without_the_file_basic_alone_and_initial_access_tokens(tmp_path: Path) 
     assert settings.registration_mode == "initial_access_token"
 
 
+def test_dynamic_registration_grants_the_scopes_listed_and_none_by_default(tmp_path: Path) -> None:
+    assert load_authenticators(tmp_path / "none.xml").registration_scopes == frozenset()
+    path = write(tmp_path / "a.xml", '<DynamicClientRegistration mode="open"/>')
+    assert load_authenticators(path).registration_scopes == frozenset()
+    path = write(tmp_path / "b.xml", '<DynamicClientRegistration mode="open" scopes=" read\n  write:all "/>')
+    assert load_authenticators(path).registration_scopes == {"read", "write:all"}
+
+
 def test_the_shipped_file_loads_with_mutual_ssl_disabled() -> None:
     settings = load_authenticators(Path(__file__).resolve().parents[2] / "conf" / "authenticators.xml")
     assert settings.enabled(MUTUAL_SSL) is None and MUTUAL_SSL in settings.disabled
@@ -91,6 +99,8 @@ def test_tried_in_descending_priority(tmp_path: Path) -> None:
             "already",
         ),
         ('<DynamicClientRegistration mode="sometimes"/>', 3, "'sometimes'"),
+        ('<DynamicClientRegistration mode="open" scopes="read a\\b"/>', 3, "scope tokens"),
+        ("<DynamicClientRegistration mode='open' scopes='read \"x\"'/>", 3, "scope tokens"),
         (
             '<Authenticator name="MutualSSLAuthenticator"><Config>'
             '<Parameter name="AdminCertificates">missing.pem</Parameter></Config></Authenticator>',

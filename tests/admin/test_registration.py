@@ -65,7 +65,7 @@ def open_server(tmp_path_factory, keystore, wheel_cache, make_wheel) -> Iterator
     authority = pki.ca()
     (root / "ca.pem").write_bytes(authority.pem)
     dep.cli("truststore", "import", "--alias", "root", "--file", str(root / "ca.pem"))
-    write_authenticators(dep, mtls=False, mode="open")
+    write_authenticators(dep, mtls=False, mode="open", scopes="read write")
     add_users(dep)
     server = start_server(dep)
     server.authority = authority  # type: ignore[attr-defined]
@@ -404,3 +404,60 @@ def test_disabled_registration(tmp_path, keystore, wheel_cache, serve) -> None: 
     with server.client() as http:
         assert http.post("/oauth2/register", json={}).status_code == 404
         assert "registration_endpoint" not in http.get("/.well-known/oauth-authorization-server").json()
+
+
+def test_a_client_registers_only_the_scopes_the_policy_allows(open_server: Server) -> None:
+    """Red team: a self-registered client named any scope and got tokens carrying it, and
+    widened it with RFC 7592 PUT. ``<DynamicClientRegistration scopes="read write">``: any
+    other scope is invalid_client_metadata naming it (RFC 7591 §3.2.2), on registration and
+    on update; the admin API is not limited, and an update keeps what an admin granted."""
+    with open_server.client() as http:
+        refused = http.post("/oauth2/register", json={"scope": "read admin payments:write"})
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_client_metadata"
+        assert "admin payments:write" in refused.json()["error_description"]
+        assert "read" not in refused.json()["error_description"].split("'")[1].split()
+        body = http.post("/oauth2/register", json={"scope": "read"}).json()
+        assert body["scope"] == "read"
+        path = body["registration_client_uri"].removeprefix(open_server.url)
+        bearer = {"Authorization": f"Bearer {body['registration_access_token']}"}
+        document = {"client_id": body["client_id"], "grant_types": ["client_credentials"]}
+        widened = http.put(path, headers=bearer, json={**document, "scope": "read admin"})
+        assert widened.status_code == 400 and widened.json()["error"] == "invalid_client_metadata"
+        assert "'admin'" in widened.json()["error_description"]
+        denied = http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials", "scope": "admin"},
+            auth=(body["client_id"], body["client_secret"]),
+        )
+        assert denied.status_code == 400 and denied.json()["error"] == "invalid_scope"
+        assert http.put(path, headers=bearer, json={**document, "scope": "read write"}).status_code == 200
+    with open_server.client(auth=("root", PASSWORDS["root"]), headers=JSON) as admin:
+        granted = admin.patch(f"/api/clients/{body['client_id']}", json={"scope": "read admin"})
+        assert granted.status_code == 200, granted.text
+        created = admin.post(
+            "/api/clients",
+            json={
+                "client_name": "by an admin",
+                "grant_types": ["client_credentials"],
+                "token_endpoint_auth_method": "client_secret_basic",
+                "scope": "payments:write",
+            },
+        )
+        assert created.status_code == 201, created.text
+    with open_server.client() as http:
+        kept = http.put(path, headers=bearer, json={**document, "scope": "admin read"})
+        assert kept.status_code == 200, kept.text
+        assert sorted(kept.json()["scope"].split()) == ["admin", "read"]
+        more = http.put(path, headers=bearer, json={**document, "scope": "admin read superuser"})
+        assert more.status_code == 400 and "'superuser'" in more.json()["error_description"]
+
+
+def test_by_default_dynamic_registration_grants_no_scope(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
+    write_authenticators(dep, mtls=False, mode="open")
+    server = serve(dep)
+    with server.client() as http:
+        refused = http.post("/oauth2/register", json={"scope": "read"})
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_client_metadata"
+        assert "'read'" in refused.json()["error_description"]
+        assert http.post("/oauth2/register", json={"client_name": "no scope"}).status_code == 201

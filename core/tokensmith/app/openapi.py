@@ -563,7 +563,8 @@ def document() -> dict[str, Any]:
             "/oauth2/register": {
                 "post": _registration(
                     "RFC 7591 §3.1: a client registers itself (as <DynamicClientRegistration mode>"
-                    " allows: open, or with an initial access token an admin issued)",
+                    " allows: open, or with an initial access token an admin issued), for no scope"
+                    " but those its scopes attribute lists",
                     201,
                     _json(_ref("RegisteredClient"), "Registered; the secret and token are shown only here"),
                     [{"initialAccessToken": []}, {}],
