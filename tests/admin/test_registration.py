@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import textwrap
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pki
@@ -461,3 +464,41 @@ def test_by_default_dynamic_registration_grants_no_scope(tmp_path, keystore, whe
         assert refused.status_code == 400 and refused.json()["error"] == "invalid_client_metadata"
         assert "'read'" in refused.json()["error_description"]
         assert http.post("/oauth2/register", json={"client_name": "no scope"}).status_code == 201
+
+
+def test_updates_racing_a_secret_reset_never_bring_the_old_secret_back(open_server: Server) -> None:
+    """Red team: RFC 7592 PUTs racing an admin's secret reset wrote the old secret hash back
+    (new secret 401, old 200), and the reset's claim then refused resets for an hour. Now a
+    PUT that read the client before a reset is 409, each reset's secret works and the one
+    before it does not, and resets go on going through."""
+    with open_server.client() as http:
+        body = http.post("/oauth2/register", json={"client_name": "victim"}).json()
+    client_id, secret = body["client_id"], body["client_secret"]
+    path = body["registration_client_uri"].removeprefix(open_server.url)
+    bearer = {"Authorization": f"Bearer {body['registration_access_token']}"}
+    document = {"client_id": client_id, "client_name": "victim", "grant_types": ["client_credentials"]}
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def spam() -> None:
+        with open_server.client() as http:
+            while not stop.is_set():
+                statuses.append(http.put(path, headers=bearer, json=document).status_code)
+
+    threads = [threading.Thread(target=spam) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        with open_server.client(auth=("root", PASSWORDS["root"]), headers=JSON) as admin:
+            for _ in range(4):
+                time.sleep(0.2)
+                reset = admin.post(f"/api/clients/{client_id}/secret")
+                assert reset.status_code == 200, reset.text
+                time.sleep(0.2)  # PUTs that read before the reset have written by now
+                new, old, secret = reset.json()["client_secret"], secret, reset.json()["client_secret"]
+                assert (token(open_server, client_id, new), token(open_server, client_id, old)) == (200, 401)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert statuses and set(statuses) <= {200, 409}, Counter(statuses)
