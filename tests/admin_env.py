@@ -23,7 +23,7 @@ AUTHENTICATORS_XML = """<?xml version="1.0" encoding="UTF-8"?>
     <Authenticator name="BasicAuthenticator" disabled="false">
         <Priority>10</Priority>
     </Authenticator>
-    <DynamicClientRegistration mode="{mode}"/>
+    <DynamicClientRegistration mode="{mode}"{scopes}/>
 </Authenticators>
 """
 
@@ -40,9 +40,11 @@ def write_authenticators(
     mode: str = "initial_access_token",
     whitelist: str = "",
     admin_certificates: Path | None = None,
+    scopes: str | None = None,
 ) -> None:
     """*admin_certificates*: a PEM file of certificates that MutualSSL accepts (copied into
-    conf/ as admin-certs.pem); with neither it nor a *whitelist*, MutualSSL accepts nobody."""
+    conf/ as admin-certs.pem); with neither it nor a *whitelist*, MutualSSL accepts nobody.
+    *scopes*: what dynamic registration may grant (``scopes=``; none without it)."""
     parameter = ""
     if admin_certificates is not None:
         (dep.conf / "admin-certs.pem").write_bytes(admin_certificates.read_bytes())
@@ -54,6 +56,7 @@ def write_authenticators(
             whitelist=whitelist,
             mode=mode,
             admin_certificates=parameter,
+            scopes="" if scopes is None else f' scopes="{scopes}"',
         )
     )
 

@@ -326,7 +326,13 @@ class Storage(Protocol):
         """Remove the client; every token issued to it is revoked with it (RFC 7592 §2.3)."""
         ...
 
-    def update_client(self, client: Client) -> bool: ...
+    def update_client(self, client: Client, expected: Client | None = None) -> bool:
+        """Write *client* over the stored one; False when there is none. With *expected*
+        (the client as read before the change) it is a compare-and-swap: False, writing
+        nothing, unless the stored secret hash and certificates are still *expected*'s, so
+        that a change made from a stale read never brings back a replaced secret or a
+        removed certificate."""
+        ...
 
     def scopes_in_use(self) -> list[str]:
         """Every scope some client is registered for, sorted (for ``scopes_supported``)."""
@@ -381,7 +387,10 @@ class Storage(Protocol):
 
     def set_user_role(self, username: str, role: str | None) -> bool: ...
 
-    def set_user_password(self, username: str, password_hash: str) -> bool: ...
+    def set_user_password(self, username: str, password_hash: str) -> bool:
+        """Replace the user's password hash and end the user's sign-in sessions on the login
+        page (``signin_sessions``) in the same transaction; False when there is no such user."""
+        ...
 
     def revoke_client_tokens(self, client_id: str) -> int:
         """Revoke every token and grant of *client_id*, keeping the client; how many tokens."""

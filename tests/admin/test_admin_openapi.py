@@ -38,7 +38,7 @@ CHECKS = [
 def env(tmp_path_factory, keystore, wheel_cache) -> Iterator[AdminEnv]:  # noqa: ANN001
     root = tmp_path_factory.mktemp("admin-openapi")
     dep = new_deployment(root / "ts", keystore, wheel_cache)
-    write_authenticators(dep, mtls=False, mode="open")
+    write_authenticators(dep, mtls=False, mode="open", scopes="read")
     add_users(dep)
     authority = pki.ca()
     server = start_server(dep)

@@ -48,6 +48,14 @@ def test_without_the_file_basic_alone_and_initial_access_tokens(tmp_path: Path) 
     assert settings.registration_mode == "initial_access_token"
 
 
+def test_dynamic_registration_grants_the_scopes_listed_and_none_by_default(tmp_path: Path) -> None:
+    assert load_authenticators(tmp_path / "none.xml").registration_scopes == frozenset()
+    path = write(tmp_path / "a.xml", '<DynamicClientRegistration mode="open"/>')
+    assert load_authenticators(path).registration_scopes == frozenset()
+    path = write(tmp_path / "b.xml", '<DynamicClientRegistration mode="open" scopes=" read\n  write:all "/>')
+    assert load_authenticators(path).registration_scopes == {"read", "write:all"}
+
+
 def test_the_shipped_file_loads_with_mutual_ssl_disabled() -> None:
     settings = load_authenticators(Path(__file__).resolve().parents[2] / "conf" / "authenticators.xml")
     assert settings.enabled(MUTUAL_SSL) is None and MUTUAL_SSL in settings.disabled
@@ -91,6 +99,8 @@ def test_tried_in_descending_priority(tmp_path: Path) -> None:
             "already",
         ),
         ('<DynamicClientRegistration mode="sometimes"/>', 3, "'sometimes'"),
+        ('<DynamicClientRegistration mode="open" scopes="read a\\b"/>', 3, "scope tokens"),
+        ("<DynamicClientRegistration mode='open' scopes='read \"x\"'/>", 3, "scope tokens"),
         (
             '<Authenticator name="MutualSSLAuthenticator"><Config>'
             '<Parameter name="AdminCertificates">missing.pem</Parameter></Config></Authenticator>',
@@ -358,6 +368,77 @@ def test_a_secret_reset_is_a_compare_and_swap(store: SQLiteStorage, monkeypatch)
     assert store.get_client(client.client_id).secret_hash == first.client.secret_hash
     # A reset that reads the current secret goes through, as ever.
     assert client_ops.reset_secret(store, client.client_id, ACTOR).secret != first.secret
+
+
+def test_an_update_from_a_read_before_a_reset_cannot_bring_the_old_secret_back(
+    store: SQLiteStorage,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    """Red team: an RFC 7592 PUT (or admin PATCH) that read the client before a secret reset
+    and wrote after it stored the old secret again. It is 409 now, and the reset stands."""
+    client = client_ops.register_client(
+        store,
+        None,
+        {"token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"]},
+        ACTOR,
+    ).client
+    reset = client_ops.reset_secret(store, client.client_id, ACTOR)
+    monkeypatch.setattr(client_ops, "get_client", lambda s, cid: client)  # read before the reset
+    for merge in (True, False):  # the admin API's PATCH, RFC 7592's PUT
+        document = {"client_name": "renamed", "grant_types": ["client_credentials"]}
+        with pytest.raises(OperationError) as caught:
+            client_ops.update_client(store, None, client.client_id, document, ACTOR, merge=merge)
+        assert caught.value.status == 409 and caught.value.error == "conflict"
+    stored = store.get_client(client.client_id)
+    assert stored.secret_hash == reset.client.secret_hash and stored.name == ""
+    monkeypatch.undo()
+    # Read again, the change goes through and keeps the new secret.
+    client_ops.update_client(store, None, client.client_id, {"client_name": "renamed"}, ACTOR)
+    stored = store.get_client(client.client_id)
+    assert stored.secret_hash == reset.client.secret_hash and stored.name == "renamed"
+
+
+def test_an_update_from_a_read_before_a_removal_cannot_bring_the_certificate_back(
+    store: SQLiteStorage,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    first, second = pki.self_signed("first"), pki.self_signed("second")
+    jwks = {"keys": [{"kty": "EC", "x5c": [base64.b64encode(p.der).decode()]} for p in (first, second)]}
+    client = client_ops.register_client(
+        store,
+        None,
+        {
+            "token_endpoint_auth_method": "self_signed_tls_client_auth",
+            "grant_types": ["client_credentials"],
+            "jwks": jwks,
+        },
+        ACTOR,
+    ).client
+    removed = client.certificates[0].sha256
+    client_ops.change_client_certificates(store, None, client.client_id, [], [removed], ACTOR)
+    monkeypatch.setattr(client_ops, "get_client", lambda s, cid: client)  # read before the removal
+    with pytest.raises(OperationError) as caught:
+        client_ops.update_client(store, None, client.client_id, {"client_name": "renamed"}, ACTOR)
+    assert caught.value.status == 409
+    assert [c.sha256 for c in store.get_client(client.client_id).certificates] == [
+        client.certificates[1].sha256
+    ]
+
+
+def test_a_secret_reset_leaves_no_claim_behind(store: SQLiteStorage) -> None:
+    """Red team: reset_secret's claim on the hash it replaced lasted an hour, so that once the
+    old hash was stored again (a lost update, a restore) every reset was 409 for that hour. The
+    compare-and-swap needs no claim: a reset that reads the stored hash goes through."""
+    client = client_ops.register_client(
+        store,
+        None,
+        {"token_endpoint_auth_method": "client_secret_basic", "grant_types": ["client_credentials"]},
+        ACTOR,
+    ).client
+    client_ops.reset_secret(store, client.client_id, ACTOR)
+    assert store.update_client(client)  # the old hash back, as a backup restored would put it
+    again = client_ops.reset_secret(store, client.client_id, ACTOR)
+    assert store.get_client(client.client_id).secret_hash == again.client.secret_hash != client.secret_hash
 
 
 def test_registration_tokens_are_stored_hashed(store: SQLiteStorage) -> None:

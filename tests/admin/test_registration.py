@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import textwrap
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pki
@@ -65,7 +68,7 @@ def open_server(tmp_path_factory, keystore, wheel_cache, make_wheel) -> Iterator
     authority = pki.ca()
     (root / "ca.pem").write_bytes(authority.pem)
     dep.cli("truststore", "import", "--alias", "root", "--file", str(root / "ca.pem"))
-    write_authenticators(dep, mtls=False, mode="open")
+    write_authenticators(dep, mtls=False, mode="open", scopes="read write")
     add_users(dep)
     server = start_server(dep)
     server.authority = authority  # type: ignore[attr-defined]
@@ -146,6 +149,9 @@ def test_rfc7591_example_2(open_server: Server) -> None:
         ({"redirect_uris": ["not a uri"]}, "invalid_redirect_uri"),
         ({"redirect_uris": ["https://client.example.org/cb#frag"]}, "invalid_redirect_uri"),
         ({"redirect_uris": ["http://client.example.org/cb"]}, "invalid_redirect_uri"),  # http off loopback
+        # RFC 8252 §7.3: 127.0.0.1 and [::1] only, no zone identifier.
+        ({"redirect_uris": ["http://127.0.0.2/cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["http://[::1%25lo]/cb"]}, "invalid_redirect_uri"),
         # Userinfo: it reads as trusted.example and goes to evil.example (RFC 3986 §7.6).
         ({"redirect_uris": ["https://trusted.example@evil.example/cb"]}, "invalid_redirect_uri"),
         # Not ASCII: it would be sent as raw UTF-8 in Location (RFC 3986 §2.1).
@@ -401,3 +407,98 @@ def test_disabled_registration(tmp_path, keystore, wheel_cache, serve) -> None: 
     with server.client() as http:
         assert http.post("/oauth2/register", json={}).status_code == 404
         assert "registration_endpoint" not in http.get("/.well-known/oauth-authorization-server").json()
+
+
+def test_a_client_registers_only_the_scopes_the_policy_allows(open_server: Server) -> None:
+    """Red team: a self-registered client named any scope and got tokens carrying it, and
+    widened it with RFC 7592 PUT. ``<DynamicClientRegistration scopes="read write">``: any
+    other scope is invalid_client_metadata naming it (RFC 7591 §3.2.2), on registration and
+    on update; the admin API is not limited, and an update keeps what an admin granted."""
+    with open_server.client() as http:
+        refused = http.post("/oauth2/register", json={"scope": "read admin payments:write"})
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_client_metadata"
+        assert "admin payments:write" in refused.json()["error_description"]
+        assert "read" not in refused.json()["error_description"].split("'")[1].split()
+        body = http.post("/oauth2/register", json={"scope": "read"}).json()
+        assert body["scope"] == "read"
+        path = body["registration_client_uri"].removeprefix(open_server.url)
+        bearer = {"Authorization": f"Bearer {body['registration_access_token']}"}
+        document = {"client_id": body["client_id"], "grant_types": ["client_credentials"]}
+        widened = http.put(path, headers=bearer, json={**document, "scope": "read admin"})
+        assert widened.status_code == 400 and widened.json()["error"] == "invalid_client_metadata"
+        assert "'admin'" in widened.json()["error_description"]
+        denied = http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials", "scope": "admin"},
+            auth=(body["client_id"], body["client_secret"]),
+        )
+        assert denied.status_code == 400 and denied.json()["error"] == "invalid_scope"
+        assert http.put(path, headers=bearer, json={**document, "scope": "read write"}).status_code == 200
+    with open_server.client(auth=("root", PASSWORDS["root"]), headers=JSON) as admin:
+        granted = admin.patch(f"/api/clients/{body['client_id']}", json={"scope": "read admin"})
+        assert granted.status_code == 200, granted.text
+        created = admin.post(
+            "/api/clients",
+            json={
+                "client_name": "by an admin",
+                "grant_types": ["client_credentials"],
+                "token_endpoint_auth_method": "client_secret_basic",
+                "scope": "payments:write",
+            },
+        )
+        assert created.status_code == 201, created.text
+    with open_server.client() as http:
+        kept = http.put(path, headers=bearer, json={**document, "scope": "admin read"})
+        assert kept.status_code == 200, kept.text
+        assert sorted(kept.json()["scope"].split()) == ["admin", "read"]
+        more = http.put(path, headers=bearer, json={**document, "scope": "admin read superuser"})
+        assert more.status_code == 400 and "'superuser'" in more.json()["error_description"]
+
+
+def test_by_default_dynamic_registration_grants_no_scope(tmp_path, keystore, wheel_cache, serve) -> None:  # noqa: ANN001
+    dep = new_deployment(tmp_path / "ts", keystore, wheel_cache)
+    write_authenticators(dep, mtls=False, mode="open")
+    server = serve(dep)
+    with server.client() as http:
+        refused = http.post("/oauth2/register", json={"scope": "read"})
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_client_metadata"
+        assert "'read'" in refused.json()["error_description"]
+        assert http.post("/oauth2/register", json={"client_name": "no scope"}).status_code == 201
+
+
+def test_updates_racing_a_secret_reset_never_bring_the_old_secret_back(open_server: Server) -> None:
+    """Red team: RFC 7592 PUTs racing an admin's secret reset wrote the old secret hash back
+    (new secret 401, old 200), and the reset's claim then refused resets for an hour. Now a
+    PUT that read the client before a reset is 409, each reset's secret works and the one
+    before it does not, and resets go on going through."""
+    with open_server.client() as http:
+        body = http.post("/oauth2/register", json={"client_name": "victim"}).json()
+    client_id, secret = body["client_id"], body["client_secret"]
+    path = body["registration_client_uri"].removeprefix(open_server.url)
+    bearer = {"Authorization": f"Bearer {body['registration_access_token']}"}
+    document = {"client_id": client_id, "client_name": "victim", "grant_types": ["client_credentials"]}
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def spam() -> None:
+        with open_server.client() as http:
+            while not stop.is_set():
+                statuses.append(http.put(path, headers=bearer, json=document).status_code)
+
+    threads = [threading.Thread(target=spam) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        with open_server.client(auth=("root", PASSWORDS["root"]), headers=JSON) as admin:
+            for _ in range(4):
+                time.sleep(0.2)
+                reset = admin.post(f"/api/clients/{client_id}/secret")
+                assert reset.status_code == 200, reset.text
+                time.sleep(0.2)  # PUTs that read before the reset have written by now
+                new, old, secret = reset.json()["client_secret"], secret, reset.json()["client_secret"]
+                assert (token(open_server, client_id, new), token(open_server, client_id, old)) == (200, 401)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert statuses and set(statuses) <= {200, 409}, Counter(statuses)

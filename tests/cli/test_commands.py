@@ -539,7 +539,7 @@ def test_sp_redirect_uris_add_show_update(deployment) -> None:  # noqa: ANN001
     assert shown["redirect_uris"] == ["https://app.example/new"]
     before = deployment.cli("sp", "list", "--json").stdout
     for args, expected in [
-        (["--redirect-uri", "http://app.example/cb"], "http to a loopback address"),
+        (["--redirect-uri", "http://app.example/cb"], "http to the loopback address 127.0.0.1 or [::1]"),
         (["--redirect-uri", "https://app.example/cb#x"], "has a fragment"),
         (["--redirect-uri", "https://trusted.example@evil.example/cb"], "must not hold userinfo"),
         (["--redirect-uri", "https://app.example/caf\u00e9"], "not ASCII"),

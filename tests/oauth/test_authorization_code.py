@@ -976,3 +976,38 @@ def test_signing_in_again_ends_the_previous_session(env: Env, browser: Browser) 
         other.cookies.set("__Host-tokensmith-session", first, domain="127.0.0.1")
         stale = other.get(f"/oauth2/authorize?{query}")
     assert stale.status_code == 303 and stale.headers["location"].startswith("/oauth2/login?")
+
+
+@pytest.mark.parametrize("how", ["cli", "api"])
+def test_a_password_change_ends_the_users_sign_in_sessions(env: Env, browser: Browser, how: str) -> None:
+    """Red team: a sign-in session (a stolen cookie) outlived the user's password change and
+    went on getting codes. `tokensmith user password` and PATCH /api/users/NAME end it;
+    another user's session stays."""
+    dep = env.server.deployment
+    user, admin = f"pwchange-{how}", f"pwadmin-{how}"
+    dep.cli("user", "add", user, "--password-stdin", input=PASSWORD + "\n")
+    dep.cli("user", "add", admin, "--role", "admin", "--password-stdin", input=PASSWORD + "\n")
+    query = authorize_query(env.mtls, new_verifier())
+    assert browser.sign_in(query, user).status_code == 303
+    stolen = browser.http.cookies["__Host-tokensmith-session"]
+    bystander = Browser(env.server)
+    try:
+        assert bystander.sign_in(query, "bob").status_code == 303
+        assert browser.get(f"/oauth2/authorize?{query}").status_code == 200  # signed in: consent
+        if how == "cli":
+            dep.cli("user", "password", user, "--password-stdin", input="a-new-password-1\n")
+        else:
+            with env.server.client(auth=(admin, PASSWORD)) as api:
+                changed = api.patch(
+                    f"/api/users/{user}",
+                    json={"password": "a-new-password-1"},
+                    headers={"Content-Type": "application/json"},
+                )
+                assert changed.status_code == 200, changed.text
+        with env.server.client() as thief:
+            thief.cookies.set("__Host-tokensmith-session", stolen, domain="127.0.0.1")
+            stale = thief.get(f"/oauth2/authorize?{query}")
+        assert stale.status_code == 303 and stale.headers["location"].startswith("/oauth2/login?")
+        assert bystander.get(f"/oauth2/authorize?{query}").status_code == 200
+    finally:
+        bystander.close()

@@ -154,6 +154,15 @@ def test_redirect_uris_that_may_be_registered(uri: str) -> None:
         "https://user:secret@app.example/cb",
         "https://app.example@/cb",
         "http://127.0.0.1:80@127.0.0.2/cb",
+        # RFC 8252 §7.3's loopback literals exactly: not the rest of 127.0.0.0/8 nor other
+        # spellings of ::1, and no IPv6 zone identifier (RFC 6874), on http or https.
+        "http://127.0.0.2/cb",
+        "http://127.1/cb",
+        "http://[::ffff:127.0.0.1]/cb",
+        "http://[0:0:0:0:0:0:0:1]/cb",
+        "http://[::1%25lo]/cb",
+        "http://[::1%lo]/cb",
+        "https://[fe80::1%25eth0]/cb",
     ],
 )
 def test_redirect_uris_that_may_not(uri: str) -> None:
@@ -182,6 +191,11 @@ def test_a_redirect_uri_must_be_ascii(uri: str) -> None:
         ("http://127.0.0.1:51004/cb/", "http://127.0.0.1:8123/cb", False),  # the path exactly
         ("http://127.0.0.1:51004/cb?x=2", "http://127.0.0.1:8123/cb?x=1", False),
         ("http://127.0.0.2:8123/cb", "http://127.0.0.1:8123/cb", False),  # the host exactly
+        # Registered before registration refused them: matched exactly, never on any port.
+        ("http://127.0.0.2:51004/cb", "http://127.0.0.2:8123/cb", False),
+        ("http://127.0.0.2:8123/cb", "http://127.0.0.2:8123/cb", True),
+        ("http://[::ffff:127.0.0.1]:51004/cb", "http://[::ffff:127.0.0.1]:8123/cb", False),
+        ("http://[0:0:0:0:0:0:0:1]:51004/cb", "http://[0:0:0:0:0:0:0:1]:8123/cb", False),
         ("http://[::1]:8123/cb", "http://127.0.0.1:8123/cb", False),
         ("http://127.0.0.1:0/cb", "http://127.0.0.1:8123/cb", False),
         ("http://127.0.0.1:65536/cb", "http://127.0.0.1:8123/cb", False),

@@ -96,6 +96,74 @@ def _eventually(read, within: float = 0.5):  # noqa: ANN001, ANN202
     return value
 
 
+def test_a_client_update_from_a_stale_read_is_refused(open_store) -> None:  # noqa: ANN001
+    """update_client with *expected* is a compare-and-swap on the secret and certificates: a
+    change computed from a read that another connection has since overtaken (a secret reset,
+    a certificate removed) writes nothing, so that neither comes back; without *expected*
+    the write is unconditional, as before."""
+    from tokensmith.models import RegisteredCertificate
+
+    one, two = (
+        RegisteredCertificate("aa" * 32, "CN=one", 0, 10),
+        RegisteredCertificate("bb" * 32, "CN=two", 0, 10),
+    )
+    store, other = open_store(), open_store()
+    read = Client(
+        "c", "c", "client_secret_basic", ("client_credentials",), secret_hash="old", certificates=(one, two)
+    )
+    store.add_client(read)
+    # Another connection resets the secret; the stale read's metadata change must not undo it.
+    assert other.update_client(replace(read, secret_hash="new"), expected=read)
+    assert not store.update_client(replace(read, name="renamed"), expected=read)
+    assert store.get_client("c").secret_hash == "new" and store.get_client("c").name == "c"
+    # Another connection removes a certificate; the stale read's change must not restore it.
+    current = store.get_client("c")
+    assert other.update_client(replace(current, certificates=(one,)), expected=current)
+    assert not store.update_client(replace(current, name="renamed"), expected=current)
+    assert [c.sha256 for c in store.get_client("c").certificates] == [one.sha256]
+    # From the current row it goes through, metadata alone or the secret too.
+    current = other.get_client("c")
+    assert store.update_client(replace(current, name="renamed", secret_hash="newer"), expected=current)
+    assert other.get_client("c").name == "renamed" and other.get_client("c").secret_hash == "newer"
+    # A removed client: False either way.
+    assert other.remove_client("c")
+    assert not store.update_client(current, expected=current) and not store.update_client(current)
+
+
+def test_concurrent_secret_resets_have_one_winner(open_store) -> None:  # noqa: ANN001
+    """Resets racing from one read, each on its own connection (workers, instances): exactly
+    one compare-and-swap succeeds, and the stored secret is the winner's."""
+    stores = [open_store() for _ in range(6)]
+    read = Client("c", "c", "client_secret_basic", ("client_credentials",), secret_hash="old")
+    stores[0].add_client(read)
+    barrier = threading.Barrier(len(stores))
+
+    def reset(index: int) -> bool:
+        barrier.wait()
+        return stores[index].update_client(replace(read, secret_hash=f"new{index}"), expected=read)
+
+    with concurrent.futures.ThreadPoolExecutor(len(stores)) as pool:
+        won = list(pool.map(reset, range(len(stores))))
+    assert won.count(True) == 1
+    assert stores[0].get_client("c").secret_hash == f"new{won.index(True)}"
+
+
+def test_a_password_change_ends_the_users_sign_in_sessions(open_store) -> None:  # noqa: ANN001
+    """set_user_password ends the user's login-page sessions (a stolen cookie is worth no more
+    than the old password), and only that user's."""
+    store, other = open_store(), open_store()
+    alice, bob = User("alice", "h1"), User("bob", "h2")
+    store.add_user(alice)
+    store.add_user(bob)
+    far = int(time.time()) + 3600
+    store.add_session(SignInSession("s-alice", alice.user_id, "alice", 0, far))
+    store.add_session(SignInSession("s-bob", bob.user_id, "bob", 0, far))
+    assert other.set_user_password("alice", "h3")
+    assert store.get_session("s-alice") is None and store.get_user("alice").password_hash == "h3"
+    assert store.get_session("s-bob") is not None
+    assert not other.set_user_password("nobody", "h4")
+
+
 def test_purge_removes_only_expired_tokens(open_store) -> None:  # noqa: ANN001
     """purge_expired deletes tokens past their expiry and keeps live ones."""
     store = open_store()

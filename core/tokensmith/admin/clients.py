@@ -10,7 +10,6 @@ as ``ClientOptions``.
 from __future__ import annotations
 
 import base64
-import hashlib
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -53,11 +52,6 @@ SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 SELF_SIGNED = "self_signed_tls_client_auth"
 PKI = "tls_client_auth"
 KNOWN_METHODS = (*SECRET_METHODS, PKI, SELF_SIGNED, "none")
-#: Claims of ``reset_secret`` in the store's shared state (a namespace no plugin can have: a
-#: plugin's is its name). A replaced hash never comes back, so a claim need only outlive the
-#: requests racing for it.
-_RESET_NAMESPACE = "tokensmith:reset_secret"
-_RESET_CLAIM_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -204,8 +198,19 @@ def _revoke_dropped(store: Storage, before: Client, after: Client) -> None:
 
 
 def _store_update(store: Storage, before: Client, after: Client) -> None:
-    if not store.update_client(after):
-        raise not_found(f"service provider {before.client_id!r} was removed meanwhile")
+    """Write *after* in place of *before*, a compare-and-swap on the secret and the
+    certificates: a change computed from a read that another request has since overtaken (a
+    secret reset, a certificate removed, by another worker too) is refused with 409 rather
+    than writing back the old secret or certificate."""
+    if not store.update_client(after, expected=before):
+        if store.get_client(before.client_id) is None:
+            raise not_found(f"service provider {before.client_id!r} was removed meanwhile")
+        raise OperationError(
+            f"service provider {before.client_id!r} was changed meanwhile by another request (its"
+            " secret or certificates); read it again and repeat the change",
+            409,
+            "conflict",
+        )
     _revoke_dropped(store, before, after)
 
 
@@ -319,25 +324,12 @@ def reset_secret(store: Storage, client_id: str, actor: Actor) -> Registered:
             409,
             "invalid_request",
         )
-    # Compare-and-swap on the stored hash: of resets that read the same secret (parallel
-    # requests, two workers), one replaces it and the others are refused, rather than each
-    # answering with a secret that only one of them made current. put_if_absent is atomic
-    # across threads, workers and hosts on both backends.
-    claim = f"{client_id} {hashlib.sha256(str(client.secret_hash).encode()).hexdigest()}"
-    if not store.put_if_absent(_RESET_NAMESPACE, claim, int(time.time()) + _RESET_CLAIM_SECONDS):
-        raise OperationError(
-            f"the secret of client {client_id} was reset meanwhile by another request; reset it again"
-            " if that one's secret is not the one you want",
-            409,
-            "conflict",
-        )
     secret = secrets.token_urlsafe(32)
     updated = replace(client, secret_hash=kdf.hash_secret(secret))
-    try:
-        _store_update(store, client, updated)
-    except BaseException:
-        store.delete_state(_RESET_NAMESPACE, claim)
-        raise
+    # A compare-and-swap on the stored hash (``_store_update``): of resets that read the same
+    # secret (parallel requests, two workers), one replaces it and the others are refused,
+    # rather than each answering with a secret that only one of them made current.
+    _store_update(store, client, updated)
     record(store, actor, "client.reset_secret", client_id)
     return Registered(updated, secret)
 

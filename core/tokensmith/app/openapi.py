@@ -253,9 +253,16 @@ _BEARER_REFUSED = {
 
 
 def _registration(
-    summary: str, status: int, ok: dict[str, Any], security: list[dict[str, Any]], *, body: bool = False
+    summary: str,
+    status: int,
+    ok: dict[str, Any],
+    security: list[dict[str, Any]],
+    *,
+    body: bool = False,
+    conflict: bool = False,
 ) -> dict[str, Any]:
-    """An operation of dynamic registration: authenticated by a bearer token, not as /api/."""
+    """An operation of dynamic registration: authenticated by a bearer token, not as /api/.
+    *conflict*: it may be 409, when the client changed meanwhile (``admin.clients``)."""
     operation: dict[str, Any] = {
         "summary": summary,
         "tags": ["registration"],
@@ -274,6 +281,10 @@ def _registration(
         operation["responses"]["400"] = _json(
             _ref("Error"),
             "invalid_client_metadata or invalid_redirect_uri (RFC 7591 §3.2.2)",
+        )
+    if conflict:
+        operation["responses"]["409"] = _json(
+            _ref("Error"), "conflict: an administrator changed the client's secret or certificates meanwhile"
         )
     return operation
 
@@ -323,6 +334,7 @@ def document() -> dict[str, Any]:
                     "Change the members given (null removes one)",
                     _json(_ref("Client")),
                     404,
+                    409,
                     body=_ref("ClientMetadata"),
                     params=["client_id"],
                 ),
@@ -330,6 +342,7 @@ def document() -> dict[str, Any]:
                     "Replace the metadata",
                     _json(_ref("Client")),
                     404,
+                    409,
                     body=_ref("ClientMetadata"),
                     params=["client_id"],
                 ),
@@ -358,6 +371,7 @@ def document() -> dict[str, Any]:
                     _json(_ref("Client")),
                     404,
                     400,
+                    409,
                     params=["client_id", "sha256"],
                 )
             },
@@ -394,7 +408,7 @@ def document() -> dict[str, Any]:
             "/api/users/{username}": {
                 "get": _op("Show a user", _json(_ref("User")), 404, params=["username"]),
                 "patch": _op(
-                    "Change a user's role or password (either ends their console sessions)",
+                    "Change a user's role or password (either ends their console sessions; a password also their sign-in sessions)",
                     _json(_ref("User")),
                     404,
                     body={
@@ -549,7 +563,8 @@ def document() -> dict[str, Any]:
             "/oauth2/register": {
                 "post": _registration(
                     "RFC 7591 §3.1: a client registers itself (as <DynamicClientRegistration mode>"
-                    " allows: open, or with an initial access token an admin issued)",
+                    " allows: open, or with an initial access token an admin issued), for no scope"
+                    " but those its scopes attribute lists",
                     201,
                     _json(_ref("RegisteredClient"), "Registered; the secret and token are shown only here"),
                     [{"initialAccessToken": []}, {}],
@@ -573,6 +588,7 @@ def document() -> dict[str, Any]:
                     _json(_ref("RegisteredClient")),
                     [{"registrationAccessToken": []}],
                     body=True,
+                    conflict=True,
                 ),
                 "delete": _registration(
                     "RFC 7592 §2.3: remove the client; its tokens are revoked",

@@ -5,8 +5,10 @@ conf/authenticators.xml's ``<DynamicClientRegistration mode=...>`` decides who m
 ``open`` (anyone), ``initial_access_token`` (a bearer token an admin issued, RFC 7591 §3,
 each usable once) or ``disabled`` (404). A registered client gets a registration access
 token (RFC 7592 §3) for reading, replacing and deleting its registration; the server keeps
-only its SHA-256. Registration goes through ``admin.clients``, like the admin API and the CLI:
-the same checks, the client's authenticator's ``check_client_metadata``, an audit entry.
+only its SHA-256. ``<DynamicClientRegistration scopes=>`` lists the scopes a client may
+register for itself (none by default). Registration goes through ``admin.clients``, like the
+admin API and the CLI: the same checks, the client's authenticator's
+``check_client_metadata``, an audit entry.
 """
 
 from __future__ import annotations
@@ -109,10 +111,31 @@ def _understood(document: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def _check_scope(rt: Runtime, document: Mapping[str, Any], held: tuple[str, ...] = ()) -> None:
+    """The registration scope policy: a client registering itself (or replacing its
+    registration, RFC 7592 §2.2) may ask only for scopes ``<DynamicClientRegistration
+    scopes=>`` lists, and on an update for those it already has (an administrator may have
+    granted more); none by default. RFC 7591 §2 leaves what a client gets to the server;
+    a scope it may not have is refused with ``invalid_client_metadata`` (§3.2.2) naming it,
+    rather than dropped, so that the client does not take a narrower registration for the one
+    it asked for. Administrators (admin API, CLI, console) are not limited by it."""
+    scope = document.get("scope")
+    if not isinstance(scope, str):
+        return  # absent; any other type is refused with the rest of the metadata
+    allowed = rt.admin.registration_scopes
+    refused = [s for s in dict.fromkeys(scope.split()) if s not in allowed and s not in held]
+    if refused:
+        named = " ".join(refused)
+        raise InvalidClientMetadataError(
+            f"scope: {named[:200]!r} may not be registered dynamically here;"
+            " an administrator grants other scopes"
+        )
+
+
 def _check_redirect_uris(uris: object) -> None:
     """RFC 7591 §3.2.2 ``invalid_redirect_uri`` for a redirection URI the authorization
     endpoint would not redirect to (``clientmetadata.check_redirect_uri``: absolute, no
-    fragment, https or http to loopback)."""
+    fragment, https or http to 127.0.0.1 or [::1])."""
     if uris is None:
         return
     if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
@@ -173,6 +196,7 @@ async def register() -> Response:
     if initial is not None and found is None:
         raise not_valid
     document = _understood(await _document())
+    _check_scope(rt, document)
     actor = Actor("registration", "initial_access_token" if initial else "open", request.remote_addr)
     if initial is not None and found is not None:
         # Taken before the registration, in one statement, so that two registrations racing
@@ -240,6 +264,7 @@ async def replace(client_id: str) -> Response:
     if raw.get("client_id") != client.client_id:
         raise InvalidClientMetadataError("client_id in the body must be the client's own (RFC 7592 §2.2)")
     document = _understood(raw)
+    _check_scope(rt, document, held=client.scopes)
     actor = Actor(f"client:{client_id}", "registration_access_token", request.remote_addr)
     updated = await asyncio.to_thread(
         client_ops.update_client, rt.storage, rt.listeners, client_id, document, actor, merge=False
@@ -265,6 +290,10 @@ async def refused(error: _Refused) -> Response:
 
 @registration.errorhandler(OperationError)
 async def operation_error(error: OperationError) -> Response:
+    if error.error == "conflict":
+        # Not the metadata's fault: a change of the client (an administrator's secret reset
+        # or certificate removal) overtook this request; the client reads and repeats it.
+        return to_response(Answer(409, {"error": "conflict", "error_description": str(error)}))
     # RFC 7591 §3.2.2: every refusal of the metadata is invalid_client_metadata.
     status = error.status if error.status != 409 else 400
     code = error.error if error.error == "invalid_client_metadata" else "invalid_client_metadata"

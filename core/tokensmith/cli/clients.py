@@ -308,7 +308,7 @@ def _metadata_options(parser: argparse.ArgumentParser) -> None:
         dest="redirect_uris",
         metavar="URI",
         help="a redirect URI for the authorization_code grant (repeatable; metadata"
-        " redirect_uris, compared exactly): https, or http to a loopback address such as"
+        " redirect_uris, compared exactly): https, or http to 127.0.0.1 or [::1], as"
         " http://127.0.0.1:8080/callback (RFC 8252 §7.3); sp update replaces the list",
     )
     keys = parser.add_mutually_exclusive_group()

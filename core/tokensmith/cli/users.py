@@ -69,8 +69,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
         help="set a user's password",
         description="Give a user a new password (at least"
         f" {users.MIN_PASSWORD_LENGTH} characters), asked for at a prompt or read from the first"
-        " line of standard input with --password-stdin. Their console sessions end; their"
-        " tokens stay (revoke them with `user revoke`).",
+        " line of standard input with --password-stdin. Their console sessions and their sign-ins"
+        " on the login page end; their tokens stay (revoke them with `user revoke`).",
     )
     password.set_defaults(handler=cmd_password)
     password.add_argument("username")

@@ -4,7 +4,7 @@ The format is WSO2's ``security/authenticators.xml``: ``<Authenticator name= dis
 a ``<Priority>`` and ``<Config><Parameter name=...>`` values. Authenticators are tried in
 descending priority (the highest first; ties by name). The file is optional: without it,
 ``BasicAuthenticator`` alone is enabled and dynamic registration needs an initial access
-token. It is schema-checked (``authenticators.xsd``) and re-read on every reload (SIGHUP),
+token and grants no scope (``<DynamicClientRegistration scopes=>`` lists those it may). It is schema-checked (``authenticators.xsd``) and re-read on every reload (SIGHUP),
 like identity.xml. An authenticator the file does not name keeps its default (Basic enabled
 at priority 10, MutualSSL disabled); ``disabled="true"`` turns one off.
 """
@@ -62,6 +62,10 @@ class AdminSettings:
     authenticators: tuple[AdminAuthenticator, ...] = (AdminAuthenticator(BASIC, 10),)
     registration_mode: str = "initial_access_token"
     initial_access_token_lifetime: int = 86400
+    #: The scopes a client may register for through dynamic registration (RFC 7591 §2:
+    #: the server decides what a client gets); none by default. Administrators (admin API,
+    #: CLI, console) are not limited by it.
+    registration_scopes: frozenset[str] = frozenset()
     disabled: tuple[str, ...] = field(default=(MUTUAL_SSL,))
 
     def enabled(self, name: str) -> AdminAuthenticator | None:
@@ -139,4 +143,6 @@ def load_authenticators(path: Path) -> AdminSettings:
             if lifetime <= 0:
                 raise ConfigError(f"{where(path, dcr)}: initialAccessTokenLifetime must be positive")
             settings["initial_access_token_lifetime"] = lifetime
+        # The schema has checked each token's characters (RFC 6749 §3.3).
+        settings["registration_scopes"] = frozenset(dcr.get("scopes", "").split())
     return AdminSettings(path, tuple(enabled), disabled=tuple(disabled), **settings)  # type: ignore[arg-type]

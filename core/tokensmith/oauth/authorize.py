@@ -15,7 +15,6 @@ sent back to the client on its redirect URI (``RedirectedError``).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import re
 import secrets
@@ -34,7 +33,7 @@ from tokensmith.errors import (
 from tokensmith.models import AuthorizationCode, Client, Consent, SignInSession, Storage
 from tokensmith.oauth import pkce
 from tokensmith.oauth.clientauth import storable_id
-from tokensmith.oauth.clientmetadata import check_redirect_uri
+from tokensmith.oauth.clientmetadata import LOOPBACK_HOSTS, check_redirect_uri
 from tokensmith.oauth.endpoints import AUTHORIZE_PATH
 from tokensmith.oauth.events import AuthorizationCodeEvent
 from tokensmith.oauth.grants import resolve_scope
@@ -124,7 +123,7 @@ def _parameters(query: str) -> dict[str, list[str]]:
     return params
 
 
-#: An ``http`` redirect URI to a loopback IP literal (RFC 8252 §7.3), its port apart.
+#: An ``http`` redirect URI to an IP literal, its port apart (for RFC 8252 §7.3).
 _LOOPBACK_URI = re.compile(
     r"http://(?P<host>[0-9.]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?(?P<rest>[/?][!-~]*)?",
     re.ASCII,
@@ -132,17 +131,17 @@ _LOOPBACK_URI = re.compile(
 
 
 def _loopback_key(uri: str) -> tuple[str, str] | None:
-    """*uri* without its port, if it is ``http`` to a loopback IP literal; else None."""
+    """*uri* without its port, if it is ``http`` to ``127.0.0.1`` or ``[::1]``, the loopback
+    literals registration accepts (``LOOPBACK_HOSTS``); else None. Another address of
+    127.0.0.0/8, ``[::ffff:127.0.0.1]`` or a zone identifier gets no any-port rule, even if
+    registered before registration refused them."""
     found = _LOOPBACK_URI.fullmatch(uri)
     if found is None:
         return None
     port = found["port"]
     if port is not None and not 0 < int(port) < 65536:
         return None
-    try:
-        if not ipaddress.ip_address(found["host"].strip("[]")).is_loopback:
-            return None
-    except ValueError:
+    if found["host"].strip("[]") not in LOOPBACK_HOSTS:
         return None
     return found["host"], found["rest"] or ""
 

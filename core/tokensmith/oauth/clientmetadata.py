@@ -177,12 +177,20 @@ def _check_https(name: str, value: str) -> None:
 MAX_REDIRECT_URIS = 32
 
 
+#: The hosts of the ``http`` redirect URIs a native app may register (RFC 8252 §7.3), as
+#: urlsplit gives them: the two loopback literals the RFC names. Not the rest of 127.0.0.0/8
+#: nor other spellings of ::1 (IPv4-mapped, zero-padded): which of those reach the app's own
+#: listener depends on the machine, and the any-port rule is for the app's listener alone.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1"})
+
+
 def check_redirect_uri(value: str) -> str:
     """Refuse a redirect URI this server will not redirect a browser to; return it as is.
 
     Absolute, no fragment (RFC 6749 §3.1.2), at most 2000 characters, no spaces; ``https``,
-    or ``http`` to a loopback IP literal only, as RFC 8252 §7.3 allows native apps (§8.3:
-    ``localhost`` is NOT RECOMMENDED, since it may resolve elsewhere). Compared character
+    or ``http`` to the loopback IP literal ``127.0.0.1`` or ``[::1]`` only, as RFC 8252 §7.3
+    allows native apps (§8.3: ``localhost`` is NOT RECOMMENDED, since it may resolve
+    elsewhere); no IPv6 zone identifier (RFC 6874). Compared character
     for character on every request (RFC 9700 §4.1.3), so it is stored exactly as given.
 
     ASCII only: a URI is (RFC 3986 §2), and any other character would go into the Location
@@ -216,17 +224,19 @@ def check_redirect_uri(value: str) -> str:
         )
     if parts.fragment or "#" in value:
         raise _fail(f"redirect_uris: {value!r:.80} has a fragment (RFC 6749 §3.1.2)")
+    if host and "%" in host and parts.netloc.startswith("["):
+        # An IPv6 zone identifier (RFC 6874) names an interface of the machine the browser
+        # runs on: whose interface it is depends on that machine, not on the client.
+        raise _fail(
+            f"redirect_uris: {value!r:.80} has an IPv6 zone identifier (RFC 6874), which names no host"
+        )
     if parts.scheme == "https" and host:
         return value
-    if parts.scheme == "http" and host:
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                return value
-        except ValueError:
-            pass
+    if parts.scheme == "http" and host in LOOPBACK_HOSTS:
+        return value
     raise _fail(
-        f"redirect_uris: {value!r:.80} must be an https URL, or http to a loopback address"
-        " such as http://127.0.0.1:PORT/ (RFC 8252 §7.3)"
+        f"redirect_uris: {value!r:.80} must be an https URL, or http to the loopback address"
+        " 127.0.0.1 or [::1], as http://127.0.0.1:PORT/ (RFC 8252 §7.3)"
     )
 
 

@@ -57,7 +57,7 @@ from tokensmith.models import (
     TokenRecord,
     User,
 )
-from tokensmith.storage.sqlite import _client, _client_row, _count, _token_row
+from tokensmith.storage.sqlite import _client, _client_row, _count, _same_credentials, _token_row
 
 __all__ = ["PostgresStorage", "SCHEMA_VERSION", "POOL_SIZE", "redact_url", "is_postgres_url"]
 
@@ -771,9 +771,19 @@ class PostgresStorage:
                 _pg_client_row(client),
             )
 
-    def update_client(self, client: Client) -> bool:
+    def update_client(self, client: Client, expected: Client | None = None) -> bool:
         row = _pg_client_row(client)
-        with self._cursor() as cur:
+        with self._cursor(transaction=expected is not None) as cur:
+            if expected is not None:
+                # The row stays locked until the UPDATE commits: a concurrent change of it
+                # waits, then reads what this one wrote.
+                cur.execute(
+                    "SELECT secret_hash, certificates FROM clients WHERE client_id = %s FOR UPDATE",
+                    (client.client_id,),
+                )
+                stored = cur.fetchone()
+                if stored is None or not _same_credentials(expected, stored[0], stored[1]):
+                    return False
             cur.execute(
                 "UPDATE clients SET name = %s, token_endpoint_auth_method = %s, grant_types = %s,"
                 " scopes = %s, secret_hash = %s, bind_tokens = %s, created_at = %s, certificates = %s,"
@@ -1082,9 +1092,17 @@ class PostgresStorage:
             return cur.rowcount > 0
 
     def set_user_password(self, username: str, password_hash: str) -> bool:
-        with self._cursor() as cur:
-            cur.execute("UPDATE users SET password_hash = %s WHERE username = %s", (password_hash, username))
-            return cur.rowcount > 0
+        with self._cursor(transaction=True) as cur:
+            cur.execute(
+                "UPDATE users SET password_hash = %s WHERE username = %s RETURNING user_id",
+                (password_hash, username),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return False
+            # As SQLite: the user's sign-ins on the login page end with the old password.
+            cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (row[0],))
+            return True
 
     def revoke_client_tokens(self, client_id: str) -> int:
         with self._cursor(transaction=True) as cur:

@@ -441,16 +441,30 @@ class SQLiteStorage:
         )
 
     @_serialised
-    def update_client(self, client: Client) -> bool:
+    def update_client(self, client: Client, expected: Client | None = None) -> bool:
         row = _client_row(client)
-        cursor = self._run(
-            "UPDATE clients SET name = ?, token_endpoint_auth_method = ?, grant_types = ?,"
-            " scopes = ?, secret_hash = ?, bind_tokens = ?, created_at = ?, certificates = ?,"
-            " tls_subject = ?, access_token_lifetime = ?, refresh_token_lifetime = ?,"
-            " jwt_access_tokens = ?, resource_server = ?, refresh_token_max_lifetime = ?,"
-            " metadata = ? WHERE client_id = ?",
-            (*row[1:], row[0]),
-        )
+        try:
+            with self._db:
+                # One write transaction: the check and the write see the same row, whoever
+                # else (another worker, the CLI) writes the file.
+                self._db.execute("BEGIN IMMEDIATE")
+                if expected is not None:
+                    stored = self._db.execute(
+                        "SELECT secret_hash, certificates FROM clients WHERE client_id = ?",
+                        (client.client_id,),
+                    ).fetchone()
+                    if stored is None or not _same_credentials(expected, stored[0], stored[1]):
+                        return False
+                cursor = self._db.execute(
+                    "UPDATE clients SET name = ?, token_endpoint_auth_method = ?, grant_types = ?,"
+                    " scopes = ?, secret_hash = ?, bind_tokens = ?, created_at = ?, certificates = ?,"
+                    " tls_subject = ?, access_token_lifetime = ?, refresh_token_lifetime = ?,"
+                    " jwt_access_tokens = ?, resource_server = ?, refresh_token_max_lifetime = ?,"
+                    " metadata = ? WHERE client_id = ?",
+                    (*row[1:], row[0]),
+                )
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
         return cursor.rowcount > 0
 
     @_serialised
@@ -922,12 +936,21 @@ class SQLiteStorage:
 
     @_serialised
     def set_user_password(self, username: str, password_hash: str) -> bool:
-        return (
-            self._run(
-                "UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)
-            ).rowcount
-            > 0
-        )
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute("SELECT user_id FROM users WHERE username = ?", (username,)).fetchone()
+                if row is None:
+                    return False
+                self._db.execute(
+                    "UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)
+                )
+                # Their sign-ins on the login page end with the old password: a stolen
+                # session cookie is worth no more than the stolen password it stood for.
+                self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (row[0],))
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        return True
 
     @_serialised
     def get_user(self, username: str) -> User | None:
@@ -1252,6 +1275,15 @@ def _client_row(client: Client) -> tuple[object, ...]:
         client.refresh_token_max_lifetime,
         json.dumps(dict(client.metadata)),
     )
+
+
+def _same_credentials(expected: Client, secret_hash: str | None, certificates: str) -> bool:
+    """Whether a stored client row still has *expected*'s secret and certificates: the
+    compare of ``update_client``'s compare-and-swap. Certificates are compared by their
+    SHA-256, not by the stored text, so that a row written by an older release compares
+    equal to itself."""
+    stored = [c["sha256"] for c in json.loads(certificates)]
+    return secret_hash == expected.secret_hash and stored == [c.sha256 for c in expected.certificates]
 
 
 def _client(row: tuple) -> Client:
