@@ -315,6 +315,13 @@ class Storage(Protocol):
 
     def get_client(self, client_id: str) -> Client | None: ...
 
+    def cached_client(self, client_id: str) -> Client | None:
+        """Client *client_id* when the store holds it in memory, kept current as
+        ``get_client``'s would be, without any I/O; None when only ``get_client`` can tell.
+        Request handlers ask this first, on the event loop, so that a known client costs a
+        networked store no trip to its threads."""
+        ...
+
     def list_clients(self) -> list[Client]: ...
 
     def search_clients(self, query: str = "", limit: int = 50, offset: int = 0) -> tuple[int, list[Client]]:

@@ -361,6 +361,37 @@ def test_while_the_listening_connection_is_down_nothing_is_cached(postgres_url) 
         cli.close()
 
 
+def test_the_cached_client_is_current_and_only_there_while_listening(postgres_url) -> None:  # noqa: ANN001
+    """``cached_client`` answers from memory (the token path asks it on the event loop, before
+    any trip to the store's threads): a client once read is there, a change made by another
+    instance takes it out (NOTIFY) until it is read again, and nothing is cached before the
+    store listens."""
+    server, cli = PostgresStorage(postgres_url), PostgresStorage(postgres_url)
+    try:
+        cli.add_client(Client("c", "first", "client_secret_basic", ("client_credentials",)))
+        assert server.get_client("c").name == "first"
+        assert server.cached_client("c") is None  # not listening yet: nothing would tell it
+        server.serving()
+        deadline = time.monotonic() + 10
+        while not server._listening:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert server.cached_client("c") is None  # not read since
+        assert server.get_client("c").name == "first"
+        assert server.cached_client("c").name == "first"
+        assert server.cached_client("unknown") is None
+        cli.update_client(Client("c", "second", "client_secret_basic", ("client_credentials",)))
+        deadline = time.monotonic() + 5
+        while server.cached_client("c") is not None:
+            assert time.monotonic() < deadline, "the NOTIFY of the change never reached the cache"
+            time.sleep(0.01)
+        assert server.get_client("c").name == "second"
+        assert server.cached_client("c").name == "second"
+    finally:
+        server.close()
+        cli.close()
+
+
 def test_serve_with_an_unreachable_database_fails_in_one_line(deployment, monkeypatch) -> None:  # noqa: ANN001
     """`tokensmith serve` whose database cannot be reached: exit status 1, one line naming
     the URL without its password, no traceback. (Needs no PostgreSQL server.)"""

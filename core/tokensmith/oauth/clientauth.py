@@ -220,6 +220,10 @@ class ClientAuthRequest:
         answer is remembered, and answers them with its StorageError (503)."""
         if client_id is None or not storable_id(client_id) or client_id in self._clients:
             return
+        cached = self._storage.cached_client(client_id)
+        if cached is not None:
+            self._clients[client_id] = cached
+            return
         try:
             self._clients[client_id] = await self._storage.call(self._storage.get_client, client_id)
         except StorageError as exc:

@@ -794,6 +794,12 @@ class PostgresStorage:
             )
             return cur.rowcount > 0
 
+    def cached_client(self, client_id: str) -> Client | None:
+        """From the cache that LISTEN/NOTIFY keeps current (``get_client``); None while not
+        listening, since then nothing would tell the cache that a client changed."""
+        with self._cache_lock:
+            return self._clients.get(client_id) if self._listening else None
+
     def get_client(self, client_id: str) -> Client | None:
         with self._cache_lock:
             cached = self._clients.get(client_id) if self._listening else None
