@@ -44,25 +44,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "core" / "tokensmith"
 PLUGINS = ROOT / "plugins"
 
-SERVER_XML = """<?xml version="1.0" encoding="UTF-8"?>
-<Server>
-    <Keystore certificateFile="security/server.crt" keyFile="security/server.key"/>
-    <Connector address="127.0.0.1" port="0" clientAuth="want"/>
-    <Database path="../var/tokensmith.db"/>
-    <Dropins path="../dropins"/>
-</Server>
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-IDENTITY_XML = """<?xml version="1.0" encoding="UTF-8"?>
-<Identity>
-    <OAuth></OAuth>
-    <EventListeners>
-        <EventListener type="ClientAuthenticator" name="basic_auth" orderId="100" enable="true"/>
-        <EventListener type="ClientAuthenticator" name="post_body_auth" orderId="110" enable="true"/>
-        <EventListener type="ClientAuthenticator" name="mutual_tls" orderId="158" enable="true"/>
-    </EventListeners>
-</Identity>
-"""
+# The bench harness's deployment files: the same server.xml (SQLite, one connector that asks
+# for client certificates) and identity.xml (the three bundled authenticators).
+from harness.servers import IDENTITY_XML  # noqa: E402
+from harness.servers import SERVER_XML as _SERVER_XML  # noqa: E402
+
+SERVER_XML = _SERVER_XML.format(http1="", database='<Database path="../var/tokensmith.db"/>')
 
 
 def _self_signed(directory: Path) -> tuple[Path, bytes, str]:
