@@ -29,7 +29,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -47,7 +46,7 @@ from tokensmith.admin import configuration as config_ops
 from tokensmith.admin import users as user_ops
 from tokensmith.admin.audit import Actor, OperationError
 from tokensmith.app.openapi import document as openapi_document
-from tokensmith.app.responses import to_response
+from tokensmith.app.responses import json_object, to_response
 from tokensmith.app.state import RELOAD_ALL, public_urls_of, runtime
 from tokensmith.config.authenticators import (
     BASIC,
@@ -417,14 +416,8 @@ async def refused(error: Exception) -> Response:
 
 
 async def _body() -> dict[str, Any]:
-    data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        # RecursionError: nesting deeper than the parser's recursion limit ('[' * 60000 fits
-        # in the body limit); a client's mistake like any other malformed JSON.
-        raise OperationError("the request body must be a JSON object") from None
-    if not isinstance(value, dict):
+    value = json_object(await request.get_data(cache=False, as_text=False, parse_form_data=False))
+    if value is None:
         raise OperationError("the request body must be a JSON object")
     return value
 

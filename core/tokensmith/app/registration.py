@@ -14,7 +14,6 @@ admin API and the CLI: the same checks, the client's authenticator's
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +22,7 @@ from quart import Blueprint, Response, current_app, request
 
 from tokensmith.admin import clients as client_ops
 from tokensmith.admin.audit import Actor, OperationError
-from tokensmith.app.responses import to_response
+from tokensmith.app.responses import json_object, to_response
 from tokensmith.app.state import public_urls_of, runtime
 from tokensmith.errors import InvalidClientMetadataError, InvalidRedirectUriError, OAuth2Error
 from tokensmith.models import Client
@@ -65,14 +64,9 @@ def _bearer() -> str | None:
 
 
 async def _document() -> dict[str, Any]:
-    data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        # RecursionError: nesting deeper than the parser's recursion limit, which fits in the
-        # body limit; RFC 7591 §3.2.2 invalid_client_metadata like any other malformed body.
-        raise InvalidClientMetadataError("the request body must be a JSON object (RFC 7591 §3.1)") from None
-    if not isinstance(value, dict):
+    value = json_object(await request.get_data(cache=False, as_text=False, parse_form_data=False))
+    if value is None:
+        # RFC 7591 §3.2.2: invalid_client_metadata, like any other malformed body.
         raise InvalidClientMetadataError("the request body must be a JSON object (RFC 7591 §3.1)")
     return value
 

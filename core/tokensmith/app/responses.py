@@ -49,9 +49,21 @@ __all__ = [
     "collect",
     "not_post",
     "read_body",
+    "json_object",
 ]
 
 log = logging.getLogger("tokensmith")
+
+
+def json_object(data: bytes) -> dict[str, Any] | None:
+    """*data* parsed as a JSON object; None when it is not one: not JSON, not UTF-8, not an
+    object, or nested deeper than the parser's recursion limit (``'[' * 60000`` fits in a body
+    limit), each a client's mistake to be answered 400 by the caller."""
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def json_bytes(body: Any) -> bytes:

@@ -21,7 +21,7 @@ from quart import Blueprint, Response, current_app, render_template, request
 
 from tokensmith.app.state import public_urls_of, runtime
 from tokensmith.errors import ServerError, TemporarilyUnavailableError
-from tokensmith.models import SignInSession, StorageError
+from tokensmith.models import SignInSession, Storage, StorageError
 from tokensmith.oauth import authorize
 from tokensmith.oauth.authorize import AUTHORIZE_PATH, AccessDeniedError, RedirectedError, ShownError
 from tokensmith.oauth.grants import check_password, login_source
@@ -110,6 +110,13 @@ async def _form() -> dict[str, str]:
 
 def _csrf_ok(form: dict[str, str]) -> bool:
     return authorize.csrf_matches(request.cookies.get(CSRF_COOKIE), form.get("csrf_token"))
+
+
+async def _csrf_refusal(form: dict[str, str]) -> Response | None:
+    """The 403 page for a form that does not carry this site's CSRF token; None when it does."""
+    if _csrf_ok(form):
+        return None
+    return await _shown("The form has expired or did not come from this site. Go back and try again.", 403)
 
 
 def _safe(query: str) -> str:
@@ -208,10 +215,8 @@ async def login() -> Response:
     rt = runtime(current_app)
     form = await _form()
     query = _safe(form.get("request", ""))
-    if not _csrf_ok(form):
-        return await _shown(
-            "The form has expired or did not come from this site. Go back and try again.", 403
-        )
+    if (refused := await _csrf_refusal(form)) is not None:
+        return refused
     username, password = form.get("username", ""), form.get("password", "")
     user = None
     if username and password and len(username) <= MAX_FIELD and len(password) <= MAX_FIELD:
@@ -274,10 +279,8 @@ async def consent() -> Response:
     """The user's answer on the consent page: allow (remembered) or deny (``access_denied``)."""
     rt = runtime(current_app)
     form = await _form()
-    if not _csrf_ok(form):
-        return await _shown(
-            "The form has expired or did not come from this site. Go back and try again.", 403
-        )
+    if (refused := await _csrf_refusal(form)) is not None:
+        return refused
     query = _safe(form.get("request", ""))
     try:
         checked = await rt.storage.call(authorize.validate, rt.storage, query)
@@ -304,27 +307,31 @@ async def account() -> Response:
     session = await _session(rt)
     if session is None:
         return _redirect(LOGIN_PATH)
-    consents = []
-    for item in await rt.storage.call(rt.storage.list_consents, session.user_id):
-        client = await rt.storage.call(rt.storage.get_client, item.client_id)
-        consents.append(
+    consents = await rt.storage.call(_consents_shown, rt.storage, session.user_id)
+    return await _page("account.html", username=session.username, consents=consents)
+
+
+def _consents_shown(storage: Storage, user_id: str) -> list[dict[str, Any]]:
+    """The user's consents with their clients' names, read in one ``Storage.call``."""
+    shown = []
+    for item in storage.list_consents(user_id):
+        client = storage.get_client(item.client_id)
+        shown.append(
             {
                 "client_id": item.client_id,
                 "name": client.name if client else item.client_id,
                 "scopes": item.scopes,
             }
         )
-    return await _page("account.html", username=session.username, consents=consents)
+    return shown
 
 
 @signin.post(ACCOUNT_PATH)
 async def revoke_consent() -> Response:
     rt = runtime(current_app)
     form = await _form()
-    if not _csrf_ok(form):
-        return await _shown(
-            "The form has expired or did not come from this site. Go back and try again.", 403
-        )
+    if (refused := await _csrf_refusal(form)) is not None:
+        return refused
     session = await _session(rt)
     if session is None:
         return _redirect(LOGIN_PATH)
@@ -341,10 +348,8 @@ async def signout_page() -> Response:
 async def signout() -> Response:
     rt = runtime(current_app)
     form = await _form()
-    if not _csrf_ok(form):
-        return await _shown(
-            "The form has expired or did not come from this site. Go back and try again.", 403
-        )
+    if (refused := await _csrf_refusal(form)) is not None:
+        return refused
     await rt.storage.call(authorize.end_session, rt.storage, request.cookies.get(SESSION_COOKIE))
     response = await _page("signout.html", signed_out=True)
     response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
