@@ -7,6 +7,7 @@ Secrets and tokens reach storage only as hashes.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -99,18 +100,14 @@ class Client:
     #: gives the whole document.
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
+    @functools.cached_property
     def without_secret(self) -> Client:
         """This client as plugins see it: ``secret_hash`` is always None.
 
-        Made once per client object and kept on it: the store caches its clients, and a
-        secret client's every request asks for this view."""
-        if self.secret_hash is None:
-            return self
-        public: Client | None = self.__dict__.get("_without_secret")
-        if public is None:
-            public = replace(self, secret_hash=None)
-            object.__setattr__(self, "_without_secret", public)  # not a field: frozen as before
-        return public
+        A copy made once per client object and kept on it (an attribute, not a call, after
+        the first time): the store caches its clients, and each of a client's requests asks
+        for this view. Always a copy, so that a client never refers to itself."""
+        return replace(self, secret_hash=None)
 
     def public_view(self) -> dict[str, object]:
         """What ``sp list`` shows: everything but the secret hash."""

@@ -28,7 +28,7 @@ from tokensmith.config.settings import load_config, load_identity
 from tokensmith.config.xml import ConfigError
 from tokensmith.models import TokenRecord
 from tokensmith.oauth.clientmetadata import client_metadata
-from tokensmith.oauth.tokens import token_hash
+from tokensmith.oauth.grants import token_hash
 from tokensmith.storage.sqlite import SQLiteStorage
 
 ACTOR = Actor("tester", "cli", "local")

@@ -30,7 +30,7 @@ import pytest
 from conftest import DEFAULT_LISTENERS, Deployment, Server, new_deployment, start_server
 from pki import Pair, self_signed
 from servers import assert_error
-from tokensmith.oauth.tokens import token_hash
+from tokensmith.oauth.grants import token_hash
 
 PASSWORD = "correct horse battery staple"
 CALLBACK = "https://client.example/cb"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 from conftest import start_server
-from tokensmith.oauth.tokens import token_hash
+from tokensmith.oauth.grants import token_hash
 
 
 def test_kill_9_under_load_loses_no_issued_token(deployment, capsys) -> None:  # noqa: ANN001

@@ -252,7 +252,7 @@ def test_sigkill_of_one_instance_under_load_loses_no_token(
         assert before > 0 and len(received) > before, "B stopped serving after C was killed"
         assert not {k for k in failures if k.isdigit()}, failures  # failures only from C's death
         import psycopg
-        from tokensmith.oauth.tokens import token_hash
+        from tokensmith.oauth.grants import token_hash
 
         hashes = [token_hash(value) for value in received]
         with psycopg.connect(schema_url) as db:

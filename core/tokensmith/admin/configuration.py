@@ -23,7 +23,7 @@ from tokensmith.config.settings import load_identity
 from tokensmith.config.xml import MAX_CONFIG_BYTES, ConfigError, UnreadableFile, read_regular_file
 from tokensmith.listeners.dropins import WheelInfo, scan_dropins
 from tokensmith.models import Storage
-from tokensmith.oauth.tokens import token_hash
+from tokensmith.oauth.grants import token_hash
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 

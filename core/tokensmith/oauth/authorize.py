@@ -36,9 +36,8 @@ from tokensmith.oauth.clientauth import storable_id
 from tokensmith.oauth.clientmetadata import LOOPBACK_HOSTS, check_redirect_uri
 from tokensmith.oauth.endpoints import AUTHORIZE_PATH
 from tokensmith.oauth.events import AuthorizationCodeEvent
-from tokensmith.oauth.grants import resolve_scope
+from tokensmith.oauth.grants import resolve_scope, token_hash
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.oauth.tokens import token_hash
 
 __all__ = [
     "AUTHORIZE_PATH",
@@ -299,7 +298,7 @@ async def issue_code(rt: Runtime, request: AuthorizationRequest, session: SignIn
     await rt.listeners.notify(
         "authorization_code_issued",
         event=AuthorizationCodeEvent(
-            request.client.without_secret(),
+            request.client.without_secret,
             session.username,
             tuple(request.scope.split()),
             request.redirect_uri,

@@ -211,7 +211,7 @@ class ClientAuthRequest:
             client = self._storage.get_client(client_id)
         if isinstance(client, StorageError):
             raise StorageError(str(client))
-        return None if client is None else client.without_secret()
+        return None if client is None else client.without_secret
 
     async def prefetch(self, client_id: str | None) -> None:
         """Read client *client_id* now, through ``Storage.call``, for the authenticators'
@@ -247,11 +247,11 @@ class ClientAuthRequest:
         stored = client.secret_hash if client is not None else None
         now = time.monotonic()
         if stored is not None and self._verified is not None and self._verified.known(stored, secret, now):
-            return client.without_secret()  # type: ignore[union-attr]
+            return client.without_secret  # type: ignore[union-attr]
         if await kdf.check(secret, stored) and client is not None:
             if stored is not None and self._verified is not None:
                 self._verified.remember(stored, secret, now)
-            return client.without_secret()
+            return client.without_secret
         # Same answer to the caller in all three cases; the operator's log tells them apart.
         if client is None:
             reason, detail = "unknown_client", f"unknown client {client_id}"

@@ -16,7 +16,7 @@ from tokensmith.config.settings import Config, IdentitySettings, PublicUrls
 from tokensmith.listeners.registry import ListenerSet
 from tokensmith.models import Storage
 from tokensmith.oauth.clientauth import VerifiedSecrets
-from tokensmith.oauth.tokens import TokenIssuer
+from tokensmith.oauth.grants import TokenIssuer
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 
