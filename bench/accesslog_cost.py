@@ -1,9 +1,10 @@
-"""The access log's own cost per request, in process: the middleware around an app that
-answers at once, with the log off and with it on (JSON and common format, to a file).
+"""The access log's own cost per request, in process: the app's front (``app/front.py``,
+with no fast-lane routes) around an app that answers at once, with the log off and with it
+on (JSON and common format, to a file).
 
     .venv/bin/python bench/accesslog_cost.py [--requests N]
 
-It measures only what the middleware adds (request id, metrics, the log line and its
+It measures only what the front adds (request id, metrics, the log line and its
 write), not a token request; docs/benchmarks.md sets the figure against the token path.
 """
 
@@ -15,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tokensmith.app.accesslog import AccessLog
+from tokensmith.app.front import Front
 from tokensmith.config.settings import AccessLogSettings
 
 SCOPE = {
@@ -45,7 +46,7 @@ async def nothing(message: dict) -> None:
     return None
 
 
-async def per_request(middleware: AccessLog, requests: int) -> float:
+async def per_request(middleware: Front, requests: int) -> float:
     for _ in range(1000):  # warm up
         await middleware(dict(SCOPE), None, nothing)
     started = time.perf_counter()
@@ -78,7 +79,7 @@ def main() -> None:
 
                 seconds = asyncio.run(bare(args.requests))
             else:
-                middleware = AccessLog(app, settings, ())
+                middleware = Front(app, settings, ())
                 seconds = asyncio.run(per_request(middleware, args.requests))
                 middleware.close()
             print(f"{label:24} {seconds * 1e6:6.1f} µs per request")

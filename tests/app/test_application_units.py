@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from conftest import new_deployment
 from tokensmith.app.factory import create_app
-from tokensmith.app.responses import OAuthEndpoints, error_answer, plain_error, render
+from tokensmith.app.front import Front, error_answer, plain_error, render
 from tokensmith.app.routes import oauth
 from tokensmith.app.state import bound_ports
-from tokensmith.config.settings import load_config
+from tokensmith.config.settings import AccessLogSettings, load_config
 from tokensmith.errors import InvalidClientError, ServerError
 from tokensmith.models import StorageError
 from tokensmith.oauth.messages import Answer
@@ -89,7 +89,7 @@ async def _call(app: Any, scope: dict, chunks: list[bytes]) -> tuple[int, dict[b
     return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
 
 
-def lane(endpoint: Any, max_body: int = 100) -> tuple[OAuthEndpoints, list[str]]:
+def lane(endpoint: Any, max_body: int = 100) -> tuple[Front, list[str]]:
     passed: list[str] = []
 
     async def fallback(scope: dict, receive: Any, send: Any) -> None:
@@ -99,7 +99,10 @@ def lane(endpoint: Any, max_body: int = 100) -> tuple[OAuthEndpoints, list[str]]
 
     # Only what the lane reads of a Runtime: the body limit; the endpoint gets it unchanged.
     rt = SimpleNamespace(name="runtime", identity=SimpleNamespace(max_body_bytes=max_body))
-    return OAuthEndpoints({"/oauth2/token": endpoint}, lambda: rt, fallback), passed
+    front = Front(
+        fallback, AccessLogSettings(enabled=False), routes={"/oauth2/token": endpoint}, runtime=lambda: rt
+    )
+    return front, passed
 
 
 def scope(method: str = "POST", path: str = "/oauth2/token", headers: list | None = None) -> dict:

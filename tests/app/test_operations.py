@@ -438,11 +438,11 @@ def test_common_format_and_escaping(tmp_path: Path) -> None:
     newlines and non-ASCII are escaped."""
     import asyncio
 
-    from tokensmith.app.accesslog import AccessLog
+    from tokensmith.app.front import Front
     from tokensmith.config.settings import AccessLogSettings
 
     async def run(settings: AccessLogSettings) -> list[str]:
-        middleware = AccessLog(_answer_ok, settings, ())
+        middleware = Front(_answer_ok, settings, ())
         sent: list[dict] = []
 
         async def send(message: dict) -> None:
@@ -469,19 +469,19 @@ def test_log_file_moved_away_is_reopened(tmp_path: Path) -> None:
     """After logrotate moves the file, the next lines go to a new file of the same name."""
     import asyncio
 
-    from tokensmith.app.accesslog import AccessLog
+    from tokensmith.app.front import Front
     from tokensmith.config.settings import AccessLogSettings
 
     log = tmp_path / "access.log"
 
     async def run() -> None:
-        middleware = AccessLog(_answer_ok, AccessLogSettings(True, "json", log), ())
+        middleware = Front(_answer_ok, AccessLogSettings(True, "json", log), ())
 
         async def send(message: dict) -> None:
             return None
 
         await middleware(_scope("/before"), None, send)
-        middleware.writer.flush()  # type: ignore[union-attr]
+        middleware.log.writer.flush()  # type: ignore[union-attr]
         log.rename(tmp_path / "access.log.1")
         await middleware(_scope("/after"), None, send)
         middleware.close()
@@ -531,7 +531,7 @@ def test_common_format_escapes_every_field(tmp_path: Path) -> None:
     import asyncio
     import ipaddress
 
-    from tokensmith.app.accesslog import AccessLog
+    from tokensmith.app.front import Front
     from tokensmith.config.settings import AccessLogSettings
     from tokensmith.oauth.endpoints import note
 
@@ -542,7 +542,7 @@ def test_common_format_escapes_every_field(tmp_path: Path) -> None:
     async def run() -> list[str]:
         path = tmp_path / "common.log"
         trusted = (ipaddress.ip_network("192.0.2.0/24"),)
-        middleware = AccessLog(app, AccessLogSettings(True, "common", path), trusted, "forwarded")
+        middleware = Front(app, AccessLogSettings(True, "common", path), trusted, "forwarded")
         scope = _scope("/healthz")
         scope["headers"] = [(b"forwarded", b'for="[fe80::1%x\\" 200 999 \\"FAKE]"')]
 

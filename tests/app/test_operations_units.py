@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from conftest import new_deployment
-from tokensmith.app.accesslog import AccessLog, refused, request_id
+from tokensmith.app.accesslog import refused, request_id
 from tokensmith.app.factory import create_app
+from tokensmith.app.front import Front
 from tokensmith.app.health import health
 from tokensmith.app.metrics import metrics_blueprint
 from tokensmith.app.operations import install
@@ -103,7 +104,7 @@ def app(tmp_path: Path, keystore: Path, wheel_cache: Path):  # noqa: ANN201
 
 def test_health_and_metrics_routes(app) -> None:  # noqa: ANN001
     """/healthz and /readyz answer; /metrics is 404 to a peer outside <Metrics allow>."""
-    assert isinstance(app.asgi_app, AccessLog)
+    assert isinstance(app.asgi_app, Front)
     assert health.name in app.blueprints and metrics_blueprint.name in app.blueprints
     asyncio.run(_probe(app))
     assert callable(install)

@@ -16,7 +16,7 @@ import pytest
 from conftest import Deployment
 from test_serving import h2_connection, h2_exchange
 from tokensmith.app.factory import create_app
-from tokensmith.app.responses import OAuthEndpoints
+from tokensmith.app.front import Front
 from tokensmith.config.settings import load_config
 
 
@@ -93,7 +93,7 @@ def test_http2_path_without_its_slash_is_a_404(running) -> None:  # noqa: ANN001
 
 def _without_fast_lane(app):  # noqa: ANN001, ANN202
     layer = app.asgi_app
-    while not isinstance(layer, OAuthEndpoints):
+    while not isinstance(layer, Front):
         layer = layer.app
     layer.routes = {}  # everything goes to the Quart routes, as under a test client of Quart alone
 

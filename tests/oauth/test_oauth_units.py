@@ -8,16 +8,16 @@ import base64
 import dataclasses
 
 import pytest
+from tokensmith.app.front import http_request
 from tokensmith.errors import InvalidRequestError, InvalidScopeError, UnsupportedGrantTypeError
 from tokensmith.oauth import hookspecs
 from tokensmith.oauth.clientauth import challenge, claimed_client_id, handshake_chain
 from tokensmith.oauth.endpoints import POST_ENDPOINTS, check_content_type, parse_form
 from tokensmith.oauth.events import REGISTERED_CLAIMS
-from tokensmith.oauth.grants import check_grant_type, login_source, resolve_scope
-from tokensmith.oauth.messages import Headers, HttpRequest
+from tokensmith.oauth.grants import RotationRefused, check_grant_type, login_source, resolve_scope
+from tokensmith.oauth.messages import Headers
 from tokensmith.oauth.registration import RegistrationError, check_scope, check_text, printable
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.oauth.tokens import RotationRefused
 from tokensmith.scope import DER_KEY
 
 # --- forms (RFC 6749 §3.2, Appendix B) ----------------------------------------------------------
@@ -151,9 +151,9 @@ def test_headers_are_case_insensitive_and_the_last_repeat_wins() -> None:
     headers = Headers([(b"Content-Type", b"a"), (b"X-One", b"1"), (b"x-one", b"2")])
     assert headers["content-type"] == "a" and headers.get("X-ONE") == "2" and "X-One" in headers
     assert len(headers) == 2 and headers.get("missing", "d") == "d"
-    request = HttpRequest({"client": ("192.0.2.1", 5), "query_string": b"q=1"}, headers, b"")
+    request = http_request({"client": ("192.0.2.1", 5), "query_string": b"q=1"}, headers, b"")
     assert request.remote_addr == "192.0.2.1" and request.query_string == b"q=1"
-    assert HttpRequest({}, headers, b"").remote_addr is None
+    assert http_request({}, headers, b"").remote_addr is None
 
 
 def test_runtime_is_frozen() -> None:

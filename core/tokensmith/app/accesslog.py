@@ -1,13 +1,9 @@
-"""The access log and request ids: ASGI middleware in front of the whole app.
+"""The access log, and the refusal line of the OAuth endpoints.
 
-Both HTTP/1.1 lanes (Hypercorn's h11 and the llhttp lane) and HTTP/2 call the same ASGI app,
-so one middleware here sees every request the app answers, whichever lane carried it. It
-
-- gives every request an id: the ``X-Request-Id`` a trusted proxy sent, else a new one, and
-  echoes it in the response's ``X-Request-Id``;
-- writes one line per request (``<AccessLog>`` in server.xml): JSON by default, or Apache's
-  common log format with the request id and duration after it;
-- counts requests and their durations for ``/metrics``, and the tokens issued.
+``Front`` (``front.py``) sees every request the app answers, whichever lane carried it, and
+hands each to ``AccessLog.write`` when server.xml has an ``<AccessLog>``: one line per
+request, JSON by default, or Apache's common log format with the request id and duration
+after it.
 
 A line holds the time, request id, peer address (and the address a trusted proxy says it
 forwarded for), method, path, status, bytes sent, duration, HTTP and TLS version, whether the
@@ -27,30 +23,24 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import os
 import re
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from tokensmith.config.settings import AccessLogSettings, Network
+from tokensmith.config.settings import AccessLogSettings
 from tokensmith.errors import InvalidClientError, InvalidRequestError, OAuth2Error, RequestRefused
-from tokensmith.http.proxies import forwarded_for, trusted_peer
-from tokensmith.metrics import ENDPOINTS, endpoint_label, metrics
-from tokensmith.scope import CLIENT_ADDRESS, DER_KEY, RECORD
+from tokensmith.metrics import endpoint_label, metrics
+from tokensmith.scope import DER_KEY, RECORD
 
 __all__ = ["AccessLog", "refused", "request_id"]
 
 _TLS_NAMES = {0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
-#: A request id a proxy may set: what common proxies and tracing systems generate (UUIDs,
-#: hex, base64url), bounded, with nothing that could break a log line.
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=-]{1,128}")
 _DIGEST = "tokensmith.client_cert_sha256"
 
 log = logging.getLogger("tokensmith.access")
@@ -245,92 +235,27 @@ def _clf_escape(text: str) -> str:
 
 
 class AccessLog:
-    """ASGI middleware: request ids, the access log, and the request metrics."""
+    """The access log of ``<AccessLog>``: its file (or stderr) and its format."""
 
-    def __init__(
-        self, app: Any, settings: AccessLogSettings, trusted: tuple[Network, ...], mode: str = "x-forwarded"
-    ):
-        self.app = app
-        self.settings = settings
-        self.trusted = trusted
-        #: The forwarded headers the trusted proxies are believed for.
-        self.mode = mode
-        self.writer = _Writer(settings.file) if settings.enabled else None
+    def __init__(self, settings: AccessLogSettings):
+        self.writer = _Writer(settings.file)
         self.json = settings.format == "json"
         self.clock = _Clock(_iso if self.json else _clf_time)
-        # Unique across workers and restarts without a random draw per request.
-        self.prefix = secrets.token_hex(4)
-        self.counter = itertools.count(1)
-        self.metrics = metrics()
-        self.children: dict[Any, Any] = {}
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.writer.close()
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        request_id = forwarded = None
-        client = scope.get("client")
-        scope[CLIENT_ADDRESS] = client[0] if client else None
-        if self.trusted and trusted_peer(scope, self.trusted):
-            for name, value in scope["headers"]:
-                if name == b"x-request-id" and _REQUEST_ID.fullmatch(value.strip()):
-                    request_id = value.strip().decode("ascii")
-            forwarded = forwarded_for(scope["headers"], self.mode)[0]
-            if forwarded is not None:
-                # The client's own address, for the password lockout and /metrics' allow list.
-                scope[CLIENT_ADDRESS] = forwarded
-        if request_id is None:
-            request_id = f"{self.prefix}-{next(self.counter):x}"
-        record: dict[str, Any] = {"request_id": request_id}
-        scope[RECORD] = record
-        id_header = (b"x-request-id", request_id.encode("ascii"))
-        status = 0
-        size = 0
-
-        async def logged_send(message: dict) -> None:
-            nonlocal status, size
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), id_header]}
-            elif kind == "http.response.body":
-                size += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, logged_send)
-        finally:
-            duration = time.perf_counter() - start
-            path = scope.get("path", "")
-            endpoint = path if path in ENDPOINTS else "other"  # endpoint_label, without a call
-            self._count(endpoint, status, duration, record)
-            if self.writer is not None:
-                self.writer.write(self._line(scope, record, status, size, duration, forwarded))
-
-    def _count(self, endpoint: str, status: int, duration: float, record: dict[str, Any]) -> None:
-        """The request in /metrics, through a cache of label children: prometheus_client's
-        ``labels()`` takes a lock and builds a key on every call."""
-        children = self.children
-        key = (endpoint, status)
-        counter = children.get(key)
-        if counter is None:
-            counter = children[key] = self.metrics.requests.labels(endpoint, str(status))
-        counter.inc()
-        histogram = children.get(endpoint)
-        if histogram is None:
-            histogram = children[endpoint] = self.metrics.duration.labels(endpoint)
-        histogram.observe(duration)
-        if status == 200 and endpoint == "/oauth2/token" and "grant_type" in record:
-            token_key = ("tokens", record["grant_type"], record.get("auth_method", "-"))
-            issued = children.get(token_key)
-            if issued is None:
-                issued = children[token_key] = self.metrics.tokens.labels(*token_key[1:])
-            issued.inc()
+    def write(
+        self,
+        scope: dict,
+        record: dict[str, Any],
+        status: int,
+        size: int,
+        duration: float,
+        forwarded: str | None,
+    ) -> None:
+        """Log the request of *scope*, answered *status* with *size* body bytes."""
+        self.writer.write(self._line(scope, record, status, size, duration, forwarded))
 
     def _line(
         self,

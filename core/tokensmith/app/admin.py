@@ -45,8 +45,8 @@ from tokensmith.admin import clients as client_ops
 from tokensmith.admin import configuration as config_ops
 from tokensmith.admin import users as user_ops
 from tokensmith.admin.audit import Actor, OperationError
+from tokensmith.app.front import json_object, to_response
 from tokensmith.app.openapi import document as openapi_document
-from tokensmith.app.responses import json_object, to_response
 from tokensmith.app.state import RELOAD_ALL, public_urls_of, runtime
 from tokensmith.config.authenticators import (
     BASIC,

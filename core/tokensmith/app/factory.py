@@ -24,8 +24,8 @@ from werkzeug.exceptions import HTTPException
 from tokensmith.app.accesslog import refused as log_refusal
 from tokensmith.app.admin import admin, load_admin_settings
 from tokensmith.app.console import console
+from tokensmith.app.front import Front, error_answer, plain_error, to_response
 from tokensmith.app.registration import registration
-from tokensmith.app.responses import OAuthEndpoints, error_answer, plain_error, to_response
 from tokensmith.app.routes import add_plugin_routes, oauth
 from tokensmith.app.signin import signin
 from tokensmith.app.state import LOADER, RELOAD_ALL, RUNTIME, bound_ports, issuer_url, public_urls_of, runtime
@@ -37,9 +37,9 @@ from tokensmith.metrics import metrics
 from tokensmith.models import Storage, StorageError
 from tokensmith.oauth.clientauth import VerifiedSecrets, collect_server_metadata
 from tokensmith.oauth.endpoints import POST_ENDPOINTS
+from tokensmith.oauth.grants import JWTSettings, TokenIssuer
 from tokensmith.oauth.hookspecs import LISTENER_TYPES
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.oauth.tokens import JWTSettings, TokenIssuer
 from tokensmith.security.signing import SigningKeys
 from tokensmith.security.truststore import Truststore
 from tokensmith.storage import open_store
@@ -164,10 +164,18 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
         raise
     # The Runtime as ``runtime(app)`` reads it, without a Python call per request.
     current = cast(Callable[[], Runtime], functools.partial(operator.getitem, app.extensions, RUNTIME))
-    app.asgi_app = OAuthEndpoints(POST_ENDPOINTS, current, app.asgi_app)  # type: ignore[method-assign]
+    front = Front(
+        app.asgi_app,
+        config.server.access_log,
+        config.server.trusted_proxies,
+        config.server.proxy_headers,
+        routes=POST_ENDPOINTS,
+        runtime=current,
+    )
+    app.asgi_app = front  # type: ignore[method-assign,assignment]
     from tokensmith.app.operations import install
 
-    install(app, config)  # access log and request ids, /healthz, /readyz, /metrics
+    install(app)  # /healthz, /readyz, /metrics
 
     purging: list[asyncio.Task] = []
 
@@ -182,6 +190,7 @@ def create_app(config: Config, unpack_root: Path | None = None) -> Quart:
             task.cancel()
         runtime(app).storage.close()
         loader.close()
+        front.close()
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

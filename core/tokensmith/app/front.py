@@ -1,30 +1,47 @@
-"""Every response the application sends, and the fast lane for the OAuth POST endpoints.
+"""The front of the application: every request comes in here and every response goes out here.
+
+The Quart app's ``asgi_app`` is a ``Front``, whichever lane (Hypercorn's h11, the llhttp
+lane, HTTP/2) carried the request. For each HTTP request it
+
+- gives the request its id: the ``X-Request-Id`` a trusted proxy sent, else a new one, echoed
+  in the response's ``X-Request-Id``; and its access-log record (``scope.RECORD``), which the
+  endpoints fill with identifiers; and puts the client's own address in the scope;
+- answers the token, introspection and revocation endpoints itself (the fast lane, below),
+  and passes everything else (metadata, JWKS, management pages, plugins' routes, lifespan,
+  404s) to Quart;
+- counts the request and its duration for ``/metrics``, and the tokens issued; with
+  ``<AccessLog>``, hands its line to ``accesslog.py``.
 
 Every response is rendered here, once, from an ``Answer``: the fast lane sends one over raw
 ASGI, the Quart views and error handlers turn one into a Quart ``Response``, and the bytes on
 the wire are the same either way. Errors become answers in one function, ``error_answer``,
 whichever way they were raised.
 
-The fast lane: the token, introspection and revocation endpoints take a small form and answer
-a small JSON object. Served through Quart, each request pays for its request and response
-objects, context variables, signals and routing before our code runs, which costs about as
-much as Hypercorn's own HTTP handling (docs/benchmarks.md). So ``OAuthEndpoints`` calls those
-three endpoints' functions itself, the same ones the Quart routes call (``routes.py``), and
-passes everything else (metadata, JWKS, management pages, plugins' routes, lifespan, 404s) to
-Quart.
+The fast lane: those three endpoints take a small form and answer a small JSON object.
+Served through Quart, each request pays for its request and response objects, context
+variables, signals and routing before our code runs, which costs about as much as
+Hypercorn's own HTTP handling (docs/benchmarks.md). So ``Front`` calls those endpoints'
+functions itself, the same ones the Quart routes call (``routes.py``), with the same body
+limit and deadline (``answer``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import re
+import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from quart import Response
 
+from tokensmith.app.accesslog import AccessLog
 from tokensmith.app.accesslog import refused as log_refusal
+from tokensmith.config.settings import AccessLogSettings, Network
 from tokensmith.errors import (
     InvalidRequestError,
     OAuth2Error,
@@ -32,20 +49,22 @@ from tokensmith.errors import (
     ServerError,
     TemporarilyUnavailableError,
 )
+from tokensmith.http.proxies import forwarded_for, trusted_peer
+from tokensmith.metrics import ENDPOINTS, metrics
 from tokensmith.models import StorageError
 from tokensmith.oauth.messages import Answer, HttpRequest
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.scope import TIMEOUT_KEY
+from tokensmith.scope import CLIENT_ADDRESS, RECORD, TIMEOUT_KEY
 
 __all__ = [
     "json_bytes",
     "render",
-    "send_answer",
     "to_response",
     "error_answer",
     "plain_error",
-    "OAuthEndpoints",
+    "Front",
     "answer",
+    "http_request",
     "collect",
     "not_post",
     "read_body",
@@ -87,13 +106,6 @@ def render(answer: Answer) -> tuple[list[tuple[bytes, bytes]], bytes]:
     ]
     headers.append((b"content-length", str(len(body)).encode()))
     return headers, body
-
-
-async def send_answer(send: Callable[..., Any], answer: Answer) -> None:
-    """Send *answer* over raw ASGI."""
-    headers, body = render(answer)
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def to_response(answer: Answer) -> Response:
@@ -153,27 +165,6 @@ Endpoint = Callable[[Runtime, HttpRequest], Awaitable[Answer]]
 DEFAULT_TIMEOUT = 10.0
 
 
-class OAuthEndpoints:
-    """ASGI middleware: POST endpoints from *routes* here, everything else to *fallback*."""
-
-    def __init__(
-        self,
-        routes: Mapping[str, Endpoint],
-        runtime: Callable[[], Runtime],
-        fallback: Callable[..., Awaitable[None]],
-    ):
-        self.routes = routes
-        self.runtime = runtime
-        self.fallback = fallback
-
-    async def __call__(self, scope: Any, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        endpoint = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if endpoint is None:
-            await self.fallback(scope, receive, send)
-            return
-        await send_answer(send, await answer(endpoint, self.runtime(), scope, _messages(receive)))
-
-
 def not_post(scope: Mapping[str, Any]) -> Answer:
     """RFC 6749 §3.2: "The client MUST use the HTTP "POST" method"."""
     log_refusal(scope, 405, InvalidRequestError("use POST", reason="not_post"))
@@ -197,11 +188,20 @@ async def answer(
                 body = await collect(chunks, headers, rt.identity.max_body_bytes)
         except TimeoutError:
             raise RequestRefused(408, "the request body did not arrive in time") from None
-        return await endpoint(rt, HttpRequest(scope, headers, body))
+        return await endpoint(rt, http_request(scope, headers, body))
     except Exception as error:
         result = error_answer(error, path=scope.get("path", ""), http2=scope.get("http_version") == "2")
         log_refusal(scope, result.status, error)
         return result
+
+
+def http_request(scope: Mapping[str, Any], headers: Mapping[str, str], body: bytes) -> HttpRequest:
+    """The ``HttpRequest`` of *scope*: its addresses are read from the scope here, once."""
+    client = scope.get("client")
+    remote = client[0] if client else None
+    return HttpRequest(
+        scope, headers, body, scope.get("query_string", b""), remote, scope.get(CLIENT_ADDRESS, remote)
+    )
 
 
 async def _messages(receive: Callable[..., Any]) -> AsyncIterator[bytes]:
@@ -236,3 +236,116 @@ async def collect(chunks: AsyncIterator[bytes], headers: Mapping[str, str], limi
             raise RequestRefused(413, "the request body is too large")
         parts.append(chunk)
     return b"".join(parts)
+
+
+# -- The front door ---------------------------------------------------------------------------
+
+#: A request id a proxy may set: what common proxies and tracing systems generate (UUIDs,
+#: hex, base64url), bounded, with nothing that could break a log line.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=-]{1,128}")
+
+
+class Front:
+    """The app's ASGI entry: request ids, metrics and the access log for every request, the
+    POST endpoints of *routes* answered here, everything else passed to *app* (Quart's)."""
+
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        settings: AccessLogSettings,
+        trusted: tuple[Network, ...] = (),
+        mode: str = "x-forwarded",
+        *,
+        routes: Mapping[str, Endpoint] | None = None,
+        runtime: Callable[[], Runtime] | None = None,
+    ):
+        self.app = app
+        self.routes = dict(routes or {})
+        self.runtime = runtime
+        self.trusted = trusted
+        #: The forwarded headers the trusted proxies are believed for.
+        self.mode = mode
+        self.log = AccessLog(settings) if settings.enabled else None
+        # Unique across workers and restarts without a random draw per request.
+        self.prefix = secrets.token_hex(4)
+        self.counter = itertools.count(1)
+        self.metrics = metrics()
+        self.children: dict[Any, Any] = {}
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+    async def __call__(self, scope: dict, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = forwarded = None
+        client = scope.get("client")
+        scope[CLIENT_ADDRESS] = client[0] if client else None
+        if self.trusted and trusted_peer(scope, self.trusted):
+            for name, value in scope["headers"]:
+                if name == b"x-request-id" and _REQUEST_ID.fullmatch(value.strip()):
+                    request_id = value.strip().decode("ascii")
+            forwarded = forwarded_for(scope["headers"], self.mode)[0]
+            if forwarded is not None:
+                # The client's own address, for the password lockout and /metrics' allow list.
+                scope[CLIENT_ADDRESS] = forwarded
+        if request_id is None:
+            request_id = f"{self.prefix}-{next(self.counter):x}"
+        record: dict[str, Any] = {"request_id": request_id}
+        scope[RECORD] = record
+        id_header = (b"x-request-id", request_id.encode("ascii"))
+        status = 0
+        size = 0
+        endpoint = self.routes.get(scope.get("path", ""))
+        try:
+            if endpoint is not None:
+                assert self.runtime is not None
+                result = await answer(endpoint, self.runtime(), scope, _messages(receive))
+                headers, body = render(result)
+                headers.append(id_header)
+                status, size = result.status, len(body)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            else:
+
+                async def counted_send(message: dict) -> None:
+                    nonlocal status, size
+                    kind = message["type"]
+                    if kind == "http.response.start":
+                        status = message["status"]
+                        message = {**message, "headers": [*message.get("headers", ()), id_header]}
+                    elif kind == "http.response.body":
+                        size += len(message.get("body", b""))
+                    await send(message)
+
+                await self.app(scope, receive, counted_send)
+        finally:
+            duration = time.perf_counter() - start
+            path = scope.get("path", "")
+            label = path if path in ENDPOINTS else "other"  # metrics.endpoint_label, without a call
+            self._count(label, status, duration, record)
+            if self.log is not None:
+                self.log.write(scope, record, status, size, duration, forwarded)
+
+    def _count(self, endpoint: str, status: int, duration: float, record: dict[str, Any]) -> None:
+        """The request in /metrics, through a cache of label children: prometheus_client's
+        ``labels()`` takes a lock and builds a key on every call."""
+        children = self.children
+        key = (endpoint, status)
+        counter = children.get(key)
+        if counter is None:
+            counter = children[key] = self.metrics.requests.labels(endpoint, str(status))
+        counter.inc()
+        histogram = children.get(endpoint)
+        if histogram is None:
+            histogram = children[endpoint] = self.metrics.duration.labels(endpoint)
+        histogram.observe(duration)
+        if status == 200 and endpoint == "/oauth2/token" and "grant_type" in record:
+            token_key = ("tokens", record["grant_type"], record.get("auth_method", "-"))
+            issued = children.get(token_key)
+            if issued is None:
+                issued = children[token_key] = self.metrics.tokens.labels(*token_key[1:])
+            issued.inc()

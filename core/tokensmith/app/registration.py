@@ -22,7 +22,7 @@ from quart import Blueprint, Response, current_app, request
 
 from tokensmith.admin import clients as client_ops
 from tokensmith.admin.audit import Actor, OperationError
-from tokensmith.app.responses import json_object, to_response
+from tokensmith.app.front import json_object, to_response
 from tokensmith.app.state import public_urls_of, runtime
 from tokensmith.errors import InvalidClientMetadataError, InvalidRedirectUriError, OAuth2Error
 from tokensmith.models import Client
@@ -33,9 +33,9 @@ from tokensmith.oauth.clientmetadata import (
     is_namespaced,
 )
 from tokensmith.oauth.endpoints import REGISTRATION_PATH
+from tokensmith.oauth.grants import token_hash
 from tokensmith.oauth.messages import Answer
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.oauth.tokens import token_hash
 
 __all__ = ["registration", "REGISTER_PATH"]
 

@@ -1,7 +1,7 @@
 """The routes of the Quart app: the OAuth endpoints, and the routes plugins add.
 
 Every endpoint is on the app's URL map, so ``app.url_map`` lists what the server answers.
-The three POST endpoints are also served ahead of Quart by the fast lane (``responses.py``),
+The three POST endpoints are also served ahead of Quart by the fast lane (``front.py``),
 which calls the same functions; these routes answer them when the app runs without it (a test
 client).
 """
@@ -16,7 +16,7 @@ from typing import Any
 from quart import Blueprint, Quart, Response, abort, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from tokensmith.app.responses import answer, to_response
+from tokensmith.app.front import answer, to_response
 from tokensmith.app.state import public_urls_of, runtime
 from tokensmith.config.xml import ConfigError
 from tokensmith.errors import RequestRefused

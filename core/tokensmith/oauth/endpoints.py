@@ -3,7 +3,7 @@ authorization server metadata (RFC 8414) and the signing keys (RFC 7517).
 
 Each is a coroutine from a ``Runtime`` and an ``HttpRequest`` to an ``Answer``, with no web
 framework in sight: ``app/routes.py`` puts them on the Quart app's URL map, and the fast lane
-(``app/responses.py``) calls the same functions for the three POST endpoints on the hot path.
+(``app/front.py``) calls the same functions for the three POST endpoints on the hot path.
 """
 
 from __future__ import annotations
@@ -37,10 +37,19 @@ from tokensmith.oauth.clientauth import (
     client_certificates,
 )
 from tokensmith.oauth.events import ClientAuthEvent, TokenRevokeEvent
-from tokensmith.oauth.grants import GRANT_TYPES, PUBLIC, Grant, binding, check_grant_type, grant, login_source
+from tokensmith.oauth.grants import (
+    GRANT_TYPES,
+    PUBLIC,
+    Grant,
+    binding,
+    check_grant_type,
+    grant,
+    login_source,
+    token_claims,
+    token_hash,
+)
 from tokensmith.oauth.messages import Answer, HttpRequest
 from tokensmith.oauth.runtime import Runtime
-from tokensmith.oauth.tokens import token_claims, token_hash
 from tokensmith.scope import RECORD
 from tokensmith.security.jose import b64url_decode, x5t_s256
 from tokensmith.security.signing import SigningKeys
@@ -342,7 +351,7 @@ async def revoke(rt: Runtime, request: HttpRequest) -> Answer:
     return Answer(200, None)
 
 
-#: The POST endpoints by path: the fast lane (``app/responses.py``) serves them ahead of Quart,
+#: The POST endpoints by path: the fast lane (``app/front.py``) serves them ahead of Quart,
 #: since they are the hot path and a form-in, JSON-out exchange needs none of a framework's
 #: request machinery.
 POST_ENDPOINTS = {

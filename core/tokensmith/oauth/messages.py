@@ -2,7 +2,7 @@
 
 The OAuth endpoints (``oauth/endpoints.py``) take an ``HttpRequest`` and return an ``Answer``;
 ``app/`` builds the one from Quart's or a raw ASGI request and renders the other, in one place
-(``app/responses.py``), whichever way the request came in.
+(``app/front.py``), whichever way the request came in.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from tokensmith.scope import CLIENT_ADDRESS
 
 __all__ = ["Headers", "HttpRequest", "Answer", "JSON"]
 
@@ -54,24 +52,19 @@ class HttpRequest:
 
     ``headers`` is looked up with lower-case names (the fast lane makes it a plain dict, the
     last of repeated names winning: a dict lookup is all the hot path pays); ``Headers``
-    takes any case. The addresses are read from the scope once, when the request is made.
+    takes any case. The addresses are read from the scope once, when the request is made
+    (``app.front.http_request``).
     """
 
     scope: Mapping[str, Any]
     headers: Mapping[str, str]
     body: bytes
-    query_string: bytes = field(init=False)
-    remote_addr: str | None = field(init=False)
+    query_string: bytes
+    #: The peer's address.
+    remote_addr: str | None
     #: The client's own address: the one a trusted proxy forwarded (put into the scope by the
-    #: access log), else the peer's.
-    client_address: str | None = field(init=False)
-
-    def __post_init__(self) -> None:
-        scope = self.scope
-        client = scope.get("client")
-        self.query_string = scope.get("query_string", b"")
-        self.remote_addr = client[0] if client else None
-        self.client_address = scope.get(CLIENT_ADDRESS, self.remote_addr)
+    #: app's front), else the peer's.
+    client_address: str | None
 
 
 @dataclass
