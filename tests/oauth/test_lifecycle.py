@@ -23,7 +23,8 @@ import httpx
 import pytest
 from conftest import DEFAULT_LISTENERS, Deployment, Server, new_deployment, start_server
 from tokensmith.models import TokenRecord, User
-from tokensmith.security.hashing import hash_secret, token_hash
+from tokensmith.oauth.grants import token_hash
+from tokensmith.security.hashing import hash_secret
 from tokensmith.storage.sqlite import SQLiteStorage
 
 PASSWORD = "correct horse battery staple"

@@ -245,19 +245,10 @@ class AccessLog:
     def close(self) -> None:
         self.writer.close()
 
-    def write(
-        self,
-        scope: dict,
-        record: dict[str, Any],
-        status: int,
-        size: int,
-        duration: float,
-        forwarded: str | None,
-    ) -> None:
-        """Log the request of *scope*, answered *status* with *size* body bytes."""
-        self.writer.write(self._line(scope, record, status, size, duration, forwarded))
+    def write(self, line: str) -> None:
+        self.writer.write(line)
 
-    def _line(
+    def line(
         self,
         scope: dict,
         record: dict[str, Any],
@@ -266,6 +257,7 @@ class AccessLog:
         duration: float,
         forwarded: str | None,
     ) -> str:
+        """The line of the request of *scope*, answered *status* with *size* body bytes."""
         now = time.time()
         client = scope.get("client")
         remote = client[0] if client else None

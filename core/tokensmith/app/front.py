@@ -328,7 +328,7 @@ class Front:
             label = path if path in ENDPOINTS else "other"  # metrics.endpoint_label, without a call
             self._count(label, status, duration, record)
             if self.log is not None:
-                self.log.write(scope, record, status, size, duration, forwarded)
+                self.log.write(self.log.line(scope, record, status, size, duration, forwarded))
 
     def _count(self, endpoint: str, status: int, duration: float, record: dict[str, Any]) -> None:
         """The request in /metrics, through a cache of label children: prometheus_client's
