@@ -136,3 +136,15 @@ def test_fast_lane_refusals_are_oauth_json() -> None:
     assert status == 413
     status, _, body = asyncio.run(_call(app, scope(), [b"ok"]))
     assert status == 500 and json.loads(body)["error"] == "server_error"
+
+
+def test_a_content_length_of_unicode_digits_is_a_400() -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` raises: a server that passed such a field
+    through would have had a 500 (the HTTP parsers here refuse it first)."""
+
+    async def endpoint(rt: Any, request: Any) -> Answer:
+        return Answer(200, {})
+
+    app, _ = lane(endpoint)
+    status, _, body = asyncio.run(_call(app, scope(headers=[(b"content-length", "²".encode())]), [b""]))
+    assert status == 400 and json.loads(body)["error"] == "invalid_request"

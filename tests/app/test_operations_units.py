@@ -19,7 +19,7 @@ from tokensmith.app.operations import install
 from tokensmith.cli.doctor import FAIL, OK, Report
 from tokensmith.config.settings import load_config
 from tokensmith.errors import InvalidClientError, RequestRefused, ServerError
-from tokensmith.http.proxies import forwarded_for, trusted_peer
+from tokensmith.http.proxies import UNKNOWN, client_address, forwarded_for, trusted_peer
 from tokensmith.metrics import endpoint_label, exposition, metrics
 from tokensmith.oauth.endpoints import note
 from tokensmith.scope import RECORD
@@ -48,6 +48,19 @@ def test_trusted_peer() -> None:
     assert trusted_peer({"client": ("10.1.2.3", 1)}, nets)
     assert not trusted_peer({"client": ("192.0.2.1", 1)}, nets)
     assert not trusted_peer({"client": None}, nets) and not trusted_peer({"client": ("10.1.2.3", 1)}, ())
+    # A listener on "::" sees an IPv4 proxy as an IPv4-mapped address.
+    assert trusted_peer({"client": ("::ffff:10.1.2.3", 1)}, nets)
+    assert not trusted_peer({"client": ("::ffff:192.0.2.1", 1)}, nets)
+
+
+def test_a_forwarded_header_without_an_address_gives_an_unknown_client() -> None:
+    """Not None, which would leave the proxy's own address as the client's."""
+    assert client_address([(b"x-forwarded-for", b"203.0.113.9")]) == "203.0.113.9"
+    assert client_address([(b"x-forwarded-for", b"garbage")]) == UNKNOWN
+    assert client_address([(b"forwarded", b"for=unknown;proto=https")], "forwarded") == UNKNOWN
+    assert client_address([(b"forwarded", b"proto=https")], "forwarded") == UNKNOWN
+    assert client_address([]) is None and client_address([(b"x-forwarded-proto", b"https")]) is None
+    assert client_address([(b"x-forwarded-for", b"garbage")], "forwarded") is None  # the other family
 
 
 def test_refusal_is_logged_once_with_reason_and_request_id(caplog: pytest.LogCaptureFixture) -> None:

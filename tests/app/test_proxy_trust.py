@@ -195,6 +195,17 @@ def test_metrics_through_a_loopback_proxy_decide_on_the_client(proxied) -> None:
     assert get(server, "/metrics", "X-Forwarded-For: 127.0.0.1\r\n")[0] == 200
 
 
+@pytest.mark.parametrize("forwarded", ["garbage", "8.8.8.8, garbage", "8.8.8.8,", "unknown", "_hidden"])
+def test_metrics_through_a_proxy_that_forwards_no_address_stay_closed(proxied, forwarded: str) -> None:  # noqa: ANN001
+    """A trusted proxy that forwards something other than an address (RFC 7239's "unknown",
+    an obfuscated identifier, junk a client slipped in) does not make its client the proxy:
+    the client is unknown, and /metrics, open to loopback, stays closed to it (an outside
+    review found it open)."""
+    server, _ = proxied
+    assert get(server, "/metrics", f"X-Forwarded-For: {forwarded}\r\n")[0] == 404
+    assert get(server, "/metrics", "")[0] == 200  # the proxy's own request
+
+
 def test_login_page_lockout_counts_the_forwarded_client(proxied) -> None:  # noqa: ANN001
     """The login page counts failed sign-ins as the token endpoint does: per address the
     trusted proxy forwarded, not the proxy's own, so an attacker behind the proxy cannot

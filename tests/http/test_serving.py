@@ -448,6 +448,111 @@ def test_http2_stream_errors_stay_in_their_stream(env) -> None:  # noqa: ANN001
         assert h2_exchange(sock, conn, until=7).get(7) == b"200"
 
 
+def _open_connections(server: Server) -> float:
+    with server.client() as http:
+        text = http.get("/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("tokensmith_open_connections")
+    )
+
+
+def test_http2_announces_the_stream_limit_it_serves(env) -> None:  # noqa: ANN001
+    """SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2) is the 32 requests a connection may
+    have in the app: it said 100, and a client keeping to that got 503 for streams 33 to 100."""
+    server, _, _ = env
+    sock, conn = h2_connection(server)
+    with sock:
+        settings = None
+        while settings is None:
+            events = conn.receive_data(sock.recv(65536))
+            settings = next((e for e in events if isinstance(e, h2.events.RemoteSettingsChanged)), None)
+        assert settings.changed_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS].new_value == 32
+
+
+def test_http2_clients_that_go_away_leave_nothing_behind(env) -> None:  # noqa: ANN001
+    """HTTP/2 connections closed in the middle of a token request's body, or after a whole
+    request and before its answer, end on the server: the fast lane's answer to a client that
+    went away used to wait for ever on a stream buffer nothing would empty, one task and its
+    memory kept per connection (an outside review found it)."""
+    server, auth, _ = env
+    before = _open_connections(server)
+    name, value = auth.rstrip(b"\r\n").split(b": ", 1)
+    form = b"grant_type=client_credentials"
+    for n in range(30):
+        sock, conn = h2_connection(server)
+        headers = [
+            (b":method", b"POST"),
+            (b":path", b"/oauth2/token"),
+            (b":scheme", b"https"),
+            (b":authority", b"x"),
+            (name.lower(), value),
+            (b"content-type", b"application/x-www-form-urlencoded"),
+        ]
+        conn.send_headers(1, headers)
+        if n % 2:
+            conn.send_data(1, form, end_stream=True)  # whole, then gone before the answer
+        else:
+            conn.send_data(1, form[:10])  # gone in the middle of the body
+        sock.sendall(conn.data_to_send())
+        time.sleep(0.01)
+        sock.close()
+    # Each reading of /metrics is a connection of its own, which Hypercorn keeps for up to
+    # the connection timeout after the client closed it: readings are spaced wider than that.
+    deadline = time.monotonic() + 15
+    while (now := _open_connections(server)) > before + 1 and time.monotonic() < deadline:
+        time.sleep(2 * TIMEOUT_MS / 1000)
+    assert now <= before + 1, (before, now)
+    assert "Traceback" not in server.log()
+
+
+def test_http2_data_for_a_stream_answered_in_the_same_read_is_dropped_quietly(env) -> None:  # noqa: ANN001
+    """A request's HEADERS and DATA in one write, to an endpoint that answers without reading
+    the body (a GET to the token endpoint: 405): the data is dropped and the connection goes
+    on serving, with no error in the log. The stream used to be answered while the earlier
+    event of the same read was handled, and its DATA then raised KeyError in Hypercorn."""
+    server, auth, _ = env
+    base = [(b":scheme", b"https"), (b":authority", b"x")]
+    for _ in range(20):
+        sock, conn = h2_connection(server)
+        with sock:
+            conn.send_headers(1, [(b":method", b"GET"), (b":path", b"/oauth2/token"), *base])
+            conn.send_data(1, b"x" * 100, end_stream=True)
+            conn.send_headers(3, [(b":method", b"GET"), (b":path", b"/healthz"), *base], end_stream=True)
+            sock.sendall(conn.data_to_send())
+            seen = h2_exchange(sock, conn, until=3)
+            assert seen.get(3) == b"200", seen
+    time.sleep(0.5)
+    log = server.log()
+    assert "KeyError" not in log and "Traceback" not in log, log[-3000:]
+
+
+def _answered(server: Server, status: int) -> float:
+    with server.client() as http:
+        text = http.get("/metrics").text
+    line = f'tokensmith_http_requests_total{{endpoint="other",status="{status}"}}'
+    return sum(float(row.split()[-1]) for row in text.splitlines() if row.startswith(line))
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"GET /healthz#x HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n"],
+    ids=["fragment", "bad-request-line"],
+)
+def test_requests_refused_before_the_app_are_counted(env, request_bytes: bytes) -> None:  # noqa: ANN001
+    """A request the HTTP layer refuses before the app sees it (a fragment in the target, a
+    request line no parser takes) shows in /metrics like every other answer."""
+    server, _, _ = env
+    before = _answered(server, 400)
+    sock, reader = connect(server)
+    with sock:
+        sock.sendall(request_bytes)
+        status, _, _ = reader.response()
+    assert status == 400
+    assert _answered(server, 400) == before + 1
+
+
 def test_a_trailer_that_never_ends_is_cut_off(env) -> None:  # noqa: ANN001
     """An endless trailer field sent a KiB at a time is refused once it passes the head limit
     (431), on both lanes, instead of being held until the body's deadline."""

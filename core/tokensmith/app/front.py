@@ -49,7 +49,7 @@ from tokensmith.errors import (
     ServerError,
     TemporarilyUnavailableError,
 )
-from tokensmith.http.proxies import forwarded_for, trusted_peer
+from tokensmith.http.proxies import client_address, trusted_peer
 from tokensmith.metrics import ENDPOINTS, metrics
 from tokensmith.models import StorageError
 from tokensmith.oauth.messages import Answer, HttpRequest
@@ -224,7 +224,7 @@ async def collect(chunks: AsyncIterator[bytes], headers: Mapping[str, str], limi
     """The body of *chunks*, refused (413) as soon as it is known to exceed *limit* bytes."""
     declared = headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):  # "²".isdigit() is true
             raise InvalidRequestError("Content-Length is not a number")
         if int(declared) > limit:
             raise RequestRefused(413, "the request body is too large")
@@ -288,7 +288,7 @@ class Front:
             for name, value in scope["headers"]:
                 if name == b"x-request-id" and _REQUEST_ID.fullmatch(value.strip()):
                     request_id = value.strip().decode("ascii")
-            forwarded = forwarded_for(scope["headers"], self.mode)[0]
+            forwarded = client_address(scope["headers"], self.mode)
             if forwarded is not None:
                 # The client's own address, for the password lockout and /metrics' allow list.
                 scope[CLIENT_ADDRESS] = forwarded

@@ -103,6 +103,13 @@ def refusal_response(status: int) -> bytes:
     )
 
 
+def counted_refusal(status: int) -> bytes:
+    """``refusal_response``, counted in /metrics as the app's answers are (no path is known
+    of a request refused while it is parsed)."""
+    metrics().requests.labels("other", str(status)).inc()
+    return refusal_response(status)
+
+
 def no_delay(sock: Any) -> None:
     """Turn Nagle's algorithm off on an accepted connection.
 
@@ -544,7 +551,7 @@ class Http1Connection(asyncio.Protocol):
         if not exchange.keep_alive or (self.closing and not self.queue):
             if exchange.keep_alive and self.refusal_after:
                 # h11 reads the next request only now, and answers it with the refusal.
-                self.transport.write(refusal_response(self.refusal_after))
+                self.transport.write(counted_refusal(self.refusal_after))
             self.closing = True
             self.transport.close()
             return
@@ -626,7 +633,7 @@ class Http1Connection(asyncio.Protocol):
                     last.broken = True
                     if not last.started:
                         last.dropped = True
-                        self.transport.write(refusal_response(refusal.status))
+                        self.transport.write(counted_refusal(refusal.status))
                         self.transport.close()
                     last.wake()
                 else:
@@ -636,5 +643,5 @@ class Http1Connection(asyncio.Protocol):
                 self.refusal_after = refusal.status
             return
         self._disarm()
-        self.transport.write(refusal_response(refusal.status))
+        self.transport.write(counted_refusal(refusal.status))
         self.transport.close()

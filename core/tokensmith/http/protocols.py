@@ -4,10 +4,11 @@ server.py drives Hypercorn's ``TCPServer`` per connection, and Hypercorn picks t
 class for it by name from its ``hypercorn.protocol`` module. ``install`` puts these two
 subclasses there (Hypercorn is pinned to 0.18, where they were written and are tested):
 
-- ``H11Protocol`` refuses, with 400 and a close, any request with an ``Upgrade`` field, and
-  the HTTP/2 preface on an HTTP/1.1 connection. Hypercorn switches to HTTP/2 on
-  ``Upgrade: h2c`` and on the preface even over TLS, where HTTP/2 is negotiated with ALPN
-  only (RFC 9113 §3.2, §3.3). Behind a proxy that tunnels once it sees a 101 answer, the
+- ``H11Protocol`` hands h11 the bytes of a read in slices (``_SLICE``), so that its size
+  limits hold however the bytes arrived; and refuses, with 400 and a close, any request with
+  an ``Upgrade`` field, and the HTTP/2 preface on an HTTP/1.1 connection. Hypercorn switches
+  to HTTP/2 on ``Upgrade: h2c`` and on the preface even over TLS, where HTTP/2 is negotiated
+  with ALPN only (RFC 9113 §3.2, §3.3). Behind a proxy that tunnels once it sees a 101 answer, the
   switch lets a client speak past the proxy: it could send its own copy of the certificate
   header that the proxy would have replaced (h2c smuggling). RFC 9110 §7.8 lets a server
   refuse an upgrade. The llhttp lane refuses them alike.
@@ -15,7 +16,12 @@ subclasses there (Hypercorn is pinned to 0.18, where they were written and are t
   (and every other client's stream on it, behind a proxy that multiplexes), when a request
   has a ``:method`` or ``:path`` that is not ASCII, no ``:path``, or the CONNECT method
   (RFC 9113 §8.3.1: a malformed request is a stream error), and when DATA arrives for a
-  stream that was already answered (RFC 9113 §8.1 allows answering before the request ends).
+  stream that was already answered (RFC 9113 §8.1 allows answering before the request ends),
+  even one answered while earlier events of the same read were being handled. When the
+  connection closes, it ends the output buffers of its streams: Hypercorn stops the task
+  that empties them, and an app that answers after the client went away (the fast lane
+  answers every request it read) would otherwise wait on them for ever, task and memory
+  kept, one per dropped connection.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ import h2.events
 import h2.exceptions
 import h11
 import hypercorn.protocol
-from hypercorn.events import Closed
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h2 import H2Protocol as _HypercornH2
 from hypercorn.protocol.h11 import H11Protocol as _HypercornH11
+
+from tokensmith.metrics import metrics
 
 __all__ = ["install", "H11Protocol", "H2Protocol"]
 
@@ -41,7 +49,30 @@ class UpgradeRefused(ConnectionAbortedError):
     """Raised after the 400 is sent: Hypercorn's TCPServer closes the connection quietly."""
 
 
+#: The most bytes h11 is given at once. h11 refuses an event it cannot complete within its
+#: buffer limit (431), but sees the limit only while the event is incomplete: a 40 KiB chunk
+#: line or head that arrived in one read was accepted, the same bytes in two reads refused.
+#: Fed in slices, an over-long one is refused however the bytes arrived, as on the llhttp lane.
+_SLICE = 4096
+
+
 class H11Protocol(_HypercornH11):
+    async def handle(self, event: Event) -> None:
+        if not isinstance(event, RawData) or len(event.data) <= _SLICE:
+            await super().handle(event)
+            return
+        data = event.data
+        for start in range(0, len(data), _SLICE):
+            if self.connection.their_state in (h11.ERROR, h11.CLOSED):
+                return  # refused (and answered) already: the rest is not read
+            await super().handle(RawData(data[start : start + _SLICE]))
+
+    async def _send_error_response(self, status_code: int) -> None:
+        # A request h11 or Hypercorn refused before the app saw it: counted as the app's answers
+        # are (app/front.py), with no path, as the llhttp lane counts its own refusals.
+        metrics().requests.labels("other", str(status_code)).inc()
+        await super()._send_error_response(status_code)
+
     async def _check_protocol(self, event: h11.Request) -> None:
         preface = event.method == b"PRI" and event.target == b"*"
         if preface or any(name == b"upgrade" for name, _ in event.headers):
@@ -51,29 +82,29 @@ class H11Protocol(_HypercornH11):
 
 
 class H2Protocol(_HypercornH2):
+    async def handle(self, event: Event) -> None:
+        await super().handle(event)
+        if isinstance(event, Closed):
+            # Nothing will send what is buffered: let every writer waiting on a buffer go.
+            for buffer in list(self.stream_buffers.values()):
+                await buffer.close()
+
     async def _handle_events(self, events: list[h2.events.Event]) -> None:
-        kept: list[h2.events.Event] = []
-        opened = set()  # streams whose request is in this batch, before its DATA
+        # One event at a time: handling one awaits the app, which may answer a stream (and
+        # Hypercorn forget it) before the next event of the same read, its DATA, is handled.
         for event in events:
-            if isinstance(event, h2.events.RequestReceived):
-                if _well_formed(event.headers):
-                    opened.add(event.stream_id)
-                    kept.append(event)
-                else:
-                    self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            elif (
-                isinstance(event, h2.events.DataReceived)
-                and event.stream_id not in self.streams
-                and event.stream_id not in opened
-            ):
+            if isinstance(event, h2.events.RequestReceived) and not _well_formed(event.headers):
+                self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                await self._flush()
+            elif isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
                 # Answered already (or reset above): give the window back, drop the data.
                 try:
                     self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 except h2.exceptions.StreamClosedError:
                     pass
+                await self._flush()
             else:
-                kept.append(event)
-        await super()._handle_events(kept)
+                await super()._handle_events([event])
 
 
 def _well_formed(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -1,7 +1,7 @@
 """What a trusted proxy tells the server: the client's address and protocol it forwarded.
 
 The HTTP server (``http/server.py``) refuses plain-HTTP requests with ``plain_http_refused``
-and the access log (``app/accesslog.py``) takes the client's address and request id from a
+and the app's front (``app/front.py``) takes the client's address and request id from a
 trusted proxy's headers; both believe only the peers in server.xml's ``<TrustedProxies>``.
 """
 
@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tokensmith.config.settings import Network
 
-__all__ = ["PLAIN_HTTP_PATHS", "trusted_peer", "forwarded_for", "plain_http_refused"]
+__all__ = [
+    "PLAIN_HTTP_PATHS",
+    "UNKNOWN",
+    "trusted_peer",
+    "forwarded_for",
+    "client_address",
+    "plain_http_refused",
+]
 
 
 def trusted_peer(scope: Mapping[str, Any], trusted: tuple[Network, ...]) -> bool:
@@ -26,6 +33,9 @@ def trusted_peer(scope: Mapping[str, Any], trusted: tuple[Network, ...]) -> bool
         address = ipaddress.ip_address(client[0])
     except ValueError:
         return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        # A listener on "::" sees an IPv4 proxy as ::ffff:a.b.c.d; the allow list names a.b.c.d.
+        address = address.ipv4_mapped
     return any(address in network for network in trusted)
 
 
@@ -84,6 +94,23 @@ def forwarded_for(
     addresses = _values(headers, b"x-forwarded-for")
     protos = _values(headers, b"x-forwarded-proto")
     return (_address(addresses[-1]) if addresses else None), (protos[-1].lower() if protos else None)
+
+
+#: The client's address when a trusted proxy forwarded one that is not an address: RFC 7239
+#: §6.2's "unknown", an obfuscated identifier (§6.3), or anything else. Not an address, so no
+#: allow list takes it, and not the proxy's own, which would make every such client the proxy.
+UNKNOWN = "unknown"
+
+
+def client_address(headers: list[tuple[bytes, bytes]], mode: str = "x-forwarded") -> str | None:
+    """The client address a trusted proxy forwarded (``forwarded_for``); ``UNKNOWN`` when its
+    header of *mode*'s family (X-Forwarded-For, or Forwarded) is there but gives no address;
+    None when there is no such header (a request of the proxy's own, a health check)."""
+    address = forwarded_for(headers, mode)[0]
+    if address is not None:
+        return address
+    sent = any(name == (b"forwarded" if mode == "forwarded" else b"x-forwarded-for") for name, _ in headers)
+    return UNKNOWN if sent else None
 
 
 def plain_http_refused(scope: Mapping[str, Any], trusted: tuple[Network, ...], mode: str) -> bool:
