@@ -553,6 +553,77 @@ def test_requests_refused_before_the_app_are_counted(env, request_bytes: bytes) 
     assert _answered(server, 400) == before + 1
 
 
+EARLY_ANSWERS = {
+    # 405 without reading the body (RFC 6749 §3.2): a few bytes of chunked body, 30 messages.
+    "chunked-put": (
+        b"PUT /oauth2/token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\na\r\n" * 30,
+        405,
+    ),
+    # 413 from Content-Length, the body sent all the same.
+    "large-post": (
+        b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"a" * 1_000_000,
+        413,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EARLY_ANSWERS))
+def test_an_early_answer_to_a_request_with_a_body_ends_its_connection(env, case: str) -> None:  # noqa: ANN001
+    """The fast lane answers these without reading the body. Hypercorn's queue of body
+    messages then filled, and the connection's reader and the request's end waited on each
+    other for ever: the connection stayed open after the answer, and its task and buffers
+    were never freed (an outside review found it). Now the answer is followed by a close,
+    the connection's task ends, and nothing is logged."""
+    server, _, _ = env
+    data, status = EARLY_ANSWERS[case]
+    before = _open_connections(server)
+    for _ in range(5):
+        sock, reader = connect(server)
+        with sock:
+            try:
+                sock.sendall(data)
+            except (OSError, ssl.SSLError):
+                pass  # the server closed while the rest of the body was on its way
+            assert reader.response()[0] == status
+            assert reader.closed(within=3)
+    deadline = time.monotonic() + 15
+    while (now := _open_connections(server)) > before + 1 and time.monotonic() < deadline:
+        time.sleep(2 * TIMEOUT_MS / 1000)
+    assert now <= before + 1, (before, now)
+    log = server.log()
+    assert "Traceback" not in log and "Error in ASGI Framework" not in log, log[-3000:]
+
+
+def test_an_early_answer_on_http2_leaves_nothing_behind(env) -> None:  # noqa: ANN001
+    """The same over HTTP/2, where it held: a stream refused 413 on its Content-Length while
+    more DATA frames than Hypercorn's body queue holds were on their way, on connections then
+    closed."""
+    server, _, _ = env
+    before = _open_connections(server)
+    for _ in range(5):
+        sock, conn = h2_connection(server)
+        with sock:
+            conn.send_headers(
+                1,
+                [
+                    (b":method", b"POST"),
+                    (b":path", b"/oauth2/token"),
+                    (b":scheme", b"https"),
+                    (b":authority", b"x"),
+                    (b"content-length", b"100000"),
+                    (b"content-type", b"application/x-www-form-urlencoded"),
+                ],
+            )
+            for _ in range(60):
+                conn.send_data(1, b"a" * 10)
+            sock.sendall(conn.data_to_send())
+            assert h2_exchange(sock, conn, until=1).get(1) == b"413"
+    deadline = time.monotonic() + 15
+    while (now := _open_connections(server)) > before + 1 and time.monotonic() < deadline:
+        time.sleep(2 * TIMEOUT_MS / 1000)
+    assert now <= before + 1, (before, now)
+
+
 def test_a_trailer_that_never_ends_is_cut_off(env) -> None:  # noqa: ANN001
     """An endless trailer field sent a KiB at a time is refused once it passes the head limit
     (431), on both lanes, instead of being held until the body's deadline."""

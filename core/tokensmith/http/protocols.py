@@ -8,10 +8,17 @@ subclasses there (Hypercorn is pinned to 0.18, where they were written and are t
   limits hold however the bytes arrived; and refuses, with 400 and a close, any request with
   an ``Upgrade`` field, and the HTTP/2 preface on an HTTP/1.1 connection. Hypercorn switches
   to HTTP/2 on ``Upgrade: h2c`` and on the preface even over TLS, where HTTP/2 is negotiated
-  with ALPN only (RFC 9113 §3.2, §3.3). Behind a proxy that tunnels once it sees a 101 answer, the
-  switch lets a client speak past the proxy: it could send its own copy of the certificate
-  header that the proxy would have replaced (h2c smuggling). RFC 9110 §7.8 lets a server
-  refuse an upgrade. The llhttp lane refuses them alike.
+  with ALPN only (RFC 9113 §3.2, §3.3). Behind a proxy that tunnels once it sees a 101
+  answer, the switch lets a client speak past the proxy: it could send its own copy of the
+  certificate header that the proxy would have replaced (h2c smuggling). RFC 9110 §7.8 lets
+  a server refuse an upgrade. The llhttp lane refuses them alike.
+- ``H11Protocol`` also drops the body messages a request's app did not read when the
+  request ends (it was answered, or the client went) and they fill its queue. Hypercorn
+  hands a body to the app through a queue of ten messages; after an early answer (405, 413)
+  nobody reads it, and the connection's reader, putting more of the body, and the request's
+  end, putting its disconnect, waited on each other for ever: one task and its buffers kept
+  per connection, from a few bytes of chunked body. The connection then closes, as after any
+  answer to an unfinished request.
 - ``H2Protocol`` resets only the offending stream, instead of losing the whole connection
   (and every other client's stream on it, behind a proxy that multiplexes), when a request
   has a ``:method`` or ``:path`` that is not ASCII, no ``:path``, or the CONNECT method
@@ -26,7 +33,10 @@ subclasses there (Hypercorn is pinned to 0.18, where they were written and are t
 
 from __future__ import annotations
 
+import asyncio
 import re
+import ssl
+from typing import Any
 
 import h2.errors
 import h2.events
@@ -56,7 +66,32 @@ class UpgradeRefused(ConnectionAbortedError):
 _SLICE = 4096
 
 
+def _discard_unread(stream: Any) -> None:
+    """Empty *stream*'s queue of body messages for its app when it is full, as its request
+    ends: a full queue holds whoever puts into it next (the reader, or the request's
+    disconnect), and an app that has not read them by now is done with its request, or its
+    client is gone. A queue with room is left alone: a client that half-closed after its
+    request still has it read."""
+    queue = getattr(getattr(stream, "app_put", None), "__self__", None)
+    if isinstance(queue, asyncio.Queue) and queue.full():
+        while not queue.empty():
+            queue.get_nowait()
+
+
 class H11Protocol(_HypercornH11):
+    async def _close_stream(self) -> None:
+        if self.stream is not None:
+            _discard_unread(self.stream)
+        await super()._close_stream()
+
+    async def _maybe_recycle(self) -> None:
+        try:
+            await super()._maybe_recycle()
+        except (ssl.SSLError, OSError):
+            # Closing after an answer while the client is still sending: the TLS close fails
+            # (APPLICATION_DATA_AFTER_CLOSE_NOTIFY), and the connection is over either way.
+            pass
+
     async def handle(self, event: Event) -> None:
         if not isinstance(event, RawData) or len(event.data) <= _SLICE:
             await super().handle(event)
