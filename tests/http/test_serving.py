@@ -594,6 +594,21 @@ def test_an_early_answer_to_a_request_with_a_body_ends_its_connection(env, case:
     assert "Traceback" not in log and "Error in ASGI Framework" not in log, log[-3000:]
 
 
+def test_an_answer_before_the_body_says_the_connection_closes(env) -> None:  # noqa: ANN001
+    """A route that answers before the request's body arrived (Quart's 405 for a POST to
+    /healthz) ends the connection after its answer, and says so (RFC 9112 §9.6): a client
+    that reused the connection used to find it closed under its next request ("server
+    disconnected without sending a response"), which a test run in parallel met."""
+    server, _, _ = env
+    sock, reader = connect(server)
+    with sock:
+        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        status, headers, _ = reader.response()
+        assert status == 405
+        assert headers.get("connection") == "close", headers
+        assert reader.closed(within=3)
+
+
 def test_an_early_answer_on_http2_leaves_nothing_behind(env) -> None:  # noqa: ANN001
     """The same over HTTP/2, where it held: a stream refused 413 on its Content-Length while
     more DATA frames than Hypercorn's body queue holds were on their way, on connections then

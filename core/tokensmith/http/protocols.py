@@ -18,7 +18,8 @@ subclasses there (Hypercorn is pinned to 0.18, where they were written and are t
   nobody reads it, and the connection's reader, putting more of the body, and the request's
   end, putting its disconnect, waited on each other for ever: one task and its buffers kept
   per connection, from a few bytes of chunked body. The connection then closes, as after any
-  answer to an unfinished request.
+  answer to an unfinished request; such an answer says so with ``Connection: close`` (RFC 9112
+  §9.6), which Hypercorn left out, so that a client reusing the connection found it closed.
 - ``H2Protocol`` resets only the offending stream, instead of losing the whole connection
   (and every other client's stream on it, behind a proxy that multiplexes), when a request
   has a ``:method`` or ``:path`` that is not ASCII, no ``:path``, or the CONNECT method
@@ -34,6 +35,7 @@ subclasses there (Hypercorn is pinned to 0.18, where they were written and are t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import ssl
 from typing import Any
@@ -44,6 +46,8 @@ import h2.exceptions
 import h11
 import hypercorn.protocol
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import Response
 from hypercorn.protocol.h2 import H2Protocol as _HypercornH2
 from hypercorn.protocol.h11 import H11Protocol as _HypercornH11
 
@@ -83,6 +87,20 @@ class H11Protocol(_HypercornH11):
         if self.stream is not None:
             _discard_unread(self.stream)
         await super()._close_stream()
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if (
+            isinstance(event, Response)
+            and event.status_code >= 200
+            and self.connection.their_state is h11.SEND_BODY
+            and not any(name.lower() == b"connection" for name, _ in event.headers)
+        ):
+            # Answered before the request's body was read to its end: Hypercorn closes the
+            # connection after this answer rather than read the rest (RFC 9112 §9.3 allows
+            # either). RFC 9112 §9.6: a server closing after a response says so in it, and a
+            # client then sends its next request on a new connection.
+            event = dataclasses.replace(event, headers=[*event.headers, (b"connection", b"close")])
+        await super().stream_send(event)
 
     async def _maybe_recycle(self) -> None:
         try:
