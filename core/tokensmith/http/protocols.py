@@ -74,8 +74,8 @@ def _discard_unread(stream: Any) -> None:
     """Empty *stream*'s queue of body messages for its app when it is full, as its request
     ends: a full queue holds whoever puts into it next (the reader, or the request's
     disconnect), and an app that has not read them by now is done with its request, or its
-    client is gone. A queue with room is left alone: a client that half-closed after its
-    request still has it read."""
+    client is gone. A queue with room is left alone: an app still running gets what arrived
+    before its client went."""
     queue = getattr(getattr(stream, "app_put", None), "__self__", None)
     if isinstance(queue, asyncio.Queue) and queue.full():
         while not queue.empty():
