@@ -10,8 +10,12 @@ PLUGIN_DIRS := $(wildcard plugins/*)
 run: setup
 	$(BIN)/tokensmith serve
 
+# The tests run in JOBS processes (pytest-xdist): most of the suite waits on servers it started,
+# so two processes on two cores take little more than half the time. JOBS=0 runs them in one.
+JOBS ?= 2
+
 test: setup browser lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
 # ruff (lint and format) and mypy over the package; `make test` runs them first.
 lint: $(STAMP)
