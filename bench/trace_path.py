@@ -55,24 +55,19 @@ SERVER_XML = _SERVER_XML.format(http1="", database='<Database path="../var/token
 
 
 def _self_signed(directory: Path) -> tuple[Path, bytes, str]:
-    """A self-signed client certificate: its PEM file, its DER and its PEM text."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    """A self-signed client certificate, as the bench's clients have: its PEM file, its DER
+    and its PEM text."""
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from peers.gen_clients import self_signed
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trace-client")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
+    cert = self_signed(
+        ec.generate_private_key(ec.SECP256R1()),
+        "trace-client",
+        1,
+        now - datetime.timedelta(days=1),
+        now + datetime.timedelta(days=30),
     )
     pem = cert.public_bytes(serialization.Encoding.PEM)
     path = directory / "client.crt"

@@ -32,9 +32,16 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     )
     actions = user.add_subparsers(dest="user_command", metavar="ACTION", parser_class=Parser)
     actions.required = True
+    # The option of every action that takes a new password.
+    new_password = argparse.ArgumentParser(add_help=False)
+    new_password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input instead of a prompt",
+    )
     add = actions.add_parser(
         "add",
-        parents=[common],
+        parents=[common, new_password],
         help="add a user",
         description="Add a user. The password (at least"
         f" {users.MIN_PASSWORD_LENGTH} characters) is asked for at a prompt,"
@@ -43,11 +50,6 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     )
     add.set_defaults(handler=cmd_add)
     add.add_argument("username")
-    add.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from standard input instead of a prompt",
-    )
     add.add_argument(
         "--role",
         choices=ROLES,
@@ -65,7 +67,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     role.add_argument("role", choices=(*ROLES, "none"))
     password = actions.add_parser(
         "password",
-        parents=[common],
+        parents=[common, new_password],
         help="set a user's password",
         description="Give a user a new password (at least"
         f" {users.MIN_PASSWORD_LENGTH} characters), asked for at a prompt or read from the first"
@@ -74,11 +76,6 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     )
     password.set_defaults(handler=cmd_password)
     password.add_argument("username")
-    password.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from standard input instead of a prompt",
-    )
     listing = actions.add_parser(
         "list", parents=[common], help="list users", description="List users and their failed-login state."
     )

@@ -287,19 +287,9 @@ def load_server(path: Path) -> ServerSettings:
             raise ConfigError(
                 f"{where(path, el)}: sslProtocol={protocol!r}: only TLS 1.2 and newer are served"
             )
-        port = attr_int(
-            path, el, "port", _int(_PORT.default), minimum=_int(_PORT.minimum), maximum=_int(_PORT.maximum)
-        )
-        assert port is not None
-        timeout_ms = attr_int(
-            path,
-            el,
-            "connectionTimeout",
-            _int(_TIMEOUT.default),
-            minimum=_int(_TIMEOUT.minimum),
-            maximum=_int(_TIMEOUT.maximum),
-        )
-        assert timeout_ms is not None
+        port = _setting_int(path, el, _PORT)
+        timeout_ms = _setting_int(path, el, _TIMEOUT)
+        assert port is not None and timeout_ms is not None
         http1 = el.get("http1", str(_HTTP1.default))
         if http1 not in HTTP1_LANES:
             raise ConfigError(f"{where(path, el)}: http1={http1!r} must be one of {', '.join(HTTP1_LANES)}")
@@ -391,26 +381,21 @@ def _int(value: object) -> int:
     return value
 
 
+def _setting_int(path: Path, el: etree._Element, entry: Setting) -> int | None:
+    """The integer attribute of *el* that *entry* names, with the table's default and range."""
+    assert entry.attribute is not None
+    default = None if entry.default is None else _int(entry.default)
+    return attr_int(
+        path, el, entry.attribute, default, minimum=_int(entry.minimum), maximum=_int(entry.maximum)
+    )
+
+
 def _console(path: Path, root: etree._Element) -> ConsoleSettings:
     el = root.find("Console")
     if el is None:
         return ConsoleSettings()
-    idle = attr_int(
-        path,
-        el,
-        "idleTimeout",
-        _int(_CONSOLE_IDLE.default),
-        minimum=_int(_CONSOLE_IDLE.minimum),
-        maximum=_int(_CONSOLE_IDLE.maximum),
-    )
-    age = attr_int(
-        path,
-        el,
-        "maxSessionAge",
-        _int(_CONSOLE_AGE.default),
-        minimum=_int(_CONSOLE_AGE.minimum),
-        maximum=_int(_CONSOLE_AGE.maximum),
-    )
+    idle = _setting_int(path, el, _CONSOLE_IDLE)
+    age = _setting_int(path, el, _CONSOLE_AGE)
     assert idle is not None and age is not None
     return ConsoleSettings(attr_bool(path, el, "enabled", _CONSOLE_ENABLED.default == "true"), idle, age)
 
@@ -445,14 +430,7 @@ def _pool_size(path: Path, root: etree._Element) -> int:
     el = root.find("Database")
     if el is None:
         return _int(_POOL_SIZE.default)
-    size = attr_int(
-        path,
-        el,
-        "poolSize",
-        _int(_POOL_SIZE.default),
-        minimum=_int(_POOL_SIZE.minimum),
-        maximum=_int(_POOL_SIZE.maximum),
-    )
+    size = _setting_int(path, el, _POOL_SIZE)
     assert size is not None
     return size
 
@@ -558,14 +536,7 @@ def load_identity(path: Path) -> IdentitySettings:
             ListenerEntry(
                 type=type_,
                 name=name,
-                order_id=attr_int(
-                    path,
-                    el,
-                    "orderId",
-                    None,
-                    minimum=_int(_ORDER_ID.minimum),
-                    maximum=_int(_ORDER_ID.maximum),
-                ),
+                order_id=_setting_int(path, el, _ORDER_ID),
                 enabled=attr_bool(path, el, "enable", True),
                 properties=properties,
                 line=el.sourceline or 0,

@@ -982,16 +982,7 @@ class PostgresStorage:
 
     def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
         with self._cursor(transaction=True) as cur:
-            cur.execute(
-                "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM tokens"
-                " WHERE client_id = %s AND cnf_x5t_s256 = %s AND grant_id IS NOT NULL ON CONFLICT DO NOTHING",
-                (int(time.time()), client_id, x5t_s256),
-            )
-            cur.execute(
-                "UPDATE tokens SET revoked = true WHERE client_id = %s AND cnf_x5t_s256 = %s AND NOT revoked",
-                (client_id, x5t_s256),
-            )
-            return cur.rowcount
+            return _revoke_tokens(cur, "client_id = %s AND cnf_x5t_s256 = %s", (client_id, x5t_s256))
 
     def purge_expired(self, before: int, limit: int | None = None) -> int | None:
         with self._cursor(maintenance=True, transaction=True) as cur:
@@ -1112,13 +1103,7 @@ class PostgresStorage:
 
     def revoke_client_tokens(self, client_id: str) -> int:
         with self._cursor(transaction=True) as cur:
-            cur.execute(
-                "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM tokens"
-                " WHERE client_id = %s AND grant_id IS NOT NULL ON CONFLICT DO NOTHING",
-                (int(time.time()), client_id),
-            )
-            cur.execute("UPDATE tokens SET revoked = true WHERE client_id = %s AND NOT revoked", (client_id,))
-            return cur.rowcount
+            return _revoke_tokens(cur, "client_id = %s", (client_id,))
 
     def add_audit(self, entry: AuditEntry) -> None:
         with self._cursor() as cur:
@@ -1350,23 +1335,14 @@ class PostgresStorage:
         with self._cursor(transaction=True) as cur:
             # As SQLite: the grants go into revoked_grants, so that a code redeemed meanwhile
             # on any instance gives only revoked tokens; the codes are deleted.
-            now = int(time.time())
-            cur.execute(
-                "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM tokens"
-                " WHERE user_id = %s AND client_id = %s AND grant_id IS NOT NULL ON CONFLICT DO NOTHING",
-                (now, user_id, client_id),
-            )
+            _revoke_tokens(cur, "user_id = %s AND client_id = %s", (user_id, client_id))
             cur.execute(
                 "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM authorization_codes"
                 " WHERE user_id = %s AND client_id = %s ON CONFLICT DO NOTHING",
-                (now, user_id, client_id),
+                (int(time.time()), user_id, client_id),
             )
             cur.execute(
                 "DELETE FROM authorization_codes WHERE user_id = %s AND client_id = %s", (user_id, client_id)
-            )
-            cur.execute(
-                "UPDATE tokens SET revoked = true WHERE user_id = %s AND client_id = %s AND NOT revoked",
-                (user_id, client_id),
             )
             cur.execute("DELETE FROM consents WHERE user_id = %s AND client_id = %s", (user_id, client_id))
             return cur.rowcount > 0
@@ -1402,12 +1378,19 @@ class PostgresStorage:
 
 
 def _revoke_user(cur: psycopg.Cursor[Any], user_id: str) -> int:
+    return _revoke_tokens(cur, "user_id = %s", (user_id,))
+
+
+def _revoke_tokens(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]) -> int:
+    """In *cur*'s transaction: the tokens matching *where* (a condition written here, with
+    ``%s`` for *params*) and their grants, so that tokens of those grants stored later are
+    revoked too; the number of tokens revoked."""
     cur.execute(
         "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM tokens"
-        " WHERE user_id = %s AND grant_id IS NOT NULL ON CONFLICT DO NOTHING",
-        (int(time.time()), user_id),
+        f" WHERE {where} AND grant_id IS NOT NULL ON CONFLICT DO NOTHING",
+        (int(time.time()), *params),
     )
-    cur.execute("UPDATE tokens SET revoked = true WHERE user_id = %s AND NOT revoked", (user_id,))
+    cur.execute(f"UPDATE tokens SET revoked = true WHERE {where} AND NOT revoked", params)
     return cur.rowcount
 
 

@@ -695,28 +695,25 @@ class SQLiteStorage:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
-                    " WHERE client_id = ? AND cnf_x5t_s256 = ? AND grant_id IS NOT NULL",
-                    (int(time.time()), client_id, x5t_s256),
-                )
-                return self._db.execute(
-                    "UPDATE tokens SET revoked = 1 WHERE client_id = ? AND cnf_x5t_s256 = ? AND revoked = 0",
-                    (client_id, x5t_s256),
-                ).rowcount
+                return self._revoke_tokens("client_id = ? AND cnf_x5t_s256 = ?", (client_id, x5t_s256))
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
     def _revoke_user(self, user_id: str) -> int:
-        """Inside a transaction: the user's grants (also tokens of them stored later) and
-        tokens."""
+        """Inside a transaction: the user's grants and tokens."""
+        return self._revoke_tokens("user_id = ?", (user_id,))
+
+    def _revoke_tokens(self, where: str, params: tuple[str, ...]) -> int:
+        """Inside a transaction: the tokens matching *where* (a condition written here, with
+        ``?`` for *params*) and their grants, so that tokens of those grants stored later are
+        revoked too; the number of tokens revoked."""
         self._db.execute(
             "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
-            " WHERE user_id = ? AND grant_id IS NOT NULL",
-            (int(time.time()), user_id),
+            f" WHERE {where} AND grant_id IS NOT NULL",
+            (int(time.time()), *params),
         )
         return self._db.execute(
-            "UPDATE tokens SET revoked = 1 WHERE user_id = ? AND revoked = 0", (user_id,)
+            f"UPDATE tokens SET revoked = 1 WHERE {where} AND revoked = 0", params
         ).rowcount
 
     def _maintenance(self) -> sqlite3.Connection:
@@ -841,15 +838,7 @@ class SQLiteStorage:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                now = int(time.time())
-                self._db.execute(
-                    "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
-                    " WHERE client_id = ? AND grant_id IS NOT NULL",
-                    (now, client_id),
-                )
-                return self._db.execute(
-                    "UPDATE tokens SET revoked = 1 WHERE client_id = ? AND revoked = 0", (client_id,)
-                ).rowcount
+                return self._revoke_tokens("client_id = ?", (client_id,))
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
@@ -1145,23 +1134,14 @@ class SQLiteStorage:
                 # The grants of the client's codes and tokens for the user go into
                 # revoked_grants, so that a code being redeemed meanwhile gives only tokens
                 # that are revoked already; the codes themselves are deleted.
-                now = int(time.time())
-                self._db.execute(
-                    "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM tokens"
-                    " WHERE user_id = ? AND client_id = ? AND grant_id IS NOT NULL",
-                    (now, user_id, client_id),
-                )
+                self._revoke_tokens("user_id = ? AND client_id = ?", (user_id, client_id))
                 self._db.execute(
                     "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ?"
                     " FROM authorization_codes WHERE user_id = ? AND client_id = ?",
-                    (now, user_id, client_id),
+                    (int(time.time()), user_id, client_id),
                 )
                 self._db.execute(
                     "DELETE FROM authorization_codes WHERE user_id = ? AND client_id = ?",
-                    (user_id, client_id),
-                )
-                self._db.execute(
-                    "UPDATE tokens SET revoked = 1 WHERE user_id = ? AND client_id = ? AND revoked = 0",
                     (user_id, client_id),
                 )
                 return (
