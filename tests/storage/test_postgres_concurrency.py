@@ -250,3 +250,73 @@ def test_n_stalled_requests_are_answered_together_503_with_retry_after(pg_server
     assert elapsed < 5.0  # one after the other: 8 s
     response, _ = _introspect(server, client, value)
     assert response.status_code == 200 and response.json()["active"] is True
+
+
+def test_withdrawing_consent_cannot_deadlock_with_a_grant_revocation(postgres_url: str, monkeypatch) -> None:  # noqa: ANN001
+    """Withdrawing a consent while a code of it is redeemed and its grant revoked at once: the
+    consent's transaction takes the tokens' rows last, as revoke_grant does, so neither waits
+    on the other in a cycle. A refactor that locked the rows before inserting the codes'
+    grants made PostgreSQL abort one of them as a deadlock (an outside review found it)."""
+    import psycopg
+
+    store = PostgresStorage(postgres_url, pool_size=4)
+    admin = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        admin.execute(
+            "INSERT INTO consents (user_id, client_id, scopes, granted_at) VALUES ('u1', 'c1', 's', 1)"
+        )
+        admin.execute(
+            "INSERT INTO authorization_codes (code_hash, client_id, redirect_uri, redirect_uri_given, scope,"
+            " code_challenge, user_id, username, grant_id, issued_at, expires_at, used)"
+            " VALUES ('K', 'c1', 'r', true, 's', 'cc', 'u1', 'n', 'G2', 1, 2, true)"
+        )
+        first_insert, resume, tokens_step, finish = (threading.Event() for _ in range(4))
+        real_execute = psycopg.Cursor.execute
+
+        def execute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN202
+            # Pause the consent's transaction after its first statement and before its last,
+            # so that the redemption and the revocation fall exactly in between.
+            result = real_execute(self, query, params, **kwargs)
+            if threading.current_thread().name == "consent":
+                text = query if isinstance(query, str) else str(query)
+                if text.startswith("INSERT INTO revoked_grants") and not first_insert.is_set():
+                    first_insert.set()
+                    resume.wait(10)
+                elif text.startswith("UPDATE tokens SET revoked"):
+                    tokens_step.set()
+                    finish.wait(10)
+            return result
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        outcome: dict[str, object] = {}
+
+        def run(name: str, call, *args: str) -> None:  # noqa: ANN001
+            try:
+                outcome[name] = call(*args)
+            except StorageError as exc:
+                outcome[name] = exc
+
+        consent = threading.Thread(
+            target=run, name="consent", args=("consent", store.revoke_consent, "u1", "c1")
+        )
+        consent.start()
+        assert first_insert.wait(10)
+        # The code is redeemed meanwhile: its token is stored, in a transaction of its own.
+        admin.execute(
+            "INSERT INTO tokens (token_hash, kind, client_id, scope, issued_at, expires_at, grant_id, user_id)"
+            " VALUES ('X', 'refresh', 'c1', 's', 1, 9999999999, 'G2', 'u1')"
+        )
+        resume.set()
+        tokens_step.wait(10)
+        revoke = threading.Thread(target=run, name="revoke", args=("revoke", store.revoke_grant, "G2"))
+        revoke.start()
+        time.sleep(0.5)
+        finish.set()
+        consent.join(15)
+        revoke.join(15)
+        assert outcome.get("consent") is True, outcome
+        assert not isinstance(outcome.get("revoke"), StorageError), outcome
+        assert admin.execute("SELECT revoked FROM tokens WHERE token_hash = 'X'").fetchone() == (True,)
+    finally:
+        admin.close()
+        store.close()

@@ -1335,7 +1335,6 @@ class PostgresStorage:
         with self._cursor(transaction=True) as cur:
             # As SQLite: the grants go into revoked_grants, so that a code redeemed meanwhile
             # on any instance gives only revoked tokens; the codes are deleted.
-            _revoke_tokens(cur, "user_id = %s AND client_id = %s", (user_id, client_id))
             cur.execute(
                 "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM authorization_codes"
                 " WHERE user_id = %s AND client_id = %s ON CONFLICT DO NOTHING",
@@ -1344,6 +1343,10 @@ class PostgresStorage:
             cur.execute(
                 "DELETE FROM authorization_codes WHERE user_id = %s AND client_id = %s", (user_id, client_id)
             )
+            # The tokens' rows last, as revoke_grant takes them: it holds a revoked_grants key
+            # while it waits for them, and a transaction holding them that then waits for a
+            # key would deadlock with it.
+            _revoke_tokens(cur, "user_id = %s AND client_id = %s", (user_id, client_id))
             cur.execute("DELETE FROM consents WHERE user_id = %s AND client_id = %s", (user_id, client_id))
             return cur.rowcount > 0
 

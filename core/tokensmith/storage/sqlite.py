@@ -1134,7 +1134,6 @@ class SQLiteStorage:
                 # The grants of the client's codes and tokens for the user go into
                 # revoked_grants, so that a code being redeemed meanwhile gives only tokens
                 # that are revoked already; the codes themselves are deleted.
-                self._revoke_tokens("user_id = ? AND client_id = ?", (user_id, client_id))
                 self._db.execute(
                     "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ?"
                     " FROM authorization_codes WHERE user_id = ? AND client_id = ?",
@@ -1144,6 +1143,7 @@ class SQLiteStorage:
                     "DELETE FROM authorization_codes WHERE user_id = ? AND client_id = ?",
                     (user_id, client_id),
                 )
+                self._revoke_tokens("user_id = ? AND client_id = ?", (user_id, client_id))
                 return (
                     self._db.execute(
                         "DELETE FROM consents WHERE user_id = ? AND client_id = ?", (user_id, client_id)
