@@ -25,8 +25,11 @@ def chromium() -> Iterator[Any]:
     while it is started, and the in-process tests that run their own loop would fail after
     the first browser test.
     """
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Assertions on a page wait for it to settle; a loaded CI machine can take longer than
+    # Playwright's five-second default to render a page the test just navigated to.
+    expect.set_options(timeout=15_000)
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"no Chromium at {CHROMIUM}: run `make browser` or set TOKENSMITH_CHROMIUM")
     with sync_playwright() as playwright:

@@ -32,6 +32,7 @@ import pki
 import pytest
 from admin_env import PASSWORDS, add_users, write_authenticators
 from conftest import Deployment, Server, new_deployment, start_server
+from playwright.sync_api import expect
 from test_proxy_trust import plain
 from tokensmith.models import Client, User
 from tokensmith.security.hashing import hash_secret
@@ -151,7 +152,7 @@ def test_sign_in_by_keyboard_sets_a_strict_session_cookie_and_headers(env: Conso
     page.keyboard.type(PASSWORDS["root"])
     page.keyboard.press("Enter")
     page.wait_for_url(env.url("/console/"))
-    assert page.get_by_role("heading", name="Service providers").is_visible()
+    expect(page.get_by_role("heading", name="Service providers")).to_be_visible()
     (cookie,) = [c for c in page.context.cookies() if c["name"] == "__Host-tokensmith-console"]
     assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert cookie["path"] == "/"
@@ -213,7 +214,7 @@ def test_a_form_without_its_csrf_token_is_refused(env: Console, page: Any) -> No
     page.fill("#password", "forged-password-1")
     page.evaluate("document.querySelector('form.card input[name=csrf]').value = 'forged'")
     page.click("button:has-text('Add user')")
-    assert page.get_by_role("heading", name="Refused").is_visible()
+    expect(page.get_by_role("heading", name="Refused")).to_be_visible()
     assert "CSRF" in page.inner_text("main")
     # The same POST with no token at all, from outside the page, with the session's cookie.
     answer = page.context.request.post(
@@ -238,10 +239,10 @@ def test_the_console_ends_an_idle_session(tmp_path, keystore, wheel_cache, chrom
         page = context.new_page()
         sign_in(page, console)
         page.click("nav >> text=Listeners")  # a request inside the timeout keeps it alive
-        assert page.url.endswith("/console/listeners")
+        page.wait_for_url(console.url("/console/listeners"))
         time.sleep(3)
         page.click("nav >> text=Users")
-        assert page.url.endswith("/console/login")
+        page.wait_for_url(console.url("/console/login"))
         assert "Your session has ended" in page.inner_text("main")
         # A form posted from the expired page is refused too.
         answer = context.request.post(console.url("/console/users"), form={"username": "x", "password": "y"})
@@ -255,7 +256,7 @@ def test_signing_out_ends_the_session_on_the_server(env: Console, page: Any) -> 
     sign_in(page, env)
     cookie = next(c for c in page.context.cookies() if c["name"] == "__Host-tokensmith-console")
     page.click("button:has-text('Sign out')")
-    assert page.url.endswith("/console/login?signed-out")
+    page.wait_for_url(env.url("/console/login?signed-out"))
     assert "You have signed out" in page.inner_text("main")
     with env.server.client(cookies={cookie["name"]: cookie["value"]}) as http:
         answer = http.get("/console/users")
@@ -287,9 +288,9 @@ def test_add_a_self_signed_mtls_client_and_get_a_token_with_its_certificate(env:
     assert page.input_value("#name") == "Payments app"  # kept across the preview
     shot(page, "add-service-provider")
     page.click("button:has-text('Register')")
-    assert page.get_by_role("heading", name="Payments app is registered").is_visible()
+    expect(page.get_by_role("heading", name="Payments app is registered")).to_be_visible()
     client_id = page.input_value("#client_id")
-    assert page.locator("#client_secret").count() == 0  # a certificate client has no secret
+    expect(page.locator("#client_secret")).to_have_count(0)  # a certificate client has no secret
     page.click("button[data-copy=client_id]")
     page.wait_for_function("document.querySelector('.copied').textContent !== ''")
     assert page.evaluate("navigator.clipboard.readText()") == client_id
@@ -403,7 +404,7 @@ def test_rotate_a_certificate_then_delete_with_confirmation(env: Console, page: 
     assert token(env, client_id, cert=first_paths).status_code == 401
     assert token(env, client_id, cert=second_paths).status_code == 200
     page.click("text=Delete…")
-    assert page.get_by_role("heading", name="Delete Rotating?").is_visible()
+    expect(page.get_by_role("heading", name="Delete Rotating?")).to_be_visible()
     page.click("text=Cancel")
     assert token(env, client_id, cert=second_paths).status_code == 200
     page.click("text=Delete…")
@@ -457,20 +458,20 @@ def test_removals_ask_for_confirmation_first(env: Console, page: Any, tmp_path: 
 
     page.goto(env.url("/console/users"))
     page.click("a[aria-label='Remove leaving…']")
-    assert page.get_by_role("heading", name="Remove leaving?").is_visible()
+    expect(page.get_by_role("heading", name="Remove leaving?")).to_be_visible()
     no_horizontal_overflow(page, "confirm-remove-user", tmp_path)
     page.click("text=Cancel")
-    assert page.url.endswith("/console/users")
+    page.wait_for_url(env.url("/console/users"))
     assert "leaving" in env.dep.cli("user", "list").stdout
     page.click("a[aria-label='Remove leaving…']")
     page.click("button:has-text('Remove it')")
     assert "Removed leaving" in page.inner_text("main")
     assert "leaving" not in env.dep.cli("user", "list").stdout
-    assert page.locator("a[aria-label='Remove root…']").count() == 0  # not yourself
+    expect(page.locator("a[aria-label='Remove root…']")).to_have_count(0)  # not yourself
 
     page.goto(env.url("/console/truststore"))
     page.click("a[aria-label='Remove spare…']")
-    assert page.get_by_role("heading", name="Stop trusting spare?").is_visible()
+    expect(page.get_by_role("heading", name="Stop trusting spare?")).to_be_visible()
     assert fingerprint(spare) in page.inner_text("main")
     page.click("text=Cancel")
     assert "spare" in env.dep.cli("truststore", "list").stdout
@@ -486,13 +487,13 @@ def test_removals_ask_for_confirmation_first(env: Console, page: Any, tmp_path: 
     retire = page.locator("a[aria-label^='Retire key']").first
     kid = retire.get_attribute("aria-label").removeprefix("Retire key ").removesuffix("…")
     retire.click()
-    assert page.get_by_role("heading", name=f"Retire signing key {kid}?").is_visible()
+    expect(page.get_by_role("heading", name=f"Retire signing key {kid}?")).to_be_visible()
     page.click("text=Cancel")
     assert kid in page.inner_text("main")
     page.locator(f"a[aria-label='Retire key {kid}…']").click()
     page.click("button:has-text('Retire it')")
     assert f"Retired signing key {kid}" in page.inner_text("main")
-    assert page.locator(f"a[aria-label='Retire key {kid}…']").count() == 0
+    expect(page.locator(f"a[aria-label='Retire key {kid}…']")).to_have_count(0)
     # A removal can only be posted from its confirmation page's form; a GET changes nothing.
     env.dep.cli("user", "add", "staying", "--password-stdin", input="staying-password\n")
     page.goto(env.url("/console/users/staying/remove"))
@@ -521,8 +522,8 @@ def test_a_reader_gets_a_read_only_console(env: Console, page: Any, tmp_path: Pa
         answer = page.goto(env.url(path))
         assert answer is not None and answer.status == 200, path
         assert change_forms(page) == 0, path
-        assert page.locator("a[href$='/delete'], a[href$='/remove'], a[href$='/retire']").count() == 0
-        assert page.locator("a[href='/console/clients/new']").count() == 0
+        expect(page.locator("a[href$='/delete'], a[href$='/remove'], a[href$='/retire']")).to_have_count(0)
+        expect(page.locator("a[href='/console/clients/new']")).to_have_count(0)
         no_horizontal_overflow(page, "reader" + path.replace("/", "-"), tmp_path)
     for path in (
         "/console/clients/new",
@@ -531,7 +532,7 @@ def test_a_reader_gets_a_read_only_console(env: Console, page: Any, tmp_path: Pa
     ):
         answer = page.goto(env.url(path))
         assert answer is not None and answer.status == 403, path
-        assert page.get_by_role("heading", name="Read only").is_visible()
+        expect(page.get_by_role("heading", name="Read only")).to_be_visible()
         assert "a reader" in page.inner_text("main") and change_forms(page) == 0
     csrf = page.get_attribute("form.signout input[name=csrf]", "value")
     for path, fields in (
@@ -672,7 +673,7 @@ def test_one_hundred_thousand_service_providers_stay_usable(tmp_path, keystore, 
         started = time.monotonic()
         page.goto(console.url("/console/clients"))
         assert "100,000 service providers, page 1 of 2,000" in page.inner_text(".count")
-        assert page.locator("tbody tr").count() == 50
+        expect(page.locator("tbody tr")).to_have_count(50)
         assert page.locator("tbody tr").first.inner_text().startswith("Bulk client 099999")
         page.click("text=Last »")
         assert page.locator("tbody tr").last.inner_text().startswith("Bulk client 000000")
@@ -1091,9 +1092,9 @@ def test_setting_ones_own_password_asks_for_the_current_one(env: Console, page: 
     page.click("button:has-text('Sign in')")
     page.wait_for_url(env.url("/console/"))
     page.goto(env.url("/console/users"))
-    assert page.locator("input[name=current_password]").count() == 1
+    expect(page.locator("input[name=current_password]")).to_have_count(1)
     own = page.locator("tr", has_text="selfish")
-    assert own.locator("#current-password").count() == 1
+    expect(own.locator("#current-password")).to_have_count(1)
     # A wrong current password: refused beside the field, counted as a failed sign-in.
     own.locator("#current-password").fill("not-my-password")
     own.locator("input[name=password]").fill("selfish-password-2")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from conftest import Deployment, Server
 from pki import self_signed
+from playwright.sync_api import expect
 
 PASSWORD = "correct horse battery staple"
 
@@ -153,7 +154,7 @@ def test_sign_in_consent_and_a_certificate_bound_token_in_chromium(
     page.goto(f"{server.url}/oauth2/account")
     assert "playground" in page.locator("#consents").inner_text()
     page.get_by_role("button", name="Sign out").click()
-    assert page.locator("#signed-out").is_visible()
+    expect(page.locator("#signed-out")).to_be_visible()
     page.goto(f"{server.url}/oauth2/authorize?{query}")
     assert page.title().startswith("Sign in")
 
@@ -219,7 +220,7 @@ def test_a_native_app_on_any_loopback_port_and_withdrawing_its_consent_in_chromi
     page.goto(f"{server.url}/oauth2/account")
     assert "stop working at once" in page.locator("#withdraw-note").inner_text()
     page.get_by_role("button", name="Withdraw consent for native").click()
-    assert page.locator("#no-consents").is_visible()
+    expect(page.locator("#no-consents")).to_be_visible()
     with server.client() as http_client:
         refused = http_client.post(
             "/oauth2/token",
