@@ -95,6 +95,12 @@ class Metrics:
             ["plugin", "kind"],
         )
 
+    def answered_before_app(self, status: int, path: str = "") -> None:
+        """Count an answer the server gave without the app (a refused head, a busy
+        connection), as ``app/front.py`` counts the app's: /metrics shows every answer. A
+        request refused while its head was parsed has no path yet, and counts as "other"."""
+        self.requests.labels(endpoint_label(path), str(status)).inc()
+
 
 _lock = threading.Lock()
 _metrics: Metrics | None = None

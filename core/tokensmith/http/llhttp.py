@@ -92,7 +92,9 @@ def _date() -> bytes:
 
 
 def refusal_response(status: int) -> bytes:
-    """What Hypercorn's h11 lane answers a request it cannot serve: the status, no body, close."""
+    """What Hypercorn's h11 lane answers a request it cannot serve: the status, no body, close;
+    counted in /metrics as the app's answers are."""
+    metrics().answered_before_app(status)
     return b"".join(
         [
             _STATUS_LINES.get(status, b"HTTP/1.1 %d \r\n" % status),
@@ -101,13 +103,6 @@ def refusal_response(status: int) -> bytes:
             b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
         ]
     )
-
-
-def counted_refusal(status: int) -> bytes:
-    """``refusal_response``, counted in /metrics as the app's answers are (no path is known
-    of a request refused while it is parsed)."""
-    metrics().requests.labels("other", str(status)).inc()
-    return refusal_response(status)
 
 
 def no_delay(sock: Any) -> None:
@@ -551,7 +546,7 @@ class Http1Connection(asyncio.Protocol):
         if not exchange.keep_alive or (self.closing and not self.queue):
             if exchange.keep_alive and self.refusal_after:
                 # h11 reads the next request only now, and answers it with the refusal.
-                self.transport.write(counted_refusal(self.refusal_after))
+                self.transport.write(refusal_response(self.refusal_after))
             self.closing = True
             self.transport.close()
             return
@@ -633,7 +628,7 @@ class Http1Connection(asyncio.Protocol):
                     last.broken = True
                     if not last.started:
                         last.dropped = True
-                        self.transport.write(counted_refusal(refusal.status))
+                        self.transport.write(refusal_response(refusal.status))
                         self.transport.close()
                     last.wake()
                 else:
@@ -643,5 +638,5 @@ class Http1Connection(asyncio.Protocol):
                 self.refusal_after = refusal.status
             return
         self._disarm()
-        self.transport.write(counted_refusal(refusal.status))
+        self.transport.write(refusal_response(refusal.status))
         self.transport.close()

@@ -121,9 +121,9 @@ class H11Protocol(_HypercornH11):
             await super().handle(RawData(data[start : start + _SLICE]))
 
     async def _send_error_response(self, status_code: int) -> None:
-        # A request h11 or Hypercorn refused before the app saw it: counted as the app's answers
-        # are (app/front.py), with no path, as the llhttp lane counts its own refusals.
-        metrics().requests.labels("other", str(status_code)).inc()
+        # A request h11 or Hypercorn refused before the app saw it, as the llhttp lane counts
+        # its own refusals.
+        metrics().answered_before_app(status_code)
         await super()._send_error_response(status_code)
 
     async def _check_protocol(self, event: h11.Request) -> None:

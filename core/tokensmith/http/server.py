@@ -48,7 +48,7 @@ from tokensmith.http.protocols import install as install_hypercorn_protocols
 from tokensmith.http.proxies import forwarded_for, plain_http_refused, trusted_peer
 from tokensmith.http.tls import server_context
 from tokensmith.http.tls_accept import peer_certificate_chain
-from tokensmith.metrics import endpoint_label, metrics
+from tokensmith.metrics import metrics
 from tokensmith.scope import BOUND_URLS, DER_KEY, TIMEOUT_KEY
 
 __all__ = ["serve", "bind", "urls", "no_delay", "tls_extension"]
@@ -213,8 +213,7 @@ async def _answer(
 ) -> None:
     """Answer a request the app never sees. Connection: close only on HTTP/1.x: HTTP/2 has no
     such field (RFC 9113 §8.2.2), and sending one there is a connection error."""
-    # Counted as the app's answers are (app/front.py): /metrics shows every answer.
-    metrics().requests.labels(endpoint_label(scope.get("path", "")), str(status)).inc()
+    metrics().answered_before_app(status, scope.get("path", ""))
     fields = [(b"content-length", b"%d" % len(body)), *(headers or ())]
     if body:
         fields += [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]

@@ -978,7 +978,7 @@ class PostgresStorage:
         with self._cursor(transaction=True) as cur:
             # Their sign-ins on the login page end too: a revoked user signs in again.
             cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (user_id,))
-            return _revoke_user(cur, user_id)
+            return _revoke_tokens(cur, "user_id = %s", (user_id,))
 
     def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
         with self._cursor(transaction=True) as cur:
@@ -1183,7 +1183,7 @@ class PostgresStorage:
             row = cur.fetchone()
             if row is None:
                 return False
-            _revoke_user(cur, row[0])
+            _revoke_tokens(cur, "user_id = %s", (row[0],))
             cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (row[0],))
             cur.execute("DELETE FROM consents WHERE user_id = %s", (row[0],))
             cur.execute("DELETE FROM login_failures WHERE username = %s", (username,))
@@ -1378,10 +1378,6 @@ class PostgresStorage:
         with self._cursor() as cur:
             cur.execute("DELETE FROM signin_sessions WHERE session_hash = %s", (session_hash,))
             return cur.rowcount > 0
-
-
-def _revoke_user(cur: psycopg.Cursor[Any], user_id: str) -> int:
-    return _revoke_tokens(cur, "user_id = %s", (user_id,))
 
 
 def _revoke_tokens(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]) -> int:

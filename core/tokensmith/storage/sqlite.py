@@ -686,7 +686,7 @@ class SQLiteStorage:
                 self._db.execute("BEGIN IMMEDIATE")
                 # Their sign-ins on the login page end too: a revoked user signs in again.
                 self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (user_id,))
-                return self._revoke_user(user_id)
+                return self._revoke_tokens("user_id = ?", (user_id,))
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
@@ -698,10 +698,6 @@ class SQLiteStorage:
                 return self._revoke_tokens("client_id = ? AND cnf_x5t_s256 = ?", (client_id, x5t_s256))
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
-
-    def _revoke_user(self, user_id: str) -> int:
-        """Inside a transaction: the user's grants and tokens."""
-        return self._revoke_tokens("user_id = ?", (user_id,))
 
     def _revoke_tokens(self, where: str, params: tuple[str, ...]) -> int:
         """Inside a transaction: the tokens matching *where* (a condition written here, with
@@ -963,7 +959,7 @@ class SQLiteStorage:
                 row = self._db.execute("SELECT user_id FROM users WHERE username = ?", (username,)).fetchone()
                 if row is None:
                     return False
-                self._revoke_user(row[0])
+                self._revoke_tokens("user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM consents WHERE user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM login_failures WHERE username = ?", (username,))
