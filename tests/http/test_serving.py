@@ -448,14 +448,26 @@ def test_http2_stream_errors_stay_in_their_stream(env) -> None:  # noqa: ANN001
         assert h2_exchange(sock, conn, until=7).get(7) == b"200"
 
 
-def _open_connections(server: Server) -> float:
+def _metric(server: Server, prefix: str) -> float:
+    """The sum of the /metrics samples whose line starts with *prefix*."""
     with server.client() as http:
         text = http.get("/metrics").text
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("tokensmith_open_connections")
-    )
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def _open_connections(server: Server) -> float:
+    return _metric(server, "tokensmith_open_connections")
+
+
+def _assert_connections_end(server: Server, before: float) -> None:
+    """The open connections come back to *before*, give or take the one reading them.
+
+    Each reading of /metrics is a connection of its own, which Hypercorn keeps for up to the
+    connection timeout after the client closed it: readings are spaced wider than that."""
+    deadline = time.monotonic() + 15
+    while (now := _open_connections(server)) > before + 1 and time.monotonic() < deadline:
+        time.sleep(2 * TIMEOUT_MS / 1000)
+    assert now <= before + 1, (before, now)
 
 
 def test_http2_announces_the_stream_limit_it_serves(env) -> None:  # noqa: ANN001
@@ -498,12 +510,7 @@ def test_http2_clients_that_go_away_leave_nothing_behind(env) -> None:  # noqa: 
         sock.sendall(conn.data_to_send())
         time.sleep(0.01)
         sock.close()
-    # Each reading of /metrics is a connection of its own, which Hypercorn keeps for up to
-    # the connection timeout after the client closed it: readings are spaced wider than that.
-    deadline = time.monotonic() + 15
-    while (now := _open_connections(server)) > before + 1 and time.monotonic() < deadline:
-        time.sleep(2 * TIMEOUT_MS / 1000)
-    assert now <= before + 1, (before, now)
+    _assert_connections_end(server, before)
     assert "Traceback" not in server.log()
 
 
@@ -529,10 +536,7 @@ def test_http2_data_for_a_stream_answered_in_the_same_read_is_dropped_quietly(en
 
 
 def _answered(server: Server, status: int) -> float:
-    with server.client() as http:
-        text = http.get("/metrics").text
-    line = f'tokensmith_http_requests_total{{endpoint="other",status="{status}"}}'
-    return sum(float(row.split()[-1]) for row in text.splitlines() if row.startswith(line))
+    return _metric(server, f'tokensmith_http_requests_total{{endpoint="other",status="{status}"}}')
 
 
 @pytest.mark.parametrize(
@@ -586,10 +590,7 @@ def test_an_early_answer_to_a_request_with_a_body_ends_its_connection(env, case:
                 pass  # the server closed while the rest of the body was on its way
             assert reader.response()[0] == status
             assert reader.closed(within=3)
-    deadline = time.monotonic() + 15
-    while (now := _open_connections(server)) > before + 1 and time.monotonic() < deadline:
-        time.sleep(2 * TIMEOUT_MS / 1000)
-    assert now <= before + 1, (before, now)
+    _assert_connections_end(server, before)
     log = server.log()
     assert "Traceback" not in log and "Error in ASGI Framework" not in log, log[-3000:]
 
@@ -633,10 +634,7 @@ def test_an_early_answer_on_http2_leaves_nothing_behind(env) -> None:  # noqa: A
                 conn.send_data(1, b"a" * 10)
             sock.sendall(conn.data_to_send())
             assert h2_exchange(sock, conn, until=1).get(1) == b"413"
-    deadline = time.monotonic() + 15
-    while (now := _open_connections(server)) > before + 1 and time.monotonic() < deadline:
-        time.sleep(2 * TIMEOUT_MS / 1000)
-    assert now <= before + 1, (before, now)
+    _assert_connections_end(server, before)
 
 
 def test_a_trailer_that_never_ends_is_cut_off(env) -> None:  # noqa: ANN001
