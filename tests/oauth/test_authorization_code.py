@@ -1011,3 +1011,55 @@ def test_a_password_change_ends_the_users_sign_in_sessions(env: Env, browser: Br
         assert bystander.get(f"/oauth2/authorize?{query}").status_code == 200
     finally:
         bystander.close()
+
+
+@pytest.mark.parametrize("how", ["cli", "api"])
+def test_revoking_a_user_refuses_the_codes_they_have_not_redeemed(
+    env: Env, browser: Browser, how: str
+) -> None:
+    """Red team: `tokensmith user revoke` (and POST /api/users/NAME/revoke-tokens) ended the
+    user's tokens but left a code issued to them and not yet redeemed, which then gave live
+    tokens. Revoking a user ends every token and grant of theirs, codes included; another
+    user's code stays good."""
+    dep = env.server.deployment
+    secret = (str(env.secret["client_id"]), str(env.secret["client_secret"]))
+
+    def active(token: str) -> bool:
+        with env.server.client() as http:
+            answer = http.post("/oauth2/introspect", data={"token": token}, auth=secret)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["active"]
+
+    user, admin = f"revoked-{how}", f"revoker-{how}"
+    dep.cli("user", "add", user, "--password-stdin", input=PASSWORD + "\n")
+    dep.cli("user", "add", admin, "--role", "admin", "--password-stdin", input=PASSWORD + "\n")
+    redeemed_verifier, pending_verifier = new_verifier(), new_verifier()
+    redeemed = browser.code_for(
+        env.secret, redeemed_verifier, user=user, scope="read", redirect_uri=CALLBACK
+    )["code"]
+    tokens = exchange(env, env.secret, redeemed, redeemed_verifier).json()
+    pending = browser.code_for(env.secret, pending_verifier, user=user, scope="read", redirect_uri=CALLBACK)[
+        "code"
+    ]
+    bystander = Browser(env.server)
+    try:
+        other_verifier = new_verifier()
+        other = bystander.code_for(
+            env.secret, other_verifier, user="bob", scope="read", redirect_uri=CALLBACK
+        )["code"]
+    finally:
+        bystander.close()
+    assert active(tokens["access_token"]) and active(tokens["refresh_token"])
+
+    if how == "cli":
+        dep.cli("user", "revoke", user)
+    else:
+        with env.server.client(auth=(admin, PASSWORD)) as api:
+            answer = api.post(
+                f"/api/users/{user}/revoke-tokens", headers={"Content-Type": "application/json"}
+            )
+            assert answer.status_code == 200, answer.text
+
+    assert_error(exchange(env, env.secret, pending, pending_verifier), 400, "invalid_grant")
+    assert not active(tokens["access_token"]) and not active(tokens["refresh_token"])
+    assert exchange(env, env.secret, other, other_verifier).status_code == 200

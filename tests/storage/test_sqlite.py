@@ -801,6 +801,52 @@ def test_withdrawing_a_consent_revokes_the_clients_tokens_grants_and_codes_for_t
     assert not store.revoke_consent(ids["u1"], "c1")
 
 
+@pytest.mark.parametrize("how", ["revoke", "remove"])
+def test_revoking_or_removing_a_user_takes_their_codes_and_grants(open_store, how: str) -> None:  # noqa: ANN001
+    """revoke_user_tokens and remove_user end every token and grant of the user, codes not
+    yet redeemed included (a red team redeemed one after `user revoke`): the code is gone,
+    and a token issued for its grant by a redemption racing the revocation is stored revoked.
+    Another user's code and tokens are untouched."""
+    store = open_store()
+    now = int(time.time())
+    ids = {}
+    for name in ("u1", "u2"):
+        store.add_user(User(name, "hash"))
+        ids[name] = store.get_user(name).user_id
+        store.add_token(
+            TokenRecord(
+                f"a-{name}", "access", "c1", "read", now, now + 600, user_id=ids[name], grant_id=f"g-{name}"
+            )
+        )
+        store.add_authorization_code(
+            AuthorizationCode(
+                f"code-{name}",
+                "c1",
+                "https://c/cb",
+                True,
+                "read",
+                "x" * 43,
+                ids[name],
+                name,
+                f"cg-{name}",
+                now,
+                now + 60,
+            )
+        )
+    if how == "revoke":
+        assert store.revoke_user_tokens(ids["u1"]) == 1
+    else:
+        assert store.remove_user("u1")
+    assert store.get_token("a-u1").revoked
+    assert store.get_authorization_code("code-u1") is None
+    store.add_token(
+        TokenRecord("raced", "access", "c1", "read", now, now + 600, user_id=ids["u1"], grant_id="cg-u1")
+    )
+    assert store.get_token("raced").revoked
+    code = store.get_authorization_code("code-u2")
+    assert code is not None and not code.used and not store.get_token("a-u2").revoked
+
+
 def test_consents_add_up_and_are_revocable_and_sessions_end_with_their_user(open_store) -> None:  # noqa: ANN001
     store = open_store()
     store.add_user(User("alice", "hash"))

@@ -978,7 +978,7 @@ class PostgresStorage:
         with self._cursor(transaction=True) as cur:
             # Their sign-ins on the login page end too: a revoked user signs in again.
             cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (user_id,))
-            return _revoke_tokens(cur, "user_id = %s", (user_id,))
+            return _revoke_grants(cur, "user_id = %s", (user_id,))
 
     def revoke_bound_tokens(self, client_id: str, x5t_s256: str) -> int:
         with self._cursor(transaction=True) as cur:
@@ -1183,7 +1183,7 @@ class PostgresStorage:
             row = cur.fetchone()
             if row is None:
                 return False
-            _revoke_tokens(cur, "user_id = %s", (row[0],))
+            _revoke_grants(cur, "user_id = %s", (row[0],))
             cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (row[0],))
             cur.execute("DELETE FROM consents WHERE user_id = %s", (row[0],))
             cur.execute("DELETE FROM login_failures WHERE username = %s", (username,))
@@ -1333,20 +1333,7 @@ class PostgresStorage:
 
     def revoke_consent(self, user_id: str, client_id: str) -> bool:
         with self._cursor(transaction=True) as cur:
-            # As SQLite: the grants go into revoked_grants, so that a code redeemed meanwhile
-            # on any instance gives only revoked tokens; the codes are deleted.
-            cur.execute(
-                "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM authorization_codes"
-                " WHERE user_id = %s AND client_id = %s ON CONFLICT DO NOTHING",
-                (int(time.time()), user_id, client_id),
-            )
-            cur.execute(
-                "DELETE FROM authorization_codes WHERE user_id = %s AND client_id = %s", (user_id, client_id)
-            )
-            # The tokens' rows last, as revoke_grant takes them: it holds a revoked_grants key
-            # while it waits for them, and a transaction holding them that then waits for a
-            # key would deadlock with it.
-            _revoke_tokens(cur, "user_id = %s AND client_id = %s", (user_id, client_id))
+            _revoke_grants(cur, "user_id = %s AND client_id = %s", (user_id, client_id))
             cur.execute("DELETE FROM consents WHERE user_id = %s AND client_id = %s", (user_id, client_id))
             return cur.rowcount > 0
 
@@ -1378,6 +1365,22 @@ class PostgresStorage:
         with self._cursor() as cur:
             cur.execute("DELETE FROM signin_sessions WHERE session_hash = %s", (session_hash,))
             return cur.rowcount > 0
+
+
+def _revoke_grants(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]) -> int:
+    """In *cur*'s transaction: ``_revoke_tokens``, and the authorization codes matching *where*
+    not yet redeemed. As in SQLite, their grants go into revoked_grants, so that a code
+    redeemed meanwhile on any instance gives only revoked tokens, and the codes are deleted.
+    The tokens' rows are taken last, as revoke_grant takes them: it holds a revoked_grants key
+    while it waits for them, and a transaction holding them that then waited for a key would
+    deadlock with it."""
+    cur.execute(
+        "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM authorization_codes"
+        f" WHERE {where} ON CONFLICT DO NOTHING",
+        (int(time.time()), *params),
+    )
+    cur.execute(f"DELETE FROM authorization_codes WHERE {where}", params)
+    return _revoke_tokens(cur, where, params)
 
 
 def _revoke_tokens(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]) -> int:

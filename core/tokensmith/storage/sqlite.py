@@ -686,7 +686,7 @@ class SQLiteStorage:
                 self._db.execute("BEGIN IMMEDIATE")
                 # Their sign-ins on the login page end too: a revoked user signs in again.
                 self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (user_id,))
-                return self._revoke_tokens("user_id = ?", (user_id,))
+                return self._revoke_grants("user_id = ?", (user_id,))
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
@@ -698,6 +698,18 @@ class SQLiteStorage:
                 return self._revoke_tokens("client_id = ? AND cnf_x5t_s256 = ?", (client_id, x5t_s256))
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
+
+    def _revoke_grants(self, where: str, params: tuple[str, ...]) -> int:
+        """Inside a transaction: ``_revoke_tokens``, and the authorization codes matching
+        *where* not yet redeemed. Their grants go into revoked_grants, so that a code being
+        redeemed meanwhile gives only tokens that are revoked already, and the codes are
+        deleted. The number of tokens revoked."""
+        self._db.execute(
+            f"INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ? FROM authorization_codes WHERE {where}",
+            (int(time.time()), *params),
+        )
+        self._db.execute(f"DELETE FROM authorization_codes WHERE {where}", params)
+        return self._revoke_tokens(where, params)
 
     def _revoke_tokens(self, where: str, params: tuple[str, ...]) -> int:
         """Inside a transaction: the tokens matching *where* (a condition written here, with
@@ -959,7 +971,7 @@ class SQLiteStorage:
                 row = self._db.execute("SELECT user_id FROM users WHERE username = ?", (username,)).fetchone()
                 if row is None:
                     return False
-                self._revoke_tokens("user_id = ?", (row[0],))
+                self._revoke_grants("user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM consents WHERE user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM login_failures WHERE username = ?", (username,))
@@ -1127,19 +1139,7 @@ class SQLiteStorage:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                # The grants of the client's codes and tokens for the user go into
-                # revoked_grants, so that a code being redeemed meanwhile gives only tokens
-                # that are revoked already; the codes themselves are deleted.
-                self._db.execute(
-                    "INSERT OR IGNORE INTO revoked_grants SELECT DISTINCT grant_id, ?"
-                    " FROM authorization_codes WHERE user_id = ? AND client_id = ?",
-                    (int(time.time()), user_id, client_id),
-                )
-                self._db.execute(
-                    "DELETE FROM authorization_codes WHERE user_id = ? AND client_id = ?",
-                    (user_id, client_id),
-                )
-                self._revoke_tokens("user_id = ? AND client_id = ?", (user_id, client_id))
+                self._revoke_grants("user_id = ? AND client_id = ?", (user_id, client_id))
                 return (
                     self._db.execute(
                         "DELETE FROM consents WHERE user_id = ? AND client_id = ?", (user_id, client_id)
