@@ -97,8 +97,10 @@ class Metrics:
 
     def answered_before_app(self, status: int, path: str = "") -> None:
         """Count an answer the server gave without the app (a refused head, a busy
-        connection), as ``app/front.py`` counts the app's: /metrics shows every answer. A
-        request refused while its head was parsed has no path yet, and counts as "other"."""
+        connection), as ``app/front.py`` counts the app's: /metrics shows every answer. It
+        is labelled with the request's endpoint when the head was parsed far enough to know
+        its path (``http/server.py``'s checks), else "other" (a request refused while its
+        head was parsed: h11's and the llhttp lane's refusals)."""
         self.requests.labels(endpoint_label(path), str(status)).inc()
 
 

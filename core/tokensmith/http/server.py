@@ -111,7 +111,8 @@ class _Connection:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "websocket":
-            # Unreachable while hypercorn_protocols refuses upgrades and CONNECT; kept so that
+            # Unreachable while http/protocols.py refuses HTTP/1.1 upgrades and HTTP/2's
+            # CONNECT (a WebSocket over HTTP/2 is an extended CONNECT, RFC 8441); kept so that
             # no WebSocket ever reaches the app if that changes.
             await send({"type": "websocket.close"})
             return
