@@ -122,7 +122,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Connector",
         "http1",
         "Who serves HTTP/1.1: Hypercorn (h11) or tokensmith's own llhttp lane (docs/benchmarks.md);"
-        " a plain-HTTP connector (`SSLEnabled=\"false\"`) is always served by Hypercorn.",
+        ' a plain-HTTP connector (`SSLEnabled="false"`) is always served by Hypercorn.',
         "hypercorn or llhttp",
         "hypercorn",
         choices=("hypercorn", "llhttp"),
