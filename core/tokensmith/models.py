@@ -487,7 +487,13 @@ class Storage(Protocol):
 
     # -- authorization code grant (RFC 6749 §4.1): codes, consents, sign-in sessions -----
 
-    def add_authorization_code(self, code: AuthorizationCode) -> None: ...
+    def add_authorization_code(self, code: AuthorizationCode, session_hash: str | None = None) -> bool:
+        """Store *code*. With *session_hash*, only if, in the same statement, that sign-in
+        session of the code's user is live and the user's consent to the code's client is
+        there: a revocation of the user or a withdrawal of the consent that commits while the
+        code is being issued then either sees the code (and revokes it) or leaves none
+        stored. True if stored."""
+        ...
 
     def get_authorization_code(self, code_hash: str) -> AuthorizationCode | None:
         """The code stored under *code_hash*, used or not, expired or not (until purged)."""

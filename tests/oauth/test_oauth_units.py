@@ -172,3 +172,32 @@ def test_rotation_refused_is_an_exception() -> None:
 def test_handshake_chain_prefers_the_servers_der() -> None:
     assert handshake_chain({"extensions": {"tls": {DER_KEY: [b"leaf", b"ca"]}}}) == (b"leaf", b"ca")
     assert handshake_chain({}) == ()
+
+
+def test_a_code_whose_sign_in_ended_meanwhile_is_access_denied(tmp_path) -> None:  # noqa: ANN001
+    """issue_code after the user's session ended (a `user revoke` committed between the
+    checks and the code's insert): no code, and the client is sent access_denied with its
+    state (RFC 6749 §4.1.2.1) instead of a code that would outlive the revocation."""
+    import asyncio
+    import types
+
+    from tokensmith.models import Client, Consent, SignInSession, User
+    from tokensmith.oauth.authorize import AuthorizationRequest, RedirectedError, issue_code
+    from tokensmith.storage.sqlite import SQLiteStorage
+
+    with SQLiteStorage(tmp_path / "store.db") as store:
+        store.add_user(User("u1", "hash"))
+        user = store.get_user("u1")
+        assert user is not None
+        store.add_consent(Consent(user.user_id, "c1", ("read",), 1))
+        session = SignInSession("ended", user.user_id, "u1", 1, 2**40)  # never stored: revoked
+        rt = types.SimpleNamespace(
+            storage=store, identity=types.SimpleNamespace(authorization_code_lifetime=60)
+        )
+        request = AuthorizationRequest(
+            Client("c1", None, "n", ("authorization_code",)), "https://c/cb", True, "read", "st", "x" * 43, ""
+        )
+        with pytest.raises(RedirectedError) as refused:
+            asyncio.run(issue_code(rt, request, session))  # type: ignore[arg-type]
+        assert refused.value.error.error == "access_denied" and refused.value.state == "st"
+        assert store._run("SELECT count(*) FROM authorization_codes").fetchone() == (0,)

@@ -320,3 +320,95 @@ def test_withdrawing_consent_cannot_deadlock_with_a_grant_revocation(postgres_ur
     finally:
         admin.close()
         store.close()
+
+
+def _signed_in_with_consent(store: PostgresStorage) -> str:
+    """User u1 with a live sign-in session "s1" and consent to client c1; their user id."""
+    from tokensmith.models import Consent, SignInSession, User
+
+    store.add_user(User("u1", "hash"))
+    user = store.get_user("u1")
+    assert user is not None
+    now = int(time.time())
+    store.add_session(SignInSession("s1", user.user_id, "u1", now, now + 600))
+    store.add_consent(Consent(user.user_id, "c1", ("read",), now))
+    return user.user_id
+
+
+def _code(user_id: str, name: str):  # noqa: ANN202
+    from tokensmith.models import AuthorizationCode
+
+    now = int(time.time())
+    return AuthorizationCode(
+        name, "c1", "https://c/cb", True, "read", "x" * 43, user_id, "u1", f"g-{name}", now, now + 60
+    )
+
+
+@pytest.mark.parametrize("revocation", ["user", "consent"])
+def test_a_code_issued_while_a_revocation_commits_is_not_stored(postgres_url: str, revocation: str) -> None:
+    """The revocation has deleted the session (user revoke) or the consent (withdrawal) and
+    not yet committed when a code is issued: the code's insert waits on that row and then
+    finds it gone. Without the row lock it read the row from before the revocation and stored
+    a code that gave live tokens afterwards (an outside review found it)."""
+    import psycopg
+
+    store = PostgresStorage(postgres_url, pool_size=2)
+    revoker = psycopg.connect(postgres_url)
+    try:
+        user_id = _signed_in_with_consent(store)
+        if revocation == "user":
+            revoker.execute("DELETE FROM signin_sessions WHERE user_id = %s", (user_id,))
+        else:
+            revoker.execute("DELETE FROM consents WHERE user_id = %s AND client_id = 'c1'", (user_id,))
+        with ThreadPoolExecutor(1) as pool:
+            issuing = pool.submit(store.add_authorization_code, _code(user_id, "late"), "s1")
+            time.sleep(0.5)
+            assert not issuing.done()  # waiting for the revocation's row
+            revoker.commit()
+            assert issuing.result(10) is False
+        assert store.get_authorization_code("late") is None
+    finally:
+        revoker.close()
+        store.close()
+
+
+@pytest.mark.parametrize("revocation", ["user", "consent"])
+def test_a_revocation_waits_for_a_code_being_issued_and_revokes_it(
+    postgres_url: str, revocation: str
+) -> None:
+    """The other order: a code's insert holds the session's and the consent's rows when the
+    revocation starts. The revocation deletes that row first, so it waits for the code, then
+    sees it: the code is deleted and its grant revoked. A withdrawal that deleted the consent
+    last read the codes before this one committed and left it."""
+    import psycopg
+    from tokensmith.models import TokenRecord as Token
+
+    store = PostgresStorage(postgres_url, pool_size=2)
+    issuer = psycopg.connect(postgres_url)
+    try:
+        user_id = _signed_in_with_consent(store)
+        issuer.execute("SELECT 1 FROM signin_sessions WHERE session_hash = 's1' FOR SHARE")
+        issuer.execute("SELECT 1 FROM consents WHERE user_id = %s AND client_id = 'c1' FOR SHARE", (user_id,))
+        issuer.execute(
+            "INSERT INTO authorization_codes VALUES (%s, 'c1', 'https://c/cb', true, 'read', %s, %s, 'u1',"
+            " 'g-racing', 1, 9999999999, false)",
+            ("racing", "x" * 43, user_id),
+        )
+        with ThreadPoolExecutor(1) as pool:
+            if revocation == "user":
+                revoking = pool.submit(store.revoke_user_tokens, user_id)
+            else:
+                revoking = pool.submit(store.revoke_consent, user_id, "c1")
+            time.sleep(0.5)
+            assert not revoking.done()  # waiting for the code's transaction
+            issuer.commit()
+            revoking.result(10)
+        assert store.get_authorization_code("racing") is None
+        now = int(time.time())
+        store.add_token(
+            Token("redeemed", "access", "c1", "read", now, now + 600, user_id=user_id, grant_id="g-racing")
+        )
+        assert store.get_token("redeemed").revoked
+    finally:
+        issuer.close()
+        store.close()

@@ -801,6 +801,42 @@ def test_withdrawing_a_consent_revokes_the_clients_tokens_grants_and_codes_for_t
     assert not store.revoke_consent(ids["u1"], "c1")
 
 
+def test_a_code_is_stored_only_while_its_sign_in_and_consent_last(open_store) -> None:  # noqa: ANN001
+    """add_authorization_code with the session that signs the user in stores the code only
+    while that session is live and the user's consent to the client is there, checked in the
+    statement that stores it: a red team got a code that outlived `user revoke` or a consent
+    withdrawal committed between the checks and the insert."""
+    store = open_store()
+    store.add_user(User("u1", "hash"))
+    uid = store.get_user("u1").user_id
+    now = int(time.time())
+    store.add_session(SignInSession("live", uid, "u1", now, now + 600))
+    store.add_session(SignInSession("old", uid, "u1", now - 120, now - 60))
+    store.add_consent(Consent(uid, "c1", ("read",), now))
+
+    def code(name: str, client: str = "c1") -> AuthorizationCode:
+        return AuthorizationCode(
+            name, client, "https://c/cb", True, "read", "x" * 43, uid, "u1", f"g-{name}", now, now + 60
+        )
+
+    assert store.add_authorization_code(code("a"), "live")
+    refused = [
+        ("another session", code("b"), "nobody's"),
+        ("an expired session", code("c"), "old"),
+        ("no consent to the client", code("d", "c2"), "live"),
+    ]
+    for why, candidate, session in refused:
+        assert not store.add_authorization_code(candidate, session), why
+    assert store.revoke_consent(uid, "c1")
+    assert not store.add_authorization_code(code("e"), "live")
+    store.add_consent(Consent(uid, "c1", ("read",), now))
+    assert store.add_authorization_code(code("f"), "live")
+    store.revoke_user_tokens(uid)
+    assert not store.add_authorization_code(code("g"), "live")
+    for name in "abcdefg":
+        assert store.get_authorization_code(name) is None, name
+
+
 @pytest.mark.parametrize("how", ["revoke", "remove"])
 def test_revoking_or_removing_a_user_takes_their_codes_and_grants(open_store, how: str) -> None:  # noqa: ANN001
     """revoke_user_tokens and remove_user end every token and grant of the user, codes not

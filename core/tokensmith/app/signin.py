@@ -179,6 +179,8 @@ async def _send_code(
     sent to the client, which is established by now."""
     try:
         code = await authorize.issue_code(rt, checked, session)
+    except RedirectedError as error:
+        return _redirect(authorize.error_location(error, _issuer()))
     except StorageError as exc:
         log.error("storage unavailable while issuing an authorization code: %s", exc)
         failure = RedirectedError(

@@ -272,6 +272,7 @@ def code_location(request: AuthorizationRequest, code: str, issuer: str) -> str:
 
 async def issue_code(rt: Runtime, request: AuthorizationRequest, session: SignInSession) -> str:
     """Make and store a code for *request*, for the user of *session*; return its value.
+    ``RedirectedError`` (access_denied) if the session or the consent ended meanwhile.
 
     256 random bits, stored only as their SHA-256 (RFC 6749 §10.10, RFC 6819 §5.1.4.1.3),
     valid for ``<AuthorizationCodeLifetime>`` seconds (60 by default; §4.1.2 recommends at
@@ -279,7 +280,7 @@ async def issue_code(rt: Runtime, request: AuthorizationRequest, session: SignIn
     """
     value = secrets.token_urlsafe(32)
     now = int(time.time())
-    await rt.storage.call(
+    stored = await rt.storage.call(
         rt.storage.add_authorization_code,
         AuthorizationCode(
             code_hash=token_hash(value),
@@ -294,7 +295,16 @@ async def issue_code(rt: Runtime, request: AuthorizationRequest, session: SignIn
             issued_at=now,
             expires_at=now + rt.identity.authorization_code_lifetime,
         ),
+        session.session_hash,
     )
+    if not stored:
+        # The user was revoked, or withdrew the consent, after both were checked: the code
+        # would outlive what allowed it (RFC 6749 §4.1.2.1, access_denied).
+        raise RedirectedError(
+            AccessDeniedError("the sign-in or the consent ended while the code was being issued"),
+            request.redirect_uri,
+            request.state,
+        )
     await rt.listeners.notify(
         "authorization_code_issued",
         event=AuthorizationCodeEvent(

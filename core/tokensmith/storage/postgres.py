@@ -1183,8 +1183,8 @@ class PostgresStorage:
             row = cur.fetchone()
             if row is None:
                 return False
-            _revoke_grants(cur, "user_id = %s", (row[0],))
             cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (row[0],))
+            _revoke_grants(cur, "user_id = %s", (row[0],))
             cur.execute("DELETE FROM consents WHERE user_id = %s", (row[0],))
             cur.execute("DELETE FROM login_failures WHERE username = %s", (username,))
             cur.execute("DELETE FROM users WHERE username = %s", (username,))
@@ -1243,25 +1243,41 @@ class PostgresStorage:
 
     # -- authorization code grant ------------------------------------------------------------
 
-    def add_authorization_code(self, code: AuthorizationCode) -> None:
+    def add_authorization_code(self, code: AuthorizationCode, session_hash: str | None = None) -> bool:
+        values = (
+            code.code_hash,
+            code.client_id,
+            code.redirect_uri,
+            code.redirect_uri_given,
+            code.scope,
+            code.code_challenge,
+            code.user_id,
+            code.username,
+            code.grant_id,
+            code.issued_at,
+            code.expires_at,
+            code.used,
+        )
         with self._cursor() as cur:
+            if session_hash is None:
+                cur.execute(
+                    "INSERT INTO authorization_codes VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    values,
+                )
+                return True
+            # The session's and the consent's rows are locked while the code goes in. A
+            # revocation deletes one of them first: if it came first, this waits for it and
+            # then finds the row gone; if this came first, the revocation waits, and its next
+            # statements see the code and revoke it.
             cur.execute(
-                "INSERT INTO authorization_codes VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    code.code_hash,
-                    code.client_id,
-                    code.redirect_uri,
-                    code.redirect_uri_given,
-                    code.scope,
-                    code.code_challenge,
-                    code.user_id,
-                    code.username,
-                    code.grant_id,
-                    code.issued_at,
-                    code.expires_at,
-                    code.used,
-                ),
+                "INSERT INTO authorization_codes"
+                " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+                " FROM signin_sessions s JOIN consents c ON c.user_id = s.user_id AND c.client_id = %s"
+                " WHERE s.session_hash = %s AND s.user_id = %s AND s.expires_at > %s"
+                " FOR SHARE OF s, c",
+                (*values, code.client_id, session_hash, code.user_id, int(time.time())),
             )
+            return cur.rowcount == 1
 
     def get_authorization_code(self, code_hash: str) -> AuthorizationCode | None:
         row = self._read_one(
@@ -1333,9 +1349,12 @@ class PostgresStorage:
 
     def revoke_consent(self, user_id: str, client_id: str) -> bool:
         with self._cursor(transaction=True) as cur:
-            _revoke_grants(cur, "user_id = %s AND client_id = %s", (user_id, client_id))
+            # The consent first: deleting its row holds off a code being issued meanwhile
+            # (add_authorization_code), and then the revocation sees every code there is.
             cur.execute("DELETE FROM consents WHERE user_id = %s AND client_id = %s", (user_id, client_id))
-            return cur.rowcount > 0
+            withdrawn = cur.rowcount > 0
+            _revoke_grants(cur, "user_id = %s AND client_id = %s", (user_id, client_id))
+            return withdrawn
 
     def add_session(self, session: SignInSession) -> None:
         with self._cursor() as cur:

@@ -971,8 +971,8 @@ class SQLiteStorage:
                 row = self._db.execute("SELECT user_id FROM users WHERE username = ?", (username,)).fetchone()
                 if row is None:
                     return False
-                self._revoke_grants("user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (row[0],))
+                self._revoke_grants("user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM consents WHERE user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM login_failures WHERE username = ?", (username,))
                 self._db.execute("DELETE FROM users WHERE username = ?", (username,))
@@ -1052,23 +1052,34 @@ class SQLiteStorage:
     # -- authorization code grant --------------------------------------------------------
 
     @_serialised
-    def add_authorization_code(self, code: AuthorizationCode) -> None:
-        self._run(
-            "INSERT INTO authorization_codes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                code.code_hash,
-                code.client_id,
-                code.redirect_uri,
-                int(code.redirect_uri_given),
-                code.scope,
-                code.code_challenge,
-                code.user_id,
-                code.username,
-                code.grant_id,
-                code.issued_at,
-                code.expires_at,
-                int(code.used),
-            ),
+    def add_authorization_code(self, code: AuthorizationCode, session_hash: str | None = None) -> bool:
+        values = (
+            code.code_hash,
+            code.client_id,
+            code.redirect_uri,
+            int(code.redirect_uri_given),
+            code.scope,
+            code.code_challenge,
+            code.user_id,
+            code.username,
+            code.grant_id,
+            code.issued_at,
+            code.expires_at,
+            int(code.used),
+        )
+        if session_hash is None:
+            self._run("INSERT INTO authorization_codes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            return True
+        # One statement, so one write: a revocation's transaction is wholly before or after it.
+        return (
+            self._run(
+                "INSERT INTO authorization_codes SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                " WHERE EXISTS (SELECT 1 FROM signin_sessions"
+                " WHERE session_hash = ? AND user_id = ? AND expires_at > ?)"
+                " AND EXISTS (SELECT 1 FROM consents WHERE user_id = ? AND client_id = ?)",
+                (*values, session_hash, code.user_id, int(time.time()), code.user_id, code.client_id),
+            ).rowcount
+            == 1
         )
 
     @_serialised
@@ -1139,13 +1150,13 @@ class SQLiteStorage:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
+                # The consent first, as in PostgreSQL, where deleting it is what holds off a
+                # code being issued meanwhile (add_authorization_code).
+                withdrawn = self._db.execute(
+                    "DELETE FROM consents WHERE user_id = ? AND client_id = ?", (user_id, client_id)
+                ).rowcount
                 self._revoke_grants("user_id = ? AND client_id = ?", (user_id, client_id))
-                return (
-                    self._db.execute(
-                        "DELETE FROM consents WHERE user_id = ? AND client_id = ?", (user_id, client_id)
-                    ).rowcount
-                    > 0
-                )
+                return withdrawn > 0
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
