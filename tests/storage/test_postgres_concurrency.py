@@ -412,3 +412,107 @@ def test_a_revocation_waits_for_a_code_being_issued_and_revokes_it(
     finally:
         issuer.close()
         store.close()
+
+
+def test_removing_a_user_cannot_deadlock_with_a_consent_withdrawal(postgres_url: str, monkeypatch) -> None:  # noqa: ANN001
+    """`user remove` paused after it took the grants' keys, and the user's consent withdrawn
+    meanwhile: every revocation takes the consent's row before the keys, so the withdrawal
+    waits for the removal. A removal that deleted the consents last took the keys first and
+    then waited on the row the withdrawal held, while the withdrawal waited on the keys: a
+    deadlock that PostgreSQL ended by failing one of them (an outside review found it)."""
+    import psycopg
+    from tokensmith.models import TokenRecord as Token
+
+    store = PostgresStorage(postgres_url, pool_size=4)
+    try:
+        user_id = _signed_in_with_consent(store)
+        now = int(time.time())
+        store.add_token(Token("t1", "access", "c1", "read", now, now + 600, user_id=user_id, grant_id="g1"))
+        store.add_authorization_code(_code(user_id, "pending"))
+        took_keys, resume = threading.Event(), threading.Event()
+        real_execute = psycopg.Cursor.execute
+
+        def execute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN202
+            result = real_execute(self, query, params, **kwargs)
+            text = query if isinstance(query, str) else str(query)
+            if threading.current_thread().name == "remove" and text.startswith("INSERT INTO revoked_grants"):
+                took_keys.set()
+                resume.wait(10)
+            return result
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        outcome: dict[str, object] = {}
+
+        def run(name: str, call, *args: str) -> None:  # noqa: ANN001
+            try:
+                outcome[name] = call(*args)
+            except StorageError as exc:
+                outcome[name] = exc
+
+        remove = threading.Thread(target=run, name="remove", args=("remove", store.remove_user, "u1"))
+        remove.start()
+        assert took_keys.wait(10)
+        withdraw = threading.Thread(
+            target=run, name="withdraw", args=("withdraw", store.revoke_consent, user_id, "c1")
+        )
+        withdraw.start()
+        time.sleep(0.5)
+        resume.set()
+        remove.join(15)
+        withdraw.join(15)
+        assert outcome.get("remove") is True, outcome
+        assert outcome.get("withdraw") is False, outcome  # the removal took the consent with it
+        assert store.get_token("t1").revoked and store.get_authorization_code("pending") is None
+    finally:
+        store.close()
+
+
+def test_revoking_a_client_and_one_of_its_users_at_once_cannot_deadlock(postgres_url: str) -> None:
+    """`sp` token revocation for a client and `user revoke` for one of its users, at once, on
+    grants stored in no particular order: both take the grants' keys in grant id order, so
+    neither holds a key the other waits for while it waits on one of the other's. Taken in
+    the tables' order, they deadlocked in most runs (an outside review found it)."""
+    import random
+
+    import psycopg
+    from tokensmith.models import TokenRecord as Token
+    from tokensmith.models import User
+
+    store = PostgresStorage(postgres_url, pool_size=4)
+    try:
+        for round_ in range(6):
+            users = []
+            for name in (f"dave{round_}", f"bob{round_}"):
+                store.add_user(User(name, "hash"))
+                user = store.get_user(name)
+                assert user is not None
+                users.append(user.user_id)
+            now = int(time.time())
+            client = f"c-{round_}"
+            grants = [(user_id, f"{random.random():.12f}") for user_id in users for _ in range(5000)]
+            random.shuffle(grants)
+            store.add_tokens(
+                [
+                    Token(
+                        f"{client}-{n}",
+                        "access",
+                        client,
+                        "read",
+                        now,
+                        now + 600,
+                        user_id=user_id,
+                        grant_id=grant,
+                    )
+                    for n, (user_id, grant) in enumerate(grants)
+                ]
+            )
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute("ANALYZE tokens")  # plans as on a store in use: hashed, unordered
+            with ThreadPoolExecutor(2) as pool:
+                by_client = pool.submit(store.revoke_client_tokens, client)
+                time.sleep(0.01)  # the client's scan under way when the user's starts
+                by_user = pool.submit(store.revoke_user_tokens, users[0])
+                by_client.result(30)
+                by_user.result(30)
+    finally:
+        store.close()

@@ -1183,9 +1183,12 @@ class PostgresStorage:
             row = cur.fetchone()
             if row is None:
                 return False
+            # The sessions' and consents' rows first, as the other revocations take them
+            # (_revoke_grants): a consent withdrawal that took its row before this took the
+            # grants' keys waited on them while this waited on the row, a deadlock.
             cur.execute("DELETE FROM signin_sessions WHERE user_id = %s", (row[0],))
-            _revoke_grants(cur, "user_id = %s", (row[0],))
             cur.execute("DELETE FROM consents WHERE user_id = %s", (row[0],))
+            _revoke_grants(cur, "user_id = %s", (row[0],))
             cur.execute("DELETE FROM login_failures WHERE username = %s", (username,))
             cur.execute("DELETE FROM users WHERE username = %s", (username,))
         return True
@@ -1387,30 +1390,38 @@ class PostgresStorage:
 
 
 def _revoke_grants(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]) -> int:
-    """In *cur*'s transaction: ``_revoke_tokens``, and the authorization codes matching *where*
-    not yet redeemed. As in SQLite, their grants go into revoked_grants, so that a code
-    redeemed meanwhile on any instance gives only revoked tokens, and the codes are deleted.
-    The tokens' rows are taken last, as revoke_grant takes them: it holds a revoked_grants key
-    while it waits for them, and a transaction holding them that then waited for a key would
-    deadlock with it."""
+    """In *cur*'s transaction: the authorization codes and the tokens matching *where* (a
+    condition written here, with ``%s`` for *params*), and their grants; the number of tokens
+    revoked. As in SQLite, the grants go into revoked_grants, so that a code redeemed meanwhile
+    on any instance, or a refresh, gives only revoked tokens; the codes are deleted.
+
+    Locks are taken in one order by every revocation, so that two of them never wait on each
+    other in a cycle: first the row that admits new codes (a session, a consent: the caller
+    deletes it before this), then the grants' keys, all in one statement and in grant id order,
+    then the tokens' rows last, as revoke_grant takes them."""
     cur.execute(
-        "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM authorization_codes"
-        f" WHERE {where} ON CONFLICT DO NOTHING",
-        (int(time.time()), *params),
+        "INSERT INTO revoked_grants SELECT grant_id, %s::bigint FROM"
+        f" (SELECT grant_id FROM authorization_codes WHERE {where}"
+        f" UNION SELECT grant_id FROM tokens WHERE {where} AND grant_id IS NOT NULL) AS granted"
+        " ORDER BY grant_id ON CONFLICT DO NOTHING",
+        (int(time.time()), *params, *params),
     )
     cur.execute(f"DELETE FROM authorization_codes WHERE {where}", params)
-    return _revoke_tokens(cur, where, params)
+    return _revoke_token_rows(cur, where, params)
 
 
 def _revoke_tokens(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]) -> int:
-    """In *cur*'s transaction: the tokens matching *where* (a condition written here, with
-    ``%s`` for *params*) and their grants, so that tokens of those grants stored later are
-    revoked too; the number of tokens revoked."""
+    """In *cur*'s transaction: the tokens matching *where* and their grants (as
+    ``_revoke_grants``, without codes); the number of tokens revoked."""
     cur.execute(
         "INSERT INTO revoked_grants SELECT DISTINCT grant_id, %s::bigint FROM tokens"
-        f" WHERE {where} AND grant_id IS NOT NULL ON CONFLICT DO NOTHING",
+        f" WHERE {where} AND grant_id IS NOT NULL ORDER BY grant_id ON CONFLICT DO NOTHING",
         (int(time.time()), *params),
     )
+    return _revoke_token_rows(cur, where, params)
+
+
+def _revoke_token_rows(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]) -> int:
     cur.execute(f"UPDATE tokens SET revoked = true WHERE {where} AND NOT revoked", params)
     return cur.rowcount
 

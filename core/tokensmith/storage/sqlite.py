@@ -972,8 +972,8 @@ class SQLiteStorage:
                 if row is None:
                     return False
                 self._db.execute("DELETE FROM signin_sessions WHERE user_id = ?", (row[0],))
-                self._revoke_grants("user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM consents WHERE user_id = ?", (row[0],))
+                self._revoke_grants("user_id = ?", (row[0],))
                 self._db.execute("DELETE FROM login_failures WHERE username = ?", (username,))
                 self._db.execute("DELETE FROM users WHERE username = ?", (username,))
         except sqlite3.Error as exc:
