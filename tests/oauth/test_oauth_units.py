@@ -195,7 +195,13 @@ def test_a_code_whose_sign_in_ended_meanwhile_is_access_denied(tmp_path) -> None
             storage=store, identity=types.SimpleNamespace(authorization_code_lifetime=60)
         )
         request = AuthorizationRequest(
-            Client("c1", None, "n", ("authorization_code",)), "https://c/cb", True, "read", "st", "x" * 43, ""
+            Client("c1", "client one", "client_secret_basic", ("authorization_code",)),
+            "https://c/cb",
+            True,
+            "read",
+            "st",
+            "x" * 43,
+            "",
         )
         with pytest.raises(RedirectedError) as refused:
             asyncio.run(issue_code(rt, request, session))  # type: ignore[arg-type]

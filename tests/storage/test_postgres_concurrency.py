@@ -14,8 +14,9 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -514,5 +515,153 @@ def test_revoking_a_client_and_one_of_its_users_at_once_cannot_deadlock(postgres
                 by_user = pool.submit(store.revoke_user_tokens, users[0])
                 by_client.result(30)
                 by_user.result(30)
+    finally:
+        store.close()
+
+
+@contextmanager
+def _held(url: str, statement: str, params: tuple = ()) -> Iterator[None]:
+    """Another session runs *statement* and keeps what it locked until the block ends (then
+    rolls back): the calls made meanwhile stop at a known point."""
+    import psycopg
+
+    with psycopg.connect(url) as blocker:
+        blocker.execute(statement, params)
+        try:
+            yield
+        finally:
+            blocker.rollback()
+
+
+def _both(first, second, wait: float = 0.5) -> tuple[ThreadPoolExecutor, Future, Future]:  # noqa: ANN001
+    """Start *first*, then *second*, each in a thread of the pool returned (close it to wait):
+    their futures give what each returned, or the StorageError it raised."""
+
+    def run(call):  # noqa: ANN001, ANN202
+        try:
+            return call()
+        except StorageError as exc:
+            return exc
+
+    pool = ThreadPoolExecutor(2)
+    one = pool.submit(run, first)
+    time.sleep(wait)
+    two = pool.submit(run, second)
+    time.sleep(wait)
+    return pool, one, two
+
+
+def test_removing_a_client_cannot_deadlock_with_a_consent_withdrawal(postgres_url: str) -> None:
+    """A consent withdrawal waiting on a grant's key, while the client is removed: the removal
+    takes the consents' rows before the codes', as the revocations do, so it waits behind the
+    withdrawal. Codes first, it held the code the withdrawal was about to delete while waiting
+    on the consent the withdrawal held (an outside review found it)."""
+    from tokensmith.models import Client
+    from tokensmith.models import TokenRecord as Token
+
+    store = PostgresStorage(postgres_url, pool_size=4)
+    try:
+        user_id = _signed_in_with_consent(store)
+        store.add_client(Client("c1", "client one", "client_secret_basic", ("authorization_code",)))
+        now = int(time.time())
+        store.add_token(
+            Token("t1", "access", "c1", "read", now, now + 600, user_id=user_id, grant_id="g-code1")
+        )
+        store.add_authorization_code(_code(user_id, "code1"))
+        with _held(postgres_url, "INSERT INTO revoked_grants VALUES ('g-code1', 0)"):
+            pool, withdraw, remove = _both(
+                lambda: store.revoke_consent(user_id, "c1"), lambda: store.remove_client("c1")
+            )
+        with pool:
+            assert withdraw.result(15) is True and remove.result(15) is True, (
+                withdraw.result(),
+                remove.result(),
+            )
+        assert store.get_authorization_code("code1") is None and store.get_token("t1").revoked
+    finally:
+        store.close()
+
+
+def test_a_batch_of_rotations_cannot_deadlock_with_a_user_revocation(postgres_url: str) -> None:
+    """A batch of refresh rotations (one transaction, try_issue) and `user revoke` on the same
+    tokens: both lock the rows in token hash order. The batch went in the requests' order and
+    the revocation in the table's, each held a row the other waited for, and PostgreSQL
+    cancelled one, leaving the user's tokens active when it was the revocation (an outside
+    review found it)."""
+    from tokensmith.models import Issue, User
+    from tokensmith.models import TokenRecord as Token
+
+    store = PostgresStorage(postgres_url, pool_size=4)
+    try:
+        user_id = _signed_in_with_consent(store)
+        store.add_user(User("v1", "hash"))
+        other = store.get_user("v1").user_id
+        now = int(time.time())
+        for name, owner in (("t1", user_id), ("t2", user_id), ("t3", other)):
+            store.add_token(
+                Token(name, "refresh", "c1", "read", now, now + 600, user_id=owner, grant_id=f"g-{name}")
+            )
+
+        def successor(name: str, owner: str) -> Issue:
+            return Issue(
+                (
+                    Token(
+                        f"n-{name}",
+                        "refresh",
+                        "c1",
+                        "read",
+                        now,
+                        now + 600,
+                        user_id=owner,
+                        grant_id=f"g-{name}",
+                    ),
+                ),
+                name,
+            )
+
+        batch = [successor("t2", user_id), successor("t3", other), successor("t1", user_id)]
+        with _held(postgres_url, "SELECT 1 FROM tokens WHERE token_hash = 't3' FOR UPDATE"):
+            pool, rotated, revoked = _both(
+                lambda: store.try_issue(batch, now), lambda: store.revoke_user_tokens(user_id)
+            )
+        with pool:
+            assert rotated.result(15) == [True, True, True], rotated.result()
+            assert revoked.result(15) == 2, revoked.result()
+        for name in ("t1", "t2", "n-t1", "n-t2"):
+            assert store.get_token(name).revoked, name
+        assert not store.get_token("n-t3").revoked
+    finally:
+        store.close()
+
+
+def test_a_purge_cannot_deadlock_with_a_user_revocation(postgres_url: str) -> None:
+    """Purging expired rows while `user revoke` waits on a grant's key: the purge takes the
+    sessions, codes and tokens in the revocations' order, so it waits behind the revocation.
+    Tokens first, it held the user's expired token and code while waiting on the session the
+    revocation held (an outside review found it)."""
+    from tokensmith.models import SignInSession
+    from tokensmith.models import TokenRecord as Token
+
+    store = PostgresStorage(postgres_url, pool_size=4)
+    try:
+        user_id = _signed_in_with_consent(store)
+        now = int(time.time())
+        old = now - 3 * 86400
+        store.add_session(SignInSession("expired", user_id, "u1", old - 600, old))
+        store.add_authorization_code(replace(_code(user_id, "old-code"), issued_at=old - 60, expires_at=old))
+        store.add_token(
+            Token("old", "access", "c1", "read", old - 600, old, user_id=user_id, grant_id="g-old")
+        )
+        store.add_token(
+            Token("live", "access", "c1", "read", now, now + 600, user_id=user_id, grant_id="g-live")
+        )
+        with _held(postgres_url, "INSERT INTO revoked_grants VALUES ('g-live', 0)"):
+            pool, revoked, purged = _both(
+                lambda: store.revoke_user_tokens(user_id), lambda: store.purge_expired(now, 1000)
+            )
+        with pool:
+            assert not isinstance(revoked.result(15), StorageError), revoked.result()
+            assert not isinstance(purged.result(15), StorageError), purged.result()
+        assert store.get_token("live").revoked
     finally:
         store.close()

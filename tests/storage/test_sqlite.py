@@ -883,6 +883,39 @@ def test_revoking_or_removing_a_user_takes_their_codes_and_grants(open_store, ho
     assert code is not None and not code.used and not store.get_token("a-u2").revoked
 
 
+def test_revoking_a_clients_tokens_takes_its_unredeemed_codes_too(open_store) -> None:  # noqa: ANN001
+    """revoke_client_tokens ends every token and grant of the client, as its docstring says:
+    a code issued before and redeemed after it gave live tokens (an outside review read it
+    in the code). Another client's code stays."""
+    store = open_store()
+    store.add_user(User("u1", "hash"))
+    uid = store.get_user("u1").user_id
+    now = int(time.time())
+    for client in ("c1", "c2"):
+        store.add_authorization_code(
+            AuthorizationCode(
+                f"code-{client}",
+                client,
+                "https://c/cb",
+                True,
+                "read",
+                "x" * 43,
+                uid,
+                "u1",
+                f"g-{client}",
+                now,
+                now + 60,
+            )
+        )
+    store.revoke_client_tokens("c1")
+    assert store.get_authorization_code("code-c1") is None
+    store.add_token(
+        TokenRecord("raced", "access", "c1", "read", now, now + 600, user_id=uid, grant_id="g-c1")
+    )
+    assert store.get_token("raced").revoked
+    assert store.get_authorization_code("code-c2") is not None
+
+
 def test_consents_add_up_and_are_revocable_and_sessions_end_with_their_user(open_store) -> None:  # noqa: ANN001
     store = open_store()
     store.add_user(User("alice", "hash"))

@@ -861,9 +861,11 @@ class PostgresStorage:
                 )
                 cur.execute("DELETE FROM registration_tokens WHERE client_id = %s", (client_id,))
                 # Its codes can no longer be redeemed (no client), and nobody consents to
-                # a client that is gone.
-                cur.execute("DELETE FROM authorization_codes WHERE client_id = %s", (client_id,))
+                # a client that is gone. The consents first, in the revocations' order
+                # (_revoke_grants): a code being issued holds its consent's row, and is then
+                # waited for and deleted with the others.
                 cur.execute("DELETE FROM consents WHERE client_id = %s", (client_id,))
+                cur.execute("DELETE FROM authorization_codes WHERE client_id = %s", (client_id,))
         return removed
 
     # -- tokens ------------------------------------------------------------------------------
@@ -894,12 +896,17 @@ class PostgresStorage:
                 # transaction (all or none; committed at the Sync). One round trip for the
                 # batch; an explicit transaction would add one for BEGIN and one for COMMIT.
                 plain = [t for issue in issues if issue.rotates is None for t in issue.tokens]
-                rotations: list[psycopg.Cursor[Any] | None] = []
+                rotations: list[psycopg.Cursor[Any] | None] = [None] * len(issues)
+                # The rotated tokens' rows are locked in token hash order, as revocations lock
+                # them (_revoke_token_rows): in the requests' order, a batch and a revocation
+                # could each hold a row the other waits for.
+                order = sorted(
+                    (i for i, issue in enumerate(issues) if issue.rotates is not None),
+                    key=lambda i: issues[i].rotates or "",
+                )
                 with holder.watched(conn), conn.pipeline():
-                    for issue in issues:
-                        if issue.rotates is None:
-                            rotations.append(None)
-                            continue
+                    for i in order:
+                        issue = issues[i]
                         rotation = conn.cursor()
                         if issue.tokens:
                             rotation.execute(
@@ -909,7 +916,7 @@ class PostgresStorage:
                             rotation.execute(
                                 f"UPDATE tokens SET used = true WHERE {_LIVE_REFRESH}", (issue.rotates, now)
                             )
-                        rotations.append(rotation)
+                        rotations[i] = rotation
                     if plain:
                         conn.cursor().execute(_INSERT, (_token_json(plain),))
                 stored = [True if c is None else c.rowcount > 0 for c in rotations]
@@ -966,8 +973,7 @@ class PostgresStorage:
                 "INSERT INTO revoked_grants VALUES (%s, %s) ON CONFLICT DO NOTHING",
                 (grant_id, int(time.time())),
             )
-            cur.execute("UPDATE tokens SET revoked = true WHERE grant_id = %s AND NOT revoked", (grant_id,))
-            return cur.rowcount
+            return _revoke_token_rows(cur, "grant_id = %s", (grant_id,))
 
     def use_refresh_token(self, token_hash: str, now: int) -> bool:
         with self._cursor() as cur:
@@ -986,15 +992,6 @@ class PostgresStorage:
 
     def purge_expired(self, before: int, limit: int | None = None) -> int | None:
         with self._cursor(maintenance=True, transaction=True) as cur:
-            if limit is None:
-                cur.execute("DELETE FROM tokens WHERE expires_at < %s", (before,))
-            else:
-                cur.execute(
-                    "DELETE FROM tokens WHERE ctid = ANY(ARRAY(SELECT ctid FROM tokens"
-                    " WHERE expires_at < %s LIMIT %s))",
-                    (before, limit),
-                )
-            removed = cur.rowcount
             cur.execute(
                 "DELETE FROM login_failures WHERE locked_until < %s AND last_failure < %s",
                 (before, before - _FAILURES_KEPT),
@@ -1004,17 +1001,28 @@ class PostgresStorage:
                 " WHERE expires_at < %s LIMIT %s))",
                 (before, limit),  # LIMIT NULL: no limit
             )
-            cur.execute(
-                "DELETE FROM authorization_codes WHERE ctid = ANY(ARRAY(SELECT ctid FROM"
-                " authorization_codes WHERE expires_at < %s LIMIT %s))",
-                (before - _USED_CODES_KEPT, limit),
-            )
+            # Sessions, codes, tokens: the order in which the revocations take them
+            # (_revoke_grants), so that a purge and a revocation never wait on each other in
+            # a cycle.
             cur.execute(
                 "DELETE FROM signin_sessions WHERE ctid = ANY(ARRAY(SELECT ctid FROM signin_sessions"
                 " WHERE expires_at < %s LIMIT %s))",
                 (before, limit),
             )
-        return removed
+            cur.execute(
+                "DELETE FROM authorization_codes WHERE ctid = ANY(ARRAY(SELECT ctid FROM"
+                " authorization_codes WHERE expires_at < %s LIMIT %s))",
+                (before - _USED_CODES_KEPT, limit),
+            )
+            if limit is None:
+                cur.execute("DELETE FROM tokens WHERE expires_at < %s", (before,))
+            else:
+                cur.execute(
+                    "DELETE FROM tokens WHERE ctid = ANY(ARRAY(SELECT ctid FROM tokens"
+                    " WHERE expires_at < %s LIMIT %s))",
+                    (before, limit),
+                )
+            return cur.rowcount
 
     # -- plugin state: shared by every instance on the database ------------------------------
 
@@ -1103,7 +1111,7 @@ class PostgresStorage:
 
     def revoke_client_tokens(self, client_id: str) -> int:
         with self._cursor(transaction=True) as cur:
-            return _revoke_tokens(cur, "client_id = %s", (client_id,))
+            return _revoke_grants(cur, "client_id = %s", (client_id,))
 
     def add_audit(self, entry: AuditEntry) -> None:
         with self._cursor() as cur:
@@ -1422,7 +1430,14 @@ def _revoke_tokens(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]
 
 
 def _revoke_token_rows(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]) -> int:
-    cur.execute(f"UPDATE tokens SET revoked = true WHERE {where} AND NOT revoked", params)
+    """Mark the live tokens matching *where* revoked, locking their rows in token hash order,
+    the order a batch of refresh rotations takes them in (``try_issue``): in the order of a
+    scan, two writers that met on two rows could each hold the one the other waits for."""
+    cur.execute(
+        "UPDATE tokens SET revoked = true WHERE token_hash IN (SELECT token_hash FROM tokens"
+        f" WHERE {where} AND NOT revoked ORDER BY token_hash FOR UPDATE)",
+        params,
+    )
     return cur.rowcount
 
 

@@ -846,7 +846,7 @@ class SQLiteStorage:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                return self._revoke_tokens("client_id = ?", (client_id,))
+                return self._revoke_grants("client_id = ?", (client_id,))
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
 
