@@ -665,3 +665,63 @@ def test_a_purge_cannot_deadlock_with_a_user_revocation(postgres_url: str) -> No
         assert store.get_token("live").revoked
     finally:
         store.close()
+
+
+def test_a_purge_skips_the_expired_tokens_a_revocation_holds(postgres_url: str) -> None:
+    """A revocation locks a user's tokens in hash order, expired ones included, and the purge
+    deletes expired tokens in the table's order: a purge that waited for a row the revocation
+    held, while holding one it wanted, deadlocked, and the revocation could be the side
+    cancelled (an outside review found it). The purge skips rows another transaction holds."""
+    from tokensmith.models import TokenRecord as Token
+
+    store = PostgresStorage(postgres_url, pool_size=4)
+    try:
+        user_id = _signed_in_with_consent(store)
+        old = int(time.time()) - 86400
+        for name in ("b" * 32, "a" * 32):  # the second by hash stored first
+            store.add_token(
+                Token(name, "access", "c1", "read", old - 600, old, user_id=user_id, grant_id=f"g-{name}")
+            )
+        with _held(postgres_url, "SELECT 1 FROM tokens WHERE token_hash = %s FOR UPDATE", ("a" * 32,)):
+            pool, revoked, purged = _both(
+                lambda: store.revoke_user_tokens(user_id), lambda: store.purge_expired(int(time.time()))
+            )
+        with pool:
+            assert not isinstance(revoked.result(15), StorageError), revoked.result()
+            assert not isinstance(purged.result(15), StorageError), purged.result()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("other", ["purge", "sign-in"])
+def test_removing_a_user_cannot_deadlock_with_a_purge_or_a_sign_in(postgres_url: str, other: str) -> None:
+    """`user remove` holds the user's row and waits on a session while a purge (deleting old
+    login failures) or a successful sign-in (clearing them, then the user's counters) runs:
+    both take the user's row before the failures', or skip what is held, so neither waits on
+    the removal in a cycle. Failures first, each deadlocked with it (an outside review)."""
+    from tokensmith.models import LoginPolicy, SignInSession
+
+    store = PostgresStorage(postgres_url, pool_size=4)
+    try:
+        user_id = _signed_in_with_consent(store)
+        now = int(time.time())
+        store.add_session(SignInSession("expired", user_id, "u1", now - 7200, now - 3600))
+        if other == "purge":
+            import psycopg
+
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute(
+                    "INSERT INTO login_failures VALUES ('u1', '192.0.2.1', 3, %s, 0)", (now - 2 * 86400,)
+                )
+            call = lambda: store.purge_expired(now)  # noqa: E731
+        else:
+            assert store.take_login_attempt("u1", "192.0.2.1", now, LoginPolicy())
+            call = lambda: store.end_login_attempt("u1", "192.0.2.1", True)  # noqa: E731
+        with _held(postgres_url, "SELECT 1 FROM signin_sessions WHERE session_hash = 'expired' FOR UPDATE"):
+            pool, removed, done = _both(lambda: store.remove_user("u1"), call)
+        with pool:
+            assert removed.result(15) is True, removed.result()
+            assert not isinstance(done.result(15), StorageError), done.result()
+        assert store.get_user("u1") is None
+    finally:
+        store.close()

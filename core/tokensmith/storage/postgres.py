@@ -991,38 +991,27 @@ class PostgresStorage:
             return _revoke_tokens(cur, "client_id = %s AND cnf_x5t_s256 = %s", (client_id, x5t_s256))
 
     def purge_expired(self, before: int, limit: int | None = None) -> int | None:
+        # Rows another transaction holds (a revocation, a sign-in) are skipped, left to the
+        # next purge: a purge that never waits for a row is never part of a deadlock, in
+        # whatever order it and the others take their rows.
         with self._cursor(maintenance=True, transaction=True) as cur:
-            cur.execute(
-                "DELETE FROM login_failures WHERE locked_until < %s AND last_failure < %s",
-                (before, before - _FAILURES_KEPT),
-            )
-            cur.execute(
-                "DELETE FROM plugin_state WHERE ctid = ANY(ARRAY(SELECT ctid FROM plugin_state"
-                " WHERE expires_at < %s LIMIT %s))",
-                (before, limit),  # LIMIT NULL: no limit
-            )
-            # Sessions, codes, tokens: the order in which the revocations take them
-            # (_revoke_grants), so that a purge and a revocation never wait on each other in
-            # a cycle.
-            cur.execute(
-                "DELETE FROM signin_sessions WHERE ctid = ANY(ARRAY(SELECT ctid FROM signin_sessions"
-                " WHERE expires_at < %s LIMIT %s))",
-                (before, limit),
-            )
-            cur.execute(
-                "DELETE FROM authorization_codes WHERE ctid = ANY(ARRAY(SELECT ctid FROM"
-                " authorization_codes WHERE expires_at < %s LIMIT %s))",
-                (before - _USED_CODES_KEPT, limit),
-            )
-            if limit is None:
-                cur.execute("DELETE FROM tokens WHERE expires_at < %s", (before,))
-            else:
+
+            def purge(table: str, condition: str, params: tuple[Any, ...]) -> int:
                 cur.execute(
-                    "DELETE FROM tokens WHERE ctid = ANY(ARRAY(SELECT ctid FROM tokens"
-                    " WHERE expires_at < %s LIMIT %s))",
-                    (before, limit),
+                    f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table}"
+                    f" WHERE {condition} LIMIT %s FOR UPDATE SKIP LOCKED))",
+                    (*params, limit),  # LIMIT NULL: no limit
                 )
-            return cur.rowcount
+                return cur.rowcount
+
+            removed = purge("tokens", "expires_at < %s", (before,))
+            purge(
+                "login_failures", "locked_until < %s AND last_failure < %s", (before, before - _FAILURES_KEPT)
+            )
+            purge("plugin_state", "expires_at < %s", (before,))
+            purge("authorization_codes", "expires_at < %s", (before - _USED_CODES_KEPT,))
+            purge("signin_sessions", "expires_at < %s", (before,))
+        return removed
 
     # -- plugin state: shared by every instance on the database ------------------------------
 
@@ -1238,19 +1227,22 @@ class PostgresStorage:
         if not succeeded:
             return  # counted when it was taken
         with self._cursor(transaction=True) as cur:
-            cur.execute("DELETE FROM login_failures WHERE username = %s AND source = %s", (username, source))
+            # The user's row before the failures', as take_login_attempt and remove_user take
+            # them: the other way round, a sign-in and a removal deadlocked.
             cur.execute(
                 "UPDATE users SET failed_attempts = 0, locked_until = 0 WHERE username = %s", (username,)
             )
+            cur.execute("DELETE FROM login_failures WHERE username = %s AND source = %s", (username, source))
 
     def unlock_user(self, username: str) -> bool:
         with self._cursor(transaction=True) as cur:
-            cur.execute("DELETE FROM login_failures WHERE username = %s", (username,))
-            cur.execute(
+            cur.execute(  # the user's row first, as end_login_attempt
                 "UPDATE users SET failed_attempts = 0, locked_until = 0, last_failure = 0 WHERE username = %s",
                 (username,),
             )
-            return cur.rowcount > 0
+            found = cur.rowcount > 0
+            cur.execute("DELETE FROM login_failures WHERE username = %s", (username,))
+            return found
 
     # -- authorization code grant ------------------------------------------------------------
 
