@@ -1398,7 +1398,7 @@ def _revoke_grants(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]
     Locks are taken in one order by every revocation, so that two of them never wait on each
     other in a cycle: first the row that admits new codes (a session, a consent: the caller
     deletes it before this), then the grants' keys, all in one statement and in grant id order,
-    then the tokens' rows last, as revoke_grant takes them."""
+    then the tokens' rows last, in token hash order (``_revoke_token_rows``)."""
     cur.execute(
         "INSERT INTO revoked_grants SELECT grant_id, %s::bigint FROM"
         f" (SELECT grant_id FROM authorization_codes WHERE {where}"
@@ -1422,7 +1422,7 @@ def _revoke_tokens(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]
 
 
 def _revoke_token_rows(cur: psycopg.Cursor[Any], where: str, params: tuple[str, ...]) -> int:
-    """Mark the live tokens matching *where* revoked, locking their rows in token hash order,
+    """Mark the tokens matching *where* revoked, locking their rows in token hash order,
     the order a batch of refresh rotations takes them in (``try_issue``): in the order of a
     scan, two writers that met on two rows could each hold the one the other waits for."""
     cur.execute(
